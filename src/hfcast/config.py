@@ -1,0 +1,125 @@
+"""Typed settings for hfcast, read from the environment (and optionally params.yaml).
+
+Nothing is read at import time: call :func:`get_settings` (or build :class:`Settings` directly).
+Every path is absolute so that a Kubeflow component, a DVC stage and a test all agree on where
+the lake, the registry and the feature store live, whatever their working directory.
+
+Environment variables (all optional):
+
+==========================  ===========================================================
+HFCAST_HOME                 state folder for embedded defaults (default ``./.hfcast``)
+HFCAST_LAKE                 lake URL: ``file:///abs/path`` or ``s3://bucket/prefix``
+MLFLOW_TRACKING_URI         MLflow tracking URI (default sqlite file under HFCAST_HOME)
+HFCAST_FEAST_REPO           Feast repository folder (default ``<HFCAST_HOME>/feature_repo``)
+HFCAST_S3_ENDPOINT          S3 endpoint URL (e.g. ``http://127.0.0.1:8333``); unset = AWS
+AWS_ACCESS_KEY_ID           S3 credentials (never logged)
+AWS_SECRET_ACCESS_KEY
+HFCAST_PARAMS               params.yaml path (default ``./params.yaml`` when present)
+==========================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class Secret(str):
+    """A string whose repr and str never reveal the value (credentials in logs, tracebacks)."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self else "Secret('')"
+
+    def reveal(self) -> str:
+        """The real value, for the one place that needs it (the S3 client)."""
+        return str.__str__(self)
+
+    def __str__(self) -> str:
+        return "***" if str.__len__(self) else ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things live. Build it with :func:`get_settings` unless a test needs explicit values."""
+
+    home: Path
+    lake_url: str
+    mlflow_uri: str
+    feast_repo: Path
+    s3_endpoint: str | None = None
+    s3_key: Secret = field(default_factory=lambda: Secret(""))
+    s3_secret: Secret = field(default_factory=lambda: Secret(""))
+    model_name: str = "hfcast"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec/s3fs options for ``s3://`` URLs (empty for local paths)."""
+        if not self.lake_url.startswith("s3://"):
+            return {}
+        return s3_storage_options(self.s3_endpoint, self.s3_key, self.s3_secret)
+
+    def with_(self, **changes: Any) -> "Settings":
+        """A copy with some fields replaced (``settings.with_(lake_url="s3://b/p")``)."""
+        return dataclasses.replace(self, **changes)
+
+    def param(self, dotted: str, default: Any = None) -> Any:
+        """A value from params.yaml by dotted key, e.g. ``settings.param("train.epochs", 5)``."""
+        node: Any = self.params
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+
+def s3_storage_options(endpoint: str | None, key: str, secret: str) -> dict[str, Any]:
+    """Options that s3fs / pandas ``storage_options`` understand."""
+    opts: dict[str, Any] = {}
+    if key:
+        opts["key"] = key.reveal() if isinstance(key, Secret) else key
+        opts["secret"] = secret.reveal() if isinstance(secret, Secret) else secret
+    if endpoint:
+        opts["client_kwargs"] = {"endpoint_url": endpoint}
+    return opts
+
+
+def load_params(path: str | os.PathLike | None) -> dict[str, Any]:
+    """Read params.yaml; a missing file gives an empty mapping (embedded defaults apply)."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.exists():
+        return {}
+    with p.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: params file must hold a mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def get_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
+    """Settings from the environment, with embedded defaults under ``./.hfcast``."""
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    home = Path(env.get("HFCAST_HOME") or cwd / ".hfcast").resolve()
+    lake = env.get("HFCAST_LAKE") or (home / "lake").as_uri()
+    mlflow_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    feast_repo = Path(env.get("HFCAST_FEAST_REPO") or home / "feature_repo").resolve()
+    params_path = env.get("HFCAST_PARAMS") or (cwd / "params.yaml")
+    return Settings(
+        home=home,
+        lake_url=lake.rstrip("/"),
+        mlflow_uri=mlflow_uri,
+        feast_repo=feast_repo,
+        s3_endpoint=env.get("HFCAST_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL") or None,
+        s3_key=Secret(env.get("AWS_ACCESS_KEY_ID", "")),
+        s3_secret=Secret(env.get("AWS_SECRET_ACCESS_KEY", "")),
+        model_name=env.get("HFCAST_MODEL_NAME", "hfcast"),
+        params=load_params(params_path),
+    )

@@ -1,0 +1,1 @@
+"""Data: the contract (schema), validation and quarantine, the market simulator, ingest."""

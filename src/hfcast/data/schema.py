@@ -1,0 +1,94 @@
+"""The data contract: minute BBO bars, the simulator's truth table, the trading session.
+
+One row per symbol per minute; ``ts`` is the START of the minute in UTC (datetime64[us, UTC]);
+the quote fields describe the book at the END of that minute. Sessions are regular US equity
+hours, 09:30-16:00 America/New_York (390 minutes), converted explicitly so that daylight
+saving time moves the UTC clock, not the session.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+EXCHANGE_TZ = ZoneInfo("America/New_York")
+SESSION_OPEN = dt.time(9, 30)
+SESSION_CLOSE = dt.time(16, 0)
+MINUTES_PER_SESSION = 390
+
+TS_DTYPE = "datetime64[us, UTC]"
+
+#: required bar columns and their dtypes
+REQUIRED_COLUMNS: dict[str, str] = {
+    "symbol": "string",
+    "ts": TS_DTYPE,
+    "bid": "float64",
+    "ask": "float64",
+    "bid_size": "float64",
+    "ask_size": "float64",
+}
+#: optional bar columns: missing ones are added as NaN so later stages see one schema
+OPTIONAL_COLUMNS: dict[str, str] = {
+    "volume": "float64",
+    "trades": "float64",
+    "vwap": "float64",
+    "mid_high": "float64",
+    "mid_low": "float64",
+}
+BAR_COLUMNS: list[str] = [*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS]
+QUOTE_COLUMNS = ["bid", "ask", "bid_size", "ask_size"]
+
+#: simulator ground truth, one row per symbol-minute, joined on (symbol, ts)
+TRUTH_COLUMNS: dict[str, str] = {
+    "true_var_10m": "float64",  # E[integrated variance of the efficient log price over t+1..t+10]
+    "true_ret_60m": "float64",  # E[log(P_eff[t+60] / P_eff[t])] given the latent state at t
+    "latent_sigma": "float64",  # instantaneous per-minute volatility of the efficient price at t
+    "latent_drift": "float64",  # planted per-minute drift at t (the predictable part)
+    "regime": "int64",          # 0 before a configured regime shift, 1 after
+}
+
+LABEL_COLUMNS = ["ret_60m", "rv_10m"]
+LABEL_HORIZONS = {"ret_60m": 60, "rv_10m": 10}  # minutes of future each label reads
+
+
+def session_minutes_utc(date: str | dt.date) -> pd.DatetimeIndex:
+    """The 390 minute starts of one session, in UTC (datetime64[us, UTC])."""
+    d = pd.Timestamp(date).date()
+    open_local = dt.datetime.combine(d, SESSION_OPEN, tzinfo=EXCHANGE_TZ)
+    start = pd.Timestamp(open_local).tz_convert("UTC")
+    idx = pd.date_range(start, periods=MINUTES_PER_SESSION, freq="min")
+    return idx.as_unit("us")
+
+
+def minute_of_session(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """0..389 for minutes inside the session; negative or >= 390 outside (exchange-time based)."""
+    local = pd.DatetimeIndex(ts).tz_convert(EXCHANGE_TZ)
+    minutes = local.hour * 60 + local.minute - (SESSION_OPEN.hour * 60 + SESSION_OPEN.minute)
+    return np.asarray(minutes, dtype=np.int64)
+
+
+def trading_days(start: str | dt.date, n_days: int) -> list[str]:
+    """``n_days`` weekdays from ``start`` (inclusive), as ISO strings. Holidays are not modelled."""
+    days = pd.bdate_range(pd.Timestamp(start), periods=n_days)
+    return [d.date().isoformat() for d in days]
+
+
+def conform(df: pd.DataFrame) -> pd.DataFrame:
+    """Return bars with exactly BAR_COLUMNS, in order, with contract dtypes (missing optional -> NaN).
+
+    Raises:
+        ValueError: a required column is missing (the message names it).
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"bars are missing required column(s) {missing}; have {list(df.columns)}")
+    out = pd.DataFrame(index=df.index)
+    out["symbol"] = df["symbol"].astype("string")
+    ts = pd.to_datetime(df["ts"], utc=True)
+    out["ts"] = ts.dt.as_unit("us") if hasattr(ts, "dt") else ts
+    for col in [*QUOTE_COLUMNS, *OPTIONAL_COLUMNS]:
+        out[col] = pd.to_numeric(df[col], errors="coerce").astype("float64") if col in df else np.nan
+    return out.reset_index(drop=True)

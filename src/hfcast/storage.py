@@ -1,0 +1,223 @@
+"""Storage through fsspec: local folders (``file://`` or plain paths) and S3 (``s3://``).
+
+Two promises hold for every write made through this module:
+
+* **atomic** - a reader sees either the old object or the complete new one, never a part.
+  Locally we write a hidden temp file in the same folder, fsync it and ``os.replace`` it;
+  on S3 we upload the whole body in one request (S3 makes an object visible only when the
+  request completes), never a streamed file whose ``close()`` would commit a half-written body.
+* **no secrets in messages** - errors are re-raised with credentials redacted.
+
+The lake layout (one place for every path) is :class:`Lake`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import fsspec
+import pandas as pd
+
+from hfcast.config import Settings
+
+log = logging.getLogger(__name__)
+
+_SECRET_PATTERNS = [
+    re.compile(r"(aws_secret_access_key|secret|password|token)(['\"]?\s*[:=]\s*['\"]?)([^'\"\s,}]+)", re.I),
+    re.compile(r"(aws_access_key_id|key)(['\"]?\s*[:=]\s*['\"]?)([^'\"\s,}]+)", re.I),
+]
+
+
+def redact(message: str, settings: Settings | None = None) -> str:
+    """Remove credentials from a message (known values first, then key=value patterns)."""
+    out = message
+    if settings is not None:
+        for secret in (settings.s3_key.reveal(), settings.s3_secret.reveal()):
+            if secret:
+                out = out.replace(secret, "***")
+    for pat in _SECRET_PATTERNS:
+        out = pat.sub(lambda m: f"{m.group(1)}{m.group(2)}***", out)
+    return out
+
+
+class StorageError(RuntimeError):
+    """A read or write failed; the message names the URL and never a credential."""
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def local_path(url: str) -> Path:
+    """The filesystem path for a ``file://`` URL or a plain path."""
+    if url.startswith("file://"):
+        return Path(url[len("file://"):])
+    return Path(url)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URL/path parts with '/' (works for file://, s3:// and plain paths)."""
+    out = base.rstrip("/")
+    for p in parts:
+        out = f"{out}/{p.strip('/')}"
+    return out
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(fs, path-inside-fs) for a URL."""
+    if not is_remote(url):
+        return fsspec.filesystem("file"), str(local_path(url))
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, path
+
+
+def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    """Write ``data`` atomically to ``url`` (see module docstring)."""
+    try:
+        if not is_remote(url):
+            path = local_path(url)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+            return
+        fs, path = filesystem(url, storage_options)
+        fs.pipe_file(path, data)  # one PUT: the object appears whole or not at all
+    except Exception as exc:  # re-raise without credentials
+        raise StorageError(redact(f"writing {url} failed: {exc}")) from None
+
+
+def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    try:
+        if not is_remote(url):
+            return local_path(url).read_bytes()
+        fs, path = filesystem(url, storage_options)
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise StorageError(redact(f"reading {url} failed: {exc}")) from None
+
+
+def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, path = filesystem(url, storage_options)
+    return fs.exists(path)
+
+
+def listdir(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Names (not paths) directly under ``url``; hidden temp files are skipped; [] if absent."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
+    return sorted(n for n in names if not n.startswith("."))
+
+
+def remove(url: str, storage_options: dict[str, Any] | None = None, recursive: bool = False) -> None:
+    fs, path = filesystem(url, storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)
+
+
+def write_parquet(df: pd.DataFrame, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Atomic parquet write (timestamps kept as given; use datetime64[us, UTC] for Feast)."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    write_bytes(url, buf.getvalue(), storage_options)
+
+
+def read_parquet(url: str, storage_options: dict[str, Any] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    if not is_remote(url):
+        return pd.read_parquet(local_path(url), columns=columns)
+    return pd.read_parquet(io.BytesIO(read_bytes(url, storage_options)), columns=columns)
+
+
+def write_text(url: str, text: str, storage_options: dict[str, Any] | None = None) -> None:
+    write_bytes(url, text.encode(), storage_options)
+
+
+def read_text(url: str, storage_options: dict[str, Any] | None = None) -> str:
+    return read_bytes(url, storage_options).decode()
+
+
+_DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})(?:\.csv)?$")
+
+
+@dataclass(frozen=True)
+class Lake:
+    """The lake layout. Every stage finds its inputs and outputs here and nowhere else.
+
+    ::
+
+        <lake>/raw/date=YYYY-MM-DD/part-0.parquet          bars as produced (synth or ingest)
+        <lake>/truth/date=YYYY-MM-DD/part-0.parquet        simulator ground truth (synth only)
+        <lake>/validated/date=YYYY-MM-DD/part-0.parquet    rows that passed validation
+        <lake>/quarantine/date=YYYY-MM-DD/part-0.parquet   rejected rows + ``reason`` column
+        <lake>/features/date=YYYY-MM-DD/part-0.parquet     features + labels (+ truth columns)
+        <lake>/reports/<stage>/...                         JSON run reports (counts per reason, ...)
+        <lake>/predictions/<model>/<version>/date=YYYY-MM-DD.csv (+ ``.manifest.json``)
+        <lake>/monitoring/<model>/<version>/date=YYYY-MM-DD/  drift reports
+    """
+
+    url: str
+    storage_options: dict[str, Any] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Lake":
+        return cls(settings.lake_url, settings.storage_options or None)
+
+    def table(self, name: str) -> str:
+        return join(self.url, name)
+
+    def partition(self, name: str, date: str) -> str:
+        """URL of one date's parquet file in a date-partitioned table."""
+        return join(self.url, name, f"date={date}", "part-0.parquet")
+
+    def dates(self, name: str) -> list[str]:
+        """Dates present in a date-partitioned table, sorted."""
+        out = []
+        for entry in listdir(self.table(name), self.storage_options):
+            m = _DATE_DIR.match(entry)
+            if m:
+                out.append(m.group(1))
+        return sorted(set(out))
+
+    def read(self, name: str, date: str, columns: list[str] | None = None) -> pd.DataFrame:
+        return read_parquet(self.partition(name, date), self.storage_options, columns)
+
+    def write(self, name: str, date: str, df: pd.DataFrame) -> str:
+        url = self.partition(name, date)
+        write_parquet(df, url, self.storage_options)
+        return url
+
+    def exists(self, name: str, date: str) -> bool:
+        return exists(self.partition(name, date), self.storage_options)
+
+    def iter_dates(self, name: str, dates: list[str] | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
+        for d in dates if dates is not None else self.dates(name):
+            yield d, self.read(name, d)
+
+    def predictions(self, model: str, version: str | int, date: str) -> str:
+        return join(self.url, "predictions", model, str(version), f"date={date}.csv")
+
+    def monitoring(self, model: str, version: str | int, date: str) -> str:
+        return join(self.url, "monitoring", model, str(version), f"date={date}")
+
+    def report(self, stage: str, name: str) -> str:
+        return join(self.url, "reports", stage, name)
