@@ -32,6 +32,7 @@ REQUIRED_COLUMNS: dict[str, str] = {
 }
 #: optional bar columns: missing ones are added as NaN so later stages see one schema
 OPTIONAL_COLUMNS: dict[str, str] = {
+    "last": "float64",  # last trade price in the minute (the only price of OHLCV sources: their close)
     "volume": "float64",
     "trades": "float64",
     "vwap": "float64",
@@ -40,6 +41,22 @@ OPTIONAL_COLUMNS: dict[str, str] = {
 }
 BAR_COLUMNS: list[str] = [*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS]
 QUOTE_COLUMNS = ["bid", "ask", "bid_size", "ask_size"]
+
+#: the mid price of a bar: (bid + ask) / 2 when quotes exist, else ``last`` (OHLCV sources)
+
+
+def mid_price(df: pd.DataFrame) -> pd.Series:
+    """Mid of each bar; falls back to ``last`` where quotes are missing (quote-less sources)."""
+    mid = (df["bid"] + df["ask"]) / 2.0
+    if "last" in df:
+        mid = mid.fillna(df["last"])
+    return mid
+
+
+def has_quotes(df: pd.DataFrame) -> bool:
+    """True when the bars carry quotes (an OHLCV source leaves bid/ask all missing)."""
+    return bool(df[["bid", "ask"]].notna().any(axis=None)) if len(df) else True
+
 
 #: simulator ground truth, one row per symbol-minute, joined on (symbol, ts)
 TRUTH_COLUMNS: dict[str, str] = {
