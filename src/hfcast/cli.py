@@ -44,19 +44,493 @@ def _fail(message: str, code: int = 1) -> None:
 
 # --- data: synth (hfcast.data.simulator) -------------------------------------------------------
 
+@app.command("synth")
+def synth(
+    symbols: Optional[int] = typer.Option(None, "--symbols", help="Number of symbols (S0000...). Default: params.yaml synth.n_symbols."),
+    days: Optional[int] = typer.Option(None, "--days", help="Number of trading days (weekdays). Default: params.yaml synth.n_days."),
+    start: Optional[str] = typer.Option(None, "--start", help="First date, YYYY-MM-DD. Default: params.yaml synth.start_date."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: same seed, same bytes. Default: params.yaml synth.seed."),
+    shift_day: Optional[int] = typer.Option(None, "--shift-day", help="Index of the first day of the shifted regime. Default: params.yaml synth.regime_shift_day."),
+    no_shift: bool = typer.Option(False, "--no-shift", help="Stationary market: ignore any configured regime shift."),
+    shift_vol: Optional[float] = typer.Option(None, "--shift-vol", help="Volatility multiplier from the shift day. Default: params.yaml synth.shift_vol_mult."),
+    shift_spread: Optional[float] = typer.Option(None, "--shift-spread", help="Spread multiplier from the shift day. Default: params.yaml synth.shift_spread_mult."),
+    shift_intraday: Optional[float] = typer.Option(None, "--shift-intraday", help="U-shape amplitude multiplier from the shift day (0 = flat). Default: params.yaml synth.shift_intraday."),
+    lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL (file:///... or s3://...); default from settings."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Simulate a market with known truth: writes raw/ bars and truth/ per date into the lake."""
+    from hfcast.data.simulator import SimConfig, write_synth
+    from hfcast.storage import Lake
+
+    settings = _settings()
+    try:
+        cfg = SimConfig.from_params(
+            settings.param("synth", {}), n_symbols=symbols, n_days=days, start_date=start, seed=seed,
+            regime_shift_day=shift_day, shift_vol_mult=shift_vol, shift_spread_mult=shift_spread,
+            shift_intraday=shift_intraday)
+    except (TypeError, ValueError) as exc:
+        _fail(f"bad synth parameters: {exc}")
+    if no_shift:
+        cfg.regime_shift_day = None
+    if lake:
+        from hfcast.config import s3_storage_options
+
+        opts = s3_storage_options(settings.s3_endpoint, settings.s3_key, settings.s3_secret) if lake.startswith("s3://") else {}
+        target = Lake(lake, opts or None)
+    else:
+        target = Lake.from_settings(settings)
+    summary = write_synth(cfg, target, progress=progress)
+    shift = "none" if cfg.regime_shift_day is None else f"day {cfg.regime_shift_day}"
+    console.print(f"[green]synth[/] {cfg.n_symbols} symbols x {len(summary['dates'])} days = {summary['rows']:,} rows "
+                  f"in {summary['seconds']:.1f} s -> {target.url} (seed {cfg.seed}, regime shift {shift})")
+
+
 # --- data: ingest, validate (hfcast.data.ingest, hfcast.data.validate) -------------------------
+
+def _lake(settings, lake_url: Optional[str]):
+    from hfcast.storage import Lake
+
+    return Lake(lake_url, settings.storage_options or None) if lake_url else Lake.from_settings(settings)
+
+
+def _print_counts(title: str, totals: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("reason")
+    table.add_column("rows", justify="right")
+    for reason, n in totals["reasons"].items():
+        table.add_row(reason, str(n), style="red" if n else None)
+    table.add_row("clean", str(totals["clean_rows"]), style="green")
+    table.add_row("input", str(totals["input_rows"] if "input_rows" in totals else totals["bars"]), style="bold")
+    console.print(table)
+
+
+@app.command()
+def ingest(
+    paths: list[str] = typer.Argument(..., help="Source files or URLs (LOBSTER: message and orderbook files)."),
+    fmt: str = typer.Option(..., "--format", "-f", help="bbo | ohlcv | trades | lobster"),
+    column_map: Optional[str] = typer.Option(None, "--map", help="CONTRACT=SOURCE column names, e.g. ts=Timestamp,bid=BidPx"),
+    tz: str = typer.Option("America/New_York", "--tz", help="Exchange time zone of naive timestamps."),
+    symbol: Optional[str] = typer.Option(None, "--symbol", help="Symbol for files without a symbol column."),
+    quotes: Optional[list[str]] = typer.Option(None, "--quotes", help="Quote tick file(s) to go with --format trades."),
+    date: Optional[str] = typer.Option(None, "--date", help="Session date of LOBSTER files not named by the standard."),
+    lake_url: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+) -> None:
+    """Read real data into the lake (raw/), then validate it into validated/ + quarantine/."""
+    from hfcast.data.ingest import IngestError, ingest as run_ingest, parse_column_map
+    from hfcast.data.validate import DEFAULT_JUMP_LIMIT
+
+    settings = _settings()
+    try:
+        totals = run_ingest(list(paths), fmt, _lake(settings, lake_url), tz=tz,  # type: ignore[arg-type]
+                            column_map=parse_column_map(column_map), symbol=symbol,
+                            quotes_paths=list(quotes or []), date=date, progress=not no_progress,
+                            jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)))
+    except IngestError as exc:
+        _fail(str(exc))
+    if not totals["dates"]:
+        _fail("the input held no rows")
+    _print_counts(f"ingest {fmt}: {len(totals['dates'])} date(s)", totals)
+    if totals.get("ticks_quarantined"):
+        console.print(f"[yellow]{totals['ticks_quarantined']} tick row(s) quarantined[/] (quarantine_ticks/)")
+
+
+@app.command()
+def validate(
+    dates: Optional[str] = typer.Option(None, "--dates", help="Comma-separated dates (default: every raw date)."),
+    lake_url: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+) -> None:
+    """Validate raw/ partitions: clean rows to validated/, bad rows to quarantine/ with a reason."""
+    from hfcast.data.validate import DEFAULT_JUMP_LIMIT, run_validate
+
+    settings = _settings()
+    wanted = [d.strip() for d in dates.split(",") if d.strip()] if dates else None
+    try:
+        totals = run_validate(_lake(settings, lake_url), wanted, progress=not no_progress,
+                              jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)))
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    if not totals["dates"]:
+        _fail("no raw partitions to validate (run `hfcast synth` or `hfcast ingest` first)")
+    _print_counts(f"validate: {len(totals['dates'])} date(s)", totals)
+
 
 # --- features: featurize (hfcast.features.engine) ----------------------------------------------
 
+@app.command()
+def featurize(
+    dates: Optional[list[str]] = typer.Option(None, "--dates", help="Dates (YYYY-MM-DD) to featurize; default all."),
+    lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings / HFCAST_LAKE)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Compute the registry's causal features and the labels, one date at a time, into features/."""
+    from hfcast.features.engine import run_featurize
+    from hfcast.storage import Lake
+
+    s = _settings()
+    lk = Lake(lake, s.storage_options or None) if lake else Lake.from_settings(s)
+    chosen = dates or s.param("featurize.dates", None)
+    try:
+        summary = run_featurize(lk, dates=chosen, progress=progress)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(
+        f"[green]featurized[/] {summary['dates']} date(s) {summary['first']}..{summary['last']}: "
+        f"{summary['rows']:,} rows x {summary['n_features']} features "
+        f"(quotes {'yes' if summary['quotes_available'] else 'NO: quote features unavailable'}), "
+        f"{summary['seconds']:.1f}s, {summary['rows_per_s']:,.0f} rows/s; sources {summary['sources']}")
+
+
 # --- feature store: materialize (hfcast.feature_store) -----------------------------------------
+
+@app.command()
+def materialize(
+    date: Optional[str] = typer.Option(None, "--date", help="As-of date YYYY-MM-DD (default: last features date)."),
+) -> None:
+    """Apply the Feast repo, load the minute features online and each symbol's latest 30-minute window."""
+    import datetime as dt
+
+    from hfcast import feature_store
+    from hfcast.storage import Lake
+
+    settings = _settings()
+    try:
+        feature_store.apply(settings)
+        dates = Lake.from_settings(settings).dates("features")
+        as_of = date or (dates[-1] if dates else None)
+        if as_of is None:
+            _fail("no features partitions in the lake (run `hfcast featurize` first)")
+        end = dt.datetime.fromisoformat(as_of).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
+        feature_store.materialize(settings, end - dt.timedelta(days=2), end)
+        windows = feature_store.materialize_windows(settings, as_of)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"[green]materialized[/] {len(windows)} symbol window(s) as of {as_of} into {settings.feast_repo}")
+
 
 # --- train, compare, evaluate (hfcast.train, hfcast.walkforward, hfcast.evaluate) --------------
 
+def _walkforward(settings, archs: list[str], lake_url: Optional[str], out: Optional[Path], stage: str):
+    """Run archs + baselines over the params.yaml folds; save tables, plots and the HTML report."""
+    from hfcast.evaluate import write_comparison
+    from hfcast.storage import Lake
+    from hfcast.train import TrainConfig
+    from hfcast.walkforward import WalkForwardConfig, model_configs, run_walkforward
+
+    lake = Lake(lake_url, settings.storage_options or None) if lake_url else Lake.from_settings(settings)
+    section = settings.param("walkforward", {})
+    result = run_walkforward(lake, archs, WalkForwardConfig.from_params(section),
+                             TrainConfig.from_params(settings.param("train", {})),
+                             model_configs=model_configs(section))
+    out_dir = out or settings.home / "reports" / stage
+    paths = write_comparison(result.aggregate, result.per_fold, result.predictions, out_dir,
+                             title=f"hfcast {stage}: {', '.join(archs) or 'baselines'}")
+    return lake, result, paths
+
+
+def _print_table(result, title: str) -> None:
+    from rich.table import Table
+
+    from hfcast.evaluate import TABLE_COLUMNS
+
+    table = Table(title=title)
+    table.add_column("model")
+    cols = [c for c in TABLE_COLUMNS if c in result.aggregate]
+    for c in cols:
+        table.add_column(c, justify="right")
+    table.add_column("train win/s", justify="right")
+    for model, row in result.aggregate.iterrows():
+        thr = result.throughput.get(model)
+        table.add_row(str(model), *[f"{row[c]:.4f}" for c in cols], f"{thr:.0f}" if thr else "-")
+    console.print(table)
+
+
+@app.command()
+def train(
+    model: str = typer.Option("transformer", "--model", "-m", help="transformer | lstm | tcn | hybrid"),
+    lake_url: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <home>/reports/train-<model>)."),
+    log_run: bool = typer.Option(True, "--log/--no-log", help="Log the run to MLflow (hfcast.registry)."),
+    register: bool = typer.Option(False, "--register", help="Also register the logged run as a model version."),
+) -> None:
+    """Train one architecture through walk-forward (params.yaml `walkforward:`, `train:`), score it
+    with the baselines on the same test spans, and log it to MLflow."""
+    from hfcast.models import ARCHITECTURES
+
+    if model not in ARCHITECTURES:
+        _fail(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
+    settings = _settings()
+    try:
+        _, result, paths = _walkforward(settings, [model], lake_url, out, f"train-{model}")
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    _print_table(result, f"walk-forward test scores ({len(result.folds)} folds)")
+    console.print(f"report: {paths['report']}")
+    if log_run:
+        from hfcast.walkforward import log_result
+
+        plots = [paths[k] for k in ("forecast_vs_realized", "calibration", "error_by_decile")]
+        run_id = log_result(settings, result, model, {"walkforward": settings.param("walkforward", {}),
+                                                       "train": settings.param("train", {})},
+                            paths["report"].parent, plots)
+        console.print(f"[green]logged[/] MLflow run {run_id}")
+        if register:
+            from hfcast import registry
+
+            console.print(f"[green]registered[/] {settings.model_name} version {registry.register(settings, run_id)}")
+
+
+@app.command()
+def compare(
+    models: str = typer.Option("transformer,lstm,tcn,hybrid", "--models", help="Comma-separated architectures ('' = baselines only)."),
+    lake_url: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <home>/reports/compare)."),
+) -> None:
+    """Every architecture and every baseline on identical walk-forward folds: one table, one report."""
+    from hfcast.models import ARCHITECTURES
+
+    archs = [m.strip() for m in models.split(",") if m.strip()]
+    bad = [m for m in archs if m not in ARCHITECTURES]
+    if bad:
+        _fail(f"unknown model(s) {bad}; choose from {', '.join(ARCHITECTURES)}")
+    try:
+        _, result, paths = _walkforward(_settings(), archs, lake_url, out, "compare")
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    _print_table(result, f"walk-forward comparison ({len(result.folds)} folds, test spans only)")
+    console.print(f"report: {paths['report']}")
+
+
+@app.command()
+def evaluate(
+    predictions: Path = typer.Argument(..., help="Predictions file (parquet/CSV): PRED_COLUMNS + labels [+ truth, fold, model]."),
+    out: Path = typer.Option(Path("evaluation"), "--out", help="Folder for metrics.json, PNGs and report.html."),
+) -> None:
+    """Score a predictions file: QLIKE/MSE, IC/hit rate, coverage, ECE, error by confidence decile."""
+    from hfcast.evaluate import evaluate_file
+
+    try:
+        result = evaluate_file(predictions, out)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for name, r in result.items():
+        agg = r["aggregate"]
+        console.print(f"[bold]{name}[/]: " + " ".join(f"{k}={agg[k]:.4f}" for k in
+                      ("vol_qlike", "ret_ic", "ret_coverage", "rv_coverage", "ret_ece", "rv_ece") if k in agg))
+    console.print(f"report: {out / 'report.html'}")
+
 # --- registry (hfcast.registry) ------------------------------------------------------------------
+
+registry_app = typer.Typer(no_args_is_help=True, help="Model versions, aliases, the champion gate and rollback.")
+app.add_typer(registry_app, name="registry")
+
+
+def _registry_call(fn, *args, **kwargs):
+    """Run a registry function; a missing model/alias/run becomes a one-line error, not a traceback."""
+    from hfcast.registry import RegistryError
+
+    try:
+        return fn(*args, **kwargs)
+    except (RegistryError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@registry_app.command("list")
+def registry_list() -> None:
+    """Every version with its aliases, architecture, dataset version, gate decision and primary metrics."""
+    from rich.table import Table
+
+    from hfcast import registry
+
+    settings = _settings()
+    rows = _registry_call(registry.list_versions, settings)
+    if not rows:
+        console.print(f"no versions of '{settings.model_name}' in {settings.mlflow_uri}")
+        return
+    metrics = sorted({m for r in rows for m in r["metrics"]})
+    table = Table(title=f"{settings.model_name} @ {settings.mlflow_uri}")
+    for col in ("version", "aliases", "arch", "dataset", "created", "gate", *metrics):
+        table.add_column(col, justify="right" if col in metrics or col == "version" else "left")
+    for r in rows:
+        style = "bold green" if "champion" in r["aliases"] else None
+        table.add_row(str(r["version"]), ", ".join(r["aliases"]), r["arch"], r["dataset_version"][:16],
+                      r["created"], r["gate"], *[f"{r['metrics'][m]:.5f}" if m in r["metrics"] else "-"
+                                                 for m in metrics], style=style)
+    console.print(table)
+
+
+@registry_app.command("show")
+def registry_show(ref: str = typer.Argument("champion", help="hfcast@champion, hfcast/3, models:/hfcast@champion or 3.")) -> None:
+    """One version: aliases, source, tags (gate reasons, promotion/rollback history), metrics, artifacts."""
+    from rich.table import Table
+
+    from hfcast import registry
+
+    info = _registry_call(registry.describe, _settings(), ref)
+    console.print(f"[bold]{info['name']} v{info['version']}[/]  aliases: {', '.join(info['aliases']) or '-'}"
+                  f"  run: {info['run_id']}\nsource: {info['source']}")
+    table = Table(show_header=True)
+    table.add_column("kind")
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+    for kind, items in (("tag", info["tags"]), ("metric", info["all_metrics"]), ("param", info["params"])):
+        for k, v in sorted(items.items()):
+            table.add_row(kind, k, f"{v:.6g}" if isinstance(v, float) else str(v))
+    console.print(table)
+    console.print("artifacts: " + ", ".join(info["artifacts"]))
+
+
+@registry_app.command("promote")
+def registry_promote(
+    version: str = typer.Argument(..., help="The challenger version (or any reference)."),
+    force: bool = typer.Option(False, "--force", help="Skip the gate (needs --reason; recorded on the version)."),
+    reason: str = typer.Option("", "--reason", help="Why (required with --force)."),
+    margin: Optional[float] = typer.Option(None, "--margin", help="Override the params.yaml margins for every metric."),
+) -> None:
+    """Make VERSION the champion if it passes the gate (logged scores on the same test spans)."""
+    from hfcast import registry
+
+    settings = _settings()
+    if force:
+        decision = _registry_call(registry.GateDecision.force, reason)
+    else:
+        decision = _registry_call(registry.run_gate, settings, version, margin=margin)
+    for line in decision.reasons:
+        console.print(f"  - {line}")
+    if not _registry_call(registry.promote, settings, version, decision):
+        _fail(f"version {version} did not pass the gate; the champion is unchanged")
+    console.print(f"[green]champion[/] is now {settings.model_name} version "
+                  f"{registry.resolve(settings, 'champion').version}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(reason: str = typer.Option("manual rollback", "--reason", help="Recorded on both versions.")) -> None:
+    """Restore the previous champion (the demoted version keeps its tags, loses the alias)."""
+    from hfcast import registry
+
+    demoted, restored = _registry_call(registry.rollback, _settings(), reason=reason)
+    console.print(f"[yellow]rolled back[/]: champion v{demoted} -> v{restored}")
+
 
 # --- export, serve (hfcast.export, serving/) -----------------------------------------------------
 
+def _load_for_serving(settings, model: str, bundle: Optional[Path]):
+    if bundle is not None:
+        from hfcast.models.base import Forecaster
+
+        return Forecaster.load(str(bundle))
+    from hfcast.registry import RegistryError, load_forecaster
+
+    try:
+        return load_forecaster(settings, model)
+    except RegistryError as exc:
+        _fail(str(exc))
+
+
+@app.command("export")
+def export_cmd(
+    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference: NAME@ALIAS or NAME/VERSION."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local bundle folder instead of the registry."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <home>/export/<name>-<version>)."),
+    max_batch: int = typer.Option(1024, "--max-batch", help="Largest batch of the TensorRT profile and Triton."),
+    log_mlflow: bool = typer.Option(True, "--log/--no-log", help="Log the artefacts to the same model version."),
+) -> None:
+    """ONNX (dynamic batch, parity-checked), TensorRT plan where possible, Triton repository."""
+    from hfcast import export
+
+    settings = _settings()
+    fc = _load_for_serving(settings, model, bundle)
+    name, version = fc.meta.get("model_name", "hfcast"), fc.meta.get("model_version", "local")
+    out = out or settings.home / "export" / f"{name}-{version}"
+    try:
+        report = export.export_all(fc, out, max_batch=max_batch)
+    except ValueError as exc:  # parity failure
+        _fail(str(exc))
+    console.print(f"ONNX ({report.onnx['exporter']} exporter, opset {report.onnx['opset']}): max relative error "
+                  f"{report.onnx['parity']['max_rel_err']:.2e} vs PyTorch -> {report.onnx['path']}")
+    if isinstance(report.tensorrt, str):
+        console.print(f"[yellow]{report.tensorrt}[/]")
+    else:
+        console.print(f"TensorRT FP16 plan: max relative error {report.tensorrt['parity']['max_rel_err']:.2e}, "
+                      f"{len(report.tensorrt['fp32_layers'])} normalisation layers kept FP32")
+    console.print(f"Triton repository: {report.triton_repo}")
+    if log_mlflow and bundle is None:
+        uri = export.log_export_to_mlflow(report, settings)
+        console.print(f"logged to {name} version {version}: {uri}")
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference: NAME@ALIAS or NAME/VERSION."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local bundle folder instead of the registry."),
+    port: int = typer.Option(8080, "--port", help="HTTP port (KServe binds all interfaces)."),
+    grpc_port: int = typer.Option(8081, "--grpc-port", help="gRPC port."),
+    runner: str = typer.Option("auto", "--runner", help="auto | onnxruntime | torch | torch-compiled | tensorrt."),
+    max_batch: int = typer.Option(1024, "--max-batch", help="Largest batch accepted (larger: HTTP 400)."),
+    max_staleness_s: float = typer.Option(600.0, "--max-staleness-s", help="Oldest feature age for symbol inputs (<0: no limit)."),
+    feature_store: bool = typer.Option(True, "--feature-store/--no-feature-store", help="Serve symbol inputs from Feast."),
+) -> None:
+    """Serve the model with KServe (V1 + V2): windows or symbols in, calibrated forecasts out."""
+    import sys
+
+    root = Path(__file__).resolve().parents[2]  # serving/ sits beside src/ in the repository
+    if (root / "serving" / "__init__.py").exists() and str(root) not in sys.path:
+        sys.path.append(str(root))
+    argv, sys.argv = sys.argv, sys.argv[:1]  # kserve parses sys.argv when first imported
+    try:
+        from serving.core import Limits
+        from serving.predictor import HfcastPredictor, serve as run_server
+    except ModuleNotFoundError as exc:
+        _fail(f"cannot import the serving package ({exc}): run from the repository root or the predictor image")
+    finally:
+        sys.argv = argv
+    limits = Limits(max_batch, None if max_staleness_s < 0 else max_staleness_s)
+    predictor = HfcastPredictor("hfcast", bundle=bundle, ref=None if bundle else model, runner=runner,
+                                limits=limits, settings=_settings(), use_feature_store=feature_store)
+    run_server(predictor, http_port=port, grpc_port=grpc_port)
+
+
 # --- predict (hfcast.predict) --------------------------------------------------------------------
+
+@app.command()
+def predict(
+    dates: str = typer.Option(..., "--dates", help="'2024-01-02..2024-01-31' (dates with features) or 'D1,D2'."),
+    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference: NAME@alias or NAME/version."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local forecaster bundle instead of the registry."),
+    dense: bool = typer.Option(True, "--dense/--sparse", help="Every minute, or every 10th minute forward-filled."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Dates predicted in parallel processes."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output root (file:// path or s3://bucket/prefix); default: the lake."),
+    force: bool = typer.Option(False, "--force", help="Redo dates that are already complete."),
+    runner: str = typer.Option("auto", "--runner", help="auto | onnxruntime | torch | torch-compiled | tensorrt"),
+) -> None:
+    """Batch inference: one prediction CSV (+ manifest) per date, resumable and parallel."""
+    from rich.table import Table
+
+    from hfcast.predict import run_predict
+
+    try:
+        summary = run_predict(_settings(), dates, model_ref=model, bundle_dir=str(bundle) if bundle else None,
+                              mode="dense" if dense else "sparse", workers=workers, out=out, force=force,
+                              runner=runner)
+    except (ValueError, LookupError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    d = summary.as_dict()
+    table = Table(title=f"predict {d['model']} ({d['mode']}, {d['workers']} worker(s))")
+    for col in ("done", "skipped", "failed", "rows", "seconds", "rows/s"):
+        table.add_column(col, justify="right")
+    table.add_row(*(str(d[k]) for k in ("done", "skipped", "failed", "rows", "seconds", "rows_per_second")))
+    console.print(table)
+    if d["timing_split"]:
+        console.print("time split (s): " + ", ".join(f"{k} {v}" for k, v in d["timing_split"].items()))
+    if summary.failed:
+        for r in summary.failed:
+            console.print(f"[red]failed[/] {r.date}: {r.reason}")
+        _fail(f"{len(summary.failed)} date(s) failed: {', '.join(r.date for r in summary.failed)}")
+
 
 # --- monitor (hfcast.drift) ----------------------------------------------------------------------
 

@@ -42,6 +42,10 @@ class Secret(str):
     def __str__(self) -> str:
         return "***" if str.__len__(self) else ""
 
+    def __format__(self, spec: str) -> str:
+        # str.__format__ would format the real value when a spec is given (f"{s:>10}")
+        return format(str(self), spec)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -107,11 +111,15 @@ def get_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None) 
     """Settings from the environment, with embedded defaults under ``./.hfcast``."""
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else Path(cwd)
-    home = Path(env.get("HFCAST_HOME") or cwd / ".hfcast").resolve()
+    # relative paths resolve against ``cwd`` (not the process directory) so that tests and DVC
+    # stages that pass ``cwd`` get the same absolute paths
+    home = (cwd / (env.get("HFCAST_HOME") or ".hfcast")).resolve()
     lake = env.get("HFCAST_LAKE") or (home / "lake").as_uri()
+    if "://" not in lake:  # a plain path (e.g. ``data/lake`` in a DVC stage): absolute file:// URL
+        lake = (cwd / lake).resolve().as_uri()
     mlflow_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
-    feast_repo = Path(env.get("HFCAST_FEAST_REPO") or home / "feature_repo").resolve()
-    params_path = env.get("HFCAST_PARAMS") or (cwd / "params.yaml")
+    feast_repo = (cwd / (env.get("HFCAST_FEAST_REPO") or home / "feature_repo")).resolve()
+    params_path = cwd / (env.get("HFCAST_PARAMS") or "params.yaml")
     return Settings(
         home=home,
         lake_url=lake.rstrip("/"),

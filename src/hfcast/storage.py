@@ -19,6 +19,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
+from urllib.parse import unquote
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -58,7 +59,7 @@ def is_remote(url: str) -> bool:
 def local_path(url: str) -> Path:
     """The filesystem path for a ``file://`` URL or a plain path."""
     if url.startswith("file://"):
-        return Path(url[len("file://"):])
+        return Path(unquote(url[len("file://"):]))  # Path.as_uri() percent-encodes spaces etc.
     return Path(url)
 
 
@@ -106,6 +107,7 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes
         if not is_remote(url):
             return local_path(url).read_bytes()
         fs, path = filesystem(url, storage_options)
+        fs.invalidate_cache(path)  # a cached listing from before another process wrote must not hide it
         return fs.cat_file(path)
     except FileNotFoundError:
         raise
@@ -114,25 +116,35 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes
 
 
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
-    fs, path = filesystem(url, storage_options)
-    return fs.exists(path)
+    try:
+        fs, path = filesystem(url, storage_options)
+        fs.invalidate_cache(path)
+        return fs.exists(path)
+    except Exception as exc:
+        raise StorageError(redact(f"checking {url} failed: {exc}")) from None
 
 
 def listdir(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Names (not paths) directly under ``url``; hidden temp files are skipped; [] if absent."""
-    fs, path = filesystem(url, storage_options)
     try:
+        fs, path = filesystem(url, storage_options)
+        fs.invalidate_cache(path)  # s3fs caches listings: another process may have written since
         entries = fs.ls(path, detail=False)
     except FileNotFoundError:
         return []
+    except Exception as exc:
+        raise StorageError(redact(f"listing {url} failed: {exc}")) from None
     names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
     return sorted(n for n in names if not n.startswith("."))
 
 
 def remove(url: str, storage_options: dict[str, Any] | None = None, recursive: bool = False) -> None:
-    fs, path = filesystem(url, storage_options)
-    if fs.exists(path):
-        fs.rm(path, recursive=recursive)
+    try:
+        fs, path = filesystem(url, storage_options)
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+    except Exception as exc:
+        raise StorageError(redact(f"removing {url} failed: {exc}")) from None
 
 
 def write_parquet(df: pd.DataFrame, url: str, storage_options: dict[str, Any] | None = None) -> None:

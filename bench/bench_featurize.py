@@ -1,0 +1,120 @@
+"""Featurize throughput and memory: the numpy engine vs a straightforward pandas implementation.
+
+What is measured (one run, written to bench/results/featurize.json):
+
+* ``engine_end_to_end``: ``run_featurize`` over 100 symbols x 20 days on a local lake (read the
+  validated parquet, grid, 59 features, labels, truth join, write the features parquet), with the
+  process's peak RSS.
+* ``engine_compute``: ``featurize_frame`` on the same bars already in memory (no parquet I/O).
+* ``pandas_reference``: tests/code/_feature_reference.py (pandas reindex/ffill + groupby-rolling /
+  ewm per symbol-day, python loops for OFI) on a SUBSET (``--ref-symbols`` x ``--ref-days``),
+  scaled per stock-minute; the engine is timed on the same subset for the ratio.
+* ``one_date_1000_symbols``: one 1000-symbol date end to end, the unit of the full-year goal
+  (1000 x 252 in < 10 min = 165k stock-min/s); the projection multiplies it by 252.
+
+Input: the market simulator (hfcast.data.simulator); timings are wall clock on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "code"))
+
+from _common import PeakMemory, write_result  # noqa: E402
+from hfcast.data.simulator import SimConfig, iter_days  # noqa: E402
+from hfcast.features.engine import HarState, featurize_frame, run_featurize  # noqa: E402
+from hfcast.features.registry import feature_names  # noqa: E402
+from hfcast.storage import Lake  # noqa: E402
+
+GOAL_ROWS_PER_S = 1000 * 252 * 390 / 600.0
+
+
+def _write_lake(root: str, n_symbols: int, n_days: int, seed: int) -> tuple[Lake, list, float]:
+    lake = Lake(f"file://{root}")
+    days, t0 = [], time.perf_counter()
+    for d, bars, truth in iter_days(SimConfig(n_symbols=n_symbols, n_days=n_days, seed=seed)):
+        lake.write("validated", d, bars)
+        lake.write("truth", d, truth)
+        days.append((d, bars, truth))
+    return lake, days, time.perf_counter() - t0
+
+
+def _engine_compute(days) -> float:
+    state, t0 = HarState(), time.perf_counter()
+    for d, bars, truth in days:
+        _, state = featurize_frame(bars, d, state, truth)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--symbols", type=int, default=100)
+    ap.add_argument("--days", type=int, default=20)
+    ap.add_argument("--ref-symbols", type=int, default=20)
+    ap.add_argument("--ref-days", type=int, default=2)
+    ap.add_argument("--big-symbols", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=3)
+    a = ap.parse_args()
+    from _feature_reference import reference_features
+
+    names = feature_names(True)
+    with tempfile.TemporaryDirectory(prefix="bench-feat-") as tmp:
+        lake, days, gen_s = _write_lake(tmp, a.symbols, a.days, a.seed)
+        rows = a.symbols * a.days * 390
+        with PeakMemory() as mem:
+            summary = run_featurize(lake, progress=False)
+        e2e_s = summary["seconds"]
+        comp_s = _engine_compute(days)
+
+        sub = []
+        for d, bars, truth in days[: a.ref_days]:
+            keep = bars["symbol"].isin(sorted(bars["symbol"].unique())[: a.ref_symbols])
+            sub.append((d, bars[keep].reset_index(drop=True), truth))
+        sub_rows = a.ref_symbols * a.ref_days * 390
+        t0 = time.perf_counter()
+        for d, bars, _ in sub:
+            reference_features(bars, d, names)
+        ref_s = time.perf_counter() - t0
+        sub_eng_s = _engine_compute([(d, b, None) for d, b, _ in sub])
+
+    with tempfile.TemporaryDirectory(prefix="bench-feat-big-") as tmp:
+        big_lake, _, _ = _write_lake(tmp, a.big_symbols, 1, a.seed + 1)
+        with PeakMemory() as big_mem:
+            big = run_featurize(big_lake, progress=False)
+    big_rows = a.big_symbols * 390
+    proj_s = big["seconds"] * 252 * 1000 / a.big_symbols
+    payload = {
+        "input": f"hfcast.data.simulator, {a.symbols} symbols x {a.days} days (seed {a.seed})",
+        "n_features": len(names),
+        "engine_end_to_end": {"rows": rows, "seconds": round(e2e_s, 3), "rows_per_s": round(rows / e2e_s),
+                              "peak_rss_mb": round(mem.peak_mb, 1), "rss_before_mb": round(mem.start_mb, 1),
+                              "includes": "parquet read + grid + features + labels + truth join + parquet write"},
+        "engine_compute": {"rows": rows, "seconds": round(comp_s, 3), "rows_per_s": round(rows / comp_s)},
+        "pandas_reference": {
+            "subset": f"{a.ref_symbols} symbols x {a.ref_days} days ({sub_rows} rows), scaled per stock-minute",
+            "seconds": round(ref_s, 3), "rows_per_s": round(sub_rows / ref_s),
+            "engine_seconds_same_subset": round(sub_eng_s, 3),
+            "speedup_same_subset": round(ref_s / sub_eng_s, 1),
+            "speedup_vs_engine_compute_full": round((rows / comp_s) / (sub_rows / ref_s), 1),
+            "projected_reference_seconds_full_year": round(1000 * 252 * 390 / (sub_rows / ref_s)),
+        },
+        f"one_date_{a.big_symbols}_symbols": {
+            "rows": big_rows, "seconds": round(big["seconds"], 3), "rows_per_s": round(big_rows / big["seconds"]),
+            "peak_rss_mb": round(big_mem.peak_mb, 1), "rss_before_mb": round(big_mem.start_mb, 1),
+            "projected_full_year_seconds_single_process": round(proj_s, 1),
+            "goal_seconds": 600, "goal_rows_per_s": round(GOAL_ROWS_PER_S),
+            "meets_goal_single_process": bool(proj_s < 600),
+        },
+        "notes": "single process (numpy uses one thread for these ops); memory is bounded by one date: peak RSS "
+                 "does not grow with the number of days. Timings on a 2-core machine shared with other jobs.",
+    }
+    write_result("featurize", payload)
+
+
+if __name__ == "__main__":
+    main()

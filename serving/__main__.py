@@ -1,0 +1,31 @@
+"""``python -m serving``: the predictor image's entry point (KServe's parser, extended).
+
+Example: ``python -m serving --http_port 8080 --model_ref hfcast@champion``
+(or ``--bundle /mnt/models`` for a bundle the storage initializer already downloaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from kserve import model_server
+
+from serving.core import Limits
+from serving.predictor import HfcastPredictor, serve
+
+parser = argparse.ArgumentParser(parents=[model_server.parser])
+parser.set_defaults(model_name="hfcast")
+parser.add_argument("--bundle", default=None, help="local Forecaster bundle folder (instead of the registry)")
+parser.add_argument("--model_ref", default="hfcast@champion", help="registry reference: NAME@ALIAS or NAME/VERSION")
+parser.add_argument("--runner", default="auto", help="auto | onnxruntime | torch | torch-compiled | tensorrt")
+parser.add_argument("--max_batch", type=int, default=1024, help="largest batch accepted (larger: HTTP 400)")
+parser.add_argument("--max_staleness_s", type=float, default=600.0,
+                    help="oldest feature age accepted for symbol inputs, seconds (negative: no limit)")
+parser.add_argument("--no_feature_store", action="store_true", help="serve window inputs only")
+
+if __name__ == "__main__":
+    args, _ = parser.parse_known_args()
+    limits = Limits(args.max_batch, None if args.max_staleness_s < 0 else args.max_staleness_s)
+    model = HfcastPredictor(args.model_name, bundle=args.bundle, ref=None if args.bundle else args.model_ref,
+                            runner=args.runner, limits=limits, use_feature_store=not args.no_feature_store)
+    serve(model, args.http_port, args.grpc_port, args.workers)

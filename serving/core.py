@@ -1,0 +1,137 @@
+"""What the predictor and the transformer share, with no server in it (unit-tested directly).
+
+:class:`ForecastService` holds the Forecaster (weights, scaler, calibration), the online window
+lookup and the limits. It turns a validated request into scaled windows plus the feature
+timestamps used, and turns raw network outputs into response rows (V1) or tensors (V2).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from kserve.errors import InvalidInput
+
+from serving.validation import ParsedRequest
+
+log = logging.getLogger(__name__)
+
+# (symbols) -> (windows [B,30,F] unscaled float32, feature ts [B] datetime64/Timestamp, feature names)
+WindowLookup = Callable[[Sequence[str]], tuple[np.ndarray, Any, Sequence[str]]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits; both answer with HTTP 400 when exceeded."""
+
+    max_batch: int = 1024
+    max_staleness_s: float | None = 600.0  # None: any feature age is accepted
+
+
+def load_forecaster(bundle: str | Path | None = None, ref: str | None = None, settings: Any = None):
+    """A local bundle folder, or a registry reference (``hfcast@champion``, ``hfcast/3``)."""
+    if bundle is not None:
+        from hfcast.models.base import Forecaster
+
+        fc = Forecaster.load(bundle)
+        fc.meta.setdefault("model_name", fc.meta.get("name", "hfcast"))
+        fc.meta.setdefault("model_version", f"bundle:{Path(bundle).name}")
+        return fc
+    from hfcast.config import get_settings
+    from hfcast.registry import load_forecaster as from_registry
+
+    return from_registry(settings or get_settings(), ref or "hfcast@champion")
+
+
+def feast_lookup(settings: Any) -> WindowLookup:
+    """The Feast online store as a :data:`WindowLookup` (one cached store per process)."""
+    from hfcast import feature_store
+
+    if hasattr(feature_store, "OnlineWindows"):
+        return feature_store.OnlineWindows(settings)
+    return lambda symbols: feature_store.online_windows(settings, list(symbols))
+
+
+def _iso(ts: Any) -> str:
+    import pandas as pd
+
+    t = pd.Timestamp(ts)
+    if t is pd.NaT:
+        return ""
+    return (t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")).isoformat()
+
+
+class ForecastService:
+    """Forecaster + window lookup + limits: request in, scaled windows and response out."""
+
+    def __init__(self, forecaster: Any, lookup: WindowLookup | None = None, limits: Limits = Limits(),
+                 clock: Callable[[], float] = time.time):
+        self.forecaster = forecaster
+        self.lookup = lookup
+        self.limits = limits
+        self.clock = clock
+        self.feature_names = list(forecaster.feature_names)
+        self.n_features = len(self.feature_names)
+        self.model_name = str(forecaster.meta.get("model_name", "hfcast"))
+        self.model_version = str(forecaster.meta.get("model_version", "unknown"))
+
+    def windows(self, req: ParsedRequest) -> tuple[np.ndarray, list[str]]:
+        """Scaled windows [B,30,F] and the feature timestamp (ISO UTC, "" if unknown) of each row."""
+        if req.symbols is None:
+            scaled = req.windows if req.scaled else self.forecaster.scaler.transform(req.windows)
+            return np.ascontiguousarray(scaled, dtype=np.float32), [""] * req.size
+        raw, ts = self.fetch(req.symbols)
+        return self.forecaster.scaler.transform(raw), [_iso(t) for t in ts]
+
+    def fetch(self, symbols: Sequence[str]) -> tuple[np.ndarray, list]:
+        """Latest unscaled windows from the online store; unknown or stale symbols are the caller's 400."""
+        import pandas as pd
+
+        if self.lookup is None:
+            raise InvalidInput("symbol inputs need a feature store, and this server runs without one: "
+                               "send 'window' inputs instead")
+        try:
+            windows, ts, names = self.lookup(symbols)
+        except KeyError as exc:  # the store names the symbols it does not know
+            raise InvalidInput(f"unknown symbol(s): {exc.args[0] if exc.args else exc}") from None
+        ts = list(pd.to_datetime(pd.Series(list(ts)), utc=True))
+        missing = [s for s, t in zip(symbols, ts) if t is pd.NaT]
+        if missing:
+            raise InvalidInput(f"unknown symbol(s) (no features in the online store): {missing}")
+        if list(names) != self.feature_names:
+            order = [list(names).index(n) for n in self.feature_names]  # ValueError: a real mismatch
+            windows = windows[..., order]
+        if self.limits.max_staleness_s is not None:
+            now = pd.Timestamp(self.clock(), unit="s", tz="UTC")
+            ages = [(now - t).total_seconds() for t in ts]
+            stale = {s: round(a) for s, a in zip(symbols, ages) if a > self.limits.max_staleness_s}
+            if stale:
+                raise InvalidInput(f"stale features: age in seconds {stale} exceeds the staleness limit "
+                                   f"of {self.limits.max_staleness_s:g} s")
+        return np.asarray(windows, dtype=np.float32), ts
+
+    def predictions(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw network outputs [B,4] -> calibrated forecasts (PRED_COLUMNS)."""
+        return self.forecaster.postprocess(np.asarray(raw, dtype=np.float32))
+
+    def v1_response(self, preds: dict[str, np.ndarray], feature_ts: list[str]) -> dict:
+        """``{"predictions": [{column: value, ..., model_name, model_version, feature_ts}, ...]}``."""
+        cols = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in preds.items()}
+        rows = [{**{k: cols[k][i] for k in cols}, "model_name": self.model_name,
+                 "model_version": self.model_version, "feature_ts": feature_ts[i]}
+                for i in range(len(feature_ts))]
+        return {"predictions": rows}
+
+    def v2_outputs(self, preds: dict[str, np.ndarray], feature_ts: list[str]) -> list[dict]:
+        """One FP32 [B] tensor per forecast column, then BYTES [B] model_name/model_version/feature_ts."""
+        b = len(feature_ts)
+        outs = [{"name": k, "shape": [b], "datatype": "FP32", "data": np.asarray(v, dtype=np.float32)}
+                for k, v in preds.items()]
+        for name, vals in (("model_name", [self.model_name] * b), ("model_version", [self.model_version] * b),
+                           ("feature_ts", feature_ts)):
+            outs.append({"name": name, "shape": [b], "datatype": "BYTES", "data": vals})
+        return outs

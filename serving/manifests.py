@@ -1,0 +1,127 @@
+"""The serving InferenceServices, built with the KServe SDK's typed models and written as YAML.
+
+Why typed models: no API server runs where this is developed, and ``kubectl --dry-run=client``
+needs one, so the SDK's ``V1beta1InferenceService`` classes are the schema check; a test proves
+the committed YAML equals what this module builds and survives a round trip through them.
+
+``python -m serving.manifests`` rewrites ``manifests/serving/*.yaml``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import kserve.models
+import kubernetes.client
+import yaml
+from kserve import (V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1ModelFormat, V1beta1ModelSpec,
+                    V1beta1PredictorSpec, V1beta1TransformerSpec)
+from kserve.api_client import ApiClient
+from kubernetes.client import V1Container, V1EnvVar, V1ObjectMeta, V1ResourceRequirements
+
+API_VERSION = "serving.kserve.io/v1beta1"
+NAMESPACE = "hfcast"
+IMAGE = "ghcr.io/hfcast/hfcast-predictor:0.1.0"  # built from serving/Dockerfile; a tag, never :latest
+TRITON_URI = "s3://hfcast-models/hfcast/champion/triton"  # `hfcast export` output, triton/ folder
+MODEL_REF = "hfcast@champion"
+SERVERLESS = {"serving.kserve.io/deploymentMode": "Serverless"}  # Knative: needed for canary traffic
+OUT_DIR = Path(__file__).resolve().parents[1] / "manifests" / "serving"
+ENV = [V1EnvVar(name="MLFLOW_TRACKING_URI", value="http://mlflow.hfcast.svc.cluster.local:5000"),
+       V1EnvVar(name="HFCAST_FEAST_REPO", value="/opt/hfcast/feature_repo"),
+       V1EnvVar(name="HFCAST_S3_ENDPOINT", value="http://minio.hfcast.svc.cluster.local:9000")]
+
+
+def _resources(cpu: str, memory: str, gpu: int = 0) -> V1ResourceRequirements:
+    limits = {"cpu": cpu, "memory": memory, **({"nvidia.com/gpu": str(gpu)} if gpu else {})}
+    return V1ResourceRequirements(requests={"cpu": cpu, "memory": memory}, limits=limits)
+
+
+def _isvc(name: str, spec: V1beta1InferenceServiceSpec) -> V1beta1InferenceService:
+    return V1beta1InferenceService(api_version=API_VERSION, kind="InferenceService",
+                                   metadata=V1ObjectMeta(name=name, namespace=NAMESPACE, annotations=dict(SERVERLESS)),
+                                   spec=spec)
+
+
+def gpu_isvc(triton_uri: str = TRITON_URI, image: str = IMAGE) -> V1beta1InferenceService:
+    """Triton serving the TensorRT plan on one GPU, behind the Feast feature transformer."""
+    predictor = V1beta1PredictorSpec(min_replicas=1, model=V1beta1ModelSpec(
+        name="kserve-container", model_format=V1beta1ModelFormat(name="tensorrt"), runtime="kserve-tritonserver", protocol_version="v2",
+        storage_uri=triton_uri, resources=_resources("4", "8Gi", gpu=1)))
+    transformer = V1beta1TransformerSpec(min_replicas=1, containers=[V1Container(
+        name="kserve-container", image=image, command=["python", "-m", "serving.transformer"],
+        args=["--model_name", "hfcast", "--predictor_protocol", "v2", "--model_ref", MODEL_REF],
+        env=ENV, resources=_resources("2", "2Gi"))])
+    return _isvc("hfcast-gpu", V1beta1InferenceServiceSpec(predictor=predictor, transformer=transformer))
+
+
+def _cpu_predictor(ref: str, image: str, canary_percent: int | None = None) -> V1beta1PredictorSpec:
+    return V1beta1PredictorSpec(min_replicas=1, max_replicas=4, canary_traffic_percent=canary_percent,
+                                containers=[V1Container(
+                                    name="kserve-container", image=image, command=["python", "-m", "serving"],
+                                    args=["--model_name", "hfcast", "--model_ref", ref, "--runner", "onnxruntime"],
+                                    env=ENV, resources=_resources("2", "2Gi"))])
+
+
+def cpu_isvc(ref: str = MODEL_REF, image: str = IMAGE) -> V1beta1InferenceService:
+    """The hfcast predictor image on CPU (onnxruntime), V1 + V2, Feast lookups in-process."""
+    return _isvc("hfcast-cpu", V1beta1InferenceServiceSpec(predictor=_cpu_predictor(ref, image)))
+
+
+def canary_isvc(ref: str = "hfcast@challenger", percent: int = 10, image: str = IMAGE) -> V1beta1InferenceService:
+    """The CPU service updated to the challenger with ``percent`` of traffic; the rest stays on the
+    previous revision until ``canaryTrafficPercent`` is removed (promote) or the spec is reverted."""
+    if not 0 < percent < 100:
+        raise ValueError(f"canary percent must be in 1..99, got {percent}")
+    return _isvc("hfcast-cpu", V1beta1InferenceServiceSpec(predictor=_cpu_predictor(ref, image, percent)))
+
+
+def to_dict(isvc: V1beta1InferenceService) -> dict:
+    """The YAML/JSON form Kubernetes reads (camelCase keys, no nulls)."""
+    return ApiClient().sanitize_for_serialization(isvc)
+
+
+def _typed(data, klass: str):
+    """Deserialize into the KServe / Kubernetes model named ``klass`` (KServe's own client only
+    knows its own models, and the InferenceService nests Kubernetes ones)."""
+    if data is None:
+        return None
+    m = re.fullmatch(r"list\[(.*)\]", klass)
+    if m:
+        return [_typed(v, m.group(1)) for v in data]
+    m = re.fullmatch(r"dict\(([^,]*), (.*)\)", klass)
+    if m:
+        return {k: _typed(v, m.group(2)) for k, v in data.items()}
+    if klass in ("str", "int", "float", "bool", "object", "date", "datetime"):
+        return data
+    cls = getattr(kserve.models, klass, None) or getattr(kubernetes.client, klass)
+    unknown = set(data) - set(cls.attribute_map.values())
+    if unknown:
+        raise ValueError(f"{klass} has no field(s) {sorted(unknown)}")
+    return cls(**{attr: _typed(data[key], cls.openapi_types[attr])
+                  for attr, key in cls.attribute_map.items() if key in data})
+
+
+def from_dict(doc: dict) -> V1beta1InferenceService:
+    """Parse back into the typed models; a field the schema does not know is an error."""
+    return _typed(doc, "V1beta1InferenceService")
+
+
+def build_all() -> dict[str, V1beta1InferenceService]:
+    return {"isvc-gpu-triton.yaml": gpu_isvc(), "isvc-cpu.yaml": cpu_isvc(), "isvc-canary.yaml": canary_isvc()}
+
+
+def write_all(out_dir: Path = OUT_DIR) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, isvc in build_all().items():
+        path = out_dir / name
+        header = "# Generated by `python -m serving.manifests` (serving/manifests.py); do not edit by hand.\n"
+        path.write_text(header + yaml.safe_dump(to_dict(isvc), sort_keys=False))
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    for p in write_all():
+        print(p)

@@ -1,0 +1,105 @@
+"""The hfcast KServe predictor: champion (or a given version) in, V1 and V2 forecasts out.
+
+Short on purpose, like KServe's sklearnserver: ``__init__`` stores its arguments, ``load()``
+fetches the forecaster (weights + scaler + calibration) and picks the fastest runner, ``predict()``
+validates (serving.validation), runs and builds the answer (serving.core).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import kserve
+from kserve import InferRequest, InferResponse
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferOutput
+
+from serving.core import ForecastService, Limits, feast_lookup, load_forecaster
+from serving.validation import parse_v1, parse_v2
+
+log = logging.getLogger(__name__)
+
+
+class HfcastPredictor(kserve.Model):
+    """A Forecaster behind the fastest runner available (onnxruntime on CPU, TensorRT on GPU)."""
+
+    def __init__(self, name: str = "hfcast", bundle: str | Path | None = None, ref: str | None = None,
+                 runner: str = "auto", limits: Limits = Limits(), settings: Any = None,
+                 use_feature_store: bool = True):
+        super().__init__(name)
+        self.bundle, self.ref, self.runner_kind = bundle, ref, runner
+        self.limits, self.settings, self.use_feature_store = limits, settings, use_feature_store
+        self.service: ForecastService | None = None
+        self.runner = None
+
+    def load(self) -> bool:
+        from hfcast.export import make_runner
+
+        forecaster = load_forecaster(self.bundle, self.ref, self.settings)
+        lookup = None
+        if self.use_feature_store:
+            from hfcast.config import get_settings
+
+            lookup = feast_lookup(self.settings or get_settings())
+        self.service = ForecastService(forecaster, lookup, self.limits)
+        self.runner = make_runner(self.runner_kind, forecaster)
+        log.info("hfcast predictor: %s version %s on %s (%s)", self.service.model_name,
+                 self.service.model_version, self.runner.kind, self.runner.device)
+        self.ready = True
+        return self.ready
+
+    @property
+    def version(self) -> str:
+        return self.service.model_version if self.service else "unknown"
+
+    def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None) -> dict | InferResponse:
+        svc = self.service
+        if isinstance(payload, InferRequest):
+            req = parse_v2(payload, svc.n_features, svc.limits.max_batch)
+        else:
+            req = parse_v1(payload, svc.n_features, svc.limits.max_batch)
+        windows, feature_ts = svc.windows(req)
+        preds = svc.predictions(self.runner.run(windows))
+        if req.protocol == "v1":
+            return svc.v1_response(preds, feature_ts)
+        outputs = [InferOutput(name=o["name"], shape=o["shape"], datatype=o["datatype"], data=o["data"])
+                   for o in svc.v2_outputs(preds, feature_ts)]
+        return InferResponse(response_id=req.request_id or str(uuid.uuid4()), model_name=self.name,
+                             model_version=svc.model_version, infer_outputs=outputs)
+
+    def get_input_types(self) -> list[dict]:
+        n = self.service.n_features if self.service else -1
+        return [{"name": "window", "datatype": "FP32", "shape": [-1, 30, n]},
+                {"name": "symbol", "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict]:
+        from hfcast.models.base import PRED_COLUMNS
+
+        return ([{"name": c, "datatype": "FP32", "shape": [-1]} for c in PRED_COLUMNS]
+                + [{"name": c, "datatype": "BYTES", "shape": [-1]} for c in ("model_name", "model_version", "feature_ts")])
+
+
+class VersionedDataPlane(DataPlane):
+    """KServe's data plane, but ``GET /v2/models/<name>`` also answers the model version."""
+
+    async def model_metadata(self, model_name: str) -> dict:
+        meta = await super().model_metadata(model_name)
+        version = getattr(self.get_model_from_registry(model_name), "version", None)
+        if version is not None:
+            meta["versions"] = [str(version)]
+        return meta
+
+
+def serve(model: kserve.Model, http_port: int = 8080, grpc_port: int = 8081, workers: int = 1) -> None:
+    """Load and serve one model (blocks). KServe binds 0.0.0.0; send local traffic to 127.0.0.1."""
+    model.load()
+    # per-request trace lines cost more than a batch-1 forecast: keep them off the hot path
+    server = kserve.ModelServer(http_port=http_port, grpc_port=grpc_port, workers=workers,
+                                enable_latency_logging=False)
+    for noisy in ("kserve.trace", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    server.dataplane = VersionedDataPlane(model_registry=server.registered_models)
+    server.start([model])

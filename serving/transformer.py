@@ -1,0 +1,94 @@
+"""The feature transformer in front of Triton: symbols -> Feast windows -> Triton -> calibrated answer.
+
+On the GPU InferenceService, Triton serves the TensorRT plan (raw outputs [B,4] only); this
+KServe transformer owns everything around it: validation, the Feast lookup and staleness check,
+scaling, and, on the way back, the Forecaster's calibration and the response rows. It reuses
+serving.core, so its answers are the predictor's answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import logging
+import uuid
+from typing import Any
+
+import kserve
+from kserve import InferInput, InferRequest, InferResponse, model_server
+from kserve.protocol.infer_type import InferOutput
+
+from hfcast.export import INPUT_NAME, OUTPUT_NAME
+from serving.core import ForecastService, Limits, feast_lookup, load_forecaster
+from serving.validation import parse_v1, parse_v2
+
+log = logging.getLogger(__name__)
+
+# what preprocess learned that postprocess needs (same asyncio task, so a ContextVar carries it)
+_REQUEST: contextvars.ContextVar[tuple[str, list[str], str | None]] = contextvars.ContextVar("hfcast_request")
+
+
+class FeatureTransformer(kserve.Model):
+    """Pre/post-processing around a V2 predictor (Triton) that maps window [B,30,F] -> raw [B,4]."""
+
+    def __init__(self, name: str, predictor_host: str, bundle: str | None = None, ref: str | None = None,
+                 limits: Limits = Limits(), settings: Any = None, lookup: Any = None):
+        super().__init__(name)
+        self.predictor_host = predictor_host
+        self.bundle, self.ref, self.limits, self.settings, self._lookup = bundle, ref, limits, settings, lookup
+        self.service: ForecastService | None = None
+
+    def load(self) -> bool:
+        from hfcast.config import get_settings
+
+        forecaster = load_forecaster(self.bundle, self.ref, self.settings)
+        lookup = self._lookup or feast_lookup(self.settings or get_settings())
+        self.service = ForecastService(forecaster, lookup, self.limits)
+        self.ready = True
+        return self.ready
+
+    @property
+    def version(self) -> str:
+        return self.service.model_version if self.service else "unknown"
+
+    def preprocess(self, payload: dict | InferRequest, headers: dict[str, str] | None = None) -> InferRequest:
+        svc = self.service
+        if isinstance(payload, InferRequest):
+            req = parse_v2(payload, svc.n_features, svc.limits.max_batch)
+        else:
+            req = parse_v1(payload, svc.n_features, svc.limits.max_batch)
+        windows, feature_ts = svc.windows(req)
+        _REQUEST.set((req.protocol, feature_ts, req.request_id))
+        tensor = InferInput(name=INPUT_NAME, shape=list(windows.shape), datatype="FP32")
+        tensor.set_data_from_numpy(windows, binary_data=False)
+        return InferRequest(model_name=self.name, infer_inputs=[tensor], request_id=req.request_id)
+
+    def postprocess(self, result: InferResponse | dict, headers: dict[str, str] | None = None,
+                    response_headers: dict[str, str] | None = None) -> dict | InferResponse:
+        svc = self.service
+        protocol, feature_ts, request_id = _REQUEST.get()
+        raw = next(o for o in result.outputs if o.name == OUTPUT_NAME).as_numpy()
+        preds = svc.predictions(raw)
+        if protocol == "v1":
+            return svc.v1_response(preds, feature_ts)
+        outputs = [InferOutput(name=o["name"], shape=o["shape"], datatype=o["datatype"], data=o["data"])
+                   for o in svc.v2_outputs(preds, feature_ts)]
+        return InferResponse(response_id=request_id or str(uuid.uuid4()), model_name=self.name,
+                             model_version=svc.model_version, infer_outputs=outputs)
+
+
+parser = argparse.ArgumentParser(parents=[model_server.parser])
+parser.set_defaults(model_name="hfcast")
+parser.add_argument("--bundle", default=None, help="local Forecaster bundle (scaler + calibration)")
+parser.add_argument("--model_ref", default="hfcast@champion", help="registry reference of the same model")
+parser.add_argument("--max_batch", type=int, default=1024)
+parser.add_argument("--max_staleness_s", type=float, default=600.0)
+
+if __name__ == "__main__":
+    from serving.predictor import serve
+
+    args, _ = parser.parse_known_args()
+    model = FeatureTransformer(args.model_name, args.predictor_host, bundle=args.bundle,
+                               ref=None if args.bundle else args.model_ref,
+                               limits=Limits(args.max_batch, None if args.max_staleness_s < 0 else args.max_staleness_s))
+    serve(model, args.http_port, args.grpc_port, args.workers)

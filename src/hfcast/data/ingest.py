@@ -1,0 +1,313 @@
+"""Ingest real data into the lake: BBO bars, OHLCV bars, trade (+ quote) ticks, LOBSTER files.
+
+Every format ends as contract minute bars (:mod:`hfcast.data.schema`) written to ``raw/`` in file
+order, then validated (:mod:`hfcast.data.validate`) into ``validated/`` + ``quarantine/``.
+
+Time: naive timestamps are exchange-local time in ``tz`` and are localized, then converted to UTC;
+timestamps that carry an offset (``...Z``, ``+01:00``, tz-aware parquet) are converted, never
+re-localized. Bars are split into dates by their EXCHANGE-local date.
+
+Formats (column names are matched case-insensitively; ``column_map`` maps contract -> source name):
+
+* ``bbo``: the contract itself (symbol, ts, bid, ask, bid_size, ask_size [+ optional columns]).
+* ``ohlcv``: ts, open, high, low, close, volume. ``close`` becomes ``last``; quotes stay NaN.
+  ``high``/``low`` become ``mid_high``/``mid_low``: for a quote-less source the reference price
+  is ``last`` (:func:`~hfcast.data.schema.mid_price` falls back to it), so the trade high/low are
+  the range of that price. ``open`` is not in the contract and is not kept. ``ts`` must be the
+  minute START (as the contract says); sources stamping bar ends must be shifted before ingest.
+* ``trades``: ticks ts, price, size (+ ``quotes_paths``: ticks ts, bid, ask, bid_size, ask_size).
+* ``lobster``: message + orderbook file pairs (:mod:`hfcast.data.lobster`).
+
+Ticks -> bars (:func:`aggregate_ticks`): ``ts`` = minute start; ``last``/``volume``/``trades``/
+``vwap`` from the trades of the minute; quotes = the book after the minute's last quote update
+(carried from earlier minutes of the same day when the minute had none); ``mid_high``/``mid_low``
+= range of the mid inside the minute, including the mid carried in at its start. With quotes a bar
+is made for every minute from a symbol-day's first event to its last; without, only for minutes
+with trades. Tick rows that would corrupt the aggregates (NaN/inf or non-positive prices and
+sizes, out-of-order times) go to ``quarantine_ticks/`` with a reason, counted in the report.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from hfcast.data.schema import BAR_COLUMNS, EXCHANGE_TZ, QUOTE_COLUMNS, conform
+from hfcast.data.validate import DEFAULT_JUMP_LIMIT, exchange_dates, progress_iter, validate_date
+from hfcast.storage import is_remote, read_bytes, write_text
+
+log = logging.getLogger(__name__)
+
+Format = Literal["bbo", "ohlcv", "trades", "lobster"]
+FORMATS: tuple[str, ...] = ("bbo", "ohlcv", "trades", "lobster")
+REQUIRED = {
+    "bbo": ["ts", *QUOTE_COLUMNS],
+    "ohlcv": ["ts", "close"],
+    "trades": ["ts", "price", "size"],
+    "quotes": ["ts", *QUOTE_COLUMNS],
+}
+OHLCV_RENAME = {"close": "last", "high": "mid_high", "low": "mid_low"}
+_OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$", re.I)
+
+
+class IngestError(ValueError):
+    """A source file cannot be ingested; the message names the file and the problem."""
+
+
+def parse_column_map(text: str | None) -> dict[str, str]:
+    """``"ts=Timestamp,bid=BidPx"`` -> ``{"ts": "Timestamp", "bid": "BidPx"}`` (contract -> source)."""
+    out: dict[str, str] = {}
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise IngestError(f"column map item {item!r} is not CONTRACT=SOURCE (e.g. ts=Timestamp)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_table(path: str, storage_options: dict | None = None) -> pd.DataFrame:
+    """Read a CSV (also .gz) or parquet file; any failure names the file and the problem."""
+    name = path.lower()
+    kind = "parquet" if name.endswith((".parquet", ".pq")) else "csv" if re.search(r"\.(csv|txt)(\.gz)?$", name) else None
+    if kind is None:
+        raise IngestError(f"{path}: unknown file type (expected .csv, .csv.gz or .parquet)")
+    try:
+        src: Any = io.BytesIO(read_bytes(path, storage_options)) if is_remote(path) else path
+        if kind == "parquet":
+            return pd.read_parquet(src)
+        return pd.read_csv(src, compression="gzip" if name.endswith(".gz") else None)
+    except FileNotFoundError:
+        raise IngestError(f"{path}: file not found") from None
+    except Exception as exc:  # parser, decoding, arrow errors: all are "cannot parse"
+        raise IngestError(f"{path}: cannot parse as {kind}: {type(exc).__name__}: {exc}") from None
+
+
+def to_utc(values: pd.Series, tz: str, where: str) -> pd.Series:
+    """Timestamps -> UTC ``datetime64[us, UTC]``: naive ones are ``tz`` local time, aware ones converted.
+
+    Raises:
+        IngestError: unparseable values (the first is quoted with its row), numeric epochs (their
+            unit is ambiguous), a mix of naive and offset strings, or an ambiguous DST time.
+    """
+    s = values.reset_index(drop=True)
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        raise IngestError(f"{where}: numeric timestamps (epoch units are ambiguous); give ISO text or datetimes")
+    try:
+        if isinstance(s.dtype, pd.DatetimeTZDtype):
+            out = s.dt.tz_convert("UTC")
+        elif pd.api.types.is_datetime64_dtype(s):
+            out = s.dt.tz_localize(tz, ambiguous="raise", nonexistent="raise").dt.tz_convert("UTC")
+        else:
+            text = s.astype("string").str.strip()
+            aware = text.str.contains(_OFFSET, na=False)
+            if aware.any() and not aware[text.notna()].all():
+                row = int(np.flatnonzero(~aware & text.notna())[0])
+                raise IngestError(f"{where}: mixes timestamps with and without UTC offset (row {row}: {text[row]!r})")
+            parsed = pd.to_datetime(text, errors="coerce", utc=bool(aware.any()), format="ISO8601")
+            bad = parsed.isna()
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise IngestError(f"{where}: {int(bad.sum())} unparseable timestamp(s), first at row {row}: {s[row]!r}")
+            out = parsed if aware.any() else parsed.dt.tz_localize(tz, ambiguous="raise", nonexistent="raise").dt.tz_convert("UTC")
+    except IngestError:
+        raise
+    except Exception as exc:  # unknown tz, DST-ambiguous or non-existent local times
+        raise IngestError(f"{where}: cannot convert timestamps from {tz} to UTC: {exc}") from None
+    return out.dt.as_unit("us")
+
+
+def _prepare(df: pd.DataFrame, path: str, kind: str, column_map: dict[str, str], symbol: str | None,
+             tz: str) -> pd.DataFrame:
+    """Rename columns to contract names, check required ones, fill symbol, convert ts to UTC."""
+    lower = {c: str(c).strip().lower() for c in df.columns}
+    df = df.rename(columns=lower)
+    for contract, source in column_map.items():
+        if source.lower() not in df.columns:
+            raise IngestError(f"{path}: column map names {source!r} for {contract!r}, but the file has "
+                              f"columns {list(df.columns)}")
+    df = df.rename(columns={s.lower(): c for c, s in column_map.items()})
+    missing = [c for c in REQUIRED[kind] if c not in df.columns]
+    if missing:
+        raise IngestError(f"{path}: missing column(s) {missing} for format {kind!r}; the file has "
+                          f"{list(df.columns)} (map names with --map CONTRACT=SOURCE)")
+    if "symbol" not in df.columns:
+        if not symbol:
+            raise IngestError(f"{path}: no 'symbol' column; pass --symbol for single-symbol files")
+        df["symbol"] = symbol
+    df["ts"] = to_utc(df["ts"], tz, path).set_axis(df.index)
+    return df
+
+
+def _screen(df: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ticks into usable and quarantined (reason + detail); NaN quotes mean an empty side."""
+    prices, sizes = (["price"], ["size"]) if kind == "trade" else (["bid", "ask"], ["bid_size", "ask_size"])
+    for c in prices + sizes:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    vals = df[prices + sizes].to_numpy()
+    checks = [
+        ("nan_or_inf", np.isinf(vals).any(axis=1) | (df[prices + sizes].isna().any(axis=1).to_numpy() if kind == "trade" else False)),
+        ("nonpositive_price", (df[prices].to_numpy() <= 0).any(axis=1)),
+        ("nonpositive_size", (df[sizes].to_numpy() <= 0).any(axis=1)),
+    ]
+    reason = pd.Series(pd.NA, index=df.index, dtype="string")
+    for name, mask in checks:
+        reason[np.asarray(mask, dtype=bool) & reason.isna().to_numpy()] = name
+    ok = reason.isna()
+    prev_max = df.loc[ok].groupby("symbol", sort=False)["ts"].cummax().groupby(df.loc[ok, "symbol"], sort=False).shift(1)
+    reason[prev_max.index[(df.loc[ok, "ts"] < prev_max).to_numpy(dtype=bool)]] = "out_of_order_ts"
+    bad = df.loc[reason.notna()].assign(kind=kind, reason=reason[reason.notna()])
+    bad["detail"] = bad["reason"] + " in " + kind + " tick"
+    return df.loc[reason.isna()], bad
+
+
+def aggregate_ticks(trades: pd.DataFrame, quotes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Minute bars from screened, time-ordered ticks (rules in the module docstring)."""
+    frames = []
+    if len(trades):
+        t = trades.assign(minute=trades["ts"].dt.floor("min"), pv=trades["price"] * trades["size"])
+        g = t.groupby(["symbol", "minute"], sort=True)
+        tb = g.agg(last=("price", "last"), volume=("size", "sum"), trades=("price", "count"), pv=("pv", "sum"))
+        tb["vwap"] = tb.pop("pv") / tb["volume"].where(tb["volume"] > 0)
+        frames.append(tb)
+    if quotes is not None and len(quotes):
+        q = quotes.assign(minute=quotes["ts"].dt.floor("min"), mid=(quotes["bid"] + quotes["ask"]) / 2.0)
+        end = q.drop_duplicates(["symbol", "minute"], keep="last").set_index(["symbol", "minute"])[[*QUOTE_COLUMNS, "mid"]]
+        rng = q.groupby(["symbol", "minute"]).agg(mid_high=("mid", "max"), mid_low=("mid", "min"))
+        frames.append(end.join(rng).assign(_upd=1))
+    if not frames:
+        return conform(pd.DataFrame(columns=BAR_COLUMNS))
+    bars = pd.concat(frames, axis=1).sort_index().reset_index()
+    if "_upd" in bars:
+        bars = _fill_minutes(bars)
+    else:
+        bars[["trades", "volume"]] = bars[["trades", "volume"]].astype("float64")
+        bars[QUOTE_COLUMNS] = np.nan  # trades only: a quote-less source, validated on `last`
+    return conform(bars.rename(columns={"minute": "ts"}))
+
+
+def _fill_minutes(bars: pd.DataFrame) -> pd.DataFrame:
+    """Every minute between a symbol-day's first and last event; quote state carried forward."""
+    bars["day"] = bars["minute"].dt.tz_convert(EXCHANGE_TZ).dt.date
+    grids = [pd.DataFrame({"symbol": s, "day": d, "minute": pd.date_range(g["minute"].min(), g["minute"].max(), freq="min").as_unit("us")})
+             for (s, d), g in bars.groupby(["symbol", "day"], sort=True)]
+    full = pd.concat(grids).merge(bars.drop(columns="day"), on=["symbol", "minute"], how="left")
+    full["_upd"] = full["_upd"].fillna(0)
+    block = full.groupby(["symbol", "day"])["_upd"].cumsum()
+    keys = [full["symbol"], full["day"], block]
+    for c in [*QUOTE_COLUMNS, "mid"]:  # a block = an update minute + the quiet minutes after it;
+        full[c] = full[c].groupby(keys).ffill()  # only its first row has values, so NaN (empty side) stays NaN
+    carried = full.groupby(["symbol", "day"])["mid"].shift(1)
+    full["mid_high"] = np.fmax(full["mid_high"], carried).fillna(full["mid"])
+    full["mid_low"] = np.fmin(full["mid_low"], carried).fillna(full["mid"])
+    for c in ("volume", "trades"):
+        full[c] = full[c].fillna(0.0).astype("float64") if c in full else 0.0
+    return full.drop(columns=["day", "_upd", "mid"])
+
+
+def _load(paths: list[str], fmt: str, tz: str, column_map: dict[str, str], symbol: str | None,
+          quotes_paths: list[str] | None, date: str | None, storage_options: dict | None,
+          progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """(bars in file order, quarantined ticks, tick counts) for all input files."""
+    from hfcast.data.lobster import LobsterError, pair_files, read_lobster
+
+    bars, trades, quotes = [], [], []
+    try:
+        units: list[Any] = pair_files(paths) if fmt == "lobster" else list(paths)
+    except LobsterError as exc:
+        raise IngestError(str(exc)) from None
+    for unit in progress_iter(units, f"read {fmt}", total=len(units), enabled=progress):
+        if fmt == "lobster":
+            try:
+                tr, qu = read_lobster(*unit, symbol=symbol, date=date, tz=tz)
+            except LobsterError as exc:
+                raise IngestError(str(exc)) from None
+            trades.append(tr), quotes.append(qu)
+            continue
+        kind = "bbo" if fmt == "bbo" else "ohlcv" if fmt == "ohlcv" else "trades"
+        df = _prepare(read_table(unit, storage_options), unit, kind, column_map, symbol, tz)
+        if fmt == "ohlcv":
+            df = df.rename(columns=OHLCV_RENAME)
+            for c in QUOTE_COLUMNS:
+                df[c] = np.nan
+        (trades if fmt == "trades" else bars).append(df)
+    for qp in quotes_paths or []:
+        quotes.append(_prepare(read_table(qp, storage_options), qp, "quotes", {}, symbol, tz))
+    counts = {"trade_ticks": sum(map(len, trades)), "quote_ticks": sum(map(len, quotes))}
+    if fmt in ("bbo", "ohlcv"):
+        return pd.concat([conform(b) for b in bars], ignore_index=True), pd.DataFrame(), counts
+    good_t, bad_t = _screen(pd.concat(trades, ignore_index=True), "trade")
+    q_all = pd.concat(quotes, ignore_index=True) if quotes else None
+    good_q, bad_q = _screen(q_all, "quote") if q_all is not None else (None, pd.DataFrame())
+    sort = ["symbol", "ts"]
+    agg = aggregate_ticks(good_t.sort_values(sort, kind="stable"),
+                          None if good_q is None else good_q.sort_values(sort, kind="stable"))
+    return agg, pd.concat([bad_t, bad_q], ignore_index=True), counts
+
+
+def ingest(paths: list[str], fmt: Format, lake: Any, tz: str = "America/New_York",
+           column_map: dict[str, str] | None = None, symbol: str | None = None,
+           quotes_paths: list[str] | None = None, date: str | None = None, progress: bool = True,
+           jump_limit: float = DEFAULT_JUMP_LIMIT) -> dict[str, Any]:
+    """Parse source files, write ``raw/`` per exchange-local date, validate, and report.
+
+    One call owns the dates it writes: their raw/validated/quarantine partitions are replaced, so
+    give all files of a date in one call (reruns are idempotent).
+
+    Args:
+        paths: source files (for LOBSTER: message and orderbook files, paired by name).
+        fmt: ``bbo``, ``ohlcv``, ``trades`` or ``lobster``.
+        lake: the :class:`hfcast.storage.Lake` to write to.
+        tz: exchange time zone of naive timestamps (and of LOBSTER's seconds after midnight).
+        column_map: contract name -> source column name.
+        symbol: symbol for files without a symbol column (and LOBSTER files not named by the standard).
+        quotes_paths: quote tick files to combine with ``trades``.
+        date: the session date of LOBSTER files whose name does not carry it.
+        progress: show rich progress bars on stderr.
+        jump_limit: the absurd-jump limit passed to validation.
+
+    Returns:
+        Totals (``dates``, ``bars``, ``clean_rows``, ``quarantined_rows``, ``reasons``, tick counts)
+        and ``per_date`` reports.
+
+    Raises:
+        IngestError: a file cannot be read or parsed, or lacks what the format needs.
+    """
+    if fmt not in FORMATS:
+        raise IngestError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not paths:
+        raise IngestError("no input files given")
+    if quotes_paths and fmt != "trades":
+        raise IngestError("quote files (--quotes) go with --format trades only")
+    bars, bad_ticks, tick_counts = _load(list(map(str, paths)), fmt, tz, column_map or {}, symbol,
+                                         quotes_paths, date, lake.storage_options, progress)
+    bar_day = exchange_dates(bars["ts"]) if len(bars) else pd.Series(dtype="string")
+    tick_day = exchange_dates(bad_ticks["ts"]) if len(bad_ticks) else pd.Series(dtype="string")
+    dates = sorted(set(bar_day) | set(tick_day))
+    # what the SOURCE promises, not what a date happens to hold: a BBO date with no quotes is bad data
+    quotes = {"bbo": True, "lobster": True, "ohlcv": False, "trades": bool(quotes_paths)}[fmt]
+    per_date = []
+    for d in progress_iter(dates, "validate", total=len(dates), enabled=progress):
+        lake.write("raw", d, bars.loc[bar_day == d].reset_index(drop=True))
+        rep = validate_date(lake, d, quotes_available=quotes, jump_limit=jump_limit)
+        if fmt in ("trades", "lobster"):
+            qt = bad_ticks.loc[tick_day == d].reset_index(drop=True) if len(bad_ticks) else bad_ticks
+            lake.write("quarantine_ticks", d, qt)
+            rep["ticks_quarantined"] = qt["reason"].value_counts().to_dict() if len(qt) else {}
+        rep.update(format=fmt, files=[str(p) for p in paths] + list(map(str, quotes_paths or [])))
+        write_text(lake.report("ingest", f"date={d}.json"), json.dumps(rep, indent=2), lake.storage_options)
+        per_date.append(rep)
+    out: dict[str, Any] = {"format": fmt, "dates": dates, "per_date": per_date, **tick_counts,
+                           "ticks_quarantined": len(bad_ticks)}
+    out["bars"] = sum(r["input_rows"] for r in per_date)
+    out["clean_rows"] = sum(r["clean_rows"] for r in per_date)
+    out["quarantined_rows"] = sum(r["quarantined_rows"] for r in per_date)
+    out["reasons"] = {k: sum(r["reasons"][k] for r in per_date) for k in per_date[0]["reasons"]} if per_date else {}
+    log.info("ingested %d file(s) as %s: %d bars over %d date(s), %d quarantined", len(paths), fmt,
+             out["bars"], len(dates), out["quarantined_rows"])
+    return out

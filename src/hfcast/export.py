@@ -1,0 +1,426 @@
+"""Export a registered forecaster for serving: ONNX, TensorRT, a Triton repository, and runners.
+
+Why three artefacts: ONNX is the portable contract (CPU serving through onnxruntime, and the
+input TensorRT compiles); a TensorRT plan is what a GPU serves fastest; Triton serves that plan
+with dynamic batching. Each artefact is checked for parity against PyTorch on random windows
+before anything is written as done, because a silently wrong export is worse than none.
+
+Runners put every backend behind one call, ``Runner.run(windows_scaled [B,30,F]) -> raw [B,4]``,
+so the KServe predictor, the batch job and the benchmark do not care which one they hold.
+TensorRT code sits behind :func:`tensorrt_available`; the logic around it (profile shapes, which
+layers keep FP32, the Triton config) is plain Python and unit-tested on machines without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+INPUT_NAME = "window"
+OUTPUT_NAME = "raw"
+LOOKBACK = 30
+MAX_BATCH = 1024  # the TensorRT profile's and Triton's largest batch
+OPT_BATCH = 64  # the batch TensorRT tunes its kernels for
+PARITY_TOL_FP32 = 1e-4
+PARITY_TOL_FP16 = 1e-2  # FP16 keeps ~3 decimal digits; normalisation stays FP32
+REL_FLOOR = 1e-2  # below this magnitude relative error is measured against the floor (see rel_err)
+RUNNER_KINDS = ("torch", "torch-compiled", "onnxruntime", "tensorrt")
+TENSORRT_ABSENT = "TensorRT is not available on this machine (no `tensorrt` module or no CUDA GPU): exported ONNX only."
+
+
+def tensorrt_available() -> bool:
+    """True when a TensorRT engine can be built and run here (the module AND a CUDA device)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _net(model: Any):
+    """The ``ForecastNet`` inside a Forecaster (or the module itself), in eval mode on CPU."""
+    net = getattr(model, "net", model)
+    return net.eval()
+
+
+def _n_features(model: Any) -> int:
+    names = getattr(model, "feature_names", None)
+    if names:
+        return len(names)
+    return int(getattr(model, "n_features"))
+
+
+# --- parity ------------------------------------------------------------------------------------
+
+def rel_err(candidate: np.ndarray, reference: np.ndarray, floor: float = REL_FLOOR) -> float:
+    """Max element-wise relative error, ``|a-b| / max(|b|, floor)``.
+
+    Raw outputs live in scaled target units (order 1), so a floor of 1e-2 keeps outputs that
+    happen to be near zero from turning float rounding into a huge "relative" error while staying
+    a strict test: 1e-4 relative at the floor is 1e-6 absolute.
+    """
+    a = np.asarray(candidate, dtype=np.float64)
+    b = np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"parity: shapes differ, candidate {a.shape} vs reference {b.shape}")
+    if not np.isfinite(a).all():
+        return float("inf")
+    return float((np.abs(a - b) / np.maximum(np.abs(b), floor)).max())
+
+
+def check_parity(candidate: Callable[[np.ndarray], np.ndarray], reference: Callable[[np.ndarray], np.ndarray],
+                 n_features: int, batches: tuple[int, ...] = (1, 7, 64), seed: int = 0) -> dict[str, Any]:
+    """Run both on the same random scaled windows; report the max relative error per batch size."""
+    rng = np.random.default_rng(seed)
+    per_batch = {}
+    for b in batches:
+        x = rng.standard_normal((b, LOOKBACK, n_features)).astype(np.float32)
+        out, ref = candidate(x), reference(x)
+        if out.shape != (b, 4):
+            raise ValueError(f"parity: output shape {out.shape} for batch {b}, expected ({b}, 4)")
+        per_batch[b] = rel_err(out, ref)
+    return {"max_rel_err": max(per_batch.values()), "per_batch": per_batch, "batches": list(batches)}
+
+
+# --- ONNX --------------------------------------------------------------------------------------
+
+@dataclass
+class OnnxExport:
+    """What :func:`export_onnx` produced and how it was checked."""
+
+    path: Path
+    exporter: str  # "dynamo" or "torchscript" (the fallback, dynamo=False + dynamic_axes)
+    opset: int
+    parity: dict[str, Any]
+    fallback_reason: str | None = None
+
+
+def export_onnx(model: Any, path: str | Path, opset: int = OPSET, check: bool = True) -> OnnxExport:
+    """Export a forecaster's net to ONNX with a dynamic batch dimension, then check parity.
+
+    The dynamo exporter is tried first; if it fails (some architectures trip it), the
+    TorchScript exporter with ``dynamic_axes`` is used and the reason is recorded.
+
+    Raises:
+        ValueError: parity against PyTorch exceeds 1e-4 relative (fp32).
+    """
+    import torch
+
+    net, n_features = _net(model), _n_features(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = (torch.randn(2, LOOKBACK, n_features),)
+    exporter, reason = "dynamo", None
+    try:
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        torch.onnx.export(net, example, str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False)
+    except Exception as exc:  # the exporter raises many types; any failure means: use the fallback
+        exporter, reason = "torchscript", f"{type(exc).__name__}: {str(exc)[:300]}"
+        log.warning("dynamo ONNX export failed (%s); falling back to dynamo=False with dynamic_axes", reason)
+        torch.onnx.export(net, example, str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+    result = OnnxExport(path=path, exporter=exporter, opset=opset, parity={}, fallback_reason=reason)
+    if check:
+        ort_runner = OnnxRuntimeRunner(path)
+        result.parity = check_parity(ort_runner.run, TorchRunner(net).run, n_features)
+        if not result.parity["max_rel_err"] < PARITY_TOL_FP32:
+            raise ValueError(f"ONNX parity failed: max relative error {result.parity['max_rel_err']:.3g} "
+                             f">= {PARITY_TOL_FP32} against PyTorch ({exporter} exporter)")
+        log.info("ONNX (%s exporter, opset %d) parity: max rel err %.2e", exporter, opset,
+                 result.parity["max_rel_err"])
+    return result
+
+
+# --- TensorRT (logic testable without TensorRT) -------------------------------------------------
+
+def trt_profile(n_features: int, max_batch: int = MAX_BATCH, opt_batch: int = OPT_BATCH) -> dict[str, tuple]:
+    """Optimization profile shapes: batch 1 .. max_batch, tuned for opt_batch."""
+    if not 1 <= opt_batch <= max_batch:
+        raise ValueError(f"need 1 <= opt_batch ({opt_batch}) <= max_batch ({max_batch})")
+    return {"min": (1, LOOKBACK, n_features), "opt": (opt_batch, LOOKBACK, n_features),
+            "max": (max_batch, LOOKBACK, n_features)}
+
+
+_NORM_LAYER_TYPES = {"NORMALIZATION", "REDUCE"}  # LayerNorm (opset 17+) / its decomposed mean-var
+_NORM_NAME_HINTS = ("layernorm", "layer_norm", "batchnorm", "batch_norm", "norm")
+
+
+def keep_fp32(layer_name: str, layer_type: str) -> bool:
+    """Whether a TensorRT layer must stay FP32 in an FP16 engine.
+
+    Normalisation (LayerNorm / BatchNorm, fused or decomposed into Reduce/Pow/Sqrt) sums squares
+    over the feature axis: in FP16 that overflows or loses the variance, so those layers keep FP32.
+    """
+    name = layer_name.lower()
+    return layer_type.upper() in _NORM_LAYER_TYPES or any(h in name for h in _NORM_NAME_HINTS)
+
+
+def build_tensorrt_engine(onnx_path: str | Path, plan_path: str | Path, n_features: int,
+                          max_batch: int = MAX_BATCH, fp16: bool = True) -> dict[str, Any]:
+    """Compile ONNX to a TensorRT plan (FP16 with normalisation kept FP32); needs TensorRT + GPU."""
+    if not tensorrt_available():
+        raise RuntimeError(TENSORRT_ABSENT)
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    fp32_layers = []
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if keep_fp32(layer.name, layer.type.name):
+                layer.precision = trt.float32
+                for j in range(layer.num_outputs):
+                    layer.set_output_type(j, trt.float32)
+                fp32_layers.append(layer.name)
+    shapes = trt_profile(n_features, max_batch)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
+    Path(plan_path).write_bytes(bytes(plan))
+    return {"plan": str(plan_path), "fp16": fp16, "fp32_layers": fp32_layers, "profile": shapes}
+
+
+# --- Triton repository ---------------------------------------------------------------------------
+
+def triton_config(n_features: int, name: str = "hfcast", platform: str = "tensorrt_plan",
+                  max_batch: int = MAX_BATCH, preferred: tuple[int, ...] = (64, 256),
+                  queue_delay_us: int = 500, gpu: bool = True) -> str:
+    """config.pbtxt text: batch is Triton's implicit first dim, so dims are [30, F] and [4]."""
+    pref = ", ".join(str(p) for p in preferred if p <= max_batch)
+    kind = "KIND_GPU" if gpu else "KIND_CPU"
+    return (
+        f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch}\n'
+        f'input [\n  {{\n    name: "{INPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: [ {LOOKBACK}, {n_features} ]\n  }}\n]\n'
+        f'output [\n  {{\n    name: "{OUTPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: [ 4 ]\n  }}\n]\n'
+        f"dynamic_batching {{\n  preferred_batch_size: [ {pref} ]\n  max_queue_delay_microseconds: {queue_delay_us}\n}}\n"
+        f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]\n"
+    )
+
+
+def write_triton_repo(root: str | Path, model_file: str | Path, n_features: int, name: str = "hfcast",
+                      version: int = 1, max_batch: int = MAX_BATCH) -> Path:
+    """Lay out ``root/<name>/config.pbtxt`` and ``root/<name>/<version>/model.plan|model.onnx``."""
+    model_file = Path(model_file)
+    is_plan = model_file.suffix == ".plan"
+    platform = "tensorrt_plan" if is_plan else "onnxruntime_onnx"
+    model_dir = Path(root) / name
+    (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_file, model_dir / str(version) / ("model.plan" if is_plan else "model.onnx"))
+    (model_dir / "config.pbtxt").write_text(
+        triton_config(n_features, name, platform, max_batch, gpu=is_plan))
+    return model_dir
+
+
+# --- runners -------------------------------------------------------------------------------------
+
+class Runner(Protocol):
+    """One backend: scaled windows [B,30,F] float32 in, raw outputs [B,4] float32 out."""
+
+    kind: str
+    device: str
+
+    def run(self, windows_scaled: np.ndarray) -> np.ndarray: ...
+
+
+class TorchRunner:
+    """PyTorch eager (or ``torch.compile``-d) on CPU or GPU."""
+
+    def __init__(self, model: Any, compiled: bool = False, device: str | None = None):
+        import torch
+
+        self._torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.kind = "torch-compiled" if compiled else "torch"
+        net = _net(model).to(self.device)
+        self._net = torch.compile(net, dynamic=True) if compiled else net
+
+    def run(self, windows_scaled: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(windows_scaled, dtype=np.float32)).to(self.device)
+            return self._net(x).float().cpu().numpy()
+
+
+class OnnxRuntimeRunner:
+    """onnxruntime on CPU (threads follow the machine; one session, thread-safe ``run``)."""
+
+    kind = "onnxruntime"
+    device = "cpu"
+
+    def __init__(self, onnx_path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self._sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+    def run(self, windows_scaled: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(windows_scaled, dtype=np.float32)
+        return self._sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+class TensorRTRunner:
+    """A TensorRT plan executed with torch-allocated CUDA buffers (needs TensorRT + GPU)."""
+
+    kind = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, plan_path: str | Path):
+        if not tensorrt_available():
+            raise RuntimeError(TENSORRT_ABSENT)
+        import tensorrt as trt
+        import torch
+
+        self._torch = torch
+        self._engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
+            Path(plan_path).read_bytes())
+        self._ctx = self._engine.create_execution_context()
+
+    def run(self, windows_scaled: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        x = torch.from_numpy(np.ascontiguousarray(windows_scaled, dtype=np.float32)).cuda()
+        out = torch.empty((x.shape[0], 4), dtype=torch.float32, device="cuda")
+        self._ctx.set_input_shape(INPUT_NAME, tuple(x.shape))
+        self._ctx.set_tensor_address(INPUT_NAME, x.data_ptr())
+        self._ctx.set_tensor_address(OUTPUT_NAME, out.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self._ctx.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        stream.synchronize()
+        return out.cpu().numpy()
+
+
+def choose_runner_kind(cuda: bool, tensorrt: bool) -> str:
+    """The rule behind ``make_runner("auto")``: TensorRT > compiled torch on GPU > onnxruntime on CPU.
+
+    Measured on this project's models (bench/results/serving.json): onnxruntime beats torch eager
+    on CPU at batch 1 and 64, and on a GPU TensorRT FP16 beats compiled torch.
+    """
+    if cuda and tensorrt:
+        return "tensorrt"
+    if cuda:
+        return "torch-compiled"
+    return "onnxruntime"
+
+
+def make_runner(kind: str, forecaster: Any, onnx_path: str | Path | None = None,
+                plan_path: str | Path | None = None) -> Runner:
+    """A runner of the given kind (or the fastest available for ``"auto"``).
+
+    ONNX and TensorRT runners export / build what they need into a temp folder when no path is
+    given, so a caller holding only a Forecaster can still ask for them.
+    """
+    if kind == "auto":
+        import torch
+
+        kind = choose_runner_kind(torch.cuda.is_available(), tensorrt_available())
+        log.info("runner auto-choice: %s", kind)
+    if kind not in RUNNER_KINDS:
+        raise ValueError(f"unknown runner kind {kind!r}; choose one of {RUNNER_KINDS + ('auto',)}")
+    if kind in ("torch", "torch-compiled"):
+        return TorchRunner(forecaster, compiled=kind == "torch-compiled")
+    if onnx_path is None and plan_path is None:
+        onnx_path = Path(tempfile.mkdtemp(prefix="hfcast-onnx-")) / "model.onnx"
+        export_onnx(forecaster, onnx_path)
+    if kind == "onnxruntime":
+        return OnnxRuntimeRunner(onnx_path)
+    if plan_path is None:
+        plan_path = Path(onnx_path).with_suffix(".plan")
+        build_tensorrt_engine(onnx_path, plan_path, _n_features(forecaster))
+    return TensorRTRunner(plan_path)
+
+
+# --- the whole export ----------------------------------------------------------------------------
+
+@dataclass
+class ExportReport:
+    """Everything ``hfcast export`` did, written as ``export.json`` beside the artefacts."""
+
+    out_dir: str
+    onnx: dict[str, Any]
+    tensorrt: dict[str, Any] | str
+    triton_repo: str
+    model_name: str | None = None
+    model_version: str | None = None
+    logged_to_mlflow: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH) -> ExportReport:
+    """ONNX (+ parity), TensorRT plan (+ parity) where possible, and a Triton repository."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_features = _n_features(forecaster)
+    onnx_res = export_onnx(forecaster, out / "model.onnx")
+    onnx_info = {**asdict(onnx_res), "path": str(onnx_res.path)}
+    notes = []
+    if onnx_res.fallback_reason:
+        notes.append(f"dynamo exporter failed, used dynamo=False: {onnx_res.fallback_reason}")
+    model_file: Path = onnx_res.path
+    if tensorrt_available():
+        trt_info: dict[str, Any] | str = build_tensorrt_engine(onnx_res.path, out / "model.plan", n_features, max_batch)
+        trt_runner = TensorRTRunner(out / "model.plan")
+        trt_info["parity"] = check_parity(trt_runner.run, TorchRunner(forecaster, device="cuda").run, n_features)
+        if not trt_info["parity"]["max_rel_err"] < PARITY_TOL_FP16:
+            raise ValueError(f"TensorRT FP16 parity failed: max relative error "
+                             f"{trt_info['parity']['max_rel_err']:.3g} >= {PARITY_TOL_FP16}")
+        model_file = out / "model.plan"
+    else:
+        trt_info = TENSORRT_ABSENT
+        notes.append(TENSORRT_ABSENT + " The Triton repository serves the ONNX model (onnxruntime_onnx).")
+        log.warning(TENSORRT_ABSENT)
+    name = (getattr(forecaster, "meta", None) or {}).get("model_name", "hfcast")
+    repo = write_triton_repo(out / "triton", model_file, n_features, name=name, max_batch=max_batch)
+    meta = getattr(forecaster, "meta", None) or {}
+    report = ExportReport(out_dir=str(out), onnx=onnx_info, tensorrt=trt_info, triton_repo=str(repo.parent),
+                          model_name=meta.get("model_name"), model_version=_s(meta.get("model_version")),
+                          notes=notes)
+    (out / "export.json").write_text(json.dumps(asdict(report), indent=2, default=str))
+    return report
+
+
+def _s(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def log_export_to_mlflow(report: ExportReport, settings: Any) -> str:
+    """Attach the artefacts to the run behind the same registered model version (``export/``).
+
+    Returns:
+        The artifact URI of the logged folder.
+    """
+    from hfcast import registry
+
+    if not (report.model_name and report.model_version):
+        raise ValueError("log_export_to_mlflow: the forecaster carries no model_name/model_version "
+                         "(was it loaded from the registry?)")
+    report.logged_to_mlflow = True
+    Path(report.out_dir, "export.json").write_text(json.dumps(asdict(report), indent=2, default=str))
+    return registry.log_artifacts_to_version(settings, f"{report.model_name}/{report.model_version}",
+                                             report.out_dir, "export")

@@ -1,0 +1,5 @@
+"""Features: the registry of ~59 causal features, their computation, labels, sliding windows.
+
+Import the submodules directly (``hfcast.features.registry``, ``.engine``, ``.labels``,
+``.windows``); nothing heavy runs at import time.
+"""

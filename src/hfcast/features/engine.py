@@ -1,0 +1,290 @@
+"""The featurize stage: bars of one date -> features + labels on the 390-minute grid, date by date.
+
+Why a grid: windows downstream need 30 consecutive minutes, and a missing (quarantined) bar
+must not silently join 9:58 to 10:03. Each symbol-day is reindexed onto the session's 390
+minutes; prices and quotes are carried forward (causal), volume and trades are 0, and the
+``bar_missing`` feature says which rows were filled. Rows before a symbol's first bar of the day
+have no price, so their price features and labels are NaN.
+
+Why date by date: memory stays one date (plus a tiny per-symbol state for the HAR terms), so a
+year of 1000 symbols streams. Dates must be processed in order for that state.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from hfcast.data import schema
+from hfcast.features import ops
+from hfcast.features.compute import Panel, compute_features
+from hfcast.features.labels import make_labels
+from hfcast.features.registry import feature_names, unavailable_features
+from hfcast.storage import Lake, join, read_text, write_bytes, write_text
+
+log = logging.getLogger(__name__)
+
+T = schema.MINUTES_PER_SESSION
+TRUTH_OUT = ("true_ret_60m", "true_var_10m")
+FEATURE_SET_FILE = "_feature_set.json"
+HAR_DAYS = 5
+
+
+@dataclass(frozen=True)
+class HarState:
+    """Per-symbol daily realized variances of the last <= 5 sessions seen (oldest first)."""
+
+    rv: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def previous(self, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[S] previous-day RV and mean RV of the last <= 5 days; NaN for a symbol with no history."""
+        d = np.full(len(symbols), np.nan)
+        w = np.full(len(symbols), np.nan)
+        for i, s in enumerate(symbols):
+            hist = self.rv.get(s)
+            if hist:
+                d[i], w[i] = hist[-1], float(np.mean(hist))
+        return d, w
+
+    def update(self, symbols: np.ndarray, daily_rv: np.ndarray) -> "HarState":
+        """A new state with today's RV appended (symbols with no return today are left as they were)."""
+        rv = dict(self.rv)
+        for s, v in zip(symbols, daily_rv):
+            if np.isfinite(v):
+                rv[s] = (*rv.get(s, ())[-(HAR_DAYS - 1):], float(v))
+        return HarState(rv)
+
+
+def _minutes(ts: pd.Series, date: str) -> np.ndarray:
+    """Minute of the date's session for each ts (outside 0..389 for other times or dates).
+
+    Integer arithmetic against the session's UTC open (from schema.session_minutes_utc, so DST is
+    handled there): a tz conversion of every row costs seconds on a 1000-symbol date.
+    """
+    open_us = schema.session_minutes_utc(date)[0].value // 1000
+    us = pd.DatetimeIndex(pd.to_datetime(ts, utc=True)).as_unit("us").asi8
+    return np.floor_divide(us - open_us, 60_000_000)
+
+
+def _grid_index(bars: pd.DataFrame, date: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted symbols, flat [S*T] grid position of each kept row, row numbers kept)."""
+    minute = _minutes(bars["ts"], date)
+    inside = (minute >= 0) & (minute < T)
+    if not inside.all():
+        log.warning("%s: %d bar(s) outside the session ignored", date, int((~inside).sum()))
+    codes, symbols = pd.factorize(bars["symbol"], sort=True)
+    key = codes.astype(np.int64) * T + minute
+    rows = np.flatnonzero(inside)
+    _, first = np.unique(key[rows], return_index=True)
+    if len(first) != len(rows):
+        log.warning("%s: %d duplicate (symbol, minute) bar(s); the first is kept", date, len(rows) - len(first))
+        rows = rows[np.sort(first)]
+    return np.asarray(symbols, dtype=object), key[rows], rows
+
+
+def _scatter(values: np.ndarray, key: np.ndarray, n_sym: int) -> np.ndarray:
+    out = np.full(n_sym * T, np.nan)
+    out[key] = values
+    return out.reshape(n_sym, T)
+
+
+def _conformed(bars: pd.DataFrame) -> pd.DataFrame:
+    """Bars with the contract's columns and dtypes; skips the (copying) schema.conform when they have them."""
+    dtypes = bars.dtypes.to_dict()
+    ok = all(c in dtypes for c in schema.BAR_COLUMNS) and str(dtypes["ts"]) == schema.TS_DTYPE and all(
+        dtypes[c] == np.float64 for c in schema.BAR_COLUMNS[2:])
+    return bars if ok else schema.conform(bars)
+
+
+def to_panel(bars: pd.DataFrame, date: str) -> tuple[np.ndarray, Panel]:
+    """Reindex one date's bars onto the session grid (see module docstring); returns (symbols, panel)."""
+    bars = _conformed(bars)
+    symbols, key, rows = _grid_index(bars, date)
+    s = len(symbols)
+    col = {c: _scatter(bars[c].to_numpy(np.float64)[rows], key, s) for c in schema.BAR_COLUMNS[2:]}
+    present = np.zeros(s * T, dtype=bool)
+    present[key] = True
+    present = present.reshape(s, T)
+    mid = (col["bid"] + col["ask"]) / 2.0
+    mid = np.where(np.isnan(mid), col["last"], mid)
+    filled = {c: ops.ffill(col[c]) for c in ("bid", "ask", "bid_size", "ask_size", "last")}
+    flows = {c: np.where(present, col[c], 0.0) if not np.isnan(col[c][present]).all() else col[c]
+             for c in ("volume", "trades")}
+    panel = Panel(mid=ops.ffill(mid), **filled, **flows, vwap=col["vwap"], mid_high=col["mid_high"],
+                  mid_low=col["mid_low"], present=present, minute=np.arange(T))
+    return symbols, panel
+
+
+def _daily_rv(pn: Panel) -> np.ndarray:
+    """[S] realized variance of the whole session (sum of r^2); NaN for a symbol with no return."""
+    rv = np.nansum(pn.r * pn.r, axis=1)
+    rv[~np.isfinite(pn.r).any(axis=1)] = np.nan
+    return rv
+
+
+def featurize_frame(bars: pd.DataFrame, date: str, state: HarState | None = None,
+                    truth: pd.DataFrame | None = None,
+                    quotes_available: bool | None = None) -> tuple[pd.DataFrame, HarState]:
+    """Features and labels of one date: a pure function of the bars, the truth and the carried state.
+
+    Args:
+        bars: the date's bars (hfcast.data.schema columns).
+        date: ISO date of the session (defines the grid).
+        state: HAR state from the previous dates (None: no history -> HAR day/week terms NaN).
+        truth: the simulator's truth table of the date, or None.
+        quotes_available: feature set to produce; None decides from the bars (schema.has_quotes).
+
+    Returns:
+        (frame sorted by symbol, ts with symbol, ts, features (float32, registry order), labels
+        (float64) and truth columns when given; the new HarState including this date).
+
+    Raises:
+        ValueError: quote features were requested but the bars carry no quotes.
+    """
+    state = state or HarState()
+    has_q = schema.has_quotes(bars)
+    quotes = has_q if quotes_available is None else quotes_available
+    if quotes and not has_q:
+        raise ValueError(f"{date}: the feature set needs quotes but these bars have none (bid/ask all missing); "
+                         "featurize an OHLCV source separately")
+    symbols, pn = to_panel(bars, date)
+    rv_d, rv_w = state.previous(symbols)
+    feats = compute_features(pn, rv_d, rv_w, quotes)
+    labels = make_labels(pn.mid)
+    grid = schema.session_minutes_utc(date)
+    s = len(symbols)
+    names = list(feats)
+    block = np.empty((len(names), s * T), dtype=np.float32)  # one float32 block, no consolidation copy
+    for i, n in enumerate(names):
+        block[i] = feats[n].reshape(-1)
+    out = pd.DataFrame(block.T, columns=names, copy=False)
+    out.insert(0, "symbol", pd.array(np.repeat(symbols, T), dtype="string"))
+    out.insert(1, "ts", grid[np.tile(np.arange(T), s)])
+    for n, v in labels.items():
+        out[n] = v.reshape(-1)
+    if truth is not None and len(truth):
+        minute = _minutes(truth["ts"], date)
+        sym = pd.Index(symbols).get_indexer(truth["symbol"].astype(object).to_numpy())
+        keep = (sym >= 0) & (minute >= 0) & (minute < T)
+        tkey = sym[keep].astype(np.int64) * T + minute[keep]
+        for c in TRUTH_OUT:
+            out[c] = _scatter(truth[c].to_numpy(np.float64)[keep], tkey, s).reshape(-1)
+    return out, state.update(symbols, _daily_rv(pn))
+
+
+featurize_date = featurize_frame  # the name used in docs/CONTRACTS.md
+
+
+def _write_features(lake: Lake, date: str, df: pd.DataFrame) -> str:
+    """``lake.write("features", ...)`` with writer options that matter at this width.
+
+    Same partition URL, same atomic write (storage.write_bytes), same parquet schema; but pyarrow's
+    default tries dictionary encoding on all 60 float columns, which made the write 5x slower than
+    the features themselves. Only ``symbol`` repeats, so only it is dictionary-encoded.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf, use_dictionary=["symbol"],
+                   write_statistics=["symbol", "ts"])
+    url = lake.partition("features", date)
+    write_bytes(url, buf.getvalue(), lake.storage_options)
+    return url
+
+
+def _source(lake: Lake, date: str) -> str:
+    if lake.exists("validated", date):
+        return "validated"
+    log.warning("%s: no validated partition; featurizing RAW bars (run `hfcast validate` first)", date)
+    return "raw"
+
+
+def _warm_state(lake: Lake, prior: list[str]) -> HarState:
+    """HAR state from the dates before the first one featurized (so a partial rerun matches a full one)."""
+    state = HarState()
+    for d in prior:
+        bars = lake.read(_source(lake, d), d)
+        symbols, pn = to_panel(bars, d)
+        state = state.update(symbols, _daily_rv(pn))
+    return state
+
+
+def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Featurize dates in order and write ``features/date=D`` partitions and ``_feature_set.json``.
+
+    Args:
+        lake: the lake; input is ``validated`` (``raw`` with a warning where a date has none).
+        dates: dates to process (default: every validated date, else every raw date).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        Summary: dates, rows, n_features, quotes_available, seconds, rows_per_s, sources used.
+
+    Raises:
+        FileNotFoundError: there are no input bars.
+    """
+    available = sorted(set(lake.dates("validated")) | set(lake.dates("raw")))
+    todo = sorted(dates) if dates is not None else (lake.dates("validated") or lake.dates("raw"))
+    if not todo:
+        raise FileNotFoundError(f"no bars to featurize under {lake.url} (neither validated/ nor raw/ has dates)")
+    missing = [d for d in todo if d not in available]
+    if missing:
+        raise FileNotFoundError(f"no validated or raw bars for date(s) {missing} under {lake.url}")
+    state = _warm_state(lake, [d for d in available if d < todo[0]][-HAR_DAYS:])
+    quotes: bool | None = None
+    rows, sources, t0 = 0, {"validated": 0, "raw": 0}, time.perf_counter()
+    it: Iterable[str] = todo
+    if progress:
+        from rich.progress import track
+
+        it = track(todo, description="featurize", transient=True)
+    for d in it:
+        src = _source(lake, d)
+        sources[src] += 1
+        bars = lake.read(src, d)
+        truth = lake.read("truth", d) if lake.exists("truth", d) else None
+        if quotes is None:
+            quotes = schema.has_quotes(bars)
+            if not quotes:
+                log.warning("bars have no quotes: %d quote-based features are unavailable: %s",
+                            len(unavailable_features(False)), unavailable_features(False))
+        df, state = featurize_frame(bars, d, state, truth, quotes_available=quotes)
+        _write_features(lake, d, df)
+        rows += len(df)
+    names = feature_names(bool(quotes))
+    doc = {"features": names, "quotes_available": bool(quotes), "n_features": len(names),
+           "unavailable": unavailable_features(bool(quotes))}
+    write_text(join(lake.table("features"), FEATURE_SET_FILE), json.dumps(doc, indent=1), lake.storage_options)
+    secs = time.perf_counter() - t0
+    summary = {"dates": len(todo), "first": todo[0], "last": todo[-1], "rows": rows, "n_features": len(names),
+               "quotes_available": bool(quotes), "seconds": round(secs, 3),
+               "rows_per_s": round(rows / secs, 1) if secs > 0 else None, "sources": sources}
+    log.info("featurized %d date(s), %d rows, %d features in %.1fs", len(todo), rows, len(names), secs)
+    return summary
+
+
+def read_feature_set(lake: Lake) -> dict[str, Any]:
+    """The feature list actually written (``<lake>/features/_feature_set.json``)."""
+    return json.loads(read_text(join(lake.table("features"), FEATURE_SET_FILE), lake.storage_options))
+
+
+def load_features(lake: Lake, dates: Iterable[str], columns: list[str] | None = None) -> pd.DataFrame:
+    """Features partitions of ``dates`` concatenated and sorted by (symbol, ts).
+
+    Args:
+        columns: columns to read besides symbol and ts (None: all).
+    """
+    cols = None if columns is None else ["symbol", "ts", *[c for c in columns if c not in ("symbol", "ts")]]
+    parts = [lake.read("features", d, cols) for d in dates]
+    if not parts:
+        raise ValueError("load_features: no dates given")
+    df = pd.concat(parts, ignore_index=True)
+    return df.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)

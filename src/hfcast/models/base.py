@@ -1,0 +1,205 @@
+"""The network base class and the Forecaster bundle (net + scaler + calibrator + feature list).
+
+Every architecture maps a scaled window [B, 30, F] to four raw outputs in scaled target units
+(``RAW_OUTPUTS``); everything after that - inverting the target scaling, calibration, intervals,
+saving - lives here once, so serving, batch inference and evaluation never care which
+architecture produced the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.special import ndtr
+from torch import nn
+
+from hfcast import storage
+from hfcast.features.windows import LOOKBACK, Scaler
+
+log = logging.getLogger(__name__)
+
+RAW_OUTPUTS = ("ret_mu", "ret_log_sigma", "lrv_mu", "lrv_log_sigma")
+PRED_COLUMNS = ("ret_60m_pred", "ret_60m_conf", "ret_60m_lo", "ret_60m_hi",
+                "rv_10m_pred", "rv_10m_conf", "rv_10m_lo", "rv_10m_hi")
+Z80 = 1.2815515655446004  # two-sided 80% normal quantile: P(|Z| <= Z80) = 0.8
+VOL_TOLERANCE = 0.25       # vol confidence = P(|rv / rv_hat - 1| <= 0.25)
+BUNDLE_FILES = ("model.json", "weights.safetensors", "scaler.json", "calibration.json")
+
+
+class ForecastNet(nn.Module):
+    """Base of every architecture: [B, T, F] float32 -> [B, 4] float32 in RAW_OUTPUTS order.
+
+    A subclass sets ``arch`` and ``config_class`` and writes ``__init__`` and ``forward``; the
+    config dataclass is kept on the instance so a bundle can rebuild the exact network.
+    """
+
+    arch: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
+
+    def __init__(self, n_features: int, config: Any):
+        super().__init__()
+        self.n_features = int(n_features)
+        self.config = config
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def natural_units(raw: np.ndarray, scaler: Scaler) -> dict[str, np.ndarray]:
+    """Raw [B, 4] outputs -> ``{"ret_mu", "ret_sigma", "rv_hat", "lrv_sigma"}`` in label units.
+
+    ``rv_hat`` is exp of the predicted log-vol mean (the lognormal median); ``lrv_sigma`` is the
+    sigma of log rv, so calibration and intervals work in log space where the error is Gaussian.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    if raw.ndim != 2 or raw.shape[1] != len(RAW_OUTPUTS):
+        raise ValueError(f"raw outputs must be [B, {len(RAW_OUTPUTS)}], got {raw.shape}")
+    return {
+        "ret_mu": raw[:, 0] * scaler.ret_scale,
+        "ret_sigma": np.exp(raw[:, 1]) * scaler.ret_scale,
+        "rv_hat": np.exp(raw[:, 2] * scaler.lrv_std + scaler.lrv_mean),
+        "lrv_sigma": np.exp(raw[:, 3]) * scaler.lrv_std,
+    }
+
+
+def gaussian_outputs(pred: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Uncalibrated PRED_COLUMNS straight from the Gaussian / lognormal forecast.
+
+    ret conf = Phi(|mu| / sigma) (P(sign right) if the forecast distribution were true);
+    vol conf = P(0.75 <= rv / rv_hat <= 1.25) = Phi(log 1.25 / s) - Phi(log 0.75 / s);
+    80% intervals mu +- 1.2816 sigma and exp(log rv_hat +- 1.2816 s).
+    """
+    mu, sig = pred["ret_mu"], np.maximum(pred["ret_sigma"], 1e-12)
+    rv_hat, ls = pred["rv_hat"], np.maximum(pred["lrv_sigma"], 1e-12)
+    lmu = np.log(rv_hat)
+    return {
+        "ret_60m_pred": mu,
+        "ret_60m_conf": ndtr(np.abs(mu) / sig),
+        "ret_60m_lo": mu - Z80 * sig,
+        "ret_60m_hi": mu + Z80 * sig,
+        "rv_10m_pred": rv_hat,
+        "rv_10m_conf": ndtr(np.log1p(VOL_TOLERANCE) / ls) - ndtr(np.log1p(-VOL_TOLERANCE) / ls),
+        "rv_10m_lo": np.exp(lmu - Z80 * ls),
+        "rv_10m_hi": np.exp(lmu + Z80 * ls),
+    }
+
+
+class Forecaster:
+    """What a trained model is: network, scaler, calibrator, feature list, free-form meta.
+
+    Args:
+        net: a trained ForecastNet (kept on CPU for inference).
+        scaler: the Scaler fitted on the training span.
+        feature_names: feature order the net was trained on.
+        calibrator: an ``hfcast.calibration.Calibrator`` or None (Gaussian fallback).
+        meta: JSON-able facts (training dates, metrics, registry name/version...).
+    """
+
+    def __init__(self, net: ForecastNet, scaler: Scaler, feature_names: list[str], calibrator: Any = None,
+                 meta: dict[str, Any] | None = None):
+        if len(feature_names) != net.n_features:
+            raise ValueError(f"{len(feature_names)} feature names for a net with {net.n_features} inputs")
+        self.net, self.scaler, self.calibrator = net, scaler, calibrator
+        self.feature_names = list(feature_names)
+        self.meta = dict(meta or {})
+
+    @property
+    def arch(self) -> str:
+        return self.net.arch
+
+    @property
+    def lookback(self) -> int:
+        return int(getattr(self.net.config, "lookback", LOOKBACK))
+
+    def _check(self, windows: np.ndarray) -> None:
+        want = (self.lookback, len(self.feature_names))
+        if windows.ndim != 3 or tuple(windows.shape[1:]) != want:
+            raise ValueError(f"windows must be [B, {want[0]}, {want[1]}], got {tuple(windows.shape)}")
+
+    def predict_raw(self, windows_scaled: np.ndarray | torch.Tensor, batch_size: int = 8192) -> np.ndarray:
+        """Scaled windows [B, 30, F] -> raw outputs [B, 4] (float32, eval mode, no grad)."""
+        self._check(windows_scaled)
+        x = torch.as_tensor(windows_scaled, dtype=torch.float32)
+        self.net.eval()
+        device = next(self.net.parameters()).device
+        with torch.inference_mode():
+            outs = [self.net(x[a:a + batch_size].to(device)).float().cpu() for a in range(0, len(x), batch_size)]
+        return torch.cat(outs).numpy() if outs else np.empty((0, len(RAW_OUTPUTS)), np.float32)
+
+    def natural(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw outputs -> natural-unit forecast dict (the calibrator's input)."""
+        return natural_units(raw, self.scaler)
+
+    def postprocess(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw outputs -> PRED_COLUMNS: calibrated when a calibrator is present, else Gaussian."""
+        pred = self.natural(raw)
+        out = self.calibrator.apply(pred) if self.calibrator is not None else gaussian_outputs(pred)
+        return {c: np.asarray(out[c], dtype=np.float64) for c in PRED_COLUMNS}
+
+    def predict(self, windows_unscaled: np.ndarray) -> pd.DataFrame:
+        """Unscaled windows [B, 30, F] (features in ``feature_names`` order) -> PRED_COLUMNS frame."""
+        windows_unscaled = np.asarray(windows_unscaled)
+        self._check(windows_unscaled)
+        out = self.postprocess(self.predict_raw(self.scaler.transform(windows_unscaled)))
+        return pd.DataFrame(out, columns=list(PRED_COLUMNS))
+
+    def save(self, path: str, storage_options: dict | None = None) -> str:
+        """Write the bundle folder (local path or s3:// URL): JSON + safetensors, no pickle."""
+        from safetensors.torch import save as st_save
+
+        path = str(path)
+        model = {"arch": self.arch, "config": self.net.config_dict(), "n_features": self.net.n_features,
+                 "feature_names": self.feature_names, "lookback": self.lookback, "meta": self.meta}
+        storage.write_text(storage.join(path, "model.json"), json.dumps(model, indent=1, default=_json_default),
+                           storage_options)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        storage.write_bytes(storage.join(path, "weights.safetensors"), st_save(state), storage_options)
+        storage.write_text(storage.join(path, "scaler.json"), json.dumps(self.scaler.to_dict()), storage_options)
+        cal_url = storage.join(path, "calibration.json")
+        if self.calibrator is not None:
+            storage.write_text(cal_url, json.dumps(self.calibrator.to_dict()), storage_options)
+        elif storage.exists(cal_url, storage_options):
+            storage.remove(cal_url, storage_options)  # a stale map must not calibrate a new net
+        log.info("saved %s forecaster to %s", self.arch, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str, storage_options: dict | None = None) -> "Forecaster":
+        """Rebuild a bundle written by :meth:`save` (weights loaded strictly)."""
+        from safetensors.torch import load as st_load
+
+        from hfcast.models import build_model
+
+        path = str(path)
+        try:
+            model = json.loads(storage.read_text(storage.join(path, "model.json"), storage_options))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no model.json in {path}: not a forecaster bundle") from None
+        net = build_model(model["arch"], model["n_features"], model["config"])
+        net.load_state_dict(st_load(storage.read_bytes(storage.join(path, "weights.safetensors"), storage_options)))
+        net.eval()
+        scaler = Scaler.from_dict(json.loads(storage.read_text(storage.join(path, "scaler.json"), storage_options)))
+        calibrator = None
+        cal_url = storage.join(path, "calibration.json")
+        if storage.exists(cal_url, storage_options):
+            from hfcast.calibration import Calibrator
+
+            calibrator = Calibrator.from_dict(json.loads(storage.read_text(cal_url, storage_options)))
+        return cls(net, scaler, model["feature_names"], calibrator, model.get("meta"))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"meta value of type {type(o).__name__} is not JSON-serialisable")

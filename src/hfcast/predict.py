@@ -1,0 +1,418 @@
+"""Batch inference: one prediction CSV per date, dense or sparse, parallel and resumable.
+
+For each date: read that date's features, pack them into one float32 matrix and scale it ONCE
+(windows are views over the scaled matrix, never a materialised [N, 30, F] copy), run the model
+on batches of windows with the fastest runner available, merge the forecasts back onto every
+(symbol, minute) row of the date, and write
+
+    <out>/predictions/<model>/<version>/date=YYYY-MM-DD.csv
+    <out>/predictions/<model>/<version>/date=YYYY-MM-DD.manifest.json
+
+Both writes are atomic (see :mod:`hfcast.storage`) and the manifest is written after the CSV, so
+a date is complete exactly when its manifest exists and agrees with the CSV's checksum. A rerun
+skips such dates and redoes the others; a batch killed at any point therefore resumes without
+partial files or duplicated rows. Dates run in worker processes; a failing date is reported
+with its reason and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import multiprocessing as mp
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from hfcast import storage
+from hfcast.storage import Lake
+
+log = logging.getLogger(__name__)
+
+MODES = ("dense", "sparse")
+SPARSE_STRIDE = 10
+BATCH = 4096
+CSV_FLOAT_FORMAT = "%.9g"
+
+
+def parse_dates(spec: str | Iterable[str], available: list[str] | None = None) -> list[str]:
+    """Dates from ``"2024-01-02..2024-01-31"``, ``"2024-01-02,2024-01-05"`` or a list.
+
+    A range keeps the ``available`` dates inside it (all weekdays when ``available`` is None);
+    explicitly listed dates are kept as given so that a missing one fails loudly later.
+    """
+    if not isinstance(spec, str):
+        return sorted({pd.Timestamp(d).date().isoformat() for d in spec})
+    spec = spec.strip()
+    if ".." in spec:
+        lo, hi = (pd.Timestamp(p.strip()).date().isoformat() for p in spec.split("..", 1))
+        if lo > hi:
+            raise ValueError(f"date range {spec!r} runs backwards")
+        pool = available if available is not None else [d.date().isoformat() for d in pd.bdate_range(lo, hi)]
+        return sorted(d for d in pool if lo <= d <= hi)
+    return sorted({pd.Timestamp(p.strip()).date().isoformat() for p in spec.split(",") if p.strip()})
+
+
+# --- one date ------------------------------------------------------------------------------------
+
+def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", runner: Any = None,
+                  batch_size: int = BATCH) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Forecasts for every (symbol, minute) row of a features frame.
+
+    Args:
+        forecaster: a :class:`hfcast.models.base.Forecaster`.
+        features: one or more dates of features (symbol, ts, the forecaster's feature columns).
+        mode: ``dense`` predicts every minute with a full 30-minute window; ``sparse`` every 10th
+            such minute, forward-filled within the symbol-day to the minutes in between.
+        runner: an :mod:`hfcast.export` runner (``.run(windows_scaled) -> raw``); None = torch eager.
+
+    Returns:
+        (frame with symbol, ts, PRED_COLUMNS, filled; timings in seconds for window / model).
+    """
+    from hfcast.features.windows import build_windows
+    from hfcast.models.base import PRED_COLUMNS
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    t0 = time.perf_counter()
+    wa = build_windows(features, forecaster.feature_names, stride=SPARSE_STRIDE if mode == "sparse" else 1,
+                       label_cols=None)
+    scaled = dataclasses.replace(wa, X=np.ascontiguousarray(forecaster.scaler.transform(wa.X)), _view=None)
+    t1 = time.perf_counter()
+    run = runner.run if runner is not None else forecaster.predict_raw
+    raw = np.empty((len(scaled), 4), np.float32)
+    for a in range(0, len(scaled), batch_size):
+        idx = slice(a, min(a + batch_size, len(scaled)))
+        raw[idx] = run(np.ascontiguousarray(scaled.windows(idx)))
+    t2 = time.perf_counter()
+    pred = forecaster.postprocess(raw)
+    out = wa.keys.copy()
+    cols = {c: np.full(len(out), np.nan) for c in PRED_COLUMNS}
+    for c in PRED_COLUMNS:
+        cols[c][wa.ends] = pred[c]
+    out = pd.concat([out, pd.DataFrame(cols)], axis=1)
+    sampled = np.zeros(len(out), dtype=bool)
+    sampled[wa.ends] = True
+    if mode == "sparse":
+        # forward-fill each sampled forecast to the following minutes of the same symbol-day
+        day = pd.DatetimeIndex(out["ts"]).tz_convert("America/New_York").date
+        group = [out["symbol"].to_numpy(), day]
+        has = pd.Series(np.where(sampled, 1.0, np.nan)).groupby(group).ffill().notna().to_numpy()
+        out[list(PRED_COLUMNS)] = out[list(PRED_COLUMNS)].groupby(group).ffill()
+        out["filled"] = has & ~sampled
+    else:
+        out["filled"] = False
+    t3 = time.perf_counter()
+    return out, {"window": (t1 - t0) + (t3 - t2), "model": t2 - t1}
+
+
+def to_csv_bytes(frame: pd.DataFrame, model_name: str, model_version: str, mode: str) -> bytes:
+    """The CSV body for one date: fixed column order and float format (byte-stable reruns)."""
+    from hfcast.models.base import PRED_COLUMNS
+
+    out = frame[["symbol", "ts", *PRED_COLUMNS, "filled"]].copy()
+    out["ts"] = pd.DatetimeIndex(out["ts"]).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out.insert(len(out.columns) - 1, "model_name", model_name)
+    out.insert(len(out.columns) - 1, "model_version", str(model_version))
+    out.insert(len(out.columns) - 1, "mode", mode)
+    buf = io.StringIO()
+    out.to_csv(buf, index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n")
+    return buf.getvalue().encode()
+
+
+@dataclass
+class DateResult:
+    """What happened to one date."""
+
+    date: str
+    status: str  # done | skipped | failed
+    rows: int = 0
+    symbols: int = 0
+    predicted: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    """Everything a worker needs for a date (picklable; the model is loaded once per worker)."""
+
+    bundle_dir: str
+    lake_url: str
+    out_url: str
+    storage_options: dict[str, Any] | None
+    model_name: str
+    model_version: str
+    mode: str
+    runner: str  # torch | onnxruntime | ... (see hfcast.export); "" = torch eager in-process
+    onnx_path: str | None
+    force: bool = False
+    threads: int = 1
+
+
+def _manifest_url(csv_url: str) -> str:
+    return csv_url[: -len(".csv")] + ".manifest.json"
+
+
+def _input_fingerprint(lake: Lake, date: str) -> str:
+    return hashlib.sha256(storage.read_bytes(lake.partition("features", date), lake.storage_options)).hexdigest()
+
+
+def is_complete(csv_url: str, storage_options: dict | None, expect: dict[str, Any]) -> bool:
+    """True when the date's manifest exists, agrees with ``expect`` and with the CSV's checksum."""
+    try:
+        manifest = json.loads(storage.read_text(_manifest_url(csv_url), storage_options))
+        body = storage.read_bytes(csv_url, storage_options)
+    except (FileNotFoundError, storage.StorageError, json.JSONDecodeError):
+        return False
+    if any(manifest.get(k) != v for k, v in expect.items()):
+        return False
+    return manifest.get("sha256") == hashlib.sha256(body).hexdigest() and manifest.get("bytes") == len(body)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_model(job: Job) -> tuple[Any, Any]:
+    """Load (and cache per process) the forecaster and its runner."""
+    key = (job.bundle_dir, job.runner, job.onnx_path)
+    if _WORKER.get("key") != key:
+        import torch
+
+        from hfcast.models.base import Forecaster
+
+        torch.set_num_threads(max(1, job.threads))
+        forecaster = Forecaster.load(job.bundle_dir)
+        runner = None
+        if job.runner == "onnxruntime":
+            from hfcast.export import OnnxRuntimeRunner
+
+            runner = OnnxRuntimeRunner(job.onnx_path, threads=job.threads)
+        elif job.runner and job.runner != "torch":
+            from hfcast.export import make_runner
+
+            runner = make_runner(job.runner, forecaster, onnx_path=job.onnx_path)
+        _WORKER.update(key=key, forecaster=forecaster, runner=runner)
+    return _WORKER["forecaster"], _WORKER["runner"]
+
+
+def predict_date(job: Job, date: str) -> DateResult:
+    """Predict one date and write its CSV + manifest; never raises (failures are results)."""
+    t0 = time.perf_counter()
+    lake = Lake(job.lake_url, job.storage_options)
+    out = Lake(job.out_url, job.storage_options)
+    csv_url = out.predictions(job.model_name, job.model_version, date)
+    try:
+        fingerprint = _input_fingerprint(lake, date)
+        expect = {"model_version": job.model_version, "mode": job.mode, "input_sha256": fingerprint}
+        if not job.force and is_complete(csv_url, job.storage_options, expect):
+            return DateResult(date, "skipped", seconds=time.perf_counter() - t0)
+        forecaster, runner = _worker_model(job)
+        t_read = time.perf_counter()
+        features = lake.read("features", date, ["symbol", "ts", *forecaster.feature_names])
+        if features.empty:
+            raise ValueError(f"features partition for {date} is empty")
+        t_read = time.perf_counter() - t_read
+        frame, timings = predict_frame(forecaster, features, job.mode, runner)
+        t_write = time.perf_counter()
+        body = to_csv_bytes(frame, job.model_name, job.model_version, job.mode)
+        storage.write_bytes(csv_url, body, job.storage_options)
+        manifest = {
+            **expect, "date": date, "model_name": job.model_name, "rows": len(frame),
+            "symbols": int(frame["symbol"].nunique()),
+            "predicted": int(frame["ret_60m_pred"].notna().sum()),
+            "sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body),
+            "run_seconds": round(time.perf_counter() - t0, 3),
+            "written_at": pd.Timestamp.now(tz="UTC").isoformat(),
+        }
+        storage.write_text(_manifest_url(csv_url), json.dumps(manifest, indent=1), job.storage_options)
+        timings.update(read=t_read, write=time.perf_counter() - t_write)
+        return DateResult(date, "done", len(frame), manifest["symbols"], manifest["predicted"],
+                          time.perf_counter() - t0, timings=timings)
+    except FileNotFoundError as exc:
+        return DateResult(date, "failed", seconds=time.perf_counter() - t0,
+                          reason=f"missing input: {exc.filename or exc}")
+    except Exception as exc:  # a corrupt date must not stop the others
+        return DateResult(date, "failed", seconds=time.perf_counter() - t0,
+                          reason=storage.redact(f"{type(exc).__name__}: {exc}"))
+
+
+# --- many dates ----------------------------------------------------------------------------------
+
+@dataclass
+class PredictSummary:
+    results: list[DateResult]
+    seconds: float
+    workers: int
+    model_name: str
+    model_version: str
+    mode: str
+
+    def _with(self, status: str) -> list[DateResult]:
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def failed(self) -> list[DateResult]:
+        return self._with("failed")
+
+    @property
+    def rows(self) -> int:
+        return sum(r.rows for r in self.results)
+
+    @property
+    def throughput(self) -> float:
+        """Stock-minutes written per second of wall time (end to end)."""
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def timing_split(self) -> dict[str, float]:
+        """Seconds spent in read / window / model / write, summed over the dates done."""
+        split: dict[str, float] = {}
+        for r in self._with("done"):
+            for k, v in r.timings.items():
+                split[k] = split.get(k, 0.0) + v
+        return split
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": f"{self.model_name}/{self.model_version}", "mode": self.mode, "workers": self.workers,
+            "done": len(self._with("done")), "skipped": len(self._with("skipped")), "failed": len(self.failed),
+            "failed_dates": {r.date: r.reason for r in self.failed}, "rows": self.rows,
+            "seconds": round(self.seconds, 3), "rows_per_second": round(self.throughput, 1),
+            "timing_split": {k: round(v, 3) for k, v in self.timing_split().items()},
+        }
+
+
+def prepare_bundle(settings: Any, model_ref: str | None, bundle_dir: str | None) -> tuple[str, str, str]:
+    """A local bundle folder plus (model name, version) from a registry ref or a local folder."""
+    from hfcast.models.base import Forecaster
+
+    if bundle_dir:
+        meta = Forecaster.load(bundle_dir).meta
+        return bundle_dir, str(meta.get("model_name", "local")), str(meta.get("model_version", "0"))
+    from hfcast.registry import download_bundle, resolve
+
+    name, version = _name_version(resolve(settings, model_ref or f"{settings.model_name}@champion"))
+    path = download_bundle(settings, f"{name}/{version}")
+    return str(path), name, version
+
+
+def _name_version(resolved: Any) -> tuple[str, str]:
+    if isinstance(resolved, tuple):
+        return str(resolved[0]), str(resolved[1])
+    return str(getattr(resolved, "name")), str(getattr(resolved, "version"))
+
+
+def choose_runner(bundle_dir: str, runner: str) -> tuple[str, str | None]:
+    """Resolve ``auto`` to a runner kind and export ONNX once (not once per worker) when needed."""
+    if runner == "auto":
+        import torch
+
+        from hfcast.export import choose_runner_kind, tensorrt_available
+
+        runner = choose_runner_kind(torch.cuda.is_available(), tensorrt_available())
+    onnx_path = None
+    if runner in ("onnxruntime", "tensorrt"):
+        from hfcast.export import export_onnx
+        from hfcast.models.base import Forecaster
+
+        onnx_path = str(Path(bundle_dir) / "model.onnx")
+        if not Path(onnx_path).exists():
+            export_onnx(Forecaster.load(bundle_dir), onnx_path)
+    return runner, onnx_path
+
+
+def run_predict(settings: Any, dates: str | list[str], model_ref: str | None = None, bundle_dir: str | None = None,
+                mode: str = "dense", workers: int = 1, out: str | None = None, force: bool = False,
+                runner: str = "auto", progress: bool = True) -> PredictSummary:
+    """Predict every date in ``dates`` and write the CSVs (the function behind ``hfcast predict``).
+
+    Args:
+        settings: :class:`hfcast.config.Settings` (lake, registry, S3 credentials).
+        dates: ``"A..B"``, ``"A,B"`` or a list; a range keeps the dates that have features.
+        model_ref: registry reference (``hfcast@champion``, ``hfcast/3``); ignored with bundle_dir.
+        bundle_dir: a local forecaster bundle instead of the registry.
+        mode: ``dense`` or ``sparse``.
+        workers: processes; each gets ``cores // workers`` threads.
+        out: output root URL (default: the lake).
+        force: redo dates even when complete.
+        runner: ``auto``, ``onnxruntime``, ``torch``, ``torch-compiled``, ``tensorrt``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    lake = Lake.from_settings(settings)
+    date_list = parse_dates(dates, lake.dates("features"))
+    if not date_list:
+        raise ValueError(f"no dates to predict in {dates!r} (the lake has features for {len(lake.dates('features'))} dates)")
+    local_bundle, name, version = prepare_bundle(settings, model_ref, bundle_dir)
+    runner_kind, onnx_path = choose_runner(local_bundle, runner)
+    workers = max(1, min(workers, len(date_list)))
+    job = Job(local_bundle, lake.url, (out or settings.lake_url).rstrip("/"), lake.storage_options, name, version,
+              mode, runner_kind, onnx_path, force, threads=max(1, (os.cpu_count() or 1) // workers))
+    log.info("predicting %d date(s) with %s/%s (%s, %s runner, %d worker(s))", len(date_list), name, version,
+             mode, runner_kind, workers)
+    t0 = time.perf_counter()
+    results: list[DateResult] = []
+    with _progress(progress, len(date_list)) as advance:
+        if workers == 1:
+            for d in date_list:
+                results.append(predict_date(job, d))
+                advance(results[-1])
+        else:
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(predict_date, job, d): d for d in date_list}
+                for fut in as_completed(futures):
+                    try:
+                        res = fut.result()
+                    except Exception as exc:  # the worker process itself died
+                        res = DateResult(futures[fut], "failed", reason=f"worker crashed: {exc}")
+                    results.append(res)
+                    advance(res)
+    results.sort(key=lambda r: r.date)
+    for r in results:
+        if r.status == "failed":
+            log.error("date %s failed: %s", r.date, r.reason)
+    return PredictSummary(results, time.perf_counter() - t0, workers, name, version, mode)
+
+
+class _progress:
+    """A rich progress bar over dates (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda res: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           TextColumn("{task.description}"), transient=False)
+        self._p.start()
+        task = self._p.add_task("", total=self.total)
+
+        def advance(res: DateResult) -> None:
+            self._p.update(task, advance=1, description=f"{res.date} {res.status}")
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._p.stop()
+
+
+def local_tmp_bundle(forecaster: Any) -> str:
+    """Save a forecaster to a fresh temp folder (for callers that hold one in memory)."""
+    path = tempfile.mkdtemp(prefix="hfcast-bundle-")
+    forecaster.save(path)
+    return path

@@ -1,0 +1,473 @@
+"""MLflow tracking and model registry for hfcast: log runs, register bundles, resolve and load them.
+
+Why it looks like this:
+
+* The model artifact is the Forecaster bundle FOLDER (``model.json``, ``weights.safetensors``,
+  ``scaler.json``, ``calibration.json``) logged under ``model/`` of its run; the model version's
+  source is ``runs:/<run_id>/model``. No MLflow flavor, no pickle: anything that loads the bundle
+  needs only hfcast and safetensors. This module never looks inside the bundle.
+* Aliases, not stages: ``challenger`` on registration, ``champion`` only through the gate
+  (:mod:`hfcast.gate`), ``previous-champion`` so a rollback is one command.
+* Every run records its walk-forward test spans (tag + ``eval/scores.json``) so that the gate can
+  prove two models were scored on the same spans before comparing them.
+* Embedded default: a sqlite file under ``settings.home`` and artifacts under
+  ``settings.home/mlartifacts`` (absolute, see PLATFORM_NOTES); an ``http(s)`` tracking URI leaves
+  artifacts to the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from hfcast.config import Settings
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+SCORES_ARTIFACT = "eval/scores.json"
+BUNDLE_FILES = ("model.json", "weights.safetensors", "scaler.json", "calibration.json")
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".joblib", ".ckpt")  # torch.save is pickle
+CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
+SPANS_TAG, SPANS_SHA_TAG = "hfcast.test_spans", "hfcast.test_spans_sha"
+
+
+class RegistryError(LookupError):
+    """A model, version, alias or artifact that the caller named does not exist or is unusable."""
+
+
+@dataclass
+class Tracking:
+    """An open connection to the tracking server: the client, its URI and the hfcast experiment."""
+
+    client: Any  # mlflow.MlflowClient
+    uri: str
+    model_name: str
+    experiment_name: str
+    home: Path
+    _experiment_id: str | None = None
+
+    @property
+    def experiment_id(self) -> str:
+        """The experiment of training runs, created on first use (registry-only calls skip it).
+
+        A local store gets an ABSOLUTE artifact location under ``<home>/mlartifacts`` (else MLflow
+        writes ``./mlruns`` in the current directory); a server decides its own.
+        """
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment_name)
+            if exp is None:
+                location = (self.home / "mlartifacts").resolve().as_uri() if _is_local(self.uri) else None
+                self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+
+def tracking_uri(settings: Settings) -> str:
+    """The tracking URI, with the sqlite file's folder created (sqlite will not create it)."""
+    uri = settings.mlflow_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def _is_local(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+@contextmanager
+def tracking(settings: Settings) -> Iterator[Tracking]:
+    """Point MLflow at ``settings.mlflow_uri``; ``.experiment_id`` makes sure the experiment exists.
+
+    The global tracking/registry URIs are set for the duration (so ``mlflow.log_*`` calls by the
+    caller land in the same place) and restored afterwards.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = tracking_uri(settings)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = str(settings.param("registry.experiment", settings.model_name))
+    prev_t, prev_r = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield Tracking(client, uri, settings.model_name, name, settings.home)
+    finally:
+        mlflow.set_tracking_uri(prev_t)
+        mlflow.set_registry_uri(prev_r)
+
+
+def check_bundle(bundle_dir: str | os.PathLike) -> Path:
+    """Refuse a bundle folder with missing files or anything pickle-based, before it is logged.
+
+    ``calibration.json`` may be absent (a Forecaster without calibrator falls back to Gaussian
+    confidences); the other bundle files are required.
+    """
+    path = Path(bundle_dir)
+    if not path.is_dir():
+        raise RegistryError(f"model bundle folder {path} does not exist")
+    missing = [f for f in BUNDLE_FILES if f != "calibration.json" and not (path / f).is_file()]
+    if missing:
+        raise RegistryError(f"model bundle {path} lacks {missing} (a bundle holds {list(BUNDLE_FILES)})")
+    if not (path / "calibration.json").is_file():
+        log.warning("bundle %s has no calibration.json: confidences will be uncalibrated", path)
+    _refuse_pickles(path)
+    return path
+
+
+def _refuse_pickles(folder: Path) -> None:
+    bad = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES]
+    if bad:
+        raise RegistryError(f"{folder} holds pickle-based files {bad}: hfcast never logs pickles")
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _number(v: Any) -> float | None:
+    """A finite float, or None (NaN/inf/strings stay in scores.json only, never as MLflow metrics)."""
+    if v is None or isinstance(v, (str, bytes, bool)):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _json_safe(obj: Any) -> Any:
+    """JSON without NaN (written as null, which the gate reads as "no score")."""
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if obj is None or isinstance(obj, (str, bool)):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    num = _number(obj)
+    return num if num is not None or hasattr(obj, "__float__") else str(obj)
+
+
+def spans_sha(spans: Sequence[Sequence[str]]) -> str:
+    """A short digest of the test spans, to compare two runs' spans cheaply."""
+    text = json.dumps([[str(a), str(b)] for a, b in spans])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def log_training_run(
+    settings: Settings,
+    bundle_dir: str | os.PathLike,
+    *,
+    arch: str,
+    params: Mapping[str, Any],
+    epoch_metrics: Sequence[Mapping[str, Any]] | None,
+    fold_metrics: Sequence[Mapping[str, Any]],
+    aggregate_metrics: Mapping[str, Any],
+    test_spans: Sequence[tuple[str, str]],
+    dataset_version: str | None,
+    feature_names: Sequence[str],
+    plots: Sequence[str | os.PathLike] = (),
+    tags: Mapping[str, str] | None = None,
+    baseline_metrics: Mapping[str, Mapping[str, Any]] | None = None,
+    run_name: str | None = None,
+) -> str:
+    """Log one training run: params, per-epoch/per-fold/aggregate metrics, lineage, bundle, plots.
+
+    Args:
+        bundle_dir: the saved Forecaster bundle folder; logged as-is under ``model/``.
+        epoch_metrics: one dict per epoch (``epoch`` = step; an optional ``fold`` prefixes the keys).
+        fold_metrics: one dict per walk-forward fold (``fold`` or the position = step), logged as
+            ``fold/<key>``; non-numeric values (dates) go only to ``eval/scores.json``.
+        aggregate_metrics: the scores the gate compares (e.g. ``vol_qlike``, ``ret_ic``).
+        test_spans: ``[(first_date, last_date), ...]`` of the test folds these scores cover.
+        baseline_metrics: ``{baseline: {metric: value}}`` on the same spans, logged as
+            ``baseline/<name>/<metric>``; the gate compares against them.
+
+    Returns:
+        The MLflow run id.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    bundle = check_bundle(bundle_dir)
+    spans = [[str(a), str(b)] for a, b in test_spans]
+    if not spans:
+        raise ValueError("test_spans is empty: the gate needs to know which dates the scores cover")
+    plot_paths = [Path(p) for p in plots]
+    for p in plot_paths:
+        if not p.is_file():
+            raise RegistryError(f"plot {p} does not exist")
+    now = int(time.time() * 1000)
+    metrics: list[Metric] = []
+    for i, row in enumerate(epoch_metrics or []):
+        step = int(row.get("epoch", i))
+        prefix = f"fold{int(row['fold'])}/" if "fold" in row else ""
+        metrics += [Metric(f"{prefix}epoch/{k}", v, now, step) for k, v in
+                    ((k, _number(x)) for k, x in row.items() if k not in ("epoch", "fold")) if v is not None]
+    for i, row in enumerate(fold_metrics):
+        step = int(row.get("fold", i))
+        metrics += [Metric(f"fold/{k}", v, now, step) for k, v in
+                    ((k, _number(x)) for k, x in row.items() if k != "fold") if v is not None]
+    for k, x in aggregate_metrics.items():
+        if (v := _number(x)) is not None:
+            metrics.append(Metric(k, v, now, 0))
+    for b, scores in (baseline_metrics or {}).items():
+        metrics += [Metric(f"baseline/{b}/{k}", v, now, 0) for k, x in scores.items() if (v := _number(x)) is not None]
+
+    flat = {**_flatten(params), "arch": arch, "n_features": len(feature_names),
+            "dataset_version": dataset_version or "unknown", "n_test_spans": len(spans)}
+    param_list = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+    sha = spans_sha(spans)
+    spans_json = json.dumps(spans)
+    run_tags = {"arch": arch, "dataset_version": dataset_version or "unknown", SPANS_SHA_TAG: sha,
+                "hfcast.model_name": settings.model_name, **(tags or {})}
+    if len(spans_json) <= 8000:
+        run_tags[SPANS_TAG] = spans_json
+    scores = {"test_spans": spans, "test_spans_sha": sha, "model": aggregate_metrics,
+              "baselines": baseline_metrics or {}, "folds": list(fold_metrics)}
+
+    with tracking(settings) as t:
+        run = t.client.create_run(t.experiment_id, run_name=run_name, tags=run_tags)
+        run_id = run.info.run_id
+        try:
+            for chunk in _chunks(param_list, 100):
+                t.client.log_batch(run_id, params=chunk)
+            for chunk in _chunks(metrics, 1000):
+                t.client.log_batch(run_id, metrics=chunk)
+            with tempfile.TemporaryDirectory(prefix="hfcast-run-") as tmp:
+                (Path(tmp) / "features.json").write_text(json.dumps({"features": list(feature_names)}, indent=1))
+                (Path(tmp) / "scores.json").write_text(json.dumps(_json_safe(scores), indent=1))
+                t.client.log_artifact(run_id, str(Path(tmp) / "features.json"))
+                t.client.log_artifact(run_id, str(Path(tmp) / "scores.json"), "eval")
+            t.client.log_artifacts(run_id, str(bundle), MODEL_ARTIFACT)
+            for p in plot_paths:
+                t.client.log_artifact(run_id, str(p), "plots")
+        except BaseException:
+            t.client.set_terminated(run_id, "FAILED")
+            raise
+        t.client.set_terminated(run_id, "FINISHED")
+    log.info("logged run %s (%s, %d metrics, dataset %s)", run_id, arch, len(metrics), dataset_version)
+    return run_id
+
+
+def _not_found(exc: Exception) -> bool:
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def register(settings: Settings, run_id: str) -> int:
+    """Register the run's bundle as a new version of ``settings.model_name``, alias ``challenger``.
+
+    Returns:
+        The new version number.
+    """
+    from mlflow.exceptions import MlflowException
+
+    with tracking(settings) as t:
+        c, name = t.client, t.model_name
+        run = c.get_run(run_id)
+        names = {f.path for f in c.list_artifacts(run_id, MODEL_ARTIFACT)}
+        if f"{MODEL_ARTIFACT}/model.json" not in names:
+            raise RegistryError(f"run {run_id} has no model bundle under '{MODEL_ARTIFACT}/' (found {sorted(names)})")
+        try:
+            c.get_registered_model(name)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            c.create_registered_model(name, description="hfcast forecaster bundles (aliases: champion, challenger)")
+        rt = run.data.tags
+        mv_tags = {"arch": rt.get("arch", "unknown"), "dataset_version": rt.get("dataset_version", "unknown"),
+                   "run_id": run_id, SPANS_SHA_TAG: rt.get(SPANS_SHA_TAG, "")}
+        mv = c.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id, tags=mv_tags)
+        c.set_registered_model_alias(name, CHALLENGER, mv.version)
+    log.info("registered %s version %s from run %s (alias %s)", name, mv.version, run_id, CHALLENGER)
+    return int(mv.version)
+
+
+def parse_ref(ref: str | int, default_name: str) -> tuple[str, str | None, str | None]:
+    """``(name, version, alias)`` from "hfcast@champion", "hfcast/3", "models:/hfcast@champion",
+    "3" or "champion" (a bare word is an alias of the default model)."""
+    s = str(ref).strip()
+    s = s[len("models:/"):] if s.startswith("models:/") else s
+    if not s:
+        raise RegistryError("empty model reference")
+    if "@" in s:
+        name, alias = s.split("@", 1)
+        return name or default_name, None, alias
+    if "/" in s:
+        name, version = s.rsplit("/", 1)
+        if not version.isdigit():
+            raise RegistryError(f"model reference {ref!r}: the part after '/' must be a version number")
+        return name or default_name, version, None
+    return (default_name, s, None) if s.isdigit() else (default_name, None, s)
+
+
+def resolve(settings: Settings, ref: str | int):
+    """The MLflow ModelVersion that ``ref`` names (see :func:`parse_ref`)."""
+    from mlflow.exceptions import MlflowException
+
+    name, version, alias = parse_ref(ref, settings.model_name)
+    with tracking(settings) as t:
+        try:
+            if alias is not None:
+                return t.client.get_model_version_by_alias(name, alias)
+            return t.client.get_model_version(name, version)
+        except MlflowException as exc:
+            if not (_not_found(exc) or getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE"):
+                raise
+            what = f"alias '{alias}'" if alias is not None else f"version {version}"
+            raise RegistryError(f"model '{name}' has no {what} in {t.uri}") from None
+
+
+def run_scores(settings: Settings, run_id: str) -> dict[str, Any]:
+    """The run's ``eval/scores.json`` (test spans, model and baseline scores, folds)."""
+    import mlflow
+
+    with tracking(settings) as t:
+        with tempfile.TemporaryDirectory(prefix="hfcast-scores-") as tmp:
+            try:
+                p = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SCORES_ARTIFACT,
+                                                        dst_path=tmp, tracking_uri=t.uri)
+            except Exception as exc:
+                raise RegistryError(f"run {run_id} has no {SCORES_ARTIFACT}: {exc}") from None
+            return json.loads(Path(p).read_text())
+
+
+def download_bundle(settings: Settings, ref: str | int, dst: str | os.PathLike | None = None) -> Path:
+    """Download the bundle folder of a model version; ``dst`` is replaced if it exists.
+
+    Default ``dst``: ``<home>/bundles/<name>-v<version>`` (a stable place a server can reload).
+    """
+    import mlflow
+
+    mv = resolve(settings, ref)
+    dst = Path(dst) if dst is not None else settings.home / "bundles" / f"{mv.name}-v{mv.version}"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=dst.parent))
+    try:
+        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
+                                                       tracking_uri=tracking_uri(settings)))
+        check_bundle(got)
+        if dst.exists():
+            shutil.rmtree(dst)
+        got.rename(dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def load_forecaster(settings: Settings, ref: str | int = "hfcast@champion", dst: str | os.PathLike | None = None):
+    """Download and load a registered Forecaster, stamped with where it came from (meta)."""
+    from hfcast.models.base import Forecaster
+
+    mv = resolve(settings, ref)
+    path = download_bundle(settings, f"{mv.name}/{mv.version}", dst)
+    fc = Forecaster.load(path)
+    fc.meta.update({"model_name": mv.name, "model_version": str(mv.version), "run_id": mv.run_id})
+    return fc
+
+
+def log_artifacts_to_version(settings: Settings, ref: str | int, folder: str | os.PathLike, artifact_path: str) -> str:
+    """Add files (ONNX, TensorRT engine) to the run behind a model version; the bundle stays untouched.
+
+    Returns:
+        The artifact URI of the added folder.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise RegistryError(f"{folder} does not exist")
+    ap = artifact_path.strip("/")
+    if not ap or ap == MODEL_ARTIFACT or ap.startswith(MODEL_ARTIFACT + "/"):
+        raise RegistryError(f"artifact_path {artifact_path!r} would change the registered bundle; use e.g. 'export/onnx'")
+    mv = resolve(settings, ref)
+    with tracking(settings) as t:
+        if folder.is_dir():
+            _refuse_pickles(folder)
+            t.client.log_artifacts(mv.run_id, str(folder), ap)
+        else:
+            if folder.suffix.lower() in PICKLE_SUFFIXES:
+                raise RegistryError(f"{folder} is pickle-based: hfcast never logs pickles")
+            t.client.log_artifact(mv.run_id, str(folder), ap)
+        uri = f"{t.client.get_run(mv.run_id).info.artifact_uri}/{ap}"
+    log.info("logged %s to %s version %s (%s)", folder, mv.name, mv.version, uri)
+    return uri
+
+
+def _aliases(client: Any, name: str) -> dict[str, list[str]]:
+    """version -> aliases (search_model_versions leaves ``aliases`` empty on some stores)."""
+    out: dict[str, list[str]] = {}
+    for alias, version in (client.get_registered_model(name).aliases or {}).items():
+        out.setdefault(str(version), []).append(alias)
+    return out
+
+
+def _version_row(client: Any, mv: Any, metric_names: Sequence[str], aliases: Sequence[str]) -> dict[str, Any]:
+    from datetime import datetime, timezone
+
+    try:
+        run_metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    except Exception:  # a deleted run must not break the listing
+        run_metrics = {}
+    return {
+        "version": int(mv.version), "aliases": sorted(aliases),
+        "arch": mv.tags.get("arch", ""), "dataset_version": mv.tags.get("dataset_version", ""),
+        "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
+        "run_id": mv.run_id, "gate": mv.tags.get("gate.decision", ""), "tags": dict(mv.tags),
+        "metrics": {m: run_metrics[m] for m in metric_names if m in run_metrics},
+    }
+
+
+def list_versions(settings: Settings) -> list[dict[str, Any]]:
+    """Every version of the model, oldest first: version, aliases, arch, created, gate, metrics."""
+    from hfcast.gate import config_from_settings
+
+    metric_names = [r.name for r in config_from_settings(settings).rules]
+    with tracking(settings) as t:
+        versions = t.client.search_model_versions(f"name='{t.model_name}'")
+        aliases = _aliases(t.client, t.model_name) if versions else {}
+        rows = [_version_row(t.client, mv, metric_names, aliases.get(str(mv.version), [])) for mv in versions]
+    return sorted(rows, key=lambda r: r["version"])
+
+
+def describe(settings: Settings, ref: str | int) -> dict[str, Any]:
+    """One version in detail: its listing row, source, the run's params and artifact folders."""
+    from hfcast.gate import config_from_settings
+
+    mv = resolve(settings, ref)
+    with tracking(settings) as t:
+        aliases = _aliases(t.client, mv.name).get(str(mv.version), [])
+        row = _version_row(t.client, mv, [r.name for r in config_from_settings(settings).rules], aliases)
+        run = t.client.get_run(mv.run_id)
+        row.update(name=mv.name, source=mv.source, params=dict(run.data.params),
+                   all_metrics=dict(run.data.metrics),
+                   artifacts=sorted(f.path for f in t.client.list_artifacts(mv.run_id)))
+    return row
+
+
+# The gate's MLflow side lives in hfcast.gate; re-exported so `registry.promote(...)` etc. work.
+from hfcast.gate import GateDecision, gate, promote, rollback, run_gate  # noqa: E402,F401

@@ -1,0 +1,350 @@
+"""Walk-forward splits: train / validation / test spans that move forward in time.
+
+Like qlib's ``RollingGen``, the splits are an explicit generator configured by dates in
+params.yaml (section ``walkforward:``), not by code. Between consecutive spans an embargo of
+whole trading days is skipped; it must cover the longest label horizon so that no training or
+validation label reads a minute that a later span trains or is scored on. Labels here never
+cross the close (a 60-minute return at 15:30 is missing, not taken from the next day), so one
+day is already conservative; the check is explicit so a longer label cannot slip through.
+
+Every reported score comes from a test span that the model (and its scaler and calibrator)
+never saw; test spans of successive folds never overlap.
+
+``run_walkforward`` runs every architecture and the baselines on identical folds (torch and
+the model code are imported inside it, so fold generation stays light).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from hfcast.calibration import PRED_COLUMNS
+from hfcast.data.schema import LABEL_HORIZONS, MINUTES_PER_SESSION
+from hfcast.models.baselines import BASELINES
+
+log = logging.getLogger(__name__)
+
+MODES = ("expanding", "sliding")
+
+
+@dataclass(frozen=True)
+class WalkForwardConfig:
+    """Walk-forward schedule, in trading days of the lake's date list."""
+
+    mode: str = "expanding"          # expanding: train from the first date; sliding: last train_days
+    train_days: int = 10             # minimum (expanding) / exact (sliding) training span
+    val_days: int = 3                # early stopping + calibration span
+    test_days: int = 3               # scored span
+    step_days: int | None = None     # days between fold starts (default test_days; >= test_days)
+    embargo_days: int = 1            # whole days skipped between train|val and val|test
+    first_test_date: str | None = None  # first day of the first test span (default: earliest possible)
+    last_date: str | None = None     # ignore dates after this one
+    max_folds: int | None = None     # keep at most this many folds (the LAST ones)
+    label_horizon_minutes: int = max(LABEL_HORIZONS.values())  # longest label look-ahead
+    eval_stride: int = 1             # window stride on val/test spans (1 = every minute)
+    train_stride: int = 1            # window stride on train spans (10 = sparse, every 10th minute)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"walkforward.mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("train_days", "val_days", "test_days", "eval_stride", "train_stride"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"walkforward.{name} must be >= 1, got {getattr(self, name)}")
+        if self.step < self.test_days:
+            raise ValueError(f"walkforward.step_days ({self.step}) < test_days ({self.test_days}): "
+                             "test spans would overlap and a day would be scored twice")
+        need = min_embargo_days(self.label_horizon_minutes)
+        if self.embargo_days < need:
+            raise ValueError(f"walkforward.embargo_days={self.embargo_days} is shorter than the label "
+                             f"horizon ({self.label_horizon_minutes} min needs >= {need} day(s))")
+        if self.max_folds is not None and self.max_folds < 1:
+            raise ValueError(f"walkforward.max_folds must be >= 1 or null, got {self.max_folds}")
+
+    @property
+    def step(self) -> int:
+        return int(self.step_days if self.step_days is not None else self.test_days)
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any] | None) -> "WalkForwardConfig":
+        """Build from the ``walkforward:`` mapping of params.yaml; unknown keys are an error.
+
+        The ``models`` key (per-architecture config overrides) is read by :func:`model_configs`.
+        """
+        section = dict(section or {})
+        section.pop("models", None)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(f"unknown walkforward parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**section)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_configs(section: Mapping[str, Any] | None) -> dict[str, dict]:
+    """Per-architecture config overrides from ``walkforward.models`` (empty when absent)."""
+    models = dict((section or {}).get("models") or {})
+    bad = [k for k, v in models.items() if not isinstance(v, Mapping)]
+    if bad:
+        raise ValueError(f"walkforward.models.{bad[0]} must be a mapping of config fields")
+    return {k: dict(v) for k, v in models.items()}
+
+
+def min_embargo_days(horizon_minutes: int) -> int:
+    """Whole trading days needed so a label of this horizon cannot reach the next span."""
+    return max(1, math.ceil(horizon_minutes / MINUTES_PER_SESSION))
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One split: ISO date lists, chronological, with the embargo days left out between them."""
+
+    index: int
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    embargo: list[str] = field(default_factory=list)
+
+    @property
+    def all_dates(self) -> list[str]:
+        return [*self.train, *self.val, *self.test]
+
+    def describe(self) -> str:
+        return (f"fold {self.index}: train {self.train[0]}..{self.train[-1]} ({len(self.train)}d), "
+                f"val {self.val[0]}..{self.val[-1]} ({len(self.val)}d), "
+                f"test {self.test[0]}..{self.test[-1]} ({len(self.test)}d)")
+
+
+def generate_folds(dates: Sequence[str], cfg: WalkForwardConfig) -> Iterator[Fold]:
+    """Yield the walk-forward folds over ``dates`` (ISO strings; sorted and de-duplicated here).
+
+    Raises:
+        ValueError: too few dates for one fold, or ``first_test_date`` leaves too little history
+            (the message says how many days were needed and available).
+    """
+    days = sorted({str(d) for d in dates})
+    if cfg.last_date is not None:
+        days = [d for d in days if d <= cfg.last_date]
+    emb = cfg.embargo_days
+    need_before = cfg.train_days + emb + cfg.val_days + emb
+    if cfg.first_test_date is None:
+        t0 = need_before
+    else:
+        t0 = next((i for i, d in enumerate(days) if d >= cfg.first_test_date), len(days))
+        if t0 < need_before:
+            raise ValueError(f"walkforward.first_test_date={cfg.first_test_date} leaves {t0} earlier "
+                             f"day(s); train+val+2*embargo needs {need_before}")
+    if t0 >= len(days):
+        raise ValueError(f"walkforward needs more than {need_before} dates for one fold "
+                         f"(train {cfg.train_days} + val {cfg.val_days} + 2 x embargo {emb} + test); "
+                         f"got {len(days)}")
+    starts = list(range(t0, len(days), cfg.step))
+    if cfg.max_folds is not None:
+        starts = starts[-cfg.max_folds:]
+    for k, ts in enumerate(starts):
+        test = days[ts:ts + cfg.test_days]
+        val_end = ts - emb
+        val = days[val_end - cfg.val_days:val_end]
+        train_end = val_end - cfg.val_days - emb
+        train_start = 0 if cfg.mode == "expanding" else train_end - cfg.train_days
+        train = days[train_start:train_end]
+        embargo = days[train_end:train_end + emb] + days[val_end:ts]
+        yield Fold(index=k, train=train, val=val, test=test, embargo=embargo)
+
+
+def folds_from_settings(dates: Sequence[str], params: Mapping[str, Any]) -> list[Fold]:
+    """Folds for the ``walkforward:`` section of a params mapping."""
+    return list(generate_folds(dates, WalkForwardConfig.from_params(params.get("walkforward"))))
+
+
+# -- orchestration: every architecture and baseline on identical folds -------------------------
+
+@dataclass
+class WalkForwardResult:
+    """What a walk-forward run produced; every score is from test spans.
+
+    Attributes:
+        predictions: long frame, one row per (model, test window): ``model``, ``fold``, ``symbol``,
+            ``ts``, PRED_COLUMNS, labels and truth when present.
+        per_fold: scores per (model, fold). aggregate: scores pooled over all test rows, by model.
+        forecasters: the last fold's trained Forecaster per architecture (for registration).
+        histories: per architecture, the training history of each fold.
+        throughput: per architecture, median over folds of training windows per second.
+    """
+
+    folds: list[Fold]
+    predictions: Any
+    per_fold: Any
+    aggregate: Any
+    forecasters: dict[str, Any]
+    histories: dict[str, list]
+    throughput: dict[str, float]
+    feature_names: list[str]
+
+    def test_spans(self) -> list[tuple[str, str]]:
+        return [(f.test[0], f.test[-1]) for f in self.folds]
+
+
+def _stride(wa, stride: int):
+    """Keep windows whose end minute satisfies (minute_of_session - 29) % stride == 0."""
+    if stride <= 1:
+        return wa
+    from hfcast.data.schema import minute_of_session
+
+    m = minute_of_session(wa.keys["ts"].iloc[wa.ends])
+    return wa.select(np.flatnonzero((m - 29) % stride == 0))
+
+
+def _predict_windows(fc, wa, batch: int = 8192):
+    import pandas as pd
+
+    parts = [fc.predict(wa.windows(np.arange(i, min(i + batch, len(wa))))) for i in range(0, len(wa), batch)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(PRED_COLUMNS))
+
+
+def _feature_names(lake, df) -> list[str]:
+    """The feature list written by the feature engine, else the registry's (present columns only)."""
+    try:
+        from hfcast.features.engine import read_feature_set
+
+        return list(read_feature_set(lake)["features"])
+    except (ImportError, FileNotFoundError, KeyError, OSError) as exc:
+        from hfcast.features.registry import feature_names
+
+        names = [n for n in feature_names(True) if n in df.columns]
+        log.warning("no feature set file (%s); using %d registry features found in the frame", exc, len(names))
+        return names
+
+
+def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train_cfg: Any = None,
+                    dates: Sequence[str] | None = None, progress: bool = True,
+                    baselines: Sequence[str] = BASELINES, model_configs: Mapping[str, dict] | None = None,
+                    frame=None, feature_names: Sequence[str] | None = None) -> WalkForwardResult:
+    """Train and score every architecture and every baseline on the same walk-forward folds.
+
+    Per fold: windows ending on train days train the network (scaler fitted on them), windows on
+    val days early-stop and calibrate it, windows on test days are predicted and scored. The
+    baselines are fitted on the rows at the same train / val window ends and predict the SAME
+    test rows, so every row of the comparison table is measured on identical data.
+
+    Args:
+        lake: a ``hfcast.storage.Lake`` with a ``features`` table (ignored when ``frame`` is given).
+        archs: architectures (``hfcast.models.ARCHITECTURES``); may be empty (baselines only).
+        wf_cfg: the schedule. train_cfg: ``hfcast.train.TrainConfig`` (None = its defaults).
+        dates: restrict to these dates (default: every features date in the lake).
+        frame, feature_names: an in-memory features frame instead of the lake (tests, benchmarks).
+    """
+    import time
+
+    import pandas as pd
+
+    from hfcast.evaluate import score, score_folds
+    from hfcast.features.windows import build_windows
+    from hfcast.models.baselines import baseline_inputs, fit_baselines
+
+    if frame is None:
+        from hfcast.features.engine import load_features
+
+        dates = list(dates or lake.dates("features"))
+        folds = list(generate_folds(dates, wf_cfg))
+        needed = sorted({d for f in folds for d in f.all_dates} | {d for d in dates if d <= folds[-1].test[-1]})
+        frame = load_features(lake, needed)
+    else:
+        day = pd.DatetimeIndex(frame["ts"]).tz_convert("America/New_York").strftime("%Y-%m-%d")
+        folds = list(generate_folds(dates or sorted(set(day)), wf_cfg))
+    frame = frame.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
+    names = list(feature_names) if feature_names is not None else _feature_names(lake, frame)
+    wa_all = build_windows(frame, names, stride=1)
+    inputs = baseline_inputs(frame)
+    truth = [c for c in ("true_ret_60m", "true_var_10m") if c in frame]
+    preds, forecasters, histories, thr = [], {}, {a: [] for a in archs}, {a: [] for a in archs}
+    for fold in folds:
+        train_wa = _stride(wa_all.subset_dates(fold.train), wf_cfg.train_stride)
+        val_wa = _stride(wa_all.subset_dates(fold.val), wf_cfg.eval_stride)
+        test_wa = _stride(wa_all.subset_dates(fold.test), wf_cfg.eval_stride)
+        if min(len(train_wa), len(val_wa), len(test_wa)) == 0:
+            raise ValueError(f"{fold.describe()} has an empty span of windows "
+                             f"(train {len(train_wa)}, val {len(val_wa)}, test {len(test_wa)})")
+        rows = test_wa.ends
+        base = frame.loc[rows, ["symbol", "ts", "ret_60m", "rv_10m", *truth]].reset_index(drop=True)
+        base["fold"] = fold.index
+        if progress:
+            log.info("%s: %d train / %d val / %d test windows", fold.describe(), len(train_wa), len(val_wa), len(test_wa))
+        for arch in archs:
+            from hfcast.train import train_forecaster
+
+            t0 = time.perf_counter()
+            fc, hist = train_forecaster(arch, train_wa, val_wa, model_config=(model_configs or {}).get(arch),
+                                        cfg=train_cfg, progress=progress)
+            secs = time.perf_counter() - t0
+            thr[arch].append(float(hist.get("windows_per_s", np.nan)))
+            histories[arch].append(hist)
+            forecasters[arch] = fc
+            out = _predict_windows(fc, test_wa)
+            preds.append(pd.concat([base.assign(model=arch), out], axis=1))
+            if progress:
+                log.info("  %s trained in %.1fs: %s", arch, secs, _brief(score(preds[-1])))
+        fitted = fit_baselines(inputs.loc[train_wa.ends], inputs.loc[val_wa.ends], tuple(baselines))
+        for name, b in fitted.items():
+            out = b.predict(inputs.loc[rows]).reset_index(drop=True)
+            preds.append(pd.concat([base.assign(model=name), out], axis=1))
+    allp = pd.concat(preds, ignore_index=True)
+    per_fold, agg = [], {}
+    for model, g in allp.groupby("model", sort=False):
+        pf, a = score_folds(g)
+        per_fold.append(pf.assign(model=model))
+        agg[model] = a
+    return WalkForwardResult(folds=folds, predictions=allp, per_fold=pd.concat(per_fold, ignore_index=True),
+                             aggregate=pd.DataFrame(agg).T, forecasters=forecasters, histories=histories,
+                             throughput={a: float(np.median(v)) for a, v in thr.items() if v},
+                             feature_names=names)
+
+
+def _brief(s: Mapping[str, float]) -> str:
+    keys = ("vol_qlike", "vol_qlike_truth", "ret_ic", "ret_ic_truth", "ret_coverage", "rv_coverage")
+    return " ".join(f"{k}={s[k]:.4f}" for k in keys if k in s)
+
+
+run = run_walkforward
+
+
+def log_result(settings, result: WalkForwardResult, arch: str, params: Mapping[str, Any],
+               out_dir, plots: Sequence[Any] = ()) -> str:
+    """Hand one architecture's walk-forward result to the registry (MLflow); returns the run id.
+
+    Uses ``hfcast.registry.log_walkforward(settings, result, arch, ...)`` when the registry
+    provides it, else ``log_training_run`` with the last fold's bundle, per-fold and pooled test
+    scores, and the baselines' scores on the same spans (the oracle is left out: it is the
+    ceiling, not a baseline a model can be required to beat).
+    """
+    from pathlib import Path
+
+    from hfcast import registry
+
+    if hasattr(registry, "log_walkforward"):
+        return registry.log_walkforward(settings, result, arch=arch, params=params, out_dir=out_dir, plots=plots)
+    bundle = Path(out_dir) / f"bundle-{arch}"
+    result.forecasters[arch].save(str(bundle))
+    pf = result.per_fold
+    folds = pf[pf["model"] == arch].drop(columns=["model"]).to_dict(orient="records")
+    agg = result.aggregate
+    baselines = {m: {k: float(v) for k, v in agg.loc[m].items()} for m in agg.index
+                 if m in BASELINES and m != "oracle"}
+    if "oracle" in agg.index:
+        baselines_oracle = {f"oracle_{k}": float(agg.loc["oracle", k]) for k in ("ret_ic", "vol_qlike", "vol_qlike_truth")
+                            if k in agg}
+    else:
+        baselines_oracle = {}
+    epochs = [{"fold": i, **e} for i, h in enumerate(result.histories.get(arch, [])) for e in h.get("epochs", [])]
+    return registry.log_training_run(
+        settings, bundle, arch=arch, params=params, epoch_metrics=epochs, fold_metrics=folds,
+        aggregate_metrics={**{k: float(v) for k, v in agg.loc[arch].items()}, **baselines_oracle,
+                           "train_windows_per_s": result.throughput.get(arch, float("nan"))},
+        test_spans=result.test_spans(), dataset_version=None, feature_names=result.feature_names,
+        plots=[str(p) for p in plots], baseline_metrics=baselines)

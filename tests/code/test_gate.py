@@ -1,0 +1,136 @@
+"""The champion/challenger decision: a worse model must never pass, a better one must."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hfcast.config import get_settings
+from hfcast.gate import GateConfig, GateDecision, config_from_settings, decide
+from hfcast.registry import gate as registry_gate
+from hfcast.registry import parse_ref
+
+CFG = GateConfig.from_mapping({"primary": {"vol_qlike": {"direction": "min", "margin": 0.01},
+                                           "ret_ic": {"direction": "max", "margin": 0.005}}})
+BASE = {"har": {"vol_qlike": 0.40, "ret_ic": 0.00}, "zero": {"vol_qlike": 0.60, "ret_ic": math.nan}}
+CHAMP = {"vol_qlike": 0.30, "ret_ic": 0.05}
+
+
+def test_better_challenger_is_promoted():
+    d = decide({"vol_qlike": 0.25, "ret_ic": 0.08}, CHAMP, BASE, CFG)
+    assert d.promote, d.reasons
+    assert all(c["passed"] for c in d.comparisons)
+    # champion + har on both metrics, zero only on QLIKE (its IC is NaN)
+    assert len(d.comparisons) == 5
+    assert any("baseline zero has no ret_ic" in r for r in d.reasons)
+
+
+def test_worse_challenger_is_rejected_with_the_metric_named():
+    d = decide({"vol_qlike": 0.35, "ret_ic": 0.08}, CHAMP, BASE, CFG)
+    assert not d.promote
+    failing = [r for r in d.reasons if r.startswith("vol_qlike")]
+    assert len(failing) == 1 and "champion" in failing[0]
+    assert not any(r.startswith("ret_ic") for r in d.reasons)
+
+
+def test_beating_champion_but_not_a_baseline_is_rejected():
+    champ = {"vol_qlike": 0.50, "ret_ic": 0.01}
+    d = decide({"vol_qlike": 0.45, "ret_ic": 0.08}, champ, BASE, CFG)
+    assert not d.promote
+    assert any("baseline har" in r and r.startswith("vol_qlike") for r in d.reasons)
+
+
+def test_lower_ic_is_rejected_even_when_vol_is_better():
+    d = decide({"vol_qlike": 0.10, "ret_ic": 0.04}, CHAMP, BASE, CFG)
+    assert not d.promote
+    assert any(r.startswith("ret_ic") and "champion" in r for r in d.reasons)
+
+
+@pytest.mark.parametrize("qlike,ok", [(0.30, False), (0.295, False), (0.28, False), (0.2799, True)])
+def test_margin_is_strict(qlike, ok):
+    # the improvement must be MORE than the margin: exactly 0.02 (0.30 -> 0.28) is not enough
+    cfg = GateConfig.from_mapping({"primary": {"vol_qlike": {"direction": "min", "margin": 0.02}}})
+    d = decide({"vol_qlike": qlike}, {"vol_qlike": 0.30}, {"har": {"vol_qlike": 0.9}}, cfg)
+    assert d.promote is ok, d.reasons
+
+
+def test_tie_with_zero_margin_is_rejected():
+    cfg = GateConfig.from_mapping({"primary": {"ret_ic": {"direction": "max", "margin": 0.0}}})
+    d = decide({"ret_ic": 0.05}, {"ret_ic": 0.05}, {"persist": {"ret_ic": 0.0}}, cfg)
+    assert not d.promote
+    assert "margin" in d.reasons[0]
+
+
+def test_no_champion_compares_baselines_only():
+    d = decide({"vol_qlike": 0.35, "ret_ic": 0.02}, None, BASE, CFG)
+    assert d.promote, d.reasons
+    assert {c["reference"] for c in d.comparisons} == {"baseline har", "baseline zero"}
+    assert any("no current champion" in r for r in d.reasons)
+    bad = decide({"vol_qlike": 0.45, "ret_ic": 0.02}, None, BASE, CFG)
+    assert not bad.promote and any("baseline har" in r for r in bad.reasons)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, None, "0.1"])
+def test_non_finite_challenger_score_is_rejected(bad):
+    d = decide({"vol_qlike": bad, "ret_ic": 0.08}, CHAMP, BASE, CFG)
+    assert not d.promote
+    assert any(r.startswith("challenger vol_qlike") for r in d.reasons)
+
+
+def test_missing_challenger_metric_is_rejected():
+    d = decide({"ret_ic": 0.08}, CHAMP, BASE, CFG)
+    assert not d.promote and any("challenger vol_qlike is None" in r for r in d.reasons)
+
+
+def test_nan_champion_score_blocks_promotion():
+    d = decide({"vol_qlike": 0.1, "ret_ic": 0.08}, {"vol_qlike": math.nan, "ret_ic": 0.05}, BASE, CFG)
+    assert not d.promote and any("champion vol_qlike" in r for r in d.reasons)
+
+
+def test_no_baselines_is_rejected_unless_configured_off():
+    d = decide({"vol_qlike": 0.1, "ret_ic": 0.08}, CHAMP, {}, CFG)
+    assert not d.promote and any("no baseline" in r for r in d.reasons)
+    lax = GateConfig(CFG.rules, require_baselines=False)
+    assert decide({"vol_qlike": 0.1, "ret_ic": 0.08}, CHAMP, {}, lax).promote
+
+
+def test_config_validation_and_margin_override():
+    with pytest.raises(ValueError, match="direction"):
+        GateConfig.from_mapping({"primary": {"x": {"direction": "up"}}})
+    with pytest.raises(ValueError, match=">= 0"):
+        GateConfig.from_mapping(None, margin=-1)
+    cfg = GateConfig.from_mapping(None, margin={"ret_ic": 0.1})
+    assert {r.name: r.margin for r in cfg.rules} == {"vol_qlike": 0.0, "ret_ic": 0.1}
+    assert GateConfig.from_mapping(None, margin=0.3).rules[0].margin == 0.3
+
+
+def test_force_needs_a_reason():
+    with pytest.raises(ValueError, match="reason"):
+        GateDecision.force("  ")
+    d = GateDecision.force("incident 42")
+    assert d.promote and d.forced and "incident 42" in d.summary()
+
+
+def test_registry_gate_reads_params_yaml(tmp_path):
+    (tmp_path / "params.yaml").write_text(
+        "registry:\n  gate:\n    primary:\n      vol_qlike: {direction: min, margin: 0.05}\n")
+    s = get_settings(env={"HFCAST_HOME": str(tmp_path / "h")}, cwd=tmp_path)
+    assert [(r.name, r.margin) for r in config_from_settings(s).rules] == [("vol_qlike", 0.05)]
+    # improves by 0.04 < 0.05: rejected; with a margin override of 0.01 it passes
+    args = (3, {"vol_qlike": 0.26}, {"vol_qlike": 0.30}, {"har": {"vol_qlike": 0.5}})
+    assert not registry_gate(s, *args).promote
+    assert registry_gate(s, *args, margin=0.01).promote
+
+
+@pytest.mark.parametrize("ref,want", [
+    ("hfcast@champion", ("hfcast", None, "champion")),
+    ("models:/hfcast@champion", ("hfcast", None, "champion")),
+    ("hfcast/3", ("hfcast", "3", None)),
+    ("models:/other/12", ("other", "12", None)),
+    ("3", ("hfcast", "3", None)),
+    (3, ("hfcast", "3", None)),
+    ("challenger", ("hfcast", None, "challenger")),
+])
+def test_parse_ref(ref, want):
+    assert parse_ref(ref, "hfcast") == want

@@ -1,0 +1,164 @@
+"""The predictor's logic without a server: validation, lookups, staleness, outputs, transformer hooks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from kserve import InferInput, InferRequest, InferResponse
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput
+
+from hfcast.models import PRED_COLUMNS
+from serving import validation as v
+from serving.core import ForecastService, Limits
+from serving.fixtures import tiny_forecaster
+
+F = 8
+TS = np.datetime64("2024-01-02T20:59:00", "us")
+NOW = (TS - np.datetime64("1970-01-01T00:00:00", "us")) / np.timedelta64(1, "s") + 60.0  # one minute later
+
+
+@pytest.fixture(scope="module")
+def fc():
+    return tiny_forecaster("tcn", F)
+
+
+def _lookup(symbols):
+    known = {"AAA": TS, "OLD": TS - np.timedelta64(3600, "s")}
+    unknown = [s for s in symbols if s not in known]
+    if unknown:
+        raise KeyError(f"no online window for symbol(s) {unknown}: unknown or not materialized")
+    x = np.stack([np.full((30, F), i, np.float32) for i, _ in enumerate(symbols)])
+    return x, np.array([known[s] for s in symbols]), [f"f{j}" for j in range(F)]
+
+
+@pytest.fixture
+def svc(fc):
+    return ForecastService(fc, _lookup, Limits(max_batch=16, max_staleness_s=600), clock=lambda: NOW)
+
+
+def _v2(name, datatype, shape, data, params=None):
+    return InferRequest(model_name="hfcast", request_id="r1", parameters=params,
+                        infer_inputs=[InferInput(name=name, shape=shape, datatype=datatype, data=data)])
+
+
+def windows(b=2):
+    return np.random.default_rng(0).standard_normal((b, 30, F)).astype(np.float32)
+
+
+@pytest.mark.parametrize("payload,match", [
+    (b'{"instances": [1, 2', "malformed JSON"),
+    ({"foo": 1}, '"instances"'),
+    ({"instances": []}, "empty batch"),
+    ({"instances": [{"window": [[0.0] * F] * 29}]}, r"wrong window shape \[1, 29, 8\]"),
+    ({"instances": [{"window": [[0.0] * 5] * 30}]}, "wrong feature count: window has 5 features"),
+    ({"instances": [{"window": [["1.5"] * F] * 30}]}, "must be numbers"),
+    ({"instances": [{"window": [[0.0] * F] * 29 + [[0.0] * (F - 1)]}]}, "must be numbers"),
+    ({"instances": [{"window": [[float("nan")] * F] * 30}]}, "NaN or inf"),
+    ({"instances": [{"window": [[float("inf")] * F] * 30}]}, "NaN or inf"),
+    ({"instances": [{"symbol": "AAA"}] * 17}, "exceeds the maximum batch size of 16"),
+    ({"instances": [{"symbol": "AAA"}, {"window": []}]}, "mix symbols and windows"),
+    ({"instances": [{"symbol": ""}]}, "non-empty string"),
+    ({"instances": [{"x": 1}]}, 'neither "window" nor "symbol"'),
+    ({"instances": [{"symbol": "AAA"}], "parameters": {"scaled": "yes"}}, "must be a boolean"),
+])
+def test_v1_refusals_name_the_problem(payload, match):
+    with pytest.raises(InvalidInput, match=match):
+        v.parse_v1(payload, F, 16)
+
+
+def test_v1_accepts_windows_bare_lists_and_symbols():
+    x = windows(3)
+    r = v.parse_v1({"instances": [{"window": w} for w in x.tolist()], "parameters": {"scaled": True}}, F, 16)
+    assert r.windows.shape == (3, 30, F) and r.scaled and np.allclose(r.windows, x)
+    assert v.parse_v1({"instances": x.tolist()}, F, 16).windows.shape == (3, 30, F)
+    assert v.parse_v1(b'{"instances": [{"symbol": "AAA"}]}', F, 16).symbols == ["AAA"]
+
+
+@pytest.mark.parametrize("req,match", [
+    (lambda: _v2("window", "FP64", [1, 30, F], windows(1).ravel().tolist()), "wrong datatype.*FP64, expected FP32"),
+    (lambda: _v2("symbol", "FP32", [1], [1.0]), "wrong datatype.*expected BYTES"),
+    (lambda: _v2("prices", "FP32", [1], [1.0]), "unknown input 'prices'"),
+    (lambda: _v2("window", "FP32", [1, 30, F], ["a"] * 30 * F), "must be numbers"),
+    (lambda: _v2("window", "FP32", [1, 30, F], [1.0] * 10), "does not hold matching data"),
+    (lambda: _v2("window", "FP32", [0, 30, F], []), "empty batch"),
+    (lambda: _v2("window", "FP32", [1, 30, F + 1], [0.0] * 30 * (F + 1)), "wrong feature count"),
+    (lambda: _v2("symbol", "BYTES", [2, 1], ["A", "B"]), r"shape \[B\]"),
+])
+def test_v2_refusals_name_the_problem(req, match):
+    with pytest.raises(InvalidInput, match=match):
+        v.parse_v2(req(), F, 16)
+
+
+def test_v2_nan_and_scaled_parameter():
+    x = windows(1)
+    x[0, 3, 2] = np.nan
+    with pytest.raises(InvalidInput, match=r"NaN or inf \(batch rows \[0\]\)"):
+        v.parse_v2(_v2("window", "FP32", [1, 30, F], x.ravel().tolist()), F, 16)
+    ok = v.parse_v2(_v2("window", "FP32", [1, 30, F], windows(1).ravel().tolist(), {"scaled": True}), F, 16)
+    assert ok.scaled and ok.request_id == "r1"
+
+
+def test_service_scales_raw_windows_and_passes_scaled_ones(svc, fc):
+    x = windows(2)
+    raw_req = v.ParsedRequest("v1", windows=x)
+    scaled, ts = svc.windows(raw_req)
+    assert np.allclose(scaled, fc.scaler.transform(x)) and ts == ["", ""]
+    same, _ = svc.windows(v.ParsedRequest("v1", windows=x, scaled=True))
+    assert np.array_equal(same, x)
+
+
+def test_symbol_lookup_unknown_stale_and_fresh(svc, fc):
+    scaled, ts = svc.windows(v.ParsedRequest("v2", symbols=["AAA"]))
+    assert np.allclose(scaled, fc.scaler.transform(np.zeros((1, 30, F), np.float32)))
+    assert ts == ["2024-01-02T20:59:00+00:00"]
+    with pytest.raises(InvalidInput, match=r"unknown symbol.*'ZZZ'"):
+        svc.windows(v.ParsedRequest("v2", symbols=["AAA", "ZZZ"]))
+    with pytest.raises(InvalidInput, match=r"stale features.*'OLD': 3660.*limit of 600 s"):
+        svc.windows(v.ParsedRequest("v2", symbols=["AAA", "OLD"]))
+    no_limit = ForecastService(fc, _lookup, Limits(max_staleness_s=None), clock=lambda: NOW)
+    assert no_limit.windows(v.ParsedRequest("v2", symbols=["OLD"]))[1] == ["2024-01-02T19:59:00+00:00"]
+    no_store = ForecastService(fc, None)
+    with pytest.raises(InvalidInput, match="without one"):
+        no_store.windows(v.ParsedRequest("v2", symbols=["AAA"]))
+
+
+def test_outputs_match_the_forecaster(svc, fc):
+    x = windows(3)
+    preds = svc.predictions(fc.predict_raw(fc.scaler.transform(x)))
+    ref = fc.predict(x)
+    rows = svc.v1_response(preds, ["t0", "t1", "t2"])["predictions"]
+    assert [r["feature_ts"] for r in rows] == ["t0", "t1", "t2"]
+    assert all(r["model_version"] == "tiny-tcn" and r["model_name"] == "hfcast" for r in rows)
+    for c in PRED_COLUMNS:
+        assert np.allclose([r[c] for r in rows], ref[c])
+    outs = {o["name"]: o for o in svc.v2_outputs(preds, ["t0", "t1", "t2"])}
+    assert list(outs)[:8] == list(PRED_COLUMNS) and outs["ret_60m_conf"]["datatype"] == "FP32"
+    assert outs["feature_ts"]["datatype"] == "BYTES" and outs["model_version"]["data"] == ["tiny-tcn"] * 3
+    assert np.all(ref["ret_60m_lo"] <= ref["ret_60m_hi"])
+
+
+def test_transformer_pre_and_post_processing(fc):
+    from serving.transformer import FeatureTransformer
+
+    t = FeatureTransformer("hfcast", "triton.local", lookup=_lookup,
+                           limits=Limits(max_staleness_s=None))
+    t.service = ForecastService(fc, _lookup, t.limits)
+
+    async def roundtrip():  # noqa: RUF029 - the ContextVar needs one task, as in KServe
+        req = _v2("symbol", "BYTES", [2], ["AAA", "OLD"])
+        out_req = t.preprocess(req)  # KServe calls both hooks inside one request task
+        x = out_req.inputs[0].as_numpy()
+        assert out_req.inputs[0].name == "window" and x.shape == (2, 30, F)
+        raw = fc.predict_raw(x)  # what Triton would answer
+        resp = InferResponse(response_id="r1", model_name="hfcast",
+                             infer_outputs=[InferOutput(name="raw", shape=[2, 4], datatype="FP32", data=raw)])
+        return t.postprocess(resp)
+
+    res = asyncio.run(roundtrip())
+    got = {o.name: o for o in res.outputs}
+    ref = fc.predict(_lookup(["AAA", "OLD"])[0])
+    assert np.allclose(got["rv_10m_pred"].as_numpy(), ref["rv_10m_pred"], rtol=1e-5)
+    assert list(got["feature_ts"].data) == ["2024-01-02T20:59:00+00:00", "2024-01-02T19:59:00+00:00"]

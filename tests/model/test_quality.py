@@ -1,0 +1,97 @@
+"""Every architecture on simulated data with a planted signal: beats its baselines on the test
+spans, is calibrated there, and cannot see test labels (one parametrized harness, marked slow)."""
+
+import numpy as np
+import pytest
+
+from hfcast.data.simulator import SimConfig, write_synth
+from hfcast.evaluate import score
+from hfcast.features.engine import read_feature_set, run_featurize
+from hfcast.features.windows import build_windows, fit_scaler
+from hfcast.models import ARCHITECTURES
+from hfcast.storage import Lake
+from hfcast.train import TrainConfig, train_forecaster
+from hfcast.walkforward import WalkForwardConfig, run_walkforward
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"transformer": {"d_model": 32, "n_layers": 1}, "lstm": {"hidden": 32, "n_layers": 1},
+         "tcn": {"channels": 32}, "hybrid": {"channels": 32}}
+TRAIN = TrainConfig(epochs=4, max_train_windows=30_000, max_val_windows=20_000, seed=0)
+WF = WalkForwardConfig(train_days=8, val_days=3, test_days=4, step_days=4, embargo_days=1, train_stride=5)
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    lk = Lake(str(tmp_path_factory.mktemp("quality") / "lake"))
+    write_synth(SimConfig(n_symbols=30, n_days=17, seed=11), lk, progress=False)
+    run_featurize(lk, progress=False)
+    return lk
+
+
+@pytest.fixture(scope="module")
+def result(lake):
+    return run_walkforward(lake, ARCHITECTURES, WF, TRAIN, progress=False, model_configs=SMALL)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_beats_baselines_on_test_spans(result, arch):
+    agg = result.aggregate
+    assert agg.loc[arch, "ret_ic"] > agg.loc["zero", "ret_ic"] + 0.02  # zero's IC is 0: no information
+    assert agg.loc[arch, "ret_ic_truth"] > 0.1
+    assert agg.loc[arch, "vol_qlike"] < agg.loc["ewma", "vol_qlike"]
+    assert agg.loc[arch, "vol_qlike_truth"] < agg.loc["ewma", "vol_qlike_truth"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_calibrated_on_test_spans(result, arch):
+    s = result.aggregate.loc[arch]
+    assert s["ret_coverage"] == pytest.approx(0.8, abs=0.03)
+    assert s["rv_coverage"] == pytest.approx(0.8, abs=0.03)
+    assert s["ret_ece"] < 0.03 and s["rv_ece"] < 0.03
+    # error falls from the least to the most confident decile (sign misses for the return)
+    assert s["rv_err_high_conf"] < s["rv_err_low_conf"]
+    assert s["ret_miss_high_conf"] < s["ret_miss_low_conf"]
+
+
+def test_every_model_scored_on_the_same_test_rows(result):
+    p = result.predictions
+    ref = p[p["model"] == "oracle"][["symbol", "ts"]].reset_index(drop=True)
+    for m, g in p.groupby("model"):
+        assert g[["symbol", "ts"]].reset_index(drop=True).equals(ref), m
+    test_days = {d for f in result.folds for d in f.test}
+    assert set(p["ts"].dt.tz_convert("America/New_York").dt.strftime("%Y-%m-%d")) <= test_days
+
+
+def test_no_leakage_from_test_labels(lake, result):
+    """Shuffling the test span's labels changes nothing the model sees; scaler/calibration use
+    only train/val rows."""
+    fold = result.folds[-1]
+    names = read_feature_set(lake)["features"]
+    from hfcast.features.engine import load_features
+
+    df = load_features(lake, fold.train + fold.val + fold.test)
+    day = df["ts"].dt.tz_convert("America/New_York").dt.strftime("%Y-%m-%d")
+    shuffled = df.copy()
+    test_rows = day.isin(fold.test).to_numpy()
+    rng = np.random.default_rng(0)
+    for col in ("ret_60m", "rv_10m"):
+        shuffled.loc[test_rows, col] = rng.permutation(shuffled.loc[test_rows, col].to_numpy())
+    cfg = TrainConfig(epochs=1, max_train_windows=5_000, max_val_windows=5_000, seed=0)
+    preds, fcs = [], []
+    for frame in (df, shuffled):
+        wa = build_windows(frame, names)
+        tr, va, te = (wa.subset_dates(fold.train), wa.subset_dates(fold.val), wa.subset_dates(fold.test))
+        fc, _ = train_forecaster("lstm", tr, va, SMALL["lstm"], cfg, progress=False)
+        fcs.append((fc, tr, va))
+        preds.append(fc.predict(te.windows(np.arange(len(te)))))
+    np.testing.assert_array_equal(preds[0].to_numpy(), preds[1].to_numpy())
+    fc, tr, va = fcs[0]
+    assert fc.scaler.to_dict() == fit_scaler(tr).to_dict()  # scaler = train rows only
+    assert set(fc.meta["train_dates"]) <= set(fold.train) and set(fc.meta["val_dates"]) <= set(fold.val)
+    assert fc.calibrator is not None and fc.calibrator.n_fit <= len(va)
+
+
+def test_last_fold_forecasters_returned(result):
+    assert set(result.forecasters) == set(ARCHITECTURES)
+    assert all(v > 0 for v in result.throughput.values())
