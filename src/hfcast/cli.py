@@ -165,6 +165,7 @@ def featurize(
     dates: Optional[list[str]] = typer.Option(None, "--dates", help="Dates (YYYY-MM-DD) to featurize; default all."),
     lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings / HFCAST_LAKE)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default params featurize.workers)."),
 ) -> None:
     """Compute the registry's causal features and the labels, one date at a time, into features/."""
     from hfcast.features.engine import run_featurize
@@ -174,14 +175,16 @@ def featurize(
     lk = Lake(lake, s.storage_options or None) if lake else Lake.from_settings(s)
     chosen = dates or s.param("featurize.dates", None)
     try:
-        summary = run_featurize(lk, dates=chosen, progress=progress)
+        summary = run_featurize(lk, dates=chosen, progress=progress,
+                                workers=int(workers or s.param("featurize.workers", 1)))
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     console.print(
         f"[green]featurized[/] {summary['dates']} date(s) {summary['first']}..{summary['last']}: "
         f"{summary['rows']:,} rows x {summary['n_features']} features "
         f"(quotes {'yes' if summary['quotes_available'] else 'NO: quote features unavailable'}), "
-        f"{summary['seconds']:.1f}s, {summary['rows_per_s']:,.0f} rows/s; sources {summary['sources']}")
+        f"{summary['seconds']:.1f}s, {summary['rows_per_s']:,.0f} rows/s with {summary['workers']} worker(s); "
+        f"sources {summary['sources']}")
 
 
 # --- feature store: materialize (hfcast.feature_store) -----------------------------------------
@@ -234,17 +237,18 @@ def _walkforward(settings, archs: list[str], lake_url: Optional[str], out: Optio
 def _print_table(result, title: str) -> None:
     from rich.table import Table
 
-    from hfcast.evaluate import TABLE_COLUMNS
-
-    table = Table(title=title)
+    short = {"vol_qlike": "qlike", "vol_qlike_truth": "qlike*", "ret_ic": "ic", "ret_ic_truth": "ic*",
+             "ret_hit": "hit", "ret_coverage": "cov_r", "rv_coverage": "cov_v", "ret_ece": "ece_r", "rv_ece": "ece_v"}
+    table = Table(title=title, caption="* = vs the simulator's latent truth; cov = 80% interval coverage; "
+                                       "_r return, _v volatility; win/s = training windows per second")
     table.add_column("model")
-    cols = [c for c in TABLE_COLUMNS if c in result.aggregate]
+    cols = [c for c in short if c in result.aggregate]
     for c in cols:
-        table.add_column(c, justify="right")
-    table.add_column("train win/s", justify="right")
+        table.add_column(short[c], justify="right")
+    table.add_column("win/s", justify="right")
     for model, row in result.aggregate.iterrows():
         thr = result.throughput.get(model)
-        table.add_row(str(model), *[f"{row[c]:.4f}" for c in cols], f"{thr:.0f}" if thr else "-")
+        table.add_row(str(model), *[f"{row[c]:.3f}" for c in cols], f"{thr:.0f}" if thr else "-")
     console.print(table)
 
 
@@ -353,11 +357,11 @@ def registry_list() -> None:
     metrics = sorted({m for r in rows for m in r["metrics"]})
     table = Table(title=f"{settings.model_name} @ {settings.mlflow_uri}")
     for col in ("version", "aliases", "arch", "dataset", "created", "gate", *metrics):
-        table.add_column(col, justify="right" if col in metrics or col == "version" else "left")
+        table.add_column(col, justify="right" if col in metrics or col == "version" else "left", overflow="fold")
     for r in rows:
         style = "bold green" if "champion" in r["aliases"] else None
-        table.add_row(str(r["version"]), ", ".join(r["aliases"]), r["arch"], r["dataset_version"][:16],
-                      r["created"], r["gate"], *[f"{r['metrics'][m]:.5f}" if m in r["metrics"] else "-"
+        table.add_row(str(r["version"]), " ".join(r["aliases"]), r["arch"], r["dataset_version"][:16],
+                      r["created"].replace("T", " ")[:16], r["gate"], *[f"{r['metrics'][m]:.5f}" if m in r["metrics"] else "-"
                                                  for m in metrics], style=style)
     console.print(table)
 

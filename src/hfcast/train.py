@@ -167,9 +167,26 @@ def train_forecaster(arch: str, train_wa: WindowArrays, val_wa: WindowArrays, mo
     cfg = cfg or TrainConfig()
     if train_wa.feature_names != val_wa.feature_names:
         raise ValueError("train and validation windows have different feature lists")
+    with _num_threads(cfg.num_threads):
+        return _train(arch, train_wa, val_wa, model_config, cfg, calibrate, progress, on_epoch)
+
+
+@contextlib.contextmanager
+def _num_threads(n: int | None):
+    """Set torch's intra-op threads for the duration of a training run, then restore them."""
+    prev = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _train(arch: str, train_wa: WindowArrays, val_wa: WindowArrays, model_config: dict | None, cfg: TrainConfig,
+           calibrate: bool, progress: bool, on_epoch: Callable[[dict[str, Any]], None] | None
+           ) -> tuple[Forecaster, dict[str, Any]]:
     t_start = time.perf_counter()
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
     seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device, scaler = resolve_device(cfg.device), fit_scaler(train_wa)

@@ -62,6 +62,17 @@ def test_partial_rerun_equals_full_run(tmp_path):
     assert loaded["symbol"].is_monotonic_increasing
 
 
+@pytest.mark.slow
+def test_parallel_run_equals_sequential(tmp_path):
+    lake = _lake(tmp_path / "a")
+    run_featurize(lake, progress=False)
+    seq = {d: lake.read("features", d) for d in DATES}
+    summary = run_featurize(lake, progress=False, workers=2)
+    assert summary["workers"] == 2 and summary["rows"] == 4 * 390 * len(DATES)
+    for d in DATES:
+        pd.testing.assert_frame_equal(lake.read("features", d), seq[d])
+
+
 def test_ohlcv_source_records_reduced_feature_set(tmp_path, caplog):
     lake = _lake(tmp_path, quotes=False, table="raw", n=3)
     with caplog.at_level(logging.WARNING):
@@ -87,7 +98,7 @@ def test_cli_featurize(tmp_path, monkeypatch):
     lake = _lake(tmp_path / "lake", n=2)
     monkeypatch.setenv("HFCAST_HOME", str(tmp_path / ".hfcast"))
     res = CliRunner().invoke(app, ["featurize", "--lake", lake.url, "--dates", DATES[0], "--dates", DATES[1],
-                                   "--no-progress"])
+                                   "--no-progress", "--workers", "1"])
     assert res.exit_code == 0, res.output
     assert "featurized" in res.output and "2 date(s)" in res.output
     assert lake.dates("features") == DATES[:2]

@@ -166,6 +166,10 @@ def test_warmup_cosine_schedule():
 
 
 def test_train_config_from_params_rejects_unknown_keys():
+    from hfcast.config import load_params
+
+    repo_params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")["train"]
+    assert TrainConfig.from_params(repo_params) == TrainConfig()  # params.yaml and defaults agree
     assert TrainConfig.from_params({"epochs": 2}).epochs == 2
     with pytest.raises(ValueError, match="epochz"):
         TrainConfig.from_params({"epochz": 2})

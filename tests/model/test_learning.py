@@ -32,7 +32,7 @@ def spans():
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_architecture_beats_zero_return_and_constant_vol(arch, spans):
     train, val, test = spans
-    cfg = TrainConfig(epochs=4, batch_size=64, lr=3e-3, max_train_windows=2000, max_val_windows=600,
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=3e-3, max_train_windows=1500, max_val_windows=500,
                       patience=2, seed=0, num_threads=1)
     fc, hist = train_forecaster(arch, train, val, SMALL[arch], cfg, progress=False)
     pred = fc.predict(test.windows(np.arange(len(test))))

@@ -207,23 +207,34 @@ def _source(lake: Lake, date: str) -> str:
     return "raw"
 
 
-def _warm_state(lake: Lake, prior: list[str]) -> HarState:
-    """HAR state from the dates before the first one featurized (so a partial rerun matches a full one)."""
-    state = HarState()
-    for d in prior:
-        bars = lake.read(_source(lake, d), d)
-        symbols, pn = to_panel(bars, d)
-        state = state.update(symbols, _daily_rv(pn))
-    return state
+def _advance(lake: Lake, date: str, state: HarState) -> HarState:
+    """The HAR state after ``date`` without computing its features (read + grid + daily RV only)."""
+    symbols, pn = to_panel(lake.read(_source(lake, date), date), date)
+    return state.update(symbols, _daily_rv(pn))
 
 
-def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool = True) -> dict[str, Any]:
+def _featurize_one(lake: Lake, date: str, state: HarState, quotes: bool) -> tuple[int, str, HarState]:
+    """Read, featurize and write one date (runs in a worker process when workers > 1)."""
+    src = _source(lake, date)
+    bars = lake.read(src, date)
+    truth = lake.read("truth", date) if lake.exists("truth", date) else None
+    df, new_state = featurize_frame(bars, date, state, truth, quotes_available=quotes)
+    _write_features(lake, date, df)
+    return len(df), src, new_state
+
+
+def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool = True,
+                  workers: int = 1) -> dict[str, Any]:
     """Featurize dates in order and write ``features/date=D`` partitions and ``_feature_set.json``.
 
     Args:
         lake: the lake; input is ``validated`` (``raw`` with a warning where a date has none).
-        dates: dates to process (default: every validated date, else every raw date).
+        dates: dates to process (default: every validated date, else every raw date). Earlier input
+            dates (up to 5) are read first to warm the HAR state, so a partial rerun equals a full run.
         progress: show a progress bar on stderr.
+        workers: processes featurizing dates in parallel. With > 1 the main process walks the
+            dates in order computing only the small HAR state (read + daily RV) and hands each date
+            with its state to a worker; at most 2 x workers dates are in flight (memory bound).
 
     Returns:
         Summary: dates, rows, n_features, quotes_available, seconds, rows_per_s, sources used.
@@ -238,34 +249,53 @@ def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool
     missing = [d for d in todo if d not in available]
     if missing:
         raise FileNotFoundError(f"no validated or raw bars for date(s) {missing} under {lake.url}")
-    state = _warm_state(lake, [d for d in available if d < todo[0]][-HAR_DAYS:])
-    quotes: bool | None = None
-    rows, sources, t0 = 0, {"validated": 0, "raw": 0}, time.perf_counter()
+    t0 = time.perf_counter()
+    state = HarState()
+    for d in [d for d in available if d < todo[0]][-HAR_DAYS:]:
+        state = _advance(lake, d, state)
+    quotes = schema.has_quotes(lake.read(_source(lake, todo[0]), todo[0]))
+    if not quotes:
+        log.warning("bars have no quotes: %d quote-based features are unavailable: %s",
+                    len(unavailable_features(False)), unavailable_features(False))
+    rows, sources = 0, {"validated": 0, "raw": 0}
     it: Iterable[str] = todo
     if progress:
         from rich.progress import track
 
         it = track(todo, description="featurize", transient=True)
-    for d in it:
-        src = _source(lake, d)
+
+    def collect(n: int, src: str) -> None:
+        nonlocal rows
+        rows += n
         sources[src] += 1
-        bars = lake.read(src, d)
-        truth = lake.read("truth", d) if lake.exists("truth", d) else None
-        if quotes is None:
-            quotes = schema.has_quotes(bars)
-            if not quotes:
-                log.warning("bars have no quotes: %d quote-based features are unavailable: %s",
-                            len(unavailable_features(False)), unavailable_features(False))
-        df, state = featurize_frame(bars, d, state, truth, quotes_available=quotes)
-        _write_features(lake, d, df)
-        rows += len(df)
-    names = feature_names(bool(quotes))
-    doc = {"features": names, "quotes_available": bool(quotes), "n_features": len(names),
-           "unavailable": unavailable_features(bool(quotes))}
+
+    if workers <= 1:
+        for d in it:
+            n, src, state = _featurize_one(lake, d, state, quotes)
+            collect(n, src)
+    else:
+        import multiprocessing as mp
+        from collections import deque
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork: workers inherit the imported modules (spawn re-imports pandas/pyarrow per worker: seconds)
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as ex:
+            pending: deque = deque()
+            for d in it:
+                pending.append(ex.submit(_featurize_one, lake, d, state, quotes))
+                state = _advance(lake, d, state)
+                while len(pending) > 2 * workers:
+                    collect(*pending.popleft().result()[:2])
+            while pending:
+                collect(*pending.popleft().result()[:2])
+    names = feature_names(quotes)
+    doc = {"features": names, "quotes_available": quotes, "n_features": len(names),
+           "unavailable": unavailable_features(quotes)}
     write_text(join(lake.table("features"), FEATURE_SET_FILE), json.dumps(doc, indent=1), lake.storage_options)
     secs = time.perf_counter() - t0
     summary = {"dates": len(todo), "first": todo[0], "last": todo[-1], "rows": rows, "n_features": len(names),
-               "quotes_available": bool(quotes), "seconds": round(secs, 3),
+               "quotes_available": quotes, "seconds": round(secs, 3), "workers": workers,
                "rows_per_s": round(rows / secs, 1) if secs > 0 else None, "sources": sources}
     log.info("featurized %d date(s), %d rows, %d features in %.1fs", len(todo), rows, len(names), secs)
     return summary

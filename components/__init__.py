@@ -1,0 +1,6 @@
+"""Kubeflow Pipelines components of hfcast: thin, typed wrappers over the ``hfcast`` library.
+
+One component per file. Each function imports what it needs inside its body (kfp ships the
+function source to the container), runs one hfcast call and records typed artifacts with metadata.
+Business logic stays in ``hfcast``, where it is tested without Kubeflow.
+"""
