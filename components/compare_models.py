@@ -2,13 +2,12 @@
 
 from typing import List, NamedTuple
 
-from kfp import dsl
 from kfp.dsl import Input, Metrics, Output
 
-from components._image import IMAGE
+from components._image import hfcast_component
 
 
-@dsl.component(base_image=IMAGE)
+@hfcast_component
 def compare_models(
     results: Input[List[Metrics]],
     comparison: Output[Metrics],

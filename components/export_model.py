@@ -1,12 +1,11 @@
 """Export a registered version: ONNX (parity-checked), TensorRT where available, Triton repository."""
 
-from kfp import dsl
 from kfp.dsl import Model, Output
 
-from components._image import IMAGE
+from components._image import hfcast_component
 
 
-@dsl.component(base_image=IMAGE)
+@hfcast_component
 def export_model(
     version: str,
     onnx_model: Output[Model],

@@ -2,13 +2,12 @@
 
 from typing import NamedTuple
 
-from kfp import dsl
 from kfp.dsl import Metrics, Output
 
-from components._image import IMAGE
+from components._image import hfcast_component
 
 
-@dsl.component(base_image=IMAGE)
+@hfcast_component
 def gate_register(
     run_id: str,
     decision: Output[Metrics],

@@ -1,12 +1,11 @@
 """Load the features into Feast: apply the repo, materialize the minute view and the latest windows."""
 
-from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Output
 
-from components._image import IMAGE
+from components._image import hfcast_component
 
 
-@dsl.component(base_image=IMAGE)
+@hfcast_component
 def materialize_features(
     features: Input[Dataset],
     feature_store: Output[Artifact],

@@ -1,12 +1,11 @@
 """Prepare the data: DVC stages (cluster / repo checkout) or synth -> validate -> featurize (embedded)."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components._image import IMAGE
+from components._image import hfcast_component
 
 
-@dsl.component(base_image=IMAGE)
+@hfcast_component
 def prepare_data(
     features: Output[Dataset],
     home: str = "",

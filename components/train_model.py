@@ -1,12 +1,11 @@
 """Train one architecture on the walk-forward folds and log it to MLflow (one ParallelFor item)."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components._image import IMAGE
+from components._image import hfcast_component
 
 
-@dsl.component(base_image=IMAGE)
+@hfcast_component
 def train_model(
     arch: str,
     features: Input[Dataset],
@@ -17,11 +16,13 @@ def train_model(
     feast_repo: str = "",
     s3_endpoint: str = "",
     params_json: str = "",
+    trigger_reason: str = "",
 ) -> str:
     """Walk-forward train ``arch`` (params.yaml ``walkforward`` + ``train``), score it and the
     baselines on the same test spans, log the run (bundle, scores, lineage) to MLflow.
 
     The training pipeline runs this on the GPU image with one GPU; it also runs on CPU.
+    ``trigger_reason`` (manual, drift: ...) is recorded as the run's ``hfcast.trigger_reason`` tag.
 
     Returns:
         The MLflow run id (also in the metrics' metadata with the architecture).
@@ -46,9 +47,11 @@ def train_model(
     params = {"walkforward": dict(section), "train": dict(s.param("train", {}) or {})}
     with tempfile.TemporaryDirectory(prefix=f"hfcast-{arch}-") as tmp:
         run_id = log_result(s, result, arch, params, tmp)
-    if version:  # lineage: register() copies the run's dataset_version tag onto the model version
-        with registry.tracking(s) as t:
+    with registry.tracking(s) as t:
+        if version:  # lineage: register() copies the run's dataset_version tag onto the model version
             t.client.set_tag(run_id, "dataset_version", version)
+        if trigger_reason:
+            t.client.set_tag(run_id, "hfcast.trigger_reason", trigger_reason[:5000])
     result.forecasters[arch].save(model.path)
     model.metadata.update({"arch": arch, "run_id": run_id, "dataset_version": version, "framework": "pytorch",
                            "format": "hfcast-bundle (safetensors + json)"})

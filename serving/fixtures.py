@@ -20,8 +20,9 @@ SMALL = {
 
 
 def tiny_forecaster(arch: str = "tcn", n_features: int = 8, seed: int = 0, calibrate: bool = True,
-                    config: dict | None = None):
-    """A Forecaster with a small ``arch`` net, a fitted scaler and (optionally) a calibrator."""
+                    config: dict | None = None, small: bool = True):
+    """A Forecaster with a small (or, ``small=False``, default-size) ``arch`` net, a fitted scaler
+    and (optionally) a calibrator."""
     import torch
 
     from hfcast.calibration import Calibrator
@@ -33,7 +34,7 @@ def tiny_forecaster(arch: str = "tcn", n_features: int = 8, seed: int = 0, calib
     names = [f"f{j}" for j in range(n_features)]
     wa = build_windows(df, names, stride=5)
     scaler = Scaler().fit(wa.X, wa.y, feature_names=names)
-    net = build_model(arch, n_features, {**SMALL[arch], "dropout": 0.0, **(config or {})}).eval()
+    net = build_model(arch, n_features, {**(SMALL[arch] if small else {}), "dropout": 0.0, **(config or {})}).eval()
     fc = Forecaster(net, scaler, names, meta={"model_name": "hfcast", "model_version": f"tiny-{arch}"})
     if calibrate:
         ends = wa.ends
@@ -43,9 +44,9 @@ def tiny_forecaster(arch: str = "tcn", n_features: int = 8, seed: int = 0, calib
     return fc
 
 
-def tiny_bundle(path: str | Path, arch: str = "tcn", n_features: int = 8, seed: int = 0) -> Path:
+def tiny_bundle(path: str | Path, arch: str = "tcn", n_features: int = 8, seed: int = 0, small: bool = True) -> Path:
     """Save :func:`tiny_forecaster` as a bundle folder (what ``hfcast serve --bundle`` loads)."""
-    tiny_forecaster(arch, n_features, seed).save(str(path))
+    tiny_forecaster(arch, n_features, seed, small=small).save(str(path))
     return Path(path)
 
 

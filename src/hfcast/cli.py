@@ -249,7 +249,8 @@ def _print_table(result, title: str) -> None:
     for model, row in result.aggregate.iterrows():
         thr = result.throughput.get(model)
         table.add_row(str(model), *[f"{row[c]:.3f}" for c in cols], f"{thr:.0f}" if thr else "-")
-    console.print(table)
+    # never truncate numbers: a pipe or log file gets a fixed 120-column console instead of 80
+    (console if console.is_terminal else Console(width=120)).print(table)
 
 
 @app.command()
@@ -539,6 +540,107 @@ def predict(
 # --- monitor (hfcast.drift) ----------------------------------------------------------------------
 
 # --- pipeline, demo (hfcast.demo, pipelines/) ----------------------------------------------------
+
+pipeline_app = typer.Typer(no_args_is_help=True, help="Kubeflow pipelines: run locally, compile, submit to a cluster.")
+app.add_typer(pipeline_app, name="pipeline")
+
+
+def _import_pipelines():
+    """The top-level ``pipelines`` package (installed, or beside src/ in a checkout); imports kfp."""
+    import importlib
+    import sys
+
+    try:
+        return importlib.import_module("pipelines")
+    except ModuleNotFoundError:
+        root = Path(__file__).resolve().parents[2]
+        if not (root / "pipelines" / "__init__.py").exists():
+            _fail("cannot import the `pipelines` package: run from the repository root or the hfcast image")
+        sys.path.insert(0, str(root))
+        return importlib.import_module("pipelines")
+
+
+def _parse_params(items: Optional[list[str]]) -> dict:
+    """``k=v`` pairs; a value that parses as JSON (numbers, true, lists) is used as such, else a string."""
+    import json
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--param expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    name: str = typer.Argument(..., help="training | batch | monitoring"),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Pipeline parameter KEY=VALUE (repeatable)."),
+) -> None:
+    """Run a pipeline on this machine with the Kubeflow local runner (the current settings by default)."""
+    import inspect
+    import time
+
+    _import_pipelines()
+    from pipelines.local import pipeline_function, run_local
+    from pipelines.training import settings_params
+
+    try:
+        fn = pipeline_function(name)
+    except ValueError as exc:
+        _fail(str(exc))
+    accepted = set(inspect.signature(fn.pipeline_func).parameters)
+    params = {k: v for k, v in settings_params(_settings()).items() if k in accepted}
+    params.update(_parse_params(param))
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        _fail(f"pipeline {name} has no parameter(s) {unknown}; it takes {sorted(accepted)}")
+    t0 = time.perf_counter()
+    try:
+        outputs = run_local(name, **params)
+    except RuntimeError as exc:
+        _fail(f"pipeline {name} failed: {exc}")
+    console.print(f"[green]pipeline {name}[/] finished in {time.perf_counter() - t0:.1f} s"
+                  + (f": {outputs}" if outputs else ""))
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder (default pipelines/compiled)."),
+) -> None:
+    """Compile every pipeline to YAML for the Kubeflow UI (`make compile-pipelines`)."""
+    _import_pipelines()
+    from pipelines.compile import COMPILED, compile_all
+
+    for p in compile_all(out or COMPILED):
+        console.print(f"compiled {p}")
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(
+    name: str = typer.Argument(..., help="training | training-cpu | batch | monitoring"),
+    host: Optional[str] = typer.Option(None, "--host", help="KFP API URL, e.g. http://localhost:8080 (port-forward); default in-cluster."),
+    experiment: str = typer.Option("hfcast", "--experiment", help="KFP experiment (created if absent)."),
+    recurring_cron: Optional[str] = typer.Option(None, "--recurring-cron", help="6-field cron (UTC), e.g. '0 30 21 * * 1-5': a recurring run, max concurrency 1."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Pipeline parameter KEY=VALUE (repeatable)."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user)."),
+    service_account: Optional[str] = typer.Option(None, "--service-account", help="Run as this ServiceAccount (e.g. hfcast-pipeline)."),
+) -> None:
+    """Start a run (or a recurring run) on a Kubeflow Pipelines cluster."""
+    _import_pipelines()
+    from pipelines.submit import submit
+
+    try:
+        res = submit(name, host=host, params=_parse_params(param), experiment=experiment,
+                     recurring_cron=recurring_cron, namespace=namespace, service_account=service_account)
+    except ValueError as exc:
+        _fail(str(exc))
+    console.print(f"[green]{res['kind']}[/] {res['id']} in experiment {res['experiment_id']}")
+
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ class GateConfig:
     require_baselines: bool = True  # design: every model must beat its baselines
 
     @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any] | None, margin: float | Mapping[str, float] | None = None) -> "GateConfig":
+    def from_mapping(cls, cfg: Mapping[str, Any] | None,
+                     margin: float | Mapping[str, float] | None = None) -> "GateConfig":
         """Build from the ``registry.gate`` section of params.yaml.
 
         Args:

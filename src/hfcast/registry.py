@@ -176,6 +176,14 @@ def spans_sha(spans: Sequence[Sequence[str]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _metrics(row: Mapping[str, Any], prefix: str, step: int, now: int, skip: Sequence[str] = ()) -> list:
+    """The finite numeric values of one dict as MLflow metrics ``prefix + key`` at ``step``."""
+    from mlflow.entities import Metric
+
+    return [Metric(prefix + str(k), v, now, step) for k, x in row.items()
+            if k not in skip and (v := _number(x)) is not None]
+
+
 def _chunks(items: list, n: int) -> Iterator[list]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
@@ -213,9 +221,11 @@ def log_training_run(
     Returns:
         The MLflow run id.
     """
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Param
 
     bundle = check_bundle(bundle_dir)
+    if not dataset_version:
+        log.warning("run of %s logged without a dataset version (pass hfcast.dataset.dataset_version())", arch)
     spans = [[str(a), str(b)] for a, b in test_spans]
     if not spans:
         raise ValueError("test_spans is empty: the gate needs to know which dates the scores cover")
@@ -224,21 +234,15 @@ def log_training_run(
         if not p.is_file():
             raise RegistryError(f"plot {p} does not exist")
     now = int(time.time() * 1000)
-    metrics: list[Metric] = []
+    metrics = []
     for i, row in enumerate(epoch_metrics or []):
-        step = int(row.get("epoch", i))
-        prefix = f"fold{int(row['fold'])}/" if "fold" in row else ""
-        metrics += [Metric(f"{prefix}epoch/{k}", v, now, step) for k, v in
-                    ((k, _number(x)) for k, x in row.items() if k not in ("epoch", "fold")) if v is not None]
+        prefix = f"fold{int(row['fold'])}/epoch/" if "fold" in row else "epoch/"
+        metrics += _metrics(row, prefix, int(row.get("epoch", i)), now, skip=("epoch", "fold"))
     for i, row in enumerate(fold_metrics):
-        step = int(row.get("fold", i))
-        metrics += [Metric(f"fold/{k}", v, now, step) for k, v in
-                    ((k, _number(x)) for k, x in row.items() if k != "fold") if v is not None]
-    for k, x in aggregate_metrics.items():
-        if (v := _number(x)) is not None:
-            metrics.append(Metric(k, v, now, 0))
+        metrics += _metrics(row, "fold/", int(row.get("fold", i)), now, skip=("fold",))
+    metrics += _metrics(aggregate_metrics, "", 0, now)
     for b, scores in (baseline_metrics or {}).items():
-        metrics += [Metric(f"baseline/{b}/{k}", v, now, 0) for k, x in scores.items() if (v := _number(x)) is not None]
+        metrics += _metrics(scores, f"baseline/{b}/", 0, now)
 
     flat = {**_flatten(params), "arch": arch, "n_features": len(feature_names),
             "dataset_version": dataset_version or "unknown", "n_test_spans": len(spans)}
@@ -381,11 +385,15 @@ def download_bundle(settings: Settings, ref: str | int, dst: str | os.PathLike |
     return dst
 
 
-def load_forecaster(settings: Settings, ref: str | int = "hfcast@champion", dst: str | os.PathLike | None = None):
-    """Download and load a registered Forecaster, stamped with where it came from (meta)."""
+def load_forecaster(settings: Settings, ref: str | int | None = None, dst: str | os.PathLike | None = None):
+    """Download and load a registered Forecaster, stamped with where it came from (meta).
+
+    ``ref`` defaults to ``<settings.model_name>@champion``; ``meta`` gains ``model_name``,
+    ``model_version`` and ``run_id`` so predictions and exports can name their model.
+    """
     from hfcast.models.base import Forecaster
 
-    mv = resolve(settings, ref)
+    mv = resolve(settings, ref if ref is not None else f"{settings.model_name}@champion")
     path = download_bundle(settings, f"{mv.name}/{mv.version}", dst)
     fc = Forecaster.load(path)
     fc.meta.update({"model_name": mv.name, "model_version": str(mv.version), "run_id": mv.run_id})
@@ -403,7 +411,8 @@ def log_artifacts_to_version(settings: Settings, ref: str | int, folder: str | o
         raise RegistryError(f"{folder} does not exist")
     ap = artifact_path.strip("/")
     if not ap or ap == MODEL_ARTIFACT or ap.startswith(MODEL_ARTIFACT + "/"):
-        raise RegistryError(f"artifact_path {artifact_path!r} would change the registered bundle; use e.g. 'export/onnx'")
+        raise RegistryError(f"artifact_path {artifact_path!r} would change the registered bundle; "
+                            "use e.g. 'export/onnx'")
     mv = resolve(settings, ref)
     with tracking(settings) as t:
         if folder.is_dir():

@@ -140,10 +140,11 @@ class SeaweedFS:
         try:
             wait_http(self.endpoint, timeout, self.proc)
             self._wait_s3_ready(timeout)
-        except Exception:
-            self.stop()
-            tail = (self.data_dir / "weed.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"SeaweedFS did not start on {self.endpoint}; log tail:\n{tail}") from None
+        except Exception as exc:
+            log_path = self.data_dir / "weed.log"
+            tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            self.stop()  # may delete a temp data dir: the log is read first
+            raise RuntimeError(f"SeaweedFS did not start on {self.endpoint} ({exc}); log tail:\n{tail}") from None
         log.info("SeaweedFS S3 on %s (data %s)", self.endpoint, self.data_dir)
         return self
 

@@ -129,7 +129,8 @@ def _autocast(device: torch.device, amp: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
 
 
-def _predict(net: torch.nn.Module, loader, device: torch.device, amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict(net: torch.nn.Module, loader, device: torch.device,
+             amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw outputs [M, 4] and scaled labels [M, 2] of a whole loader (eval mode, CPU tensors)."""
     net.eval()
     outs, ys = [], []
@@ -139,6 +140,45 @@ def _predict(net: torch.nn.Module, loader, device: torch.device, amp: torch.dtyp
                 outs.append(net(x.to(device, non_blocking=True)).float().cpu())
             ys.append(y)
     return torch.cat(outs), torch.cat(ys)
+
+
+def _train_epoch(net, fwd, loader, opt, sched, grad_scaler, loss_fn: TwoTargetLoss, grad_clip: float | None,
+                 device: torch.device, amp: torch.dtype | None,
+                 tick: Callable[[], None]) -> tuple[dict[str, float], int]:
+    """One pass over ``loader``: returns mean {"loss", "ret", "vol"} and the number of windows seen.
+
+    ``net`` owns the parameters (clipping); ``fwd`` is what runs the forward (maybe compiled).
+    Losses accumulate on the device, so there is one host sync per epoch, not per step.
+    """
+    net.train()
+    sums = {"loss": torch.zeros((), device=device), "ret": torch.zeros((), device=device),
+            "vol": torch.zeros((), device=device)}
+    n_batches = n_seen = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            out = fwd(x)
+        loss, parts = loss_fn(out, y)
+        opt.zero_grad(set_to_none=True)
+        if grad_scaler is not None:  # fp16: scale the loss, unscale before clipping
+            grad_scaler.scale(loss).backward()
+            grad_scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        if grad_scaler is not None:
+            grad_scaler.step(opt)
+            grad_scaler.update()
+        else:
+            opt.step()
+        sched.step()
+        sums["loss"] += loss.detach()
+        sums["ret"] += parts["ret"]
+        sums["vol"] += parts["vol"]
+        n_batches, n_seen = n_batches + 1, n_seen + len(x)
+        tick()
+    return {k: float(v) / max(1, n_batches) for k, v in sums.items()}, n_seen
 
 
 def _progress(enabled: bool) -> Progress:
@@ -218,40 +258,17 @@ def _train(arch: str, train_wa: WindowArrays, val_wa: WindowArrays, model_config
             loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch,
                                  drop_last=drop_last, num_workers=cfg.num_workers)
             b_task = bar.add_task(f"epoch {epoch}", total=len(loader), info="")
-            net.train()
-            t0, tot, parts_sum, n_batches = time.perf_counter(), torch.zeros((), device=device), None, 0
-            for x, y in loader:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with _autocast(device, amp):
-                    out = fwd(x)
-                loss, parts = loss_fn(out, y)
-                opt.zero_grad(set_to_none=True)
-                if grad_scaler is not None:
-                    grad_scaler.scale(loss).backward()
-                    grad_scaler.unscale_(opt)
-                else:
-                    loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                if grad_scaler is not None:
-                    grad_scaler.step(opt)
-                    grad_scaler.update()
-                else:
-                    opt.step()
-                sched.step()
-                tot += loss.detach()
-                parts_sum = parts if parts_sum is None else {k: parts_sum[k] + v for k, v in parts.items()}
-                n_batches += 1
-                bar.advance(b_task)
-            sec = time.perf_counter() - t0
-            n_seen = n_batches * cfg.batch_size if drop_last else len(train_ds)
+            t0, c0 = time.perf_counter(), time.process_time()
+            train_parts, n_seen = _train_epoch(net, fwd, loader, opt, sched, grad_scaler, loss_fn, cfg.grad_clip,
+                                               device, amp, lambda: bar.advance(b_task))
+            sec, cpu_sec = time.perf_counter() - t0, time.process_time() - c0
             train_seconds, seen = train_seconds + sec, seen + n_seen
             val_out, val_y = _predict(fwd, val_loader, device, amp)
             val_loss, val_parts = loss_fn(val_out, val_y)
-            rec = {"epoch": epoch, "train_loss": float(tot) / max(1, n_batches),
-                   **{f"train_{k}": float(v) / max(1, n_batches) for k, v in (parts_sum or {}).items()},
+            rec = {"epoch": epoch, **{f"train_{k}": v for k, v in train_parts.items()},
                    "val_loss": float(val_loss), **{f"val_{k}": float(v) for k, v in val_parts.items()},
-                   "lr": float(sched.get_last_lr()[0]), "seconds": sec, "windows_per_s": n_seen / max(sec, 1e-9)}
+                   "lr": float(sched.get_last_lr()[0]), "seconds": sec, "cpu_seconds": cpu_sec,
+                   "windows_per_s": n_seen / max(sec, 1e-9)}
             epochs.append(rec)
             if on_epoch is not None:
                 on_epoch(rec)

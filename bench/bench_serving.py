@@ -1,0 +1,167 @@
+"""Serving latency: every runner available here side by side, and the KServe server's overhead.
+
+Measures, for a default-size transformer on 59 features (the design's model):
+- in-process runner latency (p50/p99) and throughput at batch 1 and 64: torch eager and
+  onnxruntime everywhere; compiled torch and TensorRT only where a CUDA GPU (and TensorRT) exist;
+- the real ``hfcast serve`` on 127.0.0.1 (one sequential client, V2 JSON): window requests at
+  batch 1 and 64, and the server's overhead as a ratio to calling its runner in-process;
+- one symbol request end to end, including the Feast online lookup (p50/p99).
+Goals (2 CPU cores): symbol p99 < 20 ms; server overhead < 1.5x in-process at batch 64.
+
+Run: ``python bench/bench_serving.py`` -> bench/results/serving.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "src")]
+
+from bench._common import machine, write_result  # noqa: E402
+
+F, ARCH = 59, "transformer"
+
+
+def stats(times_s: list[float], batch: int) -> dict:
+    ms = np.asarray(times_s) * 1000
+    return {"batch": batch, "n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3), "mean_ms": round(float(ms.mean()), 3),
+            "rows_per_s": round(batch * len(ms) / float(np.sum(times_s)), 1)}
+
+
+def time_calls(fn, n: int, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def runners(fc, onnx_path) -> dict:
+    import torch
+
+    from hfcast import export
+
+    kinds = ["torch", "onnxruntime"]
+    if torch.cuda.is_available():
+        kinds.append("torch-compiled")
+        if export.tensorrt_available():
+            kinds.append("tensorrt")
+    res, skipped = {}, {}
+    for kind in kinds:
+        r = export.make_runner(kind, fc, onnx_path=onnx_path)
+        res[kind] = {"device": r.device}
+        for b in (1, 64):
+            x = np.random.default_rng(b).standard_normal((b, 30, F)).astype(np.float32)
+            res[kind][f"batch_{b}"] = stats(time_calls(lambda: r.run(x), 300 if b == 1 else 100), b)
+    for kind in ("torch-compiled", "tensorrt"):
+        if kind not in res:
+            skipped[kind] = "no CUDA GPU" if not torch.cuda.is_available() else "TensorRT not installed"
+    return {"results": res, "not_run": skipped}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tmp: Path, bundle: Path, env: dict) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "hfcast.cli", "serve", "--bundle", str(bundle), "--port", str(port),
+           "--grpc-port", str(free_port()), "--runner", "onnxruntime", "--max-staleness-s", "-1"]
+    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(400):
+        try:
+            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("server did not become ready: " + (tmp / "server.log").read_text()[-2000:])
+
+
+def main() -> None:
+    from hfcast.config import get_settings
+    from hfcast.export import export_onnx, make_runner
+    from serving.core import ForecastService, Limits, feast_lookup
+    from serving.fixtures import feast_repo, tiny_forecaster
+    from serving.validation import ParsedRequest
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    env = {**os.environ, "HFCAST_HOME": str(tmp / ".hfcast"), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
+    settings = get_settings(env=env, cwd=tmp)
+    fc = tiny_forecaster(ARCH, F, small=False)
+    fc.save(str(tmp / "bundle"))
+    onnx = export_onnx(fc, tmp / "model.onnx")
+    side_by_side = runners(fc, onnx.path)
+
+    feast_repo(settings, F, n_symbols=4)
+    lookup = feast_lookup(settings)
+    lookup_s = time_calls(lambda: lookup(["S000"]), 300)
+    svc = ForecastService(fc, lookup, Limits(max_staleness_s=None))  # bench data is from 2024
+    ort = make_runner("onnxruntime", fc, onnx_path=onnx.path)
+
+    def in_process_symbol():  # what the server does for one symbol, minus HTTP/JSON
+        x, ts = svc.windows(ParsedRequest("v2", symbols=["S000"]))
+        return svc.v2_outputs(svc.predictions(ort.run(x)), ts)
+
+    proc, base = start_server(tmp, tmp / "bundle", env)
+    server = {}
+    try:
+        with httpx.Client() as c:
+            for b in (1, 64):
+                x = np.random.default_rng(b).standard_normal((b, 30, F)).astype(np.float32)
+                body = json.dumps({"inputs": [{"name": "window", "datatype": "FP32", "shape": [b, 30, F],
+                                               "data": x.ravel().tolist()}]})
+                post = lambda: c.post(f"{base}/v2/models/hfcast/infer", content=body,  # noqa: E731
+                                      headers={"content-type": "application/json"}).raise_for_status()
+                server[f"window_batch_{b}"] = stats(time_calls(post, 200 if b == 1 else 60, warmup=10), b)
+            sym = json.dumps({"inputs": [{"name": "symbol", "datatype": "BYTES", "shape": [1], "data": ["S000"]}]})
+            post = lambda: c.post(f"{base}/v2/models/hfcast/infer", content=sym,  # noqa: E731
+                                  headers={"content-type": "application/json"}).raise_for_status()
+            server["symbol_batch_1"] = stats(time_calls(post, 300, warmup=10), 1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+    ort_res = side_by_side["results"]["onnxruntime"]
+    overhead = {f"batch_{b}": round(server[f"window_batch_{b}"]["p50_ms"] / ort_res[f"batch_{b}"]["p50_ms"], 2)
+                for b in (1, 64)}
+    sym_p99 = server["symbol_batch_1"]["p99_ms"]
+    payload = {
+        "model": {"arch": ARCH, "n_features": F, "params": sum(p.numel() for p in fc.net.parameters()),
+                  "onnx_exporter": onnx.exporter, "onnx_max_rel_err": onnx.parity["max_rel_err"]},
+        "device": (machine().get("gpu") or f"CPU: {machine().get('cpu_model')} ({os.cpu_count()} cores)"),
+        "runners_in_process": side_by_side,
+        "server_v2_json_one_client": server,
+        "server_overhead_ratio_p50": overhead,
+        "overhead_definition": "server p50 (HTTP + JSON + validation + scaling + calibration) / runner.run p50 in-process",
+        "feast_lookup_one_symbol": stats(lookup_s, 1),
+        "in_process_symbol_request": stats(time_calls(in_process_symbol, 300), 1),
+        "goals": {"symbol_p99_ms_lt_20": {"value": sym_p99, "met": sym_p99 < 20},
+                  "overhead_batch_64_lt_1.5x": {"value": overhead["batch_64"], "met": overhead["batch_64"] < 1.5}},
+        "notes": "machine shared with other jobs; one sequential client on 127.0.0.1; "
+                 "pandas " + pd.__version__,
+    }
+    write_result("serving", payload)
+
+
+if __name__ == "__main__":
+    main()

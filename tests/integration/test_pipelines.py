@@ -1,0 +1,100 @@
+"""The Kubeflow pipelines run end to end with the kfp local runner on a tiny universe.
+
+Real services: SeaweedFS (S3 lake, prediction CSVs), MLflow (sqlite registry), Feast (duckdb /
+sqlite). Each ``dsl.If`` is driven down both branches, because the local runner's condition
+evaluation has been reported to take the false branch (kubeflow/pipelines PR 13313).
+"""
+
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from hfcast import registry, storage
+from hfcast.storage import Lake
+from pipelines.local import run_local
+from pipelines.training import settings_params
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+# 6 symbols x 12 days: one walk-forward fold (train 4, val 2, test 3 days, 1-day embargoes), 1 epoch
+TINY = {
+    "walkforward": {"train_days": 4, "val_days": 2, "test_days": 3, "step_days": 3, "embargo_days": 1,
+                    "max_folds": 1, "train_stride": 5,
+                    "models": {"transformer": {"d_model": 16, "n_layers": 1}, "lstm": {"hidden": 16, "n_layers": 1}}},
+    "train": {"epochs": 1, "max_train_windows": 3000, "max_val_windows": 2000},
+}
+TIMINGS: dict[str, float] = {}
+
+
+def _timed(label, name, **params):
+    t0 = time.perf_counter()
+    out = run_local(name, **params)
+    TIMINGS[label] = round(time.perf_counter() - t0, 1)
+    print(f"[pipeline wall time] {label}: {TIMINGS[label]} s")
+    return out
+
+
+@pytest.fixture
+def env(s3_settings, s3, monkeypatch):
+    """Credentials reach the component subprocesses through the environment only."""
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    return s3_settings
+
+
+def _training_args(settings, **extra):
+    return {**settings_params(settings), "params_json": json.dumps(TINY), "synth_symbols": 6, "synth_days": 12,
+            "synth_seed": 3, "synth_shift_day": -2, **extra}
+
+
+def _export_files(settings, version):
+    mv = registry.resolve(settings, f"hfcast/{version}")
+    with registry.tracking(settings) as t:
+        return {f.path for f in t.client.list_artifacts(mv.run_id, "export")}
+
+
+def test_training_then_batch_then_rejected_challenger(env):
+    s = env
+    marker = s.home / "serving" / "deployed.json"
+
+    # 1. promoted branch (forced: a 1-epoch model on 6 symbols does not beat HAR-RV, and must not)
+    out = _timed("training (2 archs, promoted)", "training",
+                 **_training_args(s, archs=["transformer", "lstm"], force_reason="integration test"))
+    assert out == {"promoted": True, "version": "1"}
+    champion = registry.resolve(s, "hfcast@champion")
+    assert str(champion.version) == "1"
+    assert champion.tags["gate.decision"] == "forced"
+    assert champion.tags["arch"] in ("transformer", "lstm")
+    assert champion.tags["dataset_version"] == "unversioned"  # S3 lake outside DVC, recorded as such
+    assert "export/model.onnx" in _export_files(s, 1)
+    deployed = json.loads(marker.read_text())
+    assert deployed["model_ref"] == "hfcast/1" and deployed["target"] == "local"
+    lake = Lake.from_settings(s)
+    assert len(lake.dates("features")) == 12 and lake.url.startswith("s3://")
+
+    # 2. batch inference: one CSV per date in S3, all from the pinned champion version
+    dates = lake.dates("features")[-3:]
+    _timed("batch (3 dates)", "batch", dates=f"{dates[0]}..{dates[-1]}", model_ref="hfcast@champion",
+           home=str(s.home), lake_url=s.lake_url, mlflow_uri=s.mlflow_uri, s3_endpoint=s.s3_endpoint)
+    for d in dates:
+        url = lake.predictions("hfcast", "1", d)
+        assert storage.exists(url, s.storage_options), url
+        df = pd.read_csv(url, storage_options=s.storage_options)
+        assert len(df) > 0 and df["symbol"].nunique() == 6
+        assert {"ret_60m_pred", "rv_10m_pred", "ret_60m_conf", "rv_10m_conf"} <= set(df.columns)
+        assert (df["model_version"].astype(str) == "1").all()
+    listed = storage.listdir(storage.join(lake.url, "predictions", "hfcast", "1"), s.storage_options)
+    assert len([p for p in listed if p.endswith(".csv")]) == 3
+
+    # 3. rejected branch: an impossible margin; the champion, its export and the deployment stay
+    out = _timed("training (1 arch, rejected)", "training",
+                 **_training_args(s, archs=["lstm"], gate_margin=1e6))
+    assert out == {"promoted": False, "version": "2"}
+    assert str(registry.resolve(s, "hfcast@champion").version) == "1"
+    v2 = registry.resolve(s, "hfcast/2")
+    assert v2.tags["gate.decision"] == "reject"
+    assert _export_files(s, 2) == set()  # export never ran
+    assert json.loads(marker.read_text()) == deployed  # deploy never ran
+    print(f"[pipeline wall times] {TIMINGS}")
