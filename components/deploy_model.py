@@ -9,7 +9,7 @@ from components._image import hfcast_component
 def deploy_model(
     version: str,
     deployment: Output[Artifact],
-    target: str = "local",
+    target: str = "auto",
     home: str = "",
     namespace: str = "hfcast",
     triton_uri: str = "",
@@ -17,7 +17,7 @@ def deploy_model(
     """Point serving at model version ``version``.
 
     Args:
-        target: ``local`` (embedded default: write ``<home>/serving/deployed.json``, which
+        target: ``auto`` (``kserve-cpu`` inside a Kubernetes pod, ``local`` elsewhere), ``local`` (embedded default: write ``<home>/serving/deployed.json``, which
             ``hfcast serve`` / the demo read to (re)start the local server on that version),
             ``kserve-cpu`` (the predictor image on CPU, onnxruntime) or ``kserve-gpu`` (Triton +
             TensorRT on one GPU behind the feature transformer). The InferenceService specs come
@@ -36,6 +36,10 @@ def deploy_model(
 
     logging.basicConfig(level=logging.INFO)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    if target == "auto":
+        import os
+
+        target = "kserve-cpu" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
     if target == "local":
         from components._settings import make_settings
 

@@ -1,7 +1,5 @@
 """Register the best run as the challenger and let the champion/challenger gate decide."""
 
-from typing import NamedTuple
-
 from kfp.dsl import Metrics, Output
 
 from components._image import hfcast_component
@@ -17,18 +15,22 @@ def gate_register(
     params_json: str = "",
     gate_margin: float = -1.0,
     force_reason: str = "",
-) -> NamedTuple("Gate", [("promoted", bool), ("version", str), ("summary", str)]):
+) -> str:
     """Register ``run_id`` (alias ``challenger``), run the gate, move ``champion`` only if it passes.
+
+    Champion and challenger are compared on the same test spans: the logged scores when both runs
+    cover the same spans, else both re-scored on the challenger's spans (``hfcast.trigger.score_on_spans``).
 
     Args:
         gate_margin: one margin for every primary metric (< 0: the margins in params.yaml).
         force_reason: non-empty = promote without the gate; the reason is recorded on the version.
 
     Returns:
-        promoted (the version is now the champion), the version number, the decision in one line.
+        The version if it is now the champion, else '' (one plain output: the kfp local runner
+        cannot evaluate a dsl.If on a NamedTuple field). The registered version, the decision and
+        its reasons are in ``decision``'s metadata either way.
     """
     import logging
-    from collections import namedtuple
 
     from components._settings import make_settings
     from hfcast import registry
@@ -40,12 +42,18 @@ def gate_register(
     if force_reason.strip():
         verdict = GateDecision.force(force_reason)
     else:
+        margin = None if gate_margin < 0 else gate_margin
         try:
-            verdict = registry.run_gate(s, version, margin=None if gate_margin < 0 else gate_margin)
-        except registry.RegistryError as exc:  # e.g. champion scored on other spans: no comparison, no promotion
-            verdict = GateDecision(False, [f"gate could not compare: {exc}"])
+            verdict = registry.run_gate(s, version, margin=margin)
+        except registry.RegistryError as exc:  # the champion was scored on other spans (the lake grew):
+            logging.info("%s; re-scoring champion and challenger on the challenger's spans", exc)
+            from hfcast.trigger import score_on_spans
+
+            verdict = registry.run_gate(s, version, margin=margin,
+                                        evaluate_on_spans=lambda uri, spans: score_on_spans(s, uri, spans))
     promoted = registry.promote(s, version, verdict)
     decision.log_metric("promoted", int(promoted))
     decision.log_metric("version", version)
-    decision.metadata.update({"reasons": list(verdict.reasons), "forced": verdict.forced, "run_id": run_id})
-    return namedtuple("Gate", ["promoted", "version", "summary"])(promoted, str(version), verdict.summary()[:2000])
+    decision.metadata.update({"version": str(version), "promoted": promoted, "summary": verdict.summary()[:2000],
+                              "reasons": list(verdict.reasons), "forced": verdict.forced, "run_id": run_id})
+    return str(version) if promoted else ""

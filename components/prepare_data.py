@@ -26,7 +26,8 @@ def prepare_data(
     lake is ``<dvc_repo>/data/lake`` and the version is the DVC hash of its features. Otherwise, on
     the lake given by the settings: simulate a market when ``synth_symbols`` > 0 and the lake has
     no raw bars yet, then validate and featurize every raw date; the version is DVC's folder hash
-    of the features (local lakes) or 'unversioned' (object-store lake outside DVC).
+    of the features (local lakes) or 'unversioned' (object-store lake outside DVC). It also opens
+    the MLflow store once, so the parallel training steps do not race to create its schema.
 
     Args:
         synth_symbols, synth_days, synth_seed: simulated universe (0 / -1 = params.yaml ``synth``).
@@ -40,7 +41,7 @@ def prepare_data(
     from pathlib import Path
 
     from components._settings import make_settings
-    from hfcast import dataset, storage
+    from hfcast import dataset, registry, storage
     from hfcast.storage import Lake
 
     logging.basicConfig(level=logging.INFO)
@@ -66,6 +67,8 @@ def prepare_data(
         run_featurize(lake, dates=s.param("featurize.dates", None), progress=False)
         table = lake.table("features")
         version = "unversioned" if storage.is_remote(table) else dataset.folder_hash(storage.local_path(table))
+    with registry.tracking(s) as t:  # schema + experiment now: parallel train steps would race on creating them
+        t.experiment_id  # noqa: B018 (property creates the experiment)
     dates = lake.dates("features")
     info = {"lake_url": lake.url, "features_url": lake.table("features"), "dataset_version": version,
             "n_dates": len(dates), "first_date": dates[0] if dates else "", "last_date": dates[-1] if dates else ""}

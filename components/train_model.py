@@ -16,13 +16,15 @@ def train_model(
     feast_repo: str = "",
     s3_endpoint: str = "",
     params_json: str = "",
-    trigger_reason: str = "",
+    reason: str = "",
+    drifted_dates: str = "",
 ) -> str:
     """Walk-forward train ``arch`` (params.yaml ``walkforward`` + ``train``), score it and the
     baselines on the same test spans, log the run (bundle, scores, lineage) to MLflow.
 
     The training pipeline runs this on the GPU image with one GPU; it also runs on CPU.
-    ``trigger_reason`` (manual, drift: ...) is recorded as the run's ``hfcast.trigger_reason`` tag.
+    ``reason`` (manual, drift: ...) and ``drifted_dates`` are recorded as the run's
+    ``hfcast.trigger_reason`` / ``hfcast.drifted_dates`` tags.
 
     Returns:
         The MLflow run id (also in the metrics' metadata with the architecture).
@@ -50,8 +52,10 @@ def train_model(
     with registry.tracking(s) as t:
         if version:  # lineage: register() copies the run's dataset_version tag onto the model version
             t.client.set_tag(run_id, "dataset_version", version)
-        if trigger_reason:
-            t.client.set_tag(run_id, "hfcast.trigger_reason", trigger_reason[:5000])
+        if reason:
+            t.client.set_tag(run_id, "hfcast.trigger_reason", reason[:5000])
+        if drifted_dates:
+            t.client.set_tag(run_id, "hfcast.drifted_dates", drifted_dates[:5000])
     result.forecasters[arch].save(model.path)
     model.metadata.update({"arch": arch, "run_id": run_id, "dataset_version": version, "framework": "pytorch",
                            "format": "hfcast-bundle (safetensors + json)"})

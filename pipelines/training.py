@@ -8,6 +8,7 @@ import json
 from typing import Any, List, NamedTuple
 
 from kfp import dsl
+from kfp.dsl import Metrics
 
 from components._image import GPU_IMAGE
 from components.compare_models import compare_models
@@ -52,11 +53,12 @@ def build(gpu: bool) -> Any:
         synth_shift_day: int = -1,
         gate_margin: float = -1.0,
         force_reason: str = "",
-        deploy_target: str = "local",
+        deploy_target: str = "auto",
         namespace: str = "hfcast",
         publish_url: str = "",
-        trigger_reason: str = "manual",
-    ) -> NamedTuple("Outputs", [("promoted", bool), ("version", str)]):
+        reason: str = "manual",
+        drifted_dates: str = "",
+    ) -> NamedTuple("Outputs", [("champion_version", str), ("gate", Metrics)]):
         """Train, gate and (if promoted) export and deploy.
 
         Args:
@@ -74,10 +76,11 @@ def build(gpu: bool) -> Any:
             synth_shift_day: first day of the shifted regime (-1 = params.yaml, -2 = stationary).
             gate_margin: one gate margin for every metric (< 0 = params.yaml registry.gate margins).
             force_reason: non-empty promotes without the gate (recorded on the version).
-            deploy_target: local (marker file) | kserve-cpu | kserve-gpu.
+            deploy_target: auto (kserve-cpu inside a cluster, local elsewhere) | local (marker file) | kserve-cpu | kserve-gpu.
             namespace: Kubernetes namespace of the InferenceService.
             publish_url: copy the export (ONNX, Triton repository) to this URL, e.g. s3://hfcast-models/hfcast/champion.
-            trigger_reason: why this run started (manual, drift: ...); recorded on every training run.
+            reason: why this run started (manual, drift: ...); recorded on every training run.
+            drifted_dates: comma-separated dates that triggered a drift retraining (recorded likewise).
         """
         cfg = dict(home=home, mlflow_uri=mlflow_uri, params_json=params_json)
         prep = _tracked(prepare_data(lake_url=lake_url, feast_repo=feast_repo, s3_endpoint=s3_endpoint,
@@ -88,7 +91,8 @@ def build(gpu: bool) -> Any:
                                             s3_endpoint=s3_endpoint, **cfg), "Materialize features (Feast)")
         with dsl.ParallelFor(archs, name="architectures") as arch:
             train = _tracked(train_model(arch=arch, features=prep.outputs["features"], feast_repo=feast_repo,
-                                         s3_endpoint=s3_endpoint, trigger_reason=trigger_reason, **cfg),
+                                         s3_endpoint=s3_endpoint, reason=reason, drifted_dates=drifted_dates,
+                                         **cfg),
                              "Train one architecture")
             train.after(mat)
             if gpu:
@@ -98,14 +102,15 @@ def build(gpu: bool) -> Any:
         gate = _tracked(gate_register(run_id=best.outputs["best_run_id"], s3_endpoint=s3_endpoint,
                                       gate_margin=gate_margin, force_reason=force_reason, **cfg),
                         "Gate and register")
-        with dsl.If(gate.outputs["promoted"] == True, name="promoted"):  # noqa: E712 (kfp condition)
-            exp = _tracked(export_model(version=gate.outputs["version"], s3_endpoint=s3_endpoint,
-                                        publish_url=publish_url, **cfg), "Export ONNX / TensorRT")
-            dep = _tracked(deploy_model(version=gate.outputs["version"], target=deploy_target, home=home,
-                                        namespace=namespace), "Deploy champion")
+        champion = gate.outputs["Output"]  # the promoted version, '' when the gate rejected
+        with dsl.If(champion != "", name="promoted"):
+            exp = _tracked(export_model(version=champion, s3_endpoint=s3_endpoint, publish_url=publish_url, **cfg),
+                           "Export ONNX / TensorRT")
+            dep = _tracked(deploy_model(version=champion, target=deploy_target, home=home, namespace=namespace),
+                           "Deploy champion")
             dep.after(exp)
-        outputs = NamedTuple("Outputs", [("promoted", bool), ("version", str)])
-        return outputs(gate.outputs["promoted"], gate.outputs["version"])
+        outputs = NamedTuple("Outputs", [("champion_version", str), ("gate", Metrics)])
+        return outputs(champion, gate.outputs["decision"])
 
     return training
 
@@ -121,6 +126,15 @@ def settings_params(settings: Any) -> dict[str, Any]:
             "params_json": json.dumps(dict(settings.params), default=str)}
 
 
+def _champion_arch(settings: Any) -> str | None:
+    from hfcast.registry import RegistryError, resolve
+
+    try:
+        return resolve(settings, f"{settings.model_name}@champion").tags.get("arch") or None
+    except RegistryError:
+        return None
+
+
 def run_local(settings: Any, reason: str | None = None, drifted_dates: list[str] | None = None,
               **params: Any) -> dict[str, Any]:
     """Run the training pipeline on this machine (kfp local runner); the drift monitor's retrain trigger.
@@ -128,24 +142,28 @@ def run_local(settings: Any, reason: str | None = None, drifted_dates: list[str]
     Args:
         settings: :class:`hfcast.config.Settings` of the deployment being retrained.
         reason: why (recorded on the training runs as ``hfcast.trigger_reason``).
-        drifted_dates: the dates that triggered it (recorded with the reason).
-        params: other pipeline parameters (``archs``, ``gate_margin``, ...).
+        drifted_dates: the dates that triggered it (``hfcast.drifted_dates``).
+        params: other pipeline parameters (``gate_margin``, ...). ``archs`` defaults to
+            ``monitor.retrain_arch`` of params.yaml, else the champion's architecture, else all.
 
     Returns:
         ``{"status": "succeeded"|"failed", "new_version": str|None, "promoted": bool, "error": str}``.
     """
     from pipelines.local import run_local as run_pipeline
 
-    why = reason or "manual"
-    if drifted_dates:
-        why = f"{why} (dates: {', '.join(drifted_dates)})"
-    args = {**settings_params(settings), "trigger_reason": why, **params}
+    if "archs" not in params:
+        arch = settings.param("monitor.retrain_arch") or _champion_arch(settings)
+        if arch:
+            params["archs"] = [arch]
+    args = {**settings_params(settings), "reason": reason or "manual",
+            "drifted_dates": ",".join(drifted_dates or []), **params}
     try:
         out = run_pipeline("training", **args)
     except Exception as exc:  # a failed retrain is reported to the monitor, not raised into it
         return {"status": "failed", "new_version": None, "promoted": False, "error": str(exc)[-2000:]}
-    return {"status": "succeeded", "new_version": out.get("version"), "promoted": bool(out.get("promoted")),
-            "error": ""}
+    gate = out["gate"].metadata
+    return {"status": "succeeded", "new_version": gate.get("version"), "promoted": bool(gate.get("promoted")),
+            "gate": gate.get("summary"), "error": ""}
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ from typing import Any
 
 import kserve
 from kserve import InferRequest, InferResponse
-from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferOutput
 
 from serving.core import ForecastService, Limits, feast_lookup, load_forecaster
+from serving.dataplane import HfcastDataPlane
 from serving.validation import parse_v1, parse_v2
 
 log = logging.getLogger(__name__)
@@ -82,17 +82,6 @@ class HfcastPredictor(kserve.Model):
                 + [{"name": c, "datatype": "BYTES", "shape": [-1]} for c in ("model_name", "model_version", "feature_ts")])
 
 
-class VersionedDataPlane(DataPlane):
-    """KServe's data plane, but ``GET /v2/models/<name>`` also answers the model version."""
-
-    async def model_metadata(self, model_name: str) -> dict:
-        meta = await super().model_metadata(model_name)
-        version = getattr(self.get_model_from_registry(model_name), "version", None)
-        if version is not None:
-            meta["versions"] = [str(version)]
-        return meta
-
-
 def serve(model: kserve.Model, http_port: int = 8080, grpc_port: int = 8081, workers: int = 1) -> None:
     """Load and serve one model (blocks). KServe binds 0.0.0.0; send local traffic to 127.0.0.1."""
     model.load()
@@ -101,5 +90,5 @@ def serve(model: kserve.Model, http_port: int = 8080, grpc_port: int = 8081, wor
                                 enable_latency_logging=False)
     for noisy in ("kserve.trace", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    server.dataplane = VersionedDataPlane(model_registry=server.registered_models)
+    server.dataplane = HfcastDataPlane(model_registry=server.registered_models)
     server.start([model])

@@ -66,15 +66,17 @@ def check_windows(raw: Any, n_features: int, max_batch: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def check_windows_kind(raw: list, n_features: int) -> None:
-    """Refuse strings in a JSON FP32 tensor before KServe converts "1.5" silently to a float."""
+def json_tensor(data: list, shape: list[int], name: str) -> np.ndarray:
+    """A JSON FP32 tensor -> float32 array of ``shape``, converting once and refusing strings
+    (``as_numpy`` would turn "1.5" into 1.5 silently)."""
     try:
-        kind = np.asarray(raw).dtype.kind
-    except ValueError:  # ragged: as_numpy reports the mismatch with the declared shape
-        return
-    if kind not in "fiub":
-        raise InvalidInput(f"window must be numbers in a [B, {LOOKBACK}, {n_features}] array: "
-                           f"found {kind!r}-kind values (strings, nulls or mixed types)")
+        arr = np.asarray(data)
+        if arr.dtype.kind not in "fiub":
+            raise ValueError(f"found {arr.dtype.kind!r}-kind values (strings, nulls or mixed types): "
+                             f"window must be numbers")
+        return arr.astype(np.float32, copy=False).reshape(shape)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"input {name!r} (FP32, shape {list(shape)}) does not hold matching data: {exc}") from None
 
 
 def check_symbols(raw: Any, max_batch: int) -> list[str]:
@@ -161,10 +163,11 @@ def parse_v2(request: Any, n_features: int, max_batch: int) -> ParsedRequest:
         raise InvalidInput(f"unknown input {inp.name!r}: expected 'window' (FP32) or 'symbol' (BYTES)")
     if inp.datatype != expected[inp.name]:
         raise InvalidInput(f"wrong datatype for input {inp.name!r}: {inp.datatype}, expected {expected[inp.name]}")
-    if inp.name == "window" and isinstance(inp.data, list):
-        check_windows_kind(inp.data, n_features)
     try:
-        data = inp.as_numpy()
+        if inp.name == "window" and isinstance(inp.data, list):
+            data = json_tensor(inp.data, list(inp.shape), inp.name)
+        else:
+            data = inp.as_numpy()  # BYTES, or binary tensor data (Inference-Header-Content-Length)
     except (ValueError, TypeError) as exc:
         raise InvalidInput(f"input {inp.name!r} ({inp.datatype}, shape {list(inp.shape)}) "
                            f"does not hold matching data: {exc}") from None

@@ -539,6 +539,104 @@ def predict(
 
 # --- monitor (hfcast.drift) ----------------------------------------------------------------------
 
+monitor_app = typer.Typer(no_args_is_help=True, help="Drift + live performance vs the training reference; retraining decisions.")
+app.add_typer(monitor_app, name="monitor")
+
+
+@monitor_app.command("run")
+def monitor_run(
+    date: str = typer.Option(..., "--date", help="The date to check (YYYY-MM-DD): its features and prediction CSV."),
+    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference (NAME@alias) or NAME/VERSION."),
+    trigger: str = typer.Option("local", "--trigger", help="local (run the training pipeline here) | kubeflow | none."),
+    kfp_host: Optional[str] = typer.Option(None, "--kfp-host", help="Kubeflow Pipelines API URL (default params.yaml monitor.kubeflow_host)."),
+    mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the decision to the hfcast-monitoring experiment."),
+) -> None:
+    """Evidently drift (features, predictions) + live performance for one date, then decide and trigger."""
+    from hfcast.drift import run_monitor
+
+    try:
+        rec = run_monitor(_settings(), date, model, trigger=trigger, kfp_host=kfp_host, log_mlflow=mlflow_log)
+    except (ValueError, LookupError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    c = rec["checks"]
+    live = c.get("live") or {}
+    console.print(f"{rec['date']} {rec['model']} v{rec['version']}: feature drift share {c['drift_share']:.2f}, "
+                  f"prediction drift share {c['pred_drift_share'] if c['pred_drift_share'] is not None else '-'}, "
+                  f"live QLIKE {live.get('vol_qlike', float('nan')):.4g}, IC {live.get('ret_ic', float('nan')):.3f}")
+    colour = {"retrain": "bold yellow", "suppressed": "cyan"}.get(rec["action"], "green")
+    console.print(f"[{colour}]{rec['explanation']}[/]")
+
+
+@monitor_app.command("history")
+def monitor_history(
+    model: Optional[str] = typer.Option(None, "--model", help="Model name (default: settings.model_name)."),
+    last: int = typer.Option(50, "--last", help="Show the last N decisions."),
+) -> None:
+    """The decision log (<lake>/monitoring/<model>/decisions.jsonl), oldest first."""
+    from rich.table import Table
+
+    from hfcast.decision import load_history
+    from hfcast.storage import Lake
+
+    settings = _settings()
+    name = model or settings.model_name
+    recs = load_history(Lake.from_settings(settings), name)[-last:]
+    if not recs:
+        console.print(f"no monitoring decisions recorded for {name} yet")
+        return
+    table = Table(title=f"monitoring decisions: {name}")
+    for col in ("date", "version", "drift", "streak", "QLIKE", "IC", "action", "trigger"):
+        table.add_column(col, overflow="fold")
+    for r in recs:
+        c, live, trig = r.get("checks") or {}, (r.get("checks") or {}).get("live") or {}, r.get("trigger") or {}
+        share = c.get("drift_share")
+        table.add_row(r["date"], str(r.get("version")), "-" if share is None else f"{share:.2f}", str(r.get("drift_streak", "")),
+                      f"{live['vol_qlike']:.4g}" if live.get("vol_qlike") is not None else "-",
+                      f"{live['ret_ic']:.3f}" if live.get("ret_ic") is not None else "-", r["action"],
+                      f"{trig.get('kind', '')} {trig.get('status', '')} {trig.get('run_id', '') or ''}".strip())
+    console.print(table)
+    for r in recs:  # the why, in full (too long for a table column)
+        console.print(f"[bold]{r['date']}[/] v{r.get('version')}: {r.get('explanation', '')}", soft_wrap=True)
+
+
+@monitor_app.command("reference")
+def monitor_reference(
+    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference (NAME@alias or NAME/VERSION)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local bundle instead of the registry (needs --dates and NAME/VERSION)."),
+    dates: Optional[str] = typer.Option(None, "--dates", help="Training dates 'A..B' (default: from the registry run)."),
+    test_dates: Optional[str] = typer.Option(None, "--test-dates", help="Held-out dates scored for reference.json (with --dates)."),
+) -> None:
+    """Build the monitoring reference of a model version (sampled training rows + its predictions)."""
+    from hfcast.decision import MonitorConfig
+    from hfcast.drift import build_reference, reference_from_registry, resolve_model
+    from hfcast.predict import parse_dates
+    from hfcast.storage import Lake
+
+    settings = _settings()
+    cfg = MonitorConfig.from_params(settings.param("monitor", {}))
+    try:
+        if dates is None:
+            doc = reference_from_registry(settings, model, cfg)
+        else:
+            avail = Lake.from_settings(settings).dates("features")
+            name, version = resolve_model(settings, model)
+            if bundle is not None:
+                source = str(bundle)
+            else:
+                from hfcast.registry import load_forecaster
+
+                source = load_forecaster(settings, f"{name}/{version}")
+            doc = build_reference(settings, source, parse_dates(dates, avail), n_rows=cfg.reference_sample_rows,
+                                  seed=cfg.seed, model=(name, version),
+                                  test_dates=parse_dates(test_dates, avail) if test_dates else None)
+    except (ValueError, LookupError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    console.print(f"[green]reference[/] {doc['model']} v{doc['version']}: {doc['rows']} rows from "
+                  f"{doc['train_dates'][0]}..{doc['train_dates'][-1]}; test scores {doc['test_scores'] or '-'}")
+
+
 # --- pipeline, demo (hfcast.demo, pipelines/) ----------------------------------------------------
 
 pipeline_app = typer.Typer(no_args_is_help=True, help="Kubeflow pipelines: run locally, compile, submit to a cluster.")

@@ -278,6 +278,9 @@ class OnnxRuntimeRunner:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # idle worker threads would spin for the next op and starve the server's event loop on a
+        # small CPU; blocking costs microseconds per call instead
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
     def run(self, windows_scaled: np.ndarray) -> np.ndarray:

@@ -157,3 +157,37 @@ def test_triton_repo_layout_for_a_plan(tmp_path):
     d = export.write_triton_repo(tmp_path / "repo", plan, 59, version=3)
     assert (d / "3" / "model.plan").read_bytes() == b"not-a-real-engine"
     assert 'platform: "tensorrt_plan"' in (d / "config.pbtxt").read_text()
+
+
+def test_cli_export_logs_artifacts_to_the_same_model_version(tmp_path, monkeypatch):
+    """`hfcast export --model hfcast/1` with a real (sqlite) MLflow registry."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from hfcast import registry
+    from hfcast.cli import app
+    from hfcast.config import get_settings
+
+    monkeypatch.setenv("HFCAST_HOME", str(tmp_path / ".hfcast"))
+    monkeypatch.chdir(tmp_path)
+    settings = get_settings()
+    fc = tiny_forecaster("tcn", N_FEATURES)
+    fc.save(str(tmp_path / "bundle"))
+    run_id = registry.log_training_run(
+        settings, tmp_path / "bundle", arch="tcn", params={}, epoch_metrics=None, fold_metrics=[],
+        aggregate_metrics={"vol_qlike": 0.3}, test_spans=[("2024-01-02", "2024-01-02")], dataset_version=None,
+        feature_names=fc.feature_names)
+    version = registry.register(settings, run_id)
+    out = tmp_path / "export"
+    res = CliRunner().invoke(app, ["export", "--model", f"hfcast/{version}", "--out", str(out), "--max-batch", "256"])
+    assert res.exit_code == 0, res.output
+    if not export.tensorrt_available():
+        assert "TensorRT is not available on this machine" in res.output and "exported ONNX only" in res.output
+    assert "max relative error" in res.output
+    client = MlflowClient(registry.tracking_uri(settings))
+    logged = {a.path for a in client.list_artifacts(run_id, "export")}
+    assert {"export/model.onnx", "export/export.json", "export/triton"} <= logged
+    mv = client.get_model_version("hfcast", str(version))
+    assert mv.run_id == run_id and mv.tags["export.tensorrt"] in ("absent", "built")
+    assert float(mv.tags["export.onnx_max_rel_err"]) < export.PARITY_TOL_FP32
+    assert json.loads((out / "export.json").read_text())["logged_to_mlflow"] is True

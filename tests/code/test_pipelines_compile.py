@@ -86,7 +86,7 @@ def test_training_dag_shape(specs):
             "condition-2"} <= set(root)
     cond = root["condition-2"]
     assert "gate-register" in cond["dependentTasks"]
-    assert "promoted" in cond["triggerPolicy"]["condition"]
+    assert "gate-register-Output" in cond["triggerPolicy"]["condition"]  # a plain output: see gate_register
     inner = spec["components"]["comp-condition-2"]["dag"]["tasks"]
     assert set(inner) == {"export-model", "deploy-model"}
     assert inner["deploy-model"]["dependentTasks"] == ["export-model"]
@@ -145,7 +145,7 @@ def test_training_run_local_reports_failure_instead_of_raising(monkeypatch, sett
     out = training.run_local(settings, reason="drift: vol share 0.8", drifted_dates=["2024-02-01"], archs=["lstm"])
     assert out["status"] == "failed" and out["promoted"] is False and "train-model" in out["error"]
     assert seen["name"] == "training" and seen["archs"] == ["lstm"]
-    assert seen["trigger_reason"] == "drift: vol share 0.8 (dates: 2024-02-01)"
+    assert seen["reason"] == "drift: vol share 0.8" and seen["drifted_dates"] == "2024-02-01"
     assert json.loads(seen["params_json"]) == dict(settings.params)
     assert seen["lake_url"] == settings.lake_url and "s3_key" not in seen
 

@@ -162,3 +162,28 @@ def test_transformer_pre_and_post_processing(fc):
     ref = fc.predict(_lookup(["AAA", "OLD"])[0])
     assert np.allclose(got["rv_10m_pred"].as_numpy(), ref["rv_10m_pred"], rtol=1e-5)
     assert list(got["feature_ts"].data) == ["2024-01-02T20:59:00+00:00", "2024-01-02T19:59:00+00:00"]
+
+
+def _binary_body(x, extra=b""):
+    import json
+
+    header = json.dumps({"id": "b1", "inputs": [{"name": "window", "datatype": "FP32", "shape": list(x.shape),
+                                                  "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    return header + x.tobytes() + extra, {"inference-header-content-length": str(len(header))}
+
+
+def test_binary_v2_decodes_without_lists_and_refuses_bad_sizes():
+    from serving.dataplane import decode_binary_v2
+
+    x = windows(4)
+    body, headers = _binary_body(x)
+    req = decode_binary_v2(body, headers, "hfcast")
+    assert req.id == "b1" and req.inputs[0].data is None  # raw bytes kept, no Python list built
+    parsed = v.parse_v2(req, F, 16)
+    assert np.array_equal(parsed.windows, x)
+    with pytest.raises(InvalidInput, match="declares 3840 binary bytes, the body holds 3740"):
+        decode_binary_v2(body[:-100], headers, "hfcast")
+    with pytest.raises(InvalidInput, match="4 bytes after the declared tensors"):
+        decode_binary_v2(*_binary_body(x, b"oops"), "hfcast")
+    with pytest.raises(InvalidInput, match="unreadable JSON header"):
+        decode_binary_v2(b"{nope" + body, headers, "hfcast")

@@ -62,7 +62,7 @@ def test_training_then_batch_then_rejected_challenger(env):
     # 1. promoted branch (forced: a 1-epoch model on 6 symbols does not beat HAR-RV, and must not)
     out = _timed("training (2 archs, promoted)", "training",
                  **_training_args(s, archs=["transformer", "lstm"], force_reason="integration test"))
-    assert out == {"promoted": True, "version": "1"}
+    assert out["champion_version"] == "1" and out["gate"].metadata["promoted"] is True
     champion = registry.resolve(s, "hfcast@champion")
     assert str(champion.version) == "1"
     assert champion.tags["gate.decision"] == "forced"
@@ -91,10 +91,68 @@ def test_training_then_batch_then_rejected_challenger(env):
     # 3. rejected branch: an impossible margin; the champion, its export and the deployment stay
     out = _timed("training (1 arch, rejected)", "training",
                  **_training_args(s, archs=["lstm"], gate_margin=1e6))
-    assert out == {"promoted": False, "version": "2"}
+    assert out["champion_version"] == "" and out["gate"].metadata["version"] == "2"
+    assert out["gate"].metadata["promoted"] is False and "margin" in out["gate"].metadata["summary"]
     assert str(registry.resolve(s, "hfcast@champion").version) == "1"
     v2 = registry.resolve(s, "hfcast/2")
     assert v2.tags["gate.decision"] == "reject"
     assert _export_files(s, 2) == set()  # export never ran
     assert json.loads(marker.read_text()) == deployed  # deploy never ran
     print(f"[pipeline wall times] {TIMINGS}")
+
+
+def _decisions(lake):
+    from hfcast.decision import load_history
+
+    return {r["date"]: r for r in load_history(lake, "hfcast")}
+
+
+def test_monitoring_retrains_once_on_a_shift_and_never_on_stationary_dates(env):
+    """15 days, regime shift from day 12; the champion learns from the first 8 days only. Stationary
+    days 9-10: no retraining. Shifted days 12, 13, 14: the 2nd consecutive drift alarm (K=2) starts
+    exactly one retraining (the monitoring pipeline's true branch); day 14 is held by the cooldown."""
+    from hfcast.features.engine import run_featurize
+
+    s = env
+    from hfcast.data.schema import trading_days
+
+    days = [str(d) for d in trading_days("2024-01-02", 15)]
+    params = {**TINY, "featurize": {"dates": days[:8]},
+              "walkforward": {**TINY["walkforward"], "train_days": 2, "val_days": 1, "test_days": 1, "step_days": 1}}
+    out = _timed("training (monitoring setup)", "training",
+                 **{**_training_args(s, archs=["lstm"], force_reason="monitoring test champion", synth_days=15,
+                                     synth_shift_day=12), "params_json": json.dumps(params)})
+    assert out["champion_version"] == "1"
+    lake = Lake.from_settings(s)
+    assert lake.dates("features") == days[:8]
+    run_featurize(lake, progress=False)  # the new dates arrive
+    mon = {"home": str(s.home), "lake_url": s.lake_url, "mlflow_uri": s.mlflow_uri, "feast_repo": str(s.feast_repo),
+           "s3_endpoint": s.s3_endpoint, "params_json": json.dumps(params)}
+
+    for d in days[9:11]:  # stationary: the false branch, nothing starts
+        _timed(f"monitoring {d} (stationary)", "monitoring", date=d, **mon)
+        assert _decisions(lake)[d]["action"] == "none", _decisions(lake)[d]["explanation"]
+    assert trigger_state(lake) is None
+
+    for d in days[12:15]:
+        _timed(f"monitoring {d} (shifted)", "monitoring", date=d, **mon)
+    dec = _decisions(lake)
+    assert dec[days[12]]["drift_alarm"] and dec[days[12]]["action"] == "none"  # 1 of K=2
+    assert dec[days[13]]["action"] == "retrain", dec[days[13]]["explanation"]
+    assert dec[days[14]]["action"] == "suppressed" and "cooldown" in dec[days[14]]["explanation"]
+    assert [d for d, r in dec.items() if r["action"] == "retrain"] == [days[13]]
+    state = trigger_state(lake)
+    assert state["status"] == "done" and state["kind"] == "local"
+    versions = registry.list_versions(s)
+    assert [v["version"] for v in versions] == [1, 2]  # exactly one retraining registered a challenger
+    with registry.tracking(s) as t:
+        tags = t.client.get_run(versions[1]["run_id"]).data.tags
+    assert "drift" in tags["hfcast.trigger_reason"] and days[13] in tags["hfcast.drifted_dates"]
+    assert tags["arch"] == "lstm"  # the champion's architecture is retrained
+    print(f"[pipeline wall times] {TIMINGS}")
+
+
+def trigger_state(lake):
+    from hfcast.trigger import read_state
+
+    return read_state(lake, "hfcast")

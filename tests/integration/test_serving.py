@@ -156,6 +156,25 @@ def test_symbols_come_from_feast(server):
     assert_matches({c: [row[c] for row in r1.json()["predictions"]] for c in PRED_COLUMNS}, ref)
 
 
+def _binary(x, cut=0):
+    header = json.dumps({"inputs": [{"name": "window", "datatype": "FP32", "shape": list(x.shape),
+                                     "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    return header + x.tobytes()[:x.nbytes - cut], {"content-type": "application/octet-stream",
+                                                   "inference-header-content-length": str(len(header))}
+
+
+def test_v2_binary_tensor_data(server):
+    x, url = windows(3, seed=4), f"{server['base']}/v2/models/hfcast/infer"
+    body, headers = _binary(x)
+    r = httpx.post(url, content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert_matches(v2_columns(r), server["fc"].predict(x))
+    body, headers = _binary(x, cut=100)  # shorter than the declared [3, 30, F]
+    bad = httpx.post(url, content=body, headers=headers)
+    assert bad.status_code == 400 and re.search(r"declares \d+ binary bytes, the body holds", bad.text), bad.text
+    assert httpx.post(url, content=_binary(x)[0], headers=headers).status_code == 200
+
+
 def _bad_window_v2(dtype="FP32", shape=(1, 30, F), data=None):
     return {"inputs": [{"name": "window", "datatype": dtype, "shape": list(shape),
                         "data": data if data is not None else [0.1] * int(np.prod(shape))}]}

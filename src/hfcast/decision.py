@@ -1,0 +1,299 @@
+"""The retraining decision: a pure function over the decision history and today's checks.
+
+Why a separate, pure module: the decision is where a monitor either wastes a cluster on
+retraining every day or sleeps through a regime change, so it has no I/O and is tested over
+whole sequences of dates (``tests/code/test_drift_decision.py``). The monitor (:mod:`hfcast.drift`)
+gathers the checks, calls :func:`decide`, and stores the record it returns.
+
+Rule (thresholds in params.yaml ``monitor:``):
+
+* a date is a **drift alarm** when the share of drifted features is >= ``drift_share``;
+* a date is a **performance alarm** when live QLIKE > ``perf_qlike_ratio`` x the reference test
+  QLIKE, or live IC < reference IC - ``perf_ic_drop`` (only once labels have matured);
+* retrain when the drift alarm held on ``consecutive`` monitored dates in a row (today included), or
+  the performance alarm on ``perf_consecutive`` dates in a row; streaks count only dates of the
+  same model version (a new champion starts with a clean slate);
+* but never when a retraining was decided less than ``cooldown_dates`` trading days before (or
+  after: backfills) today, and never while a retraining started by the monitor is still running.
+
+The history is kept per model as JSON lines (:func:`history_url`); the whole file is rewritten
+atomically on every change (:func:`save_history`), so a reader never sees half a line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RETRAIN, NONE, SUPPRESSED = "retrain", "none", "suppressed"
+EXPERIMENT = "hfcast-monitoring"
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The ``monitor:`` section of params.yaml (defaults calibrated on the simulator, see README)."""
+
+    drift_share: float = 0.3            # share of monitored features that must drift for a drift alarm
+    column_method: str = "wasserstein"  # Evidently per-column test (normed Wasserstein: robust at large n)
+    column_threshold: float = 0.4       # per-column drift threshold of that test
+    consecutive: int = 2                # K: drift alarms in a row before retraining
+    cooldown_dates: int = 10            # trading days between two retraining decisions
+    perf_qlike_ratio: float = 1.5       # live vol QLIKE above this x the reference test QLIKE = degraded
+    perf_ic_drop: float = 0.15          # live return IC below reference IC minus this = degraded
+    perf_consecutive: int = 2           # performance alarms in a row before retraining
+    min_labels: int = 500               # matured labels needed before live performance is scored
+    current_rows: int = 5000            # rows of the date sampled for Evidently (seeded)
+    reference_rows: int = 5000          # rows of the stored reference sampled for Evidently
+    reference_sample_rows: int = 20000  # rows stored in reference.parquet by build_reference
+    exclude_features: tuple[str, ...] = ("tod_sin", "tod_cos", "minutes_to_close", "bar_missing")
+    retrain_timeout_hours: float = 24.0  # a "running" retraining older than this is considered lost
+    seed: int = 0
+    kubeflow_host: str | None = None     # KFP API URL (None = local trigger)
+    pipeline_package: str = "pipelines/training.yaml"  # compiled training pipeline for Kubeflow
+    retrain_arch: str | None = None      # architecture of the default local retrain (None = champion's)
+
+    def __post_init__(self) -> None:
+        for name in ("drift_share", "column_threshold"):
+            if not 0.0 < float(getattr(self, name)):
+                raise ValueError(f"monitor.{name} must be > 0, got {getattr(self, name)}")
+        if self.drift_share > 1.0:
+            raise ValueError(f"monitor.drift_share is a share of features (0, 1], got {self.drift_share}")
+        for name in ("consecutive", "perf_consecutive", "cooldown_dates"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"monitor.{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any] | None) -> "MonitorConfig":
+        """Build from params.yaml ``monitor:``; unknown keys are an error (a typo must not be ignored)."""
+        section = dict(section or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(f"unknown monitor parameter(s) {unknown}; known: {sorted(known)}")
+        if "exclude_features" in section:
+            section["exclude_features"] = tuple(section["exclude_features"] or ())
+        return cls(**section)
+
+
+@dataclass
+class Checks:
+    """What the monitor measured for one date (None = not measured, e.g. labels not matured)."""
+
+    date: str
+    version: str
+    drift_share: float | None = None
+    drifted_features: list[str] = field(default_factory=list)
+    pred_drift_share: float | None = None
+    drifted_predictions: list[str] = field(default_factory=list)
+    live: dict[str, float] | None = None       # vol_qlike, ret_ic, n_labels of the date
+    reference: dict[str, float] | None = None  # the reference spans' test scores
+    perf_degraded: bool | None = None
+    perf_reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def performance_alarm(live: Mapping[str, float] | None, reference: Mapping[str, float] | None,
+                      cfg: MonitorConfig) -> tuple[bool | None, list[str]]:
+    """Whether live scores are worse than the reference spans' test scores beyond the thresholds.
+
+    Returns:
+        (None when there is nothing to compare, else True/False; the reasons in words).
+    """
+    if not live or not reference or live.get("n_labels", 0) < cfg.min_labels:
+        return None, []
+    reasons = []
+    q, rq = live.get("vol_qlike"), reference.get("vol_qlike")
+    if _finite(q) and _finite(rq) and q > cfg.perf_qlike_ratio * rq:
+        reasons.append(f"vol QLIKE {q:.4g} > {cfg.perf_qlike_ratio:g} x reference {rq:.4g}")
+    ic, ric = live.get("ret_ic"), reference.get("ret_ic")
+    if _finite(ic) and _finite(ric) and ic < ric - cfg.perf_ic_drop:
+        reasons.append(f"return IC {ic:.3f} < reference {ric:.3f} - {cfg.perf_ic_drop:g}")
+    compared = (_finite(q) and _finite(rq)) or (_finite(ic) and _finite(ric))
+    return (bool(reasons) if compared else None), reasons
+
+
+def _finite(x: Any) -> bool:
+    try:
+        return x is not None and bool(np.isfinite(float(x)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _latest_per_date(history: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    out: dict[str, Mapping[str, Any]] = {}
+    for rec in history:  # later records (reruns) replace earlier ones of the same date
+        out[str(rec["date"])] = rec
+    return out
+
+
+def _streak(prior: list[Mapping[str, Any]], key: str, today: bool) -> list[str]:
+    """Dates of the run of ``key`` alarms that ends today (empty when today is no alarm)."""
+    if not today:
+        return []
+    dates = []
+    for rec in reversed(prior):
+        if not rec.get(key):
+            break
+        dates.append(str(rec["date"]))
+    return sorted(dates)
+
+
+def trading_days_between(a: str, b: str) -> int:
+    """|trading days| from a to b (weekdays; holidays are not modelled, as in the simulator)."""
+    lo, hi = sorted((a, b))
+    return int(np.busday_count(lo, hi))
+
+
+def decide(history: Sequence[Mapping[str, Any]], checks: Checks, cfg: MonitorConfig,
+           running: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Decide whether today's checks call for a retraining.
+
+    Args:
+        history: earlier decision records of this model (any order, any version).
+        checks: today's measurements.
+        cfg: thresholds, K, cooldown.
+        running: the retraining state when a retraining started by the monitor is still running
+            (None otherwise).
+
+    Returns:
+        The decision record: ``action`` (retrain / none / suppressed), ``reasons`` and a one-line
+        ``explanation``, the alarm flags and streaks, ``drifted_dates``, and today's checks.
+    """
+    by_date = _latest_per_date(history)
+    prior = [by_date[d] for d in sorted(by_date) if d < checks.date
+             and str(by_date[d].get("version")) == str(checks.version)]
+    drift = checks.drift_share is not None and checks.drift_share >= cfg.drift_share
+    perf = checks.perf_degraded is True
+    drift_dates = [*_streak(prior, "drift_alarm", drift), checks.date] if drift else []
+    perf_dates = [*_streak(prior, "perf_alarm", perf), checks.date] if perf else []
+    wants: list[str] = []
+    notes: list[str] = []
+    if drift and len(drift_dates) >= cfg.consecutive:
+        wants.append(f"feature drift on {len(drift_dates)} consecutive date(s) >= K={cfg.consecutive} "
+                     f"(share {checks.drift_share:.2f} >= {cfg.drift_share:g} today; "
+                     f"e.g. {', '.join(checks.drifted_features[:5])})")
+    elif drift:
+        notes.append(f"feature drift {checks.drift_share:.2f} >= {cfg.drift_share:g}, "
+                     f"{len(drift_dates)}/{cfg.consecutive} consecutive date(s)")
+    elif checks.drift_share is not None:
+        notes.append(f"feature drift share {checks.drift_share:.2f} < {cfg.drift_share:g}")
+    if perf and len(perf_dates) >= cfg.perf_consecutive:
+        wants.append(f"performance degraded on {len(perf_dates)} consecutive date(s): {'; '.join(checks.perf_reasons)}")
+    elif perf:
+        notes.append(f"performance degraded ({'; '.join(checks.perf_reasons)}), "
+                     f"{len(perf_dates)}/{cfg.perf_consecutive} consecutive date(s)")
+    elif checks.perf_degraded is None:
+        notes.append("live performance not scored (labels not matured or no reference scores)")
+    action, reasons = NONE, notes
+    if wants:
+        last = min((r for r in history if r.get("action") == RETRAIN),  # the nearest retraining, either side
+                   key=lambda r: trading_days_between(str(r["date"]), checks.date), default=None)
+        gap = trading_days_between(str(last["date"]), checks.date) if last else None
+        if last is not None and gap < cfg.cooldown_dates:
+            action = SUPPRESSED
+            reasons = [*wants, f"cooldown: a retraining was decided for {last['date']} ({gap} trading day(s) "
+                               f"away < cooldown {cfg.cooldown_dates})"]
+        elif running is not None:
+            action = SUPPRESSED
+            reasons = [*wants, f"a retraining started by the monitor is still running (run {running.get('run_id')}, "
+                               f"started {running.get('started_at')})"]
+        else:
+            action, reasons = RETRAIN, wants
+    return {
+        "id": uuid.uuid4().hex[:12], "date": checks.date, "version": str(checks.version), "action": action,
+        "reasons": reasons, "explanation": f"{action}: " + "; ".join(reasons),
+        "drift_alarm": drift, "drift_streak": len(drift_dates), "perf_alarm": perf, "perf_streak": len(perf_dates),
+        "drifted_dates": sorted(set(drift_dates) | set(perf_dates)), "checks": checks.to_dict(),
+        "trigger": None, "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# --- the history store (I/O; kept beside the pure rule so both read the same record format) -----
+
+def history_url(lake: Any, model: str) -> str:
+    """``<lake>/monitoring/<model>/decisions.jsonl``: every decision of every version of the model."""
+    from hfcast.storage import join
+
+    return join(lake.url, "monitoring", model, "decisions.jsonl")
+
+
+def load_history(lake: Any, model: str) -> list[dict[str, Any]]:
+    """Decision records, oldest first ([] when the monitor never ran)."""
+    from hfcast import storage
+
+    url = history_url(lake, model)
+    if not storage.exists(url, lake.storage_options):
+        return []
+    text = storage.read_text(url, lake.storage_options)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def save_history(lake: Any, model: str, records: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite the whole history atomically (one object write: no torn lines)."""
+    from hfcast import storage
+
+    body = "".join(json.dumps(r, default=_json_default, sort_keys=True) + "\n" for r in records)
+    storage.write_text(history_url(lake, model), body, lake.storage_options)
+
+
+def upsert(records: list[dict[str, Any]], record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The history with ``record`` replacing the one of the same id (or appended)."""
+    out = [dict(r) for r in records if r.get("id") != record["id"]]
+    out.append(dict(record))
+    return out
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.bool_):
+        return bool(o)
+    return str(o)
+
+
+def log_to_mlflow(settings: Any, record: Mapping[str, Any]) -> str:
+    """One MLflow run per monitored date in the ``hfcast-monitoring`` experiment (tags + metrics).
+
+    Returns:
+        The run id.
+    """
+    import time
+
+    from mlflow.entities import Metric, RunTag
+
+    from hfcast.registry import tracking
+
+    checks = record.get("checks") or {}
+    live = checks.get("live") or {}
+    values = {"drift_share": checks.get("drift_share"), "pred_drift_share": checks.get("pred_drift_share"),
+              "n_drifted_features": len(checks.get("drifted_features") or []),
+              "live_vol_qlike": live.get("vol_qlike"), "live_ret_ic": live.get("ret_ic"),
+              "drift_streak": record.get("drift_streak"), "retrain": float(record.get("action") == RETRAIN)}
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if _finite(v)]
+    trig = record.get("trigger") or {}
+    tags = {"date": record["date"], "model_version": str(record.get("version")), "action": record["action"],
+            "explanation": record.get("explanation", "")[:4900], "drifted_dates": ",".join(record.get("drifted_dates", [])),
+            "trigger.kind": str(trig.get("kind", "")), "trigger.status": str(trig.get("status", "")),
+            "trigger.run_id": str(trig.get("run_id", "")), "hfcast.model_name": settings.model_name}
+    with tracking(settings) as t:
+        exp = t.client.get_experiment_by_name(EXPERIMENT)
+        if exp is None:
+            loc = (t.home / "mlartifacts").resolve().as_uri() if t.uri.startswith(("sqlite:", "file:")) else None
+            exp_id = t.client.create_experiment(EXPERIMENT, artifact_location=loc)
+        else:
+            exp_id = exp.experiment_id
+        run = t.client.create_run(exp_id, run_name=f"monitor-{record['date']}")
+        t.client.log_batch(run.info.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        t.client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

@@ -1,0 +1,190 @@
+"""The retraining decision (hfcast.decision): pure, over whole sequences of dates."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from hfcast.decision import (NONE, RETRAIN, SUPPRESSED, Checks, MonitorConfig, decide, load_history,
+                             performance_alarm, save_history, upsert)
+from hfcast.storage import Lake
+
+CFG = MonitorConfig(drift_share=0.3, consecutive=2, cooldown_dates=5, perf_consecutive=2, min_labels=10)
+DATES = [d.date().isoformat() for d in pd.bdate_range("2024-01-02", periods=30)]
+
+
+def _run(shares, cfg=CFG, version="1", perf=None, running_on=()):
+    """Feed a sequence of drift shares through decide(); returns the records."""
+    history: list[dict] = []
+    for i, s in enumerate(shares):
+        c = Checks(date=DATES[i], version=version, drift_share=s, drifted_features=["rv_5m"] if s >= cfg.drift_share else [],
+                   perf_degraded=None if perf is None else perf[i], perf_reasons=["vol QLIKE up"] if perf and perf[i] else [])
+        running = {"run_id": "r1", "started_at": "x"} if i in running_on else None
+        history.append(decide(history, c, cfg, running))
+    return history
+
+
+def test_stationary_never_retrains():
+    recs = _run([0.1, 0.29, 0.0, 0.25] * 6)
+    assert all(r["action"] == NONE for r in recs)
+
+
+def test_isolated_drift_days_do_not_trigger():
+    recs = _run([0.1, 0.5, 0.1, 0.6, 0.0, 0.9, 0.1])  # never two in a row
+    assert [r["action"] for r in recs] == [NONE] * 7
+    assert recs[1]["drift_alarm"] and recs[1]["drift_streak"] == 1
+    assert "1/2 consecutive" in recs[1]["explanation"]
+
+
+def test_shift_triggers_once_within_k_then_cooldown_then_again():
+    shares = [0.1] * 5 + [0.7] * 20  # shift on index 5, drift every later date
+    recs = _run(shares)
+    actions = [r["action"] for r in recs]
+    first = actions.index(RETRAIN)
+    assert first == 5 + CFG.consecutive - 1  # detected within K dates of the shift
+    assert recs[first]["drifted_dates"] == DATES[5:7]
+    # exactly one retraining within the cooldown although every later date drifts
+    window = actions[first:first + CFG.cooldown_dates]
+    assert window.count(RETRAIN) == 1 and set(window[1:]) == {SUPPRESSED}
+    assert "cooldown" in recs[first + 1]["explanation"]
+    # after the cooldown a persisting drift may retrain again (the gate may have rejected the first)
+    assert actions[first + CFG.cooldown_dates] == RETRAIN
+
+
+def test_running_retraining_suppresses_even_after_cooldown():
+    shares = [0.7] * 12
+    recs = _run(shares, running_on=set(range(6, 12)))
+    actions = [r["action"] for r in recs]
+    assert actions.count(RETRAIN) == 1 and actions[1] == RETRAIN
+    assert all(a == SUPPRESSED for a in actions[6:])
+    assert "still running" in recs[7]["explanation"]
+
+
+def test_performance_alarm_needs_its_own_streak():
+    perf = [False, True, False, True, True, False]
+    recs = _run([0.0] * 6, perf=perf)
+    assert [r["action"] for r in recs] == [NONE, NONE, NONE, NONE, RETRAIN, NONE]
+    assert "performance degraded on 2" in recs[4]["explanation"]
+
+
+def test_streaks_reset_for_a_new_model_version():
+    history = _run([0.7], version="1")  # one drift alarm under v1
+    c = Checks(date=DATES[1], version="2", drift_share=0.7)
+    rec = decide(history, c, CFG)
+    assert rec["action"] == NONE and rec["drift_streak"] == 1
+
+
+def test_rerun_of_a_retrain_date_does_not_retrain_twice():
+    recs = _run([0.7, 0.7])
+    assert recs[1]["action"] == RETRAIN
+    again = decide(recs, Checks(date=DATES[1], version="1", drift_share=0.7), CFG)
+    assert again["action"] == SUPPRESSED
+
+
+def test_backfilled_earlier_date_respects_cooldown_both_ways():
+    recs = _run([0.1] * 8 + [0.7, 0.7])  # retrain on DATES[9]
+    assert recs[-1]["action"] == RETRAIN
+    early = decide(recs, Checks(date=DATES[7], version="1", drift_share=0.9), CFG)
+    # DATES[6] had no alarm, so the backfilled DATES[7] streak is 1 -> none; with K=1 the cooldown bites
+    assert early["action"] == NONE
+    k1 = MonitorConfig(consecutive=1, cooldown_dates=5)
+    assert decide(recs, Checks(date=DATES[7], version="1", drift_share=0.9), k1)["action"] == SUPPRESSED
+
+
+def test_performance_alarm_thresholds():
+    ref = {"vol_qlike": 0.2, "ret_ic": 0.05}
+    assert performance_alarm({"vol_qlike": 0.29, "ret_ic": 0.0, "n_labels": 50}, ref, CFG) == (False, [])
+    bad, why = performance_alarm({"vol_qlike": 0.31, "ret_ic": 0.0, "n_labels": 50}, ref, CFG)
+    assert bad and "QLIKE" in why[0]
+    bad, why = performance_alarm({"vol_qlike": 0.2, "ret_ic": -0.11, "n_labels": 50}, ref, CFG)
+    assert bad and "IC" in why[0]
+    assert performance_alarm({"vol_qlike": 9.0, "ret_ic": 0.0, "n_labels": 5}, ref, CFG) == (None, [])  # immature
+    assert performance_alarm({"vol_qlike": 9.0, "n_labels": 50}, None, CFG) == (None, [])  # no reference
+
+
+def test_config_from_params_rejects_typos_and_bad_values():
+    assert MonitorConfig.from_params({"consecutive": 3}).consecutive == 3
+    with pytest.raises(ValueError, match="unknown monitor parameter"):
+        MonitorConfig.from_params({"consecutve": 3})
+    with pytest.raises(ValueError, match="cooldown_dates"):
+        MonitorConfig(cooldown_dates=0)
+    with pytest.raises(ValueError, match="share of features"):
+        MonitorConfig(drift_share=1.5)
+
+
+def test_params_yaml_monitor_section_is_valid():
+    import yaml
+    from pathlib import Path
+
+    params = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())
+    cfg = MonitorConfig.from_params(params.get("monitor"))
+    assert cfg.consecutive >= 1 and 0 < cfg.drift_share <= 1
+
+
+def test_history_roundtrip_and_upsert(tmp_path):
+    lake = Lake(tmp_path.as_uri())
+    assert load_history(lake, "hfcast") == []
+    recs = _run([0.7, 0.7, 0.1])
+    save_history(lake, "hfcast", recs)
+    back = load_history(lake, "hfcast")
+    assert [r["action"] for r in back] == [r["action"] for r in recs]
+    changed = {**back[1], "trigger": {"status": "done"}}
+    back = upsert(back, changed)
+    assert len(back) == 3 and back[-1]["trigger"] == {"status": "done"}
+    assert (tmp_path / "monitoring" / "hfcast" / "decisions.jsonl").read_text().count("\n") == 3
+
+
+# --- retraining state and triggers (hfcast.trigger) without a registry or a KFP server ----------
+
+def _settings(tmp_path):
+    from hfcast.config import get_settings
+
+    return get_settings(env={"HFCAST_HOME": str(tmp_path / "home"), "HFCAST_LAKE": (tmp_path / "lake").as_uri()},
+                        cwd=tmp_path)
+
+
+def test_local_trigger_records_failure_and_never_raises(tmp_path):
+    from hfcast import trigger as T
+
+    s = _settings(tmp_path)
+    lake = Lake.from_settings(s)
+
+    def broken(reason, dates):
+        assert T.read_state(lake, "hfcast")["status"] == T.RUNNING  # marked running while it runs
+        raise RuntimeError("boom")
+
+    out = T.trigger_local(s, lake, "hfcast", "drift", ["2024-01-02"], broken)
+    assert out["status"] == T.FAILED and "boom" in out["error"] and "champion unchanged" in out["note"]
+    assert T.read_state(lake, "hfcast")["status"] == T.FAILED
+    assert T.running_state(lake, "hfcast", 24.0) is None
+    ok = T.trigger_local(s, lake, "hfcast", "drift", [], lambda r, d: {"status": "done", "new_version": 3, "promoted": False})
+    assert ok["status"] == T.DONE and "v3 not promoted" in ok["note"]
+
+
+def test_kubeflow_trigger_state_and_stale_timeout(tmp_path):
+    from hfcast import trigger as T
+
+    lake = Lake(tmp_path.as_uri())
+
+    class Client:
+        state = "RUNNING"
+
+        def __init__(self):
+            self.calls = []
+
+        def create_run_from_pipeline_package(self, package, arguments=None, run_name=None, experiment_name=None):
+            self.calls.append((package, arguments))
+            return type("R", (), {"run_id": "abc"})()
+
+        def get_run(self, run_id):
+            return type("Run", (), {"state": self.state})()
+
+    c = Client()
+    out = T.trigger_kubeflow(lake, "hfcast", "why", ["2024-01-02", "2024-01-03"], None, "p.yaml", client=c)
+    assert out["run_id"] == "abc" and c.calls == [("p.yaml", {"reason": "why", "drifted_dates": "2024-01-02,2024-01-03"})]
+    assert T.running_state(lake, "hfcast", 24.0, c)["run_id"] == "abc"
+    assert T.running_state(lake, "hfcast", 0.0) is None  # older than the timeout: considered lost
+    assert T.read_state(lake, "hfcast")["status"] == T.FAILED
+    T.trigger_kubeflow(lake, "hfcast", "why", [], None, "p.yaml", client=c)
+    c.state = "SUCCEEDED"
+    assert T.running_state(lake, "hfcast", 24.0, c) is None and T.read_state(lake, "hfcast")["status"] == T.DONE
