@@ -5,8 +5,8 @@ What is measured (one run, written to bench/results/monitor.json):
 * ``one_date``: ``hfcast.drift.run_monitor`` for one date of 100 and of 1000 symbols (Evidently
   feature + prediction drift with HTML/JSON reports, live performance, decision; no MLflow
   logging, trigger none): wall time and the process's peak RSS inside the call. The reference is
-  built from 2 training dates with a tiny untrained TCN (the monitor's cost does not depend on
-  how good the model is).
+  built from 2 training dates with a tiny TCN trained for 2 short epochs (the monitor's cost does
+  not depend on how good the model is).
 * ``detection``: for volatility shifts of several sizes (with spreads x 1.5 for the larger ones,
   as in params.yaml synth), monitor every date after a 10-date reference span: the first drift
   alarm and the first retraining decision, in dates after the shift day (0 = on the shift day),
@@ -31,7 +31,7 @@ from hfcast.data.simulator import SimConfig, write_synth  # noqa: E402
 from hfcast.decision import RETRAIN, MonitorConfig  # noqa: E402
 from hfcast.drift import build_reference, run_monitor  # noqa: E402
 from hfcast.features.engine import load_features, read_feature_set, run_featurize  # noqa: E402
-from hfcast.features.windows import Scaler, build_windows  # noqa: E402
+from hfcast.features.windows import build_windows  # noqa: E402
 from hfcast.predict import run_predict  # noqa: E402
 from hfcast.storage import Lake  # noqa: E402
 
@@ -40,10 +40,7 @@ PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 def _setup(root: Path, sim: SimConfig, n_ref: int, predict_from: int):
     """Simulated + featurized lake, tiny forecaster 'hfcast/1', its reference and prediction CSVs."""
-    import torch
-
-    from hfcast.models import build_model
-    from hfcast.models.base import Forecaster
+    from hfcast.train import TrainConfig, train_forecaster
 
     settings = get_settings(env={"HFCAST_HOME": str(root / ".hfcast"), "HFCAST_LAKE": (root / "lake").as_uri(),
                                  "HFCAST_PARAMS": str(PARAMS)}, cwd=root)
@@ -52,11 +49,12 @@ def _setup(root: Path, sim: SimConfig, n_ref: int, predict_from: int):
     run_featurize(lake, progress=False)
     dates = lake.dates("features")
     names = read_feature_set(lake)["features"]
-    wa = build_windows(load_features(lake, dates[:1]), names)
-    torch.manual_seed(0)
-    fc = Forecaster(build_model("tcn", len(names), {"channels": 8, "n_levels": 2, "head_hidden": 8}),
-                    Scaler().fit(wa.X, wa.y, feature_names=names), names,
-                    meta={"model_name": "hfcast", "model_version": "1"})
+    wa = build_windows(load_features(lake, dates[:n_ref]), names)
+    cfg = TrainConfig(epochs=2, max_train_windows=6000, max_val_windows=2000, device="cpu", compile="off", seed=0)
+    fc, _ = train_forecaster("tcn", wa.subset_dates(dates[:n_ref - 1]), wa.subset_dates(dates[n_ref - 1:n_ref]),
+                             {"channels": 8, "n_levels": 2, "head_hidden": 8}, cfg, progress=False)
+    fc.meta.update(model_name="hfcast", model_version="1")
+    del wa
     fc.save(str(root / "bundle"))
     cfg = MonitorConfig.from_params(settings.param("monitor", {}))
     build_reference(settings, fc, dates[:n_ref], n_rows=cfg.reference_sample_rows, seed=cfg.seed,

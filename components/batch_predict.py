@@ -1,6 +1,6 @@
 """Batch inference for one date: one CSV (+ manifest) under <out>/predictions/<model>/<version>/."""
 
-from kfp.dsl import Dataset, Output
+from kfp.dsl import Artifact, Dataset, Input, Output
 
 from components._image import hfcast_component
 
@@ -8,7 +8,7 @@ from components._image import hfcast_component
 @hfcast_component
 def batch_predict(
     date: str,
-    model_ref: str,
+    plan: Input[Artifact],
     predictions: Output[Dataset],
     home: str = "",
     lake_url: str = "",
@@ -19,8 +19,8 @@ def batch_predict(
     runner: str = "auto",
     force: bool = False,
 ) -> str:
-    """Predict ``date`` with ``model_ref`` (``hfcast.predict.run_predict``); resumable: a complete
-    CSV for the same model and inputs is skipped unless ``force``.
+    """Predict ``date`` with the model version pinned in ``plan`` (``hfcast.predict.run_predict``);
+    resumable: a complete CSV for the same model and inputs is skipped unless ``force``.
 
     Args:
         out_url: output root (file:// or s3://); '' = the lake.
@@ -37,7 +37,7 @@ def batch_predict(
 
     logging.basicConfig(level=logging.INFO)
     s = make_settings(home, lake_url, mlflow_uri, "", s3_endpoint)
-    summary = run_predict(s, [date], model_ref=model_ref, mode=mode, out=out_url or None, force=force,
+    summary = run_predict(s, [date], model_ref=plan.metadata["model_ref"], mode=mode, out=out_url or None, force=force,
                           runner=runner, progress=False)
     if summary.failed:
         raise RuntimeError(f"prediction for {date} failed: {summary.failed[0].reason}")

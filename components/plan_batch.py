@@ -1,7 +1,8 @@
 """Expand a date specification and pin the model version once for a whole batch run."""
 
-from typing import List, NamedTuple
+from typing import List
 
+from kfp.dsl import Artifact, Output
 
 from components._image import hfcast_component
 
@@ -9,17 +10,18 @@ from components._image import hfcast_component
 @hfcast_component
 def plan_batch(
     dates: str,
+    plan: Output[Artifact],
     model_ref: str = "hfcast@champion",
     home: str = "",
     lake_url: str = "",
     mlflow_uri: str = "",
     s3_endpoint: str = "",
-) -> NamedTuple("Plan", [("dates", List[str]), ("model_ref", str)]):
-    """``dates`` ('A..B' = lake dates with features in the range, or 'D1,D2') -> a list for the
-    ParallelFor, and ``model_ref`` (e.g. an alias) resolved to ``NAME/VERSION`` so that every date of
-    the run uses the same model even if the champion moves meanwhile."""
+) -> List[str]:
+    """``dates`` ('A..B' = lake dates with features in the range, or 'D1,D2') -> the list for the
+    ParallelFor; ``model_ref`` (e.g. an alias) resolved to ``NAME/VERSION`` in ``plan``'s metadata,
+    so every date of the run uses the same model even if the champion moves meanwhile. (One plain
+    output: the kfp local runner cannot loop over a NamedTuple field.)"""
     import logging
-    from collections import namedtuple
 
     from components._settings import make_settings
     from hfcast import registry
@@ -33,4 +35,7 @@ def plan_batch(
     if not todo:
         raise ValueError(f"no dates with features in {dates!r} under {lake.url}")
     mv = registry.resolve(s, model_ref)
-    return namedtuple("Plan", ["dates", "model_ref"])(list(todo), f"{mv.name}/{mv.version}")
+    plan.metadata.update({"model_ref": f"{mv.name}/{mv.version}", "requested": model_ref, "dates": list(todo)})
+    with open(plan.path, "w") as fh:
+        fh.write(f"{mv.name}/{mv.version}\n" + "\n".join(todo) + "\n")
+    return list(todo)

@@ -23,7 +23,8 @@ def trigger_training(
     ``kfp_host`` set (or running inside a cluster): ``hfcast.trigger.trigger_kubeflow`` starts a run
     of the compiled training pipeline through the KFP API (Kubeflow has no event trigger); the
     pod's ServiceAccount needs the hfcast-pipeline Role. Otherwise ``hfcast.trigger.trigger_local``
-    runs it here with the kfp local runner (``pipelines.training.run_local``). Both record the
+    runs it on this machine with the kfp local runner (``pipelines.training.run_local`` in a fresh
+    process, ``pipelines.local.retrain_subprocess``). Both record the
     retraining in ``<lake>/monitoring/<model>/retrain.json`` so that no second one starts on top.
 
     Returns:
@@ -48,7 +49,9 @@ def trigger_training(
 
         res = trigger.trigger_kubeflow(lake, model, reason, dates, kfp_host or None, str(COMPILED / "training.yaml"))
     else:
-        res = trigger.trigger_local(s, lake, model, reason, dates, trigger.default_retrain_fn(s))
+        from pipelines.local import retrain_subprocess  # a fresh process: kfp steps cannot build pipelines
+
+        res = trigger.trigger_local(s, lake, model, reason, dates, lambda r, d: retrain_subprocess(s, r, d))
     started.metadata.update({k: v for k, v in res.items() if isinstance(v, (str, int, float, bool))})
     Path(started.path).write_text(json.dumps(res, indent=1, default=str))
     if res.get("status") == "failed":

@@ -44,8 +44,8 @@ def batch_pipeline(
     cfg = dict(home=home, lake_url=lake_url, mlflow_uri=mlflow_uri, s3_endpoint=s3_endpoint)
     plan = plan_batch(dates=dates, model_ref=model_ref, **cfg).set_display_name("Plan dates, pin model version")
     plan.set_caching_options(False)
-    with dsl.ParallelFor(plan.outputs["dates"], parallelism=PARALLELISM, name="dates") as date:
-        task = batch_predict(date=date, model_ref=plan.outputs["model_ref"], out_url=out_url, mode=mode,
+    with dsl.ParallelFor(plan.outputs["Output"], parallelism=PARALLELISM, name="dates") as date:
+        task = batch_predict(date=date, plan=plan.outputs["plan"], out_url=out_url, mode=mode,
                              runner=runner, force=force, **cfg)
         task.set_display_name("Predict one date").set_caching_options(False)
 

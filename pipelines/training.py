@@ -18,6 +18,7 @@ from components.gate_register import gate_register
 from components.materialize_features import materialize_features
 from components.prepare_data import prepare_data
 from components.train_model import train_model
+from pipelines.local import settings_params  # noqa: F401 (re-exported: part of this module's API)
 
 DESCRIPTION = (
     "hfcast training: prepare the data (DVC stages, or simulate/validate/featurize on the lake), load "
@@ -117,13 +118,6 @@ def build(gpu: bool) -> Any:
 
 training_pipeline = build(gpu=True)       # the cluster default: training steps on a GPU node
 training_cpu_pipeline = build(gpu=False)  # CPU-only clusters and the local runner
-
-
-def settings_params(settings: Any) -> dict[str, Any]:
-    """Pipeline parameters that reproduce ``settings`` in every component (credentials excluded)."""
-    return {"home": str(settings.home), "lake_url": settings.lake_url, "mlflow_uri": settings.mlflow_uri,
-            "feast_repo": str(settings.feast_repo), "s3_endpoint": settings.s3_endpoint or "",
-            "params_json": json.dumps(dict(settings.params), default=str)}
 
 
 def _champion_arch(settings: Any) -> str | None:

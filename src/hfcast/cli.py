@@ -562,7 +562,7 @@ def monitor_run(
     c = rec["checks"]
     live = c.get("live") or {}
     console.print(f"{rec['date']} {rec['model']} v{rec['version']}: feature drift share {c['drift_share']:.2f}, "
-                  f"prediction drift share {c['pred_drift_share'] if c['pred_drift_share'] is not None else '-'}, "
+                  f"prediction drift share {'-' if c['pred_drift_share'] is None else format(c['pred_drift_share'], '.2f')}, "
                   f"live QLIKE {live.get('vol_qlike', float('nan')):.4g}, IC {live.get('ret_ic', float('nan')):.3f}")
     colour = {"retrain": "bold yellow", "suppressed": "cyan"}.get(rec["action"], "green")
     console.print(f"[{colour}]{rec['explanation']}[/]")

@@ -116,8 +116,11 @@ def performance_alarm(live: Mapping[str, float] | None, reference: Mapping[str, 
     if _finite(q) and _finite(rq) and q > cfg.perf_qlike_ratio * rq:
         reasons.append(f"vol QLIKE {q:.4g} > {cfg.perf_qlike_ratio:g} x reference {rq:.4g}")
     ic, ric = live.get("ret_ic"), reference.get("ret_ic")
-    if _finite(ic) and _finite(ric) and ic < ric - cfg.perf_ic_drop:
-        reasons.append(f"return IC {ic:.3f} < reference {ric:.3f} - {cfg.perf_ic_drop:g}")
+    # one day's IC is noisy: overlapping 60-minute returns leave about symbols x 6.5 independent
+    # outcomes, so the drop must also exceed two standard errors of a day's IC (1 / sqrt(n_eff))
+    drop = max(cfg.perf_ic_drop, 2.0 / np.sqrt(max(float(live.get("n_eff", live.get("n_labels", 0))) - 3.0, 1.0)))
+    if _finite(ic) and _finite(ric) and ic < ric - drop:
+        reasons.append(f"return IC {ic:.3f} < reference {ric:.3f} - {drop:.3g}")
     compared = (_finite(q) and _finite(rq)) or (_finite(ic) and _finite(ric))
     return (bool(reasons) if compared else None), reasons
 
@@ -194,6 +197,8 @@ def decide(history: Sequence[Mapping[str, Any]], checks: Checks, cfg: MonitorCon
                      f"{len(perf_dates)}/{cfg.perf_consecutive} consecutive date(s)")
     elif checks.perf_degraded is None:
         notes.append("live performance not scored (labels not matured or no reference scores)")
+    else:
+        notes.append("live performance within thresholds")
     action, reasons = NONE, notes
     if wants:
         last = min((r for r in history if r.get("action") == RETRAIN),  # the nearest retraining, either side

@@ -133,8 +133,10 @@ def live_scores(frame: pd.DataFrame) -> dict[str, float]:
 
     vp, rv = frame["rv_10m_pred"].to_numpy(float), frame["rv_10m"].to_numpy(float)
     rp, y = frame["ret_60m_pred"].to_numpy(float), frame["ret_60m"].to_numpy(float)
-    n = int((np.isfinite(vp) & np.isfinite(rv) & np.isfinite(rp) & np.isfinite(y)).sum())
-    return {"vol_qlike": M.qlike(vp**2, rv**2), "ret_ic": M.ic(rp, y), "n_labels": n}
+    ok = np.isfinite(vp) & np.isfinite(rv) & np.isfinite(rp) & np.isfinite(y)
+    n = int(ok.sum())
+    # n_eff: non-overlapping 60-minute outcomes, for the standard error of a day's IC
+    return {"vol_qlike": M.qlike(vp**2, rv**2), "ret_ic": M.ic(rp, y), "n_labels": n, "n_eff": n / 60.0}
 
 
 def evidently_drift(current: pd.DataFrame, reference: pd.DataFrame, columns: Sequence[str], cfg: MonitorConfig,

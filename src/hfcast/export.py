@@ -13,6 +13,7 @@ layers keep FP32, the Triton config) is plain Python and unit-tested on machines
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import logging
@@ -256,7 +257,9 @@ class TorchRunner:
         self._torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.kind = "torch-compiled" if compiled else "torch"
-        net = _net(model).to(self.device)
+        net = _net(model)
+        if next(net.parameters()).device.type != torch.device(self.device).type:
+            net = copy.deepcopy(net).to(self.device)  # never move the caller's Forecaster
         self._net = torch.compile(net, dynamic=True) if compiled else net
 
     def run(self, windows_scaled: np.ndarray) -> np.ndarray:
@@ -425,5 +428,13 @@ def log_export_to_mlflow(report: ExportReport, settings: Any) -> str:
                          "(was it loaded from the registry?)")
     report.logged_to_mlflow = True
     Path(report.out_dir, "export.json").write_text(json.dumps(asdict(report), indent=2, default=str))
-    return registry.log_artifacts_to_version(settings, f"{report.model_name}/{report.model_version}",
-                                             report.out_dir, "export")
+    uri = registry.log_artifacts_to_version(settings, f"{report.model_name}/{report.model_version}",
+                                            report.out_dir, "export")
+    tags = {"export.onnx_exporter": report.onnx["exporter"],
+            "export.onnx_max_rel_err": f"{report.onnx['parity']['max_rel_err']:.3e}",
+            "export.tensorrt": "built" if isinstance(report.tensorrt, dict) else "absent",
+            "export.artifacts": uri}
+    with registry.tracking(settings) as t:
+        for key, value in tags.items():
+            t.client.set_model_version_tag(report.model_name, report.model_version, key, value)
+    return uri

@@ -96,8 +96,10 @@ def test_performance_alarm_thresholds():
     assert performance_alarm({"vol_qlike": 0.29, "ret_ic": 0.0, "n_labels": 50}, ref, CFG) == (False, [])
     bad, why = performance_alarm({"vol_qlike": 0.31, "ret_ic": 0.0, "n_labels": 50}, ref, CFG)
     assert bad and "QLIKE" in why[0]
-    bad, why = performance_alarm({"vol_qlike": 0.2, "ret_ic": -0.11, "n_labels": 50}, ref, CFG)
+    bad, why = performance_alarm({"vol_qlike": 0.2, "ret_ic": -0.11, "n_labels": 50, "n_eff": 6000}, ref, CFG)
     assert bad and "IC" in why[0]
+    # the same drop on a small universe is within a day's noise (2 standard errors > 0.15)
+    assert performance_alarm({"vol_qlike": 0.2, "ret_ic": -0.11, "n_labels": 4000, "n_eff": 70}, ref, CFG) == (False, [])
     assert performance_alarm({"vol_qlike": 9.0, "ret_ic": 0.0, "n_labels": 5}, ref, CFG) == (None, [])  # immature
     assert performance_alarm({"vol_qlike": 9.0, "n_labels": 50}, None, CFG) == (None, [])  # no reference
 

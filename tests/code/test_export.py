@@ -171,6 +171,9 @@ def test_cli_export_logs_artifacts_to_the_same_model_version(tmp_path, monkeypat
     monkeypatch.setenv("HFCAST_HOME", str(tmp_path / ".hfcast"))
     monkeypatch.chdir(tmp_path)
     settings = get_settings()
+    # registry.tracking() restores MLflow's previous global URI, which mlflow exports as
+    # MLFLOW_TRACKING_URI (cwd/mlflow.db): pin it so the CLI's settings see the same store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_uri)
     fc = tiny_forecaster("tcn", N_FEATURES)
     fc.save(str(tmp_path / "bundle"))
     run_id = registry.log_training_run(

@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 from hfcast import storage
 from hfcast.config import get_settings
@@ -18,9 +17,7 @@ from hfcast.data.simulator import SimConfig, write_synth
 from hfcast.decision import RETRAIN, SUPPRESSED, MonitorConfig, load_history
 from hfcast.drift import build_reference, run_monitor
 from hfcast.features.engine import load_features, read_feature_set, run_featurize
-from hfcast.features.windows import Scaler, build_windows
-from hfcast.models import build_model
-from hfcast.models.base import Forecaster
+from hfcast.features.windows import build_windows
 from hfcast.predict import run_predict
 from hfcast.storage import Lake
 
@@ -31,9 +28,21 @@ N_SYM, N_REF, N_STATIONARY, N_SHIFTED = 12, 10, 22, 6
 SHIFT = N_REF + N_STATIONARY  # index of the first shifted date
 
 
+def tiny_forecaster(lake, train_dates, names):
+    """A small TCN trained briefly (it tracks the volatility level, so live QLIKE means something)."""
+    from hfcast.train import TrainConfig, train_forecaster
+
+    wa = build_windows(load_features(lake, train_dates), names)
+    cfg = TrainConfig(epochs=2, max_train_windows=6000, max_val_windows=2000, device="cpu", compile="off", seed=0)
+    fc, _ = train_forecaster("tcn", wa.subset_dates(train_dates[:-2]), wa.subset_dates(train_dates[-2:]),
+                             {"channels": 8, "n_levels": 2, "head_hidden": 8}, cfg, progress=False)
+    fc.meta.update(model_name="hfcast", model_version="1")
+    return fc
+
+
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    """A featurized simulator lake with a 1.8x vol regime shift, a tiny forecaster, its reference and
+    """A featurized simulator lake with a 1.8x vol regime shift, a tiny trained forecaster, its reference and
     its prediction CSVs (name hfcast, version 1)."""
     root = tmp_path_factory.mktemp("monitor")
     settings = get_settings(env={"HFCAST_HOME": str(root / ".hfcast"), "HFCAST_LAKE": (root / "lake").as_uri()}, cwd=root)
@@ -43,11 +52,7 @@ def sim(tmp_path_factory):
     run_featurize(lake, progress=False)
     dates = lake.dates("features")
     names = read_feature_set(lake)["features"]
-    wa = build_windows(load_features(lake, dates[:N_REF]), names)
-    torch.manual_seed(0)
-    net = build_model("tcn", len(names), {"channels": 8, "n_levels": 2, "head_hidden": 8})
-    fc = Forecaster(net, Scaler().fit(wa.X, wa.y, feature_names=names), names,
-                    meta={"model_name": "hfcast", "model_version": "1"})
+    fc = tiny_forecaster(lake, dates[:N_REF], names)
     bundle = root / "bundle"
     fc.save(str(bundle))
     doc = build_reference(settings, fc, dates[:N_REF], n_rows=6000, test_dates=dates[N_REF:N_REF + 3])

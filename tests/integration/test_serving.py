@@ -36,6 +36,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(tmp: Path, env: dict, args: list[str]):
+    """`hfcast serve ARGS` in a subprocess; returns (process, base URL, log file) once ready."""
+    port, grpc = free_port(), free_port()
+    cmd = [sys.executable, "-m", "hfcast.cli", "serve", "--port", str(port), "--grpc-port", str(grpc), *args]
+    log = open(tmp / f"server-{port}.log", "w")
+    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}): {Path(log.name).read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                return proc, base, log
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError("server not ready in 180 s")
+
+
+def stop_server(proc, log) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
@@ -45,25 +75,8 @@ def server(tmp_path_factory):
     newest = windows["event_timestamp"].max()
     limit = (pd.Timestamp.now(tz="UTC") - newest).total_seconds() + 1800  # S000/S001 fresh, S002 stale
     bundle = tiny_bundle(tmp / "bundle", "tcn", F)
-    port, grpc = free_port(), free_port()
-    cmd = [sys.executable, "-m", "hfcast.cli", "serve", "--bundle", str(bundle), "--port", str(port),
-           "--grpc-port", str(grpc), "--max-batch", str(MAX_BATCH), "--max-staleness-s", str(limit)]
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited ({proc.returncode}): {(tmp / 'server.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        proc.terminate()
-        raise RuntimeError("server not ready in 180 s")
+    proc, base, log = start_server(tmp, env, ["--bundle", str(bundle), "--max-batch", str(MAX_BATCH),
+                                              "--max-staleness-s", str(limit)])
     from hfcast.feature_store import OnlineWindows
     from hfcast.models.base import Forecaster
 
@@ -71,12 +84,7 @@ def server(tmp_path_factory):
         yield {"base": base, "fc": Forecaster.load(str(bundle)), "online": OnlineWindows(settings), "proc": proc,
                "settings": settings}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_server(proc, log)
 
 
 def v1(server, body, client=httpx):
@@ -251,3 +259,29 @@ def test_bounded_load_has_zero_errors(server, kind, batch):
           f"({res['rps'] * batch:.0f} rows/s), p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms")
     assert res["errors"] == [] and res["requests"] > 0
     assert server["proc"].poll() is None
+
+
+def test_serves_a_registered_version_from_mlflow(tmp_path):
+    """`hfcast serve --model NAME@ALIAS` loads weights, scaler and calibration from the registry."""
+    from hfcast import registry
+    from hfcast.models.base import Forecaster
+
+    env = {**os.environ, "HFCAST_HOME": str(tmp_path / ".hfcast")}
+    settings = get_settings(env=env, cwd=tmp_path)
+    env["MLFLOW_TRACKING_URI"] = settings.mlflow_uri
+    bundle = tiny_bundle(tmp_path / "bundle", "lstm", F, seed=3)
+    run_id = registry.log_training_run(
+        settings, bundle, arch="lstm", params={}, epoch_metrics=None, fold_metrics=[],
+        aggregate_metrics={"vol_qlike": 0.3}, test_spans=[("2024-01-02", "2024-01-02")], dataset_version=None,
+        feature_names=[f"f{j}" for j in range(F)])
+    version = registry.register(settings, run_id)  # alias: challenger
+    proc, base, log = start_server(tmp_path, env, ["--model", "hfcast@challenger", "--no-feature-store"])
+    try:
+        assert httpx.get(f"{base}/v2/models/hfcast").json()["versions"] == [str(version)]
+        x = windows(3, seed=7)
+        r = httpx.post(f"{base}/v2/models/hfcast/infer", json=v2_window(x), timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["model_version"] == str(version)
+        assert_matches(v2_columns(r), Forecaster.load(str(bundle)).predict(x))
+    finally:
+        stop_server(proc, log)
