@@ -1,6 +1,6 @@
 """Register the best run as the challenger and let the champion/challenger gate decide."""
 
-from kfp.dsl import Metrics, Output
+from kfp.dsl import Dataset, Input, Metrics, Output
 
 from components._image import hfcast_component
 
@@ -8,6 +8,7 @@ from components._image import hfcast_component
 @hfcast_component
 def gate_register(
     run_id: str,
+    features: Input[Dataset],
     decision: Output[Metrics],
     home: str = "",
     mlflow_uri: str = "",
@@ -18,8 +19,9 @@ def gate_register(
 ) -> str:
     """Register ``run_id`` (alias ``challenger``), run the gate, move ``champion`` only if it passes.
 
-    Champion and challenger are compared on the same test spans: the logged scores when both runs
-    cover the same spans, else both re-scored on the challenger's spans (``hfcast.trigger.score_on_spans``).
+    ``features`` names the lake (re-scoring reads it). Champion and challenger are compared on
+    the same test spans: the logged scores when both runs cover the same spans, else both
+    re-scored on the challenger's spans (``hfcast.trigger.score_on_spans``).
 
     Args:
         gate_margin: one margin for every primary metric (< 0: the margins in params.yaml).
@@ -37,7 +39,7 @@ def gate_register(
     from hfcast.gate import GateDecision
 
     logging.basicConfig(level=logging.INFO)
-    s = make_settings(home=home, mlflow_uri=mlflow_uri, s3_endpoint=s3_endpoint, params_json=params_json)
+    s = make_settings(home, features.metadata["lake_url"], mlflow_uri, "", s3_endpoint, params_json)
     version = registry.register(s, run_id)
     if force_reason.strip():
         verdict = GateDecision.force(force_reason)

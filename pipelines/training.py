@@ -100,7 +100,8 @@ def build(gpu: bool) -> Any:
                 train.set_container_image(GPU_IMAGE).set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         best = _tracked(compare_models(results=dsl.Collected(train.outputs["metrics"]), **cfg),
                         "Compare architectures")
-        gate = _tracked(gate_register(run_id=best.outputs["best_run_id"], s3_endpoint=s3_endpoint,
+        gate = _tracked(gate_register(run_id=best.outputs["best_run_id"], features=prep.outputs["features"],
+                                      s3_endpoint=s3_endpoint,
                                       gate_margin=gate_margin, force_reason=force_reason, **cfg),
                         "Gate and register")
         champion = gate.outputs["Output"]  # the promoted version, '' when the gate rejected

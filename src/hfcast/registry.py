@@ -101,6 +101,9 @@ def tracking(settings: Settings) -> Iterator[Tracking]:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = str(settings.param("registry.experiment", settings.model_name))
     prev_t, prev_r = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # mlflow.set_*_uri also writes MLFLOW_*_URI into os.environ: restore the environment exactly,
+    # or a later get_settings() in this process would read the restored default as a setting
+    prev_env = {k: os.environ.get(k) for k in _URI_ENV}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
@@ -108,6 +111,14 @@ def tracking(settings: Settings) -> Iterator[Tracking]:
     finally:
         mlflow.set_tracking_uri(prev_t)
         mlflow.set_registry_uri(prev_r)
+        for key, value in prev_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 def check_bundle(bundle_dir: str | os.PathLike) -> Path:

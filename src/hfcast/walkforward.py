@@ -315,7 +315,7 @@ run = run_walkforward
 
 
 def log_result(settings, result: WalkForwardResult, arch: str, params: Mapping[str, Any],
-               out_dir, plots: Sequence[Any] = ()) -> str:
+               out_dir, plots: Sequence[Any] = (), dataset_version: str | None = None) -> str:
     """Hand one architecture's walk-forward result to the registry (MLflow); returns the run id.
 
     Uses ``hfcast.registry.log_walkforward(settings, result, arch, ...)`` when the registry
@@ -346,5 +346,49 @@ def log_result(settings, result: WalkForwardResult, arch: str, params: Mapping[s
         settings, bundle, arch=arch, params=params, epoch_metrics=epochs, fold_metrics=folds,
         aggregate_metrics={**{k: float(v) for k, v in agg.loc[arch].items()}, **baselines_oracle,
                            "train_windows_per_s": result.throughput.get(arch, float("nan"))},
-        test_spans=result.test_spans(), dataset_version=None, feature_names=result.feature_names,
+        test_spans=result.test_spans(), dataset_version=dataset_version, feature_names=result.feature_names,
         plots=[str(p) for p in plots], baseline_metrics=baselines)
+
+
+def span_evaluator(settings, stride: int | None = None):
+    """``f(model_uri, spans) -> scores`` for :func:`hfcast.gate.run_gate`: re-score any registered
+    version on the given test spans, so a challenger and the champion are compared on the SAME
+    rows even when they were trained (and first scored) on different walk-forward folds.
+
+    The champion may have been trained on dates inside the challenger's test spans; that can only
+    flatter the champion, so the gate stays conservative (a worse model is never promoted).
+
+    Args:
+        settings: where the lake and the registry are.
+        stride: evaluation stride in minutes (default: ``walkforward.eval_stride`` of params.yaml).
+    """
+    import pandas as pd
+
+    from hfcast.evaluate import score
+    from hfcast.features.engine import load_features
+    from hfcast.features.windows import build_windows
+    from hfcast.registry import load_forecaster
+    from hfcast.storage import Lake
+
+    lake = Lake.from_settings(settings)
+    if stride is None:
+        stride = WalkForwardConfig.from_params(settings.param("walkforward", {})).eval_stride
+    cache: dict[tuple, Any] = {}
+
+    def evaluate(model_uri: str, spans: Sequence[Sequence[str]]) -> dict[str, float]:
+        dates = [d for d in lake.dates("features") if any(str(a) <= d <= str(b) for a, b in spans)]
+        if not dates:
+            raise ValueError(f"no features in the lake for the test spans {list(spans)}")
+        key = tuple(dates)
+        if key not in cache:
+            cache.clear()
+            cache[key] = load_features(lake, dates)
+        frame = cache[key]
+        fc = load_forecaster(settings, model_uri)
+        wa = _stride(build_windows(frame, fc.feature_names, stride=1), stride)
+        base = frame.loc[wa.ends, ["symbol", "ts", "ret_60m", "rv_10m"]].reset_index(drop=True)
+        scores = score(pd.concat([base, _predict_windows(fc, wa)], axis=1))
+        log.info("re-scored %s on %d date(s): %s", model_uri, len(dates), _brief(scores))
+        return scores
+
+    return evaluate
