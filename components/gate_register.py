@@ -21,7 +21,7 @@ def gate_register(
 
     ``features`` names the lake (re-scoring reads it). Champion and challenger are compared on
     the same test spans: the logged scores when both runs cover the same spans, else both
-    re-scored on the challenger's spans (``hfcast.trigger.score_on_spans``).
+    re-scored on the challenger's spans (``hfcast.walkforward.span_evaluator``).
 
     Args:
         gate_margin: one margin for every primary metric (< 0: the margins in params.yaml).
@@ -49,10 +49,9 @@ def gate_register(
             verdict = registry.run_gate(s, version, margin=margin)
         except registry.RegistryError as exc:  # the champion was scored on other spans (the lake grew):
             logging.info("%s; re-scoring champion and challenger on the challenger's spans", exc)
-            from hfcast.trigger import score_on_spans
+            from hfcast.walkforward import span_evaluator
 
-            verdict = registry.run_gate(s, version, margin=margin,
-                                        evaluate_on_spans=lambda uri, spans: score_on_spans(s, uri, spans))
+            verdict = registry.run_gate(s, version, margin=margin, evaluate_on_spans=span_evaluator(s))
     promoted = registry.promote(s, version, verdict)
     decision.log_metric("promoted", int(promoted))
     decision.log_metric("version", version)

@@ -57,7 +57,7 @@ class MonitorConfig:
     retrain_timeout_hours: float = 24.0  # a "running" retraining older than this is considered lost
     seed: int = 0
     kubeflow_host: str | None = None     # KFP API URL (None = local trigger)
-    pipeline_package: str = "pipelines/training.yaml"  # compiled training pipeline for Kubeflow
+    pipeline_package: str = "pipelines/compiled/training.yaml"  # compiled training pipeline for Kubeflow
     retrain_arch: str | None = None      # architecture of the default local retrain (None = champion's)
 
     def __post_init__(self) -> None:

@@ -165,31 +165,12 @@ def default_retrain_fn(settings: Any) -> RetrainFn:
     return lambda reason, dates: run_local(settings, reason=reason, drifted_dates=list(dates))
 
 
-def score_on_spans(settings: Any, model_uri: str, spans: Sequence[tuple[str, str]]) -> dict[str, float]:
-    """A registered version's scores on the given test spans (the gate's evaluate_on_spans hook)."""
-    from hfcast.evaluate import score
-    from hfcast.features.engine import load_features
-    from hfcast.features.windows import build_windows
-    from hfcast.registry import load_forecaster
-    from hfcast.storage import Lake
-    from hfcast.walkforward import _predict_windows
-
-    fc = load_forecaster(settings, model_uri.removeprefix("models:/"))
-    lake = Lake.from_settings(settings)
-    dates = [d for d in lake.dates("features") if any(a <= d <= b for a, b in spans)]
-    frame = load_features(lake, dates)
-    wa = build_windows(frame, fc.feature_names)
-    pred = _predict_windows(fc, wa).reset_index(drop=True)
-    labels = frame.loc[wa.ends, ["ts", "ret_60m", "rv_10m"]].reset_index(drop=True)
-    return score(labels.join(pred))
-
-
 def walkforward_retrain(settings: Any, reason: str, drifted_dates: Sequence[str], arch: str | None = None) -> dict[str, Any]:
     """Walk-forward train on every date in the lake, log, register, gate and promote (or not).
 
     The last fold only (``max_folds=1``): its test span is the most recent dates, which the
     current champion never trained on, so champion and challenger are scored fairly on it
-    (:func:`score_on_spans`). When promoted, the new champion's monitoring reference is built
+    (:func:`hfcast.walkforward.span_evaluator`). When promoted, the new champion's monitoring reference is built
     from its training dates.
     """
     import tempfile
@@ -198,7 +179,7 @@ def walkforward_retrain(settings: Any, reason: str, drifted_dates: Sequence[str]
     from hfcast.decision import MonitorConfig
     from hfcast.storage import Lake
     from hfcast.train import TrainConfig
-    from hfcast.walkforward import WalkForwardConfig, log_result, model_configs, run_walkforward
+    from hfcast.walkforward import WalkForwardConfig, log_result, model_configs, run_walkforward, span_evaluator
 
     cfg = MonitorConfig.from_params(settings.param("monitor", {}))
     section = dict(settings.param("walkforward", {}) or {})
@@ -211,7 +192,7 @@ def walkforward_retrain(settings: Any, reason: str, drifted_dates: Sequence[str]
         run_id = log_result(settings, result, arch, {"walkforward": section, "retrain_reason": reason,
                                                      "drifted_dates": ",".join(drifted_dates)}, tmp)
     version = registry.register(settings, run_id)
-    decision = gate.run_gate(settings, version, evaluate_on_spans=lambda uri, spans: score_on_spans(settings, uri, spans))
+    decision = gate.run_gate(settings, version, evaluate_on_spans=span_evaluator(settings))
     promoted = gate.promote(settings, version, decision)
     if promoted:
         from hfcast.drift import build_reference
