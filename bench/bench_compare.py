@@ -5,8 +5,9 @@ relative to HAR-RV and the oracle), return IC (and relative to the oracle's), co
 training throughput on CPU. Goals (DESIGN): best model QLIKE below HAR-RV's vs realized and at
 most half of HAR-RV's vs latent truth; return IC >= half the oracle's.
 
-Run: ``python bench/bench_compare.py [--symbols 100 --days 60 --epochs 4 ...]`` (about 20-40 min
-on 2 shared CPU cores with the defaults: training windows are subsampled, models are small).
+Run: ``python bench/bench_compare.py [--symbols 100 --days 60 --epochs 3 ...]`` (about 20-40 min
+on 2 shared CPU cores with the defaults: training windows are subsampled, models are small). The
+last ``--folds`` x ``--test-days`` days are scored in equal test spans (expanding training).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import PeakMemory, write_result  # noqa: E402
 
-SMALL = {"transformer": {"d_model": 32, "n_layers": 2}, "lstm": {"hidden": 32, "n_layers": 1},
+SMALL = {"transformer": {"d_model": 32, "n_layers": 1}, "lstm": {"hidden": 32, "n_layers": 1},
          "tcn": {"channels": 32}, "hybrid": {"channels": 32}}
 
 
@@ -31,12 +32,13 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=100)
     ap.add_argument("--days", type=int, default=60)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--max-train-windows", type=int, default=60_000)
-    ap.add_argument("--max-val-windows", type=int, default=30_000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--max-train-windows", type=int, default=25_000)
+    ap.add_argument("--max-val-windows", type=int, default=20_000)
     ap.add_argument("--train-stride", type=int, default=5)
     ap.add_argument("--eval-stride", type=int, default=5)
-    ap.add_argument("--max-folds", type=int, default=2)
+    ap.add_argument("--folds", type=int, default=2)
+    ap.add_argument("--test-days", type=int, default=16)
     ap.add_argument("--archs", default="transformer,lstm,tcn,hybrid")
     ap.add_argument("--lake", default=None, help="reuse a lake folder (synth + featurize only if empty)")
     args = ap.parse_args()
@@ -57,9 +59,13 @@ def main() -> None:
         run_featurize(lake, progress=False)
     data_s = time.perf_counter() - t0
     archs = [a for a in args.archs.split(",") if a]
-    wf = WalkForwardConfig(mode="expanding", train_days=20, val_days=5, test_days=10, step_days=10,
-                           embargo_days=1, max_folds=args.max_folds, eval_stride=args.eval_stride,
-                           train_stride=args.train_stride)
+    dates = lake.dates("features")
+    first_test = len(dates) - args.folds * args.test_days
+    if first_test < 20 + 5 + 2:
+        raise SystemExit(f"{len(dates)} days leave {first_test} before the first test day; need >= 27")
+    wf = WalkForwardConfig(mode="expanding", train_days=20, val_days=5, test_days=args.test_days,
+                           step_days=args.test_days, embargo_days=1, first_test_date=dates[first_test],
+                           eval_stride=args.eval_stride, train_stride=args.train_stride)
     tc = TrainConfig(epochs=args.epochs, max_train_windows=args.max_train_windows,
                      max_val_windows=args.max_val_windows, device="cpu", seed=0)
     with PeakMemory() as mem:
@@ -82,8 +88,17 @@ def main() -> None:
             "ret_ic_over_oracle": s["ret_ic"] / ora["ret_ic"], "ret_hit": s["ret_hit"],
             "ret_coverage": s["ret_coverage"], "rv_coverage": s["rv_coverage"],
             "ret_ece": s["ret_ece"], "rv_ece": s["rv_ece"],
+            "ret_err_low_conf": s.get("ret_err_low_conf"), "ret_err_high_conf": s.get("ret_err_high_conf"),
+            "ret_miss_low_conf": s.get("ret_miss_low_conf"), "ret_miss_high_conf": s.get("ret_miss_high_conf"),
+            "rv_err_low_conf": s.get("rv_err_low_conf"), "rv_err_high_conf": s.get("rv_err_high_conf"),
             "train_windows_per_s_cpu": res.throughput.get(model),
         }
+        pf = res.per_fold[res.per_fold["model"] == model]
+        rows[model]["per_fold"] = pf[["fold", "ret_coverage", "rv_coverage", "ret_ece", "rv_ece", "ret_ic",
+                                      "vol_qlike", "vol_qlike_truth"]].to_dict(orient="records")
+        fc = res.forecasters.get(model)
+        if fc is not None and fc.calibrator is not None:
+            rows[model]["ret_conf_map_last_fold"] = fc.calibrator.ret_conf.to_dict()
     models = [a for a in archs if a in rows]
     goals = {}
     if models:

@@ -157,11 +157,13 @@ def run_demo(cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
             for d in mon_dates:
                 run_local("monitoring", date=d, **{k: v for k, v in common.items() if k != "params_json"})
                 rec = {r["date"]: r for r in load_history(lake, "hfcast")}.get(d, {})
-                console.print(f"{d}: drift share {rec.get('drift_share', float('nan')):.2f} -> {rec.get('action')} "
+                share = (rec.get("checks") or {}).get("drift_share", float("nan"))
+                console.print(f"{d}: drift share {share:.2f} -> {rec.get('action')} "
                               f"{'(regime shifted)' if days.index(d) >= cfg.shift_day else ''}")
             history = [r for r in load_history(lake, "hfcast") if r["date"] in mon_dates]
-            summary["monitoring"] = [{k: r.get(k) for k in ("date", "drift_share", "drift_alarm", "action")}
-                                     for r in history]
+            summary["monitoring"] = [{"date": r["date"], "drift_share": (r.get("checks") or {}).get("drift_share"),
+                                      "drift_alarm": r.get("drift_alarm"), "action": r.get("action"),
+                                      "explanation": r.get("explanation")} for r in history]
             summary["retrainings"] = [r["date"] for r in history if r.get("action") == "retrain"]
             summary["champion_after"] = str(registry.resolve(settings, "hfcast@champion").version)
             summary["versions"] = [{k: v.get(k) for k in ("version", "aliases", "arch")}

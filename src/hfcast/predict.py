@@ -327,8 +327,10 @@ def choose_runner(bundle_dir: str, runner: str) -> tuple[str, str | None]:
         from hfcast.models.base import Forecaster
 
         onnx_path = str(Path(bundle_dir) / "model.onnx")
-        if not Path(onnx_path).exists():
-            export_onnx(Forecaster.load(bundle_dir), onnx_path)
+        if not Path(onnx_path).exists():  # once per bundle (cached versions keep it)
+            tmp = Path(bundle_dir) / f".model.onnx.tmp-{os.getpid()}"
+            export_onnx(Forecaster.load(bundle_dir), tmp)
+            os.replace(tmp, onnx_path)
     return runner, onnx_path
 
 

@@ -373,24 +373,35 @@ def run_scores(settings: Settings, run_id: str) -> dict[str, Any]:
             return json.loads(Path(p).read_text())
 
 
-def download_bundle(settings: Settings, ref: str | int, dst: str | os.PathLike | None = None) -> Path:
-    """Download the bundle folder of a model version; ``dst`` is replaced if it exists.
+def download_bundle(settings: Settings, ref: str | int, dst: str | os.PathLike | None = None,
+                    refresh: bool = False) -> Path:
+    """Download the bundle folder of a model version.
 
-    Default ``dst``: ``<home>/bundles/<name>-v<version>`` (a stable place a server can reload).
+    Default ``dst``: ``<home>/bundles/<name>-v<version>``, a cache: a model version is immutable,
+    so a complete folder already there is reused (``refresh`` forces a new download). The folder
+    is published by one rename, so concurrent callers (parallel batch tasks) never see half of it.
+    An explicit ``dst`` is replaced.
     """
     import mlflow
 
     mv = resolve(settings, ref)
+    cached = dst is None
     dst = Path(dst) if dst is not None else settings.home / "bundles" / f"{mv.name}-v{mv.version}"
+    if cached and not refresh and (dst / "model.json").is_file():
+        return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=dst.parent))
     try:
         got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
                                                        tracking_uri=tracking_uri(settings)))
         check_bundle(got)
-        if dst.exists():
+        if dst.exists() and (not cached or refresh):
             shutil.rmtree(dst)
-        got.rename(dst)
+        try:
+            got.rename(dst)
+        except OSError:
+            if not (cached and (dst / "model.json").is_file()):  # lost a race to an identical copy: fine
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst

@@ -1,4 +1,5 @@
-"""Calibrator: coverage and ECE on held-out heteroscedastic data, monotone maps, JSON round trip."""
+"""Calibrator: coverage and ECE on held-out heteroscedastic data, a low-variance return
+confidence (one shrunk probit slope, cluster-robust), monotone maps, JSON round trip."""
 
 import json
 
@@ -6,16 +7,16 @@ import numpy as np
 import pytest
 
 from hfcast import metrics as M
-from hfcast.calibration import PRED_COLUMNS, Calibrator, IsotonicMap, pava
+from hfcast.calibration import PRED_COLUMNS, Calibrator, IsotonicMap, SignProbit, pava
 from hfcast.evaluate import ret_correct, rv_correct
 
 
-def _synth(n, seed):
+def _synth(n, seed, signal=True):
     """Return with a weak signal and heteroscedastic noise; log-normal rv around a forecast."""
     rng = np.random.default_rng(seed)
     sig = np.exp(rng.normal(0, 0.5, n))          # true return noise scale, varies 5x
     mu = rng.normal(0, 0.3, n) * sig             # predicted mean
-    y = mu + sig * rng.standard_normal(n)
+    y = (mu if signal else 0.0) + sig * rng.standard_normal(n)
     lrv_sigma = np.exp(rng.normal(-1.2, 0.5, n))
     rv_hat = np.exp(rng.normal(-6, 0.3, n))
     rv = rv_hat * np.exp(lrv_sigma * rng.standard_normal(n))
@@ -34,9 +35,64 @@ def test_heldout_coverage_and_ece():
     assert M.coverage(out["rv_10m_lo"], out["rv_10m_hi"], trv) == pytest.approx(0.8, abs=0.015)
     assert M.ece(out["ret_60m_conf"], ret_correct(out["ret_60m_pred"], ty)) < 0.02
     assert M.ece(out["rv_10m_conf"], rv_correct(out["rv_10m_pred"], trv)) < 0.02
+    # the true P(sign right) is Phi(|mu| / sig) = Phi(0.5 |mu| / ret_sigma): the calibrator must
+    # pick the signal-to-noise score (|mu| alone ignores the 5x heteroscedasticity), slope ~0.5
+    assert cal.ret_conf.score == "z"
+    assert cal.ret_conf.a == pytest.approx(0.5, rel=0.15)
     # confidences carry information: the top decile is right more often than the bottom one
     dec = M.error_by_decile(out["rv_10m_conf"], np.abs(trv / out["rv_10m_pred"] - 1))
     assert dec["abs_err"].iloc[-1] < 0.6 * dec["abs_err"].iloc[0]
+    miss = M.error_by_decile(out["ret_60m_conf"], 1 - ret_correct(out["ret_60m_pred"], ty))
+    assert miss["abs_err"].iloc[-1] < 0.6 * miss["abs_err"].iloc[0]
+
+
+def test_uninformative_forecast_gets_coin_flip_confidence():
+    """When |mu| says nothing about the sign, the confidence must stay near 0.5 everywhere
+    (a free isotonic map would invent steps from noise)."""
+    pred, y, rv = _synth(5000, 5, signal=False)
+    out = Calibrator().fit(pred, y, rv).apply(_synth(5000, 6, signal=False)[0])
+    assert out["ret_60m_conf"].min() >= 0.5
+    assert out["ret_60m_conf"].max() < 0.56
+
+
+def test_biased_forecast_is_centered_by_its_own_validation_median():
+    """A net that learned the training span's market drift as an intercept calls every sign the
+    same way; the calibrator subtracts the median of its validation forecasts (no labels used)."""
+    pred, y, rv = _synth(20000, 8)
+    bias = 3.0 * np.std(pred["ret_mu"])
+    biased = {**pred, "ret_mu": pred["ret_mu"] + bias}
+    cal = Calibrator().fit(biased, y, rv)
+    assert cal.ret_offset == pytest.approx(bias, abs=0.05 * bias)
+    tp, ty, _ = _synth(20000, 9)
+    out = cal.apply({**tp, "ret_mu": tp["ret_mu"] + bias})
+    assert M.hit_rate(out["ret_60m_pred"], ty) > 0.55  # 0.5 when every call is "up"
+    assert M.ece(out["ret_60m_conf"], ret_correct(out["ret_60m_pred"], ty)) < 0.02
+    raw = Calibrator(center_ret=False).fit(biased, y, rv)
+    assert raw.ret_offset == 0.0 and Calibrator.from_dict(raw.to_dict()).ret_offset == 0.0
+
+
+def test_clustered_hits_shrink_the_slope():
+    """Rows that share one outcome (a market-wide minute) are one observation, not hundreds: the
+    cluster-robust standard error is much larger and the slope is shrunk toward 0."""
+    rng = np.random.default_rng(7)
+    n_clusters, size = 24, 400
+    clusters = np.repeat(np.arange(n_clusters), size)
+    factor = rng.standard_normal(n_clusters)[clusters]            # shared market move
+    level = np.exp(rng.normal(0, 0.7, n_clusters))[clusters]      # how bold the minute's calls are
+    mu = level * np.sign(rng.standard_normal(n_clusters))[clusters] * np.exp(rng.normal(0, 0.1, clusters.size))
+    y = factor + 0.05 * rng.standard_normal(clusters.size)
+    hit = ret_correct(mu, y)
+    s = np.abs(mu)
+    naive = SignProbit.fit(s, hit, np.arange(s.size), score="abs_mu")
+    robust = SignProbit.fit(s, hit, clusters, score="abs_mu")
+    assert naive.a_ml == pytest.approx(robust.a_ml)                # same point estimate
+    assert robust.se > 5 * naive.se
+    assert robust.a <= robust.a_ml and robust.n_clusters == n_clusters
+    # the Calibrator passes groups through
+    pred = {"ret_mu": mu, "ret_sigma": np.ones_like(mu), "rv_hat": np.ones_like(mu), "lrv_sigma": np.full_like(mu, 0.3)}
+    rv = np.exp(0.3 * rng.standard_normal(mu.size))
+    cal = Calibrator().fit(pred, y, rv, groups=clusters)
+    assert cal.ret_conf.n_clusters == n_clusters
 
 
 def test_maps_are_monotone_and_probabilities():
@@ -46,7 +102,8 @@ def test_maps_are_monotone_and_probabilities():
     rc = cal.ret_conf(z)
     vc = cal.vol_conf(z)
     assert np.all(np.diff(rc) >= -1e-12) and np.all(np.diff(vc) <= 1e-12)
-    assert rc.min() >= 0 and rc.max() <= 1 and vc.min() >= 0 and vc.max() <= 1
+    assert rc[0] == pytest.approx(0.5) and rc.max() <= 1  # no call (|mu| = 0) is a coin flip
+    assert vc.min() >= 0 and vc.max() <= 1
 
 
 def test_pava_hand_example_and_ties():
@@ -60,6 +117,7 @@ def test_json_round_trip_identical_outputs():
     pred, y, rv = _synth(3000, 3)
     cal = Calibrator().fit(pred, y, rv)
     back = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back.ret_conf == cal.ret_conf
     a, b = cal.apply(pred), back.apply(pred)
     for k in PRED_COLUMNS:
         np.testing.assert_array_equal(a[k], b[k])
@@ -75,6 +133,10 @@ def test_errors_named():
         Calibrator().fit(pred, np.full(100, np.nan), rv)
     with pytest.raises(ValueError, match="missing key"):
         Calibrator.from_dict({"level": 0.8})
+    with pytest.raises(ValueError, match="unknown return-confidence score"):
+        Calibrator().fit(pred, y, rv, ret_scores=("sharpe",))
+    with pytest.raises(ValueError, match="groups has 3 entries"):
+        Calibrator().fit(pred, y, rv, groups=np.arange(3))
 
 
 def test_pred_columns_match_model_base():

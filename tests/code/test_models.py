@@ -118,14 +118,17 @@ def test_gaussian_fallback_matches_the_formulas():
     nat = fc.natural(raw)
     np.testing.assert_allclose(nat["ret_mu"], [0.0, 0.002])
     np.testing.assert_allclose(nat["ret_sigma"], [0.002, 0.004])
-    np.testing.assert_allclose(nat["rv_hat"], [1e-3, 1e-3 * math.e])  # exp(log 1e-3 + 2 * 0.5)
+    # sqrt(E[rv^2]) = exp(m + s^2): m = log 1e-3 + {0, 2 * 0.5}, s = {0.5, 0.25}
+    np.testing.assert_allclose(nat["rv_hat"], [1e-3 * math.exp(0.25), 1e-3 * math.e * math.exp(0.0625)])
     np.testing.assert_allclose(nat["lrv_sigma"], [0.5, 0.25], rtol=1e-6)
     out = fc.postprocess(raw)
     np.testing.assert_allclose(out["ret_60m_conf"], [0.5, ndtr(0.5)])
     np.testing.assert_allclose(out["ret_60m_hi"] - out["ret_60m_lo"], 2 * 1.2815516 * nat["ret_sigma"], rtol=1e-6)
     ls = nat["lrv_sigma"]
     np.testing.assert_allclose(out["rv_10m_conf"], ndtr(math.log(1.25) / ls) - ndtr(math.log(0.75) / ls))
-    np.testing.assert_allclose(out["rv_10m_lo"], nat["rv_hat"] * np.exp(-1.2815516 * ls), rtol=1e-6)
+    # the interval is centred on the log median m = log rv_hat - s^2
+    np.testing.assert_allclose(out["rv_10m_lo"], nat["rv_hat"] * np.exp(-ls**2 - 1.2815516 * ls), rtol=1e-6)
+    np.testing.assert_allclose(out["rv_10m_hi"], nat["rv_hat"] * np.exp(-ls**2 + 1.2815516 * ls), rtol=1e-6)
     assert set(out) == set(PRED_COLUMNS) and gaussian_outputs(nat)["rv_10m_pred"][1] == nat["rv_hat"][1]
 
 
