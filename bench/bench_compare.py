@@ -54,7 +54,8 @@ def main() -> None:
     lake_dir = Path(args.lake or tempfile.mkdtemp(prefix="hfcast-bench-"))
     lake = Lake(str(lake_dir))
     t0 = time.perf_counter()
-    if not lake.dates("features"):
+    reused = bool(lake.dates("features"))
+    if not reused:
         write_synth(SimConfig(n_symbols=args.symbols, n_days=args.days, seed=args.seed), lake, progress=False)
         run_featurize(lake, progress=False)
     data_s = time.perf_counter() - t0
@@ -119,7 +120,7 @@ def main() -> None:
         "folds": [{"index": f.index, "train": [f.train[0], f.train[-1]], "val": [f.val[0], f.val[-1]],
                    "test": [f.test[0], f.test[-1]]} for f in res.folds],
         "n_test_rows_per_model": int(agg["n"].iloc[0]),
-        "models": rows, "goals": goals, "seconds": {"data": data_s, "walkforward": wf_s},
+        "models": rows, "goals": goals, "seconds": {"data": data_s, "walkforward": wf_s}, "lake_reused": reused,
         "peak_rss_mb": mem.peak_mb, "report": str(paths["report"]),
     })
 

@@ -329,6 +329,10 @@ class Calibrator:
     @classmethod
     def from_dict(cls, d: dict) -> "Calibrator":
         """Inverse of :meth:`to_dict`."""
+        rc = d.get("ret_conf")
+        if isinstance(rc, dict) and "kind" not in rc and "x" in rc:
+            raise ValueError("calibration dict holds the old isotonic return-confidence map (ret_conf x/y); "
+                             "re-fit the Calibrator on the model's validation span")
         try:
             return cls(level=float(d["level"]), q_ret=float(d["q_ret"]), q_rv=float(d["q_rv"]),
                        n_fit=int(d.get("n_fit", 0)), ret_offset=float(d.get("ret_offset", 0.0)),

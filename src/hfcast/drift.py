@@ -152,11 +152,13 @@ def evidently_drift(current: pd.DataFrame, reference: pd.DataFrame, columns: Seq
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
-    cols = list(columns)
+    current, reference, cols, constant = _drift_frames(current, reference, columns)
+    if not cols:
+        raise ValueError(f"no column with a range to compare for drift (constant or empty: {constant})")
     preset = DataDriftPreset(columns=cols, drift_share=cfg.drift_share, num_method=cfg.column_method,
                              num_threshold=cfg.column_threshold)
     t0 = time.perf_counter()
-    snap = Report([preset], include_tests=True).run(current[cols], reference[cols])
+    snap = Report([preset], include_tests=True).run(current, reference)
     seconds = time.perf_counter() - t0
     doc = snap.dict()
     share = next(m["value"]["share"] for m in doc["metrics"] if m["metric_name"].startswith("DriftedColumnsCount"))
@@ -173,7 +175,30 @@ def evidently_drift(current: pd.DataFrame, reference: pd.DataFrame, columns: Seq
     drifted.sort(key=lambda c: -scores.get(c, 0.0))
     return {"share": float(share), "drifted": drifted, "n_columns": len(cols), "scores": scores,
             "method": cfg.column_method, "threshold": cfg.column_threshold, "seconds": round(seconds, 2),
+            "constant_columns": constant,
             "rows": {"current": len(current), "reference": len(reference)}}
+
+
+def _drift_frames(current: pd.DataFrame, reference: pd.DataFrame, columns: Sequence[str]):
+    """Finite values only, and only columns with a range: a column that is constant in both frames
+    cannot drift, and Evidently cannot bin it (it fails on a zero data range)."""
+    cur = current[list(columns)].replace([np.inf, -np.inf], np.nan)
+    ref = reference[list(columns)].replace([np.inf, -np.inf], np.nan)
+    both = pd.concat([cur, ref], ignore_index=True)
+    lo, hi = both.min(), both.max()
+    keep = [c for c in columns if pd.notna(lo[c]) and hi[c] > lo[c]]
+    constant = sorted(set(columns) - set(keep))
+    if constant:
+        log.info("drift: skipping %d constant or empty column(s): %s", len(constant), constant)
+    cur, ref = cur[keep].copy(), ref[keep].copy()
+    for frame in (cur, ref):
+        # a range of a few ulps inside one frame makes numpy's histogram fail ("cannot create
+        # finite-sized bins"): such a column is constant for all purposes, so make it exactly so
+        f_lo, f_hi = frame.min(), frame.max()
+        scale = np.maximum(np.abs(f_lo), np.abs(f_hi)).fillna(0.0) + 1e-300
+        for c in [c for c in keep if pd.notna(f_lo[c]) and (f_hi[c] - f_lo[c]) <= 1e-9 * scale[c]]:
+            frame[c] = frame[c].where(frame[c].isna(), float(frame[c].median()))
+    return cur, ref, keep, constant
 
 
 def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

@@ -100,9 +100,13 @@ def tracking(settings: Settings) -> Iterator[Tracking]:
     uri = tracking_uri(settings)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = str(settings.param("registry.experiment", settings.model_name))
-    prev_t, prev_r = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    # mlflow.set_*_uri also writes MLFLOW_*_URI into os.environ: restore the environment exactly,
-    # or a later get_settings() in this process would read the restored default as a setting
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    # restore MLflow's globals exactly as they were, "unset" included (None): re-setting the
+    # *derived* defaults would pin a stale URI for later clients, and mlflow.set_*_uri also
+    # writes MLFLOW_*_URI into os.environ, which a later get_settings() would read as a setting
+    prev_t, prev_r = tracking_utils._tracking_uri, registry_utils._registry_uri
     prev_env = {k: os.environ.get(k) for k in _URI_ENV}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

@@ -133,6 +133,10 @@ def test_errors_named():
         Calibrator().fit(pred, np.full(100, np.nan), rv)
     with pytest.raises(ValueError, match="missing key"):
         Calibrator.from_dict({"level": 0.8})
+    old = {"level": 0.8, "q_ret": 1.0, "q_rv": 1.0, "ret_conf": {"x": [0.0, 1.0], "y": [0.5, 0.6]},
+           "vol_conf": {"x": [0.0], "y": [0.5]}}
+    with pytest.raises(ValueError, match="old isotonic return-confidence map"):
+        Calibrator.from_dict(old)
     with pytest.raises(ValueError, match="unknown return-confidence score"):
         Calibrator().fit(pred, y, rv, ret_scores=("sharpe",))
     with pytest.raises(ValueError, match="groups has 3 entries"):
