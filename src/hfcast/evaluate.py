@@ -77,13 +77,17 @@ def score(df: pd.DataFrame) -> dict[str, float]:
     out["rv_ece"] = M.ece(_col(df, "rv_10m_conf"), vc)
     out["ret_conf_mean"] = float(np.nanmean(_col(df, "ret_60m_conf")))
     out["rv_conf_mean"] = float(np.nanmean(_col(df, "rv_10m_conf")))
+    # error_by_decile breaks confidence ties by row order; rows are sorted by symbol, so a constant
+    # (or coarsely stepped) confidence would rank SYMBOLS. A fixed random permutation first makes
+    # tied rows land in deciles at random: a confidence that says nothing then shows flat deciles.
+    perm = np.random.default_rng(0).permutation(len(df))
     for name, conf, err in (("ret", _col(df, "ret_60m_conf"), np.abs(rp - y)),
                             ("rv", _col(df, "rv_10m_conf"), np.abs(rv / np.maximum(vp, 1e-300) - 1))):
-        dec = M.error_by_decile(conf, err)
+        dec = M.error_by_decile(conf[perm], err[perm])
         if len(dec) >= 2:
             out[f"{name}_err_low_conf"] = float(dec["abs_err"].iloc[0])
             out[f"{name}_err_high_conf"] = float(dec["abs_err"].iloc[-1])
-    miss = M.error_by_decile(_col(df, "ret_60m_conf"), 1.0 - rc)  # what the return confidence is about
+    miss = M.error_by_decile(_col(df, "ret_60m_conf")[perm], 1.0 - rc[perm])  # what the return confidence is about
     if len(miss) >= 2:
         out["ret_miss_low_conf"] = float(miss["abs_err"].iloc[0])
         out["ret_miss_high_conf"] = float(miss["abs_err"].iloc[-1])

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("dense", "sparse")
 SPARSE_STRIDE = 10
-BATCH = 4096
+BATCH = 512  # windows per runner call: onnxruntime on CPU is fastest around 256-1024
 CSV_FLOAT_FORMAT = "%.9g"
 
 

@@ -72,16 +72,15 @@ def test_calibrated_on_test_spans(result, arch):
     assert s["ret_coverage"] == pytest.approx(0.8, abs=0.03)
     assert s["rv_coverage"] == pytest.approx(0.8, abs=0.03)
     assert s["ret_ece"] < 0.03 and s["rv_ece"] < 0.03
-    # absolute return error falls from the least to the most confident decile (measured: -25% to
-    # -35% for every architecture)
-    assert s["ret_err_high_conf"] < s["ret_err_low_conf"]
-    # The two weak rankings are only required NOT to be anti-informative (the old isotonic return
-    # map was: sign misses 0.46-0.49 in the lowest decile vs 0.53-0.54 in the highest). Measured
-    # here: sign misses fall by 1-6 points; |rv/rv_hat - 1| moves by +-1 point only, because the
-    # simulator's 10-minute rv scatters around its latent variance with a nearly constant
-    # relative spread (the oracle's deciles are flat too); on 100 symbols x 60 days
-    # (bench_compare) it falls for every architecture, by 3-7%.
-    assert s["ret_miss_high_conf"] < s["ret_miss_low_conf"] + 0.01
+    # The return confidence is P(sign right): the sign-miss rate must fall from the least to the
+    # most confident decile (the old isotonic map was anti-informative: 0.46-0.49 -> 0.53-0.54).
+    assert s["ret_miss_high_conf"] < s["ret_miss_low_conf"]
+    # |return error| is NOT what a sign confidence ranks (even the oracle's deciles are flat:
+    # 0.0048 -> 0.0046 on 100 symbols x 60 days), so it must only not rise. |rv/rv_hat - 1|
+    # moves by about a point only: the simulator's 10-minute rv scatters around its latent
+    # variance with a nearly constant relative spread (the oracle's deciles are flat too); on
+    # 100 symbols x 60 days (bench_compare) it falls for every architecture, by 1-6%.
+    assert s["ret_err_high_conf"] < s["ret_err_low_conf"] * 1.05
     assert s["rv_err_high_conf"] < s["rv_err_low_conf"] + 0.015
 
 
