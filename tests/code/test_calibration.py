@@ -67,6 +67,7 @@ def test_biased_forecast_is_centered_by_its_own_validation_median():
     out = cal.apply({**tp, "ret_mu": tp["ret_mu"] + bias})
     assert M.hit_rate(out["ret_60m_pred"], ty) > 0.55  # 0.5 when every call is "up"
     assert M.ece(out["ret_60m_conf"], ret_correct(out["ret_60m_pred"], ty)) < 0.02
+    assert Calibrator().fit(pred, y, rv).ret_offset == 0.0  # an unbiased forecast is left alone
     raw = Calibrator(center_ret=False).fit(biased, y, rv)
     assert raw.ret_offset == 0.0 and Calibrator.from_dict(raw.to_dict()).ret_offset == 0.0
 

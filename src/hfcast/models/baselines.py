@@ -162,7 +162,9 @@ class Baseline:
         scale = np.sqrt(6.0) * np.maximum(rv_hat, _TINY)
         fin = np.isfinite(y) & np.isfinite(scale)
         self.ret_scale = float(np.sqrt(np.mean(((y[fin] - mu[fin]) / scale[fin]) ** 2)))
-        self.calibrator = Calibrator().fit(self._raw(val), val["ret_60m"].to_numpy(), val["rv_10m"].to_numpy())
+        # the oracle is the truth itself: its return forecast is never re-centred
+        self.calibrator = Calibrator(center_ret=self.name != "oracle").fit(
+            self._raw(val), val["ret_60m"].to_numpy(), val["rv_10m"].to_numpy())
         return self
 
     def _raw(self, inp: pd.DataFrame) -> dict[str, np.ndarray]:
