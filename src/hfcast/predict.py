@@ -24,7 +24,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -302,15 +301,9 @@ def prepare_bundle(settings: Any, model_ref: str | None, bundle_dir: str | None)
         return bundle_dir, str(meta.get("model_name", "local")), str(meta.get("model_version", "0"))
     from hfcast.registry import download_bundle, resolve
 
-    name, version = _name_version(resolve(settings, model_ref or f"{settings.model_name}@champion"))
-    path = download_bundle(settings, f"{name}/{version}")
-    return str(path), name, version
-
-
-def _name_version(resolved: Any) -> tuple[str, str]:
-    if isinstance(resolved, tuple):
-        return str(resolved[0]), str(resolved[1])
-    return str(getattr(resolved, "name")), str(getattr(resolved, "version"))
+    mv = resolve(settings, model_ref or f"{settings.model_name}@champion")  # pin the version once
+    path = download_bundle(settings, f"{mv.name}/{mv.version}")
+    return str(path), str(mv.name), str(mv.version)
 
 
 def choose_runner(bundle_dir: str, runner: str) -> tuple[str, str | None]:
@@ -412,9 +405,3 @@ class _progress:
         if self.enabled:
             self._p.stop()
 
-
-def local_tmp_bundle(forecaster: Any) -> str:
-    """Save a forecaster to a fresh temp folder (for callers that hold one in memory)."""
-    path = tempfile.mkdtemp(prefix="hfcast-bundle-")
-    forecaster.save(path)
-    return path
