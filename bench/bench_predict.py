@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -145,7 +146,8 @@ def main() -> None:
         write_result("predict", {
             "universe": {"symbols": a.symbols, "days": a.days, "stock_minutes": a.symbols * a.days * 390},
             "arch": a.arch, "runs": runs, "model_only_windows_per_s": model_only(bundle, lake),
-            "note": "CPU only (no GPU lent to this session); wall times on a shared 2-core machine",
+            "load_average_1_5_15m_at_end": [round(x, 2) for x in os.getloadavg()],
+            "note": "CPU only (no GPU lent to this session)",
         })
 
 
