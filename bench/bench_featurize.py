@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "code"))
 from _common import PeakMemory, write_result  # noqa: E402
 from hfcast.data.simulator import SimConfig, iter_days  # noqa: E402
 from hfcast.features.engine import HarState, featurize_frame, run_featurize  # noqa: E402
-from hfcast.features.registry import feature_names  # noqa: E402
+from hfcast.features.catalog import feature_names  # noqa: E402
 from hfcast.storage import Lake  # noqa: E402
 
 GOAL_ROWS_PER_S = 1000 * 252 * 390 / 600.0

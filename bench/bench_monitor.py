@@ -2,9 +2,9 @@
 
 What is measured (one run, written to bench/results/monitor.json):
 
-* ``one_date``: ``hfcast.drift.run_monitor`` for one date of 100 and of 1000 symbols (Evidently
+* ``one_date``: ``hfcast.monitoring.drift.run_monitor`` for one date of 100 and of 1000 symbols (Evidently
   feature + prediction drift with HTML/JSON reports, live performance, decision; no MLflow
-  logging, trigger none): wall time of a warm call (and of the first call, which pays the imports)
+  logging, no retraining started): wall time of a warm call (and of the first call, which pays the imports)
   and the process's peak RSS inside the warm call. The reference is
   built from 2 training dates with a tiny TCN trained for 2 short epochs (the monitor's cost does
   not depend on how good the model is).
@@ -29,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PeakMemory, write_result  # noqa: E402
 from hfcast.config import get_settings  # noqa: E402
 from hfcast.data.simulator import SimConfig, write_synth  # noqa: E402
-from hfcast.decision import RETRAIN, MonitorConfig  # noqa: E402
-from hfcast.drift import build_reference, run_monitor  # noqa: E402
+from hfcast.monitoring.decision import RETRAIN, MonitorConfig  # noqa: E402
+from hfcast.monitoring.drift import run_monitor  # noqa: E402
+from hfcast.monitoring.retraining import RecordOnlyStarter  # noqa: E402
+from hfcast.monitoring.reference import build_reference  # noqa: E402
 from hfcast.features.engine import load_features, read_feature_set, run_featurize  # noqa: E402
 from hfcast.features.windows import build_windows  # noqa: E402
 from hfcast.predict import run_predict  # noqa: E402
@@ -68,11 +70,11 @@ def bench_one_date(n_symbols: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
         settings, dates, cfg = _setup(Path(tmp), SimConfig(n_symbols=n_symbols, n_days=3, seed=3), 2, 2)
         t0 = time.perf_counter()
-        run_monitor(settings, dates[2], "hfcast/1", trigger="none", log_mlflow=False, cfg=cfg)
+        run_monitor(settings, dates[2], "hfcast/1", starter=RecordOnlyStarter(), log_mlflow=False, cfg=cfg)
         cold = time.perf_counter() - t0  # includes first-call imports (Evidently, plotly) in this process
         t0 = time.perf_counter()
         with PeakMemory() as mem:
-            rec = run_monitor(settings, dates[2], "hfcast/1", trigger="none", log_mlflow=False, cfg=cfg)
+            rec = run_monitor(settings, dates[2], "hfcast/1", starter=RecordOnlyStarter(), log_mlflow=False, cfg=cfg)
         seconds = time.perf_counter() - t0
     return {"symbols": n_symbols, "rows_in_date": n_symbols * 390, "seconds": round(seconds, 2),
             "seconds_first_call": round(cold, 2),
@@ -88,7 +90,7 @@ def bench_detection(vol_mult: float, n_symbols: int, n_pre: int, n_post: int) ->
                     shift_vol_mult=vol_mult, shift_spread_mult=1.0 if vol_mult < 1.5 else 1.5)
     with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
         settings, dates, cfg = _setup(Path(tmp), sim, n_ref, n_ref)
-        recs = [run_monitor(settings, d, "hfcast/1", trigger="none", log_mlflow=False, cfg=cfg) for d in dates[n_ref:]]
+        recs = [run_monitor(settings, d, "hfcast/1", starter=RecordOnlyStarter(), log_mlflow=False, cfg=cfg) for d in dates[n_ref:]]
     pre, post = recs[:n_pre], recs[n_pre:]
     first = lambda xs: next((i for i, x in enumerate(xs) if x), None)  # noqa: E731
     return {"vol_mult": vol_mult, "spread_mult": sim.shift_spread_mult, "symbols": n_symbols,

@@ -34,9 +34,10 @@ from bench._common import PeakMemory, write_result
 from hfcast.config import get_settings
 from hfcast.data.simulator import SimConfig, write_synth
 from hfcast.features.engine import read_feature_set, run_featurize
-from hfcast.features.windows import LOOKBACK, Scaler, build_windows
+from hfcast.contracts import LOOKBACK, PRED_COLUMNS
+from hfcast.features.windows import Scaler, build_windows
 from hfcast.models import build_model
-from hfcast.models.base import PRED_COLUMNS, Forecaster
+from hfcast.models.base import Forecaster
 from hfcast.predict import run_predict
 from hfcast.storage import Lake
 
@@ -102,14 +103,14 @@ def run_reference(bundle: str, lake: Lake, out_dir: Path, workers: int) -> tuple
 
 def model_only(bundle: str, lake: Lake, n: int = 16384) -> dict[str, float]:
     """Windows per second of each runner on the same scaled windows (batch 4096)."""
-    from hfcast.export import make_runner
+    from hfcast.export import runner_for
 
     fc = Forecaster.load(bundle)
     wa = build_windows(lake.read("features", lake.dates("features")[0]), fc.feature_names, label_cols=None)
     x = np.ascontiguousarray(fc.scaler.transform(wa.windows(slice(0, n))))
     out = {}
     for kind in ("torch", "onnxruntime"):
-        runner = make_runner(kind, fc)
+        runner = runner_for(kind, fc)
         runner.run(x[:64])
         t0 = time.perf_counter()
         for a in range(0, len(x), 4096):

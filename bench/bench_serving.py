@@ -56,15 +56,16 @@ def runners(fc, onnx_path) -> dict:
     import torch
 
     from hfcast import export
+    from hfcast import runners as runners_mod
 
     kinds = ["torch", "onnxruntime"]
     if torch.cuda.is_available():
         kinds.append("torch-compiled")
-        if export.tensorrt_available():
+        if runners_mod.tensorrt_available():
             kinds.append("tensorrt")
     res, skipped = {}, {}
     for kind in kinds:
-        r = export.make_runner(kind, fc, onnx_path=onnx_path)
+        r = export.runner_for(kind, fc, onnx_path=onnx_path)
         res[kind] = {"device": r.device}
         for b in (1, 64):
             x = np.random.default_rng(b).standard_normal((b, 30, F)).astype(np.float32)
@@ -99,9 +100,10 @@ def start_server(tmp: Path, bundle: Path, env: dict) -> tuple[subprocess.Popen, 
 
 def main() -> None:
     from hfcast.config import get_settings
-    from hfcast.export import export_onnx, make_runner
+    from hfcast.export import export_onnx
+    from hfcast.runners import make_runner
     from serving.core import ForecastService, Limits, feast_lookup
-    from serving.fixtures import feast_repo, tiny_forecaster
+    from tests.serving_fixtures import feast_repo, tiny_forecaster
     from serving.validation import ParsedRequest
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from _common import PeakMemory, write_result
-from hfcast.features.windows import (LOOKBACK, WindowDataset, build_windows, fit_scaler, make_loader,
+from hfcast.contracts import LOOKBACK
+from hfcast.features.windows import (WindowDataset, build_windows, fit_scaler, make_loader,
                                      synthetic_feature_frame)
 from hfcast.models import ARCHITECTURES
 from hfcast.train import TrainConfig, train_forecaster

@@ -10,10 +10,7 @@ def batch_predict(
     date: str,
     plan: Input[Artifact],
     predictions: Output[Dataset],
-    home: str = "",
-    lake_url: str = "",
-    mlflow_uri: str = "",
-    s3_endpoint: str = "",
+    settings: str = "",
     out_url: str = "",
     mode: str = "dense",
     runner: str = "auto",
@@ -31,12 +28,12 @@ def batch_predict(
     """
     import logging
 
-    from components._settings import make_settings
+    from hfcast.config import settings_from_param
     from hfcast.predict import run_predict
     from hfcast.storage import Lake
 
     logging.basicConfig(level=logging.INFO)
-    s = make_settings(home, lake_url, mlflow_uri, "", s3_endpoint)
+    s = settings_from_param(settings)
     summary = run_predict(s, [date], model_ref=plan.metadata["model_ref"], mode=mode, out=out_url or None, force=force,
                           runner=runner, progress=False)
     if summary.failed:

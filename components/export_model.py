@@ -9,40 +9,34 @@ from components._image import hfcast_component
 def export_model(
     version: str,
     onnx_model: Output[Model],
-    home: str = "",
-    mlflow_uri: str = "",
-    s3_endpoint: str = "",
-    params_json: str = "",
+    settings: str = "",
     publish_url: str = "",
     max_batch: int = 1024,
 ) -> str:
-    """Export model version ``version`` and attach the files to its MLflow run (``export/``).
+    """Export model version ``version`` (``hfcast.export.export_all``) and attach the files to its
+    MLflow run (``export/``); ``publish_url`` (e.g. ``s3://hfcast-models/hfcast/champion``) also
+    gets a copy (``hfcast.export.publish``): the GPU InferenceService reads its ``triton/``.
 
     TensorRT is built only where it is installed (the GPU image on a GPU node); elsewhere the
-    Triton repository serves the ONNX model. ``publish_url`` (e.g. ``s3://hfcast-models/hfcast/champion``)
-    also copies the export folder there, where the GPU InferenceService reads ``triton/``.
+    Triton repository serves the ONNX model.
 
     Returns:
         The MLflow artifact URI of the export.
     """
     import logging
-    from pathlib import Path
 
-    from components._settings import make_settings
     from hfcast import export, registry, storage
+    from hfcast.config import s3_storage_options, settings_from_param
 
     logging.basicConfig(level=logging.INFO)
-    s = make_settings(home=home, mlflow_uri=mlflow_uri, s3_endpoint=s3_endpoint, params_json=params_json)
-    fc = registry.load_forecaster(s, f"{s.model_name}/{version}")
-    report = export.export_all(fc, onnx_model.path, max_batch=max_batch)
+    s = settings_from_param(settings)
+    report = export.export_all(registry.load_forecaster(s, f"{s.model_name}/{version}"), onnx_model.path,
+                               max_batch=max_batch)
     uri = export.log_export_to_mlflow(report, s)
     if publish_url:
-        from hfcast.config import s3_storage_options
-
-        opts = s3_storage_options(s.s3_endpoint, s.s3_key, s.s3_secret) if storage.is_remote(publish_url) else None
-        root = Path(onnx_model.path)
-        for f in sorted(p for p in root.rglob("*") if p.is_file()):
-            storage.write_bytes(storage.join(publish_url, f.relative_to(root).as_posix()), f.read_bytes(), opts)
+        remote = storage.is_remote(publish_url)
+        export.publish(onnx_model.path, publish_url,
+                       s3_storage_options(s.s3_endpoint, s.s3_key, s.s3_secret) if remote else None)
     onnx_model.metadata.update({"model_name": s.model_name, "version": version, "mlflow_uri": uri,
                                 "onnx_opset": report.onnx.get("opset"), "exporter": report.onnx.get("exporter"),
                                 "parity_max_rel_err": report.onnx["parity"]["max_rel_err"],

@@ -9,11 +9,7 @@ from components._image import hfcast_component
 def materialize_features(
     features: Input[Dataset],
     feature_store: Output[Artifact],
-    home: str = "",
-    mlflow_uri: str = "",
-    feast_repo: str = "",
-    s3_endpoint: str = "",
-    params_json: str = "",
+    settings: str = "",
     as_of_date: str = "",
 ) -> int:
     """Apply the Feast repository and materialize each symbol's latest 30-minute window online.
@@ -28,12 +24,12 @@ def materialize_features(
     import logging
     from pathlib import Path
 
-    from components._settings import make_settings
     from hfcast import feature_store as fs
+    from hfcast.config import settings_from_param
     from hfcast.storage import Lake
 
     logging.basicConfig(level=logging.INFO)
-    s = make_settings(home, features.metadata["lake_url"], mlflow_uri, feast_repo, s3_endpoint, params_json)
+    s = settings_from_param(settings).with_(lake_url=features.metadata["lake_url"])
     fs.apply(s)
     dates = Lake.from_settings(s).dates("features")
     if not dates:

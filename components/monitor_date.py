@@ -1,4 +1,4 @@
-"""Monitor one date: Evidently drift + live performance -> the retraining decision (not the trigger)."""
+"""Monitor one date: Evidently drift + live performance -> the retraining decision (not the start)."""
 
 from kfp.dsl import HTML, Metrics, Output
 
@@ -11,16 +11,12 @@ def monitor_date(
     checks: Output[Metrics],
     date: str = "",
     model_ref: str = "hfcast@champion",
-    home: str = "",
-    lake_url: str = "",
-    mlflow_uri: str = "",
-    s3_endpoint: str = "",
-    params_json: str = "",
+    settings: str = "",
 ) -> bool:
     """Check ``date`` ('' = the lake's last features date) against the model's training reference
-    (``hfcast.drift.run_monitor`` with ``trigger='none'``: K consecutive alarms, cooldown and a
-    running retraining are all honoured there) and record the decision. The pipeline starts the
-    retraining itself, in a separate step, only when ``retrain`` is true.
+    and record the decision: ``hfcast.monitoring.drift.run_monitor`` with the record-only starter
+    (K consecutive alarms, cooldown and a running retraining are all honoured there). The pipeline
+    starts the retraining itself, in a separate step, only when ``retrain`` is true.
 
     Returns:
         Whether to retrain (one plain output: the kfp local runner cannot evaluate a dsl.If on a
@@ -28,18 +24,19 @@ def monitor_date(
     """
     import logging
 
-    from components._settings import make_settings
     from hfcast import storage
-    from hfcast.decision import RETRAIN
-    from hfcast.drift import resolve_model, run_monitor
+    from hfcast.config import settings_from_param
+    from hfcast.monitoring.decision import RETRAIN
+    from hfcast.monitoring.drift import resolve_model, run_monitor
+    from hfcast.monitoring.retraining import RecordOnlyStarter
     from hfcast.storage import Lake
 
     logging.basicConfig(level=logging.INFO)
-    s = make_settings(home, lake_url, mlflow_uri, "", s3_endpoint, params_json)
+    s = settings_from_param(settings)
     lake = Lake.from_settings(s)
     day = date or lake.dates("features")[-1]
     name, version = resolve_model(s, model_ref)
-    record = run_monitor(s, day, model=f"{name}/{version}", trigger="none")
+    record = run_monitor(s, day, model=f"{name}/{version}", starter=RecordOnlyStarter())
     html = storage.join(lake.monitoring(name, version, day), "features_drift.html")
     with open(report.path, "wb") as fh:  # shown in the Kubeflow UI
         fh.write(storage.read_bytes(html, lake.storage_options))

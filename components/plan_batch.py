@@ -12,10 +12,7 @@ def plan_batch(
     dates: str,
     plan: Output[Artifact],
     model_ref: str = "hfcast@champion",
-    home: str = "",
-    lake_url: str = "",
-    mlflow_uri: str = "",
-    s3_endpoint: str = "",
+    settings: str = "",
 ) -> List[str]:
     """``dates`` ('A..B' = lake dates with features in the range, or 'D1,D2') -> the list for the
     ParallelFor; ``model_ref`` (e.g. an alias) resolved to ``NAME/VERSION`` in ``plan``'s metadata,
@@ -23,13 +20,13 @@ def plan_batch(
     output: the kfp local runner cannot loop over a NamedTuple field.)"""
     import logging
 
-    from components._settings import make_settings
     from hfcast import registry
+    from hfcast.config import settings_from_param
     from hfcast.predict import parse_dates
     from hfcast.storage import Lake
 
     logging.basicConfig(level=logging.INFO)
-    s = make_settings(home, lake_url, mlflow_uri, "", s3_endpoint)
+    s = settings_from_param(settings)
     lake = Lake.from_settings(s)
     todo = parse_dates(dates, lake.dates("features"))
     if not todo:

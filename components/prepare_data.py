@@ -1,4 +1,4 @@
-"""Prepare the data: DVC stages (cluster / repo checkout) or synth -> validate -> featurize (embedded)."""
+"""Prepare the data: DVC stages (repository checkout) or simulate -> validate -> featurize on the lake."""
 
 from kfp.dsl import Dataset, Output
 
@@ -8,29 +8,21 @@ from components._image import hfcast_component
 @hfcast_component
 def prepare_data(
     features: Output[Dataset],
-    home: str = "",
-    lake_url: str = "",
-    mlflow_uri: str = "",
-    feast_repo: str = "",
-    s3_endpoint: str = "",
-    params_json: str = "",
+    settings: str = "",
     dvc_repo: str = "",
     synth_symbols: int = 0,
     synth_days: int = 0,
     synth_seed: int = -1,
     synth_shift_day: int = -1,
 ) -> str:
-    """Bring the features table up to date and return its dataset version.
-
-    With ``dvc_repo`` (a DVC repository checkout): ``dvc repro`` (``hfcast.dataset.prepare``); the
-    lake is ``<dvc_repo>/data/lake`` and the version is the DVC hash of its features. Otherwise, on
-    the lake given by the settings: simulate a market when ``synth_symbols`` > 0 and the lake has
-    no raw bars yet, then validate and featurize every raw date; the version is DVC's folder hash
-    of the features (local lakes) or 'unversioned' (object-store lake outside DVC). It also opens
-    the MLflow store once, so the parallel training steps do not race to create its schema.
+    """Bring the features table up to date and return its dataset version
+    (``hfcast.prepare.prepare_data``: DVC hash, or 'unversioned' for an object-store lake).
 
     Args:
-        synth_symbols, synth_days, synth_seed: simulated universe (0 / -1 = params.yaml ``synth``).
+        settings: ``Settings.to_param()`` JSON ('' = the pod's environment / hfcast-config).
+        dvc_repo: a DVC repository checkout: ``dvc repro`` there; its ``data/lake`` is the lake.
+        synth_symbols, synth_days, synth_seed: simulate this universe when the lake has no raw bars
+            (0 / -1 = params.yaml ``synth``; ``synth_symbols`` 0 = never simulate).
         synth_shift_day: first day of the shifted regime (-1 = params.yaml, -2 = stationary).
 
     Returns:
@@ -40,38 +32,12 @@ def prepare_data(
     import logging
     from pathlib import Path
 
-    from components._settings import make_settings
-    from hfcast import dataset, registry, storage
-    from hfcast.storage import Lake
+    from hfcast.config import settings_from_param
+    from hfcast.prepare import SynthRequest, prepare_data as prepare
 
     logging.basicConfig(level=logging.INFO)
-    if dvc_repo:
-        lake_url = (Path(dvc_repo).resolve() / dataset.LAKE_DIR).as_uri()
-    s = make_settings(home, lake_url, mlflow_uri, feast_repo, s3_endpoint, params_json)
-    lake = Lake.from_settings(s)
-    if dvc_repo:
-        version = dataset.prepare(dvc_repo)
-    else:
-        from hfcast.data.simulator import SimConfig, write_synth
-        from hfcast.data.validate import DEFAULT_JUMP_LIMIT, run_validate
-        from hfcast.features.engine import run_featurize
-
-        if synth_symbols > 0 and not lake.dates("raw"):
-            cfg = SimConfig.from_params(s.param("synth", {}), n_symbols=synth_symbols, n_days=synth_days or None,
-                                        seed=None if synth_seed < 0 else synth_seed,
-                                        regime_shift_day=synth_shift_day if synth_shift_day >= 0 else None)
-            if synth_shift_day == -2:
-                cfg.regime_shift_day = None
-            write_synth(cfg, lake, progress=False)
-        run_validate(lake, progress=False, jump_limit=float(s.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)))
-        run_featurize(lake, dates=s.param("featurize.dates", None), progress=False)
-        table = lake.table("features")
-        version = "unversioned" if storage.is_remote(table) else dataset.folder_hash(storage.local_path(table))
-    with registry.tracking(s) as t:  # schema + experiment now: parallel train steps would race on creating them
-        t.experiment_id  # noqa: B018 (property creates the experiment)
-    dates = lake.dates("features")
-    info = {"lake_url": lake.url, "features_url": lake.table("features"), "dataset_version": version,
-            "n_dates": len(dates), "first_date": dates[0] if dates else "", "last_date": dates[-1] if dates else ""}
-    features.metadata.update(info)  # the artifact is a pointer: the data stays in the lake
-    Path(features.path).write_text(json.dumps({**info, "dates": dates}, indent=1))
-    return version
+    prepared = prepare(settings_from_param(settings), dvc_repo=dvc_repo,
+                       synth=SynthRequest(synth_symbols, synth_days, synth_seed, synth_shift_day))
+    features.metadata.update(prepared.to_dict())  # a pointer: the data stays in the lake
+    Path(features.path).write_text(json.dumps({**prepared.to_dict(), "dates": prepared.dates}, indent=1))
+    return prepared.dataset_version

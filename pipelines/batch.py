@@ -4,6 +4,8 @@ from kfp import dsl
 
 from components.batch_predict import batch_predict
 from components.plan_batch import plan_batch
+from pipelines.names import PIPELINES
+from pipelines.steps import MEDIUM, TINY, step
 
 PARALLELISM = 8  # dates predicted at once on the cluster (kfp compiles the limit in; each step loads the model once)
 DESCRIPTION = (
@@ -14,7 +16,7 @@ DESCRIPTION = (
 )
 
 
-@dsl.pipeline(name="hfcast-batch-inference", description=DESCRIPTION)
+@dsl.pipeline(name=PIPELINES["batch"].display, description=DESCRIPTION)
 def batch_pipeline(
     dates: str = "2024-01-02..2024-01-31",
     model_ref: str = "hfcast@champion",
@@ -22,10 +24,7 @@ def batch_pipeline(
     out_url: str = "",
     runner: str = "auto",
     force: bool = False,
-    home: str = "",
-    lake_url: str = "",
-    mlflow_uri: str = "",
-    s3_endpoint: str = "",
+    settings: str = "",
 ):
     """Predict every date in ``dates``.
 
@@ -36,21 +35,9 @@ def batch_pipeline(
         out_url: output root, file:///... or s3://bucket/prefix ('' = the lake).
         runner: auto | onnxruntime | torch | torch-compiled | tensorrt.
         force: redo dates whose CSV is already complete.
-        home: state folder of embedded defaults ('' = HFCAST_HOME).
-        lake_url: lake URL ('' = HFCAST_LAKE).
-        mlflow_uri: MLflow tracking URI ('' = MLFLOW_TRACKING_URI).
-        s3_endpoint: S3 endpoint URL ('' = HFCAST_S3_ENDPOINT or AWS).
+        settings: Settings.to_param() JSON: home, lake_url, mlflow_uri, s3_endpoint, ... ('' = hfcast-config / the environment).
     """
-    cfg = dict(home=home, lake_url=lake_url, mlflow_uri=mlflow_uri, s3_endpoint=s3_endpoint)
-    plan = plan_batch(dates=dates, model_ref=model_ref, **cfg).set_display_name("Plan dates, pin model version")
-    plan.set_caching_options(False)
+    plan = step(plan_batch(dates=dates, model_ref=model_ref, settings=settings), "Plan dates, pin model version", TINY)
     with dsl.ParallelFor(plan.outputs["Output"], parallelism=PARALLELISM, name="dates") as date:
-        task = batch_predict(date=date, plan=plan.outputs["plan"], out_url=out_url, mode=mode,
-                             runner=runner, force=force, **cfg)
-        task.set_display_name("Predict one date").set_caching_options(False)
-
-
-if __name__ == "__main__":
-    from pipelines.compile import compile_all
-
-    compile_all(only=["batch"])
+        step(batch_predict(date=date, plan=plan.outputs["plan"], out_url=out_url, mode=mode, runner=runner,
+                           force=force, settings=settings), "Predict one date", MEDIUM)

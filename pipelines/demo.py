@@ -27,6 +27,9 @@ from typing import Any
 
 import yaml
 
+from hfcast.config import deep_merge
+from pipelines.names import LOCAL_TRAINING
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,13 +56,6 @@ class DemoConfig:
         "monitor": {"consecutive": 2, "cooldown_dates": 10, "current_rows": 3000, "reference_rows": 3000,
                     "reference_sample_rows": 6000, "min_labels": 200},
     })
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 class _Steps:
@@ -89,14 +85,14 @@ def _environment(home: Path, cfg: DemoConfig, stack: ExitStack) -> dict[str, str
     env = {"HFCAST_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
            "HFCAST_FEAST_REPO": str(home / "feature_repo"), "HFCAST_PARAMS": str(home / "params.yaml")}
     if cfg.s3:
-        from hfcast.services import SeaweedFS
+        from hfcast.testing.servers import SeaweedFS
 
         weed = stack.enter_context(SeaweedFS(data_dir=home / "seaweedfs"))
         env.update(weed.env())
         env["HFCAST_LAKE"] = f"{weed.make_bucket('hfcast-demo')}/lake"
     else:
         env["HFCAST_LAKE"] = (home / "lake").as_uri()
-    params = _deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()) or {}, cfg.overrides)
+    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()) or {}, cfg.overrides)
     params["synth"] = {**params.get("synth", {}), "n_symbols": cfg.symbols, "n_days": cfg.days, "seed": cfg.seed,
                        "regime_shift_day": cfg.shift_day}
     (home / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -109,11 +105,10 @@ def run_demo(cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
     from hfcast.config import get_settings
     from hfcast.data.schema import trading_days
     from hfcast.data.validate import run_validate
-    from hfcast.decision import load_history
     from hfcast.features.engine import run_featurize
+    from hfcast.monitoring.decision import load_history
     from hfcast.storage import Lake
     from pipelines.local import run_local
-    from pipelines.training import settings_params
 
     home = home.resolve()
     if home.exists():
@@ -128,19 +123,21 @@ def run_demo(cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
         settings = get_settings()
         lake = Lake.from_settings(settings)
         days = trading_days(settings.param("synth.start_date", "2024-01-02"), cfg.days)
-        common = settings_params(settings)
+        common = {"settings": settings.to_param()}
 
         with step("1. training pipeline: simulate -> validate -> featurize -> Feast -> train -> gate"):
-            train_params = {**common, "archs": list(cfg.archs), "synth_symbols": cfg.symbols,
-                            "synth_days": cfg.days, "synth_seed": cfg.seed, "synth_shift_day": cfg.shift_day,
-                            "params_json": json.dumps({"featurize": {"dates": days[:cfg.train_days]}})}
-            out = run_local("training", **train_params)
+            first_days = {"featurize": {"dates": days[:cfg.train_days]}}
+            train_params = {"settings": settings.with_(params=deep_merge(settings.params, first_days)).to_param(),
+                            "archs": list(cfg.archs), "synth_symbols": cfg.symbols, "synth_days": cfg.days,
+                            "synth_seed": cfg.seed, "synth_shift_day": cfg.shift_day}
+            out = run_local(LOCAL_TRAINING, **train_params)
             summary["first_gate"] = out["gate"].metadata.get("summary", "")
             if not out.get("champion_version"):
                 # no champion exists yet and the gate rejected the candidate: say so, and bootstrap
                 # one explicitly (recorded on the version) so the rest of the story can run
                 console.print(f"[yellow]gate rejected the first model[/]: {summary['first_gate'][:400]}")
-                out = run_local("training", **{**train_params, "force_reason": "demo bootstrap: first model, gate rejected"})
+                out = run_local(LOCAL_TRAINING, **{**train_params,
+                                                   "force_reason": "demo bootstrap: first model, gate rejected"})
                 summary["bootstrap_forced"] = True
             summary["champion_before"] = out["champion_version"]
             console.print(f"champion: hfcast/{out['champion_version']}")
@@ -150,12 +147,12 @@ def run_demo(cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
             run_featurize(lake, progress=False)
 
         with step("3. batch pipeline: one prediction CSV per date (dense)"):
-            run_local("batch", dates=f"{days[0]}..{days[-1]}", model_ref="hfcast@champion", **_batch_settings(common))
+            run_local("batch", dates=f"{days[0]}..{days[-1]}", model_ref="hfcast@champion", **common)
 
         with step("4. monitoring pipeline on every date after the training span"):
             mon_dates = days[cfg.train_days:]
             for d in mon_dates:
-                run_local("monitoring", date=d, **{k: v for k, v in common.items() if k != "params_json"})
+                run_local("monitoring", date=d, starter="local", **common)
                 rec = {r["date"]: r for r in load_history(lake, "hfcast")}.get(d, {})
                 share = (rec.get("checks") or {}).get("drift_share", float("nan"))
                 console.print(f"{d}: drift share {share:.2f} -> {rec.get('action')} "
@@ -180,21 +177,18 @@ def run_demo(cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
     return summary
 
 
-def _batch_settings(common: dict[str, Any]) -> dict[str, Any]:
-    return {k: common[k] for k in ("home", "lake_url", "mlflow_uri", "s3_endpoint") if k in common}
-
-
 def _serve_and_query(settings: Any, console: Any, home: Path) -> dict[str, Any]:
     """Start ``hfcast serve`` on 127.0.0.1, send V1/V2 requests by window and by symbol, stop it."""
     import httpx
     import numpy as np
 
     from hfcast.feature_store import online_windows
-    from hfcast.services import free_port, wait_http
+    from hfcast.testing.servers import free_port, wait_http
 
     port, grpc = free_port(), free_port()
     logf = open(home / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "hfcast.cli", "serve", "--model", "hfcast@champion",
+    proc = subprocess.Popen([sys.executable, "-c", "from hfcast.cli import main; main()", "serve",
+                             "--model", "hfcast@champion",
                              "--port", str(port), "--grpc-port", str(grpc),
                              # simulated 2024 data: the staleness limit (vs the wall clock) would refuse it
                              "--max-staleness-s", "-1"],

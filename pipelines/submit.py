@@ -1,56 +1,53 @@
 """Start pipeline runs on a Kubeflow Pipelines cluster: one run, or a recurring (cron) run.
 
-Used by ``hfcast pipeline submit`` and by the monitoring pipeline's retrain trigger (Kubeflow has
-no event trigger: a monitor starts the training run through the API). Recurring runs use
+Used by ``hfcast pipeline submit`` and by :class:`pipelines.starters.KubeflowStarter` (Kubeflow has
+no event trigger: the monitor starts the training run through the API). Recurring runs use
 ``max_concurrency=1`` so that a slow run is never overlapped by the next one.
 """
 
+from __future__ import annotations
+
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipelines.compile import compile_to
+from pipelines.names import get
 
 log = logging.getLogger(__name__)
-
-FILES = {"training": "training.yaml", "training-cpu": "training_cpu.yaml", "batch": "batch_inference.yaml",
-         "monitoring": "monitoring.yaml"}
-
-
-def _function(name: str) -> Any:
-    from pipelines.compile import targets
-
-    if name not in FILES:
-        raise ValueError(f"unknown pipeline {name!r}: choose one of {sorted(FILES)}")
-    return targets()[FILES[name]]
 
 
 def client(host: str | None = None, namespace: str | None = None) -> Any:
     """A ``kfp.Client``; ``host`` None inside the cluster (the in-cluster KFP API service).
 
-    Authentication: in-cluster, the pod's ServiceAccount token (``manifests/base/rbac.yaml`` grants
-    the pipeline runner the KFP API); outside, kfp's usual sources (KF_PIPELINES_SA_TOKEN_PATH,
-    cookies, or a port-forward to ml-pipeline-ui).
+    Authentication: the projected ServiceAccount token (``KF_PIPELINES_SA_TOKEN_PATH``, or kfp's
+    default path when it exists; ``manifests/base/rbac.yaml`` grants the pipeline runner the KFP
+    API), else kfp's other sources (cookies, or a port-forward to ml-pipeline-ui).
     """
     import kfp
+    from kfp.client import KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH, ServiceAccountTokenVolumeCredentials
 
-    return kfp.Client(host=host or None, namespace=namespace or "kubeflow")
+    token = os.environ.get(KF_PIPELINES_SA_TOKEN_ENV) or KF_PIPELINES_SA_TOKEN_PATH
+    credentials = ServiceAccountTokenVolumeCredentials(path=token) if Path(token).is_file() else None
+    return kfp.Client(host=host or None, namespace=namespace or "kubeflow", credentials=credentials)
 
 
 def submit(name: str, host: str | None = None, params: dict[str, Any] | None = None,
            experiment: str = "hfcast", recurring_cron: str | None = None, run_name: str | None = None,
            namespace: str | None = None, service_account: str | None = None) -> dict[str, str]:
-    """Compile pipeline ``name`` and start it once, or on ``recurring_cron`` (6-field cron, UTC).
+    """Compile pipeline ``name`` (:data:`pipelines.names.PIPELINES`) and start it once, or on
+    ``recurring_cron`` (6-field cron, UTC).
 
     Returns:
         ``{"kind": "run"|"recurring_run", "id": ..., "experiment_id": ...}``.
     """
-    fn = _function(name)
+    spec = get(name)
     c = client(host, namespace)
     exp = c.create_experiment(experiment, namespace=namespace)  # returns the existing one when present
     with tempfile.TemporaryDirectory(prefix="hfcast-kfp-") as tmp:
-        package = compile_to(fn, Path(tmp) / FILES[name])
+        package = compile_to(spec.load(), Path(tmp) / spec.compiled)
         if recurring_cron:
             rr = c.create_recurring_run(experiment_id=exp.experiment_id, job_name=run_name or f"hfcast-{name}",
                                         cron_expression=recurring_cron, max_concurrency=1, no_catchup=True,

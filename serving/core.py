@@ -49,11 +49,9 @@ def load_forecaster(bundle: str | Path | None = None, ref: str | None = None, se
 
 def feast_lookup(settings: Any) -> WindowLookup:
     """The Feast online store as a :data:`WindowLookup` (one cached store per process)."""
-    from hfcast import feature_store
+    from hfcast.feature_store import OnlineWindows
 
-    if hasattr(feature_store, "OnlineWindows"):
-        return feature_store.OnlineWindows(settings)
-    return lambda symbols: feature_store.online_windows(settings, list(symbols))
+    return OnlineWindows(settings)
 
 
 def _iso(ts: Any) -> str:

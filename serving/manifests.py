@@ -49,7 +49,7 @@ def gpu_isvc(triton_uri: str = TRITON_URI, image: str = IMAGE) -> V1beta1Inferen
         name="kserve-container", model_format=V1beta1ModelFormat(name="tensorrt"), runtime="kserve-tritonserver", protocol_version="v2",
         storage_uri=triton_uri, resources=_resources("4", "8Gi", gpu=1)))
     transformer = V1beta1TransformerSpec(min_replicas=1, containers=[V1Container(
-        name="kserve-container", image=image, command=["python", "-m", "serving.transformer"],
+        name="kserve-container", image=image, command=["python", "-m", "serving.feature_transformer"],
         args=["--model_name", "hfcast", "--predictor_protocol", "v2", "--model_ref", MODEL_REF],
         env=ENV, resources=_resources("2", "2Gi"))])
     return _isvc("hfcast-gpu", V1beta1InferenceServiceSpec(predictor=predictor, transformer=transformer))

@@ -16,6 +16,7 @@ import kserve
 from kserve import InferRequest, InferResponse
 from kserve.protocol.infer_type import InferOutput
 
+from hfcast.contracts import LOOKBACK, PRED_COLUMNS
 from serving.core import ForecastService, Limits, feast_lookup, load_forecaster
 from serving.dataplane import HfcastDataPlane
 from serving.validation import parse_v1, parse_v2
@@ -36,7 +37,7 @@ class HfcastPredictor(kserve.Model):
         self.runner = None
 
     def load(self) -> bool:
-        from hfcast.export import make_runner
+        from hfcast.export import runner_for
 
         forecaster = load_forecaster(self.bundle, self.ref, self.settings)
         lookup = None
@@ -45,7 +46,7 @@ class HfcastPredictor(kserve.Model):
 
             lookup = feast_lookup(self.settings or get_settings())
         self.service = ForecastService(forecaster, lookup, self.limits)
-        self.runner = make_runner(self.runner_kind, forecaster)
+        self.runner = runner_for(self.runner_kind, forecaster)
         log.info("hfcast predictor: %s version %s on %s (%s)", self.service.model_name,
                  self.service.model_version, self.runner.kind, self.runner.device)
         self.ready = True
@@ -72,12 +73,10 @@ class HfcastPredictor(kserve.Model):
 
     def get_input_types(self) -> list[dict]:
         n = self.service.n_features if self.service else -1
-        return [{"name": "window", "datatype": "FP32", "shape": [-1, 30, n]},
+        return [{"name": "window", "datatype": "FP32", "shape": [-1, LOOKBACK, n]},
                 {"name": "symbol", "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
-        from hfcast.models.base import PRED_COLUMNS
-
         return ([{"name": c, "datatype": "FP32", "shape": [-1]} for c in PRED_COLUMNS]
                 + [{"name": c, "datatype": "BYTES", "shape": [-1]} for c in ("model_name", "model_version", "feature_ts")])
 

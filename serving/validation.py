@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 from kserve.errors import InvalidInput
 
-LOOKBACK = 30
+from hfcast.contracts import LOOKBACK
 
 
 @dataclass

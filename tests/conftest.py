@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hfcast.config import Settings, get_settings
-from hfcast.services import SeaweedFS
+from hfcast.testing.servers import SeaweedFS
 
 
 @pytest.fixture(scope="session")

@@ -32,14 +32,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hfcast.contracts import PRED_COLUMNS, VOL_TOLERANCE
+
 log = logging.getLogger(__name__)
 
-#: output columns of every forecaster; the same tuple as ``hfcast.models.base.PRED_COLUMNS``
-#: (defined here too because the model base imports this module: importing it back would cycle)
-PRED_COLUMNS = ("ret_60m_pred", "ret_60m_conf", "ret_60m_lo", "ret_60m_hi",
-                "rv_10m_pred", "rv_10m_conf", "rv_10m_lo", "rv_10m_hi")
 PRED_KEYS = ("ret_mu", "ret_sigma", "rv_hat", "lrv_sigma")
-VOL_TOLERANCE = 0.25  # "rv within +-25% of the forecast"
 VOL_BINS = 20  # equal-count bins of lrv_sigma before the isotonic vol-confidence fit
 _EPS = 1e-12
 

@@ -1,4 +1,7 @@
-"""The ``hfcast`` command: one sub-command per lifecycle stage, plus ``demo``.
+"""The ``hfcast`` command: one sub-command per lifecycle stage.
+
+``serve``, ``pipeline`` and ``demo`` need KServe or Kubeflow, so the outer packages add them
+through the ``hfcast.cli`` entry point group (:func:`main` / :func:`build_app`).
 
 Every command is a thin shell over a documented function in the library (imported inside the
 command so that ``hfcast --help`` stays fast and nothing heavy runs at import time).
@@ -167,7 +170,7 @@ def featurize(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default params featurize.workers)."),
 ) -> None:
-    """Compute the registry's causal features and the labels, one date at a time, into features/."""
+    """Compute the catalogue's causal features and the labels, one date at a time, into features/."""
     from hfcast.features.engine import run_featurize
     from hfcast.storage import Lake
 
@@ -275,12 +278,10 @@ def train(
     _print_table(result, f"walk-forward test scores ({len(result.folds)} folds)")
     console.print(f"report: {paths['report']}")
     if log_run:
-        from hfcast.walkforward import log_result
+        from hfcast.lifecycle import log_trained
 
         plots = [paths[k] for k in ("forecast_vs_realized", "calibration", "error_by_decile")]
-        run_id = log_result(settings, result, model, {"walkforward": settings.param("walkforward", {}),
-                                                       "train": settings.param("train", {})},
-                            paths["report"].parent, plots)
+        run_id = log_trained(settings, result, model, out_dir=paths["report"].parent, plots=plots)
         console.print(f"[green]logged[/] MLflow run {run_id}")
         if register:
             from hfcast import registry
@@ -396,16 +397,17 @@ def registry_promote(
     margin: Optional[float] = typer.Option(None, "--margin", help="Override the params.yaml margins for every metric."),
 ) -> None:
     """Make VERSION the champion if it passes the gate (logged scores on the same test spans)."""
-    from hfcast import registry
+    from hfcast import promotion, registry
+    from hfcast.gate import GateDecision
 
     settings = _settings()
     if force:
-        decision = _registry_call(registry.GateDecision.force, reason)
+        decision = _registry_call(GateDecision.force, reason)
     else:
-        decision = _registry_call(registry.run_gate, settings, version, margin=margin)
+        decision = _registry_call(promotion.run_gate, settings, version, margin=margin)
     for line in decision.reasons:
         console.print(f"  - {line}")
-    if not _registry_call(registry.promote, settings, version, decision):
+    if not _registry_call(promotion.promote, settings, version, decision):
         _fail(f"version {version} did not pass the gate; the champion is unchanged")
     console.print(f"[green]champion[/] is now {settings.model_name} version "
                   f"{registry.resolve(settings, 'champion').version}")
@@ -414,13 +416,13 @@ def registry_promote(
 @registry_app.command("rollback")
 def registry_rollback(reason: str = typer.Option("manual rollback", "--reason", help="Recorded on both versions.")) -> None:
     """Restore the previous champion (the demoted version keeps its tags, loses the alias)."""
-    from hfcast import registry
+    from hfcast import promotion
 
-    demoted, restored = _registry_call(registry.rollback, _settings(), reason=reason)
+    demoted, restored = _registry_call(promotion.rollback, _settings(), reason=reason)
     console.print(f"[yellow]rolled back[/]: champion v{demoted} -> v{restored}")
 
 
-# --- export, serve (hfcast.export, serving/) -----------------------------------------------------
+# --- export (hfcast.export) -----------------------------------------------------------
 
 def _load_for_serving(settings, model: str, bundle: Optional[Path]):
     if bundle is not None:
@@ -467,37 +469,6 @@ def export_cmd(
         console.print(f"logged to {name} version {version}: {uri}")
 
 
-@app.command()
-def serve(
-    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference: NAME@ALIAS or NAME/VERSION."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local bundle folder instead of the registry."),
-    port: int = typer.Option(8080, "--port", help="HTTP port (KServe binds all interfaces)."),
-    grpc_port: int = typer.Option(8081, "--grpc-port", help="gRPC port."),
-    runner: str = typer.Option("auto", "--runner", help="auto | onnxruntime | torch | torch-compiled | tensorrt."),
-    max_batch: int = typer.Option(1024, "--max-batch", help="Largest batch accepted (larger: HTTP 400)."),
-    max_staleness_s: float = typer.Option(600.0, "--max-staleness-s", help="Oldest feature age for symbol inputs (<0: no limit)."),
-    feature_store: bool = typer.Option(True, "--feature-store/--no-feature-store", help="Serve symbol inputs from Feast."),
-) -> None:
-    """Serve the model with KServe (V1 + V2): windows or symbols in, calibrated forecasts out."""
-    import sys
-
-    root = Path(__file__).resolve().parents[2]  # serving/ sits beside src/ in the repository
-    if (root / "serving" / "__init__.py").exists() and str(root) not in sys.path:
-        sys.path.append(str(root))
-    argv, sys.argv = sys.argv, sys.argv[:1]  # kserve parses sys.argv when first imported
-    try:
-        from serving.core import Limits
-        from serving.predictor import HfcastPredictor, serve as run_server
-    except ModuleNotFoundError as exc:
-        _fail(f"cannot import the serving package ({exc}): run from the repository root or the predictor image")
-    finally:
-        sys.argv = argv
-    limits = Limits(max_batch, None if max_staleness_s < 0 else max_staleness_s)
-    predictor = HfcastPredictor("hfcast", bundle=bundle, ref=None if bundle else model, runner=runner,
-                                limits=limits, settings=_settings(), use_feature_store=feature_store)
-    run_server(predictor, http_port=port, grpc_port=grpc_port)
-
-
 # --- predict (hfcast.predict) --------------------------------------------------------------------
 
 @app.command()
@@ -537,7 +508,7 @@ def predict(
         _fail(f"{len(summary.failed)} date(s) failed: {', '.join(r.date for r in summary.failed)}")
 
 
-# --- monitor (hfcast.drift) ----------------------------------------------------------------------
+# --- monitor (hfcast.monitoring) ----------------------------------------------------------------------------
 
 monitor_app = typer.Typer(no_args_is_help=True, help="Drift + live performance vs the training reference; retraining decisions.")
 app.add_typer(monitor_app, name="monitor")
@@ -547,15 +518,19 @@ app.add_typer(monitor_app, name="monitor")
 def monitor_run(
     date: str = typer.Option(..., "--date", help="The date to check (YYYY-MM-DD): its features and prediction CSV."),
     model: str = typer.Option("hfcast@champion", "--model", help="Registry reference (NAME@alias) or NAME/VERSION."),
-    trigger: str = typer.Option("local", "--trigger", help="local (run the training pipeline here) | kubeflow | none."),
+    starter: str = typer.Option("local", "--starter", help="What starts a retraining: local (the training pipeline "
+                                "here) | kubeflow | inprocess | none (entry points hfcast.starters)."),
+    trigger: Optional[str] = typer.Option(None, "--trigger", hidden=True, help="Old name of --starter."),
     kfp_host: Optional[str] = typer.Option(None, "--kfp-host", help="Kubeflow Pipelines API URL (default params.yaml monitor.kubeflow_host)."),
     mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the decision to the hfcast-monitoring experiment."),
 ) -> None:
-    """Evidently drift (features, predictions) + live performance for one date, then decide and trigger."""
-    from hfcast.drift import run_monitor
+    """Evidently drift (features, predictions) + live performance for one date, then decide and start a retraining."""
+    from hfcast.monitoring.drift import run_monitor
+    from hfcast.monitoring.retraining import load_starter
 
     try:
-        rec = run_monitor(_settings(), date, model, trigger=trigger, kfp_host=kfp_host, log_mlflow=mlflow_log)
+        chosen = load_starter(trigger or starter, **({"host": kfp_host} if kfp_host else {}))
+        rec = run_monitor(_settings(), date, model, starter=chosen, log_mlflow=mlflow_log)
     except (ValueError, LookupError, FileNotFoundError) as exc:
         _fail(str(exc))
         return
@@ -576,7 +551,7 @@ def monitor_history(
     """The decision log (<lake>/monitoring/<model>/decisions.jsonl), oldest first."""
     from rich.table import Table
 
-    from hfcast.decision import load_history
+    from hfcast.monitoring.decision import load_history
     from hfcast.storage import Lake
 
     settings = _settings()
@@ -608,8 +583,9 @@ def monitor_reference(
     test_dates: Optional[str] = typer.Option(None, "--test-dates", help="Held-out dates scored for reference.json (with --dates)."),
 ) -> None:
     """Build the monitoring reference of a model version (sampled training rows + its predictions)."""
-    from hfcast.decision import MonitorConfig
-    from hfcast.drift import build_reference, reference_from_registry, resolve_model
+    from hfcast.monitoring.decision import MonitorConfig
+    from hfcast.monitoring.drift import resolve_model
+    from hfcast.monitoring.reference import build_reference, reference_from_registry
     from hfcast.predict import parse_dates
     from hfcast.storage import Lake
 
@@ -637,139 +613,43 @@ def monitor_reference(
                   f"{doc['train_dates'][0]}..{doc['train_dates'][-1]}; test scores {doc['test_scores'] or '-'}")
 
 
-# --- pipeline, demo (hfcast.demo, pipelines/) ----------------------------------------------------
+# --- plugins: commands of the outer packages (entry point group ``hfcast.cli``) -----------------
 
-pipeline_app = typer.Typer(no_args_is_help=True, help="Kubeflow pipelines: run locally, compile, submit to a cluster.")
-app.add_typer(pipeline_app, name="pipeline")
-
-
-def _import_pipelines():
-    """The top-level ``pipelines`` package (installed, or beside src/ in a checkout); imports kfp."""
-    import importlib
-    import sys
-
-    try:
-        return importlib.import_module("pipelines")
-    except ModuleNotFoundError:
-        root = Path(__file__).resolve().parents[2]
-        if not (root / "pipelines" / "__init__.py").exists():
-            _fail("cannot import the `pipelines` package: run from the repository root or the hfcast image")
-        sys.path.insert(0, str(root))
-        return importlib.import_module("pipelines")
+PLUGIN_GROUP = "hfcast.cli"
+_loaded: dict[str, list[str]] = {}  # "plugins" -> names, once loaded in this process
 
 
-def _parse_params(items: Optional[list[str]]) -> dict:
-    """``k=v`` pairs; a value that parses as JSON (numbers, true, lists) is used as such, else a string."""
-    import json
+def load_plugins(target: typer.Typer = app) -> list[str]:
+    """Let installed outer packages add their commands (``serve``, ``pipeline``, ``demo``).
 
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            _fail(f"--param expects KEY=VALUE, got {item!r}")
+    Each entry point of group ``hfcast.cli`` is a ``register(app: typer.Typer) -> None``. Why entry
+    points: the core must not import Kubeflow or KServe, yet ``hfcast`` keeps one command line.
+    A plugin that fails to import is logged and skipped, so the core commands always work.
+    """
+    from importlib.metadata import entry_points
+
+    names = []
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
         try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+            ep.load()(target)
+        except Exception as exc:  # a broken outer package must not take the core commands down
+            logging.getLogger(__name__).warning("hfcast command plugin %r not loaded: %s", ep.name, exc)
+            continue
+        names.append(ep.name)
+    return names
 
 
-@pipeline_app.command("run")
-def pipeline_run(
-    name: str = typer.Argument(..., help="training | batch | monitoring"),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Pipeline parameter KEY=VALUE (repeatable)."),
-) -> None:
-    """Run a pipeline on this machine with the Kubeflow local runner (the current settings by default)."""
-    import inspect
-    import time
-
-    _import_pipelines()
-    from pipelines.local import pipeline_function, run_local
-    from pipelines.training import settings_params
-
-    try:
-        fn = pipeline_function(name)
-    except ValueError as exc:
-        _fail(str(exc))
-    accepted = set(inspect.signature(fn.pipeline_func).parameters)
-    params = {k: v for k, v in settings_params(_settings()).items() if k in accepted}
-    params.update(_parse_params(param))
-    unknown = sorted(set(params) - accepted)
-    if unknown:
-        _fail(f"pipeline {name} has no parameter(s) {unknown}; it takes {sorted(accepted)}")
-    t0 = time.perf_counter()
-    try:
-        outputs = run_local(name, **params)
-    except RuntimeError as exc:
-        _fail(f"pipeline {name} failed: {exc}")
-    console.print(f"[green]pipeline {name}[/] finished in {time.perf_counter() - t0:.1f} s"
-                  + (f": {outputs}" if outputs else ""))
+def build_app() -> typer.Typer:
+    """The ``hfcast`` app with every installed plugin's commands (once per process)."""
+    if "plugins" not in _loaded:
+        _loaded["plugins"] = load_plugins(app)
+    return app
 
 
-@pipeline_app.command("compile")
-def pipeline_compile(
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder (default pipelines/compiled)."),
-) -> None:
-    """Compile every pipeline to YAML for the Kubeflow UI (`make compile-pipelines`)."""
-    _import_pipelines()
-    from pipelines.compile import COMPILED, compile_all
-
-    for p in compile_all(out or COMPILED):
-        console.print(f"compiled {p}")
-
-
-@pipeline_app.command("submit")
-def pipeline_submit(
-    name: str = typer.Argument(..., help="training | training-cpu | batch | monitoring"),
-    host: Optional[str] = typer.Option(None, "--host", help="KFP API URL, e.g. http://localhost:8080 (port-forward); default in-cluster."),
-    experiment: str = typer.Option("hfcast", "--experiment", help="KFP experiment (created if absent)."),
-    recurring_cron: Optional[str] = typer.Option(None, "--recurring-cron", help="6-field cron (UTC), e.g. '0 30 21 * * 1-5': a recurring run, max concurrency 1."),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Pipeline parameter KEY=VALUE (repeatable)."),
-    namespace: Optional[str] = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user)."),
-    service_account: Optional[str] = typer.Option(None, "--service-account", help="Run as this ServiceAccount (e.g. hfcast-pipeline)."),
-) -> None:
-    """Start a run (or a recurring run) on a Kubeflow Pipelines cluster."""
-    _import_pipelines()
-    from pipelines.submit import submit
-
-    try:
-        res = submit(name, host=host, params=_parse_params(param), experiment=experiment,
-                     recurring_cron=recurring_cron, namespace=namespace, service_account=service_account)
-    except ValueError as exc:
-        _fail(str(exc))
-    console.print(f"[green]{res['kind']}[/] {res['id']} in experiment {res['experiment_id']}")
-
-
-
-@app.command()
-def demo(
-    s3: bool = typer.Option(False, "--s3", help="Lake in a SeaweedFS S3 bucket on 127.0.0.1 instead of a local folder."),
-    home: Path = typer.Option(Path(".hfcast/demo"), "--home", help="State folder (wiped at the start)."),
-    symbols: int = typer.Option(12, "--symbols", min=2, help="Simulated symbols."),
-    days: int = typer.Option(22, "--days", min=12, help="Simulated trading days."),
-    shift_day: int = typer.Option(14, "--shift-day", help="First day of the shifted regime."),
-    archs: str = typer.Option("lstm,tcn", "--archs", help="Architectures to train (comma-separated)."),
-    serve: bool = typer.Option(True, "--serve/--no-serve", help="Start the model server and send requests at the end."),
-) -> None:
-    """The whole story on embedded defaults: simulate -> prep -> Feast -> train -> gate -> register ->
-    export -> batch predict -> monitor (drift after the shift retrains once) -> serve."""
-    _import_pipelines()
-    from pipelines.demo import DemoConfig, run_demo
-
-    if not 2 <= shift_day < days:
-        _fail(f"--shift-day must lie in [2, {days}), got {shift_day}")
-    train_days = min(12, shift_day)
-    cfg = DemoConfig(symbols=symbols, days=days, shift_day=shift_day, train_days=train_days,
-                     archs=tuple(a.strip() for a in archs.split(",") if a.strip()), s3=s3, serve=serve)
-    summary = run_demo(cfg, home, console)
-    console.rule("[bold]summary")
-    console.print(f"wall time {summary['seconds']} s; champion v{summary['champion_before']} -> "
-                  f"v{summary['champion_after']}; retrainings triggered on {summary['retrainings']}")
-    if summary.get("serving"):
-        sv = summary["serving"]
-        console.print(f"server: V1 {sv['v1_status']}, V2 {sv['v2_status']}, malformed -> {sv['bad_request_status']}")
-    console.print(f"report: {summary['index']}")
+def main() -> None:
+    """The ``hfcast`` console script: core commands plus the plugins' ones."""
+    build_app()()
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -21,6 +21,7 @@ HFCAST_PARAMS               params.yaml path (default ``./params.yaml`` when pre
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,18 @@ class Settings:
     def with_(self, **changes: Any) -> "Settings":
         """A copy with some fields replaced (``settings.with_(lake_url="s3://b/p")``)."""
         return dataclasses.replace(self, **changes)
+
+    def to_param(self) -> str:
+        """These settings as ONE JSON string, for a pipeline or component parameter.
+
+        Why: every component needs the same settings; one parameter replaces six repeated in every
+        signature. Credentials are NEVER included (they would show in the Kubeflow UI): the
+        receiving side reads them from its own environment (:func:`settings_from_param`).
+        """
+        doc = {"home": str(self.home), "lake_url": self.lake_url, "mlflow_uri": self.mlflow_uri,
+               "feast_repo": str(self.feast_repo), "s3_endpoint": self.s3_endpoint or "",
+               "model_name": self.model_name, "params": dict(self.params)}
+        return json.dumps(doc, sort_keys=True, default=str)
 
     def param(self, dotted: str, default: Any = None) -> Any:
         """A value from params.yaml by dotted key, e.g. ``settings.param("train.epochs", 5)``."""
@@ -131,3 +144,77 @@ def get_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None) 
         model_name=env.get("HFCAST_MODEL_NAME", "hfcast"),
         params=load_params(params_path),
     )
+
+
+# --- settings passed as a parameter (components, pipelines, starters) ------------------------------
+
+#: the fields of :meth:`Settings.to_param` that stand for an environment variable
+PARAM_ENV = {"home": "HFCAST_HOME", "lake_url": "HFCAST_LAKE", "mlflow_uri": "MLFLOW_TRACKING_URI",
+             "feast_repo": "HFCAST_FEAST_REPO", "s3_endpoint": "HFCAST_S3_ENDPOINT",
+             "model_name": "HFCAST_MODEL_NAME"}
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in, recursively for nested mappings (override wins)."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def parse_overrides(params_json: str) -> dict[str, Any]:
+    """A JSON object of params.yaml overrides ('' or '{}' = none), with a message a user can act on."""
+    if not params_json or not params_json.strip():
+        return {}
+    try:
+        doc = json.loads(params_json)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"params_json is not valid JSON ({exc}): {params_json[:200]!r}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"params_json must be a JSON object like {{\"train\": {{\"epochs\": 1}}}}, got {params_json[:200]!r}")
+    return doc
+
+
+def make_settings(home: str = "", lake_url: str = "", mlflow_uri: str = "", feast_repo: str = "",
+                  s3_endpoint: str = "", params_json: str = "", env: Mapping[str, str] | None = None,
+                  model_name: str = "") -> Settings:
+    """Settings from the environment, with every non-empty argument taking precedence.
+
+    Args:
+        home, lake_url, mlflow_uri, feast_repo, s3_endpoint, model_name: see the module doc; '' = from env.
+        params_json: JSON overrides merged into params.yaml (e.g. fewer epochs for a smoke run).
+        env: the environment (default ``os.environ``); credentials are read from it only.
+    """
+    given = {"home": home, "lake_url": lake_url, "mlflow_uri": mlflow_uri, "feast_repo": feast_repo,
+             "s3_endpoint": s3_endpoint, "model_name": model_name}
+    merged_env = dict(os.environ if env is None else env)
+    merged_env.update({PARAM_ENV[k]: v for k, v in given.items() if v})
+    settings = get_settings(env=merged_env)
+    overrides = parse_overrides(params_json)
+    return settings.with_(params=deep_merge(settings.params, overrides)) if overrides else settings
+
+
+def settings_from_param(text: str, env: Mapping[str, str] | None = None) -> Settings:
+    """The inverse of :meth:`Settings.to_param`, on the receiving side (a component's pod).
+
+    '' or '{}' gives plain :func:`get_settings` from ``env``. Every non-empty field overrides the
+    environment; ``params`` is merged over the local params.yaml (so a partial mapping is an
+    override, a full one a replacement). Credentials come from ``env`` only, never from ``text``.
+    """
+    if not text or not text.strip():
+        doc: dict[str, Any] = {}
+    else:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the settings parameter is not valid JSON ({exc}): {text[:200]!r}") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"the settings parameter must be a JSON object (Settings.to_param()), got {text[:200]!r}")
+    unknown = sorted(set(doc) - set(PARAM_ENV) - {"params"})
+    if unknown:
+        raise ValueError(f"the settings parameter has unknown field(s) {unknown}; expected {sorted(PARAM_ENV)} and params")
+    fields_ = {k: str(doc.get(k) or "") for k in PARAM_ENV}
+    params = doc.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"settings.params must be a JSON object, got {type(params).__name__}")
+    return make_settings(**fields_, params_json=json.dumps(params) if params else "", env=env)

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from hfcast import metrics as M
-from hfcast.calibration import PRED_COLUMNS, VOL_TOLERANCE, sign_right
+from hfcast.calibration import sign_right
+from hfcast.contracts import PRED_COLUMNS, VOL_TOLERANCE
 
 log = logging.getLogger(__name__)
 

@@ -5,61 +5,37 @@ input TensorRT compiles); a TensorRT plan is what a GPU serves fastest; Triton s
 with dynamic batching. Each artefact is checked for parity against PyTorch on random windows
 before anything is written as done, because a silently wrong export is worse than none.
 
-Runners put every backend behind one call, ``Runner.run(windows_scaled [B,30,F]) -> raw [B,4]``,
-so the KServe predictor, the batch job and the benchmark do not care which one they hold.
-TensorRT code sits behind :func:`tensorrt_available`; the logic around it (profile shapes, which
-layers keep FP32, the Triton config) is plain Python and unit-tested on machines without it.
+The backends that execute these artefacts live in :mod:`hfcast.runners`; :func:`runner_for` gives
+one for a forecaster, exporting what it needs first. TensorRT code sits behind
+:func:`hfcast.runners.tensorrt_available`; the logic around it (profile shapes, which layers keep
+FP32, the Triton config) is plain Python and unit-tested on machines without it.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib.util
 import json
 import logging
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from hfcast.contracts import LOOKBACK
+from hfcast.runners import (INPUT_NAME, OUTPUT_NAME, RUNNER_KINDS, TENSORRT_ABSENT, OnnxRuntimeRunner, Runner,
+                            TensorRTRunner, TorchRunner, make_runner, n_features_of, net_of, resolve_kind,
+                            tensorrt_available)
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
-INPUT_NAME = "window"
-OUTPUT_NAME = "raw"
-LOOKBACK = 30
 MAX_BATCH = 1024  # the TensorRT profile's and Triton's largest batch
 OPT_BATCH = 64  # the batch TensorRT tunes its kernels for
 PARITY_TOL_FP32 = 1e-4
 PARITY_TOL_FP16 = 1e-2  # FP16 keeps ~3 decimal digits; normalisation stays FP32
 REL_FLOOR = 1e-2  # below this magnitude relative error is measured against the floor (see rel_err)
-RUNNER_KINDS = ("torch", "torch-compiled", "onnxruntime", "tensorrt")
-TENSORRT_ABSENT = "TensorRT is not available on this machine (no `tensorrt` module or no CUDA GPU): exported ONNX only."
-
-
-def tensorrt_available() -> bool:
-    """True when a TensorRT engine can be built and run here (the module AND a CUDA device)."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _net(model: Any):
-    """The ``ForecastNet`` inside a Forecaster (or the module itself), in eval mode on CPU."""
-    net = getattr(model, "net", model)
-    return net.eval()
-
-
-def _n_features(model: Any) -> int:
-    names = getattr(model, "feature_names", None)
-    if names:
-        return len(names)
-    return int(getattr(model, "n_features"))
 
 
 # --- parity ------------------------------------------------------------------------------------
@@ -118,7 +94,7 @@ def export_onnx(model: Any, path: str | Path, opset: int = OPSET, check: bool = 
     """
     import torch
 
-    net, n_features = _net(model), _n_features(model)
+    net, n_features = net_of(model), n_features_of(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = (torch.randn(2, LOOKBACK, n_features),)
@@ -237,130 +213,25 @@ def write_triton_repo(root: str | Path, model_file: str | Path, n_features: int,
     return model_dir
 
 
-# --- runners -------------------------------------------------------------------------------------
+# --- a runner for a forecaster ------------------------------------------------------------------
 
-class Runner(Protocol):
-    """One backend: scaled windows [B,30,F] float32 in, raw outputs [B,4] float32 out."""
-
-    kind: str
-    device: str
-
-    def run(self, windows_scaled: np.ndarray) -> np.ndarray: ...
-
-
-class TorchRunner:
-    """PyTorch eager (or ``torch.compile``-d) on CPU or GPU."""
-
-    def __init__(self, model: Any, compiled: bool = False, device: str | None = None):
-        import torch
-
-        self._torch = torch
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.kind = "torch-compiled" if compiled else "torch"
-        net = _net(model)
-        if next(net.parameters()).device.type != torch.device(self.device).type:
-            net = copy.deepcopy(net).to(self.device)  # never move the caller's Forecaster
-        self._net = torch.compile(net, dynamic=True) if compiled else net
-
-    def run(self, windows_scaled: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(windows_scaled, dtype=np.float32)).to(self.device)
-            return self._net(x).float().cpu().numpy()
-
-
-class OnnxRuntimeRunner:
-    """onnxruntime on CPU (threads follow the machine; one session, thread-safe ``run``)."""
-
-    kind = "onnxruntime"
-    device = "cpu"
-
-    def __init__(self, onnx_path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        # idle worker threads would spin for the next op and starve the server's event loop on a
-        # small CPU; blocking costs microseconds per call instead
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-
-    def run(self, windows_scaled: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(windows_scaled, dtype=np.float32)
-        return self._sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-
-
-class TensorRTRunner:
-    """A TensorRT plan executed with torch-allocated CUDA buffers (needs TensorRT + GPU)."""
-
-    kind = "tensorrt"
-    device = "cuda"
-
-    def __init__(self, plan_path: str | Path):
-        if not tensorrt_available():
-            raise RuntimeError(TENSORRT_ABSENT)
-        import tensorrt as trt
-        import torch
-
-        self._torch = torch
-        self._engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
-            Path(plan_path).read_bytes())
-        self._ctx = self._engine.create_execution_context()
-
-    def run(self, windows_scaled: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        x = torch.from_numpy(np.ascontiguousarray(windows_scaled, dtype=np.float32)).cuda()
-        out = torch.empty((x.shape[0], 4), dtype=torch.float32, device="cuda")
-        self._ctx.set_input_shape(INPUT_NAME, tuple(x.shape))
-        self._ctx.set_tensor_address(INPUT_NAME, x.data_ptr())
-        self._ctx.set_tensor_address(OUTPUT_NAME, out.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not self._ctx.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        stream.synchronize()
-        return out.cpu().numpy()
-
-
-def choose_runner_kind(cuda: bool, tensorrt: bool) -> str:
-    """The rule behind ``make_runner("auto")``: TensorRT > compiled torch on GPU > onnxruntime on CPU.
-
-    The CPU half is measured (bench/results/serving.json: onnxruntime is about 2x faster than
-    torch eager at batch 1 and 5x at batch 64, with a far smaller p99). The GPU order is
-    NVIDIA's usual ranking and has not been measured by this project: run the benchmark on a GPU.
-    """
-    if cuda and tensorrt:
-        return "tensorrt"
-    if cuda:
-        return "torch-compiled"
-    return "onnxruntime"
-
-
-def make_runner(kind: str, forecaster: Any, onnx_path: str | Path | None = None,
-                plan_path: str | Path | None = None) -> Runner:
-    """A runner of the given kind (or the fastest available for ``"auto"``).
+def runner_for(kind: str, forecaster: Any, onnx_path: str | Path | None = None,
+               plan_path: str | Path | None = None) -> Runner:
+    """A runner of the given kind (or the fastest available for ``"auto"``) for a forecaster.
 
     ONNX and TensorRT runners export / build what they need into a temp folder when no path is
     given, so a caller holding only a Forecaster can still ask for them.
     """
-    if kind == "auto":
-        import torch
-
-        kind = choose_runner_kind(torch.cuda.is_available(), tensorrt_available())
-        log.info("runner auto-choice: %s", kind)
+    kind = resolve_kind(kind)
     if kind not in RUNNER_KINDS:
         raise ValueError(f"unknown runner kind {kind!r}; choose one of {RUNNER_KINDS + ('auto',)}")
-    if kind in ("torch", "torch-compiled"):
-        return TorchRunner(forecaster, compiled=kind == "torch-compiled")
-    if onnx_path is None and plan_path is None:
+    if kind in ("onnxruntime", "tensorrt") and onnx_path is None and plan_path is None:
         onnx_path = Path(tempfile.mkdtemp(prefix="hfcast-onnx-")) / "model.onnx"
         export_onnx(forecaster, onnx_path)
-    if kind == "onnxruntime":
-        return OnnxRuntimeRunner(onnx_path)
-    if plan_path is None:
+    if kind == "tensorrt" and plan_path is None:
         plan_path = Path(onnx_path).with_suffix(".plan")
-        build_tensorrt_engine(onnx_path, plan_path, _n_features(forecaster))
-    return TensorRTRunner(plan_path)
+        build_tensorrt_engine(onnx_path, plan_path, n_features_of(forecaster))
+    return make_runner(kind, forecaster, onnx_path=onnx_path, plan_path=plan_path)
 
 
 # --- the whole export ----------------------------------------------------------------------------
@@ -383,7 +254,7 @@ def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH)
     """ONNX (+ parity), TensorRT plan (+ parity) where possible, and a Triton repository."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n_features = _n_features(forecaster)
+    n_features = n_features_of(forecaster)
     onnx_res = export_onnx(forecaster, out / "model.onnx")
     onnx_info = {**asdict(onnx_res), "path": str(onnx_res.path)}
     notes = []
@@ -439,3 +310,25 @@ def log_export_to_mlflow(report: ExportReport, settings: Any) -> str:
         for key, value in tags.items():
             t.client.set_model_version_tag(report.model_name, report.model_version, key, value)
     return uri
+
+
+def publish(report_or_dir: ExportReport | str | Path, url: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Copy an export folder to ``url`` (e.g. ``s3://hfcast-models/hfcast/champion``), file by file.
+
+    Why: the GPU InferenceService reads ``triton/`` from object storage, not from MLflow.
+
+    Returns:
+        The URLs written, in order.
+    """
+    from hfcast import storage
+
+    root = Path(report_or_dir.out_dir if isinstance(report_or_dir, ExportReport) else report_or_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"nothing to publish: {root} is not an export folder")
+    written = []
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        target = storage.join(url, f.relative_to(root).as_posix())
+        storage.write_bytes(target, f.read_bytes(), dict(storage_options) if storage_options else None)
+        written.append(target)
+    log.info("published %d file(s) of %s to %s", len(written), root, url)
+    return written

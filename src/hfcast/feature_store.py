@@ -28,11 +28,11 @@ import pandas as pd
 
 from hfcast import storage
 from hfcast.config import Settings
+from hfcast.contracts import FEATURE_SET_FILE, LOOKBACK
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
 
-LOOKBACK = 30
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "feature_repo"
 FEATURES_VIEW = "minute_features"
 WINDOW_VIEW = "symbol_window"
@@ -40,9 +40,9 @@ TS_DTYPE = "datetime64[us, UTC]"
 
 
 def feature_set(settings: Settings) -> list[str]:
-    """Feature names in registry order, from ``<lake>/features/_feature_set.json``."""
+    """Feature names in catalogue order, from ``<lake>/features/_feature_set.json``."""
     lake = Lake.from_settings(settings)
-    url = storage.join(lake.table("features"), "_feature_set.json")
+    url = storage.join(lake.table("features"), FEATURE_SET_FILE)
     try:
         doc = json.loads(storage.read_text(url, lake.storage_options))
     except FileNotFoundError:

@@ -79,7 +79,7 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
         (frame with symbol, ts, PRED_COLUMNS, filled; timings in seconds for window / model).
     """
     from hfcast.features.windows import build_windows
-    from hfcast.models.base import PRED_COLUMNS
+    from hfcast.contracts import PRED_COLUMNS
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -117,7 +117,7 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
 
 def to_csv_bytes(frame: pd.DataFrame, model_name: str, model_version: str, mode: str) -> bytes:
     """The CSV body for one date: fixed column order and float format (byte-stable reruns)."""
-    from hfcast.models.base import PRED_COLUMNS
+    from hfcast.contracts import PRED_COLUMNS
 
     out = frame[["symbol", "ts", *PRED_COLUMNS, "filled"]].copy()
     out["ts"] = pd.DatetimeIndex(out["ts"]).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -195,11 +195,11 @@ def _worker_model(job: Job) -> tuple[Any, Any]:
         forecaster = Forecaster.load(job.bundle_dir)
         runner = None
         if job.runner == "onnxruntime":
-            from hfcast.export import OnnxRuntimeRunner
+            from hfcast.runners import OnnxRuntimeRunner
 
             runner = OnnxRuntimeRunner(job.onnx_path, threads=job.threads)
         elif job.runner and job.runner != "torch":
-            from hfcast.export import make_runner
+            from hfcast.runners import make_runner
 
             runner = make_runner(job.runner, forecaster, onnx_path=job.onnx_path)
         _WORKER.update(key=key, forecaster=forecaster, runner=runner)
@@ -311,7 +311,7 @@ def choose_runner(bundle_dir: str, runner: str) -> tuple[str, str | None]:
     if runner == "auto":
         import torch
 
-        from hfcast.export import choose_runner_kind, tensorrt_available
+        from hfcast.runners import choose_runner_kind, tensorrt_available
 
         runner = choose_runner_kind(torch.cuda.is_available(), tensorrt_available())
     onnx_path = None

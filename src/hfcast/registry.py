@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from hfcast.config import Settings
+from hfcast.contracts import BUNDLE_FILES
+from hfcast.gate import config_from_settings
 
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 SCORES_ARTIFACT = "eval/scores.json"
-BUNDLE_FILES = ("model.json", "weights.safetensors", "scaler.json", "calibration.json")
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".joblib", ".ckpt")  # torch.save is pickle
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
 SPANS_TAG, SPANS_SHA_TAG = "hfcast.test_spans", "hfcast.test_spans_sha"
@@ -204,94 +205,104 @@ def _chunks(items: list, n: int) -> Iterator[list]:
         yield items[i:i + n]
 
 
-def log_training_run(
-    settings: Settings,
-    bundle_dir: str | os.PathLike,
-    *,
-    arch: str,
-    params: Mapping[str, Any],
-    epoch_metrics: Sequence[Mapping[str, Any]] | None,
-    fold_metrics: Sequence[Mapping[str, Any]],
-    aggregate_metrics: Mapping[str, Any],
-    test_spans: Sequence[tuple[str, str]],
-    dataset_version: str | None,
-    feature_names: Sequence[str],
-    plots: Sequence[str | os.PathLike] = (),
-    tags: Mapping[str, str] | None = None,
-    baseline_metrics: Mapping[str, Mapping[str, Any]] | None = None,
-    run_name: str | None = None,
-) -> str:
+@dataclass
+class TrainingRecord:
+    """Everything one training run logs to MLflow (what :func:`log_training_run` records).
+
+    Why one object: the run has many parts (bundle, scores at three levels, lineage, plots) and a
+    call with thirteen keyword arguments was hard to read and easy to get wrong.
+    """
+
+    bundle_dir: str | os.PathLike  # the saved Forecaster bundle folder; logged as-is under ``model/``
+    arch: str
+    params: Mapping[str, Any]
+    fold_metrics: Sequence[Mapping[str, Any]]  # one dict per fold, logged as ``fold/<key>`` (step = fold)
+    aggregate_metrics: Mapping[str, Any]  # the scores the gate compares (``vol_qlike``, ``ret_ic``)
+    test_spans: Sequence[tuple[str, str]]  # ``[(first, last), ...]`` of the test folds the scores cover
+    feature_names: Sequence[str]
+    epoch_metrics: Sequence[Mapping[str, Any]] | None = None  # one dict per epoch (optional ``fold``)
+    dataset_version: str | None = None
+    plots: Sequence[str | os.PathLike] = ()
+    tags: Mapping[str, str] | None = None
+    baseline_metrics: Mapping[str, Mapping[str, Any]] | None = None  # same spans: ``baseline/<name>/<metric>``
+    run_name: str | None = None
+
+
+def _record_metrics(rec: TrainingRecord, now: int) -> list:
+    """Per-epoch, per-fold, aggregate and baseline metrics (non-numeric values go to scores.json only)."""
+    metrics = []
+    for i, row in enumerate(rec.epoch_metrics or []):
+        prefix = f"fold{int(row['fold'])}/epoch/" if "fold" in row else "epoch/"
+        metrics += _metrics(row, prefix, int(row.get("epoch", i)), now, skip=("epoch", "fold"))
+    for i, row in enumerate(rec.fold_metrics):
+        metrics += _metrics(row, "fold/", int(row.get("fold", i)), now, skip=("fold",))
+    metrics += _metrics(rec.aggregate_metrics, "", 0, now)
+    for b, scores in (rec.baseline_metrics or {}).items():
+        metrics += _metrics(scores, f"baseline/{b}/", 0, now)
+    return metrics
+
+
+def _record_params_tags(settings: Settings, rec: TrainingRecord, spans: list[list[str]]) -> tuple[list, dict]:
+    """MLflow params (flattened) and run tags (lineage, the test spans and their digest)."""
+    from mlflow.entities import Param
+
+    flat = {**_flatten(rec.params), "arch": rec.arch, "n_features": len(rec.feature_names),
+            "dataset_version": rec.dataset_version or "unknown", "n_test_spans": len(spans)}
+    spans_json = json.dumps(spans)
+    run_tags = {"arch": rec.arch, "dataset_version": rec.dataset_version or "unknown", SPANS_SHA_TAG: spans_sha(spans),
+                "hfcast.model_name": settings.model_name, **(rec.tags or {})}
+    if len(spans_json) <= 8000:
+        run_tags[SPANS_TAG] = spans_json
+    return [Param(k, str(v)[:6000]) for k, v in flat.items()], run_tags
+
+
+def _write_run(t: "Tracking", run_id: str, rec: TrainingRecord, params: list, metrics: list,
+               scores: Mapping[str, Any], bundle: Path, plot_paths: Sequence[Path]) -> None:
+    for chunk in _chunks(params, 100):
+        t.client.log_batch(run_id, params=chunk)
+    for chunk in _chunks(metrics, 1000):
+        t.client.log_batch(run_id, metrics=chunk)
+    with tempfile.TemporaryDirectory(prefix="hfcast-run-") as tmp:
+        (Path(tmp) / "features.json").write_text(json.dumps({"features": list(rec.feature_names)}, indent=1))
+        (Path(tmp) / "scores.json").write_text(json.dumps(_json_safe(scores), indent=1))
+        t.client.log_artifact(run_id, str(Path(tmp) / "features.json"))
+        t.client.log_artifact(run_id, str(Path(tmp) / "scores.json"), "eval")
+    t.client.log_artifacts(run_id, str(bundle), MODEL_ARTIFACT)
+    for p in plot_paths:
+        t.client.log_artifact(run_id, str(p), "plots")
+
+
+def log_training_run(settings: Settings, rec: TrainingRecord) -> str:
     """Log one training run: params, per-epoch/per-fold/aggregate metrics, lineage, bundle, plots.
 
-    Args:
-        bundle_dir: the saved Forecaster bundle folder; logged as-is under ``model/``.
-        epoch_metrics: one dict per epoch (``epoch`` = step; an optional ``fold`` prefixes the keys).
-        fold_metrics: one dict per walk-forward fold (``fold`` or the position = step), logged as
-            ``fold/<key>``; non-numeric values (dates) go only to ``eval/scores.json``.
-        aggregate_metrics: the scores the gate compares (e.g. ``vol_qlike``, ``ret_ic``).
-        test_spans: ``[(first_date, last_date), ...]`` of the test folds these scores cover.
-        baseline_metrics: ``{baseline: {metric: value}}`` on the same spans, logged as
-            ``baseline/<name>/<metric>``; the gate compares against them.
+    ``eval/scores.json`` holds the scores with the test spans they cover, which the gate reads.
 
     Returns:
         The MLflow run id.
     """
-    from mlflow.entities import Param
-
-    bundle = check_bundle(bundle_dir)
-    if not dataset_version:
-        log.warning("run of %s logged without a dataset version (pass hfcast.dataset.dataset_version())", arch)
-    spans = [[str(a), str(b)] for a, b in test_spans]
+    bundle = check_bundle(rec.bundle_dir)
+    if not rec.dataset_version:
+        log.warning("run of %s logged without a dataset version (pass hfcast.versioning.dataset_version())", rec.arch)
+    spans = [[str(a), str(b)] for a, b in rec.test_spans]
     if not spans:
         raise ValueError("test_spans is empty: the gate needs to know which dates the scores cover")
-    plot_paths = [Path(p) for p in plots]
+    plot_paths = [Path(p) for p in rec.plots]
     for p in plot_paths:
         if not p.is_file():
             raise RegistryError(f"plot {p} does not exist")
-    now = int(time.time() * 1000)
-    metrics = []
-    for i, row in enumerate(epoch_metrics or []):
-        prefix = f"fold{int(row['fold'])}/epoch/" if "fold" in row else "epoch/"
-        metrics += _metrics(row, prefix, int(row.get("epoch", i)), now, skip=("epoch", "fold"))
-    for i, row in enumerate(fold_metrics):
-        metrics += _metrics(row, "fold/", int(row.get("fold", i)), now, skip=("fold",))
-    metrics += _metrics(aggregate_metrics, "", 0, now)
-    for b, scores in (baseline_metrics or {}).items():
-        metrics += _metrics(scores, f"baseline/{b}/", 0, now)
-
-    flat = {**_flatten(params), "arch": arch, "n_features": len(feature_names),
-            "dataset_version": dataset_version or "unknown", "n_test_spans": len(spans)}
-    param_list = [Param(k, str(v)[:6000]) for k, v in flat.items()]
-    sha = spans_sha(spans)
-    spans_json = json.dumps(spans)
-    run_tags = {"arch": arch, "dataset_version": dataset_version or "unknown", SPANS_SHA_TAG: sha,
-                "hfcast.model_name": settings.model_name, **(tags or {})}
-    if len(spans_json) <= 8000:
-        run_tags[SPANS_TAG] = spans_json
-    scores = {"test_spans": spans, "test_spans_sha": sha, "model": aggregate_metrics,
-              "baselines": baseline_metrics or {}, "folds": list(fold_metrics)}
-
+    metrics = _record_metrics(rec, int(time.time() * 1000))
+    params, run_tags = _record_params_tags(settings, rec, spans)
+    scores = {"test_spans": spans, "test_spans_sha": spans_sha(spans), "model": rec.aggregate_metrics,
+              "baselines": rec.baseline_metrics or {}, "folds": list(rec.fold_metrics)}
     with tracking(settings) as t:
-        run = t.client.create_run(t.experiment_id, run_name=run_name, tags=run_tags)
-        run_id = run.info.run_id
+        run_id = t.client.create_run(t.experiment_id, run_name=rec.run_name, tags=run_tags).info.run_id
         try:
-            for chunk in _chunks(param_list, 100):
-                t.client.log_batch(run_id, params=chunk)
-            for chunk in _chunks(metrics, 1000):
-                t.client.log_batch(run_id, metrics=chunk)
-            with tempfile.TemporaryDirectory(prefix="hfcast-run-") as tmp:
-                (Path(tmp) / "features.json").write_text(json.dumps({"features": list(feature_names)}, indent=1))
-                (Path(tmp) / "scores.json").write_text(json.dumps(_json_safe(scores), indent=1))
-                t.client.log_artifact(run_id, str(Path(tmp) / "features.json"))
-                t.client.log_artifact(run_id, str(Path(tmp) / "scores.json"), "eval")
-            t.client.log_artifacts(run_id, str(bundle), MODEL_ARTIFACT)
-            for p in plot_paths:
-                t.client.log_artifact(run_id, str(p), "plots")
+            _write_run(t, run_id, rec, params, metrics, scores, bundle, plot_paths)
         except BaseException:
             t.client.set_terminated(run_id, "FAILED")
             raise
         t.client.set_terminated(run_id, "FINISHED")
-    log.info("logged run %s (%s, %d metrics, dataset %s)", run_id, arch, len(metrics), dataset_version)
+    log.info("logged run %s (%s, %d metrics, dataset %s)", run_id, rec.arch, len(metrics), rec.dataset_version)
     return run_id
 
 
@@ -479,8 +490,6 @@ def _version_row(client: Any, mv: Any, metric_names: Sequence[str], aliases: Seq
 
 def list_versions(settings: Settings) -> list[dict[str, Any]]:
     """Every version of the model, oldest first: version, aliases, arch, created, gate, metrics."""
-    from hfcast.gate import config_from_settings
-
     metric_names = [r.name for r in config_from_settings(settings).rules]
     with tracking(settings) as t:
         versions = t.client.search_model_versions(f"name='{t.model_name}'")
@@ -491,8 +500,6 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
 
 def describe(settings: Settings, ref: str | int) -> dict[str, Any]:
     """One version in detail: its listing row, source, the run's params and artifact folders."""
-    from hfcast.gate import config_from_settings
-
     mv = resolve(settings, ref)
     with tracking(settings) as t:
         aliases = _aliases(t.client, mv.name).get(str(mv.version), [])
@@ -502,7 +509,3 @@ def describe(settings: Settings, ref: str | int) -> dict[str, Any]:
                    all_metrics=dict(run.data.metrics),
                    artifacts=sorted(f.path for f in t.client.list_artifacts(mv.run_id)))
     return row
-
-
-# The gate's MLflow side lives in hfcast.gate; re-exported so `registry.promote(...)` etc. work.
-from hfcast.gate import GateDecision, gate, promote, rollback, run_gate  # noqa: E402,F401

@@ -308,11 +308,8 @@ def _train(arch: str, train_wa: WindowArrays, val_wa: WindowArrays, model_config
 
 def _fit_calibrator(forecaster: Forecaster, val_loader, val_wa: WindowArrays) -> Any:
     """Calibrator fitted on the best net's validation forecasts (CPU fp32, as served); None if unavailable."""
-    try:
-        from hfcast.calibration import Calibrator
-    except ImportError as exc:
-        log.warning("hfcast.calibration is not importable (%s): using the Gaussian fallback", exc)
-        return None
+    from hfcast.calibration import Calibrator
+
     raw, _ = _predict(forecaster.net, val_loader, torch.device("cpu"), None)
     labels = val_wa.labels().astype(np.float64)
     try:

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from hfcast.calibration import PRED_COLUMNS
+from hfcast.contracts import LOOKBACK, PRED_COLUMNS
 from hfcast.data.schema import LABEL_HORIZONS, MINUTES_PER_SESSION
 from hfcast.models.baselines import BASELINES
 
@@ -192,13 +192,13 @@ class WalkForwardResult:
 
 
 def _stride(wa, stride: int):
-    """Keep windows whose end minute satisfies (minute_of_session - 29) % stride == 0."""
+    """Keep windows whose end minute satisfies (minute_of_session - (LOOKBACK - 1)) % stride == 0."""
     if stride <= 1:
         return wa
     from hfcast.data.schema import minute_of_session
 
     m = minute_of_session(wa.keys["ts"].iloc[wa.ends])
-    return wa.select(np.flatnonzero((m - 29) % stride == 0))
+    return wa.select(np.flatnonzero((m - (LOOKBACK - 1)) % stride == 0))
 
 
 def _predict_windows(fc, wa, batch: int = 8192):
@@ -209,17 +209,82 @@ def _predict_windows(fc, wa, batch: int = 8192):
 
 
 def _feature_names(lake, df) -> list[str]:
-    """The feature list written by the feature engine, else the registry's (present columns only)."""
+    """The feature list written by the feature engine, else the catalogue's (present columns only)."""
     try:
         from hfcast.features.engine import read_feature_set
 
         return list(read_feature_set(lake)["features"])
-    except (ImportError, FileNotFoundError, KeyError, OSError) as exc:
-        from hfcast.features.registry import feature_names
+    except (FileNotFoundError, KeyError, OSError) as exc:
+        from hfcast.features.catalog import feature_names
 
         names = [n for n in feature_names(True) if n in df.columns]
-        log.warning("no feature set file (%s); using %d registry features found in the frame", exc, len(names))
+        log.warning("no feature set file (%s); using %d catalogue features found in the frame", exc, len(names))
         return names
+
+
+def _folds_and_frame(lake, wf_cfg: WalkForwardConfig, dates: Sequence[str] | None, frame):
+    """The folds, and the features frame they need (from the lake unless one is given)."""
+    import pandas as pd
+
+    if frame is None:
+        from hfcast.features.engine import load_features
+
+        dates = list(dates or lake.dates("features"))
+        folds = list(generate_folds(dates, wf_cfg))
+        needed = sorted({d for f in folds for d in f.all_dates} | {d for d in dates if d <= folds[-1].test[-1]})
+        frame = load_features(lake, needed)
+    else:
+        day = pd.DatetimeIndex(frame["ts"]).tz_convert("America/New_York").strftime("%Y-%m-%d")
+        folds = list(generate_folds(dates or sorted(set(day)), wf_cfg))
+    return folds, frame.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
+
+
+def _fold_windows(wa_all, fold: Fold, wf_cfg: WalkForwardConfig):
+    """(train, val, test) windows of one fold, each at its configured stride; never empty."""
+    train_wa = _stride(wa_all.subset_dates(fold.train), wf_cfg.train_stride)
+    val_wa = _stride(wa_all.subset_dates(fold.val), wf_cfg.eval_stride)
+    test_wa = _stride(wa_all.subset_dates(fold.test), wf_cfg.eval_stride)
+    if min(len(train_wa), len(val_wa), len(test_wa)) == 0:
+        raise ValueError(f"{fold.describe()} has an empty span of windows "
+                         f"(train {len(train_wa)}, val {len(val_wa)}, test {len(test_wa)})")
+    return train_wa, val_wa, test_wa
+
+
+def _train_archs(archs, spans, base, train_cfg, model_configs, progress: bool, acc: dict) -> None:
+    """Train every architecture on one fold and predict its test windows (results into ``acc``)."""
+    import time
+
+    import pandas as pd
+
+    from hfcast.evaluate import score
+    from hfcast.train import train_forecaster
+
+    train_wa, val_wa, test_wa = spans
+    for arch in archs:
+        t0 = time.perf_counter()
+        fc, hist = train_forecaster(arch, train_wa, val_wa, model_config=(model_configs or {}).get(arch),
+                                    cfg=train_cfg, progress=progress)
+        secs = time.perf_counter() - t0
+        acc["thr"][arch].append(float(hist.get("windows_per_s", np.nan)))
+        acc["histories"][arch].append(hist)
+        acc["forecasters"][arch] = fc
+        acc["preds"].append(pd.concat([base.assign(model=arch), _predict_windows(fc, test_wa)], axis=1))
+        if progress:
+            log.info("  %s trained in %.1fs: %s", arch, secs, _brief(score(acc["preds"][-1])))
+
+
+def _score_models(allp):
+    """Per-fold and pooled test scores of every model in the predictions."""
+    import pandas as pd
+
+    from hfcast.evaluate import score_folds
+
+    per_fold, agg = [], {}
+    for model, g in allp.groupby("model", sort=False):
+        pf, a = score_folds(g)
+        per_fold.append(pf.assign(model=model))
+        agg[model] = a
+    return pd.concat(per_fold, ignore_index=True), pd.DataFrame(agg).T
 
 
 def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train_cfg: Any = None,
@@ -240,69 +305,34 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
         dates: restrict to these dates (default: every features date in the lake).
         frame, feature_names: an in-memory features frame instead of the lake (tests, benchmarks).
     """
-    import time
-
     import pandas as pd
 
-    from hfcast.evaluate import score, score_folds
     from hfcast.features.windows import build_windows
     from hfcast.models.baselines import baseline_inputs, fit_baselines
 
-    if frame is None:
-        from hfcast.features.engine import load_features
-
-        dates = list(dates or lake.dates("features"))
-        folds = list(generate_folds(dates, wf_cfg))
-        needed = sorted({d for f in folds for d in f.all_dates} | {d for d in dates if d <= folds[-1].test[-1]})
-        frame = load_features(lake, needed)
-    else:
-        day = pd.DatetimeIndex(frame["ts"]).tz_convert("America/New_York").strftime("%Y-%m-%d")
-        folds = list(generate_folds(dates or sorted(set(day)), wf_cfg))
-    frame = frame.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
+    folds, frame = _folds_and_frame(lake, wf_cfg, dates, frame)
     names = list(feature_names) if feature_names is not None else _feature_names(lake, frame)
     wa_all = build_windows(frame, names, stride=1)
     inputs = baseline_inputs(frame)
     truth = [c for c in ("true_ret_60m", "true_var_10m") if c in frame]
-    preds, forecasters, histories, thr = [], {}, {a: [] for a in archs}, {a: [] for a in archs}
+    acc = {"preds": [], "forecasters": {}, "histories": {a: [] for a in archs}, "thr": {a: [] for a in archs}}
     for fold in folds:
-        train_wa = _stride(wa_all.subset_dates(fold.train), wf_cfg.train_stride)
-        val_wa = _stride(wa_all.subset_dates(fold.val), wf_cfg.eval_stride)
-        test_wa = _stride(wa_all.subset_dates(fold.test), wf_cfg.eval_stride)
-        if min(len(train_wa), len(val_wa), len(test_wa)) == 0:
-            raise ValueError(f"{fold.describe()} has an empty span of windows "
-                             f"(train {len(train_wa)}, val {len(val_wa)}, test {len(test_wa)})")
+        train_wa, val_wa, test_wa = spans = _fold_windows(wa_all, fold, wf_cfg)
         rows = test_wa.ends
         base = frame.loc[rows, ["symbol", "ts", "ret_60m", "rv_10m", *truth]].reset_index(drop=True)
         base["fold"] = fold.index
         if progress:
             log.info("%s: %d train / %d val / %d test windows", fold.describe(), len(train_wa), len(val_wa), len(test_wa))
-        for arch in archs:
-            from hfcast.train import train_forecaster
-
-            t0 = time.perf_counter()
-            fc, hist = train_forecaster(arch, train_wa, val_wa, model_config=(model_configs or {}).get(arch),
-                                        cfg=train_cfg, progress=progress)
-            secs = time.perf_counter() - t0
-            thr[arch].append(float(hist.get("windows_per_s", np.nan)))
-            histories[arch].append(hist)
-            forecasters[arch] = fc
-            out = _predict_windows(fc, test_wa)
-            preds.append(pd.concat([base.assign(model=arch), out], axis=1))
-            if progress:
-                log.info("  %s trained in %.1fs: %s", arch, secs, _brief(score(preds[-1])))
+        _train_archs(archs, spans, base, train_cfg, model_configs, progress, acc)
         fitted = fit_baselines(inputs.loc[train_wa.ends], inputs.loc[val_wa.ends], tuple(baselines))
         for name, b in fitted.items():
             out = b.predict(inputs.loc[rows]).reset_index(drop=True)
-            preds.append(pd.concat([base.assign(model=name), out], axis=1))
-    allp = pd.concat(preds, ignore_index=True)
-    per_fold, agg = [], {}
-    for model, g in allp.groupby("model", sort=False):
-        pf, a = score_folds(g)
-        per_fold.append(pf.assign(model=model))
-        agg[model] = a
-    return WalkForwardResult(folds=folds, predictions=allp, per_fold=pd.concat(per_fold, ignore_index=True),
-                             aggregate=pd.DataFrame(agg).T, forecasters=forecasters, histories=histories,
-                             throughput={a: float(np.median(v)) for a, v in thr.items() if v},
+            acc["preds"].append(pd.concat([base.assign(model=name), out], axis=1))
+    allp = pd.concat(acc["preds"], ignore_index=True)
+    per_fold, aggregate = _score_models(allp)
+    return WalkForwardResult(folds=folds, predictions=allp, per_fold=per_fold, aggregate=aggregate,
+                             forecasters=acc["forecasters"], histories=acc["histories"],
+                             throughput={a: float(np.median(v)) for a, v in acc["thr"].items() if v},
                              feature_names=names)
 
 
@@ -311,24 +341,20 @@ def _brief(s: Mapping[str, float]) -> str:
     return " ".join(f"{k}={s[k]:.4f}" for k in keys if k in s)
 
 
-run = run_walkforward
-
 
 def log_result(settings, result: WalkForwardResult, arch: str, params: Mapping[str, Any],
-               out_dir, plots: Sequence[Any] = (), dataset_version: str | None = None) -> str:
+               out_dir, plots: Sequence[Any] = (), dataset_version: str | None = None,
+               tags: Mapping[str, str] | None = None) -> str:
     """Hand one architecture's walk-forward result to the registry (MLflow); returns the run id.
 
-    Uses ``hfcast.registry.log_walkforward(settings, result, arch, ...)`` when the registry
-    provides it, else ``log_training_run`` with the last fold's bundle, per-fold and pooled test
-    scores, and the baselines' scores on the same spans (the oracle is left out: it is the
-    ceiling, not a baseline a model can be required to beat).
+    Logs the last fold's bundle, per-fold and pooled test scores, and the baselines' scores on the
+    same spans (the oracle is left out: it is the ceiling, not a baseline a model can be required
+    to beat; its scores are kept as ``oracle_*`` metrics).
     """
     from pathlib import Path
 
     from hfcast import registry
 
-    if hasattr(registry, "log_walkforward"):
-        return registry.log_walkforward(settings, result, arch=arch, params=params, out_dir=out_dir, plots=plots)
     bundle = Path(out_dir) / f"bundle-{arch}"
     result.forecasters[arch].save(str(bundle))
     pf = result.per_fold
@@ -336,22 +362,19 @@ def log_result(settings, result: WalkForwardResult, arch: str, params: Mapping[s
     agg = result.aggregate
     baselines = {m: {k: float(v) for k, v in agg.loc[m].items()} for m in agg.index
                  if m in BASELINES and m != "oracle"}
-    if "oracle" in agg.index:
-        baselines_oracle = {f"oracle_{k}": float(agg.loc["oracle", k]) for k in ("ret_ic", "vol_qlike", "vol_qlike_truth")
-                            if k in agg}
-    else:
-        baselines_oracle = {}
+    oracle = ({f"oracle_{k}": float(agg.loc["oracle", k]) for k in ("ret_ic", "vol_qlike", "vol_qlike_truth") if k in agg}
+              if "oracle" in agg.index else {})
     epochs = [{"fold": i, **e} for i, h in enumerate(result.histories.get(arch, [])) for e in h.get("epochs", [])]
-    return registry.log_training_run(
-        settings, bundle, arch=arch, params=params, epoch_metrics=epochs, fold_metrics=folds,
-        aggregate_metrics={**{k: float(v) for k, v in agg.loc[arch].items()}, **baselines_oracle,
+    return registry.log_training_run(settings, registry.TrainingRecord(
+        bundle, arch=arch, params=params, epoch_metrics=epochs, fold_metrics=folds,
+        aggregate_metrics={**{k: float(v) for k, v in agg.loc[arch].items()}, **oracle,
                            "train_windows_per_s": result.throughput.get(arch, float("nan"))},
         test_spans=result.test_spans(), dataset_version=dataset_version, feature_names=result.feature_names,
-        plots=[str(p) for p in plots], baseline_metrics=baselines)
+        plots=[str(p) for p in plots], baseline_metrics=baselines, tags=tags))
 
 
 def span_evaluator(settings, stride: int | None = None):
-    """``f(model_uri, spans) -> scores`` for :func:`hfcast.gate.run_gate`: re-score any registered
+    """``f(model_uri, spans) -> scores`` for :func:`hfcast.promotion.run_gate`: re-score any registered
     version on the given test spans, so a challenger and the champion are compared on the SAME
     rows even when they were trained (and first scored) on different walk-forward folds.
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hfcast.calibration import PRED_COLUMNS
+from hfcast.contracts import PRED_COLUMNS
 from hfcast.evaluate import score
 from hfcast.features.windows import synthetic_feature_frame
 from hfcast.models.baselines import BASELINES, Baseline, baseline_inputs, fit_baselines

@@ -1,6 +1,7 @@
 """Cluster manifests and Dockerfiles: they parse, kustomize references resolve, images are pinned,
 GPUs are requested exactly where GPU work runs. (No API server here: structure is what is checked.)"""
 
+import inspect
 import re
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import yaml
 
 from components._image import GPU_IMAGE, IMAGE
+from pipelines.names import pipeline_function
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -174,3 +176,6 @@ def test_recurring_monitoring_job_submits_the_monitoring_pipeline_with_a_cron():
     assert cmd[:4] == ["hfcast", "pipeline", "submit", "monitoring"] and "--recurring-cron" in cmd
     assert len(cmd[cmd.index("--recurring-cron") + 1].split()) == 6  # KFP cron has a seconds field
     assert spec["serviceAccountName"] == "hfcast-pipeline"
+    accepted = set(inspect.signature(pipeline_function("monitoring").pipeline_func).parameters)
+    given = {cmd[i + 1].split("=", 1)[0] for i, arg in enumerate(cmd) if arg == "--param"}
+    assert given and given <= accepted, given - accepted  # KFP refuses a run with an unknown parameter

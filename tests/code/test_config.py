@@ -125,3 +125,20 @@ def test_storage_options_helper_accepts_plain_strings():
 def test_settings_can_be_built_explicitly(tmp_path: Path):
     s = Settings(home=tmp_path, lake_url=tmp_path.as_uri(), mlflow_uri="sqlite:///x.db", feast_repo=tmp_path / "fr")
     assert s.s3_secret == "" and s.param("a.b", 1) == 1
+
+
+def test_settings_param_round_trip_never_carries_credentials(tmp_path):
+    from hfcast.config import settings_from_param
+
+    env = {"HFCAST_HOME": str(tmp_path / "h"), "HFCAST_LAKE": "s3://b/lake", "AWS_ACCESS_KEY_ID": "key-id",
+           "AWS_SECRET_ACCESS_KEY": "top-secret", "HFCAST_S3_ENDPOINT": "http://127.0.0.1:9"}
+    s = get_settings(env=env, cwd=tmp_path).with_(params={"train": {"epochs": 3}}, model_name="m")
+    text = s.to_param()
+    assert "top-secret" not in text and "key-id" not in text
+    back = settings_from_param(text, env={"AWS_ACCESS_KEY_ID": "k2", "AWS_SECRET_ACCESS_KEY": "s2"})
+    assert (back.home, back.lake_url, back.mlflow_uri, back.feast_repo, back.s3_endpoint, back.model_name) == \
+        (s.home, s.lake_url, s.mlflow_uri, s.feast_repo, s.s3_endpoint, "m")
+    assert back.param("train.epochs") == 3 and back.s3_key.reveal() == "k2"
+    assert settings_from_param("", env=env).lake_url == "s3://b/lake"
+    with pytest.raises(ValueError, match="unknown field"):
+        settings_from_param('{"s3_key": "x"}', env=env)

@@ -1,11 +1,11 @@
-"""The retraining decision (hfcast.decision): pure, over whole sequences of dates."""
+"""The retraining decision (hfcast.monitoring.decision): pure, over whole sequences of dates."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from hfcast.decision import (NONE, RETRAIN, SUPPRESSED, Checks, MonitorConfig, decide, load_history,
+from hfcast.monitoring.decision import (NONE, RETRAIN, SUPPRESSED, Checks, MonitorConfig, decide, load_history,
                              performance_alarm, save_history, upsert)
 from hfcast.storage import Lake
 
@@ -136,7 +136,7 @@ def test_history_roundtrip_and_upsert(tmp_path):
     assert (tmp_path / "monitoring" / "hfcast" / "decisions.jsonl").read_text().count("\n") == 3
 
 
-# --- retraining state and triggers (hfcast.trigger) without a registry or a KFP server ----------
+# --- retraining state and triggers (hfcast.monitoring.retraining) without a registry or a KFP server ----------
 
 def _settings(tmp_path):
     from hfcast.config import get_settings
@@ -146,7 +146,7 @@ def _settings(tmp_path):
 
 
 def test_local_trigger_records_failure_and_never_raises(tmp_path):
-    from hfcast import trigger as T
+    from hfcast.monitoring import retraining as T
 
     s = _settings(tmp_path)
     lake = Lake.from_settings(s)
@@ -155,38 +155,46 @@ def test_local_trigger_records_failure_and_never_raises(tmp_path):
         assert T.read_state(lake, "hfcast")["status"] == T.RUNNING  # marked running while it runs
         raise RuntimeError("boom")
 
-    out = T.trigger_local(s, lake, "hfcast", "drift", ["2024-01-02"], broken)
+    out = T.run_recorded(s, "hfcast", "drift", ["2024-01-02"], broken)
     assert out["status"] == T.FAILED and "boom" in out["error"] and "champion unchanged" in out["note"]
     assert T.read_state(lake, "hfcast")["status"] == T.FAILED
     assert T.running_state(lake, "hfcast", 24.0) is None
-    ok = T.trigger_local(s, lake, "hfcast", "drift", [], lambda r, d: {"status": "done", "new_version": 3, "promoted": False})
+    ok = T.run_recorded(s, "hfcast", "drift", [], lambda r, d: {"status": "done", "new_version": 3, "promoted": False})
     assert ok["status"] == T.DONE and "v3 not promoted" in ok["note"]
 
 
-def test_kubeflow_trigger_state_and_stale_timeout(tmp_path):
-    from hfcast import trigger as T
+def test_cluster_run_state_polling_and_stale_timeout(tmp_path):
+    """A run started elsewhere (Kubeflow) stays "running" until its starter's poll says it ended,
+    or until it is older than the timeout (then it is considered lost)."""
+    from hfcast.monitoring import retraining as T
 
     lake = Lake(tmp_path.as_uri())
 
-    class Client:
-        state = "RUNNING"
+    class Starter:  # what pipelines.starters.KubeflowStarter does, over a fake cluster
+        kind, state = "kubeflow", "RUNNING"
 
-        def __init__(self):
-            self.calls = []
+        def start(self, settings, model, reason, drifted_dates):
+            return T.record_start(lake, model, kind=self.kind, run_id="abc", reason=reason, drifted_dates=drifted_dates)
 
-        def create_run_from_pipeline_package(self, package, arguments=None, run_name=None, experiment_name=None):
-            self.calls.append((package, arguments))
-            return type("R", (), {"run_id": "abc"})()
+        def poll(self, state):
+            return {"status": T.DONE, "kfp_state": self.state} if self.state == "SUCCEEDED" else None
 
-        def get_run(self, run_id):
-            return type("Run", (), {"state": self.state})()
-
-    c = Client()
-    out = T.trigger_kubeflow(lake, "hfcast", "why", ["2024-01-02", "2024-01-03"], None, "p.yaml", client=c)
-    assert out["run_id"] == "abc" and c.calls == [("p.yaml", {"reason": "why", "drifted_dates": "2024-01-02,2024-01-03"})]
+    c = Starter()
+    assert isinstance(c, T.RetrainStarter) and isinstance(c, T.PollingStarter)
+    out = c.start(None, "hfcast", "why", ["2024-01-02", "2024-01-03"])
+    assert out["run_id"] == "abc" and T.read_state(lake, "hfcast")["drifted_dates"] == ["2024-01-02", "2024-01-03"]
     assert T.running_state(lake, "hfcast", 24.0, c)["run_id"] == "abc"
     assert T.running_state(lake, "hfcast", 0.0) is None  # older than the timeout: considered lost
     assert T.read_state(lake, "hfcast")["status"] == T.FAILED
-    T.trigger_kubeflow(lake, "hfcast", "why", [], None, "p.yaml", client=c)
+    c.start(None, "hfcast", "why", [])
     c.state = "SUCCEEDED"
     assert T.running_state(lake, "hfcast", 24.0, c) is None and T.read_state(lake, "hfcast")["status"] == T.DONE
+
+
+def test_load_starter_names(monkeypatch):
+    from hfcast.monitoring import retraining as T
+
+    assert isinstance(T.load_starter("none"), T.RecordOnlyStarter)
+    assert isinstance(T.load_starter("inprocess"), T.InProcessStarter)
+    with pytest.raises(ValueError, match="unknown retraining starter"):
+        T.load_starter("no-such-starter")

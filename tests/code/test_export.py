@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
-from hfcast import export
+from hfcast import export, runners
 from hfcast.models import ARCHITECTURES
-from serving.fixtures import tiny_forecaster
+from serving_fixtures import tiny_forecaster
 
 N_FEATURES = 8
 
@@ -40,7 +40,7 @@ def test_onnx_parity_every_architecture(exported):
     assert set(res.parity["per_batch"]) == {1, 7, 64}
     # an independent check with fresh windows and the Forecaster's own torch path
     x = np.random.default_rng(5).standard_normal((33, 30, N_FEATURES)).astype(np.float32)
-    got = export.OnnxRuntimeRunner(res.path).run(x)
+    got = runners.OnnxRuntimeRunner(res.path).run(x)
     assert export.rel_err(got, fc.predict_raw(x)) < export.PARITY_TOL_FP32
 
 
@@ -52,7 +52,7 @@ def test_onnx_has_dynamic_batch_and_opset(exported):
     assert model.graph.input[0].name == export.INPUT_NAME
     assert dims[0].dim_param and not dims[0].dim_value  # symbolic batch
     assert [d.dim_value for d in dims[1:]] == [30, N_FEATURES]
-    runner = export.OnnxRuntimeRunner(res.path)
+    runner = runners.OnnxRuntimeRunner(res.path)
     for b in (1, 64):
         assert runner.run(np.zeros((b, 30, N_FEATURES), np.float32)).shape == (b, 4)
 
@@ -76,39 +76,39 @@ def test_rel_err_definition():
 
 def test_parity_check_catches_a_wrong_export():
     fc = tiny_forecaster("tcn", N_FEATURES)
-    ref = export.TorchRunner(fc).run
+    ref = runners.TorchRunner(fc).run
     res = export.check_parity(lambda x: ref(x) * 1.01, ref, N_FEATURES)
     assert res["max_rel_err"] > export.PARITY_TOL_FP32
 
 
 def test_runner_auto_choice_rule():
-    assert export.choose_runner_kind(cuda=True, tensorrt=True) == "tensorrt"
-    assert export.choose_runner_kind(cuda=True, tensorrt=False) == "torch-compiled"
-    assert export.choose_runner_kind(cuda=False, tensorrt=False) == "onnxruntime"
-    assert export.choose_runner_kind(cuda=False, tensorrt=True) == "onnxruntime"  # TensorRT needs a GPU
+    assert runners.choose_runner_kind(cuda=True, tensorrt=True) == "tensorrt"
+    assert runners.choose_runner_kind(cuda=True, tensorrt=False) == "torch-compiled"
+    assert runners.choose_runner_kind(cuda=False, tensorrt=False) == "onnxruntime"
+    assert runners.choose_runner_kind(cuda=False, tensorrt=True) == "onnxruntime"  # TensorRT needs a GPU
 
 
 def test_make_runner_kinds_agree(onnx_cache):
     fc, res = onnx_cache("lstm")
     x = np.random.default_rng(1).standard_normal((5, 30, N_FEATURES)).astype(np.float32)
     ref = fc.predict_raw(x)
-    auto = export.make_runner("auto", fc, onnx_path=res.path)
+    auto = runners.make_runner("auto", fc, onnx_path=res.path)
     assert auto.kind == "onnxruntime" and auto.device == "cpu"  # this machine: no GPU
     for kind in ("torch", "onnxruntime"):
-        r = export.make_runner(kind, fc, onnx_path=res.path)
+        r = runners.make_runner(kind, fc, onnx_path=res.path)
         assert r.kind == kind
         assert export.rel_err(r.run(x), ref) < export.PARITY_TOL_FP32, kind
     with pytest.raises(ValueError, match="unknown runner kind"):
-        export.make_runner("tflite", fc)
+        runners.make_runner("tflite", fc)
 
 
-@pytest.mark.skipif(export.tensorrt_available(), reason="checks the TensorRT-absent path")
+@pytest.mark.skipif(runners.tensorrt_available(), reason="checks the TensorRT-absent path")
 def test_tensorrt_absent_says_so_plainly(tmp_path):
     fc = tiny_forecaster("tcn", N_FEATURES)
     with pytest.raises(RuntimeError, match="TensorRT is not available"):
-        export.make_runner("tensorrt", fc)
+        export.runner_for("tensorrt", fc)
     report = export.export_all(fc, tmp_path / "out", max_batch=256)
-    assert report.tensorrt == export.TENSORRT_ABSENT
+    assert report.tensorrt == runners.TENSORRT_ABSENT
     assert any("exported ONNX only" in n for n in report.notes)
     assert (tmp_path / "out" / "model.onnx").exists() and not (tmp_path / "out" / "model.plan").exists()
     cfg = (tmp_path / "out" / "triton" / "hfcast" / "config.pbtxt").read_text()
@@ -176,15 +176,15 @@ def test_cli_export_logs_artifacts_to_the_same_model_version(tmp_path, monkeypat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_uri)
     fc = tiny_forecaster("tcn", N_FEATURES)
     fc.save(str(tmp_path / "bundle"))
-    run_id = registry.log_training_run(
-        settings, tmp_path / "bundle", arch="tcn", params={}, epoch_metrics=None, fold_metrics=[],
+    run_id = registry.log_training_run(settings, registry.TrainingRecord(
+        tmp_path / "bundle", arch="tcn", params={}, epoch_metrics=None, fold_metrics=[],
         aggregate_metrics={"vol_qlike": 0.3}, test_spans=[("2024-01-02", "2024-01-02")], dataset_version=None,
-        feature_names=fc.feature_names)
+        feature_names=fc.feature_names))
     version = registry.register(settings, run_id)
     out = tmp_path / "export"
     res = CliRunner().invoke(app, ["export", "--model", f"hfcast/{version}", "--out", str(out), "--max-batch", "256"])
     assert res.exit_code == 0, res.output
-    if not export.tensorrt_available():
+    if not runners.tensorrt_available():
         assert "TensorRT is not available on this machine" in res.output and "exported ONNX only" in res.output
     assert "max relative error" in res.output
     client = MlflowClient(registry.tracking_uri(settings))

@@ -15,7 +15,7 @@ import pytest
 from _feature_reference import make_bars
 from hfcast.data import schema
 from hfcast.features.engine import featurize_frame
-from hfcast.features.registry import FEATURES, feature_names
+from hfcast.features.catalog import FEATURES, feature_names
 
 DAY1, DAY2 = "2024-03-04", "2024-03-05"
 CUTS = (0, 1, 7, 29, 61, 200, 388)

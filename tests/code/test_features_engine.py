@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from _feature_reference import make_bars
 from hfcast.data.schema import TS_DTYPE, trading_days
 from hfcast.features.engine import load_features, read_feature_set, run_featurize
-from hfcast.features.registry import feature_names
+from hfcast.features.catalog import feature_names
 from hfcast.storage import Lake
 
 DATES = trading_days("2024-03-04", 7)

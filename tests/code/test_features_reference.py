@@ -8,7 +8,7 @@ import pytest
 from _feature_reference import make_bars, reference_features
 from hfcast.data import schema
 from hfcast.features.engine import HarState, featurize_frame
-from hfcast.features.registry import BY_NAME, FEATURES, GROUPS, feature_names, unavailable_features
+from hfcast.features.catalog import BY_NAME, FEATURES, GROUPS, feature_names, unavailable_features
 
 DAYS = ("2024-03-04", "2024-03-05")
 

@@ -8,7 +8,7 @@ import pytest
 
 from hfcast.config import get_settings
 from hfcast.gate import GateConfig, GateDecision, config_from_settings, decide
-from hfcast.registry import gate as registry_gate
+from hfcast.promotion import gate as registry_gate
 from hfcast.registry import parse_ref
 
 CFG = GateConfig.from_mapping({"primary": {"vol_qlike": {"direction": "min", "margin": 0.01},

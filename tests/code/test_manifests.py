@@ -39,7 +39,7 @@ def test_gpu_service_serves_the_tensorrt_plan_behind_the_transformer():
     assert model.storage_uri.endswith("/triton")  # the Triton repository root that `hfcast export` writes
     assert model.resources.limits["nvidia.com/gpu"] == "1"
     tr = isvc.spec.transformer.containers[0]
-    assert tr.image == m.IMAGE and tr.command == ["python", "-m", "serving.transformer"]
+    assert tr.image == m.IMAGE and tr.command == ["python", "-m", "serving.feature_transformer"]
     assert "--predictor_protocol" in tr.args and tr.args[tr.args.index("--predictor_protocol") + 1] == "v2"
     assert "nvidia.com/gpu" not in tr.resources.limits
 

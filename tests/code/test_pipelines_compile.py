@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import _settings
 from components._image import GPU_IMAGE, IMAGE
+from hfcast import config as _settings
 from pipelines import compile as pc
+from pipelines.names import COMPILED, PIPELINES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENT_FILES = sorted(p for p in (ROOT / "components").glob("*.py") if not p.name.startswith("_"))
@@ -30,11 +31,18 @@ def specs(fresh):
 
 
 def test_committed_yaml_is_up_to_date(fresh):
-    committed = sorted(p.name for p in pc.COMPILED.glob("*.yaml"))
+    committed = sorted(p.name for p in COMPILED.glob("*.yaml"))
     assert committed == sorted(p.name for p in fresh.glob("*.yaml")), "run `make compile-pipelines`"
     for name in committed:
-        assert (pc.COMPILED / name).read_text() == (fresh / name).read_text(), \
+        assert (COMPILED / name).read_text() == (fresh / name).read_text(), \
             f"pipelines/compiled/{name} is stale: run `make compile-pipelines`"
+
+
+def test_one_map_of_pipeline_names(specs):
+    assert sorted(p.compiled for p in PIPELINES.values()) == sorted(specs)
+    for name, p in PIPELINES.items():
+        assert specs[p.compiled]["pipelineInfo"]["name"] == p.display, name
+    assert "training" not in PIPELINES  # one meaning per name: training-cpu or training-gpu
 
 
 def test_every_pipeline_parameter_has_a_default_and_a_description(specs):
@@ -67,7 +75,7 @@ def test_images_are_the_pinned_hfcast_images_and_nothing_is_pip_installed(specs)
 
 
 def test_gpu_only_on_training_steps_of_the_gpu_pipeline(specs):
-    gpu = {n: ex["container"] for n, ex in _executors(specs["training.yaml"]).items()
+    gpu = {n: ex["container"] for n, ex in _executors(specs["training_gpu.yaml"]).items()
            if ex["container"].get("resources", {}).get("accelerator")}
     assert list(gpu) == ["exec-train-model"]
     res = gpu["exec-train-model"]["resources"]["accelerator"]
@@ -80,7 +88,7 @@ def test_gpu_only_on_training_steps_of_the_gpu_pipeline(specs):
 
 
 def test_training_dag_shape(specs):
-    spec = specs["training.yaml"]
+    spec = specs["training_gpu.yaml"]
     root = spec["root"]["dag"]["tasks"]
     assert {"prepare-data", "materialize-features", "for-loop-1", "compare-models", "gate-register",
             "condition-2"} <= set(root)
@@ -131,9 +139,37 @@ def test_settings_parameters_override_environment_and_params_merge(tmp_path):
         _settings.parse_overrides("[1]")
 
 
-def test_training_run_local_reports_failure_instead_of_raising(monkeypatch, settings):
+def test_settings_travel_as_one_parameter_without_credentials(tmp_path):
+    env = {"HFCAST_HOME": str(tmp_path / "h"), "HFCAST_LAKE": "s3://from-env/lake", "AWS_ACCESS_KEY_ID": "k",
+           "AWS_SECRET_ACCESS_KEY": "s"}
+    s = _settings.make_settings(lake_url="s3://param/lake", params_json='{"train": {"epochs": 1}}', env=env)
+    text = s.to_param()
+    assert "k" not in json.loads(text).values() and "AWS" not in text and '"s"' not in text
+    back = _settings.settings_from_param(text, env={**env, "HFCAST_LAKE": "s3://other/lake"})
+    assert back.lake_url == "s3://param/lake" and back.param("train.epochs") == 1
+    assert back.s3_key.reveal() == "k"  # from the receiving side's environment
+    for path in COMPONENT_FILES:  # one `settings` parameter, none of the six it replaced
+        fn = next(n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef))
+        names = [a.arg for a in fn.args.args]
+        assert not {"home", "lake_url", "mlflow_uri", "feast_repo", "s3_endpoint", "params_json"} & set(names), path
+        assert "settings" in names, path.name
+
+
+def test_every_step_has_cpu_and_memory_requests_and_limits(specs):
+    for name, spec in specs.items():
+        for ex_name, ex in _executors(spec).items():
+            res = ex["container"].get("resources", {})
+            for key in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
+                assert res.get(key), (name, ex_name, key)
+            assert res["cpuRequest"] <= res["cpuLimit"] and res["memoryRequest"] <= res["memoryLimit"], (name, ex_name)
+    train = _executors(specs["training_gpu.yaml"])["exec-train-model"]["container"]["resources"]
+    deploy = _executors(specs["training_gpu.yaml"])["exec-deploy-model"]["container"]["resources"]
+    assert train["memoryRequest"] > deploy["memoryRequest"]  # sized by what the step loads
+
+
+def test_local_retraining_reports_failure_instead_of_raising(monkeypatch, settings):
     import pipelines.local
-    from pipelines import training
+    from pipelines import starters
 
     seen = {}
 
@@ -142,12 +178,87 @@ def test_training_run_local_reports_failure_instead_of_raising(monkeypatch, sett
         raise RuntimeError("Task train-model failed")
 
     monkeypatch.setattr(pipelines.local, "run_local", boom)
-    out = training.run_local(settings, reason="drift: vol share 0.8", drifted_dates=["2024-02-01"], archs=["lstm"])
+    out = starters.retrain_with_local_runner(settings, reason="drift: vol share 0.8", drifted_dates=["2024-02-01"],
+                                             archs=["lstm"])
     assert out["status"] == "failed" and out["promoted"] is False and "train-model" in out["error"]
-    assert seen["name"] == "training" and seen["archs"] == ["lstm"]
+    assert seen["name"] == "training-cpu" and seen["archs"] == ["lstm"]
     assert seen["reason"] == "drift: vol share 0.8" and seen["drifted_dates"] == "2024-02-01"
-    assert json.loads(seen["params_json"]) == dict(settings.params)
-    assert seen["lake_url"] == settings.lake_url and "s3_key" not in seen
+    sent = json.loads(seen["settings"])  # Settings.to_param(): what every component decodes
+    assert sent["params"] == dict(settings.params) and sent["lake_url"] == settings.lake_url
+    assert "s3_key" not in seen and "s3_key" not in seen["settings"]
+
+
+class _FakeKfp:
+    """What KubeflowStarter asks of kfp.Client: start a run, then its state."""
+
+    def __init__(self, fail=False):
+        self.calls, self.state, self.fail = [], "RUNNING", fail
+
+    def create_run_from_pipeline_package(self, pipeline_file, arguments=None, run_name=None, experiment_name=None):
+        if self.fail:
+            raise ConnectionError("ml-pipeline unreachable")
+        self.calls.append({"package": pipeline_file, "arguments": arguments, "experiment": experiment_name})
+        return type("R", (), {"run_id": f"kfp-{len(self.calls)}"})()
+
+    def get_run(self, run_id):
+        return type("Run", (), {"state": self.state})()
+
+
+def test_kubeflow_starter_starts_the_configured_pipeline_and_polls_it(settings):
+    from hfcast.monitoring.retraining import RetrainStarter, read_state, running_state
+    from hfcast.storage import Lake
+    from pipelines.starters import KubeflowStarter
+
+    lake, kfp = Lake.from_settings(settings), _FakeKfp()
+    starter = KubeflowStarter(client=kfp)
+    assert isinstance(starter, RetrainStarter)
+    out = starter.start(settings, "hfcast", "drift: share 0.8", ["2024-02-01", "2024-02-02"])
+    assert out["status"] == "running" and out["run_id"] == "kfp-1" and out["pipeline"] == "training-gpu"
+    assert kfp.calls[0]["package"] == str(COMPILED / "training_gpu.yaml")
+    assert kfp.calls[0]["arguments"] == {"reason": "drift: share 0.8", "drifted_dates": "2024-02-01,2024-02-02"}
+    assert read_state(lake, "hfcast")["run_id"] == "kfp-1"
+    assert running_state(lake, "hfcast", 24.0, starter)["status"] == "running"  # Kubeflow says RUNNING
+    kfp.state = "SUCCEEDED"
+    assert running_state(lake, "hfcast", 24.0, starter) is None and read_state(lake, "hfcast")["status"] == "done"
+
+    cpu = settings.with_(params={**settings.params, "monitor": {**settings.param("monitor", {}),
+                                                                 "retrain_pipeline": "training-cpu"}})
+    KubeflowStarter(client=kfp).start(cpu, "hfcast", "why", [])
+    assert kfp.calls[-1]["package"] == str(COMPILED / "training_cpu.yaml")
+    failed = KubeflowStarter(client=_FakeKfp(fail=True)).start(settings, "hfcast", "why", [])
+    assert failed["status"] == "failed" and "unreachable" in failed["error"]  # reported, not raised
+
+
+def test_local_starter_runs_the_pipeline_in_a_child_and_records_it(monkeypatch, settings):
+    from hfcast.monitoring.retraining import read_state
+    from hfcast.storage import Lake
+    from pipelines import starters
+
+    calls = []
+
+    def child(s, reason, dates, params):
+        calls.append((reason, list(dates), params))
+        return {"status": "succeeded", "new_version": 2, "promoted": False, "gate": "rejected: margin"}
+
+    monkeypatch.setattr(starters, "retrain_in_subprocess", child)
+    out = starters.LocalPipelineStarter(archs=["lstm"]).start(settings, "hfcast", "drift", ["2024-02-01"])
+    assert calls == [("drift", ["2024-02-01"], {"archs": ["lstm"]})]
+    assert out["kind"] == "local" and out["status"] == "done" and "v2 not promoted" in out["note"]
+    assert read_state(Lake.from_settings(settings), "hfcast")["status"] == "done"
+    assert isinstance(starters.make_starter("auto"), starters.LocalPipelineStarter)  # not inside a pod here
+    assert starters.make_starter("kubeflow", host="http://kfp").host == "http://kfp"
+    with pytest.raises(ValueError, match="unknown retraining starter"):
+        starters.make_starter("nope")
+
+
+def test_starters_and_commands_are_entry_points():
+    from importlib.metadata import entry_points
+
+    from pipelines.starters import KubeflowStarter, LocalPipelineStarter
+
+    found = {ep.name: ep.load() for ep in entry_points(group="hfcast.starters")}
+    assert found["local"] is LocalPipelineStarter and found["kubeflow"] is KubeflowStarter
+    assert {"serve", "pipeline"} <= {ep.name for ep in entry_points(group="hfcast.cli")}
 
 
 class _FakeClient:
@@ -166,7 +277,7 @@ class _FakeClient:
         return type("R", (), {"recurring_run_id": "rr-1"})()
 
     def create_run_from_pipeline_package(self, pipeline_file, **kw):
-        assert yaml.safe_load(Path(pipeline_file).read_text())["pipelineInfo"]["name"] == "hfcast-training"
+        assert yaml.safe_load(Path(pipeline_file).read_text())["pipelineInfo"]["name"] == "hfcast-training-gpu"
         self.calls.append(("run", kw))
         return type("R", (), {"run_id": "run-1"})()
 
@@ -180,7 +291,7 @@ def test_submit_recurring_run_has_max_concurrency_one(monkeypatch):
     assert res == {"kind": "recurring_run", "id": "rr-1", "experiment_id": "exp-1"}
     kw = fake.calls[-1][1]
     assert kw["max_concurrency"] == 1 and kw["cron_expression"] == "0 30 21 * * 1-5" and kw["params"] == {"date": ""}
-    res = submit.submit("training", params={"archs": ["lstm"]})
+    res = submit.submit("training-gpu", params={"archs": ["lstm"]})
     assert res["kind"] == "run" and fake.calls[-1][1]["arguments"] == {"archs": ["lstm"]}
     with pytest.raises(ValueError, match="unknown pipeline"):
         submit.submit("nope")
@@ -189,8 +300,9 @@ def test_submit_recurring_run_has_max_concurrency_one(monkeypatch):
 def test_cli_pipeline_commands_check_their_input():
     from typer.testing import CliRunner
 
-    from hfcast.cli import app
+    from hfcast.cli import build_app
 
+    app = build_app()
     r = CliRunner().invoke(app, ["pipeline", "run", "nope"])
     assert r.exit_code == 1 and "unknown pipeline" in r.output
     r = CliRunner().invoke(app, ["pipeline", "run", "batch", "--param", "bogus=1"])

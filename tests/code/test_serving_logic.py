@@ -13,7 +13,7 @@ from kserve.protocol.infer_type import InferOutput
 from hfcast.models import PRED_COLUMNS
 from serving import validation as v
 from serving.core import ForecastService, Limits
-from serving.fixtures import tiny_forecaster
+from serving_fixtures import tiny_forecaster
 
 F = 8
 TS = np.datetime64("2024-01-02T20:59:00", "us")
@@ -141,7 +141,7 @@ def test_outputs_match_the_forecaster(svc, fc):
 
 
 def test_transformer_pre_and_post_processing(fc):
-    from serving.transformer import FeatureTransformer
+    from serving.feature_transformer import FeatureTransformer
 
     t = FeatureTransformer("hfcast", "triton.local", lookup=_lookup,
                            limits=Limits(max_staleness_s=None))
@@ -187,3 +187,67 @@ def test_binary_v2_decodes_without_lists_and_refuses_bad_sizes():
         decode_binary_v2(*_binary_body(x, b"oops"), "hfcast")
     with pytest.raises(InvalidInput, match="unreadable JSON header"):
         decode_binary_v2(b"{nope" + body, headers, "hfcast")
+
+
+class _FakeCustomObjects:
+    """Records what serving.deploy asks of kubernetes' CustomObjectsApi (no cluster here)."""
+
+    def __init__(self, existing=()):
+        self.objects, self.calls = {name: {} for name in existing}, []
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        from kubernetes.client.rest import ApiException
+
+        self.calls.append(("get", namespace, name))
+        if name not in self.objects:
+            raise ApiException(status=404, reason="Not Found")
+        return self.objects[name]
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self.calls.append(("create", namespace, body["metadata"]["name"]))
+        self.objects[body["metadata"]["name"]] = body
+
+    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body):
+        self.calls.append(("patch", namespace, name))
+        self.objects[name] = body
+
+
+def test_deploy_creates_then_patches_the_inference_service(settings):
+    from serving.deploy import deploy
+
+    api = _FakeCustomObjects()
+    first = deploy(settings, "3", target="kserve-cpu", namespace="prod", api=api)
+    assert first["where"] == "prod/hfcast-cpu" and first["action"] == "created"
+    assert [c[0] for c in api.calls] == ["get", "create"]
+    body = api.objects["hfcast-cpu"]
+    assert body["metadata"]["namespace"] == "prod" and body["metadata"]["annotations"]["hfcast/model-version"] == "3"
+    assert "hfcast/3" in body["spec"]["predictor"]["containers"][0]["args"]
+    second = deploy(settings, "4", target="kserve-cpu", namespace="prod", api=api)
+    assert second["action"] == "patched" and api.calls[-1] == ("patch", "prod", "hfcast-cpu")
+    gpu = deploy(settings, "4", target="kserve-gpu", namespace="prod", triton_uri="s3://b/triton", api=api)
+    assert gpu["where"] == "prod/hfcast-gpu"
+    assert api.objects["hfcast-gpu"]["spec"]["predictor"]["model"]["storageUri"] == "s3://b/triton"
+
+
+def test_deploy_local_writes_the_marker_and_refuses_unknown_targets(settings, monkeypatch):
+    import json
+
+    from serving.deploy import deploy
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    out = deploy(settings, "2")  # auto, outside a pod: the marker file
+    marker = settings.home / "serving" / "deployed.json"
+    assert out["where"] == str(marker) and json.loads(marker.read_text())["model_ref"] == "hfcast/2"
+    with pytest.raises(ValueError, match="deploy target"):
+        deploy(settings, "2", target="kserve-tpu")
+
+    class Broken(_FakeCustomObjects):
+        def get_namespaced_custom_object(self, *args):
+            from kubernetes.client.rest import ApiException
+
+            raise ApiException(status=403, reason="Forbidden")
+
+    from kubernetes.client.rest import ApiException
+
+    with pytest.raises(ApiException):  # a refusal is not "absent": never create over it
+        deploy(settings, "2", target="kserve-cpu", api=Broken())

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hfcast import dataset
+from hfcast import versioning
 from hfcast.storage import Lake
 
 pytestmark = pytest.mark.integration
@@ -71,13 +71,13 @@ def _set_param(repo: Path, dotted: str, value) -> None:
 def test_repro_skip_rerun_and_remotes(repo: Path, s3, s3_bucket):
     features = repo / "data" / "lake" / "features"
     # 1. first repro runs every stage; the version is the features hash in dvc.lock
-    version = dataset.prepare(repo)
+    version = versioning.prepare(repo)
     lake = Lake((repo / "data" / "lake").as_uri())
     assert lake.dates("features") == ["2024-01-02", "2024-01-03", "2024-01-04"]
     assert lake.dates("validated") == lake.dates("raw") == lake.dates("quarantine") == lake.dates("features")
     assert (features / "_feature_set.json").exists()
-    assert version.endswith(".dir") and version == dataset.dataset_version(repo)
-    assert version == dataset.folder_hash(features)  # our folder hash follows DVC's recipe
+    assert version.endswith(".dir") and version == versioning.dataset_version(repo)
+    assert version == versioning.folder_hash(features)  # our folder hash follows DVC's recipe
 
     # 2. nothing changed: nothing runs, files untouched
     mtime = (features / "date=2024-01-02" / "part-0.parquet").stat().st_mtime_ns
@@ -93,8 +93,8 @@ def test_repro_skip_rerun_and_remotes(repo: Path, s3, s3_bucket):
     out = _dvc(repo, "repro")
     assert _ran(out) == {"featurize"}, out
     assert lake.dates("features") == ["2024-01-02", "2024-01-03"]
-    v2 = dataset.dataset_version(repo)
-    assert v2 != version and v2 == dataset.folder_hash(features)
+    v2 = versioning.dataset_version(repo)
+    assert v2 != version and v2 == versioning.folder_hash(features)
 
     # 4. default (local) remote from the shipped .dvc/config: push, wipe, pull
     _dvc(repo, "push")
@@ -102,7 +102,7 @@ def test_repro_skip_rerun_and_remotes(repo: Path, s3, s3_bucket):
     shutil.rmtree(repo / "data" / "lake")
     shutil.rmtree(repo / ".dvc" / "cache")
     _dvc(repo, "pull")
-    assert dataset.folder_hash(features) == v2
+    assert versioning.folder_hash(features) == v2
 
     # 5. S3 remote on SeaweedFS (endpointurl; credentials from the environment, never in config)
     bucket = s3_bucket[len("s3://"):]
@@ -116,7 +116,7 @@ def test_repro_skip_rerun_and_remotes(repo: Path, s3, s3_bucket):
     shutil.rmtree(repo / ".dvc" / "cache")
     shutil.rmtree(repo / ".hfcast" / "dvc-remote")  # the local remote cannot help any more
     _dvc(repo, "pull", "-r", "s3", env=s3.env())
-    assert dataset.folder_hash(features) == v2
+    assert versioning.folder_hash(features) == v2
     assert lake.dates("raw") == ["2024-01-02", "2024-01-03", "2024-01-04"]
     assert _ran(_dvc(repo, "repro")) == set()  # pulled data satisfies the lock
 
@@ -126,19 +126,19 @@ def test_dataset_version_reads_the_lock_and_falls_back_to_hashing(tmp_path: Path
     (folder / "date=2024-01-02").mkdir(parents=True)
     (folder / "date=2024-01-02" / "part-0.parquet").write_bytes(b"abc")
     (folder / "_feature_set.json").write_text('{"features": ["a"]}')
-    assert dataset.dataset_version(tmp_path / "nowhere") is None
-    fallback = dataset.dataset_version(tmp_path)
-    assert fallback == dataset.folder_hash(folder) and fallback.endswith(".dir")
+    assert versioning.dataset_version(tmp_path / "nowhere") is None
+    fallback = versioning.dataset_version(tmp_path)
+    assert fallback == versioning.folder_hash(folder) and fallback.endswith(".dir")
     (folder / "date=2024-01-02" / ".part-0.parquet.tmp-1234").write_bytes(b"partial")  # ignored
-    assert dataset.folder_hash(folder) == fallback
+    assert versioning.folder_hash(folder) == fallback
     (folder / "_feature_set.json").write_text('{"features": ["b"]}')
-    assert dataset.folder_hash(folder) != fallback  # content moves the hash
+    assert versioning.folder_hash(folder) != fallback  # content moves the hash
     lock = {"schema": "2.0", "stages": {"featurize": {"cmd": "x", "outs": [
         {"path": "data/lake/features", "hash": "md5", "md5": "0123abcd.dir", "size": 6, "nfiles": 2}]}}}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
-    assert dataset.dataset_version(tmp_path) == "0123abcd.dir"
+    assert versioning.dataset_version(tmp_path) == "0123abcd.dir"
 
 
 def test_prepare_reports_dvc_failures(tmp_path: Path):
-    with pytest.raises(dataset.DvcError, match="dvc repro"):
-        dataset.prepare(tmp_path)  # not a DVC repository
+    with pytest.raises(versioning.DvcError, match="dvc repro"):
+        versioning.prepare(tmp_path)  # not a DVC repository

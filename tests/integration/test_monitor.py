@@ -1,6 +1,7 @@
 """The monitor end to end on the simulator: real Evidently, real MLflow, real retraining + gate.
 
-The Kubeflow trigger is exercised with a fake client object (no KFP API server can run here).
+Starting a retraining on Kubeflow is exercised with a fake starter that polls a fake client (no KFP
+API server can run here); the real Kubeflow starter lives in ``pipelines.starters``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import pytest
 from hfcast import storage
 from hfcast.config import get_settings
 from hfcast.data.simulator import SimConfig, write_synth
-from hfcast.decision import RETRAIN, SUPPRESSED, MonitorConfig, load_history
-from hfcast.drift import build_reference, run_monitor
+from hfcast.monitoring.decision import RETRAIN, SUPPRESSED, MonitorConfig, load_history
+from hfcast.monitoring.drift import run_monitor
+from hfcast.monitoring.reference import build_reference
+from hfcast.monitoring.retraining import InProcessStarter, RecordOnlyStarter, record_start
 from hfcast.features.engine import load_features, read_feature_set, run_featurize
 from hfcast.features.windows import build_windows
 from hfcast.predict import run_predict
@@ -82,7 +85,7 @@ def test_reports_html_json_and_mlflow(sim, clean, tmp_path):
     settings, lake, dates, _ = sim
     settings = settings.with_(home=tmp_path / "home", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     cfg = MonitorConfig(consecutive=3)
-    rec = run_monitor(settings, dates[SHIFT + 1], "hfcast/1", trigger="none", cfg=cfg)
+    rec = run_monitor(settings, dates[SHIFT + 1], "hfcast/1", starter=RecordOnlyStarter(), cfg=cfg)
     out = Path(storage.local_path(lake.monitoring("hfcast", "1", dates[SHIFT + 1])))
     summary = json.loads((out / "summary.json").read_text())
     drifted = summary["features_drift"]["drifted"]
@@ -119,24 +122,46 @@ class FakeKfp:
         return type("Run", (), {"run_id": run_id, "state": self.state})()
 
 
+class FakeKubeflowStarter:
+    """A RetrainStarter over FakeKfp: starts a run of the package, polls its state (what a cluster starter does)."""
+
+    kind = "kubeflow"
+
+    def __init__(self, client, package):
+        self.client, self.package = client, package
+
+    def start(self, settings, model, reason, drifted_dates):
+        arguments = {"reason": reason, "drifted_dates": ",".join(drifted_dates)}
+        res = self.client.create_run_from_pipeline_package(self.package, arguments=arguments, run_name=f"retrain-{model}")
+        record_start(Lake.from_settings(settings), model, kind=self.kind, run_id=res.run_id, reason=reason,
+                     drifted_dates=drifted_dates, package=self.package)
+        return {"kind": self.kind, "run_id": res.run_id, "status": "running", "arguments": arguments,
+                "note": f"Kubeflow run {res.run_id} started; the gate decides when it finishes"}
+
+    def poll(self, state):
+        kfp_state = str(self.client.get_run(state["run_id"]).state).upper()
+        return {"status": "done", "kfp_state": kfp_state} if kfp_state == "SUCCEEDED" else None
+
+
 def test_kubeflow_trigger_with_fake_client(sim, clean, tmp_path):
     settings, lake, dates, _ = sim
     settings = settings.with_(home=tmp_path / "home", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    cfg = MonitorConfig(consecutive=1, cooldown_dates=1, pipeline_package="pipelines/training.yaml")
+    cfg = MonitorConfig(consecutive=1, cooldown_dates=1)
     kfp = FakeKfp()
+    starter = FakeKubeflowStarter(kfp, "pipelines/training.yaml")
     model = "hfcast"
     history_file = clean / "decisions.jsonl"
-    first = run_monitor(settings, dates[SHIFT], "hfcast/1", trigger="kubeflow", kfp_client=kfp, cfg=cfg, log_mlflow=False)
+    first = run_monitor(settings, dates[SHIFT], "hfcast/1", starter=starter, cfg=cfg, log_mlflow=False)
     assert first["action"] == RETRAIN and len(kfp.calls) == 1
     assert kfp.calls[0]["package"] == "pipelines/training.yaml"
     assert kfp.calls[0]["arguments"]["drifted_dates"] == dates[SHIFT] and "feature drift" in kfp.calls[0]["arguments"]["reason"]
     state = json.loads((history_file.parent / "retrain.json").read_text())
     assert state["status"] == "running" and state["run_id"] == "kfp-run-1" and first["trigger"]["run_id"] == "kfp-run-1"
     # the cooldown (1 date) is over, but the Kubeflow run is still running: no second run
-    second = run_monitor(settings, dates[SHIFT + 2], "hfcast/1", trigger="kubeflow", kfp_client=kfp, cfg=cfg, log_mlflow=False)
+    second = run_monitor(settings, dates[SHIFT + 2], "hfcast/1", starter=starter, cfg=cfg, log_mlflow=False)
     assert second["action"] == SUPPRESSED and "still running" in second["explanation"] and len(kfp.calls) == 1
     kfp.state = "SUCCEEDED"  # once Kubeflow says it finished, the monitor may start another
-    third = run_monitor(settings, dates[SHIFT + 4], "hfcast/1", trigger="kubeflow", kfp_client=kfp, cfg=cfg, log_mlflow=False)
+    third = run_monitor(settings, dates[SHIFT + 4], "hfcast/1", starter=starter, cfg=cfg, log_mlflow=False)
     assert third["action"] == RETRAIN and len(kfp.calls) == 2
     assert [r["action"] for r in load_history(lake, model)] == [RETRAIN, SUPPRESSED, RETRAIN]
 
@@ -145,7 +170,8 @@ def test_kfp_is_not_imported_by_the_core_library():
     import subprocess
     import sys
 
-    code = "import sys, hfcast.drift, hfcast.decision, hfcast.trigger, hfcast.cli; print('kfp' in sys.modules)"
+    code = ("import sys, hfcast.monitoring.drift, hfcast.monitoring.decision, hfcast.monitoring.retraining, "
+            "hfcast.lifecycle, hfcast.cli; print('kfp' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
@@ -162,7 +188,7 @@ def test_simulator_no_false_alarm_then_one_retrain_after_shift(sim, clean, tmp_p
         calls.append((reason, list(drifted_dates)))
         return {"status": "done", "new_version": None, "promoted": False}
 
-    recs = [run_monitor(settings, d, "hfcast/1", trigger="local", retrain_fn=retrain, cfg=cfg, log_mlflow=False)
+    recs = [run_monitor(settings, d, "hfcast/1", starter=InProcessStarter(retrain), cfg=cfg, log_mlflow=False)
             for d in dates[N_REF:]]
     stationary, shifted = recs[:N_STATIONARY], recs[N_STATIONARY:]
     false_alarms = sum(r["drift_alarm"] for r in stationary)
@@ -191,7 +217,8 @@ def champion(tmp_path_factory):
     """4 symbols x 12 dates (2x vol from date 9); champion v1 trained on dates up to 8 and registered."""
     import tempfile
 
-    from hfcast import gate, registry
+    from hfcast import promotion, registry
+    from hfcast.gate import GateDecision
     from hfcast.train import TrainConfig
     from hfcast.walkforward import WalkForwardConfig, log_result, model_configs, run_walkforward
 
@@ -208,7 +235,7 @@ def champion(tmp_path_factory):
     with tempfile.TemporaryDirectory() as tmp:
         run_id = log_result(settings, result, "tcn", {"walkforward": SMALL_PARAMS["walkforward"]}, tmp)
     v1 = registry.register(settings, run_id)
-    gate.promote(settings, v1, gate.GateDecision.force("bootstrap champion for the monitor test"))
+    promotion.promote(settings, v1, GateDecision.force("bootstrap champion for the monitor test"))
     return settings, lake, dates, str(v1)
 
 
@@ -227,16 +254,16 @@ def _champion_version(settings) -> str:
 
 @pytest.mark.slow
 def test_local_retrain_worse_model_keeps_champion(champion):
+    from hfcast.lifecycle import retrain
     from hfcast.registry import resolve
-    from hfcast.trigger import walkforward_retrain
 
     settings, lake, dates, v1 = champion
     folder = _clean_small(lake)
     # a gate no challenger can pass: whatever the retraining yields counts as "not better"
     strict = settings.with_(params={**SMALL_PARAMS, "registry": {"gate": {"primary": {
         "vol_qlike": {"direction": "min", "margin": 100.0}, "ret_ic": {"direction": "max", "margin": 100.0}}}}})
-    rec = run_monitor(strict, dates[10], "hfcast@champion", trigger="local",
-                      retrain_fn=lambda reason, dd: walkforward_retrain(strict, reason, dd))
+    rec = run_monitor(strict, dates[10], "hfcast@champion",
+                      starter=InProcessStarter(lambda reason, dd: retrain(strict, [], reason=reason, drifted_dates=dd)))
     assert rec["action"] == RETRAIN and rec["version"] == v1  # reference auto-built from the registry run
     trig = rec["trigger"]
     assert trig["status"] == "done" and trig["promoted"] is False and trig["new_version"] == int(v1) + 1
@@ -256,7 +283,7 @@ def test_local_retrain_failure_keeps_champion(champion):
     def broken(reason, dd):
         raise RuntimeError("training pipeline crashed: disk full")
 
-    rec = run_monitor(settings, dates[11], "hfcast@champion", trigger="local", retrain_fn=broken, log_mlflow=False)
+    rec = run_monitor(settings, dates[11], "hfcast@champion", starter=InProcessStarter(broken), log_mlflow=False)
     assert rec["action"] == RETRAIN and rec["trigger"]["status"] == "failed"
     assert "disk full" in rec["trigger"]["error"] and _champion_version(settings) == v1
     assert "retraining failed" in rec["explanation"] and "champion unchanged" in rec["explanation"]

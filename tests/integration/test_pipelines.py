@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from hfcast import registry, storage
+from hfcast.config import deep_merge
 from hfcast.storage import Lake
 from pipelines.local import run_local
-from pipelines.training import settings_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -44,8 +44,13 @@ def env(s3_settings, s3, monkeypatch):
     return s3_settings
 
 
+def _settings_param(settings, overrides):
+    """The pipelines' one settings parameter: ``settings`` with params.yaml overrides merged in."""
+    return settings.with_(params=deep_merge(settings.params, overrides)).to_param()
+
+
 def _training_args(settings, **extra):
-    return {**settings_params(settings), "params_json": json.dumps(TINY), "synth_symbols": 6, "synth_days": 12,
+    return {"settings": _settings_param(settings, TINY), "synth_symbols": 6, "synth_days": 12,
             "synth_seed": 3, "synth_shift_day": -2, **extra}
 
 
@@ -60,7 +65,7 @@ def test_training_then_batch_then_rejected_challenger(env):
     marker = s.home / "serving" / "deployed.json"
 
     # 1. promoted branch (forced: a 1-epoch model on 6 symbols does not beat HAR-RV, and must not)
-    out = _timed("training (2 archs, promoted)", "training",
+    out = _timed("training (2 archs, promoted)", "training-cpu",
                  **_training_args(s, archs=["transformer", "lstm"], force_reason="integration test"))
     assert out["champion_version"] == "1" and out["gate"].metadata["promoted"] is True
     champion = registry.resolve(s, "hfcast@champion")
@@ -77,7 +82,7 @@ def test_training_then_batch_then_rejected_challenger(env):
     # 2. batch inference: one CSV per date in S3, all from the pinned champion version
     dates = lake.dates("features")[-3:]
     _timed("batch (3 dates)", "batch", dates=f"{dates[0]}..{dates[-1]}", model_ref="hfcast@champion",
-           home=str(s.home), lake_url=s.lake_url, mlflow_uri=s.mlflow_uri, s3_endpoint=s.s3_endpoint)
+           settings=s.to_param())
     for d in dates:
         url = lake.predictions("hfcast", "1", d)
         assert storage.exists(url, s.storage_options), url
@@ -89,7 +94,7 @@ def test_training_then_batch_then_rejected_challenger(env):
     assert len([p for p in listed if p.endswith(".csv")]) == 3
 
     # 3. rejected branch: an impossible margin; the champion, its export and the deployment stay
-    out = _timed("training (1 arch, rejected)", "training",
+    out = _timed("training (1 arch, rejected)", "training-cpu",
                  **_training_args(s, archs=["lstm"], gate_margin=1e6))
     assert out["champion_version"] == "" and out["gate"].metadata["version"] == "2"
     assert out["gate"].metadata["promoted"] is False and "margin" in out["gate"].metadata["summary"]
@@ -102,7 +107,7 @@ def test_training_then_batch_then_rejected_challenger(env):
 
 
 def _decisions(lake):
-    from hfcast.decision import load_history
+    from hfcast.monitoring.decision import load_history
 
     return {r["date"]: r for r in load_history(lake, "hfcast")}
 
@@ -119,15 +124,14 @@ def test_monitoring_retrains_once_on_a_shift_and_never_on_stationary_dates(env):
     days = [str(d) for d in trading_days("2024-01-02", 15)]
     params = {**TINY, "featurize": {"dates": days[:8]},
               "walkforward": {**TINY["walkforward"], "train_days": 2, "val_days": 1, "test_days": 1, "step_days": 1}}
-    out = _timed("training (monitoring setup)", "training",
+    out = _timed("training (monitoring setup)", "training-cpu",
                  **{**_training_args(s, archs=["lstm"], force_reason="monitoring test champion", synth_days=15,
-                                     synth_shift_day=12), "params_json": json.dumps(params)})
+                                     synth_shift_day=12), "settings": _settings_param(s, params)})
     assert out["champion_version"] == "1"
     lake = Lake.from_settings(s)
     assert lake.dates("features") == days[:8]
     run_featurize(lake, progress=False)  # the new dates arrive
-    mon = {"home": str(s.home), "lake_url": s.lake_url, "mlflow_uri": s.mlflow_uri, "feast_repo": str(s.feast_repo),
-           "s3_endpoint": s.s3_endpoint, "params_json": json.dumps(params)}
+    mon = {"settings": _settings_param(s, params), "starter": "local"}
 
     for d in days[9:11]:  # stationary: the false branch, nothing starts
         _timed(f"monitoring {d} (stationary)", "monitoring", date=d, **mon)
@@ -153,6 +157,6 @@ def test_monitoring_retrains_once_on_a_shift_and_never_on_stationary_dates(env):
 
 
 def trigger_state(lake):
-    from hfcast.trigger import read_state
+    from hfcast.monitoring.retraining import read_state
 
     return read_state(lake, "hfcast")

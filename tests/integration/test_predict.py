@@ -20,7 +20,8 @@ from hfcast.data.simulator import SimConfig, write_synth
 from hfcast.features.engine import read_feature_set, run_featurize
 from hfcast.features.windows import Scaler, build_windows
 from hfcast.models import build_model
-from hfcast.models.base import PRED_COLUMNS, Forecaster
+from hfcast.contracts import PRED_COLUMNS
+from hfcast.models.base import Forecaster
 from hfcast.predict import SPARSE_STRIDE, parse_dates, predict_frame, run_predict
 from hfcast.storage import Lake
 

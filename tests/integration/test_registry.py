@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from hfcast import registry
+from hfcast import promotion, registry
 from hfcast.calibration import Calibrator
 from hfcast.features.windows import Scaler
 from hfcast.models import build_model
 from hfcast.models.base import Forecaster
-from hfcast.services import MlflowServer
+from hfcast.testing.servers import MlflowServer
 
 pytestmark = pytest.mark.integration
 
@@ -68,15 +68,15 @@ def log_run(settings, tmp: Path, seed: int, qlike: float, ic: float, spans=SPANS
     make_bundle(bundle, seed)
     plot = tmp / f"loss{seed}.svg"
     plot.write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
-    return registry.log_training_run(
-        settings, bundle, arch="lstm", params={"lr": 1e-3, "model": {"hidden": 8}, "seed": seed},
+    return registry.log_training_run(settings, registry.TrainingRecord(
+        bundle, arch="lstm", params={"lr": 1e-3, "model": {"hidden": 8}, "seed": seed},
         epoch_metrics=[{"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 1.2 / (e + 1)} for e in range(3)],
         fold_metrics=[{"fold": i, "vol_qlike": qlike + 0.01 * i, "ret_ic": ic, "test_start": a}
                       for i, (a, _) in enumerate(spans)],
         aggregate_metrics={"vol_qlike": qlike, "ret_ic": ic}, test_spans=spans,
         dataset_version=f"md5:{seed:032x}", feature_names=NAMES, plots=[plot],
         baseline_metrics=BASELINES, tags={"pipeline": "test"},
-    )
+    ))
 
 
 def champion(settings) -> int:
@@ -88,17 +88,17 @@ def gate_flow(settings, tmp: Path) -> None:
     run1 = log_run(settings, tmp, 1, qlike=0.30, ic=0.05)
     v1 = registry.register(settings, run1)
     assert int(registry.resolve(settings, "challenger").version) == v1
-    d1 = registry.run_gate(settings, v1)  # no champion yet: baselines only
+    d1 = promotion.run_gate(settings, v1)  # no champion yet: baselines only
     assert d1.promote, d1.reasons
-    assert registry.promote(settings, v1, d1) and champion(settings) == v1
+    assert promotion.promote(settings, v1, d1) and champion(settings) == v1
     with pytest.raises(registry.RegistryError, match="no alias 'challenger'"):
         registry.resolve(settings, "hfcast@challenger")  # the promoted version is no longer a challenger
 
     run2 = log_run(settings, tmp, 2, qlike=0.33, ic=0.06)  # worse volatility forecast
     v2 = registry.register(settings, run2)
-    d2 = registry.run_gate(settings, v2)
+    d2 = promotion.run_gate(settings, v2)
     assert not d2.promote and any(r.startswith("vol_qlike") and "champion" in r for r in d2.reasons)
-    assert registry.promote(settings, v2, d2) is False
+    assert promotion.promote(settings, v2, d2) is False
     assert champion(settings) == v1
     rows = {r["version"]: r for r in registry.list_versions(settings)}
     assert rows[v2]["gate"] == "reject" and "challenger" in rows[v2]["aliases"]
@@ -106,20 +106,20 @@ def gate_flow(settings, tmp: Path) -> None:
 
     run3 = log_run(settings, tmp, 3, qlike=0.25, ic=0.08)  # better on both
     v3 = registry.register(settings, run3)
-    d3 = registry.run_gate(settings, v3)
+    d3 = promotion.run_gate(settings, v3)
     assert d3.promote, d3.reasons
-    assert registry.promote(settings, v3, d3)
+    assert promotion.promote(settings, v3, d3)
     rows = {r["version"]: r for r in registry.list_versions(settings)}
     assert rows[v3]["aliases"] == ["champion"] and rows[v1]["aliases"] == ["previous-champion"]
     assert rows[v3]["metrics"] == {"vol_qlike": 0.25, "ret_ic": 0.08}
     assert rows[v3]["arch"] == "lstm" and rows[v3]["dataset_version"] == f"md5:{3:032x}"
 
-    assert registry.rollback(settings, reason="live QLIKE degraded") == (v3, v1)
+    assert promotion.rollback(settings, reason="live QLIKE degraded") == (v3, v1)
     assert champion(settings) == v1
     info = registry.describe(settings, v3)
     assert info["tags"]["rollback_reason"] == "live QLIKE degraded" and info["aliases"] == []
     with pytest.raises(registry.RegistryError, match="no previous champion"):
-        registry.rollback(settings)
+        promotion.rollback(settings)
 
     # the champion after the round trip predicts exactly what the logged bundle predicted
     original, windows = make_bundle(tmp / "again1", 1)
@@ -178,11 +178,11 @@ def test_registry_flow_mlflow_server(settings, tmp_path):
 
 def test_gate_refuses_scores_from_other_spans_and_uses_the_evaluation_hook(settings, tmp_path):
     v1 = registry.register(settings, log_run(settings, tmp_path, 1, qlike=0.30, ic=0.05))
-    registry.promote(settings, v1, registry.run_gate(settings, v1))
+    promotion.promote(settings, v1, promotion.run_gate(settings, v1))
     later = [("2024-03-01", "2024-03-08")]
     v2 = registry.register(settings, log_run(settings, tmp_path, 2, qlike=0.20, ic=0.09, spans=later))
     with pytest.raises(registry.RegistryError, match="other test spans"):
-        registry.run_gate(settings, v2)
+        promotion.run_gate(settings, v2)
 
     calls = []
 
@@ -192,13 +192,13 @@ def test_gate_refuses_scores_from_other_spans_and_uses_the_evaluation_hook(setti
             return {"vol_qlike": 0.22, "ret_ic": 0.05}
         return {"vol_qlike": 0.21, "ret_ic": 0.09}
 
-    d = registry.run_gate(settings, v2, evaluate_on_spans)  # re-scored on the same spans: 0.21 vs 0.22
+    d = promotion.run_gate(settings, v2, evaluate_on_spans)  # re-scored on the same spans: 0.21 vs 0.22
     assert [c[0] for c in calls] == ["models:/hfcast/2", "models:/hfcast/1"] and calls[0][1] == calls[1][1] == later
-    assert d.promote and registry.promote(settings, v2, d) and champion(settings) == v2
-    d_margin = registry.run_gate(settings, v1, lambda uri, spans: {"vol_qlike": 0.2, "ret_ic": 0.1}, margin=0.05)
+    assert d.promote and promotion.promote(settings, v2, d) and champion(settings) == v2
+    d_margin = promotion.run_gate(settings, v1, lambda uri, spans: {"vol_qlike": 0.2, "ret_ic": 0.1}, margin=0.05)
     assert not d_margin.promote  # equal scores never pass
     with pytest.raises(registry.RegistryError, match="already the champion"):
-        registry.run_gate(settings, v2)
+        promotion.run_gate(settings, v2)
 
 
 def test_bad_bundles_and_refs_fail_clearly(settings, tmp_path):
@@ -206,8 +206,9 @@ def test_bad_bundles_and_refs_fail_clearly(settings, tmp_path):
     make_bundle(bundle, 5)
     (bundle / "extra.pt").write_bytes(b"x")
     with pytest.raises(registry.RegistryError, match="pickle"):
-        registry.log_training_run(settings, bundle, arch="lstm", params={}, epoch_metrics=None, fold_metrics=[],
-                                  aggregate_metrics={}, test_spans=SPANS, dataset_version=None, feature_names=NAMES)
+        registry.log_training_run(settings, registry.TrainingRecord(
+            bundle, arch="lstm", params={}, epoch_metrics=None, fold_metrics=[], aggregate_metrics={},
+            test_spans=SPANS, dataset_version=None, feature_names=NAMES))
     (bundle / "extra.pt").unlink()
     (bundle / "weights.safetensors").unlink()
     with pytest.raises(registry.RegistryError, match="weights.safetensors"):

@@ -23,7 +23,7 @@ import pytest
 
 from hfcast.config import get_settings
 from hfcast.models import PRED_COLUMNS
-from serving.fixtures import feast_repo, tiny_bundle
+from serving_fixtures import feast_repo, tiny_bundle
 
 pytestmark = pytest.mark.integration
 F, MAX_BATCH = 8, 128
@@ -270,10 +270,10 @@ def test_serves_a_registered_version_from_mlflow(tmp_path):
     settings = get_settings(env=env, cwd=tmp_path)
     env["MLFLOW_TRACKING_URI"] = settings.mlflow_uri
     bundle = tiny_bundle(tmp_path / "bundle", "lstm", F, seed=3)
-    run_id = registry.log_training_run(
-        settings, bundle, arch="lstm", params={}, epoch_metrics=None, fold_metrics=[],
+    run_id = registry.log_training_run(settings, registry.TrainingRecord(
+        bundle, arch="lstm", params={}, epoch_metrics=None, fold_metrics=[],
         aggregate_metrics={"vol_qlike": 0.3}, test_spans=[("2024-01-02", "2024-01-02")], dataset_version=None,
-        feature_names=[f"f{j}" for j in range(F)])
+        feature_names=[f"f{j}" for j in range(F)]))
     version = registry.register(settings, run_id)  # alias: challenger
     proc, base, log = start_server(tmp_path, env, ["--model", "hfcast@challenger", "--no-feature-store"])
     try:

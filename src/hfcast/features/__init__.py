@@ -1,5 +1,5 @@
-"""Features: the registry of ~59 causal features, their computation, labels, sliding windows.
+"""Features: the catalogue of ~59 causal features, their computation, labels, sliding windows.
 
-Import the submodules directly (``hfcast.features.registry``, ``.engine``, ``.labels``,
+Import the submodules directly (``hfcast.features.catalog``, ``.engine``, ``.labels``,
 ``.windows``); nothing heavy runs at import time.
 """

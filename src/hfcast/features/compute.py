@@ -1,8 +1,8 @@
-"""Computation of every registry feature on one session's [S, 390] panel, vectorised over symbols.
+"""Computation of every catalogue feature on one session's [S, 390] panel, vectorised over symbols.
 
-Each ``_group`` function returns ``{name: [S, T] float64}`` for the names its registry group
-declares (formulas in ``hfcast.features.registry``). Quote groups are called only when the
-source has quotes. The engine checks that the names computed equal the registry's.
+Each ``_group`` function returns ``{name: [S, T] float64}`` for the names its catalogue group
+declares (formulas in ``hfcast.features.catalog``). Quote groups are called only when the
+source has quotes. The engine checks that the names computed equal the catalogue's.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hfcast.features import ops
-from hfcast.features.registry import feature_names
+from hfcast.features.catalog import feature_names
 
 _LN2x4 = 4.0 * np.log(2.0)
 
@@ -186,7 +186,7 @@ def _cross_section(done: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def compute_features(pn: Panel, rv_d: np.ndarray, rv_w: np.ndarray, quotes: bool) -> dict[str, np.ndarray]:
-    """All registry features of one session, keyed by name, in registry order.
+    """All catalogue features of one session, keyed by name, in catalogue order.
 
     Args:
         pn: the session panel (see :class:`Panel`).
@@ -194,7 +194,7 @@ def compute_features(pn: Panel, rv_d: np.ndarray, rv_w: np.ndarray, quotes: bool
         quotes: whether the source has quotes; quote features are not computed otherwise.
 
     Raises:
-        RuntimeError: the computed names differ from the registry (a programming error).
+        RuntimeError: the computed names differ from the catalogue (a programming error).
     """
     done: dict[str, np.ndarray] = {}
     done.update(_returns(pn))
@@ -211,6 +211,6 @@ def compute_features(pn: Panel, rv_d: np.ndarray, rv_w: np.ndarray, quotes: bool
     done["bar_missing"] = (~pn.present).astype(float)
     names = feature_names(quotes)
     if set(done) != set(names):
-        raise RuntimeError(f"computed features differ from the registry: missing {sorted(set(names) - set(done))}, "
+        raise RuntimeError(f"computed features differ from the catalogue: missing {sorted(set(names) - set(done))}, "
                            f"extra {sorted(set(done) - set(names))}")
     return {n: done[n] for n in names}

@@ -22,18 +22,18 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from hfcast.contracts import FEATURE_SET_FILE
 from hfcast.data import schema
 from hfcast.features import ops
 from hfcast.features.compute import Panel, compute_features
 from hfcast.features.labels import make_labels
-from hfcast.features.registry import feature_names, unavailable_features
+from hfcast.features.catalog import feature_names, unavailable_features
 from hfcast.storage import Lake, join, read_text, write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
 T = schema.MINUTES_PER_SESSION
 TRUTH_OUT = ("true_ret_60m", "true_var_10m")
-FEATURE_SET_FILE = "_feature_set.json"
 HAR_DAYS = 5
 
 
@@ -142,7 +142,7 @@ def featurize_frame(bars: pd.DataFrame, date: str, state: HarState | None = None
         quotes_available: feature set to produce; None decides from the bars (schema.has_quotes).
 
     Returns:
-        (frame sorted by symbol, ts with symbol, ts, features (float32, registry order), labels
+        (frame sorted by symbol, ts with symbol, ts, features (float32, catalogue order), labels
         (float64) and truth columns when given; the new HarState including this date).
 
     Raises:
@@ -179,7 +179,6 @@ def featurize_frame(bars: pd.DataFrame, date: str, state: HarState | None = None
     return out, state.update(symbols, _daily_rv(pn))
 
 
-featurize_date = featurize_frame  # the name used in docs/CONTRACTS.md
 
 
 def _write_features(lake: Lake, date: str, df: pd.DataFrame) -> str:
@@ -223,6 +222,38 @@ def _featurize_one(lake: Lake, date: str, state: HarState, quotes: bool) -> tupl
     return len(df), src, new_state
 
 
+def _dates_to_featurize(lake: Lake, dates: Iterable[str] | None) -> tuple[list[str], list[str]]:
+    """(every date with input bars, the dates to featurize); FileNotFoundError when bars are missing."""
+    available = sorted(set(lake.dates("validated")) | set(lake.dates("raw")))
+    todo = sorted(dates) if dates is not None else (lake.dates("validated") or lake.dates("raw"))
+    if not todo:
+        raise FileNotFoundError(f"no bars to featurize under {lake.url} (neither validated/ nor raw/ has dates)")
+    missing = [d for d in todo if d not in available]
+    if missing:
+        raise FileNotFoundError(f"no validated or raw bars for date(s) {missing} under {lake.url}")
+    return available, todo
+
+
+def _featurize_parallel(lake: Lake, dates: Iterable[str], state: "HarState", quotes: bool, workers: int,
+                        collect) -> None:
+    """Featurize dates in worker processes; this process walks them in order, advancing the HAR state."""
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork: workers inherit the imported modules (spawn re-imports pandas/pyarrow per worker: seconds)
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as ex:
+        pending: deque = deque()
+        for d in dates:
+            pending.append(ex.submit(_featurize_one, lake, d, state, quotes))
+            state = _advance(lake, d, state)
+            while len(pending) > 2 * workers:
+                collect(*pending.popleft().result()[:2])
+        while pending:
+            collect(*pending.popleft().result()[:2])
+
+
 def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool = True,
                   workers: int = 1) -> dict[str, Any]:
     """Featurize dates in order and write ``features/date=D`` partitions and ``_feature_set.json``.
@@ -242,13 +273,7 @@ def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool
     Raises:
         FileNotFoundError: there are no input bars.
     """
-    available = sorted(set(lake.dates("validated")) | set(lake.dates("raw")))
-    todo = sorted(dates) if dates is not None else (lake.dates("validated") or lake.dates("raw"))
-    if not todo:
-        raise FileNotFoundError(f"no bars to featurize under {lake.url} (neither validated/ nor raw/ has dates)")
-    missing = [d for d in todo if d not in available]
-    if missing:
-        raise FileNotFoundError(f"no validated or raw bars for date(s) {missing} under {lake.url}")
+    available, todo = _dates_to_featurize(lake, dates)
     t0 = time.perf_counter()
     state = HarState()
     for d in [d for d in available if d < todo[0]][-HAR_DAYS:]:
@@ -274,21 +299,7 @@ def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool
             n, src, state = _featurize_one(lake, d, state, quotes)
             collect(n, src)
     else:
-        import multiprocessing as mp
-        from collections import deque
-        from concurrent.futures import ProcessPoolExecutor
-
-        # fork: workers inherit the imported modules (spawn re-imports pandas/pyarrow per worker: seconds)
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as ex:
-            pending: deque = deque()
-            for d in it:
-                pending.append(ex.submit(_featurize_one, lake, d, state, quotes))
-                state = _advance(lake, d, state)
-                while len(pending) > 2 * workers:
-                    collect(*pending.popleft().result()[:2])
-            while pending:
-                collect(*pending.popleft().result()[:2])
+        _featurize_parallel(lake, it, state, quotes, workers, collect)
     names = feature_names(quotes)
     doc = {"features": names, "quotes_available": quotes, "n_features": len(names),
            "unavailable": unavailable_features(quotes)}

@@ -48,12 +48,6 @@ def _lo(t: int, w: int) -> np.ndarray:
     return np.maximum(np.arange(t) + 1 - w, 0)
 
 
-def roll_sum_count(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sum and count of the valid values over minutes max(0, t-w+1)..t."""
-    p = Prefix(x)
-    return p.sum(w), p.count(w)
-
-
 def roll_mean(x: np.ndarray, w: int) -> np.ndarray:
     """Mean of the valid values in the (partial) window; NaN where it holds none."""
     return Prefix(x).mean(w)

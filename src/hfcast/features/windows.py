@@ -27,11 +27,11 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from hfcast.contracts import LOOKBACK
 from hfcast.data.schema import EXCHANGE_TZ, minute_of_session
 
 log = logging.getLogger(__name__)
 
-LOOKBACK = 30
 LABEL_COLS = ("ret_60m", "rv_10m")
 _MINUTE = np.timedelta64(60_000_000, "us")
 
@@ -88,10 +88,6 @@ class WindowArrays:
         if self.y is None:
             raise ValueError("these windows were built from a frame without label columns")
         return self.y[self.ends]
-
-    def end_keys(self) -> pd.DataFrame:
-        """(symbol, ts) of each window's last row: the minute the forecast is made at."""
-        return self.keys.iloc[self.ends].reset_index(drop=True)
 
     def end_days(self) -> np.ndarray:
         """Session date (exchange time) of each window's end, datetime64[D] [M]."""

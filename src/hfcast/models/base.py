@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, fields, is_dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,16 +20,14 @@ from scipy.special import ndtr
 from torch import nn
 
 from hfcast import storage
-from hfcast.features.windows import LOOKBACK, Scaler
+from hfcast.contracts import LOOKBACK, PRED_COLUMNS, VOL_TOLERANCE
+from hfcast.features.windows import Scaler
 
 log = logging.getLogger(__name__)
 
+ARCHITECTURES = ("transformer", "lstm", "tcn", "hybrid")  # every model file in hfcast/models/
 RAW_OUTPUTS = ("ret_mu", "ret_log_sigma", "lrv_mu", "lrv_log_sigma")
-PRED_COLUMNS = ("ret_60m_pred", "ret_60m_conf", "ret_60m_lo", "ret_60m_hi",
-                "rv_10m_pred", "rv_10m_conf", "rv_10m_lo", "rv_10m_hi")
 Z80 = 1.2815515655446004  # two-sided 80% normal quantile: P(|Z| <= Z80) = 0.8
-VOL_TOLERANCE = 0.25       # vol confidence = P(|rv / rv_hat - 1| <= 0.25)
-BUNDLE_FILES = ("model.json", "weights.safetensors", "scaler.json", "calibration.json")
 
 
 class ForecastNet(nn.Module):
@@ -41,6 +39,14 @@ class ForecastNet(nn.Module):
 
     arch: ClassVar[str] = ""
     config_class: ClassVar[type] = object
+    registry: ClassVar[dict[str, type["ForecastNet"]]] = {}  # arch -> class, filled as subclasses are defined
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # why a registry here: Forecaster.load rebuilds any architecture without importing the
+        # package that imports this module (that would be an import cycle)
+        super().__init_subclass__(**kwargs)
+        if cls.arch:
+            ForecastNet.registry[cls.arch] = cls
 
     def __init__(self, n_features: int, config: Any):
         super().__init__()
@@ -52,6 +58,30 @@ class ForecastNet(nn.Module):
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def model_config(arch: str, config: dict[str, Any] | Any | None = None) -> Any:
+    """The config dataclass of ``arch`` from a dict (unknown keys are an error), a dataclass or None."""
+    if arch not in ForecastNet.registry:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
+    cls = ForecastNet.registry[arch].config_class
+    if config is None:
+        return cls()
+    if is_dataclass(config):
+        config = asdict(config)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown {arch} config key(s) {unknown}; known: {sorted(known)}")
+    return cls(**config)
+
+
+def build_model(arch: str, n_features: int, config: dict[str, Any] | Any | None = None) -> ForecastNet:
+    """A fresh ``arch`` network for ``n_features`` inputs (weights from torch's current RNG state)."""
+    if n_features < 1:
+        raise ValueError(f"n_features must be >= 1, got {n_features}")
+    cfg = model_config(arch, config)  # raises on an unknown arch or key
+    return ForecastNet.registry[arch](n_features, cfg)
 
 
 def natural_units(raw: np.ndarray, scaler: Scaler) -> dict[str, np.ndarray]:
@@ -180,8 +210,6 @@ class Forecaster:
     def load(cls, path: str, storage_options: dict | None = None) -> "Forecaster":
         """Rebuild a bundle written by :meth:`save` (weights loaded strictly)."""
         from safetensors.torch import load as st_load
-
-        from hfcast.models import build_model
 
         path = str(path)
         try:

@@ -5,7 +5,7 @@ regressors are built from the frame's own labels lagged by their horizon: ``rv_1
 ``t - 10`` is the realized volatility of minutes ``t-9..t``, known at ``t``; likewise ``ret_60m`` of
 ``t - 60`` is the past hour's return. That is exactly causal (a lag is taken only inside one
 symbol-day and only when the earlier row is exactly ``k`` minutes back) and depends on nothing but
-the data contract, so the baselines do not move when the feature registry changes.
+the data contract, so the baselines do not move when the feature catalogue changes.
 
 - ``zero``: return 0; volatility = realized vol of the last hour (random walk in volatility).
 - ``persistence``: return = last hour's return; volatility = last 30 minutes' realized vol.
@@ -25,7 +25,8 @@ import logging
 import numpy as np
 import pandas as pd
 
-from hfcast.calibration import PRED_COLUMNS, Calibrator
+from hfcast.calibration import Calibrator
+from hfcast.contracts import PRED_COLUMNS
 from hfcast.data.schema import minute_of_session
 
 log = logging.getLogger(__name__)

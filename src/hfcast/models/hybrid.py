@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hfcast.contracts import LOOKBACK
 from hfcast.models._modules import GaussianHead, TemporalConvNet, TransformerEncoder, assemble, summarize
 from hfcast.models.base import ForecastNet
 
@@ -22,7 +23,7 @@ class HybridConfig:
     mlp_mult: int = 2
     head_hidden: int = 32
     dropout: float = 0.1
-    lookback: int = 30
+    lookback: int = LOOKBACK
 
 
 class HybridNet(ForecastNet):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hfcast.contracts import LOOKBACK
 from hfcast.models._modules import JointHead, summarize
 from hfcast.models.base import ForecastNet
 
@@ -17,7 +18,7 @@ class LSTMConfig:
     n_layers: int = 2
     head_hidden: int = 32
     dropout: float = 0.1   # between LSTM layers and in the head
-    lookback: int = 30
+    lookback: int = LOOKBACK
 
 
 class LSTMNet(ForecastNet):

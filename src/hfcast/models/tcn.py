@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hfcast.contracts import LOOKBACK
 from hfcast.models._modules import JointHead, TemporalConvNet, summarize
 from hfcast.models.base import ForecastNet
 
@@ -21,7 +22,7 @@ class TCNConfig:
     kernel_size: int = 3
     head_hidden: int = 32
     dropout: float = 0.1
-    lookback: int = 30
+    lookback: int = LOOKBACK
 
 
 class TCNNet(ForecastNet):

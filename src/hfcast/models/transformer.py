@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hfcast.contracts import LOOKBACK
 from hfcast.models._modules import GaussianHead, TransformerEncoder, assemble, summarize
 from hfcast.models.base import ForecastNet
 
@@ -28,7 +29,7 @@ class TransformerConfig:
     mlp_mult: int = 2      # hidden width of each block's MLP = mlp_mult * d_model
     head_hidden: int = 32  # hidden width of each of the three heads
     dropout: float = 0.1
-    lookback: int = 30     # window length T (fixed: learned positions)
+    lookback: int = LOOKBACK     # window length T (fixed: learned positions)
 
 
 class TransformerNet(ForecastNet):

@@ -4,14 +4,16 @@ For a date D and a model version the monitor
 
 1. loads the version's **reference** (``<lake>/monitoring/<model>/<version>/reference.parquet``:
    sampled training-span feature rows with the model's predictions on them, and
-   ``reference.json`` with the reference spans' test scores), built once by :func:`build_reference`;
+   ``reference.json`` with the reference spans' test scores), built once by
+   :func:`hfcast.monitoring.reference.build_reference`;
 2. runs **Evidently** ``DataDriftPreset`` (per-column tests) on the features of D and on the
    predictions of D (the batch CSV), each on a seeded sample (cost is dominated by Evidently's
    per-column rendering, not by the rows: PLATFORM_NOTES), and scores **live performance**
    (vol QLIKE, return IC) once D's labels have matured in the features partition;
 3. writes ``features_drift.html/.json``, ``predictions_drift.html/.json`` and ``summary.json`` under
    ``<lake>/monitoring/<model>/<version>/date=D/``;
-4. decides (:func:`hfcast.decision.decide`), triggers (:mod:`hfcast.trigger`), and records the
+4. decides (:func:`hfcast.monitoring.decision.decide`), starts a retraining through the starter it is
+   given (:mod:`hfcast.monitoring.retraining`), and records the
    decision in ``decisions.jsonl`` and in the ``hfcast-monitoring`` MLflow experiment.
 
 Why Evidently's normed Wasserstein per column (``monitor.column_method``): a day holds thousands
@@ -25,118 +27,19 @@ import io
 import json
 import logging
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from hfcast import storage
-from hfcast.decision import Checks, MonitorConfig, performance_alarm
+from hfcast.monitoring.decision import Checks, MonitorConfig, performance_alarm
+from hfcast.monitoring.reference import live_scores, load_reference, reference_from_registry, reference_urls
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
 
 PRED_DRIFT_COLUMNS = ("ret_60m_pred", "rv_10m_pred", "ret_60m_conf", "rv_10m_conf")
-
-
-def reference_urls(lake: Lake, model: str, version: str | int) -> tuple[str, str]:
-    base = storage.join(lake.url, "monitoring", model, str(version))
-    return storage.join(base, "reference.parquet"), storage.join(base, "reference.json")
-
-
-def _model_id(forecaster: Any, model: tuple[str, str] | None) -> tuple[str, str]:
-    if model is not None:
-        return str(model[0]), str(model[1])
-    meta = getattr(forecaster, "meta", {}) or {}
-    if "model_name" not in meta or "model_version" not in meta:
-        raise ValueError("build_reference: pass model=(name, version) or a forecaster whose meta has them")
-    return str(meta["model_name"]), str(meta["model_version"])
-
-
-def build_reference(settings: Any, forecaster_or_bundle: Any, train_dates: Sequence[str], n_rows: int = 20000,
-                    seed: int = 0, model: tuple[str, str] | None = None, test_dates: Sequence[str] | None = None,
-                    test_scores: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """Sample the training span, predict it, and store it with the model version.
-
-    Reads one date at a time (memory stays one date), samples ``n_rows / len(train_dates)``
-    window ends per date, and predicts those windows.
-
-    Args:
-        forecaster_or_bundle: a Forecaster or a bundle folder.
-        train_dates: the dates the model was trained on.
-        model: (name, version); default: the forecaster's meta.
-        test_dates: held-out dates to score the model on for reference.json (if ``test_scores`` is None).
-        test_scores: the reference spans' test scores (``vol_qlike``, ``ret_ic``), e.g. from the run.
-
-    Returns:
-        The reference.json document.
-    """
-    from hfcast.features.windows import build_windows
-    from hfcast.models.base import Forecaster
-
-    fc = Forecaster.load(str(forecaster_or_bundle)) if isinstance(forecaster_or_bundle, (str, bytes)) or hasattr(
-        forecaster_or_bundle, "__fspath__") else forecaster_or_bundle
-    name, version = _model_id(fc, model)
-    lake = Lake.from_settings(settings)
-    dates = sorted(set(train_dates))
-    if not dates:
-        raise ValueError("build_reference: train_dates is empty")
-    rng = np.random.default_rng(seed)
-    per_date = max(1, int(np.ceil(n_rows / len(dates))))
-    parts = []
-    for d in dates:
-        df = lake.read("features", d)
-        wa = build_windows(df, fc.feature_names, label_cols=None)
-        pick = np.sort(rng.choice(len(wa), size=min(per_date, len(wa)), replace=False))
-        pred = fc.predict(wa.windows(pick))
-        rows = df.iloc[wa.ends[pick]][["symbol", "ts", *fc.feature_names]].reset_index(drop=True)
-        parts.append(pd.concat([rows, pred], axis=1))
-    ref = pd.concat(parts, ignore_index=True)
-    if len(ref) > n_rows:
-        ref = ref.sample(n_rows, random_state=seed).sort_values(["symbol", "ts"]).reset_index(drop=True)
-    if test_scores is None and test_dates:
-        test_scores = _score_dates(lake, fc, test_dates)
-    doc = {"model": name, "version": version, "train_dates": dates, "rows": len(ref), "seed": seed,
-           "features": list(fc.feature_names), "test_dates": list(test_dates or []),
-           "test_scores": {k: float(v) for k, v in (test_scores or {}).items() if k in ("vol_qlike", "ret_ic")},
-           "built_at": pd.Timestamp.now(tz="UTC").isoformat()}
-    pq_url, js_url = reference_urls(lake, name, version)
-    storage.write_parquet(ref, pq_url, lake.storage_options)
-    storage.write_text(js_url, json.dumps(doc, indent=1), lake.storage_options)
-    log.info("reference for %s v%s: %d rows from %d training date(s)", name, version, len(ref), len(dates))
-    return doc
-
-
-def _score_dates(lake: Lake, fc: Any, dates: Sequence[str]) -> dict[str, float]:
-    from hfcast.features.engine import load_features
-    from hfcast.features.windows import build_windows
-
-    frame = load_features(lake, dates)
-    wa = build_windows(frame, fc.feature_names)
-    pred = pd.concat([fc.predict(wa.windows(np.arange(a, min(a + 8192, len(wa))))) for a in range(0, len(wa), 8192)],
-                     ignore_index=True)
-    labels = frame.loc[wa.ends, ["ts", "ret_60m", "rv_10m"]].reset_index(drop=True)
-    return live_scores(labels.join(pred))
-
-
-def load_reference(lake: Lake, model: str, version: str | int) -> tuple[pd.DataFrame, dict[str, Any]]:
-    pq_url, js_url = reference_urls(lake, model, version)
-    if not storage.exists(js_url, lake.storage_options):
-        raise FileNotFoundError(f"no monitoring reference for {model} v{version} at {js_url}: "
-                                f"run `hfcast monitor reference --model {model}/{version}`")
-    return storage.read_parquet(pq_url, lake.storage_options), json.loads(storage.read_text(js_url, lake.storage_options))
-
-
-def live_scores(frame: pd.DataFrame) -> dict[str, float]:
-    """Vol QLIKE and return IC of a frame holding predictions and matured labels."""
-    from hfcast import metrics as M
-
-    vp, rv = frame["rv_10m_pred"].to_numpy(float), frame["rv_10m"].to_numpy(float)
-    rp, y = frame["ret_60m_pred"].to_numpy(float), frame["ret_60m"].to_numpy(float)
-    ok = np.isfinite(vp) & np.isfinite(rv) & np.isfinite(rp) & np.isfinite(y)
-    n = int(ok.sum())
-    # n_eff: non-overlapping 60-minute outcomes, for the standard error of a day's IC
-    return {"vol_qlike": M.qlike(vp**2, rv**2), "ret_ic": M.ic(rp, y), "n_labels": n, "n_eff": n / 60.0}
 
 
 def evidently_drift(current: pd.DataFrame, reference: pd.DataFrame, columns: Sequence[str], cfg: MonitorConfig,
@@ -208,7 +111,7 @@ def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 def check_date(settings: Any, date: str, model: str, version: str, cfg: MonitorConfig) -> Checks:
     """Feature drift, prediction drift and live performance of one date; writes the reports."""
     from hfcast.data.schema import minute_of_session
-    from hfcast.features.windows import LOOKBACK
+    from hfcast.contracts import LOOKBACK
 
     lake = Lake.from_settings(settings)
     ref, ref_doc = load_reference(lake, model, version)
@@ -247,26 +150,6 @@ def check_date(settings: Any, date: str, model: str, version: str, cfg: MonitorC
     return checks
 
 
-def reference_from_registry(settings: Any, ref: str, cfg: MonitorConfig | None = None) -> dict[str, Any]:
-    """Build a registered version's reference from its MLflow run: its last fold's training dates
-    (the dates before its last test span, less validation and embargo) and its logged test scores."""
-    from hfcast.registry import load_forecaster, resolve, run_scores
-    from hfcast.walkforward import WalkForwardConfig
-
-    cfg = cfg or MonitorConfig.from_params(settings.param("monitor", {}))
-    mv = resolve(settings, ref)
-    scores = run_scores(settings, mv.run_id)
-    last_start = str(scores["test_spans"][-1][0])
-    wf = WalkForwardConfig.from_params(settings.param("walkforward", {}))
-    before = [d for d in Lake.from_settings(settings).dates("features") if d < last_start]
-    train = before[: max(0, len(before) - (2 * wf.embargo_days + wf.val_days))]
-    if not train:
-        raise ValueError(f"{mv.name} v{mv.version}: no training dates before its last test span {last_start}")
-    fc = load_forecaster(settings, f"{mv.name}/{mv.version}")
-    return build_reference(settings, fc, train, n_rows=cfg.reference_sample_rows, seed=cfg.seed,
-                           model=(mv.name, str(mv.version)), test_scores=scores.get("model"))
-
-
 def resolve_model(settings: Any, ref: str) -> tuple[str, str]:
     """(name, version) for "name/version" (no registry needed) or an alias such as "hfcast@champion"."""
     from hfcast.registry import parse_ref, resolve
@@ -278,29 +161,25 @@ def resolve_model(settings: Any, ref: str) -> tuple[str, str]:
     return str(mv.name), str(mv.version)
 
 
-def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", trigger: str = "local",
-                kfp_host: str | None = None, retrain_fn: Any = None, kfp_client: Any = None,
+def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starter: Any = None,
                 log_mlflow: bool = True, cfg: MonitorConfig | None = None) -> dict[str, Any]:
     """Monitor one date and act on the decision (the function behind ``hfcast monitor run``).
 
     Args:
         date: the date to check (its features partition and, when present, its prediction CSV).
         model: registry reference (``hfcast@champion``) or ``name/version``.
-        trigger: ``local`` (run the training pipeline in-process), ``kubeflow`` (start a KFP run),
-            ``none`` (decide and record only).
-        kfp_host, kfp_client: the Kubeflow API (a client object wins over the host).
-        retrain_fn: ``f(reason, drifted_dates) -> {status, new_version, promoted}`` for ``local``
-            (default: :func:`hfcast.trigger.default_retrain_fn`).
+        starter: what starts a retraining (:class:`hfcast.monitoring.retraining.RetrainStarter`);
+            None = :class:`~hfcast.monitoring.retraining.InProcessStarter`;
+            :class:`~hfcast.monitoring.retraining.RecordOnlyStarter` decides and records only.
         log_mlflow: also record the decision as a run in the ``hfcast-monitoring`` experiment.
 
     Returns:
         The decision record (as appended to ``decisions.jsonl``).
     """
-    from hfcast import decision as D
-    from hfcast import trigger as T
+    from hfcast.monitoring import decision as D
+    from hfcast.monitoring import retraining as R
 
-    if trigger not in ("local", "kubeflow", "none"):
-        raise ValueError(f"trigger must be local, kubeflow or none, got {trigger!r}")
+    starter = starter if starter is not None else R.InProcessStarter()
     cfg = cfg or MonitorConfig.from_params(settings.param("monitor", {}))
     date = pd.Timestamp(date).date().isoformat()
     name, version = resolve_model(settings, model)
@@ -310,21 +189,13 @@ def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", trigge
         reference_from_registry(settings, f"{name}/{version}", cfg)
     checks = check_date(settings, date, name, version, cfg)
     history = D.load_history(lake, name)
-    host = kfp_host or cfg.kubeflow_host
-    running = T.running_state(lake, name, cfg.retrain_timeout_hours, kfp_client if trigger == "kubeflow" else None)
-    record = D.decide(history, checks, cfg, running)
+    record = D.decide(history, checks, cfg, R.running_state(lake, name, cfg.retrain_timeout_hours, starter))
     record["model"] = name
     if record["action"] == D.RETRAIN:
-        reason = "; ".join(record["reasons"])
-        record["trigger"] = {"kind": trigger, "status": "starting" if trigger != "none" else "not started (trigger=none)"}
+        record["trigger"] = {"kind": starter.kind, "status": "starting"}
         history = D.upsert(history, record)
         D.save_history(lake, name, history)  # the decision is on record before anything starts
-        if trigger == "kubeflow":
-            record["trigger"] = T.trigger_kubeflow(lake, name, reason, record["drifted_dates"], host,
-                                                   cfg.pipeline_package, client=kfp_client)
-        elif trigger == "local":
-            record["trigger"] = T.trigger_local(settings, lake, name, reason, record["drifted_dates"],
-                                                retrain_fn or T.default_retrain_fn(settings))
+        record["trigger"] = starter.start(settings, name, "; ".join(record["reasons"]), record["drifted_dates"])
         if record["trigger"].get("note"):
             record["explanation"] += f" -> {record['trigger']['note']}"
     D.save_history(lake, name, D.upsert(history, record))

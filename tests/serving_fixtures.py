@@ -60,6 +60,7 @@ def feast_repo(settings, n_features: int = 8, n_symbols: int = 3, date: str = "2
     import json
 
     from hfcast import feature_store, storage
+    from hfcast.contracts import FEATURE_SET_FILE
     from hfcast.features.windows import synthetic_feature_frame
     from hfcast.storage import Lake
 
@@ -72,7 +73,7 @@ def feast_repo(settings, n_features: int = 8, n_symbols: int = 3, date: str = "2
     lake = Lake.from_settings(settings)
     lake.write("features", day, df)
     names = [f"f{j}" for j in range(n_features)]
-    storage.write_text(storage.join(lake.table("features"), "_feature_set.json"),
+    storage.write_text(storage.join(lake.table("features"), FEATURE_SET_FILE),
                        json.dumps({"features": names, "quotes_available": True}), lake.storage_options)
     feature_store.apply(settings)
     return feature_store.materialize_windows(settings, day)

@@ -2,7 +2,7 @@
 
 Why a separate, pure module: the decision is where a monitor either wastes a cluster on
 retraining every day or sleeps through a regime change, so it has no I/O and is tested over
-whole sequences of dates (``tests/code/test_drift_decision.py``). The monitor (:mod:`hfcast.drift`)
+whole sequences of dates (``tests/code/test_drift_decision.py``). The monitor (:mod:`hfcast.monitoring.drift`)
 gathers the checks, calls :func:`decide`, and stores the record it returns.
 
 Rule (thresholds in params.yaml ``monitor:``):
@@ -31,6 +31,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from hfcast.contracts import finite
+
 log = logging.getLogger(__name__)
 
 RETRAIN, NONE, SUPPRESSED = "retrain", "none", "suppressed"
@@ -56,8 +58,9 @@ class MonitorConfig:
     exclude_features: tuple[str, ...] = ("tod_sin", "tod_cos", "minutes_to_close", "bar_missing")
     retrain_timeout_hours: float = 24.0  # a "running" retraining older than this is considered lost
     seed: int = 0
-    kubeflow_host: str | None = None     # KFP API URL (None = local trigger)
-    pipeline_package: str = "pipelines/compiled/training.yaml"  # compiled training pipeline for Kubeflow
+    kubeflow_host: str | None = None     # KFP API URL for the Kubeflow starter (None = in-cluster default)
+    kubeflow_namespace: str | None = None  # Kubeflow profile namespace of the Kubeflow starter (multi-user)
+    retrain_pipeline: str = "training-gpu"  # which training pipeline a starter runs (names in pipelines/)
     retrain_arch: str | None = None      # architecture of the default local retrain (None = champion's)
 
     def __post_init__(self) -> None:
@@ -113,23 +116,16 @@ def performance_alarm(live: Mapping[str, float] | None, reference: Mapping[str, 
         return None, []
     reasons = []
     q, rq = live.get("vol_qlike"), reference.get("vol_qlike")
-    if _finite(q) and _finite(rq) and q > cfg.perf_qlike_ratio * rq:
+    if finite(q) and finite(rq) and q > cfg.perf_qlike_ratio * rq:
         reasons.append(f"vol QLIKE {q:.4g} > {cfg.perf_qlike_ratio:g} x reference {rq:.4g}")
     ic, ric = live.get("ret_ic"), reference.get("ret_ic")
     # one day's IC is noisy: overlapping 60-minute returns leave about symbols x 6.5 independent
     # outcomes, so the drop must also exceed two standard errors of a day's IC (1 / sqrt(n_eff))
     drop = max(cfg.perf_ic_drop, 2.0 / np.sqrt(max(float(live.get("n_eff", live.get("n_labels", 0))) - 3.0, 1.0)))
-    if _finite(ic) and _finite(ric) and ic < ric - drop:
+    if finite(ic) and finite(ric) and ic < ric - drop:
         reasons.append(f"return IC {ic:.3f} < reference {ric:.3f} - {drop:.3g}")
-    compared = (_finite(q) and _finite(rq)) or (_finite(ic) and _finite(ric))
+    compared = (finite(q) and finite(rq)) or (finite(ic) and finite(ric))
     return (bool(reasons) if compared else None), reasons
-
-
-def _finite(x: Any) -> bool:
-    try:
-        return x is not None and bool(np.isfinite(float(x)))
-    except (TypeError, ValueError):
-        return False
 
 
 def _latest_per_date(history: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
@@ -285,7 +281,7 @@ def log_to_mlflow(settings: Any, record: Mapping[str, Any]) -> str:
               "live_vol_qlike": live.get("vol_qlike"), "live_ret_ic": live.get("ret_ic"),
               "drift_streak": record.get("drift_streak"), "retrain": float(record.get("action") == RETRAIN)}
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if _finite(v)]
+    metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if finite(v)]
     trig = record.get("trigger") or {}
     tags = {"date": record["date"], "model_version": str(record.get("version")), "action": record["action"],
             "explanation": record.get("explanation", "")[:4900], "drifted_dates": ",".join(record.get("drifted_dates", [])),

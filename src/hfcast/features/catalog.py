@@ -1,6 +1,6 @@
-"""The feature registry: every feature declared once, with its formula, lookback and inputs.
+"""The feature catalogue: every feature declared once, with its formula, lookback and inputs.
 
-The registry is the single source of truth for the feature list and its order (the column order
+The catalogue is the single source of truth for the feature list and its order (the column order
 of the ``features`` table and of the model input). ``hfcast.features.compute`` computes exactly
 these names; a test checks the two agree and that every feature is causal.
 
@@ -156,7 +156,7 @@ GROUPS: tuple[str, ...] = tuple(dict.fromkeys(f.group for f in FEATURES))
 
 
 def feature_names(quotes_available: bool = True) -> list[str]:
-    """Names of the features computed for a source, in registry (= column) order.
+    """Names of the features computed for a source, in catalogue (= column) order.
 
     Args:
         quotes_available: False for OHLCV sources; quote-based features are then left out.

@@ -1,0 +1,47 @@
+"""How every pipeline step is sized and named: one helper, used by each pipeline.
+
+Why requests and limits on every step: without them a step is scheduled as BestEffort, the first
+pod evicted under memory pressure, and a runaway step (a featurize over the whole lake) can starve
+its node. The sizes follow what each step loads: the training step holds the windows of a
+walk-forward fold; plan, compare, deploy and the retraining trigger only talk to services.
+
+GPU steps run on the CUDA image with one ``nvidia.com/gpu``. kfp 2.17 itself cannot add a
+toleration (that needs the separate kfp-kubernetes package); clusters that taint GPU nodes add the
+matching toleration for pods requesting ``nvidia.com/gpu`` (the ExtendedResourceToleration
+admission plugin, on by default on the managed Kubernetes services).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kfp import dsl
+
+from components._image import GPU_IMAGE
+
+
+@dataclass(frozen=True)
+class Size:
+    """Kubernetes requests (what the scheduler reserves) and limits (what the step may use)."""
+
+    cpu: str
+    memory: str
+    cpu_limit: str
+    memory_limit: str
+
+
+TINY = Size("250m", "1Gi", "1", "2Gi")      # API calls: deploy, plan, start a retraining
+SMALL = Size("1", "4Gi", "2", "8Gi")        # registry + one model: compare, gate, export, monitor
+MEDIUM = Size("2", "8Gi", "4", "16Gi")      # lake-wide work: prepare (featurize), Feast, batch predict
+LARGE = Size("4", "16Gi", "8", "32Gi")      # walk-forward training of one architecture
+
+
+def step(task: dsl.PipelineTask, name: str, size: Size, gpu: bool = False) -> dsl.PipelineTask:
+    """Display name, no caching (every step reads or writes shared state: lake, registry), requests
+    and limits; ``gpu``: the CUDA image with one GPU."""
+    task.set_display_name(name).set_caching_options(False)
+    task.set_cpu_request(size.cpu).set_cpu_limit(size.cpu_limit)
+    task.set_memory_request(size.memory).set_memory_limit(size.memory_limit)
+    if gpu:
+        task.set_container_image(GPU_IMAGE).set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    return task

@@ -1,0 +1,44 @@
+"""``hfcast serve``: a command plugin of the ``hfcast`` CLI (entry point group ``hfcast.cli``).
+
+Why a plugin: the core library never imports KServe; installing the ``serving`` package (it is part
+of this distribution) is what adds the command, with no path tricks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def serve(
+    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference: NAME@ALIAS or NAME/VERSION."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local bundle folder instead of the registry."),
+    port: int = typer.Option(8080, "--port", help="HTTP port (KServe binds all interfaces)."),
+    grpc_port: int = typer.Option(8081, "--grpc-port", help="gRPC port."),
+    runner: str = typer.Option("auto", "--runner", help="auto | onnxruntime | torch | torch-compiled | tensorrt."),
+    max_batch: int = typer.Option(1024, "--max-batch", help="Largest batch accepted (larger: HTTP 400)."),
+    max_staleness_s: float = typer.Option(600.0, "--max-staleness-s", help="Oldest feature age for symbol inputs (<0: no limit)."),
+    feature_store: bool = typer.Option(True, "--feature-store/--no-feature-store", help="Serve symbol inputs from Feast."),
+) -> None:
+    """Serve the model with KServe (V1 + V2): windows or symbols in, calibrated forecasts out."""
+    import sys
+
+    from hfcast.config import get_settings
+
+    argv, sys.argv = sys.argv, sys.argv[:1]  # kserve parses sys.argv when first imported
+    try:
+        from serving.core import Limits
+        from serving.predictor import HfcastPredictor, serve as run_server
+    finally:
+        sys.argv = argv
+    limits = Limits(max_batch, None if max_staleness_s < 0 else max_staleness_s)
+    predictor = HfcastPredictor("hfcast", bundle=bundle, ref=None if bundle else model, runner=runner,
+                                limits=limits, settings=get_settings(), use_feature_store=feature_store)
+    run_server(predictor, http_port=port, grpc_port=grpc_port)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` to the ``hfcast`` app (called by ``hfcast.cli`` for the ``hfcast.cli`` entry point)."""
+    app.command("serve")(serve)

@@ -1,0 +1,43 @@
+"""What several parts of hfcast must agree on, defined once.
+
+Why one module: the features engine, the windows, the models, the export, the feature store, the
+predictor and the monitor all read these values; a copy in each would drift apart silently (a
+31-minute window in the server would still "work" and give other numbers). This module imports
+only the standard library, so anything may import it without pulling in torch or pandas.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+#: minutes of features one forecast reads (the window is [t - LOOKBACK + 1, t])
+LOOKBACK = 30
+
+#: output columns of every forecaster, in this order (the prediction CSV, the server's answer)
+PRED_COLUMNS = ("ret_60m_pred", "ret_60m_conf", "ret_60m_lo", "ret_60m_hi",
+                "rv_10m_pred", "rv_10m_conf", "rv_10m_lo", "rv_10m_hi")
+
+#: vol confidence = P(|rv / rv_hat - 1| <= VOL_TOLERANCE): "realized vol within +-25% of the forecast"
+VOL_TOLERANCE = 0.25
+
+#: the files of a forecaster bundle (weights as safetensors, the rest JSON; never pickle)
+BUNDLE_FILES = ("model.json", "weights.safetensors", "scaler.json", "calibration.json")
+
+#: the feature list actually written by the features engine, beside the ``features/`` partitions
+FEATURE_SET_FILE = "_feature_set.json"
+
+
+def finite(x: Any) -> bool:
+    """True for a real, finite number (NumPy scalars included).
+
+    Booleans (Python or NumPy), strings and bytes are NOT numbers here, even though ``float(True)``
+    works: a score of ``True`` is a caller's mistake, and treating it as 1.0 could let the gate
+    promote a model on a flag. None, NaN and infinities are not finite.
+    """
+    if isinstance(x, (str, bytes, bool)) or type(x).__name__ == "bool_":
+        return False
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError, OverflowError):
+        return False

@@ -1,0 +1,210 @@
+"""The one path from data to champion: train -> log -> register -> gate -> promote.
+
+Why one module: the command line, the Kubeflow components and the monitor's retraining used to
+carry their own copies of this sequence, and the copies drifted apart (one re-scored the champion,
+one did not). Each caller now picks the steps it needs:
+
+* ``hfcast train`` trains and logs (:func:`log_trained`); the ``train_model`` component calls
+  :func:`train_and_log` once per architecture;
+* the ``compare_models`` component ranks the runs with :func:`best_run` (the gate's own rules);
+* the ``gate_register`` component calls :func:`register_and_gate`;
+* a retraining (:class:`hfcast.monitoring.retraining.InProcessStarter`) calls :func:`retrain`,
+  which is all of the above in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from hfcast import promotion, registry
+from hfcast.contracts import finite
+from hfcast.gate import GateConfig, GateDecision, MetricRule, config_from_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedRun:
+    """One architecture trained on the walk-forward folds and logged to MLflow."""
+
+    arch: str
+    run_id: str
+    forecaster: Any  # the last fold's hfcast.models.base.Forecaster
+    aggregate: dict[str, float]  # pooled test scores (finite values only)
+    test_spans: list[tuple[str, str]]
+    result: Any = field(repr=False, default=None)  # the full hfcast.walkforward.WalkForwardResult
+
+    def summary(self) -> dict[str, Any]:
+        """``{arch, run_id, <metric>: value...}``: what :func:`best_run` ranks."""
+        return {"arch": self.arch, "run_id": self.run_id, **self.aggregate}
+
+
+@dataclass
+class GateOutcome:
+    """What :func:`register_and_gate` did with a run."""
+
+    version: int
+    decision: GateDecision
+    promoted: bool
+
+
+def walkforward_config(settings: Any, last_date: str | None = None, max_folds: int | None = None):
+    """params.yaml ``walkforward`` with the given overrides (``None`` = as configured)."""
+    from hfcast.walkforward import WalkForwardConfig
+
+    section = {k: v for k, v in dict(settings.param("walkforward", {}) or {}).items() if k != "models"}
+    if last_date is not None:
+        section["last_date"] = str(last_date)
+    if max_folds is not None:
+        section["max_folds"] = int(max_folds)
+    return WalkForwardConfig.from_params(section)
+
+
+def log_trained(settings: Any, result: Any, arch: str, *, out_dir: Any, dataset_version: str = "",
+                reason: str = "", drifted_dates: Sequence[str] = (), plots: Sequence[Any] = ()) -> str:
+    """Log one architecture of a walk-forward result, with its lineage and trigger tags; the run id."""
+    tags = {}
+    if reason:
+        tags["hfcast.trigger_reason"] = reason[:5000]
+    if drifted_dates:
+        tags["hfcast.drifted_dates"] = ",".join(drifted_dates)[:5000]
+    params = {"walkforward": dict(settings.param("walkforward", {}) or {}),
+              "train": dict(settings.param("train", {}) or {})}
+    from hfcast.walkforward import log_result
+
+    return log_result(settings, result, arch, params, out_dir, plots, dataset_version=dataset_version or None,
+                      tags=tags)
+
+
+def train_and_log(settings: Any, arch: str, *, dataset_version: str = "", reason: str = "",
+                  drifted_dates: Sequence[str] = (), last_date: str | None = None,
+                  max_folds: int | None = None) -> TrainedRun:
+    """Walk-forward train ``arch``, score it and the baselines on the same test spans, log the run.
+
+    Args:
+        dataset_version: the features' version (DVC hash), copied onto the registered version.
+        reason, drifted_dates: why it trained (``manual``, ``drift: ...``); recorded as run tags.
+        last_date: no data after this date is used (time is a parameter, not "all of the lake").
+        max_folds: keep only the last N folds (a retraining uses 1: the most recent test span).
+    """
+    from hfcast.storage import Lake
+    from hfcast.train import TrainConfig
+    from hfcast.walkforward import model_configs, run_walkforward
+
+    result = run_walkforward(Lake.from_settings(settings), [arch], walkforward_config(settings, last_date, max_folds),
+                             TrainConfig.from_params(settings.param("train", {})), progress=False,
+                             model_configs=model_configs(settings.param("walkforward", {})))
+    with tempfile.TemporaryDirectory(prefix=f"hfcast-{arch}-") as tmp:
+        run_id = log_trained(settings, result, arch, out_dir=tmp, dataset_version=dataset_version, reason=reason,
+                             drifted_dates=drifted_dates)
+    aggregate = {str(k): float(v) for k, v in result.aggregate.loc[arch].items() if finite(v)}
+    return TrainedRun(arch, run_id, result.forecasters[arch], aggregate, result.test_spans(), result)
+
+
+def _rank_key(rules: Sequence[MetricRule]):
+    def key(m: Mapping[str, Any]) -> tuple:  # smaller sorts first; a missing score sorts last
+        return tuple(float("inf") if m.get(r.name) is None else
+                     (-float(m[r.name]) if r.higher_is_better else float(m[r.name])) for r in rules)
+    return key
+
+
+def rank_runs(results: Sequence[Mapping[str, Any]], settings: Any = None) -> list[Mapping[str, Any]]:
+    """Runs best first, by the gate's primary metrics (each in its direction, the first as main key).
+
+    Ranking by the gate's own rules sends the gate the run with the best chance to pass it.
+    ``settings`` gives the rules (params.yaml ``registry.gate``); None = the default rules.
+    """
+    if not results:
+        raise ValueError("no training results to compare (did every train step fail?)")
+    rules = (config_from_settings(settings) if settings is not None else GateConfig.from_mapping(None)).rules
+    return sorted(results, key=_rank_key(rules))
+
+
+def best_run(results: Sequence[Mapping[str, Any]], settings: Any = None) -> Mapping[str, Any]:
+    """The run the gate should judge (see :func:`rank_runs`); each mapping has ``arch``, ``run_id``, scores."""
+    return rank_runs(results, settings)[0]
+
+
+def _decide(settings: Any, version: int, force_reason: str, margin: Any) -> GateDecision:
+    """The gate on logged scores; both re-scored on the challenger's spans when the champion's differ."""
+    if force_reason.strip():
+        return GateDecision.force(force_reason)
+    try:
+        return promotion.run_gate(settings, version, margin=margin)
+    except registry.RegistryError as exc:  # the champion was scored on other spans (the lake grew)
+        from hfcast.walkforward import span_evaluator
+
+        log.info("%s; re-scoring champion and challenger on the challenger's spans", exc)
+        return promotion.run_gate(settings, version, margin=margin, evaluate_on_spans=span_evaluator(settings))
+
+
+def _build_reference(settings: Any, version: int, trained: TrainedRun | None) -> None:
+    """The new champion's monitoring reference (its last fold's training dates), so drift is measured
+    against what it learned from."""
+    from hfcast.monitoring.decision import MonitorConfig
+    from hfcast.monitoring.reference import build_reference, reference_from_registry
+
+    cfg = MonitorConfig.from_params(settings.param("monitor", {}))
+    if trained is None or trained.result is None:
+        reference_from_registry(settings, f"{settings.model_name}/{version}", cfg)
+        return
+    build_reference(settings, trained.forecaster, trained.result.folds[-1].train,
+                    model=(settings.model_name, str(version)),
+                    test_scores={k: trained.aggregate[k] for k in ("vol_qlike", "ret_ic") if k in trained.aggregate},
+                    n_rows=cfg.reference_sample_rows, seed=cfg.seed)
+
+
+def register_and_gate(settings: Any, run_id: str, *, force_reason: str = "", margin: Any = None,
+                      trained: TrainedRun | None = None) -> GateOutcome:
+    """Register ``run_id`` (alias ``challenger``), run the gate, promote only if it passes.
+
+    Champion and challenger are compared on the same test spans: the logged scores when both runs
+    cover the same spans, else both re-scored on the challenger's spans. When promoted, the new
+    champion's monitoring reference is built (from ``trained`` when given, else from its run).
+
+    Args:
+        force_reason: non-empty = promote without the gate; the reason is recorded on the version.
+        margin: one margin for every primary metric, or per metric (None = params.yaml).
+    """
+    version = registry.register(settings, run_id)
+    decision = _decide(settings, version, force_reason, margin)
+    promoted = promotion.promote(settings, version, decision)
+    if promoted:
+        _build_reference(settings, version, trained)
+    return GateOutcome(int(version), decision, bool(promoted))
+
+
+def champion_arch(settings: Any) -> str | None:
+    """The current champion's architecture, or None (no registry or no champion yet)."""
+    try:
+        return registry.resolve(settings, f"{settings.model_name}@champion").tags.get("arch")
+    except Exception:  # no champion: the caller falls back to a default architecture
+        return None
+
+
+def retrain(settings: Any, archs: Sequence[str], *, reason: str, drifted_dates: Sequence[str] = (),
+            last_date: str | None = None, force_reason: str = "", margin: Any = None) -> dict[str, Any]:
+    """Train every architecture on the most recent fold, log them, gate the best one, promote or not.
+
+    The last fold only (``max_folds=1``): its test span is the most recent dates, which the current
+    champion never trained on, so champion and challenger are scored fairly on it. ``archs`` empty
+    = params.yaml ``monitor.retrain_arch``, else the champion's architecture, else ``tcn``.
+
+    Returns:
+        ``{status: done, new_version, promoted, gate: summary, run_ids: {arch: run_id}}``.
+    """
+    if not archs:
+        from hfcast.monitoring.decision import MonitorConfig
+
+        cfg = MonitorConfig.from_params(settings.param("monitor", {}))
+        archs = [cfg.retrain_arch or champion_arch(settings) or "tcn"]
+    runs = {a: train_and_log(settings, a, reason=reason, drifted_dates=drifted_dates, last_date=last_date,
+                             max_folds=1) for a in archs}
+    best = best_run([r.summary() for r in runs.values()], settings)
+    outcome = register_and_gate(settings, best["run_id"], force_reason=force_reason, margin=margin,
+                                trained=runs[best["arch"]])
+    return {"status": "done", "new_version": outcome.version, "promoted": outcome.promoted,
+            "gate": outcome.decision.summary(), "run_ids": {a: r.run_id for a, r in runs.items()}}

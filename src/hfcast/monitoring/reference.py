@@ -1,0 +1,144 @@
+"""The monitoring reference of a model version: what it learned from, sampled, with its predictions.
+
+Why apart from :mod:`hfcast.monitoring.drift`: a new champion's reference is built when it is
+promoted (:mod:`hfcast.lifecycle`), and the monitor reads it; keeping it here lets both use it
+without the lifecycle depending on the monitor that starts retrainings.
+
+``<lake>/monitoring/<model>/<version>/reference.parquet`` holds sampled training-span feature rows
+with the model's predictions on them; ``reference.json`` the reference spans' test scores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from hfcast import storage
+from hfcast.monitoring.decision import MonitorConfig
+from hfcast.storage import Lake
+
+log = logging.getLogger(__name__)
+
+
+def reference_urls(lake: Lake, model: str, version: str | int) -> tuple[str, str]:
+    base = storage.join(lake.url, "monitoring", model, str(version))
+    return storage.join(base, "reference.parquet"), storage.join(base, "reference.json")
+
+
+def _model_id(forecaster: Any, model: tuple[str, str] | None) -> tuple[str, str]:
+    if model is not None:
+        return str(model[0]), str(model[1])
+    meta = getattr(forecaster, "meta", {}) or {}
+    if "model_name" not in meta or "model_version" not in meta:
+        raise ValueError("build_reference: pass model=(name, version) or a forecaster whose meta has them")
+    return str(meta["model_name"]), str(meta["model_version"])
+
+
+def build_reference(settings: Any, forecaster_or_bundle: Any, train_dates: Sequence[str], n_rows: int = 20000,
+                    seed: int = 0, model: tuple[str, str] | None = None, test_dates: Sequence[str] | None = None,
+                    test_scores: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Sample the training span, predict it, and store it with the model version.
+
+    Reads one date at a time (memory stays one date), samples ``n_rows / len(train_dates)``
+    window ends per date, and predicts those windows.
+
+    Args:
+        forecaster_or_bundle: a Forecaster or a bundle folder.
+        train_dates: the dates the model was trained on.
+        model: (name, version); default: the forecaster's meta.
+        test_dates: held-out dates to score the model on for reference.json (if ``test_scores`` is None).
+        test_scores: the reference spans' test scores (``vol_qlike``, ``ret_ic``), e.g. from the run.
+
+    Returns:
+        The reference.json document.
+    """
+    from hfcast.features.windows import build_windows
+    from hfcast.models.base import Forecaster
+
+    fc = Forecaster.load(str(forecaster_or_bundle)) if isinstance(forecaster_or_bundle, (str, bytes)) or hasattr(
+        forecaster_or_bundle, "__fspath__") else forecaster_or_bundle
+    name, version = _model_id(fc, model)
+    lake = Lake.from_settings(settings)
+    dates = sorted(set(train_dates))
+    if not dates:
+        raise ValueError("build_reference: train_dates is empty")
+    rng = np.random.default_rng(seed)
+    per_date = max(1, int(np.ceil(n_rows / len(dates))))
+    parts = []
+    for d in dates:
+        df = lake.read("features", d)
+        wa = build_windows(df, fc.feature_names, label_cols=None)
+        pick = np.sort(rng.choice(len(wa), size=min(per_date, len(wa)), replace=False))
+        pred = fc.predict(wa.windows(pick))
+        rows = df.iloc[wa.ends[pick]][["symbol", "ts", *fc.feature_names]].reset_index(drop=True)
+        parts.append(pd.concat([rows, pred], axis=1))
+    ref = pd.concat(parts, ignore_index=True)
+    if len(ref) > n_rows:
+        ref = ref.sample(n_rows, random_state=seed).sort_values(["symbol", "ts"]).reset_index(drop=True)
+    if test_scores is None and test_dates:
+        test_scores = _score_dates(lake, fc, test_dates)
+    doc = {"model": name, "version": version, "train_dates": dates, "rows": len(ref), "seed": seed,
+           "features": list(fc.feature_names), "test_dates": list(test_dates or []),
+           "test_scores": {k: float(v) for k, v in (test_scores or {}).items() if k in ("vol_qlike", "ret_ic")},
+           "built_at": pd.Timestamp.now(tz="UTC").isoformat()}
+    pq_url, js_url = reference_urls(lake, name, version)
+    storage.write_parquet(ref, pq_url, lake.storage_options)
+    storage.write_text(js_url, json.dumps(doc, indent=1), lake.storage_options)
+    log.info("reference for %s v%s: %d rows from %d training date(s)", name, version, len(ref), len(dates))
+    return doc
+
+
+def _score_dates(lake: Lake, fc: Any, dates: Sequence[str]) -> dict[str, float]:
+    from hfcast.features.engine import load_features
+    from hfcast.features.windows import build_windows
+
+    frame = load_features(lake, dates)
+    wa = build_windows(frame, fc.feature_names)
+    pred = pd.concat([fc.predict(wa.windows(np.arange(a, min(a + 8192, len(wa))))) for a in range(0, len(wa), 8192)],
+                     ignore_index=True)
+    labels = frame.loc[wa.ends, ["ts", "ret_60m", "rv_10m"]].reset_index(drop=True)
+    return live_scores(labels.join(pred))
+
+
+def load_reference(lake: Lake, model: str, version: str | int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    pq_url, js_url = reference_urls(lake, model, version)
+    if not storage.exists(js_url, lake.storage_options):
+        raise FileNotFoundError(f"no monitoring reference for {model} v{version} at {js_url}: "
+                                f"run `hfcast monitor reference --model {model}/{version}`")
+    return storage.read_parquet(pq_url, lake.storage_options), json.loads(storage.read_text(js_url, lake.storage_options))
+
+
+def live_scores(frame: pd.DataFrame) -> dict[str, float]:
+    """Vol QLIKE and return IC of a frame holding predictions and matured labels."""
+    from hfcast import metrics as M
+
+    vp, rv = frame["rv_10m_pred"].to_numpy(float), frame["rv_10m"].to_numpy(float)
+    rp, y = frame["ret_60m_pred"].to_numpy(float), frame["ret_60m"].to_numpy(float)
+    ok = np.isfinite(vp) & np.isfinite(rv) & np.isfinite(rp) & np.isfinite(y)
+    n = int(ok.sum())
+    # n_eff: non-overlapping 60-minute outcomes, for the standard error of a day's IC
+    return {"vol_qlike": M.qlike(vp**2, rv**2), "ret_ic": M.ic(rp, y), "n_labels": n, "n_eff": n / 60.0}
+
+
+def reference_from_registry(settings: Any, ref: str, cfg: MonitorConfig | None = None) -> dict[str, Any]:
+    """Build a registered version's reference from its MLflow run: its last fold's training dates
+    (the dates before its last test span, less validation and embargo) and its logged test scores."""
+    from hfcast.registry import load_forecaster, resolve, run_scores
+    from hfcast.walkforward import WalkForwardConfig
+
+    cfg = cfg or MonitorConfig.from_params(settings.param("monitor", {}))
+    mv = resolve(settings, ref)
+    scores = run_scores(settings, mv.run_id)
+    last_start = str(scores["test_spans"][-1][0])
+    wf = WalkForwardConfig.from_params(settings.param("walkforward", {}))
+    before = [d for d in Lake.from_settings(settings).dates("features") if d < last_start]
+    train = before[: max(0, len(before) - (2 * wf.embargo_days + wf.val_days))]
+    if not train:
+        raise ValueError(f"{mv.name} v{mv.version}: no training dates before its last test span {last_start}")
+    fc = load_forecaster(settings, f"{mv.name}/{mv.version}")
+    return build_reference(settings, fc, train, n_rows=cfg.reference_sample_rows, seed=cfg.seed,
+                           model=(mv.name, str(mv.version)), test_scores=scores.get("model"))

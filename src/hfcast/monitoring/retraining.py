@@ -1,0 +1,221 @@
+"""Starting a retraining: the monitor decides, a starter passed in from outside starts it.
+
+Why it looks like this:
+
+* The core never imports Kubeflow (nor the pipelines built on it). What starts a retraining is an
+  object implementing :class:`RetrainStarter`, handed to :func:`hfcast.monitoring.drift.run_monitor`:
+  the outer ``pipelines`` package provides one that runs the training pipeline with the kfp local
+  runner and one that calls the Kubeflow API (entry point group ``hfcast.starters``);
+  :class:`InProcessStarter` calls :func:`hfcast.lifecycle.retrain` directly (the embedded fallback,
+  and what the tests use).
+* Whatever runs, the new model goes through the same champion/challenger gate: a retraining never
+  replaces a champion by a worse model.
+* ``<lake>/monitoring/<model>/retrain.json`` records whether a retraining started by the monitor is
+  running (status, started_at, run id), so a second one is never started on top of it. Starters
+  write it through :func:`record_start` / :func:`run_recorded`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+from hfcast import storage
+
+log = logging.getLogger(__name__)
+
+RetrainFn = Callable[[str, Sequence[str]], Mapping[str, Any]]
+RUNNING, DONE, FAILED = "running", "done", "failed"
+STARTERS_GROUP = "hfcast.starters"
+
+
+@runtime_checkable
+class RetrainStarter(Protocol):
+    """Starts a retraining; ``kind`` names it in the decision log (``local``, ``kubeflow``...).
+
+    ``start`` returns ``{kind, run_id, status, new_version?, promoted?, error?, note}``; it records
+    the run in the state file (:func:`record_start`) and never raises for a failed retraining
+    (the failure is the result).
+    """
+
+    kind: str
+
+    def start(self, settings: Any, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class PollingStarter(Protocol):
+    """A starter whose runs finish elsewhere (a cluster): it can say whether one has finished."""
+
+    kind: str
+
+    def poll(self, state: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """``{"status": "done"|"failed", ...}`` once the run in ``state`` finished, else None."""
+        ...
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def state_url(lake: Any, model: str) -> str:
+    return storage.join(lake.url, "monitoring", model, "retrain.json")
+
+
+def read_state(lake: Any, model: str) -> dict[str, Any] | None:
+    url = state_url(lake, model)
+    if not storage.exists(url, lake.storage_options):
+        return None
+    return json.loads(storage.read_text(url, lake.storage_options))
+
+
+def write_state(lake: Any, model: str, state: Mapping[str, Any]) -> None:
+    storage.write_text(state_url(lake, model), json.dumps(dict(state), indent=1, default=str), lake.storage_options)
+
+
+def record_start(lake: Any, model: str, *, kind: str, run_id: str, reason: str, drifted_dates: Sequence[str],
+                 started_at: datetime | None = None, **extra: Any) -> dict[str, Any]:
+    """Write "running" into the state file (so no second retraining starts on top) and return it."""
+    state = {"status": RUNNING, "kind": kind, "run_id": run_id, "started_at": (started_at or _now()).isoformat(),
+             "reason": reason, "drifted_dates": list(drifted_dates), **extra}
+    write_state(lake, model, state)
+    return state
+
+
+def running_state(lake: Any, model: str, timeout_hours: float, starter: Any = None) -> dict[str, Any] | None:
+    """The retraining state if one started by the monitor is still running, else None.
+
+    A starter that can poll (:class:`PollingStarter`, same ``kind`` as the recorded run) is asked
+    whether the run ended (and the file updated when it did). A "running" entry older than
+    ``timeout_hours`` is treated as lost (the process that held it died) and marked failed, so the
+    monitor cannot be blocked forever.
+    """
+    state = read_state(lake, model)
+    if not state or state.get("status") != RUNNING:
+        return None
+    if isinstance(starter, PollingStarter) and state.get("kind") == starter.kind and state.get("run_id"):
+        ended = starter.poll(state)
+        if ended and ended.get("status") in (DONE, FAILED):
+            state.update(finished_at=_now().isoformat(), **ended)
+            write_state(lake, model, state)
+            return None
+    started = datetime.fromisoformat(state["started_at"])
+    if _now() - started > timedelta(hours=timeout_hours):
+        log.warning("retraining %s started %s is older than %.1f h: treating it as lost", state.get("run_id"),
+                    state["started_at"], timeout_hours)
+        state.update(status=FAILED, finished_at=_now().isoformat(), error="timed out (no completion recorded)")
+        write_state(lake, model, state)
+        return None
+    return state
+
+
+def _champion(settings: Any) -> str | None:
+    """The champion version now, or None (no registry, no champion)."""
+    try:
+        from hfcast.registry import resolve
+
+        return str(resolve(settings, f"{settings.model_name}@champion").version)
+    except Exception:  # no champion yet / no registry: the caller records "-"
+        return None
+
+
+def _note(out: Mapping[str, Any], before: str | None, after: str | None) -> str:
+    if out["status"] == FAILED:
+        return f"retraining failed ({out['error']}); champion unchanged (v{before or '-'} -> v{after or '-'})"
+    if not out["promoted"]:
+        return f"challenger v{out['new_version']} not promoted by the gate; champion unchanged (v{before or '-'})"
+    return f"challenger v{out['new_version']} promoted: champion v{before or '-'} -> v{after or '-'}"
+
+
+def run_recorded(settings: Any, model: str, reason: str, drifted_dates: Sequence[str], retrain_fn: RetrainFn,
+                 kind: str = "local") -> dict[str, Any]:
+    """Run ``retrain_fn(reason, drifted_dates)`` here and now; the state file says running, then done or failed.
+
+    A retraining that raises or reports failure leaves the champion as it was (the gate never
+    ran, or rejected): the returned dict says so, with the champion before and after.
+    """
+    from hfcast.storage import Lake
+
+    lake = Lake.from_settings(settings)
+    before = _champion(settings)
+    state = record_start(lake, model, kind=kind, run_id=f"{kind}-{_now().strftime('%Y%m%dT%H%M%S')}", reason=reason,
+                         drifted_dates=drifted_dates, champion_before=before)
+    try:
+        result = dict(retrain_fn(reason, list(drifted_dates)) or {})
+        status = DONE if str(result.get("status", DONE)) in (DONE, "ok", "succeeded") else FAILED
+        error = result.get("error")
+    except Exception as exc:  # the failure is the result: recorded, never propagated into the monitor
+        log.exception("%s retraining failed", kind)
+        result, status, error = {}, FAILED, storage.redact(f"{type(exc).__name__}: {exc}")
+    after = _champion(settings)
+    out = {"kind": kind, "run_id": state["run_id"], "status": status, "new_version": result.get("new_version"),
+           "promoted": bool(result.get("promoted", False)), "champion_before": before, "champion_after": after,
+           "gate": result.get("gate"), "error": error}
+    out["note"] = _note(out, before, after)
+    state.update(status=status, finished_at=_now().isoformat(), result=out)
+    write_state(lake, model, state)
+    log.info("%s retraining %s: %s", kind, status, out["note"])
+    return out
+
+
+class InProcessStarter:
+    """Retrain in this process with :func:`hfcast.lifecycle.retrain` (or any ``retrain_fn``).
+
+    Args:
+        retrain_fn: ``f(reason, drifted_dates) -> {status, new_version, promoted, gate?}``; None =
+            :func:`hfcast.lifecycle.retrain` with ``archs``.
+        archs: architectures to train (empty = ``monitor.retrain_arch``, else the champion's).
+    """
+
+    kind = "local"
+
+    def __init__(self, retrain_fn: RetrainFn | None = None, archs: Sequence[str] = ()) -> None:
+        self.retrain_fn = retrain_fn
+        self.archs = tuple(archs)
+
+    def start(self, settings: Any, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]:
+        fn = self.retrain_fn
+        if fn is None:
+            from hfcast.lifecycle import retrain
+
+            def fn(r: str, d: Sequence[str]) -> Mapping[str, Any]:
+                return retrain(settings, self.archs, reason=r, drifted_dates=d)
+        return run_recorded(settings, model, reason, drifted_dates, fn, kind=self.kind)
+
+
+class RecordOnlyStarter:
+    """Starts nothing: the decision is recorded only (``--starter none``; a pipeline step that decides)."""
+
+    kind = "none"
+
+    def start(self, settings: Any, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]:
+        return {"kind": self.kind, "status": "not started (trigger=none)"}
+
+
+def load_starter(name: str, **options: Any) -> RetrainStarter:
+    """The starter called ``name``: ``none``, ``inprocess``, or an entry point of group ``hfcast.starters``.
+
+    ``options`` (e.g. ``host`` for a Kubeflow starter) go to the entry point's class. When no entry
+    point has that name and the name is ``local`` (the outer package is not installed),
+    :class:`InProcessStarter` retrains in this process instead.
+    """
+    from importlib.metadata import entry_points
+
+    if name == "none":
+        return RecordOnlyStarter()
+    if name == "inprocess":
+        return InProcessStarter()
+    found = {ep.name: ep for ep in entry_points(group=STARTERS_GROUP)}
+    if name not in found:
+        if name == "local":
+            log.info("no '%s' starter installed (group %s): retraining in this process", name, STARTERS_GROUP)
+            return InProcessStarter()
+        raise ValueError(f"unknown retraining starter {name!r}; available: none, inprocess, {', '.join(sorted(found)) or '-'}"
+                         f" (install the outer packages for local/kubeflow)")
+    cls = found[name].load()
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ValueError(f"starter {name!r} does not take the options {sorted(options)}: {exc}") from None
