@@ -263,6 +263,7 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <home>/reports/train-<model>)."),
     log_run: bool = typer.Option(True, "--log/--no-log", help="Log the run to MLflow (hfcast.registry)."),
     register: bool = typer.Option(False, "--register", help="Also register the logged run as a model version."),
+    gate: bool = typer.Option(False, "--gate", help="With --register: run the champion/challenger gate and promote only if it passes (hfcast.lifecycle.register_and_gate)."),
 ) -> None:
     """Train one architecture through walk-forward (params.yaml `walkforward:`, `train:`), score it
     with the baselines on the same test spans, and log it to MLflow."""
@@ -283,7 +284,14 @@ def train(
         plots = [paths[k] for k in ("forecast_vs_realized", "calibration", "error_by_decile")]
         run_id = log_trained(settings, result, model, out_dir=paths["report"].parent, plots=plots)
         console.print(f"[green]logged[/] MLflow run {run_id}")
-        if register:
+        if register and gate:
+            from hfcast.lifecycle import register_and_gate
+
+            outcome = register_and_gate(settings, run_id)
+            verdict = "promoted to champion" if outcome.promoted else "not promoted (the gate rejected it)"
+            console.print(f"[green]registered[/] {settings.model_name} version {outcome.version}: {verdict}")
+            console.print(outcome.decision.summary())
+        elif register:
             from hfcast import registry
 
             console.print(f"[green]registered[/] {settings.model_name} version {registry.register(settings, run_id)}")
