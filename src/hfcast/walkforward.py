@@ -225,7 +225,7 @@ def _feature_names(lake, df) -> list[str]:
 def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train_cfg: Any = None,
                     dates: Sequence[str] | None = None, progress: bool = True,
                     baselines: Sequence[str] = BASELINES, model_configs: Mapping[str, dict] | None = None,
-                    frame=None, feature_names: Sequence[str] | None = None) -> WalkForwardResult:
+                    frame=None, feature_names: Sequence[str] | None = None, floor: bool = True) -> WalkForwardResult:
     """Train and score every architecture and every baseline on the same walk-forward folds.
 
     Per fold: windows ending on train days train the network (scaler fitted on them), windows on
@@ -239,6 +239,9 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
         wf_cfg: the schedule. train_cfg: ``hfcast.train.TrainConfig`` (None = its defaults).
         dates: restrict to these dates (default: every features date in the lake).
         frame, feature_names: an in-memory features frame instead of the lake (tests, benchmarks).
+        floor: put the ``har_tod`` floor under every network (``hfcast.models.floor``): the
+            architecture's row is the validation-chosen floored forecaster, ``<arch>_net`` the bare
+            network on the same rows.
     """
     import time
 
@@ -264,6 +267,7 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
     inputs = baseline_inputs(frame)
     truth = [c for c in ("true_ret_60m", "true_var_10m") if c in frame]
     preds, forecasters, histories, thr = [], {}, {a: [] for a in archs}, {a: [] for a in archs}
+    floor_base = _floor_cache()
     for fold in folds:
         train_wa = _stride(wa_all.subset_dates(fold.train), wf_cfg.train_stride)
         val_wa = _stride(wa_all.subset_dates(fold.val), wf_cfg.eval_stride)
@@ -283,10 +287,15 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
             fc, hist = train_forecaster(arch, train_wa, val_wa, model_config=(model_configs or {}).get(arch),
                                         cfg=train_cfg, progress=progress)
             secs = time.perf_counter() - t0
+            if floor:
+                from hfcast.models.floor import fit_floor
+
+                preds.append(pd.concat([base.assign(model=f"{arch}_net"), _predict_windows(fc, test_wa)], axis=1))
+                fc = fit_floor(fc, floor_base(inputs, train_wa, val_wa, fold.index), val_wa, inputs)
             thr[arch].append(float(hist.get("windows_per_s", np.nan)))
             histories[arch].append(hist)
             forecasters[arch] = fc
-            out = _predict_windows(fc, test_wa)
+            out = fc.predict_span(test_wa, inputs) if floor else _predict_windows(fc, test_wa)
             preds.append(pd.concat([base.assign(model=arch), out], axis=1))
             if progress:
                 log.info("  %s trained in %.1fs: %s", arch, secs, _brief(score(preds[-1])))
@@ -304,6 +313,21 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
                              aggregate=pd.DataFrame(agg).T, forecasters=forecasters, histories=histories,
                              throughput={a: float(np.median(v)) for a, v in thr.items() if v},
                              feature_names=names)
+
+
+def _floor_cache():
+    """``f(inputs, train_wa, val_wa, fold) -> Baseline('har_tod')`` fitted once per fold."""
+    cache: dict[int, Any] = {}
+
+    def get(inputs, train_wa, val_wa, fold: int):
+        if fold not in cache:
+            from hfcast.models.baselines import FLOOR, Baseline
+
+            cache.clear()
+            cache[fold] = Baseline(FLOOR).fit(inputs.loc[train_wa.ends], inputs.loc[val_wa.ends])
+        return cache[fold]
+
+    return get
 
 
 def _brief(s: Mapping[str, float]) -> str:

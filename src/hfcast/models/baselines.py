@@ -302,3 +302,9 @@ class HarTod:
 
     def sigma(self, inp: pd.DataFrame) -> np.ndarray:
         return self.sig_tod[np.clip(inp["tod"].to_numpy(), 0, 389)]
+
+    def to_dict(self) -> dict:
+        """Plain-JSON state (saved with a floored forecaster)."""
+        return {"profile": self.profile.tolist(), "levels": self.levels, "level0": self.level0,
+                "coef_full": self.coef_full.tolist(), "coef_part": self.coef_part.tolist(), "smear": self.smear,
+                "sig_tod": self.sig_tod.tolist(), "sigma_all": self.sigma_all}
