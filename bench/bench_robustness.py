@@ -161,7 +161,7 @@ def main() -> None:
         res = run_walkforward(lake, archs, wf, tc, progress=False, model_configs=SMALL)
         results[name] = {"walkforward": wf.to_dict(), "seconds": time.perf_counter() - t0, **summarize(res, archs)}
         b = results[name].get("best", {})
-        log.info("%s: best %s qlike/har_tod %.3f truth %.3s decile %.3f (%.0fs)", name, b.get("model"),
+        log.info("%s: best %s qlike/har_tod %.3f truth %.3f decile %.3f (%.0fs)", name, b.get("model"),
                  b.get("vol_qlike_over_har_tod", np.nan), b.get("vol_qlike_truth_over_har_tod", np.nan),
                  b.get("rv_err_high_over_low_conf", np.nan), results[name]["seconds"])
     write_result("robustness", {

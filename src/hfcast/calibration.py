@@ -482,9 +482,11 @@ class VolContextConfidence:
 
     @classmethod
     def fit(cls, X: np.ndarray, within: np.ndarray, relerr: np.ndarray, blocks: np.ndarray) -> "VolContextConfidence":
-        mean = np.nanmean(np.where(np.isfinite(X), X, np.nan), axis=0)
-        std = np.nanstd(np.where(np.isfinite(X), X, np.nan), axis=0)
-        mean, std = np.nan_to_num(mean), np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        fin = np.isfinite(X)
+        cnt = np.maximum(fin.sum(axis=0), 1)
+        mean = np.where(fin, X, 0.0).sum(axis=0) / cnt  # absent context columns: mean 0, std 1
+        std = np.sqrt(np.where(fin, (X - mean) ** 2, 0.0).sum(axis=0) / cnt)
+        std = np.where(std > 0, std, 1.0)
         self = cls(mean=[float(v) for v in mean], std=[float(v) for v in std])
         half = (blocks % 2).astype(bool)
         oof = np.full(len(within), np.nan)
