@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--archs", default="lstm,transformer")
     ap.add_argument("--generators", default=",".join(GENERATORS))
+    ap.add_argument("--residual", action="store_true", help="also train residual networks (floor='residual')")
     ap.add_argument("--root", default=None, help="lake root to reuse (one sub-folder per generator)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -158,7 +159,8 @@ def main() -> None:
         test_days = max(4, len(d) // 4)
         wf = WalkForwardConfig(mode="expanding", train_days=len(d) - test_days - 6, val_days=4, test_days=test_days,
                                embargo_days=1, first_test_date=d[len(d) - test_days], eval_stride=5, train_stride=5)
-        res = run_walkforward(lake, archs, wf, tc, progress=False, model_configs=SMALL)
+        res = run_walkforward(lake, archs, wf, tc, progress=False, model_configs=SMALL,
+                              floor="residual" if args.residual else True)
         results[name] = {"walkforward": wf.to_dict(), "seconds": time.perf_counter() - t0, **summarize(res, archs)}
         b = results[name].get("best", {})
         log.info("%s: best %s qlike/har_tod %.3f truth %.3f decile %.3f (%.0fs)", name, b.get("model"),
@@ -166,7 +168,7 @@ def main() -> None:
                  b.get("rv_err_high_over_low_conf", np.nan), results[name]["seconds"])
     write_result("robustness", {
         "config": {"symbols": args.symbols, "days": args.days, "seed": args.seed, "epochs": args.epochs,
-                   "archs": archs, "model_configs": {a: SMALL[a] for a in archs}, "train": tc.to_dict(),
+                   "archs": archs, "residual": args.residual, "model_configs": {a: SMALL[a] for a in archs}, "train": tc.to_dict(),
                    "note": "scaled down for a shared 2-core machine: small universe, one fold, few epochs"},
         "load_average_start": load0, "load_average_end": os.getloadavg(),
         "seconds": time.perf_counter() - t_all, "generators": results,

@@ -225,7 +225,7 @@ def _feature_names(lake, df) -> list[str]:
 def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train_cfg: Any = None,
                     dates: Sequence[str] | None = None, progress: bool = True,
                     baselines: Sequence[str] = BASELINES, model_configs: Mapping[str, dict] | None = None,
-                    frame=None, feature_names: Sequence[str] | None = None, floor: bool = True) -> WalkForwardResult:
+                    frame=None, feature_names: Sequence[str] | None = None, floor: bool | str = True) -> WalkForwardResult:
     """Train and score every architecture and every baseline on the same walk-forward folds.
 
     Per fold: windows ending on train days train the network (scaler fitted on them), windows on
@@ -241,7 +241,8 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
         frame, feature_names: an in-memory features frame instead of the lake (tests, benchmarks).
         floor: put the ``har_tod`` floor under every network (``hfcast.models.floor``): the
             architecture's row is the validation-chosen floored forecaster, ``<arch>_net`` the bare
-            network on the same rows.
+            network on the same rows. ``"residual"``: also train each network on the residual of
+            the floor's log variance and let validation choose (``<arch>_resid`` its bare rows).
     """
     import time
 
@@ -288,10 +289,12 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
                                         cfg=train_cfg, progress=progress)
             secs = time.perf_counter() - t0
             if floor:
-                from hfcast.models.floor import fit_floor
+                from hfcast.models.floor import floor_forecaster
 
-                preds.append(pd.concat([base.assign(model=f"{arch}_net"), _predict_windows(fc, test_wa)], axis=1))
-                fc = fit_floor(fc, floor_base(inputs, train_wa, val_wa, fold.index), val_wa, inputs)
+                fc, extra = floor_forecaster(fc, floor_base(inputs, train_wa, val_wa, fold.index), train_wa, val_wa,
+                                             test_wa, inputs, residual=floor == "residual", train_cfg=train_cfg,
+                                             model_config=(model_configs or {}).get(arch))
+                preds += [pd.concat([base.assign(model=f"{arch}_{k}"), v], axis=1) for k, v in extra.items()]
             thr[arch].append(float(hist.get("windows_per_s", np.nan)))
             histories[arch].append(hist)
             forecasters[arch] = fc

@@ -19,7 +19,7 @@ from hfcast.calibration import INFO_COLUMNS, PRED_COLUMNS, Calibrator
 from hfcast.features.windows import build_windows, fit_scaler, synthetic_feature_frame
 from hfcast.models.base import ForecastNet, Forecaster
 from hfcast.models.baselines import FLOOR, Baseline, baseline_inputs
-from hfcast.models.floor import choose_blend, fit_floor
+from hfcast.models.floor import choose_blend, fit_floor, floor_forecaster
 from hfcast.train import TrainConfig, train_forecaster
 
 F = 4
@@ -76,8 +76,10 @@ def test_broken_network_falls_back_to_the_floor(spans):
 def test_trained_network_never_worse_than_floor_on_validation(spans):
     tr, va, te, inputs, floor = spans
     cfg = TrainConfig(epochs=2, batch_size=64, max_train_windows=1500, max_val_windows=2000, seed=0, num_threads=1)
-    fc, _ = train_forecaster("lstm", tr, va, {"hidden": 16, "n_layers": 1, "head_hidden": 16}, cfg, progress=False)
-    floored = fit_floor(fc, floor, va, inputs)
+    small = {"hidden": 16, "n_layers": 1, "head_hidden": 16}
+    fc, _ = train_forecaster("lstm", tr, va, small, cfg, progress=False)
+    floored, bare = floor_forecaster(fc, floor, tr, va, te, inputs, residual=True, train_cfg=cfg, model_config=small)
+    assert set(bare) == {"net", "resid"} and all(len(v) == len(te) for v in bare.values())
     assert _val_qlike(floored, va, inputs) <= _floor_val_qlike(floor, va, inputs) + 1e-9
     assert floored.choice.w > 0  # the planted f1 -> rv signal is there to learn: the net earns weight
     cal = Calibrator.from_dict(json.loads(json.dumps(floored.calibrator.to_dict())))

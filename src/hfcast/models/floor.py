@@ -77,6 +77,7 @@ class FloorChoice:
     w: float = 0.0               # network weight in log variance (0 = the floor alone)
     scale: float = 1.0           # variance multiplier
     keep_ret: bool = False       # keep the network's return forecast (else 0)
+    residual: bool = False       # the network forecasts rv / floor (trained on the floor's residual)
     val_qlike: float = float("nan")        # chosen
     val_qlike_floor: float = float("nan")  # har_tod
     val_qlike_net: float = float("nan")    # network alone
@@ -148,7 +149,20 @@ class FlooredForecaster:
         return str(path)
 
 
-def _net_natural(net_fc, wa, batch: int) -> dict[str, np.ndarray]:
+def _net_natural(net_fc, wa, batch: int, floor=None, inputs: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """The network's natural-unit forecasts; a residual network's ratio times the floor's median."""
+    nat = _net_natural_raw(net_fc, wa, batch)
+    if floor is not None:
+        nat["rv_hat"] = nat["rv_hat"] * floor_median(floor, inputs.loc[wa.ends])
+    return nat
+
+
+def floor_median(floor, inp: pd.DataFrame) -> np.ndarray:
+    """The floor's log-median volatility forecast exp(log_var / 2), before its mean correction."""
+    return np.exp(0.5 * floor.har.log_var(inp))
+
+
+def _net_natural_raw(net_fc, wa, batch: int) -> dict[str, np.ndarray]:
     parts = []
     for i in range(0, len(wa), batch):
         w = wa.windows(np.arange(i, min(i + batch, len(wa))))
@@ -160,7 +174,7 @@ def _net_natural(net_fc, wa, batch: int) -> dict[str, np.ndarray]:
 
 def blended_natural(net_fc, floor, choice: FloorChoice, wa, inputs: pd.DataFrame, batch: int = 8192,
                     net: dict | None = None) -> dict[str, np.ndarray]:
-    net = net if net is not None else _net_natural(net_fc, wa, batch)
+    net = net if net is not None else _net_natural(net_fc, wa, batch, floor if choice.residual else None, inputs)
     fl = floor._raw(inputs.loc[wa.ends])
     lv = 2 * (choice.w * np.log(np.maximum(net["rv_hat"], _TINY)) + (1 - choice.w) * np.log(fl["rv_hat"]))
     ls = choice.w * net["lrv_sigma"] + (1 - choice.w) * fl["lrv_sigma"]
@@ -169,32 +183,44 @@ def blended_natural(net_fc, floor, choice: FloorChoice, wa, inputs: pd.DataFrame
             "lrv_sigma": np.maximum(ls, 1e-6)}
 
 
-def fit_floor(net_fc, floor, val_wa, inputs: pd.DataFrame, batch: int = 8192) -> FlooredForecaster:
+def fit_floor(net_fc, floor, val_wa, inputs: pd.DataFrame, batch: int = 8192,
+              resid_fc=None) -> FlooredForecaster:
     """Choose the blend and return policy on ``val_wa`` and calibrate the result there.
 
     Args:
         net_fc: a trained :class:`hfcast.models.base.Forecaster`.
         floor: a fitted ``Baseline("har_tod")`` (fitted on the training span).
         val_wa: validation windows (with labels). inputs: ``baseline_inputs`` of the whole frame.
+        resid_fc: optionally a network trained on the floor's residual (:func:`train_residual`);
+            validation picks the better of the two blends (ties: the plain network).
     """
-    net = _net_natural(net_fc, val_wa, batch)
-    fl = floor._raw(inputs.loc[val_wa.ends])
     y = val_wa.labels().astype(np.float64)
-    lv_net = 2 * np.log(np.maximum(net["rv_hat"], _TINY))
+    fl = floor._raw(inputs.loc[val_wa.ends])
     lv_floor = 2 * np.log(np.maximum(fl["rv_hat"], _TINY))
-    with np.errstate(all="ignore"):
+    best = None
+    for residual, fc in ((False, net_fc), (True, resid_fc)):
+        if fc is None:
+            continue
+        net = _net_natural(fc, val_wa, batch, floor if residual else None, inputs)
+        with np.errstate(all="ignore"):
+            lv_net = 2 * np.log(np.maximum(net["rv_hat"], _TINY))
         lv_net = np.where(np.isfinite(lv_net), lv_net, np.nan)
-    w, c, q, grid = choose_blend(lv_net, lv_floor, y[:, 1])
-    ic = M.ic(net["ret_mu"], y[:, 0])
-    choice = FloorChoice(w=w, scale=c, keep_ret=bool(np.isfinite(ic) and ic > 0), val_qlike=q, val_qlike_floor=grid[0][2],
-                         val_qlike_net=M.qlike(np.exp(lv_net), y[:, 1] ** 2), val_ic_net=ic,
-                         grid=[list(g) for g in grid])
+        w, c, q, grid = choose_blend(lv_net, lv_floor, y[:, 1])
+        ic = M.ic(net["ret_mu"], y[:, 0])
+        choice = FloorChoice(w=w, scale=c, keep_ret=bool(np.isfinite(ic) and ic > 0), residual=residual, val_qlike=q,
+                             val_qlike_floor=grid[0][2], val_qlike_net=M.qlike(np.exp(lv_net), y[:, 1] ** 2),
+                             val_ic_net=ic, grid=[list(g) for g in grid])
+        if best is None or q < best[0].val_qlike - 1e-12:
+            best = (choice, fc, net)
+    choice, net_fc, net = best
+    w, c, q, ic = choice.w, choice.scale, choice.val_qlike, choice.val_ic_net
     nat = blended_natural(net_fc, floor, choice, val_wa, inputs, net=net)
     ctx = context_from_windows(val_wa)
     groups = pd.DatetimeIndex(val_wa.keys["ts"].iloc[val_wa.ends]).floor("h").asi8
     cal = Calibrator().fit(nat, y[:, 0], y[:, 1], groups=groups, context=ctx)
-    log.info("floor for %s: w=%.1f scale=%.3f val QLIKE %.4f (floor %.4f, net %.4f), keep return: %s (val IC %.4f)",
-             net_fc.arch, w, c, q, choice.val_qlike_floor, choice.val_qlike_net, choice.keep_ret, ic)
+    log.info("floor for %s: residual=%s w=%.1f scale=%.3f val QLIKE %.4f (floor %.4f, net %.4f), keep return: %s "
+             "(val IC %.4f)", net_fc.arch, choice.residual, w, c, q, choice.val_qlike_floor, choice.val_qlike_net,
+             choice.keep_ret, ic)
     return FlooredForecaster(net_fc, floor, choice, cal)
 
 
@@ -208,3 +234,44 @@ def calibrate_with_context(baseline, val_inputs: pd.DataFrame, val_wa) -> Calibr
 
 __all__ = ["CONTEXT_KEYS", "FloorChoice", "FlooredForecaster", "choose_blend", "context_from_feature_rows",
            "context_from_windows", "fit_floor"]
+
+
+def residual_windows(wa, floor, inputs: pd.DataFrame):
+    """The same windows with ``rv_10m`` replaced by rv / (the floor's median forecast): a network
+    trained on them learns a correction to the floor in log variance (its log target is the
+    floor's log residual). Rows share X; only the label array is new."""
+    from hfcast.features.windows import WindowArrays
+
+    if wa.y is None:
+        raise ValueError("residual targets need labelled windows")
+    y = wa.y.copy()
+    y[:, 1] = (wa.y[:, 1] / floor_median(floor, inputs)).astype(np.float32)
+    return WindowArrays(wa.X, wa.ends, y, wa.keys, wa.feature_names)
+
+
+def floor_forecaster(net_fc, floor, train_wa, val_wa, test_wa, inputs: pd.DataFrame, residual: bool = False,
+                     train_cfg: Any = None, model_config: dict | None = None
+                     ) -> tuple[FlooredForecaster, dict[str, pd.DataFrame]]:
+    """Walk-forward hook: floor a trained network (and optionally a residual one) and predict the test span.
+
+    Returns the floored forecaster and the bare networks' test predictions (``{"net": ..., "resid": ...}``)
+    so a comparison shows what the floor changed. ``inputs`` must be ``baseline_inputs`` of the
+    frame the windows index (one row per frame row).
+    """
+    extra = {"net": _bare_predictions(net_fc, test_wa)}
+    resid_fc = None
+    if residual:
+        from hfcast.train import train_forecaster
+
+        r_train, r_val = (residual_windows(w, floor, inputs) for w in (train_wa, val_wa))
+        resid_fc, _ = train_forecaster(net_fc.arch, r_train, r_val, model_config=model_config, cfg=train_cfg,
+                                       progress=False)
+        nat = _net_natural(resid_fc, test_wa, 8192, floor, inputs)
+        extra["resid"] = pd.DataFrame(resid_fc.calibrator.apply(nat) if resid_fc.calibrator is not None else {},
+                                      columns=list(PRED_COLUMNS))
+    return fit_floor(net_fc, floor, val_wa, inputs, resid_fc=resid_fc), extra
+
+
+def _bare_predictions(fc, wa, batch: int = 8192) -> pd.DataFrame:
+    parts = [fc.predict(wa.windows(np.arange(i, min(i + batch, len(wa))))) for i in range(0, len(wa), batch)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(PRED_COLUMNS))
