@@ -225,7 +225,7 @@ def _feature_names(lake, df) -> list[str]:
 def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train_cfg: Any = None,
                     dates: Sequence[str] | None = None, progress: bool = True,
                     baselines: Sequence[str] = BASELINES, model_configs: Mapping[str, dict] | None = None,
-                    frame=None, feature_names: Sequence[str] | None = None, floor: bool | str = True) -> WalkForwardResult:
+                    frame=None, feature_names: Sequence[str] | None = None, floor: bool | str = False) -> WalkForwardResult:
     """Train and score every architecture and every baseline on the same walk-forward folds.
 
     Per fold: windows ending on train days train the network (scaler fitted on them), windows on
@@ -240,8 +240,9 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
         dates: restrict to these dates (default: every features date in the lake).
         frame, feature_names: an in-memory features frame instead of the lake (tests, benchmarks).
         floor: put the ``har_tod`` floor under every network (``hfcast.models.floor``): the
-            architecture's row is the validation-chosen floored forecaster, ``<arch>_net`` the bare
-            network on the same rows. ``"residual"``: also train each network on the residual of
+            architecture's row (and ``forecasters[arch]``, a ``FlooredForecaster``) is the
+            validation-chosen floored forecaster, ``<arch>_net`` the bare network on the same rows.
+            Off by default: the floor needs HAR inputs per row that serving does not send yet. ``"residual"``: also train each network on the residual of
             the floor's log variance and let validation choose (``<arch>_resid`` its bare rows).
     """
     import time
