@@ -346,8 +346,10 @@ class Calibrator:
         tod = None if context is None or "tod" not in context else context["tod"]
         q_ret = bucket_q(self.q_ret_tod, tod, self.q_ret, mu.size)
         q_rv = bucket_q(self.q_rv_tod, tod, self.q_rv, mu.size)
+        # the context model is used only where it discriminated out of fold on validation; else the
+        # sigma-only map (a context model that ranks nothing only adds calibration noise)
         rv_conf = (self.vol_ctx(_context_matrix({**p, "rv_hat": rv_hat}, context))
-                   if self.vol_ctx is not None and context is not None else self.vol_conf(ls))
+                   if self.rv_informative and context is not None else self.vol_conf(ls))
         return {
             "ret_60m_pred": mu,
             "ret_60m_conf": self.ret_conf(SignProbit.scores(mu, sig, rv_hat, self.ret_conf.score)),
