@@ -19,7 +19,7 @@ from hfcast.calibration import INFO_COLUMNS, PRED_COLUMNS, Calibrator
 from hfcast.features.windows import build_windows, fit_scaler, synthetic_feature_frame
 from hfcast.models.base import ForecastNet, Forecaster
 from hfcast.models.baselines import FLOOR, Baseline, baseline_inputs
-from hfcast.models.floor import choose_blend, fit_floor, floor_forecaster
+from hfcast.models.floor import FlooredForecaster, choose_blend, fit_floor, floor_forecaster
 from hfcast.train import TrainConfig, train_forecaster
 
 F = 4
@@ -71,6 +71,16 @@ def test_broken_network_falls_back_to_the_floor(spans):
     out = floored.predict_span(te, inputs)
     assert list(out.columns) == [*PRED_COLUMNS, *INFO_COLUMNS] and np.isfinite(out.to_numpy()).all()
     assert (out["ret_60m_pred"] == 0).all()  # no validated return skill: the zero-return floor
+
+
+def test_save_load_round_trip(spans, tmp_path):
+    tr, va, te, inputs, floor = spans
+    cfg = TrainConfig(epochs=1, batch_size=64, max_train_windows=500, max_val_windows=2000, seed=0, num_threads=1)
+    fc, _ = train_forecaster("lstm", tr, va, {"hidden": 8, "n_layers": 1, "head_hidden": 8}, cfg, progress=False)
+    floored = fit_floor(fc, floor, va, inputs)
+    floored.save(str(tmp_path / "b"))
+    back = FlooredForecaster.load(str(tmp_path / "b"))
+    pd.testing.assert_frame_equal(back.predict_span(te, inputs), floored.predict_span(te, inputs))
 
 
 def test_trained_network_never_worse_than_floor_on_validation(spans):

@@ -308,3 +308,15 @@ class HarTod:
         return {"profile": self.profile.tolist(), "levels": self.levels, "level0": self.level0,
                 "coef_full": self.coef_full.tolist(), "coef_part": self.coef_part.tolist(), "smear": self.smear,
                 "sig_tod": self.sig_tod.tolist(), "sigma_all": self.sigma_all}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HarTod":
+        """Inverse of :meth:`to_dict`."""
+        self = cls()
+        self.profile = np.asarray(d["profile"], dtype=np.float64)
+        self.levels = {str(k): float(v) for k, v in d["levels"].items()}
+        self.level0, self.smear, self.sigma_all = float(d["level0"]), float(d["smear"]), float(d["sigma_all"])
+        self.coef_full = np.asarray(d["coef_full"], dtype=np.float64)
+        self.coef_part = np.asarray(d["coef_part"], dtype=np.float64)
+        self.sig_tod = np.asarray(d["sig_tod"], dtype=np.float64)
+        return self

@@ -142,11 +142,31 @@ class FlooredForecaster:
         """The network's bundle plus ``floor.json`` (choice, floor state, floored calibrator)."""
         from hfcast import storage
 
-        self.net_fc.save(path, storage_options)
-        doc = {"choice": self.choice.__dict__, "har_tod": self.floor.har.to_dict() if hasattr(self.floor.har, "to_dict")
-               else None, "calibration": self.calibrator.to_dict()}
+        self.net_fc.save(path, storage_options)  # with choice.residual, this is the residual network
+        doc = {"choice": self.choice.__dict__, "har_tod": self.floor.har.to_dict(),
+               "floor_scalars": {"fallback_var": self.floor.fallback_var, "ret_scale": self.floor.ret_scale},
+               "calibration": self.calibrator.to_dict()}
         storage.write_text(storage.join(str(path), "floor.json"), json.dumps(doc, default=float), storage_options)
         return str(path)
+
+    @classmethod
+    def load(cls, path: str, storage_options: dict | None = None) -> "FlooredForecaster":
+        """Rebuild from :meth:`save` (network bundle + ``floor.json``)."""
+        from hfcast import storage
+        from hfcast.models.base import Forecaster
+        from hfcast.models.baselines import FLOOR, Baseline, HarTod
+
+        net_fc = Forecaster.load(path, storage_options)
+        try:
+            doc = json.loads(storage.read_text(storage.join(str(path), "floor.json"), storage_options))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no floor.json in {path}: a plain network bundle, load it with Forecaster.load") from None
+        floor = Baseline(FLOOR)
+        floor.har = HarTod.from_dict(doc["har_tod"])
+        floor.fallback_var = float(doc["floor_scalars"]["fallback_var"])
+        floor.ret_scale = float(doc["floor_scalars"]["ret_scale"])
+        choice = FloorChoice(**doc["choice"])
+        return cls(net_fc, floor, choice, Calibrator.from_dict(doc["calibration"]))
 
 
 def _net_natural(net_fc, wa, batch: int, floor=None, inputs: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
