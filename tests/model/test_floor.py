@@ -71,6 +71,9 @@ def test_broken_network_falls_back_to_the_floor(spans):
     out = floored.predict_span(te, inputs)
     assert list(out.columns) == [*PRED_COLUMNS, *INFO_COLUMNS] and np.isfinite(out.to_numpy()).all()
     assert (out["ret_60m_pred"] == 0).all()  # no validated return skill: the zero-return floor
+    info = floored.confidence_info()
+    assert info["ret_conf_informative"] is False and out["ret_60m_conf_informative"].eq(0.0).all()
+    assert fc.confidence_info() == {"ret_conf_informative": False, "ret_conf_slope": 0.0, "rv_conf_informative": False}
 
 
 def test_save_load_round_trip(spans, tmp_path):

@@ -127,6 +127,12 @@ class FlooredForecaster:
     def meta(self) -> dict:
         return {**self.net_fc.meta, "floor": self.choice.__dict__}
 
+    def confidence_info(self) -> dict[str, Any]:
+        """As :meth:`hfcast.models.base.Forecaster.confidence_info`, for the floored calibrator."""
+        from hfcast.models.base import confidence_info
+
+        return confidence_info(self.calibrator)
+
     def natural(self, wa, inputs: pd.DataFrame, batch: int = 8192) -> dict[str, np.ndarray]:
         """Blended natural-unit forecasts for every window of ``wa`` (inputs: baseline_inputs rows)."""
         return blended_natural(self.net_fc, self.floor, self.choice, wa, inputs, batch)
