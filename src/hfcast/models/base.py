@@ -20,7 +20,7 @@ from scipy.special import ndtr
 from torch import nn
 
 from hfcast import storage
-from hfcast.contracts import LOOKBACK, PRED_COLUMNS, VOL_TOLERANCE
+from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS, VOL_TOLERANCE
 from hfcast.features.windows import Scaler
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,13 @@ class Forecaster:
         ``ret_conf_informative`` (return probit slope >= 2 standard errors on validation),
         ``ret_conf_slope``, ``rv_conf_informative``; all False / 0 without a calibrator."""
         return confidence_info(self.calibrator)
+
+    def info_columns(self, n: int) -> dict[str, np.ndarray]:
+        """INFO_COLUMNS for ``n`` forecasts: 1.0 where this version's confidence is informative,
+        else 0.0 (0.0 without a calibrator: a Gaussian confidence was never checked on validation)."""
+        if self.calibrator is not None:
+            return self.calibrator.info_columns(n)
+        return {c: np.zeros(n) for c in INFO_COLUMNS}
 
     def predict(self, windows_unscaled: np.ndarray) -> pd.DataFrame:
         """Unscaled windows [B, 30, F] (features in ``feature_names`` order) -> PRED_COLUMNS frame."""
