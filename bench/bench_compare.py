@@ -83,6 +83,8 @@ def main() -> None:
             "vol_qlike": s["vol_qlike"], "vol_qlike_truth": s["vol_qlike_truth"],
             "vol_qlike_over_har": s["vol_qlike"] / har["vol_qlike"],
             "vol_qlike_truth_over_har": s["vol_qlike_truth"] / har["vol_qlike_truth"],
+            "vol_qlike_over_har_tod": s["vol_qlike"] / agg.loc["har_tod", "vol_qlike"],
+            "vol_qlike_truth_over_har_tod": s["vol_qlike_truth"] / agg.loc["har_tod", "vol_qlike_truth"],
             "vol_qlike_excess_over_oracle": s["vol_qlike"] - ora["vol_qlike"],
             "vol_qlike_truth_excess_over_oracle": s["vol_qlike_truth"] - ora["vol_qlike_truth"],
             "ret_ic": s["ret_ic"], "ret_ic_truth": s["ret_ic_truth"], "ret_ic_cs": s["ret_ic_cs"],

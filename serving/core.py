@@ -113,8 +113,10 @@ class ForecastService:
         return np.asarray(windows, dtype=np.float32), ts
 
     def predictions(self, raw: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw network outputs [B,4] -> calibrated forecasts (PRED_COLUMNS)."""
-        return self.forecaster.postprocess(np.asarray(raw, dtype=np.float32))
+        """Raw network outputs [B,4] -> calibrated forecasts (PRED_COLUMNS), then INFO_COLUMNS
+        (1.0/0.0: is this version's confidence informative; the same for every row)."""
+        preds = self.forecaster.postprocess(np.asarray(raw, dtype=np.float32))
+        return {**preds, **self.forecaster.info_columns(len(raw))}
 
     def v1_response(self, preds: dict[str, np.ndarray], feature_ts: list[str]) -> dict:
         """``{"predictions": [{column: value, ..., model_name, model_version, feature_ts}, ...]}``."""

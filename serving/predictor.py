@@ -16,7 +16,7 @@ import kserve
 from kserve import InferRequest, InferResponse
 from kserve.protocol.infer_type import InferOutput
 
-from hfcast.contracts import LOOKBACK, PRED_COLUMNS
+from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS
 from serving.core import ForecastService, Limits, feast_lookup, load_forecaster
 from serving.dataplane import HfcastDataPlane
 from serving.validation import parse_v1, parse_v2
@@ -77,7 +77,7 @@ class HfcastPredictor(kserve.Model):
                 {"name": "symbol", "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
-        return ([{"name": c, "datatype": "FP32", "shape": [-1]} for c in PRED_COLUMNS]
+        return ([{"name": c, "datatype": "FP32", "shape": [-1]} for c in (*PRED_COLUMNS, *INFO_COLUMNS)]
                 + [{"name": c, "datatype": "BYTES", "shape": [-1]} for c in ("model_name", "model_version", "feature_ts")])
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hfcast.contracts import PRED_COLUMNS, VOL_TOLERANCE
+from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS, VOL_TOLERANCE
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +235,28 @@ class Calibrator:
     n_fit: int = 0
     ret_offset: float = 0.0  # median validation ret_mu, subtracted from every return forecast
     center_ret: bool = True
+    vol_ctx: "VolContextConfidence | None" = None  # context vol confidence (when fitted with context)
+    q_ret_tod: list = field(default_factory=list)   # conformal quantiles by time-of-day bucket
+    q_rv_tod: list = field(default_factory=list)
+
+    @property
+    def ret_informative(self) -> bool:
+        """Does the return confidence rank sign accuracy on validation (slope t-stat >= 2)?"""
+        rc = self.ret_conf
+        return bool(rc.fitted and rc.a > 0 and np.isfinite(rc.se) and rc.a_ml >= RET_INFORMATIVE_T * rc.se)
+
+    @property
+    def rv_informative(self) -> bool:
+        """Does the vol confidence discriminate out of fold on validation (error ratio <= 0.9)?"""
+        r = self.vol_ctx.oof_ratio if self.vol_ctx is not None else float("nan")
+        return bool(np.isfinite(r) and r <= RV_INFORMATIVE_RATIO)
 
     @property
     def fitted(self) -> bool:
         return self.ret_conf.fitted and bool(self.vol_conf.x)
 
     def fit(self, pred: dict, y_ret: np.ndarray, y_rv: np.ndarray, groups: np.ndarray | None = None,
-            ret_scores: tuple[str, ...] = ("z",)) -> "Calibrator":
+            ret_scores: tuple[str, ...] = ("z",), context: dict | None = None) -> "Calibrator":
         """Learn the maps from validation forecasts and their labels (NaN labels are dropped).
 
         Args:
@@ -256,6 +271,9 @@ class Calibrator:
                 networks' validation spans the three candidates ranked sign accuracy about equally
                 (rank correlation with hits 0.02-0.08 each, winner changing by fold), so picking
                 among them per fit would add variance and no skill.
+            context: optional arrays per row (:data:`CONTEXT_KEYS`); with them the volatility
+                confidence is conditioned on context and the intervals are conformal by
+                time-of-day bucket (pass the same keys to :meth:`apply`).
         """
         p = _arrays(pred)
         y_ret = np.asarray(y_ret, dtype=np.float64).ravel()
@@ -286,6 +304,9 @@ class Calibrator:
         self.ret_conf = max(fits, key=lambda lf: lf[0])[1]
         log.debug("return confidence: %s", [(f.score, round(ll, 2), f.a_ml, f.se) for ll, f in fits])
         self.q_ret = conformal_quantile(np.abs(y_ret[m] - p["ret_mu"][m]) / sig[m], self.level)
+        tod = None if context is None or "tod" not in context else np.asarray(context["tod"], np.float64).ravel()
+        if tod is not None:
+            self.q_ret_tod = tod_quantiles(tod[m], np.abs(y_ret[m] - p["ret_mu"][m]) / sig[m], self.level, self.q_ret)
 
         rv_hat = np.maximum(p["rv_hat"], _EPS)
         ls = np.maximum(p["lrv_sigma"], _EPS)
@@ -297,12 +318,21 @@ class Calibrator:
         with np.errstate(divide="ignore"):
             resid = np.abs(np.log(y_rv[mv]) - np.log(rv_hat[mv])) / ls[mv]
         self.q_rv = conformal_quantile(resid, self.level)
+        if context is not None:
+            X = _context_matrix(p, context)
+            relerr = np.abs(y_rv[mv] / rv_hat[mv] - 1.0)
+            self.vol_ctx = VolContextConfidence.fit(X[mv], within, relerr, _cluster_ids(n, groups)[mv])
+            if tod is not None:
+                self.q_rv_tod = tod_quantiles(tod[mv], resid, self.level, self.q_rv)
         self.n_fit = int(m.sum())
         log.debug("calibrated on %d rows: q_ret=%.3f q_rv=%.3f", self.n_fit, self.q_ret, self.q_rv)
         return self
 
-    def apply(self, pred: dict) -> dict[str, np.ndarray]:
-        """Calibrated forecasts, confidences and 80% intervals keyed by PRED_COLUMNS."""
+    def apply(self, pred: dict, context: dict | None = None) -> dict[str, np.ndarray]:
+        """Calibrated forecasts, confidences and 80% intervals keyed by PRED_COLUMNS.
+
+        ``context`` (:data:`CONTEXT_KEYS`) switches on the context vol confidence and the
+        time-of-day interval quantiles when the calibrator was fitted with them."""
         if not self.fitted:
             raise RuntimeError("Calibrator.apply called before fit/from_dict")
         p = _arrays(pred)
@@ -310,23 +340,41 @@ class Calibrator:
         rv_hat = np.maximum(p["rv_hat"], _EPS)
         ls = np.maximum(p["lrv_sigma"], _EPS)
         lrv = np.log(rv_hat)
+        tod = None if context is None or "tod" not in context else context["tod"]
+        q_ret = bucket_q(self.q_ret_tod, tod, self.q_ret, mu.size)
+        q_rv = bucket_q(self.q_rv_tod, tod, self.q_rv, mu.size)
+        # the context model is used only where it discriminated out of fold on validation; else the
+        # sigma-only map (a context model that ranks nothing only adds calibration noise)
+        rv_conf = (self.vol_ctx(_context_matrix({**p, "rv_hat": rv_hat}, context))
+                   if self.rv_informative and context is not None else self.vol_conf(ls))
         return {
             "ret_60m_pred": mu,
             "ret_60m_conf": self.ret_conf(SignProbit.scores(mu, sig, rv_hat, self.ret_conf.score)),
-            "ret_60m_lo": mu - self.q_ret * sig,
-            "ret_60m_hi": mu + self.q_ret * sig,
+            "ret_60m_lo": mu - q_ret * sig,
+            "ret_60m_hi": mu + q_ret * sig,
             "rv_10m_pred": rv_hat,
-            "rv_10m_conf": self.vol_conf(ls),
-            "rv_10m_lo": np.exp(lrv - self.q_rv * ls),
-            "rv_10m_hi": np.exp(lrv + self.q_rv * ls),
+            "rv_10m_conf": rv_conf,
+            "rv_10m_lo": np.exp(lrv - q_rv * ls),
+            "rv_10m_hi": np.exp(lrv + q_rv * ls),
         }
+
+    def info_columns(self, n: int) -> dict[str, np.ndarray]:
+        """INFO_COLUMNS for ``n`` rows: 1.0 where this version's confidence is informative, else 0.0
+        (a downstream system should ignore a confidence flagged 0)."""
+        return {"ret_60m_conf_informative": np.full(n, float(self.ret_informative)),
+                "rv_10m_conf_informative": np.full(n, float(self.rv_informative))}
 
     def to_dict(self) -> dict:
         """Plain-JSON state (lists and floats only)."""
         return {"level": self.level, "q_ret": self.q_ret, "q_rv": self.q_rv, "n_fit": self.n_fit,
                 "ret_offset": self.ret_offset, "center_ret": self.center_ret,
                 "ret_conf": self.ret_conf.to_dict(),
-                "vol_conf": {"x": self.vol_conf.x, "y": self.vol_conf.y}}
+                "vol_conf": {"x": self.vol_conf.x, "y": self.vol_conf.y},
+                # version 2 (optional keys; a version-1 reader ignores them, version-1 files load here)
+                "format": 2, "ret_conf_informative": self.ret_informative,
+                "ret_conf_slope": self.ret_conf.a, "rv_conf_informative": self.rv_informative,
+                "vol_ctx": self.vol_ctx.to_dict() if self.vol_ctx is not None else None,
+                "q_ret_tod": self.q_ret_tod, "q_rv_tod": self.q_rv_tod}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibrator":
@@ -340,7 +388,10 @@ class Calibrator:
                        n_fit=int(d.get("n_fit", 0)), ret_offset=float(d.get("ret_offset", 0.0)),
                        center_ret=bool(d.get("center_ret", True)),
                        ret_conf=SignProbit.from_dict(d["ret_conf"]),
-                       vol_conf=IsotonicMap(list(d["vol_conf"]["x"]), list(d["vol_conf"]["y"])))
+                       vol_conf=IsotonicMap(list(d["vol_conf"]["x"]), list(d["vol_conf"]["y"])),
+                       vol_ctx=VolContextConfidence.from_dict(d["vol_ctx"]) if d.get("vol_ctx") else None,
+                       q_ret_tod=[float(v) for v in d.get("q_ret_tod") or []],
+                       q_rv_tod=[float(v) for v in d.get("q_rv_tod") or []])
         except KeyError as exc:
             raise ValueError(f"calibration dict is missing key {exc}; keys present: {sorted(d)}") from None
 
@@ -353,3 +404,141 @@ def sign_right(mu: np.ndarray, y: np.ndarray) -> np.ndarray:
     out = (np.sign(mu) == np.sign(y)).astype(np.float64)
     out[mu == 0] = 0.5
     return out
+
+
+# -- context-conditioned volatility confidence, time-of-day conformal, informativeness flags ----
+
+#: context a forecaster can pass with its forecasts (arrays per row; any may be missing or NaN):
+#: minute of session, quoted spread (bps), jump share of recent variance, log volume of the minute
+CONTEXT_KEYS = ("tod", "spread_bps", "jump_ratio", "log_volume")
+TOD_BUCKET = 30          # minutes per conformal time-of-day bucket
+TOD_MIN_ROWS = 200       # a bucket with fewer validation rows uses the pooled quantile
+RET_INFORMATIVE_T = 2.0  # return confidence counts as informative when a_ml / se >= this
+RV_INFORMATIVE_RATIO = 0.9  # vol confidence informative when out-of-fold top/bottom-decile error ratio <= this
+
+
+def _context_matrix(pred: dict[str, np.ndarray], ctx: dict | None) -> np.ndarray:
+    """[N, 12] inputs of the vol-confidence model: the forecast's own sigma and level, a smooth
+    time-of-day basis (with open and close bumps), log spread, jump share and log volume."""
+    n = pred["rv_hat"].size
+    get = lambda k: (np.asarray(ctx[k], dtype=np.float64).ravel() if ctx is not None and k in ctx  # noqa: E731
+                     else np.full(n, np.nan))
+    m = get("tod")
+    ang = 2 * np.pi * m / 390.0
+    cols = [np.log(np.maximum(pred["lrv_sigma"], _EPS)), np.log(np.maximum(pred["rv_hat"], _EPS)),
+            np.sin(ang), np.cos(ang), np.sin(2 * ang), np.cos(2 * ang),
+            np.exp(-m / 15.0), np.exp(-(389.0 - m) / 15.0),
+            np.log(np.maximum(get("spread_bps"), 1e-3)), get("jump_ratio"), get("log_volume"),
+            np.log(np.maximum(get("spread_bps"), 1e-3)) - np.log(np.maximum(pred["rv_hat"], _EPS))]
+    return np.column_stack(cols)
+
+
+@dataclass
+class VolContextConfidence:
+    """P(|rv / rv_hat - 1| <= 25%) from a logistic score on context, then isotonic-calibrated.
+
+    Why: the forecast's own log-vol sigma barely ranks how close realized volatility lands (a
+    10-minute realized volatility is noisy in a way the model's sigma does not see: tick size
+    against volatility, jumps, the open). A logistic regression on a dozen context inputs ranks
+    it; an isotonic map of its score, fitted on the same validation rows, keeps it calibrated.
+    ``oof_ratio`` is the out-of-fold (two halves of validation) mean relative error in the most
+    confident decile over the least confident one: < 1 means the confidence discriminates.
+    """
+
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    coef: list[float] = field(default_factory=list)   # intercept first
+    iso: IsotonicMap = field(default_factory=IsotonicMap)
+    oof_ratio: float = float("nan")
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.coef) and bool(self.iso.x)
+
+    @staticmethod
+    def _logit(Z: np.ndarray, t: np.ndarray, l2: float = 1e-3) -> np.ndarray:
+        from scipy.optimize import minimize
+
+        X = np.column_stack([np.ones(len(Z)), Z])
+
+        def f(b):
+            s = X @ b
+            ll = np.sum(np.logaddexp(0, s) - t * s) / len(t) + l2 * np.sum(b[1:] ** 2)
+            g = X.T @ (1 / (1 + np.exp(-s)) - t) / len(t)
+            g[1:] += 2 * l2 * b[1:]
+            return ll, g
+
+        return minimize(f, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B").x
+
+    def _z(self, X: np.ndarray) -> np.ndarray:
+        return np.nan_to_num((X - np.asarray(self.mean)) / np.asarray(self.std), nan=0.0, posinf=0.0, neginf=0.0)
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        b = np.asarray(self.coef)
+        return b[0] + self._z(X) @ b[1:]
+
+    @classmethod
+    def fit(cls, X: np.ndarray, within: np.ndarray, relerr: np.ndarray, blocks: np.ndarray) -> "VolContextConfidence":
+        fin = np.isfinite(X)
+        cnt = np.maximum(fin.sum(axis=0), 1)
+        mean = np.where(fin, X, 0.0).sum(axis=0) / cnt  # absent context columns: mean 0, std 1
+        std = np.sqrt(np.where(fin, (X - mean) ** 2, 0.0).sum(axis=0) / cnt)
+        std = np.where(std > 0, std, 1.0)
+        self = cls(mean=[float(v) for v in mean], std=[float(v) for v in std])
+        half = (blocks % 2).astype(bool)
+        oof = np.full(len(within), np.nan)
+        for tr in (half, ~half):
+            if tr.sum() >= 100 and (~tr).sum() >= 100:
+                self.coef = [float(v) for v in cls._logit(self._z(X[tr]), within[tr])]
+                oof[~tr] = self.score(X[~tr])
+        self.oof_ratio = _decile_ratio(oof, relerr)
+        self.coef = [float(v) for v in cls._logit(self._z(X), within)]
+        self.iso = IsotonicMap.fit(self.score(X), within, increasing=True, max_bins=VOL_BINS)
+        return self
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return self.iso(self.score(X))
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "coef": self.coef, "oof_ratio": self.oof_ratio,
+                "iso": {"x": self.iso.x, "y": self.iso.y}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VolContextConfidence":
+        return cls(mean=list(d["mean"]), std=list(d["std"]), coef=list(d["coef"]),
+                   oof_ratio=float(d.get("oof_ratio", "nan")), iso=IsotonicMap(list(d["iso"]["x"]), list(d["iso"]["y"])))
+
+
+def _decile_ratio(score: np.ndarray, err: np.ndarray) -> float:
+    """Mean error of the top score decile over the bottom one (NaN when too few rows)."""
+    ok = np.isfinite(score) & np.isfinite(err)
+    if ok.sum() < 100:
+        return float("nan")
+    s, e = score[ok], err[ok]
+    order = np.argsort(s + 1e-12 * np.random.default_rng(0).standard_normal(s.size), kind="stable")
+    k = max(1, s.size // 10)
+    return float(np.mean(e[order[-k:]]) / max(np.mean(e[order[:k]]), _EPS))
+
+
+def tod_quantiles(tod: np.ndarray, resid: np.ndarray, level: float, pooled: float) -> list[float]:
+    """Split-conformal quantile of ``resid`` per TOD_BUCKET-minute bucket (pooled where thin).
+
+    Why: fat tails concentrate at the open and around jumps; one pooled quantile then
+    over-covers midday and under-covers the open. Per-bucket quantiles keep 80% in each bucket.
+    """
+    nb = 390 // TOD_BUCKET + 1
+    b = np.clip(np.asarray(tod, dtype=np.float64), 0, 389) // TOD_BUCKET
+    out = []
+    for k in range(nb):
+        r = resid[(b == k) & ~np.isnan(resid)]
+        out.append(conformal_quantile(r, level) if r.size >= TOD_MIN_ROWS else pooled)
+    return out
+
+
+def bucket_q(qs: list[float], tod: np.ndarray | None, pooled: float, n: int) -> np.ndarray:
+    """Per-row quantile: the row's time-of-day bucket's, or the pooled one without tod."""
+    if not qs or tod is None:
+        return np.full(n, pooled)
+    m = np.asarray(tod, dtype=np.float64).ravel()
+    idx = np.clip(np.nan_to_num(m, nan=-1), 0, 389).astype(int) // TOD_BUCKET
+    return np.where(np.isfinite(m), np.asarray(qs)[idx], pooled)

@@ -18,6 +18,11 @@ LOOKBACK = 30
 PRED_COLUMNS = ("ret_60m_pred", "ret_60m_conf", "ret_60m_lo", "ret_60m_hi",
                 "rv_10m_pred", "rv_10m_conf", "rv_10m_lo", "rv_10m_hi")
 
+#: extra output columns beside PRED_COLUMNS (the prediction CSV, the server's answer): 1.0 when this
+#: model version's confidence is informative (``Forecaster.confidence_info``), else 0.0; constant
+#: per version. A downstream system should ignore a confidence flagged 0.
+INFO_COLUMNS = ("ret_60m_conf_informative", "rv_10m_conf_informative")
+
 #: vol confidence = P(|rv / rv_hat - 1| <= VOL_TOLERANCE): "realized vol within +-25% of the forecast"
 VOL_TOLERANCE = 0.25
 

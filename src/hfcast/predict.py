@@ -76,10 +76,11 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
         runner: an :mod:`hfcast.export` runner (``.run(windows_scaled) -> raw``); None = torch eager.
 
     Returns:
-        (frame with symbol, ts, PRED_COLUMNS, filled; timings in seconds for window / model).
+        (frame with symbol, ts, PRED_COLUMNS, INFO_COLUMNS, filled; timings in seconds for window /
+        model). INFO_COLUMNS are constant per model version, NaN on rows without a forecast.
     """
     from hfcast.features.windows import build_windows
-    from hfcast.contracts import PRED_COLUMNS
+    from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -110,16 +111,20 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
         out[list(PRED_COLUMNS)] = out[list(PRED_COLUMNS)].groupby(group).ffill()
         out["filled"] = has & ~sampled
     else:
+        has = sampled
         out["filled"] = False
+    for c, v in forecaster.info_columns(len(out)).items():
+        out[c] = np.where(has, v, np.nan)
+    out = out[["symbol", "ts", *PRED_COLUMNS, *INFO_COLUMNS, "filled"]]
     t3 = time.perf_counter()
     return out, {"window": (t1 - t0) + (t3 - t2), "model": t2 - t1}
 
 
 def to_csv_bytes(frame: pd.DataFrame, model_name: str, model_version: str, mode: str) -> bytes:
     """The CSV body for one date: fixed column order and float format (byte-stable reruns)."""
-    from hfcast.contracts import PRED_COLUMNS
+    from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
 
-    out = frame[["symbol", "ts", *PRED_COLUMNS, "filled"]].copy()
+    out = frame[["symbol", "ts", *PRED_COLUMNS, *INFO_COLUMNS, "filled"]].copy()
     out["ts"] = pd.DatetimeIndex(out["ts"]).strftime("%Y-%m-%dT%H:%M:%SZ")
     out.insert(len(out.columns) - 1, "model_name", model_name)
     out.insert(len(out.columns) - 1, "model_version", str(model_version))

@@ -250,8 +250,13 @@ def _fold_windows(wa_all, fold: Fold, wf_cfg: WalkForwardConfig):
     return train_wa, val_wa, test_wa
 
 
-def _train_archs(archs, spans, base, train_cfg, model_configs, progress: bool, acc: dict) -> None:
-    """Train every architecture on one fold and predict its test windows (results into ``acc``)."""
+def _train_archs(archs, spans, base, train_cfg, model_configs, progress: bool, acc: dict,
+                 floor_ctx: tuple | None = None) -> None:
+    """Train every architecture on one fold and predict its test windows (results into ``acc``).
+
+    ``floor_ctx`` = (floor mode, the fold's fitted ``har_tod`` baseline, baseline inputs): each
+    network is wrapped by :func:`_floor_arch` (None = bare networks, the default).
+    """
     import time
 
     import pandas as pd
@@ -265,12 +270,34 @@ def _train_archs(archs, spans, base, train_cfg, model_configs, progress: bool, a
         fc, hist = train_forecaster(arch, train_wa, val_wa, model_config=(model_configs or {}).get(arch),
                                     cfg=train_cfg, progress=progress)
         secs = time.perf_counter() - t0
+        if floor_ctx is not None:
+            fc, out = _floor_arch(arch, fc, spans, base, train_cfg, (model_configs or {}).get(arch), floor_ctx, acc)
+        else:
+            out = _predict_windows(fc, test_wa)
         acc["thr"][arch].append(float(hist.get("windows_per_s", np.nan)))
         acc["histories"][arch].append(hist)
         acc["forecasters"][arch] = fc
-        acc["preds"].append(pd.concat([base.assign(model=arch), _predict_windows(fc, test_wa)], axis=1))
+        acc["preds"].append(pd.concat([base.assign(model=arch), out], axis=1))
         if progress:
             log.info("  %s trained in %.1fs: %s", arch, secs, _brief(score(acc["preds"][-1])))
+
+
+def _floor_arch(arch, fc, spans, base, train_cfg, model_config, floor_ctx, acc: dict):
+    """Put the ``har_tod`` floor under one trained network (``hfcast.models.floor``).
+
+    Returns the floored forecaster and its test predictions; the bare rows (``<arch>_net``,
+    ``<arch>_resid``) go into ``acc["preds"]`` so they are scored on the same test rows.
+    """
+    import pandas as pd
+
+    from hfcast.models.floor import floor_forecaster
+
+    mode, floor_base, inputs = floor_ctx
+    train_wa, val_wa, test_wa = spans
+    fc, extra = floor_forecaster(fc, floor_base, train_wa, val_wa, test_wa, inputs, residual=mode == "residual",
+                                 train_cfg=train_cfg, model_config=model_config)
+    acc["preds"] += [pd.concat([base.assign(model=f"{arch}_{k}"), v], axis=1) for k, v in extra.items()]
+    return fc, fc.predict_span(test_wa, inputs)
 
 
 def _score_models(allp):
@@ -290,7 +317,7 @@ def _score_models(allp):
 def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train_cfg: Any = None,
                     dates: Sequence[str] | None = None, progress: bool = True,
                     baselines: Sequence[str] = BASELINES, model_configs: Mapping[str, dict] | None = None,
-                    frame=None, feature_names: Sequence[str] | None = None) -> WalkForwardResult:
+                    frame=None, feature_names: Sequence[str] | None = None, floor: bool | str = False) -> WalkForwardResult:
     """Train and score every architecture and every baseline on the same walk-forward folds.
 
     Per fold: windows ending on train days train the network (scaler fitted on them), windows on
@@ -304,6 +331,11 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
         wf_cfg: the schedule. train_cfg: ``hfcast.train.TrainConfig`` (None = its defaults).
         dates: restrict to these dates (default: every features date in the lake).
         frame, feature_names: an in-memory features frame instead of the lake (tests, benchmarks).
+        floor: put the ``har_tod`` floor under every network (``hfcast.models.floor``): the
+            architecture's row (and ``forecasters[arch]``, a ``FlooredForecaster``) is the
+            validation-chosen floored forecaster, ``<arch>_net`` the bare network on the same rows.
+            Off by default: the floor needs HAR inputs per row that serving does not send yet. ``"residual"``: also train each network on the residual of
+            the floor's log variance and let validation choose (``<arch>_resid`` its bare rows).
     """
     import pandas as pd
 
@@ -316,6 +348,7 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
     inputs = baseline_inputs(frame)
     truth = [c for c in ("true_ret_60m", "true_var_10m") if c in frame]
     acc = {"preds": [], "forecasters": {}, "histories": {a: [] for a in archs}, "thr": {a: [] for a in archs}}
+    floor_base = _floor_cache()
     for fold in folds:
         train_wa, val_wa, test_wa = spans = _fold_windows(wa_all, fold, wf_cfg)
         rows = test_wa.ends
@@ -323,7 +356,8 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
         base["fold"] = fold.index
         if progress:
             log.info("%s: %d train / %d val / %d test windows", fold.describe(), len(train_wa), len(val_wa), len(test_wa))
-        _train_archs(archs, spans, base, train_cfg, model_configs, progress, acc)
+        floor_ctx = (floor, floor_base(inputs, train_wa, val_wa, fold.index), inputs) if floor and archs else None
+        _train_archs(archs, spans, base, train_cfg, model_configs, progress, acc, floor_ctx)
         fitted = fit_baselines(inputs.loc[train_wa.ends], inputs.loc[val_wa.ends], tuple(baselines))
         for name, b in fitted.items():
             out = b.predict(inputs.loc[rows]).reset_index(drop=True)
@@ -334,6 +368,21 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
                              forecasters=acc["forecasters"], histories=acc["histories"],
                              throughput={a: float(np.median(v)) for a, v in acc["thr"].items() if v},
                              feature_names=names)
+
+
+def _floor_cache():
+    """``f(inputs, train_wa, val_wa, fold) -> Baseline('har_tod')`` fitted once per fold."""
+    cache: dict[int, Any] = {}
+
+    def get(inputs, train_wa, val_wa, fold: int):
+        if fold not in cache:
+            from hfcast.models.baselines import FLOOR, Baseline
+
+            cache.clear()
+            cache[fold] = Baseline(FLOOR).fit(inputs.loc[train_wa.ends], inputs.loc[val_wa.ends])
+        return cache[fold]
+
+    return get
 
 
 def _brief(s: Mapping[str, float]) -> str:

@@ -140,6 +140,29 @@ def test_outputs_match_the_forecaster(svc, fc):
     assert np.all(ref["ret_60m_lo"] <= ref["ret_60m_hi"])
 
 
+def test_outputs_carry_whether_the_confidences_are_informative(fc):
+    import copy
+    import dataclasses
+
+    from hfcast.contracts import INFO_COLUMNS
+
+    raw = fc.predict_raw(fc.scaler.transform(windows(2)))
+    bare = copy.copy(fc)
+    bare.calibrator = None  # never checked on validation: flagged 0
+    sure = copy.copy(fc)  # a return slope of 5 standard errors: informative
+    sure.calibrator = dataclasses.replace(fc.calibrator, ret_conf=dataclasses.replace(
+        fc.calibrator.ret_conf, a=0.5, a_ml=0.5, se=0.1))
+    for f, want in ((bare, [0.0, 0.0]), (sure, [1.0, float(fc.calibrator.rv_informative)])):
+        svc = ForecastService(f, None)
+        preds = svc.predictions(raw)
+        rows = svc.v1_response(preds, ["t0", "t1"])["predictions"]
+        assert [[r[c] for c in INFO_COLUMNS] for r in rows] == [want, want]
+        outs = {o["name"]: o for o in svc.v2_outputs(preds, ["t0", "t1"])}
+        assert [list(outs[c]["data"]) for c in INFO_COLUMNS] == [[w, w] for w in want]
+        assert all(outs[c]["datatype"] == "FP32" for c in INFO_COLUMNS)
+        assert f.confidence_info()["ret_conf_informative"] is bool(want[0])
+
+
 def test_transformer_pre_and_post_processing(fc):
     from serving.feature_transformer import FeatureTransformer
 

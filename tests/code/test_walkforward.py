@@ -116,3 +116,22 @@ def test_run_walkforward_baselines_score_identical_test_rows(small_frame, tmp_pa
     paths = write_comparison(res.aggregate, res.per_fold, res.predictions, tmp_path)
     html = paths["report"].read_text()
     assert "calibration" in html and "data:image/png;base64" in html and "vol_qlike" in html
+
+
+def test_run_walkforward_floor_hook_scores_floored_and_bare_network_on_the_same_rows(small_frame):
+    from hfcast.models.floor import FlooredForecaster
+    from hfcast.train import TrainConfig
+    from hfcast.walkforward import run_walkforward
+
+    cfg = WalkForwardConfig(train_days=3, val_days=1, test_days=1, embargo_days=1, eval_stride=5, max_folds=1)
+    tcfg = TrainConfig(epochs=1, batch_size=64, max_train_windows=300, max_val_windows=500, seed=0, num_threads=1)
+    res = run_walkforward(None, ["lstm"], cfg, tcfg, frame=small_frame, feature_names=["f0", "f1", "f2"],
+                          progress=False, baselines=("har_tod",),
+                          model_configs={"lstm": {"hidden": 8, "n_layers": 1, "head_hidden": 8}}, floor=True)
+    assert isinstance(res.forecasters["lstm"], FlooredForecaster)
+    p = res.predictions
+    assert {"lstm", "lstm_net", "har_tod"} <= set(p["model"])
+    keys = {m: set(zip(g["symbol"], g["ts"])) for m, g in p.groupby("model")}
+    assert keys["lstm"] == keys["lstm_net"] == keys["har_tod"]
+    assert p.loc[p["model"] == "lstm", "rv_10m_pred"].gt(0).all()
+    assert {"lstm", "lstm_net"} <= set(res.aggregate.index)

@@ -20,7 +20,7 @@ from hfcast.data.simulator import SimConfig, write_synth
 from hfcast.features.engine import read_feature_set, run_featurize
 from hfcast.features.windows import Scaler, build_windows
 from hfcast.models import build_model
-from hfcast.contracts import PRED_COLUMNS
+from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
 from hfcast.models.base import Forecaster
 from hfcast.predict import SPARSE_STRIDE, parse_dates, predict_frame, run_predict
 from hfcast.storage import Lake
@@ -99,7 +99,8 @@ def test_dense_and_sparse_csvs_on_s3(s3_settings, s3_lake, bundle):
         # every symbol-minute row, exactly once
         assert len(dcsv) == len(feats) == N_SYM * 390
         assert not dcsv.duplicated(["symbol", "ts"]).any()
-        assert list(dcsv.columns) == ["symbol", "ts", *PRED_COLUMNS, "model_name", "model_version", "mode", "filled"]
+        assert list(dcsv.columns) == ["symbol", "ts", *PRED_COLUMNS, *INFO_COLUMNS, "model_name", "model_version",
+                                      "mode", "filled"]
         # predictions wherever a full 30-minute window exists, nowhere else
         wa = build_windows(feats, fc.feature_names, label_cols=None)
         has = np.zeros(len(feats), bool)
@@ -110,6 +111,13 @@ def test_dense_and_sparse_csvs_on_s3(s3_settings, s3_lake, bundle):
         direct = fc.predict(wa.windows(slice(None)))
         for c in PRED_COLUMNS:
             np.testing.assert_allclose(dcsv[c].to_numpy()[wa.ends], direct[c].to_numpy(), rtol=2e-4, atol=1e-7)
+        # the informativeness flags: this version's, on every forecast row (sparse: filled rows too)
+        info = fc.confidence_info()
+        for c, key in zip(INFO_COLUMNS, ("ret_conf_informative", "rv_conf_informative")):
+            for csv in (dcsv, scsv):
+                got = csv[c].to_numpy()
+                assert (np.isnan(got) == csv["ret_60m_pred"].isna().to_numpy()).all()
+                assert set(got[~np.isnan(got)]) == {float(info[key])}
         # sparse == dense on the sampled minutes, forward-filled in between
         sampled = build_windows(feats, fc.feature_names, stride=SPARSE_STRIDE, label_cols=None).ends
         np.testing.assert_allclose(scsv["ret_60m_pred"].to_numpy()[sampled], dcsv["ret_60m_pred"].to_numpy()[sampled],

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from hfcast.config import get_settings
+from hfcast.contracts import INFO_COLUMNS
 from hfcast.models import PRED_COLUMNS
 from serving_fixtures import feast_repo, tiny_bundle
 
@@ -138,6 +139,8 @@ def test_v1_window_matches_direct_call(server):
     rows = r.json()["predictions"]
     assert_matches({c: [row[c] for row in rows] for c in PRED_COLUMNS}, server["fc"].predict(x))
     assert {row["model_version"] for row in rows} == {"tiny-tcn"} and rows[0]["feature_ts"] == ""
+    want = server["fc"].info_columns(1)  # whether this version's confidences are informative
+    assert all(row[c] == want[c][0] for row in rows for c in INFO_COLUMNS)
 
 
 def test_v2_window_raw_and_scaled_agree_with_direct_call(server):
@@ -148,6 +151,8 @@ def test_v2_window_raw_and_scaled_agree_with_direct_call(server):
     assert_matches(v2_columns(raw), fc.predict(x))
     assert_matches(v2_columns(scaled), fc.predict(x))
     assert raw.json()["model_version"] == "tiny-tcn"
+    cols, want = v2_columns(raw), fc.info_columns(4)
+    assert all(list(cols[c]) == want[c].tolist() for c in INFO_COLUMNS)
 
 
 def test_symbols_come_from_feast(server):

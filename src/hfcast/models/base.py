@@ -20,7 +20,7 @@ from scipy.special import ndtr
 from torch import nn
 
 from hfcast import storage
-from hfcast.contracts import LOOKBACK, PRED_COLUMNS, VOL_TOLERANCE
+from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS, VOL_TOLERANCE
 from hfcast.features.windows import Scaler
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,19 @@ class Forecaster:
         out = self.calibrator.apply(pred) if self.calibrator is not None else gaussian_outputs(pred)
         return {c: np.asarray(out[c], dtype=np.float64) for c in PRED_COLUMNS}
 
+    def confidence_info(self) -> dict[str, Any]:
+        """Whether this version's confidences carry information (for the API and prediction files):
+        ``ret_conf_informative`` (return probit slope >= 2 standard errors on validation),
+        ``ret_conf_slope``, ``rv_conf_informative``; all False / 0 without a calibrator."""
+        return confidence_info(self.calibrator)
+
+    def info_columns(self, n: int) -> dict[str, np.ndarray]:
+        """INFO_COLUMNS for ``n`` forecasts: 1.0 where this version's confidence is informative,
+        else 0.0 (0.0 without a calibrator: a Gaussian confidence was never checked on validation)."""
+        if self.calibrator is not None:
+            return self.calibrator.info_columns(n)
+        return {c: np.zeros(n) for c in INFO_COLUMNS}
+
     def predict(self, windows_unscaled: np.ndarray) -> pd.DataFrame:
         """Unscaled windows [B, 30, F] (features in ``feature_names`` order) -> PRED_COLUMNS frame."""
         windows_unscaled = np.asarray(windows_unscaled)
@@ -227,6 +240,15 @@ class Forecaster:
 
             calibrator = Calibrator.from_dict(json.loads(storage.read_text(cal_url, storage_options)))
         return cls(net, scaler, model["feature_names"], calibrator, model.get("meta"))
+
+
+def confidence_info(calibrator: Any) -> dict[str, Any]:
+    """See :meth:`Forecaster.confidence_info`."""
+    if calibrator is None:
+        return {"ret_conf_informative": False, "ret_conf_slope": 0.0, "rv_conf_informative": False}
+    return {"ret_conf_informative": bool(getattr(calibrator, "ret_informative", False)),
+            "ret_conf_slope": float(calibrator.ret_conf.a),
+            "rv_conf_informative": bool(getattr(calibrator, "rv_informative", False))}
 
 
 def _json_default(o: Any) -> Any:

@@ -11,6 +11,12 @@ the data contract, so the baselines do not move when the feature catalogue chang
 - ``persistence``: return = last hour's return; volatility = last 30 minutes' realized vol.
 - ``har_rv``: return 0; HAR-RV (Corsi 2009) on log rv_10m with 10 / 30 / 60-minute and previous-day
   components plus the intraday seasonal profile, fitted by OLS on the training span.
+- ``har_tod``: return 0; THE floor every model is compared with (and falls back to): HAR-RV in
+  log-variance form on deseasonalised components. A per-5-minute time-of-day profile of log
+  variance (fitted on train) is taken out of each lagged 10-minute variance at the minute it was
+  measured, a shrunk per-symbol level is added, OLS is fitted separately for rows with a full hour
+  of same-day lags and for the partial-lag open, the forecast is re-seasonalised at the target
+  minutes and mean-corrected by smearing; its log-vol sigma varies by half-hour of the day.
 - ``ewma``: return 0; RiskMetrics-style EWMA of lagged 10-minute variances (half-life in minutes).
 - ``oracle``: the simulator's truth, ``true_ret_60m`` and ``sqrt(true_var_10m)`` (the ceiling).
 
@@ -31,7 +37,8 @@ from hfcast.data.schema import minute_of_session
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("zero", "persistence", "har_rv", "ewma", "oracle")
+BASELINES = ("zero", "persistence", "har_rv", "har_tod", "ewma", "oracle")
+FLOOR = "har_tod"  # the baseline every model is compared with and falls back to
 _TINY = 1e-12
 
 
@@ -68,6 +75,8 @@ def baseline_inputs(df: pd.DataFrame, ewma_halflife: float = 30.0) -> pd.DataFra
     tmp = pd.DataFrame({"symbol": df["symbol"], "ts": df["ts"], "v": var10})
     lags = np.stack([_lag(tmp, "v", 10 * j) for j in (1, 2, 3, 4, 5, 6)])  # [6, N]
     out["v10"] = lags[0]
+    for j in range(6):  # individual lags, for the deseasonalised HAR (har_tod)
+        out[f"v10_l{j + 1}"] = lags[j]
     out["v30"] = _nanmean(lags[:3])
     out["v60"] = _nanmean(lags)
     day = df["ts"].dt.floor("D")
@@ -112,6 +121,7 @@ class Baseline:
         self.fallback_var = float("nan")
         self.ret_scale = 1.0   # ret sigma = ret_scale * sqrt(6) * rv_hat
         self.lrv_sigma = 1.0   # std of log(rv / rv_hat) on train
+        self.har: HarTod | None = None  # the har_tod point model
 
     # -- point forecasts ---------------------------------------------------------------------
     def _design(self, inp: pd.DataFrame) -> np.ndarray:
@@ -135,6 +145,8 @@ class Baseline:
         if self.name == "ewma":
             ew = inp["ewma_var"].to_numpy()
             return np.zeros(n), np.sqrt(np.where(np.isfinite(ew), ew, comps[:, 3]))
+        if self.name == "har_tod":
+            return np.zeros(n), self.har.rv_hat(inp)
         lrv = self._design(inp) @ self.coef  # har_rv: log rv_10m
         return np.zeros(n), np.exp(lrv + self.lrv_sigma**2)  # sqrt(E[rv^2]) under log-normal errors
 
@@ -151,12 +163,16 @@ class Baseline:
         prof = pd.Series(lrv).groupby(tod // 10).mean()
         buckets = prof.reindex(range(39)).interpolate(limit_direction="both").to_numpy()
         self.season = np.repeat(buckets - np.nanmean(buckets), 10)
-        if self.name == "har_rv":
+        if self.name == "har_tod":
+            self.har = HarTod().fit(train)
+        elif self.name == "har_rv":
             X = self._design(train)[ok]
             self.coef, *_ = np.linalg.lstsq(X, lrv, rcond=None)
             self.lrv_sigma = float(np.std(lrv - X @ self.coef))
         mu, rv_hat = self._points(train)
-        if self.name != "har_rv":
+        if self.name == "har_tod":
+            self.lrv_sigma = self.har.sigma_all
+        elif self.name != "har_rv":
             fin = ok & np.isfinite(rv_hat) & (rv_hat > 0)
             self.lrv_sigma = float(np.std(np.log(rv[fin]) - np.log(rv_hat[fin])))
         y = train["ret_60m"].to_numpy(np.float64)
@@ -171,8 +187,10 @@ class Baseline:
     def _raw(self, inp: pd.DataFrame) -> dict[str, np.ndarray]:
         mu, rv_hat = self._points(inp)
         rv_hat = np.maximum(np.nan_to_num(rv_hat, nan=np.sqrt(self.fallback_var)), _TINY)
+        lrv_sigma = (self.har.sigma(inp) if self.name == "har_tod"
+                     else np.full(len(inp), max(self.lrv_sigma, 1e-6)))
         return {"ret_mu": mu, "ret_sigma": self.ret_scale * np.sqrt(6.0) * rv_hat,
-                "rv_hat": rv_hat, "lrv_sigma": np.full(len(inp), max(self.lrv_sigma, 1e-6))}
+                "rv_hat": rv_hat, "lrv_sigma": lrv_sigma}
 
     def predict(self, inp: pd.DataFrame) -> pd.DataFrame:
         """PRED_COLUMNS for the rows of ``inp`` (same index)."""
@@ -190,3 +208,116 @@ def fit_baselines(train: pd.DataFrame, val: pd.DataFrame, names: tuple[str, ...]
             continue
         out[name] = Baseline(name, ewma_halflife).fit(train, val)
     return out
+
+
+_PROFILE_STEP = 5  # minutes per time-of-day bucket of the har_tod profile
+_SIGMA_STEP = 30  # minutes per bucket of the har_tod log-vol sigma
+_SYMBOL_SHRINK = 500.0  # rows of prior weight pulling a symbol's level to the pooled one
+
+
+class HarTod:
+    """HAR-RV in log variance on components with the time-of-day profile taken out (``har_tod``).
+
+    Why: the plain HAR regresses on raw lagged variances, so right after the open (high variance)
+    it over-forecasts the calm midday and under-forecasts the close. Dividing each lagged
+    10-minute variance by the profile at the minutes it covered, and multiplying the forecast by
+    the profile at the minutes it forecasts, leaves the regression only the persistent level to
+    learn. Everything is fitted on the rows it is given (the training span).
+    """
+
+    def __init__(self) -> None:
+        self.profile = np.zeros(390)      # centred mean log variance by minute of session
+        self.levels: dict[str, float] = {}  # shrunk per-symbol deseasonalised log-variance level
+        self.level0 = 0.0
+        self.coef_full = np.zeros(7)
+        self.coef_part = np.zeros(7)
+        self.smear = 1.0                  # E[rv^2 / exp(fitted log variance)] on train
+        self.sig_tod = np.ones(390)       # std of log rv residual by half-hour of the day
+        self.sigma_all = 1.0
+
+    def _prof(self, m: np.ndarray) -> np.ndarray:
+        return self.profile[np.clip(m, 0, 389)]
+
+    def _design(self, inp: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """[N, 7] regressors (1, D10, D30, D60, Dday, symbol level, profile) and the full-lag mask."""
+        m = inp["tod"].to_numpy()
+        lags = np.stack([inp[f"v10_l{j}"].to_numpy(np.float64) for j in range(1, 7)], axis=1)
+        d = np.log(np.maximum(lags, _TINY)) - np.stack([self._prof(m - 10 * j) for j in range(1, 7)], axis=1)
+        d[~np.isfinite(lags) | (lags <= 0)] = np.nan
+        e = np.exp(d)
+        lvl = inp["symbol"].astype(object).map(self.levels).to_numpy(np.float64)
+        lvl = np.where(np.isfinite(lvl), lvl, self.level0)
+        vday = inp["vday"].to_numpy(np.float64)
+        dday = np.where(np.isfinite(vday) & (vday > 0), np.log(np.maximum(vday, _TINY)) - self._mean_prof, lvl)
+        comps = [np.log(_nanmean(e[:, :k].T)) if k > 1 else d[:, 0] for k in (1, 3, 6)]
+        d60 = np.where(np.isfinite(comps[2]), comps[2], dday)
+        d30 = np.where(np.isfinite(comps[1]), comps[1], d60)
+        d10 = np.where(np.isfinite(comps[0]), comps[0], d30)
+        X = np.column_stack([np.ones(len(inp)), d10, d30, d60, dday, lvl, self._prof(m)])
+        return X, np.isfinite(d).all(axis=1)
+
+    @property
+    def _mean_prof(self) -> float:
+        return float(np.log(np.mean(np.exp(self.profile))))
+
+    def fit(self, train: pd.DataFrame) -> "HarTod":
+        rv = train["rv_10m"].to_numpy(np.float64)
+        ok = np.isfinite(rv) & (rv > 0)
+        y = np.log(np.where(ok, rv, 1.0) ** 2)
+        m = np.clip(train["tod"].to_numpy(), 0, 389)
+        prof = pd.Series(y[ok]).groupby(m[ok] // _PROFILE_STEP).mean()
+        nb = 390 // _PROFILE_STEP
+        buckets = prof.reindex(range(nb)).interpolate(limit_direction="both").fillna(0.0).to_numpy()
+        self.profile = np.repeat(buckets - buckets.mean(), _PROFILE_STEP)
+        des = pd.Series(y[ok] - self.profile[m[ok]])
+        sym = train["symbol"].astype(object).to_numpy()[ok]
+        self.level0 = float(des.mean())
+        g = des.groupby(sym).agg(["sum", "count"])
+        shr = (g["sum"] + _SYMBOL_SHRINK * self.level0) / (g["count"] + _SYMBOL_SHRINK)
+        self.levels = {str(k): float(v) for k, v in shr.items()}
+        X, full = self._design(train)
+        fin = ok & np.isfinite(X).all(axis=1)
+        for attr, rows in (("coef_full", fin & full), ("coef_part", fin & ~full)):
+            use = rows if rows.sum() >= 50 else fin
+            setattr(self, attr, np.linalg.lstsq(X[use], y[use], rcond=None)[0])
+        lv = self._logvar(X, full)
+        self.smear = float(np.mean(np.exp(y[fin] - lv[fin])))
+        res = 0.5 * (y[fin] - lv[fin])  # log rv residual
+        self.sigma_all = float(np.std(res))
+        sd = pd.Series(res).groupby(m[fin] // _SIGMA_STEP).std()
+        sd = sd.reindex(range(390 // _SIGMA_STEP + 1)).fillna(self.sigma_all).to_numpy()
+        self.sig_tod = np.repeat(np.maximum(sd, 1e-3), _SIGMA_STEP)[:390]
+        return self
+
+    def _logvar(self, X: np.ndarray, full: np.ndarray) -> np.ndarray:
+        return np.where(full, X @ self.coef_full, X @ self.coef_part)
+
+    def log_var(self, inp: pd.DataFrame) -> np.ndarray:
+        """Fitted log variance (the log median, before the smearing correction)."""
+        X, full = self._design(inp)
+        return self._logvar(np.nan_to_num(X, nan=self.level0), full)
+
+    def rv_hat(self, inp: pd.DataFrame) -> np.ndarray:
+        """sqrt(E[rv^2]): the smeared variance forecast's square root (what QLIKE rewards)."""
+        return np.sqrt(self.smear * np.exp(self.log_var(inp)))
+
+    def sigma(self, inp: pd.DataFrame) -> np.ndarray:
+        return self.sig_tod[np.clip(inp["tod"].to_numpy(), 0, 389)]
+
+    def to_dict(self) -> dict:
+        """Plain-JSON state (saved with a floored forecaster)."""
+        return {"profile": self.profile.tolist(), "levels": self.levels, "level0": self.level0,
+                "coef_full": self.coef_full.tolist(), "coef_part": self.coef_part.tolist(), "smear": self.smear,
+                "sig_tod": self.sig_tod.tolist(), "sigma_all": self.sigma_all}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HarTod":
+        """Inverse of :meth:`to_dict`."""
+        self = cls()
+        self.profile = np.asarray(d["profile"], dtype=np.float64)
+        self.levels = {str(k): float(v) for k, v in d["levels"].items()}
+        self.level0, self.smear, self.sigma_all = float(d["level0"]), float(d["smear"]), float(d["sigma_all"])
+        self.coef_full = np.asarray(d["coef_full"], dtype=np.float64)
+        self.coef_part = np.asarray(d["coef_part"], dtype=np.float64)
+        self.sig_tod = np.asarray(d["sig_tod"], dtype=np.float64)
+        return self
