@@ -79,6 +79,7 @@ def test_kustomize_references_resolve(kfile):
             for op in patch:
                 node = doc
                 for part in op["path"].strip("/").split("/"):
+                    part = part.replace("~1", "/").replace("~0", "~")  # JSON pointer escapes
                     node = node[int(part)] if isinstance(node, list) else node[part]
         else:
             assert (patch["kind"], patch["metadata"]["name"]) == (t["kind"], t["name"])
