@@ -159,7 +159,7 @@ def test_gpu_requested_only_where_gpu_work_runs():
     gpu_objects = []
     for p in ALL_YAML:
         for d in _docs(p):
-            if d.get("kind") != "Profile" and "nvidia.com/gpu" in yaml.safe_dump(d):  # a quota is no request
+            if not (isinstance(d, dict) and d.get("kind") == "Profile") and "nvidia.com/gpu" in yaml.safe_dump(d):  # a quota is no request
                 gpu_objects.append((p.name, d.get("metadata", {}).get("name")))
     # the GPU InferenceService (Triton + TensorRT) only; platform services and the CPU service never
     assert gpu_objects == [("isvc-gpu-triton.yaml", "hfcast-gpu")]
