@@ -78,6 +78,7 @@ def test_minute_features_are_online_in_redis(materialized):
     assert resp["f0"][0] == pytest.approx(float(last))
 
 
+@pytest.mark.slow  # loads and exports a model (~25 s on a loaded machine); the HTTP variant: test_cluster_containers.py
 def test_predictor_serves_a_request_by_symbol_from_redis(materialized, tmp_path):
     from serving.core import Limits
     from serving.predictor import HfcastPredictor
