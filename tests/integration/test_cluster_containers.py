@@ -112,6 +112,21 @@ class Cluster:
             ("--port 5000", f"--port {mlflow_port}"),
         ]
         self.procs: list[tuple[subprocess.Popen, Path]] = []
+        self.bin = self._console_scripts(tmp / "image-bin")
+
+    @staticmethod
+    def _console_scripts(folder: Path) -> Path:
+        """This tree's [project.scripts] as executables (what `pip install .` puts in the image)."""
+        import tomllib
+
+        folder.mkdir(parents=True, exist_ok=True)
+        scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+        for name, target in scripts.items():
+            module, func = target.split(":")
+            path = folder / name
+            path.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func}\nsys.exit({func}())\n")
+            path.chmod(0o755)
+        return folder
 
     def _map(self, text: str, volumes: dict[str, Path]) -> str:
         for a, b in self.replace + [(k, str(v)) for k, v in volumes.items()]:
@@ -126,7 +141,7 @@ class Cluster:
         cmd = [self._map(c, volumes) for c in container["command"] + container.get("args", [])] + list(extra_args)
         env = {k: self._map(v, volumes) for k, v in _env(container, self.secrets).items()}
         venv_bin = str(Path(sys.executable).parent)
-        env.update(PATH=f"{venv_bin}:{os.environ['PATH']}", PYTHONPATH=f"{ROOT / 'src'}:{ROOT}", HOME=str(self.tmp),
+        env.update(PATH=f"{self.bin}:{venv_bin}:{os.environ['PATH']}", PYTHONPATH=f"{ROOT / 'src'}:{ROOT}", HOME=str(self.tmp),
                    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"))
         log = self.tmp / f"{name}.log"
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
