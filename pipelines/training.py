@@ -108,6 +108,8 @@ def build(gpu: bool) -> Any:
         with dsl.If(champion != "", name="promoted"):
             exp = _tracked(export_model(version=champion, s3_endpoint=s3_endpoint, publish_url=publish_url, **cfg),
                            "Export ONNX / TensorRT")
+            if gpu:  # the plan is built with the TensorRT the ServingRuntime's Triton was built with (docker/images.env)
+                exp.set_container_image(GPU_IMAGE).set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
             dep = _tracked(deploy_model(version=champion, target=deploy_target, home=home, namespace=namespace),
                            "Deploy champion")
             dep.after(exp)

@@ -389,3 +389,12 @@ def test_pipeline_spec_parse_rejects_an_unknown_field():
     with pytest.raises(json_format.ParseError):
         json_format.ParseDict(bad_exec, pipeline_spec_pb2.PipelineDeploymentConfig.ExecutorSpec(),
                               ignore_unknown_fields=False)
+
+
+def test_gpu_training_exports_in_the_gpu_image_cpu_training_in_the_cpu_image():
+    from components._image import GPU_IMAGE, IMAGE
+
+    for name, image, gpu in (("training.yaml", GPU_IMAGE, True), ("training_cpu.yaml", IMAGE, False)):
+        container = _docs(ROOT / "pipelines" / "compiled" / name)[0]["deploymentSpec"]["executors"]["exec-export-model"]["container"]
+        assert container["image"] == image, name
+        assert (container.get("resources", {}).get("accelerator", {}).get("resourceType") == "nvidia.com/gpu") == gpu, name
