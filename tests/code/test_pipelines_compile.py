@@ -69,10 +69,11 @@ def test_images_are_the_pinned_hfcast_images_and_nothing_is_pip_installed(specs)
 def test_gpu_only_on_training_steps_of_the_gpu_pipeline(specs):
     gpu = {n: ex["container"] for n, ex in _executors(specs["training.yaml"]).items()
            if ex["container"].get("resources", {}).get("accelerator")}
-    assert list(gpu) == ["exec-train-model"]
-    res = gpu["exec-train-model"]["resources"]["accelerator"]
-    assert res["resourceType"] == "nvidia.com/gpu" and int(res["resourceCount"]) == 1
-    assert gpu["exec-train-model"]["image"] == GPU_IMAGE
+    assert sorted(gpu) == ["exec-export-model", "exec-train-model"]  # export: TensorRT runs on the GPU image
+    for step in gpu.values():
+        res = step["resources"]["accelerator"]
+        assert res["resourceType"] == "nvidia.com/gpu" and int(res["resourceCount"]) == 1
+        assert step["image"] == GPU_IMAGE
     for name in ("training_cpu.yaml", "batch_inference.yaml", "monitoring.yaml"):
         for ex in _executors(specs[name]).values():
             assert "accelerator" not in ex["container"].get("resources", {}), name
