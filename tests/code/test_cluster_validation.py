@@ -398,3 +398,11 @@ def test_gpu_training_exports_in_the_gpu_image_cpu_training_in_the_cpu_image():
         container = _docs(ROOT / "pipelines" / "compiled" / name)[0]["deploymentSpec"]["executors"]["exec-export-model"]["container"]
         assert container["image"] == image, name
         assert (container.get("resources", {}).get("accelerator", {}).get("resourceType") == "nvidia.com/gpu") == gpu, name
+
+
+def test_recurring_run_job_passes_only_parameters_the_monitoring_pipeline_has():
+    job = next(d for f, d in OBJECTS if d["kind"] == "Job" and d["metadata"]["name"] == "hfcast-monitoring-schedule")
+    cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    params = {cmd[i + 1].split("=", 1)[0] for i, a in enumerate(cmd) if a in ("--param", "-p")}
+    inputs = _docs(ROOT / "pipelines" / "compiled" / "monitoring.yaml")[0]["root"]["inputDefinitions"]["parameters"]
+    assert params and params <= set(inputs), params - set(inputs)

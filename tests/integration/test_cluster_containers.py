@@ -457,4 +457,6 @@ def test_recurring_run_job_submits_the_monitoring_pipeline(platform):
     assert rr["trigger"]["cron_schedule"]["cron"] == cmd[cmd.index("--recurring-cron") + 1]
     assert rr["service_account"] == spec["serviceAccountName"] == "hfcast-pipeline"
     assert rr["pipeline_spec"]["pipelineInfo"]["name"] == "hfcast-monitoring"
-    assert rr["runtime_config"]["parameters"]["deploy_target"] == "kserve-cpu"
+    inputs = _docs(ROOT / "pipelines" / "compiled" / "monitoring.yaml")[0]["root"]["inputDefinitions"]["parameters"]
+    assert set(rr["runtime_config"]["parameters"]) <= set(inputs)  # undeclared parameters are refused or ignored by KFP
+    assert rr["runtime_config"]["parameters"]["kfp_host"] == cluster.kfp_stub.url
