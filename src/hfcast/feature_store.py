@@ -26,6 +26,7 @@ import json
 import logging
 import shutil
 import string
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,15 @@ from hfcast.storage import Lake
 log = logging.getLogger(__name__)
 
 LOOKBACK = 30
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "feature_repo"
+
+def _template_dir() -> Path:
+    """``feature_repo/`` of the source tree, or the copy an installed hfcast ships (pyproject data-files)."""
+    candidates = [Path(__file__).resolve().parents[2] / "feature_repo",
+                  Path(sys.prefix) / "share" / "hfcast" / "feature_repo"]
+    return next((c for c in candidates if (c / "feature_store.yaml").exists()), candidates[0])
+
+
+TEMPLATE_DIR = _template_dir()
 FEATURES_VIEW = "minute_features"
 WINDOW_VIEW = "symbol_window"
 TS_DTYPE = "datetime64[us, UTC]"

@@ -6,7 +6,8 @@ the dev overlay's patch) and test Secrets. Only what a cluster provides is mappe
 this tree (the venv's ``mlflow``/``python``/``hfcast`` on PATH, PYTHONPATH = the tree), Service DNS
 names become 127.0.0.1 ports, mounted volumes become temp folders, and the ports KServe passes
 (``--http_port``) and injects (``--predictor_host``) are added. The services behind them are real:
-PostgreSQL, SeaweedFS (S3) and Redis on 127.0.0.1.
+PostgreSQL, SeaweedFS (S3) and Redis on 127.0.0.1. "This tree" is installed as the images install it
+(``pip install .``, not editable), so what only the source tree has (the Feast template) is caught.
 
 - the MLflow Deployment (dev overlay) serves a Postgres backend store and S3 artifacts; a training
   run is logged and registered through it (the registry's own logging path, a tiny real bundle);
@@ -112,21 +113,7 @@ class Cluster:
             ("--port 5000", f"--port {mlflow_port}"),
         ]
         self.procs: list[tuple[subprocess.Popen, Path]] = []
-        self.bin = self._console_scripts(tmp / "image-bin")
-
-    @staticmethod
-    def _console_scripts(folder: Path) -> Path:
-        """This tree's [project.scripts] as executables (what `pip install .` puts in the image)."""
-        import tomllib
-
-        folder.mkdir(parents=True, exist_ok=True)
-        scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-        for name, target in scripts.items():
-            module, func = target.split(":")
-            path = folder / name
-            path.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func}\nsys.exit({func}())\n")
-            path.chmod(0o755)
-        return folder
+        self.image = _install_tree(tmp / "image")
 
     def _map(self, text: str, volumes: dict[str, Path]) -> str:
         for a, b in self.replace + [(k, str(v)) for k, v in volumes.items()]:
@@ -140,8 +127,9 @@ class Cluster:
             path.mkdir(parents=True, exist_ok=True)
         cmd = [self._map(c, volumes) for c in container["command"] + container.get("args", [])] + list(extra_args)
         env = {k: self._map(v, volumes) for k, v in _env(container, self.secrets).items()}
-        venv_bin = str(Path(sys.executable).parent)
-        env.update(PATH=f"{self.bin}:{venv_bin}:{os.environ['PATH']}", PYTHONPATH=f"{ROOT / 'src'}:{ROOT}", HOME=str(self.tmp),
+        venv_bin = str(Path(sys.executable).parent)  # mlflow's console script
+        env.pop("PYTHONPATH", None)
+        env.update(PATH=f"{self.image / 'bin'}:{venv_bin}:{os.environ['PATH']}", HOME=str(self.tmp),
                    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"))
         log = self.tmp / f"{name}.log"
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
@@ -159,6 +147,22 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         self.kfp_stub.stop()
+
+
+def _install_tree(dest: Path) -> Path:
+    """What the Dockerfiles' `pip install .` makes of this tree: a non-editable install (package data,
+    data files, console scripts) in a venv of its own; the dependencies are this venv's."""
+    import sysconfig
+
+    wheels = dest.parent / "wheels"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(dest)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                    str(ROOT)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--prefix", str(dest),
+                    *map(str, wheels.glob("hfcast-*.whl"))], check=True, capture_output=True)
+    site = next(dest.glob("lib/python*/site-packages"))
+    (site / "zz_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return dest
 
 
 def _tail(log: Path) -> str:
