@@ -48,3 +48,14 @@ def test_rendered_store_config_keeps_the_template_and_swaps_the_online_store(tmp
     assert doc["registry"]["path"] == f"{s.feast_repo}/data/registry.db"
     assert doc["offline_store"] == {"type": "duckdb"} and doc["project"] == "hfcast"
     assert doc["online_store"]["type"] == "redis"
+
+
+def test_an_installed_hfcast_ships_the_feast_template():
+    """Images `pip install .`: the template must travel as data files (the source tree is not there)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    data_files = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    shipped = set(data_files["share/hfcast/feature_repo"])
+    assert {"feature_repo/feature_store.yaml", "feature_repo/features.py"} <= shipped
+    assert all((root / f).exists() for f in shipped)

@@ -155,12 +155,18 @@ def _install_tree(dest: Path) -> Path:
     import sysconfig
 
     wheels = dest.parent / "wheels"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # pip must not see the source tree as installed
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(dest)], check=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(ROOT)], check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--prefix", str(dest),
-                    *map(str, wheels.glob("hfcast-*.whl"))], check=True, capture_output=True)
+                    str(ROOT)], check=True, capture_output=True, env=env)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--ignore-installed",
+                    "--prefix", str(dest), *map(str, wheels.glob("hfcast-*.whl"))], check=True, capture_output=True, env=env)
+    for script in (dest / "bin").iterdir():  # pip wrote this venv's interpreter into the console scripts
+        text = script.read_text(errors="replace") if script.is_file() and not script.is_symlink() else ""
+        if text.startswith(f"#!{sys.executable}"):
+            script.write_text(text.replace(sys.executable, str(dest / "bin" / "python"), 1))
     site = next(dest.glob("lib/python*/site-packages"))
+    assert (site / "hfcast" / "feature_store.py").exists() and (dest / "bin" / "hfcast").exists(), "install failed"
     (site / "zz_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return dest
 
