@@ -18,20 +18,37 @@ from pipelines.names import get
 
 log = logging.getLogger(__name__)
 
+POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def default_namespace(namespace: str | None = None, pod_file: Path = POD_NAMESPACE_FILE) -> str:
+    """``namespace``, else the namespace of the pod this runs in, else ``kubeflow`` (kfp's default).
+
+    Why the pod's: on a multi-user Kubeflow a step or the schedule Job runs in the profile namespace
+    (``hfcast``) and its ServiceAccount may create runs there only; ``kubeflow`` would be refused.
+    """
+    if namespace:
+        return namespace
+    if pod_file.is_file():
+        return pod_file.read_text().strip() or "kubeflow"
+    return "kubeflow"
+
 
 def client(host: str | None = None, namespace: str | None = None) -> Any:
     """A ``kfp.Client``; ``host`` None inside the cluster (the in-cluster KFP API service).
 
     Authentication: the projected ServiceAccount token (``KF_PIPELINES_SA_TOKEN_PATH``, or kfp's
     default path when it exists; ``manifests/base/rbac.yaml`` grants the pipeline runner the KFP
-    API), else kfp's other sources (cookies, or a port-forward to ml-pipeline-ui).
+    API), else kfp's other sources (cookies, or a port-forward to ml-pipeline-ui). Namespace:
+    :func:`default_namespace`. The one place that builds a client (``hfcast pipeline submit`` and
+    :class:`pipelines.starters.KubeflowStarter` both come here).
     """
     import kfp
     from kfp.client import KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH, ServiceAccountTokenVolumeCredentials
 
     token = os.environ.get(KF_PIPELINES_SA_TOKEN_ENV) or KF_PIPELINES_SA_TOKEN_PATH
     credentials = ServiceAccountTokenVolumeCredentials(path=token) if Path(token).is_file() else None
-    return kfp.Client(host=host or None, namespace=namespace or "kubeflow", credentials=credentials)
+    return kfp.Client(host=host or None, namespace=default_namespace(namespace), credentials=credentials)
 
 
 def submit(name: str, host: str | None = None, params: dict[str, Any] | None = None,
@@ -44,6 +61,7 @@ def submit(name: str, host: str | None = None, params: dict[str, Any] | None = N
         ``{"kind": "run"|"recurring_run", "id": ..., "experiment_id": ...}``.
     """
     spec = get(name)
+    namespace = default_namespace(namespace)
     c = client(host, namespace)
     exp = c.create_experiment(experiment, namespace=namespace)  # returns the existing one when present
     with tempfile.TemporaryDirectory(prefix="hfcast-kfp-") as tmp:

@@ -87,8 +87,10 @@ def build(gpu: bool):
                     "Gate and register", SMALL)
         champion = gate.outputs["Output"]  # the promoted version, '' when the gate rejected
         with dsl.If(champion != "", name="promoted"):
+            # on the GPU image the plan is built with the TensorRT the ServingRuntime's Triton was built with
+            # (docker/images.env)
             exp = step(export_model(version=champion, settings=settings, publish_url=publish_url),
-                       "Export ONNX / TensorRT", SMALL)
+                       "Export ONNX / TensorRT", SMALL, gpu=gpu)
             dep = step(deploy_model(version=champion, settings=settings, target=deploy_target, namespace=namespace),
                        "Deploy champion", TINY)
             dep.after(exp)

@@ -15,21 +15,40 @@ from pathlib import Path
 import kserve.models
 import kubernetes.client
 import yaml
-from kserve import (V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1ModelFormat, V1beta1ModelSpec,
+from kserve import (V1alpha1ServingRuntime, V1alpha1ServingRuntimeSpec, V1alpha1SupportedModelFormat,
+                    V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1ModelFormat, V1beta1ModelSpec,
                     V1beta1PredictorSpec, V1beta1TransformerSpec)
 from kserve.api_client import ApiClient
-from kubernetes.client import V1Container, V1EnvVar, V1ObjectMeta, V1ResourceRequirements
+from kubernetes.client import (V1ConfigMapEnvSource, V1Container, V1EmptyDirVolumeSource, V1EnvFromSource, V1EnvVar,
+                               V1ObjectMeta, V1ResourceRequirements, V1SecretEnvSource, V1Toleration, V1Volume,
+                               V1VolumeMount)
 
 API_VERSION = "serving.kserve.io/v1beta1"
 NAMESPACE = "hfcast"
 IMAGE = "ghcr.io/hfcast/hfcast-predictor:0.1.0"  # built from serving/Dockerfile; a tag, never :latest
 TRITON_URI = "s3://hfcast-models/hfcast/champion/triton"  # `hfcast export` output, triton/ folder
 MODEL_REF = "hfcast@champion"
-SERVERLESS = {"serving.kserve.io/deploymentMode": "Serverless"}  # Knative: needed for canary traffic
+SERVERLESS = {"serving.kserve.io/deploymentMode": "Knative"}  # needed for canary traffic ("Serverless" is deprecated)
 OUT_DIR = Path(__file__).resolve().parents[1] / "manifests" / "serving"
-ENV = [V1EnvVar(name="MLFLOW_TRACKING_URI", value="http://mlflow.hfcast.svc.cluster.local:5000"),
-       V1EnvVar(name="HFCAST_FEAST_REPO", value="/opt/hfcast/feature_repo"),
-       V1EnvVar(name="HFCAST_S3_ENDPOINT", value="http://minio.hfcast.svc.cluster.local:9000")]
+IMAGES_ENV = Path(__file__).resolve().parents[1] / "docker" / "images.env"
+RUNTIME_FILE = "servingruntime-triton.yaml"
+RUNTIME = "hfcast-triton"  # the project's ServingRuntime: the Triton release built with the export's TensorRT
+MODELS_SA = "hfcast-models"  # S3 credentials + endpoint annotations for the storage initializer (rbac.yaml)
+# Settings as every hfcast pod gets them (manifests/base/config.yaml + the hfcast-s3 Secret); the Feast
+# repository is rendered at start-up into a writable emptyDir (the image's folders are read-only).
+STATE_DIR = "/var/lib/hfcast"
+ENV = [V1EnvVar(name="HFCAST_HOME", value=STATE_DIR),
+       V1EnvVar(name="HFCAST_FEAST_REPO", value=f"{STATE_DIR}/feature_repo")]
+ENV_FROM = [V1EnvFromSource(config_map_ref=V1ConfigMapEnvSource(name="hfcast-config")),
+            V1EnvFromSource(secret_ref=V1SecretEnvSource(name="hfcast-s3"))]
+STATE_MOUNT = [V1VolumeMount(name="hfcast-state", mount_path=STATE_DIR)]
+STATE_VOLUME = [V1Volume(name="hfcast-state", empty_dir=V1EmptyDirVolumeSource(size_limit="1Gi"))]
+GPU_TOLERATION = [V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+
+
+def images_env(path: Path = IMAGES_ENV) -> dict[str, str]:
+    """docker/images.env: the one place that pins base images, Triton and TensorRT."""
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
 
 
 def _resources(cpu: str, memory: str, gpu: int = 0) -> V1ResourceRequirements:
@@ -46,21 +65,23 @@ def _isvc(name: str, spec: V1beta1InferenceServiceSpec) -> V1beta1InferenceServi
 def gpu_isvc(triton_uri: str = TRITON_URI, image: str = IMAGE) -> V1beta1InferenceService:
     """Triton serving the TensorRT plan on one GPU, behind the Feast feature transformer."""
     predictor = V1beta1PredictorSpec(min_replicas=1, model=V1beta1ModelSpec(
-        name="kserve-container", model_format=V1beta1ModelFormat(name="tensorrt"), runtime="kserve-tritonserver", protocol_version="v2",
-        storage_uri=triton_uri, resources=_resources("4", "8Gi", gpu=1)))
-    transformer = V1beta1TransformerSpec(min_replicas=1, containers=[V1Container(
+        name="kserve-container", model_format=V1beta1ModelFormat(name="tensorrt"), runtime=RUNTIME, protocol_version="v2",
+        storage_uri=triton_uri, resources=_resources("4", "8Gi", gpu=1)),
+        service_account_name=MODELS_SA, tolerations=GPU_TOLERATION)
+    transformer = V1beta1TransformerSpec(min_replicas=1, volumes=STATE_VOLUME, containers=[V1Container(
         name="kserve-container", image=image, command=["python", "-m", "serving.feature_transformer"],
         args=["--model_name", "hfcast", "--predictor_protocol", "v2", "--model_ref", MODEL_REF],
-        env=ENV, resources=_resources("2", "2Gi"))])
+        env=ENV, env_from=ENV_FROM, volume_mounts=STATE_MOUNT, resources=_resources("2", "2Gi"))])
     return _isvc("hfcast-gpu", V1beta1InferenceServiceSpec(predictor=predictor, transformer=transformer))
 
 
 def _cpu_predictor(ref: str, image: str, canary_percent: int | None = None) -> V1beta1PredictorSpec:
     return V1beta1PredictorSpec(min_replicas=1, max_replicas=4, canary_traffic_percent=canary_percent,
-                                containers=[V1Container(
+                                volumes=STATE_VOLUME, containers=[V1Container(
                                     name="kserve-container", image=image, command=["python", "-m", "serving"],
                                     args=["--model_name", "hfcast", "--model_ref", ref, "--runner", "onnxruntime"],
-                                    env=ENV, resources=_resources("2", "2Gi"))])
+                                    env=ENV, env_from=ENV_FROM, volume_mounts=STATE_MOUNT,
+                                    resources=_resources("2", "2Gi"))])
 
 
 def cpu_isvc(ref: str = MODEL_REF, image: str = IMAGE) -> V1beta1InferenceService:
@@ -74,6 +95,25 @@ def canary_isvc(ref: str = "hfcast@challenger", percent: int = 10, image: str = 
     if not 0 < percent < 100:
         raise ValueError(f"canary percent must be in 1..99, got {percent}")
     return _isvc("hfcast-cpu", V1beta1InferenceServiceSpec(predictor=_cpu_predictor(ref, image, percent)))
+
+
+def triton_runtime(images: dict[str, str] | None = None) -> V1alpha1ServingRuntime:
+    """Triton at the release docker/images.env names, built with the TensorRT the GPU image exports with
+    (KServe's default kserve-tritonserver runtime pins an older Triton, built for TensorRT 8)."""
+    env = images or images_env()
+    container = V1Container(
+        name="kserve-container", image=env["TRITON_IMAGE"],
+        args=["tritonserver", "--model-store=/mnt/models", "--grpc-port=9000", "--http-port=8080",
+              "--allow-grpc=true", "--allow-http=true"],
+        resources=_resources("1", "2Gi"))
+    spec = V1alpha1ServingRuntimeSpec(
+        supported_model_formats=[V1alpha1SupportedModelFormat(name="tensorrt", version=env["TENSORRT_VERSION"].split(".")[0],
+                                                              auto_select=True, priority=1),
+                                 V1alpha1SupportedModelFormat(name="onnx", version="1", auto_select=False)],
+        protocol_versions=["v2", "grpc-v2"], containers=[container],
+        annotations={"hfcast.io/tensorrt-version": env["TENSORRT_VERSION"]})
+    return V1alpha1ServingRuntime(api_version="serving.kserve.io/v1alpha1", kind="ServingRuntime",
+                                  metadata=V1ObjectMeta(name=RUNTIME, namespace=NAMESPACE), spec=spec)
 
 
 def to_dict(isvc: V1beta1InferenceService) -> dict:
@@ -114,7 +154,7 @@ def build_all() -> dict[str, V1beta1InferenceService]:
 def write_all(out_dir: Path = OUT_DIR) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, isvc in build_all().items():
+    for name, isvc in {**build_all(), RUNTIME_FILE: triton_runtime()}.items():
         path = out_dir / name
         header = "# Generated by `python -m serving.manifests` (serving/manifests.py); do not edit by hand.\n"
         path.write_text(header + yaml.safe_dump(to_dict(isvc), sort_keys=False))

@@ -11,6 +11,8 @@ HFCAST_HOME                 state folder for embedded defaults (default ``./.hfc
 HFCAST_LAKE                 lake URL: ``file:///abs/path`` or ``s3://bucket/prefix``
 MLFLOW_TRACKING_URI         MLflow tracking URI (default sqlite file under HFCAST_HOME)
 HFCAST_FEAST_REPO           Feast repository folder (default ``<HFCAST_HOME>/feature_repo``)
+HFCAST_FEAST_ONLINE         Feast online store: unset = SQLite in the repository folder;
+                            ``redis://[:password@]host:port[/db]`` = Redis (the cluster's)
 HFCAST_S3_ENDPOINT          S3 endpoint URL (e.g. ``http://127.0.0.1:8333``); unset = AWS
 AWS_ACCESS_KEY_ID           S3 credentials (never logged)
 AWS_SECRET_ACCESS_KEY
@@ -61,6 +63,7 @@ class Settings:
     s3_secret: Secret = field(default_factory=lambda: Secret(""))
     model_name: str = "hfcast"
     params: Mapping[str, Any] = field(default_factory=dict)
+    feast_online: str = ""  # HFCAST_FEAST_ONLINE: "" = SQLite, redis://host:port = Redis
 
     @property
     def storage_options(self) -> dict[str, Any]:
@@ -143,6 +146,7 @@ def get_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None) 
         s3_secret=Secret(env.get("AWS_SECRET_ACCESS_KEY", "")),
         model_name=env.get("HFCAST_MODEL_NAME", "hfcast"),
         params=load_params(params_path),
+        feast_online=env.get("HFCAST_FEAST_ONLINE", ""),
     )
 
 

@@ -9,6 +9,13 @@ lake's ``features/_feature_set.json``, so the views never drift from the feature
 Two views: ``minute_features`` (one row per symbol-minute, read straight from the lake's date
 partitions through a glob; point-in-time joins for training) and ``symbol_window`` (each
 symbol's latest 30-minute window as one flattened array feature, for online serving).
+
+The online store is SQLite in the rendered folder unless ``settings.feast_online``
+(``HFCAST_FEAST_ONLINE``) names a Redis server (``redis://[:password@]host:port[/db]``), as on a
+cluster, where materialization jobs and every predictor replica share it. The registry stays a
+file in the rendered folder: its content is the definitions in ``features.py``, which every
+process registers for itself (:func:`ensure_registered`), so a fresh pod needs only the lake's
+feature set and the online store, never a copy of another pod's folder.
 """
 
 from __future__ import annotations
@@ -19,12 +26,15 @@ import json
 import logging
 import shutil
 import string
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from hfcast import storage
 from hfcast.config import Settings
@@ -33,7 +43,15 @@ from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "feature_repo"
+
+def _template_dir() -> Path:
+    """``feature_repo/`` of the source tree, or the copy an installed hfcast ships (pyproject data-files)."""
+    candidates = [Path(__file__).resolve().parents[2] / "feature_repo",
+                  Path(sys.prefix) / "share" / "hfcast" / "feature_repo"]
+    return next((c for c in candidates if (c / "feature_store.yaml").exists()), candidates[0])
+
+
+TEMPLATE_DIR = _template_dir()
 FEATURES_VIEW = "minute_features"
 WINDOW_VIEW = "symbol_window"
 TS_DTYPE = "datetime64[us, UTC]"
@@ -73,8 +91,7 @@ def init_repo(settings: Settings) -> Path:
     """
     p = _paths(settings)
     p["data"].mkdir(parents=True, exist_ok=True)
-    template = string.Template((TEMPLATE_DIR / "feature_store.yaml").read_text())
-    storage.write_text(str(p["repo"] / "feature_store.yaml"), template.substitute(REPO=str(p["repo"])))
+    storage.write_text(str(p["repo"] / "feature_store.yaml"), yaml.safe_dump(_store_config(settings), sort_keys=False))
     shutil.copyfile(TEMPLATE_DIR / "features.py", p["repo"] / "features.py")
     config = {"features_path": _offline_path(settings), "windows_path": str(p["windows"]),
               "feature_names": feature_set(settings), "lookback": LOOKBACK}
@@ -99,9 +116,70 @@ def store(settings: Settings):
     from feast import FeatureStore
 
     repo = Path(settings.feast_repo)
-    if not (repo / "feature_store.yaml").exists():
+    if not _rendered_for(settings):
         init_repo(settings)
     return FeatureStore(repo_path=str(repo))
+
+
+def online_store_config(settings: Settings) -> dict[str, Any]:
+    """The ``online_store`` block of ``feature_store.yaml`` for ``settings.feast_online``.
+
+    ``""`` or ``sqlite``: a SQLite file in the rendered folder (one process, tests, the demo).
+    ``redis://[:password@]host:port[/db]`` (``rediss://`` for TLS): Feast's Redis store, shared by
+    every pod. Write a password as ``${VAR}`` (``redis://:${REDIS_PASSWORD}@redis:6379``): Feast
+    expands environment variables when it reads the file, so the secret never lands on disk.
+    """
+    url = (getattr(settings, "feast_online", "") or "").strip()
+    if url in ("", "sqlite"):
+        return {"type": "sqlite", "path": str(_paths(settings)["data"] / "online_store.db")}
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError(f"HFCAST_FEAST_ONLINE={url.split('@')[-1]!r}: expected '' (SQLite) or "
+                         "redis://[:password@]host:port[/db]")
+    conn = [f"{parts.hostname}:{parts.port or 6379}"]
+    if parts.path.strip("/"):
+        conn.append(f"db={int(parts.path.strip('/'))}")
+    if parts.password:
+        conn.append(f"password={unquote(parts.password)}")
+    if parts.scheme == "rediss":
+        conn.append("ssl=true")
+    return {"type": "redis", "redis_type": "redis", "connection_string": ",".join(conn)}
+
+
+def _store_config(settings: Settings) -> dict[str, Any]:
+    """The template with ``${REPO}`` filled in and the online store of the settings."""
+    template = string.Template((TEMPLATE_DIR / "feature_store.yaml").read_text())
+    doc = yaml.safe_load(template.substitute(REPO=str(Path(settings.feast_repo))))
+    doc["online_store"] = online_store_config(settings)
+    return doc
+
+
+def _rendered_for(settings: Settings) -> bool:
+    """Whether the folder is rendered (config + definitions) with the online store now configured."""
+    p = _paths(settings)
+    if not (p["config"].exists() and (p["repo"] / "feature_store.yaml").exists()):
+        return False
+    current = yaml.safe_load((p["repo"] / "feature_store.yaml").read_text()) or {}
+    return current.get("online_store") == online_store_config(settings)
+
+
+def ensure_registered(settings: Settings):
+    """A store whose registry knows the views, rendering and registering them if it does not.
+
+    What a server calls at start-up: a fresh pod has an empty (or no) folder at
+    ``settings.feast_repo``; this renders it from the lake's feature set and registers the
+    definitions without touching the offline data. The windows it reads are the online store's.
+    """
+    from feast.errors import FeastObjectNotFoundException
+
+    fs = store(settings)
+    try:
+        fs.get_feature_view(WINDOW_VIEW)
+        return fs
+    except FeastObjectNotFoundException:
+        log.info("registering the feast definitions in %s (fresh repository)", settings.feast_repo)
+    fs.apply(_load_definitions(Path(settings.feast_repo)))
+    return fs
 
 
 def apply(settings: Settings):
@@ -230,7 +308,7 @@ class OnlineWindows:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.store = store(settings)
+        self.store = ensure_registered(settings)
         cfg = json.loads(_paths(settings)["config"].read_text())
         self.feature_names: list[str] = list(cfg["feature_names"])
         self._refs = [f"{WINDOW_VIEW}:window", f"{WINDOW_VIEW}:n_features"]

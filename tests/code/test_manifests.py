@@ -34,7 +34,7 @@ def test_unknown_field_is_refused():
 def test_gpu_service_serves_the_tensorrt_plan_behind_the_transformer():
     isvc = m.gpu_isvc()
     model = isvc.spec.predictor.model
-    assert model.runtime == "kserve-tritonserver" and model.model_format.name == "tensorrt"
+    assert model.runtime == m.RUNTIME and model.model_format.name == "tensorrt"
     assert model.protocol_version == "v2" and model.storage_uri == m.TRITON_URI
     assert model.storage_uri.endswith("/triton")  # the Triton repository root that `hfcast export` writes
     assert model.resources.limits["nvidia.com/gpu"] == "1"
@@ -54,7 +54,7 @@ def test_cpu_service_runs_the_predictor_image_on_the_champion():
 
 def test_canary_is_serverless_and_splits_traffic():
     isvc = m.canary_isvc(percent=10)
-    assert isvc.metadata.annotations["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert isvc.metadata.annotations["serving.kserve.io/deploymentMode"] == "Knative"
     assert isvc.metadata.name == m.cpu_isvc().metadata.name  # a canary updates the same service
     assert isvc.spec.predictor.canary_traffic_percent == 10
     c = isvc.spec.predictor.containers[0]

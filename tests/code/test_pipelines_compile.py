@@ -77,10 +77,11 @@ def test_images_are_the_pinned_hfcast_images_and_nothing_is_pip_installed(specs)
 def test_gpu_only_on_training_steps_of_the_gpu_pipeline(specs):
     gpu = {n: ex["container"] for n, ex in _executors(specs["training_gpu.yaml"]).items()
            if ex["container"].get("resources", {}).get("accelerator")}
-    assert list(gpu) == ["exec-train-model"]
-    res = gpu["exec-train-model"]["resources"]["accelerator"]
-    assert res["resourceType"] == "nvidia.com/gpu" and int(res["resourceCount"]) == 1
-    assert gpu["exec-train-model"]["image"] == GPU_IMAGE
+    assert sorted(gpu) == ["exec-export-model", "exec-train-model"]  # export: TensorRT runs on the GPU image
+    for step in gpu.values():
+        res = step["resources"]["accelerator"]
+        assert res["resourceType"] == "nvidia.com/gpu" and int(res["resourceCount"]) == 1
+        assert step["image"] == GPU_IMAGE
     for name in ("training_cpu.yaml", "batch_inference.yaml", "monitoring.yaml"):
         for ex in _executors(specs[name]).values():
             assert "accelerator" not in ex["container"].get("resources", {}), name
@@ -309,3 +310,13 @@ def test_cli_pipeline_commands_check_their_input():
     assert r.exit_code == 1 and "bogus" in r.output
     r = CliRunner().invoke(app, ["pipeline", "run", "batch", "--param", "nokey"])
     assert r.exit_code == 1 and "KEY=VALUE" in r.output
+
+
+def test_kfp_namespace_is_the_given_one_else_the_pods_else_kubeflow(tmp_path):
+    from pipelines.submit import default_namespace
+
+    pod_file = tmp_path / "namespace"
+    assert default_namespace(None, pod_file) == "kubeflow"  # outside a pod: kfp's default
+    pod_file.write_text("hfcast\n")
+    assert default_namespace(None, pod_file) == "hfcast"  # a step or the schedule Job: its profile namespace
+    assert default_namespace("team-a", pod_file) == "team-a"

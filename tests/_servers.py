@@ -1,0 +1,167 @@
+"""Real Redis and PostgreSQL servers on 127.0.0.1 for the cluster tests (test-only helpers).
+
+The cluster runs both as services (manifests/base/redis.yaml, postgres.yaml); here they are the
+Debian binaries (``redis-server``, ``postgresql``) started on free ports in temp folders and
+stopped by the context manager. A missing binary fails with the package to install, never a skip:
+CI installs both (.ci/run).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hfcast.testing.servers import free_port
+
+HOST = "127.0.0.1"
+
+
+def _binary(name: str, package: str, extra_dirs: tuple[str, ...] = ()) -> str:
+    found = shutil.which(name) or next((str(Path(d) / name) for d in extra_dirs if (Path(d) / name).exists()), None)
+    if not found:
+        raise RuntimeError(f"`{name}` not found: install the Debian package `{package}` "
+                           f"(apt-get install -y {package}; .ci/run does this in CI)")
+    return found
+
+
+def _stop_group(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
+    """Stop a server started in its own session (SIGTERM to its process group, then SIGKILL)."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout)
+
+
+@dataclass
+class RedisServer:
+    """``redis-server`` on 127.0.0.1, no persistence (the Feast online store is rebuilt by materialize)."""
+
+    port: int = 0
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """What ``HFCAST_FEAST_ONLINE`` takes."""
+        return f"redis://{HOST}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "RedisServer":
+        import redis
+
+        binary = _binary("redis-server", "redis-server")
+        self.port = self.port or free_port()
+        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", HOST, "--save", "",
+                                      "--appendonly", "no", "--protected-mode", "yes"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        client = redis.Redis(host=HOST, port=self.port)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if client.ping():
+                    return self
+            except redis.ConnectionError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                out = self.proc.stdout.read().decode(errors="replace") if self.proc.poll() is not None else ""
+                self.stop()
+                raise RuntimeError(f"redis-server did not answer on {self.url}: {out[-1500:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        _stop_group(self.proc)
+        self.proc = None
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@dataclass
+class PostgresServer:
+    """PostgreSQL (Debian's ``postgresql``) on 127.0.0.1 with password auth and a database.
+
+    PostgreSQL refuses to run as root: as root, the cluster is initialised and run as ``nobody``
+    (``runuser``) in a folder of its own under /tmp (pytest's tmp_path is root-only).
+    """
+
+    database: str = "mlflow"
+    user: str = "mlflow"
+    password: str = field(default_factory=lambda: secrets.token_hex(12))
+    port: int = 0
+    root: Path | None = None
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}:{self.password}@{HOST}:{self.port}/{self.database}"
+
+    def _as_owner(self, cmd: list[str]) -> list[str]:
+        return ["runuser", "-u", "nobody", "--", *cmd] if os.geteuid() == 0 else cmd
+
+    def start(self, timeout: float = 60.0) -> "PostgresServer":
+        bindirs = sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin"))[::-1]
+        initdb = _binary("initdb", "postgresql", tuple(bindirs))
+        postgres = _binary("postgres", "postgresql", tuple(bindirs))
+        self.root = Path(tempfile.mkdtemp(prefix="hfcast-pg-"))
+        data, pwfile = self.root / "data", self.root / "pw"
+        pwfile.write_text(self.password)
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "nobody")
+            shutil.chown(pwfile, "nobody")
+        init = subprocess.run(self._as_owner([initdb, "-D", str(data), "-U", self.user, f"--pwfile={pwfile}",
+                                              "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"]),
+                              capture_output=True, text=True)
+        if init.returncode:
+            raise RuntimeError(f"initdb failed: {init.stderr[-1500:]}")
+        self.port = self.port or free_port()
+        log = open(self.root / "postgres.log", "wb")
+        self.proc = subprocess.Popen(self._as_owner([postgres, "-D", str(data), "-p", str(self.port), "-h", HOST,
+                                                     "-k", str(self.root), "-c", "fsync=off"]),
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_and_create_db(timeout)
+        return self
+
+    def _wait_and_create_db(self, timeout: float) -> None:
+        import psycopg2
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                conn = psycopg2.connect(host=HOST, port=self.port, user=self.user, password=self.password,
+                                        dbname="postgres", connect_timeout=2)
+                break
+            except psycopg2.OperationalError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    tail = (self.root / "postgres.log").read_text(errors="replace")[-1500:]
+                    self.stop()
+                    raise RuntimeError(f"postgres did not start on port {self.port}: {tail}") from None
+                time.sleep(0.2)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{self.database}"')
+        conn.close()
+
+    def stop(self) -> None:
+        _stop_group(self.proc)
+        self.proc = None
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+    def __enter__(self) -> "PostgresServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
