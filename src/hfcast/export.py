@@ -36,7 +36,7 @@ OPT_BATCH = 64  # the batch TensorRT tunes its kernels for
 PARITY_TOL_FP32 = 1e-4
 PARITY_TOL_FP16 = 1e-2  # FP16 keeps ~3 decimal digits; normalisation stays FP32
 REL_FLOOR = 1e-2  # below this magnitude relative error is measured against the floor (see rel_err)
-RUNNER_KINDS = ("torch", "torch-compiled", "onnxruntime", "tensorrt")
+RUNNER_KINDS = ("torch", "torch-compiled", "onnxruntime", "onnxruntime-int8", "tensorrt")
 TENSORRT_ABSENT = "TensorRT is not available on this machine (no `tensorrt` module or no CUDA GPU): exported ONNX only."
 
 
@@ -281,6 +281,8 @@ class OnnxRuntimeRunner:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1  # the graph is a chain: parallel branches would only add threads
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # idle worker threads would spin for the next op and starve the server's event loop on a
         # small CPU; blocking costs microseconds per call instead
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -357,6 +359,10 @@ def make_runner(kind: str, forecaster: Any, onnx_path: str | Path | None = None,
         export_onnx(forecaster, onnx_path)
     if kind == "onnxruntime":
         return OnnxRuntimeRunner(onnx_path)
+    if kind == "onnxruntime-int8":
+        from hfcast.quantize import Int8Runner, ensure_int8
+
+        return Int8Runner(ensure_int8(onnx_path))
     if plan_path is None:
         plan_path = Path(onnx_path).with_suffix(".plan")
         build_tensorrt_engine(onnx_path, plan_path, _n_features(forecaster))
@@ -377,10 +383,13 @@ class ExportReport:
     model_version: str | None = None
     logged_to_mlflow: bool = False
     notes: list[str] = field(default_factory=list)
+    quantization: dict[str, Any] | None = None  # hfcast.quantize's report (int8 model + guard)
 
 
-def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH) -> ExportReport:
-    """ONNX (+ parity), TensorRT plan (+ parity) where possible, and a Triton repository."""
+def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH, validation: Any = None,
+               validation_dates: list[str] | None = None) -> ExportReport:
+    """ONNX (+ parity), the int8 model (+ its guard on ``validation``, the version's validation
+    span with labels), TensorRT plan (+ parity) where possible, and a Triton repository."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_features = _n_features(forecaster)
@@ -390,6 +399,9 @@ def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH)
     if onnx_res.fallback_reason:
         notes.append(f"dynamo exporter failed, used dynamo=False: {onnx_res.fallback_reason}")
     model_file: Path = onnx_res.path
+    from hfcast.quantize import quantize_and_guard
+
+    quant = quantize_and_guard(forecaster, onnx_res.path, validation, validation_dates)
     if tensorrt_available():
         trt_info: dict[str, Any] | str = build_tensorrt_engine(onnx_res.path, out / "model.plan", n_features, max_batch)
         trt_runner = TensorRTRunner(out / "model.plan")
@@ -407,7 +419,7 @@ def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH)
     meta = getattr(forecaster, "meta", None) or {}
     report = ExportReport(out_dir=str(out), onnx=onnx_info, tensorrt=trt_info, triton_repo=str(repo.parent),
                           model_name=meta.get("model_name"), model_version=_s(meta.get("model_version")),
-                          notes=notes)
+                          notes=notes, quantization=quant)
     (out / "export.json").write_text(json.dumps(asdict(report), indent=2, default=str))
     return report
 
@@ -435,6 +447,10 @@ def log_export_to_mlflow(report: ExportReport, settings: Any) -> str:
             "export.onnx_max_rel_err": f"{report.onnx['parity']['max_rel_err']:.3e}",
             "export.tensorrt": "built" if isinstance(report.tensorrt, dict) else "absent",
             "export.artifacts": uri}
+    if report.quantization:
+        from hfcast.quantize import mlflow_tags
+
+        tags.update(mlflow_tags(report.quantization))
     with registry.tracking(settings) as t:
         for key, value in tags.items():
             t.client.set_model_version_tag(report.model_name, report.model_version, key, value)

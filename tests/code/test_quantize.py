@@ -1,0 +1,124 @@
+"""The int8 runner: bounded error against fp32 (random and real windows), the guard, the choice."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from hfcast import export, quantize
+from hfcast.features.windows import build_windows, synthetic_feature_frame
+from serving.fixtures import tiny_forecaster
+
+N_FEATURES = 8
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    """The default-size transformer exported and quantized once for the module."""
+    fc = tiny_forecaster("transformer", N_FEATURES, small=False)
+    folder = tmp_path_factory.mktemp("int8")
+    res = export.export_onnx(fc, folder / "model.onnx")
+    int8 = quantize.quantize_onnx(res.path, folder / quantize.INT8_FILE)
+    return fc, res.path, int8
+
+
+def _copy_model(src, folder):
+    """model.onnx and its external weights (the dynamo exporter writes model.onnx.data)."""
+    for f in src.parent.glob(src.name + "*"):
+        if f.name != quantize.INT8_FILE:
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder / src.name
+
+
+def _runners(quantized):
+    fc, fp32_path, int8_path = quantized
+    return fc, export.OnnxRuntimeRunner(fp32_path, threads=1), quantize.Int8Runner(int8_path, threads=1)
+
+
+def test_int8_model_is_quantized(quantized):
+    ops = {n.op_type for n in onnx.load(str(quantized[2])).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"}, ops
+    assert quantize.Int8Runner.kind == "onnxruntime-int8" == quantize.INT8_KIND
+
+
+def test_int8_parity_random_windows(quantized):
+    fc, fp32, int8 = _runners(quantized)
+    x = np.random.default_rng(1).standard_normal((300, 30, N_FEATURES)).astype(np.float32)
+    p = quantize.int8_parity(fp32.run, int8.run, x)
+    assert 0 < p["max_abs_err"] < quantize.INT8_ABS_TOL, p  # lossy, but boundedly so
+    assert p["mean_abs_err"] < quantize.INT8_ABS_TOL / 5, p
+
+
+def test_int8_parity_real_windows(quantized):
+    fc, fp32, int8 = _runners(quantized)
+    df = synthetic_feature_frame(n_symbols=3, n_days=1, n_features=N_FEATURES, seed=5)
+    wa = quantize.forecaster_scaled(fc, build_windows(df, fc.feature_names))
+    x = np.ascontiguousarray(wa.windows(slice(0, 500)))
+    p = quantize.int8_parity(fp32.run, int8.run, x)
+    assert p["max_abs_err"] < quantize.INT8_ABS_TOL, p
+    # and the natural-unit forecasts stay close: the int8 path changes numbers, not meaning
+    a, b = fc.postprocess(int8.run(x)), fc.postprocess(fp32.run(x))
+    assert np.corrcoef(a["ret_60m_pred"], b["ret_60m_pred"])[0, 1] > 0.99
+
+
+def test_guard_passes_identical_and_fails_perturbed(quantized):
+    fc, fp32, _ = _runners(quantized)
+    df = synthetic_feature_frame(n_symbols=3, n_days=1, n_features=N_FEATURES, seed=6)
+    same = quantize.guard(fc, fp32.run, fp32.run, df, max_windows=600)
+    assert same["passed"] and max(same["rel_change"].values()) == 0.0
+    assert same["windows"] == 600 and set(same["rel_change"]) == {"vol_qlike", "ret_ic"}
+
+    def shifted(x):  # a runner whose volatility forecast is 20% off
+        out = fp32.run(x).copy()
+        out[:, 2] += 0.5
+        return out
+
+    bad = quantize.guard(fc, fp32.run, shifted, df, max_windows=600)
+    assert not bad["passed"] and bad["rel_change"]["vol_qlike"] > quantize.GUARD_REL_TOL
+
+
+def test_guard_needs_labels(quantized):
+    fc, fp32, _ = _runners(quantized)
+    df = synthetic_feature_frame(n_symbols=1, n_days=1, n_features=N_FEATURES).drop(columns=["ret_60m", "rv_10m"])
+    with pytest.raises(ValueError, match="no labels"):
+        quantize.guard(fc, fp32.run, fp32.run, df)
+
+
+def test_report_decides_the_auto_choice(quantized, tmp_path):
+    fc, fp32_path, _ = quantized
+    onnx_path = _copy_model(fp32_path, tmp_path)
+    df = synthetic_feature_frame(n_symbols=2, n_days=1, n_features=N_FEATURES, seed=7)
+    report = quantize.quantize_and_guard(fc, onnx_path, df, ["2024-01-02"], threads=1)
+    stored = json.loads((tmp_path / quantize.REPORT_FILE).read_text())
+    assert stored["use_int8"] == report["use_int8"] == report["guard"]["passed"]
+    assert stored["parity_random"]["max_abs_err"] < quantize.INT8_ABS_TOL
+    for verdict, kind, name in ((True, "onnxruntime-int8", quantize.INT8_FILE), (False, "onnxruntime", "model.onnx")):
+        quantize.write_report(tmp_path, {**stored, "use_int8": verdict})
+        assert quantize.cpu_choice(tmp_path, onnx_path) == (kind, str(tmp_path / name))
+    tags = quantize.mlflow_tags(stored)
+    assert set(tags) == {"export.int8", "export.int8_vol_qlike_rel_change", "export.int8_ret_ic_rel_change"}
+
+
+def test_without_a_validation_span_int8_is_not_used(quantized, tmp_path):
+    fc, fp32_path, _ = quantized
+    onnx_path = _copy_model(fp32_path, tmp_path)
+    report = quantize.quantize_and_guard(fc, onnx_path, None, threads=1)
+    assert report["use_int8"] is False and "no validation span" in report["guard"]["reason"]
+    assert quantize.cpu_choice(tmp_path, onnx_path)[0] == "onnxruntime"
+    assert quantize.mlflow_tags(report)["export.int8"].startswith("not used")
+
+
+def test_make_runner_int8(quantized):
+    fc, fp32_path, _ = quantized
+    r = export.make_runner("onnxruntime-int8", fc, onnx_path=fp32_path)
+    assert r.kind == "onnxruntime-int8"
+    assert r.run(np.zeros((3, 30, N_FEATURES), np.float32)).shape == (3, 4)
+
+
+def test_threads_per_worker():
+    n = quantize.cores()
+    assert quantize.threads_per_worker(1) == n
+    assert quantize.threads_per_worker(n + 5) == 1
