@@ -116,9 +116,18 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
 
 
 def to_csv_bytes(frame: pd.DataFrame, model_name: str, model_version: str, mode: str) -> bytes:
-    """The CSV body for one date: fixed column order and float format (byte-stable reruns)."""
+    """The CSV body for one date: fixed column order and float format (byte-stable reruns).
+
+    Written column by column (:mod:`hfcast.csvout`, the same bytes ~4x faster); the pandas code
+    below is the reference and the fallback for values that path does not reproduce.
+    """
+    from hfcast.csvout import prediction_csv
     from hfcast.models.base import PRED_COLUMNS
 
+    body = prediction_csv(frame, PRED_COLUMNS, {"model_name": model_name, "model_version": str(model_version),
+                                                "mode": mode}, CSV_FLOAT_FORMAT)
+    if body is not None:
+        return body
     out = frame[["symbol", "ts", *PRED_COLUMNS, "filled"]].copy()
     out["ts"] = pd.DatetimeIndex(out["ts"]).strftime("%Y-%m-%dT%H:%M:%SZ")
     out.insert(len(out.columns) - 1, "model_name", model_name)
