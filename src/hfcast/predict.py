@@ -204,9 +204,9 @@ def _worker_model(job: Job) -> tuple[Any, Any]:
         forecaster = Forecaster.load(job.bundle_dir)
         runner = None
         if job.runner == "onnxruntime":
-            from hfcast.export import OnnxRuntimeRunner
+            from hfcast.quantize import StreamedRunner
 
-            runner = OnnxRuntimeRunner(job.onnx_path, threads=job.threads)
+            runner = StreamedRunner(job.onnx_path, threads=job.threads)
         elif job.runner == "onnxruntime-int8":  # job.onnx_path is the int8 model (see choose_runner)
             from hfcast.quantize import Int8Runner
 

@@ -122,3 +122,18 @@ def test_threads_per_worker():
     n = quantize.cores()
     assert quantize.threads_per_worker(1) == n
     assert quantize.threads_per_worker(n + 5) == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_streamed_runner_matches_one_call(quantized, threads):
+    fc, fp32_path, int8_path = quantized
+    x = np.random.default_rng(2).standard_normal((300, 30, N_FEATURES)).astype(np.float32)  # 2 full chunks + a rest
+    one = export.OnnxRuntimeRunner(fp32_path, threads=1).run(x)
+    streamed = quantize.StreamedRunner(fp32_path, threads=threads, chunk=128)
+    assert streamed.streams == threads
+    np.testing.assert_allclose(streamed.run(x), one, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(streamed.run(x[:5]), one[:5], rtol=1e-5, atol=1e-6)  # small batch: one call
+    # int8 activations are quantized per call (one scale per tensor), so results depend on the
+    # chunking, not on the number of streams: same chunks -> identical outputs, run after run
+    int8 = quantize.Int8Runner(int8_path, threads=threads, chunk=128)
+    np.testing.assert_array_equal(int8.run(x), quantize.Int8Runner(int8_path, threads=1, chunk=128).run(x))
