@@ -137,3 +137,38 @@ def test_streamed_runner_matches_one_call(quantized, threads):
     # chunking, not on the number of streams: same chunks -> identical outputs, run after run
     int8 = quantize.Int8Runner(int8_path, threads=threads, chunk=128)
     np.testing.assert_array_equal(int8.run(x), quantize.Int8Runner(int8_path, threads=1, chunk=128).run(x))
+
+
+def test_cli_export_stores_the_verdict_and_registry_show_lists_it(tmp_path, monkeypatch):
+    """`hfcast export` guards int8 on the version's validation day in the lake; `registry show` lists it."""
+    from typer.testing import CliRunner
+
+    from hfcast import registry
+    from hfcast.cli import app
+    from hfcast.config import get_settings
+    from hfcast.storage import Lake
+
+    monkeypatch.setenv("HFCAST_HOME", str(tmp_path / ".hfcast"))
+    monkeypatch.chdir(tmp_path)
+    settings = get_settings()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_uri)  # as in test_export's CLI test
+    df = synthetic_feature_frame(n_symbols=2, n_days=1, n_features=N_FEATURES, seed=9)
+    Lake.from_settings(settings).write("features", "2024-01-02", df)
+    fc = tiny_forecaster("transformer", N_FEATURES)
+    fc.meta["val_dates"] = ["2024-01-02"]
+    fc.save(str(tmp_path / "bundle"))
+    run_id = registry.log_training_run(
+        settings, tmp_path / "bundle", arch="transformer", params={}, epoch_metrics=None, fold_metrics=[],
+        aggregate_metrics={"vol_qlike": 0.3}, test_spans=[("2024-01-02", "2024-01-02")], dataset_version=None,
+        feature_names=fc.feature_names)
+    version = registry.register(settings, run_id)
+    out = tmp_path / "export"
+    res = CliRunner().invoke(app, ["export", "--model", f"hfcast/{version}", "--out", str(out), "--max-batch", "64"])
+    assert res.exit_code == 0, res.output
+    assert "int8 model:" in res.output
+    report = json.loads((out / quantize.REPORT_FILE).read_text())
+    assert report["guard"]["dates"] == ["2024-01-02"] and report["guard"]["windows"] > 0
+    assert json.loads((out / "export.json").read_text())["quantization"]["use_int8"] == report["use_int8"]
+    shown = CliRunner().invoke(app, ["registry", "show", f"hfcast/{version}"])
+    assert shown.exit_code == 0, shown.output
+    assert "export.int8" in shown.output and "export.int8_vol_qlike_rel_change" in shown.output
