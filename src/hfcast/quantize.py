@@ -278,6 +278,9 @@ def cpu_choice(bundle_dir: str | Path, onnx_path: str | Path, lake: Any = None) 
 
         fc = Forecaster.load(str(bundle_dir))
         frame, dates = validation_frame(lake, fc)
+        if frame is None:  # nothing to guard with: fp32, and nothing cached (the lake may gain the span)
+            log.info("int8 not considered: the lake lacks this version's validation span %s", fc.meta.get("val_dates"))
+            return "onnxruntime", str(onnx_path)
         report = quantize_and_guard(fc, onnx_path, frame, dates)
     if report and report.get("use_int8") and (folder / INT8_FILE).exists():
         return INT8_KIND, str(folder / INT8_FILE)

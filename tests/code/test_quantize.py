@@ -172,3 +172,27 @@ def test_cli_export_stores_the_verdict_and_registry_show_lists_it(tmp_path, monk
     shown = CliRunner().invoke(app, ["registry", "show", f"hfcast/{version}"])
     assert shown.exit_code == 0, shown.output
     assert "export.int8" in shown.output and "export.int8_vol_qlike_rel_change" in shown.output
+
+
+def test_predict_auto_computes_the_verdict_once_and_follows_it(tmp_path):
+    from hfcast.predict import choose_runner
+    from hfcast.storage import Lake
+
+    lake = Lake((tmp_path / "lake").as_uri())
+    lake.write("features", "2024-01-02", synthetic_feature_frame(n_symbols=2, n_days=1, n_features=N_FEATURES, seed=4))
+    fc = tiny_forecaster("transformer", N_FEATURES)
+    bundle = tmp_path / "bundle"
+    fc.meta["val_dates"] = ["2024-01-01"]  # not in the lake: fp32, nothing cached
+    fc.save(str(bundle))
+    assert choose_runner(str(bundle), "auto", lake) == ("onnxruntime", str(bundle / "model.onnx"))
+    assert quantize.read_report(bundle) is None
+    fc.meta["val_dates"] = ["2024-01-02"]
+    fc.save(str(bundle))
+    kind, path = choose_runner(str(bundle), "auto", lake)
+    report = quantize.read_report(bundle)
+    assert report["guard"]["dates"] == ["2024-01-02"]
+    expected = ("onnxruntime-int8", quantize.INT8_FILE) if report["use_int8"] else ("onnxruntime", "model.onnx")
+    assert (kind, path) == (expected[0], str(bundle / expected[1]))
+    stamp = (bundle / quantize.REPORT_FILE).stat().st_mtime_ns
+    assert choose_runner(str(bundle), "auto", lake) == (kind, path)
+    assert (bundle / quantize.REPORT_FILE).stat().st_mtime_ns == stamp  # read, not recomputed
