@@ -75,7 +75,8 @@ def make_bundle(lake: Lake, path: Path, arch: str, epochs: int = 0) -> str:
         wa = build_windows(lake.read("features", dates[0]), names)
         scaler = Scaler().fit(wa.X, wa.y, feature_names=names)
         torch.manual_seed(0)
-        fc = Forecaster(build_model(arch, len(names)), scaler, names, meta={"model_name": "bench", "model_version": "1"})
+        fc = Forecaster(build_model(arch, len(names)), scaler, names,
+                        meta={"model_name": "bench", "model_version": "1"})
     fc.save(str(path))
     return str(path)
 

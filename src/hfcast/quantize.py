@@ -211,7 +211,8 @@ def quantize_and_guard(forecaster: Any, onnx_path: str | Path, frame: Any = None
         "parity_random": int8_parity(fp32.run, int8.run, rng.standard_normal((256, 30, n_features)).astype(np.float32)),
     }
     if frame is None or len(frame) == 0:
-        report["guard"] = {"passed": False, "reason": "no validation span available: int8 not guarded, not used by auto"}
+        report["guard"] = {"passed": False,
+                           "reason": "no validation span available: int8 not guarded, not used by auto"}
     else:
         report["guard"] = guard(forecaster, fp32.run, int8.run, frame, dates)
     report["use_int8"] = bool(report["guard"]["passed"])
