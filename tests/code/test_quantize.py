@@ -196,3 +196,27 @@ def test_predict_auto_computes_the_verdict_once_and_follows_it(tmp_path):
     stamp = (bundle / quantize.REPORT_FILE).stat().st_mtime_ns
     assert choose_runner(str(bundle), "auto", lake) == (kind, path)
     assert (bundle / quantize.REPORT_FILE).stat().st_mtime_ns == stamp  # read, not recomputed
+
+
+def test_batch_prediction_with_the_int8_runner(tmp_path, settings):
+    """`hfcast predict --runner onnxruntime-int8`: same rows as fp32, forecasts close to them."""
+    import pandas as pd
+
+    from hfcast.predict import run_predict
+    from hfcast.storage import Lake
+
+    lake = Lake((tmp_path / "lake").as_uri())
+    lake.write("features", "2024-01-02", synthetic_feature_frame(n_symbols=2, n_days=1, n_features=N_FEATURES, seed=8))
+    settings = settings.with_(lake_url=lake.url)
+    bundle = tmp_path / "bundle"
+    tiny_forecaster("transformer", N_FEATURES, small=False).save(str(bundle))
+    frames = {}
+    for runner in ("onnxruntime", "onnxruntime-int8"):
+        s = run_predict(settings, "2024-01-02", bundle_dir=str(bundle), runner=runner, progress=False,
+                        out=(tmp_path / runner).as_uri())
+        assert not s.failed and s.rows == 2 * 390, s.as_dict()
+        csv_url = Lake((tmp_path / runner).as_uri()).predictions("hfcast", s.model_version, "2024-01-02")
+        frames[runner] = pd.read_csv(csv_url)
+    a, b = frames["onnxruntime-int8"], frames["onnxruntime"]
+    assert a["ret_60m_pred"].notna().sum() == b["ret_60m_pred"].notna().sum() > 0
+    assert np.corrcoef(a["rv_10m_pred"].dropna(), b["rv_10m_pred"].dropna())[0, 1] > 0.99
