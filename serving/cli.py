@@ -17,7 +17,7 @@ def serve(
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local bundle folder instead of the registry."),
     port: int = typer.Option(8080, "--port", help="HTTP port (KServe binds all interfaces)."),
     grpc_port: int = typer.Option(8081, "--grpc-port", help="gRPC port."),
-    runner: str = typer.Option("auto", "--runner", help="auto | onnxruntime | torch | torch-compiled | tensorrt."),
+    runner: str = typer.Option("auto", "--runner", help="auto | onnxruntime | onnxruntime-int8 | torch | torch-compiled | tensorrt."),
     max_batch: int = typer.Option(1024, "--max-batch", help="Largest batch accepted (larger: HTTP 400)."),
     max_staleness_s: float = typer.Option(600.0, "--max-staleness-s", help="Oldest feature age for symbol inputs (<0: no limit)."),
     feature_store: bool = typer.Option(True, "--feature-store/--no-feature-store", help="Serve symbol inputs from Feast."),

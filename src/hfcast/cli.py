@@ -460,8 +460,11 @@ def export_cmd(
     fc = _load_for_serving(settings, model, bundle)
     name, version = fc.meta.get("model_name", "hfcast"), fc.meta.get("model_version", "local")
     out = out or settings.home / "export" / f"{name}-{version}"
+    from hfcast.quantize import validation_frame
+
+    val_frame, val_dates = validation_frame(_lake(settings, None), fc)  # the int8 guard's span
     try:
-        report = export.export_all(fc, out, max_batch=max_batch)
+        report = export.export_all(fc, out, max_batch=max_batch, validation=val_frame, validation_dates=val_dates)
     except ValueError as exc:  # parity failure
         _fail(str(exc))
     console.print(f"ONNX ({report.onnx['exporter']} exporter, opset {report.onnx['opset']}): max relative error "
@@ -471,6 +474,9 @@ def export_cmd(
     else:
         console.print(f"TensorRT FP16 plan: max relative error {report.tensorrt['parity']['max_rel_err']:.2e}, "
                       f"{len(report.tensorrt['fp32_layers'])} normalisation layers kept FP32")
+    q = report.quantization or {}
+    console.print(f"int8 model: {'used by auto' if q.get('use_int8') else 'not used by auto'} "
+                  f"(guard: {q.get('guard', {}).get('rel_change') or q.get('guard', {}).get('reason')})")
     console.print(f"Triton repository: {report.triton_repo}")
     if log_mlflow and bundle is None:
         uri = export.log_export_to_mlflow(report, settings)
@@ -488,7 +494,7 @@ def predict(
     workers: int = typer.Option(1, "--workers", min=1, help="Dates predicted in parallel processes."),
     out: Optional[str] = typer.Option(None, "--out", help="Output root (file:// path or s3://bucket/prefix); default: the lake."),
     force: bool = typer.Option(False, "--force", help="Redo dates that are already complete."),
-    runner: str = typer.Option("auto", "--runner", help="auto | onnxruntime | torch | torch-compiled | tensorrt"),
+    runner: str = typer.Option("auto", "--runner", help="auto | onnxruntime | onnxruntime-int8 | torch | torch-compiled | tensorrt"),
 ) -> None:
     """Batch inference: one prediction CSV (+ manifest) per date, resumable and parallel."""
     from rich.table import Table

@@ -24,8 +24,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from hfcast.contracts import LOOKBACK
-from hfcast.runners import (INPUT_NAME, OUTPUT_NAME, RUNNER_KINDS, TENSORRT_ABSENT, OnnxRuntimeRunner, Runner,
-                            TensorRTRunner, TorchRunner, make_runner, n_features_of, net_of, resolve_kind,
+from hfcast.runners import (INPUT_NAME, INT8_KIND, OUTPUT_NAME, RUNNER_KINDS, TENSORRT_ABSENT, OnnxRuntimeRunner,
+                            Runner, TensorRTRunner, TorchRunner, make_runner, n_features_of, net_of, resolve_kind,
                             tensorrt_available)
 
 log = logging.getLogger(__name__)
@@ -225,9 +225,13 @@ def runner_for(kind: str, forecaster: Any, onnx_path: str | Path | None = None,
     kind = resolve_kind(kind)
     if kind not in RUNNER_KINDS:
         raise ValueError(f"unknown runner kind {kind!r}; choose one of {RUNNER_KINDS + ('auto',)}")
-    if kind in ("onnxruntime", "tensorrt") and onnx_path is None and plan_path is None:
+    if kind in ("onnxruntime", INT8_KIND, "tensorrt") and onnx_path is None and plan_path is None:
         onnx_path = Path(tempfile.mkdtemp(prefix="hfcast-onnx-")) / "model.onnx"
         export_onnx(forecaster, onnx_path)
+    if kind == INT8_KIND:  # the int8 model is quantized beside the fp32 export
+        from hfcast.quantize import ensure_int8
+
+        onnx_path = ensure_int8(onnx_path)
     if kind == "tensorrt" and plan_path is None:
         plan_path = Path(onnx_path).with_suffix(".plan")
         build_tensorrt_engine(onnx_path, plan_path, n_features_of(forecaster))
@@ -248,10 +252,13 @@ class ExportReport:
     model_version: str | None = None
     logged_to_mlflow: bool = False
     notes: list[str] = field(default_factory=list)
+    quantization: dict[str, Any] | None = None  # hfcast.quantize's report (int8 model + guard)
 
 
-def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH) -> ExportReport:
-    """ONNX (+ parity), TensorRT plan (+ parity) where possible, and a Triton repository."""
+def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH, validation: Any = None,
+               validation_dates: list[str] | None = None) -> ExportReport:
+    """ONNX (+ parity), the int8 model (+ its guard on ``validation``, the version's validation
+    span with labels), TensorRT plan (+ parity) where possible, and a Triton repository."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_features = n_features_of(forecaster)
@@ -261,6 +268,9 @@ def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH)
     if onnx_res.fallback_reason:
         notes.append(f"dynamo exporter failed, used dynamo=False: {onnx_res.fallback_reason}")
     model_file: Path = onnx_res.path
+    from hfcast.quantize import quantize_and_guard
+
+    quant = quantize_and_guard(forecaster, onnx_res.path, validation, validation_dates)
     if tensorrt_available():
         trt_info: dict[str, Any] | str = build_tensorrt_engine(onnx_res.path, out / "model.plan", n_features, max_batch)
         trt_runner = TensorRTRunner(out / "model.plan")
@@ -278,7 +288,7 @@ def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH)
     meta = getattr(forecaster, "meta", None) or {}
     report = ExportReport(out_dir=str(out), onnx=onnx_info, tensorrt=trt_info, triton_repo=str(repo.parent),
                           model_name=meta.get("model_name"), model_version=_s(meta.get("model_version")),
-                          notes=notes)
+                          notes=notes, quantization=quant)
     (out / "export.json").write_text(json.dumps(asdict(report), indent=2, default=str))
     return report
 
@@ -306,6 +316,10 @@ def log_export_to_mlflow(report: ExportReport, settings: Any) -> str:
             "export.onnx_max_rel_err": f"{report.onnx['parity']['max_rel_err']:.3e}",
             "export.tensorrt": "built" if isinstance(report.tensorrt, dict) else "absent",
             "export.artifacts": uri}
+    if report.quantization:
+        from hfcast.quantize import mlflow_tags
+
+        tags.update(mlflow_tags(report.quantization))
     with registry.tracking(settings) as t:
         for key, value in tags.items():
             t.client.set_model_version_tag(report.model_name, report.model_version, key, value)

@@ -121,10 +121,20 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
 
 
 def to_csv_bytes(frame: pd.DataFrame, model_name: str, model_version: str, mode: str) -> bytes:
-    """The CSV body for one date: fixed column order and float format (byte-stable reruns)."""
-    from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
+    """The CSV body for one date: fixed column order and float format (byte-stable reruns).
 
-    out = frame[["symbol", "ts", *PRED_COLUMNS, *INFO_COLUMNS, "filled"]].copy()
+    Written column by column (:mod:`hfcast.csvout`, the same bytes ~4x faster); the pandas code
+    below is the reference and the fallback for values that path does not reproduce.
+    """
+    from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
+    from hfcast.csvout import prediction_csv
+
+    float_cols = (*PRED_COLUMNS, *INFO_COLUMNS)
+    body = prediction_csv(frame, float_cols, {"model_name": model_name, "model_version": str(model_version),
+                                              "mode": mode}, CSV_FLOAT_FORMAT)
+    if body is not None:
+        return body
+    out = frame[["symbol", "ts", *float_cols, "filled"]].copy()
     out["ts"] = pd.DatetimeIndex(out["ts"]).strftime("%Y-%m-%dT%H:%M:%SZ")
     out.insert(len(out.columns) - 1, "model_name", model_name)
     out.insert(len(out.columns) - 1, "model_version", str(model_version))
@@ -200,9 +210,13 @@ def _worker_model(job: Job) -> tuple[Any, Any]:
         forecaster = Forecaster.load(job.bundle_dir)
         runner = None
         if job.runner == "onnxruntime":
-            from hfcast.runners import OnnxRuntimeRunner
+            from hfcast.runners import StreamedRunner
 
-            runner = OnnxRuntimeRunner(job.onnx_path, threads=job.threads)
+            runner = StreamedRunner(job.onnx_path, threads=job.threads)
+        elif job.runner == "onnxruntime-int8":  # job.onnx_path is the int8 model (see choose_runner)
+            from hfcast.runners import Int8Runner
+
+            runner = Int8Runner(job.onnx_path, threads=job.threads)
         elif job.runner and job.runner != "torch":
             from hfcast.runners import make_runner
 
@@ -311,8 +325,13 @@ def prepare_bundle(settings: Any, model_ref: str | None, bundle_dir: str | None)
     return str(path), str(mv.name), str(mv.version)
 
 
-def choose_runner(bundle_dir: str, runner: str) -> tuple[str, str | None]:
-    """Resolve ``auto`` to a runner kind and export ONNX once (not once per worker) when needed."""
+def choose_runner(bundle_dir: str, runner: str, lake: Lake | None = None) -> tuple[str, str | None]:
+    """Resolve ``auto`` to a runner kind and export ONNX once (not once per worker) when needed.
+
+    On CPU, ``auto`` takes the int8 model when its quality guard passed (:mod:`hfcast.quantize`,
+    computed once per bundle from ``lake``'s validation span).
+    """
+    auto = runner == "auto"
     if runner == "auto":
         import torch
 
@@ -320,7 +339,7 @@ def choose_runner(bundle_dir: str, runner: str) -> tuple[str, str | None]:
 
         runner = choose_runner_kind(torch.cuda.is_available(), tensorrt_available())
     onnx_path = None
-    if runner in ("onnxruntime", "tensorrt"):
+    if runner in ("onnxruntime", "onnxruntime-int8", "tensorrt"):
         from hfcast.export import export_onnx
         from hfcast.models.base import Forecaster
 
@@ -329,6 +348,10 @@ def choose_runner(bundle_dir: str, runner: str) -> tuple[str, str | None]:
             tmp = Path(bundle_dir) / f".model.onnx.tmp-{os.getpid()}"
             export_onnx(Forecaster.load(bundle_dir), tmp)
             os.replace(tmp, onnx_path)
+    if runner in ("onnxruntime", "onnxruntime-int8"):  # auto takes int8 only when its guard passed
+        from hfcast.quantize import cpu_model
+
+        runner, onnx_path = cpu_model(bundle_dir, runner, onnx_path, lake, auto=auto)
     return runner, onnx_path
 
 
@@ -346,7 +369,7 @@ def run_predict(settings: Any, dates: str | list[str], model_ref: str | None = N
         workers: processes; each gets ``cores // workers`` threads.
         out: output root URL (default: the lake).
         force: redo dates even when complete.
-        runner: ``auto``, ``onnxruntime``, ``torch``, ``torch-compiled``, ``tensorrt``.
+        runner: ``auto``, ``onnxruntime``, ``onnxruntime-int8``, ``torch``, ``torch-compiled``, ``tensorrt``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -355,10 +378,12 @@ def run_predict(settings: Any, dates: str | list[str], model_ref: str | None = N
     if not date_list:
         raise ValueError(f"no dates to predict in {dates!r} (the lake has features for {len(lake.dates('features'))} dates)")
     local_bundle, name, version = prepare_bundle(settings, model_ref, bundle_dir)
-    runner_kind, onnx_path = choose_runner(local_bundle, runner)
+    runner_kind, onnx_path = choose_runner(local_bundle, runner, lake)
     workers = max(1, min(workers, len(date_list)))
+    from hfcast.runners import threads_per_worker  # intra-op threads = cores per worker
+
     job = Job(local_bundle, lake.url, (out or settings.lake_url).rstrip("/"), lake.storage_options, name, version,
-              mode, runner_kind, onnx_path, force, threads=max(1, (os.cpu_count() or 1) // workers))
+              mode, runner_kind, onnx_path, force, threads=threads_per_worker(workers))
     log.info("predicting %d date(s) with %s/%s (%s, %s runner, %d worker(s))", len(date_list), name, version,
              mode, runner_kind, workers)
     t0 = time.perf_counter()
