@@ -18,7 +18,7 @@ from kserve.protocol.infer_type import InferOutput
 
 from serving.core import ForecastService, Limits, feast_lookup, load_forecaster
 from serving.dataplane import HfcastDataPlane
-from serving.validation import parse_v1, parse_v2
+from serving.validation import ParsedRequest, parse_http, parse_v1, parse_v2
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +61,28 @@ class HfcastPredictor(kserve.Model):
             req = parse_v2(payload, svc.n_features, svc.limits.max_batch)
         else:
             req = parse_v1(payload, svc.n_features, svc.limits.max_batch)
-        windows, feature_ts = svc.windows(req)
-        preds = svc.predictions(self.runner.run(windows))
+        preds, feature_ts = self.forecast(req)
         if req.protocol == "v1":
             return svc.v1_response(preds, feature_ts)
         outputs = [InferOutput(name=o["name"], shape=o["shape"], datatype=o["datatype"], data=o["data"])
                    for o in svc.v2_outputs(preds, feature_ts)]
         return InferResponse(response_id=req.request_id or str(uuid.uuid4()), model_name=self.name,
                              model_version=svc.model_version, infer_outputs=outputs)
+
+    def forecast(self, req: ParsedRequest) -> tuple[dict, list[str]]:
+        """Validated request -> calibrated forecasts (columns) and the feature timestamp of each row."""
+        windows, feature_ts = self.service.windows(req)
+        return self.service.predictions(self.runner.run(windows)), feature_ts
+
+    def answer_http(self, protocol: str, body: bytes, headers: dict[str, str]) -> dict:
+        """An HTTP body (V1, V2 JSON or V2 binary) -> the JSON response document (serving.gateway)."""
+        svc = self.service
+        req = parse_http(protocol, body, headers, svc.n_features, svc.limits.max_batch)
+        preds, feature_ts = self.forecast(req)
+        if protocol == "v1":
+            return svc.v1_response(preds, feature_ts)
+        return {"model_name": self.name, "model_version": svc.model_version,
+                "id": req.request_id or str(uuid.uuid4()), "outputs": svc.v2_outputs(preds, feature_ts)}
 
     def get_input_types(self) -> list[dict]:
         n = self.service.n_features if self.service else -1
@@ -91,4 +105,15 @@ def serve(model: kserve.Model, http_port: int = 8080, grpc_port: int = 8081, wor
     for noisy in ("kserve.trace", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     server.dataplane = HfcastDataPlane(model_registry=server.registered_models)
+    install_gate(model)
     server.start([model])
+
+
+def install_gate(model: HfcastPredictor) -> None:
+    """Put :class:`serving.gateway.RequestGate` in front of KServe's app for this model's infer routes."""
+    from kserve.model_server import app
+
+    from serving.gateway import RequestGate
+
+    app.add_middleware(RequestGate, model_name=model.name, answer=model.answer_http, ready=lambda: model.ready,
+                       max_body_bytes=model.limits.max_body_bytes)
