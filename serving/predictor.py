@@ -7,6 +7,7 @@ validates (serving.validation), runs and builds the answer (serving.core).
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from pathlib import Path
@@ -74,12 +75,16 @@ class HfcastPredictor(kserve.Model):
         windows, feature_ts = self.service.windows(req)
         return self.service.predictions(self.runner.run(windows)), feature_ts
 
-    def answer_http(self, protocol: str, body: bytes, headers: dict[str, str]) -> dict:
-        """An HTTP body (V1, V2 JSON or V2 binary) -> the JSON response document (serving.gateway)."""
+    def decoder(self):
+        """A picklable ``(protocol, body, headers) -> ParsedRequest`` for this model (serving.gateway)."""
+        return functools.partial(parse_http, n_features=self.service.n_features,
+                                 max_batch=self.service.limits.max_batch)
+
+    def answer_parsed(self, req: ParsedRequest) -> dict:
+        """A validated HTTP request -> the V1 or V2 JSON response document (serving.gateway)."""
         svc = self.service
-        req = parse_http(protocol, body, headers, svc.n_features, svc.limits.max_batch)
         preds, feature_ts = self.forecast(req)
-        if protocol == "v1":
+        if req.protocol == "v1":
             return svc.v1_response(preds, feature_ts)
         return {"model_name": self.name, "model_version": svc.model_version,
                 "id": req.request_id or str(uuid.uuid4()), "outputs": svc.v2_outputs(preds, feature_ts)}
@@ -110,10 +115,11 @@ def serve(model: kserve.Model, http_port: int = 8080, grpc_port: int = 8081, wor
 
 
 def install_gate(model: HfcastPredictor) -> None:
-    """Put :class:`serving.gateway.RequestGate` in front of KServe's app for this model's infer routes."""
+    """Put :class:`serving.gateway.RequestGate` in front of KServe's app for this model's infer routes
+    (after ``load()``: the decoder needs the model's feature count)."""
     from kserve.model_server import app
 
     from serving.gateway import RequestGate
 
-    app.add_middleware(RequestGate, model_name=model.name, answer=model.answer_http, ready=lambda: model.ready,
-                       max_body_bytes=model.limits.max_body_bytes)
+    app.add_middleware(RequestGate, model_name=model.name, decode=model.decoder(),
+                       answer=model.answer_parsed, ready=lambda: model.ready, max_body_bytes=model.limits.max_body_bytes)

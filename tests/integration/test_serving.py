@@ -500,6 +500,89 @@ def test_bounded_load_has_zero_errors(server, kind, batch):
     assert server["proc"].poll() is None
 
 
+def _strip_id(text: bytes) -> dict:
+    doc = json.loads(text)
+    doc.pop("id", None)
+    return doc
+
+
+@pytest.mark.slow
+def test_mixed_load_of_valid_and_every_malformed_kind(server):
+    """16 clients x 20 s on keep-alive connections, valid requests between every malformed kind:
+    no connection error, no 5xx, every valid answer identical to the first and to a direct call."""
+    good_body = _j(v2_window(GOOD))
+    with httpx.Client() as c:
+        ref = _strip_id(c.post(f"{server['base']}{V2_PATH}", content=good_body, headers=H_JSON).content)
+    assert_matches({o["name"]: o["data"] for o in ref["outputs"]}, server["fc"].predict(GOOD))
+    stats = {"valid": 0, "bad": 0, "conn_errors": [], "wrong": [], "status": []}
+    lock, stop = threading.Lock(), time.perf_counter() + 20
+
+    def worker(k):
+        i = k
+        with httpx.Client(timeout=60) as c:
+            while time.perf_counter() < stop:
+                protocol, body, headers, _ = CASES[i % len(CASES)]
+                i += 7
+                try:
+                    bad = c.post(f"{server['base']}{V1_PATH if protocol == 'v1' else V2_PATH}", content=body,
+                                 headers=headers)
+                    ok = c.post(f"{server['base']}{V2_PATH}", content=good_body, headers=H_JSON)
+                except httpx.HTTPError as exc:
+                    with lock:
+                        stats["conn_errors"].append(repr(exc))
+                    continue
+                with lock:
+                    stats["bad"] += 1
+                    stats["valid"] += 1
+                    if not 400 <= bad.status_code < 500:
+                        stats["status"].append((bad.status_code, bad.text[:200]))
+                    if ok.status_code != 200 or _strip_id(ok.content) != ref:
+                        stats["wrong"].append(ok.text[:200])
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(16)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    print(f"\nmixed load: {stats['valid']} valid + {stats['bad']} malformed requests in 20 s, 16 clients")
+    assert stats["conn_errors"] == [] and stats["status"] == [] and stats["wrong"] == []
+    assert stats["valid"] > 16 and server["proc"].poll() is None
+
+
+@pytest.mark.slow
+def test_small_requests_stay_fast_while_a_50mb_body_is_decoded(server):
+    """One 50 MB JSON body after another (each parsed off the event loop, then refused for its
+    batch size) while 4 clients send batch-1 windows: their p99 stays under 100 ms."""
+    n = 50 * 2**20 // (30 * F * 20)  # ~20 bytes per JSON number
+    big = _j(v2_window(np.random.default_rng(5).standard_normal((n, 30, F)).astype(np.float32)))
+    assert 40 * 2**20 < len(big) < MAX_BODY_MB * 2**20
+    tmp = Path(server["settings"].home)
+    (tmp / "big.json").write_bytes(big)
+    del big
+    # a process of its own sends the big bodies, so that its work does not slow this process's clients
+    sender = (f"import httpx, pathlib, json\nbody = pathlib.Path({str(tmp / 'big.json')!r}).read_bytes()\n"
+              f"out = []\nwith httpx.Client(timeout=120) as c:\n"
+              f"    while not pathlib.Path({str(tmp / 'stop')!r}).exists():\n"
+              f"        r = c.post({server['base'] + V2_PATH!r}, content=body, headers={H_JSON!r})\n"
+              f"        out.append([r.status_code, r.text[:200]])\n"
+              f"pathlib.Path({str(tmp / 'big.out')!r}).write_text(json.dumps(out))\n")
+
+    small = lambda: _j(v2_window(GOOD))  # noqa: E731
+    base = _load(server, small, v2, seconds=4.0, clients=4)  # the same machine, no big body: reference
+    bg = subprocess.Popen([sys.executable, "-c", sender])
+    time.sleep(2.0)  # the first big body is on its way
+    try:
+        res = _load(server, small, v2, seconds=8.0, clients=4)
+    finally:
+        (tmp / "stop").write_text("")
+        bg.wait(timeout=120)
+    big_answers = json.loads((tmp / "big.out").read_text())
+    print(f"\nbatch-1 requests, 4 clients: alone p50 {base['p50_ms']:.1f} ms p99 {base['p99_ms']:.1f} ms; with 50 MB "
+          f"bodies in flight ({len(big_answers)} sent): p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms")
+    assert big_answers and all(s == 400 and "exceeds the maximum batch" in t for s, t in big_answers), big_answers
+    # the target is 100 ms; on a machine already slower than that without the big body (shared CI
+    # cores), the big body may at most double the tail
+    assert res["errors"] == [] and res["p99_ms"] < max(100.0, 2 * base["p99_ms"])
+
+
 def test_serves_a_registered_version_from_mlflow(tmp_path):
     """`hfcast serve --model NAME@ALIAS` loads weights, scaler and calibration from the registry."""
     from hfcast import registry
