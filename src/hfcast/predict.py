@@ -319,11 +319,10 @@ def choose_runner(bundle_dir: str, runner: str) -> tuple[str, str | None]:
         from hfcast.export import export_onnx
         from hfcast.models.base import Forecaster
 
-        onnx_path = str(Path(bundle_dir) / "model.onnx")
-        if not Path(onnx_path).exists():  # once per bundle (cached versions keep it)
-            tmp = Path(bundle_dir) / f".model.onnx.tmp-{os.getpid()}"
-            export_onnx(Forecaster.load(bundle_dir), tmp)
-            os.replace(tmp, onnx_path)
+        from hfcast.integrity import cached_export
+
+        # once per bundle checksum: changed weights get a new export, a changed export is refused
+        onnx_path = str(cached_export(bundle_dir, "model.onnx", lambda p: export_onnx(Forecaster.load(bundle_dir), p)))
     return runner, onnx_path
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from hfcast import integrity
 from hfcast.config import Settings
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,7 @@ def log_training_run(
                 "hfcast.model_name": settings.model_name, **(tags or {})}
     if len(spans_json) <= 8000:
         run_tags[SPANS_TAG] = spans_json
+    run_tags.update(integrity.registry_tags(bundle))  # checked again at registration and every load
     scores = {"test_spans": spans, "test_spans_sha": sha, "model": aggregate_metrics,
               "baselines": baseline_metrics or {}, "folds": list(fold_metrics)}
 
@@ -322,10 +324,23 @@ def register(settings: Settings, run_id: str) -> int:
         rt = run.data.tags
         mv_tags = {"arch": rt.get("arch", "unknown"), "dataset_version": rt.get("dataset_version", "unknown"),
                    "run_id": run_id, SPANS_SHA_TAG: rt.get(SPANS_SHA_TAG, "")}
+        mv_tags.update(_checksum_tags(run_id, rt, t.uri))
         mv = c.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id, tags=mv_tags)
         c.set_registered_model_alias(name, CHALLENGER, mv.version)
     log.info("registered %s version %s from run %s (alias %s)", name, mv.version, run_id, CHALLENGER)
     return int(mv.version)
+
+
+def _checksum_tags(run_id: str, run_tags: Mapping[str, str], uri: str) -> dict[str, str]:
+    """The checksums of the run's bundle as stored, verified against those recorded when it was logged."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="hfcast-register-") as tmp:
+        got = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT, dst_path=tmp,
+                                                       tracking_uri=uri))
+        if integrity.expected(run_tags):
+            integrity.verify_bundle(got, run_tags, f"the bundle of run {run_id}")
+        return integrity.registry_tags(got)
 
 
 def parse_ref(ref: str | int, default_name: str) -> tuple[str, str | None, str | None]:
@@ -391,7 +406,9 @@ def download_bundle(settings: Settings, ref: str | int, dst: str | os.PathLike |
     mv = resolve(settings, ref)
     cached = dst is None
     dst = Path(dst) if dst is not None else settings.home / "bundles" / f"{mv.name}-v{mv.version}"
+    what = f"model '{mv.name}' version {mv.version}"
     if cached and not refresh and (dst / "model.json").is_file():
+        integrity.verify_bundle(dst, mv.tags, f"{what} (cached)")
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=dst.parent))
@@ -399,6 +416,7 @@ def download_bundle(settings: Settings, ref: str | int, dst: str | os.PathLike |
         got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
                                                        tracking_uri=tracking_uri(settings)))
         check_bundle(got)
+        integrity.verify_bundle(got, mv.tags, what)
         if dst.exists() and (not cached or refresh):
             shutil.rmtree(dst)
         try:
@@ -422,7 +440,8 @@ def load_forecaster(settings: Settings, ref: str | int | None = None, dst: str |
     mv = resolve(settings, ref if ref is not None else f"{settings.model_name}@champion")
     path = download_bundle(settings, f"{mv.name}/{mv.version}", dst)
     fc = Forecaster.load(path)
-    fc.meta.update({"model_name": mv.name, "model_version": str(mv.version), "run_id": mv.run_id})
+    fc.meta.update({"model_name": mv.name, "model_version": str(mv.version), "run_id": mv.run_id,
+                    "bundle_sha256": mv.tags.get(integrity.BUNDLE_TAG, "")})
     return fc
 
 
