@@ -103,6 +103,8 @@ class HfcastPredictor(kserve.Model):
 
 def serve(model: kserve.Model, http_port: int = 8080, grpc_port: int = 8081, workers: int = 1) -> None:
     """Load and serve one model (blocks). KServe binds 0.0.0.0; send local traffic to 127.0.0.1."""
+    for port in (http_port, grpc_port):
+        check_port_free(port)  # before the (slow) load, and instead of uvicorn's bare exit(1)
     model.load()
     # per-request trace lines cost more than a batch-1 forecast: keep them off the hot path
     server = kserve.ModelServer(http_port=http_port, grpc_port=grpc_port, workers=workers,
@@ -112,6 +114,24 @@ def serve(model: kserve.Model, http_port: int = 8080, grpc_port: int = 8081, wor
     server.dataplane = HfcastDataPlane(model_registry=server.registered_models)
     install_gate(model)
     server.start([model])
+
+
+def check_port_free(port: int) -> None:
+    """A UserError naming the port when another process listens on it."""
+    import errno
+    import socket
+
+    from hfcast.errors import UserError
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise UserError(f"port {port} is already in use", "stop the server that holds it, or pass another "
+                            "--port / --grpc-port") from None
 
 
 def install_gate(model: HfcastPredictor) -> None:

@@ -772,5 +772,23 @@ def demo(
     console.print(f"report: {summary['index']}")
 
 
+def main() -> None:
+    """The console entry point: a problem the user can fix is shown as two lines (exit 2), with
+    the traceback only under ``-v`` (see hfcast.errors)."""
+    import sys
+
+    from hfcast.errors import explain
+
+    try:
+        app()
+    except Exception as exc:
+        err = explain(exc)
+        if err is None or "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
+            raise
+        for line in err.lines():
+            Console(stderr=True, highlight=False, soft_wrap=True).print(line, markup=False)
+        raise SystemExit(err.exit_code) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

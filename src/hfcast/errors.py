@@ -45,8 +45,8 @@ def _os(exc: BaseException) -> UserError | None:
                          "stop the other server or pass another --port / --grpc-port")
     if isinstance(exc, FileNotFoundError):
         return UserError(f"missing file: {exc.filename or exc}",
-                         "check the path; a registered model's files can be restored with `hfcast registry list` "
-                         "and a re-registration")
+                         "check the path (a forecaster bundle folder holds model.json, weights.safetensors and "
+                         "scaler.json)")
     return None
 
 

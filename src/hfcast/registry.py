@@ -32,6 +32,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from hfcast import integrity
 from hfcast.config import Settings
+from hfcast.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
 SPANS_TAG, SPANS_SHA_TAG = "hfcast.test_spans", "hfcast.test_spans_sha"
 
 
-class RegistryError(LookupError):
+class RegistryError(UserError, LookupError):
     """A model, version, alias or artifact that the caller named does not exist or is unusable."""
 
 
@@ -375,7 +376,10 @@ def resolve(settings: Settings, ref: str | int):
             if not (_not_found(exc) or getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE"):
                 raise
             what = f"alias '{alias}'" if alias is not None else f"version {version}"
-            raise RegistryError(f"model '{name}' has no {what} in {t.uri}") from None
+            raise RegistryError(f"model '{name}' has no {what} in {t.uri}",
+                                "list the versions with `hfcast registry list`; a new registry has no champion until "
+                                "`hfcast train` registers a model and the gate promotes it (or pass --model "
+                                "NAME/VERSION, or --bundle DIR)") from None
 
 
 def run_scores(settings: Settings, run_id: str) -> dict[str, Any]:
@@ -413,8 +417,17 @@ def download_bundle(settings: Settings, ref: str | int, dst: str | os.PathLike |
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=dst.parent))
     try:
-        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
-                                                       tracking_uri=tracking_uri(settings)))
+        try:
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
+                                                           tracking_uri=tracking_uri(settings)))
+        except Exception as exc:  # deleted artifacts, unreachable store, refused credentials
+            from hfcast.errors import explain
+
+            cause = explain(exc)
+            raise RegistryError(f"cannot download {what} from {mv.source}: "
+                                f"{cause.problem if cause else f'{type(exc).__name__}: {str(exc)[:200]}'}",
+                                cause.fix if cause else "the artifacts were deleted or the artifact store is "
+                                "unreachable: register the model again, or check the MLflow/S3 settings") from exc
         check_bundle(got)
         integrity.verify_bundle(got, mv.tags, what)
         if dst.exists() and (not cached or refresh):
