@@ -13,7 +13,7 @@ Here, for ``POST /v1/models/<name>:predict`` and ``POST /v2/models/<name>[/versi
 2. the body is read (a chunked body that grows past the limit is also a 413);
 3. small bodies are decoded and run inline (a thread hop costs more than a batch-1 forecast);
    larger ones in a worker thread; JSON bodies above ``process_bytes`` are decoded in a separate
-   process, because JSON parsing holds the GIL (measured here: parsing 50 MB with orjson in a
+   process (the body spooled to a temp file on its way in), because JSON parsing holds the GIL (measured here: parsing 50 MB with orjson in a
    thread stopped the event loop for 0.66 s; numpy's text parser releases it but is 4x slower).
    Binary tensors never need that: they are read with ``np.frombuffer``, no copy;
 4. every refusal is ``{"error": "..."}`` with a 4xx status and a complete response, so the
@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing as mp
+import os
 import re
+import tempfile
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -43,20 +45,16 @@ Decode = Callable[[str, bytes, dict], Any]  # (protocol, body, headers) -> parse
 Answer = Callable[[Any], Any]  # parsed request -> response document | InvalidInput
 
 
-def decode_in_process(decode: Decode, proto: str, shm_name: str, size: int, headers: dict) -> tuple[str, Any]:
-    """Runs in the decoding process on a body the server wrote into shared memory (pickling 50 MB
-    to send it would hold the server's GIL for 0.1 s): ("ok", parsed) or ("invalid", message)
+def decode_in_process(decode: Decode, proto: str, path: str, headers: dict) -> tuple[str, Any]:
+    """Runs in the decoding process on a body the server spooled to a file (pickling 50 MB to
+    send it would hold the server's GIL for 0.1 s): ("ok", parsed) or ("invalid", message)
     (KServe's InvalidInput does not survive pickling, so the message travels instead)."""
-    from multiprocessing import resource_tracker, shared_memory
-
-    shm = shared_memory.SharedMemory(name=shm_name)
-    resource_tracker.unregister(shm._name, "shared_memory")  # the server owns (and unlinks) it
+    with open(path, "rb") as f:
+        body = f.read()
     try:
-        return "ok", decode(proto, bytes(shm.buf[:size]), headers)
+        return "ok", decode(proto, body, headers)
     except InvalidInput as exc:
         return "invalid", str(exc)
-    finally:
-        shm.close()
 
 
 def _warm_up() -> bool:
@@ -186,35 +184,29 @@ class RequestGate:
             status, payload = self.handle(proto, chunks, headers)
         await respond(send, status, payload)
 
-    async def remote(self, receive: Callable, send: Callable, proto: str, size: int,
-                     headers: dict) -> None:
-        """A large JSON body: streamed into shared memory as it arrives (64 KB copies between other
-        requests), decoded in the decoding process, forecast in a thread."""
-        from multiprocessing import shared_memory
-
-        shm = shared_memory.SharedMemory(create=True, size=size)
+    async def remote(self, receive: Callable, send: Callable, proto: str, size: int, headers: dict) -> None:
+        """A large JSON body: spooled to a temp file as it arrives (64 KB writes to the page cache
+        between other requests; a file, not /dev/shm, which is 64 MB in a default pod), decoded in
+        the decoding process, forecast in a thread."""
+        fd, path = tempfile.mkstemp(prefix="hfcast-body-")
         try:
-            pos = 0
-            while True:
-                msg = await receive()
-                if msg["type"] == "http.disconnect":
-                    return None
-                chunk = msg.get("body", b"")
-                shm.buf[pos:pos + len(chunk)] = chunk  # the server (h11/httptools) enforces content-length
-                pos += len(chunk)
-                if not msg.get("more_body"):
-                    break
-            status, payload = await self._decode_remote(proto, shm.name, pos, headers)
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "http.disconnect":
+                        return None
+                    f.write(msg.get("body", b""))
+                    if not msg.get("more_body"):
+                        break
+            status, payload = await self._decode_remote(proto, path, headers)
         finally:
-            shm.close()
-            shm.unlink()
+            os.unlink(path)
         await respond(send, status, payload)
 
-    async def _decode_remote(self, proto: str, shm_name: str, size: int, headers: dict) -> tuple[int, bytes]:
+    async def _decode_remote(self, proto: str, path: str, headers: dict) -> tuple[int, bytes]:
         loop = asyncio.get_running_loop()
         try:
-            kind, value = await loop.run_in_executor(self.procs(), decode_in_process, self.decode, proto, shm_name,
-                                                     size, headers)
+            kind, value = await loop.run_in_executor(self.procs(), decode_in_process, self.decode, proto, path, headers)
         except Exception as exc:  # the decoding process died (memory?): the caller gets a complete 500
             log.exception("decoding process failed")
             self._procs = None

@@ -102,3 +102,24 @@ def test_limits_refuse_nonsense_at_start_up():
     for bad in ({"max_batch": -5}, {"max_batch": 0}, {"max_body_bytes": 10}, {"max_staleness_s": -1.0}):
         with pytest.raises(ValueError):
             Limits(**bad)
+
+
+def test_large_json_bodies_are_decoded_in_the_decoding_process():
+    import functools
+
+    passed = []
+
+    async def app(scope, receive, send):
+        passed.append(scope["path"])
+    gate = RequestGate(app, "hfcast", decode=functools.partial(v.parse_http, n_features=F, max_batch=16),
+                       answer=lambda parsed: {"shape": list(parsed.windows.shape)}, ready=lambda: True,
+                       max_body_bytes=1 << 20, inline_bytes=10, process_bytes=100)
+    x = np.random.default_rng(0).standard_normal((2, 30, F)).astype(np.float32)
+    good = json.dumps({"inputs": [{"name": "window", "datatype": "FP32", "shape": [2, 30, F],
+                                   "data": x.ravel().tolist()}]}).encode()
+    sent = _call(gate, "/v2/models/hfcast/infer", good)
+    assert sent[0]["status"] == 200 and json.loads(sent[1]["body"]) == {"shape": [2, 30, F]}
+    bad = good.replace(b'"shape": [2, 30, 8]', b'"shape": [-2, 30, 8]')
+    sent = _call(gate, "/v2/models/hfcast/infer", bad)
+    assert sent[0]["status"] == 400 and "positive dimensions" in json.loads(sent[1]["body"])["error"]
+    assert passed == []
