@@ -13,19 +13,33 @@ from kserve import model_server
 from serving.core import Limits
 from serving.predictor import HfcastPredictor, serve
 
+
+def _positive(kind):
+    """An argparse type that refuses zero and negative values at start-up (``--max_batch -5``)."""
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
 parser = argparse.ArgumentParser(parents=[model_server.parser])
 parser.set_defaults(model_name="hfcast")
 parser.add_argument("--bundle", default=None, help="local Forecaster bundle folder (instead of the registry)")
 parser.add_argument("--model_ref", default="hfcast@champion", help="registry reference: NAME@ALIAS or NAME/VERSION")
 parser.add_argument("--runner", default="auto", help="auto | onnxruntime | torch | torch-compiled | tensorrt")
-parser.add_argument("--max_batch", type=int, default=1024, help="largest batch accepted (larger: HTTP 400)")
+parser.add_argument("--max_batch", type=_positive(int), default=1024, help="largest batch accepted (larger: HTTP 400)")
 parser.add_argument("--max_staleness_s", type=float, default=600.0,
                     help="oldest feature age accepted for symbol inputs, seconds (negative: no limit)")
+parser.add_argument("--max_body_mb", type=_positive(float), default=64.0,
+                    help="largest request body in MiB (larger: HTTP 413, refused before parsing)")
 parser.add_argument("--no_feature_store", action="store_true", help="serve window inputs only")
 
 if __name__ == "__main__":
-    args, _ = parser.parse_known_args()
-    limits = Limits(args.max_batch, None if args.max_staleness_s < 0 else args.max_staleness_s)
+    args, _ = parser.parse_known_args()  # argparse exits 2 naming a bad option value
+    limits = Limits(args.max_batch, None if args.max_staleness_s < 0 else args.max_staleness_s,
+                    int(args.max_body_mb * 2**20))
     model = HfcastPredictor(args.model_name, bundle=args.bundle, ref=None if args.bundle else args.model_ref,
                             runner=args.runner, limits=limits, use_feature_store=not args.no_feature_store)
     serve(model, args.http_port, args.grpc_port, args.workers)

@@ -15,11 +15,12 @@ import typer
 def serve(
     model: str = typer.Option("hfcast@champion", "--model", help="Registry reference: NAME@ALIAS or NAME/VERSION."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local bundle folder instead of the registry."),
-    port: int = typer.Option(8080, "--port", help="HTTP port (KServe binds all interfaces)."),
-    grpc_port: int = typer.Option(8081, "--grpc-port", help="gRPC port."),
+    port: int = typer.Option(8080, "--port", min=1, max=65535, help="HTTP port (KServe binds all interfaces)."),
+    grpc_port: int = typer.Option(8081, "--grpc-port", min=1, max=65535, help="gRPC port."),
     runner: str = typer.Option("auto", "--runner", help="auto | onnxruntime | onnxruntime-int8 | torch | torch-compiled | tensorrt."),
-    max_batch: int = typer.Option(1024, "--max-batch", help="Largest batch accepted (larger: HTTP 400)."),
+    max_batch: int = typer.Option(1024, "--max-batch", min=1, help="Largest batch accepted (larger: HTTP 400)."),
     max_staleness_s: float = typer.Option(600.0, "--max-staleness-s", help="Oldest feature age for symbol inputs (<0: no limit)."),
+    max_body_mb: float = typer.Option(64.0, "--max-body-mb", min=0.001, help="Largest request body, MiB (larger: HTTP 413 before parsing)."),
     feature_store: bool = typer.Option(True, "--feature-store/--no-feature-store", help="Serve symbol inputs from Feast."),
 ) -> None:
     """Serve the model with KServe (V1 + V2): windows or symbols in, calibrated forecasts out."""
@@ -33,7 +34,7 @@ def serve(
         from serving.predictor import HfcastPredictor, serve as run_server
     finally:
         sys.argv = argv
-    limits = Limits(max_batch, None if max_staleness_s < 0 else max_staleness_s)
+    limits = Limits(max_batch, None if max_staleness_s < 0 else max_staleness_s, int(max_body_mb * 2**20))
     predictor = HfcastPredictor("hfcast", bundle=bundle, ref=None if bundle else model, runner=runner,
                                 limits=limits, settings=get_settings(), use_feature_store=feature_store)
     run_server(predictor, http_port=port, grpc_port=grpc_port)

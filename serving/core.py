@@ -19,6 +19,7 @@ from kserve.errors import InvalidInput
 from serving.validation import ParsedRequest
 
 log = logging.getLogger(__name__)
+MAX_ABS_Z = 1e4  # a feature this many standard deviations from its training mean is an input error
 
 # (symbols) -> (windows [B,30,F] unscaled float32, feature ts [B] datetime64/Timestamp, feature names)
 WindowLookup = Callable[[Sequence[str]], tuple[np.ndarray, Any, Sequence[str]]]
@@ -26,10 +27,23 @@ WindowLookup = Callable[[Sequence[str]], tuple[np.ndarray, Any, Sequence[str]]]
 
 @dataclass(frozen=True)
 class Limits:
-    """Request limits; both answer with HTTP 400 when exceeded."""
+    """Request limits: batch and staleness answer HTTP 400, the body size 413 (before parsing).
+
+    The default body limit fits the largest JSON batch (1024 windows x 30 x 59 numbers is about
+    36 MB of JSON; binary tensors need a fifth of that). Nonsense values fail at start-up.
+    """
 
     max_batch: int = 1024
     max_staleness_s: float | None = 600.0  # None: any feature age is accepted
+    max_body_bytes: int = 64 * 2**20
+
+    def __post_init__(self):
+        if not (isinstance(self.max_batch, int) and self.max_batch >= 1):
+            raise ValueError(f"max batch must be a positive integer, got {self.max_batch!r}")
+        if self.max_staleness_s is not None and not self.max_staleness_s >= 0:
+            raise ValueError(f"max staleness must be >= 0 seconds (or None: no limit), got {self.max_staleness_s!r}")
+        if not (isinstance(self.max_body_bytes, int) and self.max_body_bytes >= 1024):
+            raise ValueError(f"max body size must be at least 1024 bytes, got {self.max_body_bytes!r}")
 
 
 def load_forecaster(bundle: str | Path | None = None, ref: str | None = None, settings: Any = None):
@@ -80,10 +94,26 @@ class ForecastService:
     def windows(self, req: ParsedRequest) -> tuple[np.ndarray, list[str]]:
         """Scaled windows [B,30,F] and the feature timestamp (ISO UTC, "" if unknown) of each row."""
         if req.symbols is None:
+            self.check_range(req.windows, req.scaled)
             scaled = req.windows if req.scaled else self.forecaster.scaler.transform(req.windows)
             return np.ascontiguousarray(scaled, dtype=np.float32), [""] * req.size
         raw, ts = self.fetch(req.symbols)
         return self.forecaster.scaler.transform(raw), [_iso(t) for t in ts]
+
+    def check_range(self, windows: np.ndarray, scaled: bool) -> None:
+        """Refuse values more than MAX_ABS_Z standard deviations from the training data.
+
+        Why: the scaler clips, so 1e30 (finite in FP32) would be served as an extreme but
+        confident forecast; such a value is a unit or encoding error on the caller's side.
+        """
+        sc = self.forecaster.scaler
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = windows if scaled else (windows - sc.mean.astype(np.float32)) / sc.std.astype(np.float32)
+            bad = ~(np.abs(z) <= MAX_ABS_Z).all(axis=(1, 2))
+        if bad.any():
+            rows = [int(i) for i in np.nonzero(bad)[0][:10]]
+            raise InvalidInput(f"window values out of range (batch rows {rows}): more than {MAX_ABS_Z:g} standard "
+                               f"deviations from the training data{'' if scaled else ' (wrong units?)'}")
 
     def fetch(self, symbols: Sequence[str]) -> tuple[np.ndarray, list]:
         """Latest unscaled windows from the online store; unknown or stale symbols are the caller's 400."""
@@ -129,7 +159,7 @@ class ForecastService:
     def v2_outputs(self, preds: dict[str, np.ndarray], feature_ts: list[str]) -> list[dict]:
         """One FP32 [B] tensor per forecast column, then BYTES [B] model_name/model_version/feature_ts."""
         b = len(feature_ts)
-        outs = [{"name": k, "shape": [b], "datatype": "FP32", "data": np.asarray(v, dtype=np.float32)}
+        outs = [{"name": k, "shape": [b], "datatype": "FP32", "data": np.ascontiguousarray(v, dtype=np.float32)}
                 for k, v in preds.items()]
         for name, vals in (("model_name", [self.model_name] * b), ("model_version", [self.model_version] * b),
                            ("feature_ts", feature_ts)):

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import orjson
@@ -59,17 +60,18 @@ class HfcastDataPlane(DataPlane):
 
     def decode(self, body: Any, headers: dict[str, str] | None, protocol_version: str = "v1",
                model_name: str | None = None):
-        if (protocol_version.lower() == "v2" and isinstance(body, bytes) and headers
-                and INFERENCE_CONTENT_LENGTH_HEADER in headers):
-            req = decode_binary_v2(body, headers, model_name)
-            if req is not None:
-                return req, {}
         try:
+            if (protocol_version.lower() == "v2" and isinstance(body, bytes) and headers
+                    and INFERENCE_CONTENT_LENGTH_HEADER in headers):
+                req = decode_binary_v2(body, headers, model_name)
+                if req is not None:
+                    return req, {}
             return super().decode(body, headers, protocol_version, model_name)
         except InvalidInput:
             raise
-        except (ValueError, TypeError) as exc:
-            raise InvalidInput(f"request body does not match its declared tensors: {exc}") from None
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError, struct.error) as exc:
+            # serving.gateway validates our model's bodies first; this is the backstop for anything else
+            raise InvalidInput(f"request body does not match its declared tensors: {type(exc).__name__}: {exc}") from None
 
     async def model_metadata(self, model_name: str) -> dict:
         meta = await super().model_metadata(model_name)

@@ -7,6 +7,7 @@ validates (serving.validation), runs and builds the answer (serving.core).
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from pathlib import Path
@@ -19,7 +20,7 @@ from kserve.protocol.infer_type import InferOutput
 from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS
 from serving.core import ForecastService, Limits, feast_lookup, load_forecaster
 from serving.dataplane import HfcastDataPlane
-from serving.validation import parse_v1, parse_v2
+from serving.validation import ParsedRequest, parse_http, parse_v1, parse_v2
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,32 @@ class HfcastPredictor(kserve.Model):
             req = parse_v2(payload, svc.n_features, svc.limits.max_batch)
         else:
             req = parse_v1(payload, svc.n_features, svc.limits.max_batch)
-        windows, feature_ts = svc.windows(req)
-        preds = svc.predictions(self.runner.run(windows))
+        preds, feature_ts = self.forecast(req)
         if req.protocol == "v1":
             return svc.v1_response(preds, feature_ts)
         outputs = [InferOutput(name=o["name"], shape=o["shape"], datatype=o["datatype"], data=o["data"])
                    for o in svc.v2_outputs(preds, feature_ts)]
         return InferResponse(response_id=req.request_id or str(uuid.uuid4()), model_name=self.name,
                              model_version=svc.model_version, infer_outputs=outputs)
+
+    def forecast(self, req: ParsedRequest) -> tuple[dict, list[str]]:
+        """Validated request -> calibrated forecasts (columns) and the feature timestamp of each row."""
+        windows, feature_ts = self.service.windows(req)
+        return self.service.predictions(self.runner.run(windows)), feature_ts
+
+    def decoder(self):
+        """A picklable ``(protocol, body, headers) -> ParsedRequest`` for this model (serving.gateway)."""
+        return functools.partial(parse_http, n_features=self.service.n_features,
+                                 max_batch=self.service.limits.max_batch)
+
+    def answer_parsed(self, req: ParsedRequest) -> dict:
+        """A validated HTTP request -> the V1 or V2 JSON response document (serving.gateway)."""
+        svc = self.service
+        preds, feature_ts = self.forecast(req)
+        if req.protocol == "v1":
+            return svc.v1_response(preds, feature_ts)
+        return {"model_name": self.name, "model_version": svc.model_version,
+                "id": req.request_id or str(uuid.uuid4()), "outputs": svc.v2_outputs(preds, feature_ts)}
 
     def get_input_types(self) -> list[dict]:
         n = self.service.n_features if self.service else -1
@@ -83,6 +102,8 @@ class HfcastPredictor(kserve.Model):
 
 def serve(model: kserve.Model, http_port: int = 8080, grpc_port: int = 8081, workers: int = 1) -> None:
     """Load and serve one model (blocks). KServe binds 0.0.0.0; send local traffic to 127.0.0.1."""
+    for port in (http_port, grpc_port):
+        check_port_free(port)  # before the (slow) load, and instead of uvicorn's bare exit(1)
     model.load()
     # per-request trace lines cost more than a batch-1 forecast: keep them off the hot path
     server = kserve.ModelServer(http_port=http_port, grpc_port=grpc_port, workers=workers,
@@ -90,4 +111,34 @@ def serve(model: kserve.Model, http_port: int = 8080, grpc_port: int = 8081, wor
     for noisy in ("kserve.trace", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     server.dataplane = HfcastDataPlane(model_registry=server.registered_models)
+    install_gate(model)
     server.start([model])
+
+
+def check_port_free(port: int) -> None:
+    """A UserError naming the port when another process listens on it."""
+    import errno
+    import socket
+
+    from hfcast.errors import UserError
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise UserError(f"port {port} is already in use", "stop the server that holds it, or pass another "
+                            "--port / --grpc-port") from None
+
+
+def install_gate(model: HfcastPredictor) -> None:
+    """Put :class:`serving.gateway.RequestGate` in front of KServe's app for this model's infer routes
+    (after ``load()``: the decoder needs the model's feature count)."""
+    from kserve.model_server import app
+
+    from serving.gateway import RequestGate
+
+    app.add_middleware(RequestGate, model_name=model.name, decode=model.decoder(),
+                       answer=model.answer_parsed, ready=lambda: model.ready, max_body_bytes=model.limits.max_body_bytes)

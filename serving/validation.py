@@ -11,14 +11,17 @@ BYTES [B]; request parameter ``scaled`` (bool, default false: the window holds r
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+import orjson
 from kserve.errors import InvalidInput
 
 from hfcast.contracts import LOOKBACK
+
+MAX_SYMBOL_LEN = 64
+BINARY_HEADER = "inference-header-content-length"
 
 
 @dataclass
@@ -47,9 +50,10 @@ def check_windows(raw: Any, n_features: int, max_batch: int) -> np.ndarray:
     """Numbers -> float32 [B, 30, F], refusing strings, ragged lists, wrong shape, NaN and inf."""
     try:
         arr = np.asarray(raw)
-        if arr.dtype.kind not in "fiub":  # "1.5" would silently become a float with dtype=float32
-            raise ValueError(f"found {arr.dtype.kind!r}-kind values (strings, nulls or mixed types)")
-        arr = arr.astype(np.float32)
+        if arr.dtype.kind not in "fiu":  # "1.5" would silently become a float with dtype=float32
+            raise ValueError(f"found {_kind(arr)} values where numbers belong")
+        with np.errstate(over="ignore"):  # 1e39 overflows to inf: refused below, naming the rows
+            arr = arr.astype(np.float32, copy=False)
     except (ValueError, TypeError) as exc:
         raise InvalidInput(f"window must be numbers in a [B, {LOOKBACK}, {n_features}] array: {exc}") from None
     if arr.ndim >= 1:
@@ -71,12 +75,17 @@ def json_tensor(data: list, shape: list[int], name: str) -> np.ndarray:
     (``as_numpy`` would turn "1.5" into 1.5 silently)."""
     try:
         arr = np.asarray(data)
-        if arr.dtype.kind not in "fiub":
-            raise ValueError(f"found {arr.dtype.kind!r}-kind values (strings, nulls or mixed types): "
-                             f"window must be numbers")
-        return arr.astype(np.float32, copy=False).reshape(shape)
+        if arr.dtype.kind not in "fiu":
+            raise ValueError(f"found {_kind(arr)} values: window must be numbers")
+        with np.errstate(over="ignore"):
+            return arr.astype(np.float32, copy=False).reshape(shape)
     except (ValueError, TypeError) as exc:
         raise InvalidInput(f"input {name!r} (FP32, shape {list(shape)}) does not hold matching data: {exc}") from None
+
+
+def _kind(arr: np.ndarray) -> str:
+    return {"U": "string", "S": "string", "b": "boolean", "O": "null, object or mixed-type"}.get(
+        arr.dtype.kind, arr.dtype.name)
 
 
 def check_symbols(raw: Any, max_batch: int) -> list[str]:
@@ -89,6 +98,9 @@ def check_symbols(raw: Any, max_batch: int) -> list[str]:
             s = s.decode("utf-8", errors="replace")
         if not isinstance(s, str) or not s.strip():
             raise InvalidInput(f"symbol must be a non-empty string, got {s!r}")
+        if len(s) > MAX_SYMBOL_LEN or not s.isprintable():
+            raise InvalidInput(f"symbol {s[:MAX_SYMBOL_LEN]!r} is not a valid symbol (printable, at most "
+                               f"{MAX_SYMBOL_LEN} characters)")
         out.append(s.strip())
     _check_batch(len(out), max_batch)
     return out
@@ -116,11 +128,11 @@ def _params(obj: Any) -> Mapping[str, Any]:
 
 
 def decode_body(payload: Any) -> Any:
-    """KServe hands V1 bodies it could not decode through as bytes: report them as malformed JSON."""
-    if isinstance(payload, (bytes, bytearray)):
+    """A JSON body (bytes) as Python objects; malformed JSON (NaN literals included) is the caller's 400."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
         try:
-            return json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
             raise InvalidInput(f"malformed JSON body: {exc}") from None
     return payload
 
@@ -128,6 +140,8 @@ def decode_body(payload: Any) -> Any:
 def parse_v1(payload: Any, n_features: int, max_batch: int) -> ParsedRequest:
     """``{"instances": [...], "parameters": {...}}`` -> ParsedRequest."""
     payload = decode_body(payload)
+    if isinstance(payload, dict) and "inputs" in payload and "instances" not in payload:
+        raise InvalidInput('V1 body uses "instances" (the "inputs" form is V2: POST /v2/models/<name>/infer)')
     if not isinstance(payload, dict) or "instances" not in payload:
         raise InvalidInput('V1 body must be a JSON object with an "instances" list')
     instances = payload["instances"]
@@ -139,6 +153,9 @@ def parse_v1(payload: Any, n_features: int, max_batch: int) -> ParsedRequest:
     if len(kinds) > 1:
         raise InvalidInput("instances mix symbols and windows: send one kind per request")
     if kinds == {"symbol"}:
+        bad = [i["symbol"] for i in instances if not isinstance(i["symbol"], str)]
+        if bad:
+            raise InvalidInput(f"symbol must be a non-empty string, got {bad[0]!r}")
         return ParsedRequest("v1", symbols=check_symbols([i["symbol"] for i in instances], max_batch))
     windows = []
     for k, inst in enumerate(instances):
@@ -150,30 +167,219 @@ def parse_v1(payload: Any, n_features: int, max_batch: int) -> ParsedRequest:
     return ParsedRequest("v1", windows=check_windows(windows, n_features, max_batch), scaled=scaled)
 
 
+
+
+# --- V2: one check of each input, whether it came as JSON, binary or gRPC -----------------------
+
+EXPECTED_TYPES = {"window": "FP32", "symbol": "BYTES"}
+
+
+@dataclass
+class TensorSpec:
+    """A V2 input's declaration (name, datatype, shape, parameters), checked before its data."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict = field(default_factory=dict)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_spec(name: Any, datatype: Any, shape: Any, parameters: Any, n_features: int, max_batch: int) -> TensorSpec:
+    """Name, datatype and shape of the one V2 input, refused before any data is touched (so a huge
+    declared shape never allocates anything)."""
+    if not isinstance(name, str):
+        raise InvalidInput(f"input name must be a string, got {name!r}")
+    if name not in EXPECTED_TYPES:
+        raise InvalidInput(f"unknown input {name!r}: expected 'window' (FP32) or 'symbol' (BYTES)")
+    if not isinstance(datatype, str) or datatype.upper() != EXPECTED_TYPES[name]:
+        raise InvalidInput(f"wrong datatype for input {name!r}: {datatype}, expected {EXPECTED_TYPES[name]}")
+    if not isinstance(shape, (list, tuple)) or not all(_is_int(d) for d in shape):
+        raise InvalidInput(f"input {name!r}: shape must be a list of integers, got {shape!r}")
+    shape = [int(d) for d in shape]
+    if shape and shape[0] == 0:
+        raise InvalidInput(f"empty batch: input {name!r} has shape {shape}")
+    if any(d <= 0 for d in shape):
+        raise InvalidInput(f"input {name!r}: shape {shape} must hold positive dimensions")
+    if parameters is not None and not isinstance(parameters, Mapping):
+        raise InvalidInput(f"input {name!r}: parameters must be an object, got {type(parameters).__name__}")
+    if name == "symbol" and len(shape) != 1:
+        raise InvalidInput(f"symbol must have shape [B], got {shape}")
+    if name == "window":
+        if len(shape) != 3 or shape[1] != LOOKBACK:
+            raise InvalidInput(f"wrong window shape {shape}: expected [B, {LOOKBACK}, {n_features}]")
+        if shape[2] != n_features:
+            raise InvalidInput(f"wrong feature count: window has {shape[2]} features per minute, "
+                               f"the model expects {n_features}")
+    _check_batch(shape[0], max_batch)
+    return TensorSpec(name, datatype.upper(), shape, dict(parameters or {}))
+
+
+def fp32_from_bytes(chunk: bytes | memoryview, spec: TensorSpec) -> np.ndarray:
+    """Binary FP32 data (little-endian) as a read-only view of the body: no copy, no list."""
+    want = int(np.prod(spec.shape)) * 4
+    if len(chunk) != want:
+        raise InvalidInput(f"input {spec.name!r} (FP32, shape {spec.shape}) needs {want} bytes of binary data, "
+                           f"got {len(chunk)}")
+    return np.frombuffer(chunk, dtype="<f4").reshape(spec.shape)
+
+
+def bytes_from_binary(chunk: bytes | memoryview, spec: TensorSpec) -> list[str]:
+    """Binary BYTES data: each element a 4-byte little-endian length, then that many UTF-8 bytes."""
+    raw, out, pos, n = bytes(chunk), [], 0, int(np.prod(spec.shape))
+    while pos < len(raw):
+        if len(raw) - pos < 4:
+            raise InvalidInput(f"input {spec.name!r} (BYTES): {len(raw) - pos} stray bytes where a 4-byte "
+                               f"length prefix belongs; BYTES elements are <uint32 length><UTF-8 bytes>")
+        size = int.from_bytes(raw[pos:pos + 4], "little")
+        if size > len(raw) - pos - 4:
+            raise InvalidInput(f"input {spec.name!r} (BYTES): element {len(out)} declares {size} bytes, only "
+                               f"{len(raw) - pos - 4} remain; BYTES elements are <uint32 length><UTF-8 bytes>")
+        try:
+            out.append(raw[pos + 4:pos + 4 + size].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInput(f"input {spec.name!r} (BYTES): element {len(out)} is not UTF-8 text") from None
+        pos += 4 + size
+    if len(out) != n:
+        raise InvalidInput(f"input {spec.name!r} (BYTES, shape {spec.shape}) holds {len(out)} elements, "
+                           f"expected {n}")
+    return out
+
+
+def bytes_from_json(data: Any, spec: TensorSpec) -> list:
+    """JSON BYTES data: a (possibly nested) list of ``prod(shape)`` strings."""
+    if not isinstance(data, list):
+        raise InvalidInput(f"input {spec.name!r} (BYTES): data must be a list of strings, got {type(data).__name__}")
+    flat = np.asarray(data, dtype=object).ravel().tolist() if any(isinstance(d, list) for d in data) else data
+    if len(flat) != int(np.prod(spec.shape)):
+        raise InvalidInput(f"input {spec.name!r} (BYTES, shape {spec.shape}) holds {len(flat)} elements, "
+                           f"expected {int(np.prod(spec.shape))}")
+    return flat
+
+
+def to_parsed(spec: TensorSpec, values: Any, scaled: bool, request_id: Any, n_features: int,
+              max_batch: int) -> ParsedRequest:
+    """Checked data of the one input -> ParsedRequest (windows: finite float32; symbols: valid strings)."""
+    rid = None if request_id is None else str(request_id)
+    if spec.name == "symbol":
+        return ParsedRequest("v2", symbols=check_symbols(values, max_batch), request_id=rid)
+    if isinstance(values, list):
+        values = json_tensor(values, spec.shape, spec.name)
+    return ParsedRequest("v2", windows=check_windows(values, n_features, max_batch), scaled=scaled, request_id=rid)
+
+
+def _request_fields(doc: Any) -> tuple[list, bool, Any]:
+    """The ``inputs`` list, the ``scaled`` parameter and the request id of a V2 JSON document."""
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"V2 body must be a JSON object, got {type(doc).__name__}")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput('V2 body needs a non-empty "inputs" list')
+    if len(inputs) != 1:
+        raise InvalidInput(f"expected exactly one input ('window' or 'symbol'), got {len(inputs)}")
+    if not isinstance(inputs[0], dict):
+        raise InvalidInput(f"each input must be an object, got {type(inputs[0]).__name__}")
+    rid = doc.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise InvalidInput(f'request "id" must be a string, got {type(rid).__name__}')
+    scaled = _as_bool(_params(doc.get("parameters")).get("scaled", False), "scaled")
+    return inputs, scaled, rid
+
+
+def _spec_of(inp: dict, n_features: int, max_batch: int) -> TensorSpec:
+    missing = [k for k in ("name", "datatype", "shape") if k not in inp]
+    if missing:
+        raise InvalidInput(f"input lacks {missing} (each input needs name, datatype, shape)")
+    return check_spec(inp["name"], inp["datatype"], inp["shape"], inp.get("parameters"), n_features, max_batch)
+
+
+def parse_v2_json(body: bytes | Any, n_features: int, max_batch: int) -> ParsedRequest:
+    """A V2 JSON body (bytes or already-decoded dict) -> ParsedRequest."""
+    inputs, scaled, rid = _request_fields(decode_body(body))
+    spec = _spec_of(inputs[0], n_features, max_batch)
+    if "data" not in inputs[0]:
+        raise InvalidInput(f"input {spec.name!r} has no \"data\" (binary data needs the "
+                           f"{BINARY_HEADER} header)")
+    data = inputs[0]["data"]
+    if spec.name == "window" and not isinstance(data, list):
+        raise InvalidInput(f"input 'window' (FP32): data must be a list of numbers, got {type(data).__name__}")
+    values = bytes_from_json(data, spec) if spec.name == "symbol" else data
+    return to_parsed(spec, values, scaled, rid, n_features, max_batch)
+
+
+def _header_length(value: Any, body_len: int) -> int:
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise InvalidInput(f"{BINARY_HEADER} must be an integer, got {value!r}") from None
+    if not 0 < n <= body_len:
+        raise InvalidInput(f"{BINARY_HEADER} {n} must lie in [1, {body_len}] (the body size)")
+    return n
+
+
+def parse_v2_binary(body: bytes, header_length: Any, n_features: int, max_batch: int) -> ParsedRequest:
+    """A binary-extension V2 body (JSON header, then raw tensor bytes) -> ParsedRequest, no copies."""
+    n = _header_length(header_length, len(body))
+    try:
+        doc = orjson.loads(body[:n])
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"binary V2 request: unreadable JSON header: {exc}") from None
+    inputs, scaled, rid = _request_fields(doc)
+    inp = inputs[0]
+    spec = _spec_of(inp, n_features, max_batch)
+    size = spec.parameters.get("binary_data_size")
+    if size is None:
+        if len(body) != n:
+            raise InvalidInput(f"binary V2 request: {len(body) - n} bytes after the JSON header, but input "
+                               f"{spec.name!r} declares no binary_data_size")
+        return parse_v2_json(doc, n_features, max_batch)
+    if not _is_int(size) or size < 0:
+        raise InvalidInput(f"input {spec.name!r}: binary_data_size must be a non-negative integer, got {size!r}")
+    if "data" in inp:
+        raise InvalidInput(f"input {spec.name!r} has both \"data\" and binary_data_size: send one")
+    chunk = memoryview(body)[n:n + size]
+    if len(chunk) != size:
+        raise InvalidInput(f"input {spec.name!r} declares {size} binary bytes, the body holds {len(chunk)}")
+    if n + size != len(body):
+        raise InvalidInput(f"binary V2 request: {len(body) - n - size} bytes after the declared tensors")
+    values = bytes_from_binary(chunk, spec) if spec.name == "symbol" else fp32_from_bytes(chunk, spec)
+    return to_parsed(spec, values, scaled, rid, n_features, max_batch)
+
+
+def parse_http(protocol: str, body: bytes, headers: Mapping[str, str], n_features: int,
+               max_batch: int) -> ParsedRequest:
+    """The one entry point for HTTP bodies: V1 JSON, V2 JSON or V2 binary -> ParsedRequest or InvalidInput."""
+    if protocol == "v1":
+        return parse_v1(body, n_features, max_batch)
+    if headers.get(BINARY_HEADER) is not None:
+        return parse_v2_binary(body, headers[BINARY_HEADER], n_features, max_batch)
+    return parse_v2_json(body, n_features, max_batch)
+
+
 def parse_v2(request: Any, n_features: int, max_batch: int) -> ParsedRequest:
-    """An ``InferRequest`` with one input, ``window`` (FP32) or ``symbol`` (BYTES)."""
+    """A KServe ``InferRequest`` (gRPC, the transformer) through the same checks as HTTP bodies."""
     inputs = list(request.inputs or [])
     if len(inputs) != 1:
         raise InvalidInput(f"expected exactly one input ('window' or 'symbol'), got {len(inputs)}: "
-                           f"{[i.name for i in inputs]}")
+                           f"{[getattr(i, 'name', None) for i in inputs]}")
     inp = inputs[0]
     scaled = _as_bool(_params(request.parameters).get("scaled", False), "scaled")
-    expected = {"window": "FP32", "symbol": "BYTES"}
-    if inp.name not in expected:
-        raise InvalidInput(f"unknown input {inp.name!r}: expected 'window' (FP32) or 'symbol' (BYTES)")
-    if inp.datatype != expected[inp.name]:
-        raise InvalidInput(f"wrong datatype for input {inp.name!r}: {inp.datatype}, expected {expected[inp.name]}")
-    try:
-        if inp.name == "window" and isinstance(inp.data, list):
-            data = json_tensor(inp.data, list(inp.shape), inp.name)
-        else:
-            data = inp.as_numpy()  # BYTES, or binary tensor data (Inference-Header-Content-Length)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"input {inp.name!r} ({inp.datatype}, shape {list(inp.shape)}) "
-                           f"does not hold matching data: {exc}") from None
-    if inp.name == "symbol":
-        if data.ndim != 1:
-            raise InvalidInput(f"symbol must have shape [B], got {list(data.shape)}")
-        return ParsedRequest("v2", symbols=check_symbols(data, max_batch), request_id=request.id)
-    return ParsedRequest("v2", windows=check_windows(data, n_features, max_batch), scaled=scaled,
-                         request_id=request.id)
+    spec = check_spec(inp.name, inp.datatype, list(inp.shape) if isinstance(inp.shape, (list, tuple)) else inp.shape,
+                      None, n_features, max_batch)
+    raw = getattr(inp, "_raw_data", None)
+    data = inp.data
+    if raw is not None and data is None:
+        values = bytes_from_binary(raw, spec) if spec.name == "symbol" else fp32_from_bytes(raw, spec)
+    elif isinstance(data, np.ndarray):
+        if data.size != int(np.prod(spec.shape)):
+            raise InvalidInput(f"input {spec.name!r} (shape {spec.shape}) does not hold matching data: "
+                               f"{data.size} values")
+        values = data.reshape(-1).tolist() if spec.name == "symbol" else data.reshape(spec.shape)
+    elif isinstance(data, list):
+        values = bytes_from_json(data, spec) if spec.name == "symbol" else data
+    else:
+        raise InvalidInput(f"input {spec.name!r} has no data")
+    return to_parsed(spec, values, scaled, request.id, n_features, max_batch)

@@ -18,8 +18,34 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="hfcast: minute-level return and volatility forecasts with calibrated confidence.")
+
+def _with_user_errors(run):
+    """Run the command line: a problem the user can fix is shown as two lines (exit 2), with the
+    traceback only under ``-v`` (see hfcast.errors)."""
+    import sys
+
+    from hfcast.errors import explain
+
+    try:
+        return run()
+    except Exception as exc:
+        err = explain(exc)
+        if err is None or "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
+            raise
+        for line in err.lines():
+            Console(stderr=True, highlight=False, soft_wrap=True).print(line, markup=False)
+        raise SystemExit(err.exit_code) from None
+
+
+class _Typer(typer.Typer):
+    """Typer whose call goes through :func:`_with_user_errors` (whichever entry point is installed)."""
+
+    def __call__(self, *args, **kwargs):
+        return _with_user_errors(lambda: super(_Typer, self).__call__(*args, **kwargs))
+
+
+app = _Typer(add_completion=False, no_args_is_help=True,
+             help="hfcast: minute-level return and volatility forecasts with calibrated confidence.")
 console = Console()
 
 
@@ -661,7 +687,8 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
-    """The ``hfcast`` console script: core commands plus the plugins' ones."""
+    """The ``hfcast`` console script: core commands plus the plugins' ones, all under the one error
+    handler (``app()`` goes through :func:`_with_user_errors`, so plugin commands show two-line errors too)."""
     build_app()()
 
 

@@ -102,7 +102,8 @@ def export_onnx(model: Any, path: str | Path, opset: int = OPSET, check: bool = 
     try:
         batch = torch.export.Dim("batch", min=1, max=65536)
         torch.onnx.export(net, example, str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False)
+                          dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
+                          external_data=False)  # one self-contained file: no side file to lose
     except Exception as exc:  # the exporter raises many types; any failure means: use the fallback
         exporter, reason = "torchscript", f"{type(exc).__name__}: {str(exc)[:300]}"
         log.warning("dynamo ONNX export failed (%s); falling back to dynamo=False with dynamic_axes", reason)

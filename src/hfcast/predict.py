@@ -325,6 +325,20 @@ def prepare_bundle(settings: Any, model_ref: str | None, bundle_dir: str | None)
     return str(path), str(mv.name), str(mv.version)
 
 
+def _check_dates_have_features(dates: list[str], available: list[str], lake_url: str) -> None:
+    from hfcast.errors import UserError
+
+    missing = [d for d in dates if d not in set(available)]
+    if not missing:
+        return
+    have = (f"{len(available)} dates, {available[0]}..{available[-1]}" if len(available) > 3
+            else ", ".join(available) or "none")
+    raise UserError(f"no features for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} in the lake "
+                    f"{lake_url} (dates with features: {have})",
+                    f"run `hfcast featurize --dates {missing[0]}` once raw data for that date is ingested "
+                    f"(`hfcast ingest` / `hfcast synth`), or pick dates that have features")
+
+
 def choose_runner(bundle_dir: str, runner: str, lake: Lake | None = None) -> tuple[str, str | None]:
     """Resolve ``auto`` to a runner kind and export ONNX once (not once per worker) when needed.
 
@@ -341,13 +355,11 @@ def choose_runner(bundle_dir: str, runner: str, lake: Lake | None = None) -> tup
     onnx_path = None
     if runner in ("onnxruntime", "onnxruntime-int8", "tensorrt"):
         from hfcast.export import export_onnx
+        from hfcast.integrity import cached_export
         from hfcast.models.base import Forecaster
 
-        onnx_path = str(Path(bundle_dir) / "model.onnx")
-        if not Path(onnx_path).exists():  # once per bundle (cached versions keep it)
-            tmp = Path(bundle_dir) / f".model.onnx.tmp-{os.getpid()}"
-            export_onnx(Forecaster.load(bundle_dir), tmp)
-            os.replace(tmp, onnx_path)
+        # once per bundle checksum: changed weights get a new export, a changed export is refused
+        onnx_path = str(cached_export(bundle_dir, "model.onnx", lambda p: export_onnx(Forecaster.load(bundle_dir), p)))
     if runner in ("onnxruntime", "onnxruntime-int8"):  # auto takes int8 only when its guard passed
         from hfcast.quantize import cpu_model
 
@@ -374,7 +386,9 @@ def run_predict(settings: Any, dates: str | list[str], model_ref: str | None = N
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     lake = Lake.from_settings(settings)
-    date_list = parse_dates(dates, lake.dates("features"))
+    available = lake.dates("features")
+    date_list = parse_dates(dates, available)
+    _check_dates_have_features(date_list, available, lake.url)  # before any model is loaded or exported
     if not date_list:
         raise ValueError(f"no dates to predict in {dates!r} (the lake has features for {len(lake.dates('features'))} dates)")
     local_bundle, name, version = prepare_bundle(settings, model_ref, bundle_dir)

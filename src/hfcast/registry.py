@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from hfcast import integrity
 from hfcast.config import Settings
 from hfcast.contracts import BUNDLE_FILES
+from hfcast.errors import UserError
 from hfcast.gate import config_from_settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
 SPANS_TAG, SPANS_SHA_TAG = "hfcast.test_spans", "hfcast.test_spans_sha"
 
 
-class RegistryError(LookupError):
+class RegistryError(UserError, LookupError):
     """A model, version, alias or artifact that the caller named does not exist or is unusable."""
 
 
@@ -292,6 +294,7 @@ def log_training_run(settings: Settings, rec: TrainingRecord) -> str:
             raise RegistryError(f"plot {p} does not exist")
     metrics = _record_metrics(rec, int(time.time() * 1000))
     params, run_tags = _record_params_tags(settings, rec, spans)
+    run_tags.update(integrity.registry_tags(bundle))  # checked again at registration and every load
     scores = {"test_spans": spans, "test_spans_sha": spans_sha(spans), "model": rec.aggregate_metrics,
               "baselines": rec.baseline_metrics or {}, "folds": list(rec.fold_metrics)}
     with tracking(settings) as t:
@@ -333,10 +336,23 @@ def register(settings: Settings, run_id: str) -> int:
         rt = run.data.tags
         mv_tags = {"arch": rt.get("arch", "unknown"), "dataset_version": rt.get("dataset_version", "unknown"),
                    "run_id": run_id, SPANS_SHA_TAG: rt.get(SPANS_SHA_TAG, "")}
+        mv_tags.update(_checksum_tags(run_id, rt, t.uri))
         mv = c.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id, tags=mv_tags)
         c.set_registered_model_alias(name, CHALLENGER, mv.version)
     log.info("registered %s version %s from run %s (alias %s)", name, mv.version, run_id, CHALLENGER)
     return int(mv.version)
+
+
+def _checksum_tags(run_id: str, run_tags: Mapping[str, str], uri: str) -> dict[str, str]:
+    """The checksums of the run's bundle as stored, verified against those recorded when it was logged."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="hfcast-register-") as tmp:
+        got = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT, dst_path=tmp,
+                                                       tracking_uri=uri))
+        if integrity.expected(run_tags):
+            integrity.verify_bundle(got, run_tags, f"the bundle of run {run_id}")
+        return integrity.registry_tags(got)
 
 
 def parse_ref(ref: str | int, default_name: str) -> tuple[str, str | None, str | None]:
@@ -371,7 +387,10 @@ def resolve(settings: Settings, ref: str | int):
             if not (_not_found(exc) or getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE"):
                 raise
             what = f"alias '{alias}'" if alias is not None else f"version {version}"
-            raise RegistryError(f"model '{name}' has no {what} in {t.uri}") from None
+            raise RegistryError(f"model '{name}' has no {what} in {t.uri}",
+                                "list the versions with `hfcast registry list`; a new registry has no champion until "
+                                "`hfcast train` registers a model and the gate promotes it (or pass --model "
+                                "NAME/VERSION, or --bundle DIR)") from None
 
 
 def run_scores(settings: Settings, run_id: str) -> dict[str, Any]:
@@ -402,14 +421,26 @@ def download_bundle(settings: Settings, ref: str | int, dst: str | os.PathLike |
     mv = resolve(settings, ref)
     cached = dst is None
     dst = Path(dst) if dst is not None else settings.home / "bundles" / f"{mv.name}-v{mv.version}"
+    what = f"model '{mv.name}' version {mv.version}"
     if cached and not refresh and (dst / "model.json").is_file():
+        integrity.verify_bundle(dst, mv.tags, f"{what} (cached)")
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=dst.parent))
     try:
-        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
-                                                       tracking_uri=tracking_uri(settings)))
+        try:
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
+                                                           tracking_uri=tracking_uri(settings)))
+        except Exception as exc:  # deleted artifacts, unreachable store, refused credentials
+            from hfcast.errors import explain
+
+            cause = explain(exc)
+            raise RegistryError(f"cannot download {what} from {mv.source}: "
+                                f"{cause.problem if cause else f'{type(exc).__name__}: {str(exc)[:200]}'}",
+                                cause.fix if cause else "the artifacts were deleted or the artifact store is "
+                                "unreachable: register the model again, or check the MLflow/S3 settings") from exc
         check_bundle(got)
+        integrity.verify_bundle(got, mv.tags, what)
         if dst.exists() and (not cached or refresh):
             shutil.rmtree(dst)
         try:
@@ -433,7 +464,8 @@ def load_forecaster(settings: Settings, ref: str | int | None = None, dst: str |
     mv = resolve(settings, ref if ref is not None else f"{settings.model_name}@champion")
     path = download_bundle(settings, f"{mv.name}/{mv.version}", dst)
     fc = Forecaster.load(path)
-    fc.meta.update({"model_name": mv.name, "model_version": str(mv.version), "run_id": mv.run_id})
+    fc.meta.update({"model_name": mv.name, "model_version": str(mv.version), "run_id": mv.run_id,
+                    "bundle_sha256": mv.tags.get(integrity.BUNDLE_TAG, "")})
     return fc
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -188,18 +190,21 @@ def test_predict_auto_computes_the_verdict_once_and_follows_it(tmp_path):
     bundle = tmp_path / "bundle"
     fc.meta["val_dates"] = ["2024-01-01"]  # not in the lake: fp32, nothing cached
     fc.save(str(bundle))
-    assert choose_runner(str(bundle), "auto", lake) == ("onnxruntime", str(bundle / "model.onnx"))
-    assert quantize.read_report(bundle) is None
-    fc.meta["val_dates"] = ["2024-01-02"]
-    fc.save(str(bundle))
     kind, path = choose_runner(str(bundle), "auto", lake)
-    report = quantize.read_report(bundle)
+    export_dir = Path(path).parent  # the export cache keyed by the bundle's checksum (hfcast.integrity)
+    assert (kind, Path(path).name) == ("onnxruntime", "model.onnx") and export_dir.parent.name == "exports"
+    assert quantize.read_report(export_dir) is None
+    fc.meta["val_dates"] = ["2024-01-02"]
+    fc.save(str(bundle))  # new bundle bytes: a new export folder
+    kind, path = choose_runner(str(bundle), "auto", lake)
+    export_dir = Path(path).parent
+    report = quantize.read_report(export_dir)
     assert report["guard"]["dates"] == ["2024-01-02"]
     expected = ("onnxruntime-int8", quantize.INT8_FILE) if report["use_int8"] else ("onnxruntime", "model.onnx")
-    assert (kind, path) == (expected[0], str(bundle / expected[1]))
-    stamp = (bundle / quantize.REPORT_FILE).stat().st_mtime_ns
+    assert (kind, path) == (expected[0], str(export_dir / expected[1]))
+    stamp = (export_dir / quantize.REPORT_FILE).stat().st_mtime_ns
     assert choose_runner(str(bundle), "auto", lake) == (kind, path)
-    assert (bundle / quantize.REPORT_FILE).stat().st_mtime_ns == stamp  # read, not recomputed
+    assert (export_dir / quantize.REPORT_FILE).stat().st_mtime_ns == stamp  # read, not recomputed
 
 
 def test_batch_prediction_with_the_int8_runner(tmp_path, settings):

@@ -37,6 +37,8 @@ def _swap_ts(df: pd.DataFrame, i: int, j: int) -> pd.DataFrame:
 
 # (reason, mutation of row 5 of the first symbol, index of the row that must be quarantined)
 CASES = {
+    "missing_symbol": (lambda d: _set(d, 5, symbol=""), 5),
+    "bad_symbol": (lambda d: _set(d, 5, symbol="S0\x0000"), 5),
     "nan_or_inf": (lambda d: _set(d, 5, bid=np.nan), 5),
     "nonpositive_price": (lambda d: _set(d, 5, bid=-1.0), 5),
     "nonpositive_size": (lambda d: _set(d, 5, ask_size=0.0), 5),
@@ -65,6 +67,15 @@ def test_bad_row_is_quarantined_with_its_reason(bars, reason):
     assert quarantine.loc[0, "ts"] == conform(df).loc[row, "ts"]
     assert quarantine.loc[0, "detail"]  # a human-readable explanation, never empty
     assert len(clean) + len(quarantine) == len(df)
+
+
+@pytest.mark.parametrize("symbol,reason", [(None, "missing_symbol"), ("  ", "missing_symbol"),
+                                           ("A\nB", "bad_symbol"), ("A\x7fB", "bad_symbol"), ("\tA", "bad_symbol")])
+def test_symbols_missing_or_with_control_characters(bars, symbol, reason):
+    clean, quarantine = validate_bars(_set(bars.copy(), 3, symbol=symbol), DATE)
+    assert quarantine["reason"].tolist() == [reason] and len(clean) == len(bars) - 1
+    if reason == "bad_symbol":
+        assert quarantine.loc[0, "symbol"] == symbol and repr(symbol) in quarantine.loc[0, "detail"]
 
 
 def test_inf_is_nan_or_inf(bars):

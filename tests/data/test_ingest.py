@@ -226,6 +226,28 @@ def test_each_bad_row_kind_reaches_quarantine_through_ingest(tmp_path, sim, lake
     assert report["input_rows"] == report["clean_rows"] + report["quarantined_rows"] == len(src)
 
 
+def test_nul_and_empty_symbols_are_quarantined_not_truncated(tmp_path, sim, lake):
+    bars = sim[DATES[0]].copy()
+    bars["symbol"] = bars["symbol"].astype(object)
+    bars.loc[3, "symbol"] = "S0\x00B"
+    bars.loc[4, "symbol"] = ""
+    bars.to_csv(tmp_path / "bbo.csv", index=False)
+    totals = ingest([str(tmp_path / "bbo.csv")], "bbo", lake, progress=False)
+    assert {k: v for k, v in totals["reasons"].items() if v} == {"bad_symbol": 1, "missing_symbol": 1}
+    q = lake.read("quarantine", DATES[0]).set_index("reason")
+    assert q.loc["bad_symbol", "symbol"] == "S0\x00B"  # kept whole, not cut at the NUL
+    assert set(_validated(lake)["symbol"]) == {"S0000", "S0001"}
+
+
+@pytest.mark.parametrize("header", ["symbol,ts,bid,ask,bid_size,ask_size,bid", "symbol,ts,bid,ask,bid_size,ask_size,BID"])
+def test_duplicate_column_names_are_refused(tmp_path, lake, header):
+    path = tmp_path / "dup.csv"
+    path.write_text(header + "\nA,2024-03-08 09:30,1,2,3,4,5\n")
+    with pytest.raises(IngestError, match=r"column .* appears more than once") as err:
+        ingest([str(path)], "bbo", lake, progress=False)
+    assert str(path) in str(err.value)
+
+
 @pytest.mark.parametrize("content, fmt, match", [
     (b"\x00\x01garbage\xff\xfe\n\x00", "bbo", "cannot parse"),
     (b"symbol,ts,bid,ask\nA,2024-01-02 09:30,1,2\n", "bbo", r"missing column\(s\) \['bid_size', 'ask_size'\]"),

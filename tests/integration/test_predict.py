@@ -160,9 +160,11 @@ def test_corrupt_date_fails_alone(settings, local_lake, bundle, tmp_path):
     assert d["failed"] == 1 and d["done"] == N_DAYS - 1
     assert bad in d["failed_dates"] and d["failed_dates"][bad]
     assert not storage.exists(lake.predictions("hfcast", "7", bad))
-    # a date with no features at all fails with a reason naming the missing input
-    missing = run_predict(s, "2030-01-02", bundle_dir=bundle, progress=False)
-    assert "missing input" in missing.failed[0].reason
+    # a date with no features at all is refused up front, naming the dates that have features
+    from hfcast.errors import UserError
+
+    with pytest.raises(UserError, match=r"no features for 2030-01-02 .*dates with features"):
+        run_predict(s, "2030-01-02", bundle_dir=bundle, progress=False)
 
 
 @pytest.mark.slow

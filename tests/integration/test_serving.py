@@ -27,7 +27,7 @@ from hfcast.models import PRED_COLUMNS
 from serving_fixtures import feast_repo, tiny_bundle
 
 pytestmark = pytest.mark.integration
-F, MAX_BATCH = 8, 128
+F, MAX_BATCH, MAX_BODY_MB = 8, 128, 60
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -77,7 +77,7 @@ def server(tmp_path_factory):
     limit = (pd.Timestamp.now(tz="UTC") - newest).total_seconds() + 1800  # S000/S001 fresh, S002 stale
     bundle = tiny_bundle(tmp / "bundle", "tcn", F)
     proc, base, log = start_server(tmp, env, ["--bundle", str(bundle), "--max-batch", str(MAX_BATCH),
-                                              "--max-staleness-s", str(limit)])
+                                              "--max-staleness-s", str(limit), "--max-body-mb", str(MAX_BODY_MB)])
     from hfcast.feature_store import OnlineWindows
     from hfcast.models.base import Forecaster
 
@@ -188,45 +188,284 @@ def test_v2_binary_tensor_data(server):
     assert httpx.post(url, content=_binary(x)[0], headers=headers).status_code == 200
 
 
-def _bad_window_v2(dtype="FP32", shape=(1, 30, F), data=None):
-    return {"inputs": [{"name": "window", "datatype": dtype, "shape": list(shape),
-                        "data": data if data is not None else [0.1] * int(np.prod(shape))}]}
-
+# --- malformed requests: every one a 4xx naming the problem, the same connection still serving -----
 
 GOOD = windows(1, seed=9)
-MALFORMED = [
-    ("v1", {"instances": [{"window": [[0.0] * F] * 29}]}, 400, "wrong window shape"),
-    ("v2", _bad_window_v2(shape=(1, 30, F + 2)), 400, "wrong feature count"),
-    ("v2", _bad_window_v2(dtype="FP64"), 400, "wrong datatype"),
-    ("v2", _bad_window_v2(dtype="INT32", data=[1] * 30 * F), 400, "wrong datatype"),
-    ("v1", {"instances": [{"window": [["0.5"] * F] * 30}]}, 400, "must be numbers"),
-    ("v2", _bad_window_v2(data=["x"] * 30 * F), 400, "must be numbers"),
-    # JSON has no NaN: KServe refuses the literal while decoding and names its position
-    ("v1", b'{"instances": [{"window": ' + json.dumps([[0.0] * F] * 29 + [[float("nan")] * F]).encode() + b"}]}",
-     400, r"Unrecognized request format: unexpected character, expected a JSON value: line 1 column \d+"),
-    ("v1", {"instances": [{"window": [[0.0] * F] * 29 + [[1e39] * F]}]}, 400, "NaN or inf"),  # overflows float32
-    ("v2", json.dumps(_bad_window_v2(data=[0.0] * (30 * F - 1) + [float("inf")])), 400, "NaN or inf"),
-    ("v1", {"instances": []}, 400, "empty batch"),
-    ("v2", _bad_window_v2(shape=(0, 30, F), data=[]), 400, "empty batch"),
-    ("v2", _bad_window_v2(shape=(MAX_BATCH + 1, 30, F)), 400, f"exceeds the maximum batch size of {MAX_BATCH}"),
-    ("v1", {"instances": [{"symbol": "NOPE"}]}, 400, "unknown symbol"),
-    ("v2", v2_symbols(["S000", "NOPE"]), 400, "unknown symbol"),
-    ("v2", v2_symbols(["S002"]), 400, "stale features"),
-    ("v1", b'{"instances": [{"window": [[1, 2', 400, "Unrecognized request format"),
-    ("v2", b'{"inputs": [{"name": "window"', 422, "JSON decode error"),
-    ("v2", {"outputs": []}, 422, "inputs"),
+H_JSON = {"content-type": "application/json"}
+V1_PATH, V2_PATH = "/v1/models/hfcast:predict", "/v2/models/hfcast/infer"
+
+
+def _w(rows=30, feats=F, value=0.1):
+    return [[value] * feats for _ in range(rows)]
+
+
+def _v2in(name="window", datatype="FP32", shape=(1, 30, F), data="auto", **extra):
+    inp = {"name": name, "datatype": datatype, "shape": list(shape) if isinstance(shape, tuple) else shape}
+    if data == "auto":
+        data = [0.1] * int(np.prod(shape))
+    if data is not None:
+        inp["data"] = data
+    return {**inp, **extra}
+
+
+def _j(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _binary_raw(spec: dict, payload: bytes, doc_extra: dict | None = None, header_len=None, tail=b""):
+    header = json.dumps({"inputs": [spec], **(doc_extra or {})}).encode()
+    hl = str(len(header)) if header_len is None else str(header_len)
+    return header + payload + tail, {"content-type": "application/octet-stream",
+                                     "inference-header-content-length": hl}
+
+
+def _bin_window(x=None, size=None, shape=None, **kw):
+    x = GOOD if x is None else x
+    raw = x.astype("<f4").tobytes()
+    spec = {"name": "window", "datatype": "FP32", "shape": list(x.shape) if shape is None else shape,
+            "parameters": {"binary_data_size": len(raw) if size is None else size}}
+    return _binary_raw(spec, raw, **kw)
+
+
+def _bytes_elems(*items: bytes) -> bytes:
+    return b"".join(len(i).to_bytes(4, "little") + i for i in items)
+
+
+def _bin_symbol(raw: bytes, shape=(1,), size=None):
+    spec = {"name": "symbol", "datatype": "BYTES", "shape": list(shape),
+            "parameters": {"binary_data_size": len(raw) if size is None else size}}
+    return _binary_raw(spec, raw)
+
+
+def _big_v1() -> dict:
+    return {"instances": [{"window": _w()} for _ in range(MAX_BATCH + 1)]}
+
+
+V1_CASES = [
+    (b'{"instances": [{"window": [[1, 2', "malformed JSON"),
+    (b'{"instances": [{"window": [[NaN]]}]}', "malformed JSON"),
+    (b"", "malformed JSON"),
+    (b"\xff\xfe\x00garbage", "malformed JSON"),
+    (b'{"instances": [1e999999]}', "malformed JSON|NaN or inf|wrong window shape"),
+    (_j([1, 2, 3]), '"instances"'),
+    (_j("abc"), '"instances"'),
+    (_j({"foo": 1}), '"instances"'),
+    (_j({"inputs": [_v2in()]}), "V2"),
+    (_j({"instances": "abc"}), '"instances" must be a list'),
+    (_j({"instances": {"window": _w()}}), '"instances" must be a list'),
+    (_j({"instances": []}), "empty batch"),
+    (_j({"instances": [{"window": _w(29)}]}), "wrong window shape"),
+    (_j({"instances": [{"window": _w(31)}]}), "wrong window shape"),
+    (_j({"instances": [{"window": _w(30, 5)}]}), "wrong feature count"),
+    (_j({"instances": [{"window": [["0.5"] * F] * 30}]}), "string values"),
+    (_j({"instances": [{"window": [[None] * F] * 30}]}), "null, object or mixed-type"),
+    (_j({"instances": [{"window": [[True] * F] * 30}]}), "boolean"),
+    (_j({"instances": [{"window": _w(29) + [[0.1] * (F - 1)]}]}), "must be numbers"),
+    (_j({"instances": [{"window": _w(29) + [[1e39] * F]}]}), "NaN or inf"),
+    (_j({"instances": [{"window": _w(29) + [[1e30] * F]}]}), "out of range"),
+    (_j({"instances": [{"window": _w(29) + [[-1e30] * F]}]}), "out of range"),
+    (_j({"instances": [{"window": "abc"}]}), "wrong window shape|must be numbers"),
+    (_j({"instances": [{"window": {"a": 1}}]}), "must be numbers"),
+    (_j({"instances": [{"window": 5}]}), "wrong window shape"),
+    (_j({"instances": [[1, 2, 3]]}), "wrong window shape"),
+    (_j({"instances": [{"window": [_w()]}]}), "wrong window shape"),
+    (_j({"instances": [{"window": _w(value=10 ** 30)}]}), "out of range|must be numbers"),
+    (_j({"instances": [{"symbol": ""}]}), "non-empty string"),
+    (_j({"instances": [{"symbol": "   "}]}), "non-empty string"),
+    (_j({"instances": [{"symbol": 123}]}), "non-empty string"),
+    (_j({"instances": [{"symbol": None}]}), "non-empty string"),
+    (_j({"instances": [{"symbol": ["S000"]}]}), "non-empty string"),
+    (_j({"instances": [{"symbol": "S0\u0000B"}]}), "not a valid symbol"),
+    (_j({"instances": [{"symbol": "S\nB"}]}), "not a valid symbol"),
+    (_j({"instances": [{"symbol": "X" * 65}]}), "not a valid symbol"),
+    (_j({"instances": [{"symbol": "NOPE"}]}), "unknown symbol"),
+    (_j({"instances": [{"symbol": "S002"}]}), "stale features"),
+    (_j({"instances": [{"symbol": "S000"}, {"window": _w()}]}), "mix symbols and windows"),
+    (_j({"instances": [{"x": 1}]}), 'neither "window" nor "symbol"'),
+    (_j({"instances": [{"window": _w()}], "parameters": {"scaled": "yes"}}), "must be a boolean"),
+    (_j({"instances": [{"window": _w()}], "parameters": {"scaled": 1}}), "must be a boolean"),
+    (_j({"instances": [{"window": _w()}], "parameters": [1]}), "parameters must be an object"),
+    (_j(_big_v1()), f"exceeds the maximum batch size of {MAX_BATCH}"),
 ]
 
+V2_JSON_CASES = [
+    (b'{"inputs": [{"name": "window"', "malformed JSON"),
+    (b'{"inputs": [{"name": "window", "datatype": "FP32", "shape": [1, 30, 8], "data": [NaN]}]}', "malformed JSON"),
+    (b"", "malformed JSON"),
+    (_j([1, 2]), "must be a JSON object"),
+    (_j({"outputs": []}), '"inputs"'),
+    (_j({"inputs": []}), '"inputs"'),
+    (_j({"inputs": "window"}), '"inputs"'),
+    (_j({"inputs": [_v2in(), _v2in()]}), "exactly one input"),
+    (_j({"inputs": ["window"]}), "each input must be an object"),
+    (_j({"inputs": [7]}), "each input must be an object"),
+    (_j({"inputs": [{"datatype": "FP32", "shape": [1, 30, F], "data": [0.1] * 30 * F}]}), r"lacks \['name'\]"),
+    (_j({"inputs": [{"name": "window", "datatype": "FP32", "data": [0.1] * 30 * F}]}), r"lacks \['shape'\]"),
+    (_j({"inputs": [{"name": "window", "shape": [1, 30, F], "data": [0.1] * 30 * F}]}), r"lacks \['datatype'\]"),
+    (_j({"inputs": [_v2in(name=5)]}), "name must be a string"),
+    (_j({"inputs": [_v2in(name="prices")]}), "unknown input 'prices'"),
+    (_j({"inputs": [_v2in(datatype="FP64")]}), "wrong datatype.*FP64, expected FP32"),
+    (_j({"inputs": [_v2in(datatype="INT32", data=[1] * 30 * F)]}), "wrong datatype"),
+    (_j({"inputs": [_v2in(datatype="BYTES")]}), "wrong datatype"),
+    (_j({"inputs": [_v2in(datatype=7)]}), "wrong datatype"),
+    (_j({"inputs": [_v2in(shape=30, data=[0.1] * 30)]}), "shape must be a list of integers"),
+    (_j({"inputs": [_v2in(shape="1,30,8", data=[0.1])]}), "shape must be a list of integers"),
+    (_j({"inputs": [_v2in(shape=[1.5, 30, F], data=[0.1])]}), "shape must be a list of integers"),
+    (_j({"inputs": [_v2in(shape=[True, 30, F], data=[0.1])]}), "shape must be a list of integers"),
+    (_j({"inputs": [_v2in(shape=[None, 30, F], data=[0.1])]}), "shape must be a list of integers"),
+    (_j({"inputs": [_v2in(shape=[-2, 30, F], data=[0.1] * 60 * F)]}), "positive dimensions"),
+    (_j({"inputs": [_v2in(shape=[1, -30, F], data=[0.1])]}), "positive dimensions"),
+    (_j({"inputs": [_v2in(shape=[1, 30, 0], data=[])]}), "positive dimensions"),
+    (_j({"inputs": [_v2in(shape=(0, 30, F), data=[])]}), "empty batch"),
+    (_j({"inputs": [_v2in(shape=(1, 30), data=[0.1] * 30)]}), "wrong window shape"),
+    (_j({"inputs": [_v2in(shape=(1, 29, F))]}), "wrong window shape"),
+    (_j({"inputs": [_v2in(shape=(1, 30, F, 1))]}), "wrong window shape"),
+    (_j({"inputs": [_v2in(shape=(1, 30, F + 2))]}), "wrong feature count"),
+    (_j({"inputs": [_v2in(shape=(MAX_BATCH + 1, 30, F))]}), f"exceeds the maximum batch size of {MAX_BATCH}"),
+    (_j({"inputs": [_v2in(shape=[10 ** 12, 30, F], data=[0.1])]}), "exceeds the maximum batch size"),
+    (_j({"inputs": [_v2in(data=None)]}), 'has no "data"'),
+    (_j({"inputs": [_v2in(data="abc")]}), "data must be a list of numbers"),
+    (_j({"inputs": [_v2in(data={"a": 1})]}), "data must be a list of numbers"),
+    (_j({"inputs": [_v2in(data=5.0)]}), "data must be a list of numbers"),
+    (_j({"inputs": [_v2in(data=[0.1] * (30 * F - 1))]}), "does not hold matching data"),
+    (_j({"inputs": [_v2in(data=[0.1] * (30 * F + 1))]}), "does not hold matching data"),
+    (_j({"inputs": [_v2in(data=["x"] * 30 * F)]}), "string values"),
+    (_j({"inputs": [_v2in(data=[None] * 30 * F)]}), "null, object or mixed-type"),
+    (_j({"inputs": [_v2in(data=[True] * 30 * F)]}), "boolean"),
+    (_j({"inputs": [_v2in(data=[[0.1] * F] * 29 + [[0.1] * (F - 1)])]}), "does not hold matching data"),
+    (_j({"inputs": [_v2in(data=[0.0] * (30 * F - 1) + [1e39])]}), "NaN or inf"),
+    (_j({"inputs": [_v2in(data=[0.0] * (30 * F - 1) + [1e30])]}), "out of range"),
+    (_j({"inputs": [_v2in(data=[0.0] * (30 * F - 1) + [{"a": 1}])]}), "null, object or mixed-type"),
+    (_j({"id": 5, "inputs": [_v2in()]}), '"id" must be a string'),
+    (_j({"inputs": [_v2in()], "parameters": "x"}), "parameters must be an object"),
+    (_j({"inputs": [_v2in()], "parameters": {"scaled": "maybe"}}), "must be a boolean"),
+    (_j({"inputs": [_v2in(parameters=[1])]}), "parameters must be an object"),
+    (_j({"inputs": [_v2in(parameters={"binary_data_size": 10}, data=None)]}), "inference-header-content-length"),
+    (_j({"inputs": [_v2in("symbol", "BYTES", (2, 1), ["S000", "S001"])]}), r"shape \[B\]"),
+    (_j({"inputs": [_v2in("symbol", "FP32", (1,), [1.0])]}), "wrong datatype.*expected BYTES"),
+    (_j({"inputs": [_v2in("symbol", "BYTES", (1,), [1.5])]}), "non-empty string"),
+    (_j({"inputs": [_v2in("symbol", "BYTES", (2,), ["S000"])]}), "holds 1 elements, expected 2"),
+    (_j({"inputs": [_v2in("symbol", "BYTES", (1,), "S000")]}), "data must be a list of strings"),
+    (_j({"inputs": [_v2in("symbol", "BYTES", (1,), [""])]}), "non-empty string"),
+    (_j({"inputs": [_v2in("symbol", "BYTES", (1,), ["A\u0000B"])]}), "not a valid symbol"),
+    (_j({"inputs": [_v2in("symbol", "BYTES", (1,), ["A\u007fB"])]}), "not a valid symbol"),
+    (_j({"inputs": [_v2in("symbol", "BYTES", (2,), ["S000", "NOPE"])]}), "unknown symbol"),
+    (_j({"inputs": [_v2in("symbol", "BYTES", (1,), ["S002"])]}), "stale features"),
+]
 
-@pytest.mark.parametrize("protocol,body,status,match", MALFORMED,
-                         ids=[f"{p}-{m.split()[0]}-{i}" for i, (p, _, _, m) in enumerate(MALFORMED)])
-def test_malformed_input_gets_4xx_and_server_stays_correct(server, protocol, body, status, match):
-    r = (v1 if protocol == "v1" else v2)(server, body)
-    assert r.status_code == status, r.text
-    assert re.search(match, r.text), r.text
-    ok = v2(server, v2_window(GOOD))
-    assert ok.status_code == 200, ok.text
-    assert_matches(v2_columns(ok), server["fc"].predict(GOOD))
+BINARY_CASES = [
+    (_bin_window(header_len="abc"), "must be an integer"),
+    (_bin_window(header_len=-5), r"must lie in \[1,"),
+    (_bin_window(header_len=0), r"must lie in \[1,"),
+    (_bin_window(header_len=10 ** 9), r"must lie in \[1,"),
+    ((b"{nope" + _bin_window()[0], _bin_window()[1]), "unreadable JSON header"),
+    (_binary_raw(_v2in(), b"")[:1] + ({"content-type": "application/octet-stream",
+                                       "inference-header-content-length": "2"},), "unreadable JSON header|object"),
+    (_bin_window(size="abc"), "binary_data_size must be a non-negative integer"),
+    (_bin_window(size=-1), "binary_data_size must be a non-negative integer"),
+    (_bin_window(size=1.5), "binary_data_size must be a non-negative integer"),
+    (_bin_window(size=True), "binary_data_size must be a non-negative integer"),
+    (_bin_window(size=[1]), "binary_data_size must be a non-negative integer"),
+    (_bin_window(size=GOOD.nbytes + 100), r"declares \d+ binary bytes, the body holds"),
+    (_bin_window(size=GOOD.nbytes - 4), "bytes after the declared tensors"),
+    (_bin_window(tail=b"oops"), "4 bytes after the declared tensors"),
+    (_bin_window(shape=[1, 30, F], x=windows(2)), r"needs \d+ bytes of binary data"),
+    (_binary_raw("window", b""), "each input must be an object"),
+    (_binary_raw({"name": "window", "datatype": "FP32"}, b""), r"lacks \['shape'\]"),
+    (_bin_window(shape=30), "shape must be a list of integers"),
+    (_bin_window(shape=[-2, 30, F]), "positive dimensions"),
+    (_bin_window(shape=[0, 30, F]), "empty batch"),
+    (_bin_window(shape=[1, 30, F + 1]), "wrong feature count"),
+    (_bin_window(shape=[MAX_BATCH + 1, 30, F]), "exceeds the maximum batch size"),
+    (_binary_raw({"name": "window", "datatype": "FP64", "shape": [1, 30, F],
+                  "parameters": {"binary_data_size": GOOD.nbytes}}, GOOD.tobytes()), "wrong datatype"),
+    (_binary_raw({"name": "window", "datatype": "BYTES", "shape": [1, 30, F],
+                  "parameters": {"binary_data_size": GOOD.nbytes}}, GOOD.tobytes()), "wrong datatype"),
+    (_binary_raw({"name": "prices", "datatype": "FP32", "shape": [1, 30, F],
+                  "parameters": {"binary_data_size": GOOD.nbytes}}, GOOD.tobytes()), "unknown input"),
+    (_bin_symbol(np.array([1.5, 2.5], np.float32).tobytes()), "BYTES elements are <uint32 length>"),
+    (_bin_symbol(np.array([1e30], np.float64).tobytes()), "BYTES elements are <uint32 length>"),
+    (_bin_symbol(_bytes_elems(b"\xff\xfe")), "not UTF-8"),
+    (_bin_symbol(b"abc"), "stray bytes"),
+    (_bin_symbol(_bytes_elems(b"S000"), shape=(2,)), "holds 1 elements, expected 2"),
+    (_bin_symbol(_bytes_elems(b"S0\x00B")), "not a valid symbol"),
+    (_bin_symbol(_bytes_elems(b"")), "non-empty string"),
+    (_bin_symbol(_bytes_elems(b"NOPE")), "unknown symbol"),
+    (_bin_symbol(_bytes_elems(b"S000"), shape=(1, 1)), r"shape \[B\]"),
+    (_bin_window(x=np.where(np.arange(30 * F).reshape(1, 30, F) == 5, np.nan, GOOD).astype(np.float32)), "NaN or inf"),
+    (_bin_window(x=np.where(np.arange(30 * F).reshape(1, 30, F) == 5, np.inf, GOOD).astype(np.float32)), "NaN or inf"),
+    (_bin_window(x=np.full((1, 30, F), 1e30, np.float32)), "out of range"),
+    (_binary_raw({**_v2in(data=[0.1] * 30 * F), "parameters": {"binary_data_size": GOOD.nbytes}}, GOOD.tobytes()),
+     "both"),
+    (_binary_raw(_v2in(data=[0.1] * 30 * F), b"", tail=b"xx"), "declares no binary_data_size"),
+    (_bin_window(doc_extra={"id": 7}), '"id" must be a string'),
+    (_bin_window(doc_extra={"parameters": {"scaled": "x"}}), "must be a boolean"),
+]
+
+CASES = ([("v1", body, H_JSON, m) for body, m in V1_CASES]
+         + [("v2", body, H_JSON, m) for body, m in V2_JSON_CASES]
+         + [("v2", body, headers, m) for (body, headers), m in BINARY_CASES])
+
+
+def _post(conn, path, body, headers):
+    conn.request("POST", path, body=body, headers=headers)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def _good(conn, server):
+    status, data = _post(conn, V2_PATH, _j(v2_window(GOOD)), H_JSON)
+    assert status == 200, data
+    assert_matches({o["name"]: o["data"] for o in json.loads(data)["outputs"]}, server["fc"].predict(GOOD))
+
+
+@pytest.fixture
+def conn(server):
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", int(server["base"].rsplit(":", 1)[1]), timeout=60)
+    yield c
+    c.close()
+
+
+def test_the_malformed_suite_is_large_and_covers_every_protocol():
+    kinds = {p if p == "v1" else ("v2-binary" if "inference-header-content-length" in h else "v2-json")
+             for p, _, h, _ in CASES}
+    assert len(CASES) >= 100 and kinds == {"v1", "v2-json", "v2-binary"}
+
+
+@pytest.mark.parametrize("protocol,body,headers,match", CASES,
+                         ids=[f"{p}-{i}-{m.split()[0][:20]}" for i, (p, _, _, m) in enumerate(CASES)])
+def test_malformed_request_is_4xx_and_the_same_connection_keeps_serving(server, conn, protocol, body, headers,
+                                                                        match):
+    _good(conn, server)
+    sock = conn.sock
+    status, text = _post(conn, V1_PATH if protocol == "v1" else V2_PATH, body, headers)
+    assert 400 <= status < 500, text
+    assert re.search(match, json.loads(text)["error"]), text
+    _good(conn, server)
+    assert conn.sock is sock, "the server closed the keep-alive connection"
+
+
+def test_body_over_the_limit_is_413_before_parsing_and_the_connection_survives(server, conn):
+    _good(conn, server)
+    sock = conn.sock
+    t0 = time.perf_counter()
+    status, text = _post(conn, V2_PATH, b"{" + b" " * (MAX_BODY_MB * 2**20), H_JSON)  # not JSON: never parsed
+    assert status == 413 and b"exceeds the limit" in text and b"--max-body-mb" in text, text
+    _good(conn, server)
+    assert conn.sock is sock and time.perf_counter() - t0 < 30
+
+
+def test_chunked_body_over_the_limit_is_413(server):
+    def chunks():
+        for _ in range(MAX_BODY_MB + 1):
+            yield b" " * 2**20
+
+    with httpx.Client() as c:
+        r = c.post(f"{server['base']}{V1_PATH}", content=chunks(), headers=H_JSON, timeout=60)
+        assert r.status_code == 413 and "exceeds the limit" in r.text
+        assert c.post(f"{server['base']}{V2_PATH}", json=v2_window(GOOD), timeout=30).status_code == 200
 
 
 def _load(server, make_body, send, seconds=3.0, clients=4) -> dict:
@@ -264,6 +503,89 @@ def test_bounded_load_has_zero_errors(server, kind, batch):
           f"({res['rps'] * batch:.0f} rows/s), p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms")
     assert res["errors"] == [] and res["requests"] > 0
     assert server["proc"].poll() is None
+
+
+def _strip_id(text: bytes) -> dict:
+    doc = json.loads(text)
+    doc.pop("id", None)
+    return doc
+
+
+@pytest.mark.slow
+def test_mixed_load_of_valid_and_every_malformed_kind(server):
+    """16 clients x 20 s on keep-alive connections, valid requests between every malformed kind:
+    no connection error, no 5xx, every valid answer identical to the first and to a direct call."""
+    good_body = _j(v2_window(GOOD))
+    with httpx.Client() as c:
+        ref = _strip_id(c.post(f"{server['base']}{V2_PATH}", content=good_body, headers=H_JSON).content)
+    assert_matches({o["name"]: o["data"] for o in ref["outputs"]}, server["fc"].predict(GOOD))
+    stats = {"valid": 0, "bad": 0, "conn_errors": [], "wrong": [], "status": []}
+    lock, stop = threading.Lock(), time.perf_counter() + 20
+
+    def worker(k):
+        i = k
+        with httpx.Client(timeout=60) as c:
+            while time.perf_counter() < stop:
+                protocol, body, headers, _ = CASES[i % len(CASES)]
+                i += 7
+                try:
+                    bad = c.post(f"{server['base']}{V1_PATH if protocol == 'v1' else V2_PATH}", content=body,
+                                 headers=headers)
+                    ok = c.post(f"{server['base']}{V2_PATH}", content=good_body, headers=H_JSON)
+                except httpx.HTTPError as exc:
+                    with lock:
+                        stats["conn_errors"].append(repr(exc))
+                    continue
+                with lock:
+                    stats["bad"] += 1
+                    stats["valid"] += 1
+                    if not 400 <= bad.status_code < 500:
+                        stats["status"].append((bad.status_code, bad.text[:200]))
+                    if ok.status_code != 200 or _strip_id(ok.content) != ref:
+                        stats["wrong"].append(ok.text[:200])
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(16)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    print(f"\nmixed load: {stats['valid']} valid + {stats['bad']} malformed requests in 20 s, 16 clients")
+    assert stats["conn_errors"] == [] and stats["status"] == [] and stats["wrong"] == []
+    assert stats["valid"] > 16 and server["proc"].poll() is None
+
+
+@pytest.mark.slow
+def test_small_requests_stay_fast_while_a_50mb_body_is_decoded(server):
+    """One 50 MB JSON body after another (each parsed off the event loop, then refused for its
+    batch size) while 4 clients send batch-1 windows: their p99 stays under 100 ms."""
+    n = 50 * 2**20 // (30 * F * 20)  # ~20 bytes per JSON number
+    big = _j(v2_window(np.random.default_rng(5).standard_normal((n, 30, F)).astype(np.float32)))
+    assert 40 * 2**20 < len(big) < MAX_BODY_MB * 2**20
+    tmp = Path(server["settings"].home)
+    (tmp / "big.json").write_bytes(big)
+    del big
+    # a process of its own sends the big bodies, so that its work does not slow this process's clients
+    sender = (f"import httpx, pathlib, json\nbody = pathlib.Path({str(tmp / 'big.json')!r}).read_bytes()\n"
+              f"out = []\nwith httpx.Client(timeout=120) as c:\n"
+              f"    while not pathlib.Path({str(tmp / 'stop')!r}).exists():\n"
+              f"        r = c.post({server['base'] + V2_PATH!r}, content=body, headers={H_JSON!r})\n"
+              f"        out.append([r.status_code, r.text[:200]])\n"
+              f"pathlib.Path({str(tmp / 'big.out')!r}).write_text(json.dumps(out))\n")
+
+    small = lambda: _j(v2_window(GOOD))  # noqa: E731
+    base = _load(server, small, v2, seconds=4.0, clients=4)  # the same machine, no big body: reference
+    bg = subprocess.Popen([sys.executable, "-c", sender])
+    time.sleep(2.0)  # the first big body is on its way
+    try:
+        res = _load(server, small, v2, seconds=8.0, clients=4)
+    finally:
+        (tmp / "stop").write_text("")
+        bg.wait(timeout=120)
+    big_answers = json.loads((tmp / "big.out").read_text())
+    print(f"\nbatch-1 requests, 4 clients: alone p50 {base['p50_ms']:.1f} ms p99 {base['p99_ms']:.1f} ms; with 50 MB "
+          f"bodies in flight ({len(big_answers)} sent): p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms")
+    assert big_answers and all(s == 400 and "exceeds the maximum batch" in t for s, t in big_answers), big_answers
+    # the target is 100 ms; on a machine already slower than that without the big body (shared CI
+    # cores), the big body may at most double the tail
+    assert res["errors"] == [] and res["p99_ms"] < max(100.0, 2 * base["p99_ms"])
 
 
 def test_serves_a_registered_version_from_mlflow(tmp_path):

@@ -81,11 +81,38 @@ def read_table(path: str, storage_options: dict | None = None) -> pd.DataFrame:
         src: Any = io.BytesIO(read_bytes(path, storage_options)) if is_remote(path) else path
         if kind == "parquet":
             return pd.read_parquet(src)
-        return pd.read_csv(src, compression="gzip" if name.endswith(".gz") else None)
+        return _read_csv(path, src, name.endswith(".gz"))
     except FileNotFoundError:
         raise IngestError(f"{path}: file not found") from None
+    except IngestError:
+        raise
     except Exception as exc:  # parser, decoding, arrow errors: all are "cannot parse"
         raise IngestError(f"{path}: cannot parse as {kind}: {type(exc).__name__}: {exc}") from None
+
+
+def _read_csv(path: str, src: Any, gz: bool) -> pd.DataFrame:
+    """pandas' C parser cuts a field at a NUL byte (``A\\x00B`` became ``A``) and renames repeated
+    column names (``bid``, ``bid.1``): a file with NUL bytes goes through the Python parser, which
+    keeps them (validation quarantines such symbols), and a repeated column name is refused."""
+    import gzip
+
+    data = src.getvalue() if isinstance(src, io.BytesIO) else open(src, "rb").read()
+    if gz:
+        data = gzip.decompress(data)
+    df = pd.read_csv(io.BytesIO(data), engine="python" if b"\x00" in data else "c")
+    header = next(iter(pd.read_csv(io.BytesIO(data), header=None, nrows=1, dtype=str).itertuples(index=False)), ())
+    _refuse_duplicate_columns([str(c) for c in header], path)
+    return df
+
+
+def _refuse_duplicate_columns(columns: list[str], path: str) -> None:
+    seen: dict[str, str] = {}
+    for c in columns:
+        key = c.strip().lower()
+        if key in seen:
+            raise IngestError(f"{path}: column {c!r} appears more than once (as {seen[key]!r} and {c!r}; names are "
+                              f"compared case-insensitively): rename or drop one, so that no value is silently ignored")
+        seen[key] = c
 
 
 def to_utc(values: pd.Series, tz: str, where: str) -> pd.Series:
@@ -125,6 +152,7 @@ def to_utc(values: pd.Series, tz: str, where: str) -> pd.Series:
 def _prepare(df: pd.DataFrame, path: str, kind: str, column_map: dict[str, str], symbol: str | None,
              tz: str) -> pd.DataFrame:
     """Rename columns to contract names, check required ones, fill symbol, convert ts to UTC."""
+    _refuse_duplicate_columns([str(c) for c in df.columns], path)  # parquet, and Bid next to bid
     lower = {c: str(c).strip().lower() for c in df.columns}
     df = df.rename(columns=lower)
     for contract, source in column_map.items():

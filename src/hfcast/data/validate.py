@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: quarantine reasons, in priority order (a row gets the first that applies)
 REASONS: tuple[str, ...] = (
+    "missing_symbol",
+    "bad_symbol",
     "nan_or_inf",
     "nonpositive_price",
     "nonpositive_size",
@@ -113,6 +115,16 @@ def _name_bad(df: pd.DataFrame, mask: np.ndarray, need: list[str]) -> pd.Series:
     return out.str.rstrip("; ")
 
 
+def _symbol_checks(symbol: pd.Series) -> tuple[np.ndarray, np.ndarray, pd.Series]:
+    """Missing/blank symbols, and symbols holding control characters (NUL, newline, ...): such a
+    name would be cut or mangled by files and stores downstream, so the row is quarantined."""
+    sym = symbol.astype("string")
+    missing = (sym.isna() | (sym.str.strip() == "")).fillna(True).to_numpy(dtype=bool)
+    bad = sym.str.contains(r"[\x00-\x1f\x7f]", regex=True).fillna(False).to_numpy(dtype=bool) & ~missing
+    text = sym[bad].map(lambda s: f"symbol {s!r} holds control characters").astype(object)
+    return missing, bad, text
+
+
 def _row_checks(df: pd.DataFrame, date: str, quotes: bool) -> list[tuple[str, np.ndarray, pd.Series | str]]:
     """Row-local checks as (reason, mask, detail) in priority order."""
     num = df[NUMERIC_COLUMNS].to_numpy(dtype="float64")
@@ -136,7 +148,10 @@ def _row_checks(df: pd.DataFrame, date: str, quotes: bool) -> list[tuple[str, np
     wrong_date = (exchange_dates(ts) != date).fillna(True).to_numpy(dtype=bool)
     mos = minute_of_session(ts.fillna(pd.Timestamp(date, tz=EXCHANGE_TZ)))
     outside = (mos < 0) | (mos >= 390)
+    missing_sym, bad_sym, bad_text = _symbol_checks(df["symbol"])
     return [
+        ("missing_symbol", missing_sym, "symbol is missing or empty"),
+        ("bad_symbol", bad_sym, bad_text),
         ("nan_or_inf", nan_mask, nan_detail),
         ("nonpositive_price", price_bad, "price <= 0"),
         ("nonpositive_size", size_bad, "size <= 0 or negative volume/trades"),

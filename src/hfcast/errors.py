@@ -1,0 +1,77 @@
+"""One error type for problems a user can fix, and how the ``hfcast`` command shows them.
+
+Why: a missing champion, a tampered bundle or a port in use are not bugs; a 60-line traceback
+hides the one line that matters. Library code raises :class:`UserError` (problem + next step)
+where it knows both; :func:`explain` turns the usual third-party failures (S3 credentials,
+pickles, ports) into one too. The CLI prints ``error: PROBLEM`` and ``  fix: NEXT STEP``, exits 2,
+and shows the traceback only with ``-v``.
+"""
+
+from __future__ import annotations
+
+import errno
+import pickle
+from typing import Callable
+
+
+class UserError(Exception):
+    """A problem the user can act on: ``problem`` says what is wrong, ``fix`` what to do next."""
+
+    exit_code = 2
+
+    def __init__(self, problem: str, fix: str = ""):
+        super().__init__(problem if not fix else f"{problem} ({fix})")
+        self.problem, self.fix = problem, fix
+
+    def lines(self) -> list[str]:
+        return [f"error: {self.problem}"] + ([f"  fix: {self.fix}"] if self.fix else [])
+
+
+def _s3(exc: BaseException) -> UserError | None:
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) if hasattr(exc, "response") else ""
+    text = f"{type(exc).__name__}: {exc}"
+    if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403") or "SignatureDoesNotMatch" in text:
+        return UserError(f"S3 refused the credentials ({code or text[:120]})",
+                         "check HFCAST_S3_KEY / HFCAST_S3_SECRET (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+    if type(exc).__name__ in ("EndpointConnectionError", "ConnectTimeoutError") or "Could not connect to the endpoint" in text:
+        return UserError(f"cannot reach the S3 endpoint: {exc}",
+                         "check HFCAST_S3_ENDPOINT and that the S3 server runs (hfcast services status)")
+    return None
+
+
+def _os(exc: BaseException) -> UserError | None:
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return UserError(f"the port is already in use ({exc.strerror})",
+                         "stop the other server or pass another --port / --grpc-port")
+    if isinstance(exc, FileNotFoundError):
+        return UserError(f"missing file: {exc.filename or exc}",
+                         "check the path (a forecaster bundle folder holds model.json, weights.safetensors and "
+                         "scaler.json)")
+    return None
+
+
+def _pickle(exc: BaseException) -> UserError | None:
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "HeaderTooLarge" in text or "header too large" in text.lower() \
+            or "invalid load key" in text:
+        return UserError(f"a model file is not in the safetensors format ({type(exc).__name__}: {text[:120]})",
+                         "hfcast never loads pickles: re-save the bundle with Forecaster.save (weights.safetensors)")
+    return None
+
+
+EXPLAINERS: list[Callable[[BaseException], UserError | None]] = [_s3, _os, _pickle]
+
+
+def explain(exc: BaseException) -> UserError | None:
+    """The :class:`UserError` that ``exc`` (or an exception it was raised from) amounts to, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, UserError):
+            return exc
+        for fn in EXPLAINERS:
+            found = fn(exc)
+            if found is not None:
+                return found
+        exc = exc.__cause__ or exc.__context__
+    return None

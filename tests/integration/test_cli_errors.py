@@ -1,0 +1,128 @@
+"""Every command error a user can fix is one or two lines naming the problem and the next step:
+no traceback without ``-v``, a non-zero exit. Each case runs the real ``hfcast`` command."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving_fixtures import tiny_bundle
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+F = 8
+
+
+def hfcast(tmp: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    pypath = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    full_env = {**os.environ, "HFCAST_HOME": str(tmp / ".hfcast"), "PYTHONPATH": pypath, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "hfcast.cli", *args], cwd=tmp, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_short_error(res: subprocess.CompletedProcess, *needles: str, max_lines: int = 6) -> None:
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert "Traceback" not in out and "─ Traceback" not in out, out
+    lines = [ln for ln in out.splitlines() if ln.strip() and "mlflow.store.db.utils" not in ln]
+    assert len(lines) <= max_lines, out
+    for n in needles:
+        assert n in out, out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    return hfcast(tmp, "serve", "--port", str(free_port()), "--grpc-port", str(free_port()), "--no-feature-store",
+                  *args)
+
+
+def test_serve_without_a_champion(tmp_path):
+    res = serve(tmp_path)
+    assert_short_error(res, "has no alias 'champion'", "hfcast registry list")
+    assert res.returncode == 2
+    verbose = hfcast(tmp_path, "-v", "serve", "--port", str(free_port()), "--grpc-port", str(free_port()),
+                     "--no-feature-store")
+    assert verbose.returncode != 0 and "Traceback" in verbose.stdout + verbose.stderr
+
+
+def test_serve_a_missing_bundle(tmp_path):
+    assert_short_error(serve(tmp_path, "--bundle", str(tmp_path / "nope")), "no model.json", "fix:")
+
+
+def test_serve_a_pickle_in_place_of_weights(tmp_path):
+    bundle = tiny_bundle(tmp_path / "b", "tcn", F)
+    (bundle / "weights.safetensors").write_bytes(pickle.dumps({"w": [1.0, 2.0]}))
+    assert_short_error(serve(tmp_path, "--bundle", str(bundle)), "not in the safetensors format", "never loads pickles")
+
+
+def test_serve_on_a_port_in_use(tmp_path):
+    bundle = tiny_bundle(tmp_path / "b", "tcn", F)
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = hfcast(tmp_path, "serve", "--bundle", str(bundle), "--port", str(port), "--grpc-port", str(free_port()))
+    assert_short_error(res, f"port {port} is already in use", "--port")
+
+
+@pytest.mark.parametrize("option", ["--max-batch=-5", "--max-batch=0", "--port=0", "--port=70000", "--max-body-mb=0"])
+def test_serve_option_ranges(tmp_path, option):
+    res = hfcast(tmp_path, "serve", option)
+    assert res.returncode == 2 and option.split("=")[0] in res.stdout + res.stderr and "Traceback" not in res.stderr
+
+
+def test_registered_model_whose_artifacts_were_deleted(tmp_path):
+    from hfcast import registry
+    from hfcast.config import get_settings
+
+    settings = get_settings(env={"HFCAST_HOME": str(tmp_path / ".hfcast")}, cwd=tmp_path)
+    bundle = tiny_bundle(tmp_path / "b", "tcn", F)
+    run_id = registry.log_training_run(settings, registry.TrainingRecord(
+        bundle, arch="tcn", params={}, epoch_metrics=None, fold_metrics=[],
+        aggregate_metrics={"vol_qlike": 0.3}, test_spans=[("2024-01-02", "2024-01-02")], dataset_version=None,
+        feature_names=[f"f{j}" for j in range(F)]))
+    version = registry.register(settings, run_id)
+    from mlflow import MlflowClient
+
+    uri = MlflowClient(tracking_uri=registry.tracking_uri(settings)).get_run(run_id).info.artifact_uri
+    shutil.rmtree(Path(uri.removeprefix("file://")) / registry.MODEL_ARTIFACT)
+    res = serve(tmp_path, "--model", f"hfcast/{version}")
+    assert_short_error(res, f"cannot download model 'hfcast' version {version}", "fix:")
+
+
+def test_predict_a_date_without_features_names_the_dates_that_exist(tmp_path):
+    from hfcast.data.simulator import SimConfig, write_synth
+    from hfcast.features.engine import run_featurize
+    from hfcast.storage import Lake
+
+    lake = Lake((tmp_path / "lake").as_uri())
+    write_synth(SimConfig(n_symbols=2, n_days=2, seed=1, start_date="2024-01-02"), lake, progress=False)
+    run_featurize(lake, progress=False)
+    bundle = tmp_path / "b"
+    res = hfcast(tmp_path, "predict", "--dates", "2030-01-02", "--bundle", str(bundle), "--runner", "onnxruntime",
+                 env={"HFCAST_LAKE": lake.url})
+    assert_short_error(res, "no features for 2030-01-02", "2024-01-02, 2024-01-03", "hfcast featurize --dates 2030-01-02")
+    assert "onnx" not in (res.stdout + res.stderr).lower()  # refused before any export
+
+
+def test_wrong_s3_signature_and_endpoint(tmp_path, s3, s3_bucket):
+    env = {**s3.env(), "HFCAST_LAKE": f"{s3_bucket}/lake"}
+    bad_secret = hfcast(tmp_path, "predict", "--dates", "2024-01-02", "--bundle", str(tmp_path),
+                        env={**env, "AWS_SECRET_ACCESS_KEY": "wrong-secret", "HFCAST_S3_SECRET": "wrong-secret"})
+    assert_short_error(bad_secret, "S3 refused the credentials", "HFCAST_S3_SECRET")
+    dead = f"http://127.0.0.1:{free_port()}"
+    bad_endpoint = hfcast(tmp_path, "predict", "--dates", "2024-01-02", "--bundle", str(tmp_path),
+                          env={**env, "HFCAST_S3_ENDPOINT": dead, "AWS_ENDPOINT_URL": dead})
+    assert_short_error(bad_endpoint, "cannot reach the S3 endpoint", "HFCAST_S3_ENDPOINT")

@@ -1,0 +1,106 @@
+"""Models that cannot be swapped silently: checksums recorded at registration, checked at every load.
+
+Tampering is done the way it would happen: other valid weights copied over the registry's
+artifact, over the local bundle cache, and bytes changed in the cached ONNX export.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+
+from hfcast import integrity, registry
+from hfcast.integrity import IntegrityError
+from serving_fixtures import tiny_bundle
+
+pytestmark = pytest.mark.integration
+F = 8
+
+
+@pytest.fixture
+def registered(settings, tmp_path):
+    bundle = tiny_bundle(tmp_path / "bundle", "tcn", F, seed=0)
+    other = tiny_bundle(tmp_path / "other", "tcn", F, seed=1)  # valid weights of the same shape
+    run_id = registry.log_training_run(settings, registry.TrainingRecord(
+        bundle, arch="tcn", params={}, epoch_metrics=None, fold_metrics=[],
+        aggregate_metrics={"vol_qlike": 0.3}, test_spans=[("2024-01-02", "2024-01-02")], dataset_version=None,
+        feature_names=[f"f{j}" for j in range(F)]))
+    version = registry.register(settings, run_id)
+    return {"bundle": bundle, "other": other, "run_id": run_id, "version": version}
+
+
+def _artifact_dir(settings, run_id: str) -> Path:
+    from mlflow import MlflowClient
+
+    uri = MlflowClient(tracking_uri=registry.tracking_uri(settings)).get_run(run_id).info.artifact_uri
+    return Path(urlparse(uri).path if uri.startswith("file:") else uri) / registry.MODEL_ARTIFACT
+
+
+def test_registration_records_the_checksum_of_each_file(settings, registered):
+    mv = registry.resolve(settings, f"hfcast/{registered['version']}")
+    want = integrity.bundle_digests(registered["bundle"])
+    assert {k: mv.tags[integrity.TAG_PREFIX + k] for k in want} == want
+    assert mv.tags[integrity.BUNDLE_TAG] == integrity.combined(want)
+    fc = registry.load_forecaster(settings, f"hfcast/{registered['version']}")
+    assert fc.meta["bundle_sha256"] == integrity.combined(want)
+
+
+def test_weights_swapped_in_the_registry_are_refused(settings, registered, tmp_path):
+    art = _artifact_dir(settings, registered["run_id"])
+    shutil.copy(Path(registered["other"]) / "weights.safetensors", art / "weights.safetensors")
+    with pytest.raises(IntegrityError, match=r"checksum mismatch .*weights\.safetensors") as exc:
+        registry.load_forecaster(settings, f"hfcast/{registered['version']}", dst=tmp_path / "fresh")
+    assert "registry recorded" in str(exc.value)
+
+
+def test_weights_swapped_in_the_cache_are_refused(settings, registered):
+    ref = f"hfcast/{registered['version']}"
+    cached = registry.download_bundle(settings, ref)
+    assert registry.download_bundle(settings, ref) == cached  # untouched: reused
+    shutil.copy(Path(registered["other"]) / "weights.safetensors", cached / "weights.safetensors")
+    with pytest.raises(IntegrityError, match=r"checksum mismatch .*\(cached\).*weights\.safetensors"):
+        registry.download_bundle(settings, ref)
+    (cached / "calibration.json").unlink()
+    shutil.copy(Path(registered["bundle"]) / "weights.safetensors", cached / "weights.safetensors")
+    with pytest.raises(IntegrityError, match=r"calibration\.json .* sha256 absent"):
+        registry.download_bundle(settings, ref)
+
+
+def test_onnx_export_is_keyed_by_the_weights_and_a_changed_export_is_refused(tmp_path):
+    from hfcast.runners import OnnxRuntimeRunner
+    from hfcast.models.base import Forecaster
+    from hfcast.predict import choose_runner
+
+    bundle = tiny_bundle(tmp_path / "b", "tcn", F, seed=0)
+    kind, onnx = choose_runner(str(bundle), "onnxruntime")
+    folder = Path(onnx).parent
+    assert kind == "onnxruntime" and folder.parent.name == "exports"
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "sha256.json"]  # no temp-like side file
+    assert choose_runner(str(bundle), "onnxruntime")[1] == onnx  # cached
+
+    x = np.random.default_rng(0).standard_normal((3, 30, F)).astype(np.float32)
+    shutil.copy(tiny_bundle(tmp_path / "other", "tcn", F, seed=1) / "weights.safetensors", bundle / "weights.safetensors")
+    _, onnx2 = choose_runner(str(bundle), "onnxruntime")
+    assert onnx2 != onnx  # new weights: a new export, never the stale one
+    fc = Forecaster.load(str(bundle))
+    got = OnnxRuntimeRunner(onnx2).run(fc.scaler.transform(x))
+    np.testing.assert_allclose(got, fc.predict_raw(fc.scaler.transform(x)), rtol=1e-4, atol=1e-5)
+
+    data = bytearray(Path(onnx2).read_bytes())
+    data[-1] ^= 0xFF
+    Path(onnx2).write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"checksum mismatch for the ONNX export: .*model\.onnx"):
+        choose_runner(str(bundle), "onnxruntime")
+    Path(onnx2).unlink()
+    with pytest.raises(IntegrityError, match="changed or was deleted"):
+        choose_runner(str(bundle), "onnxruntime")
+
+
+def test_versions_without_recorded_checksums_still_load_with_a_warning(tmp_path, caplog):
+    bundle = tiny_bundle(tmp_path / "b", "tcn", F)
+    assert integrity.verify_bundle(bundle, {"arch": "tcn"}, "v1") == integrity.combined(integrity.bundle_digests(bundle))
+    assert "no recorded checksums" in caplog.text
