@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--train-days", type=int, default=9)
     ap.add_argument("--val-days", type=int, default=2)
     ap.add_argument("--home", default="/tmp/hfcast-backtest-example")
-    ap.add_argument("--reuse", action="store_true", help="Keep a featurized lake from an earlier run.")
+    ap.add_argument("--reuse", action="store_true", help="Keep the featurized lake and trained bundle of an earlier run.")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
     home = Path(args.home)
@@ -78,9 +78,13 @@ def main() -> None:
     dates = Lake(lake_url).dates("features")
     tr, va = dates[:args.train_days], dates[args.train_days:args.train_days + args.val_days]
     test = dates[args.train_days + args.val_days:]
-    training = train(lake_url, tr, va, home / "bundle")
+    meta = home / "training.json"
+    if not (args.reuse and meta.exists()):
+        meta.write_text(json.dumps(train(lake_url, tr, va, home / "bundle")))
+    training = json.loads(meta.read_text())
     span = f"{test[0]}..{test[-1]}"
-    hfcast(env, "predict", "--bundle", str(home / "bundle"), "--dates", span, "--runner", "torch")
+    # --force: a bundle retrained under the same name/version must not reuse older CSVs
+    hfcast(env, "predict", "--bundle", str(home / "bundle"), "--dates", span, "--runner", "torch", "--force")
     out = home / "backtest"
     table = hfcast(env, "backtest", "--model", "example/1", "--dates", span, "--out", str(out))
     table10 = hfcast(env, "backtest", "--model", "example/1", "--dates", span, "--rebalance", "60",

@@ -823,12 +823,15 @@ def backtest(
         _fail(str(exc))
         return
     tab = result.table()
-    table = Table(title=f"backtest {result.model}: {len(result.dates)} day(s), {result.minutes_per_session} min/session")
-    for col in tab.columns:
-        table.add_column(col, justify="left" if col in ("portfolio", "method") else "right")
-    for _, row in tab.iterrows():
-        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v)) for v in row))
-    console.print(table)
+    wide = console if console.is_terminal else Console(width=120)
+    for book, part in tab.groupby("portfolio", sort=False):
+        part = part.dropna(axis=1, how="all").drop(columns="portfolio")
+        table = Table(title=f"{book} {result.model}: {len(result.dates)} day(s), {result.minutes_per_session} min/session")
+        for col in part.columns:
+            table.add_column(col, justify="left" if col == "method" else "right")
+        for _, row in part.iterrows():
+            table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+        wide.print(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"report: {out / 'backtest.json'} (plots: equity.png, tracking.png)")
