@@ -415,6 +415,15 @@ def prediction_dates(lake: Lake, model: str, version: str) -> list[str]:
     return sorted(n[len("date="):-len(".csv")] for n in names if n.startswith("date=") and n.endswith(".csv"))
 
 
+def _session_dates(ts: pd.Series) -> np.ndarray:
+    """ISO session date (exchange time) of each timestamp, computed once per distinct day."""
+    from hfcast.data.schema import EXCHANGE_TZ
+
+    day = pd.DatetimeIndex(ts).tz_convert(EXCHANGE_TZ).normalize()
+    codes, uniq = pd.factorize(day)
+    return np.asarray([u.date().isoformat() for u in uniq], dtype=object)[codes]
+
+
 def baseline_vols(lake: Lake, dates: list[str], fit_days: int = 5) -> tuple[pd.DataFrame | None, list[str]]:
     """HAR-RV and EWMA 10-minute vol forecasts for ``dates`` (symbol, ts, rv_har_rv, rv_ewma).
 
@@ -434,10 +443,11 @@ def baseline_vols(lake: Lake, dates: list[str], fit_days: int = 5) -> tuple[pd.D
     df["symbol"] = df["symbol"].astype(str)
     df = df.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
     inp = baseline_inputs(df)
-    days = inp["ts"].dt.tz_convert("America/New_York").dt.strftime("%Y-%m-%d")
+    days = pd.Series(_session_dates(inp["ts"]), index=inp.index)
     fit = inp[days.isin(before)] if before else inp
     test = inp[days.isin(dates)]
     out = test[["symbol", "ts"]].copy()
+    out["date"] = days[test.index]
     for name in ("har_rv", "ewma"):
         b = Baseline(name).fit(fit, fit)
         out[f"rv_{name}"] = b.predict(test)["rv_10m_pred"].to_numpy()
@@ -449,15 +459,13 @@ def load_days(lake: Lake, model: str, version: str, dates: list[str], with_basel
     notes: list[str] = []
     base, more = baseline_vols(lake, dates) if with_baselines else (None, [])
     notes += more
+    by_date = dict(tuple(base.groupby("date", sort=False))) if base is not None else {}
     days = []
     for d in dates:
         src = "validated" if lake.exists("validated", d) else "raw"
         bars = lake.read(src, d, ["symbol", "ts", "bid", "ask"])
         truth = lake.read("truth", d) if lake.exists("truth", d) else None
-        b = None
-        if base is not None:
-            b = base[base["ts"].dt.tz_convert("America/New_York").dt.strftime("%Y-%m-%d") == d]
-        days.append(make_day(d, bars, read_predictions(lake, model, version, d), truth, b))
+        days.append(make_day(d, bars, read_predictions(lake, model, version, d), truth, by_date.get(d)))
     return days, notes
 
 
