@@ -28,7 +28,7 @@ def build_lake(root: Path, symbols: int, days: int, fit_days: int) -> tuple[obje
     from hfcast import storage
     from hfcast.data.simulator import SimConfig, write_synth
     from hfcast.features.engine import run_featurize
-    from hfcast.models.base import PRED_COLUMNS
+    from hfcast.contracts import PRED_COLUMNS
     from hfcast.predict import to_csv_bytes
     from hfcast.storage import Lake
 

@@ -42,7 +42,7 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
 
 def main() -> None:
     from hfcast.explain import explain_windows, kept_attention
-    from hfcast.features.registry import feature_names
+    from hfcast.features.catalog import feature_names
     from hfcast.features.windows import Scaler
     from hfcast.models import Forecaster, build_model
     from hfcast.models._modules import SelfAttention

@@ -1,16 +1,20 @@
 """Backtest one model version's prediction CSVs: economic value after costs (hfcast.backtest)."""
 
-from kfp.dsl import HTML, Artifact, Metrics, Output
+from typing import List, Optional
+
+from kfp.dsl import HTML, Artifact, Input, Metrics, Output
 
 from components._image import hfcast_component
 
 
 @hfcast_component
 def backtest(
-    model_ref: str,
     report: Output[Artifact],
     equity: Output[HTML],
     metrics: Output[Metrics],
+    model_ref: str = "",
+    plan: Optional[Input[Artifact]] = None,
+    csvs: List[str] = [],
     dates: str = "",
     gate_against: str = "",
     gate_margin: float = 0.0,
@@ -22,6 +26,8 @@ def backtest(
 
     Args:
         model_ref: NAME/VERSION of the prediction folder (as written by batch_predict).
+        plan: plan_batch's artifact instead of ``model_ref``: the version pinned for the batch run.
+        csvs: the prediction CSVs of the run (dsl.Collected): only orders the step after them.
         dates: 'A..B' or 'D1,D2'; '' = every date with predictions.
         gate_against: NAME/VERSION of the champion's predictions; '' = no gate.
         gate_margin: loss tolerated on the gate metric (``backtest.gate_metric``).
@@ -42,7 +48,10 @@ def backtest(
     s = settings_from_param(settings)
     cfg = BacktestConfig.from_params(s.param("backtest", {}))
     lake = Lake.from_settings(s)
-    name, version = model_ref.split("/", 1)
+    ref = plan.metadata["model_ref"] if plan is not None else model_ref
+    if "/" not in ref:
+        raise ValueError(f"model_ref must be NAME/VERSION (a predictions/<NAME>/<VERSION> folder), got {ref!r}")
+    name, version = ref.split("/", 1)
     result = run_backtest(lake, name, version, dates or None, cfg, report.path)
     for book, summary in (("ls", result.long_short), ("vol", result.vol_target)):
         for method, values in summary.items():

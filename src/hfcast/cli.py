@@ -621,44 +621,6 @@ def monitor_reference(
                   f"{doc['train_dates'][0]}..{doc['train_dates'][-1]}; test scores {doc['test_scores'] or '-'}")
 
 
-# --- plugins: commands of the outer packages (entry point group ``hfcast.cli``) -----------------
-
-PLUGIN_GROUP = "hfcast.cli"
-_loaded: dict[str, list[str]] = {}  # "plugins" -> names, once loaded in this process
-
-
-def load_plugins(target: typer.Typer = app) -> list[str]:
-    """Let installed outer packages add their commands (``serve``, ``pipeline``, ``demo``).
-
-    Each entry point of group ``hfcast.cli`` is a ``register(app: typer.Typer) -> None``. Why entry
-    points: the core must not import Kubeflow or KServe, yet ``hfcast`` keeps one command line.
-    A plugin that fails to import is logged and skipped, so the core commands always work.
-    """
-    from importlib.metadata import entry_points
-
-    names = []
-    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
-        try:
-            ep.load()(target)
-        except Exception as exc:  # a broken outer package must not take the core commands down
-            logging.getLogger(__name__).warning("hfcast command plugin %r not loaded: %s", ep.name, exc)
-            continue
-        names.append(ep.name)
-    return names
-
-
-def build_app() -> typer.Typer:
-    """The ``hfcast`` app with every installed plugin's commands (once per process)."""
-    if "plugins" not in _loaded:
-        _loaded["plugins"] = load_plugins(app)
-    return app
-
-
-def main() -> None:
-    """The ``hfcast`` console script: core commands plus the plugins' ones."""
-    build_app()()
-
-
 # --- backtest and explain (hfcast.backtest, hfcast.explain) --------------------------------------
 
 def _prediction_folder(settings, model: str) -> tuple[str, str]:
@@ -796,6 +758,44 @@ def explain_forecast_cmd(
         console.print("  by group: " + ", ".join(f"{g} {v:+.3g}" for g, v in list(e["by_group"].items())[:6]))
         for c in e["top"]:
             console.print(f"  {c['feature']:<20} minute {c['minute']:>3}  z {c['value_z']:+.2f}  -> {c['attribution']:+.3g}")
+
+
+# --- plugins: commands of the outer packages (entry point group ``hfcast.cli``) -----------------
+
+PLUGIN_GROUP = "hfcast.cli"
+_loaded: dict[str, list[str]] = {}  # "plugins" -> names, once loaded in this process
+
+
+def load_plugins(target: typer.Typer = app) -> list[str]:
+    """Let installed outer packages add their commands (``serve``, ``pipeline``, ``demo``).
+
+    Each entry point of group ``hfcast.cli`` is a ``register(app: typer.Typer) -> None``. Why entry
+    points: the core must not import Kubeflow or KServe, yet ``hfcast`` keeps one command line.
+    A plugin that fails to import is logged and skipped, so the core commands always work.
+    """
+    from importlib.metadata import entry_points
+
+    names = []
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        try:
+            ep.load()(target)
+        except Exception as exc:  # a broken outer package must not take the core commands down
+            logging.getLogger(__name__).warning("hfcast command plugin %r not loaded: %s", ep.name, exc)
+            continue
+        names.append(ep.name)
+    return names
+
+
+def build_app() -> typer.Typer:
+    """The ``hfcast`` app with every installed plugin's commands (once per process)."""
+    if "plugins" not in _loaded:
+        _loaded["plugins"] = load_plugins(app)
+    return app
+
+
+def main() -> None:
+    """The ``hfcast`` console script: core commands plus the plugins' ones."""
+    build_app()()
 
 
 if __name__ == "__main__":

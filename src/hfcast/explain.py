@@ -3,7 +3,7 @@
 * **Global** - :func:`permutation_importance`: shuffle one feature group across the windows of a
   test span (all 30 minutes together, so the group's own time structure is kept) and measure how
   much the loss grows: return MSE and volatility QLIKE separately. Groups are the feature
-  registry's (:mod:`hfcast.features.registry`); a feature the registry does not know is a group
+  registry's (:mod:`hfcast.features.catalog`); a feature the registry does not know is a group
   of its own. :func:`attention_by_time_of_day` (attention architectures only) averages, by the
   time of day a forecast is made, how much the current minute attends to each of the 30 minutes.
 * **Per forecast** - :func:`attribute`: Integrated Gradients (Captum) over the (minute, feature)
@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hfcast.features.windows import LOOKBACK, WindowArrays
+from hfcast.contracts import LOOKBACK
+from hfcast.features.windows import WindowArrays
 from hfcast.metrics import mse, qlike
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def feature_groups(names: Sequence[str], groups: Mapping[str, str] | None = None
         names: the model's feature names.
         groups: optional feature -> group overrides; else the registry's group, else the name.
     """
-    from hfcast.features.registry import BY_NAME
+    from hfcast.features.catalog import BY_NAME
 
     out: dict[str, list[int]] = {}
     for j, n in enumerate(names):

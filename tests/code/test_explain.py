@@ -7,7 +7,7 @@ import pytest
 
 from hfcast.explain import (attention_by_time_of_day, attention_weights, attribute, explain_windows, feature_groups,
                             kept_attention, mean_abs_attribution_by_group, permutation_importance, summarize)
-from hfcast.features.registry import BY_NAME
+from hfcast.features.catalog import BY_NAME
 from hfcast.features.windows import build_windows, synthetic_feature_frame
 from hfcast.train import TrainConfig, train_forecaster
 

@@ -11,7 +11,7 @@ import pytest
 
 from hfcast.config import get_settings
 from hfcast.models import PRED_COLUMNS
-from serving.fixtures import tiny_bundle
+from serving_fixtures import tiny_bundle
 from test_serving import start_server, stop_server  # same folder: pytest puts it on sys.path
 
 pytestmark = pytest.mark.integration
