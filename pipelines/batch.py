@@ -2,17 +2,19 @@
 
 from kfp import dsl
 
+from components.backtest import backtest as backtest_op
 from components.batch_predict import batch_predict
 from components.plan_batch import plan_batch
 from pipelines.names import PIPELINES
-from pipelines.steps import MEDIUM, TINY, step
+from pipelines.steps import MEDIUM, SMALL, TINY, step
 
 PARALLELISM = 8  # dates predicted at once on the cluster (kfp compiles the limit in; each step loads the model once)
 DESCRIPTION = (
     "hfcast batch inference: expand the dates ('A..B' keeps dates with features, or 'D1,D2'), resolve the "
     "model reference (e.g. hfcast@champion) to one version for the whole run, then predict every date in "
     "parallel: one CSV (+ manifest) per date under <out>/predictions/<model>/<version>/date=D.csv. Reruns "
-    "skip complete dates. Settings left empty come from the cluster's hfcast-config / the environment."
+    "skip complete dates. With backtest=true, a last step backtests the run's predictions (params.yaml "
+    "backtest:). Settings left empty come from the cluster's hfcast-config / the environment."
 )
 
 
@@ -24,6 +26,7 @@ def batch_pipeline(
     out_url: str = "",
     runner: str = "auto",
     force: bool = False,
+    backtest: bool = False,
     settings: str = "",
 ):
     """Predict every date in ``dates``.
@@ -35,9 +38,13 @@ def batch_pipeline(
         out_url: output root, file:///... or s3://bucket/prefix ('' = the lake).
         runner: auto | onnxruntime | torch | torch-compiled | tensorrt.
         force: redo dates whose CSV is already complete.
+        backtest: after the predictions, backtest them (economic value after costs; needs out_url '' = the lake).
         settings: Settings.to_param() JSON: home, lake_url, mlflow_uri, s3_endpoint, ... ('' = hfcast-config / the environment).
     """
     plan = step(plan_batch(dates=dates, model_ref=model_ref, settings=settings), "Plan dates, pin model version", TINY)
     with dsl.ParallelFor(plan.outputs["Output"], parallelism=PARALLELISM, name="dates") as date:
-        step(batch_predict(date=date, plan=plan.outputs["plan"], out_url=out_url, mode=mode, runner=runner,
-                           force=force, settings=settings), "Predict one date", MEDIUM)
+        predicted = step(batch_predict(date=date, plan=plan.outputs["plan"], out_url=out_url, mode=mode,
+                                       runner=runner, force=force, settings=settings), "Predict one date", MEDIUM)
+    with dsl.If(backtest == True, name="backtest requested"):  # noqa: E712 (a kfp condition, not a Python bool)
+        step(backtest_op(plan=plan.outputs["plan"], csvs=dsl.Collected(predicted.outputs["Output"]),
+                         dates=dates, settings=settings), "Backtest the predictions", SMALL)

@@ -24,6 +24,8 @@ from serving.validation import ParsedRequest, parse_http, parse_v1, parse_v2
 
 log = logging.getLogger(__name__)
 
+EXPLAIN_MAX_BATCH = 16  # windows per :explain request (integrated gradients cost ~64 passes a window)
+
 
 class HfcastPredictor(kserve.Model):
     """A Forecaster behind the fastest runner available (onnxruntime on CPU, TensorRT on GPU)."""
@@ -89,6 +91,25 @@ class HfcastPredictor(kserve.Model):
             return svc.v1_response(preds, feature_ts)
         return {"model_name": self.name, "model_version": svc.model_version,
                 "id": req.request_id or str(uuid.uuid4()), "outputs": svc.v2_outputs(preds, feature_ts)}
+
+    def explain(self, payload: dict, headers: dict[str, str] | None = None) -> dict:
+        """KServe's explain verb (``POST /v1/models/<name>:explain``, a V1 body as for predict).
+
+        Each window (or symbol) gets its forecasts and, per target, integrated-gradients
+        attributions over its (minute, feature) cells summarised by feature group, by minute and
+        as the top cells (:func:`hfcast.explain.explain_windows`). Each window costs ~64 forward
+        and backward passes, so batches are capped at ``EXPLAIN_MAX_BATCH``; predict is untouched.
+        """
+        from hfcast.explain import explain_windows
+
+        svc = self.service
+        req = parse_v1(payload, svc.n_features, min(svc.limits.max_batch, EXPLAIN_MAX_BATCH))
+        windows, feature_ts = svc.windows(req)
+        rows = svc.v1_response(svc.predictions(self.runner.run(windows)), feature_ts)["predictions"]
+        for row, expl in zip(rows, explain_windows(svc.forecaster, windows)):
+            row["explanation"] = expl
+        return {"explanations": rows, "method": "integrated_gradients",
+                "baseline": "the training mean of every feature (all-zero scaled window)"}
 
     def get_input_types(self) -> list[dict]:
         n = self.service.n_features if self.service else -1

@@ -653,6 +653,145 @@ def monitor_reference(
                   f"{doc['train_dates'][0]}..{doc['train_dates'][-1]}; test scores {doc['test_scores'] or '-'}")
 
 
+# --- backtest and explain (hfcast.backtest, hfcast.explain) --------------------------------------
+
+def _prediction_folder(settings, model: str) -> tuple[str, str]:
+    """``NAME/VERSION`` as written by ``hfcast predict``; ``NAME@ALIAS`` is resolved in the registry."""
+    if "@" in model:
+        from hfcast.registry import resolve
+
+        mv = resolve(settings, model)
+        return str(mv.name), str(mv.version)
+    name, sep, version = model.partition("/")
+    if not sep or not name or not version:
+        _fail(f"--model must be NAME/VERSION (a predictions/<NAME>/<VERSION> folder) or NAME@ALIAS, got {model!r}")
+    return name, version
+
+
+@app.command()
+def backtest(
+    model: str = typer.Option("hfcast@champion", "--model", help="Predictions to test: NAME/VERSION or NAME@ALIAS."),
+    dates: Optional[str] = typer.Option(None, "--dates", help="'A..B' or 'D1,D2'; default: every date with predictions."),
+    rebalance: Optional[int] = typer.Option(None, "--rebalance", min=1, help="Long-short: minutes between rebalances (10/30/60)."),
+    quantile: Optional[float] = typer.Option(None, "--quantile", help="Long the top, short the bottom quantile (0-0.5]."),
+    confidence: bool = typer.Option(False, "--confidence-weighted", help="Weight each leg by ret_60m_conf."),
+    fee_bps: Optional[float] = typer.Option(None, "--fee-bps", help="Fee per unit traded, on top of half the spread."),
+    target_vol: Optional[float] = typer.Option(None, "--target-vol", help="Vol targeting: annualised target (0.2 = 20%)."),
+    gate_against: Optional[str] = typer.Option(None, "--gate-against", help="Champion predictions (NAME/VERSION or NAME@ALIAS): fail if ours lose."),
+    gate_metric: Optional[str] = typer.Option(None, "--gate-metric", help="net_sharpe | gross_sharpe | max_drawdown | vol_tracking_error | vol_share_beyond_1_5"),
+    gate_margin: float = typer.Option(0.0, "--gate-margin", help="Loss tolerated on the gate metric."),
+    lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL; default from settings."),
+    out: Path = typer.Option(Path("backtest"), "--out", help="Folder for backtest.json, table.csv, equity.png, tracking.png."),
+) -> None:
+    """Economic value after costs: volatility targeting and a long-short book on the prediction CSVs."""
+    from rich.table import Table
+
+    from hfcast.backtest import BacktestConfig, gate_check, run_backtest
+
+    settings = _settings()
+    try:
+        cfg = BacktestConfig.from_params(settings.param("backtest", {}), rebalance=rebalance, quantile=quantile,
+                                         confidence_weighted=confidence or None, fee_bps=fee_bps,
+                                         target_vol=target_vol, gate_metric=gate_metric)
+        lk = _lake(settings, lake)
+        name, version = _prediction_folder(settings, model)
+        result = run_backtest(lk, name, version, dates, cfg, out)
+        gate = None
+        if gate_against:
+            cname, cversion = _prediction_folder(settings, gate_against)
+            champion = run_backtest(lk, cname, cversion, result.dates, cfg, out / "champion")
+            gate = gate_check(result, champion, margin=gate_margin)
+    except (ValueError, LookupError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    tab = result.table()
+    wide = console if console.is_terminal else Console(width=120)
+    for book, part in tab.groupby("portfolio", sort=False):
+        part = part.dropna(axis=1, how="all").drop(columns="portfolio")
+        table = Table(title=f"{book} {result.model}: {len(result.dates)} day(s), {result.minutes_per_session} min/session")
+        for col in part.columns:
+            table.add_column(col, justify="left" if col == "method" else "right")
+        for _, row in part.iterrows():
+            table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+        wide.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"report: {out / 'backtest.json'} (plots: equity.png, tracking.png)")
+    if gate is not None:
+        verdict = "[green]passed[/]" if gate["passed"] else "[red]failed[/]"
+        console.print(f"gate {gate['metric']}: {gate['challenger']:.3f} vs {gate['champion']:.3f} -> {verdict}")
+        if not gate["passed"]:
+            raise typer.Exit(1)
+
+
+explain_app = typer.Typer(no_args_is_help=True, help="Why the model says what it says: importance, attention, attributions.")
+app.add_typer(explain_app, name="explain")
+
+
+def _forecaster(settings, model: str, bundle: Optional[Path]):
+    from hfcast.models.base import Forecaster
+    from hfcast.predict import prepare_bundle
+
+    path, _, _ = prepare_bundle(settings, model, str(bundle) if bundle else None)
+    return Forecaster.load(path)
+
+
+@explain_app.command("global")
+def explain_global(
+    dates: str = typer.Option(..., "--dates", help="Test span with matured labels: 'A..B' or 'D1,D2'."),
+    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference: NAME@alias or NAME/version."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local forecaster bundle instead of the registry."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Shuffles per feature group."),
+    max_windows: int = typer.Option(4000, "--max-windows", min=100, help="Test windows scored."),
+    lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL; default from settings."),
+    out: Path = typer.Option(Path("explain"), "--out", help="Folder for explain.json, importance.png, attention.png."),
+) -> None:
+    """Feature-group permutation importance (returns and volatility), attention by time of day."""
+    from hfcast.explain import run_global
+    from hfcast.predict import parse_dates
+
+    settings = _settings()
+    try:
+        lk = _lake(settings, lake)
+        fc = _forecaster(settings, model, bundle)
+        res = run_global(lk, fc, parse_dates(dates, lk.dates("features")), out, repeats, max_windows)
+    except (ValueError, LookupError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    console.print(f"[bold]permutation importance[/] on {res['windows']} windows (loss increase; base "
+                  f"ret MSE {res['base_loss']['ret']:.3g}, vol QLIKE {res['base_loss']['vol']:.3g})")
+    for r in res["permutation_importance"]:
+        console.print(f"  {r['group']:<14} ret {r['ret_rel']:+.1%}  vol {r['vol_rel']:+.1%}")
+    console.print(f"report: {out / 'explain.json'}; plots: {', '.join(res['plots'])}")
+
+
+@explain_app.command("forecast")
+def explain_forecast_cmd(
+    symbol: str = typer.Option(..., "--symbol", help="Symbol of the forecast."),
+    ts: str = typer.Option(..., "--ts", help="Forecast minute (UTC, e.g. 2024-01-05T15:00:00Z)."),
+    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference: NAME@alias or NAME/version."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local forecaster bundle instead of the registry."),
+    top: int = typer.Option(10, "--top", min=1, help="Top (minute, feature) cells shown."),
+    lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL; default from settings."),
+) -> None:
+    """The top drivers of one forecast (integrated gradients over its 30 x F window)."""
+    from hfcast.explain import explain_forecast
+
+    settings = _settings()
+    try:
+        res = explain_forecast(_lake(settings, lake), _forecaster(settings, model, bundle), symbol, ts, top=top)
+    except (ValueError, LookupError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    for target in ("ret", "vol"):
+        e = res[target]
+        console.print(f"[bold]{target}[/]: forecast {e['forecast']:+.4g} vs baseline {e['baseline_forecast']:+.4g} "
+                      f"(completeness gap {e['completeness_gap']:+.2g})")
+        console.print("  by group: " + ", ".join(f"{g} {v:+.3g}" for g, v in list(e["by_group"].items())[:6]))
+        for c in e["top"]:
+            console.print(f"  {c['feature']:<20} minute {c['minute']:>3}  z {c['value_z']:+.2f}  -> {c['attribution']:+.3g}")
+
+
 # --- plugins: commands of the outer packages (entry point group ``hfcast.cli``) -----------------
 
 PLUGIN_GROUP = "hfcast.cli"

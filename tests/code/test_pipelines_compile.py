@@ -103,6 +103,20 @@ def test_training_dag_shape(specs):
     assert "for-loop-1" in root["compare-models"]["dependentTasks"]
 
 
+def test_batch_backtest_is_an_optional_step_after_every_prediction(specs):
+    spec = specs["batch_inference.yaml"]
+    assert spec["root"]["inputDefinitions"]["parameters"]["backtest"]["defaultValue"] is False
+    root = spec["root"]["dag"]["tasks"]
+    cond = root["condition-2"]
+    assert cond["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--backtest'] == true"
+    assert "for-loop-1" in cond["dependentTasks"]  # fan-in: after every date's CSV
+    inner = spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    assert set(inner) == {"backtest"}
+    # the model version pinned by plan_batch, not the alias (the champion may move during the run)
+    assert "plan" in inner["backtest"]["inputs"]["artifacts"]
+    assert "model_ref" not in inner["backtest"]["inputs"].get("parameters", {})
+
+
 @pytest.mark.parametrize("path", COMPONENT_FILES, ids=lambda p: p.name)
 def test_component_file_is_thin_one_component_imports_inside(path):
     tree = ast.parse(path.read_text())

@@ -92,6 +92,13 @@ def test_training_then_batch_then_rejected_challenger(env):
         assert (df["model_version"].astype(str) == "1").all()
     listed = storage.listdir(storage.join(lake.url, "predictions", "hfcast", "1"), s.storage_options)
     assert len([p for p in listed if p.endswith(".csv")]) == 3
+    reports = lambda: sorted((s.home / "kfp-local").glob("**/report/backtest.json"))  # noqa: E731
+    assert reports() == []  # backtest=False (default): the dsl.If's false branch ran no backtest
+    _timed("batch + backtest (3 dates, predictions reused)", "batch", dates=f"{dates[0]}..{dates[-1]}",
+           model_ref="hfcast@champion", backtest=True, settings=s.to_param())
+    (report,) = reports()  # the true branch: one backtest of the pinned version's CSVs
+    doc = json.loads(report.read_text())
+    assert doc["model"] == "hfcast/1" and list(doc["dates"]) == list(dates)
 
     # 3. rejected branch: an impossible margin; the champion, its export and the deployment stay
     out = _timed("training (1 arch, rejected)", "training-cpu",

@@ -31,13 +31,22 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
+        # explanations only (hfcast.explain): when True, forward also stores the attention weights
+        # [B, H, T, T] in ``last_attention`` through an explicit softmax; off, the fused kernel runs
+        self.keep_attention = False
+        self.last_attention: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=2)  # [B, T, 3D] -> 3 x [B, T, D]
         # [B, T, D] -> [B, H, T, D/H]
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        if self.keep_attention:
+            att = torch.softmax(q @ k.transpose(-2, -1) / (D // self.n_heads) ** 0.5, dim=-1)  # [B, H, T, T]
+            self.last_attention = att.detach()
+            y = att @ v  # [B, H, T, D/H] (eval only: no attention dropout on this path)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, D)  # [B, H, T, D/H] -> [B, T, D]
         return self.proj(y)
 

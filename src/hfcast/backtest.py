@@ -1,0 +1,593 @@
+"""Economic value of the forecasts after costs: volatility targeting and a long-short book.
+
+Why this module: a lower QLIKE or a higher IC does not say whether the forecasts cut risk or make
+money once trades cost the spread. Two portfolios answer that on the batch prediction CSVs
+(``<lake>/predictions/<model>/<version>/date=D.csv``) and the lake's own bars:
+
+* **Volatility targeting** - each symbol's position is sized so that its forecast volatility
+  equals a target: ``w_t = target_per_minute * sqrt(10) / rv_10m_hat_t``, held for ``vol_hold``
+  minutes. The realized volatility of ``w_t * r`` over the hold, divided by the target, should
+  be 1; we report its RMS distance from 1 (tracking error), the realized volatility of the
+  scaled positions against the target, the share of minutes beyond 1.5x the target, and
+  turnover - for the model, HAR-RV, EWMA and (simulated lakes) the oracle, on the same rows.
+* **Cross-sectional long-short** on ``ret_60m_pred``: every ``rebalance`` minutes rank the
+  symbols, long the top and short the bottom ``quantile`` (equal or confidence weights, each
+  leg 0.5 of gross), hold to the next rebalance, flat at the close. Costs come from the data:
+  half the quoted spread at the rebalance minute plus ``fee_bps`` on every unit traded. Gross and
+  net Sharpe are annualised with the number of holding periods per session found in the data;
+  turnover, maximum drawdown and hit rate beside them, with a zero-skill (seeded random ranking)
+  and an oracle (``true_ret_60m``) portfolio on the same rows as yardsticks.
+
+No look-ahead, by construction: a forecast stamped minute t uses bars up to the END of minute t;
+its position trades at that minute's quote (the bar's bid/ask are end-of-minute) and earns the
+mid move from t to the next rebalance. Nothing at a later minute enters a position or a cost
+decided at t (``tests/code/test_backtest.py`` perturbs future prices and forecasts to prove it).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from hfcast import storage
+from hfcast.storage import Lake
+
+log = logging.getLogger(__name__)
+
+RV_HORIZON = 10  # minutes of the rv_10m forecast (the label's horizon)
+LS_METHODS = ("model", "zero_skill", "oracle")
+VOL_METHODS = ("model", "har_rv", "ewma", "oracle")
+#: metrics a gate may require a challenger not to lose, and whether higher is better
+GATE_METRICS = {"net_sharpe": True, "gross_sharpe": True, "max_drawdown": False,
+                "vol_tracking_error": False, "vol_share_beyond_1_5": False}
+
+
+@dataclass
+class BacktestConfig:
+    """Portfolio rules (params.yaml section ``backtest:``)."""
+
+    target_vol: float = 0.20          # annualised volatility each vol-targeted position aims at
+    vol_hold: int = 10                # minutes a vol-targeted position is held (the rv forecast horizon)
+    rebalance: int = 30               # long-short: minutes between rebalances (10, 30, 60 ...)
+    quantile: float = 0.2             # long the top, short the bottom quantile of the ranking
+    confidence_weighted: bool = False  # weight names in each leg by ret_60m_conf instead of equally
+    fee_bps: float = 0.5              # fee per unit of notional traded, on top of half the spread
+    sessions_per_year: int = 252      # annualisation: sessions a year x holding periods per session
+    seed: int = 0                     # the zero-skill portfolio's random ranking
+    gate_metric: str = "net_sharpe"   # the number a challenger may be required not to lose
+
+    def __post_init__(self) -> None:
+        if self.rebalance < 1 or self.vol_hold < 1:
+            raise ValueError(f"rebalance and vol_hold must be >= 1 minute, got {self.rebalance}, {self.vol_hold}")
+        if not 0.0 < self.quantile <= 0.5:
+            raise ValueError(f"quantile must be in (0, 0.5], got {self.quantile}")
+        if self.target_vol <= 0 or self.fee_bps < 0 or self.sessions_per_year < 1:
+            raise ValueError("target_vol must be > 0, fee_bps >= 0 and sessions_per_year >= 1")
+        if self.gate_metric not in GATE_METRICS:
+            raise ValueError(f"gate_metric must be one of {sorted(GATE_METRICS)}, got {self.gate_metric!r}")
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any] | None, **overrides: Any) -> "BacktestConfig":
+        merged = {**(section or {}), **{k: v for k, v in overrides.items() if v is not None}}
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ValueError(f"unknown backtest parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**merged)
+
+
+# --- one session as [S, T] arrays ---------------------------------------------------------------
+
+@dataclass
+class Day:
+    """One session on its minute grid: S symbols x T minutes (the minutes found in the data).
+
+    Attributes:
+        mid: mid price at the END of each minute, forward-filled over missing bars (NaN before the
+            first quote).
+        half_spread: (ask - bid) / (2 mid), the cost of crossing half the spread, forward-filled.
+        ret: return forecasts by method (``model``, ``oracle``...), NaN where none.
+        vol: 10-minute volatility forecasts by method.
+        conf: the model's ret_60m_conf (None when absent).
+        active: rows where the model made a forecast: every portfolio trades these rows only.
+    """
+
+    date: str
+    symbols: np.ndarray
+    ts: pd.DatetimeIndex
+    mid: np.ndarray
+    half_spread: np.ndarray
+    ret: dict[str, np.ndarray] = field(default_factory=dict)
+    vol: dict[str, np.ndarray] = field(default_factory=dict)
+    conf: np.ndarray | None = None
+    active: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.mid.shape
+
+
+def _grid(frame: pd.DataFrame, symbols: np.ndarray, ts: pd.DatetimeIndex, cols: Iterable[str]) -> dict[str, np.ndarray]:
+    """Long (symbol, ts, cols) rows -> one [S, T] float array per column (NaN where absent)."""
+    s = pd.Index(symbols).get_indexer(frame["symbol"].astype(str))
+    t = ts.get_indexer(pd.DatetimeIndex(pd.to_datetime(frame["ts"], utc=True)))
+    ok = (s >= 0) & (t >= 0)
+    out = {}
+    for c in cols:
+        a = np.full((len(symbols), len(ts)), np.nan)
+        a[s[ok], t[ok]] = pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64)[ok]
+        out[c] = a
+    return out
+
+
+def _ffill(a: np.ndarray) -> np.ndarray:
+    """Forward-fill NaN along axis 1 (the minute axis): a missing bar keeps the last quote."""
+    idx = np.where(np.isfinite(a), np.arange(a.shape[1])[None, :], 0)  # leading NaN -> column 0 (NaN too)
+    np.maximum.accumulate(idx, axis=1, out=idx)
+    return a[np.arange(a.shape[0])[:, None], idx]
+
+
+def make_day(date: str, bars: pd.DataFrame, preds: pd.DataFrame, truth: pd.DataFrame | None = None,
+             baselines: pd.DataFrame | None = None) -> Day:
+    """A :class:`Day` from long frames (what the lake holds), aligned on (symbol, ts).
+
+    Args:
+        bars: symbol, ts, bid, ask (the data contract); their minutes define the grid.
+        preds: a prediction CSV's rows: symbol, ts, ret_60m_pred, ret_60m_conf, rv_10m_pred.
+        truth: simulator truth (true_ret_60m, true_var_10m) or None.
+        baselines: symbol, ts and ``rv_<method>`` columns (har_rv, ewma) or None.
+    """
+    symbols = np.array(sorted(bars["symbol"].astype(str).unique()))
+    ts = pd.DatetimeIndex(sorted(pd.to_datetime(bars["ts"], utc=True).unique()))
+    q = _grid(bars, symbols, ts, ("bid", "ask"))
+    mid = (q["bid"] + q["ask"]) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hs = np.where(mid > 0, (q["ask"] - q["bid"]) / (2.0 * mid), np.nan)
+    p = _grid(preds, symbols, ts, [c for c in ("ret_60m_pred", "ret_60m_conf", "rv_10m_pred") if c in preds])
+    day = Day(date, symbols, ts, _ffill(mid), _ffill(hs), ret={"model": p["ret_60m_pred"]},
+              vol={"model": p["rv_10m_pred"]}, conf=p.get("ret_60m_conf"))
+    day.active = np.isfinite(p["ret_60m_pred"]) & np.isfinite(day.mid) & (day.mid > 0)
+    if truth is not None and len(truth):
+        tr = _grid(truth, symbols, ts, ("true_ret_60m", "true_var_10m"))
+        day.ret["oracle"] = tr["true_ret_60m"]
+        day.vol["oracle"] = np.sqrt(np.maximum(tr["true_var_10m"], 0.0))
+    if baselines is not None and len(baselines):
+        cols = [c for c in baselines.columns if c.startswith("rv_") and c != "rv_10m"]
+        for c, a in _grid(baselines, symbols, ts, cols).items():
+            day.vol[c[3:]] = a
+    return day
+
+
+# --- long-short ---------------------------------------------------------------------------------
+
+def leg_weights(score: np.ndarray, ok: np.ndarray, quantile: float, conf: np.ndarray | None = None) -> np.ndarray:
+    """Dollar-neutral weights [S]: top ``quantile`` long (+0.5 in all), bottom short (-0.5 in all).
+
+    Ties keep symbol order (a stable sort), so the book is deterministic. With fewer than two
+    rankable names the book is flat.
+    """
+    w = np.zeros(score.shape[0])
+    idx = np.flatnonzero(ok & np.isfinite(score))
+    n = idx.size
+    if n < 2:
+        return w
+    k = min(max(1, int(math.floor(quantile * n + 1e-9))), n // 2)
+    order = idx[np.argsort(score[idx], kind="stable")]
+    for leg, sign in ((order[-k:], 0.5), (order[:k], -0.5)):
+        size = np.ones(k) if conf is None else np.nan_to_num(conf[leg], nan=0.0).clip(min=0.0)
+        size = size if size.sum() > 0 else np.ones(k)
+        w[leg] = sign * size / size.sum()
+    return w
+
+
+def long_short_day(day: Day, score: np.ndarray, cfg: BacktestConfig, conf: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per holding period: rebalance minute, gross, cost, net, traded notional, names held.
+
+    Rebalances at the first minute with a forecast and every ``cfg.rebalance`` minutes after it;
+    the last period ends at the session's last minute, where the book is closed (that exit is
+    charged to the last period). Weights are reset to target at every rebalance.
+    """
+    S, T = day.shape
+    ok = day.active
+    cols = np.flatnonzero(ok.any(axis=0))
+    rows: list[dict[str, Any]] = []
+    if cols.size == 0:
+        return pd.DataFrame(rows)
+    fee = cfg.fee_bps * 1e-4
+    hs = np.nan_to_num(day.half_spread, nan=0.0)
+    w_prev = np.zeros(S)
+    starts = list(range(int(cols[0]), T - 1, cfg.rebalance))
+    for j, t in enumerate(starts):
+        end = starts[j + 1] if j + 1 < len(starts) else T - 1
+        w = leg_weights(score[:, t], ok[:, t], cfg.quantile, None if conf is None else conf[:, t])
+        traded = np.abs(w - w_prev)
+        cost = float(np.sum(traded * (hs[:, t] + fee)))
+        if end == T - 1:  # flat at the close: the exit crosses the spread at the last minute
+            traded_out = np.abs(w)
+            cost += float(np.sum(traded_out * (hs[:, end] + fee)))
+            traded = traded + traded_out
+        with np.errstate(invalid="ignore", divide="ignore"):
+            move = np.where(w != 0, day.mid[:, end] / day.mid[:, t] - 1.0, 0.0)
+        gross = float(np.sum(w * np.nan_to_num(move, nan=0.0)))
+        rows.append({"date": day.date, "ts": day.ts[t], "minute": t, "end_minute": end, "gross": gross,
+                     "cost": cost, "net": gross - cost, "traded": float(traded.sum()),
+                     "n_long": int((w > 0).sum()), "n_short": int((w < 0).sum())})
+        w_prev = w
+    return pd.DataFrame(rows)
+
+
+def sharpe(x: np.ndarray, periods_per_year: float) -> float:
+    """Annualised Sharpe ratio mean / std (ddof=1) * sqrt(periods a year); NaN when undefined."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size < 2 or not np.std(x, ddof=1) > 0:
+        return float("nan")
+    return float(np.mean(x) / np.std(x, ddof=1) * math.sqrt(periods_per_year))
+
+
+def max_drawdown(net: np.ndarray) -> float:
+    """Largest fall of the compounded equity curve from its running peak, as a fraction."""
+    eq = np.concatenate([[1.0], np.cumprod(1.0 + np.asarray(net, dtype=np.float64))])
+    return float(np.max(1.0 - eq / np.maximum.accumulate(eq)))
+
+
+def summarize_long_short(periods: pd.DataFrame, cfg: BacktestConfig) -> dict[str, float]:
+    """Sharpe (gross, net), returns, turnover, drawdown and hit rate of a period table."""
+    if periods.empty:
+        return {"periods": 0}
+    n_days = periods["date"].nunique()
+    per_session = len(periods) / n_days
+    ppy = cfg.sessions_per_year * per_session
+    return {
+        "periods": int(len(periods)), "days": int(n_days), "periods_per_session": per_session,
+        "gross_sharpe": sharpe(periods["gross"], ppy), "net_sharpe": sharpe(periods["net"], ppy),
+        "gross_return_ann": float(periods["gross"].mean() * ppy), "net_return_ann": float(periods["net"].mean() * ppy),
+        "cost_bps_per_period": float(periods["cost"].mean() * 1e4),
+        "turnover_per_period": float(periods["traded"].mean()),
+        "turnover_per_day": float(periods["traded"].sum() / n_days),
+        "max_drawdown": max_drawdown(periods["net"].to_numpy()),
+        "hit_rate": float((periods["net"] > 0).mean()),
+        "avg_names": float((periods["n_long"] + periods["n_short"]).mean()),
+    }
+
+
+# --- volatility targeting -----------------------------------------------------------------------
+
+def vol_target_day(day: Day, forecast: np.ndarray, rows: np.ndarray, cfg: BacktestConfig,
+                   minutes_per_year: float) -> pd.DataFrame:
+    """One row per (symbol, hold): position, realized / target volatility ratio, PnL, traded.
+
+    A hold starts at the first minute with a forecast and every ``vol_hold`` minutes after it,
+    and only complete holds are scored. ``rows`` [S, T] marks where every compared method has a
+    usable forecast, so all methods are scored on the same rows.
+    """
+    S, T = day.shape
+    h = cfg.vol_hold
+    cols = np.flatnonzero(rows.any(axis=0))
+    if cols.size == 0:
+        return pd.DataFrame()
+    target_min = cfg.target_vol / math.sqrt(minutes_per_year)  # per-minute target
+    logmid = np.log(day.mid)
+    starts = np.arange(int(cols[0]), T - h, h)
+    if starts.size == 0:
+        return pd.DataFrame()
+    r = np.diff(logmid, axis=1)  # r[:, t] = log mid[t+1] - log mid[t]
+    rv_hold = np.sqrt(np.stack([np.sum(r[:, t:t + h] ** 2, axis=1) for t in starts], axis=1))  # [S, K]
+    fc = forecast[:, starts]
+    ok = rows[:, starts] & np.isfinite(fc) & (fc > 0) & np.isfinite(rv_hold)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(ok, target_min * math.sqrt(RV_HORIZON) / fc, 0.0)  # forecast vol per minute * w = target
+        ratio = np.where(ok, w * rv_hold / math.sqrt(h) / target_min, np.nan)
+        pnl = np.where(ok, w * (day.mid[:, starts + h] / day.mid[:, starts] - 1.0), np.nan)
+    w_prev = np.concatenate([np.zeros((S, 1)), w[:, :-1]], axis=1)
+    traded = np.abs(w - w_prev)
+    traded[:, -1] += np.abs(w[:, -1])  # flat at the end of the last hold
+    si, ki = np.nonzero(ok)
+    return pd.DataFrame({"date": day.date, "symbol": day.symbols[si], "minute": starts[ki], "position": w[si, ki],
+                         "ratio": ratio[si, ki], "pnl": pnl[si, ki], "traded": traded[si, ki]})
+
+
+def summarize_vol(holds: pd.DataFrame, cfg: BacktestConfig, minutes_per_year: float) -> dict[str, float]:
+    """Realized vol of the scaled positions vs the target, tracking error, tails and turnover."""
+    if holds.empty:
+        return {"holds": 0}
+    ratio = holds["ratio"].to_numpy()
+    realized = cfg.target_vol * math.sqrt(np.mean(ratio**2))  # pooled RMS of the scaled returns
+    per_sd = holds.groupby(["date", "symbol"])
+    turnover = (per_sd["traded"].sum() / per_sd["position"].apply(lambda p: np.abs(p).mean())).mean()
+    return {
+        "holds": int(len(holds)), "target_vol": cfg.target_vol, "realized_vol": float(realized),
+        "realized_over_target": float(realized / cfg.target_vol),
+        "tracking_error": float(np.sqrt(np.mean((ratio - 1.0) ** 2))),
+        "log_tracking_error": float(np.std(np.log(np.maximum(ratio, 1e-12)))),
+        "median_ratio": float(np.median(ratio)),
+        "share_beyond_1_5": float(np.mean(ratio > 1.5)),
+        "turnover_per_day": float(turnover),
+        "sharpe": sharpe(holds.groupby(["date", "minute"])["pnl"].sum(), minutes_per_year / cfg.vol_hold),
+    }
+
+
+# --- the whole backtest -------------------------------------------------------------------------
+
+def zero_skill_scores(day: Day, seed: int) -> np.ndarray:
+    """A random ranking per minute (seeded by date): the yardstick of no skill, same rows and costs."""
+    rng = np.random.default_rng([seed, int(pd.Timestamp(day.date).strftime("%Y%m%d"))])
+    return rng.standard_normal(day.shape)
+
+
+def minutes_per_session(days: list[Day]) -> int:
+    """The session length found in the data (the most common number of minutes a day)."""
+    return int(pd.Series([d.shape[1] for d in days]).mode().iloc[0])
+
+
+@dataclass
+class BacktestResult:
+    """Metrics by portfolio and method, the per-period tables behind them, and the settings."""
+
+    config: BacktestConfig
+    model: str
+    dates: list[str]
+    minutes_per_session: int
+    long_short: dict[str, dict[str, float]]
+    vol_target: dict[str, dict[str, float]]
+    periods: dict[str, pd.DataFrame] = field(repr=False, default_factory=dict)
+    holds: dict[str, pd.DataFrame] = field(repr=False, default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def gate_value(self) -> float:
+        """The configured gate metric for the model (see :data:`GATE_METRICS`)."""
+        return metric_value(self, self.config.gate_metric)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "dates": self.dates, "minutes_per_session": self.minutes_per_session,
+                "config": asdict(self.config), "long_short": self.long_short, "vol_target": self.vol_target,
+                "gate": {"metric": self.config.gate_metric, "value": self.gate_value}, "notes": self.notes}
+
+    def table(self) -> pd.DataFrame:
+        """One row per (portfolio, method) with the headline numbers (what the CLI prints)."""
+        rows = []
+        for m, s in self.long_short.items():
+            rows.append({"portfolio": "long-short", "method": m, **{k: s.get(k) for k in (
+                "gross_sharpe", "net_sharpe", "turnover_per_day", "max_drawdown", "hit_rate")}})
+        for m, s in self.vol_target.items():
+            rows.append({"portfolio": "vol-target", "method": m, **{k: s.get(k) for k in (
+                "realized_over_target", "tracking_error", "share_beyond_1_5", "turnover_per_day")}})
+        return pd.DataFrame(rows)
+
+
+def backtest_days(days: list[Day], cfg: BacktestConfig, model: str = "model") -> BacktestResult:
+    """Run both portfolios over prepared days (the pure core; :func:`run_backtest` loads the lake)."""
+    if not days:
+        raise ValueError("backtest needs at least one day with bars and forecasts")
+    mps = minutes_per_session(days)
+    mpy = cfg.sessions_per_year * mps
+    periods: dict[str, list[pd.DataFrame]] = {}
+    holds: dict[str, list[pd.DataFrame]] = {}
+    vol_methods = [m for m in VOL_METHODS if all(m in d.vol for d in days)]
+    for d in days:
+        scores = {"model": d.ret["model"], "zero_skill": zero_skill_scores(d, cfg.seed)}
+        if "oracle" in d.ret:
+            scores["oracle"] = d.ret["oracle"]
+        for m, sc in scores.items():
+            conf = d.conf if (cfg.confidence_weighted and m == "model") else None
+            periods.setdefault(m, []).append(long_short_day(d, sc, cfg, conf))
+        same = d.active.copy()
+        for m in vol_methods:
+            same &= np.isfinite(d.vol[m]) & (d.vol[m] > 0)
+        for m in vol_methods:
+            holds.setdefault(m, []).append(vol_target_day(d, d.vol[m], same, cfg, mpy))
+    per = {m: pd.concat(v, ignore_index=True) for m, v in periods.items()}
+    hol = {m: pd.concat(v, ignore_index=True) for m, v in holds.items()}
+    notes = []
+    if "oracle" not in per:
+        notes.append("no truth in the lake: no oracle portfolio")
+    return BacktestResult(cfg, model, [d.date for d in days], mps,
+                          {m: summarize_long_short(p, cfg) for m, p in per.items()},
+                          {m: summarize_vol(h, cfg, mpy) for m, h in hol.items()}, per, hol, notes)
+
+
+# --- loading from the lake ----------------------------------------------------------------------
+
+def read_predictions(lake: Lake, model: str, version: str, date: str) -> pd.DataFrame:
+    """One date's prediction CSV (symbol, ts, PRED_COLUMNS ...)."""
+    url = lake.predictions(model, version, date)
+    try:
+        body = storage.read_bytes(url, lake.storage_options)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no predictions for {date} at {url}: run `hfcast predict --dates {date}` first") from None
+    df = pd.read_csv(io.BytesIO(body))
+    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    return df
+
+
+def prediction_dates(lake: Lake, model: str, version: str) -> list[str]:
+    """Dates with a prediction CSV for ``model/version``."""
+    folder = storage.join(lake.url, "predictions", model, str(version))
+    names = storage.listdir(folder, lake.storage_options)
+    return sorted(n[len("date="):-len(".csv")] for n in names if n.startswith("date=") and n.endswith(".csv"))
+
+
+def _session_dates(ts: pd.Series) -> np.ndarray:
+    """ISO session date (exchange time) of each timestamp, computed once per distinct day."""
+    from hfcast.data.schema import EXCHANGE_TZ
+
+    day = pd.DatetimeIndex(ts).tz_convert(EXCHANGE_TZ).normalize()
+    codes, uniq = pd.factorize(day)
+    return np.asarray([u.date().isoformat() for u in uniq], dtype=object)[codes]
+
+
+def baseline_vols(lake: Lake, dates: list[str], fit_days: int = 5) -> tuple[pd.DataFrame | None, list[str]]:
+    """HAR-RV and EWMA 10-minute vol forecasts for ``dates`` (symbol, ts, rv_har_rv, rv_ewma).
+
+    HAR-RV is fitted on up to ``fit_days`` feature dates BEFORE the first backtest date; when the
+    lake has none, it is fitted on the backtest dates themselves and a note says so (in-sample
+    coefficients flatter the baseline, never the model). Returns (frame or None, notes).
+    """
+    from hfcast.models.baselines import Baseline, baseline_inputs
+
+    have = lake.dates("features")
+    if not set(dates) <= set(have):
+        return None, ["no features for some backtest dates: HAR-RV and EWMA left out"]
+    before = [d for d in have if d < dates[0]][-fit_days:]
+    notes = [] if before else ["HAR-RV fitted on the backtest dates themselves (no earlier features)"]
+    cols = ["symbol", "ts", "ret_60m", "rv_10m"]
+    df = pd.concat([lake.read("features", d, cols) for d in [*before, *dates]], ignore_index=True)
+    df["symbol"] = df["symbol"].astype(str)
+    df = df.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
+    inp = baseline_inputs(df)
+    days = pd.Series(_session_dates(inp["ts"]), index=inp.index)
+    fit = inp[days.isin(before)] if before else inp
+    test = inp[days.isin(dates)]
+    out = test[["symbol", "ts"]].copy()
+    out["date"] = days[test.index]
+    for name in ("har_rv", "ewma"):
+        b = Baseline(name).fit(fit, fit)
+        out[f"rv_{name}"] = b.predict(test)["rv_10m_pred"].to_numpy()
+    return out, notes
+
+
+def load_days(lake: Lake, model: str, version: str, dates: list[str], with_baselines: bool = True) -> tuple[list[Day], list[str]]:
+    """Days for the backtest: bars (validated/, else raw/), predictions, truth and baselines."""
+    notes: list[str] = []
+    base, more = baseline_vols(lake, dates) if with_baselines else (None, [])
+    notes += more
+    by_date = dict(tuple(base.groupby("date", sort=False))) if base is not None else {}
+    days = []
+    for d in dates:
+        src = "validated" if lake.exists("validated", d) else "raw"
+        bars = lake.read(src, d, ["symbol", "ts", "bid", "ask"])
+        truth = lake.read("truth", d) if lake.exists("truth", d) else None
+        days.append(make_day(d, bars, read_predictions(lake, model, version, d), truth, by_date.get(d)))
+    return days, notes
+
+
+def run_backtest(lake: Lake, model: str, version: str, dates: str | list[str] | None = None,
+                 cfg: BacktestConfig | None = None, out_dir: str | Path | None = None) -> BacktestResult:
+    """Backtest ``model/version``'s prediction CSVs (the function behind ``hfcast backtest``).
+
+    Args:
+        lake: where the bars, truth, features and predictions live.
+        model, version: the prediction folder ``predictions/<model>/<version>/``.
+        dates: ``"A..B"``, ``"A,B"``, a list, or None for every date with predictions.
+        cfg: portfolio rules.
+        out_dir: a local folder for backtest.json, table.csv and the plots (None: none written).
+    """
+    from hfcast.predict import parse_dates
+
+    cfg = cfg or BacktestConfig()
+    available = prediction_dates(lake, model, version)
+    date_list = available if dates is None else parse_dates(dates, available)
+    if not date_list:
+        raise ValueError(f"no prediction dates for {model}/{version} in {dates!r} "
+                         f"({len(available)} available under {lake.url}/predictions/{model}/{version})")
+    days, notes = load_days(lake, model, version, date_list)
+    result = backtest_days(days, cfg, f"{model}/{version}")
+    result.notes = notes + result.notes
+    if out_dir is not None:
+        write_outputs(result, out_dir)
+    return result
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+def write_outputs(result: BacktestResult, out_dir: str | Path) -> dict[str, Path]:
+    """backtest.json, table.csv, equity.png and tracking.png in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "backtest.json", "table": out / "table.csv"}
+    paths["json"].write_text(json.dumps(result.to_dict(), indent=1, default=_json_default) + "\n")
+    result.table().to_csv(paths["table"], index=False, float_format="%.6g")
+    paths["equity"] = plot_equity(result, out / "equity.png")
+    paths["tracking"] = plot_tracking(result, out / "tracking.png")
+    return paths
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
+
+
+def plot_equity(result: BacktestResult, path: Path) -> Path:
+    """Cumulative net (solid) and gross (dotted) return of each long-short book, period by period."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for m, p in result.periods.items():
+        if p.empty:
+            continue
+        line, = ax.plot(np.cumsum(p["net"].to_numpy()), label=f"{m} net (Sharpe {result.long_short[m]['net_sharpe']:.2f})")
+        ax.plot(np.cumsum(p["gross"].to_numpy()), ls=":", color=line.get_color(), label=f"{m} gross")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xlabel(f"holding period ({result.config.rebalance} min)")
+    ax.set_ylabel("cumulative return")
+    ax.set_title(f"long-short on ret_60m - {result.model}, {len(result.dates)} days")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_tracking(result: BacktestResult, path: Path) -> Path:
+    """Realized / target volatility by time of day (median and 90% quantile) for each method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for m, h in result.holds.items():
+        if h.empty:
+            continue
+        g = h.groupby("minute")["ratio"]
+        line, = ax.plot(g.median().index, g.median().to_numpy(),
+                        label=f"{m} median (TE {result.vol_target[m]['tracking_error']:.2f})")
+        ax.plot(g.quantile(0.9).index, g.quantile(0.9).to_numpy(), ls=":", color=line.get_color())
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.axhline(1.5, color="red", lw=0.8, ls="--", label="1.5x target")
+    ax.set_xlabel("minute of session (hold start)")
+    ax.set_ylabel("realized / target volatility")
+    ax.set_title(f"volatility targeting ({result.config.target_vol:.0%} a year) - dotted: 90% quantile")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def gate_check(challenger: BacktestResult, champion: BacktestResult, metric: str | None = None,
+               margin: float = 0.0) -> dict[str, Any]:
+    """Pass when the challenger does not lose more than ``margin`` on the gate metric.
+
+    Both results must come from the same dates and rules; a NaN on either side fails (the
+    comparison cannot be made, so the safe answer is no).
+    """
+    metric = metric or challenger.config.gate_metric
+    if challenger.dates != champion.dates:
+        raise ValueError("challenger and champion were backtested on different dates")
+    c, r = metric_value(challenger, metric), metric_value(champion, metric)
+    higher = GATE_METRICS[metric]
+    gain = (c - r) if higher else (r - c)
+    ok = bool(np.isfinite(c) and np.isfinite(r) and gain >= -margin)
+    return {"metric": metric, "challenger": c, "champion": r, "improvement": gain, "margin": margin, "passed": ok}
+
+
+def metric_value(result: BacktestResult, metric: str) -> float:
+    """The model's value of a :data:`GATE_METRICS` name (``vol_*`` read the vol-targeting book)."""
+    if metric not in GATE_METRICS:
+        raise ValueError(f"unknown gate metric {metric!r}; choose from {sorted(GATE_METRICS)}")
+    if metric.startswith("vol_"):
+        return float(result.vol_target.get("model", {}).get(metric[4:], float("nan")))
+    return float(result.long_short.get("model", {}).get(metric, float("nan")))
