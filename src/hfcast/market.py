@@ -171,6 +171,13 @@ class Market:
             section["calendar"] = calendar
         return get_market(_freeze(section))
 
+    @property
+    def timezone(self) -> str:
+        """The exchange's time zone (IANA name), e.g. America/New_York for XNYS."""
+        if self.tz is None:
+            self._covering(pd.Timestamp.now().date())
+        return str(self.tz)
+
     def __repr__(self) -> str:
         return f"Market({self.name})"
 
