@@ -33,16 +33,22 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 def _settings():
     from hfcast.config import get_settings
+    from hfcast.market import set_default_market
 
-    return get_settings()
+    settings = get_settings()
+    try:  # the calendar of params.yaml market: for every stage of this command (hfcast.market)
+        set_default_market(dict(settings.param("market", {}) or {}) or None)
+    except ValueError as exc:
+        _fail(f"bad market calendar in params.yaml: {exc}")
+    return settings
 
 
 def _market(settings, calendar: Optional[str]):
     """The market calendar from params.yaml ``market:`` and the --calendar option (which wins)."""
-    from hfcast.market import Market
+    from hfcast.market import Market, set_default_market
 
     try:
-        return Market.from_params(settings.param("market", {}) or {}, calendar)
+        return set_default_market(Market.from_params(settings.param("market", {}) or {}, calendar))
     except (ValueError, KeyError) as exc:
         _fail(f"bad market calendar: {exc}")
 

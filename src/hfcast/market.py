@@ -355,6 +355,29 @@ class Market:
         n = (self._close[j] - self._open[j] - (self._be[j] - self._bs[j])) // _MIN_US if self._span else 0
         return np.where(inside, n - 1 - minute, -1)
 
+    def open_seconds(self, ts: Any) -> np.ndarray:
+        """Seconds the market has been in session from the start of the loaded table until each stamp.
+
+        Differences of it measure age in trading time: a feature row written at Friday's close is
+        not stale on Monday before the open (Feast / serving staleness: market closed is not stale).
+        """
+        us = pd.DatetimeIndex(pd.to_datetime(ts, utc=True)).as_unit("us").asi8
+        if len(us):
+            self._covering(pd.Timestamp(us.min(), unit="us") - _DAY, pd.Timestamp(us.max(), unit="us") + _DAY)
+        dur = (self._close - self._open) - (self._be - self._bs)
+        cum = np.concatenate([[0], np.cumsum(dur)])
+        i = np.searchsorted(self._open, us, "right") - 1
+        j = np.maximum(i, 0)
+        inside = np.clip(us - self._open[j], 0, self._close[j] - self._open[j])
+        inside -= np.clip(np.minimum(us, self._be[j]) - self._bs[j], 0, self._be[j] - self._bs[j])
+        return np.where(i >= 0, cum[j] + inside, 0) / 1e6
+
+    def trading_age_s(self, ts: Any, now: Any) -> np.ndarray:
+        """Age of each stamp at ``now`` counted in session seconds only (closed hours do not age it)."""
+        now_s = self.open_seconds(pd.DatetimeIndex([pd.Timestamp(now)]).tz_convert("UTC") if pd.Timestamp(now).tzinfo
+                                  else pd.DatetimeIndex([pd.Timestamp(now)]).tz_localize("UTC"))[0]
+        return now_s - self.open_seconds(ts)
+
     def is_open(self, ts: Any) -> np.ndarray:
         """True where the market is in session at the stamp (Feast staleness: closed is not stale)."""
         return self.locate(ts)[2]
@@ -396,11 +419,28 @@ def get_market(spec: Mapping[str, Any] | str | tuple | None = None) -> Market:
     return _cached(key)
 
 
+_CONFIGURED: list[Market] = []
+
+
+def set_default_market(market: Market | Mapping[str, Any] | str | None) -> Market:
+    """Make ``market`` the calendar of this process for callers that pass none.
+
+    Why: an entry point (the CLI, a component) reads ``market:`` from params.yaml once; stages that
+    do not take a ``market=`` argument yet (batch prediction, monitoring, serving staleness) then
+    follow it instead of assuming New York. Library functions still accept ``market=`` explicitly.
+    """
+    m = market if isinstance(market, Market) else get_market(market)
+    _CONFIGURED[:] = [m]
+    return m
+
+
 def default_market() -> Market:
-    """XNYS: the calendar every stage uses when none is configured."""
-    return get_market(None)
+    """The configured calendar of this process (:func:`set_default_market`), else XNYS."""
+    return _CONFIGURED[0] if _CONFIGURED else get_market(None)
 
 
 def resolve(market: Market | Mapping[str, Any] | str | None) -> Market:
-    """Accept a Market, a spec or None (default XNYS): what every consumer's ``market=`` takes."""
+    """Accept a Market, a spec or None (the process default): what every consumer's ``market=`` takes."""
+    if market is None:
+        return default_market()
     return market if isinstance(market, Market) else get_market(market)
