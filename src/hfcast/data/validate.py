@@ -323,7 +323,7 @@ def run_validate(lake: Any, dates: list[str] | None = None, progress: bool = Tru
     return totals
 
 
-def diagnose_offset(df: pd.DataFrame, date: str, market: Any = None, min_share: float = 0.05) -> str | None:
+def diagnose_offset(df: pd.DataFrame, date: str, market: Any = None) -> str | None:
     """Name the likely cause when a date's rows sit outside the session by one constant offset.
 
     Why: a time-zone, daylight-saving or bar-end mistake shifts every stamp by the same amount; a
@@ -340,7 +340,7 @@ def diagnose_offset(df: pd.DataFrame, date: str, market: Any = None, min_share: 
     m = session.minute_index(pd.DatetimeIndex(ts).as_unit("us").asi8)
     n = session.n_minutes
     out = (m < 0) | (m >= n)
-    if out.sum() < max(1, min_share * len(m)):
+    if not out.any():
         return None
     lo, hi = int(m.min()), int(m.max())
     if (m[out] >= n).all() and lo == hi - (n - 1) and lo > 0:
