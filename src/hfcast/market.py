@@ -434,6 +434,11 @@ def set_default_market(market: Market | Mapping[str, Any] | str | None) -> Marke
     return m
 
 
+def reset_default_market() -> None:
+    """Forget the configured calendar (back to XNYS): for tests that run several CLI commands."""
+    _CONFIGURED.clear()
+
+
 def default_market() -> Market:
     """The configured calendar of this process (:func:`set_default_market`), else XNYS."""
     return _CONFIGURED[0] if _CONFIGURED else get_market(None)
