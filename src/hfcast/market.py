@@ -181,9 +181,6 @@ class Market:
     def __repr__(self) -> str:
         return f"Market({self.name})"
 
-    def __getstate__(self) -> dict[str, Any]:  # small for worker processes: the table, not the library
-        return self.__dict__.copy()
-
     # -- the session table ------------------------------------------------------------------
     def _ensure(self, start: pd.Timestamp, end: pd.Timestamp) -> None:
         """Load the schedule so that [start, end] is covered (whole years, with a margin)."""

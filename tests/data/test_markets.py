@@ -184,3 +184,30 @@ def test_featurize_chooses_features_from_first_non_empty_date(tmp_path, caplog):
         out = run_featurize(lake, progress=False)
     assert out["quotes_available"] is False and out["rows"] == 2 * 390  # the empty date adds no rows
     assert any(f"{d1} has no bars" in r.message for r in caplog.records)
+
+
+# --- serving: market closed is not stale ---------------------------------------------------------
+
+def test_serving_staleness_counts_trading_time_only():
+    from serving.core import ForecastService, Limits
+    from serving.fixtures import tiny_forecaster
+
+    n_feat = 8
+    friday = np.datetime64("2024-11-29T17:59:00", "us")  # the last minute before the 13:00 early close
+
+    def lookup(symbols):
+        return np.zeros((len(symbols), 30, n_feat), np.float32), np.array([friday] * len(symbols)), \
+            [f"f{j}" for j in range(n_feat)]
+
+    def at(when: str) -> ForecastService:
+        now = pd.Timestamp(when, tz="UTC").value / 1e9
+        return ForecastService(tiny_forecaster("tcn", n_feat), lookup, Limits(max_staleness_s=600), clock=lambda: now)
+
+    from serving import validation as v
+
+    req = v.ParsedRequest("v2", symbols=["AAA"])
+    at("2024-12-02 14:30").windows(req)  # Monday's open: 60 s of trading age, not three days
+    from kserve.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=r"stale features.*'AAA': 660"):
+        at("2024-12-02 14:40").windows(req)  # ten minutes into Monday's session it is
