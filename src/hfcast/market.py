@@ -313,9 +313,12 @@ class Market:
         sub = pd.DatetimeIndex((np.asarray(uniq, dtype=np.int64) * _MIN_US).astype("datetime64[us]")).tz_localize("UTC")
         i, _, inside = self.locate(sub)
         local = self.local_dates(sub)
-        days = np.where(inside, self._dates[np.maximum(i, 0)] if self._span else None, local)
-        out = days[codes] if len(days) else np.full(len(us), None, dtype=object)
-        return np.where(nat, None, out)
+        days = np.array(local, dtype=object)
+        if self._span:
+            days[inside] = self._dates[i[inside]]
+        out: np.ndarray = days[codes] if len(days) else np.full(len(us), None, dtype=object)
+        out[nat] = None
+        return out
 
     def local_dates(self, ts: Any) -> np.ndarray:
         """Exchange-local calendar date of each stamp (object array of ISO strings, None for NaT).
@@ -332,8 +335,9 @@ class Market:
             self._covering(pd.Timestamp.now().date())
         days = (pd.DatetimeIndex((uniq * 15 * _MIN_US).astype("datetime64[us]")).tz_localize("UTC")
                 .tz_convert(self.tz).strftime("%Y-%m-%d"))
-        out = np.asarray(days, dtype=object)[np.maximum(codes, 0)] if len(uniq) else np.full(len(us), None, object)
-        out = np.where(nat, None, out)
+        out: np.ndarray = (np.asarray(days, dtype=object)[np.maximum(codes, 0)] if len(uniq)
+                           else np.full(len(us), None, dtype=object))
+        out[np.asarray(nat)] = None
         return out
 
     def minute_of_session(self, ts: Any, date: str | None = None) -> np.ndarray:

@@ -99,10 +99,11 @@ def shift_stamp(ts: pd.Series, stamp: str, where: str) -> pd.Series:
 
 def _head_lines(src: Any, compressed: bool, n: int = 50) -> list[str]:
     """First ``n`` lines of a CSV (path or bytes buffer), decoded."""
+    fh: Any
     if isinstance(src, io.BytesIO):
         raw = src.getvalue()
-        fh = io.TextIOWrapper(gzip.GzipFile(fileobj=io.BytesIO(raw)) if compressed else io.BytesIO(raw),
-                              encoding="utf-8", errors="replace")
+        binary: Any = gzip.GzipFile(fileobj=io.BytesIO(raw)) if compressed else io.BytesIO(raw)
+        fh = io.TextIOWrapper(binary, encoding="utf-8", errors="replace")
     else:
         fh = gzip.open(src, "rt", errors="replace") if compressed else open(src, encoding="utf-8", errors="replace")
     with fh:
@@ -118,7 +119,10 @@ def read_csv_layout(src: Any, path: str, compressed: bool) -> tuple[pd.DataFrame
     lines = [ln for ln in _head_lines(src, compressed) if ln.strip()]
     if len(lines) < 2:
         return pd.read_csv(src, compression="gzip" if compressed else None), []
-    dialect_delim = csv.Sniffer().sniff(lines[0], delimiters=",;\t|").delimiter if lines else ","
+    try:
+        dialect_delim = csv.Sniffer().sniff(lines[0], delimiters=",;\t|").delimiter
+    except csv.Error:  # one column, or nothing to tell: the CSV default
+        dialect_delim = ","
     rows = list(csv.reader(lines, delimiter=dialect_delim))
     header, width = rows[0], len(rows[0])
     widths = [len(r) for r in rows[1:]]
