@@ -36,14 +36,11 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 def _settings():
     from hfcast.config import get_settings
-    from hfcast.market import set_default_market
 
-    settings = get_settings()
-    try:  # the calendar of params.yaml market: for every stage of this command (hfcast.market)
-        set_default_market(dict(settings.param("market", {}) or {}) or None)
+    try:  # get_settings also makes params.yaml market: the calendar of every stage (hfcast.market)
+        return get_settings()
     except ValueError as exc:
-        _fail(f"bad market calendar in params.yaml: {exc}")
-    return settings
+        _fail(f"bad settings (params.yaml): {exc}")
 
 
 def _market(settings, calendar: Optional[str]):

@@ -420,13 +420,27 @@ def get_market(spec: Mapping[str, Any] | str | tuple | None = None) -> Market:
     return _cached(key)
 
 
+def market_for(settings: Any) -> Market:
+    """The calendar of a :class:`hfcast.config.Settings` (params.yaml ``market:``; none = XNYS).
+
+    Shared per spec (:func:`get_market` caches), so every stage that holds the same settings
+    holds the same calendar and its loaded session table.
+    """
+    spec = settings.param("market", None)
+    if spec is not None and not isinstance(spec, (str, Mapping)):
+        raise ValueError(f"market: must be a mapping like {{calendar: XLON}} or a calendar name, "
+                         f"got {type(spec).__name__}")
+    return get_market(spec or None)
+
+
 _CONFIGURED: list[Market] = []
 
 
 def set_default_market(market: Market | Mapping[str, Any] | str | None) -> Market:
     """Make ``market`` the calendar of this process for callers that pass none.
 
-    Why: an entry point (the CLI, a component) reads ``market:`` from params.yaml once; stages that
+    Why: an entry point (the CLI, a component) reads ``market:`` from params.yaml once (building
+    Settings does it: :func:`hfcast.config.get_settings`, ``settings_from_param``); stages that
     do not take a ``market=`` argument yet (batch prediction, monitoring, serving staleness) then
     follow it instead of assuming New York. Library functions still accept ``market=`` explicitly.
     """

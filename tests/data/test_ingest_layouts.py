@@ -27,7 +27,7 @@ from hfcast.data.ingest import IngestError, ingest
 from hfcast.data.schema import LABEL_HORIZONS
 from hfcast.features.engine import load_features, read_feature_set, run_featurize
 from hfcast.features.windows import LOOKBACK, build_windows
-from hfcast.market import Market, reset_default_market
+from hfcast.market import Market
 from hfcast.storage import Lake
 
 EU_SPEC = {"calendar": "custom", "tz": "Europe/Berlin", "open": "09:00", "close": "22:00",
@@ -158,14 +158,7 @@ def test_european_file_read_in_the_wrong_time_zone_is_diagnosed(tmp_path):
     assert "check --tz" in summary["diagnoses"]["2024-03-11"]
 
 
-@pytest.fixture
-def cli_market():
-    """The CLI makes params.yaml's calendar the process default; put XNYS back afterwards."""
-    yield
-    reset_default_market()
-
-
-def test_european_futures_through_the_cli(tmp_path, cli_market):
+def test_european_futures_through_the_cli(tmp_path):  # conftest puts the process calendar back
     """The exact command of docs/MARKET_DATA.md, with the custom session in params.yaml."""
     mk = Market(EU_SPEC)
     src = tmp_path / "FDAX_1min.csv"

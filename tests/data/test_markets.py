@@ -71,6 +71,24 @@ def test_params_and_calendar_option():
         Market({"calendar": "custom", "tz": "Asia/Kolkata"})
 
 
+def test_settings_choose_the_process_calendar(tmp_path):
+    """A component decodes its settings parameter: every stage then runs on that market (not XNYS)."""
+    from hfcast.config import get_settings, settings_from_param
+    from hfcast.market import default_market, market_for
+
+    local = get_settings(env={"HFCAST_HOME": str(tmp_path)}, cwd=tmp_path)  # no params.yaml: XNYS
+    text = local.with_(params={"market": {"calendar": "XLON"}}).to_param()  # what the pipeline passes
+    s = settings_from_param(text, env={"HFCAST_HOME": str(tmp_path), "HFCAST_PARAMS": str(tmp_path / "none.yaml")})
+    assert market_for(s) is default_market() and default_market().name == "XLON"
+    open_, close, n = default_market().session("2024-03-05")  # London winter: 08:00-16:30 UTC
+    assert (open_, close, n) == (pd.Timestamp("2024-03-05 08:00", tz="UTC"), pd.Timestamp("2024-03-05 16:30", tz="UTC"), 510)
+    assert schema.minute_of_session(pd.Series([pd.Timestamp("2024-03-05 09:00", tz="UTC")])).tolist() == [60]
+    get_settings(env={"HFCAST_HOME": str(tmp_path)}, cwd=tmp_path)  # no market: section -> XNYS again
+    assert default_market().name == "XNYS"
+    with pytest.raises(ValueError, match="custom calendar needs"):
+        settings_from_param('{"params": {"market": {"calendar": "custom"}}}', env={"HFCAST_HOME": str(tmp_path)})
+
+
 def test_trading_age_does_not_count_closed_hours():
     m = Market("XNYS")
     ts = pd.to_datetime(["2024-11-29 17:59"], utc=True)  # the last minute before the early close
