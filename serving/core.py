@@ -135,7 +135,9 @@ class ForecastService:
             windows = windows[..., order]
         if self.limits.max_staleness_s is not None:
             now = pd.Timestamp(self.clock(), unit="s", tz="UTC")
-            ages = [(now - t).total_seconds() for t in ts]
+            from hfcast.market import default_market
+
+            ages = default_market().trading_age_s(ts, now).tolist()  # closed hours do not age features
             stale = {s: round(a) for s, a in zip(symbols, ages) if a > self.limits.max_staleness_s}
             if stale:
                 raise InvalidInput(f"stale features: age in seconds {stale} exceeds the staleness limit "

@@ -63,7 +63,20 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 def _settings():
     from hfcast.config import get_settings
 
-    return get_settings()
+    try:  # get_settings also makes params.yaml market: the calendar of every stage (hfcast.market)
+        return get_settings()
+    except ValueError as exc:
+        _fail(f"bad settings (params.yaml): {exc}")
+
+
+def _market(settings, calendar: Optional[str]):
+    """The market calendar from params.yaml ``market:`` and the --calendar option (which wins)."""
+    from hfcast.market import Market, set_default_market
+
+    try:
+        return set_default_market(Market.from_params(settings.param("market", {}) or {}, calendar))
+    except (ValueError, KeyError) as exc:
+        _fail(f"bad market calendar: {exc}")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -86,6 +99,7 @@ def synth(
     shift_intraday: Optional[float] = typer.Option(None, "--shift-intraday", help="U-shape amplitude multiplier from the shift day (0 = flat). Default: params.yaml synth.shift_intraday."),
     lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL (file:///... or s3://...); default from settings."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    calendar: Optional[str] = typer.Option(None, "--calendar", help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). Default: params.yaml market.calendar, else XNYS."),
 ) -> None:
     """Simulate a market with known truth: writes raw/ bars and truth/ per date into the lake."""
     from hfcast.data.simulator import SimConfig, write_synth
@@ -108,7 +122,7 @@ def synth(
         target = Lake(lake, opts or None)
     else:
         target = Lake.from_settings(settings)
-    summary = write_synth(cfg, target, progress=progress)
+    summary = write_synth(cfg, target, progress=progress, market=_market(settings, calendar))
     shift = "none" if cfg.regime_shift_day is None else f"day {cfg.regime_shift_day}"
     console.print(f"[green]synth[/] {cfg.n_symbols} symbols x {len(summary['dates'])} days = {summary['rows']:,} rows "
                   f"in {summary['seconds']:.1f} s -> {target.url} (seed {cfg.seed}, regime shift {shift})")
@@ -140,7 +154,10 @@ def ingest(
     paths: list[str] = typer.Argument(..., help="Source files or URLs (LOBSTER: message and orderbook files)."),
     fmt: str = typer.Option(..., "--format", "-f", help="bbo | ohlcv | trades | lobster"),
     column_map: Optional[str] = typer.Option(None, "--map", help="CONTRACT=SOURCE column names, e.g. ts=Timestamp,bid=BidPx"),
-    tz: str = typer.Option("America/New_York", "--tz", help="Exchange time zone of naive timestamps."),
+    tz: Optional[str] = typer.Option(None, "--tz", help="Time zone of naive timestamps (default: the calendar's)."),
+    stamp: str = typer.Option("start", "--stamp", help="start | end: what minute a bar's timestamp marks (end: shifted back 1 minute)."),
+    epoch_unit: Optional[str] = typer.Option(None, "--epoch-unit", help="s | ms | us | ns for numeric timestamps (default: from their magnitude)."),
+    calendar: Optional[str] = typer.Option(None, "--calendar", help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). Default: params.yaml market.calendar, else XNYS."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Symbol for files without a symbol column."),
     quotes: Optional[list[str]] = typer.Option(None, "--quotes", help="Quote tick file(s) to go with --format trades."),
     date: Optional[str] = typer.Option(None, "--date", help="Session date of LOBSTER files not named by the standard."),
@@ -156,7 +173,8 @@ def ingest(
         totals = run_ingest(list(paths), fmt, _lake(settings, lake_url), tz=tz,  # type: ignore[arg-type]
                             column_map=parse_column_map(column_map), symbol=symbol,
                             quotes_paths=list(quotes or []), date=date, progress=not no_progress,
-                            jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)))
+                            jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)),
+                            market=_market(settings, calendar), stamp=stamp, epoch_unit=epoch_unit)
     except IngestError as exc:
         _fail(str(exc))
     if not totals["dates"]:
@@ -164,6 +182,8 @@ def ingest(
     _print_counts(f"ingest {fmt}: {len(totals['dates'])} date(s)", totals)
     if totals.get("ticks_quarantined"):
         console.print(f"[yellow]{totals['ticks_quarantined']} tick row(s) quarantined[/] (quarantine_ticks/)")
+    for note in [*totals.get("notes", []), *[f"{d}: {t}" for d, t in totals.get("diagnoses", {}).items()]]:
+        console.print(f"[yellow]{note}[/]")
 
 
 @app.command()
@@ -171,6 +191,7 @@ def validate(
     dates: Optional[str] = typer.Option(None, "--dates", help="Comma-separated dates (default: every raw date)."),
     lake_url: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    calendar: Optional[str] = typer.Option(None, "--calendar", help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). Default: params.yaml market.calendar, else XNYS."),
 ) -> None:
     """Validate raw/ partitions: clean rows to validated/, bad rows to quarantine/ with a reason."""
     from hfcast.data.validate import DEFAULT_JUMP_LIMIT, run_validate
@@ -179,12 +200,15 @@ def validate(
     wanted = [d.strip() for d in dates.split(",") if d.strip()] if dates else None
     try:
         totals = run_validate(_lake(settings, lake_url), wanted, progress=not no_progress,
-                              jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)))
+                              jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)),
+                              market=_market(settings, calendar))
     except FileNotFoundError as exc:
         _fail(str(exc))
     if not totals["dates"]:
         _fail("no raw partitions to validate (run `hfcast synth` or `hfcast ingest` first)")
     _print_counts(f"validate: {len(totals['dates'])} date(s)", totals)
+    for d, text in totals.get("diagnoses", {}).items():
+        console.print(f"[yellow]{d}: {text}[/]")
 
 
 # --- features: featurize (hfcast.features.engine) ----------------------------------------------
@@ -195,6 +219,7 @@ def featurize(
     lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings / HFCAST_LAKE)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default params featurize.workers)."),
+    calendar: Optional[str] = typer.Option(None, "--calendar", help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). Default: params.yaml market.calendar, else XNYS."),
 ) -> None:
     """Compute the catalogue's causal features and the labels, one date at a time, into features/."""
     from hfcast.features.engine import run_featurize
@@ -205,7 +230,8 @@ def featurize(
     chosen = dates or s.param("featurize.dates", None)
     try:
         summary = run_featurize(lk, dates=chosen, progress=progress,
-                                workers=int(workers or s.param("featurize.workers", 1)))
+                                workers=int(workers or s.param("featurize.workers", 1)),
+                                market=_market(s, calendar))
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     console.print(

@@ -123,8 +123,30 @@ def load_params(path: str | os.PathLike | None) -> dict[str, Any]:
     return data
 
 
+def _follow_market(settings: Settings) -> Settings:
+    """Make the settings' ``market:`` calendar this process's default (hfcast.market.default_market).
+
+    Why here: get_settings and settings_from_param are where every entry point (CLI, component,
+    DVC stage, predictor) gets its settings, so stages that take no ``market=`` argument (batch
+    prediction, monitoring, serving staleness) follow params.yaml instead of assuming New York.
+    Imported on call so that config stays free of pandas for callers that only read settings.
+    """
+    from hfcast.market import market_for, set_default_market
+
+    set_default_market(market_for(settings))
+    return settings
+
+
 def get_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
-    """Settings from the environment, with embedded defaults under ``./.hfcast``."""
+    """Settings from the environment, with embedded defaults under ``./.hfcast``.
+
+    Side effect: the process default market calendar follows ``market:`` (see :func:`_follow_market`).
+    """
+    return _follow_market(_read_settings(env, cwd))
+
+
+def _read_settings(env: Mapping[str, str] | None, cwd: Path | None) -> Settings:
+    """Settings from the environment and params.yaml, without side effects."""
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else Path(cwd)
     # relative paths resolve against ``cwd`` (not the process directory) so that tests and DVC
@@ -193,9 +215,9 @@ def make_settings(home: str = "", lake_url: str = "", mlflow_uri: str = "", feas
              "s3_endpoint": s3_endpoint, "model_name": model_name}
     merged_env = dict(os.environ if env is None else env)
     merged_env.update({PARAM_ENV[k]: v for k, v in given.items() if v})
-    settings = get_settings(env=merged_env)
+    settings = _read_settings(merged_env, None)
     overrides = parse_overrides(params_json)
-    return settings.with_(params=deep_merge(settings.params, overrides)) if overrides else settings
+    return _follow_market(settings.with_(params=deep_merge(settings.params, overrides)) if overrides else settings)
 
 
 def settings_from_param(text: str, env: Mapping[str, str] | None = None) -> Settings:

@@ -105,7 +105,9 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
     sampled[wa.ends] = True
     if mode == "sparse":
         # forward-fill each sampled forecast to the following minutes of the same symbol-day
-        day = pd.DatetimeIndex(out["ts"]).tz_convert("America/New_York").date
+        from hfcast.market import default_market
+
+        day = default_market().trade_date(out["ts"])  # the symbol-day of the configured calendar
         group = [out["symbol"].to_numpy(), day]
         has = pd.Series(np.where(sampled, 1.0, np.nan)).groupby(group).ffill().notna().to_numpy()
         out[list(PRED_COLUMNS)] = out[list(PRED_COLUMNS)].groupby(group).ffill()

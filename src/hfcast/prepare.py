@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hfcast import registry, storage, versioning
+from hfcast.market import market_for
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def _synth_if_empty(settings: Any, lake: Lake, synth: SynthRequest) -> None:
                                 regime_shift_day=synth.shift_day if synth.shift_day >= 0 else None)
     if synth.shift_day == -2:
         cfg.regime_shift_day = None
-    write_synth(cfg, lake, progress=False)
+    write_synth(cfg, lake, progress=False, market=market_for(settings))
 
 
 def _validate_and_featurize(settings: Any, lake: Lake) -> str:
@@ -70,8 +71,9 @@ def _validate_and_featurize(settings: Any, lake: Lake) -> str:
     from hfcast.data.validate import DEFAULT_JUMP_LIMIT, run_validate
     from hfcast.features.engine import run_featurize
 
-    run_validate(lake, progress=False, jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)))
-    run_featurize(lake, dates=settings.param("featurize.dates", None), progress=False)
+    run_validate(lake, progress=False, jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)),
+                 market=market_for(settings))
+    run_featurize(lake, dates=settings.param("featurize.dates", None), progress=False, market=market_for(settings))
     table = lake.table("features")
     return "unversioned" if storage.is_remote(table) else versioning.folder_hash(storage.local_path(table))
 

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from hfcast.contracts import LOOKBACK, PRED_COLUMNS
-from hfcast.data.schema import LABEL_HORIZONS, MINUTES_PER_SESSION
+from hfcast.data.schema import LABEL_HORIZONS
 from hfcast.models.baselines import BASELINES
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,9 @@ def model_configs(section: Mapping[str, Any] | None) -> dict[str, dict]:
 
 def min_embargo_days(horizon_minutes: int) -> int:
     """Whole trading days needed so a label of this horizon cannot reach the next span."""
-    return max(1, math.ceil(horizon_minutes / MINUTES_PER_SESSION))
+    from hfcast.market import default_market
+
+    return max(1, math.ceil(horizon_minutes / default_market().regular_minutes()))
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ def _stride(wa, stride: int):
         return wa
     from hfcast.data.schema import minute_of_session
 
-    m = minute_of_session(wa.keys["ts"].iloc[wa.ends])
+    m = minute_of_session(wa.keys["ts"].iloc[wa.ends], getattr(wa, "market", None))
     return wa.select(np.flatnonzero((m - (LOOKBACK - 1)) % stride == 0))
 
 
@@ -224,8 +226,6 @@ def _feature_names(lake, df) -> list[str]:
 
 def _folds_and_frame(lake, wf_cfg: WalkForwardConfig, dates: Sequence[str] | None, frame):
     """The folds, and the features frame they need (from the lake unless one is given)."""
-    import pandas as pd
-
     if frame is None:
         from hfcast.features.engine import load_features
 
@@ -234,7 +234,9 @@ def _folds_and_frame(lake, wf_cfg: WalkForwardConfig, dates: Sequence[str] | Non
         needed = sorted({d for f in folds for d in f.all_dates} | {d for d in dates if d <= folds[-1].test[-1]})
         frame = load_features(lake, needed)
     else:
-        day = pd.DatetimeIndex(frame["ts"]).tz_convert("America/New_York").strftime("%Y-%m-%d")
+        from hfcast.market import default_market
+
+        day = default_market().trade_date(frame["ts"])  # trade dates of the configured calendar
         folds = list(generate_folds(dates or sorted(set(day)), wf_cfg))
     return folds, frame.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
 

@@ -44,6 +44,7 @@ CASES = {
     "nonpositive_size": (lambda d: _set(d, 5, ask_size=0.0), 5),
     "crossed_quote": (lambda d: _set(d, 5, bid=d.loc[5, "ask"] + 0.01), 5),
     "locked_quote": (lambda d: _set(d, 5, bid=d.loc[5, "ask"]), 5),
+    "closed_date": (lambda d: _set(d, 5, ts=d.loc[5, "ts"] + pd.Timedelta(days=4)), 5),  # a Saturday
     "wrong_date": (lambda d: _set(d, 5, ts=d.loc[5, "ts"] + pd.Timedelta(days=1)), 5),
     "outside_session": (lambda d: _set(d, 5, ts=d.loc[0, "ts"] - pd.Timedelta(minutes=5)), 5),
     "unaligned_ts": (lambda d: _set(d, 5, ts=d.loc[5, "ts"] + pd.Timedelta(seconds=30)), 5),

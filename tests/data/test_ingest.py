@@ -253,7 +253,6 @@ def test_duplicate_column_names_are_refused(tmp_path, lake, header):
     (b"symbol,ts,bid,ask\nA,2024-01-02 09:30,1,2\n", "bbo", r"missing column\(s\) \['bid_size', 'ask_size'\]"),
     (b"symbol,ts,close\nA,2024-01-02 09:30,1\nA,not-a-time,2\n", "ohlcv", "unparseable timestamp.*row 1.*not-a-time"),
     (b"symbol,ts,close\nA,2024-01-02 09:30,1\nA,2024-01-02T09:31:00Z,2\n", "ohlcv", "mixes timestamps"),
-    (b"symbol,ts,close\nA,1704205800,1\n", "ohlcv", "numeric timestamps"),
     (b'a,b\n"unterminated,1\n', "trades", "cannot parse"),
 ])
 def test_unparseable_file_names_file_and_problem(tmp_path, lake, content, fmt, match):

@@ -5,7 +5,11 @@ order, then validated (:mod:`hfcast.data.validate`) into ``validated/`` + ``quar
 
 Time: naive timestamps are exchange-local time in ``tz`` and are localized, then converted to UTC;
 timestamps that carry an offset (``...Z``, ``+01:00``, tz-aware parquet) are converted, never
-re-localized. Bars are split into dates by their EXCHANGE-local date.
+re-localized; numeric timestamps are epochs (UTC; unit from their magnitude or ``epoch_unit``).
+Bars are split into dates by their TRADE date on the market calendar (:mod:`hfcast.market`): a
+Globex bar on Sunday evening belongs to Monday. ``tz`` defaults to the calendar's time zone.
+Vendor layouts (date and time columns, bar-end stamps, a header one name short) are handled in
+:mod:`hfcast.data.layouts`.
 
 Formats (column names are matched case-insensitively; ``column_map`` maps contract -> source name):
 
@@ -14,7 +18,7 @@ Formats (column names are matched case-insensitively; ``column_map`` maps contra
   ``high``/``low`` become ``mid_high``/``mid_low``: for a quote-less source the reference price
   is ``last`` (:func:`~hfcast.data.schema.mid_price` falls back to it), so the trade high/low are
   the range of that price. ``open`` is not in the contract and is not kept. ``ts`` must be the
-  minute START (as the contract says); sources stamping bar ends must be shifted before ingest.
+  minute START (as the contract says); for sources stamping bar ends pass ``stamp="end"``.
 * ``trades``: ticks ts, price, size (+ ``quotes_paths``: ticks ts, bid, ask, bid_size, ask_size).
 * ``lobster``: message + orderbook file pairs (:mod:`hfcast.data.lobster`).
 
@@ -38,8 +42,10 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from hfcast.data.schema import BAR_COLUMNS, EXCHANGE_TZ, QUOTE_COLUMNS, conform
+from hfcast.data import layouts
+from hfcast.data.schema import BAR_COLUMNS, QUOTE_COLUMNS, conform
 from hfcast.data.validate import DEFAULT_JUMP_LIMIT, exchange_dates, progress_iter, validate_date
+from hfcast.market import resolve as resolve_market
 from hfcast.storage import is_remote, read_bytes, write_text
 
 log = logging.getLogger(__name__)
@@ -71,8 +77,11 @@ def parse_column_map(text: str | None) -> dict[str, str]:
     return out
 
 
-def read_table(path: str, storage_options: dict | None = None) -> pd.DataFrame:
-    """Read a CSV (also .gz) or parquet file; any failure names the file and the problem."""
+def read_table(path: str, storage_options: dict | None = None, notes: list[str] | None = None) -> pd.DataFrame:
+    """Read a CSV (also .gz) or parquet file; any failure names the file and the problem.
+
+    ``notes`` collects what was repaired on the way (a header one name short), for the report.
+    """
     name = path.lower()
     kind = "parquet" if name.endswith((".parquet", ".pq")) else "csv" if re.search(r"\.(csv|txt)(\.gz)?$", name) else None
     if kind is None:
@@ -81,28 +90,38 @@ def read_table(path: str, storage_options: dict | None = None) -> pd.DataFrame:
         src: Any = io.BytesIO(read_bytes(path, storage_options)) if is_remote(path) else path
         if kind == "parquet":
             return pd.read_parquet(src)
-        return _read_csv(path, src, name.endswith(".gz"))
+        df, fixed = _read_csv(path, src, name.endswith(".gz"))
+        if notes is not None:
+            notes.extend(fixed)
+        return df
     except FileNotFoundError:
         raise IngestError(f"{path}: file not found") from None
     except IngestError:
         raise
+    except ValueError as exc:
+        if str(exc).startswith(path):
+            raise IngestError(str(exc)) from None
+        raise IngestError(f"{path}: cannot parse as {kind}: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # parser, decoding, arrow errors: all are "cannot parse"
         raise IngestError(f"{path}: cannot parse as {kind}: {type(exc).__name__}: {exc}") from None
 
 
-def _read_csv(path: str, src: Any, gz: bool) -> pd.DataFrame:
-    """pandas' C parser cuts a field at a NUL byte (``A\\x00B`` became ``A``) and renames repeated
-    column names (``bid``, ``bid.1``): a file with NUL bytes goes through the Python parser, which
-    keeps them (validation quarantines such symbols), and a repeated column name is refused."""
+def _read_csv(path: str, src: Any, gz: bool) -> tuple[pd.DataFrame, list[str]]:
+    """A CSV in a real vendor layout (:func:`hfcast.data.layouts.read_csv_layout`), and two traps:
+    pandas' C parser cuts a field at a NUL byte (``A\\x00B`` became ``A``), so a file with NUL
+    bytes goes through the Python parser, which keeps them (validation quarantines such symbols);
+    and it renames repeated column names (``bid``, ``bid.1``), so a repeated name is refused."""
     import gzip
 
     data = src.getvalue() if isinstance(src, io.BytesIO) else open(src, "rb").read()
     if gz:
         data = gzip.decompress(data)
-    df = pd.read_csv(io.BytesIO(data), engine="python" if b"\x00" in data else "c")
-    header = next(iter(pd.read_csv(io.BytesIO(data), header=None, nrows=1, dtype=str).itertuples(index=False)), ())
+    header = next(iter(pd.read_csv(io.BytesIO(data), header=None, nrows=1, dtype=str,
+                                   engine="python" if b"\x00" in data else "c").itertuples(index=False)), ())
     _refuse_duplicate_columns([str(c) for c in header], path)
-    return df
+    if b"\x00" in data:
+        return pd.read_csv(io.BytesIO(data), engine="python"), []
+    return layouts.read_csv_layout(io.BytesIO(data), path, False)
 
 
 def _refuse_duplicate_columns(columns: list[str], path: str) -> None:
@@ -124,7 +143,7 @@ def to_utc(values: pd.Series, tz: str, where: str) -> pd.Series:
     """
     s = values.reset_index(drop=True)
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-        raise IngestError(f"{where}: numeric timestamps (epoch units are ambiguous); give ISO text or datetimes")
+        raise IngestError(f"{where}: numeric timestamps; read them as epochs (ingest does) or give ISO text")
     try:
         if isinstance(s.dtype, pd.DatetimeTZDtype):
             out = s.dt.tz_convert("UTC")
@@ -135,12 +154,15 @@ def to_utc(values: pd.Series, tz: str, where: str) -> pd.Series:
             aware = text.str.contains(_OFFSET, na=False)
             if aware.any() and not aware[text.notna()].all():
                 row = int(np.flatnonzero(~aware & text.notna())[0])
-                raise IngestError(f"{where}: mixes timestamps with and without UTC offset (row {row}: {text[row]!r})")
+                raise IngestError(f"{where}: mixes timestamps with and without UTC offset (row {row}: {text[row]!r}); "
+                                  "fix: give every row an offset, or none")
             parsed = pd.to_datetime(text, errors="coerce", utc=bool(aware.any()), format="ISO8601")
             bad = parsed.isna()
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
-                raise IngestError(f"{where}: {int(bad.sum())} unparseable timestamp(s), first at row {row}: {s[row]!r}")
+                raise IngestError(f"{where}: {int(bad.sum())} unparseable timestamp(s), first at row {row}: {s[row]!r}; "
+                                  "fix: ISO dates (YYYY-MM-DD HH:MM[:SS]); date and time in two columns: "
+                                  "--map ts=DATE+TIME")
             out = parsed if aware.any() else parsed.dt.tz_localize(tz, ambiguous="raise", nonexistent="raise").dt.tz_convert("UTC")
     except IngestError:
         raise
@@ -150,16 +172,24 @@ def to_utc(values: pd.Series, tz: str, where: str) -> pd.Series:
 
 
 def _prepare(df: pd.DataFrame, path: str, kind: str, column_map: dict[str, str], symbol: str | None,
-             tz: str) -> pd.DataFrame:
-    """Rename columns to contract names, check required ones, fill symbol, convert ts to UTC."""
+             tz: str, stamp: str = "start", epoch_unit: str | None = None) -> pd.DataFrame:
+    """Rename columns to contract names, check required ones, fill symbol, convert ts to UTC.
+
+    A map value ``Date+Time`` joins source columns; ``stamp="end"`` moves bar-end stamps to bar
+    starts; numeric ``ts`` are epochs (see :mod:`hfcast.data.layouts`).
+    """
     _refuse_duplicate_columns([str(c) for c in df.columns], path)  # parquet, and Bid next to bid
     lower = {c: str(c).strip().lower() for c in df.columns}
     df = df.rename(columns=lower)
     for contract, source in column_map.items():
-        if source.lower() not in df.columns:
-            raise IngestError(f"{path}: column map names {source!r} for {contract!r}, but the file has "
-                              f"columns {list(df.columns)}")
-    df = df.rename(columns={s.lower(): c for c, s in column_map.items()})
+        names = [n.lower() for n in layouts.split_sources(source)]
+        absent = [n for n in names if n not in df.columns]
+        if absent:
+            raise IngestError(f"{path}: column map names {absent} for {contract!r}, but the file has "
+                              f"columns {list(df.columns)}; fix: --map {contract}=<one of those>")
+        if len(names) > 1:
+            df[contract] = layouts.combine_columns(df, names)
+    df = df.rename(columns={s.lower(): c for c, s in column_map.items() if "+" not in s})
     missing = [c for c in REQUIRED[kind] if c not in df.columns]
     if missing:
         raise IngestError(f"{path}: missing column(s) {missing} for format {kind!r}; the file has "
@@ -168,7 +198,16 @@ def _prepare(df: pd.DataFrame, path: str, kind: str, column_map: dict[str, str],
         if not symbol:
             raise IngestError(f"{path}: no 'symbol' column; pass --symbol for single-symbol files")
         df["symbol"] = symbol
-    df["ts"] = to_utc(df["ts"], tz, path).set_axis(df.index)
+    try:
+        if pd.api.types.is_numeric_dtype(df["ts"]) and not pd.api.types.is_bool_dtype(df["ts"]):
+            df["ts"] = layouts.from_epoch(df["ts"], epoch_unit, path)
+        else:
+            df["ts"] = to_utc(df["ts"], tz, path).set_axis(df.index)
+        df["ts"] = layouts.shift_stamp(df["ts"], stamp, path)
+    except IngestError:
+        raise
+    except ValueError as exc:
+        raise IngestError(str(exc)) from None
     return df
 
 
@@ -221,7 +260,7 @@ def aggregate_ticks(trades: pd.DataFrame, quotes: pd.DataFrame | None = None) ->
 
 def _fill_minutes(bars: pd.DataFrame) -> pd.DataFrame:
     """Every minute between a symbol-day's first and last event; quote state carried forward."""
-    bars["day"] = bars["minute"].dt.tz_convert(EXCHANGE_TZ).dt.date
+    bars["day"] = exchange_dates(bars["minute"], _MARKET[0] if _MARKET else None).to_numpy()
     grids = [pd.DataFrame({"symbol": s, "day": d, "minute": pd.date_range(g["minute"].min(), g["minute"].max(), freq="min").as_unit("us")})
              for (s, d), g in bars.groupby(["symbol", "day"], sort=True)]
     full = pd.concat(grids).merge(bars.drop(columns="day"), on=["symbol", "minute"], how="left")
@@ -238,9 +277,13 @@ def _fill_minutes(bars: pd.DataFrame) -> pd.DataFrame:
     return full.drop(columns=["day", "_upd", "mid"])
 
 
+_MARKET: list[Any] = []  # the calendar of the ingest in progress (symbol-days of ticks follow trade dates)
+
+
 def _load(paths: list[str], fmt: str, tz: str, column_map: dict[str, str], symbol: str | None,
           quotes_paths: list[str] | None, date: str | None, storage_options: dict | None,
-          progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+          progress: bool, stamp: str = "start", epoch_unit: str | None = None,
+          notes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """(bars in file order, quarantined ticks, tick counts) for all input files."""
     from hfcast.data.lobster import LobsterError, pair_files, read_lobster
 
@@ -258,14 +301,16 @@ def _load(paths: list[str], fmt: str, tz: str, column_map: dict[str, str], symbo
             trades.append(tr), quotes.append(qu)
             continue
         kind = "bbo" if fmt == "bbo" else "ohlcv" if fmt == "ohlcv" else "trades"
-        df = _prepare(read_table(unit, storage_options), unit, kind, column_map, symbol, tz)
+        df = _prepare(read_table(unit, storage_options, notes), unit, kind, column_map, symbol, tz,
+                      stamp if kind != "trades" else "start", epoch_unit)
         if fmt == "ohlcv":
             df = df.rename(columns=OHLCV_RENAME)
             for c in QUOTE_COLUMNS:
                 df[c] = np.nan
         (trades if fmt == "trades" else bars).append(df)
     for qp in quotes_paths or []:
-        quotes.append(_prepare(read_table(qp, storage_options), qp, "quotes", {}, symbol, tz))
+        quotes.append(_prepare(read_table(qp, storage_options, notes), qp, "quotes", {}, symbol, tz,
+                               "start", epoch_unit))
     counts = {"trade_ticks": sum(map(len, trades)), "quote_ticks": sum(map(len, quotes))}
     if fmt in ("bbo", "ohlcv"):
         return pd.concat([conform(b) for b in bars], ignore_index=True), pd.DataFrame(), counts
@@ -278,10 +323,11 @@ def _load(paths: list[str], fmt: str, tz: str, column_map: dict[str, str], symbo
     return agg, pd.concat([bad_t, bad_q], ignore_index=True), counts
 
 
-def ingest(paths: list[str], fmt: Format, lake: Any, tz: str = "America/New_York",
+def ingest(paths: list[str], fmt: Format, lake: Any, tz: str | None = None,
            column_map: dict[str, str] | None = None, symbol: str | None = None,
            quotes_paths: list[str] | None = None, date: str | None = None, progress: bool = True,
-           jump_limit: float = DEFAULT_JUMP_LIMIT) -> dict[str, Any]:
+           jump_limit: float = DEFAULT_JUMP_LIMIT, market: Any = None, stamp: str = "start",
+           epoch_unit: str | None = None) -> dict[str, Any]:
     """Parse source files, write ``raw/`` per exchange-local date, validate, and report.
 
     One call owns the dates it writes: their raw/validated/quarantine partitions are replaced, so
@@ -291,13 +337,17 @@ def ingest(paths: list[str], fmt: Format, lake: Any, tz: str = "America/New_York
         paths: source files (for LOBSTER: message and orderbook files, paired by name).
         fmt: ``bbo``, ``ohlcv``, ``trades`` or ``lobster``.
         lake: the :class:`hfcast.storage.Lake` to write to.
-        tz: exchange time zone of naive timestamps (and of LOBSTER's seconds after midnight).
+        tz: time zone of naive timestamps (and of LOBSTER's seconds after midnight); None: the
+            market calendar's.
         column_map: contract name -> source column name.
         symbol: symbol for files without a symbol column (and LOBSTER files not named by the standard).
         quotes_paths: quote tick files to combine with ``trades``.
         date: the session date of LOBSTER files whose name does not carry it.
         progress: show rich progress bars on stderr.
         jump_limit: the absurd-jump limit passed to validation.
+        market: the calendar (hfcast.market; None = XNYS): trade dates, sessions, default tz.
+        stamp: ``start`` (the contract) or ``end`` for bar files stamped at the bar's end.
+        epoch_unit: s, ms, us or ns for numeric timestamps (None: from their magnitude).
 
     Returns:
         Totals (``dates``, ``bars``, ``clean_rows``, ``quarantined_rows``, ``reasons``, tick counts)
@@ -312,26 +362,40 @@ def ingest(paths: list[str], fmt: Format, lake: Any, tz: str = "America/New_York
         raise IngestError("no input files given")
     if quotes_paths and fmt != "trades":
         raise IngestError("quote files (--quotes) go with --format trades only")
-    bars, bad_ticks, tick_counts = _load(list(map(str, paths)), fmt, tz, column_map or {}, symbol,
-                                         quotes_paths, date, lake.storage_options, progress)
-    bar_day = exchange_dates(bars["ts"]) if len(bars) else pd.Series(dtype="string")
-    tick_day = exchange_dates(bad_ticks["ts"]) if len(bad_ticks) else pd.Series(dtype="string")
+    if stamp not in layouts.STAMPS:
+        raise IngestError(f"--stamp must be 'start' or 'end', got {stamp!r}")
+    if stamp == "end" and fmt not in ("bbo", "ohlcv"):
+        raise IngestError(f"--stamp end applies to bar files (bbo, ohlcv), not {fmt!r} ticks (they carry event times)")
+    mk = resolve_market(market)
+    tz = tz or mk.timezone
+    notes: list[str] = []
+    _MARKET[:] = [mk]
+    try:
+        bars, bad_ticks, tick_counts = _load(list(map(str, paths)), fmt, tz, column_map or {}, symbol,
+                                             quotes_paths, date, lake.storage_options, progress, stamp,
+                                             epoch_unit, notes)
+    finally:
+        _MARKET.clear()
+    bar_day = exchange_dates(bars["ts"], mk) if len(bars) else pd.Series(dtype="string")
+    tick_day = exchange_dates(bad_ticks["ts"], mk) if len(bad_ticks) else pd.Series(dtype="string")
     dates = sorted(set(bar_day) | set(tick_day))
     # what the SOURCE promises, not what a date happens to hold: a BBO date with no quotes is bad data
     quotes = {"bbo": True, "lobster": True, "ohlcv": False, "trades": bool(quotes_paths)}[fmt]
     per_date = []
     for d in progress_iter(dates, "validate", total=len(dates), enabled=progress):
         lake.write("raw", d, bars.loc[bar_day == d].reset_index(drop=True))
-        rep = validate_date(lake, d, quotes_available=quotes, jump_limit=jump_limit)
+        rep = validate_date(lake, d, quotes_available=quotes, jump_limit=jump_limit, market=mk)
         if fmt in ("trades", "lobster"):
             qt = bad_ticks.loc[tick_day == d].reset_index(drop=True) if len(bad_ticks) else bad_ticks
             lake.write("quarantine_ticks", d, qt)
             rep["ticks_quarantined"] = qt["reason"].value_counts().to_dict() if len(qt) else {}
-        rep.update(format=fmt, files=[str(p) for p in paths] + list(map(str, quotes_paths or [])))
+        rep.update(format=fmt, files=[str(p) for p in paths] + list(map(str, quotes_paths or [])),
+                   calendar=mk.name, notes=notes)
         write_text(lake.report("ingest", f"date={d}.json"), json.dumps(rep, indent=2), lake.storage_options)
         per_date.append(rep)
     out: dict[str, Any] = {"format": fmt, "dates": dates, "per_date": per_date, **tick_counts,
-                           "ticks_quarantined": len(bad_ticks)}
+                           "ticks_quarantined": len(bad_ticks), "calendar": mk.name, "notes": notes,
+                           "diagnoses": {r["date"]: r["diagnosis"] for r in per_date if r.get("diagnosis")}}
     out["bars"] = sum(r["input_rows"] for r in per_date)
     out["clean_rows"] = sum(r["clean_rows"] for r in per_date)
     out["quarantined_rows"] = sum(r["quarantined_rows"] for r in per_date)

@@ -3,12 +3,15 @@
 One row per symbol per minute; ``ts`` is the START of the minute in UTC (datetime64[us, UTC]);
 the quote fields describe the book at the END of that minute. Sessions are regular US equity
 hours, 09:30-16:00 America/New_York (390 minutes), converted explicitly so that daylight
-saving time moves the UTC clock, not the session.
+saving time moves the UTC clock, not the session. That is the default market (XNYS); every session
+question goes to :mod:`hfcast.market` (holidays, early closes, other exchanges), and the constants
+below describe only the default's regular day.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -71,26 +74,26 @@ LABEL_COLUMNS = ["ret_60m", "rv_10m"]
 LABEL_HORIZONS = {"ret_60m": 60, "rv_10m": 10}  # minutes of future each label reads
 
 
-def session_minutes_utc(date: str | dt.date) -> pd.DatetimeIndex:
-    """The 390 minute starts of one session, in UTC (datetime64[us, UTC])."""
-    d = pd.Timestamp(date).date()
-    open_local = dt.datetime.combine(d, SESSION_OPEN, tzinfo=EXCHANGE_TZ)
-    start = pd.Timestamp(open_local).tz_convert("UTC")
-    idx = pd.date_range(start, periods=MINUTES_PER_SESSION, freq="min")
-    return idx.as_unit("us")
+def session_minutes_utc(date: str | dt.date, market: Any = None) -> pd.DatetimeIndex:
+    """The minute starts of the session of ``date`` in UTC (datetime64[us, UTC]): 390 on a regular
+    XNYS day, fewer on an early close; raises ValueError on a closed date."""
+    from hfcast.market import resolve
+
+    return resolve(market).minutes_utc(date)
 
 
-def minute_of_session(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
-    """0..389 for minutes inside the session; negative or >= 390 outside (exchange-time based)."""
-    local = pd.DatetimeIndex(ts).tz_convert(EXCHANGE_TZ)
-    minutes = local.hour * 60 + local.minute - (SESSION_OPEN.hour * 60 + SESSION_OPEN.minute)
-    return np.asarray(minutes, dtype=np.int64)
+def minute_of_session(ts: pd.Series | pd.DatetimeIndex, market: Any = None) -> np.ndarray:
+    """Minute of the session each stamp falls in (0 = the open); -1 outside every session."""
+    from hfcast.market import resolve
+
+    return resolve(market).minute_of_session(ts)
 
 
-def trading_days(start: str | dt.date, n_days: int) -> list[str]:
-    """``n_days`` weekdays from ``start`` (inclusive), as ISO strings. Holidays are not modelled."""
-    days = pd.bdate_range(pd.Timestamp(start), periods=n_days)
-    return [d.date().isoformat() for d in days]
+def trading_days(start: str | dt.date, n_days: int, market: Any = None) -> list[str]:
+    """The first ``n_days`` sessions of the market calendar from ``start`` (inclusive), ISO strings."""
+    from hfcast.market import resolve
+
+    return resolve(market).next_sessions(start, n_days)
 
 
 def conform(df: pd.DataFrame) -> pd.DataFrame:

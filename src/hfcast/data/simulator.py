@@ -143,6 +143,7 @@ class SimConfig:
     avg_trade_size: float = 120.0
     price_median: float = 50.0
     price_dispersion: float = 0.8
+    calendar: str | None = None          # market calendar name (None: the market passed in, XNYS by default)
 
     def __post_init__(self) -> None:
         if self.n_symbols < 1 or self.n_days < 1:
@@ -343,11 +344,47 @@ def _quotes(mk: _Market, cfg: SimConfig, rng: np.random.Generator, p: np.ndarray
             "volume": volume, "trades": trades, "vwap": vwap, "mid_high": mid_high, "mid_low": mid_low}
 
 
-def simulate(cfg: SimConfig) -> Iterator[DayArrays]:
-    """Stream the days as arrays (the efficient price included): the simulator's inner API."""
-    mk = _Market(cfg)
-    for day, date in enumerate(schema.trading_days(cfg.start_date, cfg.n_days)):
-        yield _simulate_day(mk, cfg, day, date)
+def simulate(cfg: SimConfig, market: Any = None) -> Iterator[DayArrays]:
+    """Stream the days as arrays (the efficient price included): the simulator's inner API.
+
+    The dates are the calendar's sessions (holidays skipped). Each day is drawn on the regular
+    390-minute clock and cut at that day's close (an early close keeps its first minutes); the
+    truth that would reach past the cut is NaN, as the labels are. A calendar whose sessions are
+    not 390 minutes long is simulated on its own session length.
+    """
+    global T
+    mkt = _calendar(cfg, market)
+    dates = schema.trading_days(cfg.start_date, cfg.n_days, mkt)
+    lengths = [mkt.n_minutes(d) for d in dates]
+    regular = T if max(lengths) <= T else max(lengths)
+    saved = T
+    try:  # the module clock T is the regular session length while this market is drawn
+        T = regular
+        mk = _Market(cfg)
+    finally:
+        T = saved
+    for day, (date, n) in enumerate(zip(dates, lengths)):
+        try:
+            T = regular
+            arrays = _simulate_day(mk, cfg, day, date)
+        finally:
+            T = saved
+        yield _cut(arrays, n) if n < regular else arrays
+
+
+def _calendar(cfg: SimConfig, market: Any) -> Any:
+    from hfcast.market import resolve
+
+    return resolve(cfg.calendar or market)
+
+
+def _cut(day: DayArrays, n: int) -> DayArrays:
+    """The day's first ``n`` minutes (an early close); truth whose horizon passes the cut is NaN."""
+    truth = {k: v[:, :n].copy() for k, v in day.truth.items()}
+    truth["true_var_10m"][:, max(0, n - 10):] = np.nan
+    truth["true_ret_60m"][:, max(0, n - 60):] = np.nan
+    return DayArrays(date=day.date, regime=day.regime, p_eff=day.p_eff[:, :n], sigma=day.sigma[:, :n],
+                     bars={k: v[:, :n] for k, v in day.bars.items()}, truth=truth)
 
 
 def symbols(n: int) -> list[str]:
@@ -356,10 +393,11 @@ def symbols(n: int) -> list[str]:
     return [f"S{i:0{width}d}" for i in range(n)]
 
 
-def to_frames(day: DayArrays, sym: pd.api.extensions.ExtensionArray) -> tuple[pd.DataFrame, pd.DataFrame]:
+def to_frames(day: DayArrays, sym: pd.api.extensions.ExtensionArray,
+              market: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(bars, truth) in the data contract, rows sorted by (symbol, ts)."""
     s = day.p_eff.shape[0]
-    minutes = schema.session_minutes_utc(day.date).tz_convert(None).to_numpy()
+    minutes = schema.session_minutes_utc(day.date, market).tz_convert(None).to_numpy()
     ts = pd.DatetimeIndex(np.tile(minutes, s)).tz_localize("UTC")
     bars = pd.DataFrame({"symbol": sym, "ts": ts})
     for col in schema.BAR_COLUMNS[2:]:
@@ -370,21 +408,27 @@ def to_frames(day: DayArrays, sym: pd.api.extensions.ExtensionArray) -> tuple[pd
     return bars, truth
 
 
-def iter_days(cfg: SimConfig) -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame]]:
-    """Yield (date, bars, truth) per trading day; memory stays one day's worth."""
-    sym = pd.array(np.repeat(np.array(symbols(cfg.n_symbols), dtype=object), T), dtype="string")
-    for day in simulate(cfg):
-        bars, truth = to_frames(day, sym)
+def iter_days(cfg: SimConfig, market: Any = None) -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame]]:
+    """Yield (date, bars, truth) per trading day of the calendar; memory stays one day's worth."""
+    names = np.array(symbols(cfg.n_symbols), dtype=object)
+    sym_of: dict[int, Any] = {}
+    mkt = _calendar(cfg, market)
+    for day in simulate(cfg, mkt):
+        n = day.p_eff.shape[1]
+        if n not in sym_of:
+            sym_of[n] = pd.array(np.repeat(names, n), dtype="string")
+        bars, truth = to_frames(day, sym_of[n], mkt)
         yield day.date, bars, truth
 
 
-def write_synth(cfg: SimConfig, lake, progress: bool = True) -> dict[str, Any]:
+def write_synth(cfg: SimConfig, lake, progress: bool = True, market: Any = None) -> dict[str, Any]:
     """Write ``raw`` and ``truth`` partitions for every simulated date; returns a summary.
 
     Args:
         cfg: the market to simulate.
         lake: an :class:`hfcast.storage.Lake`.
         progress: show a rich progress bar (off in tests and pipelines).
+        market: the calendar whose sessions are simulated (hfcast.market; None = XNYS).
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -400,7 +444,7 @@ def write_synth(cfg: SimConfig, lake, progress: bool = True) -> dict[str, Any]:
     with Progress(*cols, disable=not progress, transient=True) as bar, ThreadPoolExecutor(1) as pool:
         task = bar.add_task("synth", total=cfg.n_days, date="")
         pending = None
-        for date, bars, truth in iter_days(cfg):
+        for date, bars, truth in iter_days(cfg, market):
             if pending is not None:
                 pending.result()
                 bar.update(task, advance=1, date=dates[-1])

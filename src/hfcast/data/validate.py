@@ -31,13 +31,12 @@ import pandas as pd
 
 from hfcast.data.schema import (
     BAR_COLUMNS,
-    EXCHANGE_TZ,
     QUOTE_COLUMNS,
     conform,
     has_quotes,
     mid_price,
-    minute_of_session,
 )
+from hfcast.market import resolve as resolve_market
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +49,7 @@ REASONS: tuple[str, ...] = (
     "nonpositive_size",
     "crossed_quote",
     "locked_quote",
+    "closed_date",
     "wrong_date",
     "outside_session",
     "unaligned_ts",
@@ -95,13 +95,10 @@ def _fmt(df: pd.DataFrame, mask: np.ndarray, cols: list[str], template: str) -> 
     return template + ": " + text
 
 
-def exchange_dates(ts: pd.Series) -> pd.Series:
-    """Exchange-local session date ``YYYY-MM-DD`` of each UTC timestamp (formats uniques only: fast)."""
-    day = ts.dt.tz_convert(EXCHANGE_TZ).dt.tz_localize(None).dt.normalize()
-    codes, uniques = pd.factorize(day)
-    labels = np.asarray(pd.DatetimeIndex(uniques).strftime("%Y-%m-%d"), dtype=object)
-    return pd.Series(np.where(codes >= 0, labels[np.maximum(codes, 0)] if len(labels) else None, None),
-                     index=ts.index, dtype="string")
+def exchange_dates(ts: pd.Series, market: Any = None) -> pd.Series:
+    """Trade date ``YYYY-MM-DD`` of each UTC timestamp: its session's date (a Globex bar on Sunday
+    evening belongs to Monday), the exchange-local date outside sessions (hfcast.market)."""
+    return pd.Series(resolve_market(market).trade_date(ts), index=ts.index, dtype="string")
 
 
 def _name_bad(df: pd.DataFrame, mask: np.ndarray, need: list[str]) -> pd.Series:
@@ -125,7 +122,8 @@ def _symbol_checks(symbol: pd.Series) -> tuple[np.ndarray, np.ndarray, pd.Series
     return missing, bad, text
 
 
-def _row_checks(df: pd.DataFrame, date: str, quotes: bool) -> list[tuple[str, np.ndarray, pd.Series | str]]:
+def _row_checks(df: pd.DataFrame, date: str, quotes: bool,
+                market: Any = None) -> list[tuple[str, np.ndarray, pd.Series | str]]:
     """Row-local checks as (reason, mask, detail) in priority order."""
     num = df[NUMERIC_COLUMNS].to_numpy(dtype="float64")
     inf = np.isinf(num).any(axis=1)
@@ -145,9 +143,20 @@ def _row_checks(df: pd.DataFrame, date: str, quotes: bool) -> list[tuple[str, np
     crossed = bid > ask
     locked = bid == ask
     ts = df["ts"]
-    wrong_date = (exchange_dates(ts) != date).fillna(True).to_numpy(dtype=bool)
-    mos = minute_of_session(ts.fillna(pd.Timestamp(date, tz=EXCHANGE_TZ)))
-    outside = (mos < 0) | (mos >= 390)
+    mk = resolve_market(market)
+    session = mk.session_or_none(date)
+    trade = exchange_dates(ts, mk)
+    open_days = {d: mk.is_session(d) for d in trade.dropna().unique()}
+    closed = trade.map(open_days).fillna(False).to_numpy(dtype=bool) == False  # noqa: E712
+    closed &= trade.notna().to_numpy()
+    wrong_date = (trade != date).fillna(True).to_numpy(dtype=bool)
+    if session is not None:
+        idx = pd.DatetimeIndex(ts).as_unit("us")
+        mos = session.minute_index(np.where(idx.isna(), session.open_us, idx.asi8))
+        outside = (mos < 0) | (mos >= session.n_minutes)
+        hours = f"{session.open_utc:%H:%M}-{session.close_utc:%H:%M} UTC ({session.n_minutes} minutes, {mk.name})"
+    else:
+        outside, hours = np.zeros(len(df), dtype=bool), ""
     missing_sym, bad_sym, bad_text = _symbol_checks(df["symbol"])
     return [
         ("missing_symbol", missing_sym, "symbol is missing or empty"),
@@ -157,8 +166,9 @@ def _row_checks(df: pd.DataFrame, date: str, quotes: bool) -> list[tuple[str, np
         ("nonpositive_size", size_bad, "size <= 0 or negative volume/trades"),
         ("crossed_quote", crossed, "bid > ask"),
         ("locked_quote", locked, "bid == ask"),
-        ("wrong_date", wrong_date, f"exchange-local date is not {date}"),
-        ("outside_session", outside, "minute outside 09:30-16:00 exchange time"),
+        ("closed_date", closed, f"the trade date is not a session of the {mk.name} calendar (holiday or weekend)"),
+        ("wrong_date", wrong_date, f"trade date ({mk.name} calendar) is not {date}"),
+        ("outside_session", outside, f"minute outside the session {hours}"),
         ("unaligned_ts", (ts != ts.dt.floor("min")).to_numpy(dtype=bool), "ts is not a whole minute (bars are minute starts)"),
     ]
 
@@ -168,6 +178,7 @@ _DETAIL_COLS = {
     "nonpositive_size": SIZE_COLUMNS + COUNT_COLUMNS,
     "crossed_quote": ["bid", "ask"],
     "locked_quote": ["bid", "ask"],
+    "closed_date": ["ts"],
     "wrong_date": ["ts"],
     "outside_session": ["ts"],
     "unaligned_ts": ["ts"],
@@ -192,7 +203,7 @@ def _spikes(mid: np.ndarray, symbol: np.ndarray, limit: float) -> np.ndarray:
 
 
 def validate_bars(df: pd.DataFrame, date: str, quotes_available: bool | None = None,
-                  jump_limit: float = DEFAULT_JUMP_LIMIT) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  jump_limit: float = DEFAULT_JUMP_LIMIT, market: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split one date's bars into clean rows and quarantined rows (with reasons).
 
     Args:
@@ -202,6 +213,7 @@ def validate_bars(df: pd.DataFrame, date: str, quotes_available: bool | None = N
         quotes_available: False for quote-less (OHLCV) sources: missing quotes are then fine but a
             missing ``last`` is not. None detects it from the data (:func:`has_quotes`).
         jump_limit: the log-return ``L`` of the absurd-jump rule.
+        market: the calendar (hfcast.market; None = XNYS) that defines sessions and trade dates.
 
     Returns:
         ``(clean, quarantine)``: clean has BAR_COLUMNS sorted by (symbol, ts); quarantine has
@@ -225,7 +237,7 @@ def validate_bars(df: pd.DataFrame, date: str, quotes_available: bool | None = N
         else:
             detail[new] = _fmt(bars, new, cols, text) if cols else text
 
-    for name, mask, text in _row_checks(bars, date, quotes):
+    for name, mask, text in _row_checks(bars, date, quotes, market):
         assign(name, np.asarray(mask, dtype=bool), text)
 
     ok = reason == None  # noqa: E711
@@ -270,14 +282,14 @@ def reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
 
 
 def validate_date(lake: Any, date: str, quotes_available: bool | None = None,
-                  jump_limit: float = DEFAULT_JUMP_LIMIT) -> dict[str, Any]:
+                  jump_limit: float = DEFAULT_JUMP_LIMIT, market: Any = None) -> dict[str, Any]:
     """Validate ``raw/date=D``; write validated/, quarantine/ (always, maybe empty) and the report."""
     import json
 
     from hfcast.storage import write_text
 
     raw = lake.read("raw", date)
-    clean, quarantine = validate_bars(raw, date, quotes_available, jump_limit)
+    clean, quarantine = validate_bars(raw, date, quotes_available, jump_limit, market)
     lake.write("validated", date, clean)
     lake.write("quarantine", date, quarantine)
     counts = reason_counts(quarantine)
@@ -289,7 +301,10 @@ def validate_date(lake: Any, date: str, quotes_available: bool | None = None,
         "quotes_available": has_quotes(clean) if quotes_available is None else bool(quotes_available),
         "jump_limit": jump_limit,
         "reasons": counts,
+        "diagnosis": diagnose_offset(raw, date, market),
     }
+    if report["diagnosis"]:
+        log.warning("%s: %s", date, report["diagnosis"])
     write_text(lake.report("validate", f"date={date}.json"), json.dumps(report, indent=2), lake.storage_options)
     if len(quarantine):
         log.info("%s: %d of %d rows quarantined (%s)", date, len(quarantine), len(raw),
@@ -298,7 +313,8 @@ def validate_date(lake: Any, date: str, quotes_available: bool | None = None,
 
 
 def run_validate(lake: Any, dates: list[str] | None = None, progress: bool = True,
-                 quotes_available: bool | None = None, jump_limit: float = DEFAULT_JUMP_LIMIT) -> dict[str, Any]:
+                 quotes_available: bool | None = None, jump_limit: float = DEFAULT_JUMP_LIMIT,
+                 market: Any = None) -> dict[str, Any]:
     """Validate raw partitions of ``dates`` (default: all); reruns overwrite, so they are idempotent.
 
     Returns:
@@ -312,10 +328,42 @@ def run_validate(lake: Any, dates: list[str] | None = None, progress: bool = Tru
     missing = [d for d in todo if not lake.exists("raw", d)]
     if missing:
         raise FileNotFoundError(f"no raw partition for date(s) {missing} under {lake.table('raw')}")
-    per_date = [validate_date(lake, d, quotes_available, jump_limit)
+    per_date = [validate_date(lake, d, quotes_available, jump_limit, market)
                 for d in progress_iter(todo, "validate", total=len(todo), enabled=progress)]
     totals: dict[str, Any] = {"dates": todo, "per_date": per_date}
     for key in ("input_rows", "clean_rows", "quarantined_rows"):
         totals[key] = sum(r[key] for r in per_date)
     totals["reasons"] = {r: sum(p["reasons"][r] for p in per_date) for r in REASONS}
+    totals["diagnoses"] = {p["date"]: p["diagnosis"] for p in per_date if p.get("diagnosis")}
     return totals
+
+
+def diagnose_offset(df: pd.DataFrame, date: str, market: Any = None) -> str | None:
+    """Name the likely cause when a date's rows sit outside the session by one constant offset.
+
+    Why: a time-zone, daylight-saving or bar-end mistake shifts every stamp by the same amount; a
+    count of ``outside_session`` rows does not say so. The rows are "shifted by k minutes" when
+    the ones outside lie on one side of the session, their extreme is k minutes past the edge, and
+    the opposite extreme is k minutes from the other edge (the whole day moved, not a few stray
+    bars). Returns None when there is no such pattern.
+    """
+    mk = resolve_market(market)
+    session = mk.session_or_none(date)
+    ts = pd.to_datetime(df["ts"], utc=True, errors="coerce").dropna() if len(df) else pd.Series([], dtype=object)
+    if session is None or not len(ts):
+        return None
+    m = session.minute_index(pd.DatetimeIndex(ts).as_unit("us").asi8)
+    n = session.n_minutes
+    out = (m < 0) | (m >= n)
+    if not out.any():
+        return None
+    lo, hi = int(m.min()), int(m.max())
+    if (m[out] >= n).all() and lo == hi - (n - 1) and lo > 0:
+        k, side = lo, "after"
+    elif (m[out] < 0).all() and hi == n - 1 + lo and lo < 0:
+        k, side = -lo, "before"
+    else:
+        return None
+    return (f"{int(out.sum())} of {len(m)} rows are outside the {mk.name} session of {date}; all rows are "
+            f"{k} minutes {side} the session (first bar {k} min {side} the open, last {k} min {side} the close): "
+            "check --tz, daylight saving, or --stamp end")

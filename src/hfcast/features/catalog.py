@@ -136,9 +136,10 @@ FEATURES: list[FeatureSpec] = [
     _f("last_mid_dist_bps", "location", "1e4 * (last - mid) / mid: where the last trade printed "
        "relative to the quote; NaN when there is no last", 1, (*_QUOTES, "last"), True),
     # --- time of day -------------------------------------------------------------------------
-    _f("tod_sin", "time", "sin(2 pi m / 390), m = minute of session", 1, ("ts",)),
-    _f("tod_cos", "time", "cos(2 pi m / 390)", 1, ("ts",)),
-    _f("minutes_to_close", "time", "389 - m: whole minutes left after this bar ends", 1, ("ts",)),
+    _f("tod_sin", "time", "sin(2 pi m / n), m = minute of session, n = that day's session minutes "
+       "(390 on a regular XNYS day; hfcast.market)", 1, ("ts",)),
+    _f("tod_cos", "time", "cos(2 pi m / n)", 1, ("ts",)),
+    _f("minutes_to_close", "time", "n - 1 - m: whole minutes left after this bar ends, to that day's actual close (early closes included)", 1, ("ts",)),
     # --- cross-section (all symbols at the same minute t; causal) --------------------------------
     *[_f(f"mkt_ret_{k}m", "cross_section", f"mean over symbols of past_ret_{k}m at t", k + 1, _MID)
       for k in (1, 15)],

@@ -1,4 +1,6 @@
-"""Computation of every catalogue feature on one session's [S, 390] panel, vectorised over symbols.
+"""Computation of every catalogue feature on one session's [S, T] panel, vectorised over symbols.
+
+T is that day's session length from the market calendar (390 on a regular XNYS day).
 
 Each ``_group`` function returns ``{name: [S, T] float64}`` for the names its catalogue group
 declares (formulas in ``hfcast.features.catalog``). Quote groups are called only when the
@@ -168,11 +170,13 @@ def _location(pn: Panel, quotes: bool) -> dict[str, np.ndarray]:
 
 
 def _time(pn: Panel) -> dict[str, np.ndarray]:
+    """Time of day from that day's actual session: m / n of the way through it, n - 1 - m to its close."""
     m = pn.minute.astype(float)[None, :]
     shape = pn.mid.shape
-    ang = 2.0 * np.pi * m / 390.0
+    n = float(shape[1])
+    ang = 2.0 * np.pi * m / n
     return {"tod_sin": np.broadcast_to(np.sin(ang), shape), "tod_cos": np.broadcast_to(np.cos(ang), shape),
-            "minutes_to_close": np.broadcast_to(389.0 - m, shape)}
+            "minutes_to_close": np.broadcast_to(n - 1.0 - m, shape)}
 
 
 def _cross_section(done: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,8 +1,9 @@
-"""The featurize stage: bars of one date -> features + labels on the 390-minute grid, date by date.
+"""The featurize stage: bars of one date -> features + labels on the session's minute grid, date by date.
 
 Why a grid: windows downstream need 30 consecutive minutes, and a missing (quarantined) bar
-must not silently join 9:58 to 10:03. Each symbol-day is reindexed onto the session's 390
-minutes; prices and quotes are carried forward (causal), volume and trades are 0, and the
+must not silently join 9:58 to 10:03. Each symbol-day is reindexed onto the session's minutes
+(390 on a regular XNYS day; the market calendar, hfcast.market, gives each date's open, close and
+break, so early closes are shorter and other exchanges have their own length); prices and quotes are carried forward (causal), volume and trades are 0, and the
 ``bar_missing`` feature says which rows were filled. Rows before a symbol's first bar of the day
 have no price, so their price features and labels are NaN.
 
@@ -28,11 +29,11 @@ from hfcast.features import ops
 from hfcast.features.compute import Panel, compute_features
 from hfcast.features.labels import make_labels
 from hfcast.features.catalog import feature_names, unavailable_features
+from hfcast.market import resolve as resolve_market
 from hfcast.storage import Lake, join, read_text, write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
-T = schema.MINUTES_PER_SESSION
 TRUTH_OUT = ("true_ret_60m", "true_var_10m")
 HAR_DAYS = 5
 
@@ -62,20 +63,20 @@ class HarState:
         return HarState(rv)
 
 
-def _minutes(ts: pd.Series, date: str) -> np.ndarray:
-    """Minute of the date's session for each ts (outside 0..389 for other times or dates).
+def _minutes(ts: pd.Series, session: Any) -> np.ndarray:
+    """Minute of the session for each ts (outside 0..n-1 for other times or dates, -1 in a break).
 
-    Integer arithmetic against the session's UTC open (from schema.session_minutes_utc, so DST is
-    handled there): a tz conversion of every row costs seconds on a 1000-symbol date.
+    Integer arithmetic against the session's UTC open (the calendar handles DST and early closes,
+    cached per date): a tz conversion of every row costs seconds on a 1000-symbol date.
     """
-    open_us = schema.session_minutes_utc(date)[0].value // 1000
     us = pd.DatetimeIndex(pd.to_datetime(ts, utc=True)).as_unit("us").asi8
-    return np.floor_divide(us - open_us, 60_000_000)
+    return session.minute_index(us)
 
 
-def _grid_index(bars: pd.DataFrame, date: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _grid_index(bars: pd.DataFrame, date: str, session: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sorted symbols, flat [S*T] grid position of each kept row, row numbers kept)."""
-    minute = _minutes(bars["ts"], date)
+    T = session.n_minutes
+    minute = _minutes(bars["ts"], session)
     inside = (minute >= 0) & (minute < T)
     if not inside.all():
         log.warning("%s: %d bar(s) outside the session ignored", date, int((~inside).sum()))
@@ -89,7 +90,7 @@ def _grid_index(bars: pd.DataFrame, date: str) -> tuple[np.ndarray, np.ndarray, 
     return np.asarray(symbols, dtype=object), key[rows], rows
 
 
-def _scatter(values: np.ndarray, key: np.ndarray, n_sym: int) -> np.ndarray:
+def _scatter(values: np.ndarray, key: np.ndarray, n_sym: int, T: int) -> np.ndarray:
     out = np.full(n_sym * T, np.nan)
     out[key] = values
     return out.reshape(n_sym, T)
@@ -103,12 +104,14 @@ def _conformed(bars: pd.DataFrame) -> pd.DataFrame:
     return bars if ok else schema.conform(bars)
 
 
-def to_panel(bars: pd.DataFrame, date: str) -> tuple[np.ndarray, Panel]:
+def to_panel(bars: pd.DataFrame, date: str, market: Any = None) -> tuple[np.ndarray, Panel]:
     """Reindex one date's bars onto the session grid (see module docstring); returns (symbols, panel)."""
     bars = _conformed(bars)
-    symbols, key, rows = _grid_index(bars, date)
+    session = resolve_market(market).session(date)
+    T = session.n_minutes
+    symbols, key, rows = _grid_index(bars, date, session)
     s = len(symbols)
-    col = {c: _scatter(bars[c].to_numpy(np.float64)[rows], key, s) for c in schema.BAR_COLUMNS[2:]}
+    col = {c: _scatter(bars[c].to_numpy(np.float64)[rows], key, s, T) for c in schema.BAR_COLUMNS[2:]}
     present = np.zeros(s * T, dtype=bool)
     present[key] = True
     present = present.reshape(s, T)
@@ -131,7 +134,7 @@ def _daily_rv(pn: Panel) -> np.ndarray:
 
 def featurize_frame(bars: pd.DataFrame, date: str, state: HarState | None = None,
                     truth: pd.DataFrame | None = None,
-                    quotes_available: bool | None = None) -> tuple[pd.DataFrame, HarState]:
+                    quotes_available: bool | None = None, market: Any = None) -> tuple[pd.DataFrame, HarState]:
     """Features and labels of one date: a pure function of the bars, the truth and the carried state.
 
     Args:
@@ -140,6 +143,7 @@ def featurize_frame(bars: pd.DataFrame, date: str, state: HarState | None = None
         state: HAR state from the previous dates (None: no history -> HAR day/week terms NaN).
         truth: the simulator's truth table of the date, or None.
         quotes_available: feature set to produce; None decides from the bars (schema.has_quotes).
+        market: the calendar (hfcast.market; None = XNYS): the grid is that date's session.
 
     Returns:
         (frame sorted by symbol, ts with symbol, ts, features (float32, catalogue order), labels
@@ -154,11 +158,17 @@ def featurize_frame(bars: pd.DataFrame, date: str, state: HarState | None = None
     if quotes and not has_q:
         raise ValueError(f"{date}: the feature set needs quotes but these bars have none (bid/ask all missing); "
                          "featurize an OHLCV source separately")
-    symbols, pn = to_panel(bars, date)
+    mk = resolve_market(market)
+    if not mk.is_session(date):
+        log.warning("%s is not a session of the %s calendar: no features", date, mk.name)
+        return _empty_frame(quotes, truth is not None and len(truth) > 0), state
+    session = mk.session(date)
+    symbols, pn = to_panel(bars, date, mk)
     rv_d, rv_w = state.previous(symbols)
     feats = compute_features(pn, rv_d, rv_w, quotes)
-    labels = make_labels(pn.mid)
-    grid = schema.session_minutes_utc(date)
+    grid = session.minutes_utc()
+    T = session.n_minutes
+    labels = make_labels(pn.mid, segment_starts=_break_starts(grid))
     s = len(symbols)
     names = list(feats)
     block = np.empty((len(names), s * T), dtype=np.float32)  # one float32 block, no consolidation copy
@@ -170,14 +180,32 @@ def featurize_frame(bars: pd.DataFrame, date: str, state: HarState | None = None
     for n, v in labels.items():
         out[n] = v.reshape(-1)
     if truth is not None and len(truth):
-        minute = _minutes(truth["ts"], date)
+        minute = _minutes(truth["ts"], session)
         sym = pd.Index(symbols).get_indexer(truth["symbol"].astype(object).to_numpy())
         keep = (sym >= 0) & (minute >= 0) & (minute < T)
         tkey = sym[keep].astype(np.int64) * T + minute[keep]
         for c in TRUTH_OUT:
-            out[c] = _scatter(truth[c].to_numpy(np.float64)[keep], tkey, s).reshape(-1)
+            out[c] = _scatter(truth[c].to_numpy(np.float64)[keep], tkey, s, T).reshape(-1)
     return out, state.update(symbols, _daily_rv(pn))
 
+
+def _break_starts(grid: pd.DatetimeIndex) -> np.ndarray:
+    """Grid positions where trading resumes after a break (a gap > 1 minute): labels stop there."""
+    gaps = np.diff(grid.asi8) != 60_000_000
+    return np.flatnonzero(gaps) + 1
+
+
+def _empty_frame(quotes: bool, with_truth: bool) -> pd.DataFrame:
+    """The featurize frame of a date with no session: right columns, no rows."""
+    out = pd.DataFrame({"symbol": pd.array([], dtype="string"),
+                        "ts": pd.DatetimeIndex([], tz="UTC").as_unit("us")})
+    for n in feature_names(quotes):
+        out[n] = np.array([], dtype=np.float32)
+    for n in schema.LABEL_COLUMNS:
+        out[n] = np.array([], dtype=np.float64)
+    for c in TRUTH_OUT if with_truth else ():
+        out[c] = np.array([], dtype=np.float64)
+    return out
 
 
 
@@ -206,18 +234,21 @@ def _source(lake: Lake, date: str) -> str:
     return "raw"
 
 
-def _advance(lake: Lake, date: str, state: HarState) -> HarState:
+def _advance(lake: Lake, date: str, state: HarState, market: Any = None) -> HarState:
     """The HAR state after ``date`` without computing its features (read + grid + daily RV only)."""
-    symbols, pn = to_panel(lake.read(_source(lake, date), date), date)
+    if not resolve_market(market).is_session(date):
+        return state
+    symbols, pn = to_panel(lake.read(_source(lake, date), date), date, market)
     return state.update(symbols, _daily_rv(pn))
 
 
-def _featurize_one(lake: Lake, date: str, state: HarState, quotes: bool) -> tuple[int, str, HarState]:
+def _featurize_one(lake: Lake, date: str, state: HarState, quotes: bool,
+                   market: Any = None) -> tuple[int, str, HarState]:
     """Read, featurize and write one date (runs in a worker process when workers > 1)."""
     src = _source(lake, date)
     bars = lake.read(src, date)
     truth = lake.read("truth", date) if lake.exists("truth", date) else None
-    df, new_state = featurize_frame(bars, date, state, truth, quotes_available=quotes)
+    df, new_state = featurize_frame(bars, date, state, truth, quotes_available=quotes, market=market)
     _write_features(lake, date, df)
     return len(df), src, new_state
 
@@ -235,7 +266,7 @@ def _dates_to_featurize(lake: Lake, dates: Iterable[str] | None) -> tuple[list[s
 
 
 def _featurize_parallel(lake: Lake, dates: Iterable[str], state: "HarState", quotes: bool, workers: int,
-                        collect) -> None:
+                        collect, market: Any = None) -> None:
     """Featurize dates in worker processes; this process walks them in order, advancing the HAR state."""
     import multiprocessing as mp
     from collections import deque
@@ -246,8 +277,8 @@ def _featurize_parallel(lake: Lake, dates: Iterable[str], state: "HarState", quo
     with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as ex:
         pending: deque = deque()
         for d in dates:
-            pending.append(ex.submit(_featurize_one, lake, d, state, quotes))
-            state = _advance(lake, d, state)
+            pending.append(ex.submit(_featurize_one, lake, d, state, quotes, market))
+            state = _advance(lake, d, state, market)
             while len(pending) > 2 * workers:
                 collect(*pending.popleft().result()[:2])
         while pending:
@@ -255,7 +286,7 @@ def _featurize_parallel(lake: Lake, dates: Iterable[str], state: "HarState", quo
 
 
 def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool = True,
-                  workers: int = 1) -> dict[str, Any]:
+                  workers: int = 1, market: Any = None) -> dict[str, Any]:
     """Featurize dates in order and write ``features/date=D`` partitions and ``_feature_set.json``.
 
     Args:
@@ -266,6 +297,7 @@ def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool
         workers: processes featurizing dates in parallel. With > 1 the main process walks the
             dates in order computing only the small HAR state (read + daily RV) and hands each date
             with its state to a worker; at most 2 x workers dates are in flight (memory bound).
+        market: the calendar (hfcast.market; None = XNYS); a date that is not a session gives no rows.
 
     Returns:
         Summary: dates, rows, n_features, quotes_available, seconds, rows_per_s, sources used.
@@ -277,8 +309,8 @@ def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool
     t0 = time.perf_counter()
     state = HarState()
     for d in [d for d in available if d < todo[0]][-HAR_DAYS:]:
-        state = _advance(lake, d, state)
-    quotes = schema.has_quotes(lake.read(_source(lake, todo[0]), todo[0]))
+        state = _advance(lake, d, state, market)
+    quotes = _choose_quotes(lake, todo)
     if not quotes:
         log.warning("bars have no quotes: %d quote-based features are unavailable: %s",
                     len(unavailable_features(False)), unavailable_features(False))
@@ -296,10 +328,10 @@ def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool
 
     if workers <= 1:
         for d in it:
-            n, src, state = _featurize_one(lake, d, state, quotes)
+            n, src, state = _featurize_one(lake, d, state, quotes, market)
             collect(n, src)
     else:
-        _featurize_parallel(lake, it, state, quotes, workers, collect)
+        _featurize_parallel(lake, it, state, quotes, workers, collect, market)
     names = feature_names(quotes)
     doc = {"features": names, "quotes_available": quotes, "n_features": len(names),
            "unavailable": unavailable_features(quotes)}
@@ -310,6 +342,21 @@ def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool
                "rows_per_s": round(rows / secs, 1) if secs > 0 else None, "sources": sources}
     log.info("featurized %d date(s), %d rows, %d features in %.1fs", len(todo), rows, len(names), secs)
     return summary
+
+
+def _choose_quotes(lake: Lake, todo: list[str]) -> bool:
+    """Whether the feature set includes quote features, from the first date that has bars.
+
+    Why not simply the first date: a date with no clean rows (all quarantined, a closed date)
+    says nothing about the source, and an empty frame would count as quoted. Empty dates are
+    skipped with a warning; True when every date is empty (nothing to featurize either way).
+    """
+    for d in todo:
+        bars = lake.read(_source(lake, d), d, ["symbol", "ts", "bid", "ask"])
+        if len(bars):
+            return schema.has_quotes(bars)
+        log.warning("%s has no bars; the feature set is chosen from a later date", d)
+    return True
 
 
 def read_feature_set(lake: Lake) -> dict[str, Any]:

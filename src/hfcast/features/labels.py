@@ -4,8 +4,9 @@
 * ``rv_10m[t] = sqrt(sum_{k=t+1..t+10} (log mid[k] - log mid[k-1])^2)``
 
 ``mid[t]`` is the mid at the end of minute t on the session grid (forward-filled over missing
-bars). A label whose horizon crosses the close (t + h > 389) is NaN, never taken from the next
-session; so is one whose window holds a missing price (before the symbol's first bar of the day).
+bars). A label whose horizon crosses the close (t + h > n - 1, n = that day's session minutes,
+early closes included) or a break in the session (a lunch break) is NaN, never taken from the next
+session or segment; so is one whose window holds a missing price (before the symbol's first bar of the day).
 Horizons come from ``hfcast.data.schema.LABEL_HORIZONS`` so the embargo in walk-forward and the
 labels cannot disagree.
 """
@@ -13,6 +14,8 @@ labels cannot disagree.
 from __future__ import annotations
 
 import numpy as np
+
+from typing import Sequence
 
 from hfcast.data.schema import LABEL_HORIZONS
 
@@ -38,18 +41,26 @@ def forward_rv(logmid: np.ndarray, h: int) -> np.ndarray:
     return out
 
 
-def make_labels(mid: np.ndarray) -> dict[str, np.ndarray]:
+def make_labels(mid: np.ndarray, segment_starts: Sequence[int] = ()) -> dict[str, np.ndarray]:
     """Labels of one session from the gridded mid.
 
     Args:
-        mid: [S, 390] mid prices (forward-filled; NaN before a symbol's first bar).
+        mid: [S, T] mid prices (forward-filled; NaN before a symbol's first bar); T = the
+            session's minutes that day (390 on a regular XNYS day).
+        segment_starts: grid positions where trading resumes after a break; a label whose
+            horizon reaches past one is NaN.
 
     Returns:
-        ``{"ret_60m": [S, 390] float64, "rv_10m": [S, 390] float64}``.
+        ``{"ret_60m": [S, T] float64, "rv_10m": [S, T] float64}``.
     """
     with np.errstate(invalid="ignore", divide="ignore"):
         logmid = np.log(np.asarray(mid, dtype=np.float64))
-    return {
-        "ret_60m": forward_return(logmid, LABEL_HORIZONS["ret_60m"]),
-        "rv_10m": forward_rv(logmid, LABEL_HORIZONS["rv_10m"]),
-    }
+    out = {}
+    t = np.arange(logmid.shape[1])
+    for name, fn in (("ret_60m", forward_return), ("rv_10m", forward_rv)):
+        h = LABEL_HORIZONS[name]
+        lab = fn(logmid, h) if logmid.shape[1] > h else np.full_like(logmid, np.nan)
+        for b in segment_starts:
+            lab[:, (t < b) & (t + h >= b)] = np.nan
+        out[name] = lab
+    return out

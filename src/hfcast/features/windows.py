@@ -5,7 +5,8 @@ every window would copy each row 30 times (~30x the feature matrix), so the feat
 C-contiguous float32 array ``X`` [N, F] sorted by (symbol, ts) - each symbol-day is a contiguous
 slice of it - and a window is a strided view ``X[e-29 : e+1]`` taken through
 ``numpy.lib.stride_tricks.sliding_window_view``. ``ends`` lists the last-row index of every window
-whose 30 rows are one symbol, one day, and consecutive minutes; nothing else is ever allocated per
+whose 30 rows are one symbol, one session (trade date of the market calendar), and consecutive
+minutes (so never across a lunch break or overnight); nothing else is ever allocated per
 window, so a training epoch over millions of windows costs the feature matrix plus ~8 bytes a window.
 
 The :class:`Scaler` is fitted on training rows only (no look-ahead from validation or test spans)
@@ -28,7 +29,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hfcast.contracts import LOOKBACK
-from hfcast.data.schema import EXCHANGE_TZ, minute_of_session
+from hfcast.market import resolve as resolve_market
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class WindowArrays:
     keys: pd.DataFrame
     feature_names: list[str]
     _view: np.ndarray | None = field(default=None, repr=False, compare=False)
+    market: object = field(default=None, repr=False, compare=False)  # hfcast.market.Market (None = XNYS)
 
     def __post_init__(self) -> None:
         if self.X.ndim != 2 or self.X.dtype != np.float32 or not self.X.flags.c_contiguous:
@@ -91,7 +93,7 @@ class WindowArrays:
 
     def end_days(self) -> np.ndarray:
         """Session date (exchange time) of each window's end, datetime64[D] [M]."""
-        return _session_days(pd.DatetimeIndex(self.keys["ts"])[self.ends])
+        return _session_days(pd.DatetimeIndex(self.keys["ts"])[self.ends], self.market)
 
     def end_dates(self) -> np.ndarray:
         """Session date of each window's end as ISO strings [M]."""
@@ -99,7 +101,8 @@ class WindowArrays:
 
     def select(self, idx: np.ndarray) -> "WindowArrays":
         """The same rows with only windows ``idx`` (shares X, y and keys: no copy)."""
-        return WindowArrays(self.X, self.ends[idx], self.y, self.keys, self.feature_names, self._view)
+        return WindowArrays(self.X, self.ends[idx], self.y, self.keys, self.feature_names, self._view,
+                            market=self.market)
 
     def subset_dates(self, dates: Sequence[str]) -> "WindowArrays":
         """Windows whose end falls on one of ``dates`` (ISO strings); rows are shared, not copied."""
@@ -114,19 +117,21 @@ class WindowArrays:
         return np.cumsum(delta[:-1]) > 0
 
 
-def _session_days(ts: pd.DatetimeIndex) -> np.ndarray:
-    """datetime64[D] session date of each timestamp (exchange time; naive stamps are taken as UTC)."""
+def _session_days(ts: pd.DatetimeIndex, market: object = None) -> np.ndarray:
+    """datetime64[D] trade date of each timestamp (market calendar; naive stamps are taken as UTC)."""
     if ts.tz is None:
         ts = ts.tz_localize("UTC")
-    return ts.tz_convert(EXCHANGE_TZ).tz_localize(None).to_numpy().astype("datetime64[D]")
+    days = resolve_market(market).trade_date(ts)
+    return pd.to_datetime(pd.Series(days, dtype=object)).to_numpy().astype("datetime64[D]")
 
 
-def window_ends(keys: pd.DataFrame, stride: int = 1) -> np.ndarray:
+def window_ends(keys: pd.DataFrame, stride: int = 1, market: object = None) -> np.ndarray:
     """Last-row indices of all windows that stay inside one symbol-day and have no minute gap.
 
     Args:
         keys: (symbol, ts) sorted by symbol then ts.
         stride: 1 = every minute (dense); 10 = minutes with (minute_of_session - 29) % 10 == 0.
+        market: the calendar (hfcast.market; None = XNYS) that says which session a row is in.
     """
     n = len(keys)
     if n < LOOKBACK:
@@ -134,19 +139,20 @@ def window_ends(keys: pd.DataFrame, stride: int = 1) -> np.ndarray:
     sym = pd.factorize(keys["symbol"])[0]
     ts = pd.DatetimeIndex(keys["ts"]).as_unit("us")
     t = ts.asi8
-    day = _session_days(ts)
+    mk = resolve_market(market)
+    day = _session_days(ts, mk)
     brk = np.ones(n, dtype=bool)  # row r starts a new run of consecutive minutes
     brk[1:] = (sym[1:] != sym[:-1]) | (day[1:] != day[:-1]) | (np.diff(t) != _MINUTE.astype(np.int64))
     r = np.arange(n, dtype=np.int64)
     run_start = np.maximum.accumulate(np.where(brk, r, 0))
     ok = (r - run_start) >= LOOKBACK - 1
     if stride > 1:
-        ok &= (minute_of_session(ts) - (LOOKBACK - 1)) % stride == 0
+        ok &= (mk.minute_of_session(ts) - (LOOKBACK - 1)) % stride == 0
     return np.flatnonzero(ok).astype(np.int64)
 
 
 def build_windows(df: pd.DataFrame, feature_names: Sequence[str], stride: int = 1,
-                  label_cols: Sequence[str] | None = LABEL_COLS) -> WindowArrays:
+                  label_cols: Sequence[str] | None = LABEL_COLS, market: object = None) -> WindowArrays:
     """Pack a features frame into one float32 matrix and the list of valid window ends.
 
     Args:
@@ -177,9 +183,9 @@ def build_windows(df: pd.DataFrame, feature_names: Sequence[str], stride: int = 
     if label_cols and all(c in df.columns for c in label_cols):
         y = np.stack([df[c].to_numpy(dtype=np.float32, na_value=np.nan) for c in label_cols], axis=1)
     keys = pd.DataFrame({"symbol": df["symbol"].reset_index(drop=True), "ts": df["ts"].reset_index(drop=True)})
-    ends = window_ends(keys, stride)
+    ends = window_ends(keys, stride, market)
     log.debug("built %d windows (stride %d) over %d rows x %d features", ends.size, stride, *X.shape)
-    return WindowArrays(X, ends, y, keys, list(feature_names))
+    return WindowArrays(X, ends, y, keys, list(feature_names), market=market)
 
 
 def _nan_mean_std(X: np.ndarray, rows: np.ndarray, chunk_elems: int = 2**18) -> tuple[np.ndarray, np.ndarray]:
