@@ -23,6 +23,7 @@ import pytest
 
 from hfcast.config import get_settings
 from hfcast.contracts import INFO_COLUMNS
+from hfcast.market import market_for
 from hfcast.models import PRED_COLUMNS
 from serving_fixtures import feast_repo, tiny_bundle
 
@@ -74,7 +75,10 @@ def server(tmp_path_factory):
     settings = get_settings(env=env, cwd=tmp)
     windows = feast_repo(settings, F, n_symbols=3, lag_minutes={"S002": 60})  # S002 ends an hour earlier
     newest = windows["event_timestamp"].max()
-    limit = (pd.Timestamp.now(tz="UTC") - newest).total_seconds() + 1800  # S000/S001 fresh, S002 stale
+    # ages count session seconds only, as the server does (closed hours do not age features):
+    # S000/S001 are fresh, S002 (an hour older, inside the session) is stale
+    age = float(market_for(settings).trading_age_s(pd.DatetimeIndex([newest]), pd.Timestamp.now(tz="UTC"))[0])
+    limit = age + 1800
     bundle = tiny_bundle(tmp / "bundle", "tcn", F)
     proc, base, log = start_server(tmp, env, ["--bundle", str(bundle), "--max-batch", str(MAX_BATCH),
                                               "--max-staleness-s", str(limit), "--max-body-mb", str(MAX_BODY_MB)])
