@@ -215,10 +215,28 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame) -> pd.DataF
     ent["_row"] = np.arange(len(ent))
     names = json.loads(_paths(settings)["config"].read_text())["feature_names"]
     sync_offline(settings)
-    out = store(settings).get_historical_features(
-        entity_df=ent, features=[f"{FEATURES_VIEW}:{n}" for n in names]).to_df()
+    try:
+        out = store(settings).get_historical_features(
+            entity_df=ent, features=[f"{FEATURES_VIEW}:{n}" for n in names]).to_df()
+    finally:
+        close_duckdb()
     out = out.sort_values("_row").drop(columns="_row").reset_index(drop=True)
     return out[["symbol", "event_timestamp", *names]]
+
+
+def close_duckdb() -> None:
+    """Close the DuckDB connection ibis opened for Feast's offline store (left open, it dumps
+    "nanobind: leaked ..." lines at interpreter exit)."""
+    try:
+        import ibis
+    except ImportError:
+        return
+    backend = ibis.options.default_backend
+    if backend is not None:
+        try:
+            backend.disconnect()
+        finally:
+            ibis.options.default_backend = None
 
 
 class OnlineWindows:

@@ -250,7 +250,8 @@ def _fold_windows(wa_all, fold: Fold, wf_cfg: WalkForwardConfig):
     return train_wa, val_wa, test_wa
 
 
-def _train_archs(archs, spans, base, train_cfg, model_configs, progress: bool, acc: dict) -> None:
+def _train_archs(archs, spans, base, train_cfg, model_configs, progress: bool, acc: dict,
+                 on_epoch=None, fold: Fold | None = None) -> None:
     """Train every architecture on one fold and predict its test windows (results into ``acc``)."""
     import time
 
@@ -263,7 +264,8 @@ def _train_archs(archs, spans, base, train_cfg, model_configs, progress: bool, a
     for arch in archs:
         t0 = time.perf_counter()
         fc, hist = train_forecaster(arch, train_wa, val_wa, model_config=(model_configs or {}).get(arch),
-                                    cfg=train_cfg, progress=progress)
+                                    cfg=train_cfg, progress=progress,
+                                    on_epoch=(lambda rec, a=arch: on_epoch(a, fold, rec)) if on_epoch else None)
         secs = time.perf_counter() - t0
         acc["thr"][arch].append(float(hist.get("windows_per_s", np.nan)))
         acc["histories"][arch].append(hist)
@@ -290,7 +292,8 @@ def _score_models(allp):
 def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train_cfg: Any = None,
                     dates: Sequence[str] | None = None, progress: bool = True,
                     baselines: Sequence[str] = BASELINES, model_configs: Mapping[str, dict] | None = None,
-                    frame=None, feature_names: Sequence[str] | None = None) -> WalkForwardResult:
+                    frame=None, feature_names: Sequence[str] | None = None,
+                    on_epoch=None) -> WalkForwardResult:
     """Train and score every architecture and every baseline on the same walk-forward folds.
 
     Per fold: windows ending on train days train the network (scaler fitted on them), windows on
@@ -304,6 +307,8 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
         wf_cfg: the schedule. train_cfg: ``hfcast.train.TrainConfig`` (None = its defaults).
         dates: restrict to these dates (default: every features date in the lake).
         frame, feature_names: an in-memory features frame instead of the lake (tests, benchmarks).
+        on_epoch: ``f(arch, fold, epoch_record)`` after every epoch (e.g.
+            :meth:`hfcast.registry.LiveTraining.on_epoch`, which streams it to MLflow).
     """
     import pandas as pd
 
@@ -323,7 +328,7 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
         base["fold"] = fold.index
         if progress:
             log.info("%s: %d train / %d val / %d test windows", fold.describe(), len(train_wa), len(val_wa), len(test_wa))
-        _train_archs(archs, spans, base, train_cfg, model_configs, progress, acc)
+        _train_archs(archs, spans, base, train_cfg, model_configs, progress, acc, on_epoch, fold)
         fitted = fit_baselines(inputs.loc[train_wa.ends], inputs.loc[val_wa.ends], tuple(baselines))
         for name, b in fitted.items():
             out = b.predict(inputs.loc[rows]).reset_index(drop=True)
@@ -344,7 +349,8 @@ def _brief(s: Mapping[str, float]) -> str:
 
 def log_result(settings, result: WalkForwardResult, arch: str, params: Mapping[str, Any],
                out_dir, plots: Sequence[Any] = (), dataset_version: str | None = None,
-               tags: Mapping[str, str] | None = None) -> str:
+               tags: Mapping[str, str] | None = None, run_id: str | None = None,
+               dataset: Mapping[str, Any] | None = None, reports: Sequence[Any] = ()) -> str:
     """Hand one architecture's walk-forward result to the registry (MLflow); returns the run id.
 
     Logs the last fold's bundle, per-fold and pooled test scores, and the baselines' scores on the
@@ -370,7 +376,27 @@ def log_result(settings, result: WalkForwardResult, arch: str, params: Mapping[s
         aggregate_metrics={**{k: float(v) for k, v in agg.loc[arch].items()}, **oracle,
                            "train_windows_per_s": result.throughput.get(arch, float("nan"))},
         test_spans=result.test_spans(), dataset_version=dataset_version, feature_names=result.feature_names,
-        plots=[str(p) for p in plots], baseline_metrics=baselines, tags=tags))
+        plots=[str(p) for p in plots], baseline_metrics=baselines, tags=tags, run_id=run_id,
+        run_name=run_name(arch, result), dataset=dataset, reports=[str(p) for p in reports]))
+
+
+def run_name(arch: str, result: WalkForwardResult) -> str:
+    """"transformer 2024-01-02..2024-02-01": the architecture and the dates its runs saw."""
+    return f"{arch} {result.folds[0].train[0]}..{result.folds[-1].test[-1]}"
+
+
+def dataset_info(lake, result: WalkForwardResult) -> dict[str, Any]:
+    """What trained a result, for the MLflow dataset input: lake URL, date range, windows."""
+    days = sorted({d for f in result.folds for d in f.all_dates})
+    hist = [h for hs in result.histories.values() for h in hs]
+    rows = int(sum(h.get("n_train_windows", 0) for h in hist[-1:]))
+    return {"uri": storage_url(lake), "first": days[0], "last": days[-1], "dates": len(days), "rows": rows}
+
+
+def storage_url(lake) -> str:
+    """The lake's features table URL (or its root when the lake has no such attribute)."""
+    url = str(getattr(lake, "url", "") or "")
+    return f"{url.rstrip('/')}/features" if url else ""
 
 
 def span_evaluator(settings, stride: int | None = None):
