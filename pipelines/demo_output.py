@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import textwrap
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,11 +76,16 @@ def _num(v: Any, fmt: str = ".3g") -> str:
         return "-"
 
 
+def _cut(text: str, n: int) -> str:
+    """``text`` cut at a word boundary to at most ``n`` characters ("..." when cut)."""
+    return text if len(text) <= n else text[:n - 3].rsplit(" ", 1)[0] + "..."
+
+
 def _score_lines(scores: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """One line per model: QLIKE, IC, coverage, ECE (the comparison the gate made)."""
-    out = [f"  {'model':<14}{'QLIKE':>9}{'IC':>9}{'cov ret':>9}{'cov vol':>9}{'ECE vol':>9}"]
+    out = [f"  {'model':<26}{'QLIKE':>9}{'IC':>9}{'cov ret':>9}{'cov vol':>9}{'ECE vol':>9}"]
     for name, s in list(scores.items())[:8]:
-        out.append(f"  {str(name)[:14]:<14}{_num(s.get('vol_qlike')):>9}{_num(s.get('ret_ic')):>9}"
+        out.append(f"  {str(name)[:26]:<26}{_num(s.get('vol_qlike')):>9}{_num(s.get('ret_ic')):>9}"
                    f"{_num(s.get('ret_coverage'), '.2f'):>9}{_num(s.get('rv_coverage'), '.2f'):>9}"
                    f"{_num(s.get('rv_ece'), '.3f'):>9}")
     return out
@@ -92,7 +98,7 @@ def _monitor_lines(monitoring: Sequence[Mapping[str, Any]], limit: int = 24) -> 
         keep = {0, len(rows) - 1} | {i for i, r in enumerate(rows) if r.get("action") == "retrain"}
         rows = [r for i, r in enumerate(rows) if i in keep or i < limit - len(keep)]
     return [f"  {r.get('date')}  drift {_num(r.get('drift_share'), '.2f')}  {r.get('action')}"
-            + (f"  ({str(r.get('explanation', ''))[:60]})" if r.get("action") == "retrain" else "")
+            + (f"  ({_cut(str(r.get('explanation', '')), 60)})" if r.get("action") == "retrain" else "")
             for r in rows]
 
 
@@ -105,7 +111,7 @@ def summary_lines(summary: Mapping[str, Any], log_path: str | os.PathLike) -> li
     if scores:
         lines += ["", "test scores on the same walk-forward spans (champion vs baselines):", *_score_lines(scores)]
     for note in summary.get("notes") or []:
-        lines.append(f"  note: {note}")
+        lines += textwrap.wrap(note, 100, initial_indent="  note: ", subsequent_indent="        ")
     if summary.get("monitoring"):
         lines += ["", "monitoring (feature drift share, decision):", *_monitor_lines(summary["monitoring"])]
     lines += ["", f"champion v{summary.get('champion_before')} -> v{summary.get('champion_after')}; "

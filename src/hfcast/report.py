@@ -115,18 +115,24 @@ def registry_scores(settings: Any, versions: Sequence[Mapping[str, Any]]) -> pd.
     """
     from hfcast import registry
 
-    rows: dict[str, dict[str, Any]] = {}
     champ = next((v for v in versions if "champion" in v.get("aliases", [])), versions[-1] if versions else None)
+    docs = {}
     for v in versions:
         try:
-            doc = registry.run_scores(settings, v["run_id"])
+            docs[str(v["version"])] = registry.run_scores(settings, v["run_id"])
         except Exception as exc:
             log.info("report: no scores for v%s (%s)", v.get("version"), exc)
-            continue
-        rows[f"v{v['version']} {v.get('arch', '')}".strip()] = dict(doc.get("model") or {})
-        if v is champ:
-            rows.update({str(b): dict(s) for b, s in (doc.get("baselines") or {}).items()})
-    return pd.DataFrame(rows).T if rows else None
+    if champ is None or str(champ["version"]) not in docs:
+        return None
+    sha = docs[str(champ["version"])].get("test_spans_sha")
+    rows: dict[str, dict[str, Any]] = {}
+    for v in versions:
+        doc = docs.get(str(v["version"]))
+        if doc is not None:  # a version scored on other spans is labelled so: its numbers are not comparable
+            other = "" if doc.get("test_spans_sha") == sha else " (other test spans)"
+            rows[f"v{v['version']} {v.get('arch', '')}".strip() + other] = dict(doc.get("model") or {})
+    rows.update({str(b): dict(s) for b, s in (docs[str(champ["version"])].get("baselines") or {}).items()})
+    return pd.DataFrame(rows).T
 
 
 def live_predictions(settings: Any, history: Sequence[Mapping[str, Any]], limit_dates: int = 40) -> pd.DataFrame | None:
