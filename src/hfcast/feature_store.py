@@ -127,7 +127,10 @@ def sync_offline(settings: Settings) -> None:
 def materialize(settings: Settings, start: datetime, end: datetime) -> None:
     """Load the latest minute features of [start, end] into the online store (history: not incremental)."""
     sync_offline(settings)
-    store(settings).materialize(_utc(start), _utc(end), feature_views=[FEATURES_VIEW])
+    try:
+        store(settings).materialize(_utc(start), _utc(end), feature_views=[FEATURES_VIEW])
+    finally:
+        close_duckdb()
 
 
 def _utc(t: datetime | str | pd.Timestamp) -> datetime:
@@ -194,7 +197,10 @@ def materialize_windows(settings: Settings, as_of_date: str | None = None) -> pd
     if len(win):
         start = win["event_timestamp"].min().to_pydatetime() - timedelta(seconds=1)
         end = win["event_timestamp"].max().to_pydatetime() + timedelta(seconds=1)
-        store(settings).materialize(start, end, feature_views=[WINDOW_VIEW])
+        try:
+            store(settings).materialize(start, end, feature_views=[WINDOW_VIEW])
+        finally:
+            close_duckdb()
     log.info("materialized %d windows as of %s", len(win), date)
     return win
 
