@@ -122,20 +122,24 @@ def demo(
     """The whole story on embedded defaults: simulate -> prep -> Feast -> train -> gate -> register ->
     export -> batch predict -> monitor (drift after the shift retrains once) -> serve."""
     from pipelines.demo import DemoConfig, run_demo
+    from pipelines.demo_output import quiet_terminal, redirect_teardown, summary_lines
 
     if not 2 <= shift_day < days:
         _fail(f"--shift-day must lie in [2, {days}), got {shift_day}")
     train_days = min(12, shift_day)
     cfg = DemoConfig(symbols=symbols, days=days, shift_day=shift_day, train_days=train_days,
                      archs=tuple(a.strip() for a in archs.split(",") if a.strip()), s3=s3, serve=serve)
-    summary = run_demo(cfg, home, console)
-    console.rule("[bold]summary")
-    console.print(f"wall time {summary['seconds']} s; champion v{summary['champion_before']} -> "
-                  f"v{summary['champion_after']}; retrainings triggered on {summary['retrainings']}")
-    if summary.get("serving"):
-        sv = summary["serving"]
-        console.print(f"server: V1 {sv['v1_status']}, V2 {sv['v2_status']}, malformed -> {sv['bad_request_status']}")
-    console.print(f"report: {summary['index']}")
+    log_path = home.resolve().parent / f"{home.name}.log"  # beside <home>, which the demo wipes
+    log_path.unlink(missing_ok=True)
+    with quiet_terminal(log_path) as terminal:
+        terminal.write(f"hfcast demo running (about 5 minutes); details go to {log_path}\n")
+        try:
+            summary = run_demo(cfg, home, Console(width=120))
+        except Exception as exc:
+            terminal.write(f"demo failed: {exc}\nfull log: {log_path}\n")
+            raise typer.Exit(1) from None
+    print("\n".join(summary_lines(summary, log_path)))
+    redirect_teardown(log_path)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,6 @@ puts the lake in a SeaweedFS bucket on 127.0.0.1 instead of a local folder.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import os
@@ -172,7 +171,7 @@ def run_demo(cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
 
         summary["seconds"] = round(time.perf_counter() - t_start, 1)
         summary["steps_seconds"] = step.times
-        summary["index"] = str(_write_index(home, lake, summary))
+        summary.update(_write_report(settings, home))
     (home / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
@@ -233,40 +232,12 @@ def _symbols(settings: Any) -> list[str]:
     return sorted(lake.read("features", last, ["symbol"])["symbol"].astype(str).unique().tolist())
 
 
-def _write_index(home: Path, lake: Any, summary: dict[str, Any]) -> Path:
-    """One HTML page linking the monitoring reports, the prediction CSVs and the MLflow store."""
-    from hfcast import storage
+def _write_report(settings: Any, home: Path) -> dict[str, Any]:
+    """The quant's report under ``<home>/report`` (hfcast.report), and the numbers the summary prints."""
+    from hfcast import report
 
-    rows = []
-    for sub in ("predictions", "monitoring"):
-        root = storage.join(lake.url, sub)
-        for dirpath in _walk(root, lake.storage_options):
-            rows.append(dirpath)
-    links = "\n".join(f'<li><a href="{html.escape(u)}">{html.escape(u.split("/lake/", 1)[-1])}</a></li>'
-                      for u in rows if u.endswith((".csv", ".html", ".json")))
-    mon = "".join(f"<tr><td>{r['date']}</td><td>{r.get('drift_share')}</td><td>{r.get('action')}</td></tr>"
-                  for r in summary.get("monitoring", []))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hfcast demo</title></head><body>
-<h1>hfcast demo</h1>
-<p>Wall time {summary.get('seconds')} s. Champion before monitoring: v{summary.get('champion_before')},
-after: v{summary.get('champion_after')}. Retrainings triggered on: {summary.get('retrainings')}.</p>
-<h2>Steps</h2><pre>{html.escape(json.dumps(summary.get('steps_seconds'), indent=1))}</pre>
-<h2>Monitoring decisions</h2><table border="1"><tr><th>date</th><th>drift share</th><th>action</th></tr>{mon}</table>
-<h2>Registry</h2><pre>{html.escape(json.dumps(summary.get('versions'), indent=1, default=str))}</pre>
-<p>MLflow: <code>mlflow ui --backend-store-uri sqlite:///{html.escape(str(home / 'mlflow.db'))}</code></p>
-<h2>Reports and CSVs</h2><ul>{links}</ul></body></html>"""
-    out = home / "index.html"
-    out.write_text(page)
-    return out
-
-
-def _walk(url: str, storage_options: Any) -> list[str]:
-    from hfcast import storage
-
-    fs, path = storage.filesystem(url, storage_options)
-    try:
-        found = fs.find(path)
-    except FileNotFoundError:
-        return []
-    prefix = "s3://" if url.startswith("s3://") else "file://"
-    return [f"{prefix}{p}" if not p.startswith(prefix) else p for p in found]
+    out = home / "report"
+    index = report.write(settings, out, title="hfcast demo report")
+    doc = json.loads((out / "report.json").read_text())
+    return {"index": str(index), "scores": doc.get("aggregate") or {}, "notes": doc.get("notes") or [],
+            "mlflow_uri": settings.mlflow_uri}

@@ -271,7 +271,8 @@ def materialize(
 
 # --- train, compare, evaluate (hfcast.train, hfcast.walkforward, hfcast.evaluate) --------------
 
-def _walkforward(settings, archs: list[str], lake_url: Optional[str], out: Optional[Path], stage: str):
+def _walkforward(settings, archs: list[str], lake_url: Optional[str], out: Optional[Path], stage: str,
+                 on_epoch=None):
     """Run archs + baselines over the params.yaml folds; save tables, plots and the HTML report."""
     from hfcast.evaluate import write_comparison
     from hfcast.storage import Lake
@@ -282,7 +283,7 @@ def _walkforward(settings, archs: list[str], lake_url: Optional[str], out: Optio
     section = settings.param("walkforward", {})
     result = run_walkforward(lake, archs, WalkForwardConfig.from_params(section),
                              TrainConfig.from_params(settings.param("train", {})),
-                             model_configs=model_configs(section))
+                             model_configs=model_configs(section), on_epoch=on_epoch)
     out_dir = out or settings.home / "reports" / stage
     paths = write_comparison(result.aggregate, result.per_fold, result.predictions, out_dir,
                              title=f"hfcast {stage}: {', '.join(archs) or 'baselines'}")
@@ -323,30 +324,37 @@ def train(
 
     if model not in ARCHITECTURES:
         _fail(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
+    from contextlib import nullcontext
+
+    from hfcast import registry
+
     settings = _settings()
-    try:
-        _, result, paths = _walkforward(settings, [model], lake_url, out, f"train-{model}")
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    _print_table(result, f"walk-forward test scores ({len(result.folds)} folds)")
-    console.print(f"report: {paths['report']}")
-    if log_run:
-        from hfcast.lifecycle import log_trained
+    with registry.training_runs(settings) if log_run else nullcontext() as live:
+        if live is not None:
+            live.parent(model)  # the MLflow run exists from the start; epochs stream into fold runs
+        try:
+            _, result, paths = _walkforward(settings, [model], lake_url, out, f"train-{model}",
+                                            on_epoch=live.on_epoch if live is not None else None)
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            _fail(str(exc))
+        _print_table(result, f"walk-forward test scores ({len(result.folds)} folds)")
+        console.print(f"report: {paths['report']}")
+        if live is not None:
+            from hfcast.lifecycle import log_trained
 
-        plots = [paths[k] for k in ("forecast_vs_realized", "calibration", "error_by_decile")]
-        run_id = log_trained(settings, result, model, out_dir=paths["report"].parent, plots=plots)
-        console.print(f"[green]logged[/] MLflow run {run_id}")
-        if register and gate:
-            from hfcast.lifecycle import register_and_gate
+            plots = [paths[k] for k in ("forecast_vs_realized", "calibration", "error_by_decile")]
+            run_id = log_trained(settings, result, model, out_dir=paths["report"].parent, plots=plots,
+                                 live=live, reports=[paths["report"]])
+            console.print(f"[green]logged[/] MLflow run {run_id}")
+    if log_run and register and gate:
+        from hfcast.lifecycle import register_and_gate
 
-            outcome = register_and_gate(settings, run_id)
-            verdict = "promoted to champion" if outcome.promoted else "not promoted (the gate rejected it)"
-            console.print(f"[green]registered[/] {settings.model_name} version {outcome.version}: {verdict}")
-            console.print(outcome.decision.summary())
-        elif register:
-            from hfcast import registry
-
-            console.print(f"[green]registered[/] {settings.model_name} version {registry.register(settings, run_id)}")
+        outcome = register_and_gate(settings, run_id)
+        verdict = "promoted to champion" if outcome.promoted else "not promoted (the gate rejected it)"
+        console.print(f"[green]registered[/] {settings.model_name} version {outcome.version}: {verdict}")
+        console.print(outcome.decision.summary())
+    elif log_run and register:
+        console.print(f"[green]registered[/] {settings.model_name} version {registry.register(settings, run_id)}")
 
 
 @app.command()
@@ -387,6 +395,22 @@ def evaluate(
         console.print(f"[bold]{name}[/]: " + " ".join(f"{k}={agg[k]:.4f}" for k in
                       ("vol_qlike", "ret_ic", "ret_coverage", "rv_coverage", "ret_ece", "rv_ece") if k in agg))
     console.print(f"report: {out / 'report.html'}")
+
+
+@app.command("report")
+def report_cmd(
+    out: Path = typer.Option(Path("hfcast-report"), "--out", help="Folder for index.html and its PNGs."),
+    comparison: Optional[Path] = typer.Option(None, "--comparison", help="A `hfcast compare` folder "
+                                              "(default: the newest under <home>/reports)."),
+) -> None:
+    """One page for a quant: models vs baselines, calibration, drift over time, champion timeline."""
+    from hfcast.report import write
+
+    try:
+        index = write(_settings(), out, comparison)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    console.print(f"report: {index}")
 
 # --- registry (hfcast.registry) ------------------------------------------------------------------
 

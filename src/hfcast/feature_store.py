@@ -205,7 +205,10 @@ def sync_offline(settings: Settings) -> None:
 def materialize(settings: Settings, start: datetime, end: datetime) -> None:
     """Load the latest minute features of [start, end] into the online store (history: not incremental)."""
     sync_offline(settings)
-    store(settings).materialize(_utc(start), _utc(end), feature_views=[FEATURES_VIEW])
+    try:
+        store(settings).materialize(_utc(start), _utc(end), feature_views=[FEATURES_VIEW])
+    finally:
+        close_duckdb()
 
 
 def _utc(t: datetime | str | pd.Timestamp) -> datetime:
@@ -272,7 +275,10 @@ def materialize_windows(settings: Settings, as_of_date: str | None = None) -> pd
     if len(win):
         start = win["event_timestamp"].min().to_pydatetime() - timedelta(seconds=1)
         end = win["event_timestamp"].max().to_pydatetime() + timedelta(seconds=1)
-        store(settings).materialize(start, end, feature_views=[WINDOW_VIEW])
+        try:
+            store(settings).materialize(start, end, feature_views=[WINDOW_VIEW])
+        finally:
+            close_duckdb()
     log.info("materialized %d windows as of %s", len(win), date)
     return win
 
@@ -293,10 +299,28 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame) -> pd.DataF
     ent["_row"] = np.arange(len(ent))
     names = json.loads(_paths(settings)["config"].read_text())["feature_names"]
     sync_offline(settings)
-    out = store(settings).get_historical_features(
-        entity_df=ent, features=[f"{FEATURES_VIEW}:{n}" for n in names]).to_df()
+    try:
+        out = store(settings).get_historical_features(
+            entity_df=ent, features=[f"{FEATURES_VIEW}:{n}" for n in names]).to_df()
+    finally:
+        close_duckdb()
     out = out.sort_values("_row").drop(columns="_row").reset_index(drop=True)
     return out[["symbol", "event_timestamp", *names]]
+
+
+def close_duckdb() -> None:
+    """Close the DuckDB connection ibis opened for Feast's offline store (left open, it dumps
+    "nanobind: leaked ..." lines at interpreter exit)."""
+    try:
+        import ibis
+    except ImportError:
+        return
+    backend = ibis.options.default_backend
+    if backend is not None:
+        try:
+            backend.disconnect()
+        finally:
+            ibis.options.default_backend = None
 
 
 class OnlineWindows:

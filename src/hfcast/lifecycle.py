@@ -64,8 +64,21 @@ def walkforward_config(settings: Any, last_date: str | None = None, max_folds: i
 
 
 def log_trained(settings: Any, result: Any, arch: str, *, out_dir: Any, dataset_version: str = "",
-                reason: str = "", drifted_dates: Sequence[str] = (), plots: Sequence[Any] = ()) -> str:
-    """Log one architecture of a walk-forward result, with its lineage and trigger tags; the run id."""
+                reason: str = "", drifted_dates: Sequence[str] = (), plots: Sequence[Any] = (),
+                live: Any = None, reports: Sequence[Any] = ()) -> str:
+    """Log one architecture of a walk-forward result, with its lineage and trigger tags; the run id.
+
+    ``live``: the :class:`hfcast.registry.LiveTraining` opened when training started (its parent
+    run is filled, its fold runs get their test scores); None = a new run. Without ``plots``, the
+    evaluation plots and HTML report of this architecture against the baselines are made here.
+    """
+    from pathlib import Path
+
+    from hfcast.storage import Lake
+    from hfcast.walkforward import dataset_info
+
+    if not plots:
+        plots, reports = evaluation_artifacts(result, arch, Path(out_dir) / f"eval-{arch}")
     tags = {}
     if reason:
         tags["hfcast.trigger_reason"] = reason[:5000]
@@ -75,8 +88,31 @@ def log_trained(settings: Any, result: Any, arch: str, *, out_dir: Any, dataset_
               "train": dict(settings.param("train", {}) or {})}
     from hfcast.walkforward import log_result
 
+    run_id = None
+    if live is not None:
+        run_id = live.parent(arch)
+        pf = result.per_fold
+        live.fold_scores(arch, pf[pf["model"] == arch].to_dict(orient="records"))
+    try:
+        dataset = dataset_info(Lake.from_settings(settings), result)
+    except Exception as exc:  # lineage is a courtesy: an unreadable lake URL must not lose the run
+        log.info("no dataset input for the run (%s)", exc)
+        dataset = None
     return log_result(settings, result, arch, params, out_dir, plots, dataset_version=dataset_version or None,
-                      tags=tags)
+                      tags=tags, run_id=run_id, dataset=dataset, reports=reports)
+
+
+def evaluation_artifacts(result: Any, arch: str, out_dir: Any) -> tuple[list[Any], list[Any]]:
+    """The evaluation PNGs and HTML report of ``arch`` against the baselines on the same test rows."""
+    from hfcast.evaluate import TABLE_COLUMNS, plot_all, write_report
+
+    preds = result.predictions
+    frames = {str(m): g for m, g in preds.groupby("model", sort=False) if m != "oracle"}
+    plots = plot_all(frames, out_dir)
+    agg = result.aggregate
+    table = agg[[c for c in TABLE_COLUMNS if c in agg]]
+    report = write_report(table, plots, f"{out_dir}/evaluation.html", f"hfcast {arch}: walk-forward evaluation")
+    return plots, [report]
 
 
 def train_and_log(settings: Any, arch: str, *, dataset_version: str = "", reason: str = "",
@@ -94,12 +130,17 @@ def train_and_log(settings: Any, arch: str, *, dataset_version: str = "", reason
     from hfcast.train import TrainConfig
     from hfcast.walkforward import model_configs, run_walkforward
 
-    result = run_walkforward(Lake.from_settings(settings), [arch], walkforward_config(settings, last_date, max_folds),
-                             TrainConfig.from_params(settings.param("train", {})), progress=False,
-                             model_configs=model_configs(settings.param("walkforward", {})))
-    with tempfile.TemporaryDirectory(prefix=f"hfcast-{arch}-") as tmp:
-        run_id = log_trained(settings, result, arch, out_dir=tmp, dataset_version=dataset_version, reason=reason,
-                             drifted_dates=drifted_dates)
+    title = f"until {last_date}" if last_date else ""
+    with registry.training_runs(settings, {"hfcast.trigger_reason": reason[:5000]} if reason else None, title) as live:
+        live.parent(arch)  # the run exists (RUNNING) from the first second of training
+        result = run_walkforward(Lake.from_settings(settings), [arch],
+                                 walkforward_config(settings, last_date, max_folds),
+                                 TrainConfig.from_params(settings.param("train", {})), progress=False,
+                                 model_configs=model_configs(settings.param("walkforward", {})),
+                                 on_epoch=live.on_epoch)
+        with tempfile.TemporaryDirectory(prefix=f"hfcast-{arch}-") as tmp:
+            run_id = log_trained(settings, result, arch, out_dir=tmp, dataset_version=dataset_version, reason=reason,
+                                 drifted_dates=drifted_dates, live=live)
     aggregate = {str(k): float(v) for k, v in result.aggregate.loc[arch].items() if finite(v)}
     return TrainedRun(arch, run_id, result.forecasters[arch], aggregate, result.test_spans(), result)
 

@@ -43,6 +43,9 @@ SCORES_ARTIFACT = "eval/scores.json"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".joblib", ".ckpt")  # torch.save is pickle
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
 SPANS_TAG, SPANS_SHA_TAG = "hfcast.test_spans", "hfcast.test_spans_sha"
+PYFUNC_TAG = "hfcast.mlflow_model_uri"  # the run's MLflow (pyfunc) model; registered versions point at it
+#: MLflow 3 opens an experiment in its GenAI view unless told it holds classic model training
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 class RegistryError(UserError, LookupError):
@@ -71,9 +74,12 @@ class Tracking:
             exp = self.client.get_experiment_by_name(self.experiment_name)
             if exp is None:
                 location = (self.home / "mlartifacts").resolve().as_uri() if _is_local(self.uri) else None
-                self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+                self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location,
+                                                                    tags=dict([EXPERIMENT_KIND]))
             else:
                 self._experiment_id = exp.experiment_id
+                if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                    self.client.set_experiment_tag(self._experiment_id, *EXPERIMENT_KIND)
         return self._experiment_id
 
 
@@ -228,6 +234,10 @@ class TrainingRecord:
     tags: Mapping[str, str] | None = None
     baseline_metrics: Mapping[str, Mapping[str, Any]] | None = None  # same spans: ``baseline/<name>/<metric>``
     run_name: str | None = None
+    run_id: str | None = None  # a run opened when training started (:func:`training_runs`): filled, not created
+    dataset: Mapping[str, Any] | None = None  # lineage: ``uri``, ``first``, ``last``, ``rows`` (see dataset_input)
+    lookback: int = 30  # window length of the model's input (for the MLflow model's signature)
+    reports: Sequence[str | os.PathLike] = ()  # HTML evaluation reports, logged under ``eval/``
 
 
 def _record_metrics(rec: TrainingRecord, now: int) -> list:
@@ -272,6 +282,40 @@ def _write_run(t: "Tracking", run_id: str, rec: TrainingRecord, params: list, me
     t.client.log_artifacts(run_id, str(bundle), MODEL_ARTIFACT)
     for p in plot_paths:
         t.client.log_artifact(run_id, str(p), "plots")
+    for p in rec.reports:
+        t.client.log_artifact(run_id, str(p), "eval")
+    if rec.dataset:
+        t.client.log_inputs(run_id, [dataset_input(rec.dataset, rec.dataset_version)])
+    _log_mlflow_model(t, run_id, bundle, rec)
+
+
+def dataset_input(info: Mapping[str, Any], version: str | None, context: str = "training") -> Any:
+    """The training data as an MLflow dataset input: name = date range, digest = DVC hash, source = lake.
+
+    The profile carries the row count and dates, so the UI's Datasets panel shows what trained the
+    model without opening the lake.
+    """
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    uri = str(info.get("uri", ""))
+    name = f"features {info.get('first', '?')}..{info.get('last', '?')}"
+    digest = (version or hashlib.sha256(json.dumps(_json_safe(dict(info)), sort_keys=True).encode()).hexdigest())[:36]
+    source_type = uri.split("://", 1)[0] if "://" in uri else "local"
+    profile = {k: info[k] for k in ("rows", "first", "last", "dates") if k in info}
+    ds = Dataset(name=name, digest=digest, source_type=source_type, source=json.dumps({"uri": uri}),
+                 profile=json.dumps(_json_safe({**profile, "dvc_hash": version or "unknown"})))
+    return DatasetInput(ds, [InputTag("mlflow.data.context", context)])
+
+
+def _log_mlflow_model(t: "Tracking", run_id: str, bundle: Path, rec: TrainingRecord) -> None:
+    """Log the bundle as an MLflow pyfunc model too (``hfcast.pyfunc``) and tag the run with its URI."""
+    import mlflow
+
+    from hfcast.pyfunc import log_pyfunc
+
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        info = log_pyfunc(bundle, rec.feature_names, rec.lookback)
+    t.client.set_tag(run_id, PYFUNC_TAG, info.model_uri)
 
 
 def log_training_run(settings: Settings, rec: TrainingRecord) -> str:
@@ -284,7 +328,7 @@ def log_training_run(settings: Settings, rec: TrainingRecord) -> str:
     """
     bundle = check_bundle(rec.bundle_dir)
     if not rec.dataset_version:
-        log.warning("run of %s logged without a dataset version (pass hfcast.versioning.dataset_version())", rec.arch)
+        log.info("run of %s logged without a dataset version (no DVC lock for the features)", rec.arch)
     spans = [[str(a), str(b)] for a, b in rec.test_spans]
     if not spans:
         raise ValueError("test_spans is empty: the gate needs to know which dates the scores cover")
@@ -298,7 +342,12 @@ def log_training_run(settings: Settings, rec: TrainingRecord) -> str:
     scores = {"test_spans": spans, "test_spans_sha": spans_sha(spans), "model": rec.aggregate_metrics,
               "baselines": rec.baseline_metrics or {}, "folds": list(rec.fold_metrics)}
     with tracking(settings) as t:
-        run_id = t.client.create_run(t.experiment_id, run_name=rec.run_name, tags=run_tags).info.run_id
+        if rec.run_id:
+            run_id = rec.run_id
+            for k, v in {**run_tags, **({"mlflow.runName": rec.run_name} if rec.run_name else {})}.items():
+                t.client.set_tag(run_id, k, v)
+        else:
+            run_id = t.client.create_run(t.experiment_id, run_name=rec.run_name, tags=run_tags).info.run_id
         try:
             _write_run(t, run_id, rec, params, metrics, scores, bundle, plot_paths)
         except BaseException:
@@ -307,6 +356,96 @@ def log_training_run(settings: Settings, rec: TrainingRecord) -> str:
         t.client.set_terminated(run_id, "FINISHED")
     log.info("logged run %s (%s, %d metrics, dataset %s)", run_id, rec.arch, len(metrics), rec.dataset_version)
     return run_id
+
+
+class LiveTraining:
+    """MLflow runs opened while training runs: a parent run per architecture, a nested run per fold.
+
+    Why: a run logged after training shows a 1-second duration and no curves; users expect to
+    watch ``train_loss``/``val_loss`` grow step by step (step = epoch) while the model trains.
+    Pass :meth:`on_epoch` to the trainer (``run_walkforward(on_epoch=...)``); the parent run is then
+    filled by :func:`log_training_run` (``TrainingRecord.run_id``).
+    """
+
+    def __init__(self, t: Tracking, tags: Mapping[str, str] | None = None, title: str = ""):
+        self.t, self.tags, self.title = t, dict(tags or {}), title
+        self.parents: dict[str, str] = {}
+        self.children: dict[tuple[str, int], str] = {}
+
+    def parent(self, arch: str) -> str:
+        """The architecture's parent run, opened on first use (named until training ends)."""
+        if arch not in self.parents:
+            name = f"{arch} {self.title}".strip() if self.title else f"{arch} (training)"
+            run = self.t.client.create_run(self.t.experiment_id, run_name=name,
+                                           tags={"arch": arch, "hfcast.model_name": self.t.model_name, **self.tags})
+            self.parents[arch] = run.info.run_id
+        return self.parents[arch]
+
+    def fold_run(self, arch: str, fold: Any) -> str:
+        """The nested run of one fold (earlier folds of the architecture are closed when it opens)."""
+        key = (arch, int(fold.index))
+        if key not in self.children:
+            self._close(arch)
+            name = f"{arch} fold {fold.index} test {fold.test[0]}..{fold.test[-1]}"
+            tags = {"mlflow.parentRunId": self.parent(arch), "arch": arch, "fold": str(fold.index)}
+            run = self.t.client.create_run(self.t.experiment_id, run_name=name, tags=tags)
+            self.children[key] = rid = run.info.run_id
+            spans = {"train": fold.train, "val": fold.val, "test": fold.test}
+            self.t.client.log_batch(rid, params=_span_params(spans))
+        return self.children[key]
+
+    def on_epoch(self, arch: str, fold: Any, rec: Mapping[str, Any]) -> None:
+        """Stream one epoch's record to the fold's run (step = epoch); never fails the training."""
+        try:
+            now = int(time.time() * 1000)
+            metrics = _metrics(rec, "", int(rec.get("epoch", 0)), now, skip=("epoch", "fold"))
+            self.t.client.log_batch(self.fold_run(arch, fold), metrics=metrics)
+        except Exception as exc:  # the tracking server is down: keep training, say so once per epoch
+            log.warning("could not stream epoch metrics of %s to MLflow: %s", arch, exc)
+
+    def fold_scores(self, arch: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Each fold's test scores on its nested run (step 0)."""
+        now = int(time.time() * 1000)
+        for row in rows:
+            rid = self.children.get((arch, int(row.get("fold", -1))))
+            if rid:
+                self.t.client.log_batch(rid, metrics=_metrics(row, "test_", 0, now, skip=("fold",)))
+
+    def _close(self, arch: str, status: str = "FINISHED") -> None:
+        for (a, _), rid in list(self.children.items()):
+            if a == arch and self.t.client.get_run(rid).info.status == "RUNNING":
+                self.t.client.set_terminated(rid, status)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End every fold run, and the parents that were never filled (a failure)."""
+        for arch in self.parents:
+            self._close(arch, status)
+        if status != "FINISHED":
+            for rid in self.parents.values():
+                self.t.client.set_terminated(rid, status)
+
+
+def _span_params(spans: Mapping[str, Sequence[str]]) -> list:
+    from mlflow.entities import Param
+
+    out = []
+    for k, days in spans.items():
+        if days:
+            out += [Param(f"{k}_first", str(days[0])), Param(f"{k}_last", str(days[-1])), Param(f"{k}_days", str(len(days)))]
+    return out
+
+
+@contextmanager
+def training_runs(settings: Settings, tags: Mapping[str, str] | None = None, title: str = "") -> Iterator[LiveTraining]:
+    """Open MLflow runs as training starts (see :class:`LiveTraining`); failed runs end FAILED."""
+    with tracking(settings) as t:
+        live = LiveTraining(t, tags, title)
+        try:
+            yield live
+        except BaseException:
+            live.close("FAILED")
+            raise
+        live.close()
 
 
 def _not_found(exc: Exception) -> bool:
@@ -337,7 +476,11 @@ def register(settings: Settings, run_id: str) -> int:
         mv_tags = {"arch": rt.get("arch", "unknown"), "dataset_version": rt.get("dataset_version", "unknown"),
                    "run_id": run_id, SPANS_SHA_TAG: rt.get(SPANS_SHA_TAG, "")}
         mv_tags.update(_checksum_tags(run_id, rt, t.uri))
-        mv = c.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id, tags=mv_tags)
+        source, model_id = f"runs:/{run_id}/{MODEL_ARTIFACT}", None
+        if rt.get(PYFUNC_TAG):  # the MLflow model wraps the same bundle: `mlflow models predict` can use it
+            source = rt[PYFUNC_TAG]
+            model_id = source.removeprefix("models:/")
+        mv = c.create_model_version(name, source=source, run_id=run_id, tags=mv_tags, model_id=model_id)
         c.set_registered_model_alias(name, CHALLENGER, mv.version)
     log.info("registered %s version %s from run %s (alias %s)", name, mv.version, run_id, CHALLENGER)
     return int(mv.version)
@@ -429,8 +572,9 @@ def download_bundle(settings: Settings, ref: str | int, dst: str | os.PathLike |
     tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=dst.parent))
     try:
         try:
-            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
-                                                           tracking_uri=tracking_uri(settings)))
+            with tracking(settings) as t:  # a models:/ source resolves through the global tracking URI
+                got = _bundle_in(Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
+                                                                          tracking_uri=t.uri)))
         except Exception as exc:  # deleted artifacts, unreachable store, refused credentials
             from hfcast.errors import explain
 
@@ -439,6 +583,10 @@ def download_bundle(settings: Settings, ref: str | int, dst: str | os.PathLike |
                                 f"{cause.problem if cause else f'{type(exc).__name__}: {str(exc)[:200]}'}",
                                 cause.fix if cause else "the artifacts were deleted or the artifact store is "
                                 "unreachable: register the model again, or check the MLflow/S3 settings") from exc
+        if not any(p.is_file() for p in got.rglob("*")):  # MLflow returns an empty folder for a missing source
+            raise RegistryError(f"cannot download {what} from {mv.source}: no artifacts found there",
+                                "the artifacts were deleted: register the model again (or roll back to a "
+                                "version whose artifacts exist: hfcast registry rollback)")
         check_bundle(got)
         integrity.verify_bundle(got, mv.tags, what)
         if dst.exists() and (not cached or refresh):
@@ -451,6 +599,18 @@ def download_bundle(settings: Settings, ref: str | int, dst: str | os.PathLike |
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst
+
+
+def _bundle_in(folder: Path) -> Path:
+    """The bundle folder inside a download: the folder itself, or an MLflow model's bundle artifact."""
+    if (folder / "MLmodel").is_file():
+        from hfcast.pyfunc import BUNDLE_KEY
+
+        found = [p.parent for p in (folder / "artifacts").rglob("model.json")]
+        if not found:
+            raise RegistryError(f"MLflow model {folder} holds no hfcast bundle under artifacts/{BUNDLE_KEY}")
+        return found[0]
+    return folder
 
 
 def load_forecaster(settings: Settings, ref: str | int | None = None, dst: str | os.PathLike | None = None):

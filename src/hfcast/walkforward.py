@@ -253,11 +253,12 @@ def _fold_windows(wa_all, fold: Fold, wf_cfg: WalkForwardConfig):
 
 
 def _train_archs(archs, spans, base, train_cfg, model_configs, progress: bool, acc: dict,
-                 floor_ctx: tuple | None = None) -> None:
+                 floor_ctx: tuple | None = None, on_epoch=None, fold: Fold | None = None) -> None:
     """Train every architecture on one fold and predict its test windows (results into ``acc``).
 
     ``floor_ctx`` = (floor mode, the fold's fitted ``har_tod`` baseline, baseline inputs): each
-    network is wrapped by :func:`_floor_arch` (None = bare networks, the default).
+    network is wrapped by :func:`_floor_arch` (None = bare networks, the default). ``on_epoch``:
+    see :func:`run_walkforward`.
     """
     import time
 
@@ -270,7 +271,8 @@ def _train_archs(archs, spans, base, train_cfg, model_configs, progress: bool, a
     for arch in archs:
         t0 = time.perf_counter()
         fc, hist = train_forecaster(arch, train_wa, val_wa, model_config=(model_configs or {}).get(arch),
-                                    cfg=train_cfg, progress=progress)
+                                    cfg=train_cfg, progress=progress,
+                                    on_epoch=(lambda rec, a=arch: on_epoch(a, fold, rec)) if on_epoch else None)
         secs = time.perf_counter() - t0
         if floor_ctx is not None:
             fc, out = _floor_arch(arch, fc, spans, base, train_cfg, (model_configs or {}).get(arch), floor_ctx, acc)
@@ -319,7 +321,8 @@ def _score_models(allp):
 def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train_cfg: Any = None,
                     dates: Sequence[str] | None = None, progress: bool = True,
                     baselines: Sequence[str] = BASELINES, model_configs: Mapping[str, dict] | None = None,
-                    frame=None, feature_names: Sequence[str] | None = None, floor: bool | str = False) -> WalkForwardResult:
+                    frame=None, feature_names: Sequence[str] | None = None, floor: bool | str = False,
+                    on_epoch=None) -> WalkForwardResult:
     """Train and score every architecture and every baseline on the same walk-forward folds.
 
     Per fold: windows ending on train days train the network (scaler fitted on them), windows on
@@ -338,6 +341,8 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
             validation-chosen floored forecaster, ``<arch>_net`` the bare network on the same rows.
             Off by default: the floor needs HAR inputs per row that serving does not send yet. ``"residual"``: also train each network on the residual of
             the floor's log variance and let validation choose (``<arch>_resid`` its bare rows).
+        on_epoch: ``f(arch, fold, epoch_record)`` after every epoch (e.g.
+            :meth:`hfcast.registry.LiveTraining.on_epoch`, which streams it to MLflow).
     """
     import pandas as pd
 
@@ -359,7 +364,7 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
         if progress:
             log.info("%s: %d train / %d val / %d test windows", fold.describe(), len(train_wa), len(val_wa), len(test_wa))
         floor_ctx = (floor, floor_base(inputs, train_wa, val_wa, fold.index), inputs) if floor and archs else None
-        _train_archs(archs, spans, base, train_cfg, model_configs, progress, acc, floor_ctx)
+        _train_archs(archs, spans, base, train_cfg, model_configs, progress, acc, floor_ctx, on_epoch, fold)
         fitted = fit_baselines(inputs.loc[train_wa.ends], inputs.loc[val_wa.ends], tuple(baselines))
         for name, b in fitted.items():
             out = b.predict(inputs.loc[rows]).reset_index(drop=True)
@@ -395,7 +400,8 @@ def _brief(s: Mapping[str, float]) -> str:
 
 def log_result(settings, result: WalkForwardResult, arch: str, params: Mapping[str, Any],
                out_dir, plots: Sequence[Any] = (), dataset_version: str | None = None,
-               tags: Mapping[str, str] | None = None) -> str:
+               tags: Mapping[str, str] | None = None, run_id: str | None = None,
+               dataset: Mapping[str, Any] | None = None, reports: Sequence[Any] = ()) -> str:
     """Hand one architecture's walk-forward result to the registry (MLflow); returns the run id.
 
     Logs the last fold's bundle, per-fold and pooled test scores, and the baselines' scores on the
@@ -421,7 +427,27 @@ def log_result(settings, result: WalkForwardResult, arch: str, params: Mapping[s
         aggregate_metrics={**{k: float(v) for k, v in agg.loc[arch].items()}, **oracle,
                            "train_windows_per_s": result.throughput.get(arch, float("nan"))},
         test_spans=result.test_spans(), dataset_version=dataset_version, feature_names=result.feature_names,
-        plots=[str(p) for p in plots], baseline_metrics=baselines, tags=tags))
+        plots=[str(p) for p in plots], baseline_metrics=baselines, tags=tags, run_id=run_id,
+        run_name=run_name(arch, result), dataset=dataset, reports=[str(p) for p in reports]))
+
+
+def run_name(arch: str, result: WalkForwardResult) -> str:
+    """"transformer 2024-01-02..2024-02-01": the architecture and the dates its runs saw."""
+    return f"{arch} {result.folds[0].train[0]}..{result.folds[-1].test[-1]}"
+
+
+def dataset_info(lake, result: WalkForwardResult) -> dict[str, Any]:
+    """What trained a result, for the MLflow dataset input: lake URL, date range, windows."""
+    days = sorted({d for f in result.folds for d in f.all_dates})
+    hist = [h for hs in result.histories.values() for h in hs]
+    rows = int(sum(h.get("n_train_windows", 0) for h in hist[-1:]))
+    return {"uri": storage_url(lake), "first": days[0], "last": days[-1], "dates": len(days), "rows": rows}
+
+
+def storage_url(lake) -> str:
+    """The lake's features table URL (or its root when the lake has no such attribute)."""
+    url = str(getattr(lake, "url", "") or "")
+    return f"{url.rstrip('/')}/features" if url else ""
 
 
 def span_evaluator(settings, stride: int | None = None):

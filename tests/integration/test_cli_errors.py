@@ -97,7 +97,9 @@ def test_registered_model_whose_artifacts_were_deleted(tmp_path):
     from mlflow import MlflowClient
 
     uri = MlflowClient(tracking_uri=registry.tracking_uri(settings)).get_run(run_id).info.artifact_uri
-    shutil.rmtree(Path(uri.removeprefix("file://")) / registry.MODEL_ARTIFACT)
+    store = Path(uri.removeprefix("file://")).parents[1]  # <store>/<run>/artifacts: the run's bundle and the
+    assert (store / "models").is_dir()                     # MLflow model the version points at both live here
+    shutil.rmtree(store)
     res = serve(tmp_path, "--model", f"hfcast/{version}")
     assert_short_error(res, f"cannot download model 'hfcast' version {version}", "fix:")
 

@@ -194,3 +194,13 @@ def test_float_list_fast_path_matches_the_proto(n):
     if n:
         v[0] = np.nan
     np.testing.assert_array_equal(fst._float_list(FloatList(val=v.tolist())), v)
+
+
+def test_duckdb_connection_is_closed_after_offline_reads(fsettings):
+    """Left open, ibis's DuckDB connection dumps "nanobind: leaked ..." lines at interpreter exit."""
+    import ibis
+
+    fst.materialize(fsettings, datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(2024, 1, 4, tzinfo=timezone.utc))
+    assert ibis.options.default_backend is None
+    fst.historical_features(fsettings, _lake_rows(fsettings)[["symbol", "ts"]].head(5))
+    assert ibis.options.default_backend is None

@@ -49,9 +49,17 @@ def test_registration_records_the_checksum_of_each_file(settings, registered):
     assert fc.meta["bundle_sha256"] == integrity.combined(want)
 
 
+def _stored_copies(settings, name: str, sha: str) -> list[Path]:
+    """Every stored copy of a registered file (the run's bundle and the MLflow model's artifacts)."""
+    return [p for p in Path(settings.home).rglob(name) if integrity.file_sha256(p) == sha]  # embedded store
+
+
 def test_weights_swapped_in_the_registry_are_refused(settings, registered, tmp_path):
-    art = _artifact_dir(settings, registered["run_id"])
-    shutil.copy(Path(registered["other"]) / "weights.safetensors", art / "weights.safetensors")
+    sha = integrity.file_sha256(Path(registered["bundle"]) / "weights.safetensors")
+    copies = _stored_copies(settings, "weights.safetensors", sha)
+    assert _artifact_dir(settings, registered["run_id"]) / "weights.safetensors" in copies
+    for stored in copies:  # whichever copy the version's source names, it is now other valid weights
+        shutil.copy(Path(registered["other"]) / "weights.safetensors", stored)
     with pytest.raises(IntegrityError, match=r"checksum mismatch .*weights\.safetensors") as exc:
         registry.load_forecaster(settings, f"hfcast/{registered['version']}", dst=tmp_path / "fresh")
     assert "registry recorded" in str(exc.value)

@@ -262,8 +262,29 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def log_to_mlflow(settings: Any, record: Mapping[str, Any]) -> str:
+def _attach_reports(client: Any, run_id: str, folder: str, storage_options: Any) -> None:
+    """Copy the date's report files (local or S3) into the run's ``evidently/`` artifacts."""
+    import os
+    import tempfile
+
+    from hfcast import storage
+
+    with tempfile.TemporaryDirectory(prefix="hfcast-mon-") as tmp:
+        for fname in ("features_drift.html", "features_drift.json", "predictions_drift.html",
+                      "predictions_drift.json", "summary.json"):
+            url = storage.join(folder, fname)
+            if storage.exists(url, storage_options):
+                path = os.path.join(tmp, fname)
+                with open(path, "wb") as fh:
+                    fh.write(storage.read_bytes(url, storage_options))
+                client.log_artifact(run_id, path, "evidently")
+
+
+def log_to_mlflow(settings: Any, record: Mapping[str, Any], reports: tuple[str, Any] | None = None) -> str:
     """One MLflow run per monitored date in the ``hfcast-monitoring`` experiment (tags + metrics).
+
+    ``reports``: (folder URL, storage options) of that date's monitoring outputs; its Evidently
+    HTML/JSON and summary are attached under ``evidently/`` so the run carries its evidence.
 
     Returns:
         The run id.
@@ -291,10 +312,14 @@ def log_to_mlflow(settings: Any, record: Mapping[str, Any]) -> str:
         exp = t.client.get_experiment_by_name(EXPERIMENT)
         if exp is None:
             loc = (t.home / "mlartifacts").resolve().as_uri() if t.uri.startswith(("sqlite:", "file:")) else None
-            exp_id = t.client.create_experiment(EXPERIMENT, artifact_location=loc)
+            exp_id = t.client.create_experiment(EXPERIMENT, artifact_location=loc,
+                                                tags={"mlflow.experimentKind": "custom_model_development"})
         else:
             exp_id = exp.experiment_id
-        run = t.client.create_run(exp_id, run_name=f"monitor-{record['date']}")
+        name = f"monitor {record['date']} v{record.get('version')}: {record['action']}"
+        run = t.client.create_run(exp_id, run_name=name)
         t.client.log_batch(run.info.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        if reports is not None:
+            _attach_reports(t.client, run.info.run_id, *reports)
         t.client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id

@@ -26,8 +26,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,12 +43,36 @@ log = logging.getLogger(__name__)
 PRED_DRIFT_COLUMNS = ("ret_60m_pred", "rv_10m_pred", "ret_60m_conf", "rv_10m_conf")
 
 
+def report_title(about: Mapping[str, Any]) -> str:
+    """"feature drift 2024-02-05, hfcast v3 vs reference 2024-01-02..2024-01-19": what a report is about."""
+    what = about.get("kind", "drift")
+    ref = about.get("reference_span") or "?"
+    return (f"{what} {about.get('date', '?')}, {about.get('model', 'hfcast')} v{about.get('model_version', '?')} "
+            f"vs reference {ref}")
+
+
+def _titled_html(path: str, title: str, about: Mapping[str, Any]) -> None:
+    """Evidently's HTML carries no title of its own: put ours in <title> and a heading on top."""
+    import html as H
+
+    text = open(path, encoding="utf-8").read()
+    meta = " &middot; ".join(f"{H.escape(str(k))}: {H.escape(str(v))}" for k, v in about.items())
+    head = (f'<div style="font-family:sans-serif;padding:8px 16px"><h2 style="margin:4px 0">{H.escape(title)}</h2>'
+            f'<div style="color:#555;font-size:13px">{meta}</div></div>')
+    text = re.sub(r"<title>.*?</title>", f"<title>{H.escape(title)}</title>", text, count=1, flags=re.S)
+    text = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + head, text, count=1)
+    open(path, "w", encoding="utf-8").write(text)
+
+
 def evidently_drift(current: pd.DataFrame, reference: pd.DataFrame, columns: Sequence[str], cfg: MonitorConfig,
-                    html_url: str, json_url: str, storage_options: dict | None = None) -> dict[str, Any]:
+                    html_url: str, json_url: str, storage_options: dict | None = None,
+                    about: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run Evidently's DataDriftPreset (current FIRST), save HTML + JSON, return the parsed result.
 
     Evidently 0.7 has no boolean dataset-drift field: the share is the ``DriftedColumnsCount``
     metric's value, and the drifted columns are the failed per-column ``ValueDrift`` tests.
+    ``about`` (date, model, model_version, reference_span, kind) names the report: its title and
+    Evidently metadata, so a report opened on its own says what it is about.
     """
     import os
     import tempfile
@@ -61,7 +86,10 @@ def evidently_drift(current: pd.DataFrame, reference: pd.DataFrame, columns: Seq
     preset = DataDriftPreset(columns=cols, drift_share=cfg.drift_share, num_method=cfg.column_method,
                              num_threshold=cfg.column_threshold)
     t0 = time.perf_counter()
-    snap = Report([preset], include_tests=True).run(current, reference)
+    about = {k: str(v) for k, v in (about or {}).items()}
+    title = report_title(about) if about else "hfcast drift"
+    snap = Report([preset], include_tests=True, metadata=about, tags=["hfcast", about.get("kind", "drift")]).run(
+        current, reference, name=title)
     seconds = time.perf_counter() - t0
     doc = snap.dict()
     share = next(m["value"]["share"] for m in doc["metrics"] if m["metric_name"].startswith("DriftedColumnsCount"))
@@ -73,6 +101,13 @@ def evidently_drift(current: pd.DataFrame, reference: pd.DataFrame, columns: Seq
         for url, save in ((html_url, snap.save_html), (json_url, snap.save_json)):
             path = os.path.join(tmp, url.rsplit("/", 1)[-1])
             save(path)
+            if path.endswith(".html"):
+                _titled_html(path, title, about)
+            else:  # Evidently's JSON holds only the metrics: say what they are about beside them
+                with open(path, encoding="utf-8") as fh:
+                    doc = json.load(fh)
+                with open(path, "w", encoding="utf-8") as fh:
+                    json.dump({"title": title, "about": about, **doc}, fh)
             with open(path, "rb") as fh:
                 storage.write_bytes(url, fh.read(), storage_options)
     drifted.sort(key=lambda c: -scores.get(c, 0.0))
@@ -121,9 +156,12 @@ def check_date(settings: Any, date: str, model: str, version: str, cfg: MonitorC
         raise FileNotFoundError(f"no features partition for {date} in {lake.url}: run `hfcast featurize` first")
     cur = lake.read("features", date, ["symbol", "ts", *features, "ret_60m", "rv_10m"])
     cur = cur[minute_of_session(cur["ts"]) >= LOOKBACK - 1]  # the rows a full window ends on, as in the reference
+    span = f"{ref_doc['train_dates'][0]}..{ref_doc['train_dates'][-1]}" if ref_doc.get("train_dates") else "?"
+    about = {"date": date, "model": model, "model_version": str(version), "reference_span": span}
     fd = evidently_drift(_sample(cur, cfg.current_rows, cfg.seed), _sample(ref, cfg.reference_rows, cfg.seed),
                          features, cfg, storage.join(out, "features_drift.html"),
-                         storage.join(out, "features_drift.json"), lake.storage_options)
+                         storage.join(out, "features_drift.json"), lake.storage_options,
+                         about={**about, "kind": "feature drift"})
     checks = Checks(date=date, version=str(version), drift_share=fd["share"], drifted_features=fd["drifted"],
                     reference=ref_doc.get("test_scores") or None)
     pred_url = lake.predictions(model, version, date)
@@ -134,7 +172,8 @@ def check_date(settings: Any, date: str, model: str, version: str, cfg: MonitorC
         pred = pred[pred["ret_60m_pred"].notna()]
         pdrift = evidently_drift(_sample(pred, cfg.current_rows, cfg.seed), _sample(ref, cfg.reference_rows, cfg.seed),
                                  PRED_DRIFT_COLUMNS, cfg, storage.join(out, "predictions_drift.html"),
-                                 storage.join(out, "predictions_drift.json"), lake.storage_options)
+                                 storage.join(out, "predictions_drift.json"), lake.storage_options,
+                                 about={**about, "kind": "prediction drift"})
         checks.pred_drift_share, checks.drifted_predictions = pdrift["share"], pdrift["drifted"]
         joined = pred.merge(cur[["symbol", "ts", "ret_60m", "rv_10m"]], on=["symbol", "ts"], how="inner")
         checks.live = live_scores(joined)
@@ -200,7 +239,8 @@ def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starte
             record["explanation"] += f" -> {record['trigger']['note']}"
     D.save_history(lake, name, D.upsert(history, record))
     if log_mlflow:
-        record["mlflow_run_id"] = D.log_to_mlflow(settings, record)
+        record["mlflow_run_id"] = D.log_to_mlflow(settings, record, reports=(lake.monitoring(name, version, date),
+                                                                              lake.storage_options))
         D.save_history(lake, name, D.upsert(history, record))
     log.info("%s %s v%s: %s", date, name, version, record["explanation"])
     return record
