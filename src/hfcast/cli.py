@@ -548,10 +548,10 @@ def monitor_history(
     model: Optional[str] = typer.Option(None, "--model", help="Model name (default: settings.model_name)."),
     last: int = typer.Option(50, "--last", help="Show the last N decisions."),
 ) -> None:
-    """The decision log (<lake>/monitoring/<model>/decisions.jsonl), oldest first."""
+    """The decision log (<lake>/monitoring/<model>/decisions/<date>.json; old decisions.jsonl too), oldest first."""
     from rich.table import Table
 
-    from hfcast.monitoring.decision import load_history
+    from hfcast.monitoring.decision import load_history, trigger_outcome
     from hfcast.storage import Lake
 
     settings = _settings()
@@ -569,10 +569,31 @@ def monitor_history(
         table.add_row(r["date"], str(r.get("version")), "-" if share is None else f"{share:.2f}", str(r.get("drift_streak", "")),
                       f"{live['vol_qlike']:.4g}" if live.get("vol_qlike") is not None else "-",
                       f"{live['ret_ic']:.3f}" if live.get("ret_ic") is not None else "-", r["action"],
-                      f"{trig.get('kind', '')} {trig.get('status', '')} {trig.get('run_id', '') or ''}".strip())
+                      trigger_outcome(trig))
     console.print(table)
     for r in recs:  # the why, in full (too long for a table column)
         console.print(f"[bold]{r['date']}[/] v{r.get('version')}: {r.get('explanation', '')}", soft_wrap=True)
+
+
+@app.command("replay")
+def replay(
+    first: str = typer.Option(..., "--from", help="First trading day to replay (YYYY-MM-DD)."),
+    last: str = typer.Option(..., "--to", help="Last trading day to replay (YYYY-MM-DD)."),
+    arch: list[str] = typer.Option([], "--arch", help="Architecture(s) of a retraining (default: the champion's)."),
+    mode: str = typer.Option("dense", "--mode", help="Prediction mode: dense | sparse."),
+) -> None:
+    """Replay days in order with no look-ahead: arrive -> predict (champion of the moment) -> monitor -> decide -> retrain (data up to that day). Resumes where it stopped."""
+    from hfcast.replay import run_replay
+
+    def show(d: str, e: dict) -> None:
+        trig = trigger_outcome((e["monitor"] or {}).get("trigger") or {})
+        console.print(f"{d}: predicted by v{e['predict']['version']} -> {e['monitor']['action']} {trig}"
+                      f" (champion v{e.get('champion_after')})")
+
+    try:
+        run_replay(_settings(), first, last, archs=arch, mode=mode, on_day=show)
+    except (ValueError, LookupError, FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
 
 
 @monitor_app.command("reference")

@@ -332,7 +332,8 @@ def register(settings: Settings, run_id: str) -> int:
             c.create_registered_model(name, description="hfcast forecaster bundles (aliases: champion, challenger)")
         rt = run.data.tags
         mv_tags = {"arch": rt.get("arch", "unknown"), "dataset_version": rt.get("dataset_version", "unknown"),
-                   "run_id": run_id, SPANS_SHA_TAG: rt.get(SPANS_SHA_TAG, "")}
+                   "run_id": run_id, SPANS_SHA_TAG: rt.get(SPANS_SHA_TAG, ""),
+                   **{k: v for k, v in rt.items() if k.startswith(("hfcast.train_", "hfcast.val_", "hfcast.test_"))}}
         mv = c.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id, tags=mv_tags)
         c.set_registered_model_alias(name, CHALLENGER, mv.version)
     log.info("registered %s version %s from run %s (alias %s)", name, mv.version, run_id, CHALLENGER)
