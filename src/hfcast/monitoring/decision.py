@@ -149,6 +149,11 @@ def _streak(prior: list[Mapping[str, Any]], key: str, today: bool) -> list[str]:
     return sorted(dates)
 
 
+def _within(date: str, dates: Sequence[str]) -> bool:
+    """Whether ``date`` falls in the span of a drift episode's dates (first..last, gaps included)."""
+    return bool(dates) and min(dates) <= date <= max(dates)
+
+
 def trading_days_between(a: str, b: str) -> int:
     """|trading days| from a to b (weekdays; holidays are not modelled, as in the simulator)."""
     lo, hi = sorted((a, b))
@@ -203,7 +208,7 @@ def decide(history: Sequence[Mapping[str, Any]], checks: Checks, cfg: MonitorCon
         last = max(earlier, key=lambda r: str(r["date"]), default=None)  # the latest retraining BEFORE today
         gap = trading_days_between(str(last["date"]), checks.date) if last else None
         covering = next((r for r in history if r.get("action") == RETRAIN and str(r["date"]) >= checks.date
-                         and checks.date in (r.get("drifted_dates") or [])), None)
+                         and _within(checks.date, r.get("drifted_dates") or [])), None)
         if covering is not None:  # a backfill: a later date's retraining already answered this alarm
             action = SUPPRESSED
             reasons = [*wants, f"same drift episode: the retraining decided for {covering['date']} covered "
