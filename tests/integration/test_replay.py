@@ -1,0 +1,65 @@
+"""The replay in honest time on a simulated universe with a regime shift (real training, MLflow, gate)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from hfcast import registry
+from hfcast.config import deep_merge, get_settings
+from hfcast.data.schema import trading_days
+from hfcast.data.simulator import SimConfig, write_synth
+from hfcast.monitoring.decision import RETRAIN, load_history
+from hfcast.replay import load_progress, run_replay
+from hfcast.storage import Lake, local_path
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+OVERRIDES = {
+    "walkforward": {"train_days": 6, "val_days": 2, "test_days": 2, "step_days": 2, "embargo_days": 1,
+                    "max_folds": 1, "train_stride": 3, "eval_stride": 3, "models": {"tcn": {"channels": 16}}},
+    "train": {"epochs": 2, "max_train_windows": 8000, "max_val_windows": 3000, "num_threads": 1},
+    "monitor": {"consecutive": 2, "cooldown_dates": 10, "current_rows": 2000, "reference_rows": 2000,
+                "reference_sample_rows": 4000, "min_labels": 200},
+}
+
+
+def _settings(root: Path, n_days: int, shift_day: int | None):
+    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()) or {}, OVERRIDES)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    settings = get_settings(env={"HFCAST_HOME": str(root / ".hfcast"), "HFCAST_LAKE": (root / "lake").as_uri(),
+                                 "HFCAST_PARAMS": str(root / "params.yaml"),
+                                 "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}, cwd=root)
+    write_synth(SimConfig(n_symbols=8, n_days=n_days, seed=3, regime_shift_day=shift_day, shift_vol_mult=1.8,
+                          shift_spread_mult=1.5), Lake.from_settings(settings), progress=False)
+    return settings
+
+
+@pytest.mark.slow
+def test_shifted_universe_retrains_once_without_look_ahead(tmp_path):
+    days = trading_days("2024-01-02", 20)
+    settings = _settings(tmp_path, 20, shift_day=14)
+    out = run_replay(settings, days[12], days[-1], archs=["tcn"])
+    lake = Lake.from_settings(settings)
+    history = load_history(lake, "hfcast")
+    retrains = [r for r in history if r["action"] == RETRAIN]
+    assert len(retrains) == 1, [(r["date"], r["action"]) for r in history]
+    decided = retrains[0]["date"]
+    new = retrains[0]["trigger"]["new_version"]
+    tags = registry.resolve(settings, f"hfcast/{new}").tags
+    assert tags["hfcast.train_last"] <= decided and tags["hfcast.test_last"] <= decided  # no look-ahead
+    assert tags["hfcast.test_last"] == decided  # the most recent data up to the decision was used
+    progress = load_progress(lake, "hfcast")["days"]
+    after = [d for d in days[12:] if d > decided]
+    promoted = retrains[0]["trigger"].get("promoted")
+    for d in after:  # whoever is champion after the decision predicts the next days, and is scored for it
+        want = str(new) if promoted else out["bootstrap"]
+        assert progress[d]["predict"]["version"] == want
+        csv = pd.read_csv(io.BytesIO(local_path(lake.predictions("hfcast", want, d)).read_bytes()))
+        assert set(csv["model_version"].astype(str)) == {want}
+        rec = next(r for r in history if r["date"] == d)
+        assert rec["version"] == want and (rec["checks"]["live"] or {}).get("n_labels", 0) > 0
