@@ -230,7 +230,7 @@ def champion_arch(settings: Any) -> str | None:
 
 def retrain(settings: Any, archs: Sequence[str], *, reason: str, drifted_dates: Sequence[str] = (),
             last_date: str | None = None, force_reason: str = "", margin: Any = None,
-            decision_date: str | None = None) -> dict[str, Any]:
+            decision_date: str | None = None, dataset_version: str = "") -> dict[str, Any]:
     """Train every architecture on the most recent fold, log them, gate the best one, promote or not.
 
     The last fold only (``max_folds=1``): its test span is the most recent dates, which the current
@@ -246,7 +246,7 @@ def retrain(settings: Any, archs: Sequence[str], *, reason: str, drifted_dates: 
         cfg = MonitorConfig.from_params(settings.param("monitor", {}))
         archs = [cfg.retrain_arch or champion_arch(settings) or "tcn"]
     runs = {a: train_and_log(settings, a, reason=reason, drifted_dates=drifted_dates, last_date=last_date,
-                             max_folds=1) for a in archs}
+                             max_folds=1, dataset_version=dataset_version) for a in archs}
     best = best_run([r.summary() for r in runs.values()], settings)
     outcome = register_and_gate(settings, best["run_id"], force_reason=force_reason, margin=margin,
                                 trained=runs[best["arch"]], decision_date=decision_date)

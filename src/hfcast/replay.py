@@ -56,17 +56,27 @@ def champion_version(settings: Any) -> str | None:
     return _champion(settings)
 
 
-def _arrive(settings: Any, lake: Lake, dates: Sequence[str]) -> None:
-    """Validate and featurize these dates only."""
+def _arrive(settings: Any, lake: Lake, dates: Sequence[str], versions: Any = None) -> str:
+    """Validate and featurize these dates only; the features' dataset version afterwards.
+
+    With ``versions`` (:class:`hfcast.versioning.FeatureVersions`) the features folder is
+    ``dvc add``-ed, committed and pushed; else the DVC hash of a local folder, or ``unversioned``.
+    """
     from hfcast.data.validate import DEFAULT_JUMP_LIMIT, run_validate
     from hfcast.features.engine import run_featurize
 
     run_validate(lake, dates=list(dates), progress=False,
                  jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)))
     run_featurize(lake, dates=list(dates), progress=False)
+    if versions is not None:
+        return versions.snapshot(f"features up to {max(dates)}")
+    from hfcast import versioning
+
+    table = lake.table("features")
+    return "unversioned" if storage.is_remote(table) else versioning.folder_hash(storage.local_path(table))
 
 
-def _bootstrap(settings: Any, lake: Lake, first: str, archs: Sequence[str]) -> str:
+def _bootstrap(settings: Any, lake: Lake, first: str, archs: Sequence[str], versions: Any = None) -> str:
     """The first champion, trained on the days before ``first`` only (forced past the gate if it
     has no champion to beat and fails a baseline: the reason is recorded on the version)."""
     from hfcast.lifecycle import retrain
@@ -75,10 +85,9 @@ def _bootstrap(settings: Any, lake: Lake, first: str, archs: Sequence[str]) -> s
     if not history:
         raise ValueError(f"no champion and no raw dates before {first} to train a first one on")
     missing = [d for d in history if not lake.exists("features", d)]
-    if missing:
-        _arrive(settings, lake, missing)
+    version = _arrive(settings, lake, missing or history[-1:], versions)
     out = retrain(settings, list(archs), reason=f"replay bootstrap: days before {first}", last_date=history[-1],
-                  decision_date=history[-1])
+                  decision_date=history[-1], dataset_version=version)
     if not out["promoted"]:
         log.warning("first model v%s rejected by the gate (%s): promoting it as the bootstrap champion",
                     out["new_version"], out["gate"])
@@ -113,14 +122,13 @@ def _monitor(settings: Any, date: str, model: str, version: str, starter: Any) -
 
 
 def replay_day(settings: Any, lake: Lake, date: str, progress: dict[str, Any], *, model: str, mode: str,
-               starter_for: Callable[[str], Any]) -> dict[str, Any]:
+               starter_for: Callable[[str, str], Any], versions: Any = None) -> dict[str, Any]:
     """Run the steps of one day that are not in ``progress`` yet (saved after each)."""
     from hfcast.predict import run_predict
 
     day = progress["days"].setdefault(date, {})
     if "arrive" not in day:
-        _arrive(settings, lake, [date])
-        day["arrive"] = True
+        day["arrive"] = {"dataset_version": _arrive(settings, lake, [date], versions)}
         _save_progress(lake, model, progress)
     if "predict" not in day:
         version = champion_version(settings)
@@ -131,21 +139,24 @@ def replay_day(settings: Any, lake: Lake, date: str, progress: dict[str, Any], *
         _save_progress(lake, model, progress)
     if "monitor" not in day:
         _clean_interrupted(lake, model, date)
-        day["monitor"] = _monitor(settings, date, model, day["predict"]["version"], starter_for(date))
+        starter = starter_for(date, day["arrive"]["dataset_version"])
+        day["monitor"] = _monitor(settings, date, model, day["predict"]["version"], starter)
         day["champion_after"] = champion_version(settings)
         _save_progress(lake, model, progress)
     return day
 
 
 def run_replay(settings: Any, first: str, last: str, *, archs: Sequence[str] = (), mode: str = "dense",
-               starter_for: Callable[[str], Any] | None = None,
+               starter_for: Callable[[str, str], Any] | None = None, versions: Any = None,
                on_day: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Replay the raw trading days in ``[first, last]`` in order (see the module docstring).
 
     Args:
         archs: architectures of a retraining (and of the first champion when there is none).
-        starter_for: ``f(decision_date) -> RetrainStarter``; default an in-process retraining that
-            uses data up to the decision date only.
+        starter_for: ``f(decision_date, dataset_version) -> RetrainStarter``; default an
+            in-process retraining that uses data up to the decision date only.
+        versions: a :class:`hfcast.versioning.FeatureVersions` (DVC add + push after each day);
+            None = the folder's DVC hash only (nothing pushed).
         on_day: called after each day with its progress entry (the demo prints it).
 
     Returns:
@@ -159,13 +170,14 @@ def run_replay(settings: Any, first: str, last: str, *, archs: Sequence[str] = (
     days = [d for d in lake.dates("raw") if first <= d <= last]
     if not days:
         raise ValueError(f"no raw dates between {first} and {last} in {lake.url}")
-    starter_for = starter_for or (lambda d: InProcessStarter(archs=archs, last_date=d))
+    starter_for = starter_for or (lambda d, v: InProcessStarter(archs=archs, last_date=d, dataset_version=v))
     progress = load_progress(lake, model)
     if champion_version(settings) is None:
-        progress["bootstrap"] = _bootstrap(settings, lake, days[0], archs)
+        progress["bootstrap"] = _bootstrap(settings, lake, days[0], archs, versions)
         _save_progress(lake, model, progress)
     for d in days:
-        entry = replay_day(settings, lake, d, progress, model=model, mode=mode, starter_for=starter_for)
+        entry = replay_day(settings, lake, d, progress, model=model, mode=mode, starter_for=starter_for,
+                           versions=versions)
         log.info("%s: predicted by v%s -> %s; champion v%s", d, entry["predict"]["version"],
                  entry["monitor"]["action"], entry.get("champion_after"))
         if on_day is not None:
@@ -182,5 +194,6 @@ def versions_seen(settings: Any) -> list[dict[str, Any]]:
     for v in registry.list_versions(settings):
         tags = dict(registry.resolve(settings, f"{settings.model_name}/{v['version']}").tags)
         out.append({"version": v.get("version"), "aliases": v.get("aliases"), "arch": v.get("arch"),
-                    **{k.split(".", 1)[1]: tags.get(k) for k in LINEAGE_TAGS}, "gate": tags.get("gate.decision")})
+                    **{k.split(".", 1)[1]: tags.get(k) for k in LINEAGE_TAGS}, "gate": tags.get("gate.decision"),
+                    "dataset_version": tags.get("dataset_version")})
     return out

@@ -220,10 +220,11 @@ class InProcessStarter:
     kind = "local"
 
     def __init__(self, retrain_fn: RetrainFn | None = None, archs: Sequence[str] = (),
-                 last_date: str | None = None) -> None:
+                 last_date: str | None = None, dataset_version: str = "") -> None:
         self.retrain_fn = retrain_fn
         self.archs = tuple(archs)
         self.last_date = last_date  # the decision date: no data after it is used, and the gate checks it
+        self.dataset_version = dataset_version  # the features' version the retraining reads (lineage)
 
     def start(self, settings: Any, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]:
         fn = self.retrain_fn
@@ -232,7 +233,7 @@ class InProcessStarter:
 
             def fn(r: str, d: Sequence[str]) -> Mapping[str, Any]:
                 return retrain(settings, self.archs, reason=r, drifted_dates=d, last_date=self.last_date,
-                               decision_date=self.last_date)
+                               decision_date=self.last_date, dataset_version=self.dataset_version)
         return run_recorded(settings, model, reason, drifted_dates, fn, kind=self.kind)
 
 
