@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -86,3 +87,58 @@ def test_registered_version_restores_its_training_features_from_dvc(tmp_path, s3
         assert original, f"no parquet for {d}"
         for f in original:
             assert (restored / part / f.relative_to(lake_dir / "features" / part)).read_bytes() == f.read_bytes()
+
+
+def _cli_replay(root: Path, first: str, last: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HFCAST_HOME": str(root / ".hfcast"), "HFCAST_LAKE": (root / "lake").as_uri(),
+           "HFCAST_PARAMS": str(root / "params.yaml"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-c", "from hfcast.cli import main; main()", "replay", "--from", first,
+                             "--to", last, "--arch", "tcn"], env=env, cwd=root, start_new_session=True,
+                            stdout=open(root / "replay.log", "ab"), stderr=subprocess.STDOUT)
+
+
+def _state(settings) -> dict:
+    """What must not depend on an interruption: registry, CSV bytes, decisions (ids and clocks left out)."""
+    lake = Lake.from_settings(settings)
+    versions = [{k: v.get(k) for k in ("version", "aliases", "arch")} | {
+        k: registry.resolve(settings, f"hfcast/{v['version']}").tags.get(k)
+        for k in ("hfcast.train_last", "hfcast.test_last", "gate.decision")} for v in registry.list_versions(settings)]
+    root = local_path(lake.url) / "predictions"
+    csvs = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.csv"))}
+    decisions = [(r["date"], r["version"], r["action"], round(r["checks"]["drift_share"], 6),
+                  (r.get("trigger") or {}).get("new_version")) for r in load_history(lake, "hfcast")]
+    return {"versions": versions, "csvs": csvs, "decisions": decisions}
+
+
+@pytest.mark.slow
+def test_replay_killed_mid_day_resumes_to_the_same_end_state(tmp_path):
+    import os
+    import signal
+    import time
+
+    from hfcast.replay import progress_url
+
+    days = trading_days("2024-01-02", 18)
+    runs = {}
+    for name in ("straight", "killed"):
+        root = tmp_path / name
+        root.mkdir()
+        runs[name] = _settings(root, 18, shift_day=14)
+    assert _cli_replay(tmp_path / "straight", days[12], days[-1]).wait(1500) == 0
+    proc = _cli_replay(tmp_path / "killed", days[12], days[-1])
+    url = local_path(progress_url(Lake.from_settings(runs["killed"]), "hfcast"))
+    deadline = time.monotonic() + 1200
+    while time.monotonic() < deadline:  # kill mid-day: arrived, not yet predicted
+        prog = json.loads(url.read_text()) if url.exists() else {"days": {}}
+        if any("arrive" in e and "predict" not in e for d, e in prog["days"].items() if d > days[13]):
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert _cli_replay(tmp_path / "killed", days[12], days[-1]).wait(1500) == 0
+    assert _state(runs["killed"]) == _state(runs["straight"])
