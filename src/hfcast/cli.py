@@ -523,6 +523,7 @@ def monitor_run(
     trigger: Optional[str] = typer.Option(None, "--trigger", hidden=True, help="Old name of --starter."),
     kfp_host: Optional[str] = typer.Option(None, "--kfp-host", help="Kubeflow Pipelines API URL (default params.yaml monitor.kubeflow_host)."),
     mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the decision to the hfcast-monitoring experiment."),
+    rerun: bool = typer.Option(False, "--rerun", help="Replace the date's decision if it was decided before (default: keep it)."),
 ) -> None:
     """Evidently drift (features, predictions) + live performance for one date, then decide and start a retraining."""
     from hfcast.monitoring.drift import run_monitor
@@ -530,7 +531,7 @@ def monitor_run(
 
     try:
         chosen = load_starter(trigger or starter, **({"host": kfp_host} if kfp_host else {}))
-        rec = run_monitor(_settings(), date, model, starter=chosen, log_mlflow=mlflow_log)
+        rec = run_monitor(_settings(), date, model, starter=chosen, log_mlflow=mlflow_log, rerun=rerun)
     except (ValueError, LookupError, FileNotFoundError) as exc:
         _fail(str(exc))
         return

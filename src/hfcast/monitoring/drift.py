@@ -163,7 +163,8 @@ def resolve_model(settings: Any, ref: str) -> tuple[str, str]:
 
 
 def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starter: Any = None,
-                log_mlflow: bool = True, cfg: MonitorConfig | None = None, checks: Checks | None = None) -> dict[str, Any]:
+                log_mlflow: bool = True, cfg: MonitorConfig | None = None, checks: Checks | None = None,
+                rerun: bool = False) -> dict[str, Any]:
     """Monitor one date and act on the decision (the function behind ``hfcast monitor run``).
 
     Safe with other monitors running at the same time (see :mod:`hfcast.monitoring.decision`):
@@ -180,6 +181,8 @@ def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starte
             :class:`~hfcast.monitoring.retraining.RecordOnlyStarter` decides and records only.
         log_mlflow: also record the decision as a run in the ``hfcast-monitoring`` experiment.
         checks: measurements already taken (tests); None = :func:`check_date`.
+        rerun: replace the date's record when it was decided before (a deliberate re-check by one
+            operator; not for monitors running at the same time on the same date).
 
     Returns:
         The decision record (as stored in ``decisions/<date>.json``).
@@ -197,7 +200,11 @@ def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starte
             reference_from_registry(settings, f"{name}/{version}", cfg)
         checks = check_date(settings, date, name, version, cfg)
     record, lease = _decide_with_lease(lake, name, checks, cfg, starter)
-    if not D.claim(lake, name, record):
+    claimed = D.claim(lake, name, record)
+    if not claimed and rerun:
+        D.update(lake, name, record)
+        claimed = True
+    if not claimed:
         if lease is not None:
             R.release_lease(lake, name, lease)
         log.info("%s %s: already decided by another monitor; keeping its record", date, name)
