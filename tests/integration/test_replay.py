@@ -67,6 +67,17 @@ def test_shifted_universe_retrains_once_without_look_ahead(tmp_path):
 
 
 @pytest.mark.slow
+def test_stationary_universe_never_retrains_over_twenty_days(tmp_path):
+    days = trading_days("2024-01-02", 32)
+    settings = _settings(tmp_path, 32, shift_day=None)
+    out = run_replay(settings, days[12], days[-1], archs=["tcn"])
+    history = load_history(Lake.from_settings(settings), "hfcast")
+    assert len([d for d in out["days"] if d >= days[12]]) >= 20
+    assert [r["date"] for r in history if r["action"] == RETRAIN] == []
+    assert {r["version"] for r in history} == {out["bootstrap"]}
+
+
+@pytest.mark.slow
 def test_registered_version_restores_its_training_features_from_dvc(tmp_path, s3, s3_bucket):
     """Each replayed day is `dvc add`-ed and pushed to SeaweedFS; the version's dataset_version alone
     brings its training partitions back, byte-identical, in a fresh clone."""
