@@ -68,8 +68,13 @@ def _arrive(settings: Any, lake: Lake, dates: Sequence[str], versions: Any = Non
     run_validate(lake, dates=list(dates), progress=False,
                  jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)))
     run_featurize(lake, dates=list(dates), progress=False)
+    return _version(lake, max(dates), versions)
+
+
+def _version(lake: Lake, last: str, versions: Any = None) -> str:
+    """The features' dataset version now (DVC add + commit + push with ``versions``)."""
     if versions is not None:
-        return versions.snapshot(f"features up to {max(dates)}")
+        return versions.snapshot(f"features up to {last}")
     from hfcast import versioning
 
     table = lake.table("features")
@@ -85,7 +90,7 @@ def _bootstrap(settings: Any, lake: Lake, first: str, archs: Sequence[str], vers
     if not history:
         raise ValueError(f"no champion and no raw dates before {first} to train a first one on")
     missing = [d for d in history if not lake.exists("features", d)]
-    version = _arrive(settings, lake, missing or history[-1:], versions)
+    version = _arrive(settings, lake, missing, versions) if missing else _version(lake, history[-1], versions)
     out = retrain(settings, list(archs), reason=f"replay bootstrap: days before {first}", last_date=history[-1],
                   decision_date=history[-1], dataset_version=version)
     if not out["promoted"]:
