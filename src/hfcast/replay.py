@@ -126,6 +126,17 @@ def _monitor(settings: Any, date: str, model: str, version: str, starter: Any) -
             ("kind", "status", "new_version", "promoted", "gate", "error", "note") if k in trig} or None}
 
 
+def _refuse_look_ahead(settings: Any, model: str, version: str, date: str) -> None:
+    """A champion promoted on ``date`` must have seen no data after it (checked again, from its tags)."""
+    from hfcast import registry
+    from hfcast.lifecycle import check_decision_date
+
+    why = check_decision_date(registry.resolve(settings, f"{model}/{version}").tags, date)
+    if why:
+        raise RuntimeError(f"{date}: champion v{version} was promoted but {why}; roll back with "
+                           f"`hfcast registry rollback` before replaying further")
+
+
 def replay_day(settings: Any, lake: Lake, date: str, progress: dict[str, Any], *, model: str, mode: str,
                starter_for: Callable[[str, str], Any], versions: Any = None) -> dict[str, Any]:
     """Run the steps of one day that are not in ``progress`` yet (saved after each)."""
@@ -147,6 +158,8 @@ def replay_day(settings: Any, lake: Lake, date: str, progress: dict[str, Any], *
         starter = starter_for(date, day["arrive"]["dataset_version"])
         day["monitor"] = _monitor(settings, date, model, day["predict"]["version"], starter)
         day["champion_after"] = champion_version(settings)
+        if day["champion_after"] != day["predict"]["version"]:
+            _refuse_look_ahead(settings, model, day["champion_after"], date)
         _save_progress(lake, model, progress)
     return day
 
