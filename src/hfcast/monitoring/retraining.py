@@ -133,7 +133,9 @@ def acquire_lease(lake: Any, model: str, date: str, timeout_hours: float) -> dic
     system (hard link) and on S3 (``If-None-Match: *``). A lease older than ``timeout_hours`` was
     left by a dead process: it is removed once and the create retried.
     """
-    doc = {"token": uuid.uuid4().hex, "date": str(date), "acquired_at": _now().isoformat()}
+    now = _now().isoformat()
+    doc = {"token": uuid.uuid4().hex, "date": str(date), "acquired_at": now,
+           "run_id": f"lease of the retraining decided for {date}", "started_at": now}  # read by decide()
     body = json.dumps(doc).encode()
     for _ in range(2):
         if storage.create_exclusive(lease_url(lake, model), body, lake.storage_options):
