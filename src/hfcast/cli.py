@@ -584,6 +584,7 @@ def replay(
     mode: str = typer.Option("dense", "--mode", help="Prediction mode: dense | sparse."),
 ) -> None:
     """Replay days in order with no look-ahead: arrive -> predict (champion of the moment) -> monitor -> decide -> retrain (data up to that day). Resumes where it stopped."""
+    from hfcast.monitoring.decision import trigger_outcome
     from hfcast.replay import run_replay
 
     def show(d: str, e: dict) -> None:
