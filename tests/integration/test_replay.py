@@ -42,9 +42,18 @@ def _settings(root: Path, n_days: int, shift_day: int | None):
 
 @pytest.mark.slow
 def test_shifted_universe_retrains_once_without_look_ahead(tmp_path):
+    from hfcast.lifecycle import retrain
+    from hfcast.monitoring.retraining import InProcessStarter
+
+    def forced(d, version):  # tiny training rarely beats the EWMA baseline: force the promotion (the
+        # decision-date refusal still applies to a forced promotion) so the days after it show the switch
+        return InProcessStarter(lambda reason, drifted: retrain(
+            settings, ["tcn"], reason=reason, drifted_dates=drifted, last_date=d, decision_date=d,
+            dataset_version=version, force_reason="test: follow the new champion"))
+
     days = trading_days("2024-01-02", 20)
     settings = _settings(tmp_path, 20, shift_day=14)
-    out = run_replay(settings, days[12], days[-1], archs=["tcn"])
+    out = run_replay(settings, days[12], days[-1], archs=["tcn"], starter_for=forced)
     lake = Lake.from_settings(settings)
     history = load_history(lake, "hfcast")
     retrains = [r for r in history if r["action"] == RETRAIN]
@@ -56,9 +65,9 @@ def test_shifted_universe_retrains_once_without_look_ahead(tmp_path):
     assert tags["hfcast.test_last"] == decided  # the most recent data up to the decision was used
     progress = load_progress(lake, "hfcast")["days"]
     after = [d for d in days[12:] if d > decided]
-    promoted = retrains[0]["trigger"].get("promoted")
-    for d in after:  # whoever is champion after the decision predicts the next days, and is scored for it
-        want = str(new) if promoted else out["bootstrap"]
+    assert retrains[0]["trigger"]["promoted"] and after
+    for d in after:  # the champion after the decision predicts the next days, and is scored for it
+        want = str(new)
         assert progress[d]["predict"]["version"] == want
         csv = pd.read_csv(io.BytesIO(local_path(lake.predictions("hfcast", want, d)).read_bytes()))
         assert set(csv["model_version"].astype(str)) == {want}
