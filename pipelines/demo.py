@@ -1,10 +1,12 @@
 """``hfcast demo``: the whole story on embedded defaults, with the Kubeflow local runner.
 
-simulate a small universe with a regime shift -> DVC-style prep (synth / validate / featurize) ->
-Feast -> train the architectures on identical walk-forward folds -> gate -> register -> export ->
-batch-predict every date into the lake -> monitor each date after the training span -> the drift
-after the shift triggers exactly one retraining (through the same gate) -> start the KServe model
-server and send a few requests -> a summary, and one HTML page linking the reports and CSVs.
+simulate a small universe with a regime shift -> prep (synth / validate / featurize the first
+days) -> Feast -> train the architectures on identical walk-forward folds -> gate -> register ->
+export -> then the remaining days replayed one by one in honest time (:mod:`hfcast.replay`): each
+day arrives (featurized, DVC-versioned), is predicted by the champion of that moment and monitored
+with that version; the drift after the shift triggers exactly one retraining on data up to its
+decision date (through the same gate) -> start the KServe model server and send a few requests ->
+a summary (with the dates each model saw), and one HTML page linking the reports and CSVs.
 
 Everything lives under ``<home>`` (default ``.hfcast/demo``, wiped at the start). ``s3=True``
 puts the lake in a SeaweedFS bucket on 127.0.0.1 instead of a local folder.
@@ -100,12 +102,8 @@ def _environment(home: Path, cfg: DemoConfig, stack: ExitStack) -> dict[str, str
 
 def run_demo(cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
     """Run every stage; returns the summary (also written to ``<home>/summary.json``)."""
-    from hfcast import registry
     from hfcast.config import get_settings
     from hfcast.data.schema import trading_days
-    from hfcast.data.validate import run_validate
-    from hfcast.features.engine import run_featurize
-    from hfcast.monitoring.decision import load_history
     from hfcast.storage import Lake
     from pipelines.local import run_local
 
@@ -122,7 +120,6 @@ def run_demo(cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
         settings = get_settings()
         lake = Lake.from_settings(settings)
         days = trading_days(settings.param("synth.start_date", "2024-01-02"), cfg.days)
-        common = {"settings": settings.to_param()}
 
         with step("1. training pipeline: simulate -> validate -> featurize -> Feast -> train -> gate"):
             first_days = {"featurize": {"dates": days[:cfg.train_days]}}
@@ -141,32 +138,11 @@ def run_demo(cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
             summary["champion_before"] = out["champion_version"]
             console.print(f"champion: hfcast/{out['champion_version']}")
 
-        with step("2. new dates arrive: validate + featurize the rest of the days"):
-            run_validate(lake, progress=False)
-            run_featurize(lake, progress=False)
-
-        with step("3. batch pipeline: one prediction CSV per date (dense)"):
-            run_local("batch", dates=f"{days[0]}..{days[-1]}", model_ref="hfcast@champion", **common)
-
-        with step("4. monitoring pipeline on every date after the training span"):
-            mon_dates = days[cfg.train_days:]
-            for d in mon_dates:
-                run_local("monitoring", date=d, starter="local", **common)
-                rec = {r["date"]: r for r in load_history(lake, "hfcast")}.get(d, {})
-                share = (rec.get("checks") or {}).get("drift_share", float("nan"))
-                console.print(f"{d}: drift share {share:.2f} -> {rec.get('action')} "
-                              f"{'(regime shifted)' if days.index(d) >= cfg.shift_day else ''}")
-            history = [r for r in load_history(lake, "hfcast") if r["date"] in mon_dates]
-            summary["monitoring"] = [{"date": r["date"], "drift_share": (r.get("checks") or {}).get("drift_share"),
-                                      "drift_alarm": r.get("drift_alarm"), "action": r.get("action"),
-                                      "explanation": r.get("explanation")} for r in history]
-            summary["retrainings"] = [r["date"] for r in history if r.get("action") == "retrain"]
-            summary["champion_after"] = str(registry.resolve(settings, "hfcast@champion").version)
-            summary["versions"] = [{k: v.get(k) for k in ("version", "aliases", "arch")}
-                                   for v in registry.list_versions(settings)]
+        with step("2. replay the next days in order: arrive -> predict -> monitor -> decide -> retrain"):
+            summary.update(_replay(settings, lake, days, cfg, home, console))
 
         if cfg.serve:
-            with step("5. KServe model server: requests by window and by symbol"):
+            with step("3. KServe model server: requests by window and by symbol"):
                 summary["serving"] = _serve_and_query(settings, console, home)
 
         summary["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -174,6 +150,39 @@ def run_demo(cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
         summary.update(_write_report(settings, home))
     (home / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def _replay(settings: Any, lake: Any, days: list[str], cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
+    """The days after the first training, one by one in honest time (:func:`hfcast.replay.run_replay`):
+    each day's features are DVC-versioned (local lake), predicted by the champion of that moment,
+    monitored with that version; a retraining uses data up to its decision date only."""
+    from hfcast import registry, storage
+    from hfcast.monitoring.decision import load_history, trigger_outcome
+    from hfcast.replay import run_replay, versions_seen
+    from hfcast.versioning import FeatureVersions
+
+    versions = None
+    if not storage.is_remote(lake.url):  # DVC outputs must be local folders: an S3 lake stays unversioned
+        versions = FeatureVersions(storage.local_path(lake.url), remote=str(home / "dvc-remote")).init()
+
+    def show(d: str, e: dict[str, Any]) -> None:
+        shifted = "(regime shifted)" if days.index(d) >= cfg.shift_day else ""
+        console.print(f"{d}: predicted by v{e['predict']['version']} -> {e['monitor']['action']} "
+                      f"{trigger_outcome(e['monitor'].get('trigger'))} {shifted}".rstrip())
+
+    run_replay(settings, days[cfg.train_days], days[-1], archs=(), versions=versions, on_day=show)
+    replayed = days[cfg.train_days:]
+    history = [r for r in load_history(lake, settings.model_name) if r["date"] in replayed]
+    seen = versions_seen(settings)
+    for v in seen:
+        console.print(f"v{v['version']} {v.get('aliases') or ''}: trained {v.get('train_first')}..{v.get('train_last')}, "
+                      f"validated {v.get('val_first')}..{v.get('val_last')}, tested {v.get('test_first')}..{v.get('test_last')}")
+    return {"monitoring": [{"date": r["date"], "version": r.get("version"),
+                            "drift_share": (r.get("checks") or {}).get("drift_share"), "drift_alarm": r.get("drift_alarm"),
+                            "action": r.get("action"), "explanation": r.get("explanation")} for r in history],
+            "retrainings": [r["date"] for r in history if r.get("action") == "retrain"],
+            "champion_after": str(registry.resolve(settings, f"{settings.model_name}@champion").version),
+            "versions": seen}
 
 
 def _serve_and_query(settings: Any, console: Any, home: Path) -> dict[str, Any]:

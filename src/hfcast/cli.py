@@ -613,6 +613,7 @@ def monitor_run(
     trigger: Optional[str] = typer.Option(None, "--trigger", hidden=True, help="Old name of --starter."),
     kfp_host: Optional[str] = typer.Option(None, "--kfp-host", help="Kubeflow Pipelines API URL (default params.yaml monitor.kubeflow_host)."),
     mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the decision to the hfcast-monitoring experiment."),
+    rerun: bool = typer.Option(False, "--rerun", help="Replace the date's decision if it was decided before (default: keep it)."),
 ) -> None:
     """Evidently drift (features, predictions) + live performance for one date, then decide and start a retraining."""
     from hfcast.monitoring.drift import run_monitor
@@ -620,7 +621,7 @@ def monitor_run(
 
     try:
         chosen = load_starter(trigger or starter, **({"host": kfp_host} if kfp_host else {}))
-        rec = run_monitor(_settings(), date, model, starter=chosen, log_mlflow=mlflow_log)
+        rec = run_monitor(_settings(), date, model, starter=chosen, log_mlflow=mlflow_log, rerun=rerun)
     except (ValueError, LookupError, FileNotFoundError) as exc:
         _fail(str(exc))
         return
@@ -638,10 +639,10 @@ def monitor_history(
     model: Optional[str] = typer.Option(None, "--model", help="Model name (default: settings.model_name)."),
     last: int = typer.Option(50, "--last", help="Show the last N decisions."),
 ) -> None:
-    """The decision log (<lake>/monitoring/<model>/decisions.jsonl), oldest first."""
+    """The decision log (<lake>/monitoring/<model>/decisions/<date>.json; old decisions.jsonl too), oldest first."""
     from rich.table import Table
 
-    from hfcast.monitoring.decision import load_history
+    from hfcast.monitoring.decision import load_history, trigger_outcome
     from hfcast.storage import Lake
 
     settings = _settings()
@@ -659,10 +660,32 @@ def monitor_history(
         table.add_row(r["date"], str(r.get("version")), "-" if share is None else f"{share:.2f}", str(r.get("drift_streak", "")),
                       f"{live['vol_qlike']:.4g}" if live.get("vol_qlike") is not None else "-",
                       f"{live['ret_ic']:.3f}" if live.get("ret_ic") is not None else "-", r["action"],
-                      f"{trig.get('kind', '')} {trig.get('status', '')} {trig.get('run_id', '') or ''}".strip())
+                      trigger_outcome(trig))
     console.print(table)
     for r in recs:  # the why, in full (too long for a table column)
         console.print(f"[bold]{r['date']}[/] v{r.get('version')}: {r.get('explanation', '')}", soft_wrap=True)
+
+
+@app.command("replay")
+def replay(
+    first: str = typer.Option(..., "--from", help="First trading day to replay (YYYY-MM-DD)."),
+    last: str = typer.Option(..., "--to", help="Last trading day to replay (YYYY-MM-DD)."),
+    arch: list[str] = typer.Option([], "--arch", help="Architecture(s) of a retraining (default: the champion's)."),
+    mode: str = typer.Option("dense", "--mode", help="Prediction mode: dense | sparse."),
+) -> None:
+    """Replay days in order with no look-ahead: arrive -> predict (champion of the moment) -> monitor -> decide -> retrain (data up to that day). Resumes where it stopped."""
+    from hfcast.monitoring.decision import trigger_outcome
+    from hfcast.replay import run_replay
+
+    def show(d: str, e: dict) -> None:
+        trig = trigger_outcome((e["monitor"] or {}).get("trigger") or {})
+        console.print(f"{d}: predicted by v{e['predict']['version']} -> {e['monitor']['action']} {trig}"
+                      f" (champion v{e.get('champion_after')})")
+
+    try:
+        run_replay(_settings(), first, last, archs=arch, mode=mode, on_day=show)
+    except (ValueError, LookupError, FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
 
 
 @monitor_app.command("reference")

@@ -63,6 +63,41 @@ def walkforward_config(settings: Any, last_date: str | None = None, max_folds: i
     return WalkForwardConfig.from_params(section)
 
 
+LINEAGE_TAGS = tuple(f"hfcast.{span}_{end}" for span in ("train", "val", "test") for end in ("first", "last"))
+
+
+def data_lineage(folds: Sequence[Any]) -> dict[str, str]:
+    """First and last date of the train, validation and test data over all folds (MLflow tags).
+
+    Why: a model's time lineage is what proves it never saw the future of a decision; the tags
+    travel from the run to the registered version (:func:`hfcast.registry.register`).
+    """
+    out: dict[str, str] = {}
+    for span in ("train", "val", "test"):
+        dates = sorted(d for f in folds for d in getattr(f, span))
+        if dates:
+            out[f"hfcast.{span}_first"], out[f"hfcast.{span}_last"] = dates[0], dates[-1]
+    return out
+
+
+def data_last_date(tags: Mapping[str, str]) -> str | None:
+    """The latest date of any data the version used (None when it carries no lineage tags)."""
+    ends = [str(tags[k]) for k in LINEAGE_TAGS if k.endswith("_last") and tags.get(k)]
+    return max(ends) if ends else None
+
+
+def check_decision_date(tags: Mapping[str, str], decision_date: str | None) -> str | None:
+    """Why a version may not be judged at ``decision_date`` (its data extends past it), else None."""
+    if decision_date is None:
+        return None
+    last = data_last_date(tags)
+    if last is None:
+        return f"the version has no data lineage tags ({', '.join(LINEAGE_TAGS)}): cannot prove it saw no later data"
+    if last > str(decision_date):
+        return f"its data extends to {last}, after the decision date {decision_date} (look-ahead)"
+    return None
+
+
 def log_trained(settings: Any, result: Any, arch: str, *, out_dir: Any, dataset_version: str = "",
                 reason: str = "", drifted_dates: Sequence[str] = (), plots: Sequence[Any] = (),
                 live: Any = None, reports: Sequence[Any] = ()) -> str:
@@ -84,6 +119,7 @@ def log_trained(settings: Any, result: Any, arch: str, *, out_dir: Any, dataset_
         tags["hfcast.trigger_reason"] = reason[:5000]
     if drifted_dates:
         tags["hfcast.drifted_dates"] = ",".join(drifted_dates)[:5000]
+    tags.update(data_lineage(result.folds))
     params = {"walkforward": dict(settings.param("walkforward", {}) or {}),
               "train": dict(settings.param("train", {}) or {})}
     from hfcast.walkforward import log_result
@@ -199,7 +235,7 @@ def _build_reference(settings: Any, version: int, trained: TrainedRun | None) ->
 
 
 def register_and_gate(settings: Any, run_id: str, *, force_reason: str = "", margin: Any = None,
-                      trained: TrainedRun | None = None) -> GateOutcome:
+                      trained: TrainedRun | None = None, decision_date: str | None = None) -> GateOutcome:
     """Register ``run_id`` (alias ``challenger``), run the gate, promote only if it passes.
 
     Champion and challenger are compared on the same test spans: the logged scores when both runs
@@ -209,8 +245,15 @@ def register_and_gate(settings: Any, run_id: str, *, force_reason: str = "", mar
     Args:
         force_reason: non-empty = promote without the gate; the reason is recorded on the version.
         margin: one margin for every primary metric, or per metric (None = params.yaml).
+        decision_date: the date the retraining was decided (a replay): a version whose train,
+            validation or test data extends past it is refused, forced or not.
     """
     version = registry.register(settings, run_id)
+    refusal = check_decision_date(registry.resolve(settings, f"{settings.model_name}/{version}").tags, decision_date)
+    if refusal:
+        decision = GateDecision(False, [f"refused: {refusal}"])
+        promotion.promote(settings, version, decision)  # records the reasons; champion unchanged
+        return GateOutcome(int(version), decision, False)
     decision = _decide(settings, version, force_reason, margin)
     promoted = promotion.promote(settings, version, decision)
     if promoted:
@@ -227,7 +270,8 @@ def champion_arch(settings: Any) -> str | None:
 
 
 def retrain(settings: Any, archs: Sequence[str], *, reason: str, drifted_dates: Sequence[str] = (),
-            last_date: str | None = None, force_reason: str = "", margin: Any = None) -> dict[str, Any]:
+            last_date: str | None = None, force_reason: str = "", margin: Any = None,
+            decision_date: str | None = None, dataset_version: str = "") -> dict[str, Any]:
     """Train every architecture on the most recent fold, log them, gate the best one, promote or not.
 
     The last fold only (``max_folds=1``): its test span is the most recent dates, which the current
@@ -243,9 +287,9 @@ def retrain(settings: Any, archs: Sequence[str], *, reason: str, drifted_dates: 
         cfg = MonitorConfig.from_params(settings.param("monitor", {}))
         archs = [cfg.retrain_arch or champion_arch(settings) or "tcn"]
     runs = {a: train_and_log(settings, a, reason=reason, drifted_dates=drifted_dates, last_date=last_date,
-                             max_folds=1) for a in archs}
+                             max_folds=1, dataset_version=dataset_version) for a in archs}
     best = best_run([r.summary() for r in runs.values()], settings)
     outcome = register_and_gate(settings, best["run_id"], force_reason=force_reason, margin=margin,
-                                trained=runs[best["arch"]])
+                                trained=runs[best["arch"]], decision_date=decision_date)
     return {"status": "done", "new_version": outcome.version, "promoted": outcome.promoted,
             "gate": outcome.decision.summary(), "run_ids": {a: r.run_id for a, r in runs.items()}}

@@ -474,7 +474,8 @@ def register(settings: Settings, run_id: str) -> int:
             c.create_registered_model(name, description="hfcast forecaster bundles (aliases: champion, challenger)")
         rt = run.data.tags
         mv_tags = {"arch": rt.get("arch", "unknown"), "dataset_version": rt.get("dataset_version", "unknown"),
-                   "run_id": run_id, SPANS_SHA_TAG: rt.get(SPANS_SHA_TAG, "")}
+                   "run_id": run_id, SPANS_SHA_TAG: rt.get(SPANS_SHA_TAG, ""),
+                   **{k: v for k, v in rt.items() if k.startswith(("hfcast.train_", "hfcast.val_", "hfcast.test_"))}}
         mv_tags.update(_checksum_tags(run_id, rt, t.uri))
         source, model_id = f"runs:/{run_id}/{MODEL_ARTIFACT}", None
         if rt.get(PYFUNC_TAG):  # the MLflow model wraps the same bundle: `mlflow models predict` can use it

@@ -102,6 +102,44 @@ def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = 
         raise StorageError(redact(f"writing {url} failed: {exc}")) from None
 
 
+def create_exclusive(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> bool:
+    """Write ``data`` to ``url`` only if nothing is there yet; True if this call created it.
+
+    Why: a decision log and a lease shared by concurrent monitors need create-if-absent, never
+    read-then-write. Local: the content goes to a temp file that is hard-linked into place (the
+    link fails if the name exists, so the object appears whole or not at all). S3: a conditional
+    PUT ``If-None-Match: *`` (s3fs mode ``xb``; SeaweedFS and AWS S3 answer 412 when it exists).
+    """
+    try:
+        if not is_remote(url):
+            path = local_path(url)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+        fs, path = filesystem(url, storage_options)
+        try:
+            with fs.open(path, "xb") as fh:
+                fh.write(data)
+        except (FileExistsError, OSError) as exc:
+            if isinstance(exc, FileExistsError) or "pre-condition" in str(exc).lower() or "412" in str(exc):
+                return False
+            raise
+        fs.invalidate_cache(path)
+        return True
+    except Exception as exc:  # re-raise without credentials
+        raise StorageError(redact(f"creating {url} failed: {exc}")) from None
+
+
 def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
     try:
         if not is_remote(url):

@@ -138,3 +138,83 @@ def prepare(repo_dir: str | os.PathLike = ".", targets: list[str] | None = None,
         raise DvcError(f"dvc repro finished but {out} has no version in {repo}/dvc.lock")
     log.info("dataset version %s", version)
     return version
+
+
+# --- one dataset version per replayed day: `dvc add` + git commit + `dvc push` of the features ---------------
+
+FEATURES_DVC = "features.dvc"
+_GIT_ID = ["-c", "user.name=hfcast", "-c", "user.email=hfcast@localhost", "-c", "commit.gpgsign=false"]
+
+
+def _git(repo: Path, args: list[str]) -> str:
+    res = subprocess.run(["git", *_GIT_ID, *args], cwd=repo, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise DvcError(f"`git {' '.join(args)}` failed in {repo} (exit {res.returncode}):\n{(res.stdout + res.stderr)[-2000:]}")
+    return res.stdout.strip()
+
+
+class FeatureVersions:
+    """Versions ``<lake>/features`` after each day: ``dvc add``, a git commit of ``features.dvc``, ``dvc push``.
+
+    Why ``dvc add`` and not ``dvc repro`` per day: the replay featurizes one day at a time, so the
+    pipeline's stages (which featurize every date) would redo the whole history each day; ``dvc add``
+    hashes only new files (DVC caches the hashes of unchanged ones). The lake folder is the git + DVC
+    repository; only ``features.dvc`` and ``.gitignore`` are committed. A dataset version is
+    ``<md5>.dir@<commit>``: :func:`restore_features` brings those exact bytes back in a fresh clone.
+
+    Args:
+        lake_dir: the local lake folder (DVC outputs must be local).
+        remote: DVC remote URL (``s3://bucket/dvc`` or a folder); None = no push.
+        endpoint_url: S3 endpoint of the remote (SeaweedFS); credentials come from the environment.
+    """
+
+    def __init__(self, lake_dir: str | os.PathLike, remote: str | None = None, endpoint_url: str | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.repo = Path(lake_dir).resolve()
+        self.remote, self.endpoint_url, self.env = remote, endpoint_url, dict(env or {})
+
+    def init(self) -> "FeatureVersions":
+        """Make the lake a git + DVC repository with the remote (idempotent)."""
+        self.repo.mkdir(parents=True, exist_ok=True)
+        if not (self.repo / ".git").exists():
+            _git(self.repo, ["init", "-q"])
+        if not (self.repo / ".dvc").exists():
+            _dvc(self.repo, ["init", "-q"], self.env)
+            _dvc(self.repo, ["config", "core.autostage", "false"], self.env)
+            if self.remote:
+                _dvc(self.repo, ["remote", "add", "-d", "store", self.remote], self.env)
+                if self.endpoint_url:
+                    _dvc(self.repo, ["remote", "modify", "store", "endpointurl", self.endpoint_url], self.env)
+            _git(self.repo, ["add", ".dvc"])
+            _git(self.repo, ["commit", "-q", "-m", "dvc init"])
+        return self
+
+    def snapshot(self, message: str) -> str:
+        """Version the features folder as it is now; the dataset version ``<md5>.dir@<commit>``."""
+        _dvc(self.repo, ["add", "-q", "features"], self.env)
+        _git(self.repo, ["add", FEATURES_DVC, ".gitignore"])
+        if _git(self.repo, ["status", "--porcelain", "--", FEATURES_DVC]):
+            _git(self.repo, ["commit", "-q", "-m", message])
+        if self.remote:
+            _dvc(self.repo, ["push", "-q"], self.env)
+        doc = yaml.safe_load((self.repo / FEATURES_DVC).read_text())
+        return f"{doc['outs'][0]['md5']}@{_git(self.repo, ['rev-parse', 'HEAD'])}"
+
+
+def restore_features(origin: str | os.PathLike, version: str, dest: str | os.PathLike,
+                     env: Mapping[str, str] | None = None) -> Path:
+    """Clone ``origin`` (the lake's git repository) into ``dest`` at ``version``'s commit and ``dvc pull``
+    the features from the remote; the restored features folder."""
+    md5, _, commit = version.partition("@")
+    if not commit:
+        raise ValueError(f"dataset version {version!r} is not '<md5>.dir@<commit>' (not made by FeatureVersions)")
+    dest = Path(dest)
+    res = subprocess.run(["git", "clone", "-q", str(origin), str(dest)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise DvcError(f"git clone {origin} failed: {res.stderr[-2000:]}")
+    _git(dest, ["checkout", "-q", commit])
+    _dvc(dest, ["pull", "-q", FEATURES_DVC], env)
+    got = yaml.safe_load((dest / FEATURES_DVC).read_text())["outs"][0]["md5"]
+    if got != md5:
+        raise DvcError(f"commit {commit} records features {got}, not {md5}")
+    return dest / "features"

@@ -81,14 +81,19 @@ def test_rerun_of_a_retrain_date_does_not_retrain_twice():
     assert again["action"] == SUPPRESSED
 
 
-def test_backfilled_earlier_date_respects_cooldown_both_ways():
-    recs = _run([0.1] * 8 + [0.7, 0.7])  # retrain on DATES[9]
+def test_backfill_cooldown_looks_only_before_but_one_episode_retrains_once():
+    recs = _run([0.1] * 8 + [0.7, 0.7])  # retrain on DATES[9] (drifted dates 8 and 9)
     assert recs[-1]["action"] == RETRAIN
     early = decide(recs, Checks(date=DATES[7], version="1", drift_share=0.9), CFG)
-    # DATES[6] had no alarm, so the backfilled DATES[7] streak is 1 -> none; with K=1 the cooldown bites
+    # DATES[6] had no alarm, so the backfilled DATES[7] streak is 1 -> none
     assert early["action"] == NONE
     k1 = MonitorConfig(consecutive=1, cooldown_dates=5)
-    assert decide(recs, Checks(date=DATES[7], version="1", drift_share=0.9), k1)["action"] == SUPPRESSED
+    # a later date's retraining does not cool down an earlier, separate alarm
+    assert decide(recs, Checks(date=DATES[7], version="1", drift_share=0.9), k1)["action"] == RETRAIN
+    # but a date the later retraining already counted is the same episode: no second retraining
+    same = decide(recs[:8], Checks(date=DATES[8], version="1", drift_share=0.9), k1)
+    assert decide([*recs[:8], recs[9]], Checks(date=DATES[8], version="1", drift_share=0.9), k1)["action"] == SUPPRESSED
+    assert same["action"] == RETRAIN  # without the later record it would retrain
 
 
 def test_performance_alarm_thresholds():
@@ -133,7 +138,23 @@ def test_history_roundtrip_and_upsert(tmp_path):
     changed = {**back[1], "trigger": {"status": "done"}}
     back = upsert(back, changed)
     assert len(back) == 3 and back[-1]["trigger"] == {"status": "done"}
-    assert (tmp_path / "monitoring" / "hfcast" / "decisions.jsonl").read_text().count("\n") == 3
+    assert len(list((tmp_path / "monitoring" / "hfcast" / "decisions").glob("*.json"))) == 3
+
+
+def test_history_reads_the_legacy_jsonl_and_claims_once(tmp_path):
+    import json
+
+    from hfcast.monitoring.decision import claim, read_decision
+
+    lake = Lake(tmp_path.as_uri())
+    recs = _run([0.7, 0.7, 0.1])
+    legacy = tmp_path / "monitoring" / "hfcast" / "decisions.jsonl"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text("".join(json.dumps(r, default=str) + "\n" for r in recs[:2]))
+    assert claim(lake, "hfcast", recs[2]) is True
+    assert claim(lake, "hfcast", {**recs[2], "action": "other"}) is False  # the date is decided already
+    assert read_decision(lake, "hfcast", recs[2]["date"])["action"] == recs[2]["action"]
+    assert [r["date"] for r in load_history(lake, "hfcast")] == [r["date"] for r in recs]
 
 
 # --- retraining state and triggers (hfcast.monitoring.retraining) without a registry or a KFP server ----------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,9 @@ def sim(tmp_path_factory):
 def clean(sim):
     """Each test starts with no decision history and no retraining state for the model."""
     folder = Path(storage.local_path(sim[1].url)) / "monitoring" / "hfcast"
-    for name in ("decisions.jsonl", "retrain.json"):
+    for name in ("decisions.jsonl", "retrain.json", "retrain.lease"):
         (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / "decisions", ignore_errors=True)
     return folder
 
 
@@ -241,8 +243,9 @@ def champion(tmp_path_factory):
 
 def _clean_small(lake):
     folder = Path(storage.local_path(lake.url)) / "monitoring" / "hfcast"
-    for name in ("decisions.jsonl", "retrain.json"):
+    for name in ("decisions.jsonl", "retrain.json", "retrain.lease"):
         (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / "decisions", ignore_errors=True)
     return folder
 
 

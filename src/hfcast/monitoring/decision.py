@@ -13,11 +13,13 @@ Rule (thresholds in params.yaml ``monitor:``):
 * retrain when the drift alarm held on ``consecutive`` monitored dates in a row (today included), or
   the performance alarm on ``perf_consecutive`` dates in a row; streaks count only dates of the
   same model version (a new champion starts with a clean slate);
-* but never when a retraining was decided less than ``cooldown_dates`` trading days before (or
-  after: backfills) today, and never while a retraining started by the monitor is still running.
+* but never when a retraining was decided less than ``cooldown_dates`` trading days BEFORE today
+  (a later date's retraining never cools down an earlier date, except that a backfilled date
+  whose alarm a later retraining already counted among its drifted dates is the same episode),
+  and never while a retraining is running (the lease of :mod:`hfcast.monitoring.retraining`).
 
-The history is kept per model as JSON lines (:func:`history_url`); the whole file is rewritten
-atomically on every change (:func:`save_history`), so a reader never sees half a line.
+The history is kept per model as one object per decided date (:func:`history_url`), created
+if absent, so concurrent monitors neither lose nor duplicate a record.
 """
 
 from __future__ import annotations
@@ -147,6 +149,11 @@ def _streak(prior: list[Mapping[str, Any]], key: str, today: bool) -> list[str]:
     return sorted(dates)
 
 
+def _within(date: str, dates: Sequence[str]) -> bool:
+    """Whether ``date`` falls in the span of a drift episode's dates (first..last, gaps included)."""
+    return bool(dates) and min(dates) <= date <= max(dates)
+
+
 def trading_days_between(a: str, b: str) -> int:
     """|trading days| from a to b (weekdays; holidays are not modelled, as in the simulator)."""
     lo, hi = sorted((a, b))
@@ -197,10 +204,16 @@ def decide(history: Sequence[Mapping[str, Any]], checks: Checks, cfg: MonitorCon
         notes.append("live performance within thresholds")
     action, reasons = NONE, notes
     if wants:
-        last = min((r for r in history if r.get("action") == RETRAIN),  # the nearest retraining, either side
-                   key=lambda r: trading_days_between(str(r["date"]), checks.date), default=None)
+        earlier = [r for r in history if r.get("action") == RETRAIN and str(r["date"]) < checks.date]
+        last = max(earlier, key=lambda r: str(r["date"]), default=None)  # the latest retraining BEFORE today
         gap = trading_days_between(str(last["date"]), checks.date) if last else None
-        if last is not None and gap < cfg.cooldown_dates:
+        covering = next((r for r in history if r.get("action") == RETRAIN and str(r["date"]) >= checks.date
+                         and _within(checks.date, r.get("drifted_dates") or [])), None)
+        if covering is not None:  # a backfill: a later date's retraining already answered this alarm
+            action = SUPPRESSED
+            reasons = [*wants, f"same drift episode: the retraining decided for {covering['date']} covered "
+                               f"{checks.date} (drifted dates {', '.join(covering['drifted_dates'])})"]
+        elif last is not None and gap < cfg.cooldown_dates:
             action = SUPPRESSED
             reasons = [*wants, f"cooldown: a retraining was decided for {last['date']} ({gap} trading day(s) "
                                f"away < cooldown {cfg.cooldown_dates})"]
@@ -219,32 +232,89 @@ def decide(history: Sequence[Mapping[str, Any]], checks: Checks, cfg: MonitorCon
     }
 
 
-# --- the history store (I/O; kept beside the pure rule so both read the same record format) -----
+# --- the decision log (I/O; kept beside the pure rule so both read the same record format) -----
+#
+# One object per decided date, ``<lake>/monitoring/<model>/decisions/<date>.json``, created with
+# create-if-absent (:func:`hfcast.storage.create_exclusive`): two monitors deciding the same date
+# cannot both write it (the second reads the first's record), and no monitor ever rewrites a
+# record of another date from a stale copy (the old single-file ``decisions.jsonl`` lost records
+# that way). Only the monitor that created a record updates it afterwards (trigger result, MLflow
+# run id). The old ``decisions.jsonl`` is still read (its dates yield to the new objects).
 
 def history_url(lake: Any, model: str) -> str:
-    """``<lake>/monitoring/<model>/decisions.jsonl``: every decision of every version of the model."""
+    """``<lake>/monitoring/<model>/decisions``: the folder with one JSON object per decided date."""
+    from hfcast.storage import join
+
+    return join(lake.url, "monitoring", model, "decisions")
+
+
+def legacy_history_url(lake: Any, model: str) -> str:
+    """The single-file log written before one object per date (read only)."""
     from hfcast.storage import join
 
     return join(lake.url, "monitoring", model, "decisions.jsonl")
 
 
+def decision_url(lake: Any, model: str, date: str) -> str:
+    from hfcast.storage import join
+
+    return join(history_url(lake, model), f"{date}.json")
+
+
+def _dumps(record: Mapping[str, Any]) -> str:
+    return json.dumps(dict(record), default=_json_default, sort_keys=True)
+
+
 def load_history(lake: Any, model: str) -> list[dict[str, Any]]:
-    """Decision records, oldest first ([] when the monitor never ran)."""
+    """Decision records, one per date, oldest date first ([] when the monitor never ran)."""
     from hfcast import storage
 
-    url = history_url(lake, model)
+    by_date: dict[str, dict[str, Any]] = {}
+    legacy = legacy_history_url(lake, model)
+    if storage.exists(legacy, lake.storage_options):
+        for line in storage.read_text(legacy, lake.storage_options).splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                by_date[str(rec["date"])] = rec
+    folder = history_url(lake, model)
+    for name in storage.listdir(folder, lake.storage_options):
+        if name.endswith(".json"):
+            try:
+                rec = json.loads(storage.read_text(storage.join(folder, name), lake.storage_options))
+            except FileNotFoundError:  # listed, then removed by a test cleanup: not a record
+                continue
+            by_date[str(rec["date"])] = rec
+    return [by_date[d] for d in sorted(by_date)]
+
+
+def read_decision(lake: Any, model: str, date: str) -> dict[str, Any] | None:
+    from hfcast import storage
+
+    url = decision_url(lake, model, date)
     if not storage.exists(url, lake.storage_options):
-        return []
-    text = storage.read_text(url, lake.storage_options)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return None
+    return json.loads(storage.read_text(url, lake.storage_options))
+
+
+def claim(lake: Any, model: str, record: Mapping[str, Any]) -> bool:
+    """Create the record of ``record['date']`` if no monitor has decided that date; True if created."""
+    from hfcast import storage
+
+    return storage.create_exclusive(decision_url(lake, model, str(record["date"])), _dumps(record).encode(),
+                                    lake.storage_options)
+
+
+def update(lake: Any, model: str, record: Mapping[str, Any]) -> None:
+    """Rewrite a record this monitor created (:func:`claim`); never call it for another's record."""
+    from hfcast import storage
+
+    storage.write_text(decision_url(lake, model, str(record["date"])), _dumps(record), lake.storage_options)
 
 
 def save_history(lake: Any, model: str, records: Sequence[Mapping[str, Any]]) -> None:
-    """Rewrite the whole history atomically (one object write: no torn lines)."""
-    from hfcast import storage
-
-    body = "".join(json.dumps(r, default=_json_default, sort_keys=True) + "\n" for r in records)
-    storage.write_text(history_url(lake, model), body, lake.storage_options)
+    """Write records (one object per date, overwriting): imports, migrations and tests, not monitors."""
+    for rec in _latest_per_date(records).values():
+        update(lake, model, rec)
 
 
 def upsert(records: list[dict[str, Any]], record: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -252,6 +322,21 @@ def upsert(records: list[dict[str, Any]], record: Mapping[str, Any]) -> list[dic
     out = [dict(r) for r in records if r.get("id") != record["id"]]
     out.append(dict(record))
     return out
+
+
+def trigger_outcome(trigger: Mapping[str, Any] | None) -> str:
+    """What happened to a retraining, in words: started, promoted vN, rejected (the gate's reasons), failed (error)."""
+    t = dict(trigger or {})
+    status = str(t.get("status") or "")
+    if not t:
+        return ""
+    if status == "failed":
+        return f"failed: {t.get('error')}"
+    if status == "done" and t.get("promoted"):
+        return f"promoted v{t.get('new_version')}"
+    if status == "done":
+        return f"rejected v{t.get('new_version')}: {t.get('gate')}"
+    return f"{t.get('kind', '')} {status or 'started'} {t.get('run_id') or ''}".strip()
 
 
 def _json_default(o: Any) -> Any:

@@ -14,7 +14,7 @@ For a date D and a model version the monitor
    ``<lake>/monitoring/<model>/<version>/date=D/``;
 4. decides (:func:`hfcast.monitoring.decision.decide`), starts a retraining through the starter it is
    given (:mod:`hfcast.monitoring.retraining`), and records the
-   decision in ``decisions.jsonl`` and in the ``hfcast-monitoring`` MLflow experiment.
+   decision in ``decisions/<date>.json`` and in the ``hfcast-monitoring`` MLflow experiment.
 
 Why Evidently's normed Wasserstein per column (``monitor.column_method``): a day holds thousands
 of autocorrelated rows, so p-value tests (KS) flag every column on every day; a distance with a
@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from hfcast import storage
+from hfcast.monitoring import decision as D
 from hfcast.monitoring.decision import Checks, MonitorConfig, performance_alarm
 from hfcast.monitoring.reference import live_scores, load_reference, reference_from_registry, reference_urls
 from hfcast.storage import Lake
@@ -201,21 +202,30 @@ def resolve_model(settings: Any, ref: str) -> tuple[str, str]:
 
 
 def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starter: Any = None,
-                log_mlflow: bool = True, cfg: MonitorConfig | None = None) -> dict[str, Any]:
+                log_mlflow: bool = True, cfg: MonitorConfig | None = None, checks: Checks | None = None,
+                rerun: bool = False) -> dict[str, Any]:
     """Monitor one date and act on the decision (the function behind ``hfcast monitor run``).
+
+    Safe with other monitors running at the same time (see :mod:`hfcast.monitoring.decision`):
+    the date's record is created if absent (a date decided by another monitor returns that
+    monitor's record), and a retraining needs the lease of
+    :func:`hfcast.monitoring.retraining.acquire_lease`, under which the decision is taken again on
+    the fresh log, so one drift episode starts one retraining.
 
     Args:
         date: the date to check (its features partition and, when present, its prediction CSV).
-        model: registry reference (``hfcast@champion``) or ``name/version``.
+        model: registry reference (``hfcast@champion``) or ``name/version`` (the version that predicted it).
         starter: what starts a retraining (:class:`hfcast.monitoring.retraining.RetrainStarter`);
             None = :class:`~hfcast.monitoring.retraining.InProcessStarter`;
             :class:`~hfcast.monitoring.retraining.RecordOnlyStarter` decides and records only.
         log_mlflow: also record the decision as a run in the ``hfcast-monitoring`` experiment.
+        checks: measurements already taken (tests); None = :func:`check_date`.
+        rerun: replace the date's record when it was decided before (a deliberate re-check by one
+            operator; not for monitors running at the same time on the same date).
 
     Returns:
-        The decision record (as appended to ``decisions.jsonl``).
+        The decision record (as stored in ``decisions/<date>.json``).
     """
-    from hfcast.monitoring import decision as D
     from hfcast.monitoring import retraining as R
 
     starter = starter if starter is not None else R.InProcessStarter()
@@ -223,24 +233,60 @@ def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starte
     date = pd.Timestamp(date).date().isoformat()
     name, version = resolve_model(settings, model)
     lake = Lake.from_settings(settings)
-    if not storage.exists(reference_urls(lake, name, version)[1], lake.storage_options):
-        log.info("no reference for %s v%s yet: building it from the registry run", name, version)
-        reference_from_registry(settings, f"{name}/{version}", cfg)
-    checks = check_date(settings, date, name, version, cfg)
-    history = D.load_history(lake, name)
-    record = D.decide(history, checks, cfg, R.running_state(lake, name, cfg.retrain_timeout_hours, starter))
-    record["model"] = name
-    if record["action"] == D.RETRAIN:
-        record["trigger"] = {"kind": starter.kind, "status": "starting"}
-        history = D.upsert(history, record)
-        D.save_history(lake, name, history)  # the decision is on record before anything starts
-        record["trigger"] = starter.start(settings, name, "; ".join(record["reasons"]), record["drifted_dates"])
+    if checks is None:
+        if not storage.exists(reference_urls(lake, name, version)[1], lake.storage_options):
+            log.info("no reference for %s v%s yet: building it from the registry run", name, version)
+            reference_from_registry(settings, f"{name}/{version}", cfg)
+        checks = check_date(settings, date, name, version, cfg)
+    record, lease = _decide_with_lease(lake, name, checks, cfg, starter)
+    claimed = D.claim(lake, name, record)
+    if not claimed and rerun:
+        D.update(lake, name, record)
+        claimed = True
+    if not claimed:
+        if lease is not None:
+            R.release_lease(lake, name, lease)
+        log.info("%s %s: already decided by another monitor; keeping its record", date, name)
+        return D.read_decision(lake, name, date) or record
+    if lease is not None:
+        try:
+            record["trigger"] = starter.start(settings, name, "; ".join(record["reasons"]), record["drifted_dates"])
+        finally:
+            R.release_lease(lake, name, lease)
         if record["trigger"].get("note"):
             record["explanation"] += f" -> {record['trigger']['note']}"
-    D.save_history(lake, name, D.upsert(history, record))
+        D.update(lake, name, record)
     if log_mlflow:
         record["mlflow_run_id"] = D.log_to_mlflow(settings, record, reports=(lake.monitoring(name, version, date),
                                                                               lake.storage_options))
-        D.save_history(lake, name, D.upsert(history, record))
+        D.update(lake, name, record)
     log.info("%s %s v%s: %s", date, name, version, record["explanation"])
     return record
+
+
+def _decide_with_lease(lake: Lake, name: str, checks: Checks, cfg: MonitorConfig, starter: Any):
+    """(record, lease): the decision on the log of earlier dates; a retraining only with the lease held.
+
+    The decision is taken again once the lease is held, on a fresh read of the log: a retraining
+    that another monitor finished meanwhile is then on record and cools this one down.
+    """
+    from hfcast.monitoring import retraining as R
+
+    def decide_now(running: Any) -> dict[str, Any]:
+        record = D.decide(D.load_history(lake, name), checks, cfg, running)
+        record["model"] = name
+        return record
+
+    running = R.running_state(lake, name, cfg.retrain_timeout_hours, starter) or R.lease_holder(lake, name)
+    record = decide_now(running)
+    if record["action"] != D.RETRAIN:
+        return record, None
+    lease = R.acquire_lease(lake, name, checks.date, cfg.retrain_timeout_hours)
+    if lease is None:
+        return decide_now(R.lease_holder(lake, name) or {"run_id": "unknown (lease held)", "started_at": "?"}), None
+    record = decide_now(R.running_state(lake, name, cfg.retrain_timeout_hours, starter))
+    if record["action"] != D.RETRAIN:
+        R.release_lease(lake, name, lease)
+        return record, None
+    record["trigger"] = {"kind": starter.kind, "status": "starting"}
+    return record, lease

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -111,6 +112,53 @@ def running_state(lake: Any, model: str, timeout_hours: float, starter: Any = No
     return state
 
 
+def lease_url(lake: Any, model: str) -> str:
+    return storage.join(lake.url, "monitoring", model, "retrain.lease")
+
+
+def lease_holder(lake: Any, model: str) -> dict[str, Any] | None:
+    """The lease document of the retraining in progress, or None."""
+    url = lease_url(lake, model)
+    try:
+        return json.loads(storage.read_text(url, lake.storage_options))
+    except FileNotFoundError:
+        return None
+
+
+def acquire_lease(lake: Any, model: str, date: str, timeout_hours: float) -> dict[str, Any] | None:
+    """Take the "retraining in progress" lease (create-if-absent); the lease, or None if another holds it.
+
+    Why a lease object and not the state file: two monitors that read "not running" at the same
+    moment would both start; the conditional create lets exactly one of them win, on a local file
+    system (hard link) and on S3 (``If-None-Match: *``). A lease older than ``timeout_hours`` was
+    left by a dead process: it is removed once and the create retried.
+    """
+    now = _now().isoformat()
+    doc = {"token": uuid.uuid4().hex, "date": str(date), "acquired_at": now,
+           "run_id": f"lease of the retraining decided for {date}", "started_at": now}  # read by decide()
+    body = json.dumps(doc).encode()
+    for _ in range(2):
+        if storage.create_exclusive(lease_url(lake, model), body, lake.storage_options):
+            held = lease_holder(lake, model)  # read-after-write: the object says it is ours
+            return doc if held and held.get("token") == doc["token"] else None
+        held = lease_holder(lake, model)
+        if held is None:
+            continue  # released between our create and our read: try once more
+        if _now() - datetime.fromisoformat(held["acquired_at"]) <= timedelta(hours=timeout_hours):
+            return None
+        log.warning("retraining lease of %s (token %s, %s) is older than %.1f h: breaking it", held.get("date"),
+                    held.get("token"), held["acquired_at"], timeout_hours)
+        release_lease(lake, model, held)
+    return None
+
+
+def release_lease(lake: Any, model: str, lease: Mapping[str, Any]) -> None:
+    """Remove the lease if it is still the one given (same token): never another monitor's."""
+    held = lease_holder(lake, model)
+    if held and held.get("token") == lease.get("token"):
+        storage.remove(lease_url(lake, model), lake.storage_options)
+
+
 def _champion(settings: Any) -> str | None:
     """The champion version now, or None (no registry, no champion)."""
     try:
@@ -167,13 +215,18 @@ class InProcessStarter:
         retrain_fn: ``f(reason, drifted_dates) -> {status, new_version, promoted, gate?}``; None =
             :func:`hfcast.lifecycle.retrain` with ``archs``.
         archs: architectures to train (empty = ``monitor.retrain_arch``, else the champion's).
+        last_date: the decision date in a replay: training, validation and test data end on or
+            before it, and the gate refuses a model whose data does not.
     """
 
     kind = "local"
 
-    def __init__(self, retrain_fn: RetrainFn | None = None, archs: Sequence[str] = ()) -> None:
+    def __init__(self, retrain_fn: RetrainFn | None = None, archs: Sequence[str] = (),
+                 last_date: str | None = None, dataset_version: str = "") -> None:
         self.retrain_fn = retrain_fn
         self.archs = tuple(archs)
+        self.last_date = last_date  # the decision date: no data after it is used, and the gate checks it
+        self.dataset_version = dataset_version  # the features' version the retraining reads (lineage)
 
     def start(self, settings: Any, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]:
         fn = self.retrain_fn
@@ -181,7 +234,8 @@ class InProcessStarter:
             from hfcast.lifecycle import retrain
 
             def fn(r: str, d: Sequence[str]) -> Mapping[str, Any]:
-                return retrain(settings, self.archs, reason=r, drifted_dates=d)
+                return retrain(settings, self.archs, reason=r, drifted_dates=d, last_date=self.last_date,
+                               decision_date=self.last_date, dataset_version=self.dataset_version)
         return run_recorded(settings, model, reason, drifted_dates, fn, kind=self.kind)
 
 
