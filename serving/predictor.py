@@ -132,7 +132,8 @@ def serve(model: kserve.Model, http_port: int = 8080, grpc_port: int = 8081, wor
     for noisy in ("kserve.trace", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     server.dataplane = HfcastDataPlane(model_registry=server.registered_models)
-    install_gate(model)
+    if isinstance(model, HfcastPredictor):  # the feature transformer forwards to its predictor (KServe's routes)
+        install_gate(model)
     server.start([model])
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -363,21 +364,25 @@ class Market:
         not stale on Monday before the open (Feast / serving staleness: market closed is not stale).
         """
         us = pd.DatetimeIndex(pd.to_datetime(ts, utc=True)).as_unit("us").asi8
-        if len(us):
-            self._covering(pd.Timestamp(us.min(), unit="us") - _DAY, pd.Timestamp(us.max(), unit="us") + _DAY)
-        dur = (self._close - self._open) - (self._be - self._bs)
+        with _TABLE_LOCK:  # the table may grow (and its origin move): extend and read it in one step
+            if len(us):
+                self._covering(pd.Timestamp(us.min(), unit="us") - _DAY, pd.Timestamp(us.max(), unit="us") + _DAY)
+            opens, closes, bs, be = self._open, self._close, self._bs, self._be
+        dur = (closes - opens) - (be - bs)
         cum = np.concatenate([[0], np.cumsum(dur)])
-        i = np.searchsorted(self._open, us, "right") - 1
+        i = np.searchsorted(opens, us, "right") - 1
         j = np.maximum(i, 0)
-        inside = np.clip(us - self._open[j], 0, self._close[j] - self._open[j])
-        inside -= np.clip(np.minimum(us, self._be[j]) - self._bs[j], 0, self._be[j] - self._bs[j])
+        inside = np.clip(us - opens[j], 0, closes[j] - opens[j])
+        inside -= np.clip(np.minimum(us, be[j]) - bs[j], 0, be[j] - bs[j])
         return np.where(i >= 0, cum[j] + inside, 0) / 1e6
 
     def trading_age_s(self, ts: Any, now: Any) -> np.ndarray:
         """Age of each stamp at ``now`` counted in session seconds only (closed hours do not age it)."""
-        now_s = self.open_seconds(pd.DatetimeIndex([pd.Timestamp(now)]).tz_convert("UTC") if pd.Timestamp(now).tzinfo
-                                  else pd.DatetimeIndex([pd.Timestamp(now)]).tz_localize("UTC"))[0]
-        return now_s - self.open_seconds(ts)
+        now = pd.Timestamp(now)
+        now = now.tz_convert("UTC") if now.tzinfo else now.tz_localize("UTC")
+        stamps = pd.DatetimeIndex(pd.to_datetime(ts, utc=True))
+        secs = self.open_seconds(stamps.append(pd.DatetimeIndex([now])))  # one table, one origin for both
+        return secs[-1] - secs[:-1]
 
     def is_open(self, ts: Any) -> np.ndarray:
         """True where the market is in session at the stamp (Feast staleness: closed is not stale)."""
@@ -401,6 +406,9 @@ def _thaw(key: Any) -> Any:
     if isinstance(key, tuple):
         return [_thaw(x) for x in key]
     return key
+
+
+_TABLE_LOCK = threading.RLock()  # session tables are shared by server threads
 
 
 @functools.lru_cache(maxsize=32)

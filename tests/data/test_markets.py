@@ -229,3 +229,19 @@ def test_serving_staleness_counts_trading_time_only():
 
     with pytest.raises(InvalidInput, match=r"stale features.*'AAA': 660"):
         at("2024-12-02 14:40").windows(req)  # ten minutes into Monday's session it is
+
+
+def test_trading_age_does_not_depend_on_what_the_session_table_held_before():
+    """Ages are differences of one cumulative count: a table that first covered only recent days
+    (the server's first request) must give the same age to an old stamp as a fresh one."""
+    import pandas as pd
+
+    from hfcast.market import Market
+
+    old = pd.DatetimeIndex([pd.Timestamp("2024-01-02 19:59", tz="UTC")])
+    now = pd.Timestamp("2024-11-29 04:51", tz="UTC")
+    fresh = Market.from_params({}, "XNYS").trading_age_s(old, now)
+    warmed = Market.from_params({}, "XNYS")
+    warmed.trading_age_s(pd.DatetimeIndex([now - pd.Timedelta("1h")]), now)  # covers recent days only
+    assert warmed.trading_age_s(old, now) == pytest.approx(fresh)
+    assert fresh[0] > 200 * 6.5 * 3600  # about 230 sessions of 6.5 hours (early closes shorter)
