@@ -142,5 +142,7 @@ def test_report_reads_the_registry_scores_and_train_dates(trained, tmp_path):
     assert f"<td>{report.fmt(scores['model']['vol_qlike'])}</td>" in text
     for name, s in scores["baselines"].items():
         assert f"<th>{name}</th>" in text and f"<td>{report.fmt(s['vol_qlike'])}</td>" in text
-    first, last = run.result.folds[0].train[0], run.result.folds[-1].test[-1]
-    assert f"{first} .. {last}" in text  # the dates v1 saw, from its run name (no train_first/last tags)
+    tags = registry.resolve(settings, f"hfcast/{version}").tags  # lineage of time (hfcast.lifecycle)
+    first, last = run.result.folds[0].train[0], run.result.folds[-1].train[-1]
+    assert (tags["hfcast.train_first"], tags["hfcast.train_last"]) == (first, last)
+    assert f"{first} .. {last}" in text  # the dates v1 trained on, from those tags
