@@ -192,12 +192,17 @@ def parse_overrides(params_json: str) -> dict[str, Any]:
     """A JSON object of params.yaml overrides ('' or '{}' = none), with a message a user can act on."""
     if not params_json or not params_json.strip():
         return {}
+    return _json_object(params_json, "params_json", 'a JSON object like {"train": {"epochs": 1}}')
+
+
+def _json_object(text: str, name: str, expected: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object, or a ValueError that names the parameter and the expected form."""
     try:
-        doc = json.loads(params_json)
+        doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"params_json is not valid JSON ({exc}): {params_json[:200]!r}") from None
+        raise ValueError(f"{name} is not valid JSON ({exc}): {text[:200]!r}") from None
     if not isinstance(doc, dict):
-        raise ValueError(f"params_json must be a JSON object like {{\"train\": {{\"epochs\": 1}}}}, got {params_json[:200]!r}")
+        raise ValueError(f"{name} must be {expected}, got {text[:200]!r}")
     return doc
 
 
@@ -230,12 +235,7 @@ def settings_from_param(text: str, env: Mapping[str, str] | None = None) -> Sett
     if not text or not text.strip():
         doc: dict[str, Any] = {}
     else:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"the settings parameter is not valid JSON ({exc}): {text[:200]!r}") from None
-        if not isinstance(doc, dict):
-            raise ValueError(f"the settings parameter must be a JSON object (Settings.to_param()), got {text[:200]!r}")
+        doc = _json_object(text, "the settings parameter", "a JSON object (Settings.to_param())")
     unknown = sorted(set(doc) - set(PARAM_ENV) - {"params"})
     if unknown:
         raise ValueError(f"the settings parameter has unknown field(s) {unknown}; expected {sorted(PARAM_ENV)} and params")

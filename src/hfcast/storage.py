@@ -79,18 +79,24 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
     return fs, path
 
 
+def _durable_temp(path: Path, data: bytes) -> Path:
+    """``data`` written and fsynced to a unique temp file beside ``path`` (then renamed or linked)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return tmp
+
+
 def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
     """Write ``data`` atomically to ``url`` (see module docstring)."""
     try:
         if not is_remote(url):
             path = local_path(url)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+            tmp = _durable_temp(path, data)
             try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
                 os.replace(tmp, path)
             finally:
                 if tmp.exists():
@@ -113,13 +119,8 @@ def create_exclusive(url: str, data: bytes, storage_options: dict[str, Any] | No
     try:
         if not is_remote(url):
             path = local_path(url)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+            tmp = _durable_temp(path, data)
             try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
                 os.link(tmp, path)
                 return True
             except FileExistsError:
