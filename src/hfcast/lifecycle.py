@@ -14,6 +14,7 @@ one did not). Each caller now picks the steps it needs:
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -24,6 +25,10 @@ from hfcast.contracts import finite
 from hfcast.gate import GateConfig, GateDecision, MetricRule, config_from_settings
 
 log = logging.getLogger(__name__)
+
+# a retraining's identity (its data's last date, architectures, dataset version): a run tag copied onto
+# the registered version, so a retraining cut off after registering resumes that version, not a new one
+RETRAIN_KEY_TAG = "hfcast.retrain_key"
 
 
 @dataclass
@@ -100,12 +105,13 @@ def check_decision_date(tags: Mapping[str, str], decision_date: str | None) -> s
 
 def log_trained(settings: Any, result: Any, arch: str, *, out_dir: Any, dataset_version: str = "",
                 reason: str = "", drifted_dates: Sequence[str] = (), plots: Sequence[Any] = (),
-                live: Any = None, reports: Sequence[Any] = ()) -> str:
+                live: Any = None, reports: Sequence[Any] = (), tags: Mapping[str, str] | None = None) -> str:
     """Log one architecture of a walk-forward result, with its lineage and trigger tags; the run id.
 
     ``live``: the :class:`hfcast.registry.LiveTraining` opened when training started (its parent
     run is filled, its fold runs get their test scores); None = a new run. Without ``plots``, the
     evaluation plots and HTML report of this architecture against the baselines are made here.
+    ``tags``: more run tags (e.g. :data:`RETRAIN_KEY_TAG`).
     """
     from pathlib import Path
 
@@ -114,7 +120,7 @@ def log_trained(settings: Any, result: Any, arch: str, *, out_dir: Any, dataset_
 
     if not plots:
         plots, reports = evaluation_artifacts(result, arch, Path(out_dir) / f"eval-{arch}")
-    tags = {}
+    tags = dict(tags or {})
     if reason:
         tags["hfcast.trigger_reason"] = reason[:5000]
     if drifted_dates:
@@ -153,7 +159,7 @@ def evaluation_artifacts(result: Any, arch: str, out_dir: Any) -> tuple[list[Any
 
 def train_and_log(settings: Any, arch: str, *, dataset_version: str = "", reason: str = "",
                   drifted_dates: Sequence[str] = (), last_date: str | None = None,
-                  max_folds: int | None = None) -> TrainedRun:
+                  max_folds: int | None = None, tags: Mapping[str, str] | None = None) -> TrainedRun:
     """Walk-forward train ``arch``, score it and the baselines on the same test spans, log the run.
 
     Args:
@@ -161,6 +167,7 @@ def train_and_log(settings: Any, arch: str, *, dataset_version: str = "", reason
         reason, drifted_dates: why it trained (``manual``, ``drift: ...``); recorded as run tags.
         last_date: no data after this date is used (time is a parameter, not "all of the lake").
         max_folds: keep only the last N folds (a retraining uses 1: the most recent test span).
+        tags: more run tags (copied onto the registered version when they are lineage tags).
     """
     from hfcast.storage import Lake
     from hfcast.train import TrainConfig
@@ -176,7 +183,7 @@ def train_and_log(settings: Any, arch: str, *, dataset_version: str = "", reason
                                  on_epoch=live.on_epoch)
         with tempfile.TemporaryDirectory(prefix=f"hfcast-{arch}-") as tmp:
             run_id = log_trained(settings, result, arch, out_dir=tmp, dataset_version=dataset_version, reason=reason,
-                                 drifted_dates=drifted_dates, live=live)
+                                 drifted_dates=drifted_dates, live=live, tags=tags)
     aggregate = {str(k): float(v) for k, v in result.aggregate.loc[arch].items() if finite(v)}
     return TrainedRun(arch, run_id, result.forecasters[arch], aggregate, result.test_spans(), result)
 
@@ -249,16 +256,47 @@ def register_and_gate(settings: Any, run_id: str, *, force_reason: str = "", mar
             validation or test data extends past it is refused, forced or not.
     """
     version = registry.register(settings, run_id)
+    return gate_version(settings, version, force_reason=force_reason, margin=margin, trained=trained,
+                        decision_date=decision_date)
+
+
+def gate_version(settings: Any, version: int, *, force_reason: str = "", margin: Any = None,
+                 trained: TrainedRun | None = None, decision_date: str | None = None,
+                 recorded: GateDecision | None = None) -> GateOutcome:
+    """The gate of :func:`register_and_gate` on a registered version (``recorded``: a decision
+    already taken and tagged, applied again: promotion is idempotent)."""
     refusal = check_decision_date(registry.resolve(settings, f"{settings.model_name}/{version}").tags, decision_date)
     if refusal:
         decision = GateDecision(False, [f"refused: {refusal}"])
         promotion.promote(settings, version, decision)  # records the reasons; champion unchanged
         return GateOutcome(int(version), decision, False)
-    decision = _decide(settings, version, force_reason, margin)
+    decision = recorded or _decide(settings, version, force_reason, margin)
     promoted = promotion.promote(settings, version, decision)
     if promoted:
         _build_reference(settings, version, trained)
     return GateOutcome(int(version), decision, bool(promoted))
+
+
+def recorded_decision(tags: Mapping[str, str]) -> GateDecision | None:
+    """The gate decision tagged on a version by :func:`hfcast.promotion.promote`, or None."""
+    kind = tags.get("gate.decision")
+    if kind not in ("promote", "reject", "forced"):
+        return None
+    try:
+        reasons = [str(r) for r in json.loads(tags.get("gate.reasons") or "[]")]
+    except ValueError:  # cut at 5000 characters: keep the text as one reason
+        reasons = [tags.get("gate.reasons", "")]
+    return GateDecision(kind != "reject", reasons, forced=kind == "forced")
+
+
+def _registered_retraining(settings: Any, key: str) -> dict[str, Any] | None:
+    """The version an earlier, interrupted attempt of this retraining registered, or None."""
+    try:
+        rows = registry.list_versions(settings)
+    except Exception:  # no registered model yet
+        return None
+    found = [r for r in rows if r["tags"].get(RETRAIN_KEY_TAG) == key]
+    return found[-1] if found else None
 
 
 def champion_arch(settings: Any) -> str | None:
@@ -278,16 +316,31 @@ def retrain(settings: Any, archs: Sequence[str], *, reason: str, drifted_dates: 
     champion never trained on, so champion and challenger are scored fairly on it. ``archs`` empty
     = params.yaml ``monitor.retrain_arch``, else the champion's architecture, else ``tcn``.
 
+    Resumable: with ``last_date`` the runs carry :data:`RETRAIN_KEY_TAG` (last date, architectures,
+    dataset version), and a retraining whose earlier attempt was cut off after registering gates that
+    version (or re-applies its recorded decision) instead of registering a second one.
+
     Returns:
-        ``{status: done, new_version, promoted, gate: summary, run_ids: {arch: run_id}}``.
+        ``{status: done, new_version, promoted, gate: summary, run_ids: {arch: run_id}}`` (and
+        ``resumed: True`` when an earlier attempt's version was finished).
     """
     if not archs:
         from hfcast.monitoring.decision import MonitorConfig
 
         cfg = MonitorConfig.from_params(settings.param("monitor", {}))
         archs = [cfg.retrain_arch or champion_arch(settings) or "tcn"]
+    key = f"{last_date}|{','.join(archs)}|{dataset_version}" if last_date else ""
+    earlier = _registered_retraining(settings, key) if key else None
+    if earlier is not None:  # an interrupted attempt got as far as registering: finish that version
+        log.warning("retraining %s was registered as v%s before an interruption; gating that version",
+                    key, earlier["version"])
+        outcome = gate_version(settings, earlier["version"], force_reason=force_reason, margin=margin,
+                               decision_date=decision_date, recorded=recorded_decision(earlier["tags"]))
+        return {"status": "done", "new_version": outcome.version, "promoted": outcome.promoted,
+                "gate": outcome.decision.summary(), "run_ids": {earlier["arch"]: earlier["run_id"]}, "resumed": True}
     runs = {a: train_and_log(settings, a, reason=reason, drifted_dates=drifted_dates, last_date=last_date,
-                             max_folds=1, dataset_version=dataset_version) for a in archs}
+                             max_folds=1, dataset_version=dataset_version,
+                             tags={RETRAIN_KEY_TAG: key} if key else None) for a in archs}
     best = best_run([r.summary() for r in runs.values()], settings)
     outcome = register_and_gate(settings, best["run_id"], force_reason=force_reason, margin=margin,
                                 trained=runs[best["arch"]], decision_date=decision_date)

@@ -475,7 +475,7 @@ def register(settings: Settings, run_id: str) -> int:
         rt = run.data.tags
         mv_tags = {"arch": rt.get("arch", "unknown"), "dataset_version": rt.get("dataset_version", "unknown"),
                    "run_id": run_id, SPANS_SHA_TAG: rt.get(SPANS_SHA_TAG, ""),
-                   **{k: v for k, v in rt.items() if k.startswith(("hfcast.train_", "hfcast.val_", "hfcast.test_"))}}
+                   **{k: v for k, v in rt.items() if k.startswith(("hfcast.train_", "hfcast.val_", "hfcast.test_", "hfcast.retrain_key"))}}
         mv_tags.update(_checksum_tags(run_id, rt, t.uri))
         source, model_id = f"runs:/{run_id}/{MODEL_ARTIFACT}", None
         if rt.get(PYFUNC_TAG):  # the MLflow model wraps the same bundle: `mlflow models predict` can use it
