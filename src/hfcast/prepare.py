@@ -73,7 +73,8 @@ def _validate_and_featurize(settings: Any, lake: Lake) -> str:
 
     run_validate(lake, progress=False, jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)),
                  market=market_for(settings))
-    done = run_featurize(lake, dates=settings.param("featurize.dates", None), progress=False, market=market_for(settings))
+    done = run_featurize(lake, dates=settings.param("featurize.dates", None), progress=False,
+                         market=market_for(settings))
     return versioning.features_version(settings, message=f"features {done['first']}..{done['last']}")
 
 
