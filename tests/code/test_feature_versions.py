@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from hfcast.errors import UserError
-from hfcast.versioning import DvcRemote, FeatureVersions, folder_hash, mirror_table, restore_features
+from hfcast.versioning import (DvcRemote, FeatureVersions, features_version, folder_hash, mirror_table,
+                               restore_features)
 
 
 def _lake_with_one_day(tmp_path):
@@ -68,3 +69,15 @@ def test_mirror_fetches_new_and_changed_files_and_drops_removed_ones(tmp_path):
     assert mirror_table(src.as_uri(), dest) == {"files": 2, "fetched": 2, "removed": 1}
     assert folder_hash(dest) == folder_hash(src)
     assert (dest / "date=2024-01-02" / "part-0.parquet").read_bytes() == b"day one, featurized again"
+
+
+def test_a_local_lake_is_pushed_only_when_the_settings_name_a_remote(tmp_path, settings):
+    lake = _lake_with_one_day(tmp_path)
+    local = settings.with_(lake_url=lake.as_uri())
+    assert features_version(local) == folder_hash(lake / "features")  # no remote: the hash, no repository
+    assert not (lake / ".dvc").exists()
+    pushed = local.with_(params={"dvc": {"remote": str(tmp_path / "remote")}})
+    version = features_version(pushed, message="day one")
+    assert version.startswith(folder_hash(lake / "features") + "@")
+    got = restore_features(DvcRemote.from_settings(pushed), version, tmp_path / "restored")
+    assert (got / "date=2024-01-02" / "part-0.parquet").read_bytes() == b"day one"

@@ -7,6 +7,7 @@ an S3 remote on the SeaweedFS fixture; the dataset version is the features hash 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -158,7 +159,7 @@ def _local_files(folder: Path) -> dict[str, bytes]:
 
 
 def test_object_store_lake_prep_is_versioned_and_each_version_restores_from_the_remote_alone(
-        tmp_path: Path, s3_settings, s3_bucket):
+        tmp_path: Path, s3_settings, s3_bucket, caplog):
     """The cluster's path: an S3 lake -> prepare_data -> a pushed version; restored from the S3 DVC remote
     alone (no lake, no git, no workspace) into a fresh folder, byte-identical to the lake; a later day
     makes a new version and the old one still restores the old bytes."""
@@ -184,3 +185,8 @@ def test_object_store_lake_prep_is_versioned_and_each_version_restores_from_the_
         _s3_files(features, first.storage_options)
     again = versioning.restore_features(remote, p1.dataset_version, tmp_path / "restore1-again")
     assert _local_files(again) == lake1 and not (again / f"date={days[3]}").exists()
+
+    # no remote configured: still the hash of the same bytes (same workspace), and the log says it is not pushed
+    with caplog.at_level(logging.WARNING, logger="hfcast.versioning"):
+        assert versioning.features_version(s3_settings.with_(params={})) == p2.dataset_version
+    assert "NOT pushed" in caplog.text
