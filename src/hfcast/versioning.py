@@ -4,6 +4,11 @@ Training runs log :func:`dataset_version` so that a model can be traced to the e
 trained on; ``dvc checkout`` with that lock brings them back. The version is the DVC directory hash
 (``<md5>.dir``) recorded in ``dvc.lock``. Without a lock (data made outside DVC) the same hash is
 computed from the folder, by DVC's own recipe, so both routes agree on identical bytes.
+
+Outside ``dvc repro`` (the pipeline's prepare step, each replayed day, the demo),
+:func:`features_version` is the one place that names the features' version: it ``dvc add``-s and
+pushes them to the settings' DVC remote, through a local mirror when the lake is an object store,
+and :func:`restore_features` brings any registered version back from that remote alone.
 """
 
 from __future__ import annotations
@@ -186,9 +191,8 @@ class DvcRemote:
             return None
         if not storage.is_remote(str(url)):
             return cls(str(storage.local_path(str(url)).resolve()))
-        env = {}
-        if settings.s3_key.reveal():
-            env = {"AWS_ACCESS_KEY_ID": settings.s3_key.reveal(), "AWS_SECRET_ACCESS_KEY": settings.s3_secret.reveal()}
+        key, secret = (getattr(v, "reveal", lambda v=v: str(v))() for v in (settings.s3_key, settings.s3_secret))
+        env = {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret} if key else {}
         return cls(str(url), settings.param("dvc.endpoint_url") or settings.s3_endpoint, env)
 
 
@@ -306,7 +310,8 @@ def restore_features(origin: str | os.PathLike | DvcRemote, version: str, dest: 
         _clone_and_pull(origin, version, dest, env)
     got = folder_hash(dest / "features")
     if got != md5:
-        raise DvcError(f"the features restored into {dest} hash to {got}, not {md5}: the remote's cache is damaged")
+        raise DvcError(f"the features restored into {dest} hash to {got}, not {md5} (dataset version {version}): "
+                       f"the remote's copy is damaged; push the version again from the workspace that made it")
     return dest / "features"
 
 
