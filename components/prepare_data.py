@@ -16,7 +16,8 @@ def prepare_data(
     synth_shift_day: int = -1,
 ) -> str:
     """Bring the features table up to date and return its dataset version
-    (``hfcast.prepare.prepare_data``: DVC hash, or 'unversioned' for an object-store lake).
+    (``hfcast.prepare.prepare_data``: the DVC hash, pushed to params.yaml ``dvc.remote``; an
+    object-store lake is mirrored into ``HFCAST_DVC_WORKSPACE``, a volume on a cluster).
 
     Args:
         settings: ``Settings.to_param()`` JSON ('' = the pod's environment / hfcast-config).

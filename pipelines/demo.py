@@ -3,10 +3,11 @@
 simulate a small universe with a regime shift -> prep (synth / validate / featurize the first
 days) -> Feast -> train the architectures on identical walk-forward folds -> gate -> register ->
 export -> then the remaining days replayed one by one in honest time (:mod:`hfcast.replay`): each
-day arrives (featurized, DVC-versioned), is predicted by the champion of that moment and monitored
-with that version; the drift after the shift triggers exactly one retraining on data up to its
-decision date (through the same gate) -> start the KServe model server and send a few requests ->
-a summary (with the dates each model saw), and one HTML page linking the reports and CSVs.
+day arrives (featurized, DVC-versioned and pushed, on a local or an S3 lake alike), is predicted by
+the champion of that moment and monitored with that version; the drift after the shift triggers
+exactly one retraining on data up to its decision date (through the same gate) -> start the KServe
+model server and send a few requests -> a summary (with the dates each model saw), and one HTML
+page linking the reports and CSVs.
 
 Everything lives under ``<home>`` (default ``.hfcast/demo``, wiped at the start). ``s3=True``
 puts the lake in a SeaweedFS bucket on 127.0.0.1 instead of a local folder.
@@ -90,10 +91,13 @@ def _environment(home: Path, cfg: DemoConfig, stack: ExitStack) -> dict[str, str
 
         weed = stack.enter_context(SeaweedFS(data_dir=home / "seaweedfs"))
         env.update(weed.env())
-        env["HFCAST_LAKE"] = f"{weed.make_bucket('hfcast-demo')}/lake"
+        bucket = weed.make_bucket("hfcast-demo")
+        env["HFCAST_LAKE"], dvc_remote = f"{bucket}/lake", f"{bucket}/dvc"
     else:
-        env["HFCAST_LAKE"] = (home / "lake").as_uri()
+        env["HFCAST_LAKE"], dvc_remote = (home / "lake").as_uri(), str(home / "dvc-remote")
     params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()) or {}, cfg.overrides)
+    # every prep (the pipeline's prepare step, each replayed day) pushes its dataset version here
+    params["dvc"] = {**(params.get("dvc") or {}), "remote": dvc_remote}
     params["synth"] = {**params.get("synth", {}), "n_symbols": cfg.symbols, "n_days": cfg.days, "seed": cfg.seed,
                        "regime_shift_day": cfg.shift_day}
     (home / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -139,7 +143,7 @@ def run_demo(cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
             console.print(f"champion: hfcast/{out['champion_version']}")
 
         with step("2. replay the next days in order: arrive -> predict -> monitor -> decide -> retrain"):
-            summary.update(_replay(settings, lake, days, cfg, home, console))
+            summary.update(_replay(settings, lake, days, cfg, console))
 
         if cfg.serve:
             with step("3. KServe model server: requests by window and by symbol"):
@@ -152,25 +156,21 @@ def run_demo(cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
     return summary
 
 
-def _replay(settings: Any, lake: Any, days: list[str], cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
+def _replay(settings: Any, lake: Any, days: list[str], cfg: DemoConfig, console: Any) -> dict[str, Any]:
     """The days after the first training, one by one in honest time (:func:`hfcast.replay.run_replay`):
-    each day's features are DVC-versioned (local lake), predicted by the champion of that moment,
-    monitored with that version; a retraining uses data up to its decision date only."""
-    from hfcast import registry, storage
+    each day's features are DVC-versioned and pushed to the settings' ``dvc.remote`` (a local lake in
+    place, an S3 lake through its local mirror), predicted by the champion of that moment, monitored
+    with that version; a retraining uses data up to its decision date only."""
+    from hfcast import registry
     from hfcast.monitoring.decision import load_history, trigger_outcome
     from hfcast.replay import run_replay, versions_seen
-    from hfcast.versioning import FeatureVersions
-
-    versions = None
-    if not storage.is_remote(lake.url):  # DVC outputs must be local folders: an S3 lake stays unversioned
-        versions = FeatureVersions(storage.local_path(lake.url), remote=str(home / "dvc-remote")).init()
 
     def show(d: str, e: dict[str, Any]) -> None:
         shifted = "(regime shifted)" if days.index(d) >= cfg.shift_day else ""
         console.print(f"{d}: predicted by v{e['predict']['version']} -> {e['monitor']['action']} "
                       f"{trigger_outcome(e['monitor'].get('trigger'))} {shifted}".rstrip())
 
-    run_replay(settings, days[cfg.train_days], days[-1], archs=(), versions=versions, on_day=show)
+    run_replay(settings, days[cfg.train_days], days[-1], archs=(), on_day=show)
     replayed = days[cfg.train_days:]
     history = [r for r in load_history(lake, settings.model_name) if r["date"] in replayed]
     seen = versions_seen(settings)

@@ -17,6 +17,8 @@ HFCAST_S3_ENDPOINT          S3 endpoint URL (e.g. ``http://127.0.0.1:8333``); un
 AWS_ACCESS_KEY_ID           S3 credentials (never logged)
 AWS_SECRET_ACCESS_KEY
 HFCAST_PARAMS               params.yaml path (default ``./params.yaml`` when present)
+HFCAST_DVC_REMOTE           DVC remote of the features' versions (params ``dvc.remote``; hfcast.versioning)
+HFCAST_DVC_WORKSPACE        local mirror of an object-store lake's features (params ``dvc.workspace``)
 ==========================  ===========================================================
 """
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from hfcast import registry, storage, versioning
+from hfcast import registry, versioning
 from hfcast.market import market_for
 from hfcast.storage import Lake
 
@@ -36,7 +36,7 @@ class PreparedData:
 
     lake_url: str
     features_url: str
-    dataset_version: str  # DVC hash of the features, or 'unversioned' (object-store lake outside DVC)
+    dataset_version: str  # DVC hash of the features, '<md5>.dir[@<commit>]' (hfcast.versioning.features_version)
     dates: list[str] = field(default_factory=list)
 
     @property
@@ -73,9 +73,9 @@ def _validate_and_featurize(settings: Any, lake: Lake) -> str:
 
     run_validate(lake, progress=False, jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)),
                  market=market_for(settings))
-    run_featurize(lake, dates=settings.param("featurize.dates", None), progress=False, market=market_for(settings))
-    table = lake.table("features")
-    return "unversioned" if storage.is_remote(table) else versioning.folder_hash(storage.local_path(table))
+    done = run_featurize(lake, dates=settings.param("featurize.dates", None), progress=False,
+                         market=market_for(settings))
+    return versioning.features_version(settings, message=f"features {done['first']}..{done['last']}")
 
 
 def prepare_data(settings: Any, *, dvc_repo: str = "",

@@ -59,8 +59,8 @@ def champion_version(settings: Any) -> str | None:
 def _arrive(settings: Any, lake: Lake, dates: Sequence[str], versions: Any = None) -> str:
     """Validate and featurize these dates only; the features' dataset version afterwards.
 
-    With ``versions`` (:class:`hfcast.versioning.FeatureVersions`) the features folder is
-    ``dvc add``-ed, committed and pushed; else the DVC hash of a local folder, or ``unversioned``.
+    The version comes from :func:`hfcast.versioning.features_version` (``versions`` = a
+    :class:`hfcast.versioning.FeatureVersions` of the lake, else what the settings configure).
     """
     from hfcast.data.validate import DEFAULT_JUMP_LIMIT, run_validate
     from hfcast.features.engine import run_featurize
@@ -68,17 +68,14 @@ def _arrive(settings: Any, lake: Lake, dates: Sequence[str], versions: Any = Non
     run_validate(lake, dates=list(dates), progress=False,
                  jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)))
     run_featurize(lake, dates=list(dates), progress=False)
-    return _version(lake, max(dates), versions)
+    return _version(settings, max(dates), versions)
 
 
-def _version(lake: Lake, last: str, versions: Any = None) -> str:
-    """The features' dataset version now (DVC add + commit + push with ``versions``)."""
-    if versions is not None:
-        return versions.snapshot(f"features up to {last}")
+def _version(settings: Any, last: str, versions: Any = None) -> str:
+    """The features' dataset version now (DVC add + push of the day, :mod:`hfcast.versioning`)."""
     from hfcast import versioning
 
-    table = lake.table("features")
-    return "unversioned" if storage.is_remote(table) else versioning.folder_hash(storage.local_path(table))
+    return versioning.features_version(settings, versions, message=f"features up to {last}")
 
 
 def _bootstrap(settings: Any, lake: Lake, first: str, archs: Sequence[str], versions: Any = None) -> str:
@@ -90,7 +87,7 @@ def _bootstrap(settings: Any, lake: Lake, first: str, archs: Sequence[str], vers
     if not history:
         raise ValueError(f"no champion and no raw dates before {first} to train a first one on")
     missing = [d for d in history if not lake.exists("features", d)]
-    version = _arrive(settings, lake, missing, versions) if missing else _version(lake, history[-1], versions)
+    version = _arrive(settings, lake, missing, versions) if missing else _version(settings, history[-1], versions)
     out = retrain(settings, list(archs), reason=f"replay bootstrap: days before {first}", last_date=history[-1],
                   decision_date=history[-1], dataset_version=version)
     if not out["promoted"]:
@@ -174,7 +171,8 @@ def run_replay(settings: Any, first: str, last: str, *, archs: Sequence[str] = (
         starter_for: ``f(decision_date, dataset_version) -> RetrainStarter``; default an
             in-process retraining that uses data up to the decision date only.
         versions: a :class:`hfcast.versioning.FeatureVersions` (DVC add + push after each day);
-            None = the folder's DVC hash only (nothing pushed).
+            None = as the settings say (:func:`hfcast.versioning.features_version`: pushed to
+            ``dvc.remote`` when set, an object-store lake through its local mirror).
         on_day: called after each day with its progress entry (the demo prints it).
 
     Returns:

@@ -7,6 +7,7 @@ an S3 remote on the SeaweedFS fixture; the dataset version is the features hash 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -142,3 +143,50 @@ def test_dataset_version_reads_the_lock_and_falls_back_to_hashing(tmp_path: Path
 def test_prepare_reports_dvc_failures(tmp_path: Path):
     with pytest.raises(versioning.DvcError, match="dvc repro"):
         versioning.prepare(tmp_path)  # not a DVC repository
+
+
+def _s3_files(url: str, options: dict) -> dict[str, bytes]:
+    """Every file under ``url`` (relative path -> bytes), read straight from the object store."""
+    from hfcast import storage
+
+    fs, root = storage.filesystem(url, options)
+    fs.invalidate_cache(root)
+    return {p[len(root):].lstrip("/"): fs.cat_file(p) for p in fs.find(root)}
+
+
+def _local_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_object_store_lake_prep_is_versioned_and_each_version_restores_from_the_remote_alone(
+        tmp_path: Path, s3_settings, s3_bucket, caplog):
+    """The cluster's path: an S3 lake -> prepare_data -> a pushed version; restored from the S3 DVC remote
+    alone (no lake, no git, no workspace) into a fresh folder, byte-identical to the lake; a later day
+    makes a new version and the old one still restores the old bytes."""
+    from hfcast.data.schema import trading_days
+    from hfcast.prepare import SynthRequest, prepare_data
+
+    days = trading_days("2024-01-02", 4)
+    params = {"synth": {**TINY["synth"], "n_days": 4}, "dvc": {"remote": f"{s3_bucket}/dvc"}}
+    first = s3_settings.with_(params={**params, "featurize": {"dates": days[:3]}})
+    features = f"{first.lake_url}/features"
+    p1 = prepare_data(first, synth=SynthRequest(n_symbols=2, n_days=4, seed=3, shift_day=-2))
+    lake1 = _s3_files(features, first.storage_options)
+    assert p1.dates == days[:3] and p1.dataset_version.endswith(".dir")
+    remote = versioning.DvcRemote.from_settings(first)
+    assert remote.endpoint_url == first.s3_endpoint and "secret" not in repr(remote).lower()
+    got1 = versioning.restore_features(remote, p1.dataset_version, tmp_path / "restore1")
+    assert _local_files(got1) == lake1 and len([f for f in lake1 if f.endswith(".parquet")]) == 3
+
+    # one more day arrives: a new version; the old one still brings back exactly the old three days
+    p2 = prepare_data(s3_settings.with_(params=params))
+    assert p2.dates == days and p2.dataset_version != p1.dataset_version
+    assert _local_files(versioning.restore_features(remote, p2.dataset_version, tmp_path / "restore2")) == \
+        _s3_files(features, first.storage_options)
+    again = versioning.restore_features(remote, p1.dataset_version, tmp_path / "restore1-again")
+    assert _local_files(again) == lake1 and not (again / f"date={days[3]}").exists()
+
+    # no remote configured: still the hash of the same bytes (same workspace), and the log says it is not pushed
+    with caplog.at_level(logging.WARNING, logger="hfcast.versioning"):
+        assert versioning.features_version(s3_settings.with_(params={})) == p2.dataset_version
+    assert "NOT pushed" in caplog.text

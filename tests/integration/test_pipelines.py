@@ -60,8 +60,8 @@ def _export_files(settings, version):
         return {f.path for f in t.client.list_artifacts(mv.run_id, "export")}
 
 
-def test_training_then_batch_then_rejected_challenger(env):
-    s = env
+def test_training_then_batch_then_rejected_challenger(env, s3_bucket, tmp_path):
+    s = env.with_(params=deep_merge(env.params, {"dvc": {"remote": f"{s3_bucket}/dvc"}}))  # the prep pushes there
     marker = s.home / "serving" / "deployed.json"
 
     # 1. promoted branch (forced: a 1-epoch model on 6 symbols does not beat HAR-RV, and must not)
@@ -72,7 +72,7 @@ def test_training_then_batch_then_rejected_challenger(env):
     assert str(champion.version) == "1"
     assert champion.tags["gate.decision"] == "forced"
     assert champion.tags["arch"] in ("transformer", "lstm")
-    assert champion.tags["dataset_version"] == "unversioned"  # S3 lake outside DVC, recorded as such
+    _assert_restores(s, champion.tags["dataset_version"], tmp_path / "restored")
     assert "export/model.onnx" in _export_files(s, 1)
     deployed = json.loads(marker.read_text())
     assert deployed["model_ref"] == "hfcast/1" and deployed["target"] == "local"
@@ -111,6 +111,16 @@ def test_training_then_batch_then_rejected_challenger(env):
     assert _export_files(s, 2) == set()  # export never ran
     assert json.loads(marker.read_text()) == deployed  # deploy never ran
     print(f"[pipeline wall times] {TIMINGS}")
+
+
+def _assert_restores(settings, version, dest):
+    """The registered dataset version brings back, from the DVC remote alone, the S3 lake's features."""
+    from hfcast.versioning import DvcRemote, restore_features
+
+    got = restore_features(DvcRemote.from_settings(settings), version, dest)
+    fs, root = storage.filesystem(f"{settings.lake_url}/features", settings.storage_options)
+    lake = {p[len(root):].lstrip("/"): fs.cat_file(p) for p in fs.find(root)}
+    assert {p.relative_to(got).as_posix(): p.read_bytes() for p in got.rglob("*") if p.is_file()} == lake
 
 
 def _decisions(lake):
