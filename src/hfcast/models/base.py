@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,6 +28,15 @@ log = logging.getLogger(__name__)
 ARCHITECTURES = ("transformer", "lstm", "tcn", "hybrid")  # every model file in hfcast/models/
 RAW_OUTPUTS = ("ret_mu", "ret_log_sigma", "lrv_mu", "lrv_log_sigma")
 Z80 = 1.2815515655446004  # two-sided 80% normal quantile: P(|Z| <= Z80) = 0.8
+
+
+@dataclass
+class NetConfig:
+    """The fields every architecture's config has; each model file extends it with its own."""
+
+    head_hidden: int = 32  # hidden width of each output head
+    dropout: float = 0.1
+    lookback: int = LOOKBACK  # window length T
 
 
 class ForecastNet(nn.Module):
