@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from hfcast import storage
+from hfcast.config import checked_section
 from hfcast.plots import png_figure
 from hfcast.storage import Lake
 
@@ -78,11 +79,7 @@ class BacktestConfig:
     @classmethod
     def from_params(cls, section: Mapping[str, Any] | None, **overrides: Any) -> "BacktestConfig":
         merged = {**(section or {}), **{k: v for k, v in overrides.items() if v is not None}}
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise ValueError(f"unknown backtest parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**merged)
+        return cls(**checked_section(cls, merged, "backtest parameter(s)"))
 
 
 # --- one session as [S, T] arrays ---------------------------------------------------------------

@@ -13,13 +13,14 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from hfcast.config import checked_section
 from hfcast.features.windows import WindowArrays, WindowDataset, fit_scaler, make_loader
 from hfcast.losses import TwoTargetLoss
 from hfcast.models import build_model
@@ -57,12 +58,7 @@ class TrainConfig:
     @classmethod
     def from_params(cls, section: Mapping[str, Any] | None) -> "TrainConfig":
         """Build from params.yaml's ``train:`` mapping; unknown keys are an error."""
-        section = dict(section or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"unknown train parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**section)
+        return cls(**checked_section(cls, section, "train parameter(s)"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,6 +20,7 @@ from scipy.special import ndtr
 from torch import nn
 
 from hfcast import storage
+from hfcast.config import checked_section
 from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS, VOL_TOLERANCE
 from hfcast.features.windows import Scaler
 
@@ -78,11 +79,7 @@ def model_config(arch: str, config: dict[str, Any] | Any | None = None) -> Any:
         return cls()
     if is_dataclass(config):
         config = asdict(config)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise ValueError(f"unknown {arch} config key(s) {unknown}; known: {sorted(known)}")
-    return cls(**config)
+    return cls(**checked_section(cls, config, f"{arch} config key(s)"))
 
 
 def build_model(arch: str, n_features: int, config: dict[str, Any] | Any | None = None) -> ForecastNet:

@@ -27,12 +27,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from hfcast.config import checked_section
 from hfcast.contracts import finite
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,7 @@ class MonitorConfig:
     @classmethod
     def from_params(cls, section: Mapping[str, Any] | None) -> "MonitorConfig":
         """Build from params.yaml ``monitor:``; unknown keys are an error (a typo must not be ignored)."""
-        section = dict(section or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"unknown monitor parameter(s) {unknown}; known: {sorted(known)}")
+        section = checked_section(cls, section, "monitor parameter(s)")
         if "exclude_features" in section:
             section["exclude_features"] = tuple(section["exclude_features"] or ())
         return cls(**section)
