@@ -53,7 +53,8 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s ({last})")
 
 
-def _stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+def stop_process_group(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """Stop a server started in its own session: SIGTERM to its process group, SIGKILL if it lingers."""
     if proc is None or proc.poll() is not None:
         return
     try:
@@ -65,6 +66,23 @@ def _stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
+
+
+class ServerProcess:
+    """What every local server shares: ``stop()`` ends the process group that ``start()`` put in
+    ``self.proc``, and a ``with`` block starts the server on entry and stops it on exit."""
+
+    stop_timeout = 10.0  # seconds between SIGTERM and SIGKILL
+
+    def stop(self) -> None:
+        stop_process_group(self.proc, self.stop_timeout)
+        self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def weed_binary() -> str:
@@ -79,7 +97,7 @@ def weed_binary() -> str:
 
 
 @dataclass
-class SeaweedFS:
+class SeaweedFS(ServerProcess):
     """A SeaweedFS S3 server on 127.0.0.1 with SigV4 credentials, for tests and ``--s3`` demos."""
 
     data_dir: Path | None = None
@@ -187,21 +205,14 @@ class SeaweedFS:
         return f"s3://{name}"
 
     def stop(self) -> None:
-        _stop(self.proc)
-        self.proc = None
+        super().stop()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "SeaweedFS":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
 
 @dataclass
-class MlflowServer:
+class MlflowServer(ServerProcess):
     """``mlflow server`` on 127.0.0.1 over a sqlite backend (one worker, no job runner)."""
 
     root: Path
@@ -232,13 +243,3 @@ class MlflowServer:
             tail = (self.root / "mlflow-server.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"mlflow server did not start on {self.uri}; log tail:\n{tail}") from None
         return self
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        self.proc = None
-
-    def __enter__(self) -> "MlflowServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
