@@ -356,16 +356,7 @@ def ingest(paths: list[str], fmt: Format, lake: Any, tz: str | None = None,
     Raises:
         IngestError: a file cannot be read or parsed, or lacks what the format needs.
     """
-    if fmt not in FORMATS:
-        raise IngestError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if not paths:
-        raise IngestError("no input files given")
-    if quotes_paths and fmt != "trades":
-        raise IngestError("quote files (--quotes) go with --format trades only")
-    if stamp not in layouts.STAMPS:
-        raise IngestError(f"--stamp must be 'start' or 'end', got {stamp!r}")
-    if stamp == "end" and fmt not in ("bbo", "ohlcv"):
-        raise IngestError(f"--stamp end applies to bar files (bbo, ohlcv), not {fmt!r} ticks (they carry event times)")
+    _check_request(paths, fmt, quotes_paths, stamp)
     mk = resolve_market(market)
     tz = tz or mk.timezone
     notes: list[str] = []
@@ -395,11 +386,32 @@ def ingest(paths: list[str], fmt: Format, lake: Any, tz: str | None = None,
         per_date.append(rep)
     out: dict[str, Any] = {"format": fmt, "dates": dates, "per_date": per_date, **tick_counts,
                            "ticks_quarantined": len(bad_ticks), "calendar": mk.name, "notes": notes,
-                           "diagnoses": {r["date"]: r["diagnosis"] for r in per_date if r.get("diagnosis")}}
+                           "diagnoses": {r["date"]: r["diagnosis"] for r in per_date if r.get("diagnosis")},
+                           **_row_totals(per_date)}
+    log.info("ingested %d file(s) as %s: %d bars over %d date(s), %d quarantined", len(paths), fmt,
+             out["bars"], len(dates), out["quarantined_rows"])
+    return out
+
+
+def _check_request(paths: list[str], fmt: str, quotes_paths: list[str] | None, stamp: str) -> None:
+    """The :func:`ingest` arguments that contradict each other, as an IngestError before any file is read."""
+    if fmt not in FORMATS:
+        raise IngestError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not paths:
+        raise IngestError("no input files given")
+    if quotes_paths and fmt != "trades":
+        raise IngestError("quote files (--quotes) go with --format trades only")
+    if stamp not in layouts.STAMPS:
+        raise IngestError(f"--stamp must be 'start' or 'end', got {stamp!r}")
+    if stamp == "end" and fmt not in ("bbo", "ohlcv"):
+        raise IngestError(f"--stamp end applies to bar files (bbo, ohlcv), not {fmt!r} ticks (they carry event times)")
+
+
+def _row_totals(per_date: list[dict[str, Any]]) -> dict[str, Any]:
+    """``bars``, ``clean_rows``, ``quarantined_rows`` and ``reasons`` summed over the dates' reports."""
+    out: dict[str, Any] = {}
     out["bars"] = sum(r["input_rows"] for r in per_date)
     out["clean_rows"] = sum(r["clean_rows"] for r in per_date)
     out["quarantined_rows"] = sum(r["quarantined_rows"] for r in per_date)
     out["reasons"] = {k: sum(r["reasons"][k] for r in per_date) for k in per_date[0]["reasons"]} if per_date else {}
-    log.info("ingested %d file(s) as %s: %d bars over %d date(s), %d quarantined", len(paths), fmt,
-             out["bars"], len(dates), out["quarantined_rows"])
     return out
