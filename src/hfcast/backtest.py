@@ -550,6 +550,37 @@ def plot_tracking(result: BacktestResult, path: Path) -> Path:
     return path
 
 
+HEADLINE_KEYS = ("net_sharpe", "gross_sharpe", "max_drawdown", "tracking_error", "share_beyond_1_5")
+
+
+def headline_metrics(result: BacktestResult) -> dict[str, float]:
+    """``{book}_{method}_{key}`` for each book (``ls``, ``vol``), method and :data:`HEADLINE_KEYS`
+    value the method has: the flat numbers a pipeline's metrics panel shows."""
+    out: dict[str, float] = {}
+    for book, summary in (("ls", result.long_short), ("vol", result.vol_target)):
+        for method, values in summary.items():
+            for key in HEADLINE_KEYS:
+                if isinstance(values.get(key), float):
+                    out[f"{book}_{method}_{key}"] = values[key]
+    return out
+
+
+def split_model_ref(ref: str) -> tuple[str, str]:
+    """``NAME/VERSION`` -> ``(NAME, VERSION)``: the prediction folder ``predictions/<NAME>/<VERSION>``."""
+    if "/" not in ref:
+        raise ValueError(f"model_ref must be NAME/VERSION (a predictions/<NAME>/<VERSION> folder), got {ref!r}")
+    name, version = ref.split("/", 1)
+    return name, version
+
+
+def equity_html(png_path: str | Path, title: str) -> str:
+    """A one-image HTML page with the equity plot inlined (what the Kubeflow UI shows)."""
+    import base64
+
+    png = base64.b64encode(Path(png_path).read_bytes()).decode()
+    return f'<html><body><h3>{title}</h3><img src="data:image/png;base64,{png}"></body></html>'
+
+
 def gate_check(challenger: BacktestResult, champion: BacktestResult, metric: str | None = None,
                margin: float = 0.0) -> dict[str, Any]:
     """Pass when the challenger does not lose more than ``margin`` on the gate metric.
