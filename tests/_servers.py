@@ -36,9 +36,6 @@ class RedisServer(ServerProcess):
 
     stop_timeout = 15.0
 
-    port: int = 0
-    proc: subprocess.Popen | None = field(default=None, repr=False)
-
     @property
     def url(self) -> str:
         """What ``HFCAST_FEAST_ONLINE`` takes."""
@@ -80,9 +77,7 @@ class PostgresServer(ServerProcess):
     database: str = "mlflow"
     user: str = "mlflow"
     password: str = field(default_factory=lambda: secrets.token_hex(12))
-    port: int = 0
     root: Path | None = None
-    proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:

@@ -22,6 +22,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,15 @@ def stop_process_group(proc: subprocess.Popen | None, timeout: float = 10.0) -> 
         proc.wait(5)
 
 
+@dataclass(kw_only=True)
 class ServerProcess:
-    """What every local server shares: ``stop()`` ends the process group that ``start()`` put in
-    ``self.proc``, and a ``with`` block starts the server on entry and stops it on exit."""
+    """What every local server shares: its port (0 = a free one at start) and process, ``stop()``
+    that ends the process group ``start()`` put in ``proc``, and a ``with`` block that starts the
+    server on entry and stops it on exit."""
 
-    stop_timeout = 10.0  # seconds between SIGTERM and SIGKILL
+    port: int = 0
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    stop_timeout: ClassVar[float] = 10.0  # seconds between SIGTERM and SIGKILL
 
     def stop(self) -> None:
         stop_process_group(self.proc, self.stop_timeout)
@@ -103,8 +108,6 @@ class SeaweedFS(ServerProcess):
     data_dir: Path | None = None
     access_key: str = "hfcast-dev"
     secret_key: str = "hfcast-dev-secret"
-    port: int = 0
-    proc: subprocess.Popen | None = field(default=None, repr=False)
     _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     @property
@@ -216,8 +219,6 @@ class MlflowServer(ServerProcess):
     """``mlflow server`` on 127.0.0.1 over a sqlite backend (one worker, no job runner)."""
 
     root: Path
-    port: int = 0
-    proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def uri(self) -> str:
