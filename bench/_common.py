@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -83,6 +84,28 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._t.join()
+
+
+def time_calls(fn: Any, n: int, warmup: int = 5) -> list[float]:
+    """Seconds of each of ``n`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def market_parser(doc: str, symbols: int, days: int, seed: int) -> argparse.ArgumentParser:
+    """The command line of a benchmark over a simulated market: the first line of its docstring
+    as description, and the market's size and seed (each benchmark adds its own options)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--symbols", type=int, default=symbols)
+    ap.add_argument("--days", type=int, default=days)
+    ap.add_argument("--seed", type=int, default=seed)
+    return ap
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:

@@ -12,7 +12,6 @@ last ``--folds`` x ``--test-days`` days are scored in equal test spans (expandin
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import tempfile
@@ -21,17 +20,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import PeakMemory, write_result  # noqa: E402
+from bench._common import PeakMemory, market_parser, write_result  # noqa: E402
 
 SMALL = {"transformer": {"d_model": 32, "n_layers": 1}, "lstm": {"hidden": 32, "n_layers": 1},
          "tcn": {"channels": 32}, "hybrid": {"channels": 32}}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--symbols", type=int, default=100)
-    ap.add_argument("--days", type=int, default=60)
-    ap.add_argument("--seed", type=int, default=7)
+    ap = market_parser(__doc__, symbols=100, days=60, seed=7)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-train-windows", type=int, default=25_000)
     ap.add_argument("--max-val-windows", type=int, default=20_000)

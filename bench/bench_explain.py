@@ -11,13 +11,12 @@ bench/results/explain.json.
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench._common import write_result
+from bench._common import time_calls, write_result
 
 
 def _old_forward(self, x):
@@ -30,14 +29,7 @@ def _old_forward(self, x):
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
+    return float(np.median(time_calls(fn, repeats, warmup)) * 1000)
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ Input: the market simulator (hfcast.data.simulator); timings are wall clock on a
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "code"))
 
-from _common import PeakMemory, write_result  # noqa: E402
+from _common import PeakMemory, market_parser, write_result  # noqa: E402
 from hfcast.data.simulator import SimConfig, iter_days  # noqa: E402
 from hfcast.features.engine import HarState, featurize_frame, run_featurize  # noqa: E402
 from hfcast.features.catalog import feature_names  # noqa: E402
@@ -54,14 +53,11 @@ def _engine_compute(days) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--symbols", type=int, default=100)
-    ap.add_argument("--days", type=int, default=20)
+    ap = market_parser(__doc__, symbols=100, days=20, seed=3)
     ap.add_argument("--ref-symbols", type=int, default=20)
     ap.add_argument("--ref-days", type=int, default=2)
     ap.add_argument("--big-symbols", type=int, default=1000)
     ap.add_argument("--big-days", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=3)
     a = ap.parse_args()
     from _feature_reference import reference_features
 

@@ -20,7 +20,6 @@ shared 2-core machine: small universes, one fold, 2 epochs, small models).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -32,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import write_result  # noqa: E402
+from bench._common import market_parser, write_result  # noqa: E402
 
 SMALL = {"transformer": {"d_model": 32, "n_layers": 1}, "lstm": {"hidden": 32, "n_layers": 1},
          "tcn": {"channels": 32}, "hybrid": {"channels": 32}}
@@ -130,10 +129,7 @@ def summarize(res, archs) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--symbols", type=int, default=20)
-    ap.add_argument("--days", type=int, default=24)
-    ap.add_argument("--seed", type=int, default=7)
+    ap = market_parser(__doc__, symbols=20, days=24, seed=7)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--archs", default="lstm,transformer")
     ap.add_argument("--generators", default=",".join(GENERATORS))

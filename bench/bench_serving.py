@@ -29,7 +29,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
-from bench._common import machine, write_result  # noqa: E402
+from bench._common import machine, time_calls, write_result  # noqa: E402
 
 F, ARCH = 59, "transformer"
 
@@ -39,17 +39,6 @@ def stats(times_s: list[float], batch: int) -> dict:
     return {"batch": batch, "n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3),
             "p99_ms": round(float(np.percentile(ms, 99)), 3), "mean_ms": round(float(ms.mean()), 3),
             "rows_per_s": round(batch * len(ms) / float(np.sum(times_s)), 1)}
-
-
-def time_calls(fn, n: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def runners(fc, onnx_path) -> dict:

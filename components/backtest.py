@@ -36,28 +36,20 @@ def backtest(
     Returns:
         Whether the gate passed (True when there is none): a plain output a dsl.If can read.
     """
-    import base64
     import json
-    import logging
+    from pathlib import Path
 
-    from hfcast.backtest import BacktestConfig, gate_check, run_backtest
-    from hfcast.config import settings_from_param
+    from components._common import step_settings
+    from hfcast.backtest import BacktestConfig, equity_html, gate_check, headline_metrics, run_backtest, split_model_ref
     from hfcast.storage import Lake
 
-    logging.basicConfig(level=logging.INFO)
-    s = settings_from_param(settings)
+    s = step_settings(settings)
     cfg = BacktestConfig.from_params(s.param("backtest", {}))
     lake = Lake.from_settings(s)
-    ref = plan.metadata["model_ref"] if plan is not None else model_ref
-    if "/" not in ref:
-        raise ValueError(f"model_ref must be NAME/VERSION (a predictions/<NAME>/<VERSION> folder), got {ref!r}")
-    name, version = ref.split("/", 1)
+    name, version = split_model_ref(plan.metadata["model_ref"] if plan is not None else model_ref)
     result = run_backtest(lake, name, version, dates or None, cfg, report.path)
-    for book, summary in (("ls", result.long_short), ("vol", result.vol_target)):
-        for method, values in summary.items():
-            for key in ("net_sharpe", "gross_sharpe", "max_drawdown", "tracking_error", "share_beyond_1_5"):
-                if isinstance(values.get(key), float):
-                    metrics.log_metric(f"{book}_{method}_{key}", values[key])
+    for key, value in headline_metrics(result).items():
+        metrics.log_metric(key, value)
     passed = True
     if gate_against:
         cname, cversion = gate_against.split("/", 1)
@@ -66,12 +58,8 @@ def backtest(
         metrics.metadata.update({"gate": json.dumps(gate, default=float)})
     metrics.metadata.update({"model": f"{name}/{version}", "dates": f"{result.dates[0]}..{result.dates[-1]}",
                              "gate_metric": cfg.gate_metric, "gate_value": result.gate_value, "notes": "; ".join(result.notes)})
-    with open(f"{report.path}/equity.png", "rb") as fh:  # shown in the Kubeflow UI
-        png = base64.b64encode(fh.read()).decode()
-    with open(equity.path, "w") as fh:
-        fh.write(f'<html><body><h3>{name}/{version}</h3><img src="data:image/png;base64,{png}"></body></html>')
+    Path(equity.path).write_text(equity_html(f"{report.path}/equity.png", f"{name}/{version}"))
     return passed
-
 
 if __name__ == "__main__":
     from kfp import compiler

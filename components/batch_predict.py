@@ -26,14 +26,11 @@ def batch_predict(
     Returns:
         The CSV's URL.
     """
-    import logging
-
-    from hfcast.config import settings_from_param
+    from components._common import step_settings
     from hfcast.predict import run_predict
     from hfcast.storage import Lake
 
-    logging.basicConfig(level=logging.INFO)
-    s = settings_from_param(settings)
+    s = step_settings(settings)
     summary = run_predict(s, [date], model_ref=plan.metadata["model_ref"], mode=mode, out=out_url or None, force=force,
                           runner=runner, progress=False)
     if summary.failed:

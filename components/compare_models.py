@@ -20,13 +20,13 @@ def compare_models(
     import logging
     from collections import namedtuple
 
-    from hfcast.config import settings_from_param
+    from components._common import step_settings
     from hfcast.contracts import finite
     from hfcast.lifecycle import rank_runs
 
-    logging.basicConfig(level=logging.INFO)
+    s = step_settings(settings)
     runs = [dict(m.metadata) for m in results]
-    ranked = rank_runs(runs, settings_from_param(settings))
+    ranked = rank_runs(runs, s)
     best = ranked[0]
     for run in runs:
         for name, value in run.items():

@@ -28,14 +28,12 @@ def deploy_model(
         What was deployed: the marker path or ``namespace/name`` of the InferenceService.
     """
     import json
-    import logging
     from pathlib import Path
 
-    from hfcast.config import settings_from_param
+    from components._common import step_settings
     from serving.deploy import deploy
 
-    logging.basicConfig(level=logging.INFO)
-    info = deploy(settings_from_param(settings), version, target=target, namespace=namespace, triton_uri=triton_uri)
+    info = deploy(step_settings(settings), version, target=target, namespace=namespace, triton_uri=triton_uri)
     deployment.metadata.update(info)
     Path(deployment.path).write_text(json.dumps(info, indent=1))
     return info["where"]

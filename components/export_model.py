@@ -23,13 +23,11 @@ def export_model(
     Returns:
         The MLflow artifact URI of the export.
     """
-    import logging
-
+    from components._common import step_settings
     from hfcast import export, registry, storage
-    from hfcast.config import s3_storage_options, settings_from_param
+    from hfcast.config import s3_storage_options
 
-    logging.basicConfig(level=logging.INFO)
-    s = settings_from_param(settings)
+    s = step_settings(settings)
     report = export.export_all(registry.load_forecaster(s, f"{s.model_name}/{version}"), onnx_model.path,
                                max_batch=max_batch)
     uri = export.log_export_to_mlflow(report, s)

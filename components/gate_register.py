@@ -27,13 +27,10 @@ def gate_register(
         cannot evaluate a dsl.If on a NamedTuple field). The registered version, the decision and
         its reasons are in ``decision``'s metadata either way.
     """
-    import logging
-
-    from hfcast.config import settings_from_param
+    from components._common import step_settings
     from hfcast.lifecycle import register_and_gate
 
-    logging.basicConfig(level=logging.INFO)
-    s = settings_from_param(settings).with_(lake_url=features.metadata["lake_url"])
+    s = step_settings(settings, lake_url=features.metadata["lake_url"])
     out = register_and_gate(s, run_id, force_reason=force_reason, margin=None if gate_margin < 0 else gate_margin)
     verdict = out.decision
     decision.log_metric("promoted", int(out.promoted))

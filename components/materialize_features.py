@@ -21,15 +21,13 @@ def materialize_features(
     """
     import datetime as dt
     import json
-    import logging
     from pathlib import Path
 
+    from components._common import step_settings
     from hfcast import feature_store as fs
-    from hfcast.config import settings_from_param
     from hfcast.storage import Lake
 
-    logging.basicConfig(level=logging.INFO)
-    s = settings_from_param(settings).with_(lake_url=features.metadata["lake_url"])
+    s = step_settings(settings, lake_url=features.metadata["lake_url"])
     fs.apply(s)
     dates = Lake.from_settings(s).dates("features")
     if not dates:

@@ -22,17 +22,14 @@ def monitor_date(
         Whether to retrain (one plain output: the kfp local runner cannot evaluate a dsl.If on a
         NamedTuple field). The reasons, drifted dates and model name are in ``checks``' metadata.
     """
-    import logging
-
+    from components._common import step_settings
     from hfcast import storage
-    from hfcast.config import settings_from_param
     from hfcast.monitoring.decision import RETRAIN
     from hfcast.monitoring.drift import resolve_model, run_monitor
     from hfcast.monitoring.retraining import RecordOnlyStarter
     from hfcast.storage import Lake
 
-    logging.basicConfig(level=logging.INFO)
-    s = settings_from_param(settings)
+    s = step_settings(settings)
     lake = Lake.from_settings(s)
     day = date or lake.dates("features")[-1]
     name, version = resolve_model(s, model_ref)

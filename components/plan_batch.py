@@ -18,15 +18,12 @@ def plan_batch(
     ParallelFor; ``model_ref`` (e.g. an alias) resolved to ``NAME/VERSION`` in ``plan``'s metadata,
     so every date of the run uses the same model even if the champion moves meanwhile. (One plain
     output: the kfp local runner cannot loop over a NamedTuple field.)"""
-    import logging
-
+    from components._common import step_settings
     from hfcast import registry
-    from hfcast.config import settings_from_param
     from hfcast.predict import parse_dates
     from hfcast.storage import Lake
 
-    logging.basicConfig(level=logging.INFO)
-    s = settings_from_param(settings)
+    s = step_settings(settings)
     lake = Lake.from_settings(s)
     todo = parse_dates(dates, lake.dates("features"))
     if not todo:

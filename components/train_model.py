@@ -25,14 +25,11 @@ def train_model(
     Returns:
         The MLflow run id (also in the metrics' metadata with the architecture).
     """
-    import logging
-
-    from hfcast.config import settings_from_param
+    from components._common import step_settings
     from hfcast.contracts import finite
     from hfcast.lifecycle import train_and_log
 
-    logging.basicConfig(level=logging.INFO)
-    s = settings_from_param(settings).with_(lake_url=features.metadata["lake_url"])
+    s = step_settings(settings, lake_url=features.metadata["lake_url"])
     version = features.metadata.get("dataset_version", "")
     run = train_and_log(s, arch, dataset_version=version, reason=reason,
                         drifted_dates=tuple(d for d in drifted_dates.split(",") if d))

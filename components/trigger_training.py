@@ -27,16 +27,15 @@ def trigger_training(
         The run id (Kubeflow run id, or ``local-<time>``).
     """
     import json
-    import logging
     from pathlib import Path
 
-    from hfcast.config import settings_from_param
+    from components._common import step_settings
     from pipelines.starters import make_starter
 
-    logging.basicConfig(level=logging.INFO)
+    s = step_settings(settings)
     dates = [d for d in decision.metadata.get("drifted_dates", "").split(",") if d]
-    res = make_starter(starter, host=kfp_host or None).start(settings_from_param(settings), decision.metadata["model"],
-                                                             decision.metadata["reason"], dates)
+    res = make_starter(starter, host=kfp_host or None).start(s, decision.metadata["model"], decision.metadata["reason"],
+                                                             dates)
     started.metadata.update({k: v for k, v in res.items() if isinstance(v, (str, int, float, bool))})
     Path(started.path).write_text(json.dumps(res, indent=1, default=str))
     if res.get("status") == "failed":

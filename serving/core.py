@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from kserve import InferResponse
 from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput
 
 from serving.validation import ParsedRequest
 
@@ -167,3 +170,13 @@ class ForecastService:
                            ("feature_ts", feature_ts)):
             outs.append({"name": name, "shape": [b], "datatype": "BYTES", "data": vals})
         return outs
+
+    def kserve_response(self, model_name: str, protocol: str, preds: dict[str, np.ndarray], feature_ts: list[str],
+                        request_id: str | None) -> dict | InferResponse:
+        """The answer a KServe model method returns: the V1 document, or a V2 ``InferResponse``."""
+        if protocol == "v1":
+            return self.v1_response(preds, feature_ts)
+        outputs = [InferOutput(name=o["name"], shape=o["shape"], datatype=o["datatype"], data=o["data"])
+                   for o in self.v2_outputs(preds, feature_ts)]
+        return InferResponse(response_id=request_id or str(uuid.uuid4()), model_name=model_name,
+                             model_version=self.model_version, infer_outputs=outputs)

@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import contextvars
 import logging
-import uuid
 from typing import Any
 
 import kserve
 from kserve import InferInput, InferRequest, InferResponse, model_server
-from kserve.protocol.infer_type import InferOutput
 
 from hfcast.export import INPUT_NAME, OUTPUT_NAME
 from serving.core import ForecastService, Limits, feast_lookup, load_forecaster
-from serving.validation import parse_v1, parse_v2
+from serving.validation import parse_kserve
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +51,7 @@ class FeatureTransformer(kserve.Model):
 
     def preprocess(self, payload: dict | InferRequest, headers: dict[str, str] | None = None) -> InferRequest:
         svc = self.service
-        if isinstance(payload, InferRequest):
-            req = parse_v2(payload, svc.n_features, svc.limits.max_batch)
-        else:
-            req = parse_v1(payload, svc.n_features, svc.limits.max_batch)
+        req = parse_kserve(payload, svc.n_features, svc.limits.max_batch)
         windows, feature_ts = svc.windows(req)
         _REQUEST.set((req.protocol, feature_ts, req.request_id))
         tensor = InferInput(name=INPUT_NAME, shape=list(windows.shape), datatype="FP32")
@@ -68,13 +63,7 @@ class FeatureTransformer(kserve.Model):
         svc = self.service
         protocol, feature_ts, request_id = _REQUEST.get()
         raw = next(o for o in result.outputs if o.name == OUTPUT_NAME).as_numpy()
-        preds = svc.predictions(raw)
-        if protocol == "v1":
-            return svc.v1_response(preds, feature_ts)
-        outputs = [InferOutput(name=o["name"], shape=o["shape"], datatype=o["datatype"], data=o["data"])
-                   for o in svc.v2_outputs(preds, feature_ts)]
-        return InferResponse(response_id=request_id or str(uuid.uuid4()), model_name=self.name,
-                             model_version=svc.model_version, infer_outputs=outputs)
+        return svc.kserve_response(self.name, protocol, svc.predictions(raw), feature_ts, request_id)
 
 
 parser = argparse.ArgumentParser(parents=[model_server.parser])

@@ -15,12 +15,11 @@ from typing import Any
 
 import kserve
 from kserve import InferRequest, InferResponse
-from kserve.protocol.infer_type import InferOutput
 
 from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS
 from serving.core import ForecastService, Limits, feast_lookup, load_forecaster
 from serving.dataplane import HfcastDataPlane
-from serving.validation import ParsedRequest, parse_http, parse_v1, parse_v2
+from serving.validation import ParsedRequest, parse_http, parse_kserve, parse_v1
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +60,9 @@ class HfcastPredictor(kserve.Model):
 
     def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None) -> dict | InferResponse:
         svc = self.service
-        if isinstance(payload, InferRequest):
-            req = parse_v2(payload, svc.n_features, svc.limits.max_batch)
-        else:
-            req = parse_v1(payload, svc.n_features, svc.limits.max_batch)
+        req = parse_kserve(payload, svc.n_features, svc.limits.max_batch)
         preds, feature_ts = self.forecast(req)
-        if req.protocol == "v1":
-            return svc.v1_response(preds, feature_ts)
-        outputs = [InferOutput(name=o["name"], shape=o["shape"], datatype=o["datatype"], data=o["data"])
-                   for o in svc.v2_outputs(preds, feature_ts)]
-        return InferResponse(response_id=req.request_id or str(uuid.uuid4()), model_name=self.name,
-                             model_version=svc.model_version, infer_outputs=outputs)
+        return svc.kserve_response(self.name, req.protocol, preds, feature_ts, req.request_id)
 
     def forecast(self, req: ParsedRequest) -> tuple[dict, list[str]]:
         """Validated request -> calibrated forecasts (columns) and the feature timestamp of each row."""

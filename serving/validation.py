@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import orjson
+from kserve import InferRequest
 from kserve.errors import InvalidInput
 
 from hfcast.contracts import LOOKBACK
@@ -383,3 +384,10 @@ def parse_v2(request: Any, n_features: int, max_batch: int) -> ParsedRequest:
     else:
         raise InvalidInput(f"input {spec.name!r} has no data")
     return to_parsed(spec, values, scaled, request.id, n_features, max_batch)
+
+
+def parse_kserve(payload: Any, n_features: int, max_batch: int) -> ParsedRequest:
+    """What a KServe model method receives: an ``InferRequest`` (V2) or a V1 JSON document."""
+    if isinstance(payload, InferRequest):
+        return parse_v2(payload, n_features, max_batch)
+    return parse_v1(payload, n_features, max_batch)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hfcast.testing.servers import free_port
+from hfcast.testing.servers import ServerProcess, free_port
 
 HOST = "127.0.0.1"
 
@@ -31,24 +30,11 @@ def _binary(name: str, package: str, extra_dirs: tuple[str, ...] = ()) -> str:
     return found
 
 
-def _stop_group(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
-    """Stop a server started in its own session (SIGTERM to its process group, then SIGKILL)."""
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout)
-
-
 @dataclass
-class RedisServer:
+class RedisServer(ServerProcess):
     """``redis-server`` on 127.0.0.1, no persistence (the Feast online store is rebuilt by materialize)."""
 
-    port: int = 0
-    proc: subprocess.Popen | None = field(default=None, repr=False)
+    stop_timeout = 15.0
 
     @property
     def url(self) -> str:
@@ -77,31 +63,21 @@ class RedisServer:
                 raise RuntimeError(f"redis-server did not answer on {self.url}: {out[-1500:]}")
             time.sleep(0.05)
 
-    def stop(self) -> None:
-        _stop_group(self.proc)
-        self.proc = None
-
-    def __enter__(self) -> "RedisServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
 
 @dataclass
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """PostgreSQL (Debian's ``postgresql``) on 127.0.0.1 with password auth and a database.
 
     PostgreSQL refuses to run as root: as root, the cluster is initialised and run as ``nobody``
     (``runuser``) in a folder of its own under /tmp (pytest's tmp_path is root-only).
     """
 
+    stop_timeout = 15.0
+
     database: str = "mlflow"
     user: str = "mlflow"
     password: str = field(default_factory=lambda: secrets.token_hex(12))
-    port: int = 0
     root: Path | None = None
-    proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -154,14 +130,7 @@ class PostgresServer:
         conn.close()
 
     def stop(self) -> None:
-        _stop_group(self.proc)
-        self.proc = None
+        super().stop()
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
-
-    def __enter__(self) -> "PostgresServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

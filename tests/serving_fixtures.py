@@ -77,3 +77,30 @@ def feast_repo(settings, n_features: int = 8, n_symbols: int = 3, date: str = "2
                        json.dumps({"features": names, "quotes_available": True}), lake.storage_options)
     feature_store.apply(settings)
     return feature_store.materialize_windows(settings, day)
+
+
+def cli_settings(tmp_path: Path, monkeypatch):
+    """Embedded-default settings in ``tmp_path`` that the ``hfcast`` CLI, run in-process, sees too."""
+    from hfcast.config import get_settings
+
+    monkeypatch.setenv("HFCAST_HOME", str(tmp_path / ".hfcast"))
+    monkeypatch.chdir(tmp_path)
+    settings = get_settings()
+    # registry.tracking() restores MLflow's previous global URI, which mlflow exports as
+    # MLFLOW_TRACKING_URI (cwd/mlflow.db): pin it so the CLI's settings see the same store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_uri)
+    return settings
+
+
+def register_forecaster(settings, fc, bundle: Path) -> tuple[str, int]:
+    """Save ``fc`` to ``bundle``, log it as a training run (one test day, 2024-01-02) and register
+    it in ``settings``' MLflow: ``(run_id, version)``."""
+    from hfcast import registry
+
+    fc.save(str(bundle))
+    run_id = registry.log_training_run(settings, registry.TrainingRecord(
+        bundle, arch=fc.arch, params={}, epoch_metrics=None, fold_metrics=[],
+        aggregate_metrics={"vol_qlike": 0.3}, test_spans=[("2024-01-02", "2024-01-02")], dataset_version=None,
+        feature_names=fc.feature_names))
+    return run_id, registry.register(settings, run_id)
+

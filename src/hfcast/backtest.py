@@ -38,6 +38,8 @@ import numpy as np
 import pandas as pd
 
 from hfcast import storage
+from hfcast.config import checked_section
+from hfcast.plots import png_figure
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -77,11 +79,7 @@ class BacktestConfig:
     @classmethod
     def from_params(cls, section: Mapping[str, Any] | None, **overrides: Any) -> "BacktestConfig":
         merged = {**(section or {}), **{k: v for k, v in overrides.items() if v is not None}}
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise ValueError(f"unknown backtest parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**merged)
+        return cls(**checked_section(cls, merged, "backtest parameter(s)"))
 
 
 # --- one session as [S, T] arrays ---------------------------------------------------------------
@@ -518,53 +516,69 @@ def _json_default(o: Any) -> Any:
 
 def plot_equity(result: BacktestResult, path: Path) -> Path:
     """Cumulative net (solid) and gross (dotted) return of each long-short book, period by period."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for m, p in result.periods.items():
-        if p.empty:
-            continue
-        line, = ax.plot(np.cumsum(p["net"].to_numpy()), label=f"{m} net (Sharpe {result.long_short[m]['net_sharpe']:.2f})")
-        ax.plot(np.cumsum(p["gross"].to_numpy()), ls=":", color=line.get_color(), label=f"{m} gross")
-    ax.axhline(0, color="grey", lw=0.6)
-    ax.set_xlabel(f"holding period ({result.config.rebalance} min)")
-    ax.set_ylabel("cumulative return")
-    ax.set_title(f"long-short on ret_60m - {result.model}, {len(result.dates)} days")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with png_figure(path, (9, 4.5)) as (_, ax):
+        for m, p in result.periods.items():
+            if p.empty:
+                continue
+            line, = ax.plot(np.cumsum(p["net"].to_numpy()),
+                            label=f"{m} net (Sharpe {result.long_short[m]['net_sharpe']:.2f})")
+            ax.plot(np.cumsum(p["gross"].to_numpy()), ls=":", color=line.get_color(), label=f"{m} gross")
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_xlabel(f"holding period ({result.config.rebalance} min)")
+        ax.set_ylabel("cumulative return")
+        ax.set_title(f"long-short on ret_60m - {result.model}, {len(result.dates)} days")
+        ax.legend(fontsize=8)
     return path
 
 
 def plot_tracking(result: BacktestResult, path: Path) -> Path:
     """Realized / target volatility by time of day (median and 90% quantile) for each method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for m, h in result.holds.items():
-        if h.empty:
-            continue
-        g = h.groupby("minute")["ratio"]
-        line, = ax.plot(g.median().index, g.median().to_numpy(),
-                        label=f"{m} median (TE {result.vol_target[m]['tracking_error']:.2f})")
-        ax.plot(g.quantile(0.9).index, g.quantile(0.9).to_numpy(), ls=":", color=line.get_color())
-    ax.axhline(1.0, color="black", lw=0.8)
-    ax.axhline(1.5, color="red", lw=0.8, ls="--", label="1.5x target")
-    ax.set_xlabel("minute of session (hold start)")
-    ax.set_ylabel("realized / target volatility")
-    ax.set_title(f"volatility targeting ({result.config.target_vol:.0%} a year) - dotted: 90% quantile")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with png_figure(path, (9, 4.5)) as (_, ax):
+        for m, h in result.holds.items():
+            if h.empty:
+                continue
+            g = h.groupby("minute")["ratio"]
+            line, = ax.plot(g.median().index, g.median().to_numpy(),
+                            label=f"{m} median (TE {result.vol_target[m]['tracking_error']:.2f})")
+            ax.plot(g.quantile(0.9).index, g.quantile(0.9).to_numpy(), ls=":", color=line.get_color())
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.axhline(1.5, color="red", lw=0.8, ls="--", label="1.5x target")
+        ax.set_xlabel("minute of session (hold start)")
+        ax.set_ylabel("realized / target volatility")
+        ax.set_title(f"volatility targeting ({result.config.target_vol:.0%} a year) - dotted: 90% quantile")
+        ax.legend(fontsize=8)
     return path
+
+
+HEADLINE_KEYS = ("net_sharpe", "gross_sharpe", "max_drawdown", "tracking_error", "share_beyond_1_5")
+
+
+def headline_metrics(result: BacktestResult) -> dict[str, float]:
+    """``{book}_{method}_{key}`` for each book (``ls``, ``vol``), method and :data:`HEADLINE_KEYS`
+    value the method has: the flat numbers a pipeline's metrics panel shows."""
+    out: dict[str, float] = {}
+    for book, summary in (("ls", result.long_short), ("vol", result.vol_target)):
+        for method, values in summary.items():
+            for key in HEADLINE_KEYS:
+                if isinstance(values.get(key), float):
+                    out[f"{book}_{method}_{key}"] = values[key]
+    return out
+
+
+def split_model_ref(ref: str) -> tuple[str, str]:
+    """``NAME/VERSION`` -> ``(NAME, VERSION)``: the prediction folder ``predictions/<NAME>/<VERSION>``."""
+    if "/" not in ref:
+        raise ValueError(f"model_ref must be NAME/VERSION (a predictions/<NAME>/<VERSION> folder), got {ref!r}")
+    name, version = ref.split("/", 1)
+    return name, version
+
+
+def equity_html(png_path: str | Path, title: str) -> str:
+    """A one-image HTML page with the equity plot inlined (what the Kubeflow UI shows)."""
+    import base64
+
+    png = base64.b64encode(Path(png_path).read_bytes()).decode()
+    return f'<html><body><h3>{title}</h3><img src="data:image/png;base64,{png}"></body></html>'
 
 
 def gate_check(challenger: BacktestResult, champion: BacktestResult, metric: str | None = None,

@@ -281,6 +281,19 @@ class Calibrator:
         n = p["ret_mu"].size
         if y_ret.size != n or y_rv.size != n:
             raise ValueError(f"labels ({y_ret.size}, {y_rv.size}) and forecasts ({n}) differ in length")
+        tod = None if context is None or "tod" not in context else np.asarray(context["tod"], np.float64).ravel()
+        m = self._fit_return(p, y_ret, groups, ret_scores, tod)
+        self._fit_volatility(p, y_rv, groups, context, tod)
+        self.n_fit = int(m.sum())
+        log.debug("calibrated on %d rows: q_ret=%.3f q_rv=%.3f", self.n_fit, self.q_ret, self.q_rv)
+        return self
+
+    def _fit_return(self, p: dict[str, np.ndarray], y_ret: np.ndarray, groups: np.ndarray | None,
+                    ret_scores: tuple[str, ...], tod: np.ndarray | None) -> np.ndarray:
+        """The centring offset, the sign-probit confidence and the return interval quantiles.
+
+        ``p["ret_mu"]`` is centred in place. Returns the mask of the rows used (labelled, finite).
+        """
         sig = np.maximum(p["ret_sigma"], _EPS)
         finite_mu = p["ret_mu"][np.isfinite(p["ret_mu"])]
         self.ret_offset = 0.0
@@ -293,21 +306,23 @@ class Calibrator:
         if m.sum() < 10:
             raise ValueError(f"return calibration needs >= 10 labelled validation rows, got {int(m.sum())}")
         right = sign_right(p["ret_mu"][m], y_ret[m])
-        clusters = _cluster_ids(n, groups)[m]
-        clusters = np.unique(clusters, return_inverse=True)[1].ravel()
+        cl = np.unique(_cluster_ids(y_ret.size, groups)[m], return_inverse=True)[1].ravel()
         fits = []
         for name in ret_scores:
             s = SignProbit.scores(p["ret_mu"][m], sig[m], p["rv_hat"][m], name)
             ok = np.isfinite(s)
-            f = SignProbit.fit(s[ok], right[ok], clusters[ok], score=name)
+            f = SignProbit.fit(s[ok], right[ok], cl[ok], score=name)
             fits.append((f.log_lik(s[ok], right[ok]), f))
         self.ret_conf = max(fits, key=lambda lf: lf[0])[1]
         log.debug("return confidence: %s", [(f.score, round(ll, 2), f.a_ml, f.se) for ll, f in fits])
         self.q_ret = conformal_quantile(np.abs(y_ret[m] - p["ret_mu"][m]) / sig[m], self.level)
-        tod = None if context is None or "tod" not in context else np.asarray(context["tod"], np.float64).ravel()
         if tod is not None:
             self.q_ret_tod = tod_quantiles(tod[m], np.abs(y_ret[m] - p["ret_mu"][m]) / sig[m], self.level, self.q_ret)
+        return m
 
+    def _fit_volatility(self, p: dict[str, np.ndarray], y_rv: np.ndarray, groups: np.ndarray | None,
+                        context: dict | None, tod: np.ndarray | None) -> None:
+        """The volatility confidence (isotonic, and by context when given) and interval quantiles."""
         rv_hat = np.maximum(p["rv_hat"], _EPS)
         ls = np.maximum(p["lrv_sigma"], _EPS)
         mv = np.isfinite(y_rv) & np.isfinite(rv_hat) & np.isfinite(ls) & (y_rv >= 0)
@@ -321,12 +336,9 @@ class Calibrator:
         if context is not None:
             X = _context_matrix(p, context)
             relerr = np.abs(y_rv[mv] / rv_hat[mv] - 1.0)
-            self.vol_ctx = VolContextConfidence.fit(X[mv], within, relerr, _cluster_ids(n, groups)[mv])
+            self.vol_ctx = VolContextConfidence.fit(X[mv], within, relerr, _cluster_ids(y_rv.size, groups)[mv])
             if tod is not None:
                 self.q_rv_tod = tod_quantiles(tod[mv], resid, self.level, self.q_rv)
-        self.n_fit = int(m.sum())
-        log.debug("calibrated on %d rows: q_ret=%.3f q_rv=%.3f", self.n_fit, self.q_ret, self.q_rv)
-        return self
 
     def apply(self, pred: dict, context: dict | None = None) -> dict[str, np.ndarray]:
         """Calibrated forecasts, confidences and 80% intervals keyed by PRED_COLUMNS.

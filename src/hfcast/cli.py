@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -43,6 +43,15 @@ class _Typer(typer.Typer):
     def __call__(self, *args, **kwargs):
         return _with_user_errors(lambda: super(_Typer, self).__call__(*args, **kwargs))
 
+
+# options that several commands share, defined once (same flag, same help everywhere)
+CalendarOption = Annotated[Optional[str], typer.Option(
+    "--calendar", help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). "
+                       "Default: params.yaml market.calendar, else XNYS.")]
+LakeOption = Annotated[Optional[str], typer.Option("--lake", help="Lake URL (default: settings).")]
+NoProgressOption = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
+ModelRefOption = Annotated[str, typer.Option("--model", help="Registry reference: NAME@alias or NAME/version.")]
+BundleOption = Annotated[Optional[Path], typer.Option("--bundle", help="A local forecaster bundle instead of the registry.")]
 
 app = _Typer(add_completion=False, no_args_is_help=True,
              help="hfcast: minute-level return and volatility forecasts with calibrated confidence.")
@@ -99,7 +108,7 @@ def synth(
     shift_intraday: Optional[float] = typer.Option(None, "--shift-intraday", help="U-shape amplitude multiplier from the shift day (0 = flat). Default: params.yaml synth.shift_intraday."),
     lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL (file:///... or s3://...); default from settings."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    calendar: Optional[str] = typer.Option(None, "--calendar", help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). Default: params.yaml market.calendar, else XNYS."),
+    calendar: CalendarOption = None,
 ) -> None:
     """Simulate a market with known truth: writes raw/ bars and truth/ per date into the lake."""
     from hfcast.data.simulator import SimConfig, write_synth
@@ -157,12 +166,12 @@ def ingest(
     tz: Optional[str] = typer.Option(None, "--tz", help="Time zone of naive timestamps (default: the calendar's)."),
     stamp: str = typer.Option("start", "--stamp", help="start | end: what minute a bar's timestamp marks (end: shifted back 1 minute)."),
     epoch_unit: Optional[str] = typer.Option(None, "--epoch-unit", help="s | ms | us | ns for numeric timestamps (default: from their magnitude)."),
-    calendar: Optional[str] = typer.Option(None, "--calendar", help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). Default: params.yaml market.calendar, else XNYS."),
+    calendar: CalendarOption = None,
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Symbol for files without a symbol column."),
     quotes: Optional[list[str]] = typer.Option(None, "--quotes", help="Quote tick file(s) to go with --format trades."),
     date: Optional[str] = typer.Option(None, "--date", help="Session date of LOBSTER files not named by the standard."),
-    lake_url: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings)."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    lake_url: LakeOption = None,
+    no_progress: NoProgressOption = False,
 ) -> None:
     """Read real data into the lake (raw/), then validate it into validated/ + quarantine/."""
     from hfcast.data.ingest import IngestError, ingest as run_ingest, parse_column_map
@@ -189,9 +198,9 @@ def ingest(
 @app.command()
 def validate(
     dates: Optional[str] = typer.Option(None, "--dates", help="Comma-separated dates (default: every raw date)."),
-    lake_url: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings)."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
-    calendar: Optional[str] = typer.Option(None, "--calendar", help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). Default: params.yaml market.calendar, else XNYS."),
+    lake_url: LakeOption = None,
+    no_progress: NoProgressOption = False,
+    calendar: CalendarOption = None,
 ) -> None:
     """Validate raw/ partitions: clean rows to validated/, bad rows to quarantine/ with a reason."""
     from hfcast.data.validate import DEFAULT_JUMP_LIMIT, run_validate
@@ -219,7 +228,7 @@ def featurize(
     lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings / HFCAST_LAKE)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default params featurize.workers)."),
-    calendar: Optional[str] = typer.Option(None, "--calendar", help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). Default: params.yaml market.calendar, else XNYS."),
+    calendar: CalendarOption = None,
 ) -> None:
     """Compute the catalogue's causal features and the labels, one date at a time, into features/."""
     from hfcast.features.engine import run_featurize
@@ -312,7 +321,7 @@ def _print_table(result, title: str) -> None:
 @app.command()
 def train(
     model: str = typer.Option("transformer", "--model", "-m", help="transformer | lstm | tcn | hybrid"),
-    lake_url: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings)."),
+    lake_url: LakeOption = None,
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <home>/reports/train-<model>)."),
     log_run: bool = typer.Option(True, "--log/--no-log", help="Log the run to MLflow (hfcast.registry)."),
     register: bool = typer.Option(False, "--register", help="Also register the logged run as a model version."),
@@ -360,7 +369,7 @@ def train(
 @app.command()
 def compare(
     models: str = typer.Option("transformer,lstm,tcn,hybrid", "--models", help="Comma-separated architectures ('' = baselines only)."),
-    lake_url: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings)."),
+    lake_url: LakeOption = None,
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <home>/reports/compare)."),
 ) -> None:
     """Every architecture and every baseline on identical walk-forward folds: one table, one report."""
@@ -564,8 +573,8 @@ def export_cmd(
 @app.command()
 def predict(
     dates: str = typer.Option(..., "--dates", help="'2024-01-02..2024-01-31' (dates with features) or 'D1,D2'."),
-    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference: NAME@alias or NAME/version."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local forecaster bundle instead of the registry."),
+    model: ModelRefOption = "hfcast@champion",
+    bundle: BundleOption = None,
     dense: bool = typer.Option(True, "--dense/--sparse", help="Every minute, or every 10th minute forward-filled."),
     workers: int = typer.Option(1, "--workers", min=1, help="Dates predicted in parallel processes."),
     out: Optional[str] = typer.Option(None, "--out", help="Output root (file:// path or s3://bucket/prefix); default: the lake."),
@@ -812,8 +821,8 @@ def _forecaster(settings, model: str, bundle: Optional[Path]):
 @explain_app.command("global")
 def explain_global(
     dates: str = typer.Option(..., "--dates", help="Test span with matured labels: 'A..B' or 'D1,D2'."),
-    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference: NAME@alias or NAME/version."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local forecaster bundle instead of the registry."),
+    model: ModelRefOption = "hfcast@champion",
+    bundle: BundleOption = None,
     repeats: int = typer.Option(3, "--repeats", min=1, help="Shuffles per feature group."),
     max_windows: int = typer.Option(4000, "--max-windows", min=100, help="Test windows scored."),
     lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL; default from settings."),
@@ -842,8 +851,8 @@ def explain_global(
 def explain_forecast_cmd(
     symbol: str = typer.Option(..., "--symbol", help="Symbol of the forecast."),
     ts: str = typer.Option(..., "--ts", help="Forecast minute (UTC, e.g. 2024-01-05T15:00:00Z)."),
-    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference: NAME@alias or NAME/version."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local forecaster bundle instead of the registry."),
+    model: ModelRefOption = "hfcast@champion",
+    bundle: BundleOption = None,
     top: int = typer.Option(10, "--top", min=1, help="Top (minute, feature) cells shown."),
     lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL; default from settings."),
 ) -> None:

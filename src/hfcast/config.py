@@ -182,6 +182,20 @@ PARAM_ENV = {"home": "HFCAST_HOME", "lake_url": "HFCAST_LAKE", "mlflow_uri": "ML
              "model_name": "HFCAST_MODEL_NAME"}
 
 
+def checked_section(cls: type, section: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    """``section`` as a dict whose every key is a field of the dataclass ``cls``.
+
+    Why an error and not a skip: a misspelt key in params.yaml would otherwise leave the default
+    in force without a word. ``what`` names the keys in the message, e.g. "train parameter(s)".
+    """
+    section = dict(section or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")
+    return section
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` with ``override`` merged in, recursively for nested mappings (override wins)."""
     out = dict(base)

@@ -30,6 +30,7 @@ import torch
 from hfcast.contracts import LOOKBACK
 from hfcast.features.windows import WindowArrays
 from hfcast.metrics import mse, qlike
+from hfcast.plots import png_figure
 
 log = logging.getLogger(__name__)
 
@@ -262,42 +263,26 @@ def mean_abs_attribution_by_group(forecaster: Any, X_scaled: np.ndarray, target:
 
 def plot_importance(imp: pd.DataFrame, path: Any) -> Any:
     """Two bar charts (return MSE increase, volatility QLIKE increase) by feature group."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(imp) + 1.5))
-    for ax, t, title in ((axes[0], "ret", "return: MSE increase"), (axes[1], "vol", "volatility: QLIKE increase")):
-        d = imp.sort_values(f"{t}_rel")
-        ax.barh(d["group"], d[f"{t}_rel"], xerr=d[f"{t}_std"] / imp.attrs["base_loss"][t], color="tab:blue")
-        ax.set_title(f"{title} (relative)")
-        ax.axvline(0, color="grey", lw=0.6)
-    fig.suptitle(f"permutation importance by feature group ({imp.attrs.get('windows', '?')} test windows)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with png_figure(path, (11, 0.35 * len(imp) + 1.5), ncols=2) as (fig, axes):
+        for ax, t, title in ((axes[0], "ret", "return: MSE increase"), (axes[1], "vol", "volatility: QLIKE increase")):
+            d = imp.sort_values(f"{t}_rel")
+            ax.barh(d["group"], d[f"{t}_rel"], xerr=d[f"{t}_std"] / imp.attrs["base_loss"][t], color="tab:blue")
+            ax.set_title(f"{title} (relative)")
+            ax.axvline(0, color="grey", lw=0.6)
+        fig.suptitle(f"permutation importance by feature group ({imp.attrs.get('windows', '?')} test windows)")
     return path
 
 
 def plot_attention(att: pd.DataFrame, path: Any) -> Any:
     """Heatmap: time of day (rows) x minute offset in the window (columns)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 0.3 * len(att) + 1.8))
-    im = ax.imshow(att.to_numpy(), aspect="auto", cmap="viridis")
-    ax.set_xticks(range(0, att.shape[1], 5), [str(c) for c in att.columns[::5]])
-    ax.set_yticks(range(len(att)), [f"{(570 + int(b)) // 60:02d}:{(570 + int(b)) % 60:02d}" for b in att.index])
-    ax.set_xlabel("minute in the window (0 = forecast minute)")
-    ax.set_ylabel("time of day (ET)")
-    ax.set_title("attention of the forecast minute, by time of day")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with png_figure(path, (9, 0.3 * len(att) + 1.8)) as (fig, ax):
+        im = ax.imshow(att.to_numpy(), aspect="auto", cmap="viridis")
+        ax.set_xticks(range(0, att.shape[1], 5), [str(c) for c in att.columns[::5]])
+        ax.set_yticks(range(len(att)), [f"{(570 + int(b)) // 60:02d}:{(570 + int(b)) % 60:02d}" for b in att.index])
+        ax.set_xlabel("minute in the window (0 = forecast minute)")
+        ax.set_ylabel("time of day (ET)")
+        ax.set_title("attention of the forecast minute, by time of day")
+        fig.colorbar(im, ax=ax)
     return path
 
 

@@ -134,27 +134,7 @@ def decide(
         if not finite(c):
             failures.append(f"challenger {rule.name} is {c!r}: not a finite score")
             continue
-        compared = 0
-        for ref_name, scores, must_have in refs:
-            r = scores.get(rule.name)
-            if not finite(r):
-                if must_have:
-                    failures.append(f"{ref_name} {rule.name} is {r!r}: cannot compare, not promoting")
-                else:
-                    notes.append(f"{ref_name} has no {rule.name}: not compared on it")
-                continue
-            gain = rule.improvement(float(c), float(r))
-            ok = gain > rule.margin
-            compared += 1
-            comparisons.append({"metric": rule.name, "reference": ref_name, "challenger": float(c),
-                                "reference_value": float(r), "improvement": gain, "margin": rule.margin,
-                                "passed": ok})
-            if not ok:
-                word = "higher" if rule.higher_is_better else "lower"
-                failures.append(
-                    f"{rule.name}: challenger {float(c):.6g} vs {ref_name} {float(r):.6g} "
-                    f"(improvement {gain:.3g} <= margin {rule.margin:.3g}; {word} is better)"
-                )
+        compared = _compare_rule(rule, float(c), refs, comparisons, failures, notes)
         if compared == 0:
             notes.append(f"{rule.name}: no reference had a finite value")
 
@@ -162,6 +142,36 @@ def decide(
         return GateDecision(False, failures + notes, comparisons)
     passed = [f"{rule.name} beats every reference by > {rule.margin:.3g}" for rule in config.rules]
     return GateDecision(True, passed + notes, comparisons)
+
+
+def _compare_rule(rule: MetricRule, c: float, refs: list[tuple[str, Mapping[str, float], bool]],
+                  comparisons: list[dict[str, Any]], failures: list[str], notes: list[str]) -> int:
+    """The challenger's score ``c`` on one metric against every reference that has it.
+
+    Appends to ``comparisons``, ``failures`` and ``notes``; returns how many references were compared.
+    """
+    compared = 0
+    for ref_name, scores, must_have in refs:
+        r = scores.get(rule.name)
+        if not finite(r):
+            if must_have:
+                failures.append(f"{ref_name} {rule.name} is {r!r}: cannot compare, not promoting")
+            else:
+                notes.append(f"{ref_name} has no {rule.name}: not compared on it")
+            continue
+        gain = rule.improvement(c, float(r))
+        ok = gain > rule.margin
+        compared += 1
+        comparisons.append({"metric": rule.name, "reference": ref_name, "challenger": c,
+                            "reference_value": float(r), "improvement": gain, "margin": rule.margin,
+                            "passed": ok})
+        if not ok:
+            word = "higher" if rule.higher_is_better else "lower"
+            failures.append(
+                f"{rule.name}: challenger {c:.6g} vs {ref_name} {float(r):.6g} "
+                f"(improvement {gain:.3g} <= margin {rule.margin:.3g}; {word} is better)"
+            )
+    return compared
 
 
 def config_from_settings(settings: Any, margin: float | Mapping[str, float] | None = None) -> GateConfig:

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import unquote
 from pathlib import Path
@@ -79,15 +80,20 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
     return fs, path
 
 
-def _durable_temp(path: Path, data: bytes) -> Path:
-    """``data`` written and fsynced to a unique temp file beside ``path`` (then renamed or linked)."""
+@contextmanager
+def _durable_temp(path: Path, data: bytes) -> Iterator[Path]:
+    """``data`` written and fsynced to a unique temp file beside ``path``, for the caller to rename
+    or link into place; whatever is left of it is removed on exit."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return tmp
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
@@ -95,12 +101,8 @@ def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = 
     try:
         if not is_remote(url):
             path = local_path(url)
-            tmp = _durable_temp(path, data)
-            try:
+            with _durable_temp(path, data) as tmp:
                 os.replace(tmp, path)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
             return
         fs, path = filesystem(url, storage_options)
         fs.pipe_file(path, data)  # one PUT: the object appears whole or not at all
@@ -119,14 +121,12 @@ def create_exclusive(url: str, data: bytes, storage_options: dict[str, Any] | No
     try:
         if not is_remote(url):
             path = local_path(url)
-            tmp = _durable_temp(path, data)
-            try:
-                os.link(tmp, path)
-                return True
-            except FileExistsError:
-                return False
-            finally:
-                tmp.unlink(missing_ok=True)
+            with _durable_temp(path, data) as tmp:
+                try:
+                    os.link(tmp, path)
+                    return True
+                except FileExistsError:
+                    return False
         fs, path = filesystem(url, storage_options)
         try:
             with fs.open(path, "xb") as fh:

@@ -13,13 +13,14 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from hfcast.config import checked_section
 from hfcast.features.windows import WindowArrays, WindowDataset, fit_scaler, make_loader
 from hfcast.losses import TwoTargetLoss
 from hfcast.models import build_model
@@ -57,12 +58,7 @@ class TrainConfig:
     @classmethod
     def from_params(cls, section: Mapping[str, Any] | None) -> "TrainConfig":
         """Build from params.yaml's ``train:`` mapping; unknown keys are an error."""
-        section = dict(section or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"unknown train parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**section)
+        return cls(**checked_section(cls, section, "train parameter(s)"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,6 +235,39 @@ def _train(arch: str, train_wa: WindowArrays, val_wa: WindowArrays, model_config
     net = build_model(arch, len(train_wa.feature_names), model_config).to(device)
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
     fwd = torch.compile(net) if use_compile else net
+    log.info("training %s (%d params) on %d windows, validating on %d, device=%s amp=%s compile=%s",
+             arch, net.n_params(), len(train_ds), len(val_ds), device, amp, use_compile)
+    epochs, best, train_seconds, seen = _fit_epochs(arch, net, fwd, train_ds, val_loader, cfg, device, amp,
+                                                    progress, on_epoch)
+
+    net.load_state_dict(best["state"])
+    net.to("cpu").eval()
+    meta = {"arch": arch, "train_config": cfg.to_dict(), "best_epoch": best["epoch"], "val_loss": best["loss"],
+            "n_train_windows": len(train_ds), "n_val_windows": len(val_ds),
+            "train_dates": sorted(set(train_sel.end_dates().tolist())),
+            "val_dates": sorted(set(val_sel.end_dates().tolist()))}
+    forecaster = Forecaster(net, scaler, train_wa.feature_names, None, meta)
+    if calibrate:
+        forecaster.calibrator = _fit_calibrator(forecaster, val_loader, val_sel)
+    history = {"arch": arch, "epochs": epochs, "best_epoch": best["epoch"], "best_val_loss": best["loss"],
+               "stopped_early": len(epochs) < cfg.epochs, "seconds": time.perf_counter() - t_start,
+               "train_seconds": train_seconds, "windows_per_s": seen / max(train_seconds, 1e-9),
+               "n_train_windows": len(train_ds), "n_val_windows": len(val_ds), "n_params": net.n_params(),
+               "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "off",
+               "compiled": use_compile, "calibrated": forecaster.calibrator is not None}
+    return forecaster, history
+
+
+def _fit_epochs(arch: str, net: torch.nn.Module, fwd: Callable, train_ds: WindowDataset, val_loader, cfg: TrainConfig,
+                device: torch.device, amp: torch.dtype | None, progress: bool,
+                on_epoch: Callable[[dict[str, Any]], None] | None
+                ) -> tuple[list[dict[str, Any]], dict[str, Any], float, int]:
+    """The epochs with early stopping on the validation loss.
+
+    Returns:
+        The per-epoch records, the best epoch (``loss``, ``epoch``, ``state``: its weights on the
+        CPU), the seconds spent in training steps and the number of windows they saw.
+    """
     opt = _optimizer(net, cfg, device)
     drop_last = len(train_ds) > cfg.batch_size
     steps_per_epoch = len(train_ds) // cfg.batch_size if drop_last else 1
@@ -246,9 +275,6 @@ def _train(arch: str, train_wa: WindowArrays, val_wa: WindowArrays, model_config
                                                                  cfg.min_lr_frac))
     grad_scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     loss_fn = TwoTargetLoss(cfg.beta, cfg.w_ret, cfg.w_vol)
-    log.info("training %s (%d params) on %d windows, validating on %d, device=%s amp=%s compile=%s",
-             arch, net.n_params(), len(train_ds), len(val_ds), device, amp, use_compile)
-
     epochs: list[dict[str, Any]] = []
     best = {"loss": math.inf, "epoch": -1, "state": None}
     bad, train_seconds, seen = 0, 0.0, 0
@@ -285,25 +311,9 @@ def _train(arch: str, train_wa: WindowArrays, val_wa: WindowArrays, model_config
                      rec["val_loss"], rec["windows_per_s"])
             if not math.isfinite(rec["val_loss"]) or bad >= cfg.patience:
                 break
-
     if best["state"] is None:
         raise RuntimeError(f"{arch} training produced no finite validation loss; lower train.lr?")
-    net.load_state_dict(best["state"])
-    net.to("cpu").eval()
-    meta = {"arch": arch, "train_config": cfg.to_dict(), "best_epoch": best["epoch"], "val_loss": best["loss"],
-            "n_train_windows": len(train_ds), "n_val_windows": len(val_ds),
-            "train_dates": sorted(set(train_sel.end_dates().tolist())),
-            "val_dates": sorted(set(val_sel.end_dates().tolist()))}
-    forecaster = Forecaster(net, scaler, train_wa.feature_names, None, meta)
-    if calibrate:
-        forecaster.calibrator = _fit_calibrator(forecaster, val_loader, val_sel)
-    history = {"arch": arch, "epochs": epochs, "best_epoch": best["epoch"], "best_val_loss": best["loss"],
-               "stopped_early": len(epochs) < cfg.epochs, "seconds": time.perf_counter() - t_start,
-               "train_seconds": train_seconds, "windows_per_s": seen / max(train_seconds, 1e-9),
-               "n_train_windows": len(train_ds), "n_val_windows": len(val_ds), "n_params": net.n_params(),
-               "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "off",
-               "compiled": use_compile, "calibrated": forecaster.calibrator is not None}
-    return forecaster, history
+    return epochs, best, train_seconds, seen
 
 
 def _fit_calibrator(forecaster: Forecaster, val_loader, val_wa: WindowArrays) -> Any:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from hfcast.config import checked_section
 from hfcast.contracts import LOOKBACK, PRED_COLUMNS
 from hfcast.data.schema import LABEL_HORIZONS
 from hfcast.models.baselines import BASELINES
@@ -75,13 +76,8 @@ class WalkForwardConfig:
 
         The ``models`` key (per-architecture config overrides) is read by :func:`model_configs`.
         """
-        section = dict(section or {})
-        section.pop("models", None)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"unknown walkforward parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**section)
+        section = {k: v for k, v in (section or {}).items() if k != "models"}
+        return cls(**checked_section(cls, section, "walkforward parameter(s)"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,7 +10,7 @@ import pytest
 
 from hfcast import export, runners
 from hfcast.models import ARCHITECTURES
-from serving_fixtures import tiny_forecaster
+from serving_fixtures import cli_settings, register_forecaster, tiny_forecaster
 
 N_FEATURES = 8
 
@@ -166,21 +166,9 @@ def test_cli_export_logs_artifacts_to_the_same_model_version(tmp_path, monkeypat
 
     from hfcast import registry
     from hfcast.cli import app
-    from hfcast.config import get_settings
 
-    monkeypatch.setenv("HFCAST_HOME", str(tmp_path / ".hfcast"))
-    monkeypatch.chdir(tmp_path)
-    settings = get_settings()
-    # registry.tracking() restores MLflow's previous global URI, which mlflow exports as
-    # MLFLOW_TRACKING_URI (cwd/mlflow.db): pin it so the CLI's settings see the same store
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_uri)
-    fc = tiny_forecaster("tcn", N_FEATURES)
-    fc.save(str(tmp_path / "bundle"))
-    run_id = registry.log_training_run(settings, registry.TrainingRecord(
-        tmp_path / "bundle", arch="tcn", params={}, epoch_metrics=None, fold_metrics=[],
-        aggregate_metrics={"vol_qlike": 0.3}, test_spans=[("2024-01-02", "2024-01-02")], dataset_version=None,
-        feature_names=fc.feature_names))
-    version = registry.register(settings, run_id)
+    settings = cli_settings(tmp_path, monkeypatch)
+    run_id, version = register_forecaster(settings, tiny_forecaster("tcn", N_FEATURES), tmp_path / "bundle")
     out = tmp_path / "export"
     res = CliRunner().invoke(app, ["export", "--model", f"hfcast/{version}", "--out", str(out), "--max-batch", "256"])
     assert res.exit_code == 0, res.output

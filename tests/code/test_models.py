@@ -16,13 +16,11 @@ from hfcast.models import ARCHITECTURES, PRED_COLUMNS, RAW_OUTPUTS, build_model
 from hfcast.models._modules import CausalConv1d, TemporalConvNet
 from hfcast.models.base import Forecaster, gaussian_outputs
 from hfcast.train import TrainConfig, train_forecaster, warmup_cosine
+from model_configs import small_configs
 
 F = 5
 #: tiny widths keep the harness fast; defaults are exercised by the shape test
-SMALL = {"transformer": {"d_model": 16, "n_heads": 2, "n_layers": 1, "head_hidden": 8},
-         "lstm": {"hidden": 16, "n_layers": 1, "head_hidden": 8},
-         "tcn": {"channels": 16, "n_levels": 3, "head_hidden": 8},
-         "hybrid": {"channels": 16, "n_heads": 2, "head_hidden": 8}}
+SMALL = small_configs(head_hidden=8)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 
 from hfcast import export, quantize, runners
 from hfcast.features.windows import build_windows, synthetic_feature_frame
-from serving_fixtures import tiny_forecaster
+from serving_fixtures import cli_settings, register_forecaster, tiny_forecaster
 
 N_FEATURES = 8
 
@@ -149,25 +149,15 @@ def test_cli_export_stores_the_verdict_and_registry_show_lists_it(tmp_path, monk
     """`hfcast export` guards int8 on the version's validation day in the lake; `registry show` lists it."""
     from typer.testing import CliRunner
 
-    from hfcast import registry
     from hfcast.cli import app
-    from hfcast.config import get_settings
     from hfcast.storage import Lake
 
-    monkeypatch.setenv("HFCAST_HOME", str(tmp_path / ".hfcast"))
-    monkeypatch.chdir(tmp_path)
-    settings = get_settings()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_uri)  # as in test_export's CLI test
+    settings = cli_settings(tmp_path, monkeypatch)
     df = synthetic_feature_frame(n_symbols=2, n_days=1, n_features=N_FEATURES, seed=9)
     Lake.from_settings(settings).write("features", "2024-01-02", df)
     fc = tiny_forecaster("transformer", N_FEATURES)
     fc.meta["val_dates"] = ["2024-01-02"]
-    fc.save(str(tmp_path / "bundle"))
-    run_id = registry.log_training_run(settings, registry.TrainingRecord(
-        tmp_path / "bundle", arch="transformer", params={}, epoch_metrics=None, fold_metrics=[],
-        aggregate_metrics={"vol_qlike": 0.3}, test_spans=[("2024-01-02", "2024-01-02")], dataset_version=None,
-        feature_names=fc.feature_names))
-    version = registry.register(settings, run_id)
+    _, version = register_forecaster(settings, fc, tmp_path / "bundle")
     out = tmp_path / "export"
     res = CliRunner().invoke(app, ["export", "--model", f"hfcast/{version}", "--out", str(out), "--max-batch", "64"])
     assert res.exit_code == 0, res.output

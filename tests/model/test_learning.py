@@ -13,12 +13,10 @@ import pytest
 from hfcast.features.windows import build_windows, synthetic_feature_frame
 from hfcast.models import ARCHITECTURES
 from hfcast.train import TrainConfig, train_forecaster
+from model_configs import small_configs
 
 F = 6
-SMALL = {"transformer": {"d_model": 16, "n_heads": 2, "n_layers": 1, "head_hidden": 16},
-         "lstm": {"hidden": 16, "n_layers": 1, "head_hidden": 16},
-         "tcn": {"channels": 16, "n_levels": 3, "head_hidden": 16},
-         "hybrid": {"channels": 16, "n_heads": 2, "head_hidden": 16}}
+SMALL = small_configs(head_hidden=16)
 
 
 @pytest.fixture(scope="module")

@@ -117,6 +117,26 @@ class _State:
         self.noise = np.linspace(0.0, cfg.noise_max, s) if s > 1 else np.zeros(1)
 
 
+def _future_variance(base: np.ndarray, u: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The true conditional variance of each of the next 60 minutes and its 10-minute sum.
+
+    Args:
+        base: [S] each symbol's base volatility.
+        u: [T] the intraday profile of the day.
+        factor: [S, T, 60] the expected variance factor of minute t+k given minute t (GARCH or CIR).
+
+    Returns:
+        ``ev`` [S, T, 60] (NaN past the close) and ``true_var`` [S, T] (NaN in the last 10 minutes).
+    """
+    uk = np.full((T, 60), np.nan)  # uk[t, j] = u[t + j + 1]: the profile of the minutes ahead
+    for j in range(60):
+        uk[: T - j - 1, j] = u[j + 1:]
+    ev = base[:, None, None] ** 2 * uk[None] ** 2 * factor
+    true_var = np.nansum(ev[:, :, :10], axis=2)
+    true_var[:, T - 10:] = np.nan
+    return ev, true_var
+
+
 def _garch_day(cfg: DGPConfig, st: _State, rng: np.random.Generator) -> dict[str, np.ndarray]:
     s, a, b = cfg.n_symbols, cfg.garch_alpha, cfg.garch_beta
     omega = 1 - a - b
@@ -140,12 +160,7 @@ def _garch_day(cfg: DGPConfig, st: _State, rng: np.random.Generator) -> dict[str
     h_next = np.concatenate([h[:, 1:], hh[:, None]], axis=1)
     k = np.arange(1, 61)
     eh = 1 + (a + b) ** (k - 1)[None, None, :] * (h_next[:, :, None] - 1)  # [S, T, 60]
-    uk = np.full((T, 60), np.nan)
-    for j in range(60):
-        uk[: T - j - 1, j] = u[j + 1:]
-    ev = st.base[:, None, None] ** 2 * uk[None] ** 2 * eh
-    true_var = np.nansum(ev[:, :, :10], axis=2)
-    true_var[:, T - 10:] = np.nan
+    ev, true_var = _future_variance(st.base, u, eh)
     gk = phi_g ** k  # E[g_{t+k}] / g_t ... drift of minute t+k is paid in the return of t+k+1
     true_ret = cfg.imb_drift * g * np.nansum(np.concatenate([np.ones((1, 1)), gk[None, :-1]], axis=1)[None]
                                             * np.sqrt(ev), axis=2)
@@ -175,12 +190,7 @@ def _cir_day(cfg: DGPConfig, st: _State, rng: np.random.Generator) -> dict[str, 
     k = np.arange(1, 61)
     v_next = np.concatenate([v[:, 1:], vv[:, None]], axis=1)
     ev_k = 1 + (1 - kappa) ** (k - 1)[None, None, :] * (v_next[:, :, None] - 1)
-    uk = np.full((T, 60), np.nan)
-    for j in range(60):
-        uk[: T - j - 1, j] = u[j + 1:]
-    ev = st.base[:, None, None] ** 2 * uk[None] ** 2 * ev_k
-    true_var = np.nansum(ev[:, :, :10], axis=2)
-    true_var[:, T - 10:] = np.nan
+    ev, true_var = _future_variance(st.base, u, ev_k)
     fk = np.concatenate([[1.0], phi_f ** k[:-1]])
     true_ret = cfg.flow_drift * f * np.nansum(fk[None, None, :] * np.sqrt(ev), axis=2)
     true_ret[:, T - 60:] = np.nan

@@ -356,16 +356,7 @@ def ingest(paths: list[str], fmt: Format, lake: Any, tz: str | None = None,
     Raises:
         IngestError: a file cannot be read or parsed, or lacks what the format needs.
     """
-    if fmt not in FORMATS:
-        raise IngestError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if not paths:
-        raise IngestError("no input files given")
-    if quotes_paths and fmt != "trades":
-        raise IngestError("quote files (--quotes) go with --format trades only")
-    if stamp not in layouts.STAMPS:
-        raise IngestError(f"--stamp must be 'start' or 'end', got {stamp!r}")
-    if stamp == "end" and fmt not in ("bbo", "ohlcv"):
-        raise IngestError(f"--stamp end applies to bar files (bbo, ohlcv), not {fmt!r} ticks (they carry event times)")
+    _check_request(paths, fmt, quotes_paths, stamp)
     mk = resolve_market(market)
     tz = tz or mk.timezone
     notes: list[str] = []
@@ -381,25 +372,59 @@ def ingest(paths: list[str], fmt: Format, lake: Any, tz: str | None = None,
     dates = sorted(set(bar_day) | set(tick_day))
     # what the SOURCE promises, not what a date happens to hold: a BBO date with no quotes is bad data
     quotes = {"bbo": True, "lobster": True, "ohlcv": False, "trades": bool(quotes_paths)}[fmt]
+    files = [str(p) for p in paths] + list(map(str, quotes_paths or []))
     per_date = []
     for d in progress_iter(dates, "validate", total=len(dates), enabled=progress):
-        lake.write("raw", d, bars.loc[bar_day == d].reset_index(drop=True))
-        rep = validate_date(lake, d, quotes_available=quotes, jump_limit=jump_limit, market=mk)
+        ticks = None  # bar sources quarantine no ticks
         if fmt in ("trades", "lobster"):
-            qt = bad_ticks.loc[tick_day == d].reset_index(drop=True) if len(bad_ticks) else bad_ticks
-            lake.write("quarantine_ticks", d, qt)
-            rep["ticks_quarantined"] = qt["reason"].value_counts().to_dict() if len(qt) else {}
-        rep.update(format=fmt, files=[str(p) for p in paths] + list(map(str, quotes_paths or [])),
-                   calendar=mk.name, notes=notes)
+            ticks = bad_ticks.loc[tick_day == d].reset_index(drop=True) if len(bad_ticks) else bad_ticks
+        rep = _store_date(lake, d, bars.loc[bar_day == d].reset_index(drop=True), ticks, quotes, jump_limit, mk)
+        rep.update(format=fmt, files=files, calendar=mk.name, notes=notes)
         write_text(lake.report("ingest", f"date={d}.json"), json.dumps(rep, indent=2), lake.storage_options)
         per_date.append(rep)
     out: dict[str, Any] = {"format": fmt, "dates": dates, "per_date": per_date, **tick_counts,
                            "ticks_quarantined": len(bad_ticks), "calendar": mk.name, "notes": notes,
-                           "diagnoses": {r["date"]: r["diagnosis"] for r in per_date if r.get("diagnosis")}}
+                           "diagnoses": {r["date"]: r["diagnosis"] for r in per_date if r.get("diagnosis")},
+                           **_row_totals(per_date)}
+    log.info("ingested %d file(s) as %s: %d bars over %d date(s), %d quarantined", len(paths), fmt,
+             out["bars"], len(dates), out["quarantined_rows"])
+    return out
+
+
+def _store_date(lake: Any, date: str, bars: pd.DataFrame, bad_ticks: pd.DataFrame | None, quotes: bool,
+                jump_limit: float, market: Any) -> dict[str, Any]:
+    """Write one date's ``raw/`` bars, validate them, and (tick sources) its quarantined ticks.
+
+    Returns:
+        The date's validation report (with ``ticks_quarantined`` by reason for tick sources).
+    """
+    lake.write("raw", date, bars)
+    rep = validate_date(lake, date, quotes_available=quotes, jump_limit=jump_limit, market=market)
+    if bad_ticks is not None:
+        lake.write("quarantine_ticks", date, bad_ticks)
+        rep["ticks_quarantined"] = bad_ticks["reason"].value_counts().to_dict() if len(bad_ticks) else {}
+    return rep
+
+
+def _check_request(paths: list[str], fmt: str, quotes_paths: list[str] | None, stamp: str) -> None:
+    """The :func:`ingest` arguments that contradict each other, as an IngestError before any file is read."""
+    if fmt not in FORMATS:
+        raise IngestError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not paths:
+        raise IngestError("no input files given")
+    if quotes_paths and fmt != "trades":
+        raise IngestError("quote files (--quotes) go with --format trades only")
+    if stamp not in layouts.STAMPS:
+        raise IngestError(f"--stamp must be 'start' or 'end', got {stamp!r}")
+    if stamp == "end" and fmt not in ("bbo", "ohlcv"):
+        raise IngestError(f"--stamp end applies to bar files (bbo, ohlcv), not {fmt!r} ticks (they carry event times)")
+
+
+def _row_totals(per_date: list[dict[str, Any]]) -> dict[str, Any]:
+    """``bars``, ``clean_rows``, ``quarantined_rows`` and ``reasons`` summed over the dates' reports."""
+    out: dict[str, Any] = {}
     out["bars"] = sum(r["input_rows"] for r in per_date)
     out["clean_rows"] = sum(r["clean_rows"] for r in per_date)
     out["quarantined_rows"] = sum(r["quarantined_rows"] for r in per_date)
     out["reasons"] = {k: sum(r["reasons"][k] for r in per_date) for k in per_date[0]["reasons"]} if per_date else {}
-    log.info("ingested %d file(s) as %s: %d bars over %d date(s), %d quarantined", len(paths), fmt,
-             out["bars"], len(dates), out["quarantined_rows"])
     return out

@@ -68,7 +68,6 @@ given away.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -81,6 +80,7 @@ import pandas as pd
 from scipy.signal import lfilter
 from scipy.special import ndtr
 
+from hfcast.config import checked_section
 from hfcast.data import schema
 
 log = logging.getLogger(__name__)
@@ -163,11 +163,7 @@ class SimConfig:
     def from_params(cls, params: dict[str, Any] | None, **overrides: Any) -> "SimConfig":
         """Build from the ``synth:`` section of params.yaml (unknown keys are an error, not ignored)."""
         merged = {**(params or {}), **{k: v for k, v in overrides.items() if v is not None}}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise ValueError(f"unknown synth parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**merged)
+        return cls(**checked_section(cls, merged, "synth parameter(s)"))
 
     def phi(self, halflife: float) -> float:
         return float(np.exp(-LN2 / halflife))

@@ -222,57 +222,80 @@ def validate_bars(df: pd.DataFrame, date: str, quotes_available: bool | None = N
     """
     bars = conform(df)
     quotes = has_quotes(bars) if quotes_available is None else bool(quotes_available)
-    n = len(bars)
-    reason = np.full(n, None, dtype=object)
-    detail = pd.Series(np.full(n, None, dtype=object), index=bars.index, dtype=object)
+    verdict = _Verdict(bars)
+    for name, mask, text in _row_checks(bars, date, quotes, market):
+        verdict.assign(name, np.asarray(mask, dtype=bool), text)
+    verdict.assign("duplicate_ts", _duplicate_rows(bars, verdict.clean()), "repeated (symbol, ts)")
+    verdict.assign("out_of_order_ts", _out_of_order_rows(bars, verdict.clean()),
+                   "earlier than a ts already seen for the symbol")
+    verdict.mark_jumps(jump_limit)
+    return verdict.split()
 
-    def assign(name: str, mask: np.ndarray, text: pd.Series | str) -> None:
-        new = mask & (reason == None)  # noqa: E711 - elementwise on an object array
+
+class _Verdict:
+    """The first reason (and its detail) that quarantines each row of ``bars``; a later rule
+    never overrides an earlier one, so each row carries the first rule it broke."""
+
+    def __init__(self, bars: pd.DataFrame):
+        n = len(bars)
+        self.bars = bars
+        self.reason = np.full(n, None, dtype=object)
+        self.detail = pd.Series(np.full(n, None, dtype=object), index=bars.index, dtype=object)
+
+    def clean(self) -> np.ndarray:
+        """[n] bool: the rows no rule has quarantined yet."""
+        return self.reason == None  # noqa: E711 - elementwise on an object array
+
+    def assign(self, name: str, mask: np.ndarray, text: pd.Series | str) -> None:
+        new = mask & self.clean()
         if not new.any():
             return
-        reason[new] = name
+        self.reason[new] = name
         cols = _DETAIL_COLS.get(name)
         if isinstance(text, pd.Series):
-            detail[new] = text.reindex(bars.index[new]).to_numpy()
+            self.detail[new] = text.reindex(self.bars.index[new]).to_numpy()
         else:
-            detail[new] = _fmt(bars, new, cols, text) if cols else text
+            self.detail[new] = _fmt(self.bars, new, cols, text) if cols else text
 
-    for name, mask, text in _row_checks(bars, date, quotes, market):
-        assign(name, np.asarray(mask, dtype=bool), text)
+    def mark_jumps(self, jump_limit: float) -> None:
+        """The absurd-jump rule over the clean rows, in (symbol, ts) order."""
+        bars = self.bars
+        order = bars.iloc[np.flatnonzero(self.clean())].sort_values(["symbol", "ts"], kind="stable").index.to_numpy()
+        mid = mid_price(bars.loc[order]).to_numpy(dtype="float64")
+        spike = _spikes(mid, bars.loc[order, "symbol"].to_numpy(dtype=object), jump_limit)
+        if spike.any():
+            prev_mid = np.r_[np.nan, mid[:-1]][spike]
+            next_mid = np.r_[mid[1:], np.nan][spike]
+            text = [f"mid {p:.6g} -> {m:.6g} -> {q:.6g} (limit {jump_limit:g} log)"
+                    for p, m, q in zip(prev_mid, mid[spike], next_mid)]
+            self.reason[order[spike]] = "absurd_jump"
+            self.detail[order[spike]] = text
 
-    ok = reason == None  # noqa: E711
+    def split(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``(clean, quarantine)`` as :func:`validate_bars` returns them."""
+        bad = ~self.clean()
+        quarantine = self.bars.loc[bad].copy()
+        quarantine["reason"] = pd.Series(self.reason[bad], index=quarantine.index, dtype="string")
+        quarantine["detail"] = self.detail[bad].astype("string")
+        clean = self.bars.loc[~bad].sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
+        return clean, quarantine.reset_index(drop=True)
+
+
+def _duplicate_rows(bars: pd.DataFrame, ok: np.ndarray) -> np.ndarray:
+    """[n] bool: among the ``ok`` rows, each repeat of a (symbol, ts) already seen."""
     okf = bars.loc[ok, ["symbol", "ts"]]
-    dup = np.zeros(n, dtype=bool)
+    dup = np.zeros(len(bars), dtype=bool)
     dup[np.flatnonzero(ok)[okf.duplicated(keep="first").to_numpy()]] = True
-    assign("duplicate_ts", dup, "repeated (symbol, ts)")
+    return dup
 
-    ok = reason == None  # noqa: E711
+
+def _out_of_order_rows(bars: pd.DataFrame, ok: np.ndarray) -> np.ndarray:
+    """[n] bool: among the ``ok`` rows, each earlier than a ts already seen for its symbol."""
     okf = bars.loc[ok, ["symbol", "ts"]]
     prev_max = okf.groupby("symbol", sort=False)["ts"].cummax().groupby(okf["symbol"], sort=False).shift(1)
-    ooo = np.zeros(n, dtype=bool)
+    ooo = np.zeros(len(bars), dtype=bool)
     ooo[np.flatnonzero(ok)[(okf["ts"] < prev_max).fillna(False).to_numpy(dtype=bool)]] = True
-    assign("out_of_order_ts", ooo, "earlier than a ts already seen for the symbol")
-
-    ok_idx = np.flatnonzero(reason == None)  # noqa: E711
-    order = bars.iloc[ok_idx].sort_values(["symbol", "ts"], kind="stable").index.to_numpy()
-    mid = mid_price(bars.loc[order]).to_numpy(dtype="float64")
-    spike = _spikes(mid, bars.loc[order, "symbol"].to_numpy(dtype=object), jump_limit)
-    if spike.any():
-        jmask = np.zeros(n, dtype=bool)
-        jmask[order[spike]] = True
-        prev_mid = np.r_[np.nan, mid[:-1]][spike]
-        next_mid = np.r_[mid[1:], np.nan][spike]
-        text = [f"mid {p:.6g} -> {m:.6g} -> {q:.6g} (limit {jump_limit:g} log)"
-                for p, m, q in zip(prev_mid, mid[spike], next_mid)]
-        reason[order[spike]] = "absurd_jump"
-        detail[order[spike]] = text
-
-    bad = reason != None  # noqa: E711
-    quarantine = bars.loc[bad].copy()
-    quarantine["reason"] = pd.Series(reason[bad], index=quarantine.index, dtype="string")
-    quarantine["detail"] = detail[bad].astype("string")
-    clean = bars.loc[~bad].sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
-    return clean, quarantine.reset_index(drop=True)
+    return ooo
 
 
 def reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:

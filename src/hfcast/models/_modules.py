@@ -155,6 +155,23 @@ class GaussianHead(nn.Module):
         return self.net(z)
 
 
+class ThreeHeads(nn.Module):
+    """The return, volatility and confidence heads over one summary: [B, d_in] -> [B, 4].
+
+    The confidence head gives both log-sigmas, so "how sure" reads the same representation as "what".
+    """
+
+    def __init__(self, d_in: int, d_hidden: int, dropout: float):
+        super().__init__()
+        self.return_head = GaussianHead(d_in, d_hidden, 1, dropout)
+        self.vol_head = GaussianHead(d_in, d_hidden, 1, dropout)
+        self.confidence_head = GaussianHead(d_in, d_hidden, 2, dropout)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        ls = self.confidence_head(z)  # [B, 2] = (ret_log_sigma, lrv_log_sigma)
+        return assemble(self.return_head(z), ls[:, 0:1], self.vol_head(z), ls[:, 1:2])  # [B, 4]
+
+
 class JointHead(nn.Module):
     """All four raw outputs from one MLP: [B, d_in] -> [B, 4] (ret_mu, ret_ls, lrv_mu, lrv_ls)."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,6 +20,7 @@ from scipy.special import ndtr
 from torch import nn
 
 from hfcast import storage
+from hfcast.config import checked_section
 from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS, VOL_TOLERANCE
 from hfcast.features.windows import Scaler
 
@@ -28,6 +29,15 @@ log = logging.getLogger(__name__)
 ARCHITECTURES = ("transformer", "lstm", "tcn", "hybrid")  # every model file in hfcast/models/
 RAW_OUTPUTS = ("ret_mu", "ret_log_sigma", "lrv_mu", "lrv_log_sigma")
 Z80 = 1.2815515655446004  # two-sided 80% normal quantile: P(|Z| <= Z80) = 0.8
+
+
+@dataclass
+class NetConfig:
+    """The fields every architecture's config has; each model file extends it with its own."""
+
+    head_hidden: int = 32  # hidden width of each output head
+    dropout: float = 0.1
+    lookback: int = LOOKBACK  # window length T
 
 
 class ForecastNet(nn.Module):
@@ -69,11 +79,7 @@ def model_config(arch: str, config: dict[str, Any] | Any | None = None) -> Any:
         return cls()
     if is_dataclass(config):
         config = asdict(config)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise ValueError(f"unknown {arch} config key(s) {unknown}; known: {sorted(known)}")
-    return cls(**config)
+    return cls(**checked_section(cls, config, f"{arch} config key(s)"))
 
 
 def build_model(arch: str, n_features: int, config: dict[str, Any] | Any | None = None) -> ForecastNet:

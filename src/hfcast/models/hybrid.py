@@ -6,24 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from hfcast.contracts import LOOKBACK
-from hfcast.models._modules import GaussianHead, TemporalConvNet, TransformerEncoder, assemble, summarize
-from hfcast.models.base import ForecastNet
+from hfcast.models._modules import TemporalConvNet, TransformerEncoder, ThreeHeads, summarize
+from hfcast.models.base import ForecastNet, NetConfig
 
 
 @dataclass
-class HybridConfig:
+class HybridConfig(NetConfig):
     channels: int = 48     # TCN width = transformer width
     tcn_levels: int = 2    # dilations 1, 2: a 7-minute local receptive field with kernel 3
     kernel_size: int = 3
     n_layers: int = 1      # transformer blocks after the TCN
     n_heads: int = 4
     mlp_mult: int = 2
-    head_hidden: int = 32
-    dropout: float = 0.1
-    lookback: int = LOOKBACK
 
 
 class HybridNet(ForecastNet):
@@ -35,12 +30,8 @@ class HybridNet(ForecastNet):
         c = config
         self.tcn = TemporalConvNet(n_features, c.channels, c.tcn_levels, c.kernel_size, c.dropout)
         self.encoder = TransformerEncoder(c.lookback, c.channels, c.n_layers, c.n_heads, c.mlp_mult, c.dropout)
-        self.return_head = GaussianHead(2 * c.channels, c.head_hidden, 1, c.dropout)
-        self.vol_head = GaussianHead(2 * c.channels, c.head_hidden, 1, c.dropout)
-        self.confidence_head = GaussianHead(2 * c.channels, c.head_hidden, 2, c.dropout)
+        self.heads = ThreeHeads(2 * c.channels, c.head_hidden, c.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.encoder(self.tcn(x))  # [B, T, F] -> [B, T, C] -> [B, T, C]
-        z = summarize(h)               # [B, 2C]
-        ls = self.confidence_head(z)   # [B, 2]
-        return assemble(self.return_head(z), ls[:, 0:1], self.vol_head(z), ls[:, 1:2])  # [B, 4]
+        return self.heads(summarize(h))  # [B, T, C] -> [B, 2C] -> [B, 4]

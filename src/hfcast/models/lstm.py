@@ -7,18 +7,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hfcast.contracts import LOOKBACK
 from hfcast.models._modules import JointHead, summarize
-from hfcast.models.base import ForecastNet
+from hfcast.models.base import ForecastNet, NetConfig
 
 
 @dataclass
-class LSTMConfig:
+class LSTMConfig(NetConfig):
+    """``dropout`` applies between LSTM layers and in the head."""
+
     hidden: int = 48       # LSTM state size
     n_layers: int = 2
-    head_hidden: int = 32
-    dropout: float = 0.1   # between LSTM layers and in the head
-    lookback: int = LOOKBACK
 
 
 class LSTMNet(ForecastNet):

@@ -10,19 +10,15 @@ from dataclasses import dataclass
 
 import torch
 
-from hfcast.contracts import LOOKBACK
 from hfcast.models._modules import JointHead, TemporalConvNet, summarize
-from hfcast.models.base import ForecastNet
+from hfcast.models.base import ForecastNet, NetConfig
 
 
 @dataclass
-class TCNConfig:
+class TCNConfig(NetConfig):
     channels: int = 48     # width of every temporal block
     n_levels: int = 4      # dilations 1, 2, 4, 8: receptive field 61 minutes with kernel 3
     kernel_size: int = 3
-    head_hidden: int = 32
-    dropout: float = 0.1
-    lookback: int = LOOKBACK
 
 
 class TCNNet(ForecastNet):

@@ -16,20 +16,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hfcast.contracts import LOOKBACK
-from hfcast.models._modules import GaussianHead, TransformerEncoder, assemble, summarize
-from hfcast.models.base import ForecastNet
+from hfcast.models._modules import TransformerEncoder, ThreeHeads, summarize
+from hfcast.models.base import ForecastNet, NetConfig
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(NetConfig):
     d_model: int = 48      # width of the encoder
     n_layers: int = 2
     n_heads: int = 4       # must divide d_model
     mlp_mult: int = 2      # hidden width of each block's MLP = mlp_mult * d_model
-    head_hidden: int = 32  # hidden width of each of the three heads
-    dropout: float = 0.1
-    lookback: int = LOOKBACK     # window length T (fixed: learned positions)
 
 
 class TransformerNet(ForecastNet):
@@ -41,12 +37,8 @@ class TransformerNet(ForecastNet):
         c = config
         self.inp = nn.Linear(n_features, c.d_model)
         self.encoder = TransformerEncoder(c.lookback, c.d_model, c.n_layers, c.n_heads, c.mlp_mult, c.dropout)
-        self.return_head = GaussianHead(2 * c.d_model, c.head_hidden, 1, c.dropout)
-        self.vol_head = GaussianHead(2 * c.d_model, c.head_hidden, 1, c.dropout)
-        self.confidence_head = GaussianHead(2 * c.d_model, c.head_hidden, 2, c.dropout)
+        self.heads = ThreeHeads(2 * c.d_model, c.head_hidden, c.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.encoder(self.inp(x))  # [B, T, F] -> [B, T, D]
-        z = summarize(h)               # [B, T, D] -> [B, 2D]
-        ls = self.confidence_head(z)   # [B, 2] = (ret_log_sigma, lrv_log_sigma)
-        return assemble(self.return_head(z), ls[:, 0:1], self.vol_head(z), ls[:, 1:2])  # [B, 4]
+        return self.heads(summarize(h))  # [B, T, D] -> [B, 2D] -> [B, 4]

@@ -27,12 +27,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from hfcast.config import checked_section
 from hfcast.contracts import finite
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,7 @@ class MonitorConfig:
     @classmethod
     def from_params(cls, section: Mapping[str, Any] | None) -> "MonitorConfig":
         """Build from params.yaml ``monitor:``; unknown keys are an error (a typo must not be ignored)."""
-        section = dict(section or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"unknown monitor parameter(s) {unknown}; known: {sorted(known)}")
+        section = checked_section(cls, section, "monitor parameter(s)")
         if "exclude_features" in section:
             section["exclude_features"] = tuple(section["exclude_features"] or ())
         return cls(**section)
@@ -182,47 +179,8 @@ def decide(history: Sequence[Mapping[str, Any]], checks: Checks, cfg: MonitorCon
     perf = checks.perf_degraded is True
     drift_dates = [*_streak(prior, "drift_alarm", drift), checks.date] if drift else []
     perf_dates = [*_streak(prior, "perf_alarm", perf), checks.date] if perf else []
-    wants: list[str] = []
-    notes: list[str] = []
-    if drift and len(drift_dates) >= cfg.consecutive:
-        wants.append(f"feature drift on {len(drift_dates)} consecutive date(s) >= K={cfg.consecutive} "
-                     f"(share {checks.drift_share:.2f} >= {cfg.drift_share:g} today; "
-                     f"e.g. {', '.join(checks.drifted_features[:5])})")
-    elif drift:
-        notes.append(f"feature drift {checks.drift_share:.2f} >= {cfg.drift_share:g}, "
-                     f"{len(drift_dates)}/{cfg.consecutive} consecutive date(s)")
-    elif checks.drift_share is not None:
-        notes.append(f"feature drift share {checks.drift_share:.2f} < {cfg.drift_share:g}")
-    if perf and len(perf_dates) >= cfg.perf_consecutive:
-        wants.append(f"performance degraded on {len(perf_dates)} consecutive date(s): {'; '.join(checks.perf_reasons)}")
-    elif perf:
-        notes.append(f"performance degraded ({'; '.join(checks.perf_reasons)}), "
-                     f"{len(perf_dates)}/{cfg.perf_consecutive} consecutive date(s)")
-    elif checks.perf_degraded is None:
-        notes.append("live performance not scored (labels not matured or no reference scores)")
-    else:
-        notes.append("live performance within thresholds")
-    action, reasons = NONE, notes
-    if wants:
-        earlier = [r for r in history if r.get("action") == RETRAIN and str(r["date"]) < checks.date]
-        last = max(earlier, key=lambda r: str(r["date"]), default=None)  # the latest retraining BEFORE today
-        gap = trading_days_between(str(last["date"]), checks.date) if last else None
-        covering = next((r for r in history if r.get("action") == RETRAIN and str(r["date"]) >= checks.date
-                         and _within(checks.date, r.get("drifted_dates") or [])), None)
-        if covering is not None:  # a backfill: a later date's retraining already answered this alarm
-            action = SUPPRESSED
-            reasons = [*wants, f"same drift episode: the retraining decided for {covering['date']} covered "
-                               f"{checks.date} (drifted dates {', '.join(covering['drifted_dates'])})"]
-        elif last is not None and gap < cfg.cooldown_dates:
-            action = SUPPRESSED
-            reasons = [*wants, f"cooldown: a retraining was decided for {last['date']} ({gap} trading day(s) "
-                               f"away < cooldown {cfg.cooldown_dates})"]
-        elif running is not None:
-            action = SUPPRESSED
-            reasons = [*wants, f"a retraining started by the monitor is still running (run {running.get('run_id')}, "
-                               f"started {running.get('started_at')})"]
-        else:
-            action, reasons = RETRAIN, wants
+    wants, notes = _alarm_texts(checks, cfg, drift_dates, perf_dates)
+    action, reasons = (_retrain_or_suppress(history, checks, cfg, running, wants) if wants else (NONE, notes))
     return {
         "id": uuid.uuid4().hex[:12], "date": checks.date, "version": str(checks.version), "action": action,
         "reasons": reasons, "explanation": f"{action}: " + "; ".join(reasons),
@@ -230,6 +188,54 @@ def decide(history: Sequence[Mapping[str, Any]], checks: Checks, cfg: MonitorCon
         "drifted_dates": sorted(set(drift_dates) | set(perf_dates)), "checks": checks.to_dict(),
         "trigger": None, "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _alarm_texts(checks: Checks, cfg: MonitorConfig, drift_dates: list[str], perf_dates: list[str]
+                 ) -> tuple[list[str], list[str]]:
+    """``(wants, notes)``: why today asks for a retraining (an alarm K dates in a row) and what
+    was seen short of that. ``drift_dates`` / ``perf_dates``: today's alarm streak ([] = no alarm)."""
+    wants: list[str] = []
+    notes: list[str] = []
+    if drift_dates and len(drift_dates) >= cfg.consecutive:
+        wants.append(f"feature drift on {len(drift_dates)} consecutive date(s) >= K={cfg.consecutive} "
+                     f"(share {checks.drift_share:.2f} >= {cfg.drift_share:g} today; "
+                     f"e.g. {', '.join(checks.drifted_features[:5])})")
+    elif drift_dates:
+        notes.append(f"feature drift {checks.drift_share:.2f} >= {cfg.drift_share:g}, "
+                     f"{len(drift_dates)}/{cfg.consecutive} consecutive date(s)")
+    elif checks.drift_share is not None:
+        notes.append(f"feature drift share {checks.drift_share:.2f} < {cfg.drift_share:g}")
+    if perf_dates and len(perf_dates) >= cfg.perf_consecutive:
+        wants.append(f"performance degraded on {len(perf_dates)} consecutive date(s): {'; '.join(checks.perf_reasons)}")
+    elif perf_dates:
+        notes.append(f"performance degraded ({'; '.join(checks.perf_reasons)}), "
+                     f"{len(perf_dates)}/{cfg.perf_consecutive} consecutive date(s)")
+    elif checks.perf_degraded is None:
+        notes.append("live performance not scored (labels not matured or no reference scores)")
+    else:
+        notes.append("live performance within thresholds")
+    return wants, notes
+
+
+def _retrain_or_suppress(history: Sequence[Mapping[str, Any]], checks: Checks, cfg: MonitorConfig,
+                         running: Mapping[str, Any] | None, wants: list[str]) -> tuple[str, list[str]]:
+    """``(action, reasons)`` once an alarm wants a retraining: suppressed when an earlier retraining
+    covered this drift episode, within the cooldown, or while the monitor's retraining runs."""
+    earlier = [r for r in history if r.get("action") == RETRAIN and str(r["date"]) < checks.date]
+    last = max(earlier, key=lambda r: str(r["date"]), default=None)  # the latest retraining BEFORE today
+    gap = trading_days_between(str(last["date"]), checks.date) if last else None
+    covering = next((r for r in history if r.get("action") == RETRAIN and str(r["date"]) >= checks.date
+                     and _within(checks.date, r.get("drifted_dates") or [])), None)
+    if covering is not None:  # a backfill: a later date's retraining already answered this alarm
+        return SUPPRESSED, [*wants, f"same drift episode: the retraining decided for {covering['date']} covered "
+                                    f"{checks.date} (drifted dates {', '.join(covering['drifted_dates'])})"]
+    if last is not None and gap < cfg.cooldown_dates:
+        return SUPPRESSED, [*wants, f"cooldown: a retraining was decided for {last['date']} ({gap} trading day(s) "
+                                    f"away < cooldown {cfg.cooldown_dates})"]
+    if running is not None:
+        return SUPPRESSED, [*wants, f"a retraining started by the monitor is still running (run {running.get('run_id')}, "
+                                    f"started {running.get('started_at')})"]
+    return RETRAIN, wants
 
 
 # --- the decision log (I/O; kept beside the pure rule so both read the same record format) -----

@@ -234,10 +234,7 @@ def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starte
     name, version = resolve_model(settings, model)
     lake = Lake.from_settings(settings)
     if checks is None:
-        if not storage.exists(reference_urls(lake, name, version)[1], lake.storage_options):
-            log.info("no reference for %s v%s yet: building it from the registry run", name, version)
-            reference_from_registry(settings, f"{name}/{version}", cfg)
-        checks = check_date(settings, date, name, version, cfg)
+        checks = _check_with_reference(settings, lake, date, name, version, cfg)
     record, lease = _decide_with_lease(lake, name, checks, cfg, starter)
     claimed = D.claim(lake, name, record)
     if not claimed and rerun:
@@ -249,19 +246,36 @@ def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starte
         log.info("%s %s: already decided by another monitor; keeping its record", date, name)
         return D.read_decision(lake, name, date) or record
     if lease is not None:
-        try:
-            record["trigger"] = starter.start(settings, name, "; ".join(record["reasons"]), record["drifted_dates"])
-        finally:
-            R.release_lease(lake, name, lease)
-        if record["trigger"].get("note"):
-            record["explanation"] += f" -> {record['trigger']['note']}"
-        D.update(lake, name, record)
+        _start_retraining(settings, lake, name, record, lease, starter)
     if log_mlflow:
         record["mlflow_run_id"] = D.log_to_mlflow(settings, record, reports=(lake.monitoring(name, version, date),
                                                                               lake.storage_options))
         D.update(lake, name, record)
     log.info("%s %s v%s: %s", date, name, version, record["explanation"])
     return record
+
+
+def _check_with_reference(settings: Any, lake: Lake, date: str, name: str, version: str,
+                          cfg: MonitorConfig) -> Checks:
+    """:func:`check_date`, after building the version's reference from its registry run if it has none."""
+    if not storage.exists(reference_urls(lake, name, version)[1], lake.storage_options):
+        log.info("no reference for %s v%s yet: building it from the registry run", name, version)
+        reference_from_registry(settings, f"{name}/{version}", cfg)
+    return check_date(settings, date, name, version, cfg)
+
+
+def _start_retraining(settings: Any, lake: Lake, name: str, record: dict[str, Any], lease: Any, starter: Any) -> None:
+    """Start the retraining the claimed ``record`` decided (the lease is released whatever happens)
+    and store what the starter answered in the record."""
+    from hfcast.monitoring import retraining as R
+
+    try:
+        record["trigger"] = starter.start(settings, name, "; ".join(record["reasons"]), record["drifted_dates"])
+    finally:
+        R.release_lease(lake, name, lease)
+    if record["trigger"].get("note"):
+        record["explanation"] += f" -> {record['trigger']['note']}"
+    D.update(lake, name, record)
 
 
 def _decide_with_lease(lake: Lake, name: str, checks: Checks, cfg: MonitorConfig, starter: Any):

@@ -22,6 +22,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s ({last})")
 
 
-def _stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+def stop_process_group(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """Stop a server started in its own session: SIGTERM to its process group, SIGKILL if it lingers."""
     if proc is None or proc.poll() is not None:
         return
     try:
@@ -65,6 +67,27 @@ def _stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
+
+
+@dataclass(kw_only=True)
+class ServerProcess:
+    """What every local server shares: its port (0 = a free one at start) and process, ``stop()``
+    that ends the process group ``start()`` put in ``proc``, and a ``with`` block that starts the
+    server on entry and stops it on exit."""
+
+    port: int = 0
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    stop_timeout: ClassVar[float] = 10.0  # seconds between SIGTERM and SIGKILL
+
+    def stop(self) -> None:
+        stop_process_group(self.proc, self.stop_timeout)
+        self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def weed_binary() -> str:
@@ -79,14 +102,12 @@ def weed_binary() -> str:
 
 
 @dataclass
-class SeaweedFS:
+class SeaweedFS(ServerProcess):
     """A SeaweedFS S3 server on 127.0.0.1 with SigV4 credentials, for tests and ``--s3`` demos."""
 
     data_dir: Path | None = None
     access_key: str = "hfcast-dev"
     secret_key: str = "hfcast-dev-secret"
-    port: int = 0
-    proc: subprocess.Popen | None = field(default=None, repr=False)
     _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     @property
@@ -187,26 +208,17 @@ class SeaweedFS:
         return f"s3://{name}"
 
     def stop(self) -> None:
-        _stop(self.proc)
-        self.proc = None
+        super().stop()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "SeaweedFS":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
 
 @dataclass
-class MlflowServer:
+class MlflowServer(ServerProcess):
     """``mlflow server`` on 127.0.0.1 over a sqlite backend (one worker, no job runner)."""
 
     root: Path
-    port: int = 0
-    proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def uri(self) -> str:
@@ -232,13 +244,3 @@ class MlflowServer:
             tail = (self.root / "mlflow-server.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"mlflow server did not start on {self.uri}; log tail:\n{tail}") from None
         return self
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        self.proc = None
-
-    def __enter__(self) -> "MlflowServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
