@@ -7,8 +7,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path

@@ -23,11 +23,9 @@ import io
 import json
 import logging
 import multiprocessing as mp
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np

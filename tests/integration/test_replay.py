@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from hfcast import registry
-from hfcast.config import deep_merge, get_settings
 from hfcast.data.schema import trading_days
 from hfcast.data.simulator import SimConfig, write_synth
 from hfcast.monitoring.decision import RETRAIN, load_history
 from hfcast.replay import load_progress, run_replay
 from hfcast.storage import Lake, local_path
+from lake_settings import project_settings  # tests/: pytest puts it on sys.path
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = {
     "walkforward": {"train_days": 6, "val_days": 2, "test_days": 2, "step_days": 2, "embargo_days": 1,
                     "max_folds": 1, "train_stride": 3, "eval_stride": 3, "models": {"tcn": {"channels": 16}}},
@@ -30,11 +28,7 @@ OVERRIDES = {
 
 
 def _settings(root: Path, n_days: int, shift_day: int | None):
-    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()) or {}, OVERRIDES)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    settings = get_settings(env={"HFCAST_HOME": str(root / ".hfcast"), "HFCAST_LAKE": (root / "lake").as_uri(),
-                                 "HFCAST_PARAMS": str(root / "params.yaml"),
-                                 "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}, cwd=root)
+    settings = project_settings(root, OVERRIDES)
     write_synth(SimConfig(n_symbols=8, n_days=n_days, seed=3, regime_shift_day=shift_day, shift_vol_mult=1.8,
                           shift_spread_mult=1.5), Lake.from_settings(settings), progress=False)
     return settings

@@ -6,20 +6,16 @@ SIGKILL would have stopped the process (after ``create_model_version``, before t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 
 from hfcast import promotion, registry
-from hfcast.config import deep_merge, get_settings
 from hfcast.data.schema import trading_days
 from hfcast.data.simulator import SimConfig, write_synth
 from hfcast.lifecycle import RETRAIN_KEY_TAG, recorded_decision, retrain
 from hfcast.storage import Lake
+from lake_settings import project_settings  # tests/: pytest puts it on sys.path
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = {
     "walkforward": {"train_days": 5, "val_days": 2, "test_days": 2, "step_days": 2, "embargo_days": 1,
                     "max_folds": 1, "train_stride": 5, "eval_stride": 5, "models": {"tcn": {"channels": 8}}},
@@ -33,11 +29,7 @@ class Killed(BaseException):
 
 @pytest.fixture
 def settings(tmp_path):
-    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()) or {}, OVERRIDES)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    s = get_settings(env={"HFCAST_HOME": str(tmp_path / ".hfcast"), "HFCAST_LAKE": (tmp_path / "lake").as_uri(),
-                          "HFCAST_PARAMS": str(tmp_path / "params.yaml"),
-                          "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}, cwd=tmp_path)
+    s = project_settings(tmp_path, OVERRIDES)
     write_synth(SimConfig(n_symbols=4, n_days=11, seed=5), Lake.from_settings(s), progress=False)
     from hfcast.features.engine import run_featurize
     from hfcast.data.validate import run_validate

@@ -171,8 +171,6 @@ class SeaweedFS(ServerProcess):
 
     def _wait_s3_ready(self, timeout: float) -> None:
         """The HTTP port answers before the filer is ready: wait until a bucket can be made."""
-        import boto3
-
         deadline = time.monotonic() + timeout
         probe = "hfcast-ready-probe"
         while True:
