@@ -576,7 +576,7 @@ def predict(
     model: ModelRefOption = "hfcast@champion",
     bundle: BundleOption = None,
     dense: bool = typer.Option(True, "--dense/--sparse", help="Every minute, or every 10th minute forward-filled."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Dates predicted in parallel processes."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Dates predicted at once (threads sharing one model: 2 overlaps one date's reading and writing with another's model)."),
     out: Optional[str] = typer.Option(None, "--out", help="Output root (file:// path or s3://bucket/prefix); default: the lake."),
     force: bool = typer.Option(False, "--force", help="Redo dates that are already complete."),
     runner: str = typer.Option("auto", "--runner", help="auto | onnxruntime | onnxruntime-int8 | torch | torch-compiled | tensorrt"),

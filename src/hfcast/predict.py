@@ -11,8 +11,16 @@ on batches of windows with the fastest runner available, merge the forecasts bac
 Both writes are atomic (see :mod:`hfcast.storage`) and the manifest is written after the CSV, so
 a date is complete exactly when its manifest exists and agrees with the CSV's checksum. A rerun
 skips such dates and redoes the others; a batch killed at any point therefore resumes without
-partial files or duplicated rows. Dates run in worker processes; a failing date is reported
-with its reason and does not stop the others.
+partial files or duplicated rows. ``workers`` dates run at once in this process (threads that
+share one loaded model and runner: onnxruntime and torch release the GIL while they compute, so
+reading, windowing and CSV writing of one date overlap the model of another); a failing date is
+reported with its reason and does not stop the others.
+
+Why threads and not processes (measured, bench/results/predict.json): with worker processes each
+process paid its own start-up (interpreter, torch, onnxruntime, the bundle: seconds) and took
+whole dates, so on 2 cores two processes were SLOWER than one process with two runner streams
+(5 dates split 3:2 leave a core idle at the end). Threads share the runner's streams, which are
+as many as the cores, so no core idles while a date is left.
 """
 
 from __future__ import annotations
@@ -22,9 +30,9 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing as mp
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -172,7 +180,7 @@ class Job:
     runner: str  # torch | onnxruntime | ... (see hfcast.export); "" = torch eager in-process
     onnx_path: str | None
     force: bool = False
-    threads: int = 1
+    threads: int = 1  # intra-op threads (torch), cores // workers
 
 
 def _manifest_url(csv_url: str) -> str:
@@ -196,33 +204,43 @@ def is_complete(csv_url: str, storage_options: dict | None, expect: dict[str, An
 
 
 _WORKER: dict[str, Any] = {}
+_WORKER_LOCK = threading.Lock()  # dates of one run load the model once, whichever thread comes first
 
 
 def _worker_model(job: Job) -> tuple[Any, Any]:
-    """Load (and cache per process) the forecaster and its runner."""
+    """The forecaster and its runner, loaded once per process (the date threads share them)."""
     key = (job.bundle_dir, job.runner, job.onnx_path)
-    if _WORKER.get("key") != key:
-        import torch
+    with _WORKER_LOCK:
+        if _WORKER.get("key") != key:
+            forecaster = _load_forecaster(job)
+            _WORKER.update(key=key, forecaster=forecaster, runner=_load_runner(job, forecaster))
+        return _WORKER["forecaster"], _WORKER["runner"]
 
-        from hfcast.models.base import Forecaster
 
-        torch.set_num_threads(max(1, job.threads))
-        forecaster = Forecaster.load(job.bundle_dir)
-        runner = None
-        if job.runner == "onnxruntime":
-            from hfcast.runners import StreamedRunner
+def _load_forecaster(job: Job) -> Any:
+    import torch
 
-            runner = StreamedRunner(job.onnx_path, threads=job.threads)
-        elif job.runner == "onnxruntime-int8":  # job.onnx_path is the int8 model (see choose_runner)
-            from hfcast.runners import Int8Runner
+    from hfcast.models.base import Forecaster
 
-            runner = Int8Runner(job.onnx_path, threads=job.threads)
-        elif job.runner and job.runner != "torch":
-            from hfcast.runners import make_runner
+    torch.set_num_threads(max(1, job.threads))
+    return Forecaster.load(job.bundle_dir)
 
-            runner = make_runner(job.runner, forecaster, onnx_path=job.onnx_path)
-        _WORKER.update(key=key, forecaster=forecaster, runner=runner)
-    return _WORKER["forecaster"], _WORKER["runner"]
+
+def _load_runner(job: Job, forecaster: Any) -> Any:
+    """None = the forecaster's own torch eager path."""
+    if job.runner == "onnxruntime":
+        from hfcast.runners import StreamedRunner
+
+        return StreamedRunner(job.onnx_path)  # one stream per core, shared by the date threads
+    if job.runner == "onnxruntime-int8":  # job.onnx_path is the int8 model (see choose_runner)
+        from hfcast.runners import Int8Runner
+
+        return Int8Runner(job.onnx_path)
+    if job.runner and job.runner != "torch":
+        from hfcast.runners import make_runner
+
+        return make_runner(job.runner, forecaster, onnx_path=job.onnx_path)
+    return None
 
 
 def predict_date(job: Job, date: str) -> DateResult:
@@ -378,7 +396,8 @@ def run_predict(settings: Any, dates: str | list[str], model_ref: str | None = N
         model_ref: registry reference (``hfcast@champion``, ``hfcast/3``); ignored with bundle_dir.
         bundle_dir: a local forecaster bundle instead of the registry.
         mode: ``dense`` or ``sparse``.
-        workers: processes; each gets ``cores // workers`` threads.
+        workers: dates predicted at once (threads sharing one model; torch gets ``cores // workers``
+            intra-op threads, onnxruntime one stream per core shared by all).
         out: output root URL (default: the lake).
         force: redo dates even when complete.
         runner: ``auto``, ``onnxruntime``, ``onnxruntime-int8``, ``torch``, ``torch-compiled``, ``tensorrt``.
@@ -408,15 +427,11 @@ def run_predict(settings: Any, dates: str | list[str], model_ref: str | None = N
                 results.append(predict_date(job, d))
                 advance(results[-1])
         else:
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            with ThreadPoolExecutor(workers, thread_name_prefix="predict") as pool:
                 futures = {pool.submit(predict_date, job, d): d for d in date_list}
                 for fut in as_completed(futures):
-                    try:
-                        res = fut.result()
-                    except Exception as exc:  # the worker process itself died
-                        res = DateResult(futures[fut], "failed", reason=f"worker crashed: {exc}")
-                    results.append(res)
-                    advance(res)
+                    results.append(fut.result())  # predict_date turns every failure into a result
+                    advance(results[-1])
     results.sort(key=lambda r: r.date)
     for r in results:
         if r.status == "failed":
