@@ -13,17 +13,15 @@ and :func:`restore_features` brings any registered version back from that remote
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import yaml
 
@@ -400,16 +398,12 @@ def workspace(settings: Any, environ: Mapping[str, str] | None = None) -> Path:
     return Path(settings.home) / "dvc" / hashlib.sha1(settings.lake_url.encode()).hexdigest()[:12]
 
 
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def _locked(folder: Path) -> Any:
     """One versioning at a time per workspace (two pipeline runs may share a volume)."""
+    from filelock import FileLock
+
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return FileLock(str(folder.parent / f".{folder.name}.lock"))
 
 
 def features_version(settings: Any, versions: FeatureVersions | None = None, message: str = "features") -> str:
@@ -424,7 +418,7 @@ def features_version(settings: Any, versions: FeatureVersions | None = None, mes
     """
     if versions is not None:
         return versions.snapshot(message)
-    table = storage.join(settings.lake_url, "features")
+    table = storage.Lake.from_settings(settings).table("features")
     remote = DvcRemote.from_settings(settings)
     if not storage.is_remote(table):
         if remote is None:
