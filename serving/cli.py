@@ -6,15 +6,14 @@ of this distribution) is what adds the command, with no path tricks.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
-
 import typer
+
+from hfcast.cli import BundleOption, ModelRefOption
 
 
 def serve(
-    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference: NAME@ALIAS or NAME/VERSION."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local bundle folder instead of the registry."),
+    model: ModelRefOption = "hfcast@champion",
+    bundle: BundleOption = None,
     port: int = typer.Option(8080, "--port", min=1, max=65535, help="HTTP port (KServe binds all interfaces)."),
     grpc_port: int = typer.Option(8081, "--grpc-port", min=1, max=65535, help="gRPC port."),
     runner: str = typer.Option("auto", "--runner", help="auto | onnxruntime | onnxruntime-int8 | torch | torch-compiled | tensorrt."),

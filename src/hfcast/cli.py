@@ -48,7 +48,7 @@ class _Typer(typer.Typer):
 CalendarOption = Annotated[Optional[str], typer.Option(
     "--calendar", help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). "
                        "Default: params.yaml market.calendar, else XNYS.")]
-LakeOption = Annotated[Optional[str], typer.Option("--lake", help="Lake URL (default: settings).")]
+LakeOption = Annotated[Optional[str], typer.Option("--lake", help="Lake URL, file:///... or s3://... (default: settings).")]
 NoProgressOption = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
 ModelRefOption = Annotated[str, typer.Option("--model", help="Registry reference: NAME@alias or NAME/version.")]
 BundleOption = Annotated[Optional[Path], typer.Option("--bundle", help="A local forecaster bundle instead of the registry.")]
@@ -106,7 +106,7 @@ def synth(
     shift_vol: Optional[float] = typer.Option(None, "--shift-vol", help="Volatility multiplier from the shift day. Default: params.yaml synth.shift_vol_mult."),
     shift_spread: Optional[float] = typer.Option(None, "--shift-spread", help="Spread multiplier from the shift day. Default: params.yaml synth.shift_spread_mult."),
     shift_intraday: Optional[float] = typer.Option(None, "--shift-intraday", help="U-shape amplitude multiplier from the shift day (0 = flat). Default: params.yaml synth.shift_intraday."),
-    lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL (file:///... or s3://...); default from settings."),
+    lake: LakeOption = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     calendar: CalendarOption = None,
 ) -> None:
@@ -225,7 +225,7 @@ def validate(
 @app.command()
 def featurize(
     dates: Optional[list[str]] = typer.Option(None, "--dates", help="Dates (YYYY-MM-DD) to featurize; default all."),
-    lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL (default: settings / HFCAST_LAKE)."),
+    lake: LakeOption = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default params featurize.workers)."),
     calendar: CalendarOption = None,
@@ -532,8 +532,8 @@ def _load_for_serving(settings, model: str, bundle: Optional[Path]):
 
 @app.command("export")
 def export_cmd(
-    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference: NAME@ALIAS or NAME/VERSION."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local bundle folder instead of the registry."),
+    model: ModelRefOption = "hfcast@champion",
+    bundle: BundleOption = None,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <home>/export/<name>-<version>)."),
     max_batch: int = typer.Option(1024, "--max-batch", help="Largest batch of the TensorRT profile and Triton."),
     log_mlflow: bool = typer.Option(True, "--log/--no-log", help="Log the artefacts to the same model version."),
@@ -616,7 +616,7 @@ app.add_typer(monitor_app, name="monitor")
 @monitor_app.command("run")
 def monitor_run(
     date: str = typer.Option(..., "--date", help="The date to check (YYYY-MM-DD): its features and prediction CSV."),
-    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference (NAME@alias) or NAME/VERSION."),
+    model: ModelRefOption = "hfcast@champion",
     starter: str = typer.Option("local", "--starter", help="What starts a retraining: local (the training pipeline "
                                 "here) | kubeflow | inprocess | none (entry points hfcast.starters)."),
     trigger: Optional[str] = typer.Option(None, "--trigger", hidden=True, help="Old name of --starter."),
@@ -699,7 +699,7 @@ def replay(
 
 @monitor_app.command("reference")
 def monitor_reference(
-    model: str = typer.Option("hfcast@champion", "--model", help="Registry reference (NAME@alias or NAME/VERSION)."),
+    model: ModelRefOption = "hfcast@champion",
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local bundle instead of the registry (needs --dates and NAME/VERSION)."),
     dates: Optional[str] = typer.Option(None, "--dates", help="Training dates 'A..B' (default: from the registry run)."),
     test_dates: Optional[str] = typer.Option(None, "--test-dates", help="Held-out dates scored for reference.json (with --dates)."),
@@ -762,7 +762,7 @@ def backtest(
     gate_against: Optional[str] = typer.Option(None, "--gate-against", help="Champion predictions (NAME/VERSION or NAME@ALIAS): fail if ours lose."),
     gate_metric: Optional[str] = typer.Option(None, "--gate-metric", help="net_sharpe | gross_sharpe | max_drawdown | vol_tracking_error | vol_share_beyond_1_5"),
     gate_margin: float = typer.Option(0.0, "--gate-margin", help="Loss tolerated on the gate metric."),
-    lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL; default from settings."),
+    lake: LakeOption = None,
     out: Path = typer.Option(Path("backtest"), "--out", help="Folder for backtest.json, table.csv, equity.png, tracking.png."),
 ) -> None:
     """Economic value after costs: volatility targeting and a long-short book on the prediction CSVs."""
@@ -825,7 +825,7 @@ def explain_global(
     bundle: BundleOption = None,
     repeats: int = typer.Option(3, "--repeats", min=1, help="Shuffles per feature group."),
     max_windows: int = typer.Option(4000, "--max-windows", min=100, help="Test windows scored."),
-    lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL; default from settings."),
+    lake: LakeOption = None,
     out: Path = typer.Option(Path("explain"), "--out", help="Folder for explain.json, importance.png, attention.png."),
 ) -> None:
     """Feature-group permutation importance (returns and volatility), attention by time of day."""
@@ -854,7 +854,7 @@ def explain_forecast_cmd(
     model: ModelRefOption = "hfcast@champion",
     bundle: BundleOption = None,
     top: int = typer.Option(10, "--top", min=1, help="Top (minute, feature) cells shown."),
-    lake: Optional[str] = typer.Option(None, "--lake", help="Lake URL; default from settings."),
+    lake: LakeOption = None,
 ) -> None:
     """The top drivers of one forecast (integrated gradients over its 30 x F window)."""
     from hfcast.explain import explain_forecast

@@ -23,6 +23,7 @@ from hfcast import storage
 from hfcast.config import checked_section
 from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS, VOL_TOLERANCE
 from hfcast.features.windows import Scaler
+from hfcast.models._modules import JointHead, summarize
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +44,40 @@ class NetConfig:
 class ForecastNet(nn.Module):
     """Base of every architecture: [B, T, F] float32 -> [B, 4] float32 in RAW_OUTPUTS order.
 
-    A subclass sets ``arch`` and ``config_class`` and writes ``__init__`` and ``forward``; the
-    config dataclass is kept on the instance so a bundle can rebuild the exact network.
+    An architecture names itself in its class line (``class LSTMNet(ForecastNet, arch="lstm",
+    config=LSTMConfig, heads=JointHead)``), builds its encoder in ``__init__`` and writes
+    ``encode`` ([B, T, F] -> [B, T, width]); the summary of the encoded window (``summarize``) and
+    the output heads are the same for all and live here. The config dataclass is kept on the
+    instance so a bundle can rebuild the exact network.
     """
 
     arch: ClassVar[str] = ""
     config_class: ClassVar[type] = object
+    heads_class: ClassVar[type[nn.Module]] = JointHead
     registry: ClassVar[dict[str, type["ForecastNet"]]] = {}  # arch -> class, filled as subclasses are defined
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, arch: str = "", config: type = object, heads: type[nn.Module] = JointHead,
+                          **kwargs: Any) -> None:
         # why a registry here: Forecaster.load rebuilds any architecture without importing the
         # package that imports this module (that would be an import cycle)
         super().__init_subclass__(**kwargs)
-        if cls.arch:
-            ForecastNet.registry[cls.arch] = cls
+        cls.arch, cls.config_class, cls.heads_class = arch, config, heads
+        if arch:
+            ForecastNet.registry[arch] = cls
 
-    def __init__(self, n_features: int, config: Any):
+    def __init__(self, n_features: int, config: Any, width: int):
+        """``width``: the encoder's output size per minute (the heads read 2 * width)."""
         super().__init__()
         self.n_features = int(n_features)
         self.config = config
+        self.heads = self.heads_class(2 * width, config.head_hidden, config.dropout)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, F] -> [B, T, width]: the architecture's own part."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads(summarize(self.encode(x)))  # [B, T, W] -> [B, 2W] -> [B, 4]
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)

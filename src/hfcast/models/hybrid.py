@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hfcast.models._modules import TemporalConvNet, TransformerEncoder, ThreeHeads, summarize
+from hfcast.models._modules import TemporalConvNet, ThreeHeads, TransformerEncoder
 from hfcast.models.base import ForecastNet, NetConfig
 
 
@@ -21,17 +21,12 @@ class HybridConfig(NetConfig):
     mlp_mult: int = 2
 
 
-class HybridNet(ForecastNet):
-    arch = "hybrid"
-    config_class = HybridConfig
-
+class HybridNet(ForecastNet, arch="hybrid", config=HybridConfig, heads=ThreeHeads):
     def __init__(self, n_features: int, config: HybridConfig):
-        super().__init__(n_features, config)
-        c = config
-        self.tcn = TemporalConvNet(n_features, c.channels, c.tcn_levels, c.kernel_size, c.dropout)
-        self.encoder = TransformerEncoder(c.lookback, c.channels, c.n_layers, c.n_heads, c.mlp_mult, c.dropout)
-        self.heads = ThreeHeads(2 * c.channels, c.head_hidden, c.dropout)
+        super().__init__(n_features, config, width=config.channels)
+        self.tcn = TemporalConvNet(n_features, config.channels, config.tcn_levels, config.kernel_size, config.dropout)
+        self.encoder = TransformerEncoder(config.lookback, config.channels, config.n_layers, config.n_heads,
+                                          config.mlp_mult, config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(self.tcn(x))  # [B, T, F] -> [B, T, C] -> [B, T, C]
-        return self.heads(summarize(h))  # [B, T, C] -> [B, 2C] -> [B, 4]
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.tcn(x))  # [B, T, F] -> [B, T, C] -> [B, T, C]

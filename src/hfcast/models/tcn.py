@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hfcast.models._modules import JointHead, TemporalConvNet, summarize
+from hfcast.models._modules import JointHead, TemporalConvNet
 from hfcast.models.base import ForecastNet, NetConfig
 
 
@@ -21,16 +21,10 @@ class TCNConfig(NetConfig):
     kernel_size: int = 3
 
 
-class TCNNet(ForecastNet):
-    arch = "tcn"
-    config_class = TCNConfig
-
+class TCNNet(ForecastNet, arch="tcn", config=TCNConfig, heads=JointHead):
     def __init__(self, n_features: int, config: TCNConfig):
-        super().__init__(n_features, config)
-        c = config
-        self.tcn = TemporalConvNet(n_features, c.channels, c.n_levels, c.kernel_size, c.dropout)
-        self.head = JointHead(2 * c.channels, c.head_hidden, c.dropout)
+        super().__init__(n_features, config, width=config.channels)
+        self.tcn = TemporalConvNet(n_features, config.channels, config.n_levels, config.kernel_size, config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.tcn(x)                    # [B, T, F] -> [B, T, C]
-        return self.head(summarize(h))     # [B, T, C] -> [B, 2C] -> [B, 4]
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tcn(x)  # [B, T, F] -> [B, T, C]

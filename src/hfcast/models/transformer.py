@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hfcast.models._modules import TransformerEncoder, ThreeHeads, summarize
+from hfcast.models._modules import ThreeHeads, TransformerEncoder
 from hfcast.models.base import ForecastNet, NetConfig
 
 
@@ -28,17 +28,12 @@ class TransformerConfig(NetConfig):
     mlp_mult: int = 2      # hidden width of each block's MLP = mlp_mult * d_model
 
 
-class TransformerNet(ForecastNet):
-    arch = "transformer"
-    config_class = TransformerConfig
-
+class TransformerNet(ForecastNet, arch="transformer", config=TransformerConfig, heads=ThreeHeads):
     def __init__(self, n_features: int, config: TransformerConfig):
-        super().__init__(n_features, config)
-        c = config
-        self.inp = nn.Linear(n_features, c.d_model)
-        self.encoder = TransformerEncoder(c.lookback, c.d_model, c.n_layers, c.n_heads, c.mlp_mult, c.dropout)
-        self.heads = ThreeHeads(2 * c.d_model, c.head_hidden, c.dropout)
+        super().__init__(n_features, config, width=config.d_model)
+        self.inp = nn.Linear(n_features, config.d_model)
+        self.encoder = TransformerEncoder(config.lookback, config.d_model, config.n_layers, config.n_heads,
+                                          config.mlp_mult, config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(self.inp(x))  # [B, T, F] -> [B, T, D]
-        return self.heads(summarize(h))  # [B, T, D] -> [B, 2D] -> [B, 4]
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.inp(x))  # [B, T, F] -> [B, T, D]
