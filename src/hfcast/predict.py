@@ -11,10 +11,11 @@ on batches of windows with the fastest runner available, merge the forecasts bac
 Both writes are atomic (see :mod:`hfcast.storage`) and the manifest is written after the CSV, so
 a date is complete exactly when its manifest exists and agrees with the CSV's checksum. A rerun
 skips such dates and redoes the others; a batch killed at any point therefore resumes without
-partial files or duplicated rows. ``workers`` dates run at once in this process (threads that
-share one loaded model and runner: onnxruntime and torch release the GIL while they compute, so
-reading, windowing and CSV writing of one date overlap the model of another); a failing date is
-reported with its reason and does not stop the others.
+partial files or duplicated rows. ``workers`` dates are in the model at once and one date more is
+in flight (threads that share one loaded model and runner: onnxruntime and torch release the GIL
+while they compute, so reading, windowing and CSV writing of one date overlap the model of
+another - with one worker too); a failing date is reported with its reason and does not stop the
+others.
 
 Why threads and not processes (measured, bench/results/predict.json): with worker processes each
 process paid its own start-up (interpreter, torch, onnxruntime, the bundle: seconds) and took
@@ -25,6 +26,7 @@ as many as the cores, so no core idles while a date is left.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -71,7 +73,7 @@ def parse_dates(spec: str | Iterable[str], available: list[str] | None = None) -
 # --- one date ------------------------------------------------------------------------------------
 
 def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", runner: Any = None,
-                  batch_size: int = BATCH) -> tuple[pd.DataFrame, dict[str, float]]:
+                  batch_size: int = BATCH, model_slot: Any = None) -> tuple[pd.DataFrame, dict[str, float]]:
     """Forecasts for every (symbol, minute) row of a features frame.
 
     Args:
@@ -80,13 +82,16 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
         mode: ``dense`` predicts every minute with a full 30-minute window; ``sparse`` every 10th
             such minute, forward-filled within the symbol-day to the minutes in between.
         runner: an :mod:`hfcast.export` runner (``.run(windows_scaled) -> raw``); None = torch eager.
+        model_slot: held while the model runs (a semaphore shared by the dates of a batch run:
+            ``workers`` dates in the model at once, the others reading or writing meanwhile).
 
     Returns:
-        (frame with symbol, ts, PRED_COLUMNS, INFO_COLUMNS, filled; timings in seconds for window /
-        model). INFO_COLUMNS are constant per model version, NaN on rows without a forecast.
+        (frame with symbol, ts, PRED_COLUMNS, INFO_COLUMNS, filled; timings in seconds for window,
+        wait (for a model slot) and model). INFO_COLUMNS are constant per model version, NaN on rows without a forecast.
     """
-    from hfcast.features.windows import build_windows
     from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
+    from hfcast.features.windows import build_windows
+    from hfcast.runners import run_windows
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -94,13 +99,12 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
     wa = build_windows(features, forecaster.feature_names, stride=SPARSE_STRIDE if mode == "sparse" else 1,
                        label_cols=None)
     scaled = dataclasses.replace(wa, X=np.ascontiguousarray(forecaster.scaler.transform(wa.X)), _view=None)
-    t1 = time.perf_counter()
-    run = runner.run if runner is not None else forecaster.predict_raw
-    raw = np.empty((len(scaled), 4), np.float32)
-    for a in range(0, len(scaled), batch_size):
-        idx = slice(a, min(a + batch_size, len(scaled)))
-        raw[idx] = run(np.ascontiguousarray(scaled.windows(idx)))
-    t2 = time.perf_counter()
+    t_built = time.perf_counter()
+    with model_slot if model_slot is not None else contextlib.nullcontext():
+        t1 = time.perf_counter()
+        raw = run_windows(runner if runner is not None else forecaster.predict_raw, scaled.windows, len(scaled),
+                          batch_size)
+        t2 = time.perf_counter()
     pred = forecaster.postprocess(raw)
     out = wa.keys.copy()
     cols = {c: np.full(len(out), np.nan) for c in PRED_COLUMNS}
@@ -125,7 +129,7 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
         out[c] = np.where(has, v, np.nan)
     out = out[["symbol", "ts", *PRED_COLUMNS, *INFO_COLUMNS, "filled"]]
     t3 = time.perf_counter()
-    return out, {"window": (t1 - t0) + (t3 - t2), "model": t2 - t1}
+    return out, {"window": (t_built - t0) + (t3 - t2), "wait": t1 - t_built, "model": t2 - t1}
 
 
 def to_csv_bytes(frame: pd.DataFrame, model_name: str, model_version: str, mode: str) -> bytes:
@@ -168,7 +172,7 @@ class DateResult:
 
 @dataclass
 class Job:
-    """Everything a worker needs for a date (picklable; the model is loaded once per worker)."""
+    """Everything a date needs (the model is loaded once per process and shared by the date threads)."""
 
     bundle_dir: str
     lake_url: str
@@ -181,6 +185,7 @@ class Job:
     onnx_path: str | None
     force: bool = False
     threads: int = 1  # intra-op threads (torch), cores // workers
+    model_slots: Any = field(default=None, compare=False)  # a Semaphore(workers): dates in the model at once
 
 
 def _manifest_url(csv_url: str) -> str:
@@ -260,7 +265,7 @@ def predict_date(job: Job, date: str) -> DateResult:
         if features.empty:
             raise ValueError(f"features partition for {date} is empty")
         t_read = time.perf_counter() - t_read
-        frame, timings = predict_frame(forecaster, features, job.mode, runner)
+        frame, timings = predict_frame(forecaster, features, job.mode, runner, model_slot=job.model_slots)
         t_write = time.perf_counter()
         body = to_csv_bytes(frame, job.model_name, job.model_version, job.mode)
         storage.write_bytes(csv_url, body, job.storage_options)
@@ -312,7 +317,8 @@ class PredictSummary:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
     def timing_split(self) -> dict[str, float]:
-        """Seconds spent in read / window / model / write, summed over the dates done."""
+        """Seconds spent in read / window / wait (for a model slot) / model / write, summed over the
+        dates done (dates overlap, so the sum can exceed the wall time)."""
         split: dict[str, float] = {}
         for r in self._with("done"):
             for k, v in r.timings.items():
@@ -416,22 +422,21 @@ def run_predict(settings: Any, dates: str | list[str], model_ref: str | None = N
     from hfcast.runners import threads_per_worker  # intra-op threads = cores per worker
 
     job = Job(local_bundle, lake.url, (out or settings.lake_url).rstrip("/"), lake.storage_options, name, version,
-              mode, runner_kind, onnx_path, force, threads=threads_per_worker(workers))
+              mode, runner_kind, onnx_path, force, threads=threads_per_worker(workers),
+              model_slots=threading.Semaphore(workers))
     log.info("predicting %d date(s) with %s/%s (%s, %s runner, %d worker(s))", len(date_list), name, version,
              mode, runner_kind, workers)
     t0 = time.perf_counter()
     results: list[DateResult] = []
-    with _progress(progress, len(date_list)) as advance:
-        if workers == 1:
-            for d in date_list:
-                results.append(predict_date(job, d))
-                advance(results[-1])
-        else:
-            with ThreadPoolExecutor(workers, thread_name_prefix="predict") as pool:
-                futures = {pool.submit(predict_date, job, d): d for d in date_list}
-                for fut in as_completed(futures):
-                    results.append(fut.result())  # predict_date turns every failure into a result
-                    advance(results[-1])
+    with _progress(progress, len(date_list)) as advance, \
+            ThreadPoolExecutor(min(workers + 1, len(date_list)), thread_name_prefix="predict") as pool:
+        # one date more than ``workers`` in flight: while ``workers`` dates are in the model, the
+        # next one is read and windowed and the last one written (the slots keep the model at
+        # ``workers`` dates, so memory stays at workers + 1 dates)
+        futures = {pool.submit(predict_date, job, d): d for d in date_list}
+        for fut in as_completed(futures):
+            results.append(fut.result())  # predict_date turns every failure into a result
+            advance(results[-1])
     results.sort(key=lambda r: r.date)
     for r in results:
         if r.status == "failed":

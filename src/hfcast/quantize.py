@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hfcast.runners import INT8_KIND, Int8Runner, OnnxRuntimeRunner
+from hfcast.runners import INT8_KIND, Int8Runner, OnnxRuntimeRunner, run_windows
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,7 @@ def int8_parity(fp32: Callable[[np.ndarray], np.ndarray], int8: Callable[[np.nda
 # --- the guard -----------------------------------------------------------------------------------
 
 def _run_batched(run: Callable[[np.ndarray], np.ndarray], wa: Any, idx: np.ndarray) -> np.ndarray:
-    out = np.empty((len(idx), 4), np.float32)
-    for a in range(0, len(idx), GUARD_BATCH):
-        out[a:a + GUARD_BATCH] = run(np.ascontiguousarray(wa.windows(idx[a:a + GUARD_BATCH])))
-    return out
+    return run_windows(run, lambda s: wa.windows(idx[s]), len(idx), GUARD_BATCH)
 
 
 def span_scores(forecaster: Any, raw: np.ndarray, y: np.ndarray) -> dict[str, float]:

@@ -12,7 +12,7 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -134,21 +134,48 @@ class StreamedRunner(OnnxRuntimeRunner):
         self.chunk = chunk
         self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="ort") if self.streams > 1 else None
 
-    def _one(self, x: np.ndarray, out: np.ndarray, a: int) -> None:
-        out[a:a + self.chunk] = self._sess.run([OUTPUT_NAME], {INPUT_NAME: x[a:a + self.chunk]})[0]
-
     def run(self, windows_scaled: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(windows_scaled, dtype=np.float32)
         if len(x) <= self.chunk:
             return super().run(x)
-        out = np.empty((len(x), 4), np.float32)
-        starts = range(0, len(x), self.chunk)
+        return self.run_windows(x.__getitem__, len(x))
+
+    def run_windows(self, gather: Callable[[slice], np.ndarray], n: int) -> np.ndarray:
+        """Raw outputs [n, 4] of windows 0..n-1, each stream gathering its own chunks (``gather(slice)``
+        -> [k, 30, F]) right before running them.
+
+        Why: materialising a whole batch first and then running it leaves the other stream idle
+        during the gather and at every batch's end; pulling chunks keeps both busy (bench_predict:
+        +5-15% model throughput on a whole date against 512-window batches). Chunk boundaries are
+        fixed by position, so reruns give the same bytes.
+        """
+        out = np.empty((n, 4), np.float32)
+
+        def one(a: int) -> None:
+            x = np.ascontiguousarray(gather(slice(a, min(a + self.chunk, n))), dtype=np.float32)
+            out[a:a + len(x)] = self._sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+        starts = range(0, n, self.chunk)
         if self._pool is None:
             for a in starts:
-                self._one(x, out, a)
+                one(a)
         else:
-            list(self._pool.map(lambda a: self._one(x, out, a), starts))
+            list(self._pool.map(one, starts))
         return out
+
+
+def run_windows(runner: Any, gather: Callable[[slice], np.ndarray], n: int, batch: int) -> np.ndarray:
+    """Raw outputs [n, 4] of the windows ``gather`` materialises, ``batch`` at a time (``runner``: a
+    Runner or a ``run`` callable); a runner with its own ``run_windows`` (StreamedRunner) takes over."""
+    own = getattr(runner, "run_windows", None)
+    if own is not None:
+        return own(gather, n)
+    run = getattr(runner, "run", runner)
+    out = np.empty((n, 4), np.float32)
+    for a in range(0, n, batch):
+        idx = slice(a, min(a + batch, n))
+        out[idx] = run(np.ascontiguousarray(gather(idx)))
+    return out
 
 
 class Int8Runner(StreamedRunner):

@@ -222,3 +222,57 @@ def test_predict_frame_rejects_unknown_mode(local_lake, bundle):
     fc = Forecaster.load(bundle)
     with pytest.raises(ValueError, match="mode"):
         predict_frame(fc, local_lake.read("features", local_lake.dates("features")[0]), mode="weekly")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_overlapped_dates_keep_the_model_at_workers_and_the_bytes(settings, local_lake, bundle, monkeypatch, workers):
+    """One date more than ``workers`` is in flight (read / write overlap the model), but never more
+    than ``workers`` dates are in the model at once, and the CSVs equal a strictly one-by-one run."""
+    import threading
+
+    import hfcast.runners as R
+    from hfcast import predict as P
+
+    s = settings.with_(lake_url=local_lake.url)
+    dates = local_lake.dates("features")
+    serial_out = Path(settings.home) / f"serial{workers}"
+    for d in dates:  # the reference: one date at a time, nothing overlapping
+        run_predict(s, [d], bundle_dir=bundle, out=serial_out.as_uri(), runner="torch", progress=False)
+
+    inside, most, in_flight, most_flight = [0], [0], [0], [0]
+    lock = threading.Lock()
+    real_run, real_date = R.run_windows, P.predict_date
+
+    def counting_run(*args, **kwargs):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)  # long enough for another date to try to enter
+        try:
+            return real_run(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    def counting_date(job, date):
+        with lock:
+            in_flight[0] += 1
+            most_flight[0] = max(most_flight[0], in_flight[0])
+        try:
+            return real_date(job, date)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(R, "run_windows", counting_run)
+    monkeypatch.setattr(P, "predict_date", counting_date)
+    out = Path(settings.home) / f"overlap{workers}"
+    summary = run_predict(s, dates, bundle_dir=bundle, out=out.as_uri(), runner="torch", workers=workers,
+                          progress=False)
+    assert summary.as_dict()["done"] == N_DAYS
+    assert most[0] == workers  # the slots bound the model ...
+    assert most_flight[0] == min(workers + 1, N_DAYS)  # ... while one date more is read or written
+    for d in dates:
+        a = storage.read_bytes(Lake(out.as_uri()).predictions("hfcast", "7", d))
+        b = storage.read_bytes(Lake(serial_out.as_uri()).predictions("hfcast", "7", d))
+        assert a == b, d
