@@ -212,6 +212,35 @@ def test_binary_v2_decodes_without_lists_and_refuses_bad_sizes():
         decode_binary_v2(b"{nope" + body, headers, "hfcast")
 
 
+@pytest.mark.parametrize("data, match", [
+    (["1.5"] * 4, "string"),                     # would silently become 1.5 through as_numpy
+    ([0.5, None, 0.5, 0.5], "null, object or mixed-type"),
+    ([True, False, True, False], "boolean"),
+    ([0.5, "x", 0.5, 0.5], "string"),
+])
+def test_json_tensor_fast_path_refuses_what_the_general_path_refuses(data, match):
+    with pytest.raises(InvalidInput, match=match):
+        v.json_tensor(data, [1, 2, 2], "window")
+
+
+def test_json_tensor_fast_path_equals_the_general_path():
+    x = windows(3).astype(np.float64)
+    flat = x.ravel().tolist()
+    ints = [int(a) for a in flat[:12]] + flat[12:]  # JSON integers among the floats
+    for data in (flat, ints):
+        got = v.json_tensor(data, list(x.shape), "window")
+        assert got.dtype == np.float32 and np.array_equal(got, np.asarray(data, dtype=np.float32).reshape(x.shape))
+    nested = x.tolist()  # nested lists take the general path, same values
+    assert np.array_equal(v.json_tensor(nested, list(x.shape), "window"), x.astype(np.float32))
+    mixed = [True] + flat[1:]  # a leading boolean among numbers: the general path, as before
+    assert v.json_tensor(mixed, list(x.shape), "window").ravel()[0] == 1.0
+    with pytest.raises(InvalidInput, match="does not hold matching data"):
+        v.json_tensor(flat[:-1], list(x.shape), "window")
+    huge = [1e39] + flat[1:]  # overflows float32: inf, which check_windows refuses naming the row
+    with pytest.raises(InvalidInput, match=r"NaN or inf \(batch rows \[0\]\)"):
+        v.check_windows(v.json_tensor(huge, list(x.shape), "window"), F, 16)
+
+
 class _FakeCustomObjects:
     """Records what serving.deploy asks of kubernetes' CustomObjectsApi (no cluster here)."""
 
