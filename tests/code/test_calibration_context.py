@@ -62,3 +62,45 @@ def test_tod_conformal_keeps_coverage_at_the_fat_tailed_open():
             assert cov[open_].mean() < 0.72
         else:
             assert abs(cov[open_].mean() - 0.8) < 0.04 and abs(cov.mean() - 0.8) < 0.02
+
+
+def _lagging(n: int, seed: int):
+    """A forecast that lags: the true level moved by a symmetric log shift d since the forecast,
+    and a recent volatility estimate (park_5m) sees the shift with noise. The error grows with |d|
+    in either direction, which only |z| or z^2 of the recent-vol ratio can rank."""
+    rng = np.random.default_rng(seed)
+    d = rng.normal(0, 0.5, n)
+    level = np.exp(d)  # true vol relative to the forecast (rv_hat = 1)
+    rv = level * np.exp(rng.normal(0, 0.15, n))
+    pred = {"ret_mu": rng.normal(0, 1e-3, n), "ret_sigma": np.full(n, 1e-2), "rv_hat": np.ones(n),
+            "lrv_sigma": np.full(n, 0.5)}
+    ctx = {"tod": rng.integers(0, 390, n).astype(float), "park_5m": level * np.exp(rng.normal(0, 0.2, n))}
+    return pred, rng.normal(0, 1e-2, n), rv, ctx
+
+
+def test_recent_volatility_ranks_a_lagging_forecast_in_either_direction():
+    pred, y, rv, ctx = _lagging(20000, 5)
+    cal = Calibrator().fit(pred, y, rv, context=ctx)
+    tp, ty, trv, tctx = _lagging(20000, 6)
+    err = np.abs(trv - 1)
+    assert cal.rv_informative
+    assert _decile_ratio(cal.apply(tp, context=tctx)["rv_10m_conf"], err) < 0.5
+    # without the recent estimate there is nothing to rank by: flagged, and the sigma-only map is used
+    bare = {"tod": ctx["tod"]}
+    cal0 = Calibrator().fit(pred, y, rv, context=bare)
+    assert not cal0.rv_informative
+    assert _decile_ratio(cal0.apply(tp, context={"tod": tctx["tod"]})["rv_10m_conf"], err) > 0.85
+
+
+def test_a_context_model_fitted_on_fewer_columns_still_applies():
+    """Bundles saved before the recent-volatility inputs hold a 12-column context model: it reads
+    the first 12 columns of today's matrix, which are the same inputs in the same order."""
+    pred, y, rv, ctx = _synth(20000, 7, hetero=True)
+    cal = Calibrator().fit(pred, y, rv, context=ctx)
+    d = cal.to_dict()
+    vc = d["vol_ctx"]
+    d["vol_ctx"] = {**vc, "mean": vc["mean"][:12], "std": vc["std"][:12], "coef": vc["coef"][:13]}
+    old = Calibrator.from_dict(json.loads(json.dumps(d)))
+    out_old, out_new = old.apply(pred, context=ctx)["rv_10m_conf"], cal.apply(pred, context=ctx)["rv_10m_conf"]
+    # _synth has no recent-vol inputs: their columns are standardised to 0, so both agree
+    assert np.allclose(out_old, out_new)

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from hfcast import metrics as M
-from hfcast.calibration import CONTEXT_KEYS, Calibrator
+from hfcast.calibration import CONTEXT_KEYS, RECENT_VOL_KEYS, Calibrator
 from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
 from hfcast.data.schema import minute_of_session
 
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 #: feature (model input) behind each context key; ``tod`` comes from the timestamp
-CONTEXT_FEATURES = {"spread_bps": "spread_bps", "jump_ratio": "jump_ratio_30m", "log_volume": "log_volume"}
+CONTEXT_FEATURES = {"spread_bps": "spread_bps", "jump_ratio": "jump_ratio_30m", "log_volume": "log_volume",
+                    **{k: k for k in RECENT_VOL_KEYS}}
 _TINY = 1e-12
 
 
