@@ -96,6 +96,8 @@ def summarize(res, archs) -> dict:
     har = agg.loc["har_tod"]
     has_truth = "true_var_10m" in P and np.isfinite(P["true_var_10m"]).any()
     choices = {a: res.forecasters[a].choice.__dict__ for a in archs if hasattr(res.forecasters.get(a), "choice")}
+    if res.ensemble is not None:  # the ensemble competes on its validation QLIKE like every member
+        choices["ensemble"] = res.ensemble.choice.__dict__
     best = min(choices, key=lambda a: choices[a]["val_qlike"]) if choices else None
     rows = {}
     for m, s in agg.iterrows():

@@ -172,6 +172,8 @@ class WalkForwardResult:
             ``ts``, PRED_COLUMNS, labels and truth when present.
         per_fold: scores per (model, fold). aggregate: scores pooled over all test rows, by model.
         forecasters: the last fold's trained Forecaster per architecture (for registration).
+        ensemble: with the floor and >= 2 architectures, the last fold's
+            :class:`hfcast.models.floor.EnsembleForecaster` (its rows are ``model == "ensemble"``).
         histories: per architecture, the training history of each fold.
         throughput: per architecture, median over folds of training windows per second.
     """
@@ -184,6 +186,7 @@ class WalkForwardResult:
     histories: dict[str, list]
     throughput: dict[str, float]
     feature_names: list[str]
+    ensemble: Any = None
 
     def test_spans(self) -> list[tuple[str, str]]:
         return [(f.test[0], f.test[-1]) for f in self.folds]
@@ -300,6 +303,19 @@ def _floor_arch(arch, fc, spans, base, train_cfg, model_config, floor_ctx, acc: 
     return fc, fc.predict_span(test_wa, inputs)
 
 
+def _ensemble(archs, spans, base, inputs, acc: dict) -> None:
+    """The fold's floored networks averaged (``hfcast.models.floor.fit_ensemble``), scored on the
+    same test rows as ``model == "ensemble"``."""
+    import pandas as pd
+
+    from hfcast.models.floor import fit_ensemble
+
+    _, val_wa, test_wa = spans
+    ens = fit_ensemble({a: acc["forecasters"][a] for a in archs}, val_wa, inputs)
+    acc["ensemble"] = ens
+    acc["preds"].append(pd.concat([base.assign(model="ensemble"), ens.predict_span(test_wa, inputs)], axis=1))
+
+
 def _score_models(allp):
     """Per-fold and pooled test scores of every model in the predictions."""
     import pandas as pd
@@ -361,6 +377,8 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
             log.info("%s: %d train / %d val / %d test windows", fold.describe(), len(train_wa), len(val_wa), len(test_wa))
         floor_ctx = (floor, floor_base(inputs, train_wa, val_wa, fold.index), inputs) if floor and archs else None
         _train_archs(archs, spans, base, train_cfg, model_configs, progress, acc, floor_ctx, on_epoch, fold)
+        if floor_ctx is not None and len(archs) >= 2:
+            _ensemble(archs, spans, base, inputs, acc)
         fitted = fit_baselines(inputs.loc[train_wa.ends], inputs.loc[val_wa.ends], tuple(baselines))
         for name, b in fitted.items():
             out = b.predict(inputs.loc[rows]).reset_index(drop=True)
@@ -370,7 +388,7 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
     return WalkForwardResult(folds=folds, predictions=allp, per_fold=per_fold, aggregate=aggregate,
                              forecasters=acc["forecasters"], histories=acc["histories"],
                              throughput={a: float(np.median(v)) for a, v in acc["thr"].items() if v},
-                             feature_names=names)
+                             feature_names=names, ensemble=acc.get("ensemble"))
 
 
 def _floor_cache():

@@ -135,3 +135,38 @@ def test_run_walkforward_floor_hook_scores_floored_and_bare_network_on_the_same_
     assert keys["lstm"] == keys["lstm_net"] == keys["har_tod"]
     assert p.loc[p["model"] == "lstm", "rv_10m_pred"].gt(0).all()
     assert {"lstm", "lstm_net"} <= set(res.aggregate.index)
+
+
+def test_run_walkforward_ensembles_the_floored_networks_on_validation_only(small_frame):
+    import numpy as np
+
+    from hfcast.models.floor import EnsembleForecaster
+    from hfcast.train import TrainConfig
+    from hfcast.walkforward import run_walkforward
+
+    cfg = WalkForwardConfig(train_days=3, val_days=1, test_days=1, embargo_days=1, eval_stride=5, max_folds=1)
+    tcfg = TrainConfig(epochs=1, batch_size=64, max_train_windows=300, max_val_windows=500, seed=0, num_threads=1)
+    small = {"hidden": 8, "n_layers": 1, "head_hidden": 8}
+    res = run_walkforward(None, ["lstm", "tcn"], cfg, tcfg, frame=small_frame, feature_names=["f0", "f1", "f2"],
+                          progress=False, baselines=("har_tod",),
+                          model_configs={"lstm": small, "tcn": {"channels": 8, "n_levels": 2, "head_hidden": 8}},
+                          floor=True)
+    ens = res.ensemble
+    assert isinstance(ens, EnsembleForecaster) and ens.choice.members == ["lstm", "tcn"]
+    assert set(res.forecasters) == {"lstm", "tcn"}  # the ensemble is not an architecture
+    p = res.predictions
+    keys = {m: set(zip(g["symbol"], g["ts"])) for m, g in p.groupby("model")}
+    assert keys["ensemble"] == keys["lstm"] == keys["har_tod"]
+    # its variance is the members' geometric mean times the validation scale (before calibration)
+    fold = res.folds[0]
+    from hfcast.features.windows import build_windows
+    from hfcast.models.baselines import baseline_inputs
+
+    frame = small_frame.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
+    wa = build_windows(frame, ["f0", "f1", "f2"]).subset_dates(fold.test)
+    inputs = baseline_inputs(frame)
+    nat = ens.natural(wa, inputs)
+    members = [m.natural(wa, inputs) for m in ens.members.values()]
+    expect = np.sqrt(ens.choice.scale * np.exp(np.mean([2 * np.log(m["rv_hat"]) for m in members], axis=0)))
+    assert np.allclose(nat["rv_hat"], expect)
+    assert np.isfinite(ens.choice.val_qlike) and set(ens.choice.val_qlike_members) == {"lstm", "tcn"}
