@@ -466,9 +466,10 @@ class VolContextConfidence:
     against volatility, jumps, the open, a forecast lagging what the last minutes showed). The
     score is a ridge regression of the NEGATIVE relative error (capped at RELERR_CAP) on the
     standardised context: it ranks rows by their expected error, which is what the confidence must
-    order (on the project's simulator the test-span top/bottom-decile error ratio was 0.75 this way
-    against 0.80 for a logistic fit of the 0/1 "within 25%" target on the same inputs, and 0.90
-    without the recent-volatility inputs). An isotonic map of the score, fitted on the validation
+    order (for the ``har_tod`` forecast on the project's simulator, test days: a top/bottom-decile
+    error ratio of 0.68 this way, 0.80 for a logistic fit of the 0/1 "within 25%" target on the same
+    inputs, 0.90 without the recent-volatility inputs; for the networks' forecasts, which already
+    read the recent volatility, 0.86 - bench_robustness). An isotonic map of the score, fitted on the validation
     rows, turns it into the calibrated probability. ``oof_ratio`` is the out-of-fold (two halves
     of validation) mean relative error in the most confident decile over the least confident one:
     < 1 means the confidence discriminates.
