@@ -200,7 +200,12 @@ def test_simulator_no_false_alarm_then_one_retrain_after_shift(sim, clean, tmp_p
     actions = [r["action"] for r in shifted]
     assert actions.count(RETRAIN) == 1 and actions.index(RETRAIN) < cfg.consecutive  # within K dates
     assert all(a == SUPPRESSED for a in actions[actions.index(RETRAIN) + 1:])  # drift goes on, no 2nd retrain
-    assert len(calls) == 1 and all(d >= dates[SHIFT] for d in calls[0][1])
+    assert len(calls) == 1 and dates[SHIFT] in calls[0][1]
+    # false performance alarms are rare on stationary dates (this tiny model: 0-2 of 22), and K
+    # consecutive alarms are needed, so only the last K - 1 stationary dates can join the streak
+    assert sum(r["perf_alarm"] for r in stationary) <= 0.15 * len(stationary)
+    k = max(cfg.consecutive, cfg.perf_consecutive)
+    assert all(d >= dates[SHIFT - (k - 1)] for d in calls[0][1])
     assert "not promoted" in shifted[actions.index(RETRAIN)]["explanation"]
 
 

@@ -18,7 +18,7 @@ from hfcast import metrics as M
 from hfcast.calibration import Calibrator
 from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
 from hfcast.features.windows import build_windows, fit_scaler, synthetic_feature_frame
-from hfcast.models.base import ForecastNet, Forecaster, NetConfig
+from hfcast.models.base import ForecastNet, Forecaster
 from hfcast.models.baselines import FLOOR, Baseline, baseline_inputs
 from hfcast.models.floor import FlooredForecaster, choose_blend, fit_floor, floor_forecaster
 from hfcast.train import TrainConfig, train_forecaster
@@ -34,7 +34,7 @@ class _Broken(ForecastNet):
     # architecture for every later test in this process
 
     def __init__(self, n_features: int):
-        super().__init__(n_features, NetConfig(), width=1)  # its own forward: the heads stay unused
+        super().__init__(n_features, None)
         self.bias = torch.nn.Parameter(torch.tensor([0.0, 0.0, 3.0, -1.0]))
 
     def forward(self, x):

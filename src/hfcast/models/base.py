@@ -45,10 +45,10 @@ class ForecastNet(nn.Module):
     """Base of every architecture: [B, T, F] float32 -> [B, 4] float32 in RAW_OUTPUTS order.
 
     An architecture names itself in its class line (``class LSTMNet(ForecastNet, arch="lstm",
-    config=LSTMConfig, heads=JointHead)``), builds its encoder in ``__init__`` and writes
-    ``encode`` ([B, T, F] -> [B, T, width]); the summary of the encoded window (``summarize``) and
-    the output heads are the same for all and live here. The config dataclass is kept on the
-    instance so a bundle can rebuild the exact network.
+    config=LSTMConfig, heads=JointHead)``), builds its encoder in ``__init__``, then calls
+    ``add_heads(width)``, and writes ``encode`` ([B, T, F] -> [B, T, width]); the summary of the
+    encoded window (``summarize``) and the output heads are the same for all and live here. The
+    config dataclass is kept on the instance so a bundle can rebuild the exact network.
     """
 
     arch: ClassVar[str] = ""
@@ -65,12 +65,19 @@ class ForecastNet(nn.Module):
         if arch:
             ForecastNet.registry[arch] = cls
 
-    def __init__(self, n_features: int, config: Any, width: int):
-        """``width``: the encoder's output size per minute (the heads read 2 * width)."""
+    def __init__(self, n_features: int, config: Any):
         super().__init__()
         self.n_features = int(n_features)
         self.config = config
-        self.heads = self.heads_class(2 * width, config.head_hidden, config.dropout)
+
+    def add_heads(self, width: int) -> None:
+        """The output heads over the ``width``-wide encoder (they read 2 * width).
+
+        Called last in an architecture's ``__init__``: parameters are drawn from torch's RNG in
+        creation order, so heads after the encoder keep a seed's weights what they were before the
+        heads moved into this class (same seed, same network, same results).
+        """
+        self.heads = self.heads_class(2 * width, self.config.head_hidden, self.config.dropout)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, F] -> [B, T, width]: the architecture's own part."""

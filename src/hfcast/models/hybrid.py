@@ -23,10 +23,11 @@ class HybridConfig(NetConfig):
 
 class HybridNet(ForecastNet, arch="hybrid", config=HybridConfig, heads=ThreeHeads):
     def __init__(self, n_features: int, config: HybridConfig):
-        super().__init__(n_features, config, width=config.channels)
+        super().__init__(n_features, config)
         self.tcn = TemporalConvNet(n_features, config.channels, config.tcn_levels, config.kernel_size, config.dropout)
         self.encoder = TransformerEncoder(config.lookback, config.channels, config.n_layers, config.n_heads,
                                           config.mlp_mult, config.dropout)
+        self.add_heads(config.channels)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.tcn(x))  # [B, T, F] -> [B, T, C] -> [B, T, C]

@@ -21,11 +21,12 @@ class LSTMConfig(NetConfig):
 
 class LSTMNet(ForecastNet, arch="lstm", config=LSTMConfig, heads=JointHead):
     def __init__(self, n_features: int, config: LSTMConfig):
-        super().__init__(n_features, config, width=config.hidden)
+        super().__init__(n_features, config)
         self.inp = nn.Linear(n_features, config.hidden)
         self.lstm = nn.LSTM(config.hidden, config.hidden, num_layers=config.n_layers, batch_first=True,
                             dropout=config.dropout if config.n_layers > 1 else 0.0)
         self.ln = nn.LayerNorm(config.hidden)
+        self.add_heads(config.hidden)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         h, _ = self.lstm(self.inp(x))  # [B, T, F] -> [B, T, H]

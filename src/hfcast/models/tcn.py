@@ -23,8 +23,9 @@ class TCNConfig(NetConfig):
 
 class TCNNet(ForecastNet, arch="tcn", config=TCNConfig, heads=JointHead):
     def __init__(self, n_features: int, config: TCNConfig):
-        super().__init__(n_features, config, width=config.channels)
+        super().__init__(n_features, config)
         self.tcn = TemporalConvNet(n_features, config.channels, config.n_levels, config.kernel_size, config.dropout)
+        self.add_heads(config.channels)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.tcn(x)  # [B, T, F] -> [B, T, C]

@@ -30,10 +30,11 @@ class TransformerConfig(NetConfig):
 
 class TransformerNet(ForecastNet, arch="transformer", config=TransformerConfig, heads=ThreeHeads):
     def __init__(self, n_features: int, config: TransformerConfig):
-        super().__init__(n_features, config, width=config.d_model)
+        super().__init__(n_features, config)
         self.inp = nn.Linear(n_features, config.d_model)
         self.encoder = TransformerEncoder(config.lookback, config.d_model, config.n_layers, config.n_heads,
                                           config.mlp_mult, config.dropout)
+        self.add_heads(config.d_model)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.inp(x))  # [B, T, F] -> [B, T, D]
