@@ -468,8 +468,9 @@ class VolContextConfidence:
     standardised context: it ranks rows by their expected error, which is what the confidence must
     order (for the ``har_tod`` forecast on the project's simulator, test days: a top/bottom-decile
     error ratio of 0.68 this way, 0.80 for a logistic fit of the 0/1 "within 25%" target on the same
-    inputs, 0.90 without the recent-volatility inputs; for the networks' forecasts, which already
-    read the recent volatility, 0.86 - bench_robustness). An isotonic map of the score, fitted on the validation
+    inputs, 0.90 without the recent-volatility inputs; the networks' forecasts already read the
+    recent volatility, and there the gain is smaller and not always there out of fold - 0.86 in one
+    bench_robustness run, flagged uninformative in another). An isotonic map of the score, fitted on the validation
     rows, turns it into the calibrated probability. ``oof_ratio`` is the out-of-fold (two halves
     of validation) mean relative error in the most confident decile over the least confident one:
     < 1 means the confidence discriminates.
