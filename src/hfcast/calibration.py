@@ -451,8 +451,7 @@ def _context_matrix(pred: dict[str, np.ndarray], ctx: dict | None) -> np.ndarray
             np.log(np.maximum(get("spread_bps"), 1e-3)) - lrv]
     for key in RECENT_VOL_KEYS:
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.log(get(key)) - lrv  # NaN where absent or <= 0: standardised to 0 (no information)
-        z = np.where(np.isfinite(z), z, np.nan)
+            z = np.log(get(key)) - lrv  # NaN / -inf where absent or <= 0: standardised to 0 (no information)
         cols += [z, np.abs(z), z * z]
     return np.column_stack(cols)
 

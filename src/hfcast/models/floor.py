@@ -91,6 +91,11 @@ class FloorChoice:
         return self.w == 0.0
 
 
+def qlike_scale(h: np.ndarray, y2: np.ndarray) -> float:
+    """The variance multiplier c minimising QLIKE(c * h, y2) (closed form: mean(y2 / h))."""
+    return float(np.mean(np.maximum(y2, 1e-18) / np.maximum(h, 1e-18)))
+
+
 def choose_blend(lv_net: np.ndarray, lv_floor: np.ndarray, y_rv: np.ndarray) -> tuple[float, float, float, list]:
     """(w, scale, val QLIKE, grid) minimising validation QLIKE; (0, 1) is always a candidate.
 
@@ -104,10 +109,18 @@ def choose_blend(lv_net: np.ndarray, lv_floor: np.ndarray, y_rv: np.ndarray) -> 
     grid = [(0.0, 1.0, M.qlike(np.exp(b), y2))]
     for w in WEIGHTS:
         h = np.exp(w * a + (1 - w) * b)
-        c = float(np.mean(np.maximum(y2, 1e-18) / np.maximum(h, 1e-18)))
+        c = qlike_scale(h, y2)
         grid.append((float(w), c, M.qlike(c * h, y2)))
     w, c, q = min(grid, key=lambda t: (t[2], -t[0] == 0))  # ties go to the floor
     return w, c, q, grid
+
+
+def span_frame(calibrator: Calibrator, nat: dict[str, np.ndarray], wa) -> pd.DataFrame:
+    """PRED_COLUMNS + INFO_COLUMNS of natural-unit forecasts for the windows of ``wa``, calibrated
+    with the windows' context."""
+    out = calibrator.apply(nat, context_from_windows(wa))
+    out = {c: out[c] for c in PRED_COLUMNS} | calibrator.info_columns(len(wa))
+    return pd.DataFrame(out, columns=[*PRED_COLUMNS, *INFO_COLUMNS])
 
 
 class FlooredForecaster:
@@ -141,10 +154,7 @@ class FlooredForecaster:
 
     def predict_span(self, wa, inputs: pd.DataFrame) -> pd.DataFrame:
         """PRED_COLUMNS + INFO_COLUMNS for every window of ``wa`` (same order)."""
-        nat = self.natural(wa, inputs)
-        out = self.calibrator.apply(nat, context_from_windows(wa))
-        out = {c: out[c] for c in PRED_COLUMNS} | self.calibrator.info_columns(len(wa))
-        return pd.DataFrame(out, columns=[*PRED_COLUMNS, *INFO_COLUMNS])
+        return span_frame(self.calibrator, self.natural(wa, inputs), wa)
 
     def save(self, path: str, storage_options: dict | None = None) -> str:
         """The network's bundle plus ``floor.json`` (choice, floor state, floored calibrator)."""
@@ -284,9 +294,7 @@ class EnsembleForecaster:
 
     def predict_span(self, wa, inputs: pd.DataFrame) -> pd.DataFrame:
         """PRED_COLUMNS + INFO_COLUMNS for every window of ``wa`` (same order)."""
-        out = self.calibrator.apply(self.natural(wa, inputs), context_from_windows(wa))
-        out = {c: out[c] for c in PRED_COLUMNS} | self.calibrator.info_columns(len(wa))
-        return pd.DataFrame(out, columns=[*PRED_COLUMNS, *INFO_COLUMNS])
+        return span_frame(self.calibrator, self.natural(wa, inputs), wa)
 
 
 def _mean_natural(nats: list[dict[str, np.ndarray]], scale: float = 1.0) -> dict[str, np.ndarray]:
@@ -307,7 +315,7 @@ def fit_ensemble(members: dict[str, FlooredForecaster], val_wa, inputs: pd.DataF
     y2 = y[:, 1] ** 2
     ok = np.isfinite(y2) & np.isfinite(nat["rv_hat"])
     h = nat["rv_hat"][ok] ** 2
-    c = float(np.mean(np.maximum(y2[ok], 1e-18) / np.maximum(h, 1e-18)))
+    c = qlike_scale(h, y2[ok])
     choice = EnsembleChoice(members=list(members), scale=c, val_qlike=M.qlike(c * h, y2[ok]),
                             val_qlike_members={a: m.choice.val_qlike for a, m in members.items()})
     nat["rv_hat"] = nat["rv_hat"] * np.sqrt(c)
