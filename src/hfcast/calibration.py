@@ -465,7 +465,8 @@ class VolContextConfidence:
     against volatility, jumps, the open, a forecast lagging what the last minutes showed). The
     score is a ridge regression of the NEGATIVE relative error (capped at RELERR_CAP) on the
     standardised context: it ranks rows by their expected error, which is what the confidence must
-    order (for the ``har_tod`` forecast on the project's simulator, test days: a top/bottom-decile
+    order (for the ``har_tod`` forecast on the project's simulator, test days, in an exploratory
+    script outside bench/: a top/bottom-decile
     error ratio of 0.68 this way, 0.80 for a logistic fit of the 0/1 "within 25%" target on the same
     inputs, 0.90 without the recent-volatility inputs; the networks' forecasts already read the
     recent volatility, and there the gain is smaller and not always there out of fold - 0.86 in one
