@@ -155,13 +155,15 @@ def error_by_decile(conf: np.ndarray, abs_err: np.ndarray, n: int = 10) -> pd.Da
     """Mean absolute error per confidence quantile bucket (decile 0 = least confident).
 
     A useful confidence makes the error fall from the first decile to the last. Ties in the
-    confidence (an isotonic map is a step function) are broken by rank order so buckets stay
-    equal-sized.
+    confidence (an isotonic map is a step function; a confidence that ranks nothing is one value)
+    are broken in a fixed pseudo-random order, so buckets stay equal-sized and tied rows are not
+    split by where they happen to sit in the file (row order is symbol order: a constant
+    confidence would otherwise "rank" symbols).
     """
     c, e = _clean(conf, abs_err)
     if c.size == 0:
         return pd.DataFrame(columns=["decile", "conf", "abs_err", "n"])
-    order = np.argsort(c, kind="stable")
+    order = np.lexsort((np.random.default_rng(0).permutation(c.size), c))
     bucket = np.empty(c.size, dtype=np.int64)
     bucket[order] = np.minimum((np.arange(c.size) * n) // c.size, n - 1)
     df = pd.DataFrame({"decile": bucket, "conf": c, "abs_err": e})

@@ -316,6 +316,16 @@ def _ensemble(archs, spans, base, inputs, acc: dict) -> None:
     acc["preds"].append(pd.concat([base.assign(model="ensemble"), ens.predict_span(test_wa, inputs)], axis=1))
 
 
+def _context_calibrate(fitted: dict, inputs, val_wa, test_wa) -> dict:
+    """Re-calibrate every baseline with context on the validation span, as the floored networks are,
+    so their confidences and intervals are compared like for like; returns the test windows' context."""
+    from hfcast.models.floor import calibrate_with_context, context_from_windows
+
+    for b in fitted.values():
+        b.calibrator = calibrate_with_context(b, inputs.loc[val_wa.ends], val_wa)
+    return context_from_windows(test_wa)
+
+
 def _score_models(allp):
     """Per-fold and pooled test scores of every model in the predictions."""
     import pandas as pd
@@ -350,7 +360,8 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
         frame, feature_names: an in-memory features frame instead of the lake (tests, benchmarks).
         floor: put the ``har_tod`` floor under every network (``hfcast.models.floor``): the
             architecture's row (and ``forecasters[arch]``, a ``FlooredForecaster``) is the
-            validation-chosen floored forecaster, ``<arch>_net`` the bare network on the same rows.
+            validation-chosen floored forecaster, ``<arch>_net`` the bare network on the same rows;
+            the baselines are then calibrated with context too (like for like).
             Off by default: the floor needs HAR inputs per row that serving does not send yet. ``"residual"``: also train each network on the residual of
             the floor's log variance and let validation choose (``<arch>_resid`` its bare rows).
         on_epoch: ``f(arch, fold, epoch_record)`` after every epoch (e.g.
@@ -380,8 +391,9 @@ def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train
         if floor_ctx is not None and len(archs) >= 2:
             _ensemble(archs, spans, base, inputs, acc)
         fitted = fit_baselines(inputs.loc[train_wa.ends], inputs.loc[val_wa.ends], tuple(baselines))
+        ctx = _context_calibrate(fitted, inputs, val_wa, test_wa) if floor_ctx is not None else None
         for name, b in fitted.items():
-            out = b.predict(inputs.loc[rows]).reset_index(drop=True)
+            out = b.predict(inputs.loc[rows], ctx).reset_index(drop=True)
             acc["preds"].append(pd.concat([base.assign(model=name), out], axis=1))
     allp = pd.concat(acc["preds"], ignore_index=True)
     per_fold, aggregate = _score_models(allp)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hfcast.contracts import PRED_COLUMNS
+from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
 from hfcast.evaluate import score
 from hfcast.features.windows import synthetic_feature_frame
 from hfcast.models.baselines import BASELINES, Baseline, baseline_inputs, fit_baselines
@@ -34,7 +34,8 @@ def test_outputs_and_scores(frame):
     scores = {}
     for name, b in fitted.items():
         out = b.predict(te)
-        assert list(out.columns) == list(PRED_COLUMNS) and out.index.equals(te.index)
+        assert list(out.columns) == [*PRED_COLUMNS, *INFO_COLUMNS] and out.index.equals(te.index)
+        assert set(out[list(INFO_COLUMNS)].stack()) <= {0.0, 1.0}
         assert np.isfinite(out.to_numpy()).all(), name
         assert (out["rv_10m_lo"] <= out["rv_10m_pred"]).all() and (out["rv_10m_pred"] <= out["rv_10m_hi"]).all()
         scores[name] = score(pd.concat([te, out], axis=1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from hfcast.calibration import Calibrator
 
@@ -44,10 +45,34 @@ def test_context_confidence_discriminates_and_flags_itself():
     assert cal.to_dict()["rv_conf_informative"] is True
 
 
-def test_homogeneous_errors_are_flagged_uninformative():
+def test_homogeneous_errors_are_flagged_uninformative_and_served_as_the_base_rate():
     pred, y, rv, ctx = _synth(20000, 2, hetero=False)
+    pred["lrv_sigma"] = np.random.default_rng(9).uniform(0.2, 0.5, rv.size)  # a sigma that ranks nothing
     cal = Calibrator().fit(pred, y, rv, context=ctx)
     assert not cal.rv_informative and cal.info_columns(2)["rv_10m_conf_informative"].tolist() == [0.0, 0.0]
+    assert cal.vol_sigma_ratio > 0.9
+    within = (np.abs(rv - 1) <= 0.25).mean()
+    tp, ty, trv, tctx = _synth(5000, 12, hetero=False)
+    tp["lrv_sigma"] = np.random.default_rng(10).uniform(0.2, 0.5, trv.size)
+    conf = cal.apply(tp, context=tctx)["rv_10m_conf"]
+    assert np.ptp(conf) == 0 and conf[0] == cal.vol_base_rate == within  # one honest number for every row
+    back = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_array_equal(back.apply(tp, context=tctx)["rv_10m_conf"], conf)
+    # a calibrator saved before the base rate existed keeps serving its sigma-only map
+    legacy = {k: v for k, v in cal.to_dict().items() if k not in ("vol_base_rate", "vol_sigma_ratio")}
+    old = Calibrator.from_dict(legacy).apply(tp, context=tctx)["rv_10m_conf"]
+    np.testing.assert_array_equal(old, cal.vol_conf(tp["lrv_sigma"]))
+
+
+def test_a_sigma_that_ranks_errors_is_served_without_context():
+    rng = np.random.default_rng(11)
+    n = 20000
+    ls = rng.uniform(0.05, 0.6, n)
+    rv = np.exp(ls * rng.standard_normal(n))
+    pred = {"ret_mu": rng.normal(0, 1e-3, n), "ret_sigma": np.full(n, 1e-2), "rv_hat": np.ones(n), "lrv_sigma": ls}
+    cal = Calibrator().fit(pred, rng.normal(0, 1e-2, n), rv)
+    assert cal.vol_ctx is None and cal.rv_informative and cal.vol_sigma_ratio < 0.5
+    np.testing.assert_array_equal(cal.apply(pred)["rv_10m_conf"], cal.vol_conf(ls))
 
 
 def test_tod_conformal_keeps_coverage_at_the_fat_tailed_open():
@@ -85,7 +110,7 @@ def test_recent_volatility_ranks_a_lagging_forecast_in_either_direction():
     err = np.abs(trv - 1)
     assert cal.rv_informative
     assert _decile_ratio(cal.apply(tp, context=tctx)["rv_10m_conf"], err) < 0.5
-    # without the recent estimate there is nothing to rank by: flagged, and the sigma-only map is used
+    # without the recent estimate there is nothing to rank by: flagged, and one base rate is served
     bare = {"tod": ctx["tod"]}
     cal0 = Calibrator().fit(pred, y, rv, context=bare)
     assert not cal0.rv_informative
@@ -104,3 +129,25 @@ def test_a_context_model_fitted_on_fewer_columns_still_applies():
     out_old, out_new = old.apply(pred, context=ctx)["rv_10m_conf"], cal.apply(pred, context=ctx)["rv_10m_conf"]
     # _synth has no recent-vol inputs: their columns are standardised to 0, so both agree
     assert np.allclose(out_old, out_new)
+
+
+def test_decile_ratio_bound_accounts_for_clustered_errors():
+    """A score that happens to line up with a few hours of large errors looks informative by its
+    ratio alone; the cluster bootstrap sees that only a few independent hours carry it."""
+    from hfcast.calibration import decile_ratio_bound, ranks_errors
+
+    rng = np.random.default_rng(3)
+    hours = np.repeat(np.arange(26), 200)                       # a validation span: 26 hours x 200 rows
+    shock = np.exp(rng.normal(0, 0.6, 26))[hours]               # every row of an hour shares its level
+    err = shock * np.abs(rng.normal(0, 0.3, hours.size))
+    score = -np.log(shock) + rng.normal(0, 12.0, hours.size)    # a weak, hour-level signal
+    ratio, hi = decile_ratio_bound(score, err, hours)
+    assert ratio < 0.85 and not ranks_errors(ratio, hi)         # 26 hours cannot show it
+    iid_ratio, iid_hi = decile_ratio_bound(score, err, np.arange(hours.size) // 20)  # clusters ignored
+    assert iid_ratio == pytest.approx(ratio) and iid_hi < hi and ranks_errors(iid_ratio, iid_hi)
+    noise = rng.normal(0, 1, hours.size)                        # a score that ranks nothing
+    assert not ranks_errors(*decile_ratio_bound(noise, err, hours))
+    tied = decile_ratio_bound(np.zeros(hours.size), err, hours)  # ties rank nothing
+    assert tied[0] == 1.0 and np.isnan(tied[1]) and not ranks_errors(*tied)
+    good = -err + rng.normal(0, 0.05, hours.size)               # a score that truly ranks the errors
+    assert ranks_errors(*decile_ratio_bound(good, err, hours))

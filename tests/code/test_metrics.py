@@ -62,6 +62,10 @@ def test_error_by_decile():
     assert list(tab["n"]) == [10] * 10
     assert tab["abs_err"].iloc[0] == pytest.approx(1 - 0.045)
     assert tab["abs_err"].is_monotonic_decreasing
+    # a constant confidence ranks nothing: rows sorted by error in the file do not make its deciles
+    flat = M.error_by_decile(np.full(10_000, 0.6), np.linspace(0, 1, 10_000))
+    assert list(flat["n"]) == [1000] * 10
+    assert flat["abs_err"].max() - flat["abs_err"].min() < 0.05
 
 
 def _pred_frame(n=2000, seed=0):

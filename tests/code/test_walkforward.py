@@ -170,3 +170,41 @@ def test_run_walkforward_ensembles_the_floored_networks_on_validation_only(small
     expect = np.sqrt(ens.choice.scale * np.exp(np.mean([2 * np.log(m["rv_hat"]) for m in members], axis=0)))
     assert np.allclose(nat["rv_hat"], expect)
     assert np.isfinite(ens.choice.val_qlike) and set(ens.choice.val_qlike_members) == {"lstm", "tcn"}
+
+
+def test_floor_calibrates_the_baselines_with_context_on_validation_rows_only(small_frame):
+    """With the floor on, baselines get context calibrators like the floored networks: their point
+    forecasts are unchanged, and the calibrator reads validation rows only (test labels scrambled:
+    the same calibrator)."""
+    import json
+
+    import numpy as np
+
+    from hfcast.features.windows import build_windows
+    from hfcast.models.baselines import baseline_inputs, fit_baselines
+    from hfcast.walkforward import _context_calibrate, _fold_windows, _folds_and_frame
+
+    cfg = WalkForwardConfig(train_days=3, val_days=1, test_days=1, embargo_days=1, eval_stride=2, max_folds=1)
+
+    def calibrated(frame):
+        folds, frame = _folds_and_frame(None, cfg, None, frame)
+        wa, inputs = build_windows(frame, ["f0", "f1", "f2"], stride=1), baseline_inputs(frame)
+        tr, va, te = _fold_windows(wa, folds[0], cfg)
+        fitted = fit_baselines(inputs.loc[tr.ends], inputs.loc[va.ends], ("har_tod", "ewma"))
+        plain = {n: b.predict(inputs.loc[te.ends]) for n, b in fitted.items()}
+        ctx = _context_calibrate(fitted, inputs, va, te)
+        return folds[0], fitted, plain, {n: b.predict(inputs.loc[te.ends], ctx) for n, b in fitted.items()}, len(va)
+
+    fold, fitted, plain, with_ctx, n_val = calibrated(small_frame)
+    for name, b in fitted.items():
+        cal = b.calibrator
+        assert cal.vol_ctx is not None and cal.vol_ctx.fitted and len(cal.q_rv_tod) == 390 // 30 + 1
+        assert 0 < cal.n_fit <= n_val
+        np.testing.assert_array_equal(with_ctx[name]["rv_10m_pred"], plain[name]["rv_10m_pred"])
+        assert with_ctx[name]["rv_10m_conf"].between(0, 1).all()
+    scrambled = small_frame.copy()
+    on_test = scrambled["ts"].dt.strftime("%Y-%m-%d").isin(fold.test)
+    scrambled.loc[on_test, ["ret_60m", "rv_10m"]] = scrambled.loc[on_test, ["ret_60m", "rv_10m"]].to_numpy()[::-1] * 3
+    _, refitted, *_ = calibrated(scrambled)
+    state = lambda fb: json.dumps({n: b.calibrator.to_dict() for n, b in fb.items()})  # noqa: E731
+    assert state(refitted) == state(fitted)

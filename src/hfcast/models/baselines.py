@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from hfcast.calibration import Calibrator
-from hfcast.contracts import PRED_COLUMNS
+from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
 from hfcast.data.schema import minute_of_session
 
 log = logging.getLogger(__name__)
@@ -192,10 +192,12 @@ class Baseline:
         return {"ret_mu": mu, "ret_sigma": self.ret_scale * np.sqrt(6.0) * rv_hat,
                 "rv_hat": rv_hat, "lrv_sigma": lrv_sigma}
 
-    def predict(self, inp: pd.DataFrame) -> pd.DataFrame:
-        """PRED_COLUMNS for the rows of ``inp`` (same index)."""
-        out = self.calibrator.apply(self._raw(inp))
-        return pd.DataFrame({c: out[c] for c in PRED_COLUMNS}, index=inp.index)
+    def predict(self, inp: pd.DataFrame, context: dict | None = None) -> pd.DataFrame:
+        """PRED_COLUMNS + INFO_COLUMNS for the rows of ``inp`` (same index); ``context``
+        (:data:`hfcast.calibration.CONTEXT_KEYS`, one value per row) for a calibrator fitted with it."""
+        out = self.calibrator.apply(self._raw(inp), context)
+        out = {c: out[c] for c in PRED_COLUMNS} | self.calibrator.info_columns(len(inp))
+        return pd.DataFrame(out, index=inp.index, columns=[*PRED_COLUMNS, *INFO_COLUMNS])
 
 
 def fit_baselines(train: pd.DataFrame, val: pd.DataFrame, names: tuple[str, ...] = BASELINES,
