@@ -586,9 +586,9 @@ def decile_ratio_bound(score: np.ndarray, err: np.ndarray, clusters: np.ndarray,
 
     Why a bound: errors of neighbouring minutes and of all symbols in one hour move together, so a
     few validation days hold few independent outcomes; the sigma ranking's ratio on validation
-    and on test were unrelated on the robustness suite (0.89 -> 1.07, 1.08 -> 0.87). The bound
-    resamples whole clusters (hours) with replacement, the decile membership held fixed (2,000+
-    rows: the membership moves little). NaN, NaN with under 100 rows or fewer than 10 clusters;
+    and on test were unrelated on the robustness data (exploratory, outside bench/: 0.89 -> 1.07,
+    1.08 -> 0.87). The bound resamples whole clusters (hours) with replacement, the decile
+    membership held fixed (2,000+ rows: the membership moves little). NaN, NaN with under 100 rows or fewer than 10 clusters;
     (1, NaN) when the top and bottom deciles are tied in ``score`` (a constant ranks nothing).
     """
     ok = np.isfinite(score) & np.isfinite(err)
