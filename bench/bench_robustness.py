@@ -218,9 +218,9 @@ def feasibility(lake, res, summary: dict) -> dict:
         ceiling = min(out["oracle_realized_qlike_over_har_tod"], summary["models"]["oracle"]["vol_qlike_over_har_tod"])
         out["best_oracle_qlike_over_har_tod"] = ceiling
         out["goal_qlike_realized_le_0.90_reachable_by_an_oracle"] = bool(ceiling <= 0.90)
-    P = res.predictions
+    P, test = res.predictions, load_features(lake, fold.test)
     for model in [m for m in (best, "har_tod") if m]:
-        out[f"rv_decile_ratio_test_crossfit_{model}"] = confidence_crossfit(P[P["model"] == model], load_features(lake, fold.test))
+        out[f"rv_decile_ratio_test_crossfit_{model}"] = confidence_crossfit(P[P["model"] == model], test)
     return out
 
 

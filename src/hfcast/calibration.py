@@ -503,9 +503,9 @@ class VolContextConfidence:
     networks' forecasts already read the recent volatility and what is left of their error is not
     predictable - fitted on the test days themselves this ridge reaches only 0.89 - so there it
     does not discriminate out of fold on validation and is not served). An isotonic map of the
-    score, fitted on the validation rows, turns it into the calibrated probability. ``oof_ratio`` is the out-of-fold (two halves
-    of validation) mean relative error in the most confident decile over the least confident one:
-    < 1 means the confidence discriminates.
+    score, fitted on the validation rows, turns it into the calibrated probability. ``oof_ratio``
+    is the out-of-fold (two halves of validation) mean relative error in the most confident decile
+    over the least confident one (< 1: the confidence discriminates), ``oof_ratio_hi`` its bound.
     """
 
     mean: list[float] = field(default_factory=list)
@@ -569,52 +569,46 @@ class VolContextConfidence:
                    iso=IsotonicMap(list(d["iso"]["x"]), list(d["iso"]["y"])))
 
 
-def _decile_ratio(score: np.ndarray, err: np.ndarray) -> float:
-    """Mean error of the top score decile over the bottom one (NaN when too few rows)."""
-    ok = np.isfinite(score) & np.isfinite(err)
-    if ok.sum() < 100:
-        return float("nan")
-    s, e = score[ok], err[ok]
-    order = np.argsort(s + 1e-12 * np.random.default_rng(0).standard_normal(s.size), kind="stable")
-    k = max(1, s.size // 10)
-    return float(np.mean(e[order[-k:]]) / max(np.mean(e[order[:k]]), _EPS))
-
-
 def decile_ratio_bound(score: np.ndarray, err: np.ndarray, clusters: np.ndarray,
                        level: float = RV_BOUND_LEVEL, n_boot: int = RV_BOOTSTRAP) -> tuple[float, float]:
-    """The top/bottom-decile error ratio of ``score`` and its one-sided ``level`` upper bound.
+    """The mean error of the top ``score`` decile over the bottom one, and its one-sided ``level``
+    upper bound.
 
     Why a bound: errors of neighbouring minutes and of all symbols in one hour move together, so a
     few validation days hold few independent outcomes; the sigma ranking's ratio on validation
     and on test were unrelated on the robustness data (exploratory, outside bench/: 0.89 -> 1.07,
     1.08 -> 0.87). The bound resamples whole clusters (hours) with replacement, the decile
-    membership held fixed (2,000+ rows: the membership moves little). NaN, NaN with under 100 rows or fewer than 10 clusters;
-    (1, NaN) when the top and bottom deciles are tied in ``score`` (a constant ranks nothing).
+    membership held fixed (2,000+ rows: the membership moves little). (NaN, NaN) with under 100
+    rows; (1, NaN) when the top and bottom deciles are tied in ``score`` (a constant ranks
+    nothing); (ratio, NaN) with fewer than 10 clusters.
     """
     ok = np.isfinite(score) & np.isfinite(err)
-    cl = np.unique(np.asarray(clusters)[ok], return_inverse=True)[1].ravel()
-    if ok.sum() < 100 or cl.max(initial=-1) + 1 < 10:
-        return _decile_ratio(score, err), float("nan")
+    if ok.sum() < 100:
+        return float("nan"), float("nan")
     s, e = score[ok], err[ok]
     order = np.argsort(s + 1e-12 * np.random.default_rng(0).standard_normal(s.size), kind="stable")
     k = max(1, s.size // 10)
     if s[order[-k]] <= s[order[k - 1]]:
         return 1.0, float("nan")
+    point = float(np.mean(e[order[-k:]]) / max(np.mean(e[order[:k]]), _EPS))
+    cl = np.unique(np.asarray(clusters)[ok], return_inverse=True)[1].ravel()
+    n_cl = int(cl.max()) + 1
+    if n_cl < 10:
+        return point, float("nan")
     top, bot = np.zeros(s.size), np.zeros(s.size)
     top[order[-k:]], bot[order[:k]] = 1.0, 1.0
     T = np.stack([np.bincount(cl, e * top), np.bincount(cl, top), np.bincount(cl, e * bot), np.bincount(cl, bot)], axis=1)
-    n_cl = T.shape[0]
     W = np.random.default_rng(1).multinomial(n_cl, np.full(n_cl, 1.0 / n_cl), size=n_boot).astype(np.float64)
     S = W @ T
     with np.errstate(divide="ignore", invalid="ignore"):
         boot = (S[:, 0] / S[:, 1]) / (S[:, 2] / S[:, 3])
-    point = float((T[:, 0].sum() / T[:, 1].sum()) / max(T[:, 2].sum() / T[:, 3].sum(), _EPS))
     boot = boot[np.isfinite(boot)]
     return point, float(np.quantile(boot, level)) if boot.size else float("nan")
 
 
 def ranks_errors(ratio: float, ratio_hi: float) -> bool:
-    """Informative: the bound lies below 1 (older fits without a bound: the ratio <= 0.9)."""
+    """Informative: the bound lies below 1 (no bound - an older fit, or too few clusters to
+    resample: the ratio <= 0.9)."""
     if np.isfinite(ratio_hi):
         return bool(ratio_hi < 1.0)
     return bool(np.isfinite(ratio) and ratio <= RV_INFORMATIVE_RATIO)

@@ -321,8 +321,9 @@ def _context_calibrate(fitted: dict, inputs, val_wa, test_wa) -> dict:
     so their confidences and intervals are compared like for like; returns the test windows' context."""
     from hfcast.models.floor import calibrate_with_context, context_from_windows
 
+    val_inputs = inputs.loc[val_wa.ends]
     for b in fitted.values():
-        b.calibrator = calibrate_with_context(b, inputs.loc[val_wa.ends], val_wa)
+        b.calibrator = calibrate_with_context(b, val_inputs, val_wa)
     return context_from_windows(test_wa)
 
 
