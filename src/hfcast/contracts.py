@@ -26,6 +26,31 @@ INFO_COLUMNS = ("ret_60m_conf_informative", "rv_10m_conf_informative")
 #: vol confidence = P(|rv / rv_hat - 1| <= VOL_TOLERANCE): "realized vol within +-25% of the forecast"
 VOL_TOLERANCE = 0.25
 
+#: what each target is and its unit, stated once for the README, the server's metadata, the CSV
+#: manifest, the MLflow signature and the report (a volatility in percent or annualised would be
+#: a 100x or 20x misreading, so every output names its unit)
+TARGET_UNITS = {
+    "ret_60m": "log return of the mid over the next 60 minutes, log(mid[t+60] / mid[t]); a plain "
+               "number (0.001 = 0.1% = 10 bp), not annualised",
+    "rv_10m": "realized volatility of the next 10 minutes, sqrt of the sum of squared one-minute log "
+              "mid returns over minutes t+1..t+10; a plain number per 10 minutes (0.001 = 0.1%), not "
+              "annualised",
+}
+
+#: unit of every output column (PRED_COLUMNS + INFO_COLUMNS)
+COLUMN_UNITS = {
+    "ret_60m_pred": "log return over 60 minutes (dimensionless)",
+    "ret_60m_conf": "probability in [0, 1] that the sign of ret_60m_pred is right",
+    "ret_60m_lo": "log return over 60 minutes, lower end of the 80% interval",
+    "ret_60m_hi": "log return over 60 minutes, upper end of the 80% interval",
+    "rv_10m_pred": "realized volatility per 10 minutes (dimensionless, not annualised)",
+    "rv_10m_conf": "probability in [0, 1] that realized rv_10m lands within +-25% of rv_10m_pred",
+    "rv_10m_lo": "realized volatility per 10 minutes, lower end of the 80% interval",
+    "rv_10m_hi": "realized volatility per 10 minutes, upper end of the 80% interval",
+    "ret_60m_conf_informative": "1.0 if this version's return confidence ranked outcomes on validation, else 0.0",
+    "rv_10m_conf_informative": "1.0 if this version's volatility confidence ranked errors on validation, else 0.0",
+}
+
 #: the files of a forecaster bundle (weights as safetensors, the rest JSON; never pickle)
 BUNDLE_FILES = ("model.json", "weights.safetensors", "scaler.json", "calibration.json")
 
