@@ -38,19 +38,18 @@ def retrain_with_local_runner(settings: Any, reason: str | None = None, drifted_
         reason, drifted_dates: why (recorded on the training runs as ``hfcast.trigger_reason`` /
             ``hfcast.drifted_dates``).
         params: other pipeline parameters (``gate_margin``, ...). ``archs`` defaults to
-            ``monitor.retrain_arch`` of params.yaml, else the champion's architecture, else all.
+            :func:`hfcast.lifecycle.retrain_archs` (``monitor.retrain_arch``, else the champion's
+            networks, else ``forecaster.archs``).
 
     Returns:
         ``{"status": "succeeded"|"failed", "new_version", "promoted", "gate", "error"}``: a failed
         run is reported to the monitor, not raised into it.
     """
-    from hfcast.lifecycle import champion_arch
+    from hfcast.lifecycle import retrain_archs
     from pipelines.local import run_local
 
     if "archs" not in params:
-        arch = settings.param("monitor.retrain_arch") or champion_arch(settings)
-        if arch:
-            params["archs"] = [arch]
+        params["archs"] = retrain_archs(settings)
     args = {"settings": settings.to_param(), "reason": reason or "manual",
             "drifted_dates": ",".join(drifted_dates or []), **params}
     try:
@@ -87,7 +86,7 @@ class LocalPipelineStarter:
     """Retrain on this machine: the CPU training pipeline with the kfp local runner, in a fresh process.
 
     Args:
-        archs: architectures to train (empty = ``monitor.retrain_arch``, else the champion's).
+        archs: architectures to choose from (empty = :func:`hfcast.lifecycle.retrain_archs`).
         params: other training pipeline parameters (e.g. ``{"gate_margin": 0.0}``).
     """
 

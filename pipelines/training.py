@@ -1,5 +1,6 @@
-"""The training pipeline: prepare -> materialize -> train every architecture in parallel ->
-compare -> gate (register, promote only if it passes) -> if promoted: export -> deploy.
+"""The training pipeline: prepare -> materialize -> train every architecture in parallel -> select
+the forecaster on validation (networks, floor, ensemble or a baseline) -> gate (register, promote
+only if it passes) -> if promoted: export -> deploy.
 
 Two variants, named in :mod:`pipelines.names`: ``training-gpu`` (the training steps on the CUDA
 image with one GPU each, the cluster default) and ``training-cpu`` (CPU-only clusters, the local
@@ -11,21 +12,23 @@ from typing import List, NamedTuple
 from kfp import dsl
 from kfp.dsl import Metrics
 
-from components.compare_models import compare_models
 from components.deploy_model import deploy_model
 from components.export_model import export_model
 from components.gate_register import gate_register
 from components.materialize_features import materialize_features
 from components.prepare_data import prepare_data
+from components.select_forecaster import select_forecaster
 from components.train_model import train_model
 from pipelines.names import PIPELINES
 from pipelines.steps import LARGE, MEDIUM, SMALL, TINY, step
 
 DESCRIPTION = (
     "hfcast training: prepare the data (DVC stages, or simulate/validate/featurize on the lake), load "
-    "Feast, train each architecture on identical walk-forward folds (in parallel), pick the best by the "
-    "gate's metrics, register it as challenger and promote it to champion only if it beats the champion "
-    "and every baseline; a new champion is exported (ONNX, TensorRT on GPU) and deployed. Settings left "
+    "Feast, train each architecture on identical walk-forward folds (in parallel), choose per fold on "
+    "validation what is served (a network, a floored network, an ensemble or a baseline; a return head "
+    "only with validated skill), register that forecaster as challenger and promote it to champion only "
+    "if it beats the champion and every baseline; a new champion is exported (ONNX, TensorRT on GPU) and "
+    "deployed. Settings left "
     "empty come from the cluster's hfcast-config (or the local environment); credentials never are "
     "parameters. settings is Settings.to_param() JSON, e.g. {\"params\": {\"train\": {\"epochs\": 1}}}."
 )
@@ -55,7 +58,7 @@ def build(gpu: bool):
         """Train, gate and (if promoted) export and deploy.
 
         Args:
-            archs: architectures to train (transformer, lstm, tcn, hybrid), one parallel step each.
+            archs: architectures to choose from (transformer, lstm, tcn, hybrid), one parallel step each.
             settings: Settings.to_param() JSON: home, lake_url, mlflow_uri, feast_repo, s3_endpoint, model_name, params ('' = hfcast-config / the environment; params merge over params.yaml).
             dvc_repo: a DVC repository checkout: run its stages (dvc repro) instead of the lake steps.
             synth_symbols: > 0 simulates this many symbols when the lake has no raw bars.
@@ -80,9 +83,10 @@ def build(gpu: bool):
                                      drifted_dates=drifted_dates),
                          "Train one architecture", LARGE, gpu=gpu)
             train.after(mat)
-        best = step(compare_models(results=dsl.Collected(train.outputs["metrics"]), settings=settings),
-                    "Compare architectures", SMALL)
-        gate = step(gate_register(run_id=best.outputs["best_run_id"], features=prep.outputs["features"],
+        best = step(select_forecaster(results=dsl.Collected(train.outputs["metrics"]), features=prep.outputs["features"],
+                                      settings=settings, reason=reason, drifted_dates=drifted_dates),
+                    "Select the forecaster", MEDIUM)
+        gate = step(gate_register(run_id=best.outputs["run_id"], features=prep.outputs["features"],
                                   settings=settings, gate_margin=gate_margin, force_reason=force_reason),
                     "Gate and register", SMALL)
         champion = gate.outputs["Output"]  # the promoted version, '' when the gate rejected

@@ -52,7 +52,7 @@ class Limits:
 def load_forecaster(bundle: str | Path | None = None, ref: str | None = None, settings: Any = None):
     """A local bundle folder, or a registry reference (``hfcast@champion``, ``hfcast/3``)."""
     if bundle is not None:
-        from hfcast.models.base import Forecaster
+        from hfcast.forecaster import Forecaster
 
         fc = Forecaster.load(bundle)
         fc.meta.setdefault("model_name", fc.meta.get("name", "hfcast"))
@@ -94,14 +94,35 @@ class ForecastService:
         self.model_name = str(forecaster.meta.get("model_name", "hfcast"))
         self.model_version = str(forecaster.meta.get("model_version", "unknown"))
 
-    def windows(self, req: ParsedRequest) -> tuple[np.ndarray, list[str]]:
-        """Scaled windows [B,30,F] and the feature timestamp (ISO UTC, "" if unknown) of each row."""
+    def inputs(self, req: ParsedRequest) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Unscaled and scaled windows [B,30,F] and the feature timestamp (ISO UTC, "" if unknown)
+        of each row. Scaled inputs are unscaled with the training statistics (the forecaster's
+        post-step reads feature values: the baselines and the calibration context)."""
+        sc = self.forecaster.scaler
         if req.symbols is None:
             self.check_range(req.windows, req.scaled)
-            scaled = req.windows if req.scaled else self.forecaster.scaler.transform(req.windows)
-            return np.ascontiguousarray(scaled, dtype=np.float32), [""] * req.size
+            if req.scaled:
+                scaled = np.ascontiguousarray(req.windows, dtype=np.float32)
+                unscaled = (scaled * sc.std.astype(np.float32) + sc.mean.astype(np.float32)).astype(np.float32)
+            else:
+                unscaled = np.asarray(req.windows, dtype=np.float32)
+                scaled = np.ascontiguousarray(sc.transform(unscaled), dtype=np.float32)
+            return unscaled, scaled, [""] * req.size
         raw, ts = self.fetch(req.symbols)
-        return self.forecaster.scaler.transform(raw), [_iso(t) for t in ts]
+        return raw, sc.transform(raw), [_iso(t) for t in ts]
+
+    def windows(self, req: ParsedRequest) -> tuple[np.ndarray, list[str]]:
+        """Scaled windows [B,30,F] and the feature timestamp (ISO UTC, "" if unknown) of each row."""
+        _, scaled, ts = self.inputs(req)
+        return scaled, ts
+
+    def forecast(self, req: ParsedRequest, run: Callable[[np.ndarray], np.ndarray] | None
+                 ) -> tuple[dict[str, np.ndarray], list[str]]:
+        """A validated request through the graph (``run``: a runner's ``run``; None when the
+        forecaster runs no network) and the post-step: forecast columns and feature timestamps."""
+        unscaled, scaled, ts = self.inputs(req)
+        raw = run(scaled) if run is not None else np.empty((len(scaled), 0), np.float32)
+        return self.predictions(raw, self.forecaster.side_inputs(unscaled)), ts
 
     def check_range(self, windows: np.ndarray, scaled: bool) -> None:
         """Refuse values more than MAX_ABS_Z standard deviations from the training data.
@@ -147,10 +168,11 @@ class ForecastService:
                                    f"of {self.limits.max_staleness_s:g} s")
         return np.asarray(windows, dtype=np.float32), ts
 
-    def predictions(self, raw: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw network outputs [B,4] -> calibrated forecasts (PRED_COLUMNS), then INFO_COLUMNS
-        (1.0/0.0: is this version's confidence informative; the same for every row)."""
-        preds = self.forecaster.postprocess(np.asarray(raw, dtype=np.float32))
+    def predictions(self, raw: np.ndarray, side: Any) -> dict[str, np.ndarray]:
+        """The graph's raw outputs [B,4k] and the windows' side inputs -> the forecaster's calibrated
+        forecasts (PRED_COLUMNS), then INFO_COLUMNS (1.0/0.0: is this version's confidence
+        informative; the same for every row)."""
+        preds = self.forecaster.postprocess(np.asarray(raw, dtype=np.float32), side)
         return {**preds, **self.forecaster.info_columns(len(raw))}
 
     def v1_response(self, preds: dict[str, np.ndarray], feature_ts: list[str]) -> dict:

@@ -1,8 +1,9 @@
 """The feature transformer in front of Triton: symbols -> Feast windows -> Triton -> calibrated answer.
 
-On the GPU InferenceService, Triton serves the TensorRT plan (raw outputs [B,4] only); this
-KServe transformer owns everything around it: validation, the Feast lookup and staleness check,
-scaling, and, on the way back, the Forecaster's calibration and the response rows. It reuses
+On the GPU InferenceService, Triton serves the TensorRT plan of the forecaster's graph (raw
+outputs [B,4k] of its k networks only); this KServe transformer owns everything around it:
+validation, the Feast lookup and staleness check, scaling, and, on the way back, the forecaster's
+post-step (baselines from the same windows, floor, ensemble, calibration) and the response rows. It reuses
 serving.core, so its answers are the predictor's answers.
 """
 
@@ -23,11 +24,11 @@ from serving.validation import parse_kserve
 log = logging.getLogger(__name__)
 
 # what preprocess learned that postprocess needs (same asyncio task, so a ContextVar carries it)
-_REQUEST: contextvars.ContextVar[tuple[str, list[str], str | None]] = contextvars.ContextVar("hfcast_request")
+_REQUEST: contextvars.ContextVar[tuple[str, list[str], str | None, Any]] = contextvars.ContextVar("hfcast_request")
 
 
 class FeatureTransformer(kserve.Model):
-    """Pre/post-processing around a V2 predictor (Triton) that maps window [B,30,F] -> raw [B,4]."""
+    """Pre/post-processing around a V2 predictor (Triton) that maps window [B,30,F] -> raw [B,4k]."""
 
     def __init__(self, name: str, predictor_host: str, bundle: str | None = None, ref: str | None = None,
                  limits: Limits = Limits(), settings: Any = None, lookup: Any = None):
@@ -52,8 +53,8 @@ class FeatureTransformer(kserve.Model):
     def preprocess(self, payload: dict | InferRequest, headers: dict[str, str] | None = None) -> InferRequest:
         svc = self.service
         req = parse_kserve(payload, svc.n_features, svc.limits.max_batch)
-        windows, feature_ts = svc.windows(req)
-        _REQUEST.set((req.protocol, feature_ts, req.request_id))
+        unscaled, windows, feature_ts = svc.inputs(req)
+        _REQUEST.set((req.protocol, feature_ts, req.request_id, svc.forecaster.side_inputs(unscaled)))
         tensor = InferInput(name=INPUT_NAME, shape=list(windows.shape), datatype="FP32")
         tensor.set_data_from_numpy(windows, binary_data=False)
         return InferRequest(model_name=self.name, infer_inputs=[tensor], request_id=req.request_id)
@@ -61,9 +62,9 @@ class FeatureTransformer(kserve.Model):
     def postprocess(self, result: InferResponse | dict, headers: dict[str, str] | None = None,
                     response_headers: dict[str, str] | None = None) -> dict | InferResponse:
         svc = self.service
-        protocol, feature_ts, request_id = _REQUEST.get()
+        protocol, feature_ts, request_id, side = _REQUEST.get()
         raw = next(o for o in result.outputs if o.name == OUTPUT_NAME).as_numpy()
-        return svc.kserve_response(self.name, protocol, svc.predictions(raw), feature_ts, request_id)
+        return svc.kserve_response(self.name, protocol, svc.predictions(raw, side), feature_ts, request_id)
 
 
 parser = argparse.ArgumentParser(parents=[model_server.parser])

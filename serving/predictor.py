@@ -48,9 +48,9 @@ class HfcastPredictor(kserve.Model):
 
             lookup = feast_lookup(self.settings or get_settings())
         self.service = ForecastService(forecaster, lookup, self.limits)
-        self.runner = runner_for(self.runner_kind, forecaster)
-        log.info("hfcast predictor: %s version %s on %s (%s)", self.service.model_name,
-                 self.service.model_version, self.runner.kind, self.runner.device)
+        self.runner = runner_for(self.runner_kind, forecaster) if forecaster.graph() is not None else None
+        log.info("hfcast predictor: %s version %s (%s) on %s", self.service.model_name, self.service.model_version,
+                 forecaster.kind, f"{self.runner.kind} ({self.runner.device})" if self.runner else "its post-step alone")
         self.ready = True
         return self.ready
 
@@ -66,8 +66,7 @@ class HfcastPredictor(kserve.Model):
 
     def forecast(self, req: ParsedRequest) -> tuple[dict, list[str]]:
         """Validated request -> calibrated forecasts (columns) and the feature timestamp of each row."""
-        windows, feature_ts = self.service.windows(req)
-        return self.service.predictions(self.runner.run(windows)), feature_ts
+        return self.service.forecast(req, self.runner.run if self.runner is not None else None)
 
     def decoder(self):
         """A picklable ``(protocol, body, headers) -> ParsedRequest`` for this model (serving.gateway)."""
@@ -95,8 +94,9 @@ class HfcastPredictor(kserve.Model):
 
         svc = self.service
         req = parse_v1(payload, svc.n_features, min(svc.limits.max_batch, EXPLAIN_MAX_BATCH))
-        windows, feature_ts = svc.windows(req)
-        rows = svc.v1_response(svc.predictions(self.runner.run(windows)), feature_ts)["predictions"]
+        preds, feature_ts = self.forecast(req)
+        windows, _ = svc.windows(req)
+        rows = svc.v1_response(preds, feature_ts)["predictions"]
         for row, expl in zip(rows, explain_windows(svc.forecaster, windows)):
             row["explanation"] = expl
         return {"explanations": rows, "method": "integrated_gradients",

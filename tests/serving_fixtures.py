@@ -19,29 +19,69 @@ SMALL = {
 }
 
 
-def tiny_forecaster(arch: str = "tcn", n_features: int = 8, seed: int = 0, calibrate: bool = True,
-                    config: dict | None = None, small: bool = True):
-    """A Forecaster with a small (or, ``small=False``, default-size) ``arch`` net, a fitted scaler
-    and (optionally) a calibrator."""
+def tiny_net(arch: str = "tcn", n_features: int = 8, seed: int = 0, calibrate: bool = True,
+             config: dict | None = None, small: bool = True, names: list[str] | None = None, frame=None):
+    """A :class:`hfcast.models.base.TrainedNet` with a small (or, ``small=False``, default-size)
+    ``arch`` net, a scaler fitted on synthetic rows and (optionally) a calibrator; ``names``: the
+    feature columns it reads (default ``f0..f{n-1}``)."""
     import torch
 
     from hfcast.calibration import Calibrator
     from hfcast.features.windows import Scaler, build_windows, synthetic_feature_frame
-    from hfcast.models import Forecaster, build_model
+    from hfcast.models import TrainedNet, build_model
 
     torch.manual_seed(seed)
-    df = synthetic_feature_frame(n_symbols=2, n_days=1, n_features=n_features, seed=seed)
-    names = [f"f{j}" for j in range(n_features)]
+    df = frame if frame is not None else synthetic_feature_frame(n_symbols=2, n_days=1, n_features=n_features, seed=seed)
+    names = list(names or [f"f{j}" for j in range(n_features)])
     wa = build_windows(df, names, stride=5)
     scaler = Scaler().fit(wa.X, wa.y, feature_names=names)
-    net = build_model(arch, n_features, {**(SMALL[arch] if small else {}), "dropout": 0.0, **(config or {})}).eval()
-    fc = Forecaster(net, scaler, names, meta={"model_name": "hfcast", "model_version": f"tiny-{arch}"})
+    net = build_model(arch, len(names), {**(SMALL[arch] if small else {}), "dropout": 0.0, **(config or {})}).eval()
+    tn = TrainedNet(net, scaler, names, meta={"model_name": "hfcast", "model_version": f"tiny-{arch}"})
     if calibrate:
-        ends = wa.ends
-        raw = fc.predict_raw(scaler.transform(np.stack([wa.window(i) for i in range(len(ends))])))
-        y = wa.y[ends]
-        fc.calibrator = Calibrator().fit(fc.natural(raw), y[:, 0], y[:, 1])
-    return fc
+        raw = tn.predict_raw(scaler.transform(wa.windows(np.arange(len(wa)))))
+        y = wa.labels()
+        tn.calibrator = Calibrator().fit(tn.natural(raw), y[:, 0], y[:, 1])
+    return tn
+
+
+def tiny_forecaster(arch: str = "tcn", n_features: int = 8, seed: int = 0, calibrate: bool = True,
+                    config: dict | None = None, small: bool = True):
+    """A served :class:`hfcast.forecaster.Forecaster` that is one bare network (``f0..f{n-1}``
+    features, no baselines): the simplest graph, for the protocol and runner tests."""
+    from hfcast.forecaster import Forecaster
+
+    return Forecaster.from_net(tiny_net(arch, n_features, seed, calibrate, config, small))
+
+
+def tiny_composite(kind: str = "floor", archs: tuple[str, ...] = ("tcn",), n_f: int = 4, seed: int = 0,
+                   ret: str = "zero", frame=None, names: list[str] | None = None):
+    """A served forecaster of any kind (``net``, ``floor``, ``ensemble``, ``har_tod``, ``har_rv``,
+    ``ewma``) with baselines fitted and the served forecast calibrated on ``frame``'s windows
+    (default: the synthetic frame with ``f*`` plus the window features the baselines read).
+    Untrained networks: the tests check plumbing and parity, not skill."""
+    from hfcast.calibration import Calibrator
+    from hfcast.features.windows import build_windows, synthetic_feature_frame, synthetic_feature_names
+    from hfcast.forecaster import Choice, Forecaster, compose
+    from hfcast.models.baselines import DEPLOYABLE, baseline_inputs, context, fit_baselines
+
+    if frame is None:
+        names = synthetic_feature_names(n_f)
+        frame = synthetic_feature_frame(n_symbols=3, n_days=3, n_features=n_f, seed=seed)
+    wa = build_windows(frame, names, stride=3)
+    inp = baseline_inputs(wa, frame)
+    base = fit_baselines(inp, inp, DEPLOYABLE)
+    nets = {a: tiny_net(a, n_f, seed + i, names=names, frame=frame) for i, a in enumerate(archs)} \
+        if kind not in DEPLOYABLE else {}
+    members = {"net": {archs[0]: 1.0}, "floor": {archs[0]: 0.5}, "ensemble": {a: 0.5 for a in archs}}.get(kind, {})
+    choice = Choice(vol=kind, members=members, scale=1.1, ret=ret if nets else "zero")
+    nat = {a: n.natural_windows(wa.windows(np.arange(len(wa)))) for a, n in nets.items()}
+    served = compose(choice, nat, {n: b.natural(inp) for n, b in base.items()})
+    y = wa.labels()
+    cal = Calibrator().fit(served, y[:, 0], y[:, 1], context=context(inp))
+    scaler = next(iter(nets.values())).scaler if nets else tiny_net("tcn", n_f, seed, False, names=names, frame=frame).scaler
+    kept = {n: b for n, b in base.items() if n in ("har_tod", kind)}
+    return Forecaster(nets, kept, choice, cal, names, scaler,
+                      {"model_name": "hfcast", "model_version": f"tiny-{kind}", "val_dates": []})
 
 
 def tiny_bundle(path: str | Path, arch: str = "tcn", n_features: int = 8, seed: int = 0, small: bool = True) -> Path:

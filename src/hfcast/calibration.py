@@ -387,7 +387,10 @@ class Calibrator:
             rv_conf = np.full(mu.size, self.vol_base_rate)
         return {
             "ret_60m_pred": mu,
-            "ret_60m_conf": self.ret_conf(SignProbit.scores(mu, sig, rv_hat, self.ret_conf.score)),
+            # a return confidence that did not rank sign accuracy on validation claims nothing: a
+            # constant 0.5 (a shrunk but non-zero slope still varied, and was anti-informative on test)
+            "ret_60m_conf": (self.ret_conf(SignProbit.scores(mu, sig, rv_hat, self.ret_conf.score))
+                             if self.ret_informative else np.full(mu.size, 0.5)),
             "ret_60m_lo": mu - q_ret * sig,
             "ret_60m_hi": mu + q_ret * sig,
             "rv_10m_pred": rv_hat,

@@ -280,107 +280,186 @@ def materialize(
 
 # --- train, compare, evaluate (hfcast.train, hfcast.walkforward, hfcast.evaluate) --------------
 
+ModelsOption = Annotated[Optional[str], typer.Option(
+    "--models", "--model", "-m", help="Comma-separated architectures the forecaster is chosen from (transformer, lstm, "
+                                      "tcn, hybrid; '' = baselines only). Default: params.yaml forecaster.archs.")]
+KindOption = Annotated[Optional[str], typer.Option(
+    "--kind", help="What serves the volatility: auto (validation chooses: a network, a floored network, an ensemble "
+                   "or a baseline) | net | floor | ensemble | har_tod | har_rv | ewma. Default: params.yaml "
+                   "forecaster.kind, else auto.")]
+ReturnOption = Annotated[Optional[str], typer.Option(
+    "--return", help="The return forecast: auto (a network's head only with validated skill, else zero) | net | "
+                     "zero. Default: params.yaml forecaster.return, else auto.")]
+FoldOption = Annotated[Optional[list[str]], typer.Option(
+    "--fold", help="Walk-forward setting over params.yaml walkforward:, KEY=VALUE, repeatable: train_days, "
+                   "val_days, test_days, step_days, embargo_days, max_folds, first_test_date, last_date, mode, "
+                   "eval_stride, train_stride (e.g. --fold test_days=10 --fold max_folds=1).")]
+
+
+def _fold_overrides(pairs: Optional[list[str]]) -> dict:
+    """``--fold KEY=VALUE`` pairs, checked against the walk-forward settings (types from YAML)."""
+    import yaml
+
+    from hfcast.walkforward import WalkForwardConfig
+
+    known = [f for f in WalkForwardConfig.__dataclass_fields__ if f != "label_horizon_minutes"]
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            _fail(f"--fold {pair!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _archs(settings, models: Optional[str]) -> list[str]:
+    from hfcast.lifecycle import default_archs
+    from hfcast.models import ARCHITECTURES
+
+    if models is None:
+        return default_archs(settings)
+    archs = [m.strip() for m in models.split(",") if m.strip()]
+    bad = [m for m in archs if m not in ARCHITECTURES]
+    if bad:
+        _fail(f"unknown model(s) {bad}; choose from {', '.join(ARCHITECTURES)}")
+    return archs
+
+
 def _walkforward(settings, archs: list[str], lake_url: Optional[str], out: Optional[Path], stage: str,
-                 on_epoch=None):
-    """Run archs + baselines over the params.yaml folds; save tables, plots and the HTML report."""
+                 kind: Optional[str] = None, ret: Optional[str] = None, folds: Optional[dict] = None):
+    """Run archs + baselines over the folds, choose the forecaster per fold; save tables, plots, report."""
     from hfcast.evaluate import write_comparison
+    from hfcast.lifecycle import select_options, walkforward_config
     from hfcast.storage import Lake
     from hfcast.train import TrainConfig
-    from hfcast.walkforward import WalkForwardConfig, model_configs, run_walkforward
+    from hfcast.walkforward import model_configs, run_walkforward
 
     lake = Lake(lake_url, settings.storage_options or None) if lake_url else Lake.from_settings(settings)
-    section = settings.param("walkforward", {})
-    result = run_walkforward(lake, archs, WalkForwardConfig.from_params(section),
+    result = run_walkforward(lake, archs, walkforward_config(settings, overrides=folds),
                              TrainConfig.from_params(settings.param("train", {})),
-                             model_configs=model_configs(section), on_epoch=on_epoch)
+                             model_configs=model_configs(settings.param("walkforward", {})),
+                             options=select_options(settings, kind, ret))
     out_dir = out or settings.home / "reports" / stage
     paths = write_comparison(result.aggregate, result.per_fold, result.predictions, out_dir,
-                             title=f"hfcast {stage}: {', '.join(archs) or 'baselines'}")
+                             title=f"hfcast {stage}: the forecaster chosen from {', '.join(archs) or 'baselines'}")
     return lake, result, paths
 
 
 def _print_table(result, title: str) -> None:
     from rich.table import Table
 
+    from hfcast.walkforward import SERVED
+
     short = {"vol_qlike": "qlike", "vol_qlike_truth": "qlike*", "ret_ic": "ic", "ret_ic_truth": "ic*",
              "ret_hit": "hit", "ret_coverage": "cov_r", "rv_coverage": "cov_v", "ret_ece": "ece_r", "rv_ece": "ece_v"}
-    table = Table(title=title, caption="* = vs the simulator's latent truth; cov = 80% interval coverage; "
+    table = Table(title=title, caption="forecaster = what each fold chose on validation (what is served); "
+                                       "* = vs the simulator's latent truth; cov = 80% interval coverage; "
                                        "_r return, _v volatility; win/s = training windows per second")
     table.add_column("model")
     cols = [c for c in short if c in result.aggregate]
     for c in cols:
         table.add_column(short[c], justify="right")
     table.add_column("win/s", justify="right")
-    for model, row in result.aggregate.iterrows():
+    order = [SERVED, *[m for m in result.aggregate.index if m != SERVED]]
+    for model in order:
+        row = result.aggregate.loc[model]
         thr = result.throughput.get(model)
-        table.add_row(str(model), *[f"{row[c]:.3f}" for c in cols], f"{thr:.0f}" if thr else "-")
+        table.add_row(f"[bold]{model}[/]" if model == SERVED else str(model),
+                      *[f"{row[c]:.3f}" for c in cols], f"{thr:.0f}" if thr else "-")
     # never truncate numbers: a pipe or log file gets a fixed 120-column console instead of 80
-    (console if console.is_terminal else Console(width=120)).print(table)
+    out = console if console.is_terminal else Console(width=120)
+    out.print(table)
+    for fold, choice in zip(result.folds, result.choices):
+        out.print(f"fold {fold.index} (test {fold.test[0]}..{fold.test[-1]}): {choice.describe()}", markup=False)
 
 
 @app.command()
 def train(
-    model: str = typer.Option("transformer", "--model", "-m", help="transformer | lstm | tcn | hybrid"),
+    models: ModelsOption = None,
+    kind: KindOption = None,
+    ret: ReturnOption = None,
+    fold: FoldOption = None,
     lake_url: LakeOption = None,
-    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <home>/reports/train-<model>)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <home>/reports/train)."),
     log_run: bool = typer.Option(True, "--log/--no-log", help="Log the run to MLflow (hfcast.registry)."),
-    register: bool = typer.Option(False, "--register", help="Also register the logged run as a model version."),
-    gate: bool = typer.Option(False, "--gate", help="With --register: run the champion/challenger gate and promote only if it passes (hfcast.lifecycle.register_and_gate)."),
+    register: bool = typer.Option(True, "--register/--no-register", help="Register the logged forecaster as a model version."),
+    gate: bool = typer.Option(True, "--gate/--no-gate", help="With --register: run the champion/challenger gate and "
+                              "promote only if it passes (--no-gate registers without promoting)."),
 ) -> None:
-    """Train one architecture through walk-forward (params.yaml `walkforward:`, `train:`), score it
-    with the baselines on the same test spans, and log it to MLflow."""
-    from hfcast.models import ARCHITECTURES
-
-    if model not in ARCHITECTURES:
-        _fail(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
-    from contextlib import nullcontext
-
-    from hfcast import registry
-
+    """Train the architectures through walk-forward (params.yaml `walkforward:`, `train:`), choose per
+    fold on validation what is served (a network, a floored network, an ensemble or a baseline for
+    the volatility; a return head only with validated skill), score it with the baselines on the
+    same test spans, log it to MLflow, register it and run the gate."""
     settings = _settings()
-    with registry.training_runs(settings) if log_run else nullcontext() as live:
-        if live is not None:
-            live.parent(model)  # the MLflow run exists from the start; epochs stream into fold runs
+    archs = _archs(settings, models)
+    folds = _fold_overrides(fold)
+    if lake_url:
+        settings = settings.with_(lake_url=lake_url)
+    if not log_run:
         try:
-            _, result, paths = _walkforward(settings, [model], lake_url, out, f"train-{model}",
-                                            on_epoch=live.on_epoch if live is not None else None)
+            _, result, paths = _walkforward(settings, archs, None, out, "train", kind, ret, folds)
         except (ValueError, KeyError, FileNotFoundError) as exc:
             _fail(str(exc))
         _print_table(result, f"walk-forward test scores ({len(result.folds)} folds)")
-        console.print(f"report: {paths['report']}")
-        if live is not None:
-            from hfcast.lifecycle import log_trained
+        console.print(f"served: {result.forecaster.kind}\nreport: {paths['report']}")
+        return
+    from hfcast.lifecycle import train_and_log
 
-            plots = [paths[k] for k in ("forecast_vs_realized", "calibration", "error_by_decile")]
-            run_id = log_trained(settings, result, model, out_dir=paths["report"].parent, plots=plots,
-                                 live=live, reports=[paths["report"]])
-            console.print(f"[green]logged[/] MLflow run {run_id}")
-    if log_run and register and gate:
-        from hfcast.lifecycle import register_and_gate
+    report_dir = out or settings.home / "reports" / "train"
+    try:
+        run = train_and_log(settings, archs, kind=kind, ret=ret, wf_overrides=folds, out_dir=report_dir)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    from hfcast.evaluate import write_comparison
 
-        outcome = register_and_gate(settings, run_id)
-        verdict = "promoted to champion" if outcome.promoted else "not promoted (the gate rejected it)"
-        console.print(f"[green]registered[/] {settings.model_name} version {outcome.version}: {verdict}")
-        console.print(outcome.decision.summary())
-    elif log_run and register:
-        console.print(f"[green]registered[/] {settings.model_name} version {registry.register(settings, run_id)}")
+    r = run.result
+    paths = write_comparison(r.aggregate, r.per_fold, r.predictions, report_dir,
+                             title=f"hfcast train: the forecaster chosen from {', '.join(archs) or 'baselines'}")
+    _print_table(r, f"walk-forward test scores ({len(r.folds)} folds)")
+    console.print(f"served: {run.kind}\nreport: {paths['report']}\n[green]logged[/] MLflow run {run.run_id}")
+    if register:
+        _register_and_report(settings, run, gate)
+
+
+def _register_and_report(settings, run, gate: bool) -> None:
+    """Register (and gate) a logged forecaster run and say plainly whether a champion exists."""
+    from hfcast import registry
+    from hfcast.lifecycle import register_and_gate
+
+    if not gate:
+        version = registry.register(settings, run.run_id)
+        console.print(f"[green]registered[/] {settings.model_name} version {version} (alias challenger, not gated)")
+        return
+    outcome = register_and_gate(settings, run.run_id, trained=run)
+    verdict = "promoted to champion" if outcome.promoted else "not promoted (the gate rejected it)"
+    console.print(f"[green]registered[/] {settings.model_name} version {outcome.version} ({run.kind}): {verdict}")
+    for reason in outcome.decision.reasons:
+        console.print(f"  {reason}", markup=False)
+    if not outcome.promoted:
+        try:
+            champ = registry.resolve(settings, f"{settings.model_name}@champion")
+            console.print(f"champion stays version {champ.version}")
+        except registry.RegistryError:
+            console.print("[yellow]no champion exists[/]: nothing will be served until a version passes the gate "
+                          "(or `hfcast registry promote VERSION --force --reason ...`)")
 
 
 @app.command()
 def compare(
     models: str = typer.Option("transformer,lstm,tcn,hybrid", "--models", help="Comma-separated architectures ('' = baselines only)."),
+    kind: KindOption = None,
+    ret: ReturnOption = None,
+    fold: FoldOption = None,
     lake_url: LakeOption = None,
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <home>/reports/compare)."),
 ) -> None:
-    """Every architecture and every baseline on identical walk-forward folds: one table, one report."""
-    from hfcast.models import ARCHITECTURES
-
-    archs = [m.strip() for m in models.split(",") if m.strip()]
-    bad = [m for m in archs if m not in ARCHITECTURES]
-    if bad:
-        _fail(f"unknown model(s) {bad}; choose from {', '.join(ARCHITECTURES)}")
+    """Every architecture and every baseline on identical walk-forward folds, and the forecaster each
+    fold chose from them on validation (what `hfcast train` would serve): one table, one report."""
+    settings = _settings()
+    archs = _archs(settings, models)
     try:
-        _, result, paths = _walkforward(_settings(), archs, lake_url, out, "compare")
+        _, result, paths = _walkforward(settings, archs, lake_url, out, "compare", kind, ret, _fold_overrides(fold))
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc))
     _print_table(result, f"walk-forward comparison ({len(result.folds)} folds, test spans only)")
@@ -519,7 +598,7 @@ def registry_rollback(reason: str = typer.Option("manual rollback", "--reason", 
 
 def _load_for_serving(settings, model: str, bundle: Optional[Path]):
     if bundle is not None:
-        from hfcast.models.base import Forecaster
+        from hfcast.forecaster import Forecaster
 
         return Forecaster.load(str(bundle))
     from hfcast.registry import RegistryError, load_forecaster
@@ -811,7 +890,7 @@ app.add_typer(explain_app, name="explain")
 
 
 def _forecaster(settings, model: str, bundle: Optional[Path]):
-    from hfcast.models.base import Forecaster
+    from hfcast.forecaster import Forecaster
     from hfcast.predict import prepare_bundle
 
     path, _, _ = prepare_bundle(settings, model, str(bundle) if bundle else None)

@@ -51,8 +51,10 @@ COLUMN_UNITS = {
     "rv_10m_conf_informative": "1.0 if this version's volatility confidence ranked errors on validation, else 0.0",
 }
 
-#: the files of a forecaster bundle (weights as safetensors, the rest JSON; never pickle)
-BUNDLE_FILES = ("model.json", "weights.safetensors", "scaler.json", "calibration.json")
+#: the files of a forecaster bundle (hfcast.forecaster; JSON, never pickle); each network it runs
+#: lies beside them in ``members/<arch>/`` (weights as safetensors), and ``checksums.json`` records
+#: the SHA-256 of every file
+BUNDLE_FILES = ("model.json", "scaler.json", "calibration.json", "baselines.json")
 
 #: the feature list actually written by the features engine, beside the ``features/`` partitions
 FEATURE_SET_FILE = "_feature_set.json"

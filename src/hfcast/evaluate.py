@@ -67,6 +67,9 @@ def score(df: pd.DataFrame) -> dict[str, float]:
     out["vol_qlike"] = M.qlike(vp**2, rv**2)
     out["vol_mse"] = M.mse(vp, rv)
     out["ret_ic"] = M.ic(rp, y)
+    # 0 when the return forecast is the zero forecast (no validated skill): the gate then judges the
+    # volatility alone and only asks that a champion's return skill is not dropped
+    out["ret_served"] = float(bool(np.nanmax(np.abs(rp)) > 0)) if np.isfinite(rp).any() else 0.0
     out["ret_rank_ic"] = M.rank_ic(rp, y)
     out["ret_ic_cs"] = M.cross_sectional_ic(rp, y, df["ts"].to_numpy()) if "ts" in df else float("nan")
     out["ret_hit"] = M.hit_rate(rp, y)

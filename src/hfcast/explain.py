@@ -64,10 +64,27 @@ def _sample(wa: WindowArrays, max_windows: int, seed: int) -> np.ndarray:
     return keep
 
 
-def losses(forecaster: Any, X_scaled: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Return MSE and volatility QLIKE of the forecaster's natural-unit forecasts on windows."""
-    nat = forecaster.natural(forecaster.predict_raw(X_scaled))
-    return {"ret": mse(nat["ret_mu"], y[:, 0]), "vol": qlike(nat["rv_hat"] ** 2, y[:, 1] ** 2)}
+def network_of(forecaster: Any) -> Any:
+    """The network whose gradients an attribution follows: a served forecaster's main network
+    (:meth:`hfcast.forecaster.Forecaster.primary_net`), or a trained network itself.
+
+    Raises:
+        ValueError: the forecaster serves a baseline (no network to attribute).
+    """
+    if callable(getattr(forecaster, "primary_net", None)):
+        net = forecaster.primary_net()
+        if net is None:
+            raise ValueError(f"the forecaster serves {forecaster.kind}: it runs no network, so there are no "
+                             "gradients to attribute (permutation importance still applies)")
+        return net
+    return forecaster
+
+
+def losses(forecaster: Any, windows: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Return MSE and volatility QLIKE of the forecaster's served forecasts on unscaled windows."""
+    pred = forecaster.predict(windows)
+    return {"ret": mse(pred["ret_60m_pred"].to_numpy(), y[:, 0]),
+            "vol": qlike(pred["rv_10m_pred"].to_numpy() ** 2, y[:, 1] ** 2)}
 
 
 def permutation_importance(forecaster: Any, wa: WindowArrays, groups: Mapping[str, str] | None = None,
@@ -75,7 +92,7 @@ def permutation_importance(forecaster: Any, wa: WindowArrays, groups: Mapping[st
     """Loss increase when a feature group is shuffled across windows, for returns and volatility.
 
     Args:
-        forecaster: a :class:`hfcast.models.base.Forecaster`.
+        forecaster: a :class:`hfcast.forecaster.Forecaster` (the served forecast) or a trained network.
         wa: test-span windows WITH labels (the span the model did not train on).
         groups: feature -> group overrides (default: the registry's groups).
         n_repeats: shuffles per group (mean and std reported).
@@ -87,7 +104,7 @@ def permutation_importance(forecaster: Any, wa: WindowArrays, groups: Mapping[st
         unshuffled loss (``ret_rel``, ``vol_rel``).
     """
     idx = _sample(wa, max_windows, seed)
-    X = forecaster.scaler.transform(wa.windows(idx))  # [M, 30, F] scaled
+    X = np.asarray(wa.windows(idx), dtype=np.float32)  # [M, 30, F] unscaled: what is served reads it whole
     y = wa.labels()[idx].astype(np.float64)
     base = losses(forecaster, X, y)
     rng = np.random.default_rng(seed)
@@ -134,7 +151,7 @@ def attention_weights(forecaster: Any, X_scaled: np.ndarray, batch: int = 1024) 
 
     Column j is minute ``j - 29`` relative to the forecast minute (the last column is "now").
     """
-    net = forecaster.net.eval()
+    net = network_of(forecaster).net.eval()
     out = []
     with kept_attention(net) as layers, torch.inference_mode():
         for a in range(0, len(X_scaled), batch):
@@ -157,7 +174,7 @@ def attention_by_time_of_day(forecaster: Any, wa: WindowArrays, bucket_minutes: 
     idx = np.arange(len(wa))
     if idx.size > max_windows:
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_windows, replace=False))
-    att = attention_weights(forecaster, forecaster.scaler.transform(wa.windows(idx)))
+    att = attention_weights(forecaster, network_of(forecaster).scaler.transform(wa.windows(idx)))
     minute = minute_of_session(pd.DatetimeIndex(wa.keys["ts"]).take(wa.ends[idx]))
     frame = pd.DataFrame(att, columns=list(range(-(LOOKBACK - 1), 1)))
     frame["bucket"] = (minute // bucket_minutes) * bucket_minutes
@@ -173,7 +190,8 @@ class _Target(torch.nn.Module):
         super().__init__()
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-        self.net, self.target, s = forecaster.net, target, forecaster.scaler
+        net = network_of(forecaster)
+        self.net, self.target, s = net.net, target, net.scaler
         self.ret_scale, self.lrv_std, self.lrv_mean = float(s.ret_scale), float(s.lrv_std), float(s.lrv_mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -313,8 +331,13 @@ def run_global(lake: Any, forecaster: Any, dates: Sequence[str], out_dir: Any, n
                               "permutation_importance": imp.to_dict(orient="records"),
                               "plots": [str(plot_importance(imp, out / "importance.png"))]}
     idx = _sample(wa, attribution_windows, seed)
-    X = forecaster.scaler.transform(wa.windows(idx))
-    result["mean_abs_attribution"] = {t: mean_abs_attribution_by_group(forecaster, X, t).to_dict() for t in TARGETS}
+    try:
+        X = network_of(forecaster).scaler.transform(wa.windows(idx))
+    except ValueError as exc:  # a baseline is served: importance only
+        result["mean_abs_attribution"] = str(exc)
+        X = None
+    if X is not None:
+        result["mean_abs_attribution"] = {t: mean_abs_attribution_by_group(forecaster, X, t).to_dict() for t in TARGETS}
     try:
         att = attention_by_time_of_day(forecaster, wa, seed=seed)
     except ValueError as exc:
@@ -342,5 +365,5 @@ def explain_forecast(lake: Any, forecaster: Any, symbol: str, ts: str, n_steps: 
     if hit.size == 0:
         raise ValueError(f"no complete 30-minute window for {symbol} ending at {t.isoformat()} "
                          f"(the first forecast of a day is at its 30th minute)")
-    X = forecaster.scaler.transform(wa.windows(hit[:1]))
+    X = network_of(forecaster).scaler.transform(wa.windows(hit[:1]))
     return {"symbol": symbol, "ts": t.isoformat(), **explain_windows(forecaster, X, n_steps=n_steps, top=top)[0]}

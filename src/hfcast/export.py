@@ -25,8 +25,8 @@ import numpy as np
 
 from hfcast.contracts import LOOKBACK
 from hfcast.runners import (INPUT_NAME, INT8_KIND, OUTPUT_NAME, RUNNER_KINDS, TENSORRT_ABSENT, OnnxRuntimeRunner,
-                            Runner, TensorRTRunner, TorchRunner, make_runner, n_features_of, net_of, resolve_kind,
-                            tensorrt_available)
+                            Runner, TensorRTRunner, TorchRunner, make_runner, n_features_of, n_outputs_of, net_of,
+                            resolve_kind, tensorrt_available)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ MAX_BATCH = 1024  # the TensorRT profile's and Triton's largest batch
 OPT_BATCH = 64  # the batch TensorRT tunes its kernels for
 PARITY_TOL_FP32 = 1e-4
 PARITY_TOL_FP16 = 1e-2  # FP16 keeps ~3 decimal digits; normalisation stays FP32
+PARITY_TOL_FORECAST = 1e-5  # the whole forecaster's served columns, exported graph vs in-process
 REL_FLOOR = 1e-2  # below this magnitude relative error is measured against the floor (see rel_err)
 
 
@@ -57,17 +58,76 @@ def rel_err(candidate: np.ndarray, reference: np.ndarray, floor: float = REL_FLO
 
 
 def check_parity(candidate: Callable[[np.ndarray], np.ndarray], reference: Callable[[np.ndarray], np.ndarray],
-                 n_features: int, batches: tuple[int, ...] = (1, 7, 64), seed: int = 0) -> dict[str, Any]:
+                 n_features: int, batches: tuple[int, ...] = (1, 7, 64), seed: int = 0,
+                 n_outputs: int = 4) -> dict[str, Any]:
     """Run both on the same random scaled windows; report the max relative error per batch size."""
     rng = np.random.default_rng(seed)
     per_batch = {}
     for b in batches:
         x = rng.standard_normal((b, LOOKBACK, n_features)).astype(np.float32)
         out, ref = candidate(x), reference(x)
-        if out.shape != (b, 4):
-            raise ValueError(f"parity: output shape {out.shape} for batch {b}, expected ({b}, 4)")
+        if out.shape != (b, n_outputs):
+            raise ValueError(f"parity: output shape {out.shape} for batch {b}, expected ({b}, {n_outputs})")
         per_batch[b] = rel_err(out, ref)
     return {"max_rel_err": max(per_batch.values()), "per_batch": per_batch, "batches": list(batches)}
+
+
+def plausible_windows(forecaster: Any, n: int = 64, seed: int = 0) -> np.ndarray:
+    """Unscaled windows [n, 30, F] in the training data's units (its scaler's mean + std * z), with a
+    consistent time of day: what the parity of the whole forecaster is checked on when no real
+    windows are at hand (the post-step reads feature values, so pure noise would not do)."""
+    rng = np.random.default_rng(seed)
+    sc, names = forecaster.scaler, list(forecaster.feature_names)
+    z = np.clip(rng.standard_normal((n, LOOKBACK, len(names))), -3, 3)
+    w = (sc.mean + sc.std * z).astype(np.float32)
+    m = rng.integers(LOOKBACK - 1, 390, size=n)[:, None] - np.arange(LOOKBACK - 1, -1, -1)[None, :]
+    for name, value in (("tod_sin", np.sin(2 * np.pi * m / 390)), ("tod_cos", np.cos(2 * np.pi * m / 390)),
+                        ("minutes_to_close", 389.0 - m)):
+        if name in names:
+            w[:, :, names.index(name)] = value
+    for name in ("rv_30m", "rv_60m", "har_rv_d", "har_rv_w", "ewma_vol_60", "rv_5m", "park_5m", "park_15m",
+                 "ewma_vol_10", "spread_bps"):
+        if name in names:  # volatilities and spreads are positive
+            w[:, :, names.index(name)] = np.abs(w[:, :, names.index(name)])
+    return w
+
+
+CONF_COLUMNS = ("ret_60m_conf", "rv_10m_conf")
+PARITY_TOL_CONF = 1e-4  # absolute, on a probability (see forecast_parity)
+
+
+def forecast_parity(forecaster: Any, run: Callable[[np.ndarray], np.ndarray], windows: np.ndarray) -> dict[str, Any]:
+    """The served columns (PRED_COLUMNS) of the whole forecaster with ``run`` as its graph against the
+    in-process forecaster (torch graph) on the same unscaled windows.
+
+    Volatility forecasts and intervals (positive): the max element-wise relative error. Returns
+    and their intervals (which cross 0, and are centred by a constant, so a forecast near 0 would
+    turn float32 rounding into a huge "relative" error): the max error relative to the column's
+    scale, ``max |a - b| / max |b|``. Confidences:
+    the max ABSOLUTE error (they are probabilities read off calibration maps whose steepest segment
+    amplifies the float32 rounding of the graph; 1e-4 of a probability changes no decision).
+    ``max_rel_err`` is over the forecasts and intervals; ``max_conf_err`` over the confidences.
+    """
+    from hfcast.contracts import PRED_COLUMNS
+
+    w = np.asarray(windows, dtype=np.float32)
+    side = forecaster.side_inputs(w)
+    scaled = forecaster.scaler.transform(w)
+    got = forecaster.postprocess(run(scaled), side)
+    want = forecaster.postprocess(forecaster.predict_raw(scaled), side)
+    per_col = {}
+    for c in PRED_COLUMNS:
+        a, b = np.asarray(got[c], np.float64), np.asarray(want[c], np.float64)
+        if not b.size:
+            per_col[c] = 0.0
+        elif c in CONF_COLUMNS:
+            per_col[c] = float(np.nanmax(np.abs(a - b)))
+        elif c.startswith("ret_"):
+            per_col[c] = float(np.nanmax(np.abs(a - b)) / max(float(np.nanmax(np.abs(b))), 1e-300))
+        else:
+            per_col[c] = float(np.nanmax(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
+    return {"max_rel_err": max(v for c, v in per_col.items() if c not in CONF_COLUMNS),
+            "max_conf_err": max(per_col[c] for c in CONF_COLUMNS), "per_column": per_col, "windows": int(len(w))}
 
 
 # --- ONNX --------------------------------------------------------------------------------------
@@ -84,17 +144,20 @@ class OnnxExport:
 
 
 def export_onnx(model: Any, path: str | Path, opset: int = OPSET, check: bool = True) -> OnnxExport:
-    """Export a forecaster's net to ONNX with a dynamic batch dimension, then check parity.
+    """Export a forecaster's graph (its networks side by side) to ONNX with a dynamic batch
+    dimension, then check parity: the raw outputs against PyTorch, and for a forecaster the served
+    columns of the whole forecaster (graph + post-step) against the in-process one.
 
     The dynamo exporter is tried first; if it fails (some architectures trip it), the
     TorchScript exporter with ``dynamic_axes`` is used and the reason is recorded.
 
     Raises:
-        ValueError: parity against PyTorch exceeds 1e-4 relative (fp32).
+        ValueError: parity against PyTorch exceeds 1e-4 relative (fp32) on the raw outputs or 1e-5
+            on the forecaster's columns; or the forecaster runs no network (nothing to export).
     """
     import torch
 
-    net, n_features = net_of(model), n_features_of(model)
+    net, n_features, n_out = net_of(model), n_features_of(model), n_outputs_of(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = (torch.randn(2, LOOKBACK, n_features),)
@@ -113,10 +176,17 @@ def export_onnx(model: Any, path: str | Path, opset: int = OPSET, check: bool = 
     result = OnnxExport(path=path, exporter=exporter, opset=opset, parity={}, fallback_reason=reason)
     if check:
         ort_runner = OnnxRuntimeRunner(path)
-        result.parity = check_parity(ort_runner.run, TorchRunner(net).run, n_features)
+        result.parity = check_parity(ort_runner.run, TorchRunner(net).run, n_features, n_outputs=n_out)
         if not result.parity["max_rel_err"] < PARITY_TOL_FP32:
             raise ValueError(f"ONNX parity failed: max relative error {result.parity['max_rel_err']:.3g} "
                              f">= {PARITY_TOL_FP32} against PyTorch ({exporter} exporter)")
+        if callable(getattr(model, "postprocess", None)) and callable(getattr(model, "side_inputs", None)):
+            whole = forecast_parity(model, ort_runner.run, plausible_windows(model))
+            result.parity["forecaster"] = whole
+            if not (whole["max_rel_err"] <= PARITY_TOL_FORECAST and whole["max_conf_err"] <= PARITY_TOL_CONF):
+                raise ValueError(f"ONNX parity of the whole forecaster failed: max relative error "
+                                 f"{whole['max_rel_err']:.3g} (limit {PARITY_TOL_FORECAST}), confidence error "
+                                 f"{whole['max_conf_err']:.3g} (limit {PARITY_TOL_CONF}): {whole['per_column']}")
         log.info("ONNX (%s exporter, opset %d) parity: max rel err %.2e", exporter, opset,
                  result.parity["max_rel_err"])
     return result
@@ -187,21 +257,21 @@ def build_tensorrt_engine(onnx_path: str | Path, plan_path: str | Path, n_featur
 
 def triton_config(n_features: int, name: str = "hfcast", platform: str = "tensorrt_plan",
                   max_batch: int = MAX_BATCH, preferred: tuple[int, ...] = (64, 256),
-                  queue_delay_us: int = 500, gpu: bool = True) -> str:
-    """config.pbtxt text: batch is Triton's implicit first dim, so dims are [30, F] and [4]."""
+                  queue_delay_us: int = 500, gpu: bool = True, n_outputs: int = 4) -> str:
+    """config.pbtxt text: batch is Triton's implicit first dim, so dims are [30, F] and [4 k]."""
     pref = ", ".join(str(p) for p in preferred if p <= max_batch)
     kind = "KIND_GPU" if gpu else "KIND_CPU"
     return (
         f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch}\n'
         f'input [\n  {{\n    name: "{INPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: [ {LOOKBACK}, {n_features} ]\n  }}\n]\n'
-        f'output [\n  {{\n    name: "{OUTPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: [ 4 ]\n  }}\n]\n'
+        f'output [\n  {{\n    name: "{OUTPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: [ {n_outputs} ]\n  }}\n]\n'
         f"dynamic_batching {{\n  preferred_batch_size: [ {pref} ]\n  max_queue_delay_microseconds: {queue_delay_us}\n}}\n"
         f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]\n"
     )
 
 
 def write_triton_repo(root: str | Path, model_file: str | Path, n_features: int, name: str = "hfcast",
-                      version: int = 1, max_batch: int = MAX_BATCH) -> Path:
+                      version: int = 1, max_batch: int = MAX_BATCH, n_outputs: int = 4) -> Path:
     """Lay out ``root/<name>/config.pbtxt`` and ``root/<name>/<version>/model.plan|model.onnx``."""
     model_file = Path(model_file)
     is_plan = model_file.suffix == ".plan"
@@ -210,7 +280,7 @@ def write_triton_repo(root: str | Path, model_file: str | Path, n_features: int,
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_file, model_dir / str(version) / ("model.plan" if is_plan else "model.onnx"))
     (model_dir / "config.pbtxt").write_text(
-        triton_config(n_features, name, platform, max_batch, gpu=is_plan))
+        triton_config(n_features, name, platform, max_batch, gpu=is_plan, n_outputs=n_outputs))
     return model_dir
 
 
@@ -263,6 +333,16 @@ def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_features = n_features_of(forecaster)
+    meta = getattr(forecaster, "meta", None) or {}
+    if callable(getattr(forecaster, "graph", None)) and forecaster.graph() is None:
+        note = (f"the forecaster serves {forecaster.kind}: no network, nothing to compile; every runner computes it "
+                "in the post-step (hfcast.forecaster.Forecaster.postprocess)")
+        report = ExportReport(out_dir=str(out), onnx={"skipped": note}, tensorrt=note, triton_repo="",
+                              model_name=meta.get("model_name"), model_version=_s(meta.get("model_version")),
+                              notes=[note])
+        (out / "export.json").write_text(json.dumps(asdict(report), indent=2, default=str))
+        log.info(note)
+        return report
     onnx_res = export_onnx(forecaster, out / "model.onnx")
     onnx_info = {**asdict(onnx_res), "path": str(onnx_res.path)}
     notes = []
@@ -275,7 +355,8 @@ def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH,
     if tensorrt_available():
         trt_info: dict[str, Any] | str = build_tensorrt_engine(onnx_res.path, out / "model.plan", n_features, max_batch)
         trt_runner = TensorRTRunner(out / "model.plan")
-        trt_info["parity"] = check_parity(trt_runner.run, TorchRunner(forecaster, device="cuda").run, n_features)
+        trt_info["parity"] = check_parity(trt_runner.run, TorchRunner(forecaster, device="cuda").run, n_features,
+                                          n_outputs=n_outputs_of(forecaster))
         if not trt_info["parity"]["max_rel_err"] < PARITY_TOL_FP16:
             raise ValueError(f"TensorRT FP16 parity failed: max relative error "
                              f"{trt_info['parity']['max_rel_err']:.3g} >= {PARITY_TOL_FP16}")
@@ -284,9 +365,9 @@ def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH,
         trt_info = TENSORRT_ABSENT
         notes.append(TENSORRT_ABSENT + " The Triton repository serves the ONNX model (onnxruntime_onnx).")
         log.warning(TENSORRT_ABSENT)
-    name = (getattr(forecaster, "meta", None) or {}).get("model_name", "hfcast")
-    repo = write_triton_repo(out / "triton", model_file, n_features, name=name, max_batch=max_batch)
-    meta = getattr(forecaster, "meta", None) or {}
+    name = meta.get("model_name", "hfcast")
+    repo = write_triton_repo(out / "triton", model_file, n_features, name=name, max_batch=max_batch,
+                             n_outputs=n_outputs_of(forecaster))
     report = ExportReport(out_dir=str(out), onnx=onnx_info, tensorrt=trt_info, triton_repo=str(repo.parent),
                           model_name=meta.get("model_name"), model_version=_s(meta.get("model_version")),
                           notes=notes, quantization=quant)
@@ -313,6 +394,12 @@ def log_export_to_mlflow(report: ExportReport, settings: Any) -> str:
     Path(report.out_dir, "export.json").write_text(json.dumps(asdict(report), indent=2, default=str))
     uri = registry.log_artifacts_to_version(settings, f"{report.model_name}/{report.model_version}",
                                             report.out_dir, "export")
+    if "skipped" in report.onnx:
+        tags = {"export.onnx": "none: the forecaster runs no network", "export.artifacts": uri}
+        with registry.tracking(settings) as t:
+            for key, value in tags.items():
+                t.client.set_model_version_tag(report.model_name, report.model_version, key, value)
+        return uri
     tags = {"export.onnx_exporter": report.onnx["exporter"],
             "export.onnx_max_rel_err": f"{report.onnx['parity']['max_rel_err']:.3e}",
             "export.tensorrt": "built" if isinstance(report.tensorrt, dict) else "absent",

@@ -11,6 +11,17 @@ that is missing, NaN or infinite rejects. A champion score that is missing or Na
 (the comparison cannot be made, so the safe answer is "no"; ``--force`` exists for humans). A
 baseline that has no finite value for a metric (e.g. the zero-return baseline has no IC) is not
 compared on that metric; this is recorded in the notes.
+
+Per target (a forecaster serves each target on its own, :mod:`hfcast.selection`):
+
+- a RETURN metric (``ret_*``) of a challenger that serves the zero return (``ret_served`` 0: no
+  validated return skill) is not compared with the baselines - a volatility skill is never
+  rejected because the return head has none; it must only not drop a champion's return skill: it
+  fails when the champion's value beats the zero forecast's by more than the margin;
+- a challenger whose volatility forecast IS a baseline (``served_baseline``) is not compared with
+  that baseline (a tie with itself);
+- a forecaster whose validation QLIKE is worse than ``har_tod``'s (``validation``) is never
+  promoted (only a fixed kind can be: what validation chooses is never worse).
 """
 
 from __future__ import annotations
@@ -34,6 +45,11 @@ class MetricRule:
     name: str
     higher_is_better: bool
     margin: float = 0.0  # absolute improvement the challenger must exceed, in the metric's units
+
+    @property
+    def target(self) -> str:
+        """``ret``, ``vol`` or ``any``: which forecast the metric judges (from its name)."""
+        return "ret" if self.name.startswith("ret_") else "vol" if self.name.startswith(("vol_", "rv_")) else "any"
 
     def improvement(self, challenger: float, reference: float) -> float:
         """How much better the challenger is (positive = better), whatever the direction."""
@@ -103,14 +119,20 @@ def decide(
     champion: Mapping[str, float] | None,
     baselines: Mapping[str, Mapping[str, float]],
     config: GateConfig,
+    served_baseline: str | None = None,
+    validation: Mapping[str, Any] | None = None,
 ) -> GateDecision:
     """Decide whether the challenger may become champion.
 
     Args:
-        challenger: the challenger's scores on the test spans, ``{metric: value}``.
+        challenger: the challenger's scores on the test spans, ``{metric: value}`` (``ret_served``
+            0 when it serves the zero return).
         champion: the current champion's scores on the SAME spans, or None when there is no champion.
         baselines: ``{baseline_name: {metric: value}}`` on the same spans.
         config: primary metrics, directions and margins.
+        served_baseline: the baseline the challenger's volatility forecast is, if it is one.
+        validation: ``{"val_qlike": {label: q}, "val_qlike_har_tod": q}`` of the challenger's last
+            fold, with ``chosen`` its label (the module docstring's validation rule).
 
     Returns:
         GateDecision: ``promote`` is True only if every comparison passed; ``reasons`` names every
@@ -125,14 +147,22 @@ def decide(
         refs.append(("champion", champion, True))
     else:
         notes.append("no current champion: compared with baselines only")
-    refs += [(f"baseline {b}", s, False) for b, s in sorted(baselines.items())]
+    for b, sc in sorted(baselines.items()):
+        if b == served_baseline:
+            notes.append(f"the challenger serves the {b} baseline's volatility: not compared with itself")
+            continue
+        refs.append((f"baseline {b}", sc, False))
     if not baselines and config.require_baselines:
         failures.append("no baseline scores were given (every model must beat its baselines)")
-
+    _validation_rule(validation, failures, notes)
+    zero_ret = challenger.get("ret_served") == 0
     for rule in config.rules:
         c = challenger.get(rule.name)
         if not finite(c):
             failures.append(f"challenger {rule.name} is {c!r}: not a finite score")
+            continue
+        if rule.target == "ret" and zero_ret:
+            _zero_return_rule(rule, float(c), champion, comparisons, failures, notes)
             continue
         compared = _compare_rule(rule, float(c), refs, comparisons, failures, notes)
         if compared == 0:
@@ -140,8 +170,45 @@ def decide(
 
     if failures:
         return GateDecision(False, failures + notes, comparisons)
-    passed = [f"{rule.name} beats every reference by > {rule.margin:.3g}" for rule in config.rules]
+    passed = [f"{rule.name} beats every reference by > {rule.margin:.3g}" for rule in config.rules
+              if not (rule.target == "ret" and zero_ret)]
     return GateDecision(True, passed + notes, comparisons)
+
+
+def _validation_rule(validation: Mapping[str, Any] | None, failures: list[str], notes: list[str]) -> None:
+    """Refuse a forecaster whose validation QLIKE is worse than har_tod's (see the module docstring)."""
+    if not validation:
+        return
+    chosen, har = validation.get("chosen_val_qlike"), validation.get("val_qlike_har_tod")
+    if finite(chosen) and finite(har):
+        if float(chosen) > float(har):
+            failures.append(f"vol_qlike on validation {float(chosen):.6g} is worse than har_tod's {float(har):.6g}: "
+                            "a forecaster worse than the floor on validation is never promoted")
+        else:
+            notes.append(f"validation vol_qlike {float(chosen):.6g} <= har_tod {float(har):.6g}")
+
+
+def _zero_return_rule(rule: MetricRule, c: float, champion: Mapping[str, float] | None,
+                      comparisons: list[dict[str, Any]], failures: list[str], notes: list[str]) -> None:
+    """A challenger serving the zero return: not compared with baselines; it must not drop more
+    than ``margin`` of a champion's return skill on this metric."""
+    what = f"{rule.name}: the challenger serves the zero return (no validated return skill)"
+    r = None if champion is None else champion.get(rule.name)
+    if champion is None or champion.get("ret_served") == 0 or not finite(r):
+        notes.append(f"{what}; not compared (" + ("no champion" if champion is None else
+                     "the champion serves no return either" if champion.get("ret_served") == 0 else
+                     f"champion {rule.name} is {r!r}") + ")")
+        return
+    gain = rule.improvement(c, float(r))
+    ok = gain >= -rule.margin
+    comparisons.append({"metric": rule.name, "reference": "champion", "challenger": c, "reference_value": float(r),
+                        "improvement": gain, "margin": rule.margin, "passed": ok, "zero_return": True})
+    if ok:
+        notes.append(f"{what}; the champion's {float(r):.6g} is no better than the zero return's {c:.6g} by more "
+                     f"than {rule.margin:.3g}: nothing is lost")
+    else:
+        failures.append(f"{what}, while the champion's return forecast has {rule.name} {float(r):.6g} on these spans "
+                        f"(zero return {c:.6g}, margin {rule.margin:.3g}): promoting would drop a return skill")
 
 
 def _compare_rule(rule: MetricRule, c: float, refs: list[tuple[str, Mapping[str, float], bool]],

@@ -18,19 +18,20 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
-from hfcast.contracts import BUNDLE_FILES
 from hfcast.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CHECKED_FILES = BUNDLE_FILES  # every file of a bundle
-TAG_PREFIX = "hfcast.sha256."  # one tag per file: hfcast.sha256.weights.safetensors
+TAG_PREFIX = "hfcast.sha256."  # one tag per file: hfcast.sha256.members/lstm/weights.safetensors
 BUNDLE_TAG = "hfcast.bundle_sha256"  # all files at once: names the export cache folder
 ABSENT = "absent"  # calibration.json is optional: its absence is recorded too
 EXPORTS_DIR = "exports"
 RECORD = "sha256.json"
+MANIFEST = "checksums.json"  # written by a bundle's save, checked by every load
+#: an older single-network bundle's files (recorded as absent when missing)
+LEGACY_FILES = ("model.json", "weights.safetensors", "scaler.json", "calibration.json")
 
 
 class IntegrityError(UserError):
@@ -45,10 +46,83 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def bundle_digests(folder: str | os.PathLike) -> dict[str, str]:
-    """``{file: sha256 | "absent"}`` for every checked file of a bundle folder."""
+def bundle_files(folder: str | os.PathLike) -> list[str]:
+    """Relative paths of every file of a bundle folder (exports and the manifest left out: they are
+    derived from the bundle, not part of it)."""
     folder = Path(folder)
-    return {name: file_sha256(folder / name) if (folder / name).is_file() else ABSENT for name in CHECKED_FILES}
+    out = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel != MANIFEST and not rel.startswith(EXPORTS_DIR + "/") and not rel.startswith("."):
+            out.append(rel)
+    return out
+
+
+def bundle_digests(folder: str | os.PathLike) -> dict[str, str]:
+    """``{relative path: sha256}`` for every file of a bundle folder (an older single-network
+    bundle also records its optional files that are absent)."""
+    folder = Path(folder)
+    got = {rel: file_sha256(folder / rel) for rel in bundle_files(folder)}
+    if "weights.safetensors" in got:  # an older single-network bundle
+        got.update({name: ABSENT for name in LEGACY_FILES if name not in got})
+    return got
+
+
+def manifest_of(files: Mapping[str, bytes]) -> dict[str, str]:
+    """The manifest a bundle's save writes: ``{relative path: sha256}`` of the bytes it wrote."""
+    return {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+
+
+class BundleReader:
+    """Reads a bundle folder (local or fsspec URL) file by file, checking each against the bundle's
+    ``checksums.json``: a bundle whose bytes changed after it was saved is refused, naming the file.
+    A bundle without a manifest (written before manifests existed) loads with one warning."""
+
+    def __init__(self, path: str, storage_options: dict | None = None):
+        from hfcast import storage
+
+        self.path, self.options, self._storage = str(path), storage_options, storage
+        url = storage.join(self.path, MANIFEST)
+        try:
+            self.manifest = json.loads(storage.read_text(url, storage_options))
+        except FileNotFoundError:
+            self.manifest = None
+            if not storage.exists(storage.join(self.path, "model.json"), storage_options):
+                raise FileNotFoundError(f"no model.json in {self.path}: not a forecaster bundle") from None
+            log.warning("bundle %s has no %s: its files cannot be checked (saved by an older release)", self.path, MANIFEST)
+
+    def names(self) -> set[str]:
+        """The files the bundle holds (from its manifest, else by listing the folder's top level)."""
+        if self.manifest is not None:
+            return set(self.manifest)
+        return {n.rstrip("/").rsplit("/", 1)[-1] for n in self._storage.listdir(self.path, self.options)}
+
+    def read(self, name: str) -> bytes | None:
+        """The bytes of ``name``, verified; None when the bundle does not hold it."""
+        if self.manifest is not None and name not in self.manifest:
+            return None
+        url = self._storage.join(self.path, name)
+        try:
+            data = self._storage.read_bytes(url, self.options)
+        except FileNotFoundError:
+            if self.manifest is not None:
+                raise IntegrityError(f"bundle {self.path} lacks {name}, which its {MANIFEST} lists",
+                                     "the bundle is incomplete: copy or download it again") from None
+            return None
+        if self.manifest is not None:
+            got = hashlib.sha256(data).hexdigest()
+            if got != self.manifest[name]:
+                raise IntegrityError(
+                    f"checksum mismatch in bundle {self.path}: {name} has sha256 {got[:16]}..., its {MANIFEST} "
+                    f"recorded {self.manifest[name][:16]}...",
+                    "the file changed after the bundle was saved: restore it, or train and save the model again")
+        return data
+
+    def json(self, name: str) -> Any:
+        data = self.read(name)
+        if data is None:
+            raise FileNotFoundError(f"{self.path} has no {name}")
+        return json.loads(data)
 
 
 def combined(digests: Mapping[str, str]) -> str:

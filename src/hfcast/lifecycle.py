@@ -4,12 +4,15 @@ Why one module: the command line, the Kubeflow components and the monitor's retr
 carry their own copies of this sequence, and the copies drifted apart (one re-scored the champion,
 one did not). Each caller now picks the steps it needs:
 
-* ``hfcast train`` trains and logs (:func:`log_trained`); the ``train_model`` component calls
-  :func:`train_and_log` once per architecture;
-* the ``compare_models`` component ranks the runs with :func:`best_run` (the gate's own rules);
-* the ``gate_register`` component calls :func:`register_and_gate`;
-* a retraining (:class:`hfcast.monitoring.retraining.InProcessStarter`) calls :func:`retrain`,
-  which is all of the above in one process.
+* ``hfcast train`` and a retraining (:func:`retrain`) call :func:`train_and_log` (every architecture,
+  then the per-fold choice of the served forecaster, one MLflow run) and :func:`register_and_gate`;
+* the training pipeline runs the same two halves in separate steps: the ``train_model`` component
+  calls :func:`train_members_and_log` once per architecture (in parallel), the
+  ``select_forecaster`` component :func:`select_and_log` (the choice on validation over all of
+  them: one forecaster run), the ``gate_register`` component :func:`register_and_gate`.
+
+What is registered is always ONE :class:`hfcast.forecaster.Forecaster`: the networks, floor,
+ensemble or baseline that walk-forward chose per target, never a bare network picked by hand.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from hfcast import promotion, registry
 from hfcast.contracts import finite
-from hfcast.gate import GateConfig, GateDecision, MetricRule, config_from_settings
+from hfcast.gate import GateDecision
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +35,18 @@ RETRAIN_KEY_TAG = "hfcast.retrain_key"
 
 
 @dataclass
-class TrainedRun:
-    """One architecture trained on the walk-forward folds and logged to MLflow."""
+class ForecasterRun:
+    """The served forecaster of a walk-forward run, logged to MLflow."""
 
-    arch: str
     run_id: str
-    forecaster: Any  # the last fold's hfcast.models.base.Forecaster
-    aggregate: dict[str, float]  # pooled test scores (finite values only)
+    forecaster: Any  # the last fold's hfcast.forecaster.Forecaster
+    aggregate: dict[str, float]  # its pooled test scores (finite values only)
     test_spans: list[tuple[str, str]]
     result: Any = field(repr=False, default=None)  # the full hfcast.walkforward.WalkForwardResult
 
-    def summary(self) -> dict[str, Any]:
-        """``{arch, run_id, <metric>: value...}``: what :func:`best_run` ranks."""
-        return {"arch": self.arch, "run_id": self.run_id, **self.aggregate}
+    @property
+    def kind(self) -> str:
+        return self.forecaster.kind
 
 
 @dataclass
@@ -56,16 +58,51 @@ class GateOutcome:
     promoted: bool
 
 
-def walkforward_config(settings: Any, last_date: str | None = None, max_folds: int | None = None):
+def walkforward_config(settings: Any, last_date: str | None = None, max_folds: int | None = None,
+                       overrides: Mapping[str, Any] | None = None):
     """params.yaml ``walkforward`` with the given overrides (``None`` = as configured)."""
     from hfcast.walkforward import WalkForwardConfig
 
     section = {k: v for k, v in dict(settings.param("walkforward", {}) or {}).items() if k != "models"}
+    section.update({k: v for k, v in dict(overrides or {}).items() if v is not None})
     if last_date is not None:
         section["last_date"] = str(last_date)
     if max_folds is not None:
         section["max_folds"] = int(max_folds)
     return WalkForwardConfig.from_params(section)
+
+
+#: the architectures a forecaster is chosen from when nothing says otherwise (params.yaml forecaster.archs)
+DEFAULT_ARCHS = ("transformer", "lstm")
+
+
+def forecaster_section(settings: Any) -> dict[str, Any]:
+    """params.yaml ``forecaster:`` (``archs``, ``kind``, ``return``), checked."""
+    from hfcast.models import ARCHITECTURES
+
+    sec = dict(settings.param("forecaster", {}) or {})
+    unknown = sorted(set(sec) - {"archs", "kind", "return"})
+    if unknown:
+        raise ValueError(f"unknown forecaster parameter(s) {unknown}; known: archs, kind, return")
+    archs = sec.get("archs", list(DEFAULT_ARCHS))
+    archs = [archs] if isinstance(archs, str) else list(archs or [])
+    bad = [a for a in archs if a not in ARCHITECTURES]
+    if bad:
+        raise ValueError(f"forecaster.archs names unknown architecture(s) {bad}; choose from {ARCHITECTURES}")
+    return {"archs": archs, "kind": str(sec.get("kind", "auto")), "return": str(sec.get("return", "auto"))}
+
+
+def select_options(settings: Any, kind: str | None = None, ret: str | None = None):
+    """The :class:`hfcast.selection.SelectOptions` of params.yaml ``forecaster:`` and the overrides."""
+    from hfcast.selection import SelectOptions
+
+    sec = forecaster_section(settings)
+    return SelectOptions(kind=kind or sec["kind"], ret=ret or sec["return"])
+
+
+def default_archs(settings: Any) -> list[str]:
+    """params.yaml ``forecaster.archs`` (default: transformer and lstm)."""
+    return forecaster_section(settings)["archs"]
 
 
 LINEAGE_TAGS = tuple(f"hfcast.{span}_{end}" for span in ("train", "val", "test") for end in ("first", "last"))
@@ -103,49 +140,57 @@ def check_decision_date(tags: Mapping[str, str], decision_date: str | None) -> s
     return None
 
 
-def log_trained(settings: Any, result: Any, arch: str, *, out_dir: Any, dataset_version: str = "",
-                reason: str = "", drifted_dates: Sequence[str] = (), plots: Sequence[Any] = (),
-                live: Any = None, reports: Sequence[Any] = (), tags: Mapping[str, str] | None = None) -> str:
-    """Log one architecture of a walk-forward result, with its lineage and trigger tags; the run id.
+def _run_tags(result: Any, reason: str, drifted_dates: Sequence[str], tags: Mapping[str, str] | None) -> dict[str, str]:
+    out = dict(tags or {})
+    if reason:
+        out["hfcast.trigger_reason"] = reason[:5000]
+    if drifted_dates:
+        out["hfcast.drifted_dates"] = ",".join(drifted_dates)[:5000]
+    out.update(data_lineage(result.folds))
+    return out
 
-    ``live``: the :class:`hfcast.registry.LiveTraining` opened when training started (its parent
-    run is filled, its fold runs get their test scores); None = a new run. Without ``plots``, the
-    evaluation plots and HTML report of this architecture against the baselines are made here.
+
+def _params(settings: Any) -> dict[str, Any]:
+    return {"walkforward": dict(settings.param("walkforward", {}) or {}),
+            "train": dict(settings.param("train", {}) or {}), "forecaster": forecaster_section(settings)}
+
+
+def log_trained(settings: Any, result: Any, *, out_dir: Any, dataset_version: str = "", reason: str = "",
+                drifted_dates: Sequence[str] = (), plots: Sequence[Any] = (), live: Any = None,
+                reports: Sequence[Any] = (), tags: Mapping[str, str] | None = None) -> str:
+    """Log the served forecaster of a walk-forward result with its lineage and trigger tags; the run id.
+
+    ``live``: the :class:`hfcast.registry.LiveTraining` opened when training started (its root run
+    is filled, its fold runs get their test scores); None = a new run. Without ``plots``, the
+    evaluation plots and HTML report of the forecaster against the baselines are made here.
     ``tags``: more run tags (e.g. :data:`RETRAIN_KEY_TAG`).
     """
     from pathlib import Path
 
     from hfcast.storage import Lake
-    from hfcast.walkforward import dataset_info
+    from hfcast.walkforward import dataset_info, log_result
 
     if not plots:
-        plots, reports = evaluation_artifacts(result, arch, Path(out_dir) / f"eval-{arch}")
-    tags = dict(tags or {})
-    if reason:
-        tags["hfcast.trigger_reason"] = reason[:5000]
-    if drifted_dates:
-        tags["hfcast.drifted_dates"] = ",".join(drifted_dates)[:5000]
-    tags.update(data_lineage(result.folds))
-    params = {"walkforward": dict(settings.param("walkforward", {}) or {}),
-              "train": dict(settings.param("train", {}) or {})}
-    from hfcast.walkforward import log_result
-
+        plots, reports = evaluation_artifacts(result, Path(out_dir) / "eval")
     run_id = None
     if live is not None:
-        run_id = live.parent(arch)
+        run_id = live.parent(live.root or "forecaster")
         pf = result.per_fold
-        live.fold_scores(arch, pf[pf["model"] == arch].to_dict(orient="records"))
+        for arch in result.nets:
+            live.fold_scores(arch, pf[pf["model"] == arch].to_dict(orient="records"))
     try:
         dataset = dataset_info(Lake.from_settings(settings), result)
     except Exception as exc:  # lineage is a courtesy: an unreadable lake URL must not lose the run
         log.info("no dataset input for the run (%s)", exc)
         dataset = None
-    return log_result(settings, result, arch, params, out_dir, plots, dataset_version=dataset_version or None,
-                      tags=tags, run_id=run_id, dataset=dataset, reports=reports)
+    return log_result(settings, result, _params(settings), out_dir, plots, dataset_version=dataset_version or None,
+                      tags=_run_tags(result, reason, drifted_dates, tags), run_id=run_id, dataset=dataset,
+                      reports=reports)
 
 
-def evaluation_artifacts(result: Any, arch: str, out_dir: Any) -> tuple[list[Any], list[Any]]:
-    """The evaluation PNGs and HTML report of ``arch`` against the baselines on the same test rows."""
+def evaluation_artifacts(result: Any, out_dir: Any) -> tuple[list[Any], list[Any]]:
+    """The evaluation PNGs and HTML report of the served forecaster against the baselines and the
+    candidates it was chosen from, on the same test rows."""
     from hfcast.evaluate import TABLE_COLUMNS, plot_all, write_report
 
     preds = result.predictions
@@ -153,63 +198,123 @@ def evaluation_artifacts(result: Any, arch: str, out_dir: Any) -> tuple[list[Any
     plots = plot_all(frames, out_dir)
     agg = result.aggregate
     table = agg[[c for c in TABLE_COLUMNS if c in agg]]
-    report = write_report(table, plots, f"{out_dir}/evaluation.html", f"hfcast {arch}: walk-forward evaluation")
+    title = f"hfcast forecaster ({result.forecaster.kind}): walk-forward evaluation"
+    report = write_report(table, plots, f"{out_dir}/evaluation.html", title)
     return plots, [report]
 
 
-def train_and_log(settings: Any, arch: str, *, dataset_version: str = "", reason: str = "",
-                  drifted_dates: Sequence[str] = (), last_date: str | None = None,
-                  max_folds: int | None = None, tags: Mapping[str, str] | None = None) -> TrainedRun:
-    """Walk-forward train ``arch``, score it and the baselines on the same test spans, log the run.
+def _walkforward_inputs(settings: Any, last_date: str | None, max_folds: int | None,
+                        wf_overrides: Mapping[str, Any] | None):
+    from hfcast.storage import Lake
+    from hfcast.train import TrainConfig
+    from hfcast.walkforward import model_configs
+
+    return (Lake.from_settings(settings), walkforward_config(settings, last_date, max_folds, wf_overrides),
+            TrainConfig.from_params(settings.param("train", {})), model_configs(settings.param("walkforward", {})))
+
+
+def train_and_log(settings: Any, archs: Sequence[str] | None = None, *, dataset_version: str = "", reason: str = "",
+                  drifted_dates: Sequence[str] = (), last_date: str | None = None, max_folds: int | None = None,
+                  tags: Mapping[str, str] | None = None, kind: str | None = None, ret: str | None = None,
+                  wf_overrides: Mapping[str, Any] | None = None, out_dir: Any = None) -> ForecasterRun:
+    """Walk-forward train every architecture, choose the served forecaster per fold on validation,
+    score it and the baselines on the same test spans, and log ONE run.
 
     Args:
+        archs: architectures to choose from (None = params.yaml ``forecaster.archs``; empty = a
+            baseline is served).
         dataset_version: the features' version (DVC hash), copied onto the registered version.
         reason, drifted_dates: why it trained (``manual``, ``drift: ...``); recorded as run tags.
         last_date: no data after this date is used (time is a parameter, not "all of the lake").
         max_folds: keep only the last N folds (a retraining uses 1: the most recent test span).
         tags: more run tags (copied onto the registered version when they are lineage tags).
+        kind, ret: a fixed forecaster kind / return choice instead of params.yaml (``auto``).
+        wf_overrides: walk-forward keys over params.yaml (``test_days``...).
+        out_dir: keep the comparison (tables, plots, predictions) here; None = a temporary folder.
     """
-    from hfcast.storage import Lake
-    from hfcast.train import TrainConfig
-    from hfcast.walkforward import model_configs, run_walkforward
+    from hfcast.walkforward import run_walkforward
 
+    archs = default_archs(settings) if archs is None else [archs] if isinstance(archs, str) else list(archs)
+    options = select_options(settings, kind, ret)
+    lake, wf_cfg, train_cfg, mcfg = _walkforward_inputs(settings, last_date, max_folds, wf_overrides)
     title = f"until {last_date}" if last_date else ""
-    with registry.training_runs(settings, {"hfcast.trigger_reason": reason[:5000]} if reason else None, title) as live:
-        live.parent(arch)  # the run exists (RUNNING) from the first second of training
-        result = run_walkforward(Lake.from_settings(settings), [arch],
-                                 walkforward_config(settings, last_date, max_folds),
-                                 TrainConfig.from_params(settings.param("train", {})), progress=False,
-                                 model_configs=model_configs(settings.param("walkforward", {})),
-                                 on_epoch=live.on_epoch)
-        with tempfile.TemporaryDirectory(prefix=f"hfcast-{arch}-") as tmp:
-            run_id = log_trained(settings, result, arch, out_dir=tmp, dataset_version=dataset_version, reason=reason,
-                                 drifted_dates=drifted_dates, live=live, tags=tags)
-    aggregate = {str(k): float(v) for k, v in result.aggregate.loc[arch].items() if finite(v)}
-    return TrainedRun(arch, run_id, result.forecasters[arch], aggregate, result.test_spans(), result)
+    with registry.training_runs(settings, {"hfcast.trigger_reason": reason[:5000]} if reason else None, title,
+                                root="forecaster") as live:
+        live.parent("forecaster")  # the run exists (RUNNING) from the first second of training
+        result = run_walkforward(lake, archs, wf_cfg, train_cfg, progress=False, model_configs=mcfg,
+                                 options=options, on_epoch=live.on_epoch)
+        with tempfile.TemporaryDirectory(prefix="hfcast-forecaster-") as tmp:
+            run_id = log_trained(settings, result, out_dir=out_dir or tmp, dataset_version=dataset_version,
+                                 reason=reason, drifted_dates=drifted_dates, live=live, tags=tags)
+    return _forecaster_run(run_id, result)
 
 
-def _rank_key(rules: Sequence[MetricRule]):
-    def key(m: Mapping[str, Any]) -> tuple:  # smaller sorts first; a missing score sorts last
-        return tuple(float("inf") if m.get(r.name) is None else
-                     (-float(m[r.name]) if r.higher_is_better else float(m[r.name])) for r in rules)
-    return key
+def _forecaster_run(run_id: str, result: Any) -> ForecasterRun:
+    aggregate = {k: v for k, v in result.scores().items() if finite(v)}
+    return ForecasterRun(run_id, result.forecaster, aggregate, result.test_spans(), result)
 
 
-def rank_runs(results: Sequence[Mapping[str, Any]], settings: Any = None) -> list[Mapping[str, Any]]:
-    """Runs best first, by the gate's primary metrics (each in its direction, the first as main key).
-
-    Ranking by the gate's own rules sends the gate the run with the best chance to pass it.
-    ``settings`` gives the rules (params.yaml ``registry.gate``); None = the default rules.
-    """
-    if not results:
-        raise ValueError("no training results to compare (did every train step fail?)")
-    rules = (config_from_settings(settings) if settings is not None else GateConfig.from_mapping(None)).rules
-    return sorted(results, key=_rank_key(rules))
+MEMBERS_ARTIFACT = "members"  # a member run's networks, one folder per fold
+FOLDS_TAG = "hfcast.folds"    # the fold dates a member run trained on (the selection checks them)
 
 
-def best_run(results: Sequence[Mapping[str, Any]], settings: Any = None) -> Mapping[str, Any]:
-    """The run the gate should judge (see :func:`rank_runs`); each mapping has ``arch``, ``run_id``, scores."""
-    return rank_runs(results, settings)[0]
+def train_members_and_log(settings: Any, arch: str, *, reason: str = "", drifted_dates: Sequence[str] = (),
+                          last_date: str | None = None, max_folds: int | None = None,
+                          wf_overrides: Mapping[str, Any] | None = None) -> str:
+    """Train one architecture on every walk-forward fold and log its networks (one folder per fold)
+    as a member run: the parallel half of the training pipeline. Returns the run id."""
+    from hfcast.walkforward import prepare, train_members
+
+    lake, wf_cfg, train_cfg, mcfg = _walkforward_inputs(settings, last_date, max_folds, wf_overrides)
+    prep = prepare(lake, wf_cfg)
+    folds_doc = json.dumps([[f.train[0], f.train[-1], f.val[0], f.val[-1], f.test[0], f.test[-1]] for f in prep.folds])
+    tags = {"hfcast.role": "member", FOLDS_TAG: folds_doc[:5000], "hfcast.trigger_reason": reason[:5000],
+            **({"hfcast.drifted_dates": ",".join(drifted_dates)[:5000]} if drifted_dates else {}),
+            **data_lineage(prep.folds)}
+    with registry.training_runs(settings, tags, f"members {prep.folds[0].train[0]}..{prep.folds[-1].test[-1]}") as live:
+        run_id = live.parent(arch)
+        nets, hists, thr = train_members(prep, [arch], wf_cfg, train_cfg, mcfg, progress=False, on_epoch=live.on_epoch)
+        with tempfile.TemporaryDirectory(prefix=f"hfcast-{arch}-members-") as tmp:
+            for k, net in enumerate(nets[arch]):
+                net.save(f"{tmp}/fold{k}")
+            live.t.client.log_artifacts(run_id, tmp, MEMBERS_ARTIFACT)
+        live.t.client.log_dict(run_id, {"histories": hists[arch], "windows_per_s": thr.get(arch)},
+                               f"{MEMBERS_ARTIFACT}/history.json")
+    return run_id
+
+
+def select_and_log(settings: Any, member_runs: Sequence[str], *, dataset_version: str = "", reason: str = "",
+                   drifted_dates: Sequence[str] = (), last_date: str | None = None, max_folds: int | None = None,
+                   kind: str | None = None, ret: str | None = None,
+                   wf_overrides: Mapping[str, Any] | None = None) -> ForecasterRun:
+    """Choose the served forecaster per fold from the networks of ``member_runs`` (each one
+    architecture on the same folds: :func:`train_members_and_log`) and the baselines, and log it as
+    ONE run (tagged with its member runs): the second half of the training pipeline."""
+    import mlflow
+
+    from hfcast.models.base import TrainedNet
+    from hfcast.walkforward import prepare, select_folds
+
+    lake, wf_cfg, _, _ = _walkforward_inputs(settings, last_date, max_folds, wf_overrides)
+    prep = prepare(lake, wf_cfg)
+    nets: dict[str, list[Any]] = {}
+    with registry.tracking(settings) as t, tempfile.TemporaryDirectory(prefix="hfcast-select-") as tmp:
+        for rid in member_runs:
+            run = t.client.get_run(rid)
+            arch = run.data.tags.get("arch", "")
+            folds = json.loads(run.data.tags.get(FOLDS_TAG, "[]"))
+            want = [[f.train[0], f.train[-1], f.val[0], f.val[-1], f.test[0], f.test[-1]] for f in prep.folds]
+            if folds != want:
+                raise ValueError(f"member run {rid} ({arch}) was trained on other folds than the lake gives now: "
+                                 "train the members and select in the same pipeline run")
+            got = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=MEMBERS_ARTIFACT,
+                                                      dst_path=f"{tmp}/{rid}", tracking_uri=t.uri)
+            nets[arch] = [TrainedNet.load(f"{got}/fold{k}") for k in range(len(prep.folds))]
+    result = select_folds(prep, nets, wf_cfg, options=select_options(settings, kind, ret), progress=False)
+    with tempfile.TemporaryDirectory(prefix="hfcast-forecaster-") as tmp:
+        run_id = log_trained(settings, result, out_dir=tmp, dataset_version=dataset_version, reason=reason,
+                             drifted_dates=drifted_dates, tags={"hfcast.member_runs": ",".join(member_runs)})
+    return _forecaster_run(run_id, result)
 
 
 def _decide(settings: Any, version: int, force_reason: str, margin: Any) -> GateDecision:
@@ -225,7 +330,7 @@ def _decide(settings: Any, version: int, force_reason: str, margin: Any) -> Gate
         return promotion.run_gate(settings, version, margin=margin, evaluate_on_spans=span_evaluator(settings))
 
 
-def _build_reference(settings: Any, version: int, trained: TrainedRun | None) -> None:
+def _build_reference(settings: Any, version: int, trained: ForecasterRun | None) -> None:
     """The new champion's monitoring reference (its last fold's training dates), so drift is measured
     against what it learned from."""
     from hfcast.monitoring.decision import MonitorConfig
@@ -242,7 +347,7 @@ def _build_reference(settings: Any, version: int, trained: TrainedRun | None) ->
 
 
 def register_and_gate(settings: Any, run_id: str, *, force_reason: str = "", margin: Any = None,
-                      trained: TrainedRun | None = None, decision_date: str | None = None) -> GateOutcome:
+                      trained: ForecasterRun | None = None, decision_date: str | None = None) -> GateOutcome:
     """Register ``run_id`` (alias ``challenger``), run the gate, promote only if it passes.
 
     Champion and challenger are compared on the same test spans: the logged scores when both runs
@@ -261,7 +366,7 @@ def register_and_gate(settings: Any, run_id: str, *, force_reason: str = "", mar
 
 
 def gate_version(settings: Any, version: int, *, force_reason: str = "", margin: Any = None,
-                 trained: TrainedRun | None = None, decision_date: str | None = None,
+                 trained: ForecasterRun | None = None, decision_date: str | None = None,
                  recorded: GateDecision | None = None) -> GateOutcome:
     """The gate of :func:`register_and_gate` on a registered version (``recorded``: a decision
     already taken and tagged, applied again: promotion is idempotent)."""
@@ -299,36 +404,43 @@ def _registered_retraining(settings: Any, key: str) -> dict[str, Any] | None:
     return found[-1] if found else None
 
 
-def champion_arch(settings: Any) -> str | None:
-    """The current champion's architecture, or None (no registry or no champion yet)."""
+def retrain_archs(settings: Any) -> list[str]:
+    """What a retraining chooses from: params.yaml ``monitor.retrain_arch`` (one name or a list) when
+    set, else the current champion's networks, else ``forecaster.archs``.
+
+    Raises:
+        whatever the registry raises when it cannot be reached (an outage is not "no champion").
+    """
+    fixed = settings.param("monitor.retrain_arch")
+    if fixed:
+        return [fixed] if isinstance(fixed, str) else [str(a) for a in fixed]
     try:
-        return registry.resolve(settings, f"{settings.model_name}@champion").tags.get("arch")
-    except Exception:  # no champion: the caller falls back to a default architecture
-        return None
+        members = registry.resolve(settings, f"{settings.model_name}@champion").tags.get("hfcast.members", "")
+    except registry.RegistryError:  # the registry answered: there is no champion (yet)
+        members = ""
+    chosen = [m for m in members.split(",") if m and m != "none"]
+    return chosen if len(chosen) >= 2 else default_archs(settings)
 
 
-def retrain(settings: Any, archs: Sequence[str], *, reason: str, drifted_dates: Sequence[str] = (),
+def retrain(settings: Any, archs: Sequence[str] = (), *, reason: str, drifted_dates: Sequence[str] = (),
             last_date: str | None = None, force_reason: str = "", margin: Any = None,
             decision_date: str | None = None, dataset_version: str = "") -> dict[str, Any]:
-    """Train every architecture on the most recent fold, log them, gate the best one, promote or not.
+    """Train the architectures on the most recent fold, choose the served forecaster, log, register
+    and gate it, promote or not.
 
     The last fold only (``max_folds=1``): its test span is the most recent dates, which the current
     champion never trained on, so champion and challenger are scored fairly on it. ``archs`` empty
-    = params.yaml ``monitor.retrain_arch``, else the champion's architecture, else ``tcn``.
+    = :func:`retrain_archs`.
 
-    Resumable: with ``last_date`` the runs carry :data:`RETRAIN_KEY_TAG` (last date, architectures,
+    Resumable: with ``last_date`` the run carries :data:`RETRAIN_KEY_TAG` (last date, architectures,
     dataset version), and a retraining whose earlier attempt was cut off after registering gates that
     version (or re-applies its recorded decision) instead of registering a second one.
 
     Returns:
-        ``{status: done, new_version, promoted, gate: summary, run_ids: {arch: run_id}}`` (and
-        ``resumed: True`` when an earlier attempt's version was finished).
+        ``{status: done, new_version, promoted, gate: summary, kind, run_ids: {"forecaster": run_id}}``
+        (and ``resumed: True`` when an earlier attempt's version was finished).
     """
-    if not archs:
-        from hfcast.monitoring.decision import MonitorConfig
-
-        cfg = MonitorConfig.from_params(settings.param("monitor", {}))
-        archs = [cfg.retrain_arch or champion_arch(settings) or "tcn"]
+    archs = list(archs) or retrain_archs(settings)
     key = f"{last_date}|{','.join(archs)}|{dataset_version}" if last_date else ""
     earlier = _registered_retraining(settings, key) if key else None
     if earlier is not None:  # an interrupted attempt got as far as registering: finish that version
@@ -337,12 +449,11 @@ def retrain(settings: Any, archs: Sequence[str], *, reason: str, drifted_dates: 
         outcome = gate_version(settings, earlier["version"], force_reason=force_reason, margin=margin,
                                decision_date=decision_date, recorded=recorded_decision(earlier["tags"]))
         return {"status": "done", "new_version": outcome.version, "promoted": outcome.promoted,
-                "gate": outcome.decision.summary(), "run_ids": {earlier["arch"]: earlier["run_id"]}, "resumed": True}
-    runs = {a: train_and_log(settings, a, reason=reason, drifted_dates=drifted_dates, last_date=last_date,
-                             max_folds=1, dataset_version=dataset_version,
-                             tags={RETRAIN_KEY_TAG: key} if key else None) for a in archs}
-    best = best_run([r.summary() for r in runs.values()], settings)
-    outcome = register_and_gate(settings, best["run_id"], force_reason=force_reason, margin=margin,
-                                trained=runs[best["arch"]], decision_date=decision_date)
+                "gate": outcome.decision.summary(), "kind": earlier["tags"].get("hfcast.kind", ""),
+                "run_ids": {"forecaster": earlier["run_id"]}, "resumed": True}
+    run = train_and_log(settings, archs, reason=reason, drifted_dates=drifted_dates, last_date=last_date,
+                        max_folds=1, dataset_version=dataset_version, tags={RETRAIN_KEY_TAG: key} if key else None)
+    outcome = register_and_gate(settings, run.run_id, force_reason=force_reason, margin=margin, trained=run,
+                                decision_date=decision_date)
     return {"status": "done", "new_version": outcome.version, "promoted": outcome.promoted,
-            "gate": outcome.decision.summary(), "run_ids": {a: r.run_id for a, r in runs.items()}}
+            "gate": outcome.decision.summary(), "kind": run.kind, "run_ids": {"forecaster": run.run_id}}

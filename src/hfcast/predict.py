@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 MODES = ("dense", "sparse")
 SPARSE_STRIDE = 10
 BATCH = 512  # windows per runner call: onnxruntime on CPU is fastest around 256-1024
+NO_GRAPH = "none"  # the runner of a forecaster that serves a baseline: no network, the post-step is all
 CSV_FLOAT_FORMAT = "%.9g"
 
 
@@ -98,14 +99,18 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
     t0 = time.perf_counter()
     wa = build_windows(features, forecaster.feature_names, stride=SPARSE_STRIDE if mode == "sparse" else 1,
                        label_cols=None)
+    side = forecaster.side_inputs_arrays(wa)  # the baselines' inputs and the context, from the same windows
     scaled = dataclasses.replace(wa, X=np.ascontiguousarray(forecaster.scaler.transform(wa.X)), _view=None)
     t_built = time.perf_counter()
     with model_slot if model_slot is not None else contextlib.nullcontext():
         t1 = time.perf_counter()
-        raw = run_windows(runner if runner is not None else forecaster.predict_raw, scaled.windows, len(scaled),
-                          batch_size)
+        if forecaster.graph() is None:  # a baseline is served: the post-step is the whole forecast
+            raw = np.empty((len(wa), 0), np.float32)
+        else:
+            raw = run_windows(runner if runner is not None else forecaster.predict_raw, scaled.windows, len(scaled),
+                              batch_size)
         t2 = time.perf_counter()
-    pred = forecaster.postprocess(raw)
+    pred = forecaster.postprocess(raw, side)
     out = wa.keys.copy()
     cols = {c: np.full(len(out), np.nan) for c in PRED_COLUMNS}
     for c in PRED_COLUMNS:
@@ -225,14 +230,16 @@ def _worker_model(job: Job) -> tuple[Any, Any]:
 def _load_forecaster(job: Job) -> Any:
     import torch
 
-    from hfcast.models.base import Forecaster
+    from hfcast.forecaster import Forecaster
 
     torch.set_num_threads(max(1, job.threads))
     return Forecaster.load(job.bundle_dir)
 
 
 def _load_runner(job: Job, forecaster: Any) -> Any:
-    """None = the forecaster's own torch eager path."""
+    """None = the forecaster's own torch eager path (or, with no network, no graph at all)."""
+    if job.runner == NO_GRAPH:
+        return None
     if job.runner == "onnxruntime":
         from hfcast.runners import StreamedRunner
 
@@ -337,7 +344,7 @@ class PredictSummary:
 
 def prepare_bundle(settings: Any, model_ref: str | None, bundle_dir: str | None) -> tuple[str, str, str]:
     """A local bundle folder plus (model name, version) from a registry ref or a local folder."""
-    from hfcast.models.base import Forecaster
+    from hfcast.forecaster import Forecaster
 
     if bundle_dir:
         meta = Forecaster.load(bundle_dir).meta
@@ -369,6 +376,10 @@ def choose_runner(bundle_dir: str, runner: str, lake: Lake | None = None) -> tup
     On CPU, ``auto`` takes the int8 model when its quality guard passed (:mod:`hfcast.quantize`,
     computed once per bundle from ``lake``'s validation span).
     """
+    from hfcast.forecaster import Forecaster
+
+    if Forecaster.load(bundle_dir).graph() is None:
+        return NO_GRAPH, None  # a baseline is served: nothing to export or run
     auto = runner == "auto"
     if runner == "auto":
         import torch
@@ -380,7 +391,6 @@ def choose_runner(bundle_dir: str, runner: str, lake: Lake | None = None) -> tup
     if runner in ("onnxruntime", "onnxruntime-int8", "tensorrt"):
         from hfcast.export import export_onnx
         from hfcast.integrity import cached_export
-        from hfcast.models.base import Forecaster
 
         # once per bundle checksum: changed weights get a new export, a changed export is refused
         onnx_path = str(cached_export(bundle_dir, "model.onnx", lambda p: export_onnx(Forecaster.load(bundle_dir), p)))

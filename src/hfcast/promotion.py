@@ -23,12 +23,14 @@ Evaluator = Callable[[str, list[tuple[str, str]]], Mapping[str, float]]
 
 def gate(settings: Any, version: int | str, challenger_scores: Mapping[str, float],
          champion_scores: Mapping[str, float] | None, baseline_scores: Mapping[str, Mapping[str, float]],
-         margin: float | Mapping[str, float] | None = None) -> GateDecision:
+         margin: float | Mapping[str, float] | None = None, served_baseline: str | None = None,
+         validation: Mapping[str, Any] | None = None) -> GateDecision:
     """The gate with the configured rules; pure (reads settings, writes nothing).
 
     All scores must be measured on the same test spans; :func:`run_gate` guarantees that.
     """
-    decision = decide(challenger_scores, champion_scores, baseline_scores, config_from_settings(settings, margin))
+    decision = decide(challenger_scores, champion_scores, baseline_scores, config_from_settings(settings, margin),
+                      served_baseline=served_baseline, validation=validation)
     log.info("gate for version %s: %s", version, decision.summary())
     return decision
 
@@ -74,7 +76,9 @@ def run_gate(settings: Any, version: int | str, evaluate_on_spans: Evaluator | N
                     "pass evaluate_on_spans to re-score both on the same spans")
             champion = theirs["model"]
     baselines = mine.get("baselines", {}) if baseline_scores is None else baseline_scores
-    return gate(settings, mv.version, challenger, champion, baselines, margin)
+    vol_kind = mv.tags.get("hfcast.vol_kind", "")
+    return gate(settings, mv.version, challenger, champion, baselines, margin,
+                served_baseline=vol_kind if vol_kind in baselines else None, validation=mine.get("validation"))
 
 
 def _now() -> str:

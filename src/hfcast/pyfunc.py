@@ -6,7 +6,8 @@ expect an MLflow model (an ``MLmodel`` file and a loader), not a loose folder. T
 rebuilds the Forecaster from the bundle's JSON + safetensors files, logged as an artifact.
 
 Input: unscaled windows ``[batch, 30, n_features]`` float32, features in the bundle's order.
-Output: one row per window with :data:`hfcast.contracts.PRED_COLUMNS`.
+Output: one row per window with :data:`hfcast.contracts.PRED_COLUMNS` and ``INFO_COLUMNS`` (the
+forecaster that walk-forward chose: networks, floor, ensemble or a baseline, as registered).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class HfcastModel(_base()):  # type: ignore[misc]
     """Loads the bundle from the logged artifacts and predicts windows; see the module docstring."""
 
     def load_context(self, context):
-        from hfcast.models.base import Forecaster
+        from hfcast.forecaster import Forecaster
 
         self.forecaster = Forecaster.load(context.artifacts[BUNDLE_KEY])
 
@@ -71,7 +72,7 @@ def log_pyfunc(bundle_dir: str | os.PathLike, feature_names: Sequence[str], look
     import mlflow
     from mlflow.models import infer_signature
 
-    from hfcast.models.base import Forecaster
+    from hfcast.forecaster import Forecaster
 
     example = example_windows(feature_names, lookback)
     signature = infer_signature(example, Forecaster.load(str(bundle_dir)).predict(example))

@@ -86,11 +86,12 @@ def _run_batched(run: Callable[[np.ndarray], np.ndarray], wa: Any, idx: np.ndarr
     return run_windows(run, lambda s: wa.windows(idx[s]), len(idx), GUARD_BATCH)
 
 
-def span_scores(forecaster: Any, raw: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """The guarded scores of raw outputs against labels [M, 2] (ret_60m, rv_10m)."""
+def span_scores(forecaster: Any, raw: np.ndarray, y: np.ndarray, side: Any = None) -> dict[str, float]:
+    """The guarded scores of the WHOLE forecaster (graph outputs ``raw`` through its post-step, with
+    the windows' ``side`` inputs) against labels [M, 2] (ret_60m, rv_10m)."""
     from hfcast import metrics as M
 
-    pred = forecaster.postprocess(raw)
+    pred = forecaster.postprocess(raw, side)
     return {"vol_qlike": M.qlike(pred["rv_10m_pred"] ** 2, y[:, 1].astype(np.float64) ** 2),
             "ret_ic": M.ic(pred["ret_60m_pred"], y[:, 0].astype(np.float64))}
 
@@ -114,14 +115,15 @@ def guard(forecaster: Any, fp32: Callable, int8: Callable, frame: Any, dates: li
     wa = build_windows(frame, forecaster.feature_names)
     if wa.y is None:
         raise ValueError("quantization guard: the validation frame has no labels (ret_60m, rv_10m)")
-    wa = forecaster_scaled(forecaster, wa)
     y = wa.labels()
     idx = np.flatnonzero(np.isfinite(y).all(axis=1))
     if len(idx) == 0:
         raise ValueError("quantization guard: no labelled windows in the validation span")
     idx = idx[np.linspace(0, len(idx) - 1, min(max_windows, len(idx))).astype(int)]
+    side = forecaster.side_inputs_arrays(wa.select(idx))
+    wa = forecaster_scaled(forecaster, wa)
     raw32, raw8 = _run_batched(fp32, wa, idx), _run_batched(int8, wa, idx)
-    s32, s8 = span_scores(forecaster, raw32, y[idx]), span_scores(forecaster, raw8, y[idx])
+    s32, s8 = span_scores(forecaster, raw32, y[idx], side), span_scores(forecaster, raw8, y[idx], side)
     change = {k: _rel_change(s8[k], s32[k]) for k in s32}
     passed = all(v < tol for v in change.values())
     return {"passed": bool(passed), "tolerance_rel": tol, "fp32": s32, "int8": s8, "rel_change": change,
@@ -218,7 +220,7 @@ def cpu_choice(bundle_dir: str | Path, onnx_path: str | Path, lake: Any = None) 
     folder = Path(onnx_path).parent
     report = read_report(folder)
     if report is None and lake is not None:
-        from hfcast.models.base import Forecaster
+        from hfcast.forecaster import Forecaster
 
         fc = Forecaster.load(str(bundle_dir))
         frame, dates = validation_frame(lake, fc)

@@ -143,9 +143,10 @@ def check_bundle(bundle_dir: str | os.PathLike) -> Path:
     path = Path(bundle_dir)
     if not path.is_dir():
         raise RegistryError(f"model bundle folder {path} does not exist")
-    missing = [f for f in BUNDLE_FILES if f != "calibration.json" and not (path / f).is_file()]
+    missing = [f for f in ("model.json", "scaler.json") if not (path / f).is_file()]
     if missing:
-        raise RegistryError(f"model bundle {path} lacks {missing} (a bundle holds {list(BUNDLE_FILES)})")
+        raise RegistryError(f"model bundle {path} lacks {missing} (a bundle holds {list(BUNDLE_FILES)} and "
+                            "members/<arch>/ for its networks)")
     if not (path / "calibration.json").is_file():
         log.warning("bundle %s has no calibration.json: confidences will be uncalibrated", path)
     _refuse_pickles(path)
@@ -238,6 +239,7 @@ class TrainingRecord:
     dataset: Mapping[str, Any] | None = None  # lineage: ``uri``, ``first``, ``last``, ``rows`` (see dataset_input)
     lookback: int = 30  # window length of the model's input (for the MLflow model's signature)
     reports: Sequence[str | os.PathLike] = ()  # HTML evaluation reports, logged under ``eval/``
+    extra_scores: Mapping[str, Any] | None = None  # more of eval/scores.json: the choices, candidates, validation
 
 
 def _record_metrics(rec: TrainingRecord, now: int) -> list:
@@ -340,7 +342,7 @@ def log_training_run(settings: Settings, rec: TrainingRecord) -> str:
     params, run_tags = _record_params_tags(settings, rec, spans)
     run_tags.update(integrity.registry_tags(bundle))  # checked again at registration and every load
     scores = {"test_spans": spans, "test_spans_sha": spans_sha(spans), "model": rec.aggregate_metrics,
-              "baselines": rec.baseline_metrics or {}, "folds": list(rec.fold_metrics)}
+              "baselines": rec.baseline_metrics or {}, "folds": list(rec.fold_metrics), **dict(rec.extra_scores or {})}
     with tracking(settings) as t:
         if rec.run_id:
             run_id = rec.run_id
@@ -367,8 +369,9 @@ class LiveTraining:
     filled by :func:`log_training_run` (``TrainingRecord.run_id``).
     """
 
-    def __init__(self, t: Tracking, tags: Mapping[str, str] | None = None, title: str = ""):
+    def __init__(self, t: Tracking, tags: Mapping[str, str] | None = None, title: str = "", root: str | None = None):
         self.t, self.tags, self.title = t, dict(tags or {}), title
+        self.root = root  # one parent run for every architecture's folds (the forecaster's), else one per arch
         self.parents: dict[str, str] = {}
         self.children: dict[tuple[str, int], str] = {}
 
@@ -387,7 +390,7 @@ class LiveTraining:
         if key not in self.children:
             self._close(arch)
             name = f"{arch} fold {fold.index} test {fold.test[0]}..{fold.test[-1]}"
-            tags = {"mlflow.parentRunId": self.parent(arch), "arch": arch, "fold": str(fold.index)}
+            tags = {"mlflow.parentRunId": self.parent(self.root or arch), "arch": arch, "fold": str(fold.index)}
             run = self.t.client.create_run(self.t.experiment_id, run_name=name, tags=tags)
             self.children[key] = rid = run.info.run_id
             spans = {"train": fold.train, "val": fold.val, "test": fold.test}
@@ -418,7 +421,7 @@ class LiveTraining:
 
     def close(self, status: str = "FINISHED") -> None:
         """End every fold run, and the parents that were never filled (a failure)."""
-        for arch in self.parents:
+        for arch in {a for a, _ in self.children}:
             self._close(arch, status)
         if status != "FINISHED":
             for rid in self.parents.values():
@@ -436,10 +439,11 @@ def _span_params(spans: Mapping[str, Sequence[str]]) -> list:
 
 
 @contextmanager
-def training_runs(settings: Settings, tags: Mapping[str, str] | None = None, title: str = "") -> Iterator[LiveTraining]:
+def training_runs(settings: Settings, tags: Mapping[str, str] | None = None, title: str = "",
+                  root: str | None = None) -> Iterator[LiveTraining]:
     """Open MLflow runs as training starts (see :class:`LiveTraining`); failed runs end FAILED."""
     with tracking(settings) as t:
-        live = LiveTraining(t, tags, title)
+        live = LiveTraining(t, tags, title, root)
         try:
             yield live
         except BaseException:
@@ -475,7 +479,9 @@ def register(settings: Settings, run_id: str) -> int:
         rt = run.data.tags
         mv_tags = {"arch": rt.get("arch", "unknown"), "dataset_version": rt.get("dataset_version", "unknown"),
                    "run_id": run_id, SPANS_SHA_TAG: rt.get(SPANS_SHA_TAG, ""),
-                   **{k: v for k, v in rt.items() if k.startswith(("hfcast.train_", "hfcast.val_", "hfcast.test_", "hfcast.retrain_key"))}}
+                   **{k: v for k, v in rt.items() if k.startswith(("hfcast.train_", "hfcast.val_", "hfcast.test_",
+                                                                   "hfcast.retrain_key", "hfcast.kind", "hfcast.vol_kind",
+                                                                   "hfcast.return", "hfcast.members"))}}
         mv_tags.update(_checksum_tags(run_id, rt, t.uri))
         source, model_id = f"runs:/{run_id}/{MODEL_ARTIFACT}", None
         if rt.get(PYFUNC_TAG):  # the MLflow model wraps the same bundle: `mlflow models predict` can use it
@@ -620,7 +626,7 @@ def load_forecaster(settings: Settings, ref: str | int | None = None, dst: str |
     ``ref`` defaults to ``<settings.model_name>@champion``; ``meta`` gains ``model_name``,
     ``model_version`` and ``run_id`` so predictions and exports can name their model.
     """
-    from hfcast.models.base import Forecaster
+    from hfcast.forecaster import Forecaster
 
     mv = resolve(settings, ref if ref is not None else f"{settings.model_name}@champion")
     path = download_bundle(settings, f"{mv.name}/{mv.version}", dst)

@@ -36,9 +36,25 @@ def tensorrt_available() -> bool:
 
 
 def net_of(model: Any):
-    """The ``ForecastNet`` inside a Forecaster (or the module itself), in eval mode on CPU."""
+    """The module a runner executes, in eval mode: a forecaster's graph (its networks side by
+    side, :class:`hfcast.forecaster.MemberStack`), a trained network's ``net``, or a module itself.
+
+    Raises:
+        ValueError: the forecaster serves a baseline and runs no network (nothing to execute).
+    """
+    if callable(getattr(model, "graph", None)):
+        graph = model.graph()
+        if graph is None:
+            raise ValueError(f"the forecaster serves {model.kind}: it runs no network, so there is no graph "
+                             "for a runner (its post-step computes the whole forecast)")
+        return graph.eval()
     net = getattr(model, "net", model)
     return net.eval()
+
+
+def n_outputs_of(model: Any) -> int:
+    """Width of a runner's output for ``model``: 4 per network."""
+    return int(getattr(model, "n_outputs", 4))
 
 
 def n_features_of(model: Any) -> int:
@@ -49,7 +65,7 @@ def n_features_of(model: Any) -> int:
 
 
 class Runner(Protocol):
-    """One backend: scaled windows [B,30,F] float32 in, raw outputs [B,4] float32 out."""
+    """One backend: scaled windows [B,30,F] float32 in, raw outputs [B,4k] float32 out (k networks)."""
 
     kind: str
     device: str
@@ -208,7 +224,8 @@ class TensorRTRunner:
     def run(self, windows_scaled: np.ndarray) -> np.ndarray:
         torch = self._torch
         x = torch.from_numpy(np.ascontiguousarray(windows_scaled, dtype=np.float32)).cuda()
-        out = torch.empty((x.shape[0], 4), dtype=torch.float32, device="cuda")
+        width = int(self._engine.get_tensor_shape(OUTPUT_NAME)[-1])  # 4 per network of the forecaster
+        out = torch.empty((x.shape[0], width), dtype=torch.float32, device="cuda")
         self._ctx.set_input_shape(INPUT_NAME, tuple(x.shape))
         self._ctx.set_tensor_address(INPUT_NAME, x.data_ptr())
         self._ctx.set_tensor_address(OUTPUT_NAME, out.data_ptr())

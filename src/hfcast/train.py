@@ -24,7 +24,7 @@ from hfcast.config import checked_section
 from hfcast.features.windows import WindowArrays, WindowDataset, fit_scaler, make_loader
 from hfcast.losses import TwoTargetLoss
 from hfcast.models import build_model
-from hfcast.models.base import Forecaster
+from hfcast.models.base import TrainedNet
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def _progress(enabled: bool) -> Progress:
 
 def train_forecaster(arch: str, train_wa: WindowArrays, val_wa: WindowArrays, model_config: dict | None = None,
                      cfg: TrainConfig | None = None, calibrate: bool = True, progress: bool = True,
-                     on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[Forecaster, dict[str, Any]]:
+                     on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[TrainedNet, dict[str, Any]]:
     """Train one architecture on the training windows, early-stopped and calibrated on validation.
 
     Args:
@@ -221,7 +221,7 @@ def _num_threads(n: int | None):
 
 def _train(arch: str, train_wa: WindowArrays, val_wa: WindowArrays, model_config: dict | None, cfg: TrainConfig,
            calibrate: bool, progress: bool, on_epoch: Callable[[dict[str, Any]], None] | None
-           ) -> tuple[Forecaster, dict[str, Any]]:
+           ) -> tuple[TrainedNet, dict[str, Any]]:
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -246,7 +246,7 @@ def _train(arch: str, train_wa: WindowArrays, val_wa: WindowArrays, model_config
             "n_train_windows": len(train_ds), "n_val_windows": len(val_ds),
             "train_dates": sorted(set(train_sel.end_dates().tolist())),
             "val_dates": sorted(set(val_sel.end_dates().tolist()))}
-    forecaster = Forecaster(net, scaler, train_wa.feature_names, None, meta)
+    forecaster = TrainedNet(net, scaler, train_wa.feature_names, None, meta)
     if calibrate:
         forecaster.calibrator = _fit_calibrator(forecaster, val_loader, val_sel)
     history = {"arch": arch, "epochs": epochs, "best_epoch": best["epoch"], "best_val_loss": best["loss"],
@@ -316,7 +316,7 @@ def _fit_epochs(arch: str, net: torch.nn.Module, fwd: Callable, train_ds: Window
     return epochs, best, train_seconds, seen
 
 
-def _fit_calibrator(forecaster: Forecaster, val_loader, val_wa: WindowArrays) -> Any:
+def _fit_calibrator(forecaster: TrainedNet, val_loader, val_wa: WindowArrays) -> Any:
     """Calibrator fitted on the best net's validation forecasts (CPU fp32, as served); None if unavailable."""
     from hfcast.calibration import Calibrator
 

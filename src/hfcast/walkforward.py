@@ -120,7 +120,13 @@ class Fold:
 
 
 def generate_folds(dates: Sequence[str], cfg: WalkForwardConfig) -> Iterator[Fold]:
-    """Yield the walk-forward folds over ``dates`` (ISO strings; sorted and de-duplicated here).
+    """Yield the walk-forward folds over ``dates`` (ISO trading dates; sorted and de-duplicated here).
+
+    Without ``first_test_date`` the folds are laid out from the END: the last fold's test span ends
+    on the last date and every fold has ``test_days`` test days (a model chosen today is tested on
+    the most recent days, and no fold is cut short). With ``first_test_date`` they run forward from
+    it, and a final fold with fewer than ``test_days`` test days is dropped (logged; refused when it
+    would be the only one).
 
     Raises:
         ValueError: too few dates for one fold, or ``first_test_date`` leaves too little history
@@ -132,17 +138,27 @@ def generate_folds(dates: Sequence[str], cfg: WalkForwardConfig) -> Iterator[Fol
     emb = cfg.embargo_days
     need_before = cfg.train_days + emb + cfg.val_days + emb
     if cfg.first_test_date is None:
-        t0 = need_before
+        if len(days) < need_before + cfg.test_days:
+            raise ValueError(f"walkforward needs at least {need_before + cfg.test_days} trading dates for one fold "
+                             f"(train {cfg.train_days} + val {cfg.val_days} + 2 x embargo {emb} + test "
+                             f"{cfg.test_days}); got {len(days)}")
+        starts = list(range(len(days) - cfg.test_days, need_before - 1, -cfg.step))[::-1]
     else:
         t0 = next((i for i, d in enumerate(days) if d >= cfg.first_test_date), len(days))
         if t0 < need_before:
             raise ValueError(f"walkforward.first_test_date={cfg.first_test_date} leaves {t0} earlier "
                              f"day(s); train+val+2*embargo needs {need_before}")
-    if t0 >= len(days):
-        raise ValueError(f"walkforward needs more than {need_before} dates for one fold "
-                         f"(train {cfg.train_days} + val {cfg.val_days} + 2 x embargo {emb} + test); "
-                         f"got {len(days)}")
-    starts = list(range(t0, len(days), cfg.step))
+        starts = list(range(t0, len(days), cfg.step))
+        if starts and len(days) - starts[-1] < cfg.test_days:
+            if len(starts) == 1:
+                raise ValueError(f"the only fold would have {len(days) - starts[-1]} test day(s) after "
+                                 f"walkforward.first_test_date={cfg.first_test_date}, fewer than test_days="
+                                 f"{cfg.test_days}: move first_test_date earlier or lower test_days")
+            log.warning("dropping the final fold: only %d test day(s) from %s (test_days=%d)",
+                        len(days) - starts[-1], days[starts[-1]], cfg.test_days)
+            starts = starts[:-1]
+        if not starts:
+            raise ValueError(f"walkforward.first_test_date={cfg.first_test_date} is after the last date {days[-1]}")
     if cfg.max_folds is not None:
         starts = starts[-cfg.max_folds:]
     for k, ts in enumerate(starts):
@@ -163,17 +179,22 @@ def folds_from_settings(dates: Sequence[str], params: Mapping[str, Any]) -> list
 
 # -- orchestration: every architecture and baseline on identical folds -------------------------
 
+SERVED = "forecaster"  # the ``model`` of the predictions rows of the forecaster each fold chose
+
+
 @dataclass
 class WalkForwardResult:
     """What a walk-forward run produced; every score is from test spans.
 
     Attributes:
         predictions: long frame, one row per (model, test window): ``model``, ``fold``, ``symbol``,
-            ``ts``, PRED_COLUMNS, labels and truth when present.
+            ``ts``, PRED_COLUMNS, INFO_COLUMNS, labels and truth when present. ``model`` is
+            ``forecaster`` (what each fold chose on validation: the served forecaster), each bare
+            network (``lstm``...), each floored network (``lstm+floor``), ``ensemble`` and the baselines.
         per_fold: scores per (model, fold). aggregate: scores pooled over all test rows, by model.
-        forecasters: the last fold's trained Forecaster per architecture (for registration).
-        ensemble: with the floor and >= 2 architectures, the last fold's
-            :class:`hfcast.models.floor.EnsembleForecaster` (its rows are ``model == "ensemble"``).
+        forecaster: the last fold's chosen :class:`hfcast.forecaster.Forecaster` (what is registered).
+        choices: each fold's :class:`hfcast.forecaster.Choice` (what it served and why).
+        nets: per architecture, the trained network of every fold.
         histories: per architecture, the training history of each fold.
         throughput: per architecture, median over folds of training windows per second.
     """
@@ -182,14 +203,19 @@ class WalkForwardResult:
     predictions: Any
     per_fold: Any
     aggregate: Any
-    forecasters: dict[str, Any]
+    forecaster: Any
+    choices: list[Any]
+    nets: dict[str, list[Any]]
     histories: dict[str, list]
     throughput: dict[str, float]
     feature_names: list[str]
-    ensemble: Any = None
 
     def test_spans(self) -> list[tuple[str, str]]:
         return [(f.test[0], f.test[-1]) for f in self.folds]
+
+    def scores(self, model: str = SERVED) -> dict[str, float]:
+        """Pooled test scores of one model (default: the served forecaster)."""
+        return {str(k): float(v) for k, v in self.aggregate.loc[model].items()}
 
 
 def _stride(wa, stride: int):
@@ -200,13 +226,6 @@ def _stride(wa, stride: int):
 
     m = minute_of_session(wa.keys["ts"].iloc[wa.ends], getattr(wa, "market", None))
     return wa.select(np.flatnonzero((m - (LOOKBACK - 1)) % stride == 0))
-
-
-def _predict_windows(fc, wa, batch: int = 8192):
-    import pandas as pd
-
-    parts = [fc.predict(wa.windows(np.arange(i, min(i + batch, len(wa))))) for i in range(0, len(wa), batch)]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(PRED_COLUMNS))
 
 
 def _feature_names(lake, df) -> list[str]:
@@ -223,20 +242,40 @@ def _feature_names(lake, df) -> list[str]:
         return names
 
 
+def trading_dates(dates: Sequence[str], market: Any = None) -> list[str]:
+    """The dates that are sessions of the market calendar (a closed day's empty partition is not a
+    trading day: counting it would shift every span by one)."""
+    from hfcast.market import resolve
+
+    mk = resolve(market)
+    kept = [d for d in sorted({str(x) for x in dates}) if mk.is_session(d)]
+    dropped = sorted(set(map(str, dates)) - set(kept))
+    if dropped:
+        log.warning("ignoring %d date(s) that are not %s sessions: %s", len(dropped), getattr(mk, "name", "market"),
+                    dropped[:5])
+    return kept
+
+
 def _folds_and_frame(lake, wf_cfg: WalkForwardConfig, dates: Sequence[str] | None, frame):
-    """The folds, and the features frame they need (from the lake unless one is given)."""
+    """The folds over the trading dates that hold features, and the features frame they need
+    (from the lake unless one is given)."""
+    from hfcast.market import default_market
+
     if frame is None:
         from hfcast.features.engine import load_features
 
-        dates = list(dates or lake.dates("features"))
-        folds = list(generate_folds(dates, wf_cfg))
-        needed = sorted({d for f in folds for d in f.all_dates} | {d for d in dates if d <= folds[-1].test[-1]})
+        days = trading_dates(dates or lake.dates("features"))
+        folds = list(generate_folds(days, wf_cfg))
+        needed = sorted({d for f in folds for d in f.all_dates} | {d for d in days if d <= folds[-1].test[-1]})
         frame = load_features(lake, needed)
+        have = set(default_market().trade_date(frame["ts"])) if len(frame) else set()
+        empty = [d for d in needed if d not in have]
+        if empty:  # a partition without rows (a closed exchange, a failed day): not a trading day
+            log.warning("ignoring %d features date(s) without rows: %s", len(empty), empty[:5])
+            folds = list(generate_folds([d for d in days if d not in empty], wf_cfg))
     else:
-        from hfcast.market import default_market
-
         day = default_market().trade_date(frame["ts"])  # trade dates of the configured calendar
-        folds = list(generate_folds(dates or sorted(set(day)), wf_cfg))
+        folds = list(generate_folds(trading_dates(dates or sorted(set(day))), wf_cfg))
     return folds, frame.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
 
 
@@ -251,80 +290,148 @@ def _fold_windows(wa_all, fold: Fold, wf_cfg: WalkForwardConfig):
     return train_wa, val_wa, test_wa
 
 
-def _train_archs(archs, spans, base, train_cfg, model_configs, progress: bool, acc: dict,
-                 floor_ctx: tuple | None = None, on_epoch=None, fold: Fold | None = None) -> None:
-    """Train every architecture on one fold and predict its test windows (results into ``acc``).
+@dataclass
+class Prepared:
+    """The data every fold reads: folds, the sorted frame, windows over it and their inputs."""
 
-    ``floor_ctx`` = (floor mode, the fold's fitted ``har_tod`` baseline, baseline inputs): each
-    network is wrapped by :func:`_floor_arch` (None = bare networks, the default). ``on_epoch``:
-    see :func:`run_walkforward`.
-    """
+    folds: list[Fold]
+    frame: Any
+    feature_names: list[str]
+    windows: Any   # WindowArrays of every window (stride 1)
+    inputs: Any    # baseline_inputs of those windows, indexed by end row
+
+
+def prepare(lake, wf_cfg: WalkForwardConfig, dates: Sequence[str] | None = None, frame=None,
+            feature_names: Sequence[str] | None = None) -> Prepared:
+    """Folds, features, windows and window inputs for :func:`train_members` and :func:`select_folds`."""
+    from hfcast.features.windows import build_windows
+    from hfcast.models.baselines import baseline_inputs, check_features
+
+    folds, frame = _folds_and_frame(lake, wf_cfg, dates, frame)
+    names = list(feature_names) if feature_names is not None else _feature_names(lake, frame)
+    check_features(names)
+    wa_all = build_windows(frame, names, stride=1)
+    return Prepared(folds, frame, names, wa_all, baseline_inputs(wa_all, frame))
+
+
+def train_members(prep: Prepared, archs: Sequence[str], wf_cfg: WalkForwardConfig, train_cfg: Any = None,
+                  model_configs: Mapping[str, dict] | None = None, progress: bool = True,
+                  on_epoch=None) -> tuple[dict[str, list[Any]], dict[str, list], dict[str, float]]:
+    """Train every architecture on every fold (training span; early stopping and its bare
+    calibration on validation). Returns (nets per arch per fold, histories, throughput)."""
     import time
 
-    import pandas as pd
-
-    from hfcast.evaluate import score
     from hfcast.train import train_forecaster
 
-    train_wa, val_wa, test_wa = spans
-    for arch in archs:
-        t0 = time.perf_counter()
-        fc, hist = train_forecaster(arch, train_wa, val_wa, model_config=(model_configs or {}).get(arch),
-                                    cfg=train_cfg, progress=progress,
-                                    on_epoch=(lambda rec, a=arch: on_epoch(a, fold, rec)) if on_epoch else None)
-        secs = time.perf_counter() - t0
-        if floor_ctx is not None:
-            fc, out = _floor_arch(arch, fc, spans, base, train_cfg, (model_configs or {}).get(arch), floor_ctx, acc)
-        else:
-            out = _predict_windows(fc, test_wa)
-        acc["thr"][arch].append(float(hist.get("windows_per_s", np.nan)))
-        acc["histories"][arch].append(hist)
-        acc["forecasters"][arch] = fc
-        acc["preds"].append(pd.concat([base.assign(model=arch), out], axis=1))
+    nets: dict[str, list[Any]] = {a: [] for a in archs}
+    hists: dict[str, list] = {a: [] for a in archs}
+    for fold in prep.folds:
+        train_wa, val_wa, _ = _fold_windows(prep.windows, fold, wf_cfg)
         if progress:
-            log.info("  %s trained in %.1fs: %s", arch, secs, _brief(score(acc["preds"][-1])))
+            log.info("%s: %d train / %d val windows", fold.describe(), len(train_wa), len(val_wa))
+        for arch in archs:
+            t0 = time.perf_counter()
+            net, hist = train_forecaster(arch, train_wa, val_wa, model_config=(model_configs or {}).get(arch),
+                                         cfg=train_cfg, progress=progress,
+                                         on_epoch=(lambda rec, a=arch, f=fold: on_epoch(a, f, rec)) if on_epoch else None)
+            nets[arch].append(net)
+            hists[arch].append(hist)
+            if progress:
+                log.info("  %s trained in %.1fs", arch, time.perf_counter() - t0)
+    thr = {a: float(np.median([h.get("windows_per_s", np.nan) for h in hs])) for a, hs in hists.items() if hs}
+    return nets, hists, thr
 
 
-def _floor_arch(arch, fc, spans, base, train_cfg, model_config, floor_ctx, acc: dict):
-    """Put the ``har_tod`` floor under one trained network (``hfcast.models.floor``).
+def _natural(net, wa, batch: int = 8192) -> dict[str, np.ndarray]:
+    parts = [net.natural_windows(wa.windows(np.arange(i, min(i + batch, len(wa))))) for i in range(0, len(wa), batch)]
+    if not parts:
+        return {k: np.empty(0) for k in ("ret_mu", "ret_sigma", "rv_hat", "lrv_sigma")}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    Returns the floored forecaster and its test predictions; the bare rows (``<arch>_net``,
-    ``<arch>_resid``) go into ``acc["preds"]`` so they are scored on the same test rows.
+
+def _frame_of(cal, nat: dict[str, np.ndarray], ctx: dict | None) -> Any:
+    import pandas as pd
+
+    from hfcast.contracts import INFO_COLUMNS
+
+    out = cal.apply(nat, ctx)
+    return pd.DataFrame({**{c: out[c] for c in PRED_COLUMNS}, **cal.info_columns(len(nat["rv_hat"]))},
+                        columns=[*PRED_COLUMNS, *INFO_COLUMNS])
+
+
+def _candidate_rows(sel, nets, nat_val, nat_test, bases_val, bases_test, val_inp, groups) -> dict[str, Any]:
+    """Test rows of the bare networks, the floored networks and the ensemble, each calibrated on
+    validation like the served forecaster (so the table shows what the choice was made from)."""
+    from hfcast.calibration import Calibrator
+    from hfcast.forecaster import Choice, compose
+
+    rows = {a: _frame_of(n.calibrator, nat_test[a], None) for a, n in nets.items() if n.calibrator is not None}
+    y_ret, y_rv = val_inp["ret_60m"].to_numpy(), val_inp["rv_10m"].to_numpy()
+    for cand in sel.candidates:
+        c = cand.choice
+        if c.vol not in ("floor", "ensemble"):
+            continue
+        name = "ensemble" if c.vol == "ensemble" else f"{next(iter(c.members))}+floor"
+        ch = Choice(vol=c.vol, members=c.members, scale=c.scale, ret=sel.choice.ret)
+        cal = Calibrator().fit(compose(ch, nat_val, bases_val), y_ret, y_rv, groups=groups)
+        rows[name] = _frame_of(cal, compose(ch, nat_test, bases_test), None)
+    return rows
+
+
+def select_folds(prep: Prepared, nets: Mapping[str, Sequence[Any]], wf_cfg: WalkForwardConfig,
+                 baselines: Sequence[str] = BASELINES, options: Any = None, progress: bool = True,
+                 histories: Mapping[str, list] | None = None, throughput: Mapping[str, float] | None = None
+                 ) -> WalkForwardResult:
+    """Per fold: fit the baselines, choose the forecaster on validation (:mod:`hfcast.selection`),
+    and score it, every network, floored network, ensemble and baseline on the SAME test rows.
+
+    ``nets``: per architecture, one trained network per fold of ``prep.folds`` (:func:`train_members`).
+    The served rows (``model == "forecaster"``) are predicted by the fold's :class:`Forecaster`
+    object itself (scaler, graph and post-step), exactly as batch prediction and the server run it.
     """
     import pandas as pd
 
-    from hfcast.models.floor import floor_forecaster
+    from hfcast.features.windows import fit_scaler
+    from hfcast.models.baselines import DEPLOYABLE, context, fit_baselines
+    from hfcast.selection import SelectOptions, hour_clusters, select_fold
 
-    mode, floor_base, inputs = floor_ctx
-    train_wa, val_wa, test_wa = spans
-    fc, extra = floor_forecaster(fc, floor_base, train_wa, val_wa, test_wa, inputs, residual=mode == "residual",
-                                 train_cfg=train_cfg, model_config=model_config)
-    acc["preds"] += [pd.concat([base.assign(model=f"{arch}_{k}"), v], axis=1) for k, v in extra.items()]
-    return fc, fc.predict_span(test_wa, inputs)
-
-
-def _ensemble(archs, spans, base, inputs, acc: dict) -> None:
-    """The fold's floored networks averaged (``hfcast.models.floor.fit_ensemble``), scored on the
-    same test rows as ``model == "ensemble"``."""
-    import pandas as pd
-
-    from hfcast.models.floor import fit_ensemble
-
-    _, val_wa, test_wa = spans
-    ens = fit_ensemble({a: acc["forecasters"][a] for a in archs}, val_wa, inputs)
-    acc["ensemble"] = ens
-    acc["preds"].append(pd.concat([base.assign(model="ensemble"), ens.predict_span(test_wa, inputs)], axis=1))
-
-
-def _context_calibrate(fitted: dict, inputs, val_wa, test_wa) -> dict:
-    """Re-calibrate every baseline with context on the validation span, as the floored networks are,
-    so their confidences and intervals are compared like for like; returns the test windows' context."""
-    from hfcast.models.floor import calibrate_with_context, context_from_windows
-
-    val_inputs = inputs.loc[val_wa.ends]
-    for b in fitted.values():
-        b.calibrator = calibrate_with_context(b, val_inputs, val_wa)
-    return context_from_windows(test_wa)
+    options = options or SelectOptions()
+    truth = [c for c in ("true_ret_60m", "true_var_10m") if c in prep.frame]
+    names = tuple(dict.fromkeys([*baselines, *DEPLOYABLE, "persistence"]))  # the choice needs these
+    preds, choices, forecaster = [], [], None
+    for k, fold in enumerate(prep.folds):
+        train_wa, val_wa, test_wa = _fold_windows(prep.windows, fold, wf_cfg)
+        fold_nets = {a: ns[k] for a, ns in nets.items()}
+        tr_inp, val_inp, te_inp = (prep.inputs.loc[w.ends] for w in (train_wa, val_wa, test_wa))
+        val_ts = prep.windows.keys["ts"].to_numpy()[val_wa.ends]
+        groups = hour_clusters(val_ts)
+        fitted = fit_baselines(tr_inp, val_inp, names, context_val=context(val_inp), groups_val=groups)
+        nat_val = {a: _natural(n, val_wa) for a, n in fold_nets.items()}
+        nat_test = {a: _natural(n, test_wa) for a, n in fold_nets.items()}
+        scaler = next(iter(fold_nets.values())).scaler if fold_nets else fit_scaler(train_wa)
+        meta = {"train_dates": list(fold.train), "val_dates": list(fold.val), "test_dates": list(fold.test),
+                "fold": fold.index}
+        sel = select_fold(fold_nets, nat_val, fitted, val_inp, val_ts, scaler, prep.feature_names, options, meta)
+        choices.append(sel.choice)
+        forecaster = sel.forecaster
+        base = prep.frame.loc[test_wa.ends, ["symbol", "ts", "ret_60m", "rv_10m", *truth]].reset_index(drop=True)
+        base["fold"] = fold.index
+        rows = {SERVED: sel.forecaster.predict_arrays(test_wa)}
+        bases_val = {n: b.natural(val_inp) for n, b in fitted.items() if n in DEPLOYABLE}
+        bases_test = {n: b.natural(te_inp) for n, b in fitted.items() if n in DEPLOYABLE}
+        rows.update(_candidate_rows(sel, fold_nets, nat_val, nat_test, bases_val, bases_test, val_inp, groups))
+        ctx = context(te_inp)
+        rows.update({n: b.predict(te_inp, ctx).reset_index(drop=True) for n, b in fitted.items() if n in baselines})
+        for model, out in rows.items():
+            preds.append(pd.concat([base.assign(model=model), out.reset_index(drop=True)], axis=1))
+        if progress:
+            log.info("%s: served %s", fold.describe(), sel.choice.describe())
+    allp = pd.concat(preds, ignore_index=True)
+    per_fold, aggregate = _score_models(allp)
+    return WalkForwardResult(folds=prep.folds, predictions=allp, per_fold=per_fold, aggregate=aggregate,
+                             forecaster=forecaster, choices=choices, nets={a: list(v) for a, v in nets.items()},
+                             histories=dict(histories or {}), throughput=dict(throughput or {}),
+                             feature_names=prep.feature_names)
 
 
 def _score_models(allp):
@@ -344,79 +451,31 @@ def _score_models(allp):
 def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train_cfg: Any = None,
                     dates: Sequence[str] | None = None, progress: bool = True,
                     baselines: Sequence[str] = BASELINES, model_configs: Mapping[str, dict] | None = None,
-                    frame=None, feature_names: Sequence[str] | None = None, floor: bool | str = False,
+                    frame=None, feature_names: Sequence[str] | None = None, options: Any = None,
                     on_epoch=None) -> WalkForwardResult:
-    """Train and score every architecture and every baseline on the same walk-forward folds.
+    """Train every architecture, choose the forecaster per fold on validation, and score it, every
+    network and every baseline on the same walk-forward folds.
 
-    Per fold: windows ending on train days train the network (scaler fitted on them), windows on
-    val days early-stop and calibrate it, windows on test days are predicted and scored. The
-    baselines are fitted on the rows at the same train / val window ends and predict the SAME
-    test rows, so every row of the comparison table is measured on identical data.
+    Per fold: windows ending on train days train each network (scaler fitted on them), windows on
+    val days early-stop and calibrate them and CHOOSE what is served (:mod:`hfcast.selection`:
+    bare, floored or ensembled networks or a baseline for the volatility; a network's return head
+    only with validated skill, else zero), windows on test days are predicted and scored. The
+    baselines are fitted on the same train windows and predict the SAME test rows, so every row of
+    the comparison table is measured on identical data.
 
     Args:
         lake: a ``hfcast.storage.Lake`` with a ``features`` table (ignored when ``frame`` is given).
-        archs: architectures (``hfcast.models.ARCHITECTURES``); may be empty (baselines only).
+        archs: architectures (``hfcast.models.ARCHITECTURES``); may be empty (a baseline is served).
         wf_cfg: the schedule. train_cfg: ``hfcast.train.TrainConfig`` (None = its defaults).
         dates: restrict to these dates (default: every features date in the lake).
         frame, feature_names: an in-memory features frame instead of the lake (tests, benchmarks).
-        floor: put the ``har_tod`` floor under every network (``hfcast.models.floor``): the
-            architecture's row (and ``forecasters[arch]``, a ``FlooredForecaster``) is the
-            validation-chosen floored forecaster, ``<arch>_net`` the bare network on the same rows;
-            the baselines are then calibrated with context too (like for like).
-            Off by default: the floor needs HAR inputs per row that serving does not send yet. ``"residual"``: also train each network on the residual of
-            the floor's log variance and let validation choose (``<arch>_resid`` its bare rows).
+        options: :class:`hfcast.selection.SelectOptions` (a fixed kind instead of ``auto``).
         on_epoch: ``f(arch, fold, epoch_record)`` after every epoch (e.g.
             :meth:`hfcast.registry.LiveTraining.on_epoch`, which streams it to MLflow).
     """
-    import pandas as pd
-
-    from hfcast.features.windows import build_windows
-    from hfcast.models.baselines import baseline_inputs, fit_baselines
-
-    folds, frame = _folds_and_frame(lake, wf_cfg, dates, frame)
-    names = list(feature_names) if feature_names is not None else _feature_names(lake, frame)
-    wa_all = build_windows(frame, names, stride=1)
-    inputs = baseline_inputs(frame)
-    truth = [c for c in ("true_ret_60m", "true_var_10m") if c in frame]
-    acc = {"preds": [], "forecasters": {}, "histories": {a: [] for a in archs}, "thr": {a: [] for a in archs}}
-    floor_base = _floor_cache()
-    for fold in folds:
-        train_wa, val_wa, test_wa = spans = _fold_windows(wa_all, fold, wf_cfg)
-        rows = test_wa.ends
-        base = frame.loc[rows, ["symbol", "ts", "ret_60m", "rv_10m", *truth]].reset_index(drop=True)
-        base["fold"] = fold.index
-        if progress:
-            log.info("%s: %d train / %d val / %d test windows", fold.describe(), len(train_wa), len(val_wa), len(test_wa))
-        floor_ctx = (floor, floor_base(inputs, train_wa, val_wa, fold.index), inputs) if floor and archs else None
-        _train_archs(archs, spans, base, train_cfg, model_configs, progress, acc, floor_ctx, on_epoch, fold)
-        if floor_ctx is not None and len(archs) >= 2:
-            _ensemble(archs, spans, base, inputs, acc)
-        fitted = fit_baselines(inputs.loc[train_wa.ends], inputs.loc[val_wa.ends], tuple(baselines))
-        ctx = _context_calibrate(fitted, inputs, val_wa, test_wa) if floor_ctx is not None else None
-        for name, b in fitted.items():
-            out = b.predict(inputs.loc[rows], ctx).reset_index(drop=True)
-            acc["preds"].append(pd.concat([base.assign(model=name), out], axis=1))
-    allp = pd.concat(acc["preds"], ignore_index=True)
-    per_fold, aggregate = _score_models(allp)
-    return WalkForwardResult(folds=folds, predictions=allp, per_fold=per_fold, aggregate=aggregate,
-                             forecasters=acc["forecasters"], histories=acc["histories"],
-                             throughput={a: float(np.median(v)) for a, v in acc["thr"].items() if v},
-                             feature_names=names, ensemble=acc.get("ensemble"))
-
-
-def _floor_cache():
-    """``f(inputs, train_wa, val_wa, fold) -> Baseline('har_tod')`` fitted once per fold."""
-    cache: dict[int, Any] = {}
-
-    def get(inputs, train_wa, val_wa, fold: int):
-        if fold not in cache:
-            from hfcast.models.baselines import FLOOR, Baseline
-
-            cache.clear()
-            cache[fold] = Baseline(FLOOR).fit(inputs.loc[train_wa.ends], inputs.loc[val_wa.ends])
-        return cache[fold]
-
-    return get
+    prep = prepare(lake, wf_cfg, dates, frame, feature_names)
+    nets, hists, thr = train_members(prep, archs, wf_cfg, train_cfg, model_configs, progress, on_epoch)
+    return select_folds(prep, nets, wf_cfg, baselines, options, progress, hists, thr)
 
 
 def _brief(s: Mapping[str, float]) -> str:
@@ -424,50 +483,58 @@ def _brief(s: Mapping[str, float]) -> str:
     return " ".join(f"{k}={s[k]:.4f}" for k in keys if k in s)
 
 
-
-def log_result(settings, result: WalkForwardResult, arch: str, params: Mapping[str, Any],
-               out_dir, plots: Sequence[Any] = (), dataset_version: str | None = None,
-               tags: Mapping[str, str] | None = None, run_id: str | None = None,
+def log_result(settings, result: WalkForwardResult, params: Mapping[str, Any], out_dir, plots: Sequence[Any] = (),
+               dataset_version: str | None = None, tags: Mapping[str, str] | None = None, run_id: str | None = None,
                dataset: Mapping[str, Any] | None = None, reports: Sequence[Any] = ()) -> str:
-    """Hand one architecture's walk-forward result to the registry (MLflow); returns the run id.
+    """Hand the served forecaster of a walk-forward result to the registry (MLflow); the run id.
 
-    Logs the last fold's bundle, per-fold and pooled test scores, and the baselines' scores on the
-    same spans (the oracle is left out: it is the ceiling, not a baseline a model can be required
-    to beat; its scores are kept as ``oracle_*`` metrics).
+    Logs the last fold's forecaster bundle, its per-fold and pooled test scores, what each fold
+    chose and why, the baselines' and every candidate's scores on the same spans (the oracle is
+    left out of the baselines: it is the ceiling, not a baseline a model can be required to beat;
+    its scores are kept as ``oracle_*`` metrics).
     """
     from pathlib import Path
 
     from hfcast import registry
 
-    bundle = Path(out_dir) / f"bundle-{arch}"
-    result.forecasters[arch].save(str(bundle))
+    fc = result.forecaster
+    bundle = Path(out_dir) / "bundle"
+    fc.save(str(bundle))
     pf = result.per_fold
-    folds = pf[pf["model"] == arch].drop(columns=["model"]).to_dict(orient="records")
+    folds = pf[pf["model"] == SERVED].drop(columns=["model"]).to_dict(orient="records")
+    for row, choice in zip(folds, result.choices):
+        row["choice"] = choice.label
+        row["return"] = choice.ret
     agg = result.aggregate
-    baselines = {m: {k: float(v) for k, v in agg.loc[m].items()} for m in agg.index
-                 if m in BASELINES and m != "oracle"}
+    baselines = {m: result.scores(m) for m in agg.index if m in BASELINES and m != "oracle"}
+    candidates = {m: result.scores(m) for m in agg.index if m not in BASELINES and m != SERVED}
     oracle = ({f"oracle_{k}": float(agg.loc["oracle", k]) for k in ("ret_ic", "vol_qlike", "vol_qlike_truth") if k in agg}
               if "oracle" in agg.index else {})
-    epochs = [{"fold": i, **e} for i, h in enumerate(result.histories.get(arch, [])) for e in h.get("epochs", [])]
+    epochs = [{"fold": i, "arch": a, **e} for a, hs in result.histories.items() for i, h in enumerate(hs)
+              for e in h.get("epochs", [])]
+    thr = [v for v in result.throughput.values() if np.isfinite(v)]
+    last = result.choices[-1]
+    kind_tags = {"hfcast.kind": fc.kind[:5000], "hfcast.vol_kind": last.vol, "hfcast.return": last.ret,
+                 "hfcast.members": ",".join(fc.members) or "none"}
     return registry.log_training_run(settings, registry.TrainingRecord(
-        bundle, arch=arch, params=params, epoch_metrics=epochs, fold_metrics=folds,
-        aggregate_metrics={**{k: float(v) for k, v in agg.loc[arch].items()}, **oracle,
-                           "train_windows_per_s": result.throughput.get(arch, float("nan"))},
+        bundle, arch=fc.arch, params=params, epoch_metrics=epochs, fold_metrics=folds,
+        aggregate_metrics={**result.scores(), **oracle, **({"train_windows_per_s": float(np.median(thr))} if thr else {})},
         test_spans=result.test_spans(), dataset_version=dataset_version, feature_names=result.feature_names,
-        plots=[str(p) for p in plots], baseline_metrics=baselines, tags=tags, run_id=run_id,
-        run_name=run_name(arch, result), dataset=dataset, reports=[str(p) for p in reports]))
+        plots=[str(p) for p in plots], baseline_metrics=baselines, tags={**kind_tags, **dict(tags or {})},
+        run_id=run_id, run_name=run_name(result), dataset=dataset, reports=[str(p) for p in reports],
+        extra_scores={"choices": [c.to_dict() for c in result.choices], "candidates": candidates,
+                      "validation": {k: v for k, v in last.evidence.items() if k.startswith(("val_qlike", "chosen_val"))}}))
 
 
-def run_name(arch: str, result: WalkForwardResult) -> str:
-    """"transformer 2024-01-02..2024-02-01": the architecture and the dates its runs saw."""
-    return f"{arch} {result.folds[0].train[0]}..{result.folds[-1].test[-1]}"
+def run_name(result: WalkForwardResult) -> str:
+    """"forecaster 2024-01-02..2024-02-01": what it is and the dates its runs saw."""
+    return f"forecaster {result.folds[0].train[0]}..{result.folds[-1].test[-1]}"
 
 
 def dataset_info(lake, result: WalkForwardResult) -> dict[str, Any]:
     """What trained a result, for the MLflow dataset input: lake URL, date range, windows."""
     days = sorted({d for f in result.folds for d in f.all_dates})
-    hist = [h for hs in result.histories.values() for h in hs]
-    rows = int(sum(h.get("n_train_windows", 0) for h in hist[-1:]))
+    rows = int(max((hs[-1].get("n_train_windows", 0) for hs in result.histories.values() if hs), default=0))
     return {"uri": storage_url(lake), "first": days[0], "last": days[-1], "dates": len(days), "rows": rows}
 
 
@@ -514,7 +581,7 @@ def span_evaluator(settings, stride: int | None = None):
         fc = load_forecaster(settings, model_uri)
         wa = _stride(build_windows(frame, fc.feature_names, stride=1), stride)
         base = frame.loc[wa.ends, ["symbol", "ts", "ret_60m", "rv_10m"]].reset_index(drop=True)
-        scores = score(pd.concat([base, _predict_windows(fc, wa)], axis=1))
+        scores = score(pd.concat([base, fc.predict_arrays(wa)], axis=1))
         log.info("re-scored %s on %d date(s): %s", model_uri, len(dates), _brief(scores))
         return scores
 

@@ -13,8 +13,8 @@ from hfcast.train import TrainConfig, train_forecaster
 
 # synthetic_feature_frame plants f0 -> ret_60m and f1 -> log rv_10m; the rest is noise. Renamed to
 # registry features, the return signal lives in the "ofi" group and the volatility signal in "spread".
-NAMES = {"f0": "ofi_5m", "f1": "spread_bps", "f2": "ofi_1m", "f3": "log_volume", "f4": "tod_sin",
-         "f5": "rsi_14", "f6": "depth_imbalance", "f7": "rv_5m"}
+NAMES = {"f0": "ofi_5m", "f1": "spread_bps", "f2": "ofi_1m", "f3": "log_volume", "f4": "vwap_dist_bps",
+         "f5": "rsi_14", "f6": "depth_imbalance", "f7": "bpv_15m"}
 
 
 @pytest.fixture(scope="module")

@@ -134,3 +134,39 @@ def test_registry_gate_reads_params_yaml(tmp_path):
 ])
 def test_parse_ref(ref, want):
     assert parse_ref(ref, "hfcast") == want
+
+
+# -- per target (a forecaster serves each target on its own) -------------------------------------
+
+def test_a_volatility_skill_is_promoted_with_the_zero_return():
+    """No champion, no return skill: the zero return is not judged against baselines; QLIKE is."""
+    d = decide({"vol_qlike": 0.30, "ret_ic": 0.0, "ret_served": 0}, None, BASE, CFG)
+    assert d.promote, d.reasons
+    assert any("serves the zero return" in r for r in d.reasons)
+    assert not any(c["metric"] == "ret_ic" for c in d.comparisons)
+
+
+def test_a_zero_return_challenger_must_not_drop_a_champions_return_skill():
+    champ = {"vol_qlike": 0.30, "ret_ic": 0.05, "ret_served": 1}
+    d = decide({"vol_qlike": 0.25, "ret_ic": 0.0, "ret_served": 0}, champ, BASE, CFG)
+    assert not d.promote and any("drop a return skill" in r for r in d.reasons)
+    decayed = {"vol_qlike": 0.30, "ret_ic": -0.01, "ret_served": 1}  # the champion's head lost its skill
+    d = decide({"vol_qlike": 0.25, "ret_ic": 0.0, "ret_served": 0}, decayed, BASE, CFG)
+    assert d.promote and any("nothing is lost" in r for r in d.reasons)
+
+
+def test_a_challenger_worse_than_har_tod_on_validation_is_never_promoted():
+    val = {"chosen_val_qlike": 0.41, "val_qlike_har_tod": 0.40}
+    d = decide({"vol_qlike": 0.25, "ret_ic": 0.08}, None, BASE, CFG, validation=val)
+    assert not d.promote and any("worse than har_tod's" in r for r in d.reasons)
+    ok = decide({"vol_qlike": 0.25, "ret_ic": 0.08}, None, BASE, CFG,
+                validation={"chosen_val_qlike": 0.39, "val_qlike_har_tod": 0.40})
+    assert ok.promote
+
+
+def test_a_served_baseline_is_not_compared_with_itself():
+    base = {"har_tod": {"vol_qlike": 0.30, "ret_ic": 0.0}, "zero": {"vol_qlike": 0.60, "ret_ic": math.nan}}
+    d = decide({"vol_qlike": 0.30, "ret_ic": 0.0, "ret_served": 0}, None, base, CFG, served_baseline="har_tod")
+    assert d.promote, d.reasons
+    assert not any(c["reference"] == "baseline har_tod" for c in d.comparisons)
+    assert not decide({"vol_qlike": 0.30, "ret_ic": 0.0, "ret_served": 0}, None, base, CFG).promote  # a tie

@@ -1,29 +1,35 @@
-"""The pure parts of the lifecycle: which trained run the gate judges, and publishing an export."""
+"""The pure parts of the lifecycle: params.yaml forecaster:, the retraining's architectures, publishing."""
 
 from __future__ import annotations
 
 import pytest
 
 from hfcast.config import get_settings
-from hfcast.lifecycle import best_run, rank_runs
+from hfcast.lifecycle import default_archs, forecaster_section, retrain_archs, select_options
 
 
-def test_best_run_follows_the_gate_rules_in_order():
-    runs = [{"arch": "lstm", "run_id": "a", "vol_qlike": 0.30, "ret_ic": 0.05},
-            {"arch": "tcn", "run_id": "b", "vol_qlike": 0.25, "ret_ic": 0.01},
-            {"arch": "hybrid", "run_id": "c", "ret_ic": 0.09}]  # no QLIKE: ranks last
-    assert best_run(runs)["arch"] == "tcn"  # QLIKE (lower is better) is the main key
-    assert [r["arch"] for r in rank_runs(runs)] == ["tcn", "lstm", "hybrid"]
-    with pytest.raises(ValueError, match="no training results"):
-        best_run([])
+def _settings(tmp_path, params=None):
+    return get_settings(env={"HFCAST_HOME": str(tmp_path)}, cwd=tmp_path).with_(params=params or {})
 
 
-def test_best_run_reads_the_configured_primary_metrics(tmp_path):
-    s = get_settings(env={"HFCAST_HOME": str(tmp_path)}, cwd=tmp_path).with_(
-        params={"registry": {"gate": {"primary": {"ret_ic": {"direction": "max", "margin": 0.0}}}}})
-    runs = [{"arch": "lstm", "run_id": "a", "vol_qlike": 0.30, "ret_ic": 0.05},
-            {"arch": "tcn", "run_id": "b", "vol_qlike": 0.25, "ret_ic": 0.01}]
-    assert best_run(runs, s)["arch"] == "lstm"
+def test_forecaster_section_defaults_and_checks(tmp_path):
+    s = _settings(tmp_path)
+    assert default_archs(s) == ["transformer", "lstm"]
+    assert select_options(s).kind == "auto" and select_options(s, kind="ensemble", ret="zero").ret == "zero"
+    s2 = _settings(tmp_path, {"forecaster": {"archs": "tcn", "kind": "floor"}})
+    assert default_archs(s2) == ["tcn"] and select_options(s2).kind == "floor"
+    with pytest.raises(ValueError, match="unknown architecture"):
+        forecaster_section(_settings(tmp_path, {"forecaster": {"archs": ["gru"]}}))
+    with pytest.raises(ValueError, match="unknown forecaster parameter"):
+        forecaster_section(_settings(tmp_path, {"forecaster": {"arch": "tcn"}}))
+    with pytest.raises(ValueError, match="forecaster kind must be one of"):
+        select_options(_settings(tmp_path, {"forecaster": {"kind": "best"}}))
+
+
+def test_retrain_archs_without_a_registry_falls_back_to_the_configured_ones(tmp_path):
+    assert retrain_archs(_settings(tmp_path, {"monitor": {"retrain_arch": "lstm"}})) == ["lstm"]
+    assert retrain_archs(_settings(tmp_path, {"monitor": {"retrain_arch": ["lstm", "tcn"]}})) == ["lstm", "tcn"]
+    assert retrain_archs(_settings(tmp_path, {"forecaster": {"archs": ["hybrid", "tcn"]}})) == ["hybrid", "tcn"]
 
 
 def test_publish_copies_every_file(tmp_path):

@@ -14,7 +14,8 @@ from hfcast.features.windows import Scaler, build_windows, synthetic_feature_fra
 from hfcast.losses import BetaNLL, GaussianNLL, TwoTargetLoss
 from hfcast.models import ARCHITECTURES, PRED_COLUMNS, RAW_OUTPUTS, build_model
 from hfcast.models._modules import CausalConv1d, TemporalConvNet
-from hfcast.models.base import Forecaster, gaussian_outputs
+from hfcast.forecaster import Forecaster as ServedForecaster
+from hfcast.models.base import TrainedNet as Forecaster, gaussian_outputs
 from hfcast.train import TrainConfig, train_forecaster, warmup_cosine
 from model_configs import small_configs
 
@@ -101,6 +102,8 @@ def test_bundle_roundtrip_gives_identical_predictions(arch, calibrated, tmp_path
     fc.save(str(tmp_path / "b"))
     files = {p.name for p in (tmp_path / "b").iterdir()}
     assert files == {"model.json", "weights.safetensors", "scaler.json"} | ({"calibration.json"} if calibrated else set())
+    served = ServedForecaster.load(str(tmp_path / "b"))  # an older single-network bundle is served as it is
+    assert served.choice.vol == "net" and served.arch == f"net:{arch}"
     back = Forecaster.load(str(tmp_path / "b"))
     x = rng.standard_normal((11, 30, F)).astype(np.float32)
     assert back.arch == arch and back.meta == {"x": 3} and back.feature_names == fc.feature_names

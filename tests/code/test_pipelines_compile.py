@@ -91,7 +91,7 @@ def test_gpu_only_on_training_steps_of_the_gpu_pipeline(specs):
 def test_training_dag_shape(specs):
     spec = specs["training_gpu.yaml"]
     root = spec["root"]["dag"]["tasks"]
-    assert {"prepare-data", "materialize-features", "for-loop-1", "compare-models", "gate-register",
+    assert {"prepare-data", "materialize-features", "for-loop-1", "select-forecaster", "gate-register",
             "condition-2"} <= set(root)
     cond = root["condition-2"]
     assert "gate-register" in cond["dependentTasks"]
@@ -100,7 +100,7 @@ def test_training_dag_shape(specs):
     assert set(inner) == {"export-model", "deploy-model"}
     assert inner["deploy-model"]["dependentTasks"] == ["export-model"]
     # compare collects the metrics of every ParallelFor iteration
-    assert "for-loop-1" in root["compare-models"]["dependentTasks"]
+    assert "for-loop-1" in root["select-forecaster"]["dependentTasks"]
 
 
 def test_batch_backtest_is_an_optional_step_after_every_prediction(specs):

@@ -62,7 +62,7 @@ def test_int8_parity_real_windows(quantized):
     p = quantize.int8_parity(fp32.run, int8.run, x)
     assert p["max_abs_err"] < quantize.INT8_ABS_TOL, p
     # and the natural-unit forecasts stay close: the int8 path changes numbers, not meaning
-    a, b = fc.postprocess(int8.run(x)), fc.postprocess(fp32.run(x))
+    a, b = fc.postprocess(int8.run(x), None), fc.postprocess(fp32.run(x), None)
     assert np.corrcoef(a["ret_60m_pred"], b["ret_60m_pred"])[0, 1] > 0.99
 
 

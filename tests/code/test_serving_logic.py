@@ -127,7 +127,7 @@ def test_symbol_lookup_unknown_stale_and_fresh(svc, fc):
 
 def test_outputs_match_the_forecaster(svc, fc):
     x = windows(3)
-    preds = svc.predictions(fc.predict_raw(fc.scaler.transform(x)))
+    preds = svc.predictions(fc.predict_raw(fc.scaler.transform(x)), fc.side_inputs(x))
     ref = fc.predict(x)
     rows = svc.v1_response(preds, ["t0", "t1", "t2"])["predictions"]
     assert [r["feature_ts"] for r in rows] == ["t0", "t1", "t2"]
@@ -154,7 +154,7 @@ def test_outputs_carry_whether_the_confidences_are_informative(fc):
         fc.calibrator.ret_conf, a=0.5, a_ml=0.5, se=0.1))
     for f, want in ((bare, [0.0, 0.0]), (sure, [1.0, float(fc.calibrator.rv_informative)])):
         svc = ForecastService(f, None)
-        preds = svc.predictions(raw)
+        preds = svc.predictions(raw, None)
         rows = svc.v1_response(preds, ["t0", "t1"])["predictions"]
         assert [[r[c] for c in INFO_COLUMNS] for r in rows] == [want, want]
         outs = {o["name"]: o for o in svc.v2_outputs(preds, ["t0", "t1"])}

@@ -1,5 +1,6 @@
 """Walk-forward folds: chronological, disjoint, embargoed, expanding vs sliding, named errors."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,7 +24,8 @@ def _first_minute(dates):
 def test_folds_chronological_disjoint_embargoed(mode):
     cfg = WalkForwardConfig(mode=mode, train_days=8, val_days=3, test_days=4, embargo_days=1)
     folds = list(generate_folds(DATES, cfg))
-    assert len(folds) == len(range(8 + 1 + 3 + 1, 40, 4))  # last test span may be partial
+    assert len(folds) == len(range(40 - 4, 8 + 1 + 3 + 1 - 1, -4))  # laid out from the end
+    assert folds[-1].test[-1] == DATES[-1] and all(len(f.test) == 4 for f in folds)  # none cut short
     seen_test = set()
     for f in folds:
         assert f.train == sorted(f.train) and f.val == sorted(f.val) and f.test == sorted(f.test)
@@ -72,12 +74,33 @@ def test_config_errors_are_named(kwargs, msg):
 
 
 def test_too_few_dates_and_unknown_keys():
-    with pytest.raises(ValueError, match="needs more than"):
+    with pytest.raises(ValueError, match="needs at least"):
         list(generate_folds(DATES[:10], WalkForwardConfig(train_days=8)))
     with pytest.raises(ValueError, match="first_test_date"):
         list(generate_folds(DATES, WalkForwardConfig(first_test_date=DATES[3])))
     with pytest.raises(ValueError, match="unknown walkforward parameter"):
         WalkForwardConfig.from_params({"train_dayz": 3})
+
+
+def test_a_truncated_final_fold_is_dropped_and_a_lone_one_refused(caplog):
+    cfg = WalkForwardConfig(train_days=5, val_days=2, test_days=5, step_days=5, first_test_date=DATES[20])
+    folds = list(generate_folds(DATES[:33], cfg))  # test spans 20-24, 25-29, then 30-32: 3 days only
+    assert [len(f.test) for f in folds] == [5, 5] and "dropping the final fold" in caplog.text
+    with pytest.raises(ValueError, match="only fold would have 3 test day"):
+        list(generate_folds(DATES[:23], cfg))
+
+
+def test_a_closed_exchange_date_is_not_a_trading_day():
+    """Good Friday 2024-03-29 (an empty partition in a lake) must not count as a fold day."""
+    from hfcast.walkforward import trading_dates
+
+    days = trading_days("2024-03-20", 10)
+    assert "2024-03-29" not in days
+    with_holiday = sorted([*days, "2024-03-29"])
+    assert trading_dates(with_holiday) == days
+    cfg = WalkForwardConfig(train_days=3, val_days=1, test_days=2, embargo_days=1)
+    assert [f.all_dates for f in generate_folds(trading_dates(with_holiday), cfg)] == \
+        [f.all_dates for f in generate_folds(days, cfg)]
 
 
 def test_from_params_section():
@@ -98,14 +121,21 @@ def small_frame():
     return df
 
 
+def _names():
+    from hfcast.features.windows import synthetic_feature_names
+
+    return synthetic_feature_names(3)
+
+
 def test_run_walkforward_baselines_score_identical_test_rows(small_frame, tmp_path):
     from hfcast.evaluate import write_comparison
     from hfcast.models.baselines import BASELINES
-    from hfcast.walkforward import run_walkforward
+    from hfcast.walkforward import SERVED, run_walkforward
 
     cfg = WalkForwardConfig(train_days=3, val_days=1, test_days=1, embargo_days=1, eval_stride=2)
-    res = run_walkforward(None, [], cfg, frame=small_frame, feature_names=["f0", "f1", "f2"], progress=False)
-    assert len(res.folds) == 2 and set(res.aggregate.index) == set(BASELINES)
+    res = run_walkforward(None, [], cfg, frame=small_frame, feature_names=_names(), progress=False)
+    assert len(res.folds) == 2 and set(res.aggregate.index) == {*BASELINES, SERVED}
+    assert res.forecaster.graph() is None and res.forecaster.choice.vol in ("har_tod", "har_rv", "ewma")
     p = res.predictions
     keys = {m: set(zip(g["symbol"], g["ts"])) for m, g in p.groupby("model")}
     assert all(k == keys["oracle"] for k in keys.values())  # same rows for every model
@@ -113,98 +143,69 @@ def test_run_walkforward_baselines_score_identical_test_rows(small_frame, tmp_pa
     assert set(p["ts"].dt.strftime("%Y-%m-%d")) == test_days  # scores only from test spans
     assert set(res.per_fold["fold"]) == {0, 1}
     assert res.aggregate.loc["oracle", "ret_ic_truth"] == pytest.approx(1.0)
+    served = res.aggregate.loc[SERVED]
+    assert served["vol_qlike"] == pytest.approx(res.aggregate.loc[res.choices[-1].vol, "vol_qlike"], rel=0.5)
     paths = write_comparison(res.aggregate, res.per_fold, res.predictions, tmp_path)
     html = paths["report"].read_text()
     assert "calibration" in html and "data:image/png;base64" in html and "vol_qlike" in html
 
 
-def test_run_walkforward_floor_hook_scores_floored_and_bare_network_on_the_same_rows(small_frame):
-    from hfcast.models.floor import FlooredForecaster
+def _two_nets(frame, **kw):
     from hfcast.train import TrainConfig
     from hfcast.walkforward import run_walkforward
 
     cfg = WalkForwardConfig(train_days=3, val_days=1, test_days=1, embargo_days=1, eval_stride=5, max_folds=1)
     tcfg = TrainConfig(epochs=1, batch_size=64, max_train_windows=300, max_val_windows=500, seed=0, num_threads=1)
-    res = run_walkforward(None, ["lstm"], cfg, tcfg, frame=small_frame, feature_names=["f0", "f1", "f2"],
-                          progress=False, baselines=("har_tod",),
-                          model_configs={"lstm": {"hidden": 8, "n_layers": 1, "head_hidden": 8}}, floor=True)
-    assert isinstance(res.forecasters["lstm"], FlooredForecaster)
+    small = {"lstm": {"hidden": 8, "n_layers": 1, "head_hidden": 8}, "tcn": {"channels": 8, "n_levels": 2, "head_hidden": 8}}
+    return run_walkforward(None, ["lstm", "tcn"], cfg, tcfg, frame=frame, feature_names=_names(), progress=False,
+                           model_configs=small, **kw)
+
+
+def test_every_candidate_and_the_served_forecaster_on_the_same_rows(small_frame):
+    """Bare, floored and ensembled networks, the baselines and what validation chose: one test row
+    set; the choice is the candidate with the lowest VALIDATION QLIKE (baselines win ties)."""
+    from hfcast.forecaster import Forecaster
+    from hfcast.walkforward import SERVED
+
+    res = _two_nets(small_frame)
     p = res.predictions
-    assert {"lstm", "lstm_net", "har_tod"} <= set(p["model"])
+    assert {SERVED, "lstm", "tcn", "lstm+floor", "tcn+floor", "ensemble", "har_tod", "har_rv", "ewma"} <= set(p["model"])
     keys = {m: set(zip(g["symbol"], g["ts"])) for m, g in p.groupby("model")}
-    assert keys["lstm"] == keys["lstm_net"] == keys["har_tod"]
-    assert p.loc[p["model"] == "lstm", "rv_10m_pred"].gt(0).all()
-    assert {"lstm", "lstm_net"} <= set(res.aggregate.index)
+    assert all(k == keys[SERVED] for k in keys.values())
+    assert isinstance(res.forecaster, Forecaster) and len(res.choices) == 1
+    ev = res.choices[0].evidence
+    assert ev["chosen_val_qlike"] == pytest.approx(min(ev["val_qlike"].values()))
+    assert ev["chosen_val_qlike"] <= ev["val_qlike_har_tod"]  # never worse than the floor on validation
+    assert ev["val_qlike"][res.choices[0].label] == pytest.approx(ev["chosen_val_qlike"])
+    s = p[p["model"] == SERVED]
+    assert s["rv_10m_pred"].gt(0).all() and s[["ret_60m_conf_informative", "rv_10m_conf_informative"]].notna().all().all()
+    if res.choices[0].ret == "zero":  # no validated return skill: zero forecast, constant 0.5 confidence
+        assert (s["ret_60m_pred"] == 0).all() and (s["ret_60m_conf"] == 0.5).all()
 
 
-def test_run_walkforward_ensembles_the_floored_networks_on_validation_only(small_frame):
-    import numpy as np
+def test_the_choice_reads_no_test_label(small_frame):
+    """Scrambling the test day's labels changes neither the choice nor the served test forecasts."""
+    from hfcast.walkforward import SERVED
 
-    from hfcast.models.floor import EnsembleForecaster
-    from hfcast.train import TrainConfig
-    from hfcast.walkforward import run_walkforward
-
-    cfg = WalkForwardConfig(train_days=3, val_days=1, test_days=1, embargo_days=1, eval_stride=5, max_folds=1)
-    tcfg = TrainConfig(epochs=1, batch_size=64, max_train_windows=300, max_val_windows=500, seed=0, num_threads=1)
-    small = {"hidden": 8, "n_layers": 1, "head_hidden": 8}
-    res = run_walkforward(None, ["lstm", "tcn"], cfg, tcfg, frame=small_frame, feature_names=["f0", "f1", "f2"],
-                          progress=False, baselines=("har_tod",),
-                          model_configs={"lstm": small, "tcn": {"channels": 8, "n_levels": 2, "head_hidden": 8}},
-                          floor=True)
-    ens = res.ensemble
-    assert isinstance(ens, EnsembleForecaster) and ens.choice.members == ["lstm", "tcn"]
-    assert set(res.forecasters) == {"lstm", "tcn"}  # the ensemble is not an architecture
-    p = res.predictions
-    keys = {m: set(zip(g["symbol"], g["ts"])) for m, g in p.groupby("model")}
-    assert keys["ensemble"] == keys["lstm"] == keys["har_tod"]
-    # its variance is the members' geometric mean times the validation scale (before calibration)
-    fold = res.folds[0]
-    from hfcast.features.windows import build_windows
-    from hfcast.models.baselines import baseline_inputs
-
-    frame = small_frame.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
-    wa = build_windows(frame, ["f0", "f1", "f2"]).subset_dates(fold.test)
-    inputs = baseline_inputs(frame)
-    nat = ens.natural(wa, inputs)
-    members = [m.natural(wa, inputs) for m in ens.members.values()]
-    expect = np.sqrt(ens.choice.scale * np.exp(np.mean([2 * np.log(m["rv_hat"]) for m in members], axis=0)))
-    assert np.allclose(nat["rv_hat"], expect)
-    assert np.isfinite(ens.choice.val_qlike) and set(ens.choice.val_qlike_members) == {"lstm", "tcn"}
-
-
-def test_floor_calibrates_the_baselines_with_context_on_validation_rows_only(small_frame):
-    """With the floor on, baselines get context calibrators like the floored networks: their point
-    forecasts are unchanged, and the calibrator reads validation rows only (test labels scrambled:
-    the same calibrator)."""
+    a = _two_nets(small_frame)
+    scrambled = small_frame.copy()
+    on_test = scrambled["ts"].dt.strftime("%Y-%m-%d").isin(a.folds[0].test)
+    scrambled.loc[on_test, ["ret_60m", "rv_10m"]] = scrambled.loc[on_test, ["ret_60m", "rv_10m"]].to_numpy()[::-1] * 3
+    b = _two_nets(scrambled)
     import json
 
-    import numpy as np
+    assert json.dumps(a.choices[0].to_dict(), sort_keys=True) == json.dumps(b.choices[0].to_dict(), sort_keys=True)
+    cols = ["rv_10m_pred", "rv_10m_conf", "ret_60m_pred", "ret_60m_conf"]
+    pa, pb = (r.predictions[r.predictions["model"] == SERVED][cols].to_numpy() for r in (a, b))
+    np.testing.assert_array_equal(pa, pb)
 
-    from hfcast.features.windows import build_windows
-    from hfcast.models.baselines import baseline_inputs, fit_baselines
-    from hfcast.walkforward import _context_calibrate, _fold_windows, _folds_and_frame
 
-    cfg = WalkForwardConfig(train_days=3, val_days=1, test_days=1, embargo_days=1, eval_stride=2, max_folds=1)
+@pytest.mark.parametrize("kind", ["ensemble", "floor", "net", "har_tod"])
+def test_a_fixed_kind_is_served(small_frame, kind):
+    from hfcast.selection import SelectOptions
 
-    def calibrated(frame):
-        folds, frame = _folds_and_frame(None, cfg, None, frame)
-        wa, inputs = build_windows(frame, ["f0", "f1", "f2"], stride=1), baseline_inputs(frame)
-        tr, va, te = _fold_windows(wa, folds[0], cfg)
-        fitted = fit_baselines(inputs.loc[tr.ends], inputs.loc[va.ends], ("har_tod", "ewma"))
-        plain = {n: b.predict(inputs.loc[te.ends]) for n, b in fitted.items()}
-        ctx = _context_calibrate(fitted, inputs, va, te)
-        return folds[0], fitted, plain, {n: b.predict(inputs.loc[te.ends], ctx) for n, b in fitted.items()}, len(va)
-
-    fold, fitted, plain, with_ctx, n_val = calibrated(small_frame)
-    for name, b in fitted.items():
-        cal = b.calibrator
-        assert cal.vol_ctx is not None and cal.vol_ctx.fitted and len(cal.q_rv_tod) == 390 // 30 + 1
-        assert 0 < cal.n_fit <= n_val
-        np.testing.assert_array_equal(with_ctx[name]["rv_10m_pred"], plain[name]["rv_10m_pred"])
-        assert with_ctx[name]["rv_10m_conf"].between(0, 1).all()
-    scrambled = small_frame.copy()
-    on_test = scrambled["ts"].dt.strftime("%Y-%m-%d").isin(fold.test)
-    scrambled.loc[on_test, ["ret_60m", "rv_10m"]] = scrambled.loc[on_test, ["ret_60m", "rv_10m"]].to_numpy()[::-1] * 3
-    _, refitted, *_ = calibrated(scrambled)
-    state = lambda fb: json.dumps({n: b.calibrator.to_dict() for n, b in fb.items()})  # noqa: E731
-    assert state(refitted) == state(fitted)
+    res = _two_nets(small_frame, options=SelectOptions(kind=kind, ret="zero"))
+    c = res.choices[0]
+    assert c.vol == kind and c.ret == "zero"
+    assert sorted(res.forecaster.members) == (["lstm", "tcn"] if kind == "ensemble" else [] if kind == "har_tod"
+                                              else sorted(c.members))

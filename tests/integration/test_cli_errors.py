@@ -63,7 +63,9 @@ def test_serve_a_missing_bundle(tmp_path):
 
 def test_serve_a_pickle_in_place_of_weights(tmp_path):
     bundle = tiny_bundle(tmp_path / "b", "tcn", F)
-    (bundle / "weights.safetensors").write_bytes(pickle.dumps({"w": [1.0, 2.0]}))
+    (bundle / "members" / "tcn" / "weights.safetensors").write_bytes(pickle.dumps({"w": [1.0, 2.0]}))
+    assert_short_error(serve(tmp_path, "--bundle", str(bundle)), "checksum mismatch in bundle", "fix:")
+    (bundle / "checksums.json").unlink()  # no manifest to catch it: the loader still never unpickles
     assert_short_error(serve(tmp_path, "--bundle", str(bundle)), "not in the safetensors format", "never loads pickles")
 
 

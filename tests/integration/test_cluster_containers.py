@@ -419,7 +419,7 @@ def test_cpu_predictor_starts_as_deployed_and_serves_a_symbol_from_redis(platfor
 
 def test_gpu_transformer_fetches_a_window_from_redis_for_its_predictor(platform, registered, materialized):
     from hfcast.runners import INPUT_NAME
-    from hfcast.models.base import Forecaster
+    from hfcast.forecaster import Forecaster
 
     cluster, *_ = platform
     fc = Forecaster.load(str(cluster.tmp / "bundle"))

@@ -19,6 +19,7 @@ from serving_fixtures import tiny_bundle
 
 pytestmark = pytest.mark.integration
 F = 8
+WEIGHTS = "members/tcn/weights.safetensors"  # the one network of a tiny forecaster bundle
 
 
 @pytest.fixture
@@ -55,11 +56,11 @@ def _stored_copies(settings, name: str, sha: str) -> list[Path]:
 
 
 def test_weights_swapped_in_the_registry_are_refused(settings, registered, tmp_path):
-    sha = integrity.file_sha256(Path(registered["bundle"]) / "weights.safetensors")
+    sha = integrity.file_sha256(Path(registered["bundle"]) / WEIGHTS)
     copies = _stored_copies(settings, "weights.safetensors", sha)
-    assert _artifact_dir(settings, registered["run_id"]) / "weights.safetensors" in copies
+    assert _artifact_dir(settings, registered["run_id"]) / WEIGHTS in copies
     for stored in copies:  # whichever copy the version's source names, it is now other valid weights
-        shutil.copy(Path(registered["other"]) / "weights.safetensors", stored)
+        shutil.copy(Path(registered["other"]) / WEIGHTS, stored)
     with pytest.raises(IntegrityError, match=r"checksum mismatch .*weights\.safetensors") as exc:
         registry.load_forecaster(settings, f"hfcast/{registered['version']}", dst=tmp_path / "fresh")
     assert "registry recorded" in str(exc.value)
@@ -69,18 +70,18 @@ def test_weights_swapped_in_the_cache_are_refused(settings, registered):
     ref = f"hfcast/{registered['version']}"
     cached = registry.download_bundle(settings, ref)
     assert registry.download_bundle(settings, ref) == cached  # untouched: reused
-    shutil.copy(Path(registered["other"]) / "weights.safetensors", cached / "weights.safetensors")
+    shutil.copy(Path(registered["other"]) / WEIGHTS, cached / WEIGHTS)
     with pytest.raises(IntegrityError, match=r"checksum mismatch .*\(cached\).*weights\.safetensors"):
         registry.download_bundle(settings, ref)
     (cached / "calibration.json").unlink()
-    shutil.copy(Path(registered["bundle"]) / "weights.safetensors", cached / "weights.safetensors")
+    shutil.copy(Path(registered["bundle"]) / WEIGHTS, cached / WEIGHTS)
     with pytest.raises(IntegrityError, match=r"calibration\.json .* sha256 absent"):
         registry.download_bundle(settings, ref)
 
 
 def test_onnx_export_is_keyed_by_the_weights_and_a_changed_export_is_refused(tmp_path):
     from hfcast.runners import OnnxRuntimeRunner
-    from hfcast.models.base import Forecaster
+    from hfcast.forecaster import Forecaster
     from hfcast.predict import choose_runner
 
     bundle = tiny_bundle(tmp_path / "b", "tcn", F, seed=0)
@@ -91,7 +92,7 @@ def test_onnx_export_is_keyed_by_the_weights_and_a_changed_export_is_refused(tmp
     assert choose_runner(str(bundle), "onnxruntime")[1] == onnx  # cached
 
     x = np.random.default_rng(0).standard_normal((3, 30, F)).astype(np.float32)
-    shutil.copy(tiny_bundle(tmp_path / "other", "tcn", F, seed=1) / "weights.safetensors", bundle / "weights.safetensors")
+    Forecaster.load(str(tiny_bundle(tmp_path / "other", "tcn", F, seed=1))).save(str(bundle))  # retrained, saved again
     _, onnx2 = choose_runner(str(bundle), "onnxruntime")
     assert onnx2 != onnx  # new weights: a new export, never the stale one
     fc = Forecaster.load(str(bundle))
@@ -112,3 +113,18 @@ def test_versions_without_recorded_checksums_still_load_with_a_warning(tmp_path,
     bundle = tiny_bundle(tmp_path / "b", "tcn", F)
     assert integrity.verify_bundle(bundle, {"arch": "tcn"}, "v1") == integrity.combined(integrity.bundle_digests(bundle))
     assert "no recorded checksums" in caplog.text
+
+
+def test_a_local_bundle_with_changed_bytes_is_refused_and_one_without_a_manifest_warns(tmp_path, caplog):
+    from hfcast.forecaster import Forecaster
+
+    bundle = tiny_bundle(tmp_path / "b", "tcn", F)
+    data = bytearray((bundle / WEIGHTS).read_bytes())
+    data[-3] ^= 0x01  # one bit of the weights
+    (bundle / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"checksum mismatch in bundle .*members/tcn/weights\.safetensors"):
+        Forecaster.load(str(bundle))
+    fresh = tiny_bundle(tmp_path / "c", "tcn", F)
+    (fresh / integrity.MANIFEST).unlink()
+    Forecaster.load(str(fresh))
+    assert "has no checksums.json" in caplog.text

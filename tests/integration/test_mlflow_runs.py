@@ -59,7 +59,7 @@ def test_parent_and_nested_fold_runs_have_names_and_epoch_histories(trained):
     c = _client(settings)
     parent = c.get_run(run.run_id)
     first, last = run.result.folds[0].train[0], run.result.folds[-1].test[-1]
-    assert parent.info.run_name == f"lstm {first}..{last}"
+    assert parent.info.run_name == f"forecaster {first}..{last}"
     assert parent.info.status == "FINISHED"
     kids = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run.run_id}'")
     assert len(kids) == len(run.result.folds) == 2

@@ -20,7 +20,7 @@ from hfcast.features.engine import read_feature_set, run_featurize
 from hfcast.features.windows import Scaler, build_windows
 from hfcast.models import build_model
 from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
-from hfcast.models.base import Forecaster
+from hfcast.forecaster import Forecaster
 from hfcast.predict import SPARSE_STRIDE, parse_dates, predict_frame, run_predict
 from hfcast.storage import Lake
 
@@ -41,16 +41,14 @@ def local_lake(tmp_path_factory) -> Lake:
 
 @pytest.fixture(scope="module")
 def bundle(local_lake, tmp_path_factory) -> str:
-    """A small real forecaster (untrained TCN + a scaler fitted on the first date), saved as a bundle."""
-    names = read_feature_set(local_lake)["features"]
-    df = local_lake.read("features", local_lake.dates("features")[0])
-    wa = build_windows(df, names)
-    scaler = Scaler().fit(wa.X, wa.y, feature_names=names)
-    import torch
+    """A small real forecaster: an untrained TCN floored on har_tod (fitted on the first dates),
+    calibrated, saved as a bundle: batch prediction runs its graph AND its post-step."""
+    from serving_fixtures import tiny_composite
 
-    torch.manual_seed(0)
-    net = build_model("tcn", len(names), {"channels": 8, "n_levels": 2, "head_hidden": 8})
-    fc = Forecaster(net, scaler, names, meta={"model_name": "hfcast", "model_version": "7"})
+    names = read_feature_set(local_lake)["features"]
+    df = pd.concat([local_lake.read("features", d) for d in local_lake.dates("features")[:2]], ignore_index=True)
+    fc = tiny_composite("floor", ("tcn",), frame=df.sort_values(["symbol", "ts"]).reset_index(drop=True), names=names)
+    fc.meta.update(model_name="hfcast", model_version="7")
     path = tmp_path_factory.mktemp("bundle")
     fc.save(str(path))
     return str(path)

@@ -19,7 +19,8 @@ from hfcast import promotion, registry
 from hfcast.calibration import Calibrator
 from hfcast.features.windows import Scaler
 from hfcast.models import build_model
-from hfcast.models.base import Forecaster
+from hfcast.forecaster import Forecaster
+from hfcast.models.base import TrainedNet
 from hfcast.testing.servers import MlflowServer
 
 pytestmark = pytest.mark.integration
@@ -55,10 +56,11 @@ def make_bundle(folder: Path, seed: int) -> tuple[Forecaster, np.ndarray]:
     net = build_model("lstm", F, {"hidden": 8, "n_layers": 1, "head_hidden": 8, "dropout": 0.0})
     X = rng.normal(size=(400, F)).astype(np.float32)
     y = np.c_[rng.normal(0, 0.01, 400), np.exp(rng.normal(-6, 0.3, 400))]
-    fc = Forecaster(net, Scaler().fit(X, y, feature_names=NAMES), NAMES, meta={"seed": seed})
+    tn = TrainedNet(net, Scaler().fit(X, y, feature_names=NAMES), NAMES, meta={"seed": seed})
     windows = rng.normal(size=(64, 30, F)).astype(np.float32)
-    raw = fc.predict_raw(fc.scaler.transform(windows))
-    fc.calibrator = Calibrator().fit(fc.natural(raw), rng.normal(0, 0.01, 64), np.exp(rng.normal(-6, 0.3, 64)))
+    raw = tn.predict_raw(tn.scaler.transform(windows))
+    tn.calibrator = Calibrator().fit(tn.natural(raw), rng.normal(0, 0.01, 64), np.exp(rng.normal(-6, 0.3, 64)))
+    fc = Forecaster.from_net(tn)
     fc.save(str(folder))
     return fc, windows
 
@@ -152,7 +154,7 @@ def check_history(settings, run_id: str) -> None:
         (0, 1.0), (1, 0.5), (2, 1 / 3)]
     assert sorted(m.step for m in c.get_metric_history(run_id, "fold/vol_qlike")) == [0, 1]
     assert {f.path for f in c.list_artifacts(run_id, "model")} >= {
-        "model/model.json", "model/weights.safetensors", "model/scaler.json", "model/calibration.json"}
+        "model/model.json", "model/scaler.json", "model/calibration.json", "model/checksums.json", "model/members"}
     scores = registry.run_scores(settings, run_id)
     assert scores["test_spans"] == [list(s) for s in SPANS] and scores["baselines"]["har_rv"]["ret_ic"] is None
     assert json.loads(c.get_run(run_id).data.tags[registry.SPANS_TAG]) == [list(s) for s in SPANS]
@@ -210,8 +212,8 @@ def test_bad_bundles_and_refs_fail_clearly(settings, tmp_path):
             bundle, arch="lstm", params={}, epoch_metrics=None, fold_metrics=[], aggregate_metrics={},
             test_spans=SPANS, dataset_version=None, feature_names=NAMES))
     (bundle / "extra.pt").unlink()
-    (bundle / "weights.safetensors").unlink()
-    with pytest.raises(registry.RegistryError, match="weights.safetensors"):
+    (bundle / "scaler.json").unlink()
+    with pytest.raises(registry.RegistryError, match="scaler.json"):
         registry.check_bundle(bundle)
     with pytest.raises(registry.RegistryError, match="no alias 'champion'"):
         registry.resolve(settings, "hfcast@champion")

@@ -83,7 +83,7 @@ def server(tmp_path_factory):
     proc, base, log = start_server(tmp, env, ["--bundle", str(bundle), "--max-batch", str(MAX_BATCH),
                                               "--max-staleness-s", str(limit), "--max-body-mb", str(MAX_BODY_MB)])
     from hfcast.feature_store import OnlineWindows
-    from hfcast.models.base import Forecaster
+    from hfcast.forecaster import Forecaster
 
     try:
         yield {"base": base, "fc": Forecaster.load(str(bundle)), "online": OnlineWindows(settings), "proc": proc,
@@ -595,7 +595,7 @@ def test_small_requests_stay_fast_while_a_50mb_body_is_decoded(server):
 def test_serves_a_registered_version_from_mlflow(tmp_path):
     """`hfcast serve --model NAME@ALIAS` loads weights, scaler and calibration from the registry."""
     from hfcast import registry
-    from hfcast.models.base import Forecaster
+    from hfcast.forecaster import Forecaster
 
     env = {**os.environ, "HFCAST_HOME": str(tmp_path / ".hfcast")}
     settings = get_settings(env=env, cwd=tmp_path)

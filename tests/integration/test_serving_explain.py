@@ -25,7 +25,7 @@ def server(tmp_path_factory):
     get_settings(env=env, cwd=tmp)
     bundle = tiny_bundle(tmp / "bundle", "transformer", F)
     proc, base, log = start_server(tmp, env, ["--bundle", str(bundle), "--no-feature-store"])
-    from hfcast.models.base import Forecaster
+    from hfcast.forecaster import Forecaster
 
     try:
         yield {"base": base, "fc": Forecaster.load(str(bundle))}
@@ -51,7 +51,7 @@ def test_explain_answers_attributions_that_add_up(server):
     ref = server["fc"].predict(x)
     assert len(rows) == 2
     for i, row in enumerate(rows):
-        np.testing.assert_allclose([row[c] for c in PRED_COLUMNS], ref.iloc[i].to_numpy(), rtol=2e-4, atol=1e-7)
+        np.testing.assert_allclose([row[c] for c in PRED_COLUMNS], ref[list(PRED_COLUMNS)].iloc[i].to_numpy(), rtol=2e-4, atol=1e-7)
         for target in ("ret", "vol"):
             e = row["explanation"][target]
             assert len(e["by_minute"]) == 30 and e["top"] and set(e["by_group"]) == {f"f{j}" for j in range(F)}

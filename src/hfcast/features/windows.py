@@ -379,33 +379,81 @@ def make_loader(ds: WindowDataset, batch_size: int = 256, shuffle: bool = False,
     return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=num_workers)
 
 
+#: the catalogue features :func:`synthetic_feature_frame` computes beside its ``f*`` columns (what the
+#: baselines and the floor read from every window: hfcast.models.baselines)
+SYNTHETIC_SIDE_FEATURES = ("past_ret_1m", "past_ret_60m", "rv_5m", "rv_30m", "rv_60m", "ewma_vol_10", "ewma_vol_60",
+                           "har_rv_d", "har_rv_w", "tod_sin", "tod_cos", "minutes_to_close")
+
+
+def synthetic_feature_names(n_features: int = 8) -> list[str]:
+    """The feature columns of :func:`synthetic_feature_frame`, in order."""
+    return [*(f"f{j}" for j in range(n_features)), *SYNTHETIC_SIDE_FEATURES]
+
+
+def _ewm(x: np.ndarray, halflife: float) -> np.ndarray:
+    """pandas ``ewm(halflife, adjust=False)`` over the finite values from the first one (the catalogue's)."""
+    return pd.Series(x).ewm(halflife=halflife, adjust=False, ignore_na=True).mean().to_numpy()
+
+
+def _rolling_rv(r2: np.ndarray, k: int) -> np.ndarray:
+    """sqrt(k * mean of r^2 over the last k minutes, NaN excluded): the catalogue's rv_k."""
+    return np.sqrt(k * pd.Series(r2).rolling(k, min_periods=1).mean().to_numpy())
+
+
 def synthetic_feature_frame(n_symbols: int = 4, n_days: int = 2, n_features: int = 8, seed: int = 0,
                             start: str = "2024-01-02") -> pd.DataFrame:
     """A features-partition-shaped frame with a planted signal, for tests, benchmarks and demos.
 
-    ``f0`` (an AR(1) series) predicts ``ret_60m`` and ``f1`` predicts ``log rv_10m``; the other
-    features are noise. Labels go missing near the close exactly as real ones do.
+    One-minute log mid returns are simulated with a drift ``f0`` predicts and a volatility ``f1``
+    drives (both AR(1) series), around a per-symbol level that persists across days; the labels are
+    computed from those returns exactly as the features engine does (``ret_60m``, ``rv_10m``, missing
+    near the close), and so are the catalogue features the baselines read from every window
+    (:data:`SYNTHETIC_SIDE_FEATURES`). The other ``f*`` features are noise.
     """
     from hfcast.data.schema import session_minutes_utc, trading_days
 
     rng = np.random.default_rng(seed)
     frames = []
+    levels = np.log(3e-4) + 0.3 * rng.standard_normal(n_symbols)  # per-minute vol level of each symbol
+    daily_rv: list[list[float]] = [[] for _ in range(n_symbols)]
     for day in trading_days(start, n_days):
         ts = session_minutes_utc(day)
         m = ts.size
+        t = np.arange(m)
         for s in range(n_symbols):
             f = rng.standard_normal((m, n_features)).astype(np.float32)
-            for j in (0, 1):  # smooth signal features: AR(1) with phi = 0.9
-                for t in range(1, m):
-                    f[t, j] = 0.9 * f[t - 1, j] + math.sqrt(1 - 0.81) * f[t, j]
+            for j, phi in ((0, 0.95), (1, 0.97)):  # smooth signal features: AR(1)
+                for i in range(1, m):
+                    f[i, j] = phi * f[i - 1, j] + math.sqrt(1 - phi * phi) * f[i, j]
+            levels[s] = 0.8 * levels[s] + 0.2 * np.log(3e-4) + 0.1 * rng.standard_normal()
+            u_shape = 0.4 * (2 * t / (m - 1) - 1) ** 2
+            sigma = np.exp(levels[s] + 0.8 * f[:, 1] + u_shape)
+            r = 2.5e-4 * f[:, 0] + sigma * rng.standard_normal(m)
+            r[0] = np.nan  # no overnight return
+            p = np.concatenate([[0.0], np.cumsum(r[1:])])
+            r2 = r * r
             df = pd.DataFrame(f, columns=[f"f{j}" for j in range(n_features)])
             df.insert(0, "ts", ts)
             df.insert(0, "symbol", f"S{s:03d}")
-            ret = 0.002 * (0.5 * f[:, 0] + rng.standard_normal(m))
-            lrv = np.log(1e-3) + 0.6 * f[:, 1] + 0.3 * rng.standard_normal(m)
-            df["ret_60m"] = np.where(np.arange(m) < m - 60, ret, np.nan)
-            df["rv_10m"] = np.where(np.arange(m) < m - 10, np.exp(lrv), np.nan)
+            df["past_ret_1m"] = r
+            df["past_ret_60m"] = np.where(t > 0, p - p[np.maximum(t - 60, 0)], np.nan)
+            for k in (5, 30, 60):
+                df[f"rv_{k}m"] = _rolling_rv(r2, k)
+            for h in (10, 60):
+                df[f"ewma_vol_{h}"] = np.sqrt(_ewm(r2, h))
+            hist = daily_rv[s]
+            df["har_rv_d"] = np.sqrt(hist[-1]) if hist else np.nan
+            df["har_rv_w"] = np.sqrt(np.mean(hist[-5:])) if hist else np.nan
+            ang = 2 * np.pi * t / m
+            df["tod_sin"], df["tod_cos"], df["minutes_to_close"] = np.sin(ang), np.cos(ang), m - 1.0 - t
+            fwd = np.concatenate([np.nan_to_num(r2), np.zeros(10)])
+            csum = np.concatenate([[0.0], np.cumsum(fwd)])
+            df["ret_60m"] = np.where(t < m - 60, p[np.minimum(t + 60, m - 1)] - p, np.nan)
+            df["rv_10m"] = np.where(t < m - 10, np.sqrt(csum[t + 11] - csum[t + 1]), np.nan)
+            hist.append(float(np.nansum(r2)))
             frames.append(df)
     out = pd.concat(frames, ignore_index=True)
+    for c in SYNTHETIC_SIDE_FEATURES:
+        out[c] = out[c].astype(np.float32)
     out["symbol"] = out["symbol"].astype("string")
     return out.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)

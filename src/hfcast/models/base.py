@@ -1,4 +1,4 @@
-"""The network base class and the Forecaster bundle (net + scaler + calibrator + feature list).
+"""The network base class and the trained network (net + scaler + calibrator + feature list).
 
 Every architecture maps a scaled window [B, 30, F] to four raw outputs in scaled target units
 (``RAW_OUTPUTS``); everything after that - inverting the target scaling, calibration, intervals,
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, is_dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -58,7 +58,7 @@ class ForecastNet(nn.Module):
 
     def __init_subclass__(cls, arch: str = "", config: type = object, heads: type[nn.Module] = JointHead,
                           **kwargs: Any) -> None:
-        # why a registry here: Forecaster.load rebuilds any architecture without importing the
+        # why a registry here: TrainedNet.from_files rebuilds any architecture without importing the
         # package that imports this module (that would be an import cycle)
         super().__init_subclass__(**kwargs)
         cls.arch, cls.config_class, cls.heads_class = arch, config, heads
@@ -156,16 +156,23 @@ def gaussian_outputs(pred: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-class Forecaster:
-    """What a trained model is: network, scaler, calibrator, feature list, free-form meta.
+class TrainedNet:
+    """One trained network with what it needs to give natural-unit forecasts: network, scaler
+    (feature statistics and target scales, fitted on the training span), the calibrator of its bare
+    forecast (fitted on validation), feature list, free-form meta.
+
+    It is a MEMBER of what is served (:class:`hfcast.forecaster.Forecaster`), which may floor it,
+    average it with others or not use it at all; on its own it gives the bare network's forecast.
 
     Args:
         net: a trained ForecastNet (kept on CPU for inference).
         scaler: the Scaler fitted on the training span.
         feature_names: feature order the net was trained on.
         calibrator: an ``hfcast.calibration.Calibrator`` or None (Gaussian fallback).
-        meta: JSON-able facts (training dates, metrics, registry name/version...).
+        meta: JSON-able facts (training dates, metrics...).
     """
+
+    FILES = ("model.json", "weights.safetensors", "scaler.json", "calibration.json")
 
     def __init__(self, net: ForecastNet, scaler: Scaler, feature_names: list[str], calibrator: Any = None,
                  meta: dict[str, Any] | None = None):
@@ -202,77 +209,96 @@ class Forecaster:
         """Raw outputs -> natural-unit forecast dict (the calibrator's input)."""
         return natural_units(raw, self.scaler)
 
+    def natural_windows(self, windows_unscaled: np.ndarray) -> dict[str, np.ndarray]:
+        """Unscaled windows -> natural-unit forecast dict."""
+        return self.natural(self.predict_raw(self.scaler.transform(np.asarray(windows_unscaled))))
+
     def postprocess(self, raw: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw outputs -> PRED_COLUMNS: calibrated when a calibrator is present, else Gaussian."""
+        """Raw outputs -> PRED_COLUMNS of the bare network: calibrated when a calibrator is present."""
         pred = self.natural(raw)
         out = self.calibrator.apply(pred) if self.calibrator is not None else gaussian_outputs(pred)
         return {c: np.asarray(out[c], dtype=np.float64) for c in PRED_COLUMNS}
 
-    def confidence_info(self) -> dict[str, Any]:
-        """Whether this version's confidences carry information (for the API and prediction files):
-        ``ret_conf_informative`` (return probit slope >= 2 standard errors on validation),
-        ``ret_conf_slope``, ``rv_conf_informative``; all False / 0 without a calibrator."""
-        return confidence_info(self.calibrator)
-
     def info_columns(self, n: int) -> dict[str, np.ndarray]:
-        """INFO_COLUMNS for ``n`` forecasts: 1.0 where this version's confidence is informative,
-        else 0.0 (0.0 without a calibrator: a Gaussian confidence was never checked on validation)."""
+        """INFO_COLUMNS of the bare network's calibrator for ``n`` forecasts."""
         if self.calibrator is not None:
             return self.calibrator.info_columns(n)
         return {c: np.zeros(n) for c in INFO_COLUMNS}
 
     def predict(self, windows_unscaled: np.ndarray) -> pd.DataFrame:
-        """Unscaled windows [B, 30, F] (features in ``feature_names`` order) -> PRED_COLUMNS frame."""
+        """Unscaled windows [B, 30, F] (features in ``feature_names`` order) -> the bare network's
+        PRED_COLUMNS frame."""
         windows_unscaled = np.asarray(windows_unscaled)
         self._check(windows_unscaled)
         out = self.postprocess(self.predict_raw(self.scaler.transform(windows_unscaled)))
         return pd.DataFrame(out, columns=list(PRED_COLUMNS))
 
-    def save(self, path: str, storage_options: dict | None = None) -> str:
-        """Write the bundle folder (local path or s3:// URL): JSON + safetensors, no pickle."""
+    def to_files(self) -> dict[str, bytes]:
+        """The member bundle as ``{file name: bytes}`` (JSON + safetensors, no pickle)."""
         from safetensors.torch import save as st_save
 
-        path = str(path)
         model = {"arch": self.arch, "config": self.net.config_dict(), "n_features": self.net.n_features,
                  "feature_names": self.feature_names, "lookback": self.lookback, "meta": self.meta}
-        storage.write_text(storage.join(path, "model.json"), json.dumps(model, indent=1, default=_json_default),
-                           storage_options)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        storage.write_bytes(storage.join(path, "weights.safetensors"), st_save(state), storage_options)
-        storage.write_text(storage.join(path, "scaler.json"), json.dumps(self.scaler.to_dict()), storage_options)
-        cal_url = storage.join(path, "calibration.json")
+        files = {"model.json": json.dumps(model, indent=1, default=_json_default).encode(),
+                 "weights.safetensors": st_save(state), "scaler.json": json.dumps(self.scaler.to_dict()).encode()}
         if self.calibrator is not None:
-            storage.write_text(cal_url, json.dumps(self.calibrator.to_dict()), storage_options)
-        elif storage.exists(cal_url, storage_options):
+            files["calibration.json"] = json.dumps(self.calibrator.to_dict()).encode()
+        return files
+
+    @classmethod
+    def from_files(cls, read: Callable[[str], bytes | None]) -> "TrainedNet":
+        """Rebuild from :meth:`to_files`' files; ``read(name)`` gives a file's bytes or None if absent."""
+        from safetensors.torch import load as st_load
+
+        model = json.loads(read("model.json"))
+        net = build_model(model["arch"], model["n_features"], model["config"])
+        net.load_state_dict(st_load(read("weights.safetensors")))
+        net.eval()
+        scaler = Scaler.from_dict(json.loads(read("scaler.json")))
+        cal_bytes = read("calibration.json")
+        calibrator = None
+        if cal_bytes is not None:
+            from hfcast.calibration import Calibrator
+
+            calibrator = Calibrator.from_dict(json.loads(cal_bytes))
+        return cls(net, scaler, model["feature_names"], calibrator, model.get("meta"))
+
+    def save(self, path: str, storage_options: dict | None = None) -> str:
+        """Write the member bundle folder (local path or s3:// URL)."""
+        path = str(path)
+        files = self.to_files()
+        for name, data in files.items():
+            storage.write_bytes(storage.join(path, name), data, storage_options)
+        cal_url = storage.join(path, "calibration.json")
+        if "calibration.json" not in files and storage.exists(cal_url, storage_options):
             storage.remove(cal_url, storage_options)  # a stale map must not calibrate a new net
-        log.info("saved %s forecaster to %s", self.arch, path)
+        log.info("saved %s network to %s", self.arch, path)
         return path
 
     @classmethod
-    def load(cls, path: str, storage_options: dict | None = None) -> "Forecaster":
-        """Rebuild a bundle written by :meth:`save` (weights loaded strictly)."""
-        from safetensors.torch import load as st_load
-
+    def load(cls, path: str, storage_options: dict | None = None) -> "TrainedNet":
+        """Rebuild a member bundle written by :meth:`save`."""
         path = str(path)
-        try:
-            model = json.loads(storage.read_text(storage.join(path, "model.json"), storage_options))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no model.json in {path}: not a forecaster bundle") from None
-        net = build_model(model["arch"], model["n_features"], model["config"])
-        net.load_state_dict(st_load(storage.read_bytes(storage.join(path, "weights.safetensors"), storage_options)))
-        net.eval()
-        scaler = Scaler.from_dict(json.loads(storage.read_text(storage.join(path, "scaler.json"), storage_options)))
-        calibrator = None
-        cal_url = storage.join(path, "calibration.json")
-        if storage.exists(cal_url, storage_options):
-            from hfcast.calibration import Calibrator
 
-            calibrator = Calibrator.from_dict(json.loads(storage.read_text(cal_url, storage_options)))
-        return cls(net, scaler, model["feature_names"], calibrator, model.get("meta"))
+        def read(name: str) -> bytes | None:
+            url = storage.join(path, name)
+            if name == "calibration.json" and not storage.exists(url, storage_options):
+                return None
+            try:
+                return storage.read_bytes(url, storage_options)
+            except FileNotFoundError:
+                if name == "model.json":
+                    raise FileNotFoundError(f"no model.json in {path}: not a network bundle") from None
+                raise
+
+        return cls.from_files(read)
 
 
 def confidence_info(calibrator: Any) -> dict[str, Any]:
-    """See :meth:`Forecaster.confidence_info`."""
+    """Whether a calibrator's confidences carry information: ``ret_conf_informative`` (return probit
+    slope >= 2 standard errors on validation), ``ret_conf_slope``, ``rv_conf_informative``; all False
+    / 0 without a calibrator."""
     if calibrator is None:
         return {"ret_conf_informative": False, "ret_conf_slope": 0.0, "rv_conf_informative": False}
     return {"ret_conf_informative": bool(getattr(calibrator, "ret_informative", False)),

@@ -1,24 +1,42 @@
-"""Baselines every model must beat, with the same outputs (PRED_COLUMNS) as the networks.
+"""Baselines every model must beat, computed from the 30-minute window alone, like the networks.
 
-Inputs come from a features frame (symbol, ts, labels, optional truth). The realized-volatility
-regressors are built from the frame's own labels lagged by their horizon: ``rv_10m`` of minute
-``t - 10`` is the realized volatility of minutes ``t-9..t``, known at ``t``; likewise ``ret_60m`` of
-``t - 60`` is the past hour's return. That is exactly causal (a lag is taken only inside one
-symbol-day and only when the earlier row is exactly ``k`` minutes back) and depends on nothing but
-the data contract, so the baselines do not move when the feature catalogue changes.
+Why from the window: a baseline that reads anything else (lagged labels, a symbol table) cannot be
+served by the same graph and the same request as the network, so the forecaster that wins in
+evaluation (a network floored on ``har_tod``, an ensemble, or ``har_tod`` itself) could not be the
+one that ships. Every input below is a feature of the window (unscaled) - the one-minute returns of
+its 30 rows and a few features of its last row - so a window request carries all of it and the
+walk-forward, the batch CSVs, the server and the monitor compute the same numbers with the same
+function (:func:`side_inputs`).
+
+Window inputs (one row per window; variances are of log mid returns over 10 minutes):
+
+- ``v10_l1``, ``v10_l2``, ``v10_l3``: realized variance of minutes t-9..t, t-19..t-10, t-29..t-20
+  (sums of ``past_ret_1m`` squared over the window's three 10-row blocks; a block with 5..9 finite
+  returns is scaled to 10 minutes, fewer is missing);
+- ``v_back``: mean 10-minute variance of minutes t-59..t-30, ``(rv_60m^2 - rv_30m^2) / 3``, only
+  where the last hour is inside today's session (minute of session >= 60), else missing;
+- ``vday``, ``vweek``: mean 10-minute variance of the previous day and of the last <= 5 days
+  (``har_rv_d``, ``har_rv_w`` scaled from a day to 10 minutes);
+- ``ewma_var``: 10 x the EWMA of squared one-minute returns (``ewma_vol_60``, half-life 60 minutes);
+- ``ret_past60``: the last hour's return (``past_ret_60m``); ``tod``: minute of session from
+  ``tod_sin``/``tod_cos``/``minutes_to_close``;
+- the calibration context (:data:`hfcast.calibration.CONTEXT_KEYS`) from the last row.
+
+Baselines:
 
 - ``zero``: return 0; volatility = realized vol of the last hour (random walk in volatility).
-- ``persistence``: return = last hour's return; volatility = last 30 minutes' realized vol.
-- ``har_rv``: return 0; HAR-RV (Corsi 2009) on log rv_10m with 10 / 30 / 60-minute and previous-day
-  components plus the intraday seasonal profile, fitted by OLS on the training span.
-- ``har_tod``: return 0; THE floor every model is compared with (and falls back to): HAR-RV in
-  log-variance form on deseasonalised components. A per-5-minute time-of-day profile of log
-  variance (fitted on train) is taken out of each lagged 10-minute variance at the minute it was
-  measured, a shrunk per-symbol level is added, OLS is fitted separately for rows with a full hour
-  of same-day lags and for the partial-lag open, the forecast is re-seasonalised at the target
-  minutes and mean-corrected by smearing; its log-vol sigma varies by half-hour of the day.
-- ``ewma``: return 0; RiskMetrics-style EWMA of lagged 10-minute variances (half-life in minutes).
-- ``oracle``: the simulator's truth, ``true_ret_60m`` and ``sqrt(true_var_10m)`` (the ceiling).
+- ``persistence``: return = last hour's return; volatility = the last 30 minutes' realized vol.
+- ``har_rv``: return 0; HAR-RV (Corsi 2009) on log rv with 10 / 30 / 60-minute and previous-day
+  components plus an intraday seasonal profile, OLS on the training span.
+- ``har_tod``: return 0; THE floor every model is compared with: HAR-RV in log-variance form on
+  deseasonalised components (a per-5-minute time-of-day profile of log variance, fitted on train,
+  taken out of each 10-minute block at the minute it was measured and put back at the target
+  minute), a weekly level, separate OLS for rows with a full hour of same-day history and for the
+  partial-history open, mean-corrected by smearing; its log-vol sigma varies by half-hour.
+- ``ewma``: return 0; RiskMetrics-style EWMA variance (half-life 60 minutes), carried on from the
+  previous day's level (the feature restarts at the open).
+- ``oracle``: the simulator's truth, ``true_ret_60m`` and ``sqrt(true_var_10m)`` (the ceiling; not
+  deployable, evaluation only).
 
 Each baseline gets residual-based sigmas (fitted on train) and a :class:`Calibrator` fitted on the
 validation span, so its confidences and intervals are scored like a model's.
@@ -27,94 +45,171 @@ validation span, so its confidences and intervals are scored like a model's.
 from __future__ import annotations
 
 import logging
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from hfcast.calibration import Calibrator
-from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
-from hfcast.data.schema import minute_of_session
+from hfcast.calibration import CONTEXT_KEYS, Calibrator
+from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS
 
 log = logging.getLogger(__name__)
 
 BASELINES = ("zero", "persistence", "har_rv", "har_tod", "ewma", "oracle")
+DEPLOYABLE = ("har_tod", "har_rv", "ewma")  # baselines a forecaster may serve (the oracle needs the truth)
 FLOOR = "har_tod"  # the baseline every model is compared with and falls back to
 _TINY = 1e-12
+_BLOCK = 10  # minutes per realized-variance block
+EWMA_HALFLIFE = 60.0  # minutes: the half-life of ewma_vol_60, which the ewma baseline reads
+#: features the window inputs read: the one-minute return over all 30 rows, the rest at the last row
+RETURN_FEATURE = "past_ret_1m"
+LAST_ROW_FEATURES = ("rv_30m", "rv_60m", "har_rv_d", "har_rv_w", "ewma_vol_60", "past_ret_60m",
+                     "tod_sin", "tod_cos", "minutes_to_close")
+#: context key -> feature at the window's last row (``tod`` is computed, see :func:`minute_from_features`)
+CONTEXT_FEATURES = {"spread_bps": "spread_bps", "jump_ratio": "jump_ratio_30m", "log_volume": "log_volume",
+                    "park_5m": "park_5m", "park_15m": "park_15m", "rv_5m": "rv_5m", "ewma_vol_10": "ewma_vol_10"}
+REQUIRED_FEATURES = (RETURN_FEATURE, *LAST_ROW_FEATURES[:6], "tod_sin", "tod_cos")
+SIDE_COLUMNS = ("tod", "v10_l1", "v10_l2", "v10_l3", "v_back", "vday", "vweek", "ewma_var", "ret_past60")
+LABELS = ("ret_60m", "rv_10m")
+TRUTH = ("true_ret_60m", "true_var_10m")
 
 
-def _lag(df: pd.DataFrame, col: str, k: int) -> np.ndarray:
-    """``col`` of the row exactly ``k`` minutes earlier in the same symbol-day, else NaN."""
-    day = df["ts"].dt.floor("D")
-    g = df.groupby([df["symbol"], day], sort=False)
-    prev = g[col].shift(k)
-    gap = df["ts"] - g["ts"].shift(k)
-    return np.where(gap == pd.Timedelta(minutes=k), prev, np.nan).astype(np.float64)
+def check_features(feature_names: Sequence[str]) -> None:
+    """Refuse a feature list without the inputs the baselines (and so the floor) read."""
+    missing = [f for f in REQUIRED_FEATURES if f not in feature_names]
+    if missing:
+        raise ValueError(f"the window lacks feature(s) {missing} that har_tod and the other baselines read; "
+                         f"featurize with the catalogue (hfcast featurize) so every window carries them")
 
 
-def _nanmean(a: np.ndarray) -> np.ndarray:
-    """Column means over the finite entries; NaN where a column has none (no warning)."""
-    cnt = np.isfinite(a).sum(axis=0)
-    return np.where(cnt > 0, np.nansum(a, axis=0) / np.maximum(cnt, 1), np.nan)
+def minute_from_features(tod_sin: np.ndarray, tod_cos: np.ndarray, to_close: np.ndarray | None) -> np.ndarray:
+    """Minute of session from ``tod_sin``, ``tod_cos`` (angle 2 pi m / n) and ``minutes_to_close``
+    (n - 1 - m): m = a (mtc + 1) / (1 - a), a = angle / 2 pi; n = 390 when ``to_close`` is absent."""
+    a = np.mod(np.arctan2(np.asarray(tod_sin, np.float64), np.asarray(tod_cos, np.float64)), 2 * np.pi) / (2 * np.pi)
+    if to_close is None:
+        m = a * 390.0
+    else:
+        mtc = np.asarray(to_close, np.float64)
+        m = np.where(np.isfinite(mtc), a * (mtc + 1.0) / np.maximum(1.0 - a, 1e-9), a * 390.0)
+    return np.clip(np.round(np.nan_to_num(m, nan=0.0)), 0, None).astype(np.int64)
 
 
-def baseline_inputs(df: pd.DataFrame, ewma_halflife: float = 30.0) -> pd.DataFrame:
-    """Causal regressors for every baseline, one row per row of ``df`` (same index).
-
-    Args:
-        df: features frame sorted by (symbol, ts) with ``rv_10m`` and ``ret_60m`` (and the truth
-            columns when simulated). Pass the whole history you have: lags and the EWMA need
-            the minutes before the rows you score.
-        ewma_halflife: EWMA half-life in minutes.
-    """
-    for col in ("symbol", "ts", "rv_10m", "ret_60m"):
-        if col not in df:
-            raise KeyError(f"baseline inputs need column {col!r}; frame has {list(df.columns)[:12]}...")
-    out = pd.DataFrame(index=df.index)
-    out["symbol"], out["ts"] = df["symbol"], df["ts"]
-    var10 = df["rv_10m"].astype(np.float64) ** 2
-    tmp = pd.DataFrame({"symbol": df["symbol"], "ts": df["ts"], "v": var10})
-    lags = np.stack([_lag(tmp, "v", 10 * j) for j in (1, 2, 3, 4, 5, 6)])  # [6, N]
-    out["v10"] = lags[0]
-    for j in range(6):  # individual lags, for the deseasonalised HAR (har_tod)
-        out[f"v10_l{j + 1}"] = lags[j]
-    out["v30"] = _nanmean(lags[:3])
-    out["v60"] = _nanmean(lags)
-    day = df["ts"].dt.floor("D")
-    daily = var10.groupby([df["symbol"], day]).mean().rename("vd").reset_index()
-    daily.columns = ["symbol", "day", "vd"]
-    daily["vday"] = daily.groupby("symbol")["vd"].shift(1)
-    key = pd.DataFrame({"symbol": df["symbol"].to_numpy(), "day": day.to_numpy()})
-    out["vday"] = key.merge(daily[["symbol", "day", "vday"]], on=["symbol", "day"], how="left")["vday"].to_numpy()
-    out["tod"] = minute_of_session(df["ts"])
-    lagged = pd.Series(lags[0], index=df.index)
-    out["ewma_var"] = lagged.groupby(df["symbol"]).transform(
-        lambda s: s.ewm(halflife=ewma_halflife, ignore_na=True).mean()).to_numpy()
-    out["ret_past60"] = _lag(pd.DataFrame({"symbol": df["symbol"], "ts": df["ts"],
-                                           "r": df["ret_60m"].astype(np.float64)}), "r", 60)
-    for col in ("ret_60m", "rv_10m", "true_ret_60m", "true_var_10m"):
-        if col in df:
-            out[col] = df[col].astype(np.float64).to_numpy()
+def _block_variances(r: np.ndarray) -> np.ndarray:
+    """[B, 30] one-minute returns -> [B, 3] realized variance of the last, middle and first 10 rows."""
+    out = np.full((r.shape[0], 3), np.nan)
+    for j in range(3):
+        block = r[:, LOOKBACK - _BLOCK * (j + 1): LOOKBACK - _BLOCK * j]
+        fin = np.isfinite(block)
+        n = fin.sum(axis=1)
+        s = np.where(fin, block * block, 0.0).sum(axis=1)
+        out[:, j] = np.where(n >= _BLOCK // 2, s * _BLOCK / np.maximum(n, 1), np.nan)
     return out
 
 
-def _fill_chain(inp: pd.DataFrame, fallback: float) -> np.ndarray:
-    """[N, 4] log variance components (10m, 30m, 60m, day), each gap filled by its neighbour."""
-    cols = ["v10", "v30", "v60", "vday"]
-    v = inp[cols].to_numpy(np.float64).copy()
-    v[:, 3] = np.where(np.isfinite(v[:, 3]), v[:, 3], fallback)
-    for j in (2, 1, 0):  # 60m <- day, 30m <- 60m, 10m <- 30m
+def side_inputs(returns: np.ndarray, last: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """The window inputs of the module docstring from the window's one-minute returns [B, 30] and
+    its last row's features (unscaled; missing optional features may be absent from ``last``)."""
+    r = np.asarray(returns, np.float64)
+    if r.ndim != 2 or r.shape[1] != LOOKBACK:
+        raise ValueError(f"returns must be [B, {LOOKBACK}], got {r.shape}")
+    g = {k: np.asarray(v, np.float64) for k, v in last.items()}
+    m = minute_from_features(g["tod_sin"], g["tod_cos"], g.get("minutes_to_close"))
+    n_day = m + 1 + g["minutes_to_close"] if "minutes_to_close" in g else np.full(len(m), 390.0)
+    n_day = np.where(np.isfinite(n_day) & (n_day > 0), n_day, 390.0)
+    blocks = _block_variances(r)
+    with np.errstate(invalid="ignore"):
+        back = np.maximum(g["rv_60m"] ** 2 - g["rv_30m"] ** 2, 0.0) / 3.0
+    out = pd.DataFrame({"tod": m, "v10_l1": blocks[:, 0], "v10_l2": blocks[:, 1], "v10_l3": blocks[:, 2],
+                        "v_back": np.where(m >= 60, back, np.nan),
+                        "vday": g["har_rv_d"] ** 2 * _BLOCK / n_day, "vweek": g["har_rv_w"] ** 2 * _BLOCK / n_day,
+                        "ewma_var": _BLOCK * g["ewma_vol_60"] ** 2, "ret_past60": g["past_ret_60m"]})
+    for key, feat in CONTEXT_FEATURES.items():
+        if feat in g:
+            out[key] = g[feat]
+    return out
+
+
+def _columns(feature_names: Sequence[str]) -> tuple[int, dict[str, int]]:
+    names = list(feature_names)
+    check_features(names)
+    wanted = [*LAST_ROW_FEATURES, *CONTEXT_FEATURES.values()]
+    return names.index(RETURN_FEATURE), {f: names.index(f) for f in wanted if f in names}
+
+
+def side_from_windows(windows: np.ndarray, feature_names: Sequence[str]) -> pd.DataFrame:
+    """:func:`side_inputs` of unscaled windows [B, 30, F] (features in ``feature_names`` order)."""
+    w = np.asarray(windows)
+    ir, cols = _columns(feature_names)
+    return side_inputs(w[:, :, ir], {f: w[:, -1, j] for f, j in cols.items()})
+
+
+def side_from_arrays(wa: Any, chunk: int = 65536) -> pd.DataFrame:
+    """:func:`side_inputs` of every window of a :class:`hfcast.features.windows.WindowArrays` (same
+    order), gathering only the columns it reads; labels and truth are not included."""
+    ir, cols = _columns(wa.feature_names)
+    ends = np.asarray(wa.ends)
+    parts = []
+    for a in range(0, len(ends), chunk):
+        e = ends[a:a + chunk]
+        rows = e[:, None] - np.arange(LOOKBACK - 1, -1, -1)[None, :]  # [k, 30] row of each window minute
+        parts.append(side_inputs(wa.X[rows, ir], {f: wa.X[e, j] for f, j in cols.items()}))
+    if not parts:
+        return side_inputs(np.empty((0, LOOKBACK)), {f: np.empty(0) for f in cols})
+    return pd.concat(parts, ignore_index=True)
+
+
+def baseline_inputs(wa: Any, frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Window inputs of every window of ``wa`` indexed by its end row, with the labels (and the
+    simulator's truth from ``frame``, a features frame in ``wa``'s row order) beside them."""
+    out = side_from_arrays(wa)
+    out.index = pd.Index(np.asarray(wa.ends), name="row")
+    if wa.y is not None:
+        lab = wa.y[wa.ends]
+        out["ret_60m"], out["rv_10m"] = lab[:, 0].astype(np.float64), lab[:, 1].astype(np.float64)
+    if frame is not None:
+        for col in TRUTH:
+            if col in frame:
+                out[col] = frame[col].to_numpy(np.float64)[wa.ends]
+    return out
+
+
+def context(inp: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The calibration context (:data:`CONTEXT_KEYS`) of window inputs."""
+    return {k: inp[k].to_numpy(np.float64) for k in CONTEXT_KEYS if k in inp}
+
+
+def _nanmean(a: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Means over the finite entries; NaN where there is none (no warning)."""
+    cnt = np.isfinite(a).sum(axis=axis)
+    return np.where(cnt > 0, np.nansum(a, axis=axis) / np.maximum(cnt, 1), np.nan)
+
+
+def _components(inp: pd.DataFrame, fallback: float) -> np.ndarray:
+    """[N, 4] raw variance components (10m, 30m, 60m, day), each gap filled by its longer neighbour.
+
+    A block whose realized variance is 0 (a mid that did not move on the tick grid) is missing, not
+    a forecast of zero volatility."""
+    b = inp[["v10_l1", "v10_l2", "v10_l3"]].to_numpy(np.float64)
+    back = inp["v_back"].to_numpy(np.float64)
+    b = np.where(b > 0, b, np.nan)
+    back = np.where(back > 0, back, np.nan)
+    v60 = _nanmean(np.column_stack([b, back, back, back]))
+    v = np.column_stack([b[:, 0], _nanmean(b), v60, inp["vday"].to_numpy(np.float64)])
+    v[:, 3] = np.where(np.isfinite(v[:, 3]) & (v[:, 3] > 0), v[:, 3], fallback)
+    for j in (2, 1, 0):
         v[:, j] = np.where(np.isfinite(v[:, j]), v[:, j], v[:, j + 1])
-    return np.log(np.maximum(v, _TINY))
+    return np.maximum(v, _TINY)
 
 
 class Baseline:
-    """One baseline: ``fit(train_inputs, val_inputs)`` then ``predict(inputs) -> PRED_COLUMNS``."""
+    """One baseline: ``fit(train_inputs, val_inputs)`` then ``predict(inputs) -> PRED_COLUMNS``.
 
-    def __init__(self, name: str, ewma_halflife: float = 30.0):
+    ``inputs`` are window inputs (:func:`baseline_inputs`) with the labels for fitting."""
+
+    def __init__(self, name: str):
         if name not in BASELINES:
             raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
         self.name = name
-        self.ewma_halflife = ewma_halflife
         self.calibrator = Calibrator()
         self.coef: np.ndarray | None = None
         self.season: np.ndarray | None = None
@@ -125,7 +220,7 @@ class Baseline:
 
     # -- point forecasts ---------------------------------------------------------------------
     def _design(self, inp: pd.DataFrame) -> np.ndarray:
-        comps = _fill_chain(inp, self.fallback_var)
+        comps = np.log(_components(inp, self.fallback_var))
         season = self.season[np.clip(inp["tod"].to_numpy(), 0, len(self.season) - 1)]
         return np.column_stack([np.ones(len(inp)), comps, season])
 
@@ -133,26 +228,33 @@ class Baseline:
         """(ret_mu, rv_hat) before calibration."""
         n = len(inp)
         if self.name == "oracle":
-            missing = [c for c in ("true_ret_60m", "true_var_10m") if c not in inp]
+            missing = [c for c in TRUTH if c not in inp]
             if missing:
                 raise KeyError(f"oracle baseline needs truth columns {missing} (simulated data only)")
             return inp["true_ret_60m"].to_numpy(), np.sqrt(np.maximum(inp["true_var_10m"].to_numpy(), 0))
-        comps = np.exp(_fill_chain(inp, self.fallback_var))
+        comps = _components(inp, self.fallback_var)
         if self.name == "zero":
             return np.zeros(n), np.sqrt(comps[:, 2])
         if self.name == "persistence":
-            return np.nan_to_num(inp["ret_past60"].to_numpy(), nan=0.0), np.sqrt(comps[:, 1])
+            return np.nan_to_num(inp["ret_past60"].to_numpy(np.float64), nan=0.0), np.sqrt(comps[:, 1])
         if self.name == "ewma":
-            ew = inp["ewma_var"].to_numpy()
-            return np.zeros(n), np.sqrt(np.where(np.isfinite(ew), ew, comps[:, 3]))
+            # the day's EWMA starts at the open; carried on from the previous day, its start would be
+            # that day's level, decayed with the same half-life: a = the weight today's minutes have
+            ew = inp["ewma_var"].to_numpy(np.float64)
+            a = 1.0 - 0.5 ** (inp["tod"].to_numpy(np.float64) / EWMA_HALFLIFE)
+            vday = inp["vday"].to_numpy(np.float64)
+            ew = np.where(np.isfinite(vday) & (vday > 0), a * ew + (1 - a) * vday, ew)
+            return np.zeros(n), np.sqrt(np.where(np.isfinite(ew) & (ew > 0), ew, comps[:, 3]))
         if self.name == "har_tod":
             return np.zeros(n), self.har.rv_hat(inp)
         lrv = self._design(inp) @ self.coef  # har_rv: log rv_10m
         return np.zeros(n), np.exp(lrv + self.lrv_sigma**2)  # sqrt(E[rv^2]) under log-normal errors
 
     # -- fitting -----------------------------------------------------------------------------
-    def fit(self, train: pd.DataFrame, val: pd.DataFrame) -> "Baseline":
-        """Fit the regression and residual scales on ``train``, the calibrator on ``val``."""
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame, context_val: Mapping[str, np.ndarray] | None = None,
+            groups_val: np.ndarray | None = None) -> "Baseline":
+        """Fit the regression and residual scales on ``train``, the calibrator on ``val`` (with the
+        validation context and hour clusters when given, as the networks' calibrators are)."""
         rv = train["rv_10m"].to_numpy(np.float64)
         ok = np.isfinite(rv) & (rv > 0)
         if ok.sum() < 50:
@@ -181,10 +283,12 @@ class Baseline:
         self.ret_scale = float(np.sqrt(np.mean(((y[fin] - mu[fin]) / scale[fin]) ** 2)))
         # the oracle is the truth itself: its return forecast is never re-centred
         self.calibrator = Calibrator(center_ret=self.name != "oracle").fit(
-            self._raw(val), val["ret_60m"].to_numpy(), val["rv_10m"].to_numpy())
+            self.natural(val), val["ret_60m"].to_numpy(), val["rv_10m"].to_numpy(), groups=groups_val,
+            context=dict(context_val) if context_val is not None else None)
         return self
 
-    def _raw(self, inp: pd.DataFrame) -> dict[str, np.ndarray]:
+    def natural(self, inp: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Natural-unit forecasts (``ret_mu``, ``ret_sigma``, ``rv_hat``, ``lrv_sigma``) before calibration."""
         mu, rv_hat = self._points(inp)
         rv_hat = np.maximum(np.nan_to_num(rv_hat, nan=np.sqrt(self.fallback_var)), _TINY)
         lrv_sigma = (self.har.sigma(inp) if self.name == "har_tod"
@@ -192,91 +296,115 @@ class Baseline:
         return {"ret_mu": mu, "ret_sigma": self.ret_scale * np.sqrt(6.0) * rv_hat,
                 "rv_hat": rv_hat, "lrv_sigma": lrv_sigma}
 
-    def predict(self, inp: pd.DataFrame, context: dict | None = None) -> pd.DataFrame:
-        """PRED_COLUMNS + INFO_COLUMNS for the rows of ``inp`` (same index); ``context``
+    def predict(self, inp: pd.DataFrame, ctx: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
+        """PRED_COLUMNS + INFO_COLUMNS for the rows of ``inp`` (same index); ``ctx``
         (:data:`hfcast.calibration.CONTEXT_KEYS`, one value per row) for a calibrator fitted with it."""
-        out = self.calibrator.apply(self._raw(inp), context)
+        out = self.calibrator.apply(self.natural(inp), dict(ctx) if ctx is not None else None)
         out = {c: out[c] for c in PRED_COLUMNS} | self.calibrator.info_columns(len(inp))
         return pd.DataFrame(out, index=inp.index, columns=[*PRED_COLUMNS, *INFO_COLUMNS])
 
+    def to_dict(self) -> dict[str, Any]:
+        """The point model as plain JSON (the calibrator is not part of it: a forecaster calibrates
+        what it serves as a whole)."""
+        if self.name == "oracle":
+            raise ValueError("the oracle reads the simulator's truth: it cannot be saved or served")
+        return {"name": self.name, "coef": None if self.coef is None else self.coef.tolist(),
+                "season": None if self.season is None else self.season.tolist(),
+                "fallback_var": self.fallback_var, "ret_scale": self.ret_scale, "lrv_sigma": self.lrv_sigma,
+                "har": self.har.to_dict() if self.har is not None else None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Baseline":
+        """Inverse of :meth:`to_dict`."""
+        self = cls(str(d["name"]))
+        self.coef = None if d.get("coef") is None else np.asarray(d["coef"], np.float64)
+        self.season = None if d.get("season") is None else np.asarray(d["season"], np.float64)
+        self.fallback_var, self.ret_scale = float(d["fallback_var"]), float(d["ret_scale"])
+        self.lrv_sigma = float(d["lrv_sigma"])
+        self.har = HarTod.from_dict(d["har"]) if d.get("har") else None
+        return self
+
 
 def fit_baselines(train: pd.DataFrame, val: pd.DataFrame, names: tuple[str, ...] = BASELINES,
-                  ewma_halflife: float = 30.0) -> dict[str, Baseline]:
+                  context_val: Mapping[str, np.ndarray] | None = None,
+                  groups_val: np.ndarray | None = None) -> dict[str, Baseline]:
     """Fit every named baseline on the same rows; ``oracle`` is skipped when truth is absent."""
     out: dict[str, Baseline] = {}
     for name in names:
         if name == "oracle" and "true_var_10m" not in train:
             log.info("no truth columns: skipping the oracle baseline")
             continue
-        out[name] = Baseline(name, ewma_halflife).fit(train, val)
+        out[name] = Baseline(name).fit(train, val, context_val, groups_val)
     return out
 
 
 _PROFILE_STEP = 5  # minutes per time-of-day bucket of the har_tod profile
 _SIGMA_STEP = 30  # minutes per bucket of the har_tod log-vol sigma
-_SYMBOL_SHRINK = 500.0  # rows of prior weight pulling a symbol's level to the pooled one
+_PROFILE_LEN = 390  # minutes of the profile (a longer session reads its last bucket)
 
 
 class HarTod:
     """HAR-RV in log variance on components with the time-of-day profile taken out (``har_tod``).
 
     Why: the plain HAR regresses on raw lagged variances, so right after the open (high variance)
-    it over-forecasts the calm midday and under-forecasts the close. Dividing each lagged
-    10-minute variance by the profile at the minutes it covered, and multiplying the forecast by
-    the profile at the minutes it forecasts, leaves the regression only the persistent level to
-    learn. Everything is fitted on the rows it is given (the training span).
+    it over-forecasts the calm midday and under-forecasts the close. Dividing each 10-minute block's
+    variance by the profile at the minutes it covered, and multiplying the forecast by the profile at
+    the minutes it forecasts, leaves the regression only the persistent level to learn. The weekly
+    level (``vweek``) carries the symbol's own level, so nothing is keyed by symbol name: a window
+    is all the model reads. Everything is fitted on the rows it is given (the training span).
     """
 
     def __init__(self) -> None:
-        self.profile = np.zeros(390)      # centred mean log variance by minute of session
-        self.levels: dict[str, float] = {}  # shrunk per-symbol deseasonalised log-variance level
-        self.level0 = 0.0
+        self.profile = np.zeros(_PROFILE_LEN)  # centred mean log variance by minute of session
+        self.level0 = 0.0                    # pooled deseasonalised log-variance level (no history)
         self.coef_full = np.zeros(7)
         self.coef_part = np.zeros(7)
-        self.smear = 1.0                  # E[rv^2 / exp(fitted log variance)] on train
-        self.sig_tod = np.ones(390)       # std of log rv residual by half-hour of the day
+        self.smear = 1.0                     # E[rv^2 / exp(fitted log variance)] on train
+        self.sig_tod = np.ones(_PROFILE_LEN)  # std of log rv residual by half-hour of the day
         self.sigma_all = 1.0
 
     def _prof(self, m: np.ndarray) -> np.ndarray:
-        return self.profile[np.clip(m, 0, 389)]
-
-    def _design(self, inp: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """[N, 7] regressors (1, D10, D30, D60, Dday, symbol level, profile) and the full-lag mask."""
-        m = inp["tod"].to_numpy()
-        lags = np.stack([inp[f"v10_l{j}"].to_numpy(np.float64) for j in range(1, 7)], axis=1)
-        d = np.log(np.maximum(lags, _TINY)) - np.stack([self._prof(m - 10 * j) for j in range(1, 7)], axis=1)
-        d[~np.isfinite(lags) | (lags <= 0)] = np.nan
-        e = np.exp(d)
-        lvl = inp["symbol"].astype(object).map(self.levels).to_numpy(np.float64)
-        lvl = np.where(np.isfinite(lvl), lvl, self.level0)
-        vday = inp["vday"].to_numpy(np.float64)
-        dday = np.where(np.isfinite(vday) & (vday > 0), np.log(np.maximum(vday, _TINY)) - self._mean_prof, lvl)
-        comps = [np.log(_nanmean(e[:, :k].T)) if k > 1 else d[:, 0] for k in (1, 3, 6)]
-        d60 = np.where(np.isfinite(comps[2]), comps[2], dday)
-        d30 = np.where(np.isfinite(comps[1]), comps[1], d60)
-        d10 = np.where(np.isfinite(comps[0]), comps[0], d30)
-        X = np.column_stack([np.ones(len(inp)), d10, d30, d60, dday, lvl, self._prof(m)])
-        return X, np.isfinite(d).all(axis=1)
+        return self.profile[np.clip(m, 0, len(self.profile) - 1)]
 
     @property
     def _mean_prof(self) -> float:
         return float(np.log(np.mean(np.exp(self.profile))))
 
+    def _design(self, inp: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """[N, 7] regressors (1, D10, D30, D60, Dday, Dweek, profile) and the full-history mask."""
+        m = inp["tod"].to_numpy()
+        blocks = inp[["v10_l1", "v10_l2", "v10_l3"]].to_numpy(np.float64)
+        back = inp["v_back"].to_numpy(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.log(np.maximum(blocks, _TINY)) - np.stack([self._prof(m - 10 * j) for j in (1, 2, 3)], axis=1)
+            back_prof = np.log(np.mean(np.exp(np.stack([self._prof(m - 10 * j) for j in (4, 5, 6)])), axis=0))
+            db = np.log(np.maximum(back, _TINY)) - back_prof
+        d[~np.isfinite(blocks) | (blocks <= 0)] = np.nan
+        db[~np.isfinite(back) | (back <= 0)] = np.nan
+        e, eb = np.exp(d), np.exp(db)
+        vweek = inp["vweek"].to_numpy(np.float64)
+        lvl = np.where(np.isfinite(vweek) & (vweek > 0), np.log(np.maximum(vweek, _TINY)) - self._mean_prof, self.level0)
+        vday = inp["vday"].to_numpy(np.float64)
+        dday = np.where(np.isfinite(vday) & (vday > 0), np.log(np.maximum(vday, _TINY)) - self._mean_prof, lvl)
+        with np.errstate(divide="ignore"):
+            d60 = np.log(_nanmean(np.column_stack([e, eb, eb, eb])))
+            d30 = np.log(_nanmean(e))
+        d60 = np.where(np.isfinite(d60), d60, dday)
+        d30 = np.where(np.isfinite(d30), d30, d60)
+        d10 = np.where(np.isfinite(d[:, 0]), d[:, 0], d30)
+        X = np.column_stack([np.ones(len(inp)), d10, d30, d60, dday, lvl, self._prof(m)])
+        return X, np.isfinite(d).all(axis=1) & np.isfinite(db)
+
     def fit(self, train: pd.DataFrame) -> "HarTod":
         rv = train["rv_10m"].to_numpy(np.float64)
         ok = np.isfinite(rv) & (rv > 0)
         y = np.log(np.where(ok, rv, 1.0) ** 2)
-        m = np.clip(train["tod"].to_numpy(), 0, 389)
+        m = np.clip(train["tod"].to_numpy(), 0, _PROFILE_LEN - 1)
         prof = pd.Series(y[ok]).groupby(m[ok] // _PROFILE_STEP).mean()
-        nb = 390 // _PROFILE_STEP
+        nb = _PROFILE_LEN // _PROFILE_STEP
         buckets = prof.reindex(range(nb)).interpolate(limit_direction="both").fillna(0.0).to_numpy()
         self.profile = np.repeat(buckets - buckets.mean(), _PROFILE_STEP)
-        des = pd.Series(y[ok] - self.profile[m[ok]])
-        sym = train["symbol"].astype(object).to_numpy()[ok]
-        self.level0 = float(des.mean())
-        g = des.groupby(sym).agg(["sum", "count"])
-        shr = (g["sum"] + _SYMBOL_SHRINK * self.level0) / (g["count"] + _SYMBOL_SHRINK)
-        self.levels = {str(k): float(v) for k, v in shr.items()}
+        self.level0 = float(np.mean(y[ok] - self.profile[m[ok]]))
         X, full = self._design(train)
         fin = ok & np.isfinite(X).all(axis=1)
         for attr, rows in (("coef_full", fin & full), ("coef_part", fin & ~full)):
@@ -287,8 +415,8 @@ class HarTod:
         res = 0.5 * (y[fin] - lv[fin])  # log rv residual
         self.sigma_all = float(np.std(res))
         sd = pd.Series(res).groupby(m[fin] // _SIGMA_STEP).std()
-        sd = sd.reindex(range(390 // _SIGMA_STEP + 1)).fillna(self.sigma_all).to_numpy()
-        self.sig_tod = np.repeat(np.maximum(sd, 1e-3), _SIGMA_STEP)[:390]
+        sd = sd.reindex(range(_PROFILE_LEN // _SIGMA_STEP + 1)).fillna(self.sigma_all).to_numpy()
+        self.sig_tod = np.repeat(np.maximum(sd, 1e-3), _SIGMA_STEP)[:_PROFILE_LEN]
         return self
 
     def _logvar(self, X: np.ndarray, full: np.ndarray) -> np.ndarray:
@@ -304,20 +432,19 @@ class HarTod:
         return np.sqrt(self.smear * np.exp(self.log_var(inp)))
 
     def sigma(self, inp: pd.DataFrame) -> np.ndarray:
-        return self.sig_tod[np.clip(inp["tod"].to_numpy(), 0, 389)]
+        return self.sig_tod[np.clip(inp["tod"].to_numpy(), 0, len(self.sig_tod) - 1)]
 
     def to_dict(self) -> dict:
-        """Plain-JSON state (saved with a floored forecaster)."""
-        return {"profile": self.profile.tolist(), "levels": self.levels, "level0": self.level0,
-                "coef_full": self.coef_full.tolist(), "coef_part": self.coef_part.tolist(), "smear": self.smear,
-                "sig_tod": self.sig_tod.tolist(), "sigma_all": self.sigma_all}
+        """Plain-JSON state."""
+        return {"profile": self.profile.tolist(), "level0": self.level0, "coef_full": self.coef_full.tolist(),
+                "coef_part": self.coef_part.tolist(), "smear": self.smear, "sig_tod": self.sig_tod.tolist(),
+                "sigma_all": self.sigma_all}
 
     @classmethod
     def from_dict(cls, d: dict) -> "HarTod":
         """Inverse of :meth:`to_dict`."""
         self = cls()
         self.profile = np.asarray(d["profile"], dtype=np.float64)
-        self.levels = {str(k): float(v) for k, v in d["levels"].items()}
         self.level0, self.smear, self.sigma_all = float(d["level0"]), float(d["smear"]), float(d["sigma_all"])
         self.coef_full = np.asarray(d["coef_full"], dtype=np.float64)
         self.coef_part = np.asarray(d["coef_part"], dtype=np.float64)

@@ -57,7 +57,7 @@ def build_reference(settings: Any, forecaster_or_bundle: Any, train_dates: Seque
         The reference.json document.
     """
     from hfcast.features.windows import build_windows
-    from hfcast.models.base import Forecaster
+    from hfcast.forecaster import Forecaster
 
     fc = Forecaster.load(str(forecaster_or_bundle)) if isinstance(forecaster_or_bundle, (str, bytes)) or hasattr(
         forecaster_or_bundle, "__fspath__") else forecaster_or_bundle

@@ -1,0 +1,213 @@
+"""Choose, on one fold's validation span only, what the forecaster serves per target.
+
+Why per target: on data the networks were not designed for, a network's volatility forecast can
+beat ``har_tod`` while its return head has no skill (a negative IC); judged as a whole, the
+model was rejected and the volatility skill was lost. Here each target is decided on its own:
+
+- **volatility**: every candidate's validation QLIKE - each network bare, each network floored on
+  ``har_tod`` (blended with it in log variance: weights 0.1..0.9, each with its QLIKE-optimal
+  variance scale), the equal-weight ensemble of the floored networks, and the deployable baselines
+  ``har_tod``, ``har_rv``, ``ewma`` as they are. The lowest wins; ties go to the baseline (simpler),
+  so a network is served only where it beats the best baseline on validation;
+- **return**: a network's head only where it shows validated skill - its validation IC above the
+  persistence forecast's AND its one-sided 97.5% lower bound from a bootstrap over hours above 0
+  (the returns of all symbols in one hour move together, so a few validation days hold few
+  independent outcomes) - the best such head; otherwise the zero forecast, whose honest
+  confidence is a constant 0.5.
+
+The chosen forecast is then calibrated on the same validation rows (with context), so its
+confidences and intervals are fitted like any model's. Nothing here reads a test label.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from hfcast import metrics as M
+from hfcast.calibration import Calibrator
+from hfcast.forecaster import VOL_KINDS, Choice, Forecaster, compose, log_variance
+from hfcast.models.baselines import DEPLOYABLE, FLOOR, context
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = tuple(float(w) for w in np.round(np.linspace(0.1, 0.9, 9), 2))  # network weight of a floor blend
+IC_BOUND_LEVEL = 0.975  # one-sided level of the return head's IC lower bound
+IC_BOOTSTRAP = 400
+KINDS = ("auto", *VOL_KINDS)
+RETURNS = ("auto", "net", "zero")
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """What a user may fix instead of letting validation choose (``hfcast train --kind ... --return ...``)."""
+
+    kind: str = "auto"     # auto | net | floor | ensemble | har_tod | har_rv | ewma
+    ret: str = "auto"      # auto | net (the best head, skill or not) | zero
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"forecaster kind must be one of {KINDS}, got {self.kind!r}")
+        if self.ret not in RETURNS:
+            raise ValueError(f"return choice must be one of {RETURNS}, got {self.ret!r}")
+
+
+@dataclass
+class Candidate:
+    """One volatility candidate: its choice (return left to the return rule) and validation QLIKE."""
+
+    choice: Choice
+    val_qlike: float
+
+
+@dataclass
+class FoldSelection:
+    """What one fold chose and the evidence, plus the forecaster it built."""
+
+    forecaster: Forecaster
+    choice: Choice
+    candidates: list[Candidate] = field(default_factory=list)
+    ret_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def qlike_scale(h: np.ndarray, y2: np.ndarray) -> float:
+    """The variance multiplier c minimising QLIKE(c * h, y2) (closed form: mean(y2 / h))."""
+    ok = np.isfinite(h) & np.isfinite(y2)
+    return float(np.mean(np.maximum(y2[ok], 1e-18) / np.maximum(h[ok], 1e-18)))
+
+
+def hour_clusters(ts: pd.Series | np.ndarray) -> np.ndarray:
+    """Cluster id per row: the hour of its window's end (shared by all symbols)."""
+    return pd.DatetimeIndex(pd.to_datetime(np.asarray(ts), utc=True)).floor("h").asi8
+
+
+def ic_bound(pred: np.ndarray, y: np.ndarray, clusters: np.ndarray, level: float = IC_BOUND_LEVEL,
+             n_boot: int = IC_BOOTSTRAP) -> tuple[float, float]:
+    """The pooled IC and its one-sided lower ``level`` bound from a bootstrap over clusters (whole
+    hours resampled with replacement; NaN bound with fewer than 10 clusters or 100 rows)."""
+    ok = np.isfinite(pred) & np.isfinite(y)
+    p, t = np.asarray(pred, np.float64)[ok], np.asarray(y, np.float64)[ok]
+    point = M.ic(p, t)
+    if p.size < 100 or not np.isfinite(point) or p.std() == 0:
+        return point, float("nan")
+    cl = np.unique(np.asarray(clusters)[ok], return_inverse=True)[1].ravel()
+    n_cl = int(cl.max()) + 1
+    if n_cl < 10:
+        return point, float("nan")
+    S = np.stack([np.bincount(cl, w) for w in (np.ones_like(p), p, t, p * p, t * t, p * t)], axis=1)  # [C, 6]
+    W = np.random.default_rng(2).multinomial(n_cl, np.full(n_cl, 1.0 / n_cl), size=n_boot).astype(np.float64)
+    n, sp, st, spp, stt, spt = (W @ S).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cov = spt / n - sp * st / n**2
+        boot = cov / np.sqrt((spp / n - (sp / n) ** 2) * (stt / n - (st / n) ** 2))
+    boot = boot[np.isfinite(boot)]
+    return point, float(np.quantile(boot, 1 - level)) if boot.size else float("nan")
+
+
+def _qlike(lv: np.ndarray, y2: np.ndarray) -> float:
+    return M.qlike(np.exp(lv), y2)
+
+
+def vol_candidates(nets: Mapping[str, Mapping[str, np.ndarray]], bases: Mapping[str, Mapping[str, np.ndarray]],
+                   y_rv: np.ndarray, kind: str = "auto") -> list[Candidate]:
+    """Every volatility candidate of the module docstring with its validation QLIKE, baselines first.
+
+    ``nets``/``bases``: natural-unit validation forecasts of the networks and of the fitted
+    baselines (``har_tod`` needed for the floor); ``y_rv``: validation ``rv_10m``.
+    """
+    y2 = np.asarray(y_rv, np.float64) ** 2
+    out: list[Candidate] = []
+    for name in DEPLOYABLE:
+        if name in bases:
+            out.append(Candidate(Choice(vol=name), _qlike(log_variance(bases[name]), y2)))
+    floors: dict[str, float] = {}
+    har = bases.get(FLOOR)
+    for arch, nat in nets.items():
+        lv_net = log_variance(nat)
+        c = qlike_scale(np.exp(lv_net), y2)
+        out.append(Candidate(Choice(vol="net", members={arch: 1.0}, scale=c), _qlike(lv_net + np.log(c), y2)))
+        if har is None:
+            continue
+        lv_har = log_variance(har)
+        best = None
+        for w in WEIGHTS:
+            lv = w * lv_net + (1 - w) * lv_har
+            c = qlike_scale(np.exp(lv), y2)
+            q = _qlike(lv + np.log(c), y2)
+            if best is None or q < best[2]:
+                best = (w, c, q)
+        floors[arch] = best[0]
+        out.append(Candidate(Choice(vol="floor", members={arch: best[0]}, scale=best[1]), best[2]))
+    if len(floors) >= 2:
+        lv = np.mean([w * log_variance(nets[a]) + (1 - w) * log_variance(har) for a, w in floors.items()], axis=0)
+        c = qlike_scale(np.exp(lv), y2)
+        out.append(Candidate(Choice(vol="ensemble", members=dict(floors), scale=c), _qlike(lv + np.log(c), y2)))
+    if kind != "auto":
+        out = [c for c in out if c.choice.vol == kind]
+        if not out:
+            raise ValueError(f"no {kind!r} candidate: it needs "
+                             + ("two or more architectures" if kind == "ensemble" else "a trained network"
+                                if kind in ("net", "floor") else f"the {kind} baseline"))
+    return out
+
+
+def choose_return(nets: Mapping[str, Mapping[str, np.ndarray]], y_ret: np.ndarray, clusters: np.ndarray,
+                  persistence_ic: float, mode: str = "auto") -> tuple[str, dict[str, dict[str, float]]]:
+    """The architecture whose return head is served, or ``zero``, with each head's evidence."""
+    evidence = {}
+    for arch, nat in nets.items():
+        ic, lo = ic_bound(np.asarray(nat["ret_mu"]), y_ret, clusters)
+        skill = bool(np.isfinite(lo) and lo > 0 and ic > (persistence_ic if np.isfinite(persistence_ic) else 0.0))
+        evidence[arch] = {"ic": float(ic), "ic_lo": float(lo), "skill": skill}
+    if mode == "zero" or not evidence:
+        return "zero", evidence
+    pool = evidence if mode == "net" else {a: e for a, e in evidence.items() if e["skill"]}
+    pool = {a: e for a, e in pool.items() if np.isfinite(e["ic"])}
+    if not pool:
+        return "zero", evidence
+    return max(pool, key=lambda a: pool[a]["ic"]), evidence
+
+
+def select_fold(nets: Mapping[str, Any], nat_val: Mapping[str, Mapping[str, np.ndarray]],
+                baselines: Mapping[str, Any], val_inp: pd.DataFrame, val_ts: Any, scaler: Any,
+                feature_names: Sequence[str], options: SelectOptions = SelectOptions(),
+                meta: Mapping[str, Any] | None = None) -> FoldSelection:
+    """Choose and build the fold's forecaster on validation rows only.
+
+    Args:
+        nets: trained networks, arch -> :class:`hfcast.models.base.TrainedNet`.
+        nat_val: their natural-unit forecasts of the validation windows.
+        baselines: fitted baselines, name -> :class:`hfcast.models.baselines.Baseline`.
+        val_inp: the validation windows' inputs (:func:`hfcast.models.baselines.baseline_inputs`,
+            labels included), same order as ``nat_val``. val_ts: their end timestamps.
+        scaler: the graph's input scaling. feature_names: the window's features.
+    """
+    y_ret = val_inp["ret_60m"].to_numpy(np.float64)
+    y_rv = val_inp["rv_10m"].to_numpy(np.float64)
+    bases = {n: b.natural(val_inp) for n, b in baselines.items() if n in (*DEPLOYABLE, "persistence")}
+    cands = vol_candidates(nat_val, {n: v for n, v in bases.items() if n in DEPLOYABLE}, y_rv, options.kind)
+    best = min(cands, key=lambda c: c.val_qlike)  # min keeps the first of ties: baselines come first
+    clusters = hour_clusters(val_ts)
+    pers_ic = M.ic(bases["persistence"]["ret_mu"], y_ret) if "persistence" in bases else float("nan")
+    ret, ret_ev = choose_return(nat_val, y_ret, clusters, pers_ic, options.ret)
+    evidence = {"val_qlike": {_label(c.choice): float(c.val_qlike) for c in cands},
+                "chosen_val_qlike": float(best.val_qlike),
+                "val_qlike_har_tod": float(_qlike(log_variance(bases[FLOOR]), y_rv ** 2)) if FLOOR in bases else None,
+                "return": ret_ev, "persistence_ic": float(pers_ic)}
+    choice = Choice(vol=best.choice.vol, members=dict(best.choice.members), scale=best.choice.scale, ret=ret,
+                    evidence=evidence)
+    kept = {n: b for n, b in baselines.items() if n in (FLOOR, choice.vol)}
+    served = compose(choice, nat_val, bases)
+    cal = Calibrator().fit(served, y_ret, y_rv, groups=clusters, context=context(val_inp))
+    fc = Forecaster(nets, kept, choice, cal, feature_names, scaler, meta)
+    log.info("chose %s (val QLIKE %.4f; har_tod %.4f)", choice.describe(), best.val_qlike,
+             evidence["val_qlike_har_tod"] or float("nan"))
+    return FoldSelection(fc, choice, cands, ret_ev)
+
+
+def _label(choice: Choice) -> str:
+    return choice.label
