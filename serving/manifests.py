@@ -19,31 +19,69 @@ from kserve import (V1alpha1ServingRuntime, V1alpha1ServingRuntimeSpec, V1alpha1
                     V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1ModelFormat, V1beta1ModelSpec,
                     V1beta1PredictorSpec, V1beta1TransformerSpec)
 from kserve.api_client import ApiClient
-from kubernetes.client import (V1ConfigMapEnvSource, V1Container, V1EmptyDirVolumeSource, V1EnvFromSource, V1EnvVar,
-                               V1ObjectMeta, V1ResourceRequirements, V1SecretEnvSource, V1Toleration, V1Volume,
-                               V1VolumeMount)
+from kubernetes.client import (V1Capabilities, V1ConfigMapEnvSource, V1Container, V1ContainerPort, V1EmptyDirVolumeSource,
+                               V1EnvFromSource, V1EnvVar, V1EnvVarSource, V1HTTPGetAction, V1ObjectMeta, V1Probe,
+                               V1ResourceRequirements, V1SeccompProfile, V1SecretEnvSource, V1SecretKeySelector,
+                               V1SecurityContext, V1Toleration, V1Volume, V1VolumeMount)
 
 API_VERSION = "serving.kserve.io/v1beta1"
 NAMESPACE = "hfcast"
 IMAGE = "ghcr.io/hfcast/hfcast-predictor:0.1.0"  # built from serving/Dockerfile; a tag, never :latest
 TRITON_URI = "s3://hfcast-models/hfcast/champion/triton"  # `hfcast export` output, triton/ folder
 MODEL_REF = "hfcast@champion"
-SERVERLESS = {"serving.kserve.io/deploymentMode": "Knative"}  # needed for canary traffic ("Serverless" is deprecated)
+# Knative (serverless) mode, needed for canary traffic. The annotation's value is "Serverless": KServe
+# 0.15 (Kubeflow 1.10.2) accepts only Serverless / RawDeployment / ModelMesh there and silently takes
+# the cluster default for anything else, "Knative" included; 0.16+ renamed the mode to "Knative" and
+# still maps "Serverless" to it. Read from KServe's GetDeploymentMode:
+# tests/code/cluster_reference/kserve.yaml, docs/CLUSTER.md "Support matrix".
+SERVERLESS = {"serving.kserve.io/deploymentMode": "Serverless"}
 OUT_DIR = Path(__file__).resolve().parents[1] / "manifests" / "serving"
 IMAGES_ENV = Path(__file__).resolve().parents[1] / "docker" / "images.env"
 RUNTIME_FILE = "servingruntime-triton.yaml"
 RUNTIME = "hfcast-triton"  # the project's ServingRuntime: the Triton release built with the export's TensorRT
-MODELS_SA = "hfcast-models"  # S3 credentials + endpoint annotations for the storage initializer (rbac.yaml)
-# Settings as every hfcast pod gets them (manifests/base/config.yaml + the hfcast-s3 Secret); the Feast
-# repository is rendered at start-up into a writable emptyDir (the image's folders are read-only).
+# What every InferenceService runs as: the read-only S3 identity (Secret hfcast-s3-serving, listed by
+# this account, whose annotations KServe's storage initializer reads), no Kubernetes API token.
+MODELS_SA = "hfcast-models"
+# Settings as every hfcast pod gets them (manifests/base/config.yaml) and serving's own identities:
+# S3 read-only, the MLflow user that reads models, the Redis password HFCAST_FEAST_ONLINE names.
+# Environment variables, not files, because hfcast.config, boto3, MLflow's client and Feast read them
+# there. The Feast repository is rendered at start-up into a writable emptyDir, HOME and /tmp are
+# another (the root filesystem is read-only).
 STATE_DIR = "/var/lib/hfcast"
+TMP_DIR = "/tmp"
 ENV = [V1EnvVar(name="HFCAST_HOME", value=STATE_DIR),
-       V1EnvVar(name="HFCAST_FEAST_REPO", value=f"{STATE_DIR}/feature_repo")]
+       V1EnvVar(name="HFCAST_FEAST_REPO", value=f"{STATE_DIR}/feature_repo"),
+       V1EnvVar(name="HOME", value=TMP_DIR),
+       V1EnvVar(name="REDIS_PASSWORD", value_from=V1EnvVarSource(
+           secret_key_ref=V1SecretKeySelector(name="hfcast-redis", key="REDIS_PASSWORD")))]
 ENV_FROM = [V1EnvFromSource(config_map_ref=V1ConfigMapEnvSource(name="hfcast-config")),
-            V1EnvFromSource(secret_ref=V1SecretEnvSource(name="hfcast-s3"))]
-STATE_MOUNT = [V1VolumeMount(name="hfcast-state", mount_path=STATE_DIR)]
-STATE_VOLUME = [V1Volume(name="hfcast-state", empty_dir=V1EmptyDirVolumeSource(size_limit="1Gi"))]
+            V1EnvFromSource(secret_ref=V1SecretEnvSource(name="hfcast-s3-serving")),
+            V1EnvFromSource(secret_ref=V1SecretEnvSource(name="hfcast-mlflow-serving"))]
+STATE_MOUNT = [V1VolumeMount(name="hfcast-state", mount_path=STATE_DIR), V1VolumeMount(name="tmp", mount_path=TMP_DIR)]
+STATE_VOLUME = [V1Volume(name="hfcast-state", empty_dir=V1EmptyDirVolumeSource(size_limit="1Gi")),
+                V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource(size_limit="1Gi"))]
 GPU_TOLERATION = [V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+HTTP_PORT = 8080  # KServe's and Triton's HTTP port (Knative requires probes on the container's one port)
+IMAGE_UID = 10001  # USER of the hfcast images (docker/Dockerfile, serving/Dockerfile)
+TRITON_UID = 1000  # the triton-server user of NVIDIA's Triton images
+
+
+def restricted(uid: int) -> V1SecurityContext:
+    """Pod security `restricted`, at the container level: Knative admits these container fields by
+    default but only a subset of the pod-level ones (its kubernetes.podspec-securitycontext flag)."""
+    return V1SecurityContext(run_as_non_root=True, run_as_user=uid, run_as_group=uid, allow_privilege_escalation=False,
+                             read_only_root_filesystem=True, capabilities=V1Capabilities(drop=["ALL"]),
+                             seccomp_profile=V1SeccompProfile(type="RuntimeDefault"))
+
+
+def _probes(ready: str, live: str) -> dict:
+    return {"ports": [V1ContainerPort(container_port=HTTP_PORT, protocol="TCP")],
+            "readiness_probe": V1Probe(http_get=V1HTTPGetAction(path=ready, port=HTTP_PORT), period_seconds=10),
+            "liveness_probe": V1Probe(http_get=V1HTTPGetAction(path=live, port=HTTP_PORT), period_seconds=20,
+                                      initial_delay_seconds=60, failure_threshold=6)}
+
+
+V2_PROBES = _probes("/v2/health/ready", "/v2/health/live")  # the V2 protocol's health: KServe's server and Triton
 
 
 def images_env(path: Path = IMAGES_ENV) -> dict[str, str]:
@@ -66,22 +104,29 @@ def gpu_isvc(triton_uri: str = TRITON_URI, image: str = IMAGE) -> V1beta1Inferen
     """Triton serving the TensorRT plan on one GPU, behind the Feast feature transformer."""
     predictor = V1beta1PredictorSpec(min_replicas=1, model=V1beta1ModelSpec(
         name="kserve-container", model_format=V1beta1ModelFormat(name="tensorrt"), runtime=RUNTIME, protocol_version="v2",
-        storage_uri=triton_uri, resources=_resources("4", "8Gi", gpu=1)),
-        service_account_name=MODELS_SA, tolerations=GPU_TOLERATION)
-    transformer = V1beta1TransformerSpec(min_replicas=1, volumes=STATE_VOLUME, containers=[V1Container(
-        name="kserve-container", image=image, command=["python", "-m", "serving.feature_transformer"],
-        args=["--model_name", "hfcast", "--predictor_protocol", "v2", "--model_ref", MODEL_REF],
-        env=ENV, env_from=ENV_FROM, volume_mounts=STATE_MOUNT, resources=_resources("2", "2Gi"))])
+        storage_uri=triton_uri, resources=_resources("4", "8Gi", gpu=1), security_context=restricted(TRITON_UID),
+        volume_mounts=[V1VolumeMount(name="tmp", mount_path=TMP_DIR)]),
+        service_account_name=MODELS_SA, automount_service_account_token=False, tolerations=GPU_TOLERATION,
+        volumes=[V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource(size_limit="1Gi"))])
+    transformer = V1beta1TransformerSpec(
+        min_replicas=1, volumes=STATE_VOLUME, service_account_name=MODELS_SA, automount_service_account_token=False,
+        containers=[V1Container(
+            name="kserve-container", image=image, command=["python", "-m", "serving.feature_transformer"],
+            args=["--model_name", "hfcast", "--predictor_protocol", "v2", "--model_ref", MODEL_REF],
+            env=ENV, env_from=ENV_FROM, volume_mounts=STATE_MOUNT, resources=_resources("2", "2Gi"),
+            security_context=restricted(IMAGE_UID), **V2_PROBES)])
     return _isvc("hfcast-gpu", V1beta1InferenceServiceSpec(predictor=predictor, transformer=transformer))
 
 
 def _cpu_predictor(ref: str, image: str, canary_percent: int | None = None) -> V1beta1PredictorSpec:
     return V1beta1PredictorSpec(min_replicas=1, max_replicas=4, canary_traffic_percent=canary_percent,
+                                service_account_name=MODELS_SA, automount_service_account_token=False,
                                 volumes=STATE_VOLUME, containers=[V1Container(
                                     name="kserve-container", image=image, command=["python", "-m", "serving"],
                                     args=["--model_name", "hfcast", "--model_ref", ref, "--runner", "onnxruntime"],
                                     env=ENV, env_from=ENV_FROM, volume_mounts=STATE_MOUNT,
-                                    resources=_resources("2", "2Gi"))])
+                                    resources=_resources("2", "2Gi"), security_context=restricted(IMAGE_UID),
+                                    **V2_PROBES)])
 
 
 def cpu_isvc(ref: str = MODEL_REF, image: str = IMAGE) -> V1beta1InferenceService:
@@ -103,9 +148,10 @@ def triton_runtime(images: dict[str, str] | None = None) -> V1alpha1ServingRunti
     env = images or images_env()
     container = V1Container(
         name="kserve-container", image=env["TRITON_IMAGE"],
-        args=["tritonserver", "--model-store=/mnt/models", "--grpc-port=9000", "--http-port=8080",
+        args=["tritonserver", "--model-store=/mnt/models", "--grpc-port=9000", f"--http-port={HTTP_PORT}",
               "--allow-grpc=true", "--allow-http=true"],
-        resources=_resources("1", "2Gi"))
+        resources=_resources("1", "2Gi"), security_context=restricted(TRITON_UID),
+        **V2_PROBES)
     spec = V1alpha1ServingRuntimeSpec(
         supported_model_formats=[V1alpha1SupportedModelFormat(name="tensorrt", version=env["TENSORRT_VERSION"].split(".")[0],
                                                               auto_select=True, priority=1),

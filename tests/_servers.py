@@ -8,6 +8,7 @@ CI installs both (.ci/run).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -30,26 +31,42 @@ def _binary(name: str, package: str, extra_dirs: tuple[str, ...] = ()) -> str:
     return found
 
 
+def redis_acl(password: str) -> str:
+    """The ACL file line of manifests/secrets/hfcast-redis.template.yaml for ``password``: the default
+    user, the password as its SHA-256, every key and channel, no @dangerous command."""
+    return f"user default on #{hashlib.sha256(password.encode()).hexdigest()} ~* &* +@all -@dangerous\n"
+
+
 @dataclass
 class RedisServer(ServerProcess):
-    """``redis-server`` on 127.0.0.1, no persistence (the Feast online store is rebuilt by materialize)."""
+    """``redis-server`` on 127.0.0.1, no persistence (the Feast online store is rebuilt by materialize).
+
+    ``password``: authentication as on the cluster (manifests/base/redis.yaml): an ACL file of
+    :func:`redis_acl` passed with ``--aclfile``.
+    """
 
     stop_timeout = 15.0
+    password: str | None = None
 
     @property
     def url(self) -> str:
-        """What ``HFCAST_FEAST_ONLINE`` takes."""
-        return f"redis://{HOST}:{self.port}"
+        """What ``HFCAST_FEAST_ONLINE`` takes (with the password when there is one)."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{HOST}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> "RedisServer":
         import redis
 
         binary = _binary("redis-server", "redis-server")
         self.port = self.port or free_port()
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", HOST, "--save", "",
-                                      "--appendonly", "no", "--protected-mode", "yes"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        client = redis.Redis(host=HOST, port=self.port)
+        args = [binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
+                "--protected-mode", "yes"]
+        if self.password:
+            self._acl_dir = Path(tempfile.mkdtemp(prefix="hfcast-redis-"))
+            (self._acl_dir / "users.acl").write_text(redis_acl(self.password))
+            args += ["--aclfile", str(self._acl_dir / "users.acl"), "--dir", str(self._acl_dir)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        client = redis.Redis(host=HOST, port=self.port, password=self.password)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -62,6 +79,14 @@ class RedisServer(ServerProcess):
                 self.stop()
                 raise RuntimeError(f"redis-server did not answer on {self.url}: {out[-1500:]}")
             time.sleep(0.05)
+
+
+    def stop(self) -> None:
+        super().stop()
+        acl_dir = getattr(self, "_acl_dir", None)
+        if acl_dir is not None:
+            shutil.rmtree(acl_dir, ignore_errors=True)
+            self._acl_dir = None
 
 
 @dataclass

@@ -250,7 +250,10 @@ def build_tensorrt_engine(onnx_path: str | Path, plan_path: str | Path, n_featur
     if plan is None:
         raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
     Path(plan_path).write_bytes(bytes(plan))
-    return {"plan": str(plan_path), "fp16": fp16, "fp32_layers": fp32_layers, "profile": shapes}
+    # the plan runs only on this GPU model with this TensorRT: say so beside it (TensorRTRunner checks)
+    device = TensorRTRunner.current_device()
+    TensorRTRunner.record_device(plan_path, device)
+    return {"plan": str(plan_path), "fp16": fp16, "fp32_layers": fp32_layers, "profile": shapes, "device": device}
 
 
 # --- Triton repository ---------------------------------------------------------------------------

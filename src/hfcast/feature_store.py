@@ -24,6 +24,8 @@ import importlib.util
 import io
 import json
 import logging
+import os
+import re
 import shutil
 import string
 import sys
@@ -39,6 +41,7 @@ import yaml
 from hfcast import storage
 from hfcast.config import Settings
 from hfcast.contracts import FEATURE_SET_FILE, LOOKBACK
+from hfcast.errors import UserError
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -127,7 +130,9 @@ def online_store_config(settings: Settings) -> dict[str, Any]:
     ``""`` or ``sqlite``: a SQLite file in the rendered folder (one process, tests, the demo).
     ``redis://[:password@]host:port[/db]`` (``rediss://`` for TLS): Feast's Redis store, shared by
     every pod. Write a password as ``${VAR}`` (``redis://:${REDIS_PASSWORD}@redis:6379``): Feast
-    expands environment variables when it reads the file, so the secret never lands on disk.
+    expands environment variables when it reads the file, so the secret never lands on disk. A
+    ``${VAR}`` that is not set here is refused: Feast would send the literal text as the password
+    and Redis would answer a bare WRONGPASS.
     """
     url = (getattr(settings, "feast_online", "") or "").strip()
     if url in ("", "sqlite"):
@@ -140,7 +145,13 @@ def online_store_config(settings: Settings) -> dict[str, Any]:
     if parts.path.strip("/"):
         conn.append(f"db={int(parts.path.strip('/'))}")
     if parts.password:
-        conn.append(f"password={unquote(parts.password)}")
+        password = unquote(parts.password)
+        unset = [v for v in re.findall(r"\$\{(\w+)\}", password) if v not in os.environ]
+        if unset:
+            raise UserError(f"HFCAST_FEAST_ONLINE's Redis password names ${{{unset[0]}}}, which is not set",
+                            f"set {unset[0]} in this process's environment (on the cluster: env {unset[0]} from "
+                            "the hfcast-redis Secret, as the PodDefault and the InferenceServices do)")
+        conn.append(f"password={password}")
     if parts.scheme == "rediss":
         conn.append("ssl=true")
     return {"type": "redis", "redis_type": "redis", "connection_string": ",".join(conn)}

@@ -205,10 +205,20 @@ class Int8Runner(StreamedRunner):
 
 
 class TensorRTRunner:
-    """A TensorRT plan executed with torch-allocated CUDA buffers (needs TensorRT + GPU)."""
+    """A TensorRT plan executed with torch-allocated CUDA buffers (needs TensorRT + GPU).
+
+    A plan is compiled for the GPU model (and TensorRT version) it was built on: loaded on another
+    one, TensorRT fails with an opaque error or, across close models, may run with kernels tuned for
+    the wrong chip. So the build writes ``<plan>.device.json`` (:meth:`record_device`) and loading
+    refuses a plan whose record names another GPU model, compute capability or TensorRT
+    (:meth:`check_device`); a plan without a record (built before records existed) loads with a
+    warning, TensorRT's own check being the only one left.
+    """
 
     kind = "tensorrt"
     device = "cuda"
+    DEVICE_SUFFIX = ".device.json"
+    DEVICE_KEYS = ("gpu", "compute_capability", "tensorrt")
 
     def __init__(self, plan_path: str | Path):
         if not tensorrt_available():
@@ -216,10 +226,63 @@ class TensorRTRunner:
         import tensorrt as trt
         import torch
 
+        self.check_device(plan_path, self.current_device())
         self._torch = torch
         self._engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
             Path(plan_path).read_bytes())
         self._ctx = self._engine.create_execution_context()
+
+    @staticmethod
+    def current_device() -> dict[str, str]:
+        """This machine's GPU model, compute capability and TensorRT version (needs both)."""
+        import tensorrt as trt
+        import torch
+
+        major, minor = torch.cuda.get_device_capability()
+        return {"gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}",
+                "tensorrt": str(trt.__version__)}
+
+    @classmethod
+    def device_file(cls, plan_path: str | Path) -> Path:
+        return Path(f"{plan_path}{cls.DEVICE_SUFFIX}")
+
+    @classmethod
+    def record_device(cls, plan_path: str | Path, device: dict[str, str]) -> Path:
+        """Write what ``plan_path`` was built on beside it; returns the record's path."""
+        import json
+
+        missing = [k for k in cls.DEVICE_KEYS if not device.get(k)]
+        if missing:
+            raise ValueError(f"device record for {plan_path} lacks {missing}")
+        path = cls.device_file(plan_path)
+        path.write_text(json.dumps({k: str(device[k]) for k in cls.DEVICE_KEYS}, indent=1))
+        return path
+
+    @classmethod
+    def check_device(cls, plan_path: str | Path, current: dict[str, str]) -> dict[str, str] | None:
+        """Refuse a plan built on another GPU model, compute capability or TensorRT; returns its record."""
+        import json
+
+        from hfcast.errors import UserError
+
+        path = cls.device_file(plan_path)
+        if not path.exists():
+            log.warning("%s has no %s record of the GPU it was built on: its GPU cannot be checked", plan_path,
+                        cls.DEVICE_SUFFIX)
+            return None
+        try:
+            built = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path} is not a readable device record ({exc})",
+                            "rebuild the TensorRT plan on this GPU (`hfcast export` on a GPU machine)") from None
+        differ = [k for k in cls.DEVICE_KEYS if str(built.get(k)) != str(current.get(k))]
+        if differ:
+            was = ", ".join(f"{k} {built.get(k)!r}" for k in differ)
+            now = ", ".join(f"{k} {current.get(k)!r}" for k in differ)
+            raise UserError(f"TensorRT plan {plan_path} was built for {was}; this machine has {now}",
+                            "rebuild the plan on this GPU model (`hfcast export` on this machine), or serve the "
+                            "ONNX model (runner onnxruntime)")
+        return built
 
     def run(self, windows_scaled: np.ndarray) -> np.ndarray:
         torch = self._torch

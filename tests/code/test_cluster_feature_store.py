@@ -31,9 +31,20 @@ def test_default_is_sqlite_inside_the_rendered_folder(tmp_path):
     ("redis://:${REDIS_PASSWORD}@redis:6379", "redis:6379,password=${REDIS_PASSWORD}"),
     ("rediss://r:6379", "r:6379,ssl=true"),
 ])
-def test_redis_urls_become_feast_connection_strings(tmp_path, url, conn):
+def test_redis_urls_become_feast_connection_strings(tmp_path, monkeypatch, url, conn):
+    monkeypatch.setenv("REDIS_PASSWORD", "not-written-anywhere")  # Feast expands ${VAR}; hfcast never does
     cfg = fst.online_store_config(_settings(tmp_path, url))
     assert cfg == {"type": "redis", "redis_type": "redis", "connection_string": conn}
+
+
+def test_a_password_variable_that_is_not_set_is_refused_with_the_fix(tmp_path, monkeypatch):
+    """Feast would send the literal ${REDIS_PASSWORD} and Redis would answer a bare WRONGPASS."""
+    from hfcast.errors import UserError
+
+    monkeypatch.delenv("REDIS_PASSWORD", raising=False)
+    with pytest.raises(UserError, match=r"names \$\{REDIS_PASSWORD\}, which is not set") as err:
+        fst.online_store_config(_settings(tmp_path, "redis://:${REDIS_PASSWORD}@redis:6379"))
+    assert "hfcast-redis Secret" in err.value.fix
 
 
 @pytest.mark.parametrize("url", ["postgres://db:5432", "redis://", "localhost:6379"])

@@ -104,21 +104,11 @@ def test_dev_overlay_builds_the_platform_services():
     assert not any(kind == "Secret" for kind, _ in built), "secrets are templates, never built"
 
 
-def test_rbac_lets_the_pipeline_start_runs_and_deploy():
-    role = next(d for d in _docs(MANIFESTS / "base" / "rbac.yaml") if d["kind"] == "Role")
-    rules = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
-    assert {"create", "get"} <= rules[("pipelines.kubeflow.org", "runs")]
-    assert {"create", "get"} <= rules[("pipelines.kubeflow.org", "recurringruns")]
-    assert {"create", "patch", "get"} <= rules[("serving.kserve.io", "inferenceservices")]
-    binding = next(d for d in _docs(MANIFESTS / "base" / "rbac.yaml") if d["kind"] == "RoleBinding")
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert "hfcast-pipeline" in {s["name"] for s in binding["subjects"]}
-
-
 def test_secret_templates_hold_no_secrets():
     for p in (MANIFESTS / "secrets").glob("*.yaml"):
         for d in _docs(p):
             assert d["kind"] == "Secret"
+            assert d["metadata"]["name"] + ".template.yaml" == p.name
             for v in d.get("stringData", {}).values():
                 assert "<" in v and ">" in v, f"{p.name}: a real-looking value; keep placeholders only"
     for p in ALL_YAML:
@@ -171,7 +161,7 @@ def test_gpu_requested_only_where_gpu_work_runs():
 
 
 def test_recurring_monitoring_job_submits_the_monitoring_pipeline_with_a_cron():
-    job = _docs(MANIFESTS / "overlays" / "dev" / "monitoring-recurring-run-job.yaml")[0]
+    job = _docs(MANIFESTS / "overlays" / "dev" / "platform" / "monitoring-recurring-run-job.yaml")[0]
     spec = job["spec"]["template"]["spec"]
     cmd = spec["containers"][0]["command"]
     assert cmd[:4] == ["hfcast", "pipeline", "submit", "monitoring"] and "--recurring-cron" in cmd

@@ -6,9 +6,11 @@
   SDK models' attribute maps (an unknown field at any depth fails), and every container inside
   validated as a core Pod container;
 - Kubeflow's PodDefault: its spec's fields, with env/volumes/mounts validated as a Pod's;
+- Istio's PeerAuthentication and AuthorizationPolicy: the fields of their security.istio.io API;
 - compiled pipelines: the IR parsed into ``PipelineSpec`` (and each executor into
-  ``ExecutorSpec``) with unknown fields rejected;
-- RBAC: the verbs Argo's executor and the KFP launcher need, for every account steps run as.
+  ``ExecutorSpec``) with unknown fields rejected.
+The overlays as kustomize renders them (patches applied) are validated in test_cluster_render.py,
+RBAC in test_cluster_rbac.py, Secrets and KServe's S3 annotations in test_cluster_secrets.py.
 """
 
 from __future__ import annotations
@@ -30,6 +32,19 @@ MANIFESTS = ROOT / "manifests"
 K8S_VERSION = "1.37"  # the newest schemas kubernetes-validate ships; 1.30 is checked too (older clusters)
 CORE_GROUPS = ("v1", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1", "networking.k8s.io/v1", "policy/v1")
 KSERVE_KINDS = {"InferenceService": "V1beta1InferenceService", "ServingRuntime": "V1alpha1ServingRuntime"}
+# Istio's security.istio.io fields (istio.io/latest/docs/reference/config/security/): what its API
+# server validation accepts for the two kinds the manifests use, down to rules, sources and operations.
+ISTIO_FIELDS = {
+    "PeerAuthentication": {"spec": {"selector", "mtls", "portLevelMtls"}},
+    "AuthorizationPolicy": {"spec": {"selector", "targetRef", "targetRefs", "action", "provider", "rules"},
+                            "rule": {"from", "to", "when"},
+                            "source": {"principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
+                                       "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks",
+                                       "notRemoteIpBlocks"},
+                            "operation": {"hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths",
+                                          "notPaths"}},
+}
+MTLS_MODES = {"UNSET", "DISABLE", "PERMISSIVE", "STRICT"}
 PODDEFAULT_FIELDS = {"desc", "selector", "env", "envFrom", "volumes", "volumeMounts", "serviceAccountName",
                      "automountServiceAccountToken", "annotations", "labels", "tolerations", "imagePullSecrets",
                      "initContainers", "sidecars", "command", "args"}
@@ -39,10 +54,21 @@ def _docs(path: Path) -> list:
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
 
 
+def _patch_files() -> set[Path]:
+    """Files kustomizations use as patches (partial objects: checked once rendered, not alone)."""
+    out = set()
+    for k in MANIFESTS.rglob("kustomization.yaml"):
+        out |= {(k.parent / p["path"]).resolve() for p in yaml.safe_load(k.read_text()).get("patches", [])}
+    return out
+
+
 def _objects() -> list[tuple[str, dict]]:
     """(file, object) of every Kubernetes object in manifests/ (kustomizations and patches excluded)."""
     out = []
+    patches = _patch_files()
     for p in sorted(MANIFESTS.rglob("*.yaml")):
+        if p.resolve() in patches:
+            continue
         for d in _docs(p):
             if isinstance(d, dict) and "kind" in d and d.get("kind") != "Kustomization":
                 out.append((str(p.relative_to(MANIFESTS)), d))
@@ -61,7 +87,7 @@ def _id(item) -> str:
 
 def test_every_object_is_checked_by_one_schema():
     kinds = {d["kind"] for f, d in OBJECTS if (f, d) not in CORE and (f, d) not in KSERVE}
-    assert kinds <= {"PodDefault", "Profile"}, f"objects no test validates: {kinds}"
+    assert kinds <= {"PodDefault", "Profile", *ISTIO_FIELDS}, f"objects no test validates: {kinds}"
     assert len(CORE) >= 15 and len(KSERVE) == 4
 
 
@@ -78,40 +104,6 @@ def test_strict_validation_rejects_a_field_that_does_not_exist():
     deployment["spec"]["template"]["spec"]["containers"][0]["resource"] = {"limits": {"cpu": "1"}}  # typo: resources
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
-
-
-def _apply_json6902(doc: dict, ops: list) -> dict:
-    """The subset kustomize applies here: ``replace`` and ``add`` on existing parents."""
-    out = copy.deepcopy(doc)
-    for op in ops:
-        assert op["op"] in ("replace", "add"), op
-        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].strip("/").split("/")]
-        node = out
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        if isinstance(node, list):
-            node[int(last)] = op["value"]
-        else:
-            assert op["op"] == "add" or last in node, f"{op['path']} does not exist in {doc['metadata']['name']}"
-            node[last] = op["value"]
-    return out
-
-
-def test_dev_overlay_patched_objects_stay_valid():
-    kdir = MANIFESTS / "overlays" / "dev"
-    kust = yaml.safe_load((kdir / "kustomization.yaml").read_text())
-    checked = 0
-    for patch in kust["patches"]:
-        target = next(d for f, d in OBJECTS if (d["kind"], d["metadata"]["name"]) == (patch["target"]["kind"], patch["target"]["name"])
-                      and not f.startswith("overlays"))
-        body = yaml.safe_load((kdir / patch["path"]).read_text())
-        if isinstance(body, list):
-            patched = _apply_json6902(target, body)
-        else:  # strategic merge of a ConfigMap: data keys override
-            patched = {**copy.deepcopy(target), "data": {**target.get("data", {}), **body.get("data", {})}}
-        kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
-        checked += 1
-    assert checked == len(kust["patches"]) >= 4
 
 
 # --- KServe: a strict schema from the typed SDK models ------------------------------------------------
@@ -203,7 +195,57 @@ def test_poddefault_fields_and_injected_parts_are_valid():
                                      K8S_VERSION, strict=True)
 
 
-# --- Kubeflow: profile namespace, the KFP token, RBAC ---------------------------------------------------
+def _istio_strict(doc: dict) -> None:
+    """Unknown fields (at any level the manifests use) and unknown mTLS modes raise ValueError."""
+    fields = ISTIO_FIELDS[doc["kind"]]
+
+    def only(node: dict, allowed: set[str], where: str) -> None:
+        unknown = set(node) - allowed
+        if unknown:
+            raise ValueError(f"{doc['kind']}/{doc['metadata']['name']} {where}: unknown field(s) {sorted(unknown)}")
+
+    assert doc["apiVersion"] in ("security.istio.io/v1beta1", "security.istio.io/v1"), doc["apiVersion"]
+    spec = doc["spec"]
+    only(spec, fields["spec"], "spec")
+    if doc["kind"] == "PeerAuthentication":
+        for where, mtls in [("mtls", spec.get("mtls", {})), *((f"port {p}", m) for p, m in spec.get("portLevelMtls", {}).items())]:
+            only(mtls, {"mode"}, where)
+            if mtls.get("mode") not in MTLS_MODES:
+                raise ValueError(f"{where}: mode {mtls.get('mode')!r} is not one of {sorted(MTLS_MODES)}")
+        assert all(str(p).isdigit() for p in spec.get("portLevelMtls", {})), "portLevelMtls keys are port numbers"
+        return
+    assert spec.get("action", "ALLOW") in ("ALLOW", "DENY", "AUDIT", "CUSTOM")
+    for i, rule in enumerate(spec.get("rules", [])):
+        only(rule, fields["rule"], f"rules[{i}]")
+        for f in rule.get("from", []):
+            only(f, {"source"}, f"rules[{i}].from")
+            only(f["source"], fields["source"], f"rules[{i}].from.source")
+        for op in rule.get("to", []):
+            only(op, {"operation"}, f"rules[{i}].to")
+            only(op["operation"], fields["operation"], f"rules[{i}].to.operation")
+            assert all(isinstance(p, str) for p in op["operation"].get("ports", [])), "Istio ports are strings"
+
+
+ISTIO = [(f, d) for f, d in OBJECTS if d["kind"] in ISTIO_FIELDS]
+
+
+@pytest.mark.parametrize("item", ISTIO, ids=_id)
+def test_istio_objects_use_only_istio_fields(item):
+    _istio_strict(item[1])
+
+
+def test_istio_check_rejects_a_misspelt_field_and_mode():
+    policy = copy.deepcopy(next(d for f, d in ISTIO if d["kind"] == "AuthorizationPolicy"))
+    policy["spec"]["rules"][0]["from"][0]["source"]["principal"] = ["x"]  # Istio spells it principals
+    with pytest.raises(ValueError, match="principal"):
+        _istio_strict(policy)
+    peer = copy.deepcopy(next(d for f, d in ISTIO if d["kind"] == "PeerAuthentication"))
+    peer["spec"]["mtls"]["mode"] = "STRICTER"
+    with pytest.raises(ValueError, match="STRICTER"):
+        _istio_strict(peer)
+
+
+# --- Kubeflow: profile namespace, the KFP token ---------------------------------------------------------
 
 def _obj(kind: str, name: str) -> dict:
     return next(d for f, d in OBJECTS if d["kind"] == kind and d["metadata"]["name"] == name and not f.startswith("overlays"))
@@ -226,43 +268,11 @@ def test_poddefault_injects_a_kfp_token_where_kfp_clients_look_for_it():
     token = volume["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == "pipelines.kubeflow.org" and path == f"{mount['mountPath']}/{token['path']}"
     assert pd["selector"]["matchLabels"] == {"pipelines.kubeflow.org/v2_component": "true"}
-    assert {"configMapRef": {"name": "hfcast-config"}} in pd["envFrom"] and {"secretRef": {"name": "hfcast-s3"}} in pd["envFrom"]
+    assert {"configMapRef": {"name": "hfcast-config"}} in pd["envFrom"]
+    assert {"secretRef": {"name": "hfcast-s3-pipeline"}} in pd["envFrom"]  # the pipeline's own identity
 
 
-def _granted(role: dict) -> dict[tuple[str, str], set[str]]:
-    out: dict[tuple[str, str], set[str]] = {}
-    for rule in role["rules"]:
-        for g in rule["apiGroups"]:
-            for r in rule["resources"]:
-                out.setdefault((g, r), set()).update(rule["verbs"])
-    return out
-
-
-NEEDED = {  # what each party in a step pod calls on the Kubernetes API
-    "argo executor": {("argoproj.io", "workflowtaskresults"): {"create", "patch"}, ("", "pods"): {"get", "patch"}},
-    "kfp launcher": {("", "configmaps"): {"get"}, ("", "secrets"): {"get"}},
-    "hfcast trigger": {("pipelines.kubeflow.org", "runs"): {"create", "get"},
-                       ("pipelines.kubeflow.org", "recurringruns"): {"create", "get"}},
-    "hfcast deploy": {("serving.kserve.io", "inferenceservices"): {"get", "create", "patch"}},
-}
-
-
-@pytest.mark.parametrize("party", sorted(NEEDED))
-def test_rbac_grants_what_pipeline_steps_call(party):
-    role = _obj("Role", "hfcast-pipeline")
-    granted = _granted(role)
-    for key, verbs in NEEDED[party].items():
-        assert verbs <= granted.get(key, set()), f"{party}: {key} needs {verbs - granted.get(key, set())}"
-    binding = _obj("RoleBinding", "hfcast-pipeline")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "hfcast-pipeline"}
-    subjects = {s["name"] for s in binding["subjects"] if s["kind"] == "ServiceAccount"}
-    assert {"hfcast-pipeline", "default-editor"} <= subjects
-    job = next(
-        d for f, d in OBJECTS if d["kind"] == "Job" and d["metadata"]["name"] == "hfcast-monitoring-schedule")
-    assert job["spec"]["template"]["spec"]["serviceAccountName"] in subjects
-
-
-# --- GPU serving: one pin for Triton and TensorRT; S3 for the storage initializer ------------------------
+# --- GPU serving: one pin for Triton and TensorRT ---------------------------------------------------------
 
 def _images_env() -> dict[str, str]:
     return dict(line.split("=", 1) for line in (ROOT / "docker" / "images.env").read_text().splitlines()
@@ -285,24 +295,7 @@ def test_triton_and_tensorrt_are_pinned_together_in_one_place():
         "bump CUDA base, TensorRT and Triton together (NVIDIA's Triton release notes list the pairs)"
 
 
-def test_storage_initializer_gets_s3_credentials_endpoint_and_region():
-    isvc = _obj("InferenceService", "hfcast-gpu")
-    sa = _obj("ServiceAccount", isvc["spec"]["predictor"]["serviceAccountName"])
-    ann = sa["metadata"]["annotations"]
-    assert {"serving.kserve.io/s3-endpoint", "serving.kserve.io/s3-usehttps", "serving.kserve.io/s3-region"} <= set(ann)
-    assert "://" not in ann["serving.kserve.io/s3-endpoint"]  # host[:port]: KServe adds the scheme
-    assert {"name": "hfcast-s3"} in sa["secrets"]
-    secret = _docs(MANIFESTS / "secrets" / "hfcast-s3.template.yaml")[0]
-    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])
-    dev = yaml.safe_load((MANIFESTS / "overlays" / "dev" / "models-sa-dev.yaml").read_text())
-    patched = _apply_json6902(sa, dev)["metadata"]["annotations"]
-    assert patched["serving.kserve.io/s3-endpoint"].startswith("minio.") and patched["serving.kserve.io/s3-usehttps"] == "0"
-
-
-def test_inference_services_use_knative_and_gpu_pods_tolerate_gpu_nodes():
-    for f, d in KSERVE:
-        if d["kind"] == "InferenceService":
-            assert d["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative", f
+def test_gpu_pods_tolerate_gpu_nodes():
     tolerations = _obj("InferenceService", "hfcast-gpu")["spec"]["predictor"]["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
 
@@ -320,7 +313,8 @@ def test_serving_pods_render_the_feast_repo_into_a_writable_volume():
                 vol = next(v for v in comp["volumes"] if v["name"] == mounts[mount])
                 assert "emptyDir" in vol, f"{f} {part}: the Feast repo must live in a writable volume"
                 assert {"configMapRef": {"name": "hfcast-config"}} in c["envFrom"], f
-    assert _obj("ConfigMap", "hfcast-config")["data"]["HFCAST_FEAST_ONLINE"].startswith("redis://redis.")
+    assert _obj("ConfigMap", "hfcast-config")["data"]["HFCAST_FEAST_ONLINE"] == \
+        "redis://:${REDIS_PASSWORD}@redis.hfcast.svc.cluster.local:6379"  # the password from the pod's env
 
 
 # --- resources and build context ---------------------------------------------------------------------------

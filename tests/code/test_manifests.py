@@ -54,7 +54,7 @@ def test_cpu_service_runs_the_predictor_image_on_the_champion():
 
 def test_canary_is_serverless_and_splits_traffic():
     isvc = m.canary_isvc(percent=10)
-    assert isvc.metadata.annotations["serving.kserve.io/deploymentMode"] == "Knative"
+    assert isvc.metadata.annotations["serving.kserve.io/deploymentMode"] == "Serverless"  # 0.15 and 0.16+
     assert isvc.metadata.name == m.cpu_isvc().metadata.name  # a canary updates the same service
     assert isvc.spec.predictor.canary_traffic_percent == 10
     c = isvc.spec.predictor.containers[0]

@@ -27,7 +27,8 @@ def fresh(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def specs(fresh):
-    return {p.name: yaml.safe_load(p.read_text()) for p in sorted(fresh.glob("*.yaml"))}
+    # the first document is the PipelineSpec; a second one (GPU pipelines: tolerations) is the platform spec
+    return {p.name: next(yaml.safe_load_all(p.read_text())) for p in sorted(fresh.glob("*.yaml"))}
 
 
 def test_committed_yaml_is_up_to_date(fresh):
@@ -292,7 +293,8 @@ class _FakeClient:
         return type("R", (), {"recurring_run_id": "rr-1"})()
 
     def create_run_from_pipeline_package(self, pipeline_file, **kw):
-        assert yaml.safe_load(Path(pipeline_file).read_text())["pipelineInfo"]["name"] == "hfcast-training-gpu"
+        first = next(yaml.safe_load_all(Path(pipeline_file).read_text()))  # then, for GPU steps, the platform spec
+        assert first["pipelineInfo"]["name"] == "hfcast-training-gpu"
         self.calls.append(("run", kw))
         return type("R", (), {"run_id": "run-1"})()
 

@@ -1,6 +1,9 @@
 """Feast on a real Redis server (the cluster's online store), as the predictor pods use it.
 
-A Redis server (Debian's ``redis-server``) runs on 127.0.0.1. The "materialize step" applies the
+A Redis server (Debian's ``redis-server``) runs on 127.0.0.1 with the cluster's authentication (the
+ACL file of manifests/secrets/hfcast-redis.template.yaml); clients name the password as the
+ConfigMap does, ``redis://:${REDIS_PASSWORD}@host``, and get it from the environment, as the pods
+get it from the Secret: it is never written into the rendered repository. The "materialize step" applies the
 repository and materializes minute features and windows into Redis; a "fresh pod" (an empty
 folder for HFCAST_FEAST_REPO, as in a new predictor replica) renders and registers the
 repository at start-up and reads the same windows; a predictor with the feature store on serves a
@@ -9,6 +12,8 @@ request by symbol from them. The SQLite default is covered by test_feast.py.
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +34,17 @@ F = 8
 
 @pytest.fixture(scope="module")
 def redis_server():
-    with RedisServer() as server:
-        yield server
+    password = secrets.token_hex(16)
+    before = os.environ.get("REDIS_PASSWORD")
+    os.environ["REDIS_PASSWORD"] = password  # what the pod's env gets from the hfcast-redis Secret
+    try:
+        with RedisServer(password=password) as server:
+            yield server
+    finally:
+        if before is None:
+            os.environ.pop("REDIS_PASSWORD", None)
+        else:
+            os.environ["REDIS_PASSWORD"] = before
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +52,7 @@ def materialized(tmp_path_factory, redis_server):
     """The materialize step (once): lake features, apply, minute features and windows into Redis."""
     tmp_path = tmp_path_factory.mktemp("cluster-redis")
     env = {"HFCAST_HOME": str(tmp_path / "step"), "HFCAST_LAKE": (tmp_path / "lake").as_uri(),
-           "HFCAST_FEAST_ONLINE": redis_server.url}
+           "HFCAST_FEAST_ONLINE": f"redis://:${{REDIS_PASSWORD}}@127.0.0.1:{redis_server.port}"}
     settings = get_settings(env=env, cwd=tmp_path)
     windows = feast_repo(settings, F, n_symbols=3)
     day = windows["event_timestamp"].max()
@@ -50,9 +64,12 @@ def test_rendered_repo_uses_redis_and_redis_holds_the_features(materialized, red
     _, settings, windows = materialized
     doc = yaml.safe_load((Path(settings.feast_repo) / "feature_store.yaml").read_text())
     assert doc["online_store"] == {"type": "redis", "redis_type": "redis",
-                                   "connection_string": f"127.0.0.1:{redis_server.port}"}
+                                   "connection_string": f"127.0.0.1:{redis_server.port},password=${{REDIS_PASSWORD}}"}
+    rendered = "".join(p.read_text(errors="replace") for p in Path(settings.feast_repo).rglob("*") if p.is_file()
+                       and p.suffix in (".yaml", ".json", ".py"))
+    assert redis_server.password not in rendered  # the secret stays in the environment
     assert not (Path(settings.feast_repo) / "data" / "online_store.db").exists()
-    assert redis.Redis(host="127.0.0.1", port=redis_server.port).dbsize() >= len(windows)
+    assert redis.Redis(host="127.0.0.1", port=redis_server.port, password=redis_server.password).dbsize() >= len(windows)
 
 
 def test_a_fresh_pod_renders_registers_and_reads_windows_from_redis(materialized, tmp_path):

