@@ -23,7 +23,8 @@ from serving.validation import parse_kserve
 log = logging.getLogger(__name__)
 
 # what preprocess learned that postprocess needs (same asyncio task, so a ContextVar carries it)
-_REQUEST: contextvars.ContextVar[tuple[str, list[str], str | None]] = contextvars.ContextVar("hfcast_request")
+_REQUEST: contextvars.ContextVar[tuple[str, list[str], str | None, list[str] | None]] = contextvars.ContextVar(
+    "hfcast_request")
 
 
 class FeatureTransformer(kserve.Model):
@@ -53,7 +54,7 @@ class FeatureTransformer(kserve.Model):
         svc = self.service
         req = parse_kserve(payload, svc.n_features, svc.limits.max_batch)
         windows, feature_ts = svc.windows(req)
-        _REQUEST.set((req.protocol, feature_ts, req.request_id))
+        _REQUEST.set((req.protocol, feature_ts, req.request_id, req.symbols))
         tensor = InferInput(name=INPUT_NAME, shape=list(windows.shape), datatype="FP32")
         tensor.set_data_from_numpy(windows, binary_data=False)
         return InferRequest(model_name=self.name, infer_inputs=[tensor], request_id=req.request_id)
@@ -61,9 +62,9 @@ class FeatureTransformer(kserve.Model):
     def postprocess(self, result: InferResponse | dict, headers: dict[str, str] | None = None,
                     response_headers: dict[str, str] | None = None) -> dict | InferResponse:
         svc = self.service
-        protocol, feature_ts, request_id = _REQUEST.get()
+        protocol, feature_ts, request_id, symbols = _REQUEST.get()
         raw = next(o for o in result.outputs if o.name == OUTPUT_NAME).as_numpy()
-        return svc.kserve_response(self.name, protocol, svc.predictions(raw), feature_ts, request_id)
+        return svc.kserve_response(self.name, protocol, svc.predictions(raw), feature_ts, request_id, symbols)
 
 
 parser = argparse.ArgumentParser(parents=[model_server.parser])
