@@ -44,6 +44,10 @@ ENV_FROM = [V1EnvFromSource(config_map_ref=V1ConfigMapEnvSource(name="hfcast-con
 STATE_MOUNT = [V1VolumeMount(name="hfcast-state", mount_path=STATE_DIR)]
 STATE_VOLUME = [V1Volume(name="hfcast-state", empty_dir=V1EmptyDirVolumeSource(size_limit="1Gi"))]
 GPU_TOLERATION = [V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+# pod annotations for Prometheus' kubernetes-pods job: the hfcast servers' /metrics (serving/metrics.py)
+# on the HTTP port, Triton's own on its metrics port
+SCRAPE = {"prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics"}
+TRITON_SCRAPE = {**SCRAPE, "prometheus.io/port": "8002"}
 
 
 def images_env(path: Path = IMAGES_ENV) -> dict[str, str]:
@@ -67,8 +71,8 @@ def gpu_isvc(triton_uri: str = TRITON_URI, image: str = IMAGE) -> V1beta1Inferen
     predictor = V1beta1PredictorSpec(min_replicas=1, model=V1beta1ModelSpec(
         name="kserve-container", model_format=V1beta1ModelFormat(name="tensorrt"), runtime=RUNTIME, protocol_version="v2",
         storage_uri=triton_uri, resources=_resources("4", "8Gi", gpu=1)),
-        service_account_name=MODELS_SA, tolerations=GPU_TOLERATION)
-    transformer = V1beta1TransformerSpec(min_replicas=1, volumes=STATE_VOLUME, containers=[V1Container(
+        service_account_name=MODELS_SA, tolerations=GPU_TOLERATION, annotations=dict(TRITON_SCRAPE))
+    transformer = V1beta1TransformerSpec(min_replicas=1, volumes=STATE_VOLUME, annotations=dict(SCRAPE), containers=[V1Container(
         name="kserve-container", image=image, command=["python", "-m", "serving.feature_transformer"],
         args=["--model_name", "hfcast", "--predictor_protocol", "v2", "--model_ref", MODEL_REF],
         env=ENV, env_from=ENV_FROM, volume_mounts=STATE_MOUNT, resources=_resources("2", "2Gi"))])
@@ -77,7 +81,7 @@ def gpu_isvc(triton_uri: str = TRITON_URI, image: str = IMAGE) -> V1beta1Inferen
 
 def _cpu_predictor(ref: str, image: str, canary_percent: int | None = None) -> V1beta1PredictorSpec:
     return V1beta1PredictorSpec(min_replicas=1, max_replicas=4, canary_traffic_percent=canary_percent,
-                                volumes=STATE_VOLUME, containers=[V1Container(
+                                annotations=dict(SCRAPE), volumes=STATE_VOLUME, containers=[V1Container(
                                     name="kserve-container", image=image, command=["python", "-m", "serving"],
                                     args=["--model_name", "hfcast", "--model_ref", ref, "--runner", "onnxruntime"],
                                     env=ENV, env_from=ENV_FROM, volume_mounts=STATE_MOUNT,
