@@ -20,7 +20,7 @@ import orjson
 from kserve import InferRequest, InferResponse
 from kserve.errors import InvalidInput
 
-from hfcast.contracts import COLUMN_UNITS, LOOKBACK, TARGET_UNITS
+from hfcast.contracts import LOOKBACK
 from serving import metrics, responses
 from serving.core import ForecastService, Limits, VersionNotFound, feast_lookup, load_forecaster
 from serving.dataplane import HfcastDataPlane
@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 EXPLAIN_MAX_BATCH = 16  # windows per explain request (integrated gradients cost ~64 passes a window)
 EXPLAIN_METHOD = {"method": "integrated_gradients",
                   "baseline": "the training mean of every feature (all-zero scaled window)"}
-TEXT_UNITS = {"model_name": "registered model name", "model_version": "registered model version",
-              "feature_ts": "ISO 8601 UTC start of the last minute of the feature window (symbol inputs only)",
-              "symbol": "the symbol asked for, echoed (symbol inputs only)"}
 
 
 class HfcastPredictor(kserve.Model):
@@ -161,18 +158,9 @@ class HfcastPredictor(kserve.Model):
                 + [{"name": c, "datatype": "BYTES", "shape": [-1]} for c in TEXT_OUTPUTS])
 
     def metadata(self) -> dict:
-        """V2 model metadata with what OIP's tensor metadata has no field for: each tensor's unit in
-        its ``parameters`` (and the window's feature order), the targets' definitions at the top."""
-        svc = self.service
-        inputs = self.get_input_types()
-        inputs[0]["parameters"] = {"unit": "raw features, one row a minute (oldest first), unscaled unless the "
-                                           "request parameter scaled is true", "features": svc.feature_names}
-        inputs[1]["parameters"] = {"unit": "ticker symbol; its newest window comes from the online feature store"}
-        outputs = self.get_output_types()
-        for out in outputs:
-            out["parameters"] = {"unit": COLUMN_UNITS.get(out["name"]) or TEXT_UNITS[out["name"]]}
-        return {"name": self.name, "versions": [self.version], "platform": f"hfcast/{self.runner.kind}",
-                "inputs": inputs, "outputs": outputs, "parameters": {"targets": TARGET_UNITS}}
+        """V2 model metadata, units included (serving.responses.metadata_v2)."""
+        return responses.metadata_v2(self.name, self.version, f"hfcast/{self.runner.kind}",
+                                     self.get_input_types(), self.get_output_types(), self.service.feature_names)
 
 
 def serve(model: kserve.Model, http_port: int = 8080, grpc_port: int = 8081, workers: int = 1) -> None:

@@ -1,4 +1,4 @@
-"""Open Inference Protocol (V2) answers in the form the client asked for.
+"""Open Inference Protocol (V2) answers in the form the client asked for, and the model metadata.
 
 Which outputs: all of them, or those the request names, in its order. Their form:
 - HTTP: JSON ``data`` by default; the binary extension for the outputs the request wants binary
@@ -19,9 +19,13 @@ import orjson
 from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
+from hfcast.contracts import COLUMN_UNITS, TARGET_UNITS
 from serving.validation import BINARY_HEADER, ParsedRequest
 
 Tensor = dict  # {"name", "datatype", "shape", "data"}: ForecastService.v2_outputs
+TEXT_UNITS = {"model_name": "registered model name", "model_version": "registered model version",
+              "feature_ts": "ISO 8601 UTC start of the last minute of the feature window (symbol inputs only)",
+              "symbol": "the symbol asked for, echoed (symbol inputs only)"}
 
 
 def select(outputs: list[Tensor], req: ParsedRequest) -> list[tuple[Tensor, bool]]:
@@ -75,3 +79,17 @@ def grpc_v2(head: dict[str, Any], outputs: list[Tensor], req: ParsedRequest) -> 
         tensors.append(out)
     return pb.ModelInferResponse(model_name=head["model_name"], model_version=head["model_version"],
                                  id=head.get("id") or "", outputs=tensors, raw_output_contents=raws)
+
+
+def metadata_v2(name: str, version: str, platform: str, inputs: list[dict], outputs: list[dict],
+                features: list[str]) -> dict:
+    """V2 model metadata with what OIP's tensor metadata has no field for: each tensor's unit in
+    its ``parameters`` (and the window's feature order), the targets' definitions at the top.
+    Clients that follow the schema ignore the extra fields; gRPC's ModelMetadata has no room for them."""
+    window, symbol = ({**t} for t in inputs)
+    window["parameters"] = {"unit": "raw features, one row a minute (oldest first), unscaled unless the request "
+                                    "parameter scaled is true", "features": list(features)}
+    symbol["parameters"] = {"unit": "ticker symbol; its newest window comes from the online feature store"}
+    outs = [{**o, "parameters": {"unit": COLUMN_UNITS.get(o["name"]) or TEXT_UNITS[o["name"]]}} for o in outputs]
+    return {"name": name, "versions": [version], "platform": platform, "inputs": [window, symbol], "outputs": outs,
+            "parameters": {"targets": TARGET_UNITS}}

@@ -381,3 +381,52 @@ def test_v2_answers_in_the_form_asked(svc, fc):
     assert len(responses.grpc_v2(head, outs, binary).raw_output_contents) == len(outs)
     with pytest.raises(InvalidInput, match="answer symbol inputs only"):
         responses.http_v2(head, svc.v2_outputs(preds, [""] * 3), picked)
+
+
+def _as_http_and_grpc(name, datatype, shape, values, params=None):
+    """One V2 request in its four encodings: (JSON body, binary-extension body + header, gRPC with
+    typed contents, gRPC with raw_input_contents)."""
+    import json
+
+    if datatype == "BYTES":
+        raw = b"".join(len(s.encode()).to_bytes(4, "little") + s.encode() for s in values)
+        contents = [s.encode() for s in values]
+    else:
+        with np.errstate(over="ignore"):  # 1e39 is inf in FP32, on purpose
+            raw = np.asarray(values, "<f4").tobytes()
+        contents = list(values)
+    spec = {"name": name, "datatype": datatype, "shape": list(shape)}
+    doc = {"inputs": [{**spec, "data": list(values)}], **({"parameters": params} if params else {})}
+    header = json.dumps({"inputs": [{**spec, "parameters": {"binary_data_size": len(raw)}}],
+                         **({"parameters": params} if params else {})}).encode()
+    gparams = {k: _param(bool_param=v) if isinstance(v, bool) else _param(string_param=str(v))
+               for k, v in (params or {}).items()}
+    return (json.dumps(doc).encode(), (header + raw, {v.BINARY_HEADER: str(len(header))}),
+            _grpc(name, datatype, shape, contents=contents, parameters=gparams),
+            _grpc(name, datatype, shape, raw=[raw], parameters=gparams))
+
+
+@pytest.mark.parametrize("name,datatype,shape,values,params", [
+    ("window", "FP64", (1, 30, F), [0.1] * 30 * F, None),
+    ("window", "FP32", (1, 29, F), [0.1] * 29 * F, None),
+    ("window", "FP32", (1, 30, F + 1), [0.1] * 30 * (F + 1), None),
+    ("window", "FP32", (17, 30, F), [0.1] * 17 * 30 * F, None),
+    ("window", "FP32", (0, 30, F), [], None),
+    ("window", "FP32", (1, 30, F), [0.1] * (30 * F - 1) + [1e39], None),  # inf in FP32
+    ("window", "FP32", (1, 30, F), [0.1] * 30 * F, {"scaled": "maybe"}),
+    ("prices", "FP32", (1, 30, F), [0.1] * 30 * F, None),
+    ("symbol", "BYTES", (2, 1), ["AAA", "OLD"], None),
+    ("symbol", "BYTES", (1,), [""], None),
+    ("symbol", "BYTES", (1,), ["A\u0000B"], None),
+    ("symbol", "BYTES", (1,), ["X" * 65], None),
+    ("symbol", "FP32", (1,), [1.0], None),
+])
+def test_one_mistake_reads_the_same_over_http_and_grpc(name, datatype, shape, values, params):
+    body, (binary, headers), contents, raw = _as_http_and_grpc(name, datatype, shape, values, params)
+    msgs = []
+    for parse in (lambda: v.parse_http("v2", body, {}, F, 16), lambda: v.parse_grpc(contents, F, 16),
+                  lambda: v.parse_http("v2", binary, headers, F, 16), lambda: v.parse_grpc(raw, F, 16)):
+        with pytest.raises(InvalidInput) as err:
+            parse()
+        msgs.append(str(err.value))
+    assert msgs[0] == msgs[1] and msgs[2] == msgs[3], msgs  # JSON data == gRPC contents; binary == gRPC raw
