@@ -6,7 +6,8 @@ Which outputs: all of them, or those the request names, in its order. Their form
   JSON header, then the raw tensors, with ``inference-header-content-length`` (tritonclient's
   HTTP client asks all outputs binary unless told otherwise);
 - gRPC: ``raw_output_contents`` when the request sent ``raw_input_contents`` (as KServe and
-  Triton answer; tritonclient reads FP32 outputs only from there), typed ``contents`` otherwise.
+  Triton answer; tritonclient reads FP32 outputs only from there) or asks binary outputs, typed
+  ``contents`` otherwise.
 Raw bytes: FP32 little-endian; BYTES elements each a 4-byte little-endian length, then the bytes.
 """
 
@@ -64,13 +65,16 @@ def http_v2(head: dict[str, Any], outputs: list[Tensor], req: ParsedRequest) -> 
 
 
 def grpc_v2(head: dict[str, Any], outputs: list[Tensor], req: ParsedRequest) -> pb.ModelInferResponse:
-    """A ``ModelInferResponse``: raw outputs for a request with raw inputs, typed contents otherwise
-    (the protocol allows no mix: with raw_output_contents no output may carry contents)."""
+    """A ``ModelInferResponse``: raw outputs for a request with raw inputs, or one that asks binary
+    outputs (``binary_data_output``, or any output's ``binary_data``: the protocol allows no mix,
+    with raw_output_contents no output may carry contents), typed contents otherwise."""
     tensors, raws = [], []
-    for tensor, _ in select(outputs, req):
+    chosen = select(outputs, req)
+    raw = any(binary for _, binary in chosen)
+    for tensor, _ in chosen:
         out = pb.ModelInferResponse.InferOutputTensor(name=tensor["name"], datatype=tensor["datatype"],
                                                       shape=tensor["shape"])
-        if req.binary_output:
+        if raw:
             raws.append(raw_bytes(tensor))
         elif tensor["datatype"] == "BYTES":
             out.contents.bytes_contents.extend(s.encode("utf-8") for s in tensor["data"])

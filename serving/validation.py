@@ -329,7 +329,7 @@ def _options(rid: Any, params: Any, requested: list[tuple[Any, Any]], binary_out
     if rid is not None and not isinstance(rid, str):
         raise InvalidInput(f'request "id" must be a string, got {type(rid).__name__}')
     params = _params(params)
-    if binary_output is None:  # HTTP: the client says; gRPC: raw inputs get raw outputs
+    if binary_output is None:  # the client says (binary_data_output); a gRPC request with raw inputs gets raw outputs
         binary_output = _as_bool(params.get("binary_data_output", False), "binary_data_output")
     return V2Options(_as_bool(params.get("scaled", False), "scaled"), rid or None, check_outputs(requested),
                      binary_output)
@@ -452,7 +452,7 @@ def parse_grpc(request: Any, n_features: int, max_batch: int) -> ParsedRequest:
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"V2 request: {len(request.inputs)} input(s) but {len(raw)} raw_input_contents")
     opts = _options(request.id, request.parameters, [(o.name, o.parameters) for o in request.outputs],
-                    binary_output=bool(raw))
+                    binary_output=True if raw else None)
     spec = check_spec(inp.name, inp.datatype, list(inp.shape), None, n_features, max_batch)
     if raw:
         if inp.HasField("contents"):

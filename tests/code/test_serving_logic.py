@@ -332,6 +332,8 @@ def test_grpc_raw_and_contents_parse_to_the_same_request():
     sym = b"".join(len(s).to_bytes(4, "little") + s for s in (b"AAA", b"OLD"))
     assert v.parse_grpc(_grpc("symbol", "BYTES", (2,), raw=[sym]), F, 16).symbols == ["AAA", "OLD"]
     assert v.parse_grpc(_grpc("symbol", "BYTES", (2,), contents=[b"AAA", b"OLD"]), F, 16).symbols == ["AAA", "OLD"]
+    asked = _grpc(shape=x.shape, contents=x.ravel().tolist(), parameters={"binary_data_output": _param(bool_param=True)})
+    assert v.parse_grpc(asked, F, 16).binary_output  # typed contents in, raw outputs asked
 
 
 @pytest.mark.parametrize("req,match", [
@@ -379,6 +381,9 @@ def test_v2_answers_in_the_form_asked(svc, fc):
     assert not g.raw_output_contents and list(g.outputs[-1].contents.bytes_contents) == [b"A", b"B", b"C"]
     assert np.allclose(list(g.outputs[4].contents.fp32_contents), preds["rv_10m_pred"])
     assert len(responses.grpc_v2(head, outs, binary).raw_output_contents) == len(outs)
+    one_binary = v.ParsedRequest("v2", symbols=["A"], outputs={"symbol": None, "rv_10m_pred": True})
+    g = responses.grpc_v2(head, outs, one_binary)  # no mix in gRPC: one binary output makes all raw
+    assert len(g.raw_output_contents) == 2 and not g.outputs[0].HasField("contents")
     with pytest.raises(InvalidInput, match="answer symbol inputs only"):
         responses.http_v2(head, svc.v2_outputs(preds, [""] * 3), picked)
 
