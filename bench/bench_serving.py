@@ -6,7 +6,9 @@ Measures, for a default-size transformer on 59 features (the design's model):
 - the real ``hfcast serve`` on 127.0.0.1 (one sequential keep-alive client; V2 JSON and binary
   tensors): window requests at batch 1 and 64, and the server's overhead as a ratio to calling its
   runner in-process (with a lean ``http.client`` connection, and with httpx beside it);
-- one symbol request end to end, including the Feast online lookup (p50/p99).
+- one symbol request end to end, including the Feast online lookup (p50/p99);
+- NVIDIA's tritonclient against the same server: gRPC (raw tensors) next to HTTP with binary
+  tensors, batch 1 and 64, calls interleaved (what a Triton user's program sees).
 Goals (2 CPU cores): symbol p99 < 20 ms; server overhead at batch 64 <= 1.5x (binary) and <= 3x (JSON).
 
 Run: ``python bench/bench_serving.py`` -> bench/results/serving.json
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -73,20 +76,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp: Path, bundle: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def start_server(tmp: Path, bundle: Path, env: dict) -> tuple[subprocess.Popen, str, str]:
+    """``hfcast serve`` on free ports: (process, HTTP base URL, gRPC address) once ready."""
+    port, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "hfcast.cli", "serve", "--bundle", str(bundle), "--port", str(port),
-           "--grpc-port", str(free_port()), "--runner", "onnxruntime", "--max-staleness-s", "-1"]
+           "--grpc-port", str(grpc_port), "--runner", "onnxruntime", "--max-staleness-s", "-1"]
     proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     for _ in range(400):
         try:
             if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                return proc, base
+                return proc, base, f"127.0.0.1:{grpc_port}"
         except httpx.HTTPError:
             time.sleep(0.5)
     proc.kill()
     raise RuntimeError("server did not become ready: " + (tmp / "server.log").read_text()[-2000:])
+
+
+def tritonclient_latency(base: str, grpc_addr: str, batch: int, n: int) -> dict[str, list[float]]:
+    """Seconds per request with tritonclient: gRPC (raw_input_contents in, raw_output_contents out)
+    and HTTP with binary tensors both ways, calls interleaved, one channel / connection each; the
+    input built and one output read inside each timed call, as a client program does.
+
+    Runs in a process of its own: tritonclient's gRPC protobuf module and KServe's (imported by
+    this benchmark's in-process parts) register the same package ``inference`` and cannot share one.
+    """
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    x = np.random.default_rng(batch).standard_normal((batch, 30, F)).astype(np.float32)
+    clients = {"grpc": (grpcclient, grpcclient.InferenceServerClient(grpc_addr)),
+               "http_binary": (httpclient, httpclient.InferenceServerClient(base.split("//")[1]))}
+
+    def call(kind: str) -> None:
+        mod, client = clients[kind]
+        inp = mod.InferInput("window", list(x.shape), "FP32")
+        if kind == "grpc":
+            inp.set_data_from_numpy(x)
+        else:
+            inp.set_data_from_numpy(x, binary_data=True)
+        if client.infer("hfcast", [inp]).as_numpy("rv_10m_pred").shape != (batch,):
+            raise RuntimeError(f"{kind}: wrong answer shape")
+
+    times: dict[str, list[float]] = {k: [] for k in clients}
+    for _ in range(10):
+        for k in clients:
+            call(k)
+    for _ in range(n):
+        for k in clients:
+            times[k] += time_calls(lambda: call(k), 1, warmup=0)  # noqa: B023 - called at once
+    for _, client in clients.values():
+        client.close()
+    return times
 
 
 def main() -> None:
@@ -115,8 +156,9 @@ def main() -> None:
         x, ts = svc.windows(ParsedRequest("v2", symbols=["S000"]))
         return svc.v2_outputs(svc.predictions(ort.run(x)), ts)
 
-    proc, base = start_server(tmp, tmp / "bundle", env)
-    server, overhead, overhead_httpx = {}, {}, {}
+    load_before = os.getloadavg()
+    proc, base, grpc_addr = start_server(tmp, tmp / "bundle", env)
+    server, overhead, overhead_httpx, triton = {}, {}, {}, {}
     path = "/v2/models/hfcast/infer"
     port = int(base.rsplit(":", 1)[1])
     try:
@@ -160,6 +202,13 @@ def main() -> None:
             post = lambda: c.post(base + path, content=sym, headers={"content-type": "application/json"}).raise_for_status()  # noqa: E731
             server["symbol_batch_1"] = stats(time_calls(post, 300, warmup=10), 1)
         lean.close()
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            for b, n in ((1, 200), (64, 60)):
+                times = pool.apply(tritonclient_latency, (base, grpc_addr, b, n))
+                for kind, t in times.items():
+                    triton[f"window_batch_{b}_{kind}"] = stats(t, b)
+                triton[f"grpc_over_http_binary_p50_batch_{b}"] = round(
+                    float(np.median(times["grpc"]) / np.median(times["http_binary"])), 2)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -171,6 +220,7 @@ def main() -> None:
         "device": (machine().get("gpu") or f"CPU: {machine().get('cpu_model')} ({os.cpu_count()} cores)"),
         "runners_in_process": side_by_side,
         "server_v2_one_client": server,
+        "server_v2_tritonclient": triton,
         "server_overhead_ratio_p50": overhead,
         "server_overhead_ratio_p50_httpx_client": overhead_httpx,
         "overhead_definition": "median server request (HTTP + decode + validation + scaling + runner + calibration + "
@@ -183,8 +233,10 @@ def main() -> None:
                   "overhead_batch_64": {k: {"value": overhead[f"batch_64_{k}"], "goal_le": goal,
                                             "met": overhead[f"batch_64_{k}"] <= goal}
                                         for k, goal in (("binary", 1.5), ("json", 3.0))}},
-        "notes": "machine shared with other jobs; one sequential client on 127.0.0.1; "
-                 "pandas " + pd.__version__,
+        "load_average_1_5_15_min": {"before": [round(v, 2) for v in load_before],
+                                    "after": [round(v, 2) for v in os.getloadavg()]},
+        "notes": "machine shared with other jobs (load averages above; the server counts as one busy core "
+                 "while measured); one sequential client on 127.0.0.1; pandas " + pd.__version__,
     }
     write_result("serving", payload)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from kserve import InferResponse
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.infer_type import InferOutput
 
 from serving.validation import ParsedRequest
@@ -47,6 +47,19 @@ class Limits:
             raise ValueError(f"max staleness must be >= 0 seconds (or None: no limit), got {self.max_staleness_s!r}")
         if not (isinstance(self.max_body_bytes, int) and self.max_body_bytes >= 1024):
             raise ValueError(f"max body size must be at least 1024 bytes, got {self.max_body_bytes!r}")
+
+
+class StaleFeatures(InvalidInput):
+    """A symbol's newest window is older than the staleness limit (a 400 like any bad input;
+    its own class so that the server counts these refusals apart)."""
+
+
+class VersionNotFound(ModelNotFound):
+    """A request for a model version this server does not serve (HTTP 404, gRPC NOT_FOUND)."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
 
 
 def load_forecaster(bundle: str | Path | None = None, ref: str | None = None, settings: Any = None):
@@ -164,8 +177,10 @@ class ForecastService:
             ages = default_market().trading_age_s(ts, now).tolist()  # closed hours do not age features
             stale = {s: round(a) for s, a in zip(symbols, ages) if a > self.limits.max_staleness_s}
             if stale:
-                raise InvalidInput(f"stale features: age in seconds {stale} exceeds the staleness limit "
-                                   f"of {self.limits.max_staleness_s:g} s")
+                raise StaleFeatures(f"stale features: age in seconds {stale} (session time) exceeds the staleness "
+                                    f"limit of {self.limits.max_staleness_s:g} s; run `hfcast materialize` for "
+                                    f"today's data, or, to serve a replayed past, start the server with "
+                                    f"--max-staleness-s -1 (no limit; --max_staleness_s -1 in the image)")
         return np.asarray(windows, dtype=np.float32), ts
 
     def predictions(self, raw: np.ndarray, side: Any) -> dict[str, np.ndarray]:
@@ -175,30 +190,42 @@ class ForecastService:
         preds = self.forecaster.postprocess(np.asarray(raw, dtype=np.float32), side)
         return {**preds, **self.forecaster.info_columns(len(raw))}
 
-    def v1_response(self, preds: dict[str, np.ndarray], feature_ts: list[str]) -> dict:
-        """``{"predictions": [{column: value, ..., model_name, model_version, feature_ts}, ...]}``."""
+    def v1_response(self, preds: dict[str, np.ndarray], feature_ts: list[str],
+                    symbols: Sequence[str] | None = None) -> dict:
+        """``{"predictions": [{column: value, ..., model_name, model_version, feature_ts[, symbol]}, ...]}``.
+
+        ``feature_ts`` is null for a window (no feature time applies); a symbol request echoes its
+        symbol in each row.
+        """
         cols = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in preds.items()}
         rows = [{**{k: cols[k][i] for k in cols}, "model_name": self.model_name,
-                 "model_version": self.model_version, "feature_ts": feature_ts[i]}
+                 "model_version": self.model_version, "feature_ts": feature_ts[i] or None}
                 for i in range(len(feature_ts))]
+        if symbols is not None:
+            for row, s in zip(rows, symbols):
+                row["symbol"] = s
         return {"predictions": rows}
 
-    def v2_outputs(self, preds: dict[str, np.ndarray], feature_ts: list[str]) -> list[dict]:
-        """One FP32 [B] tensor per forecast column, then BYTES [B] model_name/model_version/feature_ts."""
+    def v2_outputs(self, preds: dict[str, np.ndarray], feature_ts: list[str],
+                   symbols: Sequence[str] | None = None) -> list[dict]:
+        """One FP32 [B] tensor per forecast column, then BYTES [B] model_name/model_version, and for a
+        symbol request BYTES [B] feature_ts and symbol (V2 BYTES cannot hold a null, so a window
+        request, which has no feature time, gets neither)."""
         b = len(feature_ts)
         outs = [{"name": k, "shape": [b], "datatype": "FP32", "data": np.ascontiguousarray(v, dtype=np.float32)}
                 for k, v in preds.items()]
-        for name, vals in (("model_name", [self.model_name] * b), ("model_version", [self.model_version] * b),
-                           ("feature_ts", feature_ts)):
-            outs.append({"name": name, "shape": [b], "datatype": "BYTES", "data": vals})
+        text = [("model_name", [self.model_name] * b), ("model_version", [self.model_version] * b)]
+        if symbols is not None:
+            text += [("feature_ts", list(feature_ts)), ("symbol", list(symbols))]
+        outs += [{"name": name, "shape": [b], "datatype": "BYTES", "data": vals} for name, vals in text]
         return outs
 
     def kserve_response(self, model_name: str, protocol: str, preds: dict[str, np.ndarray], feature_ts: list[str],
-                        request_id: str | None) -> dict | InferResponse:
+                        request_id: str | None, symbols: Sequence[str] | None = None) -> dict | InferResponse:
         """The answer a KServe model method returns: the V1 document, or a V2 ``InferResponse``."""
         if protocol == "v1":
-            return self.v1_response(preds, feature_ts)
+            return self.v1_response(preds, feature_ts, symbols)
         outputs = [InferOutput(name=o["name"], shape=o["shape"], datatype=o["datatype"], data=o["data"])
-                   for o in self.v2_outputs(preds, feature_ts)]
+                   for o in self.v2_outputs(preds, feature_ts, symbols)]
         return InferResponse(response_id=request_id or str(uuid.uuid4()), model_name=model_name,
                              model_version=self.model_version, infer_outputs=outputs)

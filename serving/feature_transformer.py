@@ -24,7 +24,8 @@ from serving.validation import parse_kserve
 log = logging.getLogger(__name__)
 
 # what preprocess learned that postprocess needs (same asyncio task, so a ContextVar carries it)
-_REQUEST: contextvars.ContextVar[tuple[str, list[str], str | None, Any]] = contextvars.ContextVar("hfcast_request")
+_REQUEST: contextvars.ContextVar[tuple[str, list[str], str | None, list[str] | None, Any]] = contextvars.ContextVar(
+    "hfcast_request")
 
 
 class FeatureTransformer(kserve.Model):
@@ -54,7 +55,7 @@ class FeatureTransformer(kserve.Model):
         svc = self.service
         req = parse_kserve(payload, svc.n_features, svc.limits.max_batch)
         unscaled, windows, feature_ts = svc.inputs(req)
-        _REQUEST.set((req.protocol, feature_ts, req.request_id, svc.forecaster.side_inputs(unscaled)))
+        _REQUEST.set((req.protocol, feature_ts, req.request_id, req.symbols, svc.forecaster.side_inputs(unscaled)))
         tensor = InferInput(name=INPUT_NAME, shape=list(windows.shape), datatype="FP32")
         tensor.set_data_from_numpy(windows, binary_data=False)
         return InferRequest(model_name=self.name, infer_inputs=[tensor], request_id=req.request_id)
@@ -62,9 +63,9 @@ class FeatureTransformer(kserve.Model):
     def postprocess(self, result: InferResponse | dict, headers: dict[str, str] | None = None,
                     response_headers: dict[str, str] | None = None) -> dict | InferResponse:
         svc = self.service
-        protocol, feature_ts, request_id, side = _REQUEST.get()
+        protocol, feature_ts, request_id, symbols, side = _REQUEST.get()
         raw = next(o for o in result.outputs if o.name == OUTPUT_NAME).as_numpy()
-        return svc.kserve_response(self.name, protocol, svc.predictions(raw, side), feature_ts, request_id)
+        return svc.kserve_response(self.name, protocol, svc.predictions(raw, side), feature_ts, request_id, symbols)
 
 
 parser = argparse.ArgumentParser(parents=[model_server.parser])

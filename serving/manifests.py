@@ -82,6 +82,10 @@ def _probes(ready: str, live: str) -> dict:
 
 
 V2_PROBES = _probes("/v2/health/ready", "/v2/health/live")  # the V2 protocol's health: KServe's server and Triton
+# pod annotations for Prometheus' kubernetes-pods job: the hfcast servers' /metrics (serving/metrics.py)
+# on the HTTP port, Triton's own on its metrics port
+SCRAPE = {"prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics"}
+TRITON_SCRAPE = {**SCRAPE, "prometheus.io/port": "8002"}
 
 
 def images_env(path: Path = IMAGES_ENV) -> dict[str, str]:
@@ -107,10 +111,11 @@ def gpu_isvc(triton_uri: str = TRITON_URI, image: str = IMAGE) -> V1beta1Inferen
         storage_uri=triton_uri, resources=_resources("4", "8Gi", gpu=1), security_context=restricted(TRITON_UID),
         volume_mounts=[V1VolumeMount(name="tmp", mount_path=TMP_DIR)]),
         service_account_name=MODELS_SA, automount_service_account_token=False, tolerations=GPU_TOLERATION,
-        volumes=[V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource(size_limit="1Gi"))])
+        volumes=[V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource(size_limit="1Gi"))],
+        annotations=dict(TRITON_SCRAPE))
     transformer = V1beta1TransformerSpec(
         min_replicas=1, volumes=STATE_VOLUME, service_account_name=MODELS_SA, automount_service_account_token=False,
-        containers=[V1Container(
+        annotations=dict(SCRAPE), containers=[V1Container(
             name="kserve-container", image=image, command=["python", "-m", "serving.feature_transformer"],
             args=["--model_name", "hfcast", "--predictor_protocol", "v2", "--model_ref", MODEL_REF],
             env=ENV, env_from=ENV_FROM, volume_mounts=STATE_MOUNT, resources=_resources("2", "2Gi"),
@@ -121,7 +126,7 @@ def gpu_isvc(triton_uri: str = TRITON_URI, image: str = IMAGE) -> V1beta1Inferen
 def _cpu_predictor(ref: str, image: str, canary_percent: int | None = None) -> V1beta1PredictorSpec:
     return V1beta1PredictorSpec(min_replicas=1, max_replicas=4, canary_traffic_percent=canary_percent,
                                 service_account_name=MODELS_SA, automount_service_account_token=False,
-                                volumes=STATE_VOLUME, containers=[V1Container(
+                                annotations=dict(SCRAPE), volumes=STATE_VOLUME, containers=[V1Container(
                                     name="kserve-container", image=image, command=["python", "-m", "serving"],
                                     args=["--model_name", "hfcast", "--model_ref", ref, "--runner", "onnxruntime"],
                                     env=ENV, env_from=ENV_FROM, volume_mounts=STATE_MOUNT,

@@ -2,11 +2,13 @@
 
 Short on purpose, like KServe's sklearnserver: ``__init__`` stores its arguments, ``load()``
 fetches the forecaster (weights + scaler + calibration) and picks the fastest runner, ``predict()``
-validates (serving.validation), runs and builds the answer (serving.core).
+validates (serving.validation), runs and builds the answer (serving.core). The protocols live
+around it: serving.gateway (HTTP), serving.grpc_server (gRPC), serving.responses (V2 forms).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import uuid
@@ -14,16 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import kserve
+import orjson
 from kserve import InferRequest, InferResponse
+from kserve.errors import InvalidInput
 
-from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS
-from serving.core import ForecastService, Limits, feast_lookup, load_forecaster
+from hfcast.contracts import LOOKBACK
+from serving import metrics, responses
+from serving.core import ForecastService, Limits, VersionNotFound, feast_lookup, load_forecaster
 from serving.dataplane import HfcastDataPlane
-from serving.validation import ParsedRequest, parse_http, parse_kserve, parse_v1
+from serving.validation import NUMBER_OUTPUTS, TEXT_OUTPUTS, ParsedRequest, parse_grpc, parse_http, parse_kserve, parse_v1
 
 log = logging.getLogger(__name__)
 
-EXPLAIN_MAX_BATCH = 16  # windows per :explain request (integrated gradients cost ~64 passes a window)
+EXPLAIN_MAX_BATCH = 16  # windows per explain request (integrated gradients cost ~64 passes a window)
+EXPLAIN_METHOD = {"method": "integrated_gradients",
+                  "baseline": "the training mean of every feature (all-zero scaled window)"}
 
 
 class HfcastPredictor(kserve.Model):
@@ -49,8 +56,10 @@ class HfcastPredictor(kserve.Model):
             lookup = feast_lookup(self.settings or get_settings())
         self.service = ForecastService(forecaster, lookup, self.limits)
         self.runner = runner_for(self.runner_kind, forecaster) if forecaster.graph() is not None else None
-        log.info("hfcast predictor: %s version %s (%s) on %s", self.service.model_name, self.service.model_version,
-                 forecaster.kind, f"{self.runner.kind} ({self.runner.device})" if self.runner else "its post-step alone")
+        runner, device = (self.runner.kind, self.runner.device) if self.runner else ("post-step", "cpu")
+        log.info("hfcast predictor: %s version %s (%s) on %s (%s)", self.service.model_name,
+                 self.service.model_version, forecaster.kind, runner, device)
+        metrics.set_model(self.service.model_name, self.service.model_version, runner, device)
         self.ready = True
         return self.ready
 
@@ -58,11 +67,18 @@ class HfcastPredictor(kserve.Model):
     def version(self) -> str:
         return self.service.model_version if self.service else "unknown"
 
+    def check_version(self, version: str | None) -> None:
+        """Refuse a version other than the one served (``None`` / ``""``: whatever is served)."""
+        if version and version != self.version:
+            raise VersionNotFound(f"model {self.name!r} has no version {version!r} here: this server serves "
+                                  f"version {self.version!r}")
+
     def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None) -> dict | InferResponse:
+        """KServe's own routes (``hfcast serve`` answers before them: serving.gateway, serving.grpc_server)."""
         svc = self.service
         req = parse_kserve(payload, svc.n_features, svc.limits.max_batch)
         preds, feature_ts = self.forecast(req)
-        return svc.kserve_response(self.name, req.protocol, preds, feature_ts, req.request_id)
+        return svc.kserve_response(self.name, req.protocol, preds, feature_ts, req.request_id, req.symbols)
 
     def forecast(self, req: ParsedRequest) -> tuple[dict, list[str]]:
         """Validated request -> calibrated forecasts (columns) and the feature timestamp of each row."""
@@ -73,34 +89,64 @@ class HfcastPredictor(kserve.Model):
         return functools.partial(parse_http, n_features=self.service.n_features,
                                  max_batch=self.service.limits.max_batch)
 
-    def answer_parsed(self, req: ParsedRequest) -> dict:
-        """A validated HTTP request -> the V1 or V2 JSON response document (serving.gateway)."""
+    def parse_grpc(self, request: Any) -> ParsedRequest:
+        """A gRPC ``ModelInferRequest`` -> ParsedRequest (serving.grpc_server)."""
+        self.check_version(request.model_version)
+        return parse_grpc(request, self.service.n_features, self.service.limits.max_batch)
+
+    def _head(self, req: ParsedRequest) -> dict:
+        return {"model_name": self.name, "model_version": self.version, "id": req.request_id or str(uuid.uuid4())}
+
+    def answer_grpc(self, req: ParsedRequest) -> Any:
+        """A validated gRPC request -> ``ModelInferResponse`` (raw outputs for raw inputs)."""
+        preds, feature_ts = self.forecast(req)
+        return responses.grpc_v2(self._head(req), self.service.v2_outputs(preds, feature_ts, req.symbols), req)
+
+    def answer(self, req: ParsedRequest, verb: str = "infer") -> tuple[bytes, dict[str, str]]:
+        """A validated HTTP request -> ``(body, extra headers)`` of the V1 or V2 answer (serving.gateway)."""
         svc = self.service
+        if verb == "explain":
+            return self.explain_answer(req)
         preds, feature_ts = self.forecast(req)
         if req.protocol == "v1":
-            return svc.v1_response(preds, feature_ts)
-        return {"model_name": self.name, "model_version": svc.model_version,
-                "id": req.request_id or str(uuid.uuid4()), "outputs": svc.v2_outputs(preds, feature_ts)}
+            return orjson.dumps(svc.v1_response(preds, feature_ts, req.symbols)), {}
+        return responses.http_v2(self._head(req), svc.v2_outputs(preds, feature_ts, req.symbols), req)
 
-    def explain(self, payload: dict, headers: dict[str, str] | None = None) -> dict:
-        """KServe's explain verb (``POST /v1/models/<name>:explain``, a V1 body as for predict).
-
-        Each window (or symbol) gets its forecasts and, per target, integrated-gradients
-        attributions over its (minute, feature) cells summarised by feature group, by minute and
-        as the top cells (:func:`hfcast.explain.explain_windows`). Each window costs ~64 forward
-        and backward passes, so batches are capped at ``EXPLAIN_MAX_BATCH``; predict is untouched.
-        """
+    def explained(self, req: ParsedRequest) -> tuple[dict, list[str], list[dict]]:
+        """Forecasts, feature times and, per window (or symbol) and target, integrated-gradients
+        attributions over its (minute, feature) cells summarised by feature group, by minute and as
+        the top cells (:func:`hfcast.explain.explain_windows`). Each window costs ~64 forward and
+        backward passes, so batches are capped at ``EXPLAIN_MAX_BATCH``; predict is untouched."""
         from hfcast.explain import explain_windows
 
+        if req.size > EXPLAIN_MAX_BATCH:
+            raise InvalidInput(f"batch of {req.size} exceeds the maximum batch size of {EXPLAIN_MAX_BATCH} for "
+                               f"explain requests (each window costs about 64 forward and backward passes)")
         svc = self.service
-        req = parse_v1(payload, svc.n_features, min(svc.limits.max_batch, EXPLAIN_MAX_BATCH))
         preds, feature_ts = self.forecast(req)
         windows, _ = svc.windows(req)
-        rows = svc.v1_response(preds, feature_ts)["predictions"]
-        for row, expl in zip(rows, explain_windows(svc.forecaster, windows)):
-            row["explanation"] = expl
-        return {"explanations": rows, "method": "integrated_gradients",
-                "baseline": "the training mean of every feature (all-zero scaled window)"}
+        return preds, feature_ts, explain_windows(svc.forecaster, windows)
+
+    def explain_answer(self, req: ParsedRequest) -> tuple[bytes, dict[str, str]]:
+        """V1: the predict rows, each with an ``explanation``; V2: the infer outputs plus BYTES
+        ``explanation`` (one JSON document a row), method and baseline as response parameters."""
+        svc = self.service
+        preds, feature_ts, expl = self.explained(req)
+        if req.protocol == "v1":
+            rows = svc.v1_response(preds, feature_ts, req.symbols)["predictions"]
+            for row, e in zip(rows, expl):
+                row["explanation"] = e
+            return orjson.dumps({"explanations": rows, **EXPLAIN_METHOD}), {}
+        outputs = svc.v2_outputs(preds, feature_ts, req.symbols)
+        outputs.append({"name": "explanation", "datatype": "BYTES", "shape": [len(expl)],
+                        "data": [orjson.dumps(e).decode() for e in expl]})
+        head = {**self._head(req), "parameters": EXPLAIN_METHOD}
+        return responses.http_v2(head, outputs, dataclasses.replace(req, outputs=None))
+
+    def explain(self, payload: dict, headers: dict[str, str] | None = None) -> dict:
+        """KServe's explain verb on its own route (``hfcast serve`` answers in serving.gateway)."""
+        svc = self.service
+        return orjson.loads(self.explain_answer(parse_v1(payload, svc.n_features, svc.limits.max_batch))[0])
 
     def get_input_types(self) -> list[dict]:
         n = self.service.n_features if self.service else -1
@@ -108,23 +154,36 @@ class HfcastPredictor(kserve.Model):
                 {"name": "symbol", "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
-        return ([{"name": c, "datatype": "FP32", "shape": [-1]} for c in (*PRED_COLUMNS, *INFO_COLUMNS)]
-                + [{"name": c, "datatype": "BYTES", "shape": [-1]} for c in ("model_name", "model_version", "feature_ts")])
+        return ([{"name": c, "datatype": "FP32", "shape": [-1]} for c in NUMBER_OUTPUTS]
+                + [{"name": c, "datatype": "BYTES", "shape": [-1]} for c in TEXT_OUTPUTS])
+
+    def metadata(self) -> dict:
+        """V2 model metadata, units included (serving.responses.metadata_v2)."""
+        return responses.metadata_v2(self.name, self.version, f"hfcast/{self.runner.kind}",
+                                     self.get_input_types(), self.get_output_types(), self.service.feature_names)
 
 
 def serve(model: kserve.Model, http_port: int = 8080, grpc_port: int = 8081, workers: int = 1) -> None:
     """Load and serve one model (blocks). KServe binds 0.0.0.0; send local traffic to 127.0.0.1."""
+    from serving.grpc_server import HfcastGRPCServer
+
     for port in (http_port, grpc_port):
         check_port_free(port)  # before the (slow) load, and instead of uvicorn's bare exit(1)
     model.load()
     # per-request trace lines cost more than a batch-1 forecast: keep them off the hot path
     server = kserve.ModelServer(http_port=http_port, grpc_port=grpc_port, workers=workers,
-                                enable_latency_logging=False)
+                                enable_latency_logging=False, enable_grpc=False)
     for noisy in ("kserve.trace", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     server.dataplane = HfcastDataPlane(model_registry=server.registered_models)
     if isinstance(model, HfcastPredictor):  # the feature transformer forwards to its predictor (KServe's routes)
         install_gate(model)
+    limits = getattr(model, "limits", Limits())
+    # ours instead of KServe's (enable_grpc=False above); as ModelServer.start does for its own, so
+    # that its signal handler stops this one too
+    server._grpc_server = HfcastGRPCServer(grpc_port, server.dataplane, server.model_repository_extension,
+                                           max_receive_bytes=limits.max_body_bytes)
+    server.servers.append(server._grpc_server.start(server.max_threads))
     server.start([model])
 
 
@@ -147,11 +206,10 @@ def check_port_free(port: int) -> None:
 
 
 def install_gate(model: HfcastPredictor) -> None:
-    """Put :class:`serving.gateway.RequestGate` in front of KServe's app for this model's infer routes
+    """Put :class:`serving.gateway.RequestGate` in front of KServe's app for this model's routes
     (after ``load()``: the decoder needs the model's feature count)."""
     from kserve.model_server import app
 
     from serving.gateway import RequestGate
 
-    app.add_middleware(RequestGate, model_name=model.name, decode=model.decoder(),
-                       answer=model.answer_parsed, ready=lambda: model.ready, max_body_bytes=model.limits.max_body_bytes)
+    app.add_middleware(RequestGate, model=model, max_body_bytes=model.limits.max_body_bytes)

@@ -5,8 +5,12 @@ unit-tested without a server. Nothing here runs a model; it turns a V1 dict or a
 ``InferRequest`` into a :class:`ParsedRequest` (windows or symbols) or refuses it.
 
 V1 body: ``{"instances": [{"window": [[..F..] x 30]} | {"symbol": "AAPL"} | [[..F..] x 30], ...],
-"parameters": {"scaled": false}}``. V2 body: one input, ``window`` FP32 [B, 30, F] or ``symbol``
-BYTES [B]; request parameter ``scaled`` (bool, default false: the window holds raw features).
+"parameters": {"scaled": false}}``. V2 request (JSON, binary extension or gRPC): one input,
+``window`` FP32 [B, 30, F] or ``symbol`` BYTES [B]; request parameters ``scaled`` (bool, default
+false: the window holds raw features) and ``binary_data_output``; optional requested ``outputs``
+(each with an optional ``binary_data`` parameter). A V2 request gets the same checks, and the same
+message for the same mistake, whether its tensors came as JSON ``data``, binary-extension bytes,
+gRPC ``contents`` or gRPC ``raw_input_contents``.
 """
 
 from __future__ import annotations
@@ -20,10 +24,14 @@ import orjson
 from kserve import InferRequest
 from kserve.errors import InvalidInput
 
-from hfcast.contracts import LOOKBACK
+from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS
 
 MAX_SYMBOL_LEN = 64
 BINARY_HEADER = "inference-header-content-length"
+NUMBER_OUTPUTS = (*PRED_COLUMNS, *INFO_COLUMNS)  # FP32 [B]
+# BYTES [B]; feature_ts and symbol only answer symbol requests (a window has no feature time)
+TEXT_OUTPUTS = ("model_name", "model_version", "feature_ts", "symbol")
+OUTPUT_NAMES = (*NUMBER_OUTPUTS, *TEXT_OUTPUTS)
 
 
 @dataclass
@@ -35,10 +43,19 @@ class ParsedRequest:
     symbols: list[str] | None = None
     scaled: bool = False  # windows already standardised by the model's scaler
     request_id: str | None = None
+    # V2 only: the outputs asked for, in order, each with its binary_data flag (None: the default);
+    # None: all of them. ``binary_output``: the default form of outputs is binary (HTTP
+    # ``binary_data_output``, or a gRPC request that sent raw_input_contents)
+    outputs: dict[str, bool | None] | None = None
+    binary_output: bool = False
 
     @property
     def size(self) -> int:
         return len(self.symbols) if self.symbols is not None else int(self.windows.shape[0])
+
+    @property
+    def kind(self) -> str:
+        return "window" if self.symbols is None else "symbol"
 
 
 def _check_batch(n: int, max_batch: int) -> None:
@@ -150,7 +167,11 @@ def decode_body(payload: Any) -> Any:
         try:
             return orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"malformed JSON body: {exc}") from None
+            hint = ""
+            if bytes(payload[exc.pos:exc.pos + 9]).lstrip(b"-").startswith((b"NaN", b"Infinity", b"nan", b"inf")):
+                # what a client's lenient JSON writer (tritonclient's rapidjson) makes of NaN
+                hint = " (NaN and Infinity are not JSON numbers: a window must hold finite numbers)"
+            raise InvalidInput(f"malformed JSON body: {exc}{hint}") from None
     return payload
 
 
@@ -277,33 +298,73 @@ def bytes_from_json(data: Any, spec: TensorSpec) -> list:
     return flat
 
 
-def to_parsed(spec: TensorSpec, values: Any, scaled: bool, request_id: Any, n_features: int,
-              max_batch: int) -> ParsedRequest:
-    """Checked data of the one input -> ParsedRequest (windows: finite float32; symbols: valid strings)."""
-    rid = None if request_id is None else str(request_id)
-    if spec.name == "symbol":
-        return ParsedRequest("v2", symbols=check_symbols(values, max_batch), request_id=rid)
-    if isinstance(values, list):
-        values = json_tensor(values, spec.shape, spec.name)
-    return ParsedRequest("v2", windows=check_windows(values, n_features, max_batch), scaled=scaled, request_id=rid)
+@dataclass(frozen=True)
+class V2Options:
+    """What a V2 request says beside its one input: parameters, id and the outputs it asks for."""
+
+    scaled: bool = False
+    request_id: str | None = None
+    outputs: dict[str, bool | None] | None = None
+    binary_output: bool = False
 
 
-def _request_fields(doc: Any) -> tuple[list, bool, Any]:
-    """The ``inputs`` list, the ``scaled`` parameter and the request id of a V2 JSON document."""
-    if not isinstance(doc, dict):
-        raise InvalidInput(f"V2 body must be a JSON object, got {type(doc).__name__}")
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise InvalidInput('V2 body needs a non-empty "inputs" list')
-    if len(inputs) != 1:
-        raise InvalidInput(f"expected exactly one input ('window' or 'symbol'), got {len(inputs)}")
-    if not isinstance(inputs[0], dict):
-        raise InvalidInput(f"each input must be an object, got {type(inputs[0]).__name__}")
-    rid = doc.get("id")
+def check_outputs(requested: list[tuple[Any, Any]]) -> dict[str, bool | None] | None:
+    """Requested outputs ``[(name, parameters)]`` -> ``{name: binary_data or None}`` (None: none asked)."""
+    if not requested:
+        return None
+    out: dict[str, bool | None] = {}
+    for name, params in requested:
+        if not isinstance(name, str) or name not in OUTPUT_NAMES:
+            raise InvalidInput(f"unknown output {name!r}: this model answers {list(OUTPUT_NAMES)}")
+        params = _params(params)
+        if "classification" in params:
+            raise InvalidInput(f"output {name!r}: the classification extension does not apply (the outputs are "
+                               f"forecasts and probabilities, not class scores)")
+        binary = params.get("binary_data")
+        out[name] = None if binary is None else _as_bool(binary, "binary_data")
+    return out
+
+
+def _options(rid: Any, params: Any, requested: list[tuple[Any, Any]], binary_output: bool | None = None) -> V2Options:
     if rid is not None and not isinstance(rid, str):
         raise InvalidInput(f'request "id" must be a string, got {type(rid).__name__}')
-    scaled = _as_bool(_params(doc.get("parameters")).get("scaled", False), "scaled")
-    return inputs, scaled, rid
+    params = _params(params)
+    if binary_output is None:  # the client says (binary_data_output); a gRPC request with raw inputs gets raw outputs
+        binary_output = _as_bool(params.get("binary_data_output", False), "binary_data_output")
+    return V2Options(_as_bool(params.get("scaled", False), "scaled"), rid or None, check_outputs(requested),
+                     binary_output)
+
+
+def to_parsed(spec: TensorSpec, values: Any, opts: V2Options, n_features: int, max_batch: int) -> ParsedRequest:
+    """Checked data of the one input -> ParsedRequest (windows: finite float32; symbols: valid strings)."""
+    common = {"request_id": opts.request_id, "outputs": opts.outputs, "binary_output": opts.binary_output}
+    if spec.name == "symbol":
+        return ParsedRequest("v2", symbols=check_symbols(values, max_batch), **common)
+    if isinstance(values, list):
+        values = json_tensor(values, spec.shape, spec.name)
+    return ParsedRequest("v2", windows=check_windows(values, n_features, max_batch), scaled=opts.scaled, **common)
+
+
+def _one_input(inputs: Any) -> Any:
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput('V2 request needs a non-empty "inputs" list')
+    if len(inputs) != 1:
+        raise InvalidInput(f"expected exactly one input ('window' or 'symbol'), got {len(inputs)}")
+    return inputs[0]
+
+
+def _request_fields(doc: Any) -> tuple[dict, V2Options]:
+    """The one input and the options of a V2 JSON document."""
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"V2 body must be a JSON object, got {type(doc).__name__}")
+    inp = _one_input(doc.get("inputs"))
+    if not isinstance(inp, dict):
+        raise InvalidInput(f"each input must be an object, got {type(inp).__name__}")
+    outputs = doc.get("outputs")
+    if outputs is not None and (not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs)):
+        raise InvalidInput('"outputs" must be a list of objects like {"name": "rv_10m_pred"}')
+    requested = [(o.get("name"), o.get("parameters")) for o in outputs or []]
+    return inp, _options(doc.get("id"), doc.get("parameters"), requested)
 
 
 def _spec_of(inp: dict, n_features: int, max_batch: int) -> TensorSpec:
@@ -315,16 +376,16 @@ def _spec_of(inp: dict, n_features: int, max_batch: int) -> TensorSpec:
 
 def parse_v2_json(body: bytes | Any, n_features: int, max_batch: int) -> ParsedRequest:
     """A V2 JSON body (bytes or already-decoded dict) -> ParsedRequest."""
-    inputs, scaled, rid = _request_fields(decode_body(body))
-    spec = _spec_of(inputs[0], n_features, max_batch)
-    if "data" not in inputs[0]:
+    inp, opts = _request_fields(decode_body(body))
+    spec = _spec_of(inp, n_features, max_batch)
+    if "data" not in inp:
         raise InvalidInput(f"input {spec.name!r} has no \"data\" (binary data needs the "
                            f"{BINARY_HEADER} header)")
-    data = inputs[0]["data"]
+    data = inp["data"]
     if spec.name == "window" and not isinstance(data, list):
         raise InvalidInput(f"input 'window' (FP32): data must be a list of numbers, got {type(data).__name__}")
     values = bytes_from_json(data, spec) if spec.name == "symbol" else data
-    return to_parsed(spec, values, scaled, rid, n_features, max_batch)
+    return to_parsed(spec, values, opts, n_features, max_batch)
 
 
 def _header_length(value: Any, body_len: int) -> int:
@@ -337,6 +398,11 @@ def _header_length(value: Any, body_len: int) -> int:
     return n
 
 
+def from_raw(chunk: bytes | memoryview, spec: TensorSpec) -> Any:
+    """Raw tensor bytes (binary extension, gRPC raw_input_contents) -> values of the one input."""
+    return bytes_from_binary(chunk, spec) if spec.name == "symbol" else fp32_from_bytes(chunk, spec)
+
+
 def parse_v2_binary(body: bytes, header_length: Any, n_features: int, max_batch: int) -> ParsedRequest:
     """A binary-extension V2 body (JSON header, then raw tensor bytes) -> ParsedRequest, no copies."""
     n = _header_length(header_length, len(body))
@@ -344,8 +410,7 @@ def parse_v2_binary(body: bytes, header_length: Any, n_features: int, max_batch:
         doc = orjson.loads(body[:n])
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"binary V2 request: unreadable JSON header: {exc}") from None
-    inputs, scaled, rid = _request_fields(doc)
-    inp = inputs[0]
+    inp, opts = _request_fields(doc)
     spec = _spec_of(inp, n_features, max_batch)
     size = spec.parameters.get("binary_data_size")
     if size is None:
@@ -362,8 +427,7 @@ def parse_v2_binary(body: bytes, header_length: Any, n_features: int, max_batch:
         raise InvalidInput(f"input {spec.name!r} declares {size} binary bytes, the body holds {len(chunk)}")
     if n + size != len(body):
         raise InvalidInput(f"binary V2 request: {len(body) - n - size} bytes after the declared tensors")
-    values = bytes_from_binary(chunk, spec) if spec.name == "symbol" else fp32_from_bytes(chunk, spec)
-    return to_parsed(spec, values, scaled, rid, n_features, max_batch)
+    return to_parsed(spec, from_raw(chunk, spec), opts, n_features, max_batch)
 
 
 def parse_http(protocol: str, body: bytes, headers: Mapping[str, str], n_features: int,
@@ -376,20 +440,53 @@ def parse_http(protocol: str, body: bytes, headers: Mapping[str, str], n_feature
     return parse_v2_json(body, n_features, max_batch)
 
 
+def parse_grpc(request: Any, n_features: int, max_batch: int) -> ParsedRequest:
+    """A gRPC ``ModelInferRequest`` (protobuf) -> ParsedRequest, with the checks and messages of HTTP.
+
+    Tensors come in ``raw_input_contents`` (tritonclient always; KServe's client for numpy data:
+    little-endian bytes, BYTES elements length-prefixed, exactly as the HTTP binary extension) or
+    in the typed ``contents`` lists (as JSON ``data``). Outputs go back in the same form.
+    """
+    inp = _one_input(list(request.inputs))
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"V2 request: {len(request.inputs)} input(s) but {len(raw)} raw_input_contents")
+    opts = _options(request.id, request.parameters, [(o.name, o.parameters) for o in request.outputs],
+                    binary_output=True if raw else None)
+    spec = check_spec(inp.name, inp.datatype, list(inp.shape), None, n_features, max_batch)
+    if raw:
+        if inp.HasField("contents"):
+            raise InvalidInput(f"input {spec.name!r} has both contents and raw_input_contents: send one")
+        return to_parsed(spec, from_raw(raw[0], spec), opts, n_features, max_batch)
+    if spec.name == "window":
+        return to_parsed(spec, list(inp.contents.fp32_contents), opts, n_features, max_batch)
+    values = bytes_from_json(list(inp.contents.bytes_contents), spec)
+    for i, v in enumerate(values):  # as the binary path: text must be UTF-8, not repaired
+        try:
+            values[i] = v.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"input {spec.name!r} (BYTES): element {i} is not UTF-8 text") from None
+    return to_parsed(spec, values, opts, n_features, max_batch)
+
+
 def parse_v2(request: Any, n_features: int, max_batch: int) -> ParsedRequest:
-    """A KServe ``InferRequest`` (gRPC, the transformer) through the same checks as HTTP bodies."""
+    """A KServe ``InferRequest`` (KServe's own routes, the transformer) through the same checks.
+
+    KServe's ``InferRequest.from_grpc`` leaves ``data == []`` and the bytes in ``_raw_data`` when
+    the client sent ``raw_input_contents``: the bytes win whenever they are there.
+    """
     inputs = list(request.inputs or [])
     if len(inputs) != 1:
         raise InvalidInput(f"expected exactly one input ('window' or 'symbol'), got {len(inputs)}: "
                            f"{[getattr(i, 'name', None) for i in inputs]}")
     inp = inputs[0]
-    scaled = _as_bool(_params(request.parameters).get("scaled", False), "scaled")
+    opts = _options(request.id, request.parameters, [], binary_output=False)
     spec = check_spec(inp.name, inp.datatype, list(inp.shape) if isinstance(inp.shape, (list, tuple)) else inp.shape,
                       None, n_features, max_batch)
     raw = getattr(inp, "_raw_data", None)
     data = inp.data
-    if raw is not None and data is None:
-        values = bytes_from_binary(raw, spec) if spec.name == "symbol" else fp32_from_bytes(raw, spec)
+    if raw is not None and (data is None or (isinstance(data, list) and not data)):
+        values = from_raw(raw, spec)
     elif isinstance(data, np.ndarray):
         if data.size != int(np.prod(spec.shape)):
             raise InvalidInput(f"input {spec.name!r} (shape {spec.shape}) does not hold matching data: "
@@ -399,7 +496,7 @@ def parse_v2(request: Any, n_features: int, max_batch: int) -> ParsedRequest:
         values = bytes_from_json(data, spec) if spec.name == "symbol" else data
     else:
         raise InvalidInput(f"input {spec.name!r} has no data")
-    return to_parsed(spec, values, scaled, request.id, n_features, max_batch)
+    return to_parsed(spec, values, opts, n_features, max_batch)
 
 
 def parse_kserve(payload: Any, n_features: int, max_batch: int) -> ParsedRequest:

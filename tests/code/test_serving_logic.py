@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import orjson
 import pytest
 from kserve import InferInput, InferRequest, InferResponse
 from kserve.errors import InvalidInput
@@ -129,15 +130,20 @@ def test_outputs_match_the_forecaster(svc, fc):
     x = windows(3)
     preds = svc.predictions(fc.predict_raw(fc.scaler.transform(x)), fc.side_inputs(x))
     ref = fc.predict(x)
-    rows = svc.v1_response(preds, ["t0", "t1", "t2"])["predictions"]
-    assert [r["feature_ts"] for r in rows] == ["t0", "t1", "t2"]
+    rows = svc.v1_response(preds, ["t0", "t1", "t2"], ["A", "B", "C"])["predictions"]
+    assert [r["feature_ts"] for r in rows] == ["t0", "t1", "t2"] and [r["symbol"] for r in rows] == ["A", "B", "C"]
     assert all(r["model_version"] == "tiny-tcn" and r["model_name"] == "hfcast" for r in rows)
     for c in PRED_COLUMNS:
         assert np.allclose([r[c] for r in rows], ref[c])
-    outs = {o["name"]: o for o in svc.v2_outputs(preds, ["t0", "t1", "t2"])}
+    outs = {o["name"]: o for o in svc.v2_outputs(preds, ["t0", "t1", "t2"], ["A", "B", "C"])}
     assert list(outs)[:8] == list(PRED_COLUMNS) and outs["ret_60m_conf"]["datatype"] == "FP32"
     assert outs["feature_ts"]["datatype"] == "BYTES" and outs["model_version"]["data"] == ["tiny-tcn"] * 3
+    assert outs["symbol"]["data"] == ["A", "B", "C"]
     assert np.all(ref["ret_60m_lo"] <= ref["ret_60m_hi"])
+    # a window has no feature time: null in V1, no feature_ts (nor symbol) tensor in V2 (BYTES holds no null)
+    rows = svc.v1_response(preds, ["", "", ""])["predictions"]
+    assert [r["feature_ts"] for r in rows] == [None] * 3 and "symbol" not in rows[0]
+    assert not {"feature_ts", "symbol"} & {o["name"] for o in svc.v2_outputs(preds, ["", "", ""])}
 
 
 def test_outputs_carry_whether_the_confidences_are_informative(fc):
@@ -303,3 +309,129 @@ def test_deploy_local_writes_the_marker_and_refuses_unknown_targets(settings, mo
 
     with pytest.raises(ApiException):  # a refusal is not "absent": never create over it
         deploy(settings, "2", target="kserve-cpu", api=Broken())
+
+
+# --- gRPC requests as protobuf, and V2 answers in every form -------------------------------------
+
+def _grpc(name="window", datatype="FP32", shape=(1, 30, F), raw=None, contents=None, outputs=(), **kw):
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    inp = pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=list(shape))
+    if contents is not None:
+        getattr(inp.contents, "bytes_contents" if datatype == "BYTES" else "fp32_contents").extend(contents)
+    return pb.ModelInferRequest(model_name="hfcast", inputs=[inp], raw_input_contents=raw or [],
+                                outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs], **kw)
+
+
+def test_grpc_raw_and_contents_parse_to_the_same_request():
+    x = windows(2)
+    raw = v.parse_grpc(_grpc(shape=x.shape, raw=[x.tobytes()], id="r9"), F, 16)
+    typed = v.parse_grpc(_grpc(shape=x.shape, contents=x.ravel().tolist()), F, 16)
+    assert np.array_equal(raw.windows, x) and np.array_equal(typed.windows, x)
+    assert raw.binary_output and not typed.binary_output and raw.request_id == "r9" and typed.request_id is None
+    sym = b"".join(len(s).to_bytes(4, "little") + s for s in (b"AAA", b"OLD"))
+    assert v.parse_grpc(_grpc("symbol", "BYTES", (2,), raw=[sym]), F, 16).symbols == ["AAA", "OLD"]
+    assert v.parse_grpc(_grpc("symbol", "BYTES", (2,), contents=[b"AAA", b"OLD"]), F, 16).symbols == ["AAA", "OLD"]
+    asked = _grpc(shape=x.shape, contents=x.ravel().tolist(), parameters={"binary_data_output": _param(bool_param=True)})
+    assert v.parse_grpc(asked, F, 16).binary_output  # typed contents in, raw outputs asked
+
+
+@pytest.mark.parametrize("req,match", [
+    (lambda: _grpc(raw=[windows(1).tobytes()[:-4]]), r"needs 960 bytes of binary data, got 956"),
+    (lambda: _grpc(contents=[0.5] * 10), "does not hold matching data"),
+    (lambda: _grpc(), "does not hold matching data"),  # neither raw nor contents: as JSON "data": []
+    (lambda: _grpc(raw=[windows(1).tobytes()], contents=[0.5]), "both contents and raw_input_contents"),
+    (lambda: _grpc(raw=[b"", b""]), r"1 input\(s\) but 2 raw_input_contents"),
+    (lambda: _grpc(datatype="FP99"), "wrong datatype for input 'window': FP99, expected FP32"),
+    (lambda: _grpc("symbol", "BYTES", (1,), contents=[b"\xff\xfe"]), "element 0 is not UTF-8 text"),
+    (lambda: _grpc("symbol", "BYTES", (2,), contents=[b"AAA"]), "holds 1 elements, expected 2"),
+    (lambda: _grpc(raw=[windows(1).tobytes()], outputs=["nope"]), "unknown output 'nope'"),
+    (lambda: _grpc(raw=[windows(1).tobytes()], parameters={"scaled": _param(string_param="maybe")}), "must be a boolean"),
+])
+def test_grpc_refusals_name_the_problem(req, match):
+    with pytest.raises(InvalidInput, match=match):
+        v.parse_grpc(req(), F, 16)
+
+
+def _param(**kw):
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    return pb.InferParameter(**kw)
+
+
+def test_v2_answers_in_the_form_asked(svc, fc):
+    from kserve import InferResponse
+
+    from serving import responses
+
+    x = windows(3)
+    preds = svc.predictions(fc.predict_raw(fc.scaler.transform(x)), fc.side_inputs(x))
+    outs = svc.v2_outputs(preds, ["t"] * 3, ["A", "B", "C"])
+    head = {"model_name": "hfcast", "model_version": "tiny-tcn", "id": "r1"}
+    binary = v.ParsedRequest("v2", symbols=["A", "B", "C"], binary_output=True)
+    body, headers = responses.http_v2(head, outs, binary)  # KServe's own decoder reads it back
+    back = InferResponse.from_bytes(body, int(headers[v.BINARY_HEADER]))
+    assert np.allclose(back.outputs[4].as_numpy(), preds["rv_10m_pred"]) and back.outputs[4].name == "rv_10m_pred"
+    assert list(back.get_output_by_name("symbol").data) == ["A", "B", "C"]
+    picked = v.ParsedRequest("v2", symbols=["A"], outputs={"symbol": None, "rv_10m_pred": False}, binary_output=True)
+    body, headers = responses.http_v2(head, outs, picked)
+    doc = orjson.loads(body[:int(headers[v.BINARY_HEADER])])
+    assert [o["name"] for o in doc["outputs"]] == ["symbol", "rv_10m_pred"] and "data" in doc["outputs"][1]
+    g = responses.grpc_v2(head, outs, v.ParsedRequest("v2", symbols=["A"]))
+    assert not g.raw_output_contents and list(g.outputs[-1].contents.bytes_contents) == [b"A", b"B", b"C"]
+    assert np.allclose(list(g.outputs[4].contents.fp32_contents), preds["rv_10m_pred"])
+    assert len(responses.grpc_v2(head, outs, binary).raw_output_contents) == len(outs)
+    one_binary = v.ParsedRequest("v2", symbols=["A"], outputs={"symbol": None, "rv_10m_pred": True})
+    g = responses.grpc_v2(head, outs, one_binary)  # no mix in gRPC: one binary output makes all raw
+    assert len(g.raw_output_contents) == 2 and not g.outputs[0].HasField("contents")
+    with pytest.raises(InvalidInput, match="answer symbol inputs only"):
+        responses.http_v2(head, svc.v2_outputs(preds, [""] * 3), picked)
+
+
+def _as_http_and_grpc(name, datatype, shape, values, params=None):
+    """One V2 request in its four encodings: (JSON body, binary-extension body + header, gRPC with
+    typed contents, gRPC with raw_input_contents)."""
+    import json
+
+    if datatype == "BYTES":
+        raw = b"".join(len(s.encode()).to_bytes(4, "little") + s.encode() for s in values)
+        contents = [s.encode() for s in values]
+    else:
+        with np.errstate(over="ignore"):  # 1e39 is inf in FP32, on purpose
+            raw = np.asarray(values, "<f4").tobytes()
+        contents = list(values)
+    spec = {"name": name, "datatype": datatype, "shape": list(shape)}
+    doc = {"inputs": [{**spec, "data": list(values)}], **({"parameters": params} if params else {})}
+    header = json.dumps({"inputs": [{**spec, "parameters": {"binary_data_size": len(raw)}}],
+                         **({"parameters": params} if params else {})}).encode()
+    gparams = {k: _param(bool_param=v) if isinstance(v, bool) else _param(string_param=str(v))
+               for k, v in (params or {}).items()}
+    return (json.dumps(doc).encode(), (header + raw, {v.BINARY_HEADER: str(len(header))}),
+            _grpc(name, datatype, shape, contents=contents, parameters=gparams),
+            _grpc(name, datatype, shape, raw=[raw], parameters=gparams))
+
+
+@pytest.mark.parametrize("name,datatype,shape,values,params", [
+    ("window", "FP64", (1, 30, F), [0.1] * 30 * F, None),
+    ("window", "FP32", (1, 29, F), [0.1] * 29 * F, None),
+    ("window", "FP32", (1, 30, F + 1), [0.1] * 30 * (F + 1), None),
+    ("window", "FP32", (17, 30, F), [0.1] * 17 * 30 * F, None),
+    ("window", "FP32", (0, 30, F), [], None),
+    ("window", "FP32", (1, 30, F), [0.1] * (30 * F - 1) + [1e39], None),  # inf in FP32
+    ("window", "FP32", (1, 30, F), [0.1] * 30 * F, {"scaled": "maybe"}),
+    ("prices", "FP32", (1, 30, F), [0.1] * 30 * F, None),
+    ("symbol", "BYTES", (2, 1), ["AAA", "OLD"], None),
+    ("symbol", "BYTES", (1,), [""], None),
+    ("symbol", "BYTES", (1,), ["A\u0000B"], None),
+    ("symbol", "BYTES", (1,), ["X" * 65], None),
+    ("symbol", "FP32", (1,), [1.0], None),
+])
+def test_one_mistake_reads_the_same_over_http_and_grpc(name, datatype, shape, values, params):
+    body, (binary, headers), contents, raw = _as_http_and_grpc(name, datatype, shape, values, params)
+    msgs = []
+    for parse in (lambda: v.parse_http("v2", body, {}, F, 16), lambda: v.parse_grpc(contents, F, 16),
+                  lambda: v.parse_http("v2", binary, headers, F, 16), lambda: v.parse_grpc(raw, F, 16)):
+        with pytest.raises(InvalidInput) as err:
+            parse()
+        msgs.append(str(err.value))
+    assert msgs[0] == msgs[1] and msgs[2] == msgs[3], msgs  # JSON data == gRPC contents; binary == gRPC raw

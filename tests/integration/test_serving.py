@@ -142,7 +142,7 @@ def test_v1_window_matches_direct_call(server):
     assert r.status_code == 200, r.text
     rows = r.json()["predictions"]
     assert_matches({c: [row[c] for row in rows] for c in PRED_COLUMNS}, server["fc"].predict(x))
-    assert {row["model_version"] for row in rows} == {"tiny-tcn"} and rows[0]["feature_ts"] == ""
+    assert {row["model_version"] for row in rows} == {"tiny-tcn"} and rows[0]["feature_ts"] is None
     want = server["fc"].info_columns(1)  # whether this version's confidences are informative
     assert all(row[c] == want[c][0] for row in rows for c in INFO_COLUMNS)
 

@@ -1,4 +1,4 @@
-"""KServe's explain verb on the real server: 200 with attributions for good windows, 4xx for bad input."""
+"""The explain verb on the real server, V1 and V2: 200 with attributions for good windows, 4xx for bad input."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_explain_answers_attributions_that_add_up(server):
     ({"instances": [{"window": [[0.1] * F] * 30}] * 17}, "exceeds the maximum batch size of 16"),
     ({"instances": [{"symbol": "S000"}]}, "feature store"),
     ({"inputs": []}, "instances"),
-    (b'{"instances": [', "Unrecognized request format"),
+    (b'{"instances": [', "malformed JSON body"),
 ])
 def test_explain_refuses_bad_input_with_4xx(server, body, match):
     r = post(server, "explain", body)
@@ -76,3 +76,26 @@ def test_explain_refuses_bad_input_with_4xx(server, body, match):
     assert match in r.text, r.text
     ok = post(server, "predict", {"instances": [{"window": windows(1, 3)[0].tolist()}]})
     assert ok.status_code == 200 and "explanation" not in ok.json()["predictions"][0]
+
+
+def test_v2_explain_answers_the_infer_outputs_and_one_explanation_a_row(server):
+    x = windows(2, seed=8)
+    body = {"inputs": [{"name": "window", "datatype": "FP32", "shape": [2, 30, F], "data": x.ravel().tolist()}]}
+    r = httpx.post(f"{server['base']}/v2/models/hfcast/explain", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    outs = {o["name"]: o["data"] for o in doc["outputs"]}
+    ref = server["fc"].predict(x)
+    for c in PRED_COLUMNS:
+        np.testing.assert_allclose(outs[c], ref[c], rtol=2e-4, atol=1e-7)
+    expl = [json.loads(e) for e in outs["explanation"]]
+    assert len(expl) == 2 and set(expl[0]) == {"ret", "vol"} and len(expl[0]["vol"]["by_minute"]) == 30
+    assert doc["parameters"]["method"] == "integrated_gradients"
+    v1 = post(server, "explain", {"instances": [{"window": w} for w in x.tolist()]}).json()["explanations"]
+    for got, want in zip(expl, v1):  # the same attributions as V1's
+        assert got["vol"]["total"] == pytest.approx(want["explanation"]["vol"]["total"], rel=1e-5, abs=1e-9)
+    bad = httpx.post(f"{server['base']}/v2/models/hfcast/explain",
+                     json={"inputs": [{"name": "window", "datatype": "FP32", "shape": [17, 30, F],
+                                       "data": [0.0] * 17 * 30 * F}]})
+    assert bad.status_code == 400 and "maximum batch size of 16" in bad.json()["error"]
+    assert httpx.post(f"{server['base']}/v2/models/hfcast/versions/1/explain", json=body).status_code == 404
