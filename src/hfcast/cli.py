@@ -768,7 +768,7 @@ def backtest(
     """Economic value after costs: volatility targeting and a long-short book on the prediction CSVs."""
     from rich.table import Table
 
-    from hfcast.backtest import BacktestConfig, gate_check, run_backtest
+    from hfcast.backtest import BacktestConfig, gate_check, run_backtest, terminal_tables
 
     settings = _settings()
     try:
@@ -786,15 +786,15 @@ def backtest(
     except (ValueError, LookupError, FileNotFoundError) as exc:
         _fail(str(exc))
         return
-    tab = result.table()
-    wide = console if console.is_terminal else Console(width=120)
-    for book, part in tab.groupby("portfolio", sort=False):
-        part = part.dropna(axis=1, how="all").drop(columns="portfolio")
-        table = Table(title=f"{book} {result.model}: {len(result.dates)} day(s), {result.minutes_per_session} min/session")
-        for col in part.columns:
-            table.add_column(col, justify="left" if col == "method" else "right")
-        for _, row in part.iterrows():
-            table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    from rich import box
+
+    wide = Console(width=min(console.width, 100)) if console.is_terminal else Console(width=100)
+    for title, header, rows in terminal_tables(result):
+        table = Table(*header, title=title, box=box.SIMPLE_HEAD, padding=(0, 1), title_justify="left")
+        for col in table.columns[1:]:
+            col.justify = "right"
+        for row in rows:
+            table.add_row(*row)
         wide.print(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
