@@ -602,20 +602,24 @@ def _session_dates(ts: pd.Series) -> np.ndarray:
     return np.asarray([u.date().isoformat() for u in uniq], dtype=object)[codes]
 
 
-def baseline_vols(lake: Lake, dates: list[str], fit_days: int = 5) -> tuple[pd.DataFrame | None, list[str]]:
-    """HAR-RV and EWMA 10-minute vol forecasts for ``dates`` (symbol, ts, rv_har_rv, rv_ewma).
+def baseline_vols(lake: Lake, dates: list[str], fit_days: int = 5, names: tuple[str, ...] = ("har_rv", "ewma"),
+                  require_history: bool = False) -> tuple[pd.DataFrame | None, list[str]]:
+    """Baseline 10-minute vol forecasts for ``dates`` (symbol, ts, ``rv_<name>`` for each of ``names``).
 
-    HAR-RV is fitted on up to ``fit_days`` feature dates BEFORE the first backtest date; when the
-    lake has none, it is fitted on the backtest dates themselves and a note says so (in-sample
-    coefficients flatter the baseline, never the model). Returns (frame or None, notes).
+    The baselines are fitted on up to ``fit_days`` feature dates BEFORE the first date; when the
+    lake has none, they are fitted on the dates themselves and a note says so (in-sample
+    coefficients flatter the baseline, never the model), unless ``require_history`` (then None).
+    Returns (frame or None, notes).
     """
     from hfcast.models.baselines import Baseline, baseline_inputs
 
     have = lake.dates("features")
     if not set(dates) <= set(have):
-        return None, ["no features for some backtest dates: HAR-RV and EWMA left out"]
+        return None, [f"no features for some dates: {', '.join(names)} left out"]
     before = [d for d in have if d < dates[0]][-fit_days:]
-    notes = [] if before else ["HAR-RV fitted on the backtest dates themselves (no earlier features)"]
+    if not before and require_history:
+        return None, [f"no features before {dates[0]} to fit {', '.join(names)} on"]
+    notes = [] if before else [f"{', '.join(names)} fitted on the backtest dates themselves (no earlier features)"]
     cols = ["symbol", "ts", "ret_60m", "rv_10m"]
     df = pd.concat([lake.read("features", d, cols) for d in [*before, *dates]], ignore_index=True)
     df["symbol"] = df["symbol"].astype(str)
@@ -626,7 +630,7 @@ def baseline_vols(lake: Lake, dates: list[str], fit_days: int = 5) -> tuple[pd.D
     test = inp[days.isin(dates)]
     out = test[["symbol", "ts"]].copy()
     out["date"] = days[test.index]
-    for name in ("har_rv", "ewma"):
+    for name in names:
         b = Baseline(name).fit(fit, fit)
         out[f"rv_{name}"] = b.predict(test)["rv_10m_pred"].to_numpy()
     return out, notes
