@@ -439,7 +439,7 @@ def _registry_call(fn, *args, **kwargs):
 
 @registry_app.command("list")
 def registry_list() -> None:
-    """Every version with its aliases, architecture, dataset version, gate decision and primary metrics."""
+    """Every version with its aliases, architecture, dataset version, status (champion, rejected by the gate...) and primary metrics."""
     from rich.table import Table
 
     from hfcast import registry
@@ -451,12 +451,12 @@ def registry_list() -> None:
         return
     metrics = sorted({m for r in rows for m in r["metrics"]})
     table = Table(title=f"{settings.model_name} @ {settings.mlflow_uri}")
-    for col in ("version", "aliases", "arch", "dataset", "created", "gate", *metrics):
+    for col in ("version", "aliases", "arch", "dataset", "created", "status", *metrics):
         table.add_column(col, justify="right" if col in metrics or col == "version" else "left", overflow="fold")
     for r in rows:
         style = "bold green" if "champion" in r["aliases"] else None
         table.add_row(str(r["version"]), " ".join(r["aliases"]), r["arch"], r["dataset_version"][:16],
-                      r["created"].replace("T", " ")[:16], r["gate"], *[f"{r['metrics'][m]:.5f}" if m in r["metrics"] else "-"
+                      r["created"].replace("T", " ")[:16], r["status"], *[f"{r['metrics'][m]:.5f}" if m in r["metrics"] else "-"
                                                  for m in metrics], style=style)
     console.print(table)
 

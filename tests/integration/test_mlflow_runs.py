@@ -75,6 +75,29 @@ def test_parent_and_nested_fold_runs_have_names_and_epoch_histories(trained):
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
 
 
+def test_parent_holds_summary_metrics_only_and_every_run_names_its_code_and_fold_data(trained):
+    from hfcast import provenance
+
+    settings, run, _ = trained
+    c = _client(settings)
+    parent = c.get_run(run.run_id)
+    keys = set(parent.data.metrics)
+    assert {"vol_qlike", "ret_ic"} <= keys and len(keys) < 60, sorted(keys)
+    assert not [k for k in keys if k.startswith(("fold", "baseline/", "epoch/"))]  # those live on fold runs / scores.json
+    kids = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run.run_id}'")
+    for r in [parent, *kids]:
+        assert r.data.tags["mlflow.source.git.commit"] == provenance.git_commit()
+        assert r.data.tags["mlflow.source.name"] and "executor_main" not in r.data.tags["mlflow.source.name"]
+    for kid in kids:
+        fold = run.result.folds[int(kid.data.tags["fold"])]
+        got = {({t.key: t.value for t in d.tags}["mlflow.data.context"], d.dataset.name)
+               for d in kid.inputs.dataset_inputs}
+        assert got == {("training", f"features {fold.train[0]}..{fold.train[-1]}"),
+                       ("validation", f"features {fold.val[0]}..{fold.val[-1]}"),
+                       ("test", f"features {fold.test[0]}..{fold.test[-1]}")}
+        assert all(d.dataset.source.endswith('/features"}') for d in kid.inputs.dataset_inputs)
+
+
 def test_training_data_is_a_dataset_input(trained):
     settings, run, _ = trained
     inputs = _client(settings).get_run(run.run_id).inputs.dataset_inputs
