@@ -152,6 +152,9 @@ def test_monitoring_run_carries_its_reports(trained, tmp_path):
     names = {Path(f.path).name for f in c.list_artifacts(rid, "evidently")}
     assert names == {"features_drift.html", "features_drift.json", "summary.json"}
     assert c.get_run(rid).info.run_name == f"monitor 2024-01-20 v{version}: none"
+    from hfcast import provenance
+
+    assert c.get_run(rid).data.tags["mlflow.source.git.commit"] == provenance.git_commit()
 
 
 def test_report_reads_the_registry_scores_and_train_dates(trained, tmp_path):

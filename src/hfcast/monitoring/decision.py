@@ -387,6 +387,7 @@ def log_to_mlflow(settings: Any, record: Mapping[str, Any], reports: tuple[str, 
 
     from mlflow.entities import Metric, RunTag
 
+    from hfcast import provenance
     from hfcast.registry import tracking
 
     checks = record.get("checks") or {}
@@ -402,7 +403,8 @@ def log_to_mlflow(settings: Any, record: Mapping[str, Any], reports: tuple[str, 
     tags = {"date": record["date"], "model_version": str(record.get("version")), "action": record["action"],
             "explanation": record.get("explanation", "")[:4900], "drifted_dates": ",".join(record.get("drifted_dates", [])),
             "trigger.kind": str(trig.get("kind", "")), "trigger.status": str(trig.get("status", "")),
-            "trigger.run_id": str(trig.get("run_id", "")), "hfcast.model_name": settings.model_name}
+            "trigger.run_id": str(trig.get("run_id", "")), "hfcast.model_name": settings.model_name,
+            **provenance.run_tags()}
     with tracking(settings) as t:
         exp = t.client.get_experiment_by_name(EXPERIMENT)
         if exp is None:
