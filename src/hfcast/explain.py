@@ -268,6 +268,7 @@ def plot_importance(imp: pd.DataFrame, path: Any) -> Any:
             d = imp.sort_values(f"{t}_rel")
             ax.barh(d["group"], d[f"{t}_rel"], xerr=d[f"{t}_std"] / imp.attrs["base_loss"][t], color="tab:blue")
             ax.set_title(f"{title} (relative)")
+            ax.set_xlabel("loss increase when the group is shuffled\n(fraction of the unshuffled loss)")
             ax.axvline(0, color="grey", lw=0.6)
         fig.suptitle(f"permutation importance by feature group ({imp.attrs.get('windows', '?')} test windows)")
     return path

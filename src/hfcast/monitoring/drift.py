@@ -62,8 +62,14 @@ def _titled_html(path: str, title: str, about: Mapping[str, Any]) -> None:
     meta = " &middot; ".join(f"{H.escape(str(k))}: {H.escape(str(v))}" for k, v in about.items())
     head = (f'<div style="font-family:sans-serif;padding:8px 16px"><h2 style="margin:4px 0">{H.escape(title)}</h2>'
             f'<div style="color:#555;font-size:13px">{meta}</div></div>')
-    text = re.sub(r"<title>.*?</title>", f"<title>{H.escape(title)}</title>", text, count=1, flags=re.S)
-    text = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + head, text, count=1)
+    # only in the document's own <head>: Evidently's inlined library holds an SVG <title> too, and
+    # rewriting that one made every page's 7 MB library unique (the report shares one copy)
+    cut = text.find("</head>")
+    cut = cut if cut >= 0 else 0
+    top = text[:cut]
+    top = (re.sub(r"<title>.*?</title>", lambda m: f"<title>{H.escape(title)}</title>", top, count=1, flags=re.S)
+           if "<title>" in top else top.replace("<head>", f"<head><title>{H.escape(title)}</title>", 1))
+    text = top + re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + head, text[cut:], count=1)
     open(path, "w", encoding="utf-8").write(text)
 
 
