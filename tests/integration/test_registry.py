@@ -8,6 +8,7 @@ round trip through the registry are identical to the bundle that was logged.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -264,6 +265,8 @@ def test_cli_promote_reject_force_rollback(settings, tmp_path, monkeypatch):
     r = hf("promote", str(v2))
     assert r.exit_code == 1 and "did not pass the gate" in r.output and "vol_qlike" in r.output
     assert champion(settings) == v1
+    r = hf("list")  # the newest version is not the one in use: the listing says why
+    assert r.exit_code == 0 and re.search(rf"^\S*\s*{v2}\s.*rejected by the gate", r.output, re.M), r.output
     assert hf("promote", str(v2), "--force").exit_code == 1  # a forced promotion needs a reason
     r = hf("promote", str(v2), "--force", "--reason", "desk asked for the new IC")
     assert r.exit_code == 0 and champion(settings) == v2
