@@ -411,12 +411,16 @@ def report_cmd(
     out: Path = typer.Option(Path("hfcast-report"), "--out", help="Folder for index.html and its PNGs."),
     comparison: Optional[Path] = typer.Option(None, "--comparison", help="A `hfcast compare` folder "
                                               "(default: the newest under <home>/reports)."),
+    backtest: bool = typer.Option(True, "--backtest/--no-backtest", help="Backtest the served forecasts."),
+    attributions: bool = typer.Option(True, "--attributions/--no-attributions",
+                                      help="Permutation importance of the champion on its latest served dates."),
 ) -> None:
-    """One page for a quant: models vs baselines, calibration, drift over time, champion timeline."""
+    """One page for a quant: live performance per date, the gate's comparisons, the backtest with
+    confidence intervals, attributions, models vs baselines, calibration, which data each version saw."""
     from hfcast.report import write
 
     try:
-        index = write(_settings(), out, comparison)
+        index = write(_settings(), out, comparison, backtest=backtest, attributions=attributions)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc))
     console.print(f"report: {index}")

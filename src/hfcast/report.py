@@ -663,9 +663,10 @@ def evidently_links(settings: Any, history: Sequence[Mapping[str, Any]], out_dir
 
 
 def write(settings: Any, out_dir: str | Path, comparison: str | Path | None = None,
-          title: str = "hfcast report", links: Mapping[str, str] | None = None) -> Path:
-    """Gather everything from the settings' lake and registry and render the report."""
-    inputs = gather(settings, comparison)
+          title: str = "hfcast report", links: Mapping[str, str] | None = None, backtest: bool = True,
+          attributions: bool = True) -> Path:
+    """Gather everything from the settings' lake and registry and render the report (see :func:`gather`)."""
+    inputs = gather(settings, comparison, backtest=backtest, attributions=attributions)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
