@@ -204,7 +204,7 @@ def _periods_with_known_sharpe(seed: int, sharpe_ann: float, days: int, per_day:
 
 
 def test_day_block_bootstrap_interval_covers_the_true_sharpe_in_about_95_percent_of_seeds():
-    from hfcast.backtest import _ls_sums, _sharpe_from, day_block_ci
+    from hfcast.backtest_ci import _ls_sums, _sharpe_from, day_block_ci
 
     true_sharpe, days, hits = 2.0, 120, []
     for seed in range(200):
@@ -232,7 +232,7 @@ def test_short_backtest_warns_of_its_small_sample_and_reports_intervals(sim_days
     assert oracle["difference"] == pytest.approx(res.long_short["model"]["net_sharpe"]
                                                  - res.long_short["oracle"]["net_sharpe"])
     long_enough = _periods_with_known_sharpe(1, 2.0, 60)
-    from hfcast.backtest import small_sample_notes
+    from hfcast.backtest_ci import small_sample_notes
 
     assert small_sample_notes(long_enough["date"].nunique()) == []
 
