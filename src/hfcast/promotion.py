@@ -83,6 +83,7 @@ def _now() -> str:
 
 COMPARISONS_TAG = "gate.comparisons"  # JSON: the numbers the gate compared (hfcast.gate.decide's comparisons)
 CHAMPION_TAG = "hfcast.champion"      # on the registered model: the version the champion alias points at
+LATEST_TAG = "hfcast.latest_version"  # on the registered model: what its newest version is ("v5: rejected by the gate")
 
 
 def _comparisons_json(comparisons: list[dict[str, Any]], limit: int = 5000) -> str:
@@ -130,6 +131,10 @@ def describe_champion(client: Any, name: str) -> None:
                      "not the one in use.")
     client.update_registered_model(name, description=text)
     client.set_registered_model_tag(name, CHAMPION_TAG, str(champ.version) if champ else "none")
+    if latest is not None:  # the list page shows tags, not descriptions: say what the "latest version" is
+        aliases = [a for a, v in (client.get_registered_model(name).aliases or {}).items() if str(v) == str(latest)]
+        status = reg.version_status(client.get_model_version(name, str(latest)).tags, aliases)
+        client.set_registered_model_tag(name, LATEST_TAG, f"v{latest}: {status}")
 
 
 def _history(client: Any, name: str) -> list[str]:

@@ -164,6 +164,7 @@ def check_gate_record(settings, champion_version: int, rejected: int, decision) 
     assert f"Champion: v{champion_version}" in model.description
     assert f"latest version, v{rejected}, was rejected by the gate" in model.description
     assert model.tags["hfcast.champion"] == str(champion_version)
+    assert model.tags["hfcast.latest_version"] == f"v{rejected}: rejected by the gate"  # in MLflow's model list
     assert c.get_model_version("hfcast", str(champion_version)).description.startswith("**PROMOTED**")
 
 
