@@ -87,7 +87,7 @@ def mlflow_pages(home: Path, out: Path) -> list[Path]:
         base = server.uri
         shots.append(shoot(f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}",
                            out / "mlflow_run.png", 1400, 1300, wait_ms=15000))
-        shots.append(shoot(f"{base}/#/models/hfcast", out / "mlflow_model.png", 1400, 800, wait_ms=15000))
+        shots.append(shoot(f"{base}/#/models/hfcast", out / "mlflow_model.png", 1400, 1150, wait_ms=15000))
         shots.append(shoot(f"{base}/#/models/hfcast/versions/{latest}", out / "mlflow_version.png", 1400, 1100,
                            wait_ms=15000))
     shutil.rmtree(work, ignore_errors=True)

@@ -93,8 +93,9 @@ def _events(ax: Any, df: pd.DataFrame, label: bool) -> None:
         if j:
             ax.axvline(i - 0.5, color=COLORS["champion"], lw=2)
         if label:
-            ax.annotate(f"served by v{df['version'].iloc[i]}", (i - 0.4, 1.0), xycoords=("data", "axes fraction"),
-                        fontsize=7, color=COLORS["champion"], va="bottom")
+            ax.annotate(f"served by v{df['version'].iloc[i]}", (i - 0.4, 0.97), xycoords=("data", "axes fraction"),
+                        fontsize=7, color=COLORS["champion"], va="top",
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
 
 
 def plot_live(history: Sequence[Mapping[str, Any]], path: Any, drift_threshold: float | None = None) -> Any | None:

@@ -99,8 +99,9 @@ def _comparisons_json(comparisons: list[dict[str, Any]], limit: int = 5000) -> s
 def version_description(decision: GateDecision) -> str:
     """The model version's description (shown in MLflow's version list): what the gate decided and why,
     with the numbers it compared (MLflow renders it as markdown)."""
-    head = ("**FORCED** past the gate" if decision.forced else
-            "**PROMOTED**: passed the gate" if decision.promote else "**REJECTED** by the gate: never served")
+    # plain capitals, not markdown bold: the versions table shows the description's first line raw
+    head = ("FORCED past the gate" if decision.forced else
+            "PROMOTED: passed the gate" if decision.promote else "REJECTED by the gate: never served")
     lines = [f"{head} ({_now()}).", ""] + [f"- {r}" for r in decision.reasons]
     if decision.comparisons:
         lines += ["", "| metric | against | challenger | reference | improvement | margin | passed |",

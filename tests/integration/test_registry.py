@@ -154,7 +154,7 @@ def check_gate_record(settings, champion_version: int, rejected: int, decision) 
 
     c = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
     mv = c.get_model_version("hfcast", str(rejected))
-    assert mv.description.startswith("**REJECTED** by the gate") and "vol_qlike" in mv.description
+    assert mv.description.startswith("REJECTED by the gate") and "vol_qlike" in mv.description
     compared = json.loads(mv.tags["gate.comparisons"])
     assert {(r["metric"], r["reference"]) for r in compared} >= {("vol_qlike", "champion"), ("vol_qlike", "baseline har_rv")}
     champ_row = next(r for r in compared if r["metric"] == "vol_qlike" and r["reference"] == "champion")
@@ -165,7 +165,7 @@ def check_gate_record(settings, champion_version: int, rejected: int, decision) 
     assert f"latest version, v{rejected}, was rejected by the gate" in model.description
     assert model.tags["hfcast.champion"] == str(champion_version)
     assert model.tags["hfcast.latest_version"] == f"v{rejected}: rejected by the gate"  # in MLflow's model list
-    assert c.get_model_version("hfcast", str(champion_version)).description.startswith("**PROMOTED**")
+    assert c.get_model_version("hfcast", str(champion_version)).description.startswith("PROMOTED")
 
 
 def check_history(settings, run_id: str) -> None:
