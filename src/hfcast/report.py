@@ -208,7 +208,7 @@ def champion_importance(settings: Any, history: Sequence[Mapping[str, Any]], max
     dates = [d for d, v in served_versions(history).items() if v == version][-IMPORTANCE_DATES:]
     if not dates:
         raise ValueError(f"the champion v{version} has not served a monitored date yet")
-    wa = explain._windows(Lake.from_settings(settings), fc, dates)
+    wa = explain.labelled_windows(Lake.from_settings(settings), fc, dates)
     imp = explain.permutation_importance(fc, wa, n_repeats=n_repeats, max_windows=max_windows)
     imp.attrs.update(dates=dates, version=version)
     return imp
