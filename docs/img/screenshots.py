@@ -56,8 +56,9 @@ def report_section_rows(index: Path, width: int) -> dict[str, int]:
 
     probe = index.parent / ".positions.html"
     probe.write_text(index.read_text().replace(
-        "</body>", "<script>document.title=JSON.stringify(Object.fromEntries([...document.querySelectorAll('h2')]"
-        ".map(h=>[h.id, Math.round(h.getBoundingClientRect().top + window.scrollY)])))</script></body>"))
+        "</body>", "<script>window.addEventListener('load',()=>{document.title=JSON.stringify(Object.fromEntries("
+        "[...document.querySelectorAll('h2')].map(h=>[h.id,Math.round(h.getBoundingClientRect().top+window.scrollY)])))"
+        "})</script></body>"))  # after the images loaded: their heights move the headings
     try:
         chromium = shutil.which("chromium") or "/usr/bin/chromium"
         profile = tempfile.mkdtemp(prefix="chromium-")
