@@ -39,6 +39,8 @@ import pandas as pd
 
 from hfcast import storage
 from hfcast.config import checked_section
+from hfcast.backtest_ci import (BOOTSTRAP_RESAMPLES, CI_LEVEL, MIN_INDEPENDENT_DAYS, long_short_uncertainty,
+                                small_sample_notes, vol_uncertainty)
 from hfcast.plots import png_figure
 from hfcast.storage import Lake
 
@@ -222,32 +224,54 @@ def long_short_day(day: Day, score: np.ndarray, cfg: BacktestConfig, conf: np.nd
     return pd.DataFrame(rows)
 
 
+def _empyrical():
+    """empyrical-reloaded, imported when a summary is made (its import costs about a second)."""
+    import empyrical
+
+    return empyrical
+
+
 def sharpe(x: np.ndarray, periods_per_year: float) -> float:
-    """Annualised Sharpe ratio mean / std (ddof=1) * sqrt(periods a year); NaN when undefined."""
+    """Annualised Sharpe ratio mean / std (ddof=1) * sqrt(periods a year) (``empyrical.sharpe_ratio``);
+    NaN when undefined (fewer than two periods, or no variation)."""
     x = np.asarray(x, dtype=np.float64)
     if x.size < 2 or not np.std(x, ddof=1) > 0:
         return float("nan")
-    return float(np.mean(x) / np.std(x, ddof=1) * math.sqrt(periods_per_year))
+    return float(_empyrical().sharpe_ratio(x, annualization=periods_per_year))
 
 
 def max_drawdown(net: np.ndarray) -> float:
-    """Largest fall of the compounded equity curve from its running peak, as a fraction."""
-    eq = np.concatenate([[1.0], np.cumprod(1.0 + np.asarray(net, dtype=np.float64))])
-    return float(np.max(1.0 - eq / np.maximum.accumulate(eq)))
+    """Largest fall of the compounded equity curve from its running peak, as a positive fraction
+    (``empyrical.max_drawdown``, which reports it negative)."""
+    net = np.asarray(net, dtype=np.float64)
+    return float(-_empyrical().max_drawdown(net)) if net.size else 0.0
+
+
+def annual_return(x: np.ndarray, periods_per_year: float) -> float:
+    """Compounded annual growth rate of a series of period returns (``empyrical.annual_return``)."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(_empyrical().annual_return(x, annualization=periods_per_year)) if x.size else float("nan")
 
 
 def summarize_long_short(periods: pd.DataFrame, cfg: BacktestConfig) -> dict[str, float]:
-    """Sharpe (gross, net), returns, turnover, drawdown and hit rate of a period table."""
+    """Sharpe (gross, net), returns, cost, turnover, drawdown and hit rate of a period table.
+
+    Returns and costs are fractions of the gross notional (long plus short legs = 1); the annual
+    returns compound (empyrical's CAGR), the cost is also given in basis points a period and a day.
+    """
     if periods.empty:
         return {"periods": 0}
     n_days = periods["date"].nunique()
     per_session = len(periods) / n_days
     ppy = cfg.sessions_per_year * per_session
+    ep = _empyrical()
     return {
         "periods": int(len(periods)), "days": int(n_days), "periods_per_session": per_session,
         "gross_sharpe": sharpe(periods["gross"], ppy), "net_sharpe": sharpe(periods["net"], ppy),
-        "gross_return_ann": float(periods["gross"].mean() * ppy), "net_return_ann": float(periods["net"].mean() * ppy),
+        "gross_return_ann": annual_return(periods["gross"], ppy), "net_return_ann": annual_return(periods["net"], ppy),
+        "net_vol_ann": float(ep.annual_volatility(periods["net"].to_numpy(np.float64), annualization=ppy)),
         "cost_bps_per_period": float(periods["cost"].mean() * 1e4),
+        "cost_bps_per_day": float(periods["cost"].sum() / n_days * 1e4),
         "turnover_per_period": float(periods["traded"].mean()),
         "turnover_per_day": float(periods["traded"].sum() / n_days),
         "max_drawdown": max_drawdown(periods["net"].to_numpy()),
@@ -308,6 +332,7 @@ def summarize_vol(holds: pd.DataFrame, cfg: BacktestConfig, minutes_per_year: fl
         "median_ratio": float(np.median(ratio)),
         "share_beyond_1_5": float(np.mean(ratio > 1.5)),
         "turnover_per_day": float(turnover),
+        "days": int(holds["date"].nunique()),
         "sharpe": sharpe(holds.groupby(["date", "minute"])["pnl"].sum(), minutes_per_year / cfg.vol_hold),
     }
 
@@ -338,6 +363,7 @@ class BacktestResult:
     periods: dict[str, pd.DataFrame] = field(repr=False, default_factory=dict)
     holds: dict[str, pd.DataFrame] = field(repr=False, default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    differences: list[dict[str, Any]] = field(default_factory=list)  # model minus each yardstick, with CIs
 
     @property
     def gate_value(self) -> float:
@@ -347,18 +373,32 @@ class BacktestResult:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "dates": self.dates, "minutes_per_session": self.minutes_per_session,
                 "config": asdict(self.config), "long_short": self.long_short, "vol_target": self.vol_target,
-                "gate": {"metric": self.config.gate_metric, "value": self.gate_value}, "notes": self.notes}
+                "gate": {"metric": self.config.gate_metric, "value": self.gate_value}, "notes": self.notes,
+                "differences": self.differences,
+                "uncertainty": {"method": f"day-block bootstrap (BCa, {BOOTSTRAP_RESAMPLES} resamples of whole "
+                                          f"sessions), {CI_LEVEL:.0%} intervals",
+                                "days": len(self.dates), "min_independent_days": MIN_INDEPENDENT_DAYS}}
 
     def table(self) -> pd.DataFrame:
-        """One row per (portfolio, method) with the headline numbers (what the CLI prints)."""
+        """One row per (portfolio, method) with the headline numbers and their 95% CIs (table.csv)."""
         rows = []
         for m, s in self.long_short.items():
             rows.append({"portfolio": "long-short", "method": m, **{k: s.get(k) for k in (
-                "gross_sharpe", "net_sharpe", "turnover_per_day", "max_drawdown", "hit_rate")}})
+                "gross_sharpe", "net_sharpe", "net_return_ann", "cost_bps_per_day", "turnover_per_day",
+                "max_drawdown", "hit_rate")}, **_ci_columns(s, ("net_sharpe", "net_return_ann"))})
         for m, s in self.vol_target.items():
             rows.append({"portfolio": "vol-target", "method": m, **{k: s.get(k) for k in (
-                "realized_over_target", "tracking_error", "share_beyond_1_5", "turnover_per_day")}})
+                "realized_over_target", "tracking_error", "share_beyond_1_5", "turnover_per_day")},
+                **_ci_columns(s, ("tracking_error",))})
         return pd.DataFrame(rows)
+
+
+def _ci_columns(summary: Mapping[str, Any], figures: Iterable[str]) -> dict[str, float]:
+    out = {}
+    for f in figures:
+        lo, hi = summary.get(f"{f}_ci") or (float("nan"), float("nan"))
+        out[f"{f}_ci_lo"], out[f"{f}_ci_hi"] = lo, hi
+    return out
 
 
 def backtest_days(days: list[Day], cfg: BacktestConfig, model: str = "model") -> BacktestResult:
@@ -384,12 +424,17 @@ def backtest_days(days: list[Day], cfg: BacktestConfig, model: str = "model") ->
             holds.setdefault(m, []).append(vol_target_day(d, d.vol[m], same, cfg, mpy))
     per = {m: pd.concat(v, ignore_index=True) for m, v in periods.items()}
     hol = {m: pd.concat(v, ignore_index=True) for m, v in holds.items()}
-    notes = []
+    notes = small_sample_notes(len(days))
     if "oracle" not in per:
         notes.append("no truth in the lake: no oracle portfolio")
-    return BacktestResult(cfg, model, [d.date for d in days], mps,
-                          {m: summarize_long_short(p, cfg) for m, p in per.items()},
-                          {m: summarize_vol(h, cfg, mpy) for m, h in hol.items()}, per, hol, notes)
+    ls = {m: summarize_long_short(p, cfg) for m, p in per.items()}
+    vt = {m: summarize_vol(h, cfg, mpy) for m, h in hol.items()}
+    ls_ci, ls_diff = long_short_uncertainty(per, ls, cfg)
+    vt_ci, vt_diff = vol_uncertainty(hol, vt, cfg)
+    for summaries, cis in ((ls, ls_ci), (vt, vt_ci)):
+        for m, ci in cis.items():
+            summaries[m].update(ci)
+    return BacktestResult(cfg, model, [d.date for d in days], mps, ls, vt, per, hol, notes, ls_diff + vt_diff)
 
 
 # --- loading from the lake ----------------------------------------------------------------------
@@ -422,20 +467,24 @@ def _session_dates(ts: pd.Series) -> np.ndarray:
     return np.asarray([u.date().isoformat() for u in uniq], dtype=object)[codes]
 
 
-def baseline_vols(lake: Lake, dates: list[str], fit_days: int = 5) -> tuple[pd.DataFrame | None, list[str]]:
-    """HAR-RV and EWMA 10-minute vol forecasts for ``dates`` (symbol, ts, rv_har_rv, rv_ewma).
+def baseline_vols(lake: Lake, dates: list[str], fit_days: int = 5, names: tuple[str, ...] = ("har_rv", "ewma"),
+                  require_history: bool = False) -> tuple[pd.DataFrame | None, list[str]]:
+    """Baseline 10-minute vol forecasts for ``dates`` (symbol, ts, ``rv_<name>`` for each of ``names``).
 
-    HAR-RV is fitted on up to ``fit_days`` feature dates BEFORE the first backtest date; when the
-    lake has none, it is fitted on the backtest dates themselves and a note says so (in-sample
-    coefficients flatter the baseline, never the model). Returns (frame or None, notes).
+    The baselines are fitted on up to ``fit_days`` feature dates BEFORE the first date; when the
+    lake has none, they are fitted on the dates themselves and a note says so (in-sample
+    coefficients flatter the baseline, never the model), unless ``require_history`` (then None).
+    Returns (frame or None, notes).
     """
     from hfcast.models.baselines import Baseline, baseline_inputs
 
     have = lake.dates("features")
     if not set(dates) <= set(have):
-        return None, ["no features for some backtest dates: HAR-RV and EWMA left out"]
+        return None, [f"no features for some dates: {', '.join(names)} left out"]
     before = [d for d in have if d < dates[0]][-fit_days:]
-    notes = [] if before else ["HAR-RV fitted on the backtest dates themselves (no earlier features)"]
+    if not before and require_history:
+        return None, [f"no features before {dates[0]} to fit {', '.join(names)} on"]
+    notes = [] if before else [f"{', '.join(names)} fitted on the backtest dates themselves (no earlier features)"]
     cols = ["symbol", "ts", "ret_60m", "rv_10m"]
     df = pd.concat([lake.read("features", d, cols) for d in [*before, *dates]], ignore_index=True)
     df["symbol"] = df["symbol"].astype(str)
@@ -446,14 +495,19 @@ def baseline_vols(lake: Lake, dates: list[str], fit_days: int = 5) -> tuple[pd.D
     test = inp[days.isin(dates)]
     out = test[["symbol", "ts"]].copy()
     out["date"] = days[test.index]
-    for name in ("har_rv", "ewma"):
+    for name in names:
         b = Baseline(name).fit(fit, fit)
         out[f"rv_{name}"] = b.predict(test)["rv_10m_pred"].to_numpy()
     return out, notes
 
 
-def load_days(lake: Lake, model: str, version: str, dates: list[str], with_baselines: bool = True) -> tuple[list[Day], list[str]]:
-    """Days for the backtest: bars (validated/, else raw/), predictions, truth and baselines."""
+def load_days(lake: Lake, model: str, version: str | Mapping[str, str], dates: list[str],
+              with_baselines: bool = True) -> tuple[list[Day], list[str]]:
+    """Days for the backtest: bars (validated/, else raw/), predictions, truth and baselines.
+
+    ``version``: one version for every date, or ``{date: version}``, the version that served each
+    date (a replay's champion of the moment: what a user of the default path actually got).
+    """
     notes: list[str] = []
     base, more = baseline_vols(lake, dates) if with_baselines else (None, [])
     notes += more
@@ -463,17 +517,19 @@ def load_days(lake: Lake, model: str, version: str, dates: list[str], with_basel
         src = "validated" if lake.exists("validated", d) else "raw"
         bars = lake.read(src, d, ["symbol", "ts", "bid", "ask"])
         truth = lake.read("truth", d) if lake.exists("truth", d) else None
-        days.append(make_day(d, bars, read_predictions(lake, model, version, d), truth, by_date.get(d)))
+        v = version[d] if isinstance(version, Mapping) else version
+        days.append(make_day(d, bars, read_predictions(lake, model, v, d), truth, by_date.get(d)))
     return days, notes
 
 
-def run_backtest(lake: Lake, model: str, version: str, dates: str | list[str] | None = None,
+def run_backtest(lake: Lake, model: str, version: str | Mapping[str, str], dates: str | list[str] | None = None,
                  cfg: BacktestConfig | None = None, out_dir: str | Path | None = None) -> BacktestResult:
     """Backtest ``model/version``'s prediction CSVs (the function behind ``hfcast backtest``).
 
     Args:
         lake: where the bars, truth, features and predictions live.
-        model, version: the prediction folder ``predictions/<model>/<version>/``.
+        model, version: the prediction folder ``predictions/<model>/<version>/``; or ``{date:
+            version}`` for the versions that served each date (:func:`load_days`).
         dates: ``"A..B"``, ``"A,B"``, a list, or None for every date with predictions.
         cfg: portfolio rules.
         out_dir: a local folder for backtest.json, table.csv and the plots (None: none written).
@@ -481,13 +537,17 @@ def run_backtest(lake: Lake, model: str, version: str, dates: str | list[str] | 
     from hfcast.predict import parse_dates
 
     cfg = cfg or BacktestConfig()
-    available = prediction_dates(lake, model, version)
+    if isinstance(version, Mapping):
+        available = sorted(d for d, v in version.items() if d in set(prediction_dates(lake, model, v)))
+        label = f"{model} served ({', '.join(f'v{v}' for v in dict.fromkeys(version[d] for d in available))})"
+    else:
+        available, label = prediction_dates(lake, model, version), f"{model}/{version}"
     date_list = available if dates is None else parse_dates(dates, available)
     if not date_list:
-        raise ValueError(f"no prediction dates for {model}/{version} in {dates!r} "
-                         f"({len(available)} available under {lake.url}/predictions/{model}/{version})")
+        raise ValueError(f"no prediction dates for {label} in {dates!r} "
+                         f"({len(available)} available under {lake.url}/predictions/{model})")
     days, notes = load_days(lake, model, version, date_list)
-    result = backtest_days(days, cfg, f"{model}/{version}")
+    result = backtest_days(days, cfg, label)
     result.notes = notes + result.notes
     if out_dir is not None:
         write_outputs(result, out_dir)
@@ -514,20 +574,45 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
 
 
+def _date_ticks(ax: Any, dates: np.ndarray, max_labels: int = 10) -> None:
+    """Label a period-index axis with the session date at each day's first period (at most
+    ``max_labels``, evenly thinned): a datetime axis would draw the nights and weekends as flat gaps."""
+    first = np.flatnonzero(np.r_[True, dates[1:] != dates[:-1]])
+    step = max(1, int(math.ceil(len(first) / max_labels)))
+    ax.set_xticks(first[::step], [str(dates[i]) for i in first[::step]], rotation=30, ha="right", fontsize=8)
+
+
 def plot_equity(result: BacktestResult, path: Path) -> Path:
-    """Cumulative net (solid) and gross (dotted) return of each long-short book, period by period."""
-    with png_figure(path, (9, 4.5)) as (_, ax):
+    """Cumulative net (solid) and gross (dotted) return of each long-short book, by session date,
+    with the 95% band a book of the model's day-to-day volatility but no edge would stay in."""
+    from matplotlib.ticker import PercentFormatter
+
+    with png_figure(path, (9, 4.8)) as (_, ax):
+        dates = None
         for m, p in result.periods.items():
             if p.empty:
                 continue
-            line, = ax.plot(np.cumsum(p["net"].to_numpy()),
-                            label=f"{m} net (Sharpe {result.long_short[m]['net_sharpe']:.2f})")
-            ax.plot(np.cumsum(p["gross"].to_numpy()), ls=":", color=line.get_color(), label=f"{m} gross")
+            s = result.long_short[m]
+            lo, hi = s.get("net_sharpe_ci") or (float("nan"), float("nan"))
+            line, = ax.plot(100 * np.cumsum(p["net"].to_numpy()), lw=1.4,
+                            label=f"{m} net (Sharpe {s['net_sharpe']:.2f}, 95% CI {lo:.1f} to {hi:.1f})")
+            ax.plot(100 * np.cumsum(p["gross"].to_numpy()), ls=":", color=line.get_color(), label=f"{m} gross")
+            if m == "model":
+                dates = p["date"].to_numpy()
+                daily = p.groupby("date", sort=False)["net"].sum()
+                k = pd.Series(np.arange(1, len(daily) + 1), index=daily.index)[dates].to_numpy()
+                band = 196 * float(daily.std(ddof=1)) * np.sqrt(k) if len(daily) > 1 else np.zeros(len(k))
+                ax.fill_between(np.arange(len(k)), -band, band, color="grey", alpha=0.18, lw=0,
+                                label="95% band of a no-edge book with the model's daily volatility")
         ax.axhline(0, color="grey", lw=0.6)
-        ax.set_xlabel(f"holding period ({result.config.rebalance} min)")
-        ax.set_ylabel("cumulative return")
-        ax.set_title(f"long-short on ret_60m - {result.model}, {len(result.dates)} days")
-        ax.legend(fontsize=8)
+        if dates is not None:
+            _date_ticks(ax, dates)
+        ax.yaxis.set_major_formatter(PercentFormatter(decimals=1))
+        ax.set_xlabel(f"session date (holding periods of {result.config.rebalance} min, nights left out)")
+        ax.set_ylabel("cumulative return, % of gross notional")
+        ax.set_title(f"long-short on ret_60m - {result.model}, {result.dates[0]}..{result.dates[-1]} "
+                     f"({len(result.dates)} days)", fontsize=10)
+        ax.legend(fontsize=7)
     return path
 
 
@@ -538,16 +623,55 @@ def plot_tracking(result: BacktestResult, path: Path) -> Path:
             if h.empty:
                 continue
             g = h.groupby("minute")["ratio"]
+            lo, hi = result.vol_target[m].get("tracking_error_ci") or (float("nan"), float("nan"))
             line, = ax.plot(g.median().index, g.median().to_numpy(),
-                            label=f"{m} median (TE {result.vol_target[m]['tracking_error']:.2f})")
+                            label=f"{m} median (TE {result.vol_target[m]['tracking_error']:.2f}, 95% CI "
+                                  f"{lo:.2f} to {hi:.2f})")
             ax.plot(g.quantile(0.9).index, g.quantile(0.9).to_numpy(), ls=":", color=line.get_color())
         ax.axhline(1.0, color="black", lw=0.8)
         ax.axhline(1.5, color="red", lw=0.8, ls="--", label="1.5x target")
-        ax.set_xlabel("minute of session (hold start)")
-        ax.set_ylabel("realized / target volatility")
-        ax.set_title(f"volatility targeting ({result.config.target_vol:.0%} a year) - dotted: 90% quantile")
-        ax.legend(fontsize=8)
+        ax.set_xlabel(f"hold start, minutes after the session's first minute "
+                      f"({result.dates[0]}..{result.dates[-1]} pooled)")
+        ax.set_ylabel("realized / target volatility (ratio, 1 = on target)")
+        ax.set_title(f"volatility targeting ({result.config.target_vol:.0%} a year) - dotted: 90% quantile",
+                     fontsize=10)
+        ax.legend(fontsize=7)
     return path
+
+
+def _pct(v: Any, digits: int = 1) -> str:
+    return f"{100 * v:.{digits}f}%" if isinstance(v, float) and np.isfinite(v) else "-"
+
+
+def _num(v: Any, digits: int = 2) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, float) and np.isfinite(v) else "-"
+
+
+def _ci(pair: Any, fmt: Any = _num) -> str:
+    lo, hi = pair if pair else (float("nan"), float("nan"))
+    return f"{fmt(lo)} .. {fmt(hi)}" if np.isfinite(lo) and np.isfinite(hi) else "-"
+
+
+def terminal_tables(result: BacktestResult) -> list[tuple[str, list[str], list[list[str]]]]:
+    """``(title, header, rows)`` of the tables ``hfcast backtest`` prints, every cell a short string
+    so that the three tables fit 100 columns (annual returns compound; costs in basis points of the
+    gross notional a day)."""
+    days = f"{len(result.dates)} day(s), {result.dates[0]}..{result.dates[-1]}"
+    ls = [[m, _num(s.get("gross_sharpe")), _num(s.get("net_sharpe")), _ci(s.get("net_sharpe_ci")),
+           _pct(s.get("net_return_ann")), _num(s.get("cost_bps_per_day"), 1), _num(s.get("turnover_per_day"), 1),
+           _pct(s.get("max_drawdown")), _pct(s.get("hit_rate"), 0)] for m, s in result.long_short.items()]
+    vt = [[m, _num(s.get("realized_over_target")), _num(s.get("tracking_error")), _ci(s.get("tracking_error_ci")),
+           _pct(s.get("share_beyond_1_5")), _num(s.get("turnover_per_day"), 1)] for m, s in result.vol_target.items()]
+    fmt = {"net_sharpe": ("net Sharpe", _num), "net_return_ann": ("net ann. return", _pct),
+           "tracking_error": ("tracking error", _num)}
+    diff = [[d["book"].replace("_", "-"), d["yardstick"], fmt[d["figure"]][0], fmt[d["figure"]][1](d["difference"]),
+             _ci(d["ci"], fmt[d["figure"]][1])] for d in result.differences]
+    return [(f"long-short {result.model}: {days}, rebalanced every {result.config.rebalance} min",
+             ["method", "gross SR", "net SR", "net SR 95% CI", "ann. ret", "cost bp/d", "turn/d", "max DD", "hit"], ls),
+            (f"vol-target {result.model}: {result.config.target_vol:.0%} a year, {result.config.vol_hold}-min holds",
+             ["method", "real./target", "TE", "TE 95% CI", ">1.5x", "turn/d"], vt),
+            ("model minus yardstick, same days (95% day-block bootstrap CI)",
+             ["book", "yardstick", "figure", "model - yardstick", "95% CI"], diff)]
 
 
 HEADLINE_KEYS = ("net_sharpe", "gross_sharpe", "max_drawdown", "tracking_error", "share_beyond_1_5")

@@ -490,12 +490,16 @@ def report_cmd(
     out: Path = typer.Option(Path("hfcast-report"), "--out", help="Folder for index.html and its PNGs."),
     comparison: Optional[Path] = typer.Option(None, "--comparison", help="A `hfcast compare` folder "
                                               "(default: the newest under <home>/reports)."),
+    backtest: bool = typer.Option(True, "--backtest/--no-backtest", help="Backtest the served forecasts."),
+    attributions: bool = typer.Option(True, "--attributions/--no-attributions",
+                                      help="Permutation importance of the champion on its latest served dates."),
 ) -> None:
-    """One page for a quant: models vs baselines, calibration, drift over time, champion timeline."""
+    """One page for a quant: live performance per date, the gate's comparisons, the backtest with
+    confidence intervals, attributions, models vs baselines, calibration, which data each version saw."""
     from hfcast.report import write
 
     try:
-        index = write(_settings(), out, comparison)
+        index = write(_settings(), out, comparison, backtest=backtest, attributions=attributions)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc))
     console.print(f"report: {index}")
@@ -518,7 +522,7 @@ def _registry_call(fn, *args, **kwargs):
 
 @registry_app.command("list")
 def registry_list() -> None:
-    """Every version with its aliases, architecture, dataset version, gate decision and primary metrics."""
+    """Every version with its aliases, architecture, dataset version, status (champion, rejected by the gate...) and primary metrics."""
     from rich.table import Table
 
     from hfcast import registry
@@ -530,12 +534,12 @@ def registry_list() -> None:
         return
     metrics = sorted({m for r in rows for m in r["metrics"]})
     table = Table(title=f"{settings.model_name} @ {settings.mlflow_uri}")
-    for col in ("version", "aliases", "arch", "dataset", "created", "gate", *metrics):
+    for col in ("version", "aliases", "arch", "dataset", "created", "status", *metrics):
         table.add_column(col, justify="right" if col in metrics or col == "version" else "left", overflow="fold")
     for r in rows:
         style = "bold green" if "champion" in r["aliases"] else None
         table.add_row(str(r["version"]), " ".join(r["aliases"]), r["arch"], r["dataset_version"][:16],
-                      r["created"].replace("T", " ")[:16], r["gate"], *[f"{r['metrics'][m]:.5f}" if m in r["metrics"] else "-"
+                      r["created"].replace("T", " ")[:16], r["status"], *[f"{r['metrics'][m]:.5f}" if m in r["metrics"] else "-"
                                                  for m in metrics], style=style)
     console.print(table)
 
@@ -847,7 +851,7 @@ def backtest(
     """Economic value after costs: volatility targeting and a long-short book on the prediction CSVs."""
     from rich.table import Table
 
-    from hfcast.backtest import BacktestConfig, gate_check, run_backtest
+    from hfcast.backtest import BacktestConfig, gate_check, run_backtest, terminal_tables
 
     settings = _settings()
     try:
@@ -865,15 +869,15 @@ def backtest(
     except (ValueError, LookupError, FileNotFoundError) as exc:
         _fail(str(exc))
         return
-    tab = result.table()
-    wide = console if console.is_terminal else Console(width=120)
-    for book, part in tab.groupby("portfolio", sort=False):
-        part = part.dropna(axis=1, how="all").drop(columns="portfolio")
-        table = Table(title=f"{book} {result.model}: {len(result.dates)} day(s), {result.minutes_per_session} min/session")
-        for col in part.columns:
-            table.add_column(col, justify="left" if col == "method" else "right")
-        for _, row in part.iterrows():
-            table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    from rich import box
+
+    wide = Console(width=min(console.width, 100)) if console.is_terminal else Console(width=100)
+    for title, header, rows in terminal_tables(result):
+        table = Table(*header, title=title, box=box.SIMPLE_HEAD, padding=(0, 1), title_justify="left")
+        for col in table.columns[1:]:
+            col.justify = "right"
+        for row in rows:
+            table.add_row(*row)
         wide.print(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")

@@ -147,8 +147,10 @@ def plot_all(frames: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list[Pa
             q = pd.qcut(rp[ok], 20, labels=False, duplicates="drop")
             g = pd.DataFrame({"p": rp[ok], "r": y[ok], "q": q}).groupby("q").mean()
             axes[1].plot(g["p"], g["r"], "o-", ms=3, label=name)
-    axes[0].set(title="rv_10m: realized vs forecast (20 bins)", xlabel="forecast", ylabel="realized")
-    axes[1].set(title="ret_60m: realized vs forecast (20 bins)", xlabel="forecast", ylabel="realized")
+    axes[0].set(title="rv_10m: realized vs forecast (20 bins)", xlabel="forecast rv_10m (volatility per 10 min)",
+                ylabel="realized rv_10m (volatility per 10 min)")
+    axes[1].set(title="ret_60m: realized vs forecast (20 bins)", xlabel="forecast ret_60m (log return over 60 min)",
+                ylabel="realized ret_60m (log return over 60 min)")
     lim = axes[0].get_xlim()
     axes[0].plot(lim, lim, "k:", lw=1)
     axes[0].legend(fontsize=7); axes[1].legend(fontsize=7)
@@ -160,10 +162,15 @@ def plot_all(frames: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list[Pa
                                (axes[1], "rv_10m_conf", rv_correct(_col(df, "rv_10m_pred"), _col(df, "rv_10m")))):
             tab = M.reliability(_col(df, conf), corr, 20)
             tab = tab[tab["n"] > 0]
-            ax.plot(tab["conf"], tab["freq"], "o-", ms=3, label=name)
+            line, = ax.plot(tab["conf"], tab["freq"], "o-", ms=3, label=name)
+            if len(tab) == 1:  # one dot: say why where it is drawn
+                ax.annotate(f"{name}: one value everywhere\n(no validated skill, so none claimed)",
+                            (tab["conf"].iloc[0], tab["freq"].iloc[0]), xytext=(8, -22), textcoords="offset points",
+                            fontsize=7, color=line.get_color())
     for ax, t in zip(axes, ("return: P(sign right)", "volatility: P(|rv/rv_hat-1| <= 25%)")):
         ax.plot([0, 1], [0, 1], "k:", lw=1)
-        ax.set(title=f"calibration, {t}", xlabel="confidence", ylabel="observed frequency")
+        ax.set(title=f"calibration, {t}", xlabel="stated confidence (probability)",
+               ylabel="observed frequency (share of rows)")
         ax.legend(fontsize=7)
     paths.append(_save(fig, out / "calibration.png"))
 
@@ -172,8 +179,10 @@ def plot_all(frames: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list[Pa
         d = deciles(df)
         axes[0].plot(d["ret"]["decile"], d["ret"]["abs_err"], "o-", ms=3, label=name)
         axes[1].plot(d["rv"]["decile"], d["rv"]["abs_err"], "o-", ms=3, label=name)
-    axes[0].set(title="return |error| by confidence decile", xlabel="decile (0 = least confident)")
-    axes[1].set(title="volatility |rv/rv_hat - 1| by confidence decile", xlabel="decile")
+    axes[0].set(title="return |error| by confidence decile", xlabel="confidence decile (0 = least confident)",
+                ylabel="mean |ret_60m_pred - ret_60m| (log return)")
+    axes[1].set(title="volatility |rv/rv_hat - 1| by confidence decile", xlabel="confidence decile (0 = least confident)",
+                ylabel="mean relative error (ratio)")
     axes[0].legend(fontsize=7); axes[1].legend(fontsize=7)
     paths.append(_save(fig, out / "error_by_decile.png"))
     return paths

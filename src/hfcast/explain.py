@@ -286,6 +286,7 @@ def plot_importance(imp: pd.DataFrame, path: Any) -> Any:
             d = imp.sort_values(f"{t}_rel")
             ax.barh(d["group"], d[f"{t}_rel"], xerr=d[f"{t}_std"] / imp.attrs["base_loss"][t], color="tab:blue")
             ax.set_title(f"{title} (relative)")
+            ax.set_xlabel("loss increase when the group is shuffled\n(fraction of the unshuffled loss)")
             ax.axvline(0, color="grey", lw=0.6)
         fig.suptitle(f"permutation importance by feature group ({imp.attrs.get('windows', '?')} test windows)")
     return path
@@ -306,7 +307,8 @@ def plot_attention(att: pd.DataFrame, path: Any) -> Any:
 
 # --- from the lake ------------------------------------------------------------------------------
 
-def _windows(lake: Any, forecaster: Any, dates: Sequence[str]) -> WindowArrays:
+def labelled_windows(lake: Any, forecaster: Any, dates: Sequence[str]) -> WindowArrays:
+    """The windows of ``dates`` with their labels, on the forecaster's features (for importance on a span)."""
     from hfcast.features.engine import load_features
     from hfcast.features.windows import build_windows
 
@@ -325,7 +327,7 @@ def run_global(lake: Any, forecaster: Any, dates: Sequence[str], out_dir: Any, n
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    wa = _windows(lake, forecaster, dates)
+    wa = labelled_windows(lake, forecaster, dates)
     imp = permutation_importance(forecaster, wa, n_repeats=n_repeats, max_windows=max_windows, seed=seed)
     result: dict[str, Any] = {"dates": list(dates), "windows": imp.attrs["windows"], "base_loss": imp.attrs["base_loss"],
                               "permutation_importance": imp.to_dict(orient="records"),

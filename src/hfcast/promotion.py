@@ -85,6 +85,63 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+COMPARISONS_TAG = "gate.comparisons"  # JSON: the numbers the gate compared (hfcast.gate.decide's comparisons)
+CHAMPION_TAG = "hfcast.champion"      # on the registered model: the version the champion alias points at
+LATEST_TAG = "hfcast.latest_version"  # on the registered model: what its newest version is ("v5: rejected by the gate")
+
+
+def _comparisons_json(comparisons: list[dict[str, Any]], limit: int = 5000) -> str:
+    """The gate's comparisons as JSON within an MLflow tag's size (numbers rounded, rows dropped from the end)."""
+    rows = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()} for row in comparisons]
+    text = json.dumps(rows)
+    while len(text) > limit and rows:
+        rows = rows[:-1]
+        text = json.dumps(rows + [{"truncated": True}])
+    return text
+
+
+def version_description(decision: GateDecision) -> str:
+    """The model version's description (shown in MLflow's version list): what the gate decided and why,
+    with the numbers it compared (MLflow renders it as markdown)."""
+    # plain capitals, not markdown bold: the versions table shows the description's first line raw
+    head = ("FORCED past the gate" if decision.forced else
+            "PROMOTED: passed the gate" if decision.promote else "REJECTED by the gate: never served")
+    lines = [f"{head} ({_now()}).", ""] + [f"- {r}" for r in decision.reasons]
+    if decision.comparisons:
+        lines += ["", "| metric | against | challenger | reference | improvement | margin | passed |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['metric']} | {c['reference']} | {c['challenger']:.4g} | {c['reference_value']:.4g} | "
+                  f"{c['improvement']:+.3g} | {c['margin']:.3g} | {'yes' if c['passed'] else 'NO'} |"
+                  for c in decision.comparisons]
+    return "\n".join(lines)[:5000]
+
+
+def describe_champion(client: Any, name: str) -> None:
+    """Name the champion in the registered model's description and tags.
+
+    Why: MLflow's model list shows the newest version as "latest version"; when the gate rejected
+    it, nothing there said that another version is the one in use.
+    """
+    champ = _alias(client, name, reg.CHAMPION)
+    versions = client.search_model_versions(f"name='{name}'")
+    latest = max((int(m.version) for m in versions), default=None)
+    if champ is None:
+        text = f"hfcast forecaster. No champion yet: no version has passed the gate (latest: v{latest})."
+    else:
+        text = f"hfcast forecaster. **Champion: v{champ.version}** (alias `champion`, the version that serves)."
+        if latest is not None and str(latest) != str(champ.version):
+            tags = client.get_model_version(name, str(latest)).tags
+            what = {"reject": "was rejected by the gate"}.get(tags.get("gate.decision", ""), "is not the champion")
+            text += (f" The latest version, v{latest}, {what}: \"latest version\" is the newest registered, "
+                     "not the one in use.")
+    client.update_registered_model(name, description=text)
+    client.set_registered_model_tag(name, CHAMPION_TAG, str(champ.version) if champ else "none")
+    if latest is not None:  # the list page shows tags, not descriptions: say what the "latest version" is
+        aliases = [a for a, v in (client.get_registered_model(name).aliases or {}).items() if str(v) == str(latest)]
+        status = reg.version_status(client.get_model_version(name, str(latest)).tags, aliases)
+        client.set_registered_model_tag(name, LATEST_TAG, f"v{latest}: {status}")
+
+
 def _history(client: Any, name: str) -> list[str]:
     raw = client.get_registered_model(name).tags.get(HISTORY_TAG, "[]")
     return [str(v) for v in json.loads(raw)]
@@ -106,9 +163,12 @@ def promote(settings: Any, version: int | str, decision: GateDecision) -> bool:
         c.set_model_version_tag(name, v, "gate.decision", "forced" if decision.forced else
                                 ("promote" if decision.promote else "reject"))
         c.set_model_version_tag(name, v, "gate.reasons", json.dumps(decision.reasons)[:5000])
+        c.set_model_version_tag(name, v, COMPARISONS_TAG, _comparisons_json(decision.comparisons))
         c.set_model_version_tag(name, v, "gate.at", _now())
+        c.update_model_version(name, v, description=version_description(decision))
         if not decision.promote:
             log.warning("%s v%s not promoted: %s", name, v, decision.summary())
+            describe_champion(c, name)
             return False
         current = _alias(c, name, reg.CHAMPION)
         if current is not None and str(current.version) == v:
@@ -129,6 +189,7 @@ def promote(settings: Any, version: int | str, decision: GateDecision) -> bool:
         c.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
         c.set_registered_model_tag(name, "hfcast.last_event",
                                    f"{_now()} promoted v{v} (was v{current.version if current else '-'})")
+        describe_champion(c, name)
     log.info("%s v%s is the champion (%s)", name, v, decision.summary())
     return True
 
@@ -163,5 +224,6 @@ def rollback(settings: Any, reason: str = "manual rollback") -> tuple[int, int]:
         c.set_model_version_tag(name, restored, "restore_reason", reason[:5000])
         c.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
         c.set_registered_model_tag(name, "hfcast.last_event", f"{_now()} rolled back v{cur} -> v{restored}: {reason}")
+        describe_champion(c, name)
     log.warning("%s: rolled back v%s -> v%s (%s)", name, cur, restored, reason)
     return int(cur), int(restored)

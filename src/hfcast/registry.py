@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from hfcast import integrity
+from hfcast import integrity, provenance
 from hfcast.config import Settings
 from hfcast.contracts import BUNDLE_FILES
 from hfcast.errors import UserError
@@ -243,17 +243,21 @@ class TrainingRecord:
 
 
 def _record_metrics(rec: TrainingRecord, now: int) -> list:
-    """Per-epoch, per-fold, aggregate and baseline metrics (non-numeric values go to scores.json only)."""
+    """The run's metrics: the pooled test scores the gate compares, nothing per fold or per baseline.
+
+    Why so few: a run that repeats every fold's and every baseline's scores as its own metrics
+    (189 keys on a demo run) buries the numbers that decide. Per-fold scores and epoch curves
+    live on the nested fold runs (:class:`LiveTraining`), the baselines' and the folds' scores in
+    ``eval/scores.json``. A run opened without fold runs (``rec.run_id`` None) keeps its epoch
+    curves (``epoch/<key>``, step = epoch; ``fold<i>/epoch/<key>`` when several folds), which
+    would otherwise be lost. Non-numeric values go to scores.json only.
+    """
     metrics = []
-    for i, row in enumerate(rec.epoch_metrics or []):
-        prefix = f"fold{int(row['fold'])}/epoch/" if "fold" in row else "epoch/"
-        metrics += _metrics(row, prefix, int(row.get("epoch", i)), now, skip=("epoch", "fold"))
-    for i, row in enumerate(rec.fold_metrics):
-        metrics += _metrics(row, "fold/", int(row.get("fold", i)), now, skip=("fold",))
-    metrics += _metrics(rec.aggregate_metrics, "", 0, now)
-    for b, scores in (rec.baseline_metrics or {}).items():
-        metrics += _metrics(scores, f"baseline/{b}/", 0, now)
-    return metrics
+    if rec.run_id is None:
+        for i, row in enumerate(rec.epoch_metrics or []):
+            prefix = f"fold{int(row['fold'])}/epoch/" if "fold" in row else "epoch/"
+            metrics += _metrics(row, prefix, int(row.get("epoch", i)), now, skip=("epoch", "fold"))
+    return metrics + _metrics(rec.aggregate_metrics, "", 0, now)
 
 
 def _record_params_tags(settings: Settings, rec: TrainingRecord, spans: list[list[str]]) -> tuple[list, dict]:
@@ -264,7 +268,7 @@ def _record_params_tags(settings: Settings, rec: TrainingRecord, spans: list[lis
             "dataset_version": rec.dataset_version or "unknown", "n_test_spans": len(spans)}
     spans_json = json.dumps(spans)
     run_tags = {"arch": rec.arch, "dataset_version": rec.dataset_version or "unknown", SPANS_SHA_TAG: spans_sha(spans),
-                "hfcast.model_name": settings.model_name, **(rec.tags or {})}
+                "hfcast.model_name": settings.model_name, **provenance.run_tags(), **(rec.tags or {})}
     if len(spans_json) <= 8000:
         run_tags[SPANS_TAG] = spans_json
     return [Param(k, str(v)[:6000]) for k, v in flat.items()], run_tags
@@ -369,9 +373,11 @@ class LiveTraining:
     filled by :func:`log_training_run` (``TrainingRecord.run_id``).
     """
 
-    def __init__(self, t: Tracking, tags: Mapping[str, str] | None = None, title: str = "", root: str | None = None):
-        self.t, self.tags, self.title = t, dict(tags or {}), title
+    def __init__(self, t: Tracking, tags: Mapping[str, str] | None = None, title: str = "", root: str | None = None,
+                 dataset_uri: str = ""):
+        self.t, self.tags, self.title = t, {**provenance.run_tags(), **(tags or {})}, title
         self.root = root  # one parent run for every architecture's folds (the forecaster's), else one per arch
+        self.dataset_uri = dataset_uri  # the features table the folds read (their dataset inputs' source)
         self.parents: dict[str, str] = {}
         self.children: dict[tuple[str, int], str] = {}
 
@@ -390,11 +396,13 @@ class LiveTraining:
         if key not in self.children:
             self._close(arch)
             name = f"{arch} fold {fold.index} test {fold.test[0]}..{fold.test[-1]}"
-            tags = {"mlflow.parentRunId": self.parent(self.root or arch), "arch": arch, "fold": str(fold.index)}
+            tags = {**self.tags, "mlflow.parentRunId": self.parent(self.root or arch), "arch": arch,
+                    "fold": str(fold.index)}
             run = self.t.client.create_run(self.t.experiment_id, run_name=name, tags=tags)
             self.children[key] = rid = run.info.run_id
             spans = {"train": fold.train, "val": fold.val, "test": fold.test}
             self.t.client.log_batch(rid, params=_span_params(spans))
+            self.t.client.log_inputs(rid, fold_dataset_inputs(self.dataset_uri, spans))
         return self.children[key]
 
     def on_epoch(self, arch: str, fold: Any, rec: Mapping[str, Any]) -> None:
@@ -428,6 +436,16 @@ class LiveTraining:
                 self.t.client.set_terminated(rid, status)
 
 
+def fold_dataset_inputs(uri: str, spans: Mapping[str, Sequence[str]]) -> list:
+    """One MLflow dataset input per non-empty span of a fold (context ``training`` / ``validation``
+    / ``test``), so a fold run's Datasets panel shows which dates it trained, stopped and was
+    scored on. The digest is that of the span (the DVC hash of the whole features table goes on
+    the parent run)."""
+    contexts = {"train": "training", "val": "validation", "test": "test"}
+    return [dataset_input({"uri": uri, "first": str(days[0]), "last": str(days[-1]), "dates": len(days)}, None,
+                          contexts.get(k, k)) for k, days in spans.items() if len(days)]
+
+
 def _span_params(spans: Mapping[str, Sequence[str]]) -> list:
     from mlflow.entities import Param
 
@@ -443,7 +461,7 @@ def training_runs(settings: Settings, tags: Mapping[str, str] | None = None, tit
                   root: str | None = None) -> Iterator[LiveTraining]:
     """Open MLflow runs as training starts (see :class:`LiveTraining`); failed runs end FAILED."""
     with tracking(settings) as t:
-        live = LiveTraining(t, tags, title, root)
+        live = LiveTraining(t, tags, title, root, dataset_uri=f"{str(settings.lake_url).rstrip('/')}/features")
         try:
             yield live
         except BaseException:
@@ -683,8 +701,25 @@ def _version_row(client: Any, mv: Any, metric_names: Sequence[str], aliases: Seq
         "arch": mv.tags.get("arch", ""), "dataset_version": mv.tags.get("dataset_version", ""),
         "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
         "run_id": mv.run_id, "gate": mv.tags.get("gate.decision", ""), "tags": dict(mv.tags),
+        "status": version_status(mv.tags, aliases),
         "metrics": {m: run_metrics[m] for m in metric_names if m in run_metrics},
     }
+
+
+def version_status(tags: Mapping[str, str], aliases: Sequence[str]) -> str:
+    """One phrase per version for listings: its alias, else what the gate and rollbacks did to it.
+
+    Why: MLflow lists the newest version as "latest version", which is often a challenger the
+    gate rejected; the listing must say so rather than let it pass for the model in use.
+    """
+    decision = tags.get("gate.decision", "")
+    for done, phrase in ((CHAMPION in aliases, "champion"), (bool(tags.get("rolled_back_at")), "rolled back"),
+                         (PREVIOUS in aliases, "previous champion"), (decision == "reject", "rejected by the gate"),
+                         (decision in ("promote", "forced"), "former champion"),
+                         (CHALLENGER in aliases, "challenger, not gated yet")):
+        if done:
+            return phrase
+    return "not gated"
 
 
 def list_versions(settings: Settings) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -185,3 +186,84 @@ def test_gate_check_refuses_a_challenger_that_loses_economic_value(sim_days):
     assert gate_check(bad, good, margin=1e9)["passed"]
     with pytest.raises(ValueError, match="gate metric"):
         gate_check(good, bad, metric="profit")
+
+
+def _periods_with_known_sharpe(seed: int, sharpe_ann: float, days: int, per_day: int = 13,
+                               day_share: float = 0.3) -> pd.DataFrame:
+    """Period returns whose annualised Sharpe is ``sharpe_ann`` by construction; a shock common
+    to all periods of a day carries ``day_share`` of the variance (periods of a day are dependent,
+    as in a real intraday book), so only a bootstrap over whole days covers honestly."""
+    rng = np.random.default_rng(seed)
+    sd = 1e-3
+    mu = sharpe_ann / math.sqrt(252 * per_day) * sd
+    r = (mu + rng.normal(0, sd * math.sqrt(day_share), (days, 1))
+         + rng.normal(0, sd * math.sqrt(1 - day_share), (days, per_day))).ravel()
+    dates = pd.bdate_range("2024-01-02", periods=days).strftime("%Y-%m-%d")
+    return pd.DataFrame({"date": np.repeat(dates, per_day), "gross": r, "net": r, "cost": 0.0, "traded": 1.0,
+                         "n_long": 1, "n_short": 1})
+
+
+def test_day_block_bootstrap_interval_covers_the_true_sharpe_in_about_95_percent_of_seeds():
+    from hfcast.backtest_ci import _ls_sums, _sharpe_from, day_block_ci
+
+    true_sharpe, days, hits = 2.0, 120, []
+    for seed in range(200):
+        p = _periods_with_known_sharpe(seed, true_sharpe, days)
+        sums = _ls_sums(p, sorted(p["date"].unique()))["net"]
+        if seed == 0:  # the resampled statistic is empyrical's Sharpe when every day is drawn once
+            assert _sharpe_from(sums.sum(axis=0), 252 * 13) == pytest.approx(
+                summarize_long_short(p, BacktestConfig())["net_sharpe"], rel=1e-9)
+        lo, hi = day_block_ci(lambda idx: _sharpe_from(sums[idx].sum(axis=-2), 252 * 13), days, seed=seed,
+                              n_resamples=999)
+        hits.append(lo <= true_sharpe <= hi)
+    coverage = float(np.mean(hits))
+    print(f"coverage of the 95% day-block interval over 200 seeds: {coverage:.3f}")
+    assert 0.90 <= coverage <= 0.99
+
+
+def test_short_backtest_warns_of_its_small_sample_and_reports_intervals(sim_days):
+    res = backtest_days(sim_days, BacktestConfig(rebalance=30))
+    assert any(n.startswith("small sample: only 4 independent day(s)") for n in res.notes)
+    lo, hi = res.long_short["model"]["net_sharpe_ci"]
+    assert lo < res.long_short["model"]["net_sharpe"] < hi
+    assert {(d["book"], d["yardstick"]) for d in res.differences} == {
+        ("long_short", "zero_skill"), ("long_short", "oracle"), ("vol_target", "oracle")}
+    oracle = next(d for d in res.differences if d["yardstick"] == "oracle" and d["figure"] == "net_sharpe")
+    assert oracle["difference"] == pytest.approx(res.long_short["model"]["net_sharpe"]
+                                                 - res.long_short["oracle"]["net_sharpe"])
+    long_enough = _periods_with_known_sharpe(1, 2.0, 60)
+    from hfcast.backtest_ci import small_sample_notes
+
+    assert small_sample_notes(long_enough["date"].nunique()) == []
+
+
+def test_cli_tables_fit_100_columns_with_annual_return_cost_and_intervals(tmp_path, monkeypatch):
+    """`hfcast backtest` on a small lake (bars, truth, prediction CSVs; no features: no HAR/EWMA)."""
+    from typer.testing import CliRunner
+
+    from hfcast.cli import app
+    from hfcast.data.simulator import SimConfig, iter_days
+    from hfcast.storage import Lake
+
+    lake = Lake((tmp_path / "lake").as_uri())
+    rng = np.random.default_rng(2)
+    for date, bars, truth in iter_days(SimConfig(n_symbols=12, n_days=3, seed=4)):
+        lake.write("raw", date, bars)
+        lake.write("truth", date, truth)
+        preds = truth[["symbol", "ts"]].assign(ret_60m_pred=truth["true_ret_60m"] + rng.normal(0, 1e-3, len(truth)),
+                                               ret_60m_conf=0.55, rv_10m_pred=np.sqrt(truth["true_var_10m"]))
+        path = tmp_path / "lake" / "predictions" / "hfcast" / "1" / f"date={date}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        preds.to_csv(path, index=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HFCAST_HOME", str(tmp_path / "home"))
+    r = CliRunner().invoke(app, ["backtest", "--model", "hfcast/1", "--lake", lake.url, "--out", str(tmp_path / "bt")])
+    assert r.exit_code == 0, r.output
+    print(r.output)
+    lines = r.output.splitlines()
+    assert max(map(len, lines)) <= 100
+    assert "…" not in r.output  # no cell cut short
+    for words in ("ann. ret", "cost bp/d", "net SR 95% CI", "model minus yardstick", "small sample: only 3"):
+        assert words in " ".join(lines), words
+    model_row = next(line for line in lines if line.strip().startswith("model ") and "%" in line)
+    assert re.search(r"-?\d+\.\d% ", model_row)  # the annual return, in percent

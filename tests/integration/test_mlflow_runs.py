@@ -75,6 +75,29 @@ def test_parent_and_nested_fold_runs_have_names_and_epoch_histories(trained):
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
 
 
+def test_parent_holds_summary_metrics_only_and_every_run_names_its_code_and_fold_data(trained):
+    from hfcast import provenance
+
+    settings, run, _ = trained
+    c = _client(settings)
+    parent = c.get_run(run.run_id)
+    keys = set(parent.data.metrics)
+    assert {"vol_qlike", "ret_ic"} <= keys and len(keys) < 60, sorted(keys)
+    assert not [k for k in keys if k.startswith(("fold", "baseline/", "epoch/"))]  # those live on fold runs / scores.json
+    kids = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run.run_id}'")
+    for r in [parent, *kids]:
+        assert r.data.tags["mlflow.source.git.commit"] == provenance.git_commit()
+        assert r.data.tags["mlflow.source.name"] and "executor_main" not in r.data.tags["mlflow.source.name"]
+    for kid in kids:
+        fold = run.result.folds[int(kid.data.tags["fold"])]
+        got = {({t.key: t.value for t in d.tags}["mlflow.data.context"], d.dataset.name)
+               for d in kid.inputs.dataset_inputs}
+        assert got == {("training", f"features {fold.train[0]}..{fold.train[-1]}"),
+                       ("validation", f"features {fold.val[0]}..{fold.val[-1]}"),
+                       ("test", f"features {fold.test[0]}..{fold.test[-1]}")}
+        assert all(d.dataset.source.endswith('/features"}') for d in kid.inputs.dataset_inputs)
+
+
 def test_training_data_is_a_dataset_input(trained):
     settings, run, _ = trained
     inputs = _client(settings).get_run(run.run_id).inputs.dataset_inputs
@@ -129,6 +152,9 @@ def test_monitoring_run_carries_its_reports(trained, tmp_path):
     names = {Path(f.path).name for f in c.list_artifacts(rid, "evidently")}
     assert names == {"features_drift.html", "features_drift.json", "summary.json"}
     assert c.get_run(rid).info.run_name == f"monitor 2024-01-20 v{version}: none"
+    from hfcast import provenance
+
+    assert c.get_run(rid).data.tags["mlflow.source.git.commit"] == provenance.git_commit()
 
 
 def test_report_reads_the_registry_scores_and_train_dates(trained, tmp_path):
@@ -138,7 +164,8 @@ def test_report_reads_the_registry_scores_and_train_dates(trained, tmp_path):
     index = report.write(settings, tmp_path / "report")
     text = index.read_text()
     scores = registry.run_scores(settings, run.run_id)
-    assert f"<th>v{version} lstm</th>" in text
+    label = registry.resolve(settings, f"hfcast/{version}").tags["arch"]  # what the forecaster serves
+    assert label == run.forecaster.arch and f"<th>v{version} {label}</th>" in text
     assert f"<td>{report.fmt(scores['model']['vol_qlike'])}</td>" in text
     for name, s in scores["baselines"].items():
         assert f"<th>{name}</th>" in text and f"<td>{report.fmt(s['vol_qlike'])}</td>" in text

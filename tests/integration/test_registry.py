@@ -8,6 +8,7 @@ round trip through the registry are identical to the bundle that was logged.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from hfcast import promotion, registry
+from hfcast import promotion, provenance, registry
 from hfcast.calibration import Calibrator
 from hfcast.features.windows import Scaler
 from hfcast.models import build_model
@@ -104,7 +105,9 @@ def gate_flow(settings, tmp: Path) -> None:
     assert champion(settings) == v1
     rows = {r["version"]: r for r in registry.list_versions(settings)}
     assert rows[v2]["gate"] == "reject" and "challenger" in rows[v2]["aliases"]
+    assert rows[v2]["status"] == "rejected by the gate" and rows[v1]["status"] == "champion"
     assert "vol_qlike" in rows[v2]["tags"]["gate.reasons"]
+    check_gate_record(settings, v1, v2, d2)
 
     run3 = log_run(settings, tmp, 3, qlike=0.25, ic=0.08)  # better on both
     v3 = registry.register(settings, run3)
@@ -140,9 +143,31 @@ def gate_flow(settings, tmp: Path) -> None:
     info = registry.describe(settings, "hfcast/1")
     assert {"model", "plots", "eval", "features.json", "export"} <= set(info["artifacts"])
     assert info["params"]["model.hidden"] == "8" and info["params"]["dataset_version"] == f"md5:{1:032x}"
-    assert info["all_metrics"]["baseline/har_rv/vol_qlike"] == 0.40
+    assert not any(k.startswith(("baseline/", "fold/")) for k in info["all_metrics"])  # summary metrics only
+    assert registry.run_scores(settings, info["run_id"])["baselines"]["har_rv"]["vol_qlike"] == 0.40
     with pytest.raises(registry.RegistryError, match="bundle"):
         registry.log_artifacts_to_version(settings, v1, onnx_dir, "model")
+
+
+def check_gate_record(settings, champion_version: int, rejected: int, decision) -> None:
+    """The rejected version's description and tags hold the gate's decision, reasons and numbers;
+    the registered model's description names the champion and says the latest version was rejected."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+    mv = c.get_model_version("hfcast", str(rejected))
+    assert mv.description.startswith("REJECTED by the gate") and "vol_qlike" in mv.description
+    compared = json.loads(mv.tags["gate.comparisons"])
+    assert {(r["metric"], r["reference"]) for r in compared} >= {("vol_qlike", "champion"), ("vol_qlike", "baseline har_rv")}
+    champ_row = next(r for r in compared if r["metric"] == "vol_qlike" and r["reference"] == "champion")
+    assert (champ_row["challenger"], champ_row["reference_value"], champ_row["passed"]) == (0.33, 0.30, False)
+    assert f"| vol_qlike | champion | 0.33 | 0.3 |" in mv.description
+    model = c.get_registered_model("hfcast")
+    assert f"Champion: v{champion_version}" in model.description
+    assert f"latest version, v{rejected}, was rejected by the gate" in model.description
+    assert model.tags["hfcast.champion"] == str(champion_version)
+    assert model.tags["hfcast.latest_version"] == f"v{rejected}: rejected by the gate"  # in MLflow's model list
+    assert c.get_model_version("hfcast", str(champion_version)).description.startswith("PROMOTED")
 
 
 def check_history(settings, run_id: str) -> None:
@@ -152,7 +177,11 @@ def check_history(settings, run_id: str) -> None:
     c = MlflowClient(tracking_uri=settings.mlflow_uri)
     assert [(m.step, m.value) for m in c.get_metric_history(run_id, "epoch/train_loss")] == [
         (0, 1.0), (1, 0.5), (2, 1 / 3)]
-    assert sorted(m.step for m in c.get_metric_history(run_id, "fold/vol_qlike")) == [0, 1]
+    assert c.get_metric_history(run_id, "fold/vol_qlike") == []  # per fold: scores.json (and fold runs)
+    assert [f["vol_qlike"] for f in registry.run_scores(settings, run_id)["folds"]] == pytest.approx([0.30, 0.31])
+    tags = c.get_run(run_id).data.tags  # which code made the run, though the client opened it
+    assert tags["mlflow.source.git.commit"] == provenance.git_commit() and len(tags["mlflow.source.git.commit"]) == 40
+    assert tags["mlflow.source.name"] and tags["hfcast.version"]
     assert {f.path for f in c.list_artifacts(run_id, "model")} >= {
         "model/model.json", "model/scaler.json", "model/calibration.json", "model/checksums.json", "model/members"}
     scores = registry.run_scores(settings, run_id)
@@ -239,6 +268,8 @@ def test_cli_promote_reject_force_rollback(settings, tmp_path, monkeypatch):
     r = hf("promote", str(v2))
     assert r.exit_code == 1 and "did not pass the gate" in r.output and "vol_qlike" in r.output
     assert champion(settings) == v1
+    r = hf("list")  # the newest version is not the one in use: the listing says why
+    assert r.exit_code == 0 and re.search(rf"^\S*\s*{v2}\s.*rejected by the gate", r.output, re.M), r.output
     assert hf("promote", str(v2), "--force").exit_code == 1  # a forced promotion needs a reason
     r = hf("promote", str(v2), "--force", "--reason", "desk asked for the new IC")
     assert r.exit_code == 0 and champion(settings) == v2

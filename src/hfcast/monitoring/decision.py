@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 RETRAIN, NONE, SUPPRESSED = "retrain", "none", "suppressed"
 EXPERIMENT = "hfcast-monitoring"
+#: live scores beyond QLIKE and IC that the monitoring run also logs (see monitoring.reference.live_scores)
+LIVE_EXTRA_METRICS = ("vol_qlike_har_tod", "vol_qlike_ratio_har_tod", "ret_coverage", "rv_coverage",
+                      "rv_decile_ratio", "ret_decile_ratio")
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ class Checks:
     drifted_features: list[str] = field(default_factory=list)
     pred_drift_share: float | None = None
     drifted_predictions: list[str] = field(default_factory=list)
-    live: dict[str, float] | None = None       # vol_qlike, ret_ic, n_labels of the date
+    live: dict[str, float] | None = None       # vol_qlike, ret_ic, n_labels... of the date (reference.live_scores)
     reference: dict[str, float] | None = None  # the reference spans' test scores
     perf_degraded: bool | None = None
     perf_reasons: list[str] = field(default_factory=list)
@@ -384,6 +387,7 @@ def log_to_mlflow(settings: Any, record: Mapping[str, Any], reports: tuple[str, 
 
     from mlflow.entities import Metric, RunTag
 
+    from hfcast import provenance
     from hfcast.registry import tracking
 
     checks = record.get("checks") or {}
@@ -391,14 +395,16 @@ def log_to_mlflow(settings: Any, record: Mapping[str, Any], reports: tuple[str, 
     values = {"drift_share": checks.get("drift_share"), "pred_drift_share": checks.get("pred_drift_share"),
               "n_drifted_features": len(checks.get("drifted_features") or []),
               "live_vol_qlike": live.get("vol_qlike"), "live_ret_ic": live.get("ret_ic"),
-              "drift_streak": record.get("drift_streak"), "retrain": float(record.get("action") == RETRAIN)}
+              "drift_streak": record.get("drift_streak"), "retrain": float(record.get("action") == RETRAIN),
+              **{f"live_{k}": live.get(k) for k in LIVE_EXTRA_METRICS}}
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if finite(v)]
     trig = record.get("trigger") or {}
     tags = {"date": record["date"], "model_version": str(record.get("version")), "action": record["action"],
             "explanation": record.get("explanation", "")[:4900], "drifted_dates": ",".join(record.get("drifted_dates", [])),
             "trigger.kind": str(trig.get("kind", "")), "trigger.status": str(trig.get("status", "")),
-            "trigger.run_id": str(trig.get("run_id", "")), "hfcast.model_name": settings.model_name}
+            "trigger.run_id": str(trig.get("run_id", "")), "hfcast.model_name": settings.model_name,
+            **provenance.run_tags()}
     with tracking(settings) as t:
         exp = t.client.get_experiment_by_name(EXPERIMENT)
         if exp is None:

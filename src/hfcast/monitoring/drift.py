@@ -8,8 +8,10 @@ For a date D and a model version the monitor
    :func:`hfcast.monitoring.reference.build_reference`;
 2. runs **Evidently** ``DataDriftPreset`` (per-column tests) on the features of D and on the
    predictions of D (the batch CSV), each on a seeded sample (cost is dominated by Evidently's
-   per-column rendering, not by the rows: PLATFORM_NOTES), and scores **live performance**
-   (vol QLIKE, return IC) once D's labels have matured in the features partition;
+   per-column rendering, not by the rows: PLATFORM_NOTES), and scores **live performance** once
+   D's labels have matured in the features partition: vol QLIKE and its ratio to the floor
+   ``har_tod`` (fitted on the dates before D), return IC, 80% interval coverage and the
+   confidence decile ratios (:func:`hfcast.monitoring.reference.live_scores`);
 3. writes ``features_drift.html/.json``, ``predictions_drift.html/.json`` and ``summary.json`` under
    ``<lake>/monitoring/<model>/<version>/date=D/``;
 4. decides (:func:`hfcast.monitoring.decision.decide`), starts a retraining through the starter it is
@@ -36,7 +38,7 @@ import pandas as pd
 from hfcast import storage
 from hfcast.monitoring import decision as D
 from hfcast.monitoring.decision import Checks, MonitorConfig, performance_alarm
-from hfcast.monitoring.reference import live_scores, load_reference, reference_from_registry, reference_urls
+from hfcast.monitoring.reference import floor_scores, live_scores, load_reference, reference_from_registry, reference_urls
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -60,8 +62,14 @@ def _titled_html(path: str, title: str, about: Mapping[str, Any]) -> None:
     meta = " &middot; ".join(f"{H.escape(str(k))}: {H.escape(str(v))}" for k, v in about.items())
     head = (f'<div style="font-family:sans-serif;padding:8px 16px"><h2 style="margin:4px 0">{H.escape(title)}</h2>'
             f'<div style="color:#555;font-size:13px">{meta}</div></div>')
-    text = re.sub(r"<title>.*?</title>", f"<title>{H.escape(title)}</title>", text, count=1, flags=re.S)
-    text = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + head, text, count=1)
+    # only in the document's own <head>: Evidently's inlined library holds an SVG <title> too, and
+    # rewriting that one made every page's 7 MB library unique (the report shares one copy)
+    cut = text.find("</head>")
+    cut = cut if cut >= 0 else 0
+    top = text[:cut]
+    top = (re.sub(r"<title>.*?</title>", lambda m: f"<title>{H.escape(title)}</title>", top, count=1, flags=re.S)
+           if "<title>" in top else top.replace("<head>", f"<head><title>{H.escape(title)}</title>", 1))
+    text = top + re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + head, text[cut:], count=1)
     open(path, "w", encoding="utf-8").write(text)
 
 
@@ -177,7 +185,7 @@ def check_date(settings: Any, date: str, model: str, version: str, cfg: MonitorC
                                  about={**about, "kind": "prediction drift"})
         checks.pred_drift_share, checks.drifted_predictions = pdrift["share"], pdrift["drifted"]
         joined = pred.merge(cur[["symbol", "ts", "ret_60m", "rv_10m"]], on=["symbol", "ts"], how="inner")
-        checks.live = live_scores(joined)
+        checks.live = {**live_scores(joined), **floor_scores(lake, date, joined)}
         checks.perf_degraded, checks.perf_reasons = performance_alarm(checks.live, checks.reference, cfg)
     else:
         log.warning("%s: no prediction CSV at %s: prediction drift and live performance skipped", date, pred_url)

@@ -113,15 +113,69 @@ def load_reference(lake: Lake, model: str, version: str | int) -> tuple[pd.DataF
 
 
 def live_scores(frame: pd.DataFrame) -> dict[str, float]:
-    """Vol QLIKE and return IC of a frame holding predictions and matured labels."""
+    """Live scores of a frame holding predictions and matured labels: vol QLIKE and return IC, the
+    80% interval coverage of both targets, and how well each confidence ranks errors.
+
+    ``*_decile_ratio``: the error of the most confident decile over the least confident one
+    (:func:`hfcast.calibration.decile_ratio_bound`; below 1 = the confidence ranks errors; exactly
+    1 when the confidence is one constant value). Its bootstrap bound over hour clusters is left
+    out: one session holds fewer than the 10 hours it needs. For volatility the error is
+    ``|rv / rv_hat - 1|``, for the return a missed sign. ``*_conf_levels``: distinct confidence
+    values (rounded to 3 decimals), so a reader knows when a confidence is a constant.
+    """
     from hfcast import metrics as M
+    from hfcast.calibration import decile_ratio_bound
+    from hfcast.evaluate import ret_correct
 
     vp, rv = frame["rv_10m_pred"].to_numpy(float), frame["rv_10m"].to_numpy(float)
     rp, y = frame["ret_60m_pred"].to_numpy(float), frame["ret_60m"].to_numpy(float)
     ok = np.isfinite(vp) & np.isfinite(rv) & np.isfinite(rp) & np.isfinite(y)
     n = int(ok.sum())
     # n_eff: non-overlapping 60-minute outcomes, for the standard error of a day's IC
-    return {"vol_qlike": M.qlike(vp**2, rv**2), "ret_ic": M.ic(rp, y), "n_labels": n, "n_eff": n / 60.0}
+    out = {"vol_qlike": M.qlike(vp**2, rv**2), "ret_ic": M.ic(rp, y), "n_labels": n, "n_eff": n / 60.0}
+    for name, target, label in (("ret", "ret_60m", y), ("rv", "rv_10m", rv)):
+        if {f"{target}_lo", f"{target}_hi"} <= set(frame.columns):
+            out[f"{name}_coverage"] = M.coverage(frame[f"{target}_lo"].to_numpy(float),
+                                                 frame[f"{target}_hi"].to_numpy(float), label)
+    hours = pd.to_datetime(frame["ts"], utc=True).dt.floor("h").to_numpy() if "ts" in frame else None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        errors = {"rv": np.abs(rv / np.maximum(vp, 1e-300) - 1.0), "ret": 1.0 - ret_correct(rp, y)}
+    for name, col in (("rv", "rv_10m_conf"), ("ret", "ret_60m_conf")):
+        err = errors[name]
+        if col not in frame or hours is None:
+            continue
+        conf = frame[col].to_numpy(float)
+        out[f"{name}_decile_ratio"] = decile_ratio_bound(conf, err, hours, n_boot=0)[0]
+        out[f"{name}_conf_levels"] = float(np.unique(np.round(conf[np.isfinite(conf)], 3)).size)
+    return out
+
+
+def floor_scores(lake: Lake, date: str, frame: pd.DataFrame, fit_days: int = 5) -> dict[str, float]:
+    """QLIKE of the floor baseline ``har_tod`` on the rows of ``frame`` (the date's scored rows) and
+    the served forecast's QLIKE over it: what "better than the floor" means for one live date.
+
+    ``har_tod`` is fitted on up to ``fit_days`` feature dates BEFORE ``date`` (honest time; none:
+    {} and a log line). Returns ``vol_qlike_har_tod`` and ``vol_qlike_ratio_har_tod`` (below 1 =
+    the served forecast beat the floor that day), on the rows where both forecasts are finite.
+    """
+    from hfcast import metrics as M
+    from hfcast.backtest import baseline_vols
+
+    base, notes = baseline_vols(lake, [date], fit_days=fit_days, names=("har_tod",), require_history=True)
+    if base is None:
+        log.info("%s: no har_tod floor for the live scores (%s)", date, "; ".join(notes))
+        return {}
+    rows = frame[["symbol", "ts", "rv_10m_pred", "rv_10m"]].copy()
+    rows["symbol"] = rows["symbol"].astype(str)
+    rows["ts"] = pd.to_datetime(rows["ts"], utc=True)
+    base = base.assign(ts=pd.to_datetime(base["ts"], utc=True))
+    j = rows.merge(base[["symbol", "ts", "rv_har_tod"]], on=["symbol", "ts"], how="inner")
+    vp, fl, rv = (j[c].to_numpy(float) for c in ("rv_10m_pred", "rv_har_tod", "rv_10m"))
+    ok = np.isfinite(vp) & np.isfinite(fl) & np.isfinite(rv) & (vp > 0) & (fl > 0)
+    if ok.sum() == 0:
+        return {}
+    q_floor, q_model = M.qlike(fl[ok] ** 2, rv[ok] ** 2), M.qlike(vp[ok] ** 2, rv[ok] ** 2)
+    return {"vol_qlike_har_tod": q_floor, "vol_qlike_ratio_har_tod": q_model / q_floor if q_floor > 0 else float("nan")}
 
 
 def reference_from_registry(settings: Any, ref: str, cfg: MonitorConfig | None = None) -> dict[str, Any]:
