@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from hfcast import promotion, registry
+from hfcast import journal, promotion, registry
 from hfcast.contracts import finite
 from hfcast.gate import GateConfig, GateDecision, MetricRule, config_from_settings
 
@@ -174,7 +174,9 @@ def train_and_log(settings: Any, arch: str, *, dataset_version: str = "", reason
     from hfcast.walkforward import model_configs, run_walkforward
 
     title = f"until {last_date}" if last_date else ""
-    with registry.training_runs(settings, {"hfcast.trigger_reason": reason[:5000]} if reason else None, title) as live:
+    # the retrain key is on the runs from their first second: a killed training's runs are found and closed
+    opened = {**(tags or {}), **({"hfcast.trigger_reason": reason[:5000]} if reason else {})}
+    with registry.training_runs(settings, opened or None, title) as live:
         live.parent(arch)  # the run exists (RUNNING) from the first second of training
         result = run_walkforward(Lake.from_settings(settings), [arch],
                                  walkforward_config(settings, last_date, max_folds),
@@ -255,7 +257,8 @@ def register_and_gate(settings: Any, run_id: str, *, force_reason: str = "", mar
         decision_date: the date the retraining was decided (a replay): a version whose train,
             validation or test data extends past it is refused, forced or not.
     """
-    version = registry.register(settings, run_id)
+    with journal.step("register", run_id=run_id) as rec:
+        rec["version"] = version = registry.register(settings, run_id)
     return gate_version(settings, version, force_reason=force_reason, margin=margin, trained=trained,
                         decision_date=decision_date)
 
@@ -265,13 +268,13 @@ def gate_version(settings: Any, version: int, *, force_reason: str = "", margin:
                  recorded: GateDecision | None = None) -> GateOutcome:
     """The gate of :func:`register_and_gate` on a registered version (``recorded``: a decision
     already taken and tagged, applied again: promotion is idempotent)."""
-    refusal = check_decision_date(registry.resolve(settings, f"{settings.model_name}/{version}").tags, decision_date)
-    if refusal:
-        decision = GateDecision(False, [f"refused: {refusal}"])
-        promotion.promote(settings, version, decision)  # records the reasons; champion unchanged
-        return GateOutcome(int(version), decision, False)
-    decision = recorded or _decide(settings, version, force_reason, margin)
-    promoted = promotion.promote(settings, version, decision)
+    with journal.step("gate", version=int(version)) as rec:
+        refusal = check_decision_date(registry.resolve(settings, f"{settings.model_name}/{version}").tags, decision_date)
+        decision = GateDecision(False, [f"refused: {refusal}"]) if refusal else \
+            (recorded or _decide(settings, version, force_reason, margin))
+        rec.update(promote=decision.promote, summary=decision.summary()[:2000])
+    with journal.step("promote", version=int(version)) as rec:
+        rec["promoted"] = promoted = promotion.promote(settings, version, decision)  # refused: reasons recorded only
     if promoted:
         _build_reference(settings, version, trained)
     return GateOutcome(int(version), decision, bool(promoted))
@@ -290,21 +293,43 @@ def recorded_decision(tags: Mapping[str, str]) -> GateDecision | None:
 
 
 def _registered_retraining(settings: Any, key: str) -> dict[str, Any] | None:
-    """The version an earlier, interrupted attempt of this retraining registered, or None."""
-    try:
-        rows = registry.list_versions(settings)
-    except Exception:  # no registered model yet
-        return None
-    found = [r for r in rows if r["tags"].get(RETRAIN_KEY_TAG) == key]
+    """The version an earlier, interrupted attempt of this retraining registered, or None.
+
+    An unreachable registry raises: "nothing registered yet" is what an empty listing says, never
+    what an outage says (a retraining must not register a second version because a request failed).
+    """
+    found = [r for r in registry.list_versions(settings) if r["tags"].get(RETRAIN_KEY_TAG) == key]
     return found[-1] if found else None
 
 
+def close_interrupted_runs(settings: Any, key: str) -> list[str]:
+    """End as FAILED the runs an earlier attempt of this retraining left RUNNING (it was killed), and
+    their fold runs, with the reason in the tag ``hfcast.interrupted``; the ids closed.
+
+    Why: a SIGKILL skips every ``finally``; without this the MLflow UI would show a training that
+    runs forever beside the retry that replaced it.
+    """
+    reason = "interrupted: the process died during this training; a later attempt of the same retraining replaced it"
+    with registry.tracking(settings) as t:
+        query = f"tags.`{RETRAIN_KEY_TAG}` = '{key}' and attributes.status = 'RUNNING'"
+        parents = [r.info.run_id for r in t.client.search_runs([t.experiment_id], query)]
+        closed = []
+        for pid in parents:
+            children = t.client.search_runs([t.experiment_id], f"tags.mlflow.parentRunId = '{pid}' "
+                                                               "and attributes.status = 'RUNNING'")
+            for rid in [c.info.run_id for c in children] + [pid]:
+                t.client.set_tag(rid, "hfcast.interrupted", reason)
+                t.client.set_terminated(rid, "FAILED")
+                closed.append(rid)
+    if closed:
+        log.warning("retraining %s: closed %d run(s) a killed attempt left RUNNING as FAILED", key, len(closed))
+    return closed
+
+
 def champion_arch(settings: Any) -> str | None:
-    """The current champion's architecture, or None (no registry or no champion yet)."""
-    try:
-        return registry.resolve(settings, f"{settings.model_name}@champion").tags.get("arch")
-    except Exception:  # no champion: the caller falls back to a default architecture
-        return None
+    """The current champion's architecture, or None when the registry has no champion (an outage raises)."""
+    mv = registry.champion(settings)
+    return None if mv is None else mv.tags.get("arch")
 
 
 def retrain(settings: Any, archs: Sequence[str], *, reason: str, drifted_dates: Sequence[str] = (),
@@ -338,6 +363,8 @@ def retrain(settings: Any, archs: Sequence[str], *, reason: str, drifted_dates: 
                                decision_date=decision_date, recorded=recorded_decision(earlier["tags"]))
         return {"status": "done", "new_version": outcome.version, "promoted": outcome.promoted,
                 "gate": outcome.decision.summary(), "run_ids": {earlier["arch"]: earlier["run_id"]}, "resumed": True}
+    if key:
+        close_interrupted_runs(settings, key)
     runs = {a: train_and_log(settings, a, reason=reason, drifted_dates=drifted_dates, last_date=last_date,
                              max_folds=1, dataset_version=dataset_version,
                              tags={RETRAIN_KEY_TAG: key} if key else None) for a in archs}
