@@ -239,6 +239,7 @@ def choice(values: Sequence[str] | Callable[[], Iterable[str]], what: str = "val
         if value not in allowed:
             raise OptionValueError(f"unknown {what} {value!r}", f"choose one of {', '.join(allowed)}")
         return value
+    parse.allowed = lambda: list(values() if callable(values) else values)  # type: ignore[attr-defined]
     return parse
 
 
@@ -253,14 +254,13 @@ def comma_list(item: Callable[[str], str]) -> Callable[[str], str]:
     return parse
 
 
-def architecture(value: str) -> str:
-    """An architecture name that :mod:`hfcast.models` registers."""
-    from hfcast.models import ARCHITECTURES
+def _architectures() -> list[str]:
+    from hfcast.models import ARCHITECTURES  # torch: imported when the option is given, not for --help
 
-    return choice(ARCHITECTURES, "architecture")(value)
+    return list(ARCHITECTURES)
 
 
-architecture.kind = "choice"  # type: ignore[attr-defined]
+architecture = choice(_architectures, "architecture")
 
 
 # --- the one error path of the command line ---------------------------------------------------

@@ -36,7 +36,10 @@ def _s3(exc: BaseException) -> UserError | None:
         return UserError(f"S3 refused the credentials ({code or text[:120]})",
                          "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
     if type(exc).__name__ in ("EndpointConnectionError", "ConnectTimeoutError") or "Could not connect to the endpoint" in text:
-        return UserError(f"cannot reach the S3 endpoint: {exc}",
+        import re
+
+        url = re.search(r"endpoint URL: \"?(\w+://[^/\"\s]+)", text)  # the server, not the object asked for
+        return UserError(f"cannot reach the S3 endpoint {url.group(1) if url else ''} ({type(exc).__name__})".replace("  ", " "),
                          "check HFCAST_S3_ENDPOINT and that the S3 server runs")
     return None
 
@@ -63,11 +66,16 @@ def _pickle(exc: BaseException) -> UserError | None:
 
 def _mlflow(exc: BaseException) -> UserError | None:
     """The tracking server did not answer (refused, timed out, 5xx): an outage, not a missing model."""
+    import re
+
     text = str(exc)
     if type(exc).__name__ != "MlflowException" or "API request to" not in text:
         return None
-    url = text.split("API request to", 1)[1].split()[0] if "API request to" in text else "?"
-    return UserError(f"the MLflow tracking server did not answer ({url}: {text.split(' failed with exception ')[-1][:160]})",
+    url = re.search(r"API request to (\w+://[^/\s]+)", text)
+    why = ("connection refused" if "Connection refused" in text else "timed out" if "timed out" in text.lower()
+           else f"HTTP {m.group(1)}" if (m := re.search(r"(5\d\d) (?:error|Server Error)|status code (5\d\d)", text))
+           else text.split(" failed with exception ")[-1][:120])
+    return UserError(f"the MLflow tracking server did not answer ({url.group(1) if url else '?'}: {why})",
                      "start it or check MLFLOW_TRACKING_URI; nothing was changed in the registry")
 
 

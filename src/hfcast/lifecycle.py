@@ -303,26 +303,30 @@ def _registered_retraining(settings: Any, key: str) -> dict[str, Any] | None:
 
 
 def close_interrupted_runs(settings: Any, key: str) -> list[str]:
-    """End as FAILED the runs an earlier attempt of this retraining left RUNNING (it was killed), and
-    their fold runs, with the reason in the tag ``hfcast.interrupted``; the ids closed.
+    """End as FAILED, with the reason in the tag ``hfcast.interrupted``, the runs (and their fold runs)
+    that an earlier attempt of this retraining left behind; the ids closed.
 
+    Called only when no version carries ``key``, so every such run belongs to an attempt that died
+    before registering: RUNNING ones were killed mid-training; FINISHED ones were logged, then the
+    process died before registering them (the retraining runs again, so they are superseded).
     Why: a SIGKILL skips every ``finally``; without this the MLflow UI would show a training that
-    runs forever beside the retry that replaced it.
+    runs forever, or two trainings of one retraining, beside the retry that replaced them.
     """
-    reason = "interrupted: the process died during this training; a later attempt of the same retraining replaced it"
+    why = {"RUNNING": "interrupted: the process died during this training; a later attempt of the same "
+                      "retraining replaced it",
+           "FINISHED": "superseded: logged by an attempt that died before registering it; the retraining ran again"}
+    closed = []
     with registry.tracking(settings) as t:
-        query = f"tags.`{RETRAIN_KEY_TAG}` = '{key}' and attributes.status = 'RUNNING'"
-        parents = [r.info.run_id for r in t.client.search_runs([t.experiment_id], query)]
-        closed = []
-        for pid in parents:
-            children = t.client.search_runs([t.experiment_id], f"tags.mlflow.parentRunId = '{pid}' "
-                                                               "and attributes.status = 'RUNNING'")
-            for rid in [c.info.run_id for c in children] + [pid]:
-                t.client.set_tag(rid, "hfcast.interrupted", reason)
+        for parent in t.client.search_runs([t.experiment_id], f"tags.`{RETRAIN_KEY_TAG}` = '{key}'"):
+            if parent.info.status not in why or "hfcast.interrupted" in parent.data.tags:
+                continue
+            children = t.client.search_runs([t.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+            for rid in [c.info.run_id for c in children] + [parent.info.run_id]:
+                t.client.set_tag(rid, "hfcast.interrupted", why[parent.info.status])
                 t.client.set_terminated(rid, "FAILED")
                 closed.append(rid)
     if closed:
-        log.warning("retraining %s: closed %d run(s) a killed attempt left RUNNING as FAILED", key, len(closed))
+        log.warning("retraining %s: closed %d run(s) an attempt killed before registering left behind", key, len(closed))
     return closed
 
 

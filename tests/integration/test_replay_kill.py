@@ -34,8 +34,9 @@ OVERRIDES = {
                 "reference_sample_rows": 3000, "min_labels": 100},
 }
 # the named steps of the drifting date and of the next day's prediction (POINT@DATE of hfcast.journal)
-KILL_POINTS = [f"after-decide@{DRIFT}", f"train-epoch@{DRIFT}", f"after-register@{DRIFT}", f"after-gate@{DRIFT}",
-               f"after-promote@{DRIFT}", f"after-retrain@{DRIFT}", f"after-monitor@{DRIFT}", f"predict-csv@{NEXT}"]
+KILL_POINTS = [f"after-decide@{DRIFT}", f"train-epoch@{DRIFT}", f"before-register@{DRIFT}", f"after-register@{DRIFT}",
+               f"after-gate@{DRIFT}", f"after-promote@{DRIFT}", f"after-retrain@{DRIFT}", f"after-monitor@{DRIFT}",
+               f"predict-csv@{NEXT}"]
 
 
 def _project(root: Path):
@@ -97,7 +98,7 @@ def _same_end_state(got: dict, want: dict, killed_training: bool) -> None:
     for key in ("versions", "decisions", "files", "manifests", "lease", "retrain_state", "unfinished_steps"):
         assert got[key] == want[key], key
     assert got["runs"]["kept"] == want["runs"]["kept"] and got["runs"]["running"] == []
-    if killed_training:  # the killed training's runs (parent and fold) were closed FAILED with the reason
+    if killed_training:  # the killed attempt's runs (parent and fold) were closed FAILED with the reason
         assert got["runs"]["interrupted"] and {r[2] for r in got["runs"]["interrupted"]} == {"FAILED"}
     else:
         assert got["runs"]["interrupted"] == []
@@ -113,12 +114,12 @@ def test_replay_killed_at_a_step_reaches_the_uninterrupted_state(straight, kill_
     point, date = kill_at.split("@")
     if point.startswith("after-"):  # written down before the kill
         assert _journal(work, date)["steps"][point.removeprefix("after-")].get("finished_at")
-    else:  # killed inside a step: the journal shows it started, not finished
+    else:  # killed inside or just as it began: the journal shows a step started, not finished
         assert [s for s, e in _journal(work, date)["steps"].items() if not e.get("finished_at")]
 
     assert _replay(work).returncode == 0, (work / "replay.log").read_text()[-3000:]
     got = _state(work)
-    _same_end_state(got, want, killed_training=point == "train-epoch")
+    _same_end_state(got, want, killed_training=point in ("train-epoch", "before-register"))
     if point != "after-monitor":  # the day's interrupted or repeated steps are on record
         assert got["attempts"].get(date), got["attempts"]
 
