@@ -16,13 +16,17 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from hfcast.cliopts import architecture, choice, comma_list, cron6, http_url, key_value, output_dir
+from hfcast.errors import UserError
+
 console = Console()
 pipeline_app = typer.Typer(no_args_is_help=True, help="Kubeflow pipelines: run locally, compile, submit to a cluster.")
 
 
-def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
+def _pipeline_names() -> list[str]:
+    from pipelines.names import PIPELINES
+
+    return sorted(PIPELINES)
 
 
 def _parse_params(items: Optional[list[str]], fn: Any = None) -> dict[str, Any]:
@@ -36,7 +40,7 @@ def _parse_params(items: Optional[list[str]], fn: Any = None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            _fail(f"--param expects KEY=VALUE, got {item!r}")
+            raise UserError(f"--param expects KEY=VALUE, got {item!r}", "write it like epochs=2")
         try:
             out[key] = value if key in strings else json.loads(value)
         except json.JSONDecodeError:
@@ -46,8 +50,10 @@ def _parse_params(items: Optional[list[str]], fn: Any = None) -> dict[str, Any]:
 
 @pipeline_app.command("run")
 def pipeline_run(
-    name: str = typer.Argument(..., help="training-cpu | training-gpu | batch | monitoring"),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Pipeline parameter KEY=VALUE (repeatable)."),
+    name: str = typer.Argument(..., parser=choice(_pipeline_names, "pipeline"),
+                               help="training-cpu | training-gpu | batch | monitoring"),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", parser=key_value,
+                                              help="Pipeline parameter KEY=VALUE (repeatable)."),
 ) -> None:
     """Run a pipeline on this machine with the Kubeflow local runner (the current settings by default)."""
     import time
@@ -56,28 +62,25 @@ def pipeline_run(
     from pipelines.local import run_local
     from pipelines.names import pipeline_function
 
-    try:
-        fn = pipeline_function(name)
-    except ValueError as exc:
-        _fail(str(exc))
+    fn = pipeline_function(name)
     accepted = set(inspect.signature(fn.pipeline_func).parameters)
     params: dict[str, Any] = {"settings": get_settings().to_param()} if "settings" in accepted else {}
     params.update(_parse_params(param, fn))
     unknown = sorted(set(params) - accepted)
     if unknown:
-        _fail(f"pipeline {name} has no parameter(s) {unknown}; it takes {sorted(accepted)}")
+        raise UserError(f"pipeline {name} has no parameter(s) {unknown}", f"it takes {', '.join(sorted(accepted))}")
     t0 = time.perf_counter()
     try:
         outputs = run_local(name, **params)
     except RuntimeError as exc:
-        _fail(f"pipeline {name} failed: {exc}")
+        raise UserError(f"pipeline {name} failed: {exc}", "the failed step's log above names the cause") from exc
     console.print(f"[green]pipeline {name}[/] finished in {time.perf_counter() - t0:.1f} s"
                   + (f": {outputs}" if outputs else ""))
 
 
 @pipeline_app.command("compile")
 def pipeline_compile(
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder (default pipelines/compiled)."),
+    out: Optional[Path] = typer.Option(None, "--out", parser=output_dir, help="Folder (default pipelines/compiled)."),
 ) -> None:
     """Compile every pipeline to YAML for the Kubeflow UI (`make compile-pipelines`)."""
     from pipelines.compile import compile_all
@@ -89,11 +92,13 @@ def pipeline_compile(
 
 @pipeline_app.command("submit")
 def pipeline_submit(
-    name: str = typer.Argument(..., help="training-gpu | training-cpu | batch | monitoring"),
-    host: Optional[str] = typer.Option(None, "--host", help="KFP API URL, e.g. http://localhost:8080 (port-forward); default in-cluster."),
+    name: str = typer.Argument(..., parser=choice(_pipeline_names, "pipeline"),
+                               help="training-gpu | training-cpu | batch | monitoring"),
+    host: Optional[str] = typer.Option(None, "--host", parser=http_url, help="KFP API URL, e.g. http://localhost:8080 (port-forward); default in-cluster."),
     experiment: str = typer.Option("hfcast", "--experiment", help="KFP experiment (created if absent)."),
-    recurring_cron: Optional[str] = typer.Option(None, "--recurring-cron", help="6-field cron (UTC), e.g. '0 30 21 * * 1-5': a recurring run, max concurrency 1."),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Pipeline parameter KEY=VALUE (repeatable)."),
+    recurring_cron: Optional[str] = typer.Option(None, "--recurring-cron", parser=cron6, help="6-field cron (UTC), e.g. '0 30 21 * * 1-5': a recurring run, max concurrency 1."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", parser=key_value,
+                                              help="Pipeline parameter KEY=VALUE (repeatable)."),
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user)."),
     service_account: Optional[str] = typer.Option(None, "--service-account", help="Run as this ServiceAccount (e.g. hfcast-pipeline)."),
 ) -> None:
@@ -101,22 +106,23 @@ def pipeline_submit(
     from pipelines.names import pipeline_function
     from pipelines.submit import submit
 
+    params = _parse_params(param, pipeline_function(name))
     try:
-        params = _parse_params(param, pipeline_function(name))
         res = submit(name, host=host, params=params, experiment=experiment, recurring_cron=recurring_cron,
                      namespace=namespace, service_account=service_account)
     except ValueError as exc:
-        _fail(str(exc))
+        raise UserError(str(exc), "check --param, --recurring-cron and --namespace against "
+                        "`hfcast pipeline submit --help`") from exc
     console.print(f"[green]{res['kind']}[/] {res['id']} in experiment {res['experiment_id']}")
 
 
 def demo(
     s3: bool = typer.Option(False, "--s3", help="Lake in a SeaweedFS S3 bucket on 127.0.0.1 instead of a local folder."),
-    home: Path = typer.Option(Path(".hfcast/demo"), "--home", help="State folder (wiped at the start)."),
+    home: Path = typer.Option(Path(".hfcast/demo"), "--home", parser=output_dir, help="State folder (wiped at the start)."),
     symbols: int = typer.Option(12, "--symbols", min=2, help="Simulated symbols."),
     days: int = typer.Option(22, "--days", min=12, help="Simulated trading days."),
-    shift_day: int = typer.Option(14, "--shift-day", help="First day of the shifted regime."),
-    archs: str = typer.Option("lstm,tcn", "--archs", help="Architectures to train (comma-separated)."),
+    shift_day: int = typer.Option(14, "--shift-day", min=2, help="First day of the shifted regime."),
+    archs: str = typer.Option("lstm,tcn", "--archs", parser=comma_list(architecture), help="Architectures to train (comma-separated)."),
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Start the model server and send requests at the end."),
 ) -> None:
     """The whole story on embedded defaults: simulate -> prep -> Feast -> train -> gate -> register ->
@@ -125,7 +131,8 @@ def demo(
     from pipelines.demo_output import quiet_terminal, redirect_teardown, summary_lines
 
     if not 2 <= shift_day < days:
-        _fail(f"--shift-day must lie in [2, {days}), got {shift_day}")
+        raise UserError(f"--shift-day must lie in [2, {days}) (--days {days}), got {shift_day}",
+                        f"pass --shift-day between 2 and {days - 1}, or more --days")
     train_days = min(12, shift_day)
     cfg = DemoConfig(symbols=symbols, days=days, shift_day=shift_day, train_days=train_days,
                      archs=tuple(a.strip() for a in archs.split(",") if a.strip()), s3=s3, serve=serve)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import typer
 
-from hfcast.cli import BundleOption, ModelRefOption
+from hfcast.cli import BundleOption, ModelRefOption, RunnerOption
+from hfcast.errors import UserError
 
 
 def serve(
@@ -16,7 +17,7 @@ def serve(
     bundle: BundleOption = None,
     port: int = typer.Option(8080, "--port", min=1, max=65535, help="HTTP port (KServe binds all interfaces)."),
     grpc_port: int = typer.Option(8081, "--grpc-port", min=1, max=65535, help="gRPC port."),
-    runner: str = typer.Option("auto", "--runner", help="auto | onnxruntime | onnxruntime-int8 | torch | torch-compiled | tensorrt."),
+    runner: RunnerOption = "auto",
     max_batch: int = typer.Option(1024, "--max-batch", min=1, help="Largest batch accepted (larger: HTTP 400)."),
     max_staleness_s: float = typer.Option(600.0, "--max-staleness-s", help="Oldest feature age for symbol inputs (<0: no limit)."),
     max_body_mb: float = typer.Option(64.0, "--max-body-mb", min=0.001, help="Largest request body, MiB (larger: HTTP 413 before parsing)."),
@@ -26,6 +27,10 @@ def serve(
     import sys
 
     from hfcast.config import get_settings
+
+    if port == grpc_port:  # checked before anything loads: KServe would fail three times over
+        raise UserError(f"--port and --grpc-port are both {port}", "give the gRPC server another port, e.g. "
+                        f"--grpc-port {port + 1 if port < 65535 else port - 1}")
 
     argv, sys.argv = sys.argv, sys.argv[:1]  # kserve parses sys.argv when first imported
     try:

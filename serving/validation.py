@@ -25,8 +25,7 @@ from kserve import InferRequest
 from kserve.errors import InvalidInput
 
 from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS
-
-MAX_SYMBOL_LEN = 64
+from hfcast.data.schema import MAX_SYMBOL_LEN, symbol_problem
 BINARY_HEADER = "inference-header-content-length"
 NUMBER_OUTPUTS = (*PRED_COLUMNS, *INFO_COLUMNS)  # FP32 [B]
 # BYTES [B]; feature_ts and symbol only answer symbol requests (a window has no feature time)
@@ -132,9 +131,9 @@ def check_symbols(raw: Any, max_batch: int) -> list[str]:
             s = s.decode("utf-8", errors="replace")
         if not isinstance(s, str) or not s.strip():
             raise InvalidInput(f"symbol must be a non-empty string, got {s!r}")
-        if len(s) > MAX_SYMBOL_LEN or not s.isprintable():
-            raise InvalidInput(f"symbol {s[:MAX_SYMBOL_LEN]!r} is not a valid symbol (printable, at most "
-                               f"{MAX_SYMBOL_LEN} characters)")
+        why = symbol_problem(s.strip())  # the rule ingest quarantines by (hfcast.data.schema)
+        if why:
+            raise InvalidInput(f"symbol {s[:MAX_SYMBOL_LEN]!r} is not a valid symbol: {why}")
         out.append(s.strip())
     _check_batch(len(out), max_batch)
     return out

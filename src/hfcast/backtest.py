@@ -476,7 +476,8 @@ def baseline_vols(lake: Lake, dates: list[str], fit_days: int = 5, names: tuple[
     coefficients flatter the baseline, never the model), unless ``require_history`` (then None).
     Returns (frame or None, notes).
     """
-    from hfcast.models.baselines import Baseline, baseline_inputs
+    from hfcast.features.windows import build_windows
+    from hfcast.models.baselines import LAST_ROW_FEATURES, RETURN_FEATURE, Baseline, baseline_inputs
 
     have = lake.dates("features")
     if not set(dates) <= set(have):
@@ -485,15 +486,20 @@ def baseline_vols(lake: Lake, dates: list[str], fit_days: int = 5, names: tuple[
     if not before and require_history:
         return None, [f"no features before {dates[0]} to fit {', '.join(names)} on"]
     notes = [] if before else [f"{', '.join(names)} fitted on the backtest dates themselves (no earlier features)"]
-    cols = ["symbol", "ts", "ret_60m", "rv_10m"]
-    df = pd.concat([lake.read("features", d, cols) for d in [*before, *dates]], ignore_index=True)
+    # the baselines read the 30-minute window's own features, as the served forecaster does
+    feats = [RETURN_FEATURE, *LAST_ROW_FEATURES]
+    df = pd.concat([lake.read("features", d, ["symbol", "ts", *feats, "ret_60m", "rv_10m"]) for d in [*before, *dates]],
+                   ignore_index=True)
     df["symbol"] = df["symbol"].astype(str)
     df = df.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
-    inp = baseline_inputs(df)
-    days = pd.Series(_session_dates(inp["ts"]), index=inp.index)
+    wa = build_windows(df, feats)
+    inp = baseline_inputs(wa, df)
+    inp["symbol"], inp["ts"] = df["symbol"].to_numpy()[wa.ends], df["ts"].to_numpy()[wa.ends]
+    days = pd.Series(_session_dates(df["ts"].iloc[wa.ends]), index=inp.index)
     fit = inp[days.isin(before)] if before else inp
     test = inp[days.isin(dates)]
     out = test[["symbol", "ts"]].copy()
+    out["ts"] = df["ts"].iloc[test.index].to_numpy()
     out["date"] = days[test.index]
     for name in names:
         b = Baseline(name).fit(fit, fit)

@@ -11,6 +11,7 @@ Each section below belongs to one module; keep the logic in that module, not her
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,42 +19,41 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-
-def _with_user_errors(run):
-    """Run the command line: a problem the user can fix is shown as two lines (exit 2), with the
-    traceback only under ``-v`` (see hfcast.errors)."""
-    import sys
-
-    from hfcast.errors import explain
-
-    try:
-        return run()
-    except Exception as exc:
-        err = explain(exc)
-        if err is None or "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
-            raise
-        for line in err.lines():
-            Console(stderr=True, highlight=False, soft_wrap=True).print(line, markup=False)
-        raise SystemExit(err.exit_code) from None
-
-
-class _Typer(typer.Typer):
-    """Typer whose call goes through :func:`_with_user_errors` (whichever entry point is installed)."""
-
-    def __call__(self, *args, **kwargs):
-        return _with_user_errors(lambda: super(_Typer, self).__call__(*args, **kwargs))
+from hfcast.cliopts import (HfcastGroup, architecture, bundle_dir, calendar, choice, column_map, comma_list, date_spec,
+                            http_url, input_dir, input_file, iso_date, local_file, model_ref, output_dir, storage_url, symbol, timestamp,
+                            timezone)
+from hfcast.errors import UserError
 
 
 # options that several commands share, defined once (same flag, same help everywhere)
 CalendarOption = Annotated[Optional[str], typer.Option(
-    "--calendar", help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). "
+    "--calendar", parser=calendar, help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). "
                        "Default: params.yaml market.calendar, else XNYS.")]
-LakeOption = Annotated[Optional[str], typer.Option("--lake", help="Lake URL, file:///... or s3://... (default: settings).")]
+LakeOption = Annotated[Optional[str], typer.Option("--lake", parser=storage_url,
+                                                   help="Lake URL, file:///... or s3://... (default: settings).")]
 NoProgressOption = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
-ModelRefOption = Annotated[str, typer.Option("--model", help="Registry reference: NAME@alias or NAME/version.")]
-BundleOption = Annotated[Optional[Path], typer.Option("--bundle", help="A local forecaster bundle instead of the registry.")]
+ModelRefOption = Annotated[str, typer.Option("--model", parser=model_ref,
+                                              help="Registry reference: NAME@alias or NAME/version.")]
+BundleOption = Annotated[Optional[Path], typer.Option("--bundle", parser=bundle_dir,
+                                                      help="A local forecaster bundle instead of the registry.")]
 
-app = _Typer(add_completion=False, no_args_is_help=True,
+
+def _runner_kinds() -> tuple[str, ...]:
+    from hfcast.runners import RUNNER_KINDS
+
+    return ("auto", *RUNNER_KINDS)
+
+
+def _ingest_formats() -> tuple[str, ...]:
+    from hfcast.data.ingest import FORMATS
+
+    return FORMATS
+
+
+RunnerOption = Annotated[str, typer.Option("--runner", parser=choice(_runner_kinds, "runner"),
+                                           help="auto | onnxruntime | onnxruntime-int8 | torch | torch-compiled | tensorrt")]
+
+app = typer.Typer(cls=HfcastGroup, add_completion=False, no_args_is_help=True,
              help="hfcast: minute-level return and volatility forecasts with calibrated confidence.")
 console = Console()
 
@@ -75,7 +75,7 @@ def _settings():
     try:  # get_settings also makes params.yaml market: the calendar of every stage (hfcast.market)
         return get_settings()
     except ValueError as exc:
-        _fail(f"bad settings (params.yaml): {exc}")
+        raise UserError(f"bad settings: {exc}", "correct params.yaml (or the file HFCAST_PARAMS names)") from exc
 
 
 def _market(settings, calendar: Optional[str]):
@@ -85,27 +85,35 @@ def _market(settings, calendar: Optional[str]):
     try:
         return set_default_market(Market.from_params(settings.param("market", {}) or {}, calendar))
     except (ValueError, KeyError) as exc:
-        _fail(f"bad market calendar: {exc}")
+        raise UserError(f"bad market calendar: {exc}", "pass --calendar XNYS (or another exchange calendar), or "
+                        "correct params.yaml market:") from exc
 
 
-def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
+@contextmanager
+def _refused(fix: str, *kinds: type[BaseException]):
+    """The failures ``kinds`` (default ValueError, LookupError, FileNotFoundError) of a command's one
+    library call, as a :class:`UserError` with ``fix`` (a UserError raised inside keeps its own fix)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (kinds or (ValueError, LookupError, FileNotFoundError)) as exc:
+        raise UserError(str(exc), fix) from exc
 
 
 # --- data: synth (hfcast.data.simulator) -------------------------------------------------------
 
 @app.command("synth")
 def synth(
-    symbols: Optional[int] = typer.Option(None, "--symbols", help="Number of symbols (S0000...). Default: params.yaml synth.n_symbols."),
-    days: Optional[int] = typer.Option(None, "--days", help="Number of trading days (weekdays). Default: params.yaml synth.n_days."),
-    start: Optional[str] = typer.Option(None, "--start", help="First date, YYYY-MM-DD. Default: params.yaml synth.start_date."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: same seed, same bytes. Default: params.yaml synth.seed."),
-    shift_day: Optional[int] = typer.Option(None, "--shift-day", help="Index of the first day of the shifted regime. Default: params.yaml synth.regime_shift_day."),
+    symbols: Optional[int] = typer.Option(None, "--symbols", min=1, help="Number of symbols (S0000...). Default: params.yaml synth.n_symbols."),
+    days: Optional[int] = typer.Option(None, "--days", min=1, help="Number of trading days (weekdays). Default: params.yaml synth.n_days."),
+    start: Optional[str] = typer.Option(None, "--start", parser=iso_date, help="First date, YYYY-MM-DD. Default: params.yaml synth.start_date."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Random seed: same seed, same bytes. Default: params.yaml synth.seed."),
+    shift_day: Optional[int] = typer.Option(None, "--shift-day", min=0, help="Index of the first day of the shifted regime. Default: params.yaml synth.regime_shift_day."),
     no_shift: bool = typer.Option(False, "--no-shift", help="Stationary market: ignore any configured regime shift."),
-    shift_vol: Optional[float] = typer.Option(None, "--shift-vol", help="Volatility multiplier from the shift day. Default: params.yaml synth.shift_vol_mult."),
-    shift_spread: Optional[float] = typer.Option(None, "--shift-spread", help="Spread multiplier from the shift day. Default: params.yaml synth.shift_spread_mult."),
-    shift_intraday: Optional[float] = typer.Option(None, "--shift-intraday", help="U-shape amplitude multiplier from the shift day (0 = flat). Default: params.yaml synth.shift_intraday."),
+    shift_vol: Optional[float] = typer.Option(None, "--shift-vol", min=0.0, help="Volatility multiplier from the shift day. Default: params.yaml synth.shift_vol_mult."),
+    shift_spread: Optional[float] = typer.Option(None, "--shift-spread", min=0.0, help="Spread multiplier from the shift day. Default: params.yaml synth.shift_spread_mult."),
+    shift_intraday: Optional[float] = typer.Option(None, "--shift-intraday", min=0.0, help="U-shape amplitude multiplier from the shift day (0 = flat). Default: params.yaml synth.shift_intraday."),
     lake: LakeOption = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     calendar: CalendarOption = None,
@@ -115,22 +123,14 @@ def synth(
     from hfcast.storage import Lake
 
     settings = _settings()
-    try:
+    with _refused("correct the option or params.yaml synth: (see `hfcast synth --help`)", TypeError, ValueError):
         cfg = SimConfig.from_params(
             settings.param("synth", {}), n_symbols=symbols, n_days=days, start_date=start, seed=seed,
             regime_shift_day=shift_day, shift_vol_mult=shift_vol, shift_spread_mult=shift_spread,
             shift_intraday=shift_intraday)
-    except (TypeError, ValueError) as exc:
-        _fail(f"bad synth parameters: {exc}")
     if no_shift:
         cfg.regime_shift_day = None
-    if lake:
-        from hfcast.config import s3_storage_options
-
-        opts = s3_storage_options(settings.s3_endpoint, settings.s3_key, settings.s3_secret) if lake.startswith("s3://") else {}
-        target = Lake(lake, opts or None)
-    else:
-        target = Lake.from_settings(settings)
+    target = _lake(settings, lake)
     summary = write_synth(cfg, target, progress=progress, market=_market(settings, calendar))
     shift = "none" if cfg.regime_shift_day is None else f"day {cfg.regime_shift_day}"
     console.print(f"[green]synth[/] {cfg.n_symbols} symbols x {len(summary['dates'])} days = {summary['rows']:,} rows "
@@ -140,9 +140,14 @@ def synth(
 # --- data: ingest, validate (hfcast.data.ingest, hfcast.data.validate) -------------------------
 
 def _lake(settings, lake_url: Optional[str]):
-    from hfcast.storage import Lake
+    """The lake named by ``--lake`` (else the settings'), with the settings' storage client; an object
+    store is asked once, before any work, whether it answers (a wrong endpoint fails here, in one line)."""
+    from hfcast import storage
 
-    return Lake(lake_url, settings.storage_options or None) if lake_url else Lake.from_settings(settings)
+    lake = storage.Lake.from_settings(settings, lake_url)
+    if storage.is_remote(lake.url):
+        storage.exists(lake.url, lake.storage_options)
+    return lake
 
 
 def _print_counts(title: str, totals: dict) -> None:
@@ -160,16 +165,18 @@ def _print_counts(title: str, totals: dict) -> None:
 
 @app.command()
 def ingest(
-    paths: list[str] = typer.Argument(..., help="Source files or URLs (LOBSTER: message and orderbook files)."),
-    fmt: str = typer.Option(..., "--format", "-f", help="bbo | ohlcv | trades | lobster"),
-    column_map: Optional[str] = typer.Option(None, "--map", help="CONTRACT=SOURCE column names, e.g. ts=Timestamp,bid=BidPx"),
-    tz: Optional[str] = typer.Option(None, "--tz", help="Time zone of naive timestamps (default: the calendar's)."),
-    stamp: str = typer.Option("start", "--stamp", help="start | end: what minute a bar's timestamp marks (end: shifted back 1 minute)."),
-    epoch_unit: Optional[str] = typer.Option(None, "--epoch-unit", help="s | ms | us | ns for numeric timestamps (default: from their magnitude)."),
+    paths: list[str] = typer.Argument(..., parser=input_file, help="Source files or URLs (LOBSTER: message and orderbook files)."),
+    fmt: str = typer.Option(..., "--format", "-f", parser=choice(_ingest_formats, "format"),
+                            help="bbo | ohlcv | trades | lobster"),
+    columns: Optional[str] = typer.Option(None, "--map", parser=column_map, help="CONTRACT=SOURCE column names, e.g. ts=Timestamp,bid=BidPx"),
+    tz: Optional[str] = typer.Option(None, "--tz", parser=timezone, help="Time zone of naive timestamps (default: the calendar's)."),
+    stamp: str = typer.Option("start", "--stamp", parser=choice(("start", "end"), "stamp"), help="start | end: what minute a bar's timestamp marks (end: shifted back 1 minute)."),
+    epoch_unit: Optional[str] = typer.Option(None, "--epoch-unit", parser=choice(("s", "ms", "us", "ns"), "unit"),
+                                             help="s | ms | us | ns for numeric timestamps (default: from their magnitude)."),
     calendar: CalendarOption = None,
-    symbol: Optional[str] = typer.Option(None, "--symbol", help="Symbol for files without a symbol column."),
-    quotes: Optional[list[str]] = typer.Option(None, "--quotes", help="Quote tick file(s) to go with --format trades."),
-    date: Optional[str] = typer.Option(None, "--date", help="Session date of LOBSTER files not named by the standard."),
+    ticker: Optional[str] = typer.Option(None, "--symbol", parser=symbol, help="Symbol for files without a symbol column."),
+    quotes: Optional[list[str]] = typer.Option(None, "--quotes", parser=input_file, help="Quote tick file(s) to go with --format trades."),
+    date: Optional[str] = typer.Option(None, "--date", parser=iso_date, help="Session date of LOBSTER files not named by the standard."),
     lake_url: LakeOption = None,
     no_progress: NoProgressOption = False,
 ) -> None:
@@ -178,16 +185,15 @@ def ingest(
     from hfcast.data.validate import DEFAULT_JUMP_LIMIT
 
     settings = _settings()
-    try:
-        totals = run_ingest(list(paths), fmt, _lake(settings, lake_url), tz=tz,  # type: ignore[arg-type]
-                            column_map=parse_column_map(column_map), symbol=symbol,
+    lake, market = _lake(settings, lake_url), _market(settings, calendar)
+    with _refused("check the file against docs/MARKET_DATA.md (its format, --map, --tz, --stamp)", IngestError):
+        totals = run_ingest(list(paths), fmt, lake, tz=tz,  # type: ignore[arg-type]
+                            column_map=parse_column_map(columns), symbol=ticker,
                             quotes_paths=list(quotes or []), date=date, progress=not no_progress,
                             jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)),
-                            market=_market(settings, calendar), stamp=stamp, epoch_unit=epoch_unit)
-    except IngestError as exc:
-        _fail(str(exc))
+                            market=market, stamp=stamp, epoch_unit=epoch_unit)
     if not totals["dates"]:
-        _fail("the input held no rows")
+        raise UserError(f"{', '.join(paths)}: the input held no rows", "check that the file holds data rows under its header")
     _print_counts(f"ingest {fmt}: {len(totals['dates'])} date(s)", totals)
     if totals.get("ticks_quarantined"):
         console.print(f"[yellow]{totals['ticks_quarantined']} tick row(s) quarantined[/] (quarantine_ticks/)")
@@ -197,7 +203,7 @@ def ingest(
 
 @app.command()
 def validate(
-    dates: Optional[str] = typer.Option(None, "--dates", help="Comma-separated dates (default: every raw date)."),
+    dates: Optional[str] = typer.Option(None, "--dates", parser=date_spec, help="Comma-separated dates (default: every raw date)."),
     lake_url: LakeOption = None,
     no_progress: NoProgressOption = False,
     calendar: CalendarOption = None,
@@ -207,14 +213,13 @@ def validate(
 
     settings = _settings()
     wanted = [d.strip() for d in dates.split(",") if d.strip()] if dates else None
-    try:
-        totals = run_validate(_lake(settings, lake_url), wanted, progress=not no_progress,
+    lake, market = _lake(settings, lake_url), _market(settings, calendar)
+    with _refused("pick dates that have raw data (`hfcast synth` or `hfcast ingest` writes them)", FileNotFoundError):
+        totals = run_validate(lake, wanted, progress=not no_progress,
                               jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)),
-                              market=_market(settings, calendar))
-    except FileNotFoundError as exc:
-        _fail(str(exc))
+                              market=market)
     if not totals["dates"]:
-        _fail("no raw partitions to validate (run `hfcast synth` or `hfcast ingest` first)")
+        raise UserError(f"no raw partitions to validate in {lake.url}", "run `hfcast synth` or `hfcast ingest` first")
     _print_counts(f"validate: {len(totals['dates'])} date(s)", totals)
     for d, text in totals.get("diagnoses", {}).items():
         console.print(f"[yellow]{d}: {text}[/]")
@@ -224,25 +229,22 @@ def validate(
 
 @app.command()
 def featurize(
-    dates: Optional[list[str]] = typer.Option(None, "--dates", help="Dates (YYYY-MM-DD) to featurize; default all."),
+    dates: Optional[list[str]] = typer.Option(None, "--dates", parser=iso_date, help="Dates (YYYY-MM-DD) to featurize; default all."),
     lake: LakeOption = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default params featurize.workers)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes (default params featurize.workers)."),
     calendar: CalendarOption = None,
 ) -> None:
     """Compute the catalogue's causal features and the labels, one date at a time, into features/."""
     from hfcast.features.engine import run_featurize
-    from hfcast.storage import Lake
 
     s = _settings()
-    lk = Lake(lake, s.storage_options or None) if lake else Lake.from_settings(s)
+    lk, market = _lake(s, lake), _market(s, calendar)
     chosen = dates or s.param("featurize.dates", None)
-    try:
+    with _refused("pick dates that were validated (`hfcast validate`), or correct params.yaml featurize:",
+                  FileNotFoundError, ValueError):
         summary = run_featurize(lk, dates=chosen, progress=progress,
-                                workers=int(workers or s.param("featurize.workers", 1)),
-                                market=_market(s, calendar))
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+                                workers=int(workers or s.param("featurize.workers", 1)), market=market)
     console.print(
         f"[green]featurized[/] {summary['dates']} date(s) {summary['first']}..{summary['last']}: "
         f"{summary['rows']:,} rows x {summary['n_features']} features "
@@ -255,7 +257,7 @@ def featurize(
 
 @app.command()
 def materialize(
-    date: Optional[str] = typer.Option(None, "--date", help="As-of date YYYY-MM-DD (default: last features date)."),
+    date: Optional[str] = typer.Option(None, "--date", parser=iso_date, help="As-of date YYYY-MM-DD (default: last features date)."),
 ) -> None:
     """Apply the Feast repo, load the minute features online and each symbol's latest 30-minute window."""
     import datetime as dt
@@ -264,66 +266,83 @@ def materialize(
     from hfcast.storage import Lake
 
     settings = _settings()
-    try:
+    dates = Lake.from_settings(settings).dates("features")
+    as_of = date or (dates[-1] if dates else None)
+    if as_of is None:
+        raise UserError(f"no features partitions in the lake {settings.lake_url}", "run `hfcast featurize` first")
+    with _refused("pick a --date with features (`hfcast featurize`), or check the Feast repository settings",
+                  FileNotFoundError, ValueError):
         feature_store.apply(settings)
-        dates = Lake.from_settings(settings).dates("features")
-        as_of = date or (dates[-1] if dates else None)
-        if as_of is None:
-            _fail("no features partitions in the lake (run `hfcast featurize` first)")
         end = dt.datetime.fromisoformat(as_of).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
         feature_store.materialize(settings, end - dt.timedelta(days=2), end)
         windows = feature_store.materialize_windows(settings, as_of)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
     console.print(f"[green]materialized[/] {len(windows)} symbol window(s) as of {as_of} into {settings.feast_repo}")
 
 
 # --- train, compare, evaluate (hfcast.train, hfcast.walkforward, hfcast.evaluate) --------------
 
+def _kinds() -> tuple[str, ...]:
+    from hfcast.selection import KINDS
+
+    return KINDS
+
+
+def _fold_keys() -> list[str]:
+    from hfcast.walkforward import WalkForwardConfig
+
+    return [f for f in WalkForwardConfig.__dataclass_fields__ if f != "label_horizon_minutes"]
+
+
+def fold_setting(value: str) -> str:
+    """``KEY=VALUE`` with KEY a walk-forward setting (refused at parse time, before any work)."""
+    from hfcast.cliopts import OptionValueError
+
+    key, sep, _ = value.partition("=")
+    if not sep or key.strip().replace("-", "_") not in _fold_keys():
+        raise OptionValueError(f"--fold {value!r} is not KEY=VALUE with a walk-forward KEY",
+                               f"use one of {', '.join(_fold_keys())}, e.g. --fold test_days=10")
+    return value
+
+
+fold_setting.kind = "fold-setting"  # type: ignore[attr-defined]
+
 ModelsOption = Annotated[Optional[str], typer.Option(
-    "--models", "--model", "-m", help="Comma-separated architectures the forecaster is chosen from (transformer, lstm, "
-                                      "tcn, hybrid; '' = baselines only). Default: params.yaml forecaster.archs.")]
+    "--models", "--model", "-m", parser=comma_list(architecture),
+    help="Comma-separated architectures the forecaster is chosen from (transformer, lstm, tcn, hybrid; '' = "
+         "baselines only). Default: params.yaml forecaster.archs.")]
 KindOption = Annotated[Optional[str], typer.Option(
-    "--kind", help="What serves the volatility: auto (validation chooses: a network, a floored network, an ensemble "
-                   "or a baseline) | net | floor | ensemble | har_tod | har_rv | ewma. Default: params.yaml "
-                   "forecaster.kind, else auto.")]
+    "--kind", parser=choice(_kinds, "forecaster kind"),
+    help="What serves the volatility: auto (validation chooses: a network, a floored network, an ensemble or a "
+         "baseline) | net | floor | ensemble | har_tod | har_rv | ewma. Default: params.yaml forecaster.kind, else auto.")]
 ReturnOption = Annotated[Optional[str], typer.Option(
-    "--return", help="The return forecast: auto (a network's head only with validated skill, else zero) | net | "
-                     "zero. Default: params.yaml forecaster.return, else auto.")]
+    "--return", parser=choice(("auto", "net", "zero"), "return choice"),
+    help="The return forecast: auto (a network's head only with validated skill, else zero) | net | zero. "
+         "Default: params.yaml forecaster.return, else auto.")]
 FoldOption = Annotated[Optional[list[str]], typer.Option(
-    "--fold", help="Walk-forward setting over params.yaml walkforward:, KEY=VALUE, repeatable: train_days, "
-                   "val_days, test_days, step_days, embargo_days, max_folds, first_test_date, last_date, mode, "
-                   "eval_stride, train_stride (e.g. --fold test_days=10 --fold max_folds=1).")]
+    "--fold", parser=fold_setting,
+    help="Walk-forward setting over params.yaml walkforward:, KEY=VALUE, repeatable: train_days, val_days, "
+         "test_days, step_days, embargo_days, max_folds, first_test_date, last_date, mode, eval_stride, "
+         "train_stride (e.g. --fold test_days=10 --fold max_folds=1).")]
 
 
 def _fold_overrides(pairs: Optional[list[str]]) -> dict:
-    """``--fold KEY=VALUE`` pairs, checked against the walk-forward settings (types from YAML)."""
+    """``--fold KEY=VALUE`` pairs (checked by their parser) as walk-forward overrides (YAML types)."""
     import yaml
 
-    from hfcast.walkforward import WalkForwardConfig
-
-    known = [f for f in WalkForwardConfig.__dataclass_fields__ if f != "label_horizon_minutes"]
     out = {}
     for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in known:
-            _fail(f"--fold {pair!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
-        out[key] = yaml.safe_load(value)
+        key, _, value = pair.partition("=")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
     return out
 
 
 def _archs(settings, models: Optional[str]) -> list[str]:
+    """The ``--models`` list (checked by its parser), else params.yaml ``forecaster.archs``."""
     from hfcast.lifecycle import default_archs
-    from hfcast.models import ARCHITECTURES
 
     if models is None:
         return default_archs(settings)
-    archs = [m.strip() for m in models.split(",") if m.strip()]
-    bad = [m for m in archs if m not in ARCHITECTURES]
-    if bad:
-        _fail(f"unknown model(s) {bad}; choose from {', '.join(ARCHITECTURES)}")
-    return archs
+    return [m.strip() for m in models.split(",") if m.strip()]
 
 
 def _walkforward(settings, archs: list[str], lake_url: Optional[str], out: Optional[Path], stage: str,
@@ -335,7 +354,7 @@ def _walkforward(settings, archs: list[str], lake_url: Optional[str], out: Optio
     from hfcast.train import TrainConfig
     from hfcast.walkforward import model_configs, run_walkforward
 
-    lake = Lake(lake_url, settings.storage_options or None) if lake_url else Lake.from_settings(settings)
+    lake = _lake(settings, lake_url)
     result = run_walkforward(lake, archs, walkforward_config(settings, overrides=folds),
                              TrainConfig.from_params(settings.param("train", {})),
                              model_configs=model_configs(settings.param("walkforward", {})),
@@ -344,6 +363,10 @@ def _walkforward(settings, archs: list[str], lake_url: Optional[str], out: Optio
     paths = write_comparison(result.aggregate, result.per_fold, result.predictions, out_dir,
                              title=f"hfcast {stage}: the forecaster chosen from {', '.join(archs) or 'baselines'}")
     return lake, result, paths
+
+
+_WALKFORWARD_FIX = ("featurize more dates (`hfcast featurize`) or correct params.yaml walkforward: / train: "
+                    "(the message names the key)")
 
 
 def _print_table(result, title: str) -> None:
@@ -381,7 +404,7 @@ def train(
     ret: ReturnOption = None,
     fold: FoldOption = None,
     lake_url: LakeOption = None,
-    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <home>/reports/train)."),
+    out: Optional[Path] = typer.Option(None, "--out", parser=output_dir, help="Report folder (default <home>/reports/train)."),
     log_run: bool = typer.Option(True, "--log/--no-log", help="Log the run to MLflow (hfcast.registry)."),
     register: bool = typer.Option(True, "--register/--no-register", help="Register the logged forecaster as a model version."),
     gate: bool = typer.Option(True, "--gate/--no-gate", help="With --register: run the champion/challenger gate and "
@@ -397,20 +420,16 @@ def train(
     if lake_url:
         settings = settings.with_(lake_url=lake_url)
     if not log_run:
-        try:
+        with _refused(_WALKFORWARD_FIX, ValueError, KeyError, FileNotFoundError):
             _, result, paths = _walkforward(settings, archs, None, out, "train", kind, ret, folds)
-        except (ValueError, KeyError, FileNotFoundError) as exc:
-            _fail(str(exc))
         _print_table(result, f"walk-forward test scores ({len(result.folds)} folds)")
         console.print(f"served: {result.forecaster.kind}\nreport: {paths['report']}")
         return
     from hfcast.lifecycle import train_and_log
 
     report_dir = out or settings.home / "reports" / "train"
-    try:
+    with _refused(_WALKFORWARD_FIX, ValueError, KeyError, FileNotFoundError):
         run = train_and_log(settings, archs, kind=kind, ret=ret, wf_overrides=folds, out_dir=report_dir)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(str(exc))
     from hfcast.evaluate import write_comparison
 
     r = run.result
@@ -447,37 +466,35 @@ def _register_and_report(settings, run, gate: bool) -> None:
 
 @app.command()
 def compare(
-    models: str = typer.Option("transformer,lstm,tcn,hybrid", "--models", help="Comma-separated architectures ('' = baselines only)."),
+    models: str = typer.Option("transformer,lstm,tcn,hybrid", "--models", parser=comma_list(architecture),
+                               help="Comma-separated architectures ('' = baselines only)."),
     kind: KindOption = None,
     ret: ReturnOption = None,
     fold: FoldOption = None,
     lake_url: LakeOption = None,
-    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <home>/reports/compare)."),
+    out: Optional[Path] = typer.Option(None, "--out", parser=output_dir, help="Report folder (default <home>/reports/compare)."),
 ) -> None:
     """Every architecture and every baseline on identical walk-forward folds, and the forecaster each
     fold chose from them on validation (what `hfcast train` would serve): one table, one report."""
     settings = _settings()
     archs = _archs(settings, models)
-    try:
+    with _refused(_WALKFORWARD_FIX, ValueError, KeyError, FileNotFoundError):
         _, result, paths = _walkforward(settings, archs, lake_url, out, "compare", kind, ret, _fold_overrides(fold))
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(str(exc))
     _print_table(result, f"walk-forward comparison ({len(result.folds)} folds, test spans only)")
     console.print(f"report: {paths['report']}")
 
 
 @app.command()
 def evaluate(
-    predictions: Path = typer.Argument(..., help="Predictions file (parquet/CSV): PRED_COLUMNS + labels [+ truth, fold, model]."),
-    out: Path = typer.Option(Path("evaluation"), "--out", help="Folder for metrics.json, PNGs and report.html."),
+    predictions: Path = typer.Argument(..., parser=local_file, help="Predictions file (parquet/CSV): PRED_COLUMNS + labels [+ truth, fold, model]."),
+    out: Path = typer.Option(Path("evaluation"), "--out", parser=output_dir, help="Folder for metrics.json, PNGs and report.html."),
 ) -> None:
     """Score a predictions file: QLIKE/MSE, IC/hit rate, coverage, ECE, error by confidence decile."""
     from hfcast.evaluate import evaluate_file
 
-    try:
+    with _refused("pass a predictions file with the prediction columns and the labels (see `hfcast evaluate --help`)",
+                  ValueError, KeyError, FileNotFoundError):
         result = evaluate_file(predictions, out)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(str(exc))
     for name, r in result.items():
         agg = r["aggregate"]
         console.print(f"[bold]{name}[/]: " + " ".join(f"{k}={agg[k]:.4f}" for k in
@@ -487,8 +504,8 @@ def evaluate(
 
 @app.command("report")
 def report_cmd(
-    out: Path = typer.Option(Path("hfcast-report"), "--out", help="Folder for index.html and its PNGs."),
-    comparison: Optional[Path] = typer.Option(None, "--comparison", help="A `hfcast compare` folder "
+    out: Path = typer.Option(Path("hfcast-report"), "--out", parser=output_dir, help="Folder for index.html and its PNGs."),
+    comparison: Optional[Path] = typer.Option(None, "--comparison", parser=input_dir, help="A `hfcast compare` folder "
                                               "(default: the newest under <home>/reports)."),
     backtest: bool = typer.Option(True, "--backtest/--no-backtest", help="Backtest the served forecasts."),
     attributions: bool = typer.Option(True, "--attributions/--no-attributions",
@@ -498,10 +515,9 @@ def report_cmd(
     confidence intervals, attributions, models vs baselines, calibration, which data each version saw."""
     from hfcast.report import write
 
-    try:
+    with _refused("run `hfcast compare` first, or pass --comparison with a compare folder",
+                  ValueError, KeyError, FileNotFoundError):
         index = write(_settings(), out, comparison, backtest=backtest, attributions=attributions)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(str(exc))
     console.print(f"report: {index}")
 
 # --- registry (hfcast.registry) ------------------------------------------------------------------
@@ -511,13 +527,10 @@ app.add_typer(registry_app, name="registry")
 
 
 def _registry_call(fn, *args, **kwargs):
-    """Run a registry function; a missing model/alias/run becomes a one-line error, not a traceback."""
-    from hfcast.registry import RegistryError
-
-    try:
+    """Run a registry function; a missing model/alias/run is a :class:`UserError` (the registry's own
+    :class:`hfcast.registry.RegistryError` is one), an outage is explained by hfcast.errors."""
+    with _refused("list the versions with `hfcast registry list`", ValueError):
         return fn(*args, **kwargs)
-    except (RegistryError, ValueError) as exc:
-        _fail(str(exc))
 
 
 @registry_app.command("list")
@@ -545,7 +558,7 @@ def registry_list() -> None:
 
 
 @registry_app.command("show")
-def registry_show(ref: str = typer.Argument("champion", help="hfcast@champion, hfcast/3, models:/hfcast@champion or 3.")) -> None:
+def registry_show(ref: str = typer.Argument("champion", parser=model_ref, help="hfcast@champion, hfcast/3, models:/hfcast@champion or 3.")) -> None:
     """One version: aliases, source, tags (gate reasons, promotion/rollback history), metrics, artifacts."""
     from rich.table import Table
 
@@ -567,10 +580,10 @@ def registry_show(ref: str = typer.Argument("champion", help="hfcast@champion, h
 
 @registry_app.command("promote")
 def registry_promote(
-    version: str = typer.Argument(..., help="The challenger version (or any reference)."),
+    version: str = typer.Argument(..., parser=model_ref, help="The challenger version (or any reference)."),
     force: bool = typer.Option(False, "--force", help="Skip the gate (needs --reason; recorded on the version)."),
     reason: str = typer.Option("", "--reason", help="Why (required with --force)."),
-    margin: Optional[float] = typer.Option(None, "--margin", help="Override the params.yaml margins for every metric."),
+    margin: Optional[float] = typer.Option(None, "--margin", min=0.0, help="Override the params.yaml margins for every metric."),
 ) -> None:
     """Make VERSION the champion if it passes the gate (logged scores on the same test spans)."""
     from hfcast import promotion, registry
@@ -584,7 +597,8 @@ def registry_promote(
     for line in decision.reasons:
         console.print(f"  - {line}")
     if not _registry_call(promotion.promote, settings, version, decision):
-        _fail(f"version {version} did not pass the gate; the champion is unchanged")
+        raise UserError(f"version {version} did not pass the gate (reasons above); the champion is unchanged",
+                        f"promote it anyway with `hfcast registry promote {version} --force --reason WHY`")
     console.print(f"[green]champion[/] is now {settings.model_name} version "
                   f"{registry.resolve(settings, 'champion').version}")
 
@@ -605,20 +619,17 @@ def _load_for_serving(settings, model: str, bundle: Optional[Path]):
         from hfcast.forecaster import Forecaster
 
         return Forecaster.load(str(bundle))
-    from hfcast.registry import RegistryError, load_forecaster
+    from hfcast.registry import load_forecaster
 
-    try:
-        return load_forecaster(settings, model)
-    except RegistryError as exc:
-        _fail(str(exc))
+    return load_forecaster(settings, model)  # a missing model is a RegistryError, itself a UserError
 
 
 @app.command("export")
 def export_cmd(
     model: ModelRefOption = "hfcast@champion",
     bundle: BundleOption = None,
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <home>/export/<name>-<version>)."),
-    max_batch: int = typer.Option(1024, "--max-batch", help="Largest batch of the TensorRT profile and Triton."),
+    out: Optional[Path] = typer.Option(None, "--out", parser=output_dir, help="Output folder (default <home>/export/<name>-<version>)."),
+    max_batch: int = typer.Option(1024, "--max-batch", min=1, help="Largest batch of the TensorRT profile and Triton."),
     log_mlflow: bool = typer.Option(True, "--log/--no-log", help="Log the artefacts to the same model version."),
 ) -> None:
     """ONNX (dynamic batch, parity-checked), TensorRT plan where possible, Triton repository."""
@@ -631,10 +642,9 @@ def export_cmd(
     from hfcast.quantize import validation_frame
 
     val_frame, val_dates = validation_frame(_lake(settings, None), fc)  # the int8 guard's span
-    try:
+    with _refused("the exported graph differs from PyTorch: report it with the bundle (`hfcast registry show`)",
+                  ValueError):  # parity failure
         report = export.export_all(fc, out, max_batch=max_batch, validation=val_frame, validation_dates=val_dates)
-    except ValueError as exc:  # parity failure
-        _fail(str(exc))
     console.print(f"ONNX ({report.onnx['exporter']} exporter, opset {report.onnx['opset']}): max relative error "
                   f"{report.onnx['parity']['max_rel_err']:.2e} vs PyTorch -> {report.onnx['path']}")
     if isinstance(report.tensorrt, str):
@@ -655,27 +665,24 @@ def export_cmd(
 
 @app.command()
 def predict(
-    dates: str = typer.Option(..., "--dates", help="'2024-01-02..2024-01-31' (dates with features) or 'D1,D2'."),
+    dates: str = typer.Option(..., "--dates", parser=date_spec, help="'2024-01-02..2024-01-31' (dates with features) or 'D1,D2'."),
     model: ModelRefOption = "hfcast@champion",
     bundle: BundleOption = None,
     dense: bool = typer.Option(True, "--dense/--sparse", help="Every minute, or every 10th minute forward-filled."),
     workers: int = typer.Option(1, "--workers", min=1, help="Dates predicted at once (threads sharing one model: 2 overlaps one date's reading and writing with another's model)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output root (file:// path or s3://bucket/prefix); default: the lake."),
+    out: Optional[str] = typer.Option(None, "--out", parser=storage_url, help="Output root (file:// path or s3://bucket/prefix); default: the lake."),
     force: bool = typer.Option(False, "--force", help="Redo dates that are already complete."),
-    runner: str = typer.Option("auto", "--runner", help="auto | onnxruntime | onnxruntime-int8 | torch | torch-compiled | tensorrt"),
+    runner: RunnerOption = "auto",
 ) -> None:
     """Batch inference: one prediction CSV (+ manifest) per date, resumable and parallel."""
     from rich.table import Table
 
     from hfcast.predict import run_predict
 
-    try:
+    with _refused("pick --dates with features (`hfcast featurize`), or check --model / --bundle"):
         summary = run_predict(_settings(), dates, model_ref=model, bundle_dir=str(bundle) if bundle else None,
                               mode="dense" if dense else "sparse", workers=workers, out=out, force=force,
                               runner=runner)
-    except (ValueError, LookupError, FileNotFoundError) as exc:
-        _fail(str(exc))
-        return
     d = summary.as_dict()
     table = Table(title=f"predict {d['model']} ({d['mode']}, {d['workers']} worker(s))")
     for col in ("done", "skipped", "failed", "rows", "seconds", "rows/s"):
@@ -687,7 +694,9 @@ def predict(
     if summary.failed:
         for r in summary.failed:
             console.print(f"[red]failed[/] {r.date}: {r.reason}")
-        _fail(f"{len(summary.failed)} date(s) failed: {', '.join(r.date for r in summary.failed)}")
+        raise UserError(f"{len(summary.failed)} date(s) failed: {', '.join(r.date for r in summary.failed)} "
+                        "(reasons above)", "fix what the reasons name and run the same command again: completed "
+                        "dates are skipped")
 
 
 # --- monitor (hfcast.monitoring) ----------------------------------------------------------------------------
@@ -696,14 +705,22 @@ monitor_app = typer.Typer(no_args_is_help=True, help="Drift + live performance v
 app.add_typer(monitor_app, name="monitor")
 
 
+def _starter_names() -> list[str]:
+    from importlib.metadata import entry_points
+
+    from hfcast.monitoring.retraining import STARTERS_GROUP
+
+    return sorted({"none", "inprocess", "local", *(ep.name for ep in entry_points(group=STARTERS_GROUP))})
+
+
 @monitor_app.command("run")
 def monitor_run(
-    date: str = typer.Option(..., "--date", help="The date to check (YYYY-MM-DD): its features and prediction CSV."),
+    date: str = typer.Option(..., "--date", parser=iso_date, help="The date to check (YYYY-MM-DD): its features and prediction CSV."),
     model: ModelRefOption = "hfcast@champion",
-    starter: str = typer.Option("local", "--starter", help="What starts a retraining: local (the training pipeline "
+    starter: str = typer.Option("local", "--starter", parser=choice(_starter_names, "starter"), help="What starts a retraining: local (the training pipeline "
                                 "here) | kubeflow | inprocess | none (entry points hfcast.starters)."),
     trigger: Optional[str] = typer.Option(None, "--trigger", hidden=True, help="Old name of --starter."),
-    kfp_host: Optional[str] = typer.Option(None, "--kfp-host", help="Kubeflow Pipelines API URL (default params.yaml monitor.kubeflow_host)."),
+    kfp_host: Optional[str] = typer.Option(None, "--kfp-host", parser=http_url, help="Kubeflow Pipelines API URL (default params.yaml monitor.kubeflow_host)."),
     mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the decision to the hfcast-monitoring experiment."),
     rerun: bool = typer.Option(False, "--rerun", help="Replace the date's decision if it was decided before (default: keep it)."),
 ) -> None:
@@ -711,12 +728,10 @@ def monitor_run(
     from hfcast.monitoring.drift import run_monitor
     from hfcast.monitoring.retraining import load_starter
 
-    try:
+    with _refused("predict the date first (`hfcast predict --dates DATE`), build the reference "
+                  "(`hfcast monitor reference`), or pick another --starter"):
         chosen = load_starter(trigger or starter, **({"host": kfp_host} if kfp_host else {}))
         rec = run_monitor(_settings(), date, model, starter=chosen, log_mlflow=mlflow_log, rerun=rerun)
-    except (ValueError, LookupError, FileNotFoundError) as exc:
-        _fail(str(exc))
-        return
     c = rec["checks"]
     live = c.get("live") or {}
     console.print(f"{rec['date']} {rec['model']} v{rec['version']}: feature drift share {c['drift_share']:.2f}, "
@@ -729,7 +744,7 @@ def monitor_run(
 @monitor_app.command("history")
 def monitor_history(
     model: Optional[str] = typer.Option(None, "--model", help="Model name (default: settings.model_name)."),
-    last: int = typer.Option(50, "--last", help="Show the last N decisions."),
+    last: int = typer.Option(50, "--last", min=1, help="Show the last N decisions."),
 ) -> None:
     """The decision log (<lake>/monitoring/<model>/decisions/<date>.json; old decisions.jsonl too), oldest first."""
     from rich.table import Table
@@ -760,10 +775,10 @@ def monitor_history(
 
 @app.command("replay")
 def replay(
-    first: str = typer.Option(..., "--from", help="First trading day to replay (YYYY-MM-DD)."),
-    last: str = typer.Option(..., "--to", help="Last trading day to replay (YYYY-MM-DD)."),
-    arch: list[str] = typer.Option([], "--arch", help="Architecture(s) of a retraining (default: the champion's)."),
-    mode: str = typer.Option("dense", "--mode", help="Prediction mode: dense | sparse."),
+    first: str = typer.Option(..., "--from", parser=iso_date, help="First trading day to replay (YYYY-MM-DD)."),
+    last: str = typer.Option(..., "--to", parser=iso_date, help="Last trading day to replay (YYYY-MM-DD)."),
+    arch: list[str] = typer.Option([], "--arch", parser=architecture, help="Architecture(s) of a retraining (default: the champion's)."),
+    mode: str = typer.Option("dense", "--mode", parser=choice(("dense", "sparse"), "mode"), help="Prediction mode: dense | sparse."),
 ) -> None:
     """Replay days in order with no look-ahead: arrive -> predict (champion of the moment) -> monitor -> decide -> retrain (data up to that day). Resumes where it stopped."""
     from hfcast.monitoring.decision import trigger_outcome
@@ -774,18 +789,18 @@ def replay(
         console.print(f"{d}: predicted by v{e['predict']['version']} -> {e['monitor']['action']} {trig}"
                       f" (champion v{e.get('champion_after')})")
 
-    try:
+    if first > last:
+        raise UserError(f"--from {first} is after --to {last}", "swap them")
+    with _refused("check params.yaml walkforward: / monitor: (the message names the key)"):
         run_replay(_settings(), first, last, archs=arch, mode=mode, on_day=show)
-    except (ValueError, LookupError, FileNotFoundError, RuntimeError) as exc:
-        _fail(str(exc))
 
 
 @monitor_app.command("reference")
 def monitor_reference(
     model: ModelRefOption = "hfcast@champion",
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A local bundle instead of the registry (needs --dates and NAME/VERSION)."),
-    dates: Optional[str] = typer.Option(None, "--dates", help="Training dates 'A..B' (default: from the registry run)."),
-    test_dates: Optional[str] = typer.Option(None, "--test-dates", help="Held-out dates scored for reference.json (with --dates)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", parser=bundle_dir, help="A local bundle instead of the registry (needs --dates and NAME/VERSION)."),
+    dates: Optional[str] = typer.Option(None, "--dates", parser=date_spec, help="Training dates 'A..B' (default: from the registry run)."),
+    test_dates: Optional[str] = typer.Option(None, "--test-dates", parser=date_spec, help="Held-out dates scored for reference.json (with --dates)."),
 ) -> None:
     """Build the monitoring reference of a model version (sampled training rows + its predictions)."""
     from hfcast.monitoring.decision import MonitorConfig
@@ -796,7 +811,7 @@ def monitor_reference(
 
     settings = _settings()
     cfg = MonitorConfig.from_params(settings.param("monitor", {}))
-    try:
+    with _refused("pass --dates with features (`hfcast featurize`), or a --model the registry has"):
         if dates is None:
             doc = reference_from_registry(settings, model, cfg)
         else:
@@ -811,9 +826,6 @@ def monitor_reference(
             doc = build_reference(settings, source, parse_dates(dates, avail), n_rows=cfg.reference_sample_rows,
                                   seed=cfg.seed, model=(name, version),
                                   test_dates=parse_dates(test_dates, avail) if test_dates else None)
-    except (ValueError, LookupError, FileNotFoundError) as exc:
-        _fail(str(exc))
-        return
     console.print(f"[green]reference[/] {doc['model']} v{doc['version']}: {doc['rows']} rows from "
                   f"{doc['train_dates'][0]}..{doc['train_dates'][-1]}; test scores {doc['test_scores'] or '-'}")
 
@@ -829,24 +841,31 @@ def _prediction_folder(settings, model: str) -> tuple[str, str]:
         return str(mv.name), str(mv.version)
     name, sep, version = model.partition("/")
     if not sep or not name or not version:
-        _fail(f"--model must be NAME/VERSION (a predictions/<NAME>/<VERSION> folder) or NAME@ALIAS, got {model!r}")
+        raise UserError(f"--model must name a predictions folder, got {model!r}",
+                        "write NAME/VERSION (a predictions/<NAME>/<VERSION> folder) or NAME@ALIAS")
     return name, version
+
+
+def _gate_metrics() -> list[str]:
+    from hfcast.backtest import GATE_METRICS
+
+    return sorted(GATE_METRICS)
 
 
 @app.command()
 def backtest(
-    model: str = typer.Option("hfcast@champion", "--model", help="Predictions to test: NAME/VERSION or NAME@ALIAS."),
-    dates: Optional[str] = typer.Option(None, "--dates", help="'A..B' or 'D1,D2'; default: every date with predictions."),
+    model: str = typer.Option("hfcast@champion", "--model", parser=model_ref, help="Predictions to test: NAME/VERSION or NAME@ALIAS."),
+    dates: Optional[str] = typer.Option(None, "--dates", parser=date_spec, help="'A..B' or 'D1,D2'; default: every date with predictions."),
     rebalance: Optional[int] = typer.Option(None, "--rebalance", min=1, help="Long-short: minutes between rebalances (10/30/60)."),
-    quantile: Optional[float] = typer.Option(None, "--quantile", help="Long the top, short the bottom quantile (0-0.5]."),
+    quantile: Optional[float] = typer.Option(None, "--quantile", min=0.0, max=0.5, help="Long the top, short the bottom quantile (0-0.5]."),
     confidence: bool = typer.Option(False, "--confidence-weighted", help="Weight each leg by ret_60m_conf."),
-    fee_bps: Optional[float] = typer.Option(None, "--fee-bps", help="Fee per unit traded, on top of half the spread."),
-    target_vol: Optional[float] = typer.Option(None, "--target-vol", help="Vol targeting: annualised target (0.2 = 20%)."),
-    gate_against: Optional[str] = typer.Option(None, "--gate-against", help="Champion predictions (NAME/VERSION or NAME@ALIAS): fail if ours lose."),
-    gate_metric: Optional[str] = typer.Option(None, "--gate-metric", help="net_sharpe | gross_sharpe | max_drawdown | vol_tracking_error | vol_share_beyond_1_5"),
-    gate_margin: float = typer.Option(0.0, "--gate-margin", help="Loss tolerated on the gate metric."),
+    fee_bps: Optional[float] = typer.Option(None, "--fee-bps", min=0.0, help="Fee per unit traded, on top of half the spread."),
+    target_vol: Optional[float] = typer.Option(None, "--target-vol", min=0.0, help="Vol targeting: annualised target (0.2 = 20%)."),
+    gate_against: Optional[str] = typer.Option(None, "--gate-against", parser=model_ref, help="Champion predictions (NAME/VERSION or NAME@ALIAS): fail if ours lose."),
+    gate_metric: Optional[str] = typer.Option(None, "--gate-metric", parser=choice(_gate_metrics, "gate metric"), help="net_sharpe | gross_sharpe | max_drawdown | vol_tracking_error | vol_share_beyond_1_5"),
+    gate_margin: float = typer.Option(0.0, "--gate-margin", min=0.0, help="Loss tolerated on the gate metric."),
     lake: LakeOption = None,
-    out: Path = typer.Option(Path("backtest"), "--out", help="Folder for backtest.json, table.csv, equity.png, tracking.png."),
+    out: Path = typer.Option(Path("backtest"), "--out", parser=output_dir, help="Folder for backtest.json, table.csv, equity.png, tracking.png."),
 ) -> None:
     """Economic value after costs: volatility targeting and a long-short book on the prediction CSVs."""
     from rich.table import Table
@@ -854,7 +873,7 @@ def backtest(
     from hfcast.backtest import BacktestConfig, gate_check, run_backtest, terminal_tables
 
     settings = _settings()
-    try:
+    with _refused("pick --dates with predictions (`hfcast predict`), or correct the option the message names"):
         cfg = BacktestConfig.from_params(settings.param("backtest", {}), rebalance=rebalance, quantile=quantile,
                                          confidence_weighted=confidence or None, fee_bps=fee_bps,
                                          target_vol=target_vol, gate_metric=gate_metric)
@@ -866,9 +885,6 @@ def backtest(
             cname, cversion = _prediction_folder(settings, gate_against)
             champion = run_backtest(lk, cname, cversion, result.dates, cfg, out / "champion")
             gate = gate_check(result, champion, margin=gate_margin)
-    except (ValueError, LookupError, FileNotFoundError) as exc:
-        _fail(str(exc))
-        return
     from rich import box
 
     wide = Console(width=min(console.width, 100)) if console.is_terminal else Console(width=100)
@@ -903,26 +919,23 @@ def _forecaster(settings, model: str, bundle: Optional[Path]):
 
 @explain_app.command("global")
 def explain_global(
-    dates: str = typer.Option(..., "--dates", help="Test span with matured labels: 'A..B' or 'D1,D2'."),
+    dates: str = typer.Option(..., "--dates", parser=date_spec, help="Test span with matured labels: 'A..B' or 'D1,D2'."),
     model: ModelRefOption = "hfcast@champion",
     bundle: BundleOption = None,
     repeats: int = typer.Option(3, "--repeats", min=1, help="Shuffles per feature group."),
     max_windows: int = typer.Option(4000, "--max-windows", min=100, help="Test windows scored."),
     lake: LakeOption = None,
-    out: Path = typer.Option(Path("explain"), "--out", help="Folder for explain.json, importance.png, attention.png."),
+    out: Path = typer.Option(Path("explain"), "--out", parser=output_dir, help="Folder for explain.json, importance.png, attention.png."),
 ) -> None:
     """Feature-group permutation importance (returns and volatility), attention by time of day."""
     from hfcast.explain import run_global
     from hfcast.predict import parse_dates
 
     settings = _settings()
-    try:
-        lk = _lake(settings, lake)
+    lk = _lake(settings, lake)
+    with _refused("pick --dates with features and matured labels (`hfcast featurize`)"):
         fc = _forecaster(settings, model, bundle)
         res = run_global(lk, fc, parse_dates(dates, lk.dates("features")), out, repeats, max_windows)
-    except (ValueError, LookupError, FileNotFoundError) as exc:
-        _fail(str(exc))
-        return
     console.print(f"[bold]permutation importance[/] on {res['windows']} windows (loss increase; base "
                   f"ret MSE {res['base_loss']['ret']:.3g}, vol QLIKE {res['base_loss']['vol']:.3g})")
     for r in res["permutation_importance"]:
@@ -932,8 +945,8 @@ def explain_global(
 
 @explain_app.command("forecast")
 def explain_forecast_cmd(
-    symbol: str = typer.Option(..., "--symbol", help="Symbol of the forecast."),
-    ts: str = typer.Option(..., "--ts", help="Forecast minute (UTC, e.g. 2024-01-05T15:00:00Z)."),
+    ticker: str = typer.Option(..., "--symbol", parser=symbol, help="Symbol of the forecast."),
+    ts: str = typer.Option(..., "--ts", parser=timestamp, help="Forecast minute (UTC, e.g. 2024-01-05T15:00:00Z)."),
     model: ModelRefOption = "hfcast@champion",
     bundle: BundleOption = None,
     top: int = typer.Option(10, "--top", min=1, help="Top (minute, feature) cells shown."),
@@ -943,11 +956,9 @@ def explain_forecast_cmd(
     from hfcast.explain import explain_forecast
 
     settings = _settings()
-    try:
-        res = explain_forecast(_lake(settings, lake), _forecaster(settings, model, bundle), symbol, ts, top=top)
-    except (ValueError, LookupError, FileNotFoundError) as exc:
-        _fail(str(exc))
-        return
+    lk = _lake(settings, lake)
+    with _refused("pick a --symbol and a --ts (a minute of a session with features) that the lake holds"):
+        res = explain_forecast(lk, _forecaster(settings, model, bundle), ticker, ts, top=top)
     for target in ("ret", "vol"):
         e = res[target]
         console.print(f"[bold]{target}[/]: forecast {e['forecast']:+.4g} vs baseline {e['baseline_forecast']:+.4g} "
@@ -992,7 +1003,7 @@ def build_app() -> typer.Typer:
 
 def main() -> None:
     """The ``hfcast`` console script: core commands plus the plugins' ones, all under the one error
-    handler (``app()`` goes through :func:`_with_user_errors`, so plugin commands show two-line errors too)."""
+    path (:class:`hfcast.cliopts.HfcastGroup`: plugin commands show two-line errors too)."""
     build_app()()
 
 

@@ -69,8 +69,15 @@ class Settings:
 
     @property
     def storage_options(self) -> dict[str, Any]:
-        """fsspec/s3fs options for ``s3://`` URLs (empty for local paths)."""
-        if not self.lake_url.startswith("s3://"):
+        """fsspec/s3fs options of the settings' lake (empty for local paths)."""
+        return self.storage_options_for(self.lake_url)
+
+    def storage_options_for(self, url: str) -> dict[str, Any]:
+        """The fsspec/s3fs options of any URL under these settings: the one rule every storage client
+        is built by, whether the URL came from ``--lake``, ``HFCAST_LAKE`` or a settings parameter
+        (same endpoint, same credentials; TLS follows the endpoint's scheme and botocore's
+        ``AWS_CA_BUNDLE``)."""
+        if url_scheme(url) != "s3":
             return {}
         return s3_storage_options(self.s3_endpoint, self.s3_key, self.s3_secret)
 
@@ -98,6 +105,32 @@ class Settings:
                 return default
             node = node[part]
         return node
+
+
+STORAGE_SCHEMES = ("file", "s3")  # what the lake, prediction outputs and bundles may live on
+
+
+def url_scheme(url: str) -> str:
+    """``s3``, ``file`` (a ``file://`` URL or a plain path), or the unsupported scheme as written."""
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def check_storage_url(url: str, what: str = "the lake URL") -> str:
+    """``url`` when hfcast can store there, else a :class:`hfcast.errors.UserError` naming ``what``.
+
+    Why refuse early: fsspec knows dozens of protocols (ftp, gopher through http, ...), and a typo
+    would otherwise surface as a traceback deep in the first write, after the work was done.
+    """
+    from hfcast.errors import UserError
+
+    scheme = url_scheme(url)
+    if scheme not in STORAGE_SCHEMES:
+        raise UserError(f"{what} {url!r} has the scheme {scheme}://, which hfcast cannot store to",
+                        "use s3://bucket/prefix (HFCAST_S3_ENDPOINT for a non-AWS server), file:///abs/path or a "
+                        "plain path")
+    if scheme == "s3" and not url[len("s3://"):].strip("/"):
+        raise UserError(f"{what} {url!r} names no bucket", "use s3://bucket/prefix")
+    return url
 
 
 def s3_storage_options(endpoint: str | None, key: str, secret: str) -> dict[str, Any]:
@@ -154,7 +187,7 @@ def _read_settings(env: Mapping[str, str] | None, cwd: Path | None) -> Settings:
     # relative paths resolve against ``cwd`` (not the process directory) so that tests and DVC
     # stages that pass ``cwd`` get the same absolute paths
     home = (cwd / (env.get("HFCAST_HOME") or ".hfcast")).resolve()
-    lake = env.get("HFCAST_LAKE") or (home / "lake").as_uri()
+    lake = check_storage_url(env.get("HFCAST_LAKE") or (home / "lake").as_uri(), "HFCAST_LAKE")
     if "://" not in lake:  # a plain path (e.g. ``data/lake`` in a DVC stage): absolute file:// URL
         lake = (cwd / lake).resolve().as_uri()
     mlflow_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"

@@ -24,7 +24,9 @@ class UserError(Exception):
         self.problem, self.fix = problem, fix
 
     def lines(self) -> list[str]:
-        return [f"error: {self.problem}"] + ([f"  fix: {self.fix}"] if self.fix else [])
+        """``error: PROBLEM`` and ``  fix: NEXT STEP``, one line each (whatever newlines the texts hold)."""
+        return [f"error: {' '.join(str(self.problem).split())}"] + (
+            [f"  fix: {' '.join(str(self.fix).split())}"] if self.fix else [])
 
 
 def _s3(exc: BaseException) -> UserError | None:
@@ -32,10 +34,13 @@ def _s3(exc: BaseException) -> UserError | None:
     text = f"{type(exc).__name__}: {exc}"
     if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403") or "SignatureDoesNotMatch" in text:
         return UserError(f"S3 refused the credentials ({code or text[:120]})",
-                         "check HFCAST_S3_KEY / HFCAST_S3_SECRET (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+                         "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
     if type(exc).__name__ in ("EndpointConnectionError", "ConnectTimeoutError") or "Could not connect to the endpoint" in text:
-        return UserError(f"cannot reach the S3 endpoint: {exc}",
-                         "check HFCAST_S3_ENDPOINT and that the S3 server runs (hfcast services status)")
+        import re
+
+        url = re.search(r"endpoint URL: \"?(\w+://[^/\"\s]+)", text)  # the server, not the object asked for
+        return UserError(f"cannot reach the S3 endpoint {url.group(1) if url else ''} ({type(exc).__name__})".replace("  ", " "),
+                         "check HFCAST_S3_ENDPOINT and that the S3 server runs")
     return None
 
 
@@ -59,7 +64,22 @@ def _pickle(exc: BaseException) -> UserError | None:
     return None
 
 
-EXPLAINERS: list[Callable[[BaseException], UserError | None]] = [_s3, _os, _pickle]
+def _mlflow(exc: BaseException) -> UserError | None:
+    """The tracking server did not answer (refused, timed out, 5xx): an outage, not a missing model."""
+    import re
+
+    text = str(exc)
+    if type(exc).__name__ != "MlflowException" or "API request to" not in text:
+        return None
+    url = re.search(r"API request to (\w+://[^/\s]+)", text)
+    why = ("connection refused" if "Connection refused" in text else "timed out" if "timed out" in text.lower()
+           else f"HTTP {m.group(1)}" if (m := re.search(r"(5\d\d) (?:error|Server Error)|status code (5\d\d)", text))
+           else text.split(" failed with exception ")[-1][:120])
+    return UserError(f"the MLflow tracking server did not answer ({url.group(1) if url else '?'}: {why})",
+                     "start it or check MLFLOW_TRACKING_URI; nothing was changed in the registry")
+
+
+EXPLAINERS: list[Callable[[BaseException], UserError | None]] = [_s3, _os, _pickle, _mlflow]
 
 
 def explain(exc: BaseException) -> UserError | None:

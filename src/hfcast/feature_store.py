@@ -42,6 +42,7 @@ from hfcast import storage
 from hfcast.config import Settings
 from hfcast.contracts import FEATURE_SET_FILE, LOOKBACK
 from hfcast.errors import UserError
+from hfcast.data.schema import symbol_problem
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -249,10 +250,16 @@ def latest_windows(features: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """Each symbol's last 30 consecutive minutes of one date, flattened row-major.
 
     A symbol whose last 30 rows are not 30 consecutive minutes (gaps, a short day) gets no window:
-    a window never spans a gap or two sessions (the windows contract), and it is logged.
+    a window never spans a gap or two sessions (the windows contract), and it is logged. Nor does a
+    symbol the one symbol rule refuses (:func:`hfcast.data.schema.symbol_problem`): the server would
+    refuse to look it up, so the online store never holds it.
     """
     rows, skipped = [], []
     for sym, g in features.sort_values(["symbol", "ts"]).groupby("symbol", sort=True, observed=True):
+        why = symbol_problem(sym)
+        if why:
+            log.warning("symbol %r not loaded online: %s", str(sym)[:40], why)
+            continue
         tail = g.tail(LOOKBACK)
         steps = np.diff(tail["ts"].dt.tz_convert(None).to_numpy())
         if len(tail) < LOOKBACK or np.any(steps != np.timedelta64(60, "s")):

@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from hfcast import promotion, registry
+from hfcast import journal, promotion, registry
 from hfcast.contracts import finite
 from hfcast.gate import GateDecision
 
@@ -238,8 +238,9 @@ def train_and_log(settings: Any, archs: Sequence[str] | None = None, *, dataset_
     options = select_options(settings, kind, ret)
     lake, wf_cfg, train_cfg, mcfg = _walkforward_inputs(settings, last_date, max_folds, wf_overrides)
     title = f"until {last_date}" if last_date else ""
-    with registry.training_runs(settings, {"hfcast.trigger_reason": reason[:5000]} if reason else None, title,
-                                root="forecaster") as live:
+    # the retrain key is on the runs from their first second: a killed training's runs are found and closed
+    opened = {**(tags or {}), **({"hfcast.trigger_reason": reason[:5000]} if reason else {})}
+    with registry.training_runs(settings, opened or None, title, root="forecaster") as live:
         live.parent("forecaster")  # the run exists (RUNNING) from the first second of training
         result = run_walkforward(lake, archs, wf_cfg, train_cfg, progress=False, model_configs=mcfg,
                                  options=options, on_epoch=live.on_epoch)
@@ -360,7 +361,8 @@ def register_and_gate(settings: Any, run_id: str, *, force_reason: str = "", mar
         decision_date: the date the retraining was decided (a replay): a version whose train,
             validation or test data extends past it is refused, forced or not.
     """
-    version = registry.register(settings, run_id)
+    with journal.step("register", run_id=run_id) as rec:
+        rec["version"] = version = registry.register(settings, run_id)
     return gate_version(settings, version, force_reason=force_reason, margin=margin, trained=trained,
                         decision_date=decision_date)
 
@@ -370,13 +372,13 @@ def gate_version(settings: Any, version: int, *, force_reason: str = "", margin:
                  recorded: GateDecision | None = None) -> GateOutcome:
     """The gate of :func:`register_and_gate` on a registered version (``recorded``: a decision
     already taken and tagged, applied again: promotion is idempotent)."""
-    refusal = check_decision_date(registry.resolve(settings, f"{settings.model_name}/{version}").tags, decision_date)
-    if refusal:
-        decision = GateDecision(False, [f"refused: {refusal}"])
-        promotion.promote(settings, version, decision)  # records the reasons; champion unchanged
-        return GateOutcome(int(version), decision, False)
-    decision = recorded or _decide(settings, version, force_reason, margin)
-    promoted = promotion.promote(settings, version, decision)
+    with journal.step("gate", version=int(version)) as rec:
+        refusal = check_decision_date(registry.resolve(settings, f"{settings.model_name}/{version}").tags, decision_date)
+        decision = GateDecision(False, [f"refused: {refusal}"]) if refusal else \
+            (recorded or _decide(settings, version, force_reason, margin))
+        rec.update(promote=decision.promote, summary=decision.summary()[:2000])
+    with journal.step("promote", version=int(version)) as rec:
+        rec["promoted"] = promoted = promotion.promote(settings, version, decision)  # refused: reasons recorded only
     if promoted:
         _build_reference(settings, version, trained)
     return GateOutcome(int(version), decision, bool(promoted))
@@ -395,13 +397,41 @@ def recorded_decision(tags: Mapping[str, str]) -> GateDecision | None:
 
 
 def _registered_retraining(settings: Any, key: str) -> dict[str, Any] | None:
-    """The version an earlier, interrupted attempt of this retraining registered, or None."""
-    try:
-        rows = registry.list_versions(settings)
-    except Exception:  # no registered model yet
-        return None
-    found = [r for r in rows if r["tags"].get(RETRAIN_KEY_TAG) == key]
+    """The version an earlier, interrupted attempt of this retraining registered, or None.
+
+    An unreachable registry raises: "nothing registered yet" is what an empty listing says, never
+    what an outage says (a retraining must not register a second version because a request failed).
+    """
+    found = [r for r in registry.list_versions(settings) if r["tags"].get(RETRAIN_KEY_TAG) == key]
     return found[-1] if found else None
+
+
+def close_interrupted_runs(settings: Any, key: str) -> list[str]:
+    """End as FAILED, with the reason in the tag ``hfcast.interrupted``, the runs (and their fold runs)
+    that an earlier attempt of this retraining left behind; the ids closed.
+
+    Called only when no version carries ``key``, so every such run belongs to an attempt that died
+    before registering: RUNNING ones were killed mid-training; FINISHED ones were logged, then the
+    process died before registering them (the retraining runs again, so they are superseded).
+    Why: a SIGKILL skips every ``finally``; without this the MLflow UI would show a training that
+    runs forever, or two trainings of one retraining, beside the retry that replaced them.
+    """
+    why = {"RUNNING": "interrupted: the process died during this training; a later attempt of the same "
+                      "retraining replaced it",
+           "FINISHED": "superseded: logged by an attempt that died before registering it; the retraining ran again"}
+    closed = []
+    with registry.tracking(settings) as t:
+        for parent in t.client.search_runs([t.experiment_id], f"tags.`{RETRAIN_KEY_TAG}` = '{key}'"):
+            if parent.info.status not in why or "hfcast.interrupted" in parent.data.tags:
+                continue
+            children = t.client.search_runs([t.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+            for rid in [c.info.run_id for c in children] + [parent.info.run_id]:
+                t.client.set_tag(rid, "hfcast.interrupted", why[parent.info.status])
+                t.client.set_terminated(rid, "FAILED")
+                closed.append(rid)
+    if closed:
+        log.warning("retraining %s: closed %d run(s) an attempt killed before registering left behind", key, len(closed))
+    return closed
 
 
 def retrain_archs(settings: Any) -> list[str]:
@@ -414,10 +444,8 @@ def retrain_archs(settings: Any) -> list[str]:
     fixed = settings.param("monitor.retrain_arch")
     if fixed:
         return [fixed] if isinstance(fixed, str) else [str(a) for a in fixed]
-    try:
-        members = registry.resolve(settings, f"{settings.model_name}@champion").tags.get("hfcast.members", "")
-    except registry.RegistryError:  # the registry answered: there is no champion (yet)
-        members = ""
+    mv = registry.champion(settings)  # None only when the registry answers that there is none
+    members = "" if mv is None else mv.tags.get("hfcast.members", "")
     chosen = [m for m in members.split(",") if m and m != "none"]
     return chosen if len(chosen) >= 2 else default_archs(settings)
 
@@ -451,6 +479,8 @@ def retrain(settings: Any, archs: Sequence[str] = (), *, reason: str, drifted_da
         return {"status": "done", "new_version": outcome.version, "promoted": outcome.promoted,
                 "gate": outcome.decision.summary(), "kind": earlier["tags"].get("hfcast.kind", ""),
                 "run_ids": {"forecaster": earlier["run_id"]}, "resumed": True}
+    if key:
+        close_interrupted_runs(settings, key)
     run = train_and_log(settings, archs, reason=reason, drifted_dates=drifted_dates, last_date=last_date,
                         max_folds=1, dataset_version=dataset_version, tags={RETRAIN_KEY_TAG: key} if key else None)
     outcome = register_and_gate(settings, run.run_id, force_reason=force_reason, margin=margin, trained=run,

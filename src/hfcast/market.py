@@ -88,6 +88,18 @@ def _hhmm(text: str) -> dt.time:
         raise ValueError(f"market: time must be HH:MM, got {text!r}") from exc
 
 
+def calendar_known(name: str) -> bool:
+    """Whether exchange_calendars or pandas_market_calendars has a calendar called ``name`` (checked
+    where a name is given, e.g. ``--calendar``, instead of at the first session it is asked for)."""
+    import exchange_calendars as xcals
+
+    if name in xcals.get_calendar_names(include_aliases=True):
+        return True
+    import pandas_market_calendars as mcal
+
+    return name in mcal.get_calendar_names()
+
+
 def _library_schedule(name: str, start: pd.Timestamp, end: pd.Timestamp) -> tuple[pd.DataFrame, str]:
     """(schedule with open/break_start/break_end/close UTC columns indexed by trade date, tz name)."""
     import exchange_calendars as xcals

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from hfcast import storage
+from hfcast.journal import killpoint
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,7 @@ def predict_date(job: Job, date: str) -> DateResult:
         t_write = time.perf_counter()
         body = to_csv_bytes(frame, job.model_name, job.model_version, job.mode)
         storage.write_bytes(csv_url, body, job.storage_options)
+        killpoint("predict-csv")  # a test hook: the CSV written, its manifest not (hfcast.journal)
         manifest = {
             **expect, "date": date, "model_name": job.model_name, "rows": len(frame),
             "symbols": int(frame["symbol"].nunique()),
@@ -431,7 +433,9 @@ def run_predict(settings: Any, dates: str | list[str], model_ref: str | None = N
     workers = max(1, min(workers, len(date_list)))
     from hfcast.runners import threads_per_worker  # intra-op threads = cores per worker
 
-    job = Job(local_bundle, lake.url, (out or settings.lake_url).rstrip("/"), lake.storage_options, name, version,
+    # one S3 configuration serves the lake and an s3:// --out alike (the same client, hfcast.config)
+    options = (settings.storage_options_for(out) or None) if out and storage.is_remote(out) else lake.storage_options
+    job = Job(local_bundle, lake.url, (out or settings.lake_url).rstrip("/"), options, name, version,
               mode, runner_kind, onnx_path, force, threads=threads_per_worker(workers),
               model_slots=threading.Semaphore(workers))
     log.info("predicting %d date(s) with %s/%s (%s, %s runner, %d worker(s))", len(date_list), name, version,

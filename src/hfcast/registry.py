@@ -561,6 +561,19 @@ def resolve(settings: Settings, ref: str | int):
                                 "NAME/VERSION, or --bundle DIR)") from None
 
 
+def champion(settings: Settings):
+    """The champion's ModelVersion, or None when the registry says there is none.
+
+    "None" only on the registry's own answer (no such model, no such alias: :class:`RegistryError`
+    from :func:`resolve`); an outage (connection refused, a 500) raises, so a caller never trains or
+    predicts as if no champion existed because a request failed.
+    """
+    try:
+        return resolve(settings, f"{settings.model_name}@{CHAMPION}")
+    except RegistryError:
+        return None
+
+
 def run_scores(settings: Settings, run_id: str) -> dict[str, Any]:
     """The run's ``eval/scores.json`` (test spans, model and baseline scores, folds)."""
     import mlflow

@@ -14,46 +14,60 @@ promoted. Here each day D goes through, in order:
    lineage tags, :func:`hfcast.lifecycle.check_decision_date`);
 5. D+1 is predicted by whoever is champion after step 4.
 
-``<lake>/replay/<model>/progress.json`` records each finished step of each day (rewritten
-atomically after every step), so an interrupted replay resumes where it stopped. A retraining
-cut off mid-way leaves its decision record in status ``starting`` and its lease: the replay (the
-only writer of its lake) removes both and decides the day again.
+Each step of each day is written down before and after it runs in the day's journal
+(:mod:`hfcast.journal`, ``<lake>/replay/<model>/journal/<date>.json``), so a replay killed at any
+point resumes where it stopped and reaches the state an uninterrupted replay reaches: finished
+steps are skipped; a day whose decision was recorded is never decided again (a retraining it
+started and that was cut off is resumed, :func:`hfcast.monitoring.drift.complete_decision`); a
+retraining resumes from what the registry holds (:func:`hfcast.lifecycle.retrain`: the version
+registered under its retrain key, its gate tags, the champion alias), and the MLflow runs a killed
+training left RUNNING are closed as FAILED with the reason.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Callable, Sequence
 
-from hfcast import storage
+from hfcast import journal, storage
+from hfcast.errors import UserError
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
 
 STEPS = ("arrive", "predict", "monitor")
+BOOTSTRAP = "bootstrap"  # the journal of the first champion's training
 
 
-def progress_url(lake: Lake, model: str) -> str:
-    return storage.join(lake.url, "replay", model, "progress.json")
+def journal_url(lake: Lake, model: str) -> str:
+    """The folder of the replay's journals, one object per date (:mod:`hfcast.journal`)."""
+    return storage.join(lake.url, "replay", model, "journal")
 
 
 def load_progress(lake: Lake, model: str) -> dict[str, Any]:
-    url = progress_url(lake, model)
-    if not storage.exists(url, lake.storage_options):
-        return {"days": {}}
-    return json.loads(storage.read_text(url, lake.storage_options))
+    """``{days: {date: {arrive, predict, monitor, champion_after}}, bootstrap}``: the finished steps,
+    read from the journals."""
+    days: dict[str, Any] = {}
+    for name in storage.listdir(journal_url(lake, model), lake.storage_options):
+        if name.endswith(".json") and name != f"{BOOTSTRAP}.json":
+            days[name[:-5]] = _day_view(journal.Journal(lake, model, name[:-5]))
+    boot = journal.Journal(lake, model, BOOTSTRAP).result("champion")
+    return {"days": days, **({"bootstrap": boot["version"]} if boot else {})}
 
 
-def _save_progress(lake: Lake, model: str, progress: dict[str, Any]) -> None:
-    storage.write_text(progress_url(lake, model), json.dumps(progress, indent=1, sort_keys=True, default=str),
-                       lake.storage_options)
+def _day_view(j: journal.Journal) -> dict[str, Any]:
+    out: dict[str, Any] = {s: j.result(s) for s in STEPS if j.result(s)}
+    if "monitor" in out:
+        out["champion_after"] = out["monitor"].get("champion_after")
+    return out
 
 
 def champion_version(settings: Any) -> str | None:
-    from hfcast.monitoring.retraining import _champion
+    """The champion now; None only when the registry says there is none (an outage raises)."""
+    from hfcast.registry import champion
 
-    return _champion(settings)
+    mv = champion(settings)
+    return None if mv is None else str(mv.version)
 
 
 def _arrive(settings: Any, lake: Lake, dates: Sequence[str], versions: Any = None) -> str:
@@ -80,85 +94,111 @@ def _version(settings: Any, last: str, versions: Any = None) -> str:
 
 def _bootstrap(settings: Any, lake: Lake, first: str, archs: Sequence[str], versions: Any = None) -> str:
     """The first champion, trained on the days before ``first`` only (forced past the gate if it
-    has no champion to beat and fails a baseline: the reason is recorded on the version)."""
+    has no champion to beat and fails a baseline: the reason is recorded on the version).
+
+    Journaled as the date ``bootstrap``; a rerun after a kill resumes the same retraining (same
+    retrain key), so it never registers a second first model."""
     from hfcast.lifecycle import retrain
 
     history = [d for d in lake.dates("raw") if d < first]
     if not history:
-        raise ValueError(f"no champion and no raw dates before {first} to train a first one on")
-    missing = [d for d in history if not lake.exists("features", d)]
-    version = _arrive(settings, lake, missing, versions) if missing else _version(settings, history[-1], versions)
-    out = retrain(settings, list(archs), reason=f"replay bootstrap: days before {first}", last_date=history[-1],
-                  decision_date=history[-1], dataset_version=version)
-    if not out["promoted"]:
-        log.warning("first model v%s rejected by the gate (%s): promoting it as the bootstrap champion",
-                    out["new_version"], out["gate"])
-        from hfcast import promotion
-        from hfcast.gate import GateDecision
+        raise UserError(f"no champion and no raw dates before {first} to train a first one on",
+                        "ingest (or synth) the days before --from, or register and promote a champion first")
+    with journal.opened(journal.Journal(lake, settings.model_name, BOOTSTRAP)), journal.step("champion") as rec:
+        missing = [d for d in history if not lake.exists("features", d)]
+        version = _arrive(settings, lake, missing, versions) if missing else _version(settings, history[-1], versions)
+        out = retrain(settings, list(archs), reason=f"replay bootstrap: days before {first}", last_date=history[-1],
+                      decision_date=history[-1], dataset_version=version)
+        if not out["promoted"]:
+            log.warning("first model v%s rejected by the gate (%s): promoting it as the bootstrap champion",
+                        out["new_version"], out["gate"])
+            from hfcast import promotion
+            from hfcast.gate import GateDecision
 
-        promotion.promote(settings, out["new_version"], GateDecision.force("replay bootstrap: first model"))
-    return str(out["new_version"])
+            promotion.promote(settings, out["new_version"], GateDecision.force("replay bootstrap: first model"))
+        rec["version"] = str(out["new_version"])
+    return rec["version"]
 
 
-def _clean_interrupted(lake: Lake, model: str, date: str) -> None:
-    """Remove what a monitor step cut off mid-retraining left: its ``starting`` record and its lease."""
-    from hfcast.monitoring import decision as D
+def _release_dead_lease(lake: Lake, model: str, date: str) -> None:
+    """Remove the retraining lease a killed run of this date left (the replay is its lake's only writer):
+    taken before the decision was recorded, it has no record to resume."""
     from hfcast.monitoring import retraining as R
 
-    rec = D.read_decision(lake, model, date)
-    if rec and (rec.get("trigger") or {}).get("status") == "starting":
-        log.warning("%s: the retraining decided on this day was interrupted; deciding the day again", date)
-        storage.remove(D.decision_url(lake, model, date), lake.storage_options)
     held = R.lease_holder(lake, model)
     if held and held.get("date") == date:
-        storage.remove(R.lease_url(lake, model), lake.storage_options)
+        log.warning("%s: removing the retraining lease a killed run left before recording its decision", date)
+        R.release_lease(lake, model, held)
 
 
-def _monitor(settings: Any, date: str, model: str, version: str, starter: Any) -> dict[str, Any]:
-    from hfcast.monitoring.drift import run_monitor
+def _monitor(settings: Any, lake: Lake, date: str, model: str, version: str, starter: Any) -> dict[str, Any]:
+    """Monitor and decide the day, or finish what a killed run recorded for it (never decided twice)."""
+    from hfcast.monitoring import decision as D
+    from hfcast.monitoring.drift import complete_decision, run_monitor
 
-    rec = run_monitor(settings, date, model=f"{model}/{version}", starter=starter)
+    rec = D.read_decision(lake, model, date)
+    if rec is None:
+        _release_dead_lease(lake, model, date)
+        rec = run_monitor(settings, date, model=f"{model}/{version}", starter=starter)
+    else:
+        log.warning("%s: decided before an interruption (%s); finishing that decision", date, rec["action"])
+        rec = complete_decision(settings, rec, starter)
     trig = rec.get("trigger") or {}
-    return {"action": rec["action"], "version": version, "trigger": {k: trig.get(k) for k in
-            ("kind", "status", "new_version", "promoted", "gate", "error", "note") if k in trig} or None}
+    after = champion_version(settings)
+    if after != version:
+        _refuse_look_ahead(settings, model, after, date)
+    return {"action": rec["action"], "version": version, "champion_after": after,
+            "trigger": {k: trig.get(k) for k in ("kind", "status", "new_version", "promoted", "gate", "error", "note")
+                        if k in trig} or None}
 
 
-def _refuse_look_ahead(settings: Any, model: str, version: str, date: str) -> None:
+def _refuse_look_ahead(settings: Any, model: str, version: str | None, date: str) -> None:
     """A champion promoted on ``date`` must have seen no data after it (checked again, from its tags)."""
     from hfcast import registry
     from hfcast.lifecycle import check_decision_date
 
+    if version is None:
+        raise UserError(f"{date}: the champion alias of {model} disappeared during the day",
+                        "promote a version (`hfcast registry promote`) and run the replay again")
     why = check_decision_date(registry.resolve(settings, f"{model}/{version}").tags, date)
     if why:
-        raise RuntimeError(f"{date}: champion v{version} was promoted but {why}; roll back with "
-                           f"`hfcast registry rollback` before replaying further")
+        raise UserError(f"{date}: champion v{version} was promoted but {why}",
+                        "roll back with `hfcast registry rollback` before replaying further")
 
 
-def replay_day(settings: Any, lake: Lake, date: str, progress: dict[str, Any], *, model: str, mode: str,
-               starter_for: Callable[[str, str], Any], versions: Any = None) -> dict[str, Any]:
-    """Run the steps of one day that are not in ``progress`` yet (saved after each)."""
+def _predict(settings: Any, model: str, date: str, mode: str) -> str:
+    """Batch-predict ``date`` with the champion of this moment; the version that predicted it."""
     from hfcast.predict import run_predict
 
-    day = progress["days"].setdefault(date, {})
-    if "arrive" not in day:
-        day["arrive"] = {"dataset_version": _arrive(settings, lake, [date], versions)}
-        _save_progress(lake, model, progress)
-    if "predict" not in day:
-        version = champion_version(settings)
-        if version is None:
-            raise RuntimeError(f"{date}: no champion to predict with (alias {model}@champion is not set)")
-        run_predict(settings, [date], model_ref=f"{model}/{version}", mode=mode, progress=False)
-        day["predict"] = {"version": version}
-        _save_progress(lake, model, progress)
-    if "monitor" not in day:
-        _clean_interrupted(lake, model, date)
-        starter = starter_for(date, day["arrive"]["dataset_version"])
-        day["monitor"] = _monitor(settings, date, model, day["predict"]["version"], starter)
-        day["champion_after"] = champion_version(settings)
-        if day["champion_after"] != day["predict"]["version"]:
-            _refuse_look_ahead(settings, model, day["champion_after"], date)
-        _save_progress(lake, model, progress)
-    return day
+    version = champion_version(settings)
+    if version is None:
+        raise UserError(f"{date}: no champion to predict with (alias {model}@champion is not set)",
+                        "promote a version (`hfcast registry promote`) and run the replay again")
+    summary = run_predict(settings, [date], model_ref=f"{model}/{version}", mode=mode, progress=False)
+    if summary.failed:
+        raise UserError(f"{date}: prediction with v{version} failed: {summary.failed[0].reason}",
+                        "fix what the reason names and run the replay again (it resumes at this day)")
+    return version
+
+
+def replay_day(settings: Any, lake: Lake, date: str, *, model: str, mode: str,
+               starter_for: Callable[[str, str], Any], versions: Any = None) -> dict[str, Any]:
+    """Run the steps of one day that its journal does not show finished; the day's finished steps."""
+    with journal.opened(journal.Journal(lake, model, date)) as j:
+        for name in j.interrupted():
+            log.warning("%s: step %s was interrupted (started %s); resuming it", date, name,
+                        j.doc["steps"][name]["started_at"])
+        if not j.result("arrive"):
+            with journal.step("arrive") as out:
+                out["dataset_version"] = _arrive(settings, lake, [date], versions)
+        if not j.result("predict"):
+            with journal.step("predict") as out:
+                out["version"] = _predict(settings, model, date, mode)
+        if not j.result("monitor"):
+            with journal.step("monitor") as out:
+                starter = starter_for(date, j.result("arrive")["dataset_version"])
+                out.update(_monitor(settings, lake, date, model, j.result("predict")["version"], starter))
+        return _day_view(j)
 
 
 def run_replay(settings: Any, first: str, last: str, *, archs: Sequence[str] = (), mode: str = "dense",
@@ -173,10 +213,10 @@ def run_replay(settings: Any, first: str, last: str, *, archs: Sequence[str] = (
         versions: a :class:`hfcast.versioning.FeatureVersions` (DVC add + push after each day);
             None = as the settings say (:func:`hfcast.versioning.features_version`: pushed to
             ``dvc.remote`` when set, an object-store lake through its local mirror).
-        on_day: called after each day with its progress entry (the demo prints it).
+        on_day: called after each day with its finished steps (the demo prints it).
 
     Returns:
-        ``{days: {date: {predict: {version}, monitor: {action, version, trigger}, champion_after}},
+        ``{days: {date: {arrive, predict: {version}, monitor: {action, version, trigger}, champion_after}},
         first, last, bootstrap}``.
     """
     from hfcast.monitoring.retraining import InProcessStarter
@@ -185,20 +225,18 @@ def run_replay(settings: Any, first: str, last: str, *, archs: Sequence[str] = (
     model = settings.model_name
     days = [d for d in lake.dates("raw") if first <= d <= last]
     if not days:
-        raise ValueError(f"no raw dates between {first} and {last} in {lake.url}")
+        raise UserError(f"no raw dates between {first} and {last} in {lake.url}",
+                        "ingest (or synth) those days first, or pick --from/--to among the raw dates")
     starter_for = starter_for or (lambda d, v: InProcessStarter(archs=archs, last_date=d, dataset_version=v))
-    progress = load_progress(lake, model)
-    if champion_version(settings) is None:
-        progress["bootstrap"] = _bootstrap(settings, lake, days[0], archs, versions)
-        _save_progress(lake, model, progress)
+    if champion_version(settings) is None or journal.Journal(lake, model, BOOTSTRAP).interrupted():
+        _bootstrap(settings, lake, days[0], archs, versions)
     for d in days:
-        entry = replay_day(settings, lake, d, progress, model=model, mode=mode, starter_for=starter_for,
-                           versions=versions)
+        entry = replay_day(settings, lake, d, model=model, mode=mode, starter_for=starter_for, versions=versions)
         log.info("%s: predicted by v%s -> %s; champion v%s", d, entry["predict"]["version"],
                  entry["monitor"]["action"], entry.get("champion_after"))
         if on_day is not None:
             on_day(d, entry)
-    return {"first": days[0], "last": days[-1], **progress}
+    return {"first": days[0], "last": days[-1], **load_progress(lake, model)}
 
 
 def versions_seen(settings: Any) -> list[dict[str, Any]]:

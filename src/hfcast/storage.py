@@ -72,10 +72,43 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+_ENDPOINT_ENV = ("HFCAST_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_said_endpoint: set[str] = set()
+
+
+def _s3_endpoint_guard(url: str, storage_options: dict[str, Any] | None) -> None:
+    """Never let an S3 client fall back to AWS when an endpoint is configured; say once which
+    endpoint a client without one uses.
+
+    Why here: every S3 client of hfcast is built by :func:`filesystem`. Options built by
+    :meth:`hfcast.config.Settings.storage_options_for` carry the endpoint; options built any other
+    way (or none) while ``HFCAST_S3_ENDPOINT`` is set would send data, with the configured
+    credentials, to a host nobody configured.
+    """
+    endpoint = ((storage_options or {}).get("client_kwargs") or {}).get("endpoint_url")
+    if endpoint:
+        return
+    configured = {k: os.environ[k] for k in _ENDPOINT_ENV if os.environ.get(k)}
+    if configured.get("HFCAST_S3_ENDPOINT"):
+        from hfcast.errors import UserError
+
+        raise UserError(f"refusing to open {redact(url)} without the configured S3 endpoint "
+                        f"(HFCAST_S3_ENDPOINT={configured['HFCAST_S3_ENDPOINT']}): it would go to AWS",
+                        "build storage options with Settings.storage_options_for(url) (hfcast.config)")
+    bucket = url[len("s3://"):].split("/", 1)[0]
+    if bucket not in _said_endpoint:
+        _said_endpoint.add(bucket)
+        where = next(iter(configured.items()), None)
+        log.info("s3://%s: no HFCAST_S3_ENDPOINT configured; using %s", bucket,
+                 f"{where[1]} ({where[0]}, read by botocore)" if where else "AWS S3 (https://s3.amazonaws.com)")
+
+
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(fs, path-inside-fs) for a URL."""
+    """(fs, path-inside-fs) for a URL (see :func:`_s3_endpoint_guard` for S3)."""
     if not is_remote(url):
         return fsspec.filesystem("file"), str(local_path(url))
+    if url.startswith("s3://"):
+        _s3_endpoint_guard(url, storage_options)
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     return fs, path
 
@@ -230,8 +263,15 @@ class Lake:
     storage_options: dict[str, Any] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Lake":
-        return cls(settings.lake_url, settings.storage_options or None)
+    def from_settings(cls, settings: Settings, url: str | None = None) -> "Lake":
+        """The settings' lake, or the lake at ``url`` (e.g. ``--lake``) with the same storage client
+        (:meth:`hfcast.config.Settings.storage_options_for`: one rule, whatever named the lake)."""
+        from hfcast.config import check_storage_url
+
+        url = check_storage_url(url, "--lake") if url else settings.lake_url
+        if "://" not in url:
+            url = Path(url).resolve().as_uri()
+        return cls(url.rstrip("/"), settings.storage_options_for(url) or None)
 
     def table(self, name: str) -> str:
         return join(self.url, name)

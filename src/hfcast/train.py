@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hfcast.config import checked_section
 from hfcast.features.windows import WindowArrays, WindowDataset, fit_scaler, make_loader
+from hfcast.journal import killpoint
 from hfcast.losses import TwoTargetLoss
 from hfcast.models import build_model
 from hfcast.models.base import TrainedNet
@@ -298,6 +299,7 @@ def _fit_epochs(arch: str, net: torch.nn.Module, fwd: Callable, train_ds: Window
             epochs.append(rec)
             if on_epoch is not None:
                 on_epoch(rec)
+            killpoint("train-epoch")  # a test hook; nothing without HFCAST_TEST_KILL_AT (hfcast.journal)
             if rec["val_loss"] < best["loss"] - cfg.min_delta:
                 best = {"loss": rec["val_loss"], "epoch": epoch,
                         "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}

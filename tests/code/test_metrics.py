@@ -120,4 +120,4 @@ def test_evaluate_cli_writes_report(tmp_path):
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["model"]["aggregate"]["ret_ic_truth"] == pytest.approx(1.0)
     bad = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nope.parquet")])
-    assert bad.exit_code == 1 and "does not exist" in " ".join(bad.output.split())
+    assert bad.exit_code == 2 and "no such file" in " ".join(bad.output.split())

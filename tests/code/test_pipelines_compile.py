@@ -321,11 +321,11 @@ def test_cli_pipeline_commands_check_their_input():
 
     app = build_app()
     r = CliRunner().invoke(app, ["pipeline", "run", "nope"])
-    assert r.exit_code == 1 and "unknown pipeline" in r.output
+    assert r.exit_code == 2 and "unknown pipeline" in r.output
     r = CliRunner().invoke(app, ["pipeline", "run", "batch", "--param", "bogus=1"])
-    assert r.exit_code == 1 and "bogus" in r.output
+    assert r.exit_code == 2 and "bogus" in r.output
     r = CliRunner().invoke(app, ["pipeline", "run", "batch", "--param", "nokey"])
-    assert r.exit_code == 1 and "KEY=VALUE" in r.output
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output
 
 
 def test_kfp_namespace_is_the_given_one_else_the_pods_else_kubeflow(tmp_path):

@@ -62,6 +62,8 @@ def windows(b=2):
     ({"instances": [{"symbol": "AAA"}] * 17}, "exceeds the maximum batch size of 16"),
     ({"instances": [{"symbol": "AAA"}, {"window": []}]}, "mix symbols and windows"),
     ({"instances": [{"symbol": ""}]}, "non-empty string"),
+    ({"instances": [{"symbol": "S0\u202eB"}]}, "U\\+202E"),  # the ingest rule (hfcast.data.schema)
+    ({"instances": [{"symbol": "S" * 5000}]}, "5000 characters"),
     ({"instances": [{"x": 1}]}, 'neither "window" nor "symbol"'),
     ({"instances": [{"symbol": "AAA"}], "parameters": {"scaled": "yes"}}, "must be a boolean"),
 ])

@@ -239,6 +239,42 @@ def test_nul_and_empty_symbols_are_quarantined_not_truncated(tmp_path, sim, lake
     assert set(_validated(lake)["symbol"]) == {"S0000", "S0001"}
 
 
+def test_symbols_the_server_would_refuse_are_quarantined_at_ingest(tmp_path, sim, lake):
+    """One symbol rule (hfcast.data.schema.symbol_problem) at ingest, in the online store and in the
+    server: what ingest accepts, the server serves; what the server refuses never got in."""
+    from hfcast.data.schema import symbol_problem
+    from hfcast.feature_store import latest_windows
+
+    bidi, long_ = "S0\u202eB", "S" * 5000
+    bars = sim[DATES[0]].copy()
+    bars["symbol"] = bars["symbol"].astype(object)
+    bars.loc[5, "symbol"], bars.loc[6, "symbol"] = bidi, long_
+    bars.to_csv(tmp_path / "bbo.csv", index=False)
+    totals = ingest([str(tmp_path / "bbo.csv")], "bbo", lake, progress=False)
+    assert totals["reasons"]["bad_symbol"] == 2
+    q = lake.read("quarantine", DATES[0])
+    assert set(q.loc[q["reason"] == "bad_symbol", "symbol"]) == {bidi, long_}  # kept whole, with the reason
+    assert set(_validated(lake)["symbol"]) == {"S0000", "S0001"}
+    assert symbol_problem(bidi) and symbol_problem(long_) and symbol_problem("S0000") is None
+    names = ["f0"]
+    ts = pd.date_range("2024-03-08 14:30", periods=30, freq="min", tz="UTC")
+    frame = pd.concat([pd.DataFrame({"symbol": s, "ts": ts, "f0": 1.0}) for s in ("AAA", bidi)], ignore_index=True)
+    assert list(latest_windows(frame, names)["symbol"]) == ["AAA"]  # the online store never holds it
+
+
+def test_a_file_without_newlines_is_refused_before_parsing(tmp_path, lake):
+    from hfcast.data.ingest import MAX_LINE_BYTES
+
+    path = tmp_path / "one-line.csv"
+    path.write_bytes(b"symbol,ts,bid,ask,bid_size,ask_size" + b",x" * (MAX_LINE_BYTES // 2 + 10))
+    with pytest.raises(IngestError, match=r"line 1 is [\d,]+ bytes long.*no newline at all") as err:
+        ingest([str(path)], "bbo", lake, progress=False)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    res = CliRunner().invoke(app, ["ingest", str(path), "--format", "bbo", "--lake", lake.url, "--no-progress"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and lines[-2].startswith("error: ") and "no newline" in lines[-2], res.output
+
+
 @pytest.mark.parametrize("header", ["symbol,ts,bid,ask,bid_size,ask_size,bid", "symbol,ts,bid,ask,bid_size,ask_size,BID"])
 def test_duplicate_column_names_are_refused(tmp_path, lake, header):
     path = tmp_path / "dup.csv"
@@ -299,9 +335,9 @@ def test_cli_help_ingest_and_errors(tmp_path, sim):
     res = runner.invoke(app, ["validate", "--lake", lake_url, "--dates", DATES[0], "--no-progress"])
     assert res.exit_code == 0 and "crossed_quote" in res.output
     res = runner.invoke(app, ["ingest", str(tmp_path / "nope.csv"), "--format", "bbo", "--lake", lake_url])
-    assert res.exit_code == 1 and "nope.csv" in res.output and "not found" in res.output
+    assert res.exit_code == 2 and "nope.csv" in res.output and "no such file" in res.output
     assert "Traceback" not in res.output
     res = runner.invoke(app, ["ingest", str(tmp_path / "bbo.csv"), "--format", "xyz", "--lake", lake_url])
-    assert res.exit_code == 1 and "unknown format" in res.output
+    assert res.exit_code == 2 and "unknown format" in res.output
     res = runner.invoke(app, ["validate", "--lake", lake_url, "--dates", "2031-01-01"])
-    assert res.exit_code == 1 and "2031-01-01" in res.output
+    assert res.exit_code == 2 and "2031-01-01" in res.output

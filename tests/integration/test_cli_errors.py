@@ -3,6 +3,7 @@ no traceback without ``-v``, a non-zero exit. Each case runs the real ``hfcast``
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -58,7 +59,9 @@ def test_serve_without_a_champion(tmp_path):
 
 
 def test_serve_a_missing_bundle(tmp_path):
-    assert_short_error(serve(tmp_path, "--bundle", str(tmp_path / "nope")), "no model.json", "fix:")
+    res = serve(tmp_path, "--bundle", str(tmp_path / "nope"))
+    assert_short_error(res, "--bundle", "is missing, not a bundle folder", "fix:")
+    assert res.returncode == 2
 
 
 def test_serve_a_pickle_in_place_of_weights(tmp_path):
@@ -114,7 +117,7 @@ def test_predict_a_date_without_features_names_the_dates_that_exist(tmp_path):
     lake = Lake((tmp_path / "lake").as_uri())
     write_synth(SimConfig(n_symbols=2, n_days=2, seed=1, start_date="2024-01-02"), lake, progress=False)
     run_featurize(lake, progress=False)
-    bundle = tmp_path / "b"
+    bundle = tiny_bundle(tmp_path / "b", "tcn", F)
     res = hfcast(tmp_path, "predict", "--dates", "2030-01-02", "--bundle", str(bundle), "--runner", "onnxruntime",
                  env={"HFCAST_LAKE": lake.url})
     assert_short_error(res, "no features for 2030-01-02", "2024-01-02, 2024-01-03", "hfcast featurize --dates 2030-01-02")
@@ -123,10 +126,41 @@ def test_predict_a_date_without_features_names_the_dates_that_exist(tmp_path):
 
 def test_wrong_s3_signature_and_endpoint(tmp_path, s3, s3_bucket):
     env = {**s3.env(), "HFCAST_LAKE": f"{s3_bucket}/lake"}
-    bad_secret = hfcast(tmp_path, "predict", "--dates", "2024-01-02", "--bundle", str(tmp_path),
+    bundle = str(tiny_bundle(tmp_path / "b", "tcn", F))
+    bad_secret = hfcast(tmp_path, "predict", "--dates", "2024-01-02", "--bundle", bundle,
                         env={**env, "AWS_SECRET_ACCESS_KEY": "wrong-secret", "HFCAST_S3_SECRET": "wrong-secret"})
-    assert_short_error(bad_secret, "S3 refused the credentials", "HFCAST_S3_SECRET")
+    assert_short_error(bad_secret, "S3 refused the credentials", "AWS_SECRET_ACCESS_KEY")
     dead = f"http://127.0.0.1:{free_port()}"
-    bad_endpoint = hfcast(tmp_path, "predict", "--dates", "2024-01-02", "--bundle", str(tmp_path),
+    bad_endpoint = hfcast(tmp_path, "predict", "--dates", "2024-01-02", "--bundle", bundle,
                           env={**env, "HFCAST_S3_ENDPOINT": dead, "AWS_ENDPOINT_URL": dead})
     assert_short_error(bad_endpoint, "cannot reach the S3 endpoint", "HFCAST_S3_ENDPOINT")
+
+
+def _the_listed_cases(tmp: Path) -> list[tuple[list[str], str]]:
+    """The failures #30 listed (tracebacks or exit 1 before), each with the text that must name it."""
+    a_file = tmp / "a-file"
+    a_file.write_text("not a bundle")
+    no_arch = tiny_bundle(tmp / "no-arch", "tcn", F)
+    meta = json.loads((no_arch / "model.json").read_text())
+    (no_arch / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "arch"}))
+    bars = tmp / "bars.csv"
+    bars.write_text("symbol,ts,bid,ask,bid_size,ask_size\nAAA,2024-01-02T14:30:00Z,1,1.01,5,5\n")
+    port = free_port()
+    return [
+        (["serve", "--bundle", str(a_file)], "--bundle"),
+        (["serve", "--bundle", str(no_arch)], "lacks arch"),
+        (["serve", "--runner", "bogus"], "--runner"),
+        (["serve", "--port", str(port), "--grpc-port", str(port)], "--grpc-port"),
+        (["ingest", str(bars), "-f", "bbo", "--lake", "gopher://x"], "--lake"),
+        (["ingest", str(bars), "-f", "bbo", "--calendar", "NOPE"], "--calendar"),
+        (["predict", "--dates", "2024-01-02", "--out", "ftp://x/y"], "--out"),
+    ]
+
+
+def test_the_listed_failures_are_two_lines_exit_2(tmp_path):
+    for args, needle in _the_listed_cases(tmp_path):
+        res = hfcast(tmp_path, *args)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "mlflow.store.db.utils" not in ln]
+        assert res.returncode == 2, (args, res.stderr)
+        assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("  fix: "), (args, res.stderr)
+        assert needle in lines[0] and "Traceback" not in res.stdout + res.stderr, (args, res.stderr)

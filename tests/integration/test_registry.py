@@ -266,11 +266,11 @@ def test_cli_promote_reject_force_rollback(settings, tmp_path, monkeypatch):
 
     assert hf("promote", str(v1)).exit_code == 0
     r = hf("promote", str(v2))
-    assert r.exit_code == 1 and "did not pass the gate" in r.output and "vol_qlike" in r.output
+    assert r.exit_code == 2 and "did not pass the gate" in r.output and "vol_qlike" in r.output
     assert champion(settings) == v1
     r = hf("list")  # the newest version is not the one in use: the listing says why
     assert r.exit_code == 0 and re.search(rf"^\S*\s*{v2}\s.*rejected by the gate", r.output, re.M), r.output
-    assert hf("promote", str(v2), "--force").exit_code == 1  # a forced promotion needs a reason
+    assert hf("promote", str(v2), "--force").exit_code == 2  # a forced promotion needs a reason
     r = hf("promote", str(v2), "--force", "--reason", "desk asked for the new IC")
     assert r.exit_code == 0 and champion(settings) == v2
     r = hf("list")
@@ -280,4 +280,4 @@ def test_cli_promote_reject_force_rollback(settings, tmp_path, monkeypatch):
     r = hf("show", "hfcast/2")
     assert r.exit_code == 0 and "forced model misbehaved" in r.output and "forced: desk asked" in r.output
     r = hf("show", "hfcast/9")
-    assert r.exit_code == 1 and "no version 9" in r.output
+    assert r.exit_code == 2 and "no version 9" in r.output

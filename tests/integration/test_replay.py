@@ -135,7 +135,7 @@ def test_replay_killed_mid_day_resumes_to_the_same_end_state(tmp_path):
     import signal
     import time
 
-    from hfcast.replay import progress_url
+    from hfcast.replay import journal_url
 
     days = trading_days("2024-01-02", 18)
     runs = {}
@@ -145,11 +145,11 @@ def test_replay_killed_mid_day_resumes_to_the_same_end_state(tmp_path):
         runs[name] = _settings(root, 18, shift_day=14)
     assert _cli_replay(tmp_path / "straight", days[12], days[-1]).wait(1500) == 0
     proc = _cli_replay(tmp_path / "killed", days[12], days[-1])
-    url = local_path(progress_url(Lake.from_settings(runs["killed"]), "hfcast"))
+    folder = local_path(journal_url(Lake.from_settings(runs["killed"]), "hfcast"))
     deadline = time.monotonic() + 1200
     while time.monotonic() < deadline:  # kill mid-day: arrived, not yet predicted
-        prog = json.loads(url.read_text()) if url.exists() else {"days": {}}
-        if any("arrive" in e and "predict" not in e for d, e in prog["days"].items() if d > days[13]):
+        steps = {p.stem: json.loads(p.read_text())["steps"] for p in folder.glob("2*.json")} if folder.exists() else {}
+        if any(e.get("arrive", {}).get("finished_at") and "predict" not in e for d, e in steps.items() if d > days[13]):
             break
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)

@@ -116,12 +116,34 @@ def _read_csv(path: str, src: Any, gz: bool) -> tuple[pd.DataFrame, list[str]]:
     data = src.getvalue() if isinstance(src, io.BytesIO) else open(src, "rb").read()
     if gz:
         data = gzip.decompress(data)
+    _refuse_long_lines(data, path)
     header = next(iter(pd.read_csv(io.BytesIO(data), header=None, nrows=1, dtype=str,
                                    engine="python" if b"\x00" in data else "c").itertuples(index=False)), ())
     _refuse_duplicate_columns([str(c) for c in header], path)
     if b"\x00" in data:
         return pd.read_csv(io.BytesIO(data), engine="python"), []
     return layouts.read_csv_layout(io.BytesIO(data), path, False)
+
+
+MAX_LINE_BYTES = 1 << 20  # a bar, tick or LOBSTER line is under 1 KB: a longer "line" is not a table
+
+
+def _refuse_long_lines(data: bytes, path: str) -> None:
+    """Refuse a CSV with a line longer than :data:`MAX_LINE_BYTES` before any parser sees it.
+
+    Why: a parser fed 100 MB without a newline spends minutes building one giant field; one pass
+    over the bytes for the newlines takes well under a second.
+    """
+    if len(data) <= MAX_LINE_BYTES:
+        return
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    bounds = np.concatenate(([-1], ends, [len(data)]))
+    lengths = np.diff(bounds) - 1
+    longest = int(np.argmax(lengths))
+    if lengths[longest] > MAX_LINE_BYTES:
+        raise IngestError(f"{path}: line {longest + 1} is {int(lengths[longest]):,} bytes long, more than "
+                          f"{MAX_LINE_BYTES:,} ({'no newline at all' if len(ends) == 0 else 'a broken file'}): "
+                          f"not a table of bars; check the file (a CSV has one row per line)")
 
 
 def _refuse_duplicate_columns(columns: list[str], path: str) -> None:

@@ -70,6 +70,36 @@ TRUTH_COLUMNS: dict[str, str] = {
     "regime": "int64",          # 0 before a configured regime shift, 1 after
 }
 
+#: the longest symbol accepted anywhere (ingest, features, the online store, the server)
+MAX_SYMBOL_LEN = 64
+
+
+def symbol_problem(symbol: Any) -> str | None:
+    """Why ``symbol`` is not a symbol, or None: the one rule that ingest (quarantine), the feature
+    store and the server (a 4xx) apply, so that nothing accepted at ingest is refused when served.
+
+    A symbol is a non-empty string of at most :data:`MAX_SYMBOL_LEN` printable characters:
+    control characters (NUL, newline) would cut files and keys, and invisible formatting characters
+    (bidi overrides such as U+202E, zero-width joiners: Unicode category Cf) would show one
+    ticker under another's name.
+    """
+    if not isinstance(symbol, str) or not symbol.strip():
+        return "missing or empty"
+    if len(symbol) > MAX_SYMBOL_LEN:
+        return f"{len(symbol)} characters, more than {MAX_SYMBOL_LEN}"
+    if not symbol.isprintable():
+        bad = next(c for c in symbol if not c.isprintable())
+        return f"holds the non-printable character U+{ord(bad):04X} (control or invisible formatting)"
+    return None
+
+
+def symbol_problems(symbols: pd.Series) -> pd.Series:
+    """:func:`symbol_problem` of each value (None where fine), judged once per distinct symbol."""
+    values = symbols.astype(object).where(symbols.notna(), None)
+    verdict = {u: symbol_problem(u) for u in pd.unique(values)}
+    return values.map(verdict).astype(object)
+
+
 LABEL_COLUMNS = ["ret_60m", "rv_10m"]
 LABEL_HORIZONS = {"ret_60m": 60, "rv_10m": 10}  # minutes of future each label reads
 

@@ -35,6 +35,7 @@ from hfcast.data.schema import (
     conform,
     has_quotes,
     mid_price,
+    symbol_problems,
 )
 from hfcast.market import resolve as resolve_market
 
@@ -113,12 +114,15 @@ def _name_bad(df: pd.DataFrame, mask: np.ndarray, need: list[str]) -> pd.Series:
 
 
 def _symbol_checks(symbol: pd.Series) -> tuple[np.ndarray, np.ndarray, pd.Series]:
-    """Missing/blank symbols, and symbols holding control characters (NUL, newline, ...): such a
-    name would be cut or mangled by files and stores downstream, so the row is quarantined."""
-    sym = symbol.astype("string")
-    missing = (sym.isna() | (sym.str.strip() == "")).fillna(True).to_numpy(dtype=bool)
-    bad = sym.str.contains(r"[\x00-\x1f\x7f]", regex=True).fillna(False).to_numpy(dtype=bool) & ~missing
-    text = sym[bad].map(lambda s: f"symbol {s!r} holds control characters").astype(object)
+    """Missing/blank symbols, and symbols that break the one symbol rule
+    (:func:`hfcast.data.schema.symbol_problem`: control or bidi characters, too long): such a name
+    would be cut or mangled by files and stores downstream, or refused by the server, so the row is
+    quarantined."""
+    why = symbol_problems(symbol)
+    missing = (symbol.isna() | (symbol.astype("string").str.strip() == "")).fillna(True).to_numpy(dtype=bool)
+    bad = why.notna().to_numpy(dtype=bool) & ~missing
+    text = pd.Series([f"symbol {str(s)[:40]!r}: {w}" for s, w in zip(symbol[bad], why[bad])],
+                     index=symbol.index[bad], dtype=object)
     return missing, bad, text
 
 

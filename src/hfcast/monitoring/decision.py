@@ -374,11 +374,30 @@ def _attach_reports(client: Any, run_id: str, folder: str, storage_options: Any)
                 client.log_artifact(run_id, path, "evidently")
 
 
+DECISION_TAG = "hfcast.decision_id"
+
+
+def _decision_run(client: Any, exp_id: str, decision_id: str) -> str | None:
+    """The FINISHED monitoring run of this decision, if one was logged; an unfinished one (its process
+    was killed while logging) is closed as FAILED, with the reason, so that a new one replaces it."""
+    if not decision_id:
+        return None
+    found = None
+    for run in client.search_runs([exp_id], f"tags.`{DECISION_TAG}` = '{decision_id}'"):
+        if run.info.status == "FINISHED":
+            found = run.info.run_id
+        elif run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "hfcast.interrupted", "interrupted: the monitor died while logging")
+            client.set_terminated(run.info.run_id, "FAILED")
+    return found
+
+
 def log_to_mlflow(settings: Any, record: Mapping[str, Any], reports: tuple[str, Any] | None = None) -> str:
     """One MLflow run per monitored date in the ``hfcast-monitoring`` experiment (tags + metrics).
 
     ``reports``: (folder URL, storage options) of that date's monitoring outputs; its Evidently
     HTML/JSON and summary are attached under ``evidently/`` so the run carries its evidence.
+    Once per decision (tag :data:`DECISION_TAG`): a decision logged before is not logged again.
 
     Returns:
         The run id.
@@ -413,8 +432,11 @@ def log_to_mlflow(settings: Any, record: Mapping[str, Any], reports: tuple[str, 
                                                 tags={"mlflow.experimentKind": "custom_model_development"})
         else:
             exp_id = exp.experiment_id
+        done = _decision_run(t.client, exp_id, str(record.get("id", "")))
+        if done is not None:  # logged by a run of this process's predecessor, killed before it said so
+            return done
         name = f"monitor {record['date']} v{record.get('version')}: {record['action']}"
-        run = t.client.create_run(exp_id, run_name=name)
+        run = t.client.create_run(exp_id, run_name=name, tags={DECISION_TAG: str(record.get("id", ""))})
         t.client.log_batch(run.info.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         if reports is not None:
             _attach_reports(t.client, run.info.run_id, *reports)

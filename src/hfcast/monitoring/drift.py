@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from hfcast import storage
+from hfcast import journal, storage
 from hfcast.monitoring import decision as D
 from hfcast.monitoring.decision import Checks, MonitorConfig, performance_alarm
 from hfcast.monitoring.reference import floor_scores, live_scores, load_reference, reference_from_registry, reference_urls
@@ -243,23 +243,57 @@ def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starte
     lake = Lake.from_settings(settings)
     if checks is None:
         checks = _check_with_reference(settings, lake, date, name, version, cfg)
-    record, lease = _decide_with_lease(lake, name, checks, cfg, starter)
-    claimed = D.claim(lake, name, record)
-    if not claimed and rerun:
-        D.update(lake, name, record)
-        claimed = True
+    with journal.step("decide") as step:
+        record, lease = _decide_with_lease(lake, name, checks, cfg, starter)
+        claimed = D.claim(lake, name, record)
+        if not claimed and rerun:
+            D.update(lake, name, record)
+            claimed = True
+        step.update(action=record["action"], claimed=claimed)
     if not claimed:
         if lease is not None:
             R.release_lease(lake, name, lease)
         log.info("%s %s: already decided by another monitor; keeping its record", date, name)
         return D.read_decision(lake, name, date) or record
+    return _act(settings, lake, name, record, lease, starter, log_mlflow)
+
+
+def complete_decision(settings: Any, record: dict[str, Any], starter: Any = None, log_mlflow: bool = True,
+                      cfg: MonitorConfig | None = None) -> dict[str, Any]:
+    """Finish a recorded decision whose process died before acting on it; it is never decided again.
+
+    A retraining recorded as ``starting`` is started (the retraining itself resumes from the
+    registry, :func:`hfcast.lifecycle.retrain`); a record without its MLflow run gets one. Only for
+    the single writer of a lake (a replay): the retraining lease of that date, held by the dead
+    process, is taken over.
+    """
+    from hfcast.monitoring import retraining as R
+
+    starter = starter if starter is not None else R.InProcessStarter()
+    cfg = cfg or MonitorConfig.from_params(settings.param("monitor", {}))
+    lake = Lake.from_settings(settings)
+    name, date = str(record["model"]), str(record["date"])
+    lease = None
+    if record["action"] == D.RETRAIN and (record.get("trigger") or {}).get("status") == "starting":
+        log.warning("%s %s: resuming the retraining decided before an interruption", date, name)
+        lease = R.take_over_lease(lake, name, date, cfg.retrain_timeout_hours)
+        if lease is None:
+            held = R.lease_holder(lake, name) or {}
+            raise RuntimeError(f"{date}: cannot resume its retraining: the lease is held for {held.get('date')} "
+                               f"since {held.get('acquired_at')}")
+    return _act(settings, lake, name, record, lease, starter, log_mlflow and not record.get("mlflow_run_id"))
+
+
+def _act(settings: Any, lake: Lake, name: str, record: dict[str, Any], lease: Any, starter: Any,
+         log_mlflow: bool) -> dict[str, Any]:
+    """What follows a claimed decision: the retraining it started (with ``lease``), its MLflow run."""
     if lease is not None:
         _start_retraining(settings, lake, name, record, lease, starter)
     if log_mlflow:
-        record["mlflow_run_id"] = D.log_to_mlflow(settings, record, reports=(lake.monitoring(name, version, date),
-                                                                              lake.storage_options))
+        record["mlflow_run_id"] = D.log_to_mlflow(settings, record, reports=(
+            lake.monitoring(name, record["version"], record["date"]), lake.storage_options))
         D.update(lake, name, record)
-    log.info("%s %s v%s: %s", date, name, version, record["explanation"])
+    log.info("%s %s v%s: %s", record["date"], name, record["version"], record["explanation"])
     return record
 
 

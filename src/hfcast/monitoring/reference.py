@@ -179,20 +179,33 @@ def floor_scores(lake: Lake, date: str, frame: pd.DataFrame, fit_days: int = 5) 
 
 
 def reference_from_registry(settings: Any, ref: str, cfg: MonitorConfig | None = None) -> dict[str, Any]:
-    """Build a registered version's reference from its MLflow run: its last fold's training dates
-    (the dates before its last test span, less validation and embargo) and its logged test scores."""
+    """Build a registered version's reference from the registry: its training dates and its logged
+    test scores.
+
+    The training dates are the version's lineage tags (``hfcast.train_first`` .. ``hfcast.train_last``,
+    the span of the data it was trained on), so the reference is the one built when the version was
+    promoted with its training in memory (:func:`hfcast.lifecycle.gate_version`): a retraining
+    resumed after a kill, which has only the registry, monitors against the same rows. A version
+    without lineage tags falls back to the dates before its last test span, less validation and
+    embargo.
+    """
     from hfcast.registry import load_forecaster, resolve, run_scores
     from hfcast.walkforward import WalkForwardConfig
 
     cfg = cfg or MonitorConfig.from_params(settings.param("monitor", {}))
     mv = resolve(settings, ref)
     scores = run_scores(settings, mv.run_id)
-    last_start = str(scores["test_spans"][-1][0])
-    wf = WalkForwardConfig.from_params(settings.param("walkforward", {}))
-    before = [d for d in Lake.from_settings(settings).dates("features") if d < last_start]
-    train = before[: max(0, len(before) - (2 * wf.embargo_days + wf.val_days))]
+    dates = Lake.from_settings(settings).dates("features")
+    first, last = mv.tags.get("hfcast.train_first"), mv.tags.get("hfcast.train_last")
+    if first and last:
+        train = [d for d in dates if first <= d <= last]
+    else:
+        last_start = str(scores["test_spans"][-1][0])
+        wf = WalkForwardConfig.from_params(settings.param("walkforward", {}))
+        before = [d for d in dates if d < last_start]
+        train = before[: max(0, len(before) - (2 * wf.embargo_days + wf.val_days))]
     if not train:
-        raise ValueError(f"{mv.name} v{mv.version}: no training dates before its last test span {last_start}")
+        raise ValueError(f"{mv.name} v{mv.version}: no training dates in the lake for its reference")
     fc = load_forecaster(settings, f"{mv.name}/{mv.version}")
     return build_reference(settings, fc, train, n_rows=cfg.reference_sample_rows, seed=cfg.seed,
                            model=(mv.name, str(mv.version)), test_scores=scores.get("model"))

@@ -23,7 +23,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
-from hfcast import storage
+from hfcast import journal, storage
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,18 @@ def acquire_lease(lake: Any, model: str, date: str, timeout_hours: float) -> dic
     return None
 
 
+def take_over_lease(lake: Any, model: str, date: str, timeout_hours: float) -> dict[str, Any] | None:
+    """The lease for the retraining decided on ``date``, taken over from a dead holder of that same date.
+
+    Only for a caller that knows the holder is dead (the replay, its lake's only writer, resuming a
+    decision its killed run recorded); a lease of another date is left alone (None if it is held).
+    """
+    held = lease_holder(lake, model)
+    if held and held.get("date") == str(date):
+        release_lease(lake, model, held)
+    return acquire_lease(lake, model, date, timeout_hours)
+
+
 def release_lease(lake: Any, model: str, lease: Mapping[str, Any]) -> None:
     """Remove the lease if it is still the one given (same token): never another monitor's."""
     held = lease_holder(lake, model)
@@ -159,14 +171,13 @@ def release_lease(lake: Any, model: str, lease: Mapping[str, Any]) -> None:
         storage.remove(lease_url(lake, model), lake.storage_options)
 
 
-def _champion(settings: Any) -> str | None:
-    """The champion version now, or None (no registry, no champion)."""
-    try:
-        from hfcast.registry import resolve
+def champion_version(settings: Any) -> str | None:
+    """The champion version now, or None when the registry says there is none (an outage raises:
+    a retraining must not record "no champion before" because the registry did not answer)."""
+    from hfcast.registry import champion
 
-        return str(resolve(settings, f"{settings.model_name}@champion").version)
-    except Exception:  # no champion yet / no registry: the caller records "-"
-        return None
+    mv = champion(settings)
+    return None if mv is None else str(mv.version)
 
 
 def _note(out: Mapping[str, Any], before: str | None, after: str | None) -> str:
@@ -175,6 +186,17 @@ def _note(out: Mapping[str, Any], before: str | None, after: str | None) -> str:
     if not out["promoted"]:
         return f"challenger v{out['new_version']} not promoted by the gate; champion unchanged (v{before or '-'})"
     return f"challenger v{out['new_version']} promoted: champion v{before or '-'} -> v{after or '-'}"
+
+
+def _unfinished_start(lake: Any, model: str, kind: str, reason: str, drifted_dates: Sequence[str]
+                      ) -> dict[str, Any] | None:
+    """The state file's "running" record when it is this very retraining (same kind, reason and
+    drifted dates) that a killed process left, else None."""
+    state = read_state(lake, model)
+    if state and state.get("status") == RUNNING and state.get("kind") == kind and state.get("reason") == reason \
+            and list(state.get("drifted_dates") or []) == list(drifted_dates):
+        return state
+    return None
 
 
 def run_recorded(settings: Any, model: str, reason: str, drifted_dates: Sequence[str], retrain_fn: RetrainFn,
@@ -187,17 +209,25 @@ def run_recorded(settings: Any, model: str, reason: str, drifted_dates: Sequence
     from hfcast.storage import Lake
 
     lake = Lake.from_settings(settings)
-    before = _champion(settings)
-    state = record_start(lake, model, kind=kind, run_id=f"{kind}-{_now().strftime('%Y%m%dT%H%M%S')}", reason=reason,
-                         drifted_dates=drifted_dates, champion_before=before)
+    state = _unfinished_start(lake, model, kind, reason, drifted_dates)
+    if state is not None:  # the same retraining, cut off: resume its record (run id, champion before)
+        log.warning("%s retraining %s was interrupted (started %s); resuming it", kind, state["run_id"],
+                    state["started_at"])
+        before = state.get("champion_before")
+    else:
+        before = champion_version(settings)
+        state = record_start(lake, model, kind=kind, run_id=f"{kind}-{_now().strftime('%Y%m%dT%H%M%S')}",
+                             reason=reason, drifted_dates=drifted_dates, champion_before=before)
     try:
-        result = dict(retrain_fn(reason, list(drifted_dates)) or {})
+        with journal.step("retrain", run_id=state["run_id"]) as rec:
+            result = dict(retrain_fn(reason, list(drifted_dates)) or {})
+            rec.update(new_version=result.get("new_version"), promoted=bool(result.get("promoted", False)))
         status = DONE if str(result.get("status", DONE)) in (DONE, "ok", "succeeded") else FAILED
         error = result.get("error")
     except Exception as exc:  # the failure is the result: recorded, never propagated into the monitor
         log.exception("%s retraining failed", kind)
         result, status, error = {}, FAILED, storage.redact(f"{type(exc).__name__}: {exc}")
-    after = _champion(settings)
+    after = champion_version(settings)
     out = {"kind": kind, "run_id": state["run_id"], "status": status, "new_version": result.get("new_version"),
            "promoted": bool(result.get("promoted", False)), "champion_before": before, "champion_after": after,
            "gate": result.get("gate"), "error": error}
