@@ -318,6 +318,24 @@ def _print_table(result, title: str) -> None:
     (console if console.is_terminal else Console(width=120)).print(table)
 
 
+def _distributed_settings(settings):
+    """(settings, rank) under torchrun: checkpoints on by default (``<home>/checkpoints``), so a
+    killed data-parallel training resumes at its next epoch; unchanged for one process."""
+    from hfcast.config import deep_merge
+    from hfcast.distributed import env_rank, env_world
+
+    if env_world() > 1:
+        import atexit
+
+        from hfcast.distributed import shutdown
+
+        atexit.register(shutdown)
+        if not settings.param("train.checkpoint_dir"):
+            ckpt = {"train": {"checkpoint_dir": str(settings.home / "checkpoints")}}
+            settings = settings.with_(params=deep_merge(settings.params, ckpt))
+    return settings, env_rank()
+
+
 @app.command()
 def train(
     model: str = typer.Option("transformer", "--model", "-m", help="transformer | lstm | tcn | hybrid"),
@@ -338,6 +356,12 @@ def train(
     from hfcast import registry
 
     settings = _settings()
+    settings, rank = _distributed_settings(settings)
+    if rank > 0:  # under torchrun only rank 0 logs, registers and reports (hfcast.distributed)
+        import tempfile
+
+        log_run = register = False
+        out = Path(tempfile.mkdtemp(prefix=f"hfcast-train-rank{rank}-"))
     with registry.training_runs(settings) if log_run else nullcontext() as live:
         if live is not None:
             live.parent(model)  # the MLflow run exists from the start; epochs stream into fold runs
@@ -346,6 +370,8 @@ def train(
                                             on_epoch=live.on_epoch if live is not None else None)
         except (ValueError, KeyError, FileNotFoundError) as exc:
             _fail(str(exc))
+        if rank > 0:
+            return
         _print_table(result, f"walk-forward test scores ({len(result.folds)} folds)")
         console.print(f"report: {paths['report']}")
         if live is not None:
