@@ -66,7 +66,8 @@ class TrainConfig:
     num_workers: int = 0                   # DataLoader workers (batches are one gather: 0 is fine)
     eval_batch_size: int = 2048
     stream_above_rows: int | None = 20_000_000  # training spans with more feature rows stream by date
-    stream_buffer_dates: int = 4           # dates shuffled together when streaming (memory ~ 2x this)
+    stream_buffer_dates: int = 4           # dates shuffled together when streaming
+    stream_cache_dir: str | None = None    # local folder of the stream's memory-mapped cache (None = temp)
     checkpoint_dir: str | None = None      # per-epoch checkpoints (folder or URL); None = off
 
     @classmethod
@@ -298,7 +299,7 @@ def _checkpointer(arch, model_config, cfg: TrainConfig, source, scaler, n_train:
     from hfcast.checkpoint import Checkpointer, run_key
 
     volatile = ("checkpoint_dir", "num_threads", "num_workers", "eval_batch_size", "device", "compile",
-                "stream_above_rows")
+                "stream_above_rows", "stream_cache_dir")
     identity = {"arch": arch, "model_config": model_config or {},
                 "cfg": {k: v for k, v in cfg.to_dict().items() if k not in volatile},
                 "features": list(source.feature_names), "scaler": scaler.to_dict(), "n_train": n_train,

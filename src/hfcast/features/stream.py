@@ -4,31 +4,37 @@ Why two: a year of 1000 symbols is ~23 GB of float32 features, more than a train
 while a few weeks fit easily and train fastest from one matrix. :class:`WindowSource` is the one
 interface :func:`hfcast.train.train_forecaster` reads; :class:`InMemorySource` wraps
 :class:`~hfcast.features.windows.WindowArrays` (today's path, bit for bit), :class:`StreamingSource`
-reads the features lake one date (shard) at a time, and :func:`open_training_source` picks one by
+reads the features lake one date (shard) at a time (once, into a memory-mapped local cache),
+and :func:`open_training_source` picks one by
 size (params.yaml ``train.stream_above_rows``).
 
 The streamed order is reproducible: every epoch draws, from ``(seed, epoch)`` alone, a shard
 order, how many windows each shard contributes (a multivariate hypergeometric split of
 ``max_train_windows``, so each epoch trains on a fresh random subset) and which ones; shards are
-read ``buffer_dates`` at a time, their windows shuffled together, and the batches cut from that
-buffer (a remainder smaller than a batch is carried into the next buffer). Peak memory is the
-buffer (plus one prefetched buffer), not the number of days.
+opened ``buffer_dates`` at a time, their windows shuffled together, and the batches cut from that
+buffer (a remainder smaller than a batch is carried into the next buffer). Peak memory is one
+date while the cache is filled, then the buffer's pages, not the number of days.
 
 Data parallelism: every source defines the sequence of GLOBAL batches from the seed only; rank r
 of N takes rows ``r::N`` of each one, and the label counts of the whole global batch come with
 them, so N processes compute exactly the gradient of one process (hfcast.train divides the loss by
-the global counts). Each rank reads the buffer's dates but gathers, scales and trains on its rows only.
+the global counts). Each rank fills its own cache and gathers, scales and trains on its rows only.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import DataLoader, Sampler
 
 from hfcast.contracts import LOOKBACK
@@ -119,24 +125,57 @@ class InMemorySource:
 
 @dataclass
 class _Shard:
-    """One date's windows: the feature matrix and the end rows of its labelled windows."""
+    """One date's training data, memory-mapped from the stream's cache."""
 
-    date: str
-    wa: WindowArrays
-    labelled: np.ndarray  # indices into wa.ends of windows with at least one finite label
+    X: np.ndarray       # float32 [N, F] (np.memmap)
+    y: np.ndarray       # float32 [N, 2] (np.memmap)
+    ends: np.ndarray    # int64 [W]: last rows of the date's labelled windows
+
+    def windows(self, k: np.ndarray) -> np.ndarray:
+        """Windows number ``k`` (of ``ends``) as [len(k), 30, F]: reads only their pages."""
+        view = sliding_window_view(self.X, LOOKBACK, axis=0).transpose(0, 2, 1)  # [N-29, 30, F], a view
+        return view[self.ends[k] - (LOOKBACK - 1)]
 
 
 @dataclass
 class _Pool:
-    """Windows of a buffer: (shard slot, window index) in shuffled order."""
+    """Windows of a buffer: (shard slot, window number) in shuffled order."""
 
     shards: list[_Shard]
     slot: np.ndarray
     win: np.ndarray
 
+    def raw(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unscaled windows [k, 30, F] and raw labels [k, 2] at pool positions ``pos``."""
+        F = self.shards[0].X.shape[1] if self.shards else 0
+        x = np.empty((pos.size, LOOKBACK, F), np.float32)
+        y = np.empty((pos.size, 2), np.float32)
+        slot, win = self.slot[pos], self.win[pos]
+        for s in np.unique(slot):
+            m = np.flatnonzero(slot == s)
+            sh = self.shards[s]
+            x[m] = sh.windows(win[m])
+            y[m] = sh.y[sh.ends[win[m]]]
+        return x, y
+
+    def labels(self, pos: np.ndarray) -> np.ndarray:
+        y = np.empty((pos.size, 2), np.float32)
+        slot, win = self.slot[pos], self.win[pos]
+        for s in np.unique(slot):
+            m = np.flatnonzero(slot == s)
+            sh = self.shards[s]
+            y[m] = sh.y[sh.ends[win[m]]]
+        return y
+
 
 class StreamingSource:
     """Training windows read from ``<lake>/features/date=D`` one date at a time (see module doc).
+
+    The scaler pass reads each date's parquet partition once and keeps its float32 features,
+    labels and labelled window ends in a local cache of memory-mapped ``.npy`` files (what the
+    issue calls memory-mapped Arrow per symbol-day, as plain numpy): an epoch then reads only
+    the pages of the windows it draws, not every date's parquet again, so drawing a fresh random
+    subset from all dates each epoch costs I/O proportional to the windows, not to the days.
 
     Args:
         lake: the lake with the features table.
@@ -145,12 +184,15 @@ class StreamingSource:
         stride: window stride in minutes (walkforward.train_stride).
         max_windows: windows per epoch (None = every labelled window), drawn afresh each epoch.
         seed: the seed of every random choice.
-        buffer_dates: dates shuffled together (memory ~ 2 x buffer_dates x one date's features).
+        buffer_dates: dates shuffled together (their mapped pages are what an epoch holds).
         market: the calendar (hfcast.market; None = XNYS).
+        cache_dir: local folder for the cache (None = a temporary folder removed with the source);
+            about the size of the span's features as float32.
     """
 
     def __init__(self, lake: Lake, dates: Sequence[str], feature_names: Sequence[str], stride: int = 1,
-                 max_windows: int | None = None, seed: int = 0, buffer_dates: int = 4, market: Any = None):
+                 max_windows: int | None = None, seed: int = 0, buffer_dates: int = 4, market: Any = None,
+                 cache_dir: str | None = None):
         if buffer_dates < 1:
             raise ValueError(f"train.stream_buffer_dates must be >= 1, got {buffer_dates}")
         self.lake, self.dates_ = lake, sorted(str(d) for d in dates)
@@ -159,32 +201,52 @@ class StreamingSource:
         self.feature_names = list(feature_names)
         self.stride, self.max_windows, self.seed = int(stride), max_windows, int(seed)
         self.buffer_dates, self.market = int(buffer_dates), market
+        self._cache_arg = cache_dir
+        self._cache: Path | None = None
         self._counts: np.ndarray | None = None  # labelled windows per date, from the scaler pass
         self._scaler: Scaler | None = None
 
-    def _read(self, date: str) -> _Shard:
+    def _cache_dir(self) -> Path:
+        if self._cache is None:
+            if self._cache_arg:
+                self._cache = Path(self._cache_arg)
+                self._cache.mkdir(parents=True, exist_ok=True)
+            else:
+                self._cache = Path(tempfile.mkdtemp(prefix="hfcast-stream-"))
+                weakref.finalize(self, shutil.rmtree, str(self._cache), True)
+        return self._cache
+
+    def _paths(self, i: int) -> tuple[Path, Path, Path]:
+        base = self._cache_dir() / f"{self.dates_[i]}-s{self.stride}"
+        return Path(f"{base}.X.npy"), Path(f"{base}.y.npy"), Path(f"{base}.ends.npy")
+
+    def _read(self, date: str) -> WindowArrays:
         df = self.lake.read("features", date, ["symbol", "ts", *self.feature_names, *LABEL_COLS])
-        wa = build_windows(df, self.feature_names, stride=self.stride, market=self.market)
-        wa.keys = wa.keys.iloc[:0]  # the trainer needs rows and labels only: drop the key frame
-        lab = np.flatnonzero(np.isfinite(wa.labels()).any(axis=1)) if wa.y is not None and len(wa) else np.empty(0, np.int64)
-        return _Shard(date, wa, lab)
+        return build_windows(df, self.feature_names, stride=self.stride, market=self.market)
 
     def fit_scaler(self) -> Scaler:
         """One pass over the dates: Chan's pairwise merge of per-date moments (= ``fit_scaler`` of the
-        concatenated span within float rounding); it also counts the labelled windows per date."""
+        concatenated span within float rounding); it also fills the cache and counts the labelled
+        windows per date."""
         if self._scaler is not None:
             return self._scaler
         feats = ret = lrv = None
         counts = np.zeros(len(self.dates_), np.int64)
         for i, d in enumerate(self.dates_):
-            sh = self._read(d)
-            counts[i] = sh.labelled.size
-            if not len(sh.wa):
+            wa = self._read(d)
+            lab = (np.flatnonzero(np.isfinite(wa.labels()).any(axis=1)) if wa.y is not None and len(wa)
+                   else np.empty(0, np.int64))
+            counts[i] = lab.size
+            xp, yp, ep = self._paths(i)
+            np.save(xp, wa.X)
+            np.save(yp, wa.y if wa.y is not None else np.full((len(wa.X), 2), np.nan, np.float32))
+            np.save(ep, wa.ends[lab])
+            if not len(wa):
                 continue
-            m = nan_moments(sh.wa.X, np.flatnonzero(sh.wa.rows_covered()))
+            m = nan_moments(wa.X, np.flatnonzero(wa.rows_covered()))
             feats = m if feats is None else merge_moments(feats, m)
-            if sh.wa.y is not None:
-                r, v = label_moments(sh.wa.labels())
+            if wa.y is not None:
+                r, v = label_moments(wa.labels())
                 ret = r if ret is None else merge_moments(ret, r)
                 lrv = v if lrv is None else merge_moments(lrv, v)
         if feats is None:
@@ -223,13 +285,11 @@ class StreamingSource:
         for s in group:
             if take[s] == 0:
                 continue
-            sh = self._read(self.dates_[s])
-            if sh.labelled.size != self._counts[s]:
-                raise RuntimeError(f"features of {self.dates_[s]} changed during training "
-                                   f"({sh.labelled.size} labelled windows, {self._counts[s]} at the scaler pass)")
-            pick = sh.labelled
+            xp, yp, ep = self._paths(s)
+            sh = _Shard(np.load(xp, mmap_mode="r"), np.load(yp, mmap_mode="r"), np.load(ep))
+            pick = np.arange(sh.ends.size)
             if take[s] < pick.size:
-                pick = np.sort(np.random.default_rng([self.seed, epoch, 1, s]).choice(pick, take[s], replace=False))
+                pick = np.sort(np.random.default_rng([self.seed, epoch, 1, s]).choice(pick.size, take[s], replace=False))
             slots.append(np.full(pick.size, len(shards), np.int32))
             wins.append(pick)
             shards.append(sh)
@@ -238,24 +298,9 @@ class StreamingSource:
         perm = np.random.default_rng([self.seed, epoch, 2, group[0]]).permutation(slot.size)
         return _Pool(shards, slot[perm], win[perm])
 
-    @staticmethod
-    def _gather(pool: _Pool, pos: np.ndarray, scaler: Scaler) -> tuple[np.ndarray, np.ndarray]:
-        """Scaled windows [k, 30, F] and scaled labels [k, 2] at pool positions ``pos``."""
-        F = len(scaler.mean)
-        x = np.empty((pos.size, LOOKBACK, F), np.float32)
-        y = np.empty((pos.size, 2), np.float32)
-        slot, win = pool.slot[pos], pool.win[pos]
-        for s in np.unique(slot):
-            m = np.flatnonzero(slot == s)
-            wa = pool.shards[s].wa
-            x[m] = wa.windows(win[m])
-            y[m] = wa.y[wa.ends[win[m]]]
-        scaler.transform(x, inplace=True)
-        return x, scaler.scale_targets(y)
-
     def batches(self, epoch: int, batch_size: int, scaler: Scaler, rank: int = 0, world: int = 1,
                 drop_last: bool = True, num_workers: int = 0) -> Iterator[Batch]:
-        """See :class:`WindowSource`; ``num_workers`` is not used (the next buffer is read by a thread)."""
+        """See :class:`WindowSource`; ``num_workers`` is not used (the next buffer is opened by a thread)."""
         order, take = self.epoch_plan(epoch)
         groups = [list(order[i:i + self.buffer_dates]) for i in range(0, len(order), self.buffer_dates)]
         carry_x = np.empty((0, LOOKBACK, len(self.feature_names)), np.float32)
@@ -265,55 +310,36 @@ class StreamingSource:
             for g in range(len(groups)):
                 pool = nxt.result()
                 nxt = ex.submit(self._load_buffer, epoch, groups[g + 1], take) if g + 1 < len(groups) else None
-                c, n = len(carry_y), pool.slot.size
-                last = nxt is None
-                n_full = (c + n) // batch_size
+                n_all = len(carry_y) + pool.slot.size
+                n_full = n_all // batch_size
                 for b in range(n_full):
-                    lo, hi = b * batch_size, (b + 1) * batch_size  # positions in carry + pool
-                    yield self._batch(pool, carry_x, carry_y, lo, hi, scaler, rank, world)
-                rest_lo = n_full * batch_size
-                if last:
-                    if not drop_last and rest_lo < c + n:
-                        yield self._batch(pool, carry_x, carry_y, rest_lo, c + n, scaler, rank, world)
+                    yield self._batch(pool, carry_x, carry_y, b * batch_size, (b + 1) * batch_size, scaler, rank, world)
+                if nxt is None:
+                    if not drop_last and n_full * batch_size < n_all:
+                        yield self._batch(pool, carry_x, carry_y, n_full * batch_size, n_all, scaler, rank, world)
                     break
-                # the remainder (< one batch) is materialised and carried into the next buffer
-                carry_x, carry_y = self._slice(pool, carry_x, carry_y, rest_lo, c + n, scaler)
+                # the remainder (< one batch) is copied out (unscaled) and carried into the next buffer
+                carry_x, carry_y = self._rows(pool, carry_x, carry_y, np.arange(n_full * batch_size, n_all))
                 del pool
 
-    def _slice(self, pool: _Pool, carry_x, carry_y, lo: int, hi: int, scaler: Scaler,
-               take: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Scaled windows at combined positions lo..hi (carry first, then the pool), rows ``take``."""
+    @staticmethod
+    def _rows(pool: _Pool, carry_x, carry_y, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unscaled windows and raw labels at combined positions (the carry first, then the pool)."""
         c = len(carry_y)
-        pos = np.arange(lo, hi)
-        if take is not None:
-            pos = pos[take]
         from_carry, from_pool = pos[pos < c], pos[pos >= c] - c
-        px, py = self._gather(pool, from_pool, scaler)
+        px, py = pool.raw(from_pool)
         if from_carry.size == 0:
             return px, py
         return np.concatenate([carry_x[from_carry], px]), np.concatenate([carry_y[from_carry], py])
 
-    def _batch(self, pool, carry_x, carry_y, lo, hi, scaler, rank, world) -> Batch:
-        x, y = self._slice(pool, carry_x, carry_y, lo, hi, scaler, slice(rank, None, world))
-        counts = self._global_counts(pool, carry_y, lo, hi)
-        return torch.from_numpy(x), torch.from_numpy(y), counts
-
-    @staticmethod
-    def _global_counts(pool: _Pool, carry_y: np.ndarray, lo: int, hi: int) -> torch.Tensor:
-        """Finite-label counts of the whole global batch (labels only: cheap on every rank)."""
-        c = len(carry_y)
+    def _batch(self, pool, carry_x, carry_y, lo, hi, scaler: Scaler, rank: int, world: int) -> Batch:
         pos = np.arange(lo, hi)
-        yc = carry_y[pos[pos < c]]
-        p = pos[pos >= c] - c
-        raw = np.empty((p.size, 2), np.float32)
-        slot, win = pool.slot[p], pool.win[p]
-        for s in np.unique(slot):
-            m = np.flatnonzero(slot == s)
-            wa = pool.shards[s].wa
-            raw[m] = wa.y[wa.ends[win[m]]]
-        # a scaled label is finite iff ret is finite / rv is finite and > 0 (Scaler.scale_targets)
-        ok = np.stack([np.isfinite(raw[:, 0]), np.isfinite(raw[:, 1]) & (raw[:, 1] > 0)], axis=1)
-        return torch.from_numpy((np.isfinite(yc).sum(0) + ok.sum(0)).astype(np.float32))
+        x, y = self._rows(pool, carry_x, carry_y, pos[rank::world])
+        scaler.transform(x, inplace=True)
+        c = len(carry_y)
+        y_all = np.concatenate([carry_y[pos[pos < c]], pool.labels(pos[pos >= c] - c)])
+        counts = _global_counts(scaler.scale_targets(y_all))  # labels only: cheap on every rank
+        return torch.from_numpy(x), torch.from_numpy(scaler.scale_targets(y)), counts
 
 
 # --- choosing ----------------------------------------------------------------------------------------
@@ -344,7 +370,7 @@ def open_training_source(lake: Lake, dates: Sequence[str], feature_names: Sequen
     if limit is not None and rows > limit:
         log.info("training span of %d rows > train.stream_above_rows=%d: streaming by date", rows, limit)
         return StreamingSource(lake, dates, feature_names, stride, cfg.max_train_windows, cfg.seed,
-                               cfg.stream_buffer_dates, market)
+                               cfg.stream_buffer_dates, market, cfg.stream_cache_dir)
     from hfcast.features.engine import load_features
 
     wa = build_windows(load_features(lake, dates, [*feature_names, *LABEL_COLS]), feature_names, stride, market=market)
