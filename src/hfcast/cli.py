@@ -344,9 +344,12 @@ def train(
     log_run: bool = typer.Option(True, "--log/--no-log", help="Log the run to MLflow (hfcast.registry)."),
     register: bool = typer.Option(False, "--register", help="Also register the logged run as a model version."),
     gate: bool = typer.Option(False, "--gate", help="With --register: run the champion/challenger gate and promote only if it passes (hfcast.lifecycle.register_and_gate)."),
+    settings_json: str = typer.Option("", "--settings", help="Settings.to_param() JSON (a pipeline's settings parameter); '' = the environment."),
+    tags: Optional[list[str]] = typer.Option(None, "--tag", help="KEY=VALUE run tag (repeatable), e.g. the training job's name."),
 ) -> None:
     """Train one architecture through walk-forward (params.yaml `walkforward:`, `train:`), score it
-    with the baselines on the same test spans, and log it to MLflow."""
+    with the baselines on the same test spans, and log it to MLflow. Under `torchrun` it trains
+    data-parallel (hfcast.distributed): rank 0 alone logs, and every epoch is checkpointed."""
     from hfcast.models import ARCHITECTURES
 
     if model not in ARCHITECTURES:
@@ -355,7 +358,15 @@ def train(
 
     from hfcast import registry
 
-    settings = _settings()
+    if settings_json:
+        from hfcast.config import settings_from_param
+
+        settings = settings_from_param(settings_json)
+    else:
+        settings = _settings()
+    bad = [t for t in tags or () if "=" not in t]
+    if bad:
+        _fail(f"--tag needs KEY=VALUE, got {bad[0]!r}")
     settings, rank = _distributed_settings(settings)
     if rank > 0:  # under torchrun only rank 0 logs, registers and reports (hfcast.distributed)
         import tempfile
@@ -379,7 +390,8 @@ def train(
 
             plots = [paths[k] for k in ("forecast_vs_realized", "calibration", "error_by_decile")]
             run_id = log_trained(settings, result, model, out_dir=paths["report"].parent, plots=plots,
-                                 live=live, reports=[paths["report"]])
+                                 live=live, reports=[paths["report"]],
+                                 tags=dict(t.split("=", 1) for t in tags or ()))
             console.print(f"[green]logged[/] MLflow run {run_id}")
     if log_run and register and gate:
         from hfcast.lifecycle import register_and_gate
