@@ -1,9 +1,10 @@
 """A data-parallel training as a Kubeflow ``PyTorchJob``: the manifest, creating it, waiting for it.
 
 Why PyTorchJob (Training Operator v1, ``kubeflow.org/v1``) and not Trainer v2's ``TrainJob``: the
-Kubeflow release docs/CLUSTER.md targets, 1.10.2, ships the Training Operator v1.9.2 (the 1.10
-release page's component table); Trainer v2 (TrainJob, ``trainer.kubeflow.org``) is a separate
-install there, shipped with the platform only from Kubeflow 1.11 on.
+Kubeflow release docs/CLUSTER.md targets, 1.10, ships the Training Operator v1.9.2 (the component
+table of the 1.10 release page, kubeflow/website ``content/en/docs/releases/kubeflow-1.10.md``);
+Kubeflow Trainer v2 (``TrainJob``, ``trainer.kubeflow.org``) was released after it (v2.0, July
+2025) and is not among 1.10's components, so a 1.10 cluster has the PyTorchJob CRD and not TrainJob.
 
 Every pod runs the same command: ``torchrun`` started from the variables the operator sets on the
 job's containers (``MASTER_ADDR``, ``MASTER_PORT``, and ``PET_NNODES``, ``PET_NPROC_PER_NODE``,

@@ -46,6 +46,16 @@ class Checkpointer:
     """Saves and loads one training's checkpoint under ``url`` (a folder: local path, file:// or s3://)."""
 
     def __init__(self, url: str, storage_options: dict | None = None):
+        """``storage_options`` None on an ``s3://`` URL: the endpoint and credentials of the environment
+        (``HFCAST_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``), as Settings reads them."""
+        if storage_options is None and url.startswith("s3://"):
+            import os
+
+            from hfcast.config import s3_storage_options
+
+            storage_options = s3_storage_options(os.environ.get("HFCAST_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"),
+                                                 os.environ.get("AWS_ACCESS_KEY_ID", ""),
+                                                 os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
         self.url, self.storage_options = url.rstrip("/"), storage_options
 
     @property
