@@ -96,19 +96,30 @@ def stage_simulate(a, root: Path) -> dict:
     return {"stock_minutes": rows, "summary": {k: v for k, v in summary.items() if k != "dates"}}
 
 
+def _fraction(a, n_measured: int) -> dict:
+    """How a stage measured on ``n_measured`` of the year's dates is scaled to all of them."""
+    return {"dates_measured": n_measured, "dates_in_year": a.days, "factor": round(a.days / n_measured, 3),
+            "how": "per-date cost of the measured dates x the year's dates (each date is independent work of "
+                   "the same size: 1000 symbols x 390 minutes; memory does not grow with the dates)"}
+
+
 def stage_validate(a, root: Path) -> dict:
     from hfcast.data.validate import run_validate
 
-    t = run_validate(_lake(root), progress=False)
+    lake = _lake(root)
+    dates = lake.dates("raw")[:a.validate_days]
+    t = run_validate(lake, dates, progress=False)
     return {"input_rows": t["input_rows"], "clean_rows": t["clean_rows"], "quarantined_rows": t["quarantined_rows"],
-            "rows": t["input_rows"]}
+            "rows": t["input_rows"], "fraction": _fraction(a, len(dates))}
 
 
 def stage_featurize(a, root: Path) -> dict:
     from hfcast.features.engine import run_featurize
 
-    s = run_featurize(_lake(root), progress=False, workers=2)
-    return {"rows": s["rows"], "n_features": s["n_features"], "workers": 2}
+    lake = _lake(root)
+    dates = lake.dates("raw")[:a.featurize_days]
+    s = run_featurize(lake, dates, progress=False, workers=2)
+    return {"rows": s["rows"], "n_features": s["n_features"], "workers": 2, "fraction": _fraction(a, len(dates))}
 
 
 def stage_train(a, root: Path) -> dict:
@@ -180,14 +191,11 @@ def stage_predict(a, root: Path) -> dict:
     todo = held[-a.predict_days:]
     s = run_predict(settings, todo, bundle_dir=str(root / "bundle"), mode="dense", progress=False)
     rows, secs = s.rows, s.seconds
-    per_date = secs / len(todo)
+    per_date = secs / len(todo)  # dates run one after another in one process (memory: one date + the next)
     return {"dates": len(todo), "first": todo[0], "last": todo[-1], "rows": rows, "seconds_measured": round(secs, 1),
             "runner": choose_runner(str(root / "bundle"), "auto", _lake(root))[0], "failed": len(s.failed),
             "time_split_seconds": {k: round(v, 1) for k, v in s.timing_split().items()},
-            "extrapolated_full_year": {"dates": len(dates), "seconds": round(per_date * len(dates), 1),
-                                       "minutes": round(per_date * len(dates) / 60, 1),
-                                       "how": f"measured seconds per date x {len(dates)} dates (dates run one "
-                                              "after another, one process, memory bounded by one date)"}}
+            "seconds_per_date": round(per_date, 1), "fraction": _fraction(a, len(todo))}
 
 
 def stage_monitor(a, root: Path) -> dict:
@@ -278,8 +286,8 @@ def _maxrss_mb() -> float:
 
 def _passthrough(a) -> list[str]:
     keys = ("symbols", "days", "seed", "val_days", "holdout", "train_windows", "val_windows", "cmp_days",
-            "cmp_windows", "cmp_rounds", "predict_days", "buffer_dates")
-    return [x for k in keys for x in (f"--{k.replace('_', '-')}", str(getattr(a, k)))]
+            "cmp_windows", "cmp_rounds", "predict_days", "buffer_dates", "validate_days", "featurize_days")
+    return [x for k in keys if getattr(a, k) is not None for x in (f"--{k.replace('_', '-')}", str(getattr(a, k)))]
 
 
 def run_stage(a) -> None:
@@ -295,7 +303,9 @@ def run_stage(a) -> None:
         t0 = time.perf_counter()
         res = fn(a, root)
         wall = time.perf_counter() - t0
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = kids.ru_maxrss / 1024
+    cpu_tree = time.process_time() - c0 + kids.ru_utime + kids.ru_stime
     peak = max(mem.peak_mb, _maxrss_mb())
     rows = res.pop("rows", None)
     doc = {"stage": a.stage, "wall_seconds": round(wall, 1), "cpu_seconds_main_process": round(time.process_time() - c0, 1),
@@ -303,8 +313,16 @@ def run_stage(a) -> None:
            "ru_maxrss_mb_self": round(_maxrss_mb(), 1), "ru_maxrss_mb_largest_child": round(child, 1),
            "rss_goal_met": peak <= GOAL_RSS_MB, "load_average_before": [round(x, 2) for x in load0],
            "load_average_after": [round(x, 2) for x in os.getloadavg()], **res}
+    doc["cpu_seconds_process_tree"] = round(cpu_tree, 1)  # main process + reaped children (workers, torchrun)
+    doc["cpu_share_of_one_core"] = round(cpu_tree / wall, 2)  # how much CPU the shared machine gave the stage
     if rows:
         doc["throughput_rows_per_s"] = round(rows / wall, 1)
+        doc["throughput_rows_per_cpu_s"] = round(rows / max(cpu_tree, 1e-9), 1)
+    frac = res.get("fraction")
+    if frac:
+        f = frac["factor"]
+        frac["full_year_wall_seconds_at_this_load"] = round(wall * f, 1)
+        frac["full_year_cpu_seconds"] = round(cpu_tree * f, 1)
     (root / f"stage-{a.stage}.json").write_text(json.dumps(doc, indent=1, default=float))
 
 
@@ -317,7 +335,8 @@ def collect(a, root: Path, out: Path) -> dict:
            "nice": os.getpriority(os.PRIO_PROCESS, 0), "load_average_1_5_15m_at_write": list(os.getloadavg()),
            "universe": {"symbols": a.symbols, "days": a.days, "stock_minutes": a.symbols * a.days * 390},
            "config": {k: getattr(a, k) for k in ("val_days", "holdout", "train_windows", "val_windows", "cmp_days",
-                                                 "cmp_windows", "cmp_rounds", "predict_days", "buffer_dates")},
+                                                 "cmp_windows", "cmp_rounds", "predict_days", "buffer_dates",
+                                                 "validate_days", "featurize_days")},
            "goals": {"peak_rss_mb_every_stage": GOAL_RSS_MB, "stream_over_memory_training_throughput": 0.9},
            "lake_mb": {line.split()[1].rsplit("/", 1)[-1]: int(line.split()[0]) for line in du.splitlines()},
            "stages": stages}
@@ -346,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cmp-rounds", type=int, default=2)
     ap.add_argument("--predict-days", type=int, default=6)
     ap.add_argument("--buffer-dates", type=int, default=4)
+    ap.add_argument("--validate-days", type=int, default=None, help="validate only the first N dates (a measured fraction)")
+    ap.add_argument("--featurize-days", type=int, default=None, help="featurize only the first N dates (a measured fraction)")
     ap.add_argument("--threads", type=int, default=None, help="(ddp_worker) torch threads per process")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -24,6 +24,7 @@ the global counts). Each rank fills its own cache and gathers, scales and trains
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import weakref
@@ -168,6 +169,15 @@ class _Pool:
         return y
 
 
+def _save(path: Path, arr: np.ndarray) -> None:
+    """``np.save`` to a temp file renamed into place: ranks of one node may share a cache folder
+    (they write the same bytes), and a rank mapping the old file keeps reading it whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, arr)
+    os.replace(tmp, path)
+
+
 class StreamingSource:
     """Training windows read from ``<lake>/features/date=D`` one date at a time (see module doc).
 
@@ -238,9 +248,9 @@ class StreamingSource:
                    else np.empty(0, np.int64))
             counts[i] = lab.size
             xp, yp, ep = self._paths(i)
-            np.save(xp, wa.X)
-            np.save(yp, wa.y if wa.y is not None else np.full((len(wa.X), 2), np.nan, np.float32))
-            np.save(ep, wa.ends[lab])
+            _save(xp, wa.X)
+            _save(yp, wa.y if wa.y is not None else np.full((len(wa.X), 2), np.nan, np.float32))
+            _save(ep, wa.ends[lab])
             if not len(wa):
                 continue
             m = nan_moments(wa.X, np.flatnonzero(wa.rows_covered()))
