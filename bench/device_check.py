@@ -16,10 +16,14 @@ run cut short still leaves what it measured):
 * last (the budget skips what no longer fits), **training** windows/s of every architecture
   (default configs, the real loss, fused AdamW, gradient clipping, as ``hfcast.train`` steps)
   with AMP (bf16 where supported, else fp16), eager and ``torch.compile``-d, at the configured
-  batch (256) and a large one (4096).
+  batch (256) and a large one (4096);
+* **data-parallel training**: the same AMP step with the model in DistributedDataParallel
+  (NCCL, one process on the one GPU; the loss normalised by the global batch's label counts as
+  ``hfcast.train`` does under torchrun), beside the plain step: what DDP's gradient all-reduce
+  hooks cost per step before a second GPU is added.
 
 Without a CUDA GPU it says so, runs the same code paths on the CPU at tiny sizes (compile with
-the ``eager`` backend, no CUDA graphs / TensorRT), writes ``device_check_dryrun.json`` and exits 0:
+the ``eager`` backend, no CUDA graphs / TensorRT, DDP over gloo), writes ``device_check_dryrun.json`` and exits 0:
 this is what ``tests/code/test_device_check.py`` runs.
 """
 
@@ -116,20 +120,28 @@ def _batch(b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def train_rate(arch: str, batch: int, compiled: bool, device: torch.device, plan: dict) -> dict:
-    """Training windows/s of one architecture: AMP forward, loss, backward, clip, fused AdamW step."""
+def train_rate(arch: str, batch: int, compiled: bool, device: torch.device, plan: dict, ddp: bool = False) -> dict:
+    """Training windows/s of one architecture: AMP forward, loss, backward, clip, fused AdamW step
+    (``ddp``: the model in DistributedDataParallel of the process group :func:`section_ddp` opened)."""
     net = _net(arch, plan).to(device).train()
-    fwd = torch.compile(net, backend=plan["compile_backend"]) if compiled else net
+    fwd = net
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        fwd = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                      broadcast_buffers=False)
+    fwd = torch.compile(fwd, backend=plan["compile_backend"]) if compiled else fwd
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=device.type == "cuda")
     dtype = amp_dtype(device)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     loss_fn = TwoTargetLoss()
     x, y = _batch(batch, device)
+    counts = torch.isfinite(y).sum(0).float() if ddp else None  # the global batch's labels (one rank here)
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype):
             out = fwd(x)
-        loss, _ = loss_fn(out.float(), y)
+        loss, _ = loss_fn(out.float(), y, counts, 1)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -158,6 +170,32 @@ def section_training(device: torch.device, plan: dict, budget: Budget) -> dict:
             for b in plan["train_batches"]:
                 key = f"{arch}/{'compiled' if compiled else 'eager'}_amp/batch_{b}"
                 out[key] = _guarded(lambda: train_rate(arch, b, compiled, device, plan), key, budget)
+    return out
+
+
+def section_ddp(device: torch.device, plan: dict, budget: Budget) -> dict:
+    """DDP (NCCL on the GPU, gloo on the CPU dry run) with one process vs the plain step, AMP, eager."""
+    import torch.distributed as dist
+
+    from hfcast.testing.servers import free_port
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    out: dict[str, Any] = {"backend": backend, "world_size": 1}
+    try:
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    except Exception as exc:  # no NCCL in this build: say so, keep the rest of the run
+        return {**out, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    try:
+        for arch in ARCHITECTURES:
+            b = max(plan["train_batches"])
+            plain = _guarded(lambda: train_rate(arch, b, False, device, plan), f"{arch}/plain", budget)
+            wrapped = _guarded(lambda: train_rate(arch, b, False, device, plan, ddp=True), f"{arch}/ddp", budget)
+            entry = {"batch": b, "plain_amp": plain, "ddp_amp": wrapped}
+            if "items_per_s" in plain and "items_per_s" in wrapped:
+                entry["ddp_over_plain"] = round(wrapped["items_per_s"] / plain["items_per_s"], 3)
+            out[arch] = entry
+    finally:
+        dist.destroy_process_group()
     return out
 
 
@@ -348,6 +386,8 @@ def run(out_path: Path | None, budget_s: float | None, force_cpu: bool = False) 
                                  "with_host_copies": copies}
         rate_ = copies.get("items_per_s", best[2])
         doc["dense_year_1000_symbols"] = dense_year(rate_)
+    _write(out_path, doc, t0)
+    doc["ddp"] = section_ddp(device, plan, budget)  # before the long training grid: the budget must not skip it
     _write(out_path, doc, t0)
     doc["training"] = section_training(device, plan, budget)
     _write(out_path, doc, t0)

@@ -1,4 +1,4 @@
-"""Batch inference for one date: one CSV (+ manifest) under <out>/predictions/<model>/<version>/."""
+"""Batch inference for a shard of dates: one CSV (+ manifest) per date under <out>/predictions/<model>/<version>/."""
 
 from kfp.dsl import Artifact, Dataset, Input, Output
 
@@ -16,29 +16,33 @@ def batch_predict(
     runner: str = "auto",
     force: bool = False,
 ) -> str:
-    """Predict ``date`` with the model version pinned in ``plan`` (``hfcast.predict.run_predict``);
-    resumable: a complete CSV for the same model and inputs is skipped unless ``force``.
+    """Predict ``date`` - one date, or a shard 'D1,D2,...' from ``plan_batch`` - with the model version
+    pinned in ``plan`` (``hfcast.predict.run_predict``, one date after another: the pod holds one
+    date in the model while the next is read); resumable: a complete CSV for the same model and
+    inputs is skipped unless ``force``.
 
     Args:
         out_url: output root (file:// or s3://); '' = the lake.
         mode: ``dense`` (every minute) or ``sparse`` (every 10th, forward-filled, flagged).
 
     Returns:
-        The CSV's URL.
+        The CSVs' URLs, one a line.
     """
     from components._common import step_settings
-    from hfcast.predict import run_predict
+    from hfcast.predict import parse_dates, run_predict
     from hfcast.storage import Lake
 
     s = step_settings(settings)
-    summary = run_predict(s, [date], model_ref=plan.metadata["model_ref"], mode=mode, out=out_url or None, force=force,
+    dates = parse_dates(date)
+    summary = run_predict(s, dates, model_ref=plan.metadata["model_ref"], mode=mode, out=out_url or None, force=force,
                           runner=runner, progress=False)
     if summary.failed:
-        raise RuntimeError(f"prediction for {date} failed: {summary.failed[0].reason}")
-    url = Lake((out_url or s.lake_url).rstrip("/")).predictions(summary.model_name, summary.model_version, date)
-    predictions.metadata.update({"date": date, "csv_url": url, "model": summary.model_name,
-                                 "version": str(summary.model_version), "mode": mode, "rows": summary.rows,
-                                 "status": summary.results[0].status})
+        raise RuntimeError("prediction failed: " + "; ".join(f"{r.date}: {r.reason}" for r in summary.failed))
+    root = Lake((out_url or s.lake_url).rstrip("/"))
+    urls = [root.predictions(summary.model_name, summary.model_version, d) for d in dates]
+    predictions.metadata.update({"date": date, "dates": dates, "csv_url": urls[0], "csv_urls": urls,
+                                 "model": summary.model_name, "version": str(summary.model_version), "mode": mode,
+                                 "rows": summary.rows, "status": [r.status for r in summary.results]})
     with open(predictions.path, "w") as fh:
-        fh.write(url + "\n")
-    return url
+        fh.write("\n".join(urls) + "\n")
+    return "\n".join(urls)

@@ -18,6 +18,7 @@ from components.gate_register import gate_register
 from components.materialize_features import materialize_features
 from components.prepare_data import prepare_data
 from components.select_forecaster import select_forecaster
+from components.train_distributed import train_distributed
 from components.train_model import train_model
 from pipelines.names import PIPELINES
 from pipelines.steps import LARGE, MEDIUM, SMALL, TINY, step
@@ -54,6 +55,8 @@ def build(gpu: bool):
         publish_url: str = "",
         reason: str = "manual",
         drifted_dates: str = "",
+        distributed_workers: int = 0,
+        distributed_gpus_per_worker: int = 1,
     ) -> NamedTuple("Outputs", [("champion_version", str), ("gate", Metrics)]):
         """Train, gate and (if promoted) export and deploy.
 
@@ -72,21 +75,36 @@ def build(gpu: bool):
             publish_url: copy the export (ONNX, Triton repository) to this URL, e.g. s3://hfcast-models/hfcast/champion.
             reason: why this run started (manual, drift: ...); recorded on every training run.
             drifted_dates: comma-separated dates that triggered a drift retraining (recorded likewise).
+            distributed_workers: 0 = train each architecture in its step (as before); N > 0 = as a Kubeflow PyTorchJob on N pods (data-parallel, torchrun), the step only waits for it.
+            distributed_gpus_per_worker: GPUs (and torchrun processes) per PyTorchJob pod in training-gpu (training-cpu: CPU pods, 0).
         """
         prep = step(prepare_data(settings=settings, dvc_repo=dvc_repo, synth_symbols=synth_symbols,
                                  synth_days=synth_days, synth_seed=synth_seed, synth_shift_day=synth_shift_day),
                     "Prepare data (DVC / validate / featurize)", MEDIUM)
         mat = step(materialize_features(features=prep.outputs["features"], settings=settings),
                    "Materialize features (Feast)", MEDIUM)
-        with dsl.ParallelFor(archs, name="architectures") as arch:
-            train = step(train_model(arch=arch, features=prep.outputs["features"], settings=settings, reason=reason,
-                                     drifted_dates=drifted_dates),
-                         "Train one architecture", LARGE, gpu=gpu)
-            train.after(mat)
-        best = step(select_forecaster(results=dsl.Collected(train.outputs["metrics"]), features=prep.outputs["features"],
-                                      settings=settings, reason=reason, drifted_dates=drifted_dates),
-                    "Select the forecaster", MEDIUM)
-        gate = step(gate_register(run_id=best.outputs["run_id"], features=prep.outputs["features"],
+        with dsl.If(distributed_workers == 0, name="train in the step"):
+            with dsl.ParallelFor(archs, name="architectures") as arch:
+                train = step(train_model(arch=arch, features=prep.outputs["features"], settings=settings,
+                                         reason=reason, drifted_dates=drifted_dates),
+                             "Train one architecture", LARGE, gpu=gpu)
+                train.after(mat)
+            best = step(select_forecaster(results=dsl.Collected(train.outputs["metrics"]),
+                                          features=prep.outputs["features"], settings=settings, reason=reason,
+                                          drifted_dates=drifted_dates),
+                        "Select the forecaster", MEDIUM)
+        with dsl.Else(name="train as PyTorchJobs"):  # the step only creates and awaits the job: no GPU here
+            with dsl.ParallelFor(archs, name="architectures (PyTorchJob)") as arch:
+                job = step(train_distributed(arch=arch, features=prep.outputs["features"], workers=distributed_workers,
+                                             gpus_per_worker=distributed_gpus_per_worker if gpu else 0,
+                                             settings=settings), "Train one architecture (PyTorchJob)", TINY)
+                job.after(mat)
+            best_job = step(select_forecaster(results=dsl.Collected(job.outputs["metrics"]),
+                                              features=prep.outputs["features"], settings=settings, reason=reason,
+                                              drifted_dates=drifted_dates),
+                            "Select the forecaster", MEDIUM)
+        best_run_id = dsl.OneOf(best.outputs["run_id"], best_job.outputs["run_id"])
+        gate = step(gate_register(run_id=best_run_id, features=prep.outputs["features"],
                                   settings=settings, gate_margin=gate_margin, force_reason=force_reason),
                     "Gate and register", SMALL)
         champion = gate.outputs["Output"]  # the promoted version, '' when the gate rejected

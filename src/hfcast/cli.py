@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from hfcast.cliopts import (HfcastGroup, architecture, bundle_dir, calendar, choice, column_map, comma_list, date_spec,
-                            http_url, input_dir, input_file, iso_date, local_file, model_ref, output_dir, storage_url, symbol, timestamp,
+                            http_url, input_dir, input_file, iso_date, key_value, local_file, model_ref, output_dir,
+                            storage_url, symbol, timestamp,
                             timezone)
 from hfcast.errors import UserError
 
@@ -306,6 +307,26 @@ def fold_setting(value: str) -> str:
 
 fold_setting.kind = "fold-setting"  # type: ignore[attr-defined]
 
+
+def settings_param(value: str) -> str:
+    """``Settings.to_param()`` JSON (a pipeline's ``settings`` parameter): a JSON object, or ''."""
+    import json
+
+    from hfcast.cliopts import OptionValueError
+
+    if value:
+        try:
+            ok = isinstance(json.loads(value), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise OptionValueError("--settings is not a JSON object",
+                                   "pass Settings.to_param() JSON, e.g. '{\"params\": {\"train\": {\"epochs\": 1}}}'")
+    return value
+
+
+settings_param.kind = "settings-json"  # type: ignore[attr-defined]
+
 ModelsOption = Annotated[Optional[str], typer.Option(
     "--models", "--model", "-m", parser=comma_list(architecture),
     help="Comma-separated architectures the forecaster is chosen from (transformer, lstm, tcn, hybrid; '' = "
@@ -397,6 +418,24 @@ def _print_table(result, title: str) -> None:
         out.print(f"fold {fold.index} (test {fold.test[0]}..{fold.test[-1]}): {choice.describe()}", markup=False)
 
 
+def _distributed_settings(settings):
+    """(settings, rank) under torchrun: checkpoints on by default (``<home>/checkpoints``), so a
+    killed data-parallel training resumes at its next epoch; unchanged for one process."""
+    from hfcast.config import deep_merge
+    from hfcast.distributed import env_rank, env_world
+
+    if env_world() > 1:
+        import atexit
+
+        from hfcast.distributed import shutdown
+
+        atexit.register(shutdown)
+        if not settings.param("train.checkpoint_dir"):
+            ckpt = {"train": {"checkpoint_dir": str(settings.home / "checkpoints")}}
+            settings = settings.with_(params=deep_merge(settings.params, ckpt))
+    return settings, env_rank()
+
+
 @app.command()
 def train(
     models: ModelsOption = None,
@@ -409,27 +448,49 @@ def train(
     register: bool = typer.Option(True, "--register/--no-register", help="Register the logged forecaster as a model version."),
     gate: bool = typer.Option(True, "--gate/--no-gate", help="With --register: run the champion/challenger gate and "
                               "promote only if it passes (--no-gate registers without promoting)."),
+    members_only: bool = typer.Option(False, "--members-only", help="Only train the architectures on every fold and log "
+                                      "one member run each (a pipeline's parallel half; the select step chooses)."),
+    settings_json: str = typer.Option("", "--settings", parser=settings_param, help="Settings.to_param() JSON (a "
+                                      "pipeline's settings parameter); '' = the environment."),
+    tags: Optional[list[str]] = typer.Option(None, "--tag", parser=key_value,
+                                             help="KEY=VALUE run tag (repeatable), e.g. the training job's name."),
 ) -> None:
     """Train the architectures through walk-forward (params.yaml `walkforward:`, `train:`), choose per
     fold on validation what is served (a network, a floored network, an ensemble or a baseline for
     the volatility; a return head only with validated skill), score it with the baselines on the
-    same test spans, log it to MLflow, register it and run the gate."""
-    settings = _settings()
+    same test spans, log it to MLflow, register it and run the gate. Under `torchrun` it trains
+    data-parallel (hfcast.distributed): rank 0 alone logs and registers, every epoch is checkpointed."""
+    if settings_json:
+        from hfcast.config import settings_from_param
+
+        with _refused("pass the settings parameter as Settings.to_param() JSON", ValueError):
+            settings = settings_from_param(settings_json)
+    else:
+        settings = _settings()
     archs = _archs(settings, models)
     folds = _fold_overrides(fold)
+    run_tags = dict(t.split("=", 1) for t in tags or ())
     if lake_url:
         settings = settings.with_(lake_url=lake_url)
-    if not log_run:
+    settings, rank = _distributed_settings(settings)
+    if members_only:
+        _train_members(settings, archs, folds, run_tags, rank)
+        return
+    if not log_run or rank > 0:  # under torchrun only rank 0 logs, registers and reports (hfcast.distributed)
+        import tempfile
+
+        where = out if rank == 0 else Path(tempfile.mkdtemp(prefix=f"hfcast-train-rank{rank}-"))
         with _refused(_WALKFORWARD_FIX, ValueError, KeyError, FileNotFoundError):
-            _, result, paths = _walkforward(settings, archs, None, out, "train", kind, ret, folds)
-        _print_table(result, f"walk-forward test scores ({len(result.folds)} folds)")
-        console.print(f"served: {result.forecaster.kind}\nreport: {paths['report']}")
+            _, result, paths = _walkforward(settings, archs, None, where, "train", kind, ret, folds)
+        if rank == 0:
+            _print_table(result, f"walk-forward test scores ({len(result.folds)} folds)")
+            console.print(f"served: {result.forecaster.kind}\nreport: {paths['report']}")
         return
     from hfcast.lifecycle import train_and_log
 
     report_dir = out or settings.home / "reports" / "train"
     with _refused(_WALKFORWARD_FIX, ValueError, KeyError, FileNotFoundError):
-        run = train_and_log(settings, archs, kind=kind, ret=ret, wf_overrides=folds, out_dir=report_dir)
+        run = train_and_log(settings, archs, kind=kind, ret=ret, wf_overrides=folds, out_dir=report_dir, tags=run_tags)
     from hfcast.evaluate import write_comparison
 
     r = run.result
@@ -439,6 +500,17 @@ def train(
     console.print(f"served: {run.kind}\nreport: {paths['report']}\n[green]logged[/] MLflow run {run.run_id}")
     if register:
         _register_and_report(settings, run, gate)
+
+
+def _train_members(settings, archs: list[str], folds: dict, tags: dict, rank: int) -> None:
+    """``hfcast train --members-only``: one member run per architecture (rank 0 logs; other ranks train)."""
+    from hfcast.lifecycle import train_members_and_log
+
+    with _refused(_WALKFORWARD_FIX, ValueError, KeyError, FileNotFoundError):
+        for arch in archs:
+            run_id = train_members_and_log(settings, arch, wf_overrides=folds, tags=tags, log=rank == 0)
+            if rank == 0:
+                console.print(f"[green]logged[/] member run {run_id} ({arch})")
 
 
 def _register_and_report(settings, run, gate: bool) -> None:

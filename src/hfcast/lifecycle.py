@@ -261,15 +261,20 @@ FOLDS_TAG = "hfcast.folds"    # the fold dates a member run trained on (the sele
 
 def train_members_and_log(settings: Any, arch: str, *, reason: str = "", drifted_dates: Sequence[str] = (),
                           last_date: str | None = None, max_folds: int | None = None,
-                          wf_overrides: Mapping[str, Any] | None = None) -> str:
+                          wf_overrides: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
+                          log: bool = True) -> str:
     """Train one architecture on every walk-forward fold and log its networks (one folder per fold)
-    as a member run: the parallel half of the training pipeline. Returns the run id."""
+    as a member run: the parallel half of the training pipeline (one step, or one PyTorchJob whose
+    ranks all train and whose rank 0 alone logs: ``log``). Returns the run id ('' without ``log``)."""
     from hfcast.walkforward import prepare, train_members
 
     lake, wf_cfg, train_cfg, mcfg = _walkforward_inputs(settings, last_date, max_folds, wf_overrides)
     prep = prepare(lake, wf_cfg)
+    if not log:
+        train_members(prep, [arch], wf_cfg, train_cfg, mcfg, progress=False)
+        return ""
     folds_doc = json.dumps([[f.train[0], f.train[-1], f.val[0], f.val[-1], f.test[0], f.test[-1]] for f in prep.folds])
-    tags = {"hfcast.role": "member", FOLDS_TAG: folds_doc[:5000], "hfcast.trigger_reason": reason[:5000],
+    tags = {**dict(tags or {}), "hfcast.role": "member", FOLDS_TAG: folds_doc[:5000], "hfcast.trigger_reason": reason[:5000],
             **({"hfcast.drifted_dates": ",".join(drifted_dates)[:5000]} if drifted_dates else {}),
             **data_lineage(prep.folds)}
     with registry.training_runs(settings, tags, f"members {prep.folds[0].train[0]}..{prep.folds[-1].test[-1]}") as live:

@@ -16,9 +16,13 @@ from torch import nn
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def _masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``loss`` over rows where ``mask``; 0 (with a gradient path) when no row has a label."""
-    return (loss * mask).sum() / mask.sum().clamp(min=1)
+def _masked_mean(loss: torch.Tensor, mask: torch.Tensor, denom: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``loss`` over rows where ``mask``; 0 (with a gradient path) when no row has a label.
+
+    ``denom`` replaces the local count: data-parallel training passes (labels in the GLOBAL batch) /
+    world size, so the gradients DDP averages over ranks are those of the global batch's mean.
+    """
+    return (loss * mask).sum() / (mask.sum().clamp(min=1) if denom is None else denom)
 
 
 class GaussianNLL(nn.Module):
@@ -34,10 +38,11 @@ class GaussianNLL(nn.Module):
         z = (y - mu) * torch.exp(-log_sigma)
         return log_sigma + 0.5 * z * z + _HALF_LOG_2PI
 
-    def forward(self, mu: torch.Tensor, log_sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, mu: torch.Tensor, log_sigma: torch.Tensor, y: torch.Tensor,
+                denom: torch.Tensor | None = None) -> torch.Tensor:
         mask = torch.isfinite(y)
         y0 = torch.where(mask, y, torch.zeros_like(y))
-        return _masked_mean(self.per_row(mu, log_sigma, y0), mask.to(mu.dtype))
+        return _masked_mean(self.per_row(mu, log_sigma, y0), mask.to(mu.dtype), denom)
 
 
 class BetaNLL(GaussianNLL):
@@ -74,8 +79,12 @@ class TwoTargetLoss(nn.Module):
         self.nll = BetaNLL(beta) if beta > 0 else GaussianNLL()
         self.w_ret, self.w_vol = float(w_ret), float(w_vol)
 
-    def forward(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, out: torch.Tensor, y: torch.Tensor, counts: torch.Tensor | None = None,
+                world: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``counts`` [2]: labelled rows per target in the global batch of which ``y`` is this rank's
+        share (one of ``world`` ranks); None = ``y`` is the whole batch."""
         out, y = out.float(), y.float()  # the likelihood in fp32 even under autocast
-        ret = self.nll(out[:, 0], out[:, 1], y[:, 0])
-        vol = self.nll(out[:, 2], out[:, 3], y[:, 1])
+        d = None if counts is None else counts.to(out.device, torch.float32).clamp(min=1) / world
+        ret = self.nll(out[:, 0], out[:, 1], y[:, 0], None if d is None else d[0])
+        vol = self.nll(out[:, 2], out[:, 3], y[:, 1], None if d is None else d[1])
         return self.w_ret * ret + self.w_vol * vol, {"ret": ret.detach(), "vol": vol.detach()}

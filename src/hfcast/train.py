@@ -4,6 +4,14 @@
 learning rate, gradient clipping and early stopping on the validation span (restoring the best
 weights), then fits the calibrator on the validation span. Mixed precision and ``torch.compile``
 switch on only on CUDA; on CPU the same seed gives bit-identical weights.
+
+The training windows come from a :class:`hfcast.features.stream.WindowSource` (in memory, or
+streamed from the lake by date). Under ``torchrun`` the model is wrapped in
+DistributedDataParallel: rank r trains on rows r::N of the same global batches a single process
+would use, and the loss is normalised by the global batch's label counts, so N processes follow
+one process's trajectory up to float rounding (:mod:`hfcast.distributed`). With
+``train.checkpoint_dir`` every finished epoch is saved (:mod:`hfcast.checkpoint`) and a killed
+training resumes at the next epoch.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -20,11 +29,13 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from hfcast import distributed
 from hfcast.config import checked_section
-from hfcast.features.windows import WindowArrays, WindowDataset, fit_scaler, make_loader
-from hfcast.journal import killpoint
+from hfcast.features.stream import InMemorySource, WindowSource, n_batches
+from hfcast.features.windows import WindowArrays, WindowDataset, make_loader
 from hfcast.losses import TwoTargetLoss
 from hfcast.models import build_model
+from hfcast.journal import killpoint
 from hfcast.models.base import TrainedNet
 
 log = logging.getLogger(__name__)
@@ -55,6 +66,10 @@ class TrainConfig:
     num_threads: int | None = None         # torch intra-op threads (None = torch default)
     num_workers: int = 0                   # DataLoader workers (batches are one gather: 0 is fine)
     eval_batch_size: int = 2048
+    stream_above_rows: int | None = 20_000_000  # training spans with more feature rows stream by date
+    stream_buffer_dates: int = 4           # dates shuffled together when streaming
+    stream_cache_dir: str | None = None    # local folder of the stream's memory-mapped cache (None = temp)
+    checkpoint_dir: str | None = None      # per-epoch checkpoints (folder or URL); None = off
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any] | None) -> "TrainConfig":
@@ -139,23 +154,23 @@ def _predict(net: torch.nn.Module, loader, device: torch.device,
     return torch.cat(outs), torch.cat(ys)
 
 
-def _train_epoch(net, fwd, loader, opt, sched, grad_scaler, loss_fn: TwoTargetLoss, grad_clip: float | None,
-                 device: torch.device, amp: torch.dtype | None,
-                 tick: Callable[[], None]) -> tuple[dict[str, float], int]:
-    """One pass over ``loader``: returns mean {"loss", "ret", "vol"} and the number of windows seen.
+def _train_epoch(net, fwd, batches, opt, sched, grad_scaler, loss_fn: TwoTargetLoss, grad_clip: float | None,
+                 device: torch.device, amp: torch.dtype | None, tick: Callable[[], None],
+                 dctx: distributed.DistContext) -> tuple[dict[str, float], int]:
+    """One pass over ``batches``: returns mean {"loss", "ret", "vol"} and the number of windows seen
+    (over all ranks).
 
-    ``net`` owns the parameters (clipping); ``fwd`` is what runs the forward (maybe compiled).
-    Losses accumulate on the device, so there is one host sync per epoch, not per step.
+    ``net`` owns the parameters (clipping); ``fwd`` is what runs the forward (maybe compiled, maybe
+    DDP). Losses accumulate on the device, so there is one host sync per epoch, not per step.
     """
     net.train()
-    sums = {"loss": torch.zeros((), device=device), "ret": torch.zeros((), device=device),
-            "vol": torch.zeros((), device=device)}
+    sums = torch.zeros(3, device=device)  # loss, ret, vol
     n_batches = n_seen = 0
-    for x, y in loader:
+    for x, y, counts in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(device, amp):
             out = fwd(x)
-        loss, parts = loss_fn(out, y)
+        loss, parts = loss_fn(out, y, counts if dctx.active else None, dctx.world)
         opt.zero_grad(set_to_none=True)
         if grad_scaler is not None:  # fp16: scale the loss, unscale before clipping
             grad_scaler.scale(loss).backward()
@@ -170,12 +185,13 @@ def _train_epoch(net, fwd, loader, opt, sched, grad_scaler, loss_fn: TwoTargetLo
         else:
             opt.step()
         sched.step()
-        sums["loss"] += loss.detach()
-        sums["ret"] += parts["ret"]
-        sums["vol"] += parts["vol"]
+        sums += torch.stack([loss.detach(), parts["ret"], parts["vol"]])
         n_batches, n_seen = n_batches + 1, n_seen + len(x)
         tick()
-    return {k: float(v) / max(1, n_batches) for k, v in sums.items()}, n_seen
+    if dctx.active:  # each rank's loss is its share of the global mean: the sum over ranks is the mean
+        sums = distributed.all_reduce_sum(sums, dctx) / dctx.world
+        n_seen = int(distributed.all_reduce_sum(torch.tensor([n_seen], device=device), dctx).item())
+    return {k: float(v) / max(1, n_batches) for k, v in zip(("loss", "ret", "vol"), sums.tolist())}, n_seen
 
 
 def _progress(enabled: bool) -> Progress:
@@ -183,26 +199,31 @@ def _progress(enabled: bool) -> Progress:
                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not enabled, transient=True)
 
 
-def train_forecaster(arch: str, train_wa: WindowArrays, val_wa: WindowArrays, model_config: dict | None = None,
-                     cfg: TrainConfig | None = None, calibrate: bool = True, progress: bool = True,
-                     on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[TrainedNet, dict[str, Any]]:
+def train_forecaster(arch: str, train_wa: WindowArrays | WindowSource, val_wa: WindowArrays,
+                     model_config: dict | None = None, cfg: TrainConfig | None = None, calibrate: bool = True,
+                     progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None
+                     ) -> tuple[TrainedNet, dict[str, Any]]:
     """Train one architecture on the training windows, early-stopped and calibrated on validation.
 
     Args:
         arch: one of ``hfcast.models.ARCHITECTURES``.
-        train_wa: training-span windows (with labels); the scaler sees only the rows they cover.
-        val_wa: validation-span windows (with labels); used for early stopping and calibration.
+        train_wa: training-span windows (with labels): a WindowArrays (subsampled here to
+            ``cfg.max_train_windows``) or any :class:`hfcast.features.stream.WindowSource`, e.g.
+            a StreamingSource over the lake; the scaler sees only the rows their windows cover.
+        val_wa: validation-span windows (with labels), in memory (capped to ``cfg.max_val_windows``);
+            used for early stopping and calibration.
         model_config: architecture config overrides (dict of its config dataclass fields).
         cfg: training settings.
         calibrate: fit ``hfcast.calibration.Calibrator`` on validation forecasts.
         progress: show rich progress bars.
-        on_epoch: called with each epoch's record (e.g. to log metrics to MLflow).
+        on_epoch: called with each epoch's record (e.g. to log metrics to MLflow); after a resume,
+            also with the records of the epochs restored from the checkpoint.
 
     Returns:
         (forecaster with the best weights on CPU, history dict).
     """
     cfg = cfg or TrainConfig()
-    if train_wa.feature_names != val_wa.feature_names:
+    if list(train_wa.feature_names) != list(val_wa.feature_names):
         raise ValueError("train and validation windows have different feature lists")
     with _num_threads(cfg.num_threads):
         return _train(arch, train_wa, val_wa, model_config, cfg, calibrate, progress, on_epoch)
@@ -220,102 +241,203 @@ def _num_threads(n: int | None):
         torch.set_num_threads(prev)
 
 
-def _train(arch: str, train_wa: WindowArrays, val_wa: WindowArrays, model_config: dict | None, cfg: TrainConfig,
-           calibrate: bool, progress: bool, on_epoch: Callable[[dict[str, Any]], None] | None
+def _train(arch: str, train_data: WindowArrays | WindowSource, val_wa: WindowArrays, model_config: dict | None,
+           cfg: TrainConfig, calibrate: bool, progress: bool, on_epoch: Callable[[dict[str, Any]], None] | None
            ) -> tuple[TrainedNet, dict[str, Any]]:
     t_start = time.perf_counter()
+    dctx = distributed.init_from_env(cfg.device)
     seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    device, scaler = resolve_device(cfg.device), fit_scaler(train_wa)
+    device = distributed.device_for(dctx, resolve_device(cfg.device))
     amp = resolve_amp(cfg.amp, device)
-    train_sel = _labelled_subset(train_wa, cfg.max_train_windows, rng, "training")
+    if isinstance(train_data, WindowArrays):
+        source: WindowSource = InMemorySource(_labelled_subset(train_data, cfg.max_train_windows, rng, "training"),
+                                              cfg.seed, scaler_from=train_data)
+    else:
+        source = train_data
+    scaler = source.fit_scaler()
     val_sel = _labelled_subset(val_wa, cfg.max_val_windows, rng, "validation")
-    train_ds, val_ds = WindowDataset(train_sel, scaler), WindowDataset(val_sel, scaler)
-    val_loader = make_loader(val_ds, cfg.eval_batch_size, num_workers=cfg.num_workers)
+    val_loader = make_loader(WindowDataset(val_sel, scaler), cfg.eval_batch_size, num_workers=cfg.num_workers)
 
-    net = build_model(arch, len(train_wa.feature_names), model_config).to(device)
+    net = build_model(arch, len(source.feature_names), model_config).to(device)
+    ddp = net
+    if dctx.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                      broadcast_buffers=False)
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    fwd = torch.compile(net) if use_compile else net
-    log.info("training %s (%d params) on %d windows, validating on %d, device=%s amp=%s compile=%s",
-             arch, net.n_params(), len(train_ds), len(val_ds), device, amp, use_compile)
-    epochs, best, train_seconds, seen = _fit_epochs(arch, net, fwd, train_ds, val_loader, cfg, device, amp,
-                                                    progress, on_epoch)
+    fwd = torch.compile(ddp) if use_compile else ddp
+    n_train = source.n_windows()
+    log.info("training %s (%d params) on %d windows, validating on %d, device=%s amp=%s compile=%s ranks=%d",
+             arch, net.n_params(), n_train, len(val_sel), device, amp, use_compile, dctx.world)
+    ckpt = _checkpointer(arch, model_config, cfg, source, scaler, n_train, len(val_sel), val_sel)
+    run = _EpochRun(arch, net, fwd, source, scaler, val_loader, cfg, device, amp, dctx, ckpt)
+    epochs, best, train_seconds, seen = run.fit(progress, on_epoch)
 
     net.load_state_dict(best["state"])
     net.to("cpu").eval()
     meta = {"arch": arch, "train_config": cfg.to_dict(), "best_epoch": best["epoch"], "val_loss": best["loss"],
-            "n_train_windows": len(train_ds), "n_val_windows": len(val_ds),
-            "train_dates": sorted(set(train_sel.end_dates().tolist())),
-            "val_dates": sorted(set(val_sel.end_dates().tolist()))}
-    forecaster = TrainedNet(net, scaler, train_wa.feature_names, None, meta)
+            "n_train_windows": n_train, "n_val_windows": len(val_sel),
+            "train_dates": source.dates(), "val_dates": sorted(set(val_sel.end_dates().tolist()))}
+    forecaster = TrainedNet(net, scaler, list(source.feature_names), None, meta)
     if calibrate:
         forecaster.calibrator = _fit_calibrator(forecaster, val_loader, val_sel)
     history = {"arch": arch, "epochs": epochs, "best_epoch": best["epoch"], "best_val_loss": best["loss"],
                "stopped_early": len(epochs) < cfg.epochs, "seconds": time.perf_counter() - t_start,
                "train_seconds": train_seconds, "windows_per_s": seen / max(train_seconds, 1e-9),
-               "n_train_windows": len(train_ds), "n_val_windows": len(val_ds), "n_params": net.n_params(),
+               "n_train_windows": n_train, "n_val_windows": len(val_sel), "n_params": net.n_params(),
                "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "off",
-               "compiled": use_compile, "calibrated": forecaster.calibrator is not None}
+               "compiled": use_compile, "calibrated": forecaster.calibrator is not None,
+               "world_size": dctx.world, "source": type(source).__name__, "resumed_at_epoch": run.resumed_at}
     return forecaster, history
 
 
-def _fit_epochs(arch: str, net: torch.nn.Module, fwd: Callable, train_ds: WindowDataset, val_loader, cfg: TrainConfig,
-                device: torch.device, amp: torch.dtype | None, progress: bool,
-                on_epoch: Callable[[dict[str, Any]], None] | None
-                ) -> tuple[list[dict[str, Any]], dict[str, Any], float, int]:
-    """The epochs with early stopping on the validation loss.
+def _checkpointer(arch, model_config, cfg: TrainConfig, source, scaler, n_train: int, n_val: int, val_sel):
+    """The training's Checkpointer (None when ``train.checkpoint_dir`` is unset)."""
+    if not cfg.checkpoint_dir:
+        return None
+    from hfcast.checkpoint import Checkpointer, run_key
 
-    Returns:
-        The per-epoch records, the best epoch (``loss``, ``epoch``, ``state``: its weights on the
-        CPU), the seconds spent in training steps and the number of windows they saw.
-    """
-    opt = _optimizer(net, cfg, device)
-    drop_last = len(train_ds) > cfg.batch_size
-    steps_per_epoch = len(train_ds) // cfg.batch_size if drop_last else 1
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup_frac,
-                                                                 cfg.min_lr_frac))
-    grad_scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    loss_fn = TwoTargetLoss(cfg.beta, cfg.w_ret, cfg.w_vol)
-    epochs: list[dict[str, Any]] = []
-    best = {"loss": math.inf, "epoch": -1, "state": None}
-    bad, train_seconds, seen = 0, 0.0, 0
-    with _progress(progress) as bar:
-        ep_task = bar.add_task(f"{arch} epochs", total=cfg.epochs, info="")
-        for epoch in range(cfg.epochs):
-            loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch,
-                                 drop_last=drop_last, num_workers=cfg.num_workers)
-            b_task = bar.add_task(f"epoch {epoch}", total=len(loader), info="")
-            t0, c0 = time.perf_counter(), time.process_time()
-            train_parts, n_seen = _train_epoch(net, fwd, loader, opt, sched, grad_scaler, loss_fn, cfg.grad_clip,
-                                               device, amp, lambda: bar.advance(b_task))
-            sec, cpu_sec = time.perf_counter() - t0, time.process_time() - c0
-            train_seconds, seen = train_seconds + sec, seen + n_seen
-            val_out, val_y = _predict(fwd, val_loader, device, amp)
-            val_loss, val_parts = loss_fn(val_out, val_y)
-            rec = {"epoch": epoch, **{f"train_{k}": v for k, v in train_parts.items()},
-                   "val_loss": float(val_loss), **{f"val_{k}": float(v) for k, v in val_parts.items()},
-                   "lr": float(sched.get_last_lr()[0]), "seconds": sec, "cpu_seconds": cpu_sec,
-                   "windows_per_s": n_seen / max(sec, 1e-9)}
-            epochs.append(rec)
-            if on_epoch is not None:
-                on_epoch(rec)
-            killpoint("train-epoch")  # a test hook; nothing without HFCAST_TEST_KILL_AT (hfcast.journal)
-            if rec["val_loss"] < best["loss"] - cfg.min_delta:
-                best = {"loss": rec["val_loss"], "epoch": epoch,
-                        "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
-                bad = 0
-            else:
-                bad += 1
-            bar.remove_task(b_task)
-            bar.update(ep_task, advance=1, info=f"train {rec['train_loss']:.4f} val {rec['val_loss']:.4f} "
-                                                f"best {best['loss']:.4f}@{best['epoch']}")
-            log.info("%s epoch %d: train %.4f val %.4f (%.0f windows/s)", arch, epoch, rec["train_loss"],
-                     rec["val_loss"], rec["windows_per_s"])
-            if not math.isfinite(rec["val_loss"]) or bad >= cfg.patience:
-                break
-    if best["state"] is None:
-        raise RuntimeError(f"{arch} training produced no finite validation loss; lower train.lr?")
-    return epochs, best, train_seconds, seen
+    volatile = ("checkpoint_dir", "num_threads", "num_workers", "eval_batch_size", "device", "compile",
+                "stream_above_rows", "stream_cache_dir")
+    identity = {"arch": arch, "model_config": model_config or {},
+                "cfg": {k: v for k, v in cfg.to_dict().items() if k not in volatile},
+                "features": list(source.feature_names), "scaler": scaler.to_dict(), "n_train": n_train,
+                "n_val": n_val, "source": type(source).__name__, "train_dates": source.dates(),
+                "val_dates": sorted(set(val_sel.end_dates().tolist()))}
+    from hfcast.storage import join
+
+    return Checkpointer(join(cfg.checkpoint_dir, f"{arch}-{run_key(identity)}"))
+
+
+# the fault-injection hook of the resume tests: exit (as a preemption would) after this epoch's checkpoint
+EXIT_AFTER_EPOCH_ENV = "HFCAST_TRAIN_EXIT_AFTER_EPOCH"
+
+
+class _EpochRun:
+    """The epochs with early stopping on the validation loss, checkpointed and resumable."""
+
+    def __init__(self, arch, net, fwd, source, scaler, val_loader, cfg: TrainConfig, device, amp, dctx, ckpt):
+        self.arch, self.net, self.fwd, self.source, self.scaler = arch, net, fwd, source, scaler
+        self.val_loader, self.cfg, self.device, self.amp, self.dctx, self.ckpt = val_loader, cfg, device, amp, dctx, ckpt
+        self.opt = _optimizer(net, cfg, device)
+        n = source.n_windows()
+        self.drop_last = n > cfg.batch_size
+        steps_per_epoch = n_batches(n, cfg.batch_size, self.drop_last)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup_frac, cfg.min_lr_frac))
+        self.grad_scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+        self.loss_fn = TwoTargetLoss(cfg.beta, cfg.w_ret, cfg.w_vol)
+        self.epochs: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"loss": math.inf, "epoch": -1, "state": None}
+        self.bad, self.train_seconds, self.seen, self.finished = 0, 0.0, 0, False
+        self.resumed_at: int | None = None
+
+    def fit(self, progress: bool, on_epoch) -> tuple[list[dict[str, Any]], dict[str, Any], float, int]:
+        """Returns the per-epoch records, the best epoch (``loss``, ``epoch``, ``state``: its weights
+        on the CPU), the seconds spent in training steps and the number of windows they saw."""
+        cfg = self.cfg
+        start = self._resume(on_epoch)
+        with _progress(progress and self.dctx.is_main) as bar:
+            ep_task = bar.add_task(f"{self.arch} epochs", total=cfg.epochs, completed=start, info="")
+            for epoch in range(start, cfg.epochs if not self.finished else start):
+                total = n_batches(self.source.n_windows(), cfg.batch_size, self.drop_last)
+                b_task = bar.add_task(f"epoch {epoch}", total=total, info="")
+                rec = self._epoch(epoch, lambda: bar.advance(b_task))
+                stop = not math.isfinite(rec["val_loss"]) or self.bad >= cfg.patience or epoch == cfg.epochs - 1
+                self.finished = stop
+                self._save(epoch)
+                if on_epoch is not None:
+                    on_epoch(rec)
+                killpoint("train-epoch")  # a test hook; nothing without HFCAST_TEST_KILL_AT (hfcast.journal)
+                if os.environ.get(EXIT_AFTER_EPOCH_ENV) == str(epoch):
+                    log.warning("%s=%d: exiting after the checkpoint of epoch %d", EXIT_AFTER_EPOCH_ENV, epoch, epoch)
+                    os._exit(75)
+                bar.remove_task(b_task)
+                bar.update(ep_task, advance=1, info=f"train {rec['train_loss']:.4f} val {rec['val_loss']:.4f} "
+                                                    f"best {self.best['loss']:.4f}@{self.best['epoch']}")
+                log.info("%s epoch %d: train %.4f val %.4f (%.0f windows/s)", self.arch, epoch, rec["train_loss"],
+                         rec["val_loss"], rec["windows_per_s"])
+                if stop:
+                    break
+        if self.best["state"] is None:
+            raise RuntimeError(f"{self.arch} training produced no finite validation loss; lower train.lr?")
+        return self.epochs, self.best, self.train_seconds, self.seen
+
+    def _epoch(self, epoch: int, tick) -> dict[str, Any]:
+        cfg = self.cfg
+        batches = self.source.batches(epoch, cfg.batch_size, self.scaler, self.dctx.rank, self.dctx.world,
+                                      self.drop_last, cfg.num_workers)
+        t0, c0 = time.perf_counter(), time.process_time()
+        train_parts, n_seen = _train_epoch(self.net, self.fwd, batches, self.opt, self.sched, self.grad_scaler,
+                                           self.loss_fn, cfg.grad_clip, self.device, self.amp, tick, self.dctx)
+        sec, cpu_sec = time.perf_counter() - t0, time.process_time() - c0
+        self.train_seconds, self.seen = self.train_seconds + sec, self.seen + n_seen
+        val_out, val_y = _predict(self.fwd, self.val_loader, self.device, self.amp)
+        val_loss, val_parts = self.loss_fn(val_out, val_y)
+        vals = distributed.broadcast_floats([float(val_loss), float(val_parts["ret"]), float(val_parts["vol"])],
+                                            self.dctx, self.device)
+        rec = {"epoch": epoch, **{f"train_{k}": v for k, v in train_parts.items()},
+               "val_loss": vals[0], "val_ret": vals[1], "val_vol": vals[2],
+               "lr": float(self.sched.get_last_lr()[0]), "seconds": sec, "cpu_seconds": cpu_sec,
+               "windows_per_s": n_seen / max(sec, 1e-9)}
+        self.epochs.append(rec)
+        if rec["val_loss"] < self.best["loss"] - cfg.min_delta:
+            self.best = {"loss": rec["val_loss"], "epoch": epoch,
+                         "state": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}}
+            self.bad = 0
+        else:
+            self.bad += 1
+        return rec
+
+    def _save(self, epoch: int) -> None:
+        if self.ckpt is None or not self.dctx.is_main:
+            return
+        from hfcast.checkpoint import optimizer_parts
+
+        opt_t, opt_rest = optimizer_parts(self.opt)
+        tensors = {**{f"model.{k}": v for k, v in self.net.state_dict().items()},
+                   **{f"best.{k}": v for k, v in (self.best["state"] or {}).items()},
+                   **opt_t, "rng.torch": torch.get_rng_state()}
+        sched = {k: v for k, v in self.sched.state_dict().items() if k != "lr_lambdas"}
+        state = {"epoch": epoch, "finished": self.finished, "epochs": self.epochs, "best_epoch": self.best["epoch"],
+                 "best_loss": self.best["loss"], "bad": self.bad, "train_seconds": self.train_seconds,
+                 "seen": self.seen, "optimizer": opt_rest, "scheduler": sched,
+                 "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None}
+        self.ckpt.save(tensors, state)
+
+    def _resume(self, on_epoch) -> int:
+        """The first epoch to run: 0, or the one after the checkpoint's (its state restored)."""
+        if self.ckpt is None:
+            return 0
+        from hfcast.checkpoint import load_optimizer
+
+        found = self.ckpt.load()
+        epochs = distributed.broadcast_floats([-1.0 if found is None else float(found[1]["epoch"])], self.dctx,
+                                              self.device)
+        if found is None or int(epochs[0]) != int(found[1]["epoch"]):
+            if found is not None:
+                raise RuntimeError(f"ranks see different checkpoints under {self.ckpt.url}: resume needs one file "
+                                   "that every rank reads (a shared volume or the object store)")
+            return 0
+        tensors, state = found
+        self.net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        self.best = {"loss": state["best_loss"], "epoch": state["best_epoch"], "state": best or None}
+        load_optimizer(self.opt, tensors, state["optimizer"])
+        self.sched.load_state_dict({**state["scheduler"], "lr_lambdas": [None] * len(self.opt.param_groups)})
+        if self.grad_scaler is not None and state.get("grad_scaler"):
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.epochs, self.bad, self.finished = list(state["epochs"]), int(state["bad"]), bool(state["finished"])
+        self.train_seconds, self.seen = float(state["train_seconds"]), int(state["seen"])
+        self.resumed_at = int(state["epoch"]) + 1
+        log.warning("%s: resumed from the checkpoint of epoch %d (%s)%s", self.arch, state["epoch"], self.ckpt.url,
+                    ": training had finished" if self.finished else "")
+        for rec in self.epochs if on_epoch is not None else ():
+            on_epoch(rec)
+        return self.resumed_at
 
 
 def _fit_calibrator(forecaster: TrainedNet, val_loader, val_wa: WindowArrays) -> Any:

@@ -28,7 +28,7 @@ FREE_TEXT = {  # options whose every string is valid: nothing to refuse
 }
 GOOD = {  # valid values by parser kind, for the required parameters given beside the bad one
     "date": "2024-01-02", "dates": "2024-01-02", "timestamp": "2024-01-05T15:00:00Z", "symbol": "AAPL",
-    "model-ref": "hfcast/1", "fold-setting": "test_days=2",
+    "model-ref": "hfcast/1", "fold-setting": "test_days=2", "settings-json": "{}",
 }
 
 
@@ -55,6 +55,7 @@ def _bad_values(kind: str, tmp: Path) -> list[str]:
         "column-map": ["ts", "=Timestamp"],
         "key-value": ["novalue"],
         "fold-setting": ["test_days", "test_dayz=3"],
+        "settings-json": ["{not json", "[1, 2]"],
         "cron": ["0 30 21 * *"],
         "symbol": ["A\u202eB", "A" * 5000, "A\x00B"],
         "choice": ["bogus"],

@@ -25,6 +25,10 @@ def test_cpu_dry_run_writes_every_section(tmp_path, caplog):
     assert {k.split("/")[0] for k in doc["inference"]} >= {"eager_fp32", "eager_amp", "compiled_amp"}
     assert "skipped" in doc["inference"]["tensorrt"] or "error" not in doc["inference"]["tensorrt"]
     assert doc["best_inference"]["with_host_copies"]["items_per_s"] > 0
+    ddp = doc["ddp"]  # the data-parallel step ran (gloo here, NCCL on a GPU) beside the plain one
+    assert ddp["backend"] == "gloo" and "error" not in ddp
+    for arch in device_check.ARCHITECTURES:
+        assert ddp[arch]["ddp_amp"]["items_per_s"] > 0 and ddp[arch]["ddp_over_plain"] > 0, ddp[arch]
     year = doc["dense_year_1000_symbols"]
     assert year["stock_minutes"] == 98_280_000
     assert year["model_seconds"] == pytest.approx(98_280_000 / year["windows_per_s"], rel=1e-3)

@@ -92,16 +92,23 @@ def test_gpu_only_on_training_steps_of_the_gpu_pipeline(specs):
 def test_training_dag_shape(specs):
     spec = specs["training_gpu.yaml"]
     root = spec["root"]["dag"]["tasks"]
-    assert {"prepare-data", "materialize-features", "for-loop-1", "select-forecaster", "gate-register",
-            "condition-2"} <= set(root)
-    cond = root["condition-2"]
+    assert {"prepare-data", "materialize-features", "condition-branches-1", "gate-register", "condition-6"} <= set(root)
+    cond = root["condition-6"]
     assert "gate-register" in cond["dependentTasks"]
     assert "gate-register-Output" in cond["triggerPolicy"]["condition"]  # a plain output: see gate_register
-    inner = spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    inner = spec["components"]["comp-condition-6"]["dag"]["tasks"]
     assert set(inner) == {"export-model", "deploy-model"}
     assert inner["deploy-model"]["dependentTasks"] == ["export-model"]
-    # compare collects the metrics of every ParallelFor iteration
-    assert "for-loop-1" in root["select-forecaster"]["dependentTasks"]
+    # distributed_workers == 0: train in the step; else one PyTorchJob per architecture; the gate
+    # judges the best run of whichever branch ran (dsl.OneOf)
+    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    local, job = (spec["components"][f"comp-condition-{i}"]["dag"]["tasks"] for i in (3, 4))
+    assert "== 0" in branches["condition-3"]["triggerPolicy"]["condition"]
+    # the select step collects the metrics of every ParallelFor iteration, in both branches
+    assert "for-loop-2" in local["select-forecaster"]["dependentTasks"]
+    assert "for-loop-5" in job["select-forecaster-2"]["dependentTasks"]
+    loop = spec["components"]["comp-for-loop-5"]["dag"]["tasks"]
+    assert loop["train-distributed"]["componentRef"]["name"] == "comp-train-distributed"
 
 
 def test_batch_backtest_is_an_optional_step_after_every_prediction(specs):

@@ -188,11 +188,12 @@ def build_windows(df: pd.DataFrame, feature_names: Sequence[str], stride: int = 
     return WindowArrays(X, ends, y, keys, list(feature_names), market=market)
 
 
-def _nan_mean_std(X: np.ndarray, rows: np.ndarray, chunk_elems: int = 2**18) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column NaN-aware mean / std (ddof=1) of X[rows] in two chunked passes.
+def nan_moments(X: np.ndarray, rows: np.ndarray, chunk_elems: int = 2**18) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-column NaN-aware (count, mean, sum of squared deviations) of X[rows] in two chunked passes.
 
     Sums accumulate in float64, blocks stay float32 and small (~1 MB), so fitting on a training
-    span of any size never allocates a copy of it.
+    span of any size never allocates a copy of it. The triple is what
+    :func:`merge_moments` combines, so a streamed fit (hfcast.features.stream) agrees with one pass.
     """
     f = X.shape[1]
     step = max(1, chunk_elems // max(1, f))
@@ -210,8 +211,34 @@ def _nan_mean_std(X: np.ndarray, rows: np.ndarray, chunk_elems: int = 2**18) -> 
         block -= mean.astype(np.float32)
         np.copyto(block, 0, where=~np.isfinite(block))
         ss += np.square(block, out=block).sum(0, dtype=np.float64)
-    std = np.sqrt(np.divide(ss, n - 1, out=np.zeros(f), where=n > 1))
-    return mean, std
+    return n, mean, ss
+
+
+def merge_moments(a: tuple, b: tuple) -> tuple:
+    """Chan et al.'s pairwise update of two (count, mean, M2) triples (arrays or floats)."""
+    na, ma, sa = a
+    nb, mb, sb = b
+    n = na + nb
+    delta = mb - ma
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(n > 0, nb / np.where(n > 0, n, 1), 0.0)
+        mean = ma + delta * w
+        m2 = sa + sb + delta * delta * na * w
+    return n, mean, m2
+
+
+def _moments_1d(v: np.ndarray) -> tuple[float, float, float]:
+    if v.size == 0:
+        return 0.0, 0.0, 0.0
+    mean = float(v.mean())
+    return float(v.size), mean, float(np.square(v - mean).sum())
+
+
+def label_moments(y_rows: np.ndarray) -> tuple[tuple, tuple]:
+    """(count, mean, M2) of the finite ``ret_60m`` and of ``log rv_10m`` where rv_10m > 0, in float64."""
+    ret = np.asarray(y_rows[:, 0], np.float64)
+    rv = np.asarray(y_rows[:, 1], np.float64)
+    return _moments_1d(ret[np.isfinite(ret)]), _moments_1d(np.log(rv[np.isfinite(rv) & (rv > 0)]))
 
 
 @dataclass
@@ -248,20 +275,33 @@ class Scaler:
         rows = np.arange(len(X_rows)) if rows is None else np.asarray(rows)
         if rows.size == 0:
             raise ValueError("Scaler.fit got no training rows")
-        mean, std = _nan_mean_std(X_rows, rows)
+        ret, lrv = label_moments(y_rows) if y_rows is not None else (None, None)
+        return self.set_moments(nan_moments(X_rows, rows), ret, lrv, feature_names)
+
+    def set_moments(self, features: tuple, ret: tuple | None = None, lrv: tuple | None = None,
+                    feature_names: Sequence[str] | None = None) -> "Scaler":
+        """Set the statistics from (count, mean, M2) triples: the one place that turns moments into
+        scales, shared by :meth:`fit` and the streamed fit (``hfcast.features.stream``).
+
+        Args:
+            features: per-column (count, mean, M2) of the training rows (std uses ddof=1).
+            ret, lrv: (count, mean, M2) of the finite ``ret_60m`` / positive ``log rv_10m`` labels
+                (std with ddof=0); None keeps unit target scales.
+        """
+        n, mean, ss = (np.asarray(v, np.float64) for v in features)
+        std = np.sqrt(np.divide(ss, n - 1, out=np.zeros_like(ss), where=n > 1))
         std[~(std > 1e-12)] = 1.0
         self.mean, self.std = mean, std
         self.feature_names = list(feature_names) if feature_names is not None else None
-        if y_rows is not None:
-            ret = np.asarray(y_rows[:, 0], np.float64)
-            ret = ret[np.isfinite(ret)]
-            rs = float(ret.std()) if ret.size > 1 else float("nan")
+        if ret is not None:
+            rn, _, rm2 = ret
+            rs = math.sqrt(rm2 / rn) if rn > 1 else float("nan")
             self.ret_scale = rs if math.isfinite(rs) and rs > 0 else 1.0
-            rv = np.asarray(y_rows[:, 1], np.float64)
-            lrv = np.log(rv[np.isfinite(rv) & (rv > 0)])
-            if lrv.size:
-                self.lrv_mean = float(lrv.mean())
-                self.lrv_std = float(lrv.std()) if lrv.size > 1 and lrv.std() > 0 else 1.0
+        if lrv is not None and lrv[0] > 0:
+            ln, lmean, lm2 = lrv
+            lstd = math.sqrt(lm2 / ln)
+            self.lrv_mean = float(lmean)
+            self.lrv_std = lstd if ln > 1 and lstd > 0 else 1.0
         return self
 
     def transform(self, X: np.ndarray, inplace: bool = False) -> np.ndarray:

@@ -1,0 +1,398 @@
+"""Every stage at the seed's scale (1000 symbols x 252 days) on this machine, in bounded memory.
+
+Run: ``nice -n 19 python -m bench.bench_scale [--root /work/bench-scale-data] [--symbols 1000 --days 252]``
+(about an hour on the 2-core machine; ``--keep`` keeps the lake, otherwise it is deleted at the end).
+
+Each stage runs in its own process (``--stage NAME``), so its peak RSS is its own: the peak of
+the process tree's resident memory, sampled every 0.2 s (bench._common.PeakMemory), and the
+kernel's ``ru_maxrss`` of the stage process. A stage that finished leaves ``<root>/stage-NAME.json``
+and is not run again (a cut-short bench resumes). Stages:
+
+* ``simulate`` (hfcast.data.simulator.write_synth) -> ``validate`` (run_validate) -> ``featurize``
+  (run_featurize, 2 workers);
+* ``train``: a sample from the stream: :class:`hfcast.features.stream.StreamingSource` over every
+  date but the last ``--val-days + --holdout`` (the scaler in one pass over all of them), one
+  epoch of ``--train-windows`` windows; validation in memory (capped). Saves the bundle;
+* ``stream_vs_memory``: the same sample (``--cmp-days`` dates, ``--cmp-windows`` windows, one
+  epoch) from the stream and from one in-memory matrix: training windows/s of each;
+* ``predict``: dense batch prediction (hfcast.predict.run_predict, the default runner) of a
+  measured fraction of the year (``--predict-days`` dates), extrapolated to every date;
+* ``monitor``: the monitoring reference of the trained model, then run_monitor of one date;
+* ``ddp``: the same training under ``torchrun`` with 1 and 2 processes (gloo, 1 thread each):
+  windows/s and the validation QLIKE of both.
+
+Writes ``bench/results/scale.json`` after every stage (machine, load average, nice level).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, PeakMemory, machine  # noqa: E402
+
+log = logging.getLogger("bench_scale")
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("simulate", "validate", "featurize", "train", "stream_vs_memory", "predict", "monitor", "ddp")
+GOAL_RSS_MB = 6 * 1024
+ARCH, MODEL = "lstm", {}  # the fastest architecture on CPU, default width
+
+
+def _settings(root: Path):
+    from hfcast.config import get_settings
+
+    return get_settings(env={"HFCAST_HOME": str(root / "home"), "HFCAST_LAKE": (root / "lake").as_uri(),
+                             "HFCAST_PARAMS": str(ROOT / "params.yaml")}, cwd=root)
+
+
+def _lake(root: Path):
+    from hfcast.storage import Lake
+
+    return Lake.from_settings(_settings(root))
+
+
+def _spans(a: argparse.Namespace, dates: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(train, validation, held-out) dates: the last ``holdout`` are predicted/monitored, the
+    ``val_days`` before them validate, everything earlier trains (one embargo day left out)."""
+    held = dates[-a.holdout:]
+    val = dates[-a.holdout - a.val_days:-a.holdout]
+    train = dates[:-a.holdout - a.val_days - 1]
+    return train, val, held
+
+
+def _val_windows(lake, dates, names):
+    from hfcast.features.engine import load_features
+    from hfcast.features.windows import LABEL_COLS, build_windows
+
+    return build_windows(load_features(lake, dates, [*names, *LABEL_COLS]), names)
+
+
+def _train_cfg(a: argparse.Namespace, windows: int, threads: int | None = 1):
+    """One epoch on CPU. One torch thread by default: on this shared machine (load 7-9 from other
+    work) two intra-op threads ran 15x slower than one (OpenMP threads waiting on each other)."""
+    from hfcast.train import TrainConfig
+
+    return TrainConfig(epochs=1, max_train_windows=windows, max_val_windows=a.val_windows, device="cpu",
+                       compile="off", seed=0, num_threads=threads, stream_buffer_dates=a.buffer_dates)
+
+
+# --- the stages (each in its own process) --------------------------------------------------------
+
+def stage_simulate(a, root: Path) -> dict:
+    from hfcast.data.simulator import SimConfig, write_synth
+
+    summary = write_synth(SimConfig(n_symbols=a.symbols, n_days=a.days, seed=a.seed), _lake(root), progress=False)
+    rows = a.symbols * a.days * 390
+    return {"stock_minutes": rows, "summary": {k: v for k, v in summary.items() if k != "dates"}}
+
+
+def _fraction(a, n_measured: int) -> dict:
+    """How a stage measured on ``n_measured`` of the year's dates is scaled to all of them."""
+    return {"dates_measured": n_measured, "dates_in_year": a.days, "factor": round(a.days / n_measured, 3),
+            "how": "per-date cost of the measured dates x the year's dates (each date is independent work of "
+                   "the same size: 1000 symbols x 390 minutes; memory does not grow with the dates)"}
+
+
+def stage_validate(a, root: Path) -> dict:
+    from hfcast.data.validate import run_validate
+
+    lake = _lake(root)
+    dates = lake.dates("raw")[:a.validate_days]
+    t = run_validate(lake, dates, progress=False)
+    return {"input_rows": t["input_rows"], "clean_rows": t["clean_rows"], "quarantined_rows": t["quarantined_rows"],
+            "rows": t["input_rows"], "fraction": _fraction(a, len(dates))}
+
+
+def stage_featurize(a, root: Path) -> dict:
+    from hfcast.features.engine import run_featurize
+
+    lake = _lake(root)
+    dates = lake.dates("raw")[:a.featurize_days]
+    s = run_featurize(lake, dates, progress=False, workers=2)
+    return {"rows": s["rows"], "n_features": s["n_features"], "workers": 2, "fraction": _fraction(a, len(dates))}
+
+
+def stage_train(a, root: Path) -> dict:
+    from hfcast.features.engine import read_feature_set
+    from hfcast.features.stream import StreamingSource
+    from hfcast.train import train_forecaster
+
+    lake = _lake(root)
+    names = read_feature_set(lake)["features"]
+    train, val, _ = _spans(a, lake.dates("features"))
+    src = StreamingSource(lake, train, names, max_windows=a.train_windows, seed=0, buffer_dates=a.buffer_dates,
+                          cache_dir=str(root / "stream-cache"))
+    t0 = time.perf_counter()
+    src.fit_scaler()
+    scaler_s = time.perf_counter() - t0
+    fc, hist = train_forecaster(ARCH, src, _val_windows(lake, val, names), MODEL, _train_cfg(a, a.train_windows),
+                                progress=False)
+    fc.meta.update(model_name="hfcast", model_version="1")
+    fc.save(str(root / "bundle"))
+    cache_mb = sum(f.stat().st_size for f in (root / "stream-cache").iterdir()) / 2**20
+    shutil.rmtree(root / "stream-cache", ignore_errors=True)
+    return {"stream_cache_mb": round(cache_mb), "arch": ARCH, "train_dates": len(train), "first": train[0], "last": train[-1],
+            "labelled_windows_in_span": int(src._labelled_counts().sum()),
+            "windows_trained": hist["n_train_windows"], "val_windows": hist["n_val_windows"],
+            "scaler_pass_seconds": round(scaler_s, 1), "scaler_pass_dates_per_s": round(len(train) / scaler_s, 2),
+            "epoch_seconds": round(hist["train_seconds"], 1), "windows_per_s": round(hist["windows_per_s"], 1),
+            "val_loss": hist["best_val_loss"], "buffer_dates": a.buffer_dates,
+            "rows": hist["n_train_windows"]}
+
+
+def stage_stream_vs_memory(a, root: Path) -> dict:
+    from hfcast.features.engine import read_feature_set
+    from hfcast.features.stream import StreamingSource
+    from hfcast.train import train_forecaster
+
+    lake = _lake(root)
+    names = read_feature_set(lake)["features"]
+    train, val, _ = _spans(a, lake.dates("features"))
+    sample = train[-a.cmp_days:]
+    cfg = _train_cfg(a, a.cmp_windows)
+    val_wa = _val_windows(lake, val[-1:], names)
+    out: dict[str, Any] = {"dates": len(sample), "windows": a.cmp_windows, "arch": ARCH, "rounds": a.cmp_rounds}
+    rates: dict[str, list[float]] = {"stream": [], "memory": []}
+    totals: dict[str, list[float]] = {"stream": [], "memory": []}
+    mem = _val_windows(lake, sample, names)  # the in-memory path's one matrix (loaded once, outside the timing)
+    for _ in range(a.cmp_rounds):  # alternate, so a change in the machine's load hits both alike
+        for kind in ("stream", "memory"):
+            src = (StreamingSource(lake, sample, names, max_windows=a.cmp_windows, seed=0, buffer_dates=a.buffer_dates)
+                   if kind == "stream" else mem)
+            hist = train_forecaster(ARCH, src, val_wa, MODEL, cfg, calibrate=False, progress=False)[1]
+            rates[kind].append(hist["windows_per_s"])
+            totals[kind].append(hist["seconds"])
+    import numpy as np
+
+    out.update({f"{k}_windows_per_s": [round(v, 1) for v in r] for k, r in rates.items()})
+    out.update({f"{k}_seconds_including_scaler_and_cache": [round(v, 1) for v in r] for k, r in totals.items()})
+    out["stream_over_memory"] = round(float(np.median(rates["stream"]) / np.median(rates["memory"])), 3)
+    out["goal"] = ">= 0.9"
+    out["rows"] = a.cmp_windows * a.cmp_rounds * 2
+    return out
+
+
+def stage_predict(a, root: Path) -> dict:
+    from hfcast.predict import choose_runner, run_predict
+
+    settings = _settings(root)
+    dates = _lake(root).dates("features")
+    _, _, held = _spans(a, dates)
+    todo = held[-a.predict_days:]
+    s = run_predict(settings, todo, bundle_dir=str(root / "bundle"), mode="dense", progress=False)
+    rows, secs = s.rows, s.seconds
+    per_date = secs / len(todo)  # dates run one after another in one process (memory: one date + the next)
+    return {"dates": len(todo), "first": todo[0], "last": todo[-1], "rows": rows, "seconds_measured": round(secs, 1),
+            "runner": choose_runner(str(root / "bundle"), "auto", _lake(root))[0], "failed": len(s.failed),
+            "time_split_seconds": {k: round(v, 1) for k, v in s.timing_split().items()},
+            "seconds_per_date": round(per_date, 1), "fraction": _fraction(a, len(todo))}
+
+
+def stage_monitor(a, root: Path) -> dict:
+    from hfcast.monitoring.decision import MonitorConfig
+    from hfcast.monitoring.drift import run_monitor
+    from hfcast.monitoring.reference import build_reference
+    from hfcast.monitoring.retraining import RecordOnlyStarter
+
+    settings = _settings(root)
+    dates = _lake(root).dates("features")
+    train, _, held = _spans(a, dates)
+    cfg = MonitorConfig.from_params(settings.param("monitor", {}))
+    t0 = time.perf_counter()
+    build_reference(settings, str(root / "bundle"), train[-5:], n_rows=cfg.reference_sample_rows, seed=cfg.seed,
+                    model=("hfcast", "1"), test_scores={"vol_qlike": 1.0, "ret_ic": 0.0})
+    ref_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rec = run_monitor(settings, held[-1], "hfcast/1", starter=RecordOnlyStarter(), log_mlflow=False, cfg=cfg)
+    return {"date": held[-1], "reference_seconds": round(ref_s, 1), "monitor_seconds": round(time.perf_counter() - t0, 1),
+            "drift_share": rec["checks"]["drift_share"], "action": rec["action"], "rows": a.symbols * 390}
+
+
+def stage_ddp(a, root: Path) -> dict:
+    """1 process (1 and 2 threads) vs torchrun with 2 processes (1 thread each) on the same sample."""
+    out: dict[str, Any] = {"arch": ARCH, "dates": a.cmp_days, "windows": a.cmp_windows}
+    for name, procs, threads in (("1_process_1_thread", 1, 1), ("1_process_2_threads", 1, 2),
+                                 ("2_processes_1_thread_each", 2, 1)):
+        res = root / f"ddp-{name}.json"
+        res.unlink(missing_ok=True)
+        worker = [str(Path(__file__).resolve()), "--stage", "ddp_worker", "--root", str(root), "--out", str(res),
+                  "--threads", str(threads), *_passthrough(a)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        if procs == 1:
+            cmd = [sys.executable, *worker]
+        else:
+            from hfcast.testing.servers import free_port
+
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
+                   "127.0.0.1", "--master-port", str(free_port()), *worker]
+        with PeakMemory(interval=0.2) as mem:
+            t0 = time.perf_counter()
+            subprocess.run(cmd, env=env, check=True)
+        out[name] = {**json.loads(res.read_text()), "wall_seconds": round(time.perf_counter() - t0, 1),
+                     "peak_rss_mb_all_processes": round(mem.peak_mb, 1)}
+    one, two = out["1_process_2_threads"], out["2_processes_1_thread_each"]
+    out["qlike_relative_difference_2_processes_vs_1"] = round(abs(two["val_qlike"] - one["val_qlike"]) / one["val_qlike"], 5)
+    out["throughput_2_processes_over_1_process_2_threads"] = round(two["windows_per_s"] / one["windows_per_s"], 3)
+    out["throughput_2_processes_over_1_process_1_thread"] = round(
+        two["windows_per_s"] / out["1_process_1_thread"]["windows_per_s"], 3)
+    return out
+
+
+def stage_ddp_worker(a, root: Path) -> dict | None:
+    import numpy as np
+
+    from hfcast.distributed import env_rank, shutdown
+    from hfcast.features.engine import read_feature_set
+    from hfcast.features.stream import StreamingSource
+    from hfcast.metrics import qlike
+    from hfcast.train import train_forecaster
+
+    lake = _lake(root)
+    names = read_feature_set(lake)["features"]
+    train, val, _ = _spans(a, lake.dates("features"))
+    val_wa = _val_windows(lake, val[-1:], names)
+    src = StreamingSource(lake, train[-a.cmp_days:], names, max_windows=a.cmp_windows, seed=0,
+                          buffer_dates=a.buffer_dates)
+    fc, hist = train_forecaster(ARCH, src, val_wa, MODEL, _train_cfg(a, a.cmp_windows, threads=a.threads),
+                                calibrate=False, progress=False)
+    if env_rank() == 0:
+        sel = np.flatnonzero(np.isfinite(val_wa.labels()[:, 1]))[:a.val_windows]
+        rv = val_wa.labels()[sel, 1].astype(np.float64)
+        pred = fc.predict(val_wa.windows(sel))["rv_10m_pred"].to_numpy()
+        ok = rv > 0
+        doc = {"world": hist["world_size"], "windows_per_s": round(hist["windows_per_s"], 1),
+               "epoch_seconds": round(hist["train_seconds"], 1), "val_loss": hist["best_val_loss"],
+               "val_qlike": qlike(pred[ok] ** 2, rv[ok] ** 2), "peak_rss_mb_rank0": round(_maxrss_mb(), 1)}
+        Path(a.out).write_text(json.dumps(doc))
+    shutdown()
+    return None
+
+
+# --- the driver ----------------------------------------------------------------------------------------
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _passthrough(a) -> list[str]:
+    keys = ("symbols", "days", "seed", "val_days", "holdout", "train_windows", "val_windows", "cmp_days",
+            "cmp_windows", "cmp_rounds", "predict_days", "buffer_dates", "validate_days", "featurize_days")
+    return [x for k in keys if getattr(a, k) is not None for x in (f"--{k.replace('_', '-')}", str(getattr(a, k)))]
+
+
+def run_stage(a) -> None:
+    """Inside the stage's own process: run it, measure it, write ``<root>/stage-NAME.json``."""
+    root = Path(a.root)
+    fn = globals()[f"stage_{a.stage}"]
+    if a.stage == "ddp_worker":
+        fn(a, root)
+        return
+    load0 = os.getloadavg()
+    c0 = time.process_time()
+    with PeakMemory(interval=0.2) as mem:
+        t0 = time.perf_counter()
+        res = fn(a, root)
+        wall = time.perf_counter() - t0
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = kids.ru_maxrss / 1024
+    cpu_tree = time.process_time() - c0 + kids.ru_utime + kids.ru_stime
+    peak = max(mem.peak_mb, _maxrss_mb())
+    rows = res.pop("rows", None)
+    doc = {"stage": a.stage, "wall_seconds": round(wall, 1), "cpu_seconds_main_process": round(time.process_time() - c0, 1),
+           "peak_rss_mb": round(peak, 1), "peak_rss_mb_process_tree_sampled": round(mem.peak_mb, 1),
+           "ru_maxrss_mb_self": round(_maxrss_mb(), 1), "ru_maxrss_mb_largest_child": round(child, 1),
+           "rss_goal_met": peak <= GOAL_RSS_MB, "load_average_before": [round(x, 2) for x in load0],
+           "load_average_after": [round(x, 2) for x in os.getloadavg()], **res}
+    doc["cpu_seconds_process_tree"] = round(cpu_tree, 1)  # main process + reaped children (workers, torchrun)
+    doc["cpu_share_of_one_core"] = round(cpu_tree / wall, 2)  # how much CPU the shared machine gave the stage
+    if rows:
+        doc["throughput_rows_per_s"] = round(rows / wall, 1)
+        doc["throughput_rows_per_cpu_s"] = round(rows / max(cpu_tree, 1e-9), 1)
+    frac = res.get("fraction")
+    if frac:
+        f = frac["factor"]
+        frac["full_year_wall_seconds_at_this_load"] = round(wall * f, 1)
+        frac["full_year_cpu_seconds"] = round(cpu_tree * f, 1)
+    (root / f"stage-{a.stage}.json").write_text(json.dumps(doc, indent=1, default=float))
+
+
+def collect(a, root: Path, out: Path) -> dict:
+    stages = {s: json.loads((root / f"stage-{s}.json").read_text()) for s in STAGES
+              if (root / f"stage-{s}.json").exists()}
+    du = subprocess.run(["du", "-sm", *[str(root / "lake" / t) for t in ("raw", "truth", "validated", "features")
+                                        if (root / "lake" / t).exists()]], capture_output=True, text=True).stdout
+    doc = {"benchmark": "scale", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
+           "nice": os.getpriority(os.PRIO_PROCESS, 0), "load_average_1_5_15m_at_write": list(os.getloadavg()),
+           "universe": {"symbols": a.symbols, "days": a.days, "stock_minutes": a.symbols * a.days * 390},
+           "config": {k: getattr(a, k) for k in ("val_days", "holdout", "train_windows", "val_windows", "cmp_days",
+                                                 "cmp_windows", "cmp_rounds", "predict_days", "buffer_dates",
+                                                 "validate_days", "featurize_days")},
+           "goals": {"peak_rss_mb_every_stage": GOAL_RSS_MB, "stream_over_memory_training_throughput": 0.9},
+           "lake_mb": {line.split()[1].rsplit("/", 1)[-1]: int(line.split()[0]) for line in du.splitlines()},
+           "stages": stages}
+    if stages:
+        doc["all_stages_within_rss_goal"] = all(s["peak_rss_mb"] <= GOAL_RSS_MB for s in stages.values())
+    out.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default="/work/bench-scale-data", help="lake + state (outside any git worktree)")
+    ap.add_argument("--stage", default=None, help="run one stage in this process (the driver's subprocesses)")
+    ap.add_argument("--only", default="", help="comma-separated stages to run (default: all not yet done)")
+    ap.add_argument("--out", default=str(RESULTS / "scale.json"))
+    ap.add_argument("--keep", action="store_true", help="keep the lake after the run")
+    ap.add_argument("--symbols", type=int, default=1000)
+    ap.add_argument("--days", type=int, default=252)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--val-days", type=int, default=3)
+    ap.add_argument("--holdout", type=int, default=10)
+    ap.add_argument("--train-windows", type=int, default=200_000)
+    ap.add_argument("--val-windows", type=int, default=20_000)
+    ap.add_argument("--cmp-days", type=int, default=8)
+    ap.add_argument("--cmp-windows", type=int, default=40_000)
+    ap.add_argument("--cmp-rounds", type=int, default=2)
+    ap.add_argument("--predict-days", type=int, default=6)
+    ap.add_argument("--buffer-dates", type=int, default=4)
+    ap.add_argument("--validate-days", type=int, default=None, help="validate only the first N dates (a measured fraction)")
+    ap.add_argument("--featurize-days", type=int, default=None, help="featurize only the first N dates (a measured fraction)")
+    ap.add_argument("--threads", type=int, default=None, help="(ddp_worker) torch threads per process")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if a.stage:
+        run_stage(a)
+        return 0
+    root = Path(a.root)
+    root.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in (a.only.split(",") if a.only else STAGES) if s]
+    for s in todo:
+        if (root / f"stage-{s}.json").exists():
+            log.info("stage %s already done (%s)", s, root / f"stage-{s}.json")
+            continue
+        log.info("stage %s ...", s)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--stage", s, "--root", str(root),
+                        *_passthrough(a)], check=True)
+        collect(a, root, Path(a.out))
+        log.info("stage %s done: %s", s, json.loads((root / f"stage-{s}.json").read_text())["wall_seconds"])
+    doc = collect(a, root, Path(a.out))
+    if not a.keep:
+        shutil.rmtree(root / "lake", ignore_errors=True)
+        shutil.rmtree(root / "home", ignore_errors=True)
+    print(json.dumps({k: {"wall_s": v["wall_seconds"], "peak_rss_mb": v["peak_rss_mb"]}
+                      for k, v in doc["stages"].items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
