@@ -14,8 +14,8 @@ def monitor_date(
     settings: str = "",
 ) -> bool:
     """Check ``date`` ('' = the lake's last features date) against the model's training reference
-    and record the decision: ``hfcast.monitoring.drift.run_monitor`` with the record-only starter
-    (K consecutive alarms, cooldown and a running retraining are all honoured there). The pipeline
+    and record the decision: ``hfcast.monitoring.drift.decide_date`` (``run_monitor`` with the
+    record-only starter: K consecutive alarms, cooldown and a running retraining are all honoured there). The pipeline
     starts the retraining itself, in a separate step, only when ``retrain`` is true.
 
     Returns:
@@ -23,27 +23,12 @@ def monitor_date(
         NamedTuple field). The reasons, drifted dates and model name are in ``checks``' metadata.
     """
     from components._common import step_settings
-    from hfcast import storage
-    from hfcast.monitoring.decision import RETRAIN
-    from hfcast.monitoring.drift import resolve_model, run_monitor
-    from hfcast.monitoring.retraining import RecordOnlyStarter
-    from hfcast.storage import Lake
+    from hfcast.monitoring.drift import decide_date
 
-    s = step_settings(settings)
-    lake = Lake.from_settings(s)
-    day = date or lake.dates("features")[-1]
-    name, version = resolve_model(s, model_ref)
-    record = run_monitor(s, day, model=f"{name}/{version}", starter=RecordOnlyStarter())
-    html = storage.join(lake.monitoring(name, version, day), "features_drift.html")
+    out = decide_date(step_settings(settings), date, model_ref)
     with open(report.path, "wb") as fh:  # shown in the Kubeflow UI
-        fh.write(storage.read_bytes(html, lake.storage_options))
-    c = record.get("checks") or {}
-    for key in ("drift_share", "pred_drift_share"):
-        if isinstance(c.get(key), (int, float)):
-            checks.log_metric(key, float(c[key]))
-    checks.log_metric("drift_streak", int(record["drift_streak"]))
-    checks.log_metric("perf_streak", int(record["perf_streak"]))
-    checks.metadata.update({"date": day, "model": name, "version": version, "action": record["action"],
-                            "explanation": record["explanation"], "reason": "; ".join(record["reasons"])[:2000],
-                            "drifted_dates": ",".join(record["drifted_dates"])})
-    return record["action"] == RETRAIN
+        fh.write(out["html"])
+    for key, value in out["metrics"].items():
+        checks.log_metric(key, value)
+    checks.metadata.update(out["metadata"])
+    return out["retrain"]

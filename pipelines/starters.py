@@ -21,16 +21,19 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hfcast import storage
-from hfcast.monitoring.retraining import DONE, FAILED, RUNNING, load_starter, record_start, run_recorded
+from hfcast.config import Settings, settings_from_param
+from hfcast.lifecycle import retrain_archs
+from hfcast.monitoring.retraining import DONE, FAILED, RUNNING, RetrainTarget, record_start, run_recorded
+from hfcast.storage import Lake
+from pipelines import local
 from pipelines.names import LOCAL_TRAINING, compiled_path
 
 log = logging.getLogger(__name__)
 
 KFP_FINAL = {"SUCCEEDED": DONE, "FAILED": FAILED, "CANCELED": FAILED, "SKIPPED": DONE}  # KFP run state -> ours
-DEFAULT_CLUSTER_PIPELINE = "training-gpu"  # params.yaml monitor.retrain_pipeline when unset
 
 
-def retrain_with_local_runner(settings: Any, reason: str | None = None, drifted_dates: Sequence[str] | None = None,
+def retrain_with_local_runner(settings: Settings, reason: str | None = None, drifted_dates: Sequence[str] | None = None,
                               **params: Any) -> dict[str, Any]:
     """Run the CPU training pipeline here with the kfp local runner for ``settings``.
 
@@ -38,22 +41,19 @@ def retrain_with_local_runner(settings: Any, reason: str | None = None, drifted_
         reason, drifted_dates: why (recorded on the training runs as ``hfcast.trigger_reason`` /
             ``hfcast.drifted_dates``).
         params: other pipeline parameters (``gate_margin``, ...). ``archs`` defaults to
-            :func:`hfcast.lifecycle.retrain_archs` (``monitor.retrain_arch``, else the champion's
+            :func:`hfcast.lifecycle.retrain_archs` (``retrain.archs``, else the champion's
             networks, else ``forecaster.archs``).
 
     Returns:
         ``{"status": "succeeded"|"failed", "new_version", "promoted", "gate", "error"}``: a failed
         run is reported to the monitor, not raised into it.
     """
-    from hfcast.lifecycle import retrain_archs
-    from pipelines.local import run_local
-
     if "archs" not in params:
         params["archs"] = retrain_archs(settings)
     args = {"settings": settings.to_param(), "reason": reason or "manual",
             "drifted_dates": ",".join(drifted_dates or []), **params}
     try:
-        out = run_local(LOCAL_TRAINING, **args)
+        out = local.run_local(LOCAL_TRAINING, **args)
     except Exception as exc:  # the failure is the result
         return {"status": "failed", "new_version": None, "promoted": False, "error": str(exc)[-2000:]}
     gate = out["gate"].metadata
@@ -61,7 +61,7 @@ def retrain_with_local_runner(settings: Any, reason: str | None = None, drifted_
             "gate": gate.get("summary"), "error": ""}
 
 
-def retrain_in_subprocess(settings: Any, reason: str, drifted_dates: Sequence[str],
+def retrain_in_subprocess(settings: Settings, reason: str, drifted_dates: Sequence[str],
                           params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """:func:`retrain_with_local_runner` in a fresh Python process.
 
@@ -95,7 +95,7 @@ class LocalPipelineStarter:
     def __init__(self, archs: Sequence[str] = (), params: Mapping[str, Any] | None = None) -> None:
         self.params = {**dict(params or {}), **({"archs": list(archs)} if archs else {})}
 
-    def start(self, settings: Any, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]:
+    def start(self, settings: Settings, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]:
         return run_recorded(settings, model, reason, drifted_dates,
                             lambda r, d: retrain_in_subprocess(settings, r, d, self.params), kind=self.kind)
 
@@ -107,10 +107,10 @@ class KubeflowStarter:
     drifted dates as run parameters; the run's own gate decides when it finishes (:meth:`poll`).
 
     Args:
-        host: KFP API URL (None = params.yaml ``monitor.kubeflow_host``, else the in-cluster API).
-        namespace: Kubeflow profile namespace (None = params.yaml ``monitor.kubeflow_namespace``).
-        pipeline: which training pipeline (None = params.yaml ``monitor.retrain_pipeline``, else
-            ``training-gpu``); see :mod:`pipelines.names`.
+        host: KFP API URL (None = params.yaml ``retrain.kubeflow_host``, else the in-cluster API).
+        namespace: Kubeflow profile namespace (None = params.yaml ``retrain.kubeflow_namespace``).
+        pipeline: which training pipeline (None = params.yaml ``retrain.pipeline``); see
+            :mod:`pipelines.names`.
         experiment: the KFP experiment of the retraining runs.
         client: a ``kfp.Client`` (or anything with ``create_run_from_pipeline_package`` and
             ``get_run``); None = :func:`pipelines.submit.client` (ServiceAccount token credentials).
@@ -130,12 +130,11 @@ class KubeflowStarter:
             self._client = client(host, namespace)
         return self._client
 
-    def start(self, settings: Any, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]:
-        from hfcast.storage import Lake
-
-        host = self.host or settings.param("monitor.kubeflow_host") or None
-        namespace = self.namespace or settings.param("monitor.kubeflow_namespace") or None
-        pipeline = self.pipeline or settings.param("monitor.retrain_pipeline") or DEFAULT_CLUSTER_PIPELINE
+    def start(self, settings: Settings, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]:
+        target = settings.section(RetrainTarget)
+        host = self.host or target.kubeflow_host or None
+        namespace = self.namespace or target.kubeflow_namespace or None
+        pipeline = self.pipeline or target.pipeline
         package = str(compiled_path(pipeline))
         arguments = {"reason": reason, "drifted_dates": ",".join(drifted_dates)}
         started = datetime.now(timezone.utc)
@@ -164,23 +163,8 @@ class KubeflowStarter:
         return {"status": KFP_FINAL[kfp_state], "kfp_state": kfp_state} if kfp_state in KFP_FINAL else None
 
 
-def make_starter(name: str = "auto", host: str | None = None, **options: Any) -> Any:
-    """The starter called ``name``: ``auto`` (``kubeflow`` inside a Kubernetes pod, ``local``
-    elsewhere), ``kubeflow`` (``host`` and ``options`` go to :class:`KubeflowStarter`), ``local``
-    (``options`` go to :class:`LocalPipelineStarter`), or a core one (``none``, ``inprocess``)."""
-    if name == "auto":
-        name = "kubeflow" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
-    if name == "kubeflow":
-        return KubeflowStarter(host=host, **options)
-    if name == "local":
-        return LocalPipelineStarter(**options)
-    return load_starter(name, **options)
-
-
 def _main(request: str, result: str) -> None:
     """The child of :func:`retrain_in_subprocess`: read the request, retrain, write the result."""
-    from hfcast.config import settings_from_param
-
     req = json.loads(Path(request).read_text())
     out = retrain_with_local_runner(settings_from_param(req["settings"]), reason=req["reason"],
                                     drifted_dates=req["drifted_dates"], **req.get("params", {}))

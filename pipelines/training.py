@@ -20,6 +20,7 @@ from components.prepare_data import prepare_data
 from components.select_forecaster import select_forecaster
 from components.train_distributed import train_distributed
 from components.train_model import train_model
+from hfcast.models import architectures
 from pipelines.names import PIPELINES
 from pipelines.steps import LARGE, MEDIUM, SMALL, TINY, step
 
@@ -41,7 +42,7 @@ def build(gpu: bool):
 
     @dsl.pipeline(name=name, description=DESCRIPTION)
     def training(
-        archs: List[str] = ["transformer", "lstm", "tcn", "hybrid"],
+        archs: List[str] = list(architectures()),
         settings: str = "",
         dvc_repo: str = "",
         synth_symbols: int = 0,
@@ -61,7 +62,7 @@ def build(gpu: bool):
         """Train, gate and (if promoted) export and deploy.
 
         Args:
-            archs: architectures to choose from (transformer, lstm, tcn, hybrid), one parallel step each.
+            archs: architectures to choose from (default: every architecture of hfcast.models), one parallel step each.
             settings: Settings.to_param() JSON: home, lake_url, mlflow_uri, feast_repo, s3_endpoint, model_name, params ('' = hfcast-config / the environment; params merge over params.yaml).
             dvc_repo: a DVC repository checkout: run its stages (dvc repro) instead of the lake steps.
             synth_symbols: > 0 simulates this many symbols when the lake has no raw bars.

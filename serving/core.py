@@ -97,11 +97,12 @@ class ForecastService:
     """Forecaster + window lookup + limits: request in, scaled windows and response out."""
 
     def __init__(self, forecaster: Any, lookup: WindowLookup | None = None, limits: Limits = Limits(),
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, market: Any = None):
         self.forecaster = forecaster
         self.lookup = lookup
         self.limits = limits
         self.clock = clock
+        self.market = market  # the calendar feature ages count in (None: hfcast.market.default_market())
         self.feature_names = list(forecaster.feature_names)
         self.n_features = len(self.feature_names)
         self.model_name = str(forecaster.meta.get("model_name", "hfcast"))
@@ -172,9 +173,9 @@ class ForecastService:
             windows = windows[..., order]
         if self.limits.max_staleness_s is not None:
             now = pd.Timestamp(self.clock(), unit="s", tz="UTC")
-            from hfcast.market import default_market
+            from hfcast.market import resolve
 
-            ages = default_market().trading_age_s(ts, now).tolist()  # closed hours do not age features
+            ages = resolve(self.market).trading_age_s(ts, now).tolist()  # closed hours do not age features
             stale = {s: round(a) for s, a in zip(symbols, ages) if a > self.limits.max_staleness_s}
             if stale:
                 raise StaleFeatures(f"stale features: age in seconds {stale} (session time) exceeds the staleness "

@@ -42,8 +42,9 @@ class FeatureTransformer(kserve.Model):
         from hfcast.config import get_settings
 
         forecaster = load_forecaster(self.bundle, self.ref, self.settings)
-        lookup = self._lookup or feast_lookup(self.settings or get_settings())
-        self.service = ForecastService(forecaster, lookup, self.limits)
+        settings = self.settings or get_settings()
+        lookup = self._lookup or feast_lookup(settings)
+        self.service = ForecastService(forecaster, lookup, self.limits, market=settings.market)
         self.ready = True
         return self.ready
 

@@ -49,12 +49,13 @@ class HfcastPredictor(kserve.Model):
         from hfcast.export import runner_for
 
         forecaster = load_forecaster(self.bundle, self.ref, self.settings)
-        lookup = None
+        lookup, market = None, None
         if self.use_feature_store:
             from hfcast.config import get_settings
 
-            lookup = feast_lookup(self.settings or get_settings())
-        self.service = ForecastService(forecaster, lookup, self.limits)
+            settings = self.settings or get_settings()
+            lookup, market = feast_lookup(settings), settings.market
+        self.service = ForecastService(forecaster, lookup, self.limits, market=market)
         self.runner = runner_for(self.runner_kind, forecaster) if forecaster.graph() is not None else None
         runner, device = (self.runner.kind, self.runner.device) if self.runner else ("post-step", "cpu")
         log.info("hfcast predictor: %s version %s (%s) on %s (%s)", self.service.model_name,

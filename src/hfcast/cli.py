@@ -23,6 +23,7 @@ from hfcast.cliopts import (HfcastGroup, architecture, bundle_dir, calendar, cho
                             http_url, input_dir, input_file, iso_date, key_value, local_file, model_ref, output_dir,
                             storage_url, symbol, timestamp,
                             timezone)
+from hfcast.data import formats as ingest_formats  # light: the registry of ingest formats, for --help
 from hfcast.errors import UserError
 
 
@@ -45,10 +46,10 @@ def _runner_kinds() -> tuple[str, ...]:
     return ("auto", *RUNNER_KINDS)
 
 
-def _ingest_formats() -> tuple[str, ...]:
-    from hfcast.data.ingest import FORMATS
+def _ingest_formats() -> list[str]:
+    from hfcast.data.formats import names
 
-    return FORMATS
+    return names()
 
 
 RunnerOption = Annotated[str, typer.Option("--runner", parser=choice(_runner_kinds, "runner"),
@@ -70,13 +71,21 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _settings():
-    from hfcast.config import get_settings
+def _settings(settings_json: str = ""):
+    """The command's settings (the environment, or a pipeline's ``--settings`` JSON), whose market
+    calendar becomes the fallback of the stages that take none (hfcast.market.default_market): the
+    command line is the entry point, so it sets that here, not as a side effect of building settings."""
+    from hfcast.config import get_settings, settings_from_param
+    from hfcast.market import set_default_market
 
-    try:  # get_settings also makes params.yaml market: the calendar of every stage (hfcast.market)
-        return get_settings()
+    try:
+        settings = settings_from_param(settings_json) if settings_json else get_settings()
+        set_default_market(settings.market)
     except ValueError as exc:
+        if settings_json:
+            raise UserError(str(exc), "pass the settings parameter as Settings.to_param() JSON") from exc
         raise UserError(f"bad settings: {exc}", "correct params.yaml (or the file HFCAST_PARAMS names)") from exc
+    return settings
 
 
 def _market(settings, calendar: Optional[str]):
@@ -151,6 +160,14 @@ def _lake(settings, lake_url: Optional[str]):
     return lake
 
 
+def _jump_limit(settings) -> float:
+    """params.yaml ``validate.jump_limit``, checked (a bad value is the user's to fix)."""
+    from hfcast.data.validate import ValidateConfig
+
+    with _refused("correct params.yaml validate: (jump_limit is a log-return > 0)", ValueError, TypeError):
+        return settings.section(ValidateConfig).jump_limit
+
+
 def _print_counts(title: str, totals: dict) -> None:
     from rich.table import Table
 
@@ -168,7 +185,7 @@ def _print_counts(title: str, totals: dict) -> None:
 def ingest(
     paths: list[str] = typer.Argument(..., parser=input_file, help="Source files or URLs (LOBSTER: message and orderbook files)."),
     fmt: str = typer.Option(..., "--format", "-f", parser=choice(_ingest_formats, "format"),
-                            help="bbo | ohlcv | trades | lobster"),
+                            help=ingest_formats.help_text()),
     columns: Optional[str] = typer.Option(None, "--map", parser=column_map, help="CONTRACT=SOURCE column names, e.g. ts=Timestamp,bid=BidPx"),
     tz: Optional[str] = typer.Option(None, "--tz", parser=timezone, help="Time zone of naive timestamps (default: the calendar's)."),
     stamp: str = typer.Option("start", "--stamp", parser=choice(("start", "end"), "stamp"), help="start | end: what minute a bar's timestamp marks (end: shifted back 1 minute)."),
@@ -183,16 +200,13 @@ def ingest(
 ) -> None:
     """Read real data into the lake (raw/), then validate it into validated/ + quarantine/."""
     from hfcast.data.ingest import IngestError, ingest as run_ingest, parse_column_map
-    from hfcast.data.validate import DEFAULT_JUMP_LIMIT
 
     settings = _settings()
-    lake, market = _lake(settings, lake_url), _market(settings, calendar)
+    lake, market, limit = _lake(settings, lake_url), _market(settings, calendar), _jump_limit(settings)
     with _refused("check the file against docs/MARKET_DATA.md (its format, --map, --tz, --stamp)", IngestError):
-        totals = run_ingest(list(paths), fmt, lake, tz=tz,  # type: ignore[arg-type]
-                            column_map=parse_column_map(columns), symbol=ticker,
+        totals = run_ingest(list(paths), fmt, lake, tz=tz, column_map=parse_column_map(columns), symbol=ticker,
                             quotes_paths=list(quotes or []), date=date, progress=not no_progress,
-                            jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)),
-                            market=market, stamp=stamp, epoch_unit=epoch_unit)
+                            jump_limit=limit, market=market, stamp=stamp, epoch_unit=epoch_unit)
     if not totals["dates"]:
         raise UserError(f"{', '.join(paths)}: the input held no rows", "check that the file holds data rows under its header")
     _print_counts(f"ingest {fmt}: {len(totals['dates'])} date(s)", totals)
@@ -210,15 +224,13 @@ def validate(
     calendar: CalendarOption = None,
 ) -> None:
     """Validate raw/ partitions: clean rows to validated/, bad rows to quarantine/ with a reason."""
-    from hfcast.data.validate import DEFAULT_JUMP_LIMIT, run_validate
+    from hfcast.data.validate import run_validate
 
     settings = _settings()
     wanted = [d.strip() for d in dates.split(",") if d.strip()] if dates else None
-    lake, market = _lake(settings, lake_url), _market(settings, calendar)
+    lake, market, limit = _lake(settings, lake_url), _market(settings, calendar), _jump_limit(settings)
     with _refused("pick dates that have raw data (`hfcast synth` or `hfcast ingest` writes them)", FileNotFoundError):
-        totals = run_validate(lake, wanted, progress=not no_progress,
-                              jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)),
-                              market=market)
+        totals = run_validate(lake, wanted, progress=not no_progress, jump_limit=limit, market=market)
     if not totals["dates"]:
         raise UserError(f"no raw partitions to validate in {lake.url}", "run `hfcast synth` or `hfcast ingest` first")
     _print_counts(f"validate: {len(totals['dates'])} date(s)", totals)
@@ -329,8 +341,8 @@ settings_param.kind = "settings-json"  # type: ignore[attr-defined]
 
 ModelsOption = Annotated[Optional[str], typer.Option(
     "--models", "--model", "-m", parser=comma_list(architecture),
-    help="Comma-separated architectures the forecaster is chosen from (transformer, lstm, tcn, hybrid; '' = "
-         "baselines only). Default: params.yaml forecaster.archs.")]
+    help="Comma-separated architectures the forecaster is chosen from (those of hfcast.models: a wrong name "
+         "lists them; '' = baselines only). Default: params.yaml forecaster.archs.")]
 KindOption = Annotated[Optional[str], typer.Option(
     "--kind", parser=choice(_kinds, "forecaster kind"),
     help="What serves the volatility: auto (validation chooses: a network, a floored network, an ensemble or a "
@@ -460,13 +472,7 @@ def train(
     the volatility; a return head only with validated skill), score it with the baselines on the
     same test spans, log it to MLflow, register it and run the gate. Under `torchrun` it trains
     data-parallel (hfcast.distributed): rank 0 alone logs and registers, every epoch is checkpointed."""
-    if settings_json:
-        from hfcast.config import settings_from_param
-
-        with _refused("pass the settings parameter as Settings.to_param() JSON", ValueError):
-            settings = settings_from_param(settings_json)
-    else:
-        settings = _settings()
+    settings = _settings(settings_json)
     archs = _archs(settings, models)
     folds = _fold_overrides(fold)
     run_tags = dict(t.split("=", 1) for t in tags or ())
@@ -538,8 +544,9 @@ def _register_and_report(settings, run, gate: bool) -> None:
 
 @app.command()
 def compare(
-    models: str = typer.Option("transformer,lstm,tcn,hybrid", "--models", parser=comma_list(architecture),
-                               help="Comma-separated architectures ('' = baselines only)."),
+    models: Optional[str] = typer.Option(None, "--models", parser=comma_list(architecture),
+                                         help="Comma-separated architectures ('' = baselines only). Default: every "
+                                              "architecture of hfcast.models."),
     kind: KindOption = None,
     ret: ReturnOption = None,
     fold: FoldOption = None,
@@ -548,8 +555,10 @@ def compare(
 ) -> None:
     """Every architecture and every baseline on identical walk-forward folds, and the forecaster each
     fold chose from them on validation (what `hfcast train` would serve): one table, one report."""
+    from hfcast.models import architectures
+
     settings = _settings()
-    archs = _archs(settings, models)
+    archs = list(architectures()) if models is None else _archs(settings, models)
     with _refused(_WALKFORWARD_FIX, ValueError, KeyError, FileNotFoundError):
         _, result, paths = _walkforward(settings, archs, lake_url, out, "compare", kind, ret, _fold_overrides(fold))
     _print_table(result, f"walk-forward comparison ({len(result.folds)} folds, test spans only)")
@@ -782,7 +791,7 @@ def _starter_names() -> list[str]:
 
     from hfcast.monitoring.retraining import STARTERS_GROUP
 
-    return sorted({"none", "inprocess", "local", *(ep.name for ep in entry_points(group=STARTERS_GROUP))})
+    return sorted({"none", "inprocess", "local", "auto", *(ep.name for ep in entry_points(group=STARTERS_GROUP))})
 
 
 @monitor_app.command("run")
@@ -792,23 +801,24 @@ def monitor_run(
     starter: str = typer.Option("local", "--starter", parser=choice(_starter_names, "starter"), help="What starts a retraining: local (the training pipeline "
                                 "here) | kubeflow | inprocess | none (entry points hfcast.starters)."),
     trigger: Optional[str] = typer.Option(None, "--trigger", hidden=True, help="Old name of --starter."),
-    kfp_host: Optional[str] = typer.Option(None, "--kfp-host", parser=http_url, help="Kubeflow Pipelines API URL (default params.yaml monitor.kubeflow_host)."),
+    kfp_host: Optional[str] = typer.Option(None, "--kfp-host", parser=http_url, help="Kubeflow Pipelines API URL (default params.yaml retrain.kubeflow_host)."),
     mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the decision to the hfcast-monitoring experiment."),
     rerun: bool = typer.Option(False, "--rerun", help="Replace the date's decision if it was decided before (default: keep it)."),
 ) -> None:
     """Evidently drift (features, predictions) + live performance for one date, then decide and start a retraining."""
+    from hfcast.lifecycle import load_starter
+    from hfcast.monitoring.checks import Checks
+    from hfcast.monitoring.decision import MonitorConfig
     from hfcast.monitoring.drift import run_monitor
-    from hfcast.monitoring.retraining import load_starter
 
+    settings = _settings()
     with _refused("predict the date first (`hfcast predict --dates DATE`), build the reference "
                   "(`hfcast monitor reference`), or pick another --starter"):
         chosen = load_starter(trigger or starter, **({"host": kfp_host} if kfp_host else {}))
-        rec = run_monitor(_settings(), date, model, starter=chosen, log_mlflow=mlflow_log, rerun=rerun)
-    c = rec["checks"]
-    live = c.get("live") or {}
-    console.print(f"{rec['date']} {rec['model']} v{rec['version']}: feature drift share {c['drift_share']:.2f}, "
-                  f"prediction drift share {'-' if c['pred_drift_share'] is None else format(c['pred_drift_share'], '.2f')}, "
-                  f"live QLIKE {live.get('vol_qlike', float('nan')):.4g}, IC {live.get('ret_ic', float('nan')):.3f}")
+        rec = run_monitor(settings, date, model, starter=chosen, log_mlflow=mlflow_log, rerun=rerun)
+    checks = Checks.from_dict(rec["checks"])
+    rules = settings.section(MonitorConfig).rules
+    console.print(f"{rec['date']} {rec['model']} v{rec['version']}: " + ", ".join(r.summary(checks) for r in rules))
     colour = {"retrain": "bold yellow", "suppressed": "cyan"}.get(rec["action"], "green")
     console.print(f"[{colour}]{rec['explanation']}[/]")
 
@@ -821,7 +831,7 @@ def monitor_history(
     """The decision log (<lake>/monitoring/<model>/decisions/<date>.json; old decisions.jsonl too), oldest first."""
     from rich.table import Table
 
-    from hfcast.monitoring.decision import load_history, trigger_outcome
+    from hfcast.monitoring.decision import MonitorConfig, load_history, trigger_outcome
     from hfcast.storage import Lake
 
     settings = _settings()
@@ -831,15 +841,14 @@ def monitor_history(
         console.print(f"no monitoring decisions recorded for {name} yet")
         return
     table = Table(title=f"monitoring decisions: {name}")
-    for col in ("date", "version", "drift", "streak", "QLIKE", "IC", "action", "trigger"):
+    rules = settings.section(MonitorConfig).rules
+    rule_cols = [c for rule in rules for c in rule.columns(recs[0])]
+    for col in ("date", "version", *rule_cols, "action", "trigger"):
         table.add_column(col, overflow="fold")
     for r in recs:
-        c, live, trig = r.get("checks") or {}, (r.get("checks") or {}).get("live") or {}, r.get("trigger") or {}
-        share = c.get("drift_share")
-        table.add_row(r["date"], str(r.get("version")), "-" if share is None else f"{share:.2f}", str(r.get("drift_streak", "")),
-                      f"{live['vol_qlike']:.4g}" if live.get("vol_qlike") is not None else "-",
-                      f"{live['ret_ic']:.3f}" if live.get("ret_ic") is not None else "-", r["action"],
-                      trigger_outcome(trig))
+        cells = {k: v for rule in rules for k, v in rule.columns(r).items()}
+        table.add_row(r["date"], str(r.get("version")), *[cells.get(c, "") for c in rule_cols], r["action"],
+                      trigger_outcome(r.get("trigger") or {}))
     console.print(table)
     for r in recs:  # the why, in full (too long for a table column)
         console.print(f"[bold]{r['date']}[/] v{r.get('version')}: {r.get('explanation', '')}", soft_wrap=True)
@@ -882,7 +891,7 @@ def monitor_reference(
     from hfcast.storage import Lake
 
     settings = _settings()
-    cfg = MonitorConfig.from_params(settings.param("monitor", {}))
+    cfg = settings.section(MonitorConfig)
     with _refused("pass --dates with features (`hfcast featurize`), or a --model the registry has"):
         if dates is None:
             doc = reference_from_registry(settings, model, cfg)

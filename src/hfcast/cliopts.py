@@ -255,9 +255,9 @@ def comma_list(item: Callable[[str], str]) -> Callable[[str], str]:
 
 
 def _architectures() -> list[str]:
-    from hfcast.models import ARCHITECTURES  # torch: imported when the option is given, not for --help
+    from hfcast.models import architectures  # torch: imported when the option is given, not for --help
 
-    return list(ARCHITECTURES)
+    return list(architectures())
 
 
 architecture = choice(_architectures, "architecture")

@@ -29,9 +29,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
 import yaml
+
+from hfcast.errors import UserError
+
+if TYPE_CHECKING:  # the calendar needs pandas: config stays light for `hfcast --help`
+    from hfcast.market import Market
+
+T = TypeVar("T")
 
 
 class Secret(str):
@@ -66,6 +73,8 @@ class Settings:
     model_name: str = "hfcast"
     params: Mapping[str, Any] = field(default_factory=dict)
     feast_online: str = ""  # HFCAST_FEAST_ONLINE: "" = SQLite, redis://host:port = Redis
+    # params sections parsed into their dataclasses (section()), once per Settings object
+    _sections: dict[type, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def storage_options(self) -> dict[str, Any]:
@@ -97,6 +106,29 @@ class Settings:
                "model_name": self.model_name, "params": dict(self.params)}
         return json.dumps(doc, sort_keys=True, default=str)
 
+    def section(self, cls: type[T]) -> T:
+        """The params.yaml section ``cls.SECTION`` parsed into ``cls`` (``cls.from_params``), once.
+
+        Why: a section read in several places (``monitor:`` by the monitor, the reference, the
+        report and the lifecycle) is parsed and checked by one rule, and a typo in it fails the
+        same way wherever it is first read. ``settings.section(MonitorConfig).cooldown_dates``.
+        """
+        if cls not in self._sections:
+            self._sections[cls] = cls.from_params(self.param(cls.SECTION, {}))  # type: ignore[attr-defined]
+        return self._sections[cls]
+
+    @property
+    def market(self) -> "Market":
+        """The trading calendar of params.yaml ``market:`` (XNYS when absent), shared per spec.
+
+        The calendar travels with the settings as a value: nothing process-wide is set when
+        settings are built (:func:`hfcast.market.default_market` is only the fallback of functions
+        that take no calendar).
+        """
+        from hfcast.market import market_for  # pandas: loaded when a calendar is asked for
+
+        return market_for(self)
+
     def param(self, dotted: str, default: Any = None) -> Any:
         """A value from params.yaml by dotted key, e.g. ``settings.param("train.epochs", 5)``."""
         node: Any = self.params
@@ -121,8 +153,6 @@ def check_storage_url(url: str, what: str = "the lake URL") -> str:
     Why refuse early: fsspec knows dozens of protocols (ftp, gopher through http, ...), and a typo
     would otherwise surface as a traceback deep in the first write, after the work was done.
     """
-    from hfcast.errors import UserError
-
     scheme = url_scheme(url)
     if scheme not in STORAGE_SCHEMES:
         raise UserError(f"{what} {url!r} has the scheme {scheme}://, which hfcast cannot store to",
@@ -158,30 +188,16 @@ def load_params(path: str | os.PathLike | None) -> dict[str, Any]:
     return data
 
 
-def _follow_market(settings: Settings) -> Settings:
-    """Make the settings' ``market:`` calendar this process's default (hfcast.market.default_market).
-
-    Why here: get_settings and settings_from_param are where every entry point (CLI, component,
-    DVC stage, predictor) gets its settings, so stages that take no ``market=`` argument (batch
-    prediction, monitoring, serving staleness) follow params.yaml instead of assuming New York.
-    Imported on call so that config stays free of pandas for callers that only read settings.
-    """
-    from hfcast.market import market_for, set_default_market
-
-    set_default_market(market_for(settings))
-    return settings
-
-
 def get_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
-    """Settings from the environment, with embedded defaults under ``./.hfcast``.
+    """Settings from the environment and params.yaml, with embedded defaults under ``./.hfcast``.
 
-    Side effect: the process default market calendar follows ``market:`` (see :func:`_follow_market`).
+    No side effect: the market calendar is read from the settings (:attr:`Settings.market`).
     """
-    return _follow_market(_read_settings(env, cwd))
+    return _read_settings(env, cwd)
 
 
 def _read_settings(env: Mapping[str, str] | None, cwd: Path | None) -> Settings:
-    """Settings from the environment and params.yaml, without side effects."""
+    """Settings from the environment and params.yaml."""
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else Path(cwd)
     # relative paths resolve against ``cwd`` (not the process directory) so that tests and DVC
@@ -271,7 +287,7 @@ def make_settings(home: str = "", lake_url: str = "", mlflow_uri: str = "", feas
     merged_env.update({PARAM_ENV[k]: v for k, v in given.items() if v})
     settings = _read_settings(merged_env, None)
     overrides = parse_overrides(params_json)
-    return _follow_market(settings.with_(params=deep_merge(settings.params, overrides)) if overrides else settings)
+    return settings.with_(params=deep_merge(settings.params, overrides)) if overrides else settings
 
 
 def settings_from_param(text: str, env: Mapping[str, str] | None = None) -> Settings:

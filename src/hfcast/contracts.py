@@ -14,6 +14,10 @@ from typing import Any
 #: minutes of features one forecast reads (the window is [t - LOOKBACK + 1, t])
 LOOKBACK = 30
 
+#: the best bid and offer of a bar: what ingest formats that carry quotes must provide (the bar
+#: contract of hfcast.data.schema; here so format modules can name them without pandas)
+QUOTE_COLUMNS = ("bid", "ask", "bid_size", "ask_size")
+
 #: output columns of every forecaster, in this order (the prediction CSV, the server's answer)
 PRED_COLUMNS = ("ret_60m_pred", "ret_60m_conf", "ret_60m_lo", "ret_60m_hi",
                 "rv_10m_pred", "rv_10m_conf", "rv_10m_lo", "rv_10m_hi")

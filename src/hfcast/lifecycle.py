@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, Mapping, Sequence
 
 from hfcast import journal, promotion, registry
+from hfcast.config import Settings
 from hfcast.contracts import finite
 from hfcast.gate import GateDecision
+from hfcast.monitoring.retraining import (STARTERS_GROUP, InProcessStarter, RecordOnlyStarter, RetrainStarter,
+                                          RetrainTarget)
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +83,18 @@ DEFAULT_ARCHS = ("transformer", "lstm")
 
 def forecaster_section(settings: Any) -> dict[str, Any]:
     """params.yaml ``forecaster:`` (``archs``, ``kind``, ``return``), checked."""
-    from hfcast.models import ARCHITECTURES
+    from hfcast.models import architectures
 
+    known = architectures()
     sec = dict(settings.param("forecaster", {}) or {})
     unknown = sorted(set(sec) - {"archs", "kind", "return"})
     if unknown:
         raise ValueError(f"unknown forecaster parameter(s) {unknown}; known: archs, kind, return")
     archs = sec.get("archs", list(DEFAULT_ARCHS))
     archs = [archs] if isinstance(archs, str) else list(archs or [])
-    bad = [a for a in archs if a not in ARCHITECTURES]
+    bad = [a for a in archs if a not in known]
     if bad:
-        raise ValueError(f"forecaster.archs names unknown architecture(s) {bad}; choose from {ARCHITECTURES}")
+        raise ValueError(f"forecaster.archs names unknown architecture(s) {bad}; choose from {known}")
     return {"archs": archs, "kind": str(sec.get("kind", "auto")), "return": str(sec.get("return", "auto"))}
 
 
@@ -342,7 +348,7 @@ def _build_reference(settings: Any, version: int, trained: ForecasterRun | None)
     from hfcast.monitoring.decision import MonitorConfig
     from hfcast.monitoring.reference import build_reference, reference_from_registry
 
-    cfg = MonitorConfig.from_params(settings.param("monitor", {}))
+    cfg = settings.section(MonitorConfig)
     if trained is None or trained.result is None:
         reference_from_registry(settings, f"{settings.model_name}/{version}", cfg)
         return
@@ -439,16 +445,16 @@ def close_interrupted_runs(settings: Any, key: str) -> list[str]:
     return closed
 
 
-def retrain_archs(settings: Any) -> list[str]:
-    """What a retraining chooses from: params.yaml ``monitor.retrain_arch`` (one name or a list) when
-    set, else the current champion's networks, else ``forecaster.archs``.
+def retrain_archs(settings: Settings) -> list[str]:
+    """What a retraining chooses from: params.yaml ``retrain.archs`` (one name or a list) when set,
+    else the current champion's networks, else ``forecaster.archs``.
 
     Raises:
         whatever the registry raises when it cannot be reached (an outage is not "no champion").
     """
-    fixed = settings.param("monitor.retrain_arch")
+    fixed = settings.section(RetrainTarget).archs
     if fixed:
-        return [fixed] if isinstance(fixed, str) else [str(a) for a in fixed]
+        return list(fixed)
     mv = registry.champion(settings)  # None only when the registry answers that there is none
     members = "" if mv is None else mv.tags.get("hfcast.members", "")
     chosen = [m for m in members.split(",") if m and m != "none"]
@@ -492,3 +498,77 @@ def retrain(settings: Any, archs: Sequence[str] = (), *, reason: str, drifted_da
                                 decision_date=decision_date)
     return {"status": "done", "new_version": outcome.version, "promoted": outcome.promoted,
             "gate": outcome.decision.summary(), "kind": run.kind, "run_ids": {"forecaster": run.run_id}}
+
+
+class RetrainHere:
+    """Retrain in this process with :func:`retrain` (``--starter inprocess``, and ``local`` when the
+    outer packages are not installed), recorded like every retraining
+    (:func:`hfcast.monitoring.retraining.run_recorded`).
+
+    Args:
+        archs: architectures to train (empty = :func:`retrain_archs`).
+        last_date: the decision date in a replay: training, validation and test data end on or
+            before it, and the gate refuses a model whose data does not.
+        dataset_version: the features' version the retraining reads (lineage).
+    """
+
+    kind = "local"
+
+    def __init__(self, archs: Sequence[str] = (), last_date: str | None = None, dataset_version: str = "") -> None:
+        self.archs = tuple(archs)
+        self.last_date = last_date
+        self.dataset_version = dataset_version
+
+    def start(self, settings: Settings, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]:
+        def fn(r: str, d: Sequence[str]) -> Mapping[str, Any]:
+            return retrain(settings, self.archs, reason=r, drifted_dates=d, last_date=self.last_date,
+                           decision_date=self.last_date, dataset_version=self.dataset_version)
+
+        return InProcessStarter(fn).start(settings, model, reason, drifted_dates)
+
+
+def starter_name(name: str) -> str:
+    """``auto`` resolved: ``kubeflow`` inside a Kubernetes pod, ``local`` elsewhere; other names as given."""
+    if name == "auto":
+        return "kubeflow" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
+    return name
+
+
+def load_starter(name: str, **options: Any) -> RetrainStarter:
+    """The starter called ``name``: ``none``, ``inprocess``, ``auto`` (:func:`starter_name`), or an
+    entry point of group ``hfcast.starters`` (``local``, ``kubeflow`` from the outer packages).
+
+    ``options`` (e.g. ``host`` for a Kubeflow starter) go to the entry point's class. When no entry
+    point has that name and the name is ``local`` (the outer package is not installed),
+    :class:`RetrainHere` retrains in this process instead.
+    """
+    name = starter_name(name)
+    if name == "none":
+        return RecordOnlyStarter()
+    if name == "inprocess":
+        return RetrainHere()
+    found = {ep.name: ep for ep in entry_points(group=STARTERS_GROUP)}
+    if name not in found:
+        if name == "local":
+            log.info("no '%s' starter installed (group %s): retraining in this process", name, STARTERS_GROUP)
+            return RetrainHere()
+        raise ValueError(f"unknown retraining starter {name!r}; available: none, inprocess, {', '.join(sorted(found)) or '-'}"
+                         f" (install the outer packages for local/kubeflow)")
+    cls = found[name].load()
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ValueError(f"starter {name!r} does not take the options {sorted(options)}: {exc}") from None
+
+
+def start_retraining(settings: Settings, starter: str, model: str, reason: str, drifted_dates: str | Sequence[str],
+                     host: str | None = None) -> dict[str, Any]:
+    """Start the retraining a monitor decided with the starter called ``starter`` (the pipeline's
+    ``trigger_training`` step); ``host`` goes to a Kubeflow starter only.
+
+    Returns:
+        What the starter answered (``status``, ``run_id``, ``note``...).
+    """
+    dates = [d for d in drifted_dates.split(",") if d] if isinstance(drifted_dates, str) else list(drifted_dates)
+    options = {"host": host} if host and starter_name(starter) == "kubeflow" else {}
+    return load_starter(starter, **options).start(settings, model, reason, dates)

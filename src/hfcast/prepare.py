@@ -68,10 +68,10 @@ def _synth_if_empty(settings: Any, lake: Lake, synth: SynthRequest) -> None:
 
 def _validate_and_featurize(settings: Any, lake: Lake) -> str:
     """Validate and featurize every raw date; the features' version."""
-    from hfcast.data.validate import DEFAULT_JUMP_LIMIT, run_validate
+    from hfcast.data.validate import ValidateConfig, run_validate
     from hfcast.features.engine import run_featurize
 
-    run_validate(lake, progress=False, jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)),
+    run_validate(lake, progress=False, jump_limit=settings.section(ValidateConfig).jump_limit,
                  market=market_for(settings))
     done = run_featurize(lake, dates=settings.param("featurize.dates", None), progress=False,
                          market=market_for(settings))

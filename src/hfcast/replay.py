@@ -76,11 +76,11 @@ def _arrive(settings: Any, lake: Lake, dates: Sequence[str], versions: Any = Non
     The version comes from :func:`hfcast.versioning.features_version` (``versions`` = a
     :class:`hfcast.versioning.FeatureVersions` of the lake, else what the settings configure).
     """
-    from hfcast.data.validate import DEFAULT_JUMP_LIMIT, run_validate
+    from hfcast.data.validate import ValidateConfig, run_validate
     from hfcast.features.engine import run_featurize
 
     run_validate(lake, dates=list(dates), progress=False,
-                 jump_limit=float(settings.param("validate.jump_limit", DEFAULT_JUMP_LIMIT)))
+                 jump_limit=settings.section(ValidateConfig).jump_limit)
     run_featurize(lake, dates=list(dates), progress=False)
     return _version(settings, max(dates), versions)
 
@@ -219,7 +219,7 @@ def run_replay(settings: Any, first: str, last: str, *, archs: Sequence[str] = (
         ``{days: {date: {arrive, predict: {version}, monitor: {action, version, trigger}, champion_after}},
         first, last, bootstrap}``.
     """
-    from hfcast.monitoring.retraining import InProcessStarter
+    from hfcast.lifecycle import RetrainHere
 
     lake = Lake.from_settings(settings)
     model = settings.model_name
@@ -227,7 +227,7 @@ def run_replay(settings: Any, first: str, last: str, *, archs: Sequence[str] = (
     if not days:
         raise UserError(f"no raw dates between {first} and {last} in {lake.url}",
                         "ingest (or synth) those days first, or pick --from/--to among the raw dates")
-    starter_for = starter_for or (lambda d, v: InProcessStarter(archs=archs, last_date=d, dataset_version=v))
+    starter_for = starter_for or (lambda d, v: RetrainHere(archs=archs, last_date=d, dataset_version=v))
     if champion_version(settings) is None or journal.Journal(lake, model, BOOTSTRAP).interrupted():
         _bootstrap(settings, lake, days[0], archs, versions)
     for d in days:

@@ -250,7 +250,7 @@ def gather(settings: Any, comparison: str | Path | None = None, backtest: bool =
     inputs.meta = _meta(settings, inputs.versions)
     try:
         inputs.history = load_history(Lake.from_settings(settings), settings.model_name)
-        inputs.drift_threshold = MonitorConfig.from_params(settings.param("monitor", {})).drift_share
+        inputs.drift_threshold = settings.section(MonitorConfig).rule("drift").drift_share
     except Exception as exc:
         log.info("report: no monitoring history (%s)", exc)
     if inputs.aggregate is None and inputs.versions:

@@ -5,20 +5,25 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from hfcast.monitoring.decision import (NONE, RETRAIN, SUPPRESSED, Checks, MonitorConfig, decide, load_history,
-                             performance_alarm, save_history, upsert)
+from hfcast.monitoring.decision import NONE, RETRAIN, SUPPRESSED, Checks, MonitorConfig, claim, decide, load_history, update
 from hfcast.storage import Lake
 
-CFG = MonitorConfig(drift_share=0.3, consecutive=2, cooldown_dates=5, perf_consecutive=2, min_labels=10)
+CFG = MonitorConfig.of(drift_share=0.3, consecutive=2, cooldown_dates=5, perf_consecutive=2, min_labels=10)
+DRIFT, PERF = CFG.rule("drift"), CFG.rule("perf")
 DATES = [d.date().isoformat() for d in pd.bdate_range("2024-01-02", periods=30)]
+REFERENCE = {"vol_qlike": 0.2, "ret_ic": 0.05}
+DEGRADED = {"vol_qlike": 0.5, "ret_ic": 0.05, "n_labels": 50}  # QLIKE 2.5x the reference: a performance alarm
+HEALTHY = {"vol_qlike": 0.21, "ret_ic": 0.05, "n_labels": 50}
 
 
 def _run(shares, cfg=CFG, version="1", perf=None, running_on=()):
-    """Feed a sequence of drift shares through decide(); returns the records."""
+    """Feed a sequence of drift shares (and performance alarms) through decide(); returns the records."""
     history: list[dict] = []
     for i, s in enumerate(shares):
-        c = Checks(date=DATES[i], version=version, drift_share=s, drifted_features=["rv_5m"] if s >= cfg.drift_share else [],
-                   perf_degraded=None if perf is None else perf[i], perf_reasons=["vol QLIKE up"] if perf and perf[i] else [])
+        live = None if perf is None else DEGRADED if perf[i] else HEALTHY
+        c = Checks(date=DATES[i], version=version, drift_share=s,
+                   drifted_features=["rv_5m"] if s >= cfg.rule("drift").drift_share else [],
+                   live=live, reference=None if perf is None else REFERENCE)
         running = {"run_id": "r1", "started_at": "x"} if i in running_on else None
         history.append(decide(history, c, cfg, running))
     return history
@@ -41,7 +46,7 @@ def test_shift_triggers_once_within_k_then_cooldown_then_again():
     recs = _run(shares)
     actions = [r["action"] for r in recs]
     first = actions.index(RETRAIN)
-    assert first == 5 + CFG.consecutive - 1  # detected within K dates of the shift
+    assert first == 5 + DRIFT.consecutive - 1  # detected within K dates of the shift
     assert recs[first]["drifted_dates"] == DATES[5:7]
     # exactly one retraining within the cooldown although every later date drifts
     window = actions[first:first + CFG.cooldown_dates]
@@ -64,7 +69,8 @@ def test_performance_alarm_needs_its_own_streak():
     perf = [False, True, False, True, True, False]
     recs = _run([0.0] * 6, perf=perf)
     assert [r["action"] for r in recs] == [NONE, NONE, NONE, NONE, RETRAIN, NONE]
-    assert "performance degraded on 2" in recs[4]["explanation"]
+    assert "performance degraded on 2" in recs[4]["explanation"] and "vol QLIKE 0.5 > 1.5 x" in recs[4]["explanation"]
+    assert [r["perf_streak"] for r in recs] == [0, 1, 0, 1, 2, 0]
 
 
 def test_streaks_reset_for_a_new_model_version():
@@ -87,7 +93,7 @@ def test_backfill_cooldown_looks_only_before_but_one_episode_retrains_once():
     early = decide(recs, Checks(date=DATES[7], version="1", drift_share=0.9), CFG)
     # DATES[6] had no alarm, so the backfilled DATES[7] streak is 1 -> none
     assert early["action"] == NONE
-    k1 = MonitorConfig(consecutive=1, cooldown_dates=5)
+    k1 = MonitorConfig.of(consecutive=1, cooldown_dates=5)
     # a later date's retraining does not cool down an earlier, separate alarm
     assert decide(recs, Checks(date=DATES[7], version="1", drift_share=0.9), k1)["action"] == RETRAIN
     # but a date the later retraining already counted is the same episode: no second retraining
@@ -98,25 +104,35 @@ def test_backfill_cooldown_looks_only_before_but_one_episode_retrains_once():
 
 def test_performance_alarm_thresholds():
     ref = {"vol_qlike": 0.2, "ret_ic": 0.05}
-    assert performance_alarm({"vol_qlike": 0.29, "ret_ic": 0.0, "n_labels": 50}, ref, CFG) == (False, [])
-    bad, why = performance_alarm({"vol_qlike": 0.31, "ret_ic": 0.0, "n_labels": 50}, ref, CFG)
+
+    def alarm(live, reference=ref):
+        v = PERF.check(Checks(date=DATES[0], version="1", live=live, reference=reference))
+        return v.alarm, list(v.reasons)
+
+    assert alarm({"vol_qlike": 0.29, "ret_ic": 0.0, "n_labels": 50}) == (False, [])
+    bad, why = alarm({"vol_qlike": 0.31, "ret_ic": 0.0, "n_labels": 50})
     assert bad and "QLIKE" in why[0]
-    bad, why = performance_alarm({"vol_qlike": 0.2, "ret_ic": -0.11, "n_labels": 50, "n_eff": 6000}, ref, CFG)
+    bad, why = alarm({"vol_qlike": 0.2, "ret_ic": -0.11, "n_labels": 50, "n_eff": 6000})
     assert bad and "IC" in why[0]
     # the same drop on a small universe is within a day's noise (2 standard errors > 0.15)
-    assert performance_alarm({"vol_qlike": 0.2, "ret_ic": -0.11, "n_labels": 4000, "n_eff": 70}, ref, CFG) == (False, [])
-    assert performance_alarm({"vol_qlike": 9.0, "ret_ic": 0.0, "n_labels": 5}, ref, CFG) == (None, [])  # immature
-    assert performance_alarm({"vol_qlike": 9.0, "n_labels": 50}, None, CFG) == (None, [])  # no reference
+    assert alarm({"vol_qlike": 0.2, "ret_ic": -0.11, "n_labels": 4000, "n_eff": 70}) == (False, [])
+    assert alarm({"vol_qlike": 9.0, "ret_ic": 0.0, "n_labels": 5}) == (None, [])  # immature
+    assert alarm({"vol_qlike": 9.0, "n_labels": 50}, None) == (None, [])  # no reference
 
 
 def test_config_from_params_rejects_typos_and_bad_values():
-    assert MonitorConfig.from_params({"consecutive": 3}).consecutive == 3
+    assert MonitorConfig.from_params({"consecutive": 3}).rule("drift").consecutive == 3
+    assert MonitorConfig.from_params({"perf_consecutive": 4}).rule("perf").consecutive == 4
     with pytest.raises(ValueError, match="unknown monitor parameter"):
         MonitorConfig.from_params({"consecutve": 3})
     with pytest.raises(ValueError, match="cooldown_dates"):
         MonitorConfig(cooldown_dates=0)
     with pytest.raises(ValueError, match="share of features"):
-        MonitorConfig(drift_share=1.5)
+        MonitorConfig.of(drift_share=1.5)
+    with pytest.raises(ValueError, match="perf_consecutive must be >= 1"):
+        MonitorConfig.of(perf_consecutive=0)
+    with pytest.raises(ValueError, match="moved to the retrain: section"):
+        MonitorConfig.from_params({"retrain_pipeline": "training-cpu"})
 
 
 def test_params_yaml_monitor_section_is_valid():
@@ -125,19 +141,20 @@ def test_params_yaml_monitor_section_is_valid():
 
     params = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())
     cfg = MonitorConfig.from_params(params.get("monitor"))
-    assert cfg.consecutive >= 1 and 0 < cfg.drift_share <= 1
+    assert cfg.rule("drift").consecutive >= 1 and 0 < cfg.rule("drift").drift_share <= 1
+    assert [r.name for r in cfg.rules][:2] == ["drift", "perf"]
 
 
-def test_history_roundtrip_and_upsert(tmp_path):
+def test_history_roundtrip_and_update(tmp_path):
     lake = Lake(tmp_path.as_uri())
     assert load_history(lake, "hfcast") == []
     recs = _run([0.7, 0.7, 0.1])
-    save_history(lake, "hfcast", recs)
+    assert all(claim(lake, "hfcast", r) for r in recs)
     back = load_history(lake, "hfcast")
     assert [r["action"] for r in back] == [r["action"] for r in recs]
-    changed = {**back[1], "trigger": {"status": "done"}}
-    back = upsert(back, changed)
-    assert len(back) == 3 and back[-1]["trigger"] == {"status": "done"}
+    update(lake, "hfcast", {**back[1], "trigger": {"status": "done"}})
+    back = load_history(lake, "hfcast")
+    assert len(back) == 3 and back[1]["trigger"] == {"status": "done"}
     assert len(list((tmp_path / "monitoring" / "hfcast" / "decisions").glob("*.json"))) == 3
 
 
@@ -213,9 +230,10 @@ def test_cluster_run_state_polling_and_stale_timeout(tmp_path):
 
 
 def test_load_starter_names(monkeypatch):
+    from hfcast.lifecycle import RetrainHere, load_starter
     from hfcast.monitoring import retraining as T
 
-    assert isinstance(T.load_starter("none"), T.RecordOnlyStarter)
-    assert isinstance(T.load_starter("inprocess"), T.InProcessStarter)
+    assert isinstance(load_starter("none"), T.RecordOnlyStarter)
+    assert isinstance(load_starter("inprocess"), RetrainHere)
     with pytest.raises(ValueError, match="unknown retraining starter"):
-        T.load_starter("no-such-starter")
+        load_starter("no-such-starter")

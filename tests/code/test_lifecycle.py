@@ -27,8 +27,8 @@ def test_forecaster_section_defaults_and_checks(tmp_path):
 
 
 def test_retrain_archs_without_a_registry_falls_back_to_the_configured_ones(tmp_path):
-    assert retrain_archs(_settings(tmp_path, {"monitor": {"retrain_arch": "lstm"}})) == ["lstm"]
-    assert retrain_archs(_settings(tmp_path, {"monitor": {"retrain_arch": ["lstm", "tcn"]}})) == ["lstm", "tcn"]
+    assert retrain_archs(_settings(tmp_path, {"retrain": {"archs": "lstm"}})) == ["lstm"]
+    assert retrain_archs(_settings(tmp_path, {"retrain": {"archs": ["lstm", "tcn"]}})) == ["lstm", "tcn"]
     assert retrain_archs(_settings(tmp_path, {"forecaster": {"archs": ["hybrid", "tcn"]}})) == ["hybrid", "tcn"]
 
 

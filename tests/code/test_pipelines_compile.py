@@ -244,8 +244,8 @@ def test_kubeflow_starter_starts_the_configured_pipeline_and_polls_it(settings):
     kfp.state = "SUCCEEDED"
     assert running_state(lake, "hfcast", 24.0, starter) is None and read_state(lake, "hfcast")["status"] == "done"
 
-    cpu = settings.with_(params={**settings.params, "monitor": {**settings.param("monitor", {}),
-                                                                 "retrain_pipeline": "training-cpu"}})
+    cpu = settings.with_(params={**settings.params, "retrain": {**settings.param("retrain", {}),
+                                                                 "pipeline": "training-cpu"}})
     KubeflowStarter(client=kfp).start(cpu, "hfcast", "why", [])
     assert kfp.calls[-1]["package"] == str(COMPILED / "training_cpu.yaml")
     failed = KubeflowStarter(client=_FakeKfp(fail=True)).start(settings, "hfcast", "why", [])
@@ -268,10 +268,12 @@ def test_local_starter_runs_the_pipeline_in_a_child_and_records_it(monkeypatch, 
     assert calls == [("drift", ["2024-02-01"], {"archs": ["lstm"]})]
     assert out["kind"] == "local" and out["status"] == "done" and "v2 not promoted" in out["note"]
     assert read_state(Lake.from_settings(settings), "hfcast")["status"] == "done"
-    assert isinstance(starters.make_starter("auto"), starters.LocalPipelineStarter)  # not inside a pod here
-    assert starters.make_starter("kubeflow", host="http://kfp").host == "http://kfp"
+    from hfcast.lifecycle import load_starter
+
+    assert isinstance(load_starter("auto"), starters.LocalPipelineStarter)  # not inside a pod here
+    assert load_starter("kubeflow", host="http://kfp").host == "http://kfp"
     with pytest.raises(ValueError, match="unknown retraining starter"):
-        starters.make_starter("nope")
+        load_starter("nope")
 
 
 def test_starters_and_commands_are_entry_points():

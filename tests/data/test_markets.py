@@ -71,22 +71,35 @@ def test_params_and_calendar_option():
         Market({"calendar": "custom", "tz": "Asia/Kolkata"})
 
 
-def test_settings_choose_the_process_calendar(tmp_path):
-    """A component decodes its settings parameter: every stage then runs on that market (not XNYS)."""
+def test_settings_carry_the_calendar_as_a_value(tmp_path):
+    """A component decodes its settings parameter: the settings carry that market (not XNYS), and
+    building them changes nothing process-wide; the step's entry point makes it the fallback of
+    the stages that take no calendar, explicitly."""
+    from components._common import step_settings
     from hfcast.config import get_settings, settings_from_param
     from hfcast.market import default_market, market_for
 
     local = get_settings(env={"HFCAST_HOME": str(tmp_path)}, cwd=tmp_path)  # no params.yaml: XNYS
     text = local.with_(params={"market": {"calendar": "XLON"}}).to_param()  # what the pipeline passes
-    s = settings_from_param(text, env={"HFCAST_HOME": str(tmp_path), "HFCAST_PARAMS": str(tmp_path / "none.yaml")})
-    assert market_for(s) is default_market() and default_market().name == "XLON"
-    open_, close, n = default_market().session("2024-03-05")  # London winter: 08:00-16:30 UTC
+    env = {"HFCAST_HOME": str(tmp_path), "HFCAST_PARAMS": str(tmp_path / "none.yaml")}
+    s = settings_from_param(text, env=env)
+    assert s.market.name == "XLON" and s.market is market_for(s)
+    assert default_market().name == "XNYS"  # building settings set nothing process-wide
+    open_, close, n = s.market.session("2024-03-05")  # London winter: 08:00-16:30 UTC
     assert (open_, close, n) == (pd.Timestamp("2024-03-05 08:00", tz="UTC"), pd.Timestamp("2024-03-05 16:30", tz="UTC"), 510)
-    assert schema.minute_of_session(pd.Series([pd.Timestamp("2024-03-05 09:00", tz="UTC")])).tolist() == [60]
-    get_settings(env={"HFCAST_HOME": str(tmp_path)}, cwd=tmp_path)  # no market: section -> XNYS again
-    assert default_market().name == "XNYS"
+    stamp = pd.Series([pd.Timestamp("2024-03-05 09:00", tz="UTC")])
+    assert schema.minute_of_session(stamp, s.market).tolist() == [60]
+    assert schema.minute_of_session(stamp).tolist() == [-1]  # the fallback is still New York (not in session)
+    import os
+
+    os.environ.update(env)
+    try:
+        assert step_settings(text).market.name == "XLON" and default_market().name == "XLON"
+    finally:
+        for k in env:
+            os.environ.pop(k)
     with pytest.raises(ValueError, match="custom calendar needs"):
-        settings_from_param('{"params": {"market": {"calendar": "custom"}}}', env={"HFCAST_HOME": str(tmp_path)})
+        settings_from_param('{"params": {"market": {"calendar": "custom"}}}', env={"HFCAST_HOME": str(tmp_path)}).market
 
 
 def test_trading_age_does_not_count_closed_hours():

@@ -11,16 +11,10 @@ Globex bar on Sunday evening belongs to Monday. ``tz`` defaults to the calendar'
 Vendor layouts (date and time columns, bar-end stamps, a header one name short) are handled in
 :mod:`hfcast.data.layouts`.
 
-Formats (column names are matched case-insensitively; ``column_map`` maps contract -> source name):
-
-* ``bbo``: the contract itself (symbol, ts, bid, ask, bid_size, ask_size [+ optional columns]).
-* ``ohlcv``: ts, open, high, low, close, volume. ``close`` becomes ``last``; quotes stay NaN.
-  ``high``/``low`` become ``mid_high``/``mid_low``: for a quote-less source the reference price
-  is ``last`` (:func:`~hfcast.data.schema.mid_price` falls back to it), so the trade high/low are
-  the range of that price. ``open`` is not in the contract and is not kept. ``ts`` must be the
-  minute START (as the contract says); for sources stamping bar ends pass ``stamp="end"``.
-* ``trades``: ticks ts, price, size (+ ``quotes_paths``: ticks ts, bid, ask, bid_size, ask_size).
-* ``lobster``: message + orderbook file pairs (:mod:`hfcast.data.lobster`).
+Formats are objects of the registry :mod:`hfcast.data.formats` (``bbo``, ``ohlcv``, ``trades``,
+``lobster`` and whatever else registers): each names the contract columns its files must have and
+reads them with the helpers below (:func:`read_files`); column names are matched
+case-insensitively, and ``column_map`` maps contract -> source name.
 
 Ticks -> bars (:func:`aggregate_ticks`): ``ts`` = minute start; ``last``/``volume``/``trades``/
 ``vwap`` from the trades of the minute; quotes = the book after the minute's last quote update
@@ -33,37 +27,30 @@ sizes, out-of-order times) go to ``quarantine_ticks/`` with a reason, counted in
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
 import re
-from typing import Any, Literal
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from hfcast.data import layouts
+from hfcast.data import formats, layouts
+from hfcast.data.formats import IngestError, Request
 from hfcast.data.schema import BAR_COLUMNS, QUOTE_COLUMNS, conform
 from hfcast.data.validate import DEFAULT_JUMP_LIMIT, exchange_dates, progress_iter, validate_date
+from hfcast.market import Market
 from hfcast.market import resolve as resolve_market
-from hfcast.storage import is_remote, read_bytes, write_text
+from hfcast.storage import Lake, is_remote, read_bytes, write_text
 
 log = logging.getLogger(__name__)
 
-Format = Literal["bbo", "ohlcv", "trades", "lobster"]
-FORMATS: tuple[str, ...] = ("bbo", "ohlcv", "trades", "lobster")
-REQUIRED = {
-    "bbo": ["ts", *QUOTE_COLUMNS],
-    "ohlcv": ["ts", "close"],
-    "trades": ["ts", "price", "size"],
-    "quotes": ["ts", *QUOTE_COLUMNS],
-}
-OHLCV_RENAME = {"close": "last", "high": "mid_high", "low": "mid_low"}
 _OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$", re.I)
 
-
-class IngestError(ValueError):
-    """A source file cannot be ingested; the message names the file and the problem."""
+__all__ = ["IngestError", "aggregate_ticks", "ingest", "parse_column_map", "prepare_table", "read_files",
+           "read_table", "to_utc"]
 
 
 def parse_column_map(text: str | None) -> dict[str, str]:
@@ -193,9 +180,19 @@ def to_utc(values: pd.Series, tz: str, where: str) -> pd.Series:
     return out.dt.as_unit("us")
 
 
-def _prepare(df: pd.DataFrame, path: str, kind: str, column_map: dict[str, str], symbol: str | None,
-             tz: str, stamp: str = "start", epoch_unit: str | None = None) -> pd.DataFrame:
-    """Rename columns to contract names, check required ones, fill symbol, convert ts to UTC.
+def read_files(req: Request, paths: Sequence[str], required: Sequence[str], kind: str, stamp: str = "start",
+               column_map: dict[str, str] | None = None, show: bool = True) -> list[pd.DataFrame]:
+    """Every file of ``paths`` read (:func:`read_table`) and prepared (:func:`prepare_table`): what a
+    format's loader calls. ``kind`` names the format in messages; ``column_map`` None = the request's."""
+    cmap = dict(req.column_map if column_map is None else column_map)
+    return [prepare_table(read_table(p, req.storage_options, req.notes), p, required, kind, cmap, req.symbol,
+                          req.tz, stamp, req.epoch_unit)
+            for p in progress_iter(list(paths), f"read {kind}", total=len(paths), enabled=req.progress and show)]
+
+
+def prepare_table(df: pd.DataFrame, path: str, required: Sequence[str], kind: str, column_map: dict[str, str],
+                  symbol: str | None, tz: str, stamp: str = "start", epoch_unit: str | None = None) -> pd.DataFrame:
+    """Rename columns to contract names, check the ``required`` ones, fill symbol, convert ts to UTC.
 
     A map value ``Date+Time`` joins source columns; ``stamp="end"`` moves bar-end stamps to bar
     starts; numeric ``ts`` are epochs (see :mod:`hfcast.data.layouts`).
@@ -212,7 +209,7 @@ def _prepare(df: pd.DataFrame, path: str, kind: str, column_map: dict[str, str],
         if len(names) > 1:
             df[contract] = layouts.combine_columns(df, names)
     df = df.rename(columns={s.lower(): c for c, s in column_map.items() if "+" not in s})
-    missing = [c for c in REQUIRED[kind] if c not in df.columns]
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise IngestError(f"{path}: missing column(s) {missing} for format {kind!r}; the file has "
                           f"{list(df.columns)} (map names with --map CONTRACT=SOURCE)")
@@ -255,8 +252,10 @@ def _screen(df: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return df.loc[reason.isna()], bad
 
 
-def aggregate_ticks(trades: pd.DataFrame, quotes: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Minute bars from screened, time-ordered ticks (rules in the module docstring)."""
+def aggregate_ticks(trades: pd.DataFrame, quotes: pd.DataFrame | None = None, market: Market | None = None
+                    ) -> pd.DataFrame:
+    """Minute bars from screened, time-ordered ticks (rules in the module docstring); ``market``
+    dates the symbol-days of quote state (None: :func:`hfcast.market.default_market`)."""
     frames = []
     if len(trades):
         t = trades.assign(minute=trades["ts"].dt.floor("min"), pv=trades["price"] * trades["size"])
@@ -273,16 +272,17 @@ def aggregate_ticks(trades: pd.DataFrame, quotes: pd.DataFrame | None = None) ->
         return conform(pd.DataFrame(columns=BAR_COLUMNS))
     bars = pd.concat(frames, axis=1).sort_index().reset_index()
     if "_upd" in bars:
-        bars = _fill_minutes(bars)
+        bars = _fill_minutes(bars, resolve_market(market))
     else:
         bars[["trades", "volume"]] = bars[["trades", "volume"]].astype("float64")
         bars[QUOTE_COLUMNS] = np.nan  # trades only: a quote-less source, validated on `last`
     return conform(bars.rename(columns={"minute": "ts"}))
 
 
-def _fill_minutes(bars: pd.DataFrame) -> pd.DataFrame:
-    """Every minute between a symbol-day's first and last event; quote state carried forward."""
-    bars["day"] = exchange_dates(bars["minute"], _MARKET[0] if _MARKET else None).to_numpy()
+def _fill_minutes(bars: pd.DataFrame, market: Market) -> pd.DataFrame:
+    """Every minute between a symbol-day's first and last event (the day on ``market``'s calendar:
+    a Globex tick on Sunday evening belongs to Monday); quote state carried forward."""
+    bars["day"] = exchange_dates(bars["minute"], market).to_numpy()
     grids = [pd.DataFrame({"symbol": s, "day": d, "minute": pd.date_range(g["minute"].min(), g["minute"].max(), freq="min").as_unit("us")})
              for (s, d), g in bars.groupby(["symbol", "day"], sort=True)]
     full = pd.concat(grids).merge(bars.drop(columns="day"), on=["symbol", "minute"], how="left")
@@ -299,56 +299,27 @@ def _fill_minutes(bars: pd.DataFrame) -> pd.DataFrame:
     return full.drop(columns=["day", "_upd", "mid"])
 
 
-_MARKET: list[Any] = []  # the calendar of the ingest in progress (symbol-days of ticks follow trade dates)
-
-
-def _load(paths: list[str], fmt: str, tz: str, column_map: dict[str, str], symbol: str | None,
-          quotes_paths: list[str] | None, date: str | None, storage_options: dict | None,
-          progress: bool, stamp: str = "start", epoch_unit: str | None = None,
-          notes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
-    """(bars in file order, quarantined ticks, tick counts) for all input files."""
-    from hfcast.data.lobster import LobsterError, pair_files, read_lobster
-
-    bars, trades, quotes = [], [], []
-    try:
-        units: list[Any] = pair_files(paths) if fmt == "lobster" else list(paths)
-    except LobsterError as exc:
-        raise IngestError(str(exc)) from None
-    for unit in progress_iter(units, f"read {fmt}", total=len(units), enabled=progress):
-        if fmt == "lobster":
-            try:
-                tr, qu = read_lobster(*unit, symbol=symbol, date=date, tz=tz)
-            except LobsterError as exc:
-                raise IngestError(str(exc)) from None
-            trades.append(tr), quotes.append(qu)
-            continue
-        kind = "bbo" if fmt == "bbo" else "ohlcv" if fmt == "ohlcv" else "trades"
-        df = _prepare(read_table(unit, storage_options, notes), unit, kind, column_map, symbol, tz,
-                      stamp if kind != "trades" else "start", epoch_unit)
-        if fmt == "ohlcv":
-            df = df.rename(columns=OHLCV_RENAME)
-            for c in QUOTE_COLUMNS:
-                df[c] = np.nan
-        (trades if fmt == "trades" else bars).append(df)
-    for qp in quotes_paths or []:
-        quotes.append(_prepare(read_table(qp, storage_options, notes), qp, "quotes", {}, symbol, tz,
-                               "start", epoch_unit))
-    counts = {"trade_ticks": sum(map(len, trades)), "quote_ticks": sum(map(len, quotes))}
-    if fmt in ("bbo", "ohlcv"):
-        return pd.concat([conform(b) for b in bars], ignore_index=True), pd.DataFrame(), counts
-    good_t, bad_t = _screen(pd.concat(trades, ignore_index=True), "trade")
-    q_all = pd.concat(quotes, ignore_index=True) if quotes else None
+def _load(fmt: formats.IngestFormat, req: Request, market: Market
+          ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """(bars in file order, quarantined ticks, tick counts): the format's loader, then, for ticks,
+    screening and aggregation into minute bars."""
+    loaded = fmt.load(req)
+    counts = {"trade_ticks": sum(map(len, loaded.trades)), "quote_ticks": sum(map(len, loaded.quotes))}
+    if fmt.bar_files:
+        return pd.concat([conform(b) for b in loaded.bars], ignore_index=True), pd.DataFrame(), counts
+    good_t, bad_t = _screen(pd.concat(loaded.trades, ignore_index=True), "trade")
+    q_all = pd.concat(loaded.quotes, ignore_index=True) if loaded.quotes else None
     good_q, bad_q = _screen(q_all, "quote") if q_all is not None else (None, pd.DataFrame())
     sort = ["symbol", "ts"]
     agg = aggregate_ticks(good_t.sort_values(sort, kind="stable"),
-                          None if good_q is None else good_q.sort_values(sort, kind="stable"))
+                          None if good_q is None else good_q.sort_values(sort, kind="stable"), market)
     return agg, pd.concat([bad_t, bad_q], ignore_index=True), counts
 
 
-def ingest(paths: list[str], fmt: Format, lake: Any, tz: str | None = None,
+def ingest(paths: list[str], fmt: str, lake: Lake, tz: str | None = None,
            column_map: dict[str, str] | None = None, symbol: str | None = None,
            quotes_paths: list[str] | None = None, date: str | None = None, progress: bool = True,
-           jump_limit: float = DEFAULT_JUMP_LIMIT, market: Any = None, stamp: str = "start",
+           jump_limit: float = DEFAULT_JUMP_LIMIT, market: Market | None = None, stamp: str = "start",
            epoch_unit: str | None = None) -> dict[str, Any]:
     """Parse source files, write ``raw/`` per exchange-local date, validate, and report.
 
@@ -357,7 +328,7 @@ def ingest(paths: list[str], fmt: Format, lake: Any, tz: str | None = None,
 
     Args:
         paths: source files (for LOBSTER: message and orderbook files, paired by name).
-        fmt: ``bbo``, ``ohlcv``, ``trades`` or ``lobster``.
+        fmt: a registered format (:mod:`hfcast.data.formats`): ``bbo``, ``ohlcv``, ``trades``, ``lobster``...
         lake: the :class:`hfcast.storage.Lake` to write to.
         tz: time zone of naive timestamps (and of LOBSTER's seconds after midnight); None: the
             market calendar's.
@@ -367,7 +338,8 @@ def ingest(paths: list[str], fmt: Format, lake: Any, tz: str | None = None,
         date: the session date of LOBSTER files whose name does not carry it.
         progress: show rich progress bars on stderr.
         jump_limit: the absurd-jump limit passed to validation.
-        market: the calendar (hfcast.market; None = XNYS): trade dates, sessions, default tz.
+        market: the calendar (hfcast.market; None = :func:`hfcast.market.default_market`): trade
+            dates, sessions, default tz.
         stamp: ``start`` (the contract) or ``end`` for bar files stamped at the bar's end.
         epoch_unit: s, ms, us or ns for numeric timestamps (None: from their magnitude).
 
@@ -378,27 +350,24 @@ def ingest(paths: list[str], fmt: Format, lake: Any, tz: str | None = None,
     Raises:
         IngestError: a file cannot be read or parsed, or lacks what the format needs.
     """
-    _check_request(paths, fmt, quotes_paths, stamp)
+    spec = _check_request(paths, fmt, quotes_paths, stamp)
     mk = resolve_market(market)
-    tz = tz or mk.timezone
     notes: list[str] = []
-    _MARKET[:] = [mk]
-    try:
-        bars, bad_ticks, tick_counts = _load(list(map(str, paths)), fmt, tz, column_map or {}, symbol,
-                                             quotes_paths, date, lake.storage_options, progress, stamp,
-                                             epoch_unit, notes)
-    finally:
-        _MARKET.clear()
+    req = Request(paths=tuple(map(str, paths)), tz=tz or mk.timezone, column_map=dict(column_map or {}),
+                  symbol=symbol, quotes_paths=tuple(map(str, quotes_paths or ())), date=date,
+                  storage_options=lake.storage_options, progress=progress, stamp=stamp, epoch_unit=epoch_unit,
+                  notes=notes)
+    bars, bad_ticks, tick_counts = _load(spec, req, mk)
     bar_day = exchange_dates(bars["ts"], mk) if len(bars) else pd.Series(dtype="string")
     tick_day = exchange_dates(bad_ticks["ts"], mk) if len(bad_ticks) else pd.Series(dtype="string")
     dates = sorted(set(bar_day) | set(tick_day))
     # what the SOURCE promises, not what a date happens to hold: a BBO date with no quotes is bad data
-    quotes = {"bbo": True, "lobster": True, "ohlcv": False, "trades": bool(quotes_paths)}[fmt]
+    quotes = spec.quotes if spec.quotes is not None else bool(quotes_paths)
     files = [str(p) for p in paths] + list(map(str, quotes_paths or []))
     per_date = []
     for d in progress_iter(dates, "validate", total=len(dates), enabled=progress):
         ticks = None  # bar sources quarantine no ticks
-        if fmt in ("trades", "lobster"):
+        if not spec.bar_files:
             ticks = bad_ticks.loc[tick_day == d].reset_index(drop=True) if len(bad_ticks) else bad_ticks
         rep = _store_date(lake, d, bars.loc[bar_day == d].reset_index(drop=True), ticks, quotes, jump_limit, mk)
         rep.update(format=fmt, files=files, calendar=mk.name, notes=notes)
@@ -413,8 +382,8 @@ def ingest(paths: list[str], fmt: Format, lake: Any, tz: str | None = None,
     return out
 
 
-def _store_date(lake: Any, date: str, bars: pd.DataFrame, bad_ticks: pd.DataFrame | None, quotes: bool,
-                jump_limit: float, market: Any) -> dict[str, Any]:
+def _store_date(lake: Lake, date: str, bars: pd.DataFrame, bad_ticks: pd.DataFrame | None, quotes: bool,
+                jump_limit: float, market: Market) -> dict[str, Any]:
     """Write one date's ``raw/`` bars, validate them, and (tick sources) its quarantined ticks.
 
     Returns:
@@ -428,18 +397,21 @@ def _store_date(lake: Any, date: str, bars: pd.DataFrame, bad_ticks: pd.DataFram
     return rep
 
 
-def _check_request(paths: list[str], fmt: str, quotes_paths: list[str] | None, stamp: str) -> None:
-    """The :func:`ingest` arguments that contradict each other, as an IngestError before any file is read."""
-    if fmt not in FORMATS:
-        raise IngestError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+def _check_request(paths: list[str], fmt: str, quotes_paths: list[str] | None, stamp: str) -> formats.IngestFormat:
+    """The format of the request, or an IngestError for arguments that contradict each other (before
+    any file is read)."""
+    spec = formats.get(fmt)
     if not paths:
         raise IngestError("no input files given")
-    if quotes_paths and fmt != "trades":
-        raise IngestError("quote files (--quotes) go with --format trades only")
+    if quotes_paths and not spec.quote_files:
+        takes = [f.name for f in formats.formats().values() if f.quote_files]
+        raise IngestError(f"quote files (--quotes) go with --format {' or '.join(takes) or '(none)'} only")
     if stamp not in layouts.STAMPS:
         raise IngestError(f"--stamp must be 'start' or 'end', got {stamp!r}")
-    if stamp == "end" and fmt not in ("bbo", "ohlcv"):
-        raise IngestError(f"--stamp end applies to bar files (bbo, ohlcv), not {fmt!r} ticks (they carry event times)")
+    if stamp == "end" and not spec.bar_files:
+        bars = ", ".join(f.name for f in formats.formats().values() if f.bar_files)
+        raise IngestError(f"--stamp end applies to bar files ({bars}), not {fmt!r} ticks (they carry event times)")
+    return spec
 
 
 def _row_totals(per_date: list[dict[str, Any]]) -> dict[str, Any]:

@@ -11,7 +11,8 @@ LOBSTER (lobsterdata.com) ships one pair of headerless CSV files per symbol and 
 Executions are types 4 (visible) and 5 (hidden); an empty side carries the dummy prices
 9999999999 (ask) / -9999999999 (bid) and becomes NaN here, so the bar built from it is
 quarantined rather than priced at a made-up level. Aggregation to minute bars is shared with
-trade/quote ticks (:func:`hfcast.data.ingest.aggregate_ticks`).
+trade/quote ticks (:func:`hfcast.data.ingest.aggregate_ticks`); the ``lobster`` ingest format
+(:mod:`hfcast.data.formats.lobster`) calls this module.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hfcast.data.formats import IngestError
+
 MESSAGE_COLUMNS = ["time", "type", "order_id", "size", "price", "direction"]
 EXECUTION_TYPES = (4, 5)
 PRICE_SCALE = 10_000.0
@@ -30,7 +33,7 @@ DUMMY_BID = -9_999_999_999
 _NAME = re.compile(r"^(?P<symbol>[^_]+)_(?P<date>\d{4}-\d{2}-\d{2})_[^_]+_[^_]+_(?P<kind>message|orderbook)_(?P<levels>\d+)\.csv$")
 
 
-class LobsterError(ValueError):
+class LobsterError(IngestError):
     """A LOBSTER file cannot be used; the message names the file and the problem."""
 
 

@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from hfcast import contracts
+
 EXCHANGE_TZ = ZoneInfo("America/New_York")
 SESSION_OPEN = dt.time(9, 30)
 SESSION_CLOSE = dt.time(16, 0)
@@ -43,7 +45,7 @@ OPTIONAL_COLUMNS: dict[str, str] = {
     "mid_low": "float64",
 }
 BAR_COLUMNS: list[str] = [*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS]
-QUOTE_COLUMNS = ["bid", "ask", "bid_size", "ask_size"]
+QUOTE_COLUMNS = list(contracts.QUOTE_COLUMNS)  # a list: it indexes DataFrames
 
 #: the mid price of a bar: (bid + ask) / 2 when quotes exist, else ``last`` (OHLCV sources)
 

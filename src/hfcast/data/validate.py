@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, TypeVar
 
 import numpy as np
 import pandas as pd
+
+from hfcast.config import checked_section
 
 from hfcast.data.schema import (
     BAR_COLUMNS,
@@ -60,6 +63,25 @@ REASONS: tuple[str, ...] = (
 )
 QUARANTINE_COLUMNS = [*BAR_COLUMNS, "reason", "detail"]
 DEFAULT_JUMP_LIMIT = 0.10  # log-return of an isolated one-minute spike (params.yaml validate.jump_limit)
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """The ``validate:`` section of params.yaml (read by ingest, validate, prepare and the replay)."""
+
+    SECTION: ClassVar[str] = "validate"
+
+    jump_limit: float = DEFAULT_JUMP_LIMIT  # log-return of an isolated one-minute spike that is quarantined
+
+    def __post_init__(self) -> None:
+        if not float(self.jump_limit) > 0:
+            raise ValueError(f"validate.jump_limit must be a log-return > 0, got {self.jump_limit}")
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any] | None) -> "ValidateConfig":
+        """Build from params.yaml ``validate:``; unknown keys are an error."""
+        doc = checked_section(cls, section, "validate parameter(s)")
+        return cls(**{k: float(v) for k, v in doc.items()})
 
 PRICE_COLUMNS = ["bid", "ask", "last", "vwap", "mid_high", "mid_low"]
 SIZE_COLUMNS = ["bid_size", "ask_size"]

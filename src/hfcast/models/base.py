@@ -27,7 +27,6 @@ from hfcast.models._modules import JointHead, summarize
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("transformer", "lstm", "tcn", "hybrid")  # every model file in hfcast/models/
 RAW_OUTPUTS = ("ret_mu", "ret_log_sigma", "lrv_mu", "lrv_log_sigma")
 Z80 = 1.2815515655446004  # two-sided 80% normal quantile: P(|Z| <= Z80) = 0.8
 
@@ -93,10 +92,21 @@ class ForecastNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def architectures() -> tuple[str, ...]:
+    """Every registered architecture, in the order they registered (the package's files by name,
+    then any registered later)."""
+    return tuple(ForecastNet.registry)
+
+
+def unregister(arch: str) -> None:
+    """Remove an architecture (a test's, once it is done); an unknown name is ignored."""
+    ForecastNet.registry.pop(arch, None)
+
+
 def model_config(arch: str, config: dict[str, Any] | Any | None = None) -> Any:
     """The config dataclass of ``arch`` from a dict (unknown keys are an error), a dataclass or None."""
     if arch not in ForecastNet.registry:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {architectures()}")
     cls = ForecastNet.registry[arch].config_class
     if config is None:
         return cls()

@@ -1,4 +1,5 @@
-"""LSTM baseline network: a recurrent encoder over the window, the final state feeds one joint head."""
+"""LSTM network: a recurrent encoder over the window; like every architecture, the last minute's
+state beside the window average (:func:`hfcast.models._modules.summarize`) feeds one joint head."""
 
 from __future__ import annotations
 

@@ -1,18 +1,20 @@
 """The retraining decision: a pure function over the decision history and today's checks.
 
 Why a separate, pure module: the decision is where a monitor either wastes a cluster on
-retraining every day or sleeps through a regime change, so it has no I/O and is tested over
+retraining every day or sleeps through a regime change, so the rule has no I/O and is tested over
 whole sequences of dates (``tests/code/test_drift_decision.py``). The monitor (:mod:`hfcast.monitoring.drift`)
-gathers the checks, calls :func:`decide`, and stores the record it returns.
+gathers the checks, calls :func:`decide`, and stores the record it returns; the decision log
+(one object per date) is kept in the second half of this module, beside the record format it reads.
 
 Rule (thresholds in params.yaml ``monitor:``):
 
-* a date is a **drift alarm** when the share of drifted features is >= ``drift_share``;
-* a date is a **performance alarm** when live QLIKE > ``perf_qlike_ratio`` x the reference test
-  QLIKE, or live IC < reference IC - ``perf_ic_drop`` (only once labels have matured);
-* retrain when the drift alarm held on ``consecutive`` monitored dates in a row (today included), or
-  the performance alarm on ``perf_consecutive`` dates in a row; streaks count only dates of the
-  same model version (a new champion starts with a clean slate);
+* every alarm rule of :mod:`hfcast.monitoring.rules` judges the date: by default a **drift alarm**
+  when the share of drifted features is >= ``drift_share``, and a **performance alarm** when live
+  QLIKE > ``perf_qlike_ratio`` x the reference test QLIKE, or live IC < reference IC - ``perf_ic_drop``
+  (only once labels have matured);
+* retrain when one rule's alarm held on its K monitored dates in a row (today included:
+  ``consecutive`` for drift, ``perf_consecutive`` for performance); streaks count only dates of
+  the same model version (a new champion starts with a clean slate);
 * but never when a retraining was decided less than ``cooldown_dates`` trading days BEFORE today
   (a later date's retraining never cools down an earlier date, except that a backfilled date
   whose alarm a later retraining already counted among its drifted dates is the same episode),
@@ -26,108 +28,108 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
+import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from hfcast.config import checked_section
+from hfcast import provenance, storage
+from hfcast.config import Settings, checked_section
 from hfcast.contracts import finite
+from hfcast.monitoring.checks import Checks
+from hfcast.monitoring.rules import MonitorRule, Verdict, all_rules
+from hfcast.registry import tracking
+from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
 
 RETRAIN, NONE, SUPPRESSED = "retrain", "none", "suppressed"
 EXPERIMENT = "hfcast-monitoring"
-#: live scores beyond QLIKE and IC that the monitoring run also logs (see monitoring.reference.live_scores)
-LIVE_EXTRA_METRICS = ("vol_qlike_har_tod", "vol_qlike_ratio_har_tod", "ret_coverage", "rv_coverage",
-                      "rv_decile_ratio", "ret_decile_ratio")
+#: ``monitor:`` keys that moved to the ``retrain:`` section (hfcast.monitoring.retraining.RetrainTarget)
+MOVED_TO_RETRAIN = {"kubeflow_host": "kubeflow_host", "kubeflow_namespace": "kubeflow_namespace",
+                    "retrain_pipeline": "pipeline", "retrain_arch": "archs"}
+
+__all__ = ["Checks", "MonitorConfig", "Verdict", "decide"]  # Checks is defined in hfcast.monitoring.checks
+
+
+def _default_rules() -> tuple[MonitorRule, ...]:
+    return tuple(cls() for cls in all_rules())
 
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """The ``monitor:`` section of params.yaml (defaults calibrated on the simulator, see README)."""
+    """The ``monitor:`` section of params.yaml (defaults calibrated on the simulator, see README):
+    how the monitor measures, the cooldown, and one object per alarm rule with its thresholds."""
 
-    drift_share: float = 0.3            # share of monitored features that must drift for a drift alarm
+    SECTION: ClassVar[str] = "monitor"
+
     column_method: str = "wasserstein"  # Evidently per-column test (normed Wasserstein: robust at large n)
     column_threshold: float = 0.4       # per-column drift threshold of that test
-    consecutive: int = 2                # K: drift alarms in a row before retraining
     cooldown_dates: int = 10            # trading days between two retraining decisions
-    perf_qlike_ratio: float = 1.5       # live vol QLIKE above this x the reference test QLIKE = degraded
-    perf_ic_drop: float = 0.15          # live return IC below reference IC minus this = degraded
-    perf_consecutive: int = 2           # performance alarms in a row before retraining
-    min_labels: int = 500               # matured labels needed before live performance is scored
     current_rows: int = 5000            # rows of the date sampled for Evidently (seeded)
     reference_rows: int = 5000          # rows of the stored reference sampled for Evidently
     reference_sample_rows: int = 20000  # rows stored in reference.parquet by build_reference
     exclude_features: tuple[str, ...] = ("tod_sin", "tod_cos", "minutes_to_close", "bar_missing")
     retrain_timeout_hours: float = 24.0  # a "running" retraining older than this is considered lost
     seed: int = 0
-    kubeflow_host: str | None = None     # KFP API URL for the Kubeflow starter (None = in-cluster default)
-    kubeflow_namespace: str | None = None  # Kubeflow profile namespace of the Kubeflow starter (multi-user)
-    retrain_pipeline: str = "training-gpu"  # which training pipeline a starter runs (names in pipelines/)
-    retrain_arch: str | None = None      # architecture of the default local retrain (None = champion's)
+    rules: tuple[MonitorRule, ...] = field(default_factory=_default_rules)  # every registered rule
 
     def __post_init__(self) -> None:
-        for name in ("drift_share", "column_threshold"):
-            if not 0.0 < float(getattr(self, name)):
-                raise ValueError(f"monitor.{name} must be > 0, got {getattr(self, name)}")
-        if self.drift_share > 1.0:
-            raise ValueError(f"monitor.drift_share is a share of features (0, 1], got {self.drift_share}")
-        for name in ("consecutive", "perf_consecutive", "cooldown_dates"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"monitor.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < float(self.column_threshold):
+            raise ValueError(f"monitor.column_threshold must be > 0, got {self.column_threshold}")
+        if int(self.cooldown_dates) < 1:
+            raise ValueError(f"monitor.cooldown_dates must be >= 1, got {self.cooldown_dates}")
+
+    def rule(self, name: str) -> MonitorRule:
+        """The configured rule called ``name`` (``drift``, ``perf``, ...)."""
+        for r in self.rules:
+            if r.name == name:
+                return r
+        raise KeyError(f"no monitor rule {name!r} in this configuration; it has {[r.name for r in self.rules]}")
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any] | None) -> "MonitorConfig":
-        """Build from params.yaml ``monitor:``; unknown keys are an error (a typo must not be ignored)."""
-        section = checked_section(cls, section, "monitor parameter(s)")
-        if "exclude_features" in section:
-            section["exclude_features"] = tuple(section["exclude_features"] or ())
-        return cls(**section)
+        """Build from params.yaml ``monitor:``; unknown keys are an error (a typo must not be ignored).
+
+        The section is flat: the general keys above, then each rule's keys (its dataclass fields).
+        """
+        section = dict(section or {})
+        moved = sorted(set(section) & set(MOVED_TO_RETRAIN))
+        if moved:
+            raise ValueError(f"monitor: {moved} moved to the retrain: section (as "
+                             f"{[MOVED_TO_RETRAIN[k] for k in moved]}): the retraining target is not a threshold")
+        own = {f.name for f in fields(cls)} - {"rules"}
+        rule_classes = all_rules()
+        owner: dict[str, str] = {}
+        for rc in rule_classes:
+            for key in rc.keys():
+                if key in own or key in owner:
+                    raise ValueError(f"monitor rule {rc.name!r} reads the key {key!r}, which "
+                                     f"{owner.get(key, 'the monitor itself')} reads too: rename the rule's field")
+                owner[key] = rc.name
+        unknown = sorted(set(section) - own - set(owner))
+        if unknown:
+            raise ValueError(f"unknown monitor parameter(s) {unknown}; known: {sorted(own | set(owner))}")
+        general = checked_section(cls, {k: v for k, v in section.items() if k in own}, "monitor parameter(s)")
+        if "exclude_features" in general:
+            general["exclude_features"] = tuple(general["exclude_features"] or ())
+        rules = tuple(rc(**{k: section[k] for k in rc.keys() if k in section}) for rc in rule_classes)
+        return cls(**general, rules=rules)
+
+    @classmethod
+    def of(cls, **flat: Any) -> "MonitorConfig":
+        """``MonitorConfig.of(drift_share=0.3, cooldown_dates=5)``: flat keys as in params.yaml."""
+        return cls.from_params(flat)
 
 
-@dataclass
-class Checks:
-    """What the monitor measured for one date (None = not measured, e.g. labels not matured)."""
-
-    date: str
-    version: str
-    drift_share: float | None = None
-    drifted_features: list[str] = field(default_factory=list)
-    pred_drift_share: float | None = None
-    drifted_predictions: list[str] = field(default_factory=list)
-    live: dict[str, float] | None = None       # vol_qlike, ret_ic, n_labels... of the date (reference.live_scores)
-    reference: dict[str, float] | None = None  # the reference spans' test scores
-    perf_degraded: bool | None = None
-    perf_reasons: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def performance_alarm(live: Mapping[str, float] | None, reference: Mapping[str, float] | None,
-                      cfg: MonitorConfig) -> tuple[bool | None, list[str]]:
-    """Whether live scores are worse than the reference spans' test scores beyond the thresholds.
-
-    Returns:
-        (None when there is nothing to compare, else True/False; the reasons in words).
-    """
-    if not live or not reference or live.get("n_labels", 0) < cfg.min_labels:
-        return None, []
-    reasons = []
-    q, rq = live.get("vol_qlike"), reference.get("vol_qlike")
-    if finite(q) and finite(rq) and q > cfg.perf_qlike_ratio * rq:
-        reasons.append(f"vol QLIKE {q:.4g} > {cfg.perf_qlike_ratio:g} x reference {rq:.4g}")
-    ic, ric = live.get("ret_ic"), reference.get("ret_ic")
-    # one day's IC is noisy: overlapping 60-minute returns leave about symbols x 6.5 independent
-    # outcomes, so the drop must also exceed two standard errors of a day's IC (1 / sqrt(n_eff))
-    drop = max(cfg.perf_ic_drop, 2.0 / np.sqrt(max(float(live.get("n_eff", live.get("n_labels", 0))) - 3.0, 1.0)))
-    if finite(ic) and finite(ric) and ic < ric - drop:
-        reasons.append(f"return IC {ic:.3f} < reference {ric:.3f} - {drop:.3g}")
-    compared = (finite(q) and finite(rq)) or (finite(ic) and finite(ric))
-    return (bool(reasons) if compared else None), reasons
+def evaluate(checks: Checks, cfg: MonitorConfig) -> dict[str, Verdict]:
+    """Every rule's verdict on the date's checks, by rule name (for the date's summary)."""
+    return {rule.name: rule.check(checks) for rule in cfg.rules}
 
 
 def _latest_per_date(history: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
@@ -178,45 +180,31 @@ def decide(history: Sequence[Mapping[str, Any]], checks: Checks, cfg: MonitorCon
     by_date = _latest_per_date(history)
     prior = [by_date[d] for d in sorted(by_date) if d < checks.date
              and str(by_date[d].get("version")) == str(checks.version)]
-    drift = checks.drift_share is not None and checks.drift_share >= cfg.drift_share
-    perf = checks.perf_degraded is True
-    drift_dates = [*_streak(prior, "drift_alarm", drift), checks.date] if drift else []
-    perf_dates = [*_streak(prior, "perf_alarm", perf), checks.date] if perf else []
-    wants, notes = _alarm_texts(checks, cfg, drift_dates, perf_dates)
+    judged = []  # (rule, verdict, today's alarm streak: [] = no alarm)
+    for rule in cfg.rules:
+        verdict = rule.check(checks)
+        alarm = verdict.alarm is True
+        judged.append((rule, verdict, [*_streak(prior, f"{rule.name}_alarm", alarm), checks.date] if alarm else []))
+    wants, notes = _alarm_texts(checks, judged)
     action, reasons = (_retrain_or_suppress(history, checks, cfg, running, wants) if wants else (NONE, notes))
-    return {
-        "id": uuid.uuid4().hex[:12], "date": checks.date, "version": str(checks.version), "action": action,
-        "reasons": reasons, "explanation": f"{action}: " + "; ".join(reasons),
-        "drift_alarm": drift, "drift_streak": len(drift_dates), "perf_alarm": perf, "perf_streak": len(perf_dates),
-        "drifted_dates": sorted(set(drift_dates) | set(perf_dates)), "checks": checks.to_dict(),
-        "trigger": None, "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    record: dict[str, Any] = {"id": uuid.uuid4().hex[:12], "date": checks.date, "version": str(checks.version),
+                              "action": action, "reasons": reasons, "explanation": f"{action}: " + "; ".join(reasons)}
+    for rule, verdict, dates in judged:
+        record[f"{rule.name}_alarm"], record[f"{rule.name}_streak"] = verdict.alarm is True, len(dates)
+    record.update(drifted_dates=sorted({d for _, _, dates in judged for d in dates}), checks=checks.to_dict(),
+                  trigger=None, decided_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return record
 
 
-def _alarm_texts(checks: Checks, cfg: MonitorConfig, drift_dates: list[str], perf_dates: list[str]
-                 ) -> tuple[list[str], list[str]]:
+def _alarm_texts(checks: Checks, judged: list[tuple[MonitorRule, Verdict, list[str]]]) -> tuple[list[str], list[str]]:
     """``(wants, notes)``: why today asks for a retraining (an alarm K dates in a row) and what
-    was seen short of that. ``drift_dates`` / ``perf_dates``: today's alarm streak ([] = no alarm)."""
+    was seen short of that, in rule order."""
     wants: list[str] = []
     notes: list[str] = []
-    if drift_dates and len(drift_dates) >= cfg.consecutive:
-        wants.append(f"feature drift on {len(drift_dates)} consecutive date(s) >= K={cfg.consecutive} "
-                     f"(share {checks.drift_share:.2f} >= {cfg.drift_share:g} today; "
-                     f"e.g. {', '.join(checks.drifted_features[:5])})")
-    elif drift_dates:
-        notes.append(f"feature drift {checks.drift_share:.2f} >= {cfg.drift_share:g}, "
-                     f"{len(drift_dates)}/{cfg.consecutive} consecutive date(s)")
-    elif checks.drift_share is not None:
-        notes.append(f"feature drift share {checks.drift_share:.2f} < {cfg.drift_share:g}")
-    if perf_dates and len(perf_dates) >= cfg.perf_consecutive:
-        wants.append(f"performance degraded on {len(perf_dates)} consecutive date(s): {'; '.join(checks.perf_reasons)}")
-    elif perf_dates:
-        notes.append(f"performance degraded ({'; '.join(checks.perf_reasons)}), "
-                     f"{len(perf_dates)}/{cfg.perf_consecutive} consecutive date(s)")
-    elif checks.perf_degraded is None:
-        notes.append("live performance not scored (labels not matured or no reference scores)")
-    else:
-        notes.append("live performance within thresholds")
+    for rule, verdict, dates in judged:
+        text = rule.message(checks, verdict, len(dates))
+        if text is not None:
+            (wants if dates and len(dates) >= rule.consecutive else notes).append(text)
     return wants, notes
 
 
@@ -250,34 +238,26 @@ def _retrain_or_suppress(history: Sequence[Mapping[str, Any]], checks: Checks, c
 # that way). Only the monitor that created a record updates it afterwards (trigger result, MLflow
 # run id). The old ``decisions.jsonl`` is still read (its dates yield to the new objects).
 
-def history_url(lake: Any, model: str) -> str:
+def history_url(lake: Lake, model: str) -> str:
     """``<lake>/monitoring/<model>/decisions``: the folder with one JSON object per decided date."""
-    from hfcast.storage import join
-
-    return join(lake.url, "monitoring", model, "decisions")
+    return storage.join(lake.url, "monitoring", model, "decisions")
 
 
-def legacy_history_url(lake: Any, model: str) -> str:
+def legacy_history_url(lake: Lake, model: str) -> str:
     """The single-file log written before one object per date (read only)."""
-    from hfcast.storage import join
-
-    return join(lake.url, "monitoring", model, "decisions.jsonl")
+    return storage.join(lake.url, "monitoring", model, "decisions.jsonl")
 
 
-def decision_url(lake: Any, model: str, date: str) -> str:
-    from hfcast.storage import join
-
-    return join(history_url(lake, model), f"{date}.json")
+def decision_url(lake: Lake, model: str, date: str) -> str:
+    return storage.join(history_url(lake, model), f"{date}.json")
 
 
 def _dumps(record: Mapping[str, Any]) -> str:
     return json.dumps(dict(record), default=_json_default, sort_keys=True)
 
 
-def load_history(lake: Any, model: str) -> list[dict[str, Any]]:
+def load_history(lake: Lake, model: str) -> list[dict[str, Any]]:
     """Decision records, one per date, oldest date first ([] when the monitor never ran)."""
-    from hfcast import storage
-
     by_date: dict[str, dict[str, Any]] = {}
     legacy = legacy_history_url(lake, model)
     if storage.exists(legacy, lake.storage_options):
@@ -296,41 +276,22 @@ def load_history(lake: Any, model: str) -> list[dict[str, Any]]:
     return [by_date[d] for d in sorted(by_date)]
 
 
-def read_decision(lake: Any, model: str, date: str) -> dict[str, Any] | None:
-    from hfcast import storage
-
+def read_decision(lake: Lake, model: str, date: str) -> dict[str, Any] | None:
     url = decision_url(lake, model, date)
     if not storage.exists(url, lake.storage_options):
         return None
     return json.loads(storage.read_text(url, lake.storage_options))
 
 
-def claim(lake: Any, model: str, record: Mapping[str, Any]) -> bool:
+def claim(lake: Lake, model: str, record: Mapping[str, Any]) -> bool:
     """Create the record of ``record['date']`` if no monitor has decided that date; True if created."""
-    from hfcast import storage
-
     return storage.create_exclusive(decision_url(lake, model, str(record["date"])), _dumps(record).encode(),
                                     lake.storage_options)
 
 
-def update(lake: Any, model: str, record: Mapping[str, Any]) -> None:
+def update(lake: Lake, model: str, record: Mapping[str, Any]) -> None:
     """Rewrite a record this monitor created (:func:`claim`); never call it for another's record."""
-    from hfcast import storage
-
     storage.write_text(decision_url(lake, model, str(record["date"])), _dumps(record), lake.storage_options)
-
-
-def save_history(lake: Any, model: str, records: Sequence[Mapping[str, Any]]) -> None:
-    """Write records (one object per date, overwriting): imports, migrations and tests, not monitors."""
-    for rec in _latest_per_date(records).values():
-        update(lake, model, rec)
-
-
-def upsert(records: list[dict[str, Any]], record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The history with ``record`` replacing the one of the same id (or appended)."""
-    out = [dict(r) for r in records if r.get("id") != record["id"]]
-    out.append(dict(record))
-    return out
 
 
 def trigger_outcome(trigger: Mapping[str, Any] | None) -> str:
@@ -358,11 +319,6 @@ def _json_default(o: Any) -> Any:
 
 def _attach_reports(client: Any, run_id: str, folder: str, storage_options: Any) -> None:
     """Copy the date's report files (local or S3) into the run's ``evidently/`` artifacts."""
-    import os
-    import tempfile
-
-    from hfcast import storage
-
     with tempfile.TemporaryDirectory(prefix="hfcast-mon-") as tmp:
         for fname in ("features_drift.html", "features_drift.json", "predictions_drift.html",
                       "predictions_drift.json", "summary.json"):
@@ -392,32 +348,31 @@ def _decision_run(client: Any, exp_id: str, decision_id: str) -> str | None:
     return found
 
 
-def log_to_mlflow(settings: Any, record: Mapping[str, Any], reports: tuple[str, Any] | None = None) -> str:
+def record_metrics(record: Mapping[str, Any], rules: Sequence[MonitorRule] | None = None) -> dict[str, float]:
+    """The finite metrics of a decision record: every rule's (:meth:`MonitorRule.metrics`) and ``retrain``."""
+    values: dict[str, Any] = {}
+    for rule in rules if rules is not None else _default_rules():
+        values.update(rule.metrics(record))
+    values["retrain"] = float(record.get("action") == RETRAIN)
+    return {k: float(v) for k, v in values.items() if finite(v)}
+
+
+def log_to_mlflow(settings: Settings, record: Mapping[str, Any], reports: tuple[str, Any] | None = None,
+                  rules: Sequence[MonitorRule] | None = None) -> str:
     """One MLflow run per monitored date in the ``hfcast-monitoring`` experiment (tags + metrics).
 
     ``reports``: (folder URL, storage options) of that date's monitoring outputs; its Evidently
     HTML/JSON and summary are attached under ``evidently/`` so the run carries its evidence.
     Once per decision (tag :data:`DECISION_TAG`): a decision logged before is not logged again.
+    ``rules``: whose metrics are logged (default: every registered rule).
 
     Returns:
         The run id.
     """
-    import time
+    from mlflow.entities import Metric, RunTag  # mlflow: imported when a run is logged
 
-    from mlflow.entities import Metric, RunTag
-
-    from hfcast import provenance
-    from hfcast.registry import tracking
-
-    checks = record.get("checks") or {}
-    live = checks.get("live") or {}
-    values = {"drift_share": checks.get("drift_share"), "pred_drift_share": checks.get("pred_drift_share"),
-              "n_drifted_features": len(checks.get("drifted_features") or []),
-              "live_vol_qlike": live.get("vol_qlike"), "live_ret_ic": live.get("ret_ic"),
-              "drift_streak": record.get("drift_streak"), "retrain": float(record.get("action") == RETRAIN),
-              **{f"live_{k}": live.get(k) for k in LIVE_EXTRA_METRICS}}
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if finite(v)]
+    metrics = [Metric(k, v, now, 0) for k, v in record_metrics(record, rules).items()]
     trig = record.get("trigger") or {}
     tags = {"date": record["date"], "model_version": str(record.get("version")), "action": record["action"],
             "explanation": record.get("explanation", "")[:4900], "drifted_dates": ",".join(record.get("drifted_dates", [])),

@@ -25,10 +25,13 @@ threshold measures *how far* the distribution moved. Thresholds were calibrated 
 
 from __future__ import annotations
 
+import html as H
 import io
 import json
 import logging
+import os
 import re
+import tempfile
 import time
 from typing import Any, Mapping, Sequence
 
@@ -36,9 +39,16 @@ import numpy as np
 import pandas as pd
 
 from hfcast import journal, storage
+from hfcast.config import Settings
+from hfcast.contracts import LOOKBACK
+from hfcast.data.schema import minute_of_session
 from hfcast.monitoring import decision as D
-from hfcast.monitoring.decision import Checks, MonitorConfig, performance_alarm
+from hfcast.monitoring.checks import Checks, DayData
+from hfcast.monitoring.decision import MonitorConfig, evaluate
+from hfcast.monitoring.retraining import RetrainStarter
+from hfcast.monitoring import retraining as R
 from hfcast.monitoring.reference import floor_scores, live_scores, load_reference, reference_from_registry, reference_urls
+from hfcast.registry import parse_ref, resolve
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -56,8 +66,6 @@ def report_title(about: Mapping[str, Any]) -> str:
 
 def _titled_html(path: str, title: str, about: Mapping[str, Any]) -> None:
     """Evidently's HTML carries no title of its own: put ours in <title> and a heading on top."""
-    import html as H
-
     text = open(path, encoding="utf-8").read()
     meta = " &middot; ".join(f"{H.escape(str(k))}: {H.escape(str(v))}" for k, v in about.items())
     head = (f'<div style="font-family:sans-serif;padding:8px 16px"><h2 style="margin:4px 0">{H.escape(title)}</h2>'
@@ -83,16 +91,13 @@ def evidently_drift(current: pd.DataFrame, reference: pd.DataFrame, columns: Seq
     ``about`` (date, model, model_version, reference_span, kind) names the report: its title and
     Evidently metadata, so a report opened on its own says what it is about.
     """
-    import os
-    import tempfile
-
-    from evidently import Report
+    from evidently import Report  # evidently: about a second to import, loaded when a report is made
     from evidently.presets import DataDriftPreset
 
     current, reference, cols, constant = _drift_frames(current, reference, columns)
     if not cols:
         raise ValueError(f"no column with a range to compare for drift (constant or empty: {constant})")
-    preset = DataDriftPreset(columns=cols, drift_share=cfg.drift_share, num_method=cfg.column_method,
+    preset = DataDriftPreset(columns=cols, drift_share=cfg.rule("drift").drift_share, num_method=cfg.column_method,
                              num_threshold=cfg.column_threshold)
     t0 = time.perf_counter()
     about = {k: str(v) for k, v in (about or {}).items()}
@@ -152,11 +157,9 @@ def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return df.sample(n, random_state=seed) if len(df) > n else df
 
 
-def check_date(settings: Any, date: str, model: str, version: str, cfg: MonitorConfig) -> Checks:
-    """Feature drift, prediction drift and live performance of one date; writes the reports."""
-    from hfcast.data.schema import minute_of_session
-    from hfcast.contracts import LOOKBACK
-
+def check_date(settings: Settings, date: str, model: str, version: str, cfg: MonitorConfig) -> Checks:
+    """Feature drift, prediction drift, live performance and each rule's own measurements of one
+    date; writes the reports and every rule's verdict (``summary.json``)."""
     lake = Lake.from_settings(settings)
     ref, ref_doc = load_reference(lake, model, version)
     out = lake.monitoring(model, version, date)
@@ -164,7 +167,8 @@ def check_date(settings: Any, date: str, model: str, version: str, cfg: MonitorC
     if not lake.exists("features", date):
         raise FileNotFoundError(f"no features partition for {date} in {lake.url}: run `hfcast featurize` first")
     cur = lake.read("features", date, ["symbol", "ts", *features, "ret_60m", "rv_10m"])
-    cur = cur[minute_of_session(cur["ts"]) >= LOOKBACK - 1]  # the rows a full window ends on, as in the reference
+    # the rows a full window ends on, as in the reference
+    cur = cur[minute_of_session(cur["ts"], settings.market) >= LOOKBACK - 1]
     span = f"{ref_doc['train_dates'][0]}..{ref_doc['train_dates'][-1]}" if ref_doc.get("train_dates") else "?"
     about = {"date": date, "model": model, "model_version": str(version), "reference_span": span}
     fd = evidently_drift(_sample(cur, cfg.current_rows, cfg.seed), _sample(ref, cfg.reference_rows, cfg.seed),
@@ -175,6 +179,7 @@ def check_date(settings: Any, date: str, model: str, version: str, cfg: MonitorC
                     reference=ref_doc.get("test_scores") or None)
     pred_url = lake.predictions(model, version, date)
     pdrift: dict[str, Any] = {"status": "missing", "url": pred_url}
+    pred = joined = None
     if storage.exists(pred_url, lake.storage_options):
         pred = pd.read_csv(io.BytesIO(storage.read_bytes(pred_url, lake.storage_options)))
         pred["ts"] = pd.to_datetime(pred["ts"], utc=True).astype(cur["ts"].dtype)
@@ -186,22 +191,26 @@ def check_date(settings: Any, date: str, model: str, version: str, cfg: MonitorC
         checks.pred_drift_share, checks.drifted_predictions = pdrift["share"], pdrift["drifted"]
         joined = pred.merge(cur[["symbol", "ts", "ret_60m", "rv_10m"]], on=["symbol", "ts"], how="inner")
         checks.live = {**live_scores(joined), **floor_scores(lake, date, joined)}
-        checks.perf_degraded, checks.perf_reasons = performance_alarm(checks.live, checks.reference, cfg)
     else:
         log.warning("%s: no prediction CSV at %s: prediction drift and live performance skipped", date, pred_url)
+    day = DayData(date=date, model=model, version=str(version), lake=lake, features=cur, reference=ref,
+                  reference_doc=ref_doc, predictions=pred, joined=joined)
+    for rule in cfg.rules:
+        measured = rule.measure(day)
+        if measured:
+            checks.measures[rule.name] = dict(measured)
     summary = {"date": date, "model": model, "version": str(version), "features_drift": fd,
                "predictions_drift": pdrift, "live": checks.live, "reference_scores": checks.reference,
-               "perf_degraded": checks.perf_degraded, "perf_reasons": checks.perf_reasons,
+               "measures": checks.measures,
+               "alarms": {name: v.to_dict() for name, v in evaluate(checks, cfg).items()},
                "reference_train_dates": [ref_doc["train_dates"][0], ref_doc["train_dates"][-1]]}
     storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=1, default=float),
                        lake.storage_options)
     return checks
 
 
-def resolve_model(settings: Any, ref: str) -> tuple[str, str]:
+def resolve_model(settings: Settings, ref: str) -> tuple[str, str]:
     """(name, version) for "name/version" (no registry needed) or an alias such as "hfcast@champion"."""
-    from hfcast.registry import parse_ref, resolve
-
     name, version, alias = parse_ref(ref, settings.model_name)
     if version is not None:
         return name, version
@@ -209,7 +218,7 @@ def resolve_model(settings: Any, ref: str) -> tuple[str, str]:
     return str(mv.name), str(mv.version)
 
 
-def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starter: Any = None,
+def run_monitor(settings: Settings, date: str, model: str = "hfcast@champion", *, starter: RetrainStarter,
                 log_mlflow: bool = True, cfg: MonitorConfig | None = None, checks: Checks | None = None,
                 rerun: bool = False) -> dict[str, Any]:
     """Monitor one date and act on the decision (the function behind ``hfcast monitor run``).
@@ -223,9 +232,10 @@ def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starte
     Args:
         date: the date to check (its features partition and, when present, its prediction CSV).
         model: registry reference (``hfcast@champion``) or ``name/version`` (the version that predicted it).
-        starter: what starts a retraining (:class:`hfcast.monitoring.retraining.RetrainStarter`);
-            None = :class:`~hfcast.monitoring.retraining.InProcessStarter`;
-            :class:`~hfcast.monitoring.retraining.RecordOnlyStarter` decides and records only.
+        starter: what starts a retraining (:class:`hfcast.monitoring.retraining.RetrainStarter`, e.g.
+            :class:`hfcast.lifecycle.RetrainHere`); given by the caller, so the monitor does not
+            import the training; :class:`~hfcast.monitoring.retraining.RecordOnlyStarter` decides
+            and records only.
         log_mlflow: also record the decision as a run in the ``hfcast-monitoring`` experiment.
         checks: measurements already taken (tests); None = :func:`check_date`.
         rerun: replace the date's record when it was decided before (a deliberate re-check by one
@@ -234,10 +244,7 @@ def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starte
     Returns:
         The decision record (as stored in ``decisions/<date>.json``).
     """
-    from hfcast.monitoring import retraining as R
-
-    starter = starter if starter is not None else R.InProcessStarter()
-    cfg = cfg or MonitorConfig.from_params(settings.param("monitor", {}))
+    cfg = cfg or settings.section(MonitorConfig)
     date = pd.Timestamp(date).date().isoformat()
     name, version = resolve_model(settings, model)
     lake = Lake.from_settings(settings)
@@ -258,7 +265,7 @@ def run_monitor(settings: Any, date: str, model: str = "hfcast@champion", starte
     return _act(settings, lake, name, record, lease, starter, log_mlflow)
 
 
-def complete_decision(settings: Any, record: dict[str, Any], starter: Any = None, log_mlflow: bool = True,
+def complete_decision(settings: Settings, record: dict[str, Any], starter: RetrainStarter, log_mlflow: bool = True,
                       cfg: MonitorConfig | None = None) -> dict[str, Any]:
     """Finish a recorded decision whose process died before acting on it; it is never decided again.
 
@@ -267,10 +274,7 @@ def complete_decision(settings: Any, record: dict[str, Any], starter: Any = None
     the single writer of a lake (a replay): the retraining lease of that date, held by the dead
     process, is taken over.
     """
-    from hfcast.monitoring import retraining as R
-
-    starter = starter if starter is not None else R.InProcessStarter()
-    cfg = cfg or MonitorConfig.from_params(settings.param("monitor", {}))
+    cfg = cfg or settings.section(MonitorConfig)
     lake = Lake.from_settings(settings)
     name, date = str(record["model"]), str(record["date"])
     lease = None
@@ -284,7 +288,7 @@ def complete_decision(settings: Any, record: dict[str, Any], starter: Any = None
     return _act(settings, lake, name, record, lease, starter, log_mlflow and not record.get("mlflow_run_id"))
 
 
-def _act(settings: Any, lake: Lake, name: str, record: dict[str, Any], lease: Any, starter: Any,
+def _act(settings: Settings, lake: Lake, name: str, record: dict[str, Any], lease: Any, starter: RetrainStarter,
          log_mlflow: bool) -> dict[str, Any]:
     """What follows a claimed decision: the retraining it started (with ``lease``), its MLflow run."""
     if lease is not None:
@@ -297,7 +301,7 @@ def _act(settings: Any, lake: Lake, name: str, record: dict[str, Any], lease: An
     return record
 
 
-def _check_with_reference(settings: Any, lake: Lake, date: str, name: str, version: str,
+def _check_with_reference(settings: Settings, lake: Lake, date: str, name: str, version: str,
                           cfg: MonitorConfig) -> Checks:
     """:func:`check_date`, after building the version's reference from its registry run if it has none."""
     if not storage.exists(reference_urls(lake, name, version)[1], lake.storage_options):
@@ -306,11 +310,10 @@ def _check_with_reference(settings: Any, lake: Lake, date: str, name: str, versi
     return check_date(settings, date, name, version, cfg)
 
 
-def _start_retraining(settings: Any, lake: Lake, name: str, record: dict[str, Any], lease: Any, starter: Any) -> None:
+def _start_retraining(settings: Settings, lake: Lake, name: str, record: dict[str, Any], lease: Any,
+                      starter: RetrainStarter) -> None:
     """Start the retraining the claimed ``record`` decided (the lease is released whatever happens)
     and store what the starter answered in the record."""
-    from hfcast.monitoring import retraining as R
-
     try:
         record["trigger"] = starter.start(settings, name, "; ".join(record["reasons"]), record["drifted_dates"])
     finally:
@@ -320,14 +323,12 @@ def _start_retraining(settings: Any, lake: Lake, name: str, record: dict[str, An
     D.update(lake, name, record)
 
 
-def _decide_with_lease(lake: Lake, name: str, checks: Checks, cfg: MonitorConfig, starter: Any):
+def _decide_with_lease(lake: Lake, name: str, checks: Checks, cfg: MonitorConfig, starter: RetrainStarter):
     """(record, lease): the decision on the log of earlier dates; a retraining only with the lease held.
 
     The decision is taken again once the lease is held, on a fresh read of the log: a retraining
     that another monitor finished meanwhile is then on record and cools this one down.
     """
-    from hfcast.monitoring import retraining as R
-
     def decide_now(running: Any) -> dict[str, Any]:
         record = D.decide(D.load_history(lake, name), checks, cfg, running)
         record["model"] = name
@@ -346,3 +347,26 @@ def _decide_with_lease(lake: Lake, name: str, checks: Checks, cfg: MonitorConfig
         return record, None
     record["trigger"] = {"kind": starter.kind, "status": "starting"}
     return record, lease
+
+
+def decide_date(settings: Settings, date: str = "", model: str = "hfcast@champion") -> dict[str, Any]:
+    """The monitoring pipeline's step: monitor ``date`` ('' = the lake's last features date) for
+    ``model`` and record the decision without starting anything (the pipeline starts a retraining
+    in a step of its own).
+
+    Returns:
+        ``{"record", "retrain": bool, "html": the feature drift report's bytes, "metrics": the record's
+        finite metrics (every rule's), "metadata": date, model, version, action, explanation, reason,
+        drifted_dates}``.
+    """
+    lake = Lake.from_settings(settings)
+    day = date or lake.dates("features")[-1]
+    name, version = resolve_model(settings, model)
+    record = run_monitor(settings, day, model=f"{name}/{version}", starter=R.RecordOnlyStarter())
+    html = storage.read_bytes(storage.join(lake.monitoring(name, version, day), "features_drift.html"),
+                              lake.storage_options)
+    return {"record": record, "retrain": record["action"] == D.RETRAIN, "html": html,
+            "metrics": D.record_metrics(record),
+            "metadata": {"date": day, "model": name, "version": version, "action": record["action"],
+                         "explanation": record["explanation"], "reason": "; ".join(record["reasons"])[:2000],
+                         "drifted_dates": ",".join(record["drifted_dates"])}}

@@ -192,7 +192,7 @@ def reference_from_registry(settings: Any, ref: str, cfg: MonitorConfig | None =
     from hfcast.registry import load_forecaster, resolve, run_scores
     from hfcast.walkforward import WalkForwardConfig
 
-    cfg = cfg or MonitorConfig.from_params(settings.param("monitor", {}))
+    cfg = cfg or settings.section(MonitorConfig)
     mv = resolve(settings, ref)
     scores = run_scores(settings, mv.run_id)
     dates = Lake.from_settings(settings).dates("features")

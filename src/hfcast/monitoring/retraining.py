@@ -2,12 +2,15 @@
 
 Why it looks like this:
 
-* The core never imports Kubeflow (nor the pipelines built on it). What starts a retraining is an
-  object implementing :class:`RetrainStarter`, handed to :func:`hfcast.monitoring.drift.run_monitor`:
-  the outer ``pipelines`` package provides one that runs the training pipeline with the kfp local
-  runner and one that calls the Kubeflow API (entry point group ``hfcast.starters``);
-  :class:`InProcessStarter` calls :func:`hfcast.lifecycle.retrain` directly (the embedded fallback,
-  and what the tests use).
+* The core never imports Kubeflow (nor the pipelines built on it), and the monitor does not import
+  the training it starts. What starts a retraining is an object implementing :class:`RetrainStarter`,
+  handed to :func:`hfcast.monitoring.drift.run_monitor`: the outer ``pipelines`` package provides one
+  that runs the training pipeline with the kfp local runner and one that calls the Kubeflow API
+  (entry point group ``hfcast.starters``); :class:`InProcessStarter` runs the function it is given
+  (:class:`hfcast.lifecycle.RetrainHere` gives it :func:`hfcast.lifecycle.retrain`: the embedded
+  fallback); :func:`hfcast.lifecycle.load_starter` finds a starter by name.
+* Where a retraining goes (Kubeflow host, namespace, pipeline, architectures) is the ``retrain:``
+  section of params.yaml (:class:`RetrainTarget`), apart from the monitor's thresholds.
 * Whatever runs, the new model goes through the same champion/challenger gate: a retraining never
   replaces a champion by a worse model.
 * ``<lake>/monitoring/<model>/retrain.json`` records whether a retraining started by the monitor is
@@ -20,16 +23,40 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 from hfcast import journal, storage
+from hfcast.config import Settings, checked_section
+from hfcast.registry import champion
+from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
 
 RetrainFn = Callable[[str, Sequence[str]], Mapping[str, Any]]
 RUNNING, DONE, FAILED = "running", "done", "failed"
 STARTERS_GROUP = "hfcast.starters"
+
+
+@dataclass(frozen=True)
+class RetrainTarget:
+    """The ``retrain:`` section of params.yaml: where a retraining the monitor decided runs."""
+
+    SECTION: ClassVar[str] = "retrain"
+
+    kubeflow_host: str | None = None       # KFP API URL for the Kubeflow starter (None = the in-cluster API)
+    kubeflow_namespace: str | None = None  # Kubeflow profile namespace of the retraining run (multi-user)
+    pipeline: str = "training-gpu"          # the training pipeline a Kubeflow retraining runs (pipelines/names.py)
+    archs: tuple[str, ...] = ()             # architectures of a retraining (empty = the champion's)
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any] | None) -> "RetrainTarget":
+        """Build from params.yaml ``retrain:``; ``archs`` may be one name or a list."""
+        section = checked_section(cls, section, "retrain parameter(s)")
+        archs = section.get("archs") or ()
+        section["archs"] = (archs,) if isinstance(archs, str) else tuple(str(a) for a in archs)
+        return cls(**section)
 
 
 @runtime_checkable
@@ -43,7 +70,7 @@ class RetrainStarter(Protocol):
 
     kind: str
 
-    def start(self, settings: Any, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]: ...
+    def start(self, settings: Settings, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]: ...
 
 
 @runtime_checkable
@@ -61,22 +88,22 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def state_url(lake: Any, model: str) -> str:
+def state_url(lake: Lake, model: str) -> str:
     return storage.join(lake.url, "monitoring", model, "retrain.json")
 
 
-def read_state(lake: Any, model: str) -> dict[str, Any] | None:
+def read_state(lake: Lake, model: str) -> dict[str, Any] | None:
     url = state_url(lake, model)
     if not storage.exists(url, lake.storage_options):
         return None
     return json.loads(storage.read_text(url, lake.storage_options))
 
 
-def write_state(lake: Any, model: str, state: Mapping[str, Any]) -> None:
+def write_state(lake: Lake, model: str, state: Mapping[str, Any]) -> None:
     storage.write_text(state_url(lake, model), json.dumps(dict(state), indent=1, default=str), lake.storage_options)
 
 
-def record_start(lake: Any, model: str, *, kind: str, run_id: str, reason: str, drifted_dates: Sequence[str],
+def record_start(lake: Lake, model: str, *, kind: str, run_id: str, reason: str, drifted_dates: Sequence[str],
                  started_at: datetime | None = None, **extra: Any) -> dict[str, Any]:
     """Write "running" into the state file (so no second retraining starts on top) and return it."""
     state = {"status": RUNNING, "kind": kind, "run_id": run_id, "started_at": (started_at or _now()).isoformat(),
@@ -85,7 +112,7 @@ def record_start(lake: Any, model: str, *, kind: str, run_id: str, reason: str, 
     return state
 
 
-def running_state(lake: Any, model: str, timeout_hours: float, starter: Any = None) -> dict[str, Any] | None:
+def running_state(lake: Lake, model: str, timeout_hours: float, starter: RetrainStarter | None = None) -> dict[str, Any] | None:
     """The retraining state if one started by the monitor is still running, else None.
 
     A starter that can poll (:class:`PollingStarter`, same ``kind`` as the recorded run) is asked
@@ -112,11 +139,11 @@ def running_state(lake: Any, model: str, timeout_hours: float, starter: Any = No
     return state
 
 
-def lease_url(lake: Any, model: str) -> str:
+def lease_url(lake: Lake, model: str) -> str:
     return storage.join(lake.url, "monitoring", model, "retrain.lease")
 
 
-def lease_holder(lake: Any, model: str) -> dict[str, Any] | None:
+def lease_holder(lake: Lake, model: str) -> dict[str, Any] | None:
     """The lease document of the retraining in progress, or None."""
     url = lease_url(lake, model)
     try:
@@ -125,7 +152,7 @@ def lease_holder(lake: Any, model: str) -> dict[str, Any] | None:
         return None
 
 
-def acquire_lease(lake: Any, model: str, date: str, timeout_hours: float) -> dict[str, Any] | None:
+def acquire_lease(lake: Lake, model: str, date: str, timeout_hours: float) -> dict[str, Any] | None:
     """Take the "retraining in progress" lease (create-if-absent); the lease, or None if another holds it.
 
     Why a lease object and not the state file: two monitors that read "not running" at the same
@@ -152,7 +179,7 @@ def acquire_lease(lake: Any, model: str, date: str, timeout_hours: float) -> dic
     return None
 
 
-def take_over_lease(lake: Any, model: str, date: str, timeout_hours: float) -> dict[str, Any] | None:
+def take_over_lease(lake: Lake, model: str, date: str, timeout_hours: float) -> dict[str, Any] | None:
     """The lease for the retraining decided on ``date``, taken over from a dead holder of that same date.
 
     Only for a caller that knows the holder is dead (the replay, its lake's only writer, resuming a
@@ -164,18 +191,16 @@ def take_over_lease(lake: Any, model: str, date: str, timeout_hours: float) -> d
     return acquire_lease(lake, model, date, timeout_hours)
 
 
-def release_lease(lake: Any, model: str, lease: Mapping[str, Any]) -> None:
+def release_lease(lake: Lake, model: str, lease: Mapping[str, Any]) -> None:
     """Remove the lease if it is still the one given (same token): never another monitor's."""
     held = lease_holder(lake, model)
     if held and held.get("token") == lease.get("token"):
         storage.remove(lease_url(lake, model), lake.storage_options)
 
 
-def champion_version(settings: Any) -> str | None:
+def champion_version(settings: Settings) -> str | None:
     """The champion version now, or None when the registry says there is none (an outage raises:
     a retraining must not record "no champion before" because the registry did not answer)."""
-    from hfcast.registry import champion
-
     mv = champion(settings)
     return None if mv is None else str(mv.version)
 
@@ -188,7 +213,7 @@ def _note(out: Mapping[str, Any], before: str | None, after: str | None) -> str:
     return f"challenger v{out['new_version']} promoted: champion v{before or '-'} -> v{after or '-'}"
 
 
-def _unfinished_start(lake: Any, model: str, kind: str, reason: str, drifted_dates: Sequence[str]
+def _unfinished_start(lake: Lake, model: str, kind: str, reason: str, drifted_dates: Sequence[str]
                       ) -> dict[str, Any] | None:
     """The state file's "running" record when it is this very retraining (same kind, reason and
     drifted dates) that a killed process left, else None."""
@@ -199,15 +224,13 @@ def _unfinished_start(lake: Any, model: str, kind: str, reason: str, drifted_dat
     return None
 
 
-def run_recorded(settings: Any, model: str, reason: str, drifted_dates: Sequence[str], retrain_fn: RetrainFn,
+def run_recorded(settings: Settings, model: str, reason: str, drifted_dates: Sequence[str], retrain_fn: RetrainFn,
                  kind: str = "local") -> dict[str, Any]:
     """Run ``retrain_fn(reason, drifted_dates)`` here and now; the state file says running, then done or failed.
 
     A retraining that raises or reports failure leaves the champion as it was (the gate never
     ran, or rejected): the returned dict says so, with the champion before and after.
     """
-    from hfcast.storage import Lake
-
     lake = Lake.from_settings(settings)
     state = _unfinished_start(lake, model, kind, reason, drifted_dates)
     if state is not None:  # the same retraining, cut off: resume its record (run id, champion before)
@@ -239,34 +262,20 @@ def run_recorded(settings: Any, model: str, reason: str, drifted_dates: Sequence
 
 
 class InProcessStarter:
-    """Retrain in this process with :func:`hfcast.lifecycle.retrain` (or any ``retrain_fn``).
+    """Retrain in this process with the function it is given, recorded by :func:`run_recorded`.
 
     Args:
-        retrain_fn: ``f(reason, drifted_dates) -> {status, new_version, promoted, gate?}``; None =
-            :func:`hfcast.lifecycle.retrain` with ``archs``.
-        archs: architectures to train (empty = ``monitor.retrain_arch``, else the champion's).
-        last_date: the decision date in a replay: training, validation and test data end on or
-            before it, and the gate refuses a model whose data does not.
+        retrain_fn: ``f(reason, drifted_dates) -> {status, new_version, promoted, gate?}``
+            (:class:`hfcast.lifecycle.RetrainHere` is the one that trains with the lifecycle).
     """
 
     kind = "local"
 
-    def __init__(self, retrain_fn: RetrainFn | None = None, archs: Sequence[str] = (),
-                 last_date: str | None = None, dataset_version: str = "") -> None:
+    def __init__(self, retrain_fn: RetrainFn) -> None:
         self.retrain_fn = retrain_fn
-        self.archs = tuple(archs)
-        self.last_date = last_date  # the decision date: no data after it is used, and the gate checks it
-        self.dataset_version = dataset_version  # the features' version the retraining reads (lineage)
 
-    def start(self, settings: Any, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]:
-        fn = self.retrain_fn
-        if fn is None:
-            from hfcast.lifecycle import retrain
-
-            def fn(r: str, d: Sequence[str]) -> Mapping[str, Any]:
-                return retrain(settings, self.archs, reason=r, drifted_dates=d, last_date=self.last_date,
-                               decision_date=self.last_date, dataset_version=self.dataset_version)
-        return run_recorded(settings, model, reason, drifted_dates, fn, kind=self.kind)
+    def start(self, settings: Settings, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]:
+        return run_recorded(settings, model, reason, drifted_dates, self.retrain_fn, kind=self.kind)
 
 
 class RecordOnlyStarter:
@@ -274,32 +283,5 @@ class RecordOnlyStarter:
 
     kind = "none"
 
-    def start(self, settings: Any, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]:
+    def start(self, settings: Settings, model: str, reason: str, drifted_dates: Sequence[str]) -> dict[str, Any]:
         return {"kind": self.kind, "status": "not started (trigger=none)"}
-
-
-def load_starter(name: str, **options: Any) -> RetrainStarter:
-    """The starter called ``name``: ``none``, ``inprocess``, or an entry point of group ``hfcast.starters``.
-
-    ``options`` (e.g. ``host`` for a Kubeflow starter) go to the entry point's class. When no entry
-    point has that name and the name is ``local`` (the outer package is not installed),
-    :class:`InProcessStarter` retrains in this process instead.
-    """
-    from importlib.metadata import entry_points
-
-    if name == "none":
-        return RecordOnlyStarter()
-    if name == "inprocess":
-        return InProcessStarter()
-    found = {ep.name: ep for ep in entry_points(group=STARTERS_GROUP)}
-    if name not in found:
-        if name == "local":
-            log.info("no '%s' starter installed (group %s): retraining in this process", name, STARTERS_GROUP)
-            return InProcessStarter()
-        raise ValueError(f"unknown retraining starter {name!r}; available: none, inprocess, {', '.join(sorted(found)) or '-'}"
-                         f" (install the outer packages for local/kubeflow)")
-    cls = found[name].load()
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise ValueError(f"starter {name!r} does not take the options {sorted(options)}: {exc}") from None
