@@ -21,8 +21,9 @@ def backtest(
     settings: str = "",
 ) -> bool:
     """Volatility targeting and the long-short book on ``predictions/<NAME>/<VERSION>/``
-    (``hfcast.backtest.run_backtest``, rules from params.yaml ``backtest:``), side by side with
-    the baselines, zero-skill and (simulated lakes) oracle portfolios on the same rows.
+    (``hfcast.backtest.backtest_against``, rules from params.yaml ``backtest:``), side by side with
+    the baselines, zero-skill and (simulated lakes) oracle portfolios on the same rows, and the gate
+    against the champion's predictions when asked.
 
     Args:
         model_ref: NAME/VERSION of the prediction folder (as written by batch_predict).
@@ -36,32 +37,15 @@ def backtest(
     Returns:
         Whether the gate passed (True when there is none): a plain output a dsl.If can read.
     """
-    import json
     from pathlib import Path
 
     from components._common import step_settings
-    from hfcast.backtest import BacktestConfig, equity_html, gate_check, headline_metrics, run_backtest, split_model_ref
-    from hfcast.storage import Lake
+    from hfcast.backtest import backtest_against
 
-    s = step_settings(settings)
-    cfg = BacktestConfig.from_params(s.param("backtest", {}))
-    lake = Lake.from_settings(s)
-    name, version = split_model_ref(plan.metadata["model_ref"] if plan is not None else model_ref)
-    result = run_backtest(lake, name, version, dates or None, cfg, report.path)
-    for key, value in headline_metrics(result).items():
+    out = backtest_against(step_settings(settings), plan.metadata["model_ref"] if plan is not None else model_ref,
+                           dates or None, report.path, against=gate_against or None, margin=gate_margin)
+    for key, value in out.metrics().items():
         metrics.log_metric(key, value)
-    passed = True
-    if gate_against:
-        cname, cversion = gate_against.split("/", 1)
-        gate = gate_check(result, run_backtest(lake, cname, cversion, result.dates, cfg), margin=gate_margin)
-        passed = gate["passed"]
-        metrics.metadata.update({"gate": json.dumps(gate, default=float)})
-    metrics.metadata.update({"model": f"{name}/{version}", "dates": f"{result.dates[0]}..{result.dates[-1]}",
-                             "gate_metric": cfg.gate_metric, "gate_value": result.gate_value, "notes": "; ".join(result.notes)})
-    Path(equity.path).write_text(equity_html(f"{report.path}/equity.png", f"{name}/{version}"))
-    return passed
-
-if __name__ == "__main__":
-    from kfp import compiler
-
-    compiler.Compiler().compile(backtest, "backtest_component.yaml")
+    metrics.metadata.update(out.metadata())
+    Path(equity.path).write_text(out.equity_page())
+    return out.passed

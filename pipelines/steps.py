@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from kfp import dsl
 from kfp import kubernetes as kfp_k8s
 
-from components._image import GPU_IMAGE
+from components import GPU_IMAGE
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}

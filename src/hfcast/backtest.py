@@ -32,13 +32,13 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from hfcast import storage
-from hfcast.config import checked_section
+from hfcast.config import Settings, checked_section
 from hfcast.backtest_ci import (BOOTSTRAP_RESAMPLES, CI_LEVEL, MIN_INDEPENDENT_DAYS, long_short_uncertainty,
                                 small_sample_notes, vol_uncertainty)
 from hfcast.plots import png_figure
@@ -57,6 +57,8 @@ GATE_METRICS = {"net_sharpe": True, "gross_sharpe": True, "max_drawdown": False,
 @dataclass
 class BacktestConfig:
     """Portfolio rules (params.yaml section ``backtest:``)."""
+
+    SECTION: ClassVar[str] = "backtest"
 
     target_vol: float = 0.20          # annualised volatility each vol-targeted position aims at
     vol_hold: int = 10                # minutes a vol-targeted position is held (the rv forecast horizon)
@@ -735,3 +737,59 @@ def metric_value(result: BacktestResult, metric: str) -> float:
     if metric.startswith("vol_"):
         return float(result.vol_target.get("model", {}).get(metric[4:], float("nan")))
     return float(result.long_short.get("model", {}).get(metric, float("nan")))
+
+
+@dataclass
+class GatedBacktest:
+    """A backtest, and the comparison with the champion's when one was asked for."""
+
+    result: BacktestResult
+    out_dir: Path                       # the report folder (backtest.json, table.csv, equity.png, tracking.png)
+    gate: dict[str, Any] | None = None  # gate_check's answer; None = no gate
+
+    @property
+    def passed(self) -> bool:
+        """Whether the gate passed (True when there is none)."""
+        return self.gate is None or bool(self.gate["passed"])
+
+    def metrics(self) -> dict[str, float]:
+        """The headline figures (what a pipeline step logs)."""
+        return headline_metrics(self.result)
+
+    def metadata(self) -> dict[str, Any]:
+        """What a pipeline step's metrics artifact says beside the figures."""
+        r = self.result
+        doc = {"model": r.model, "dates": f"{r.dates[0]}..{r.dates[-1]}", "gate_metric": r.config.gate_metric,
+               "gate_value": r.gate_value, "notes": "; ".join(r.notes)}
+        if self.gate is not None:
+            doc["gate"] = json.dumps(self.gate, default=float)
+        return doc
+
+    def equity_page(self) -> str:
+        """The equity plot as a one-image HTML page (what the Kubeflow UI shows)."""
+        return equity_html(self.out_dir / "equity.png", self.result.model)
+
+
+def backtest_against(settings: Settings, model: str, dates: str | list[str] | None, out_dir: str | Path,
+                     against: str | None = None, margin: float = 0.0, lake: Lake | None = None,
+                     cfg: BacktestConfig | None = None) -> GatedBacktest:
+    """Backtest the ``NAME/VERSION`` prediction folder ``model`` and, with ``against``, the champion's
+    on the same dates with the same rules, then :func:`gate_check` (``hfcast backtest --gate-against``
+    and the batch pipeline's backtest step).
+
+    Args:
+        dates: ``"A..B"``, ``"A,B"``, a list, or None for every date with predictions.
+        out_dir: the report folder; the champion's goes to ``<out_dir>/champion``.
+        lake: the lake (default: the settings').
+        cfg: the rules (default: params.yaml ``backtest:``).
+    """
+    lake = lake or Lake.from_settings(settings)
+    cfg = cfg or settings.section(BacktestConfig)
+    name, version = split_model_ref(model)
+    result = run_backtest(lake, name, version, dates, cfg, out_dir)
+    gate = None
+    if against:
+        cname, cversion = split_model_ref(against)
+        champion = run_backtest(lake, cname, cversion, result.dates, cfg, Path(out_dir) / "champion")
+        gate = gate_check(result, champion, margin=margin)
+    return GatedBacktest(result, Path(out_dir), gate)

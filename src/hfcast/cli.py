@@ -951,21 +951,17 @@ def backtest(
     """Economic value after costs: volatility targeting and a long-short book on the prediction CSVs."""
     from rich.table import Table
 
-    from hfcast.backtest import BacktestConfig, gate_check, run_backtest, terminal_tables
+    from hfcast.backtest import BacktestConfig, backtest_against, terminal_tables
 
     settings = _settings()
     with _refused("pick --dates with predictions (`hfcast predict`), or correct the option the message names"):
         cfg = BacktestConfig.from_params(settings.param("backtest", {}), rebalance=rebalance, quantile=quantile,
                                          confidence_weighted=confidence or None, fee_bps=fee_bps,
                                          target_vol=target_vol, gate_metric=gate_metric)
-        lk = _lake(settings, lake)
-        name, version = _prediction_folder(settings, model)
-        result = run_backtest(lk, name, version, dates, cfg, out)
-        gate = None
-        if gate_against:
-            cname, cversion = _prediction_folder(settings, gate_against)
-            champion = run_backtest(lk, cname, cversion, result.dates, cfg, out / "champion")
-            gate = gate_check(result, champion, margin=gate_margin)
+        against = "/".join(_prediction_folder(settings, gate_against)) if gate_against else None
+        out_run = backtest_against(settings, "/".join(_prediction_folder(settings, model)), dates, out, against,
+                                   gate_margin, lake=_lake(settings, lake), cfg=cfg)
+    result, gate = out_run.result, out_run.gate
     from rich import box
 
     wide = Console(width=min(console.width, 100)) if console.is_terminal else Console(width=100)

@@ -131,7 +131,7 @@ def permutation_importance(forecaster: Any, wa: WindowArrays, groups: Mapping[st
 @contextlib.contextmanager
 def kept_attention(net: torch.nn.Module) -> Iterator[list[torch.nn.Module]]:
     """Switch on the attention hook of every attention layer of ``net`` for the block."""
-    from hfcast.models._modules import SelfAttention
+    from hfcast.models import SelfAttention
 
     layers = [m for m in net.modules() if isinstance(m, SelfAttention)]
     if not layers:

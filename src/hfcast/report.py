@@ -192,7 +192,7 @@ def served_backtest(settings: Any, history: Sequence[Mapping[str, Any]]) -> Any:
     served = served_versions(history)
     if not served:
         raise ValueError("no monitored dates: nothing was served yet")
-    cfg = BacktestConfig.from_params(settings.param("backtest", {}))
+    cfg = settings.section(BacktestConfig)
     return run_backtest(Lake.from_settings(settings), settings.model_name, served, None, cfg)
 
 

@@ -6,6 +6,14 @@
 * No first-party module imports another that imports it back (no cycle in the module graph of
   ``hfcast``, ``components``, ``pipelines`` and ``serving``), counting imports inside functions,
   because a lazy import is still a dependency.
+* No import climbs the layers (:data:`LAYERS`, lowest first): a module imports its own layer or
+  the ones below. The outer packages sit on the core in the order serving < components <
+  pipelines; inside the core, a stage never imports what orchestrates it (the models never import
+  training, training never the monitor, the monitor never the lifecycle: the lifecycle hands the
+  monitor what it calls). A new module must be given a layer here.
+* No name starting with ``_`` is imported from another module (a private helper used elsewhere is
+  made public, or moved), and a private module (``_common``, ``_modules``) is imported only from
+  its own package. Tests are exempt.
 """
 
 from __future__ import annotations
@@ -153,3 +161,117 @@ def test_outer_packages_import_the_core_not_the_reverse(outer: str) -> None:
     core_to_outer = [(m, t) for m, ts in graph.items() if m.startswith("hfcast") for t in ts
                      if t.split(".")[0] == outer]
     assert not core_to_outer
+
+
+#: the layers, lowest first: (name, module prefixes). A module belongs to the layer of its longest
+#: matching prefix; it may import modules of its own layer and of the layers below.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("foundation", ("hfcast", "hfcast.contracts", "hfcast.errors", "hfcast.config", "hfcast.market",
+                    "hfcast.storage", "hfcast.provenance", "hfcast.csvout", "hfcast.backtest_ci", "hfcast.distributed",
+                    "hfcast.sharding", "hfcast.losses", "hfcast.metrics", "hfcast.plots", "hfcast.journal",
+                    "hfcast.integrity", "hfcast.calibration", "hfcast.gate", "hfcast.checkpoint", "hfcast.versioning",
+                    "hfcast.testing")),
+    ("data", ("hfcast.data",)),
+    ("features", ("hfcast.features",)),
+    ("models", ("hfcast.models", "hfcast.forecaster", "hfcast.selection", "hfcast.pyfunc", "hfcast.pyfunc_entry")),
+    ("registry and runtime", ("hfcast.registry", "hfcast.promotion", "hfcast.runners", "hfcast.quantize",
+                              "hfcast.export", "hfcast.feature_store")),
+    ("stages", ("hfcast.train", "hfcast.walkforward", "hfcast.evaluate", "hfcast.predict", "hfcast.backtest",
+                "hfcast.explain")),
+    ("monitoring", ("hfcast.monitoring",)),
+    ("orchestration", ("hfcast.lifecycle", "hfcast.prepare", "hfcast.replay", "hfcast.report")),
+    ("command line", ("hfcast.cli", "hfcast.cliopts", "hfcast.__main__")),
+    ("serving", ("serving",)),
+    ("components", ("components",)),
+    ("pipelines", ("pipelines",)),
+]
+
+
+def _layer(module: str) -> int | None:
+    best, found = -1, None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > best:
+                best, found = len(p), i
+    return found
+
+
+def _climbs(graph: dict[str, set[str]]) -> list[str]:
+    out = []
+    for m, targets in sorted(graph.items()):
+        for t in sorted(targets):
+            lm, lt = _layer(m), _layer(t)
+            if lm is not None and lt is not None and lt > lm:
+                out.append(f"{m} ({LAYERS[lm][0]}) imports {t} ({LAYERS[lt][0]})")
+    return out
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = sorted(m for m in _graph() if _layer(m) is None)
+    assert not missing, f"give these modules a layer in LAYERS (tests/code/test_architecture.py): {missing}"
+
+
+def test_the_layer_check_finds_a_planted_climb() -> None:
+    assert _climbs({"hfcast.models.lstm": {"hfcast.train"}, "hfcast.lifecycle": {"hfcast.monitoring.drift"}}) == \
+        ["hfcast.models.lstm (models) imports hfcast.train (stages)"]
+    assert _climbs({"components.trigger_training": {"pipelines.starters"}}) == \
+        ["components.trigger_training (components) imports pipelines.starters (pipelines)"]
+    assert _climbs({"hfcast.monitoring.retraining": {"hfcast.lifecycle"}})
+
+
+def test_no_import_climbs_the_layers() -> None:
+    climbs = _climbs(_graph())
+    assert not climbs, "imports that climb the layers (pass what is needed in, or move the code down):\n" + \
+        "\n".join(climbs)
+
+
+def _private_imports(path: Path) -> list[str]:
+    """``from X import _name`` (X first-party, another module), ``X._name`` on an imported first-party
+    module, and a private module imported from outside its package."""
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    first = tuple(PACKAGE_ROOTS)
+    out = []
+    tree = ast.parse(path.read_text(), filename=str(path))
+    modules = {}
+    for line, module, names in _imports(path):
+        if module.split(".")[0] not in first:
+            continue
+        parts = module.split(".")
+        for i, part in enumerate(parts):
+            if part.startswith("_") and not part.startswith("__"):
+                owner = ".".join(parts[:i])
+                if not (package == owner or package.startswith(owner + ".")):
+                    out.append(f"{path.relative_to(ROOT)}:{line} imports the private module {module} from outside {owner}")
+        for n in names:
+            if n.startswith("_") and not n.startswith("__") and not (package == module or package.startswith(module + ".")):
+                out.append(f"{path.relative_to(ROOT)}:{line} imports the private name {module}.{n}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in first:
+                    modules[a.asname or a.name.split(".")[0]] = a.name
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in first:
+            for a in node.names:
+                modules[a.asname or a.name] = f"{node.module}.{a.name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules \
+                and node.attr.startswith("_") and not node.attr.startswith("__"):
+            out.append(f"{path.relative_to(ROOT)}:{node.lineno} uses the private name {modules[node.value.id]}.{node.attr}")
+    return out
+
+
+def test_the_private_name_check_finds_planted_ones(tmp_path) -> None:
+    planted = CORE / "_planted_private_check.py"
+    planted.write_text("from hfcast.calibration import _cluster_ids\nfrom hfcast.models._modules import JointHead\n"
+                       "from hfcast import storage\n\n\ndef f():\n    return storage._secret\n")
+    try:
+        found = _private_imports(planted)
+    finally:
+        planted.unlink()
+    assert len(found) == 3 and "hfcast.calibration._cluster_ids" in found[0] and "private module" in found[1]
+
+
+def test_no_private_names_across_modules() -> None:
+    offenders = [o for p in _first_party_files() for o in _private_imports(p)]
+    assert not offenders, "private names used across modules (make them public or move them):\n" + "\n".join(offenders)

@@ -16,6 +16,7 @@ import importlib
 import pkgutil
 
 from hfcast.contracts import PRED_COLUMNS
+from hfcast.models._modules import SelfAttention  # public: explanations read attention maps
 from hfcast.models.base import RAW_OUTPUTS, ForecastNet, TrainedNet, architectures, build_model, model_config
 
 
@@ -33,5 +34,5 @@ _import_architecture_files()
 #: :func:`architectures` also lists one registered later (a plug-in, a test)
 ARCHITECTURES: tuple[str, ...] = architectures()
 
-__all__ = ["ARCHITECTURES", "PRED_COLUMNS", "RAW_OUTPUTS", "ForecastNet", "TrainedNet", "architectures", "build_model",
-           "model_config"]
+__all__ = ["ARCHITECTURES", "PRED_COLUMNS", "RAW_OUTPUTS", "ForecastNet", "SelfAttention", "TrainedNet", "architectures",
+           "build_model", "model_config"]
