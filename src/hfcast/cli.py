@@ -130,7 +130,6 @@ def synth(
 ) -> None:
     """Simulate a market with known truth: writes raw/ bars and truth/ per date into the lake."""
     from hfcast.data.simulator import SimConfig, write_synth
-    from hfcast.storage import Lake
 
     settings = _settings()
     with _refused("correct the option or params.yaml synth: (see `hfcast synth --help`)", TypeError, ValueError):
@@ -383,7 +382,6 @@ def _walkforward(settings, archs: list[str], lake_url: Optional[str], out: Optio
     """Run archs + baselines over the folds, choose the forecaster per fold; save tables, plots, report."""
     from hfcast.evaluate import write_comparison
     from hfcast.lifecycle import select_options, walkforward_config
-    from hfcast.storage import Lake
     from hfcast.train import TrainConfig
     from hfcast.walkforward import model_configs, run_walkforward
 
@@ -426,8 +424,8 @@ def _print_table(result, title: str) -> None:
     # never truncate numbers: a pipe or log file gets a fixed 120-column console instead of 80
     out = console if console.is_terminal else Console(width=120)
     out.print(table)
-    for fold, choice in zip(result.folds, result.choices):
-        out.print(f"fold {fold.index} (test {fold.test[0]}..{fold.test[-1]}): {choice.describe()}", markup=False)
+    for fold, chosen in zip(result.folds, result.choices):
+        out.print(f"fold {fold.index} (test {fold.test[0]}..{fold.test[-1]}): {chosen.describe()}", markup=False)
 
 
 def _distributed_settings(settings):

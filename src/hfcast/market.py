@@ -5,7 +5,7 @@ places; real data comes from exchanges with other hours, holidays, early closes,
 and sessions that start the evening before (CME Globex). Every consumer asks a :class:`Market`.
 
 Sources, in order: a name known to ``exchange_calendars`` (XNYS, XETR, XEUR, XLON, XTKS, CMES...),
-then one known to ``pandas_market_calendars`` (CME_Equity, CMEGlobex_ES, ... futures calendars),
+then one known to ``pandas_market_calendars`` (CME_Equity, CME_Rate, CBOT_Equity, ... futures calendars),
 else a custom session from configuration (``params.yaml``)::
 
     market:
@@ -120,7 +120,7 @@ def _library_schedule(name: str, start: pd.Timestamp, end: pd.Timestamp) -> tupl
         return sch[["open", "break_start", "break_end", "close"]], str(cal.tz)
     raise ValueError(f"unknown market calendar {name!r}: use a name from exchange_calendars "
                      "(XNYS, XETR, XEUR, XLON, XTKS, CMES, ...; exchange_calendars.get_calendar_names()), "
-                     "from pandas_market_calendars (CME_Equity, CMEGlobex_ES, ...), or calendar: custom "
+                     "from pandas_market_calendars (CME_Equity, CME_Rate, CBOT_Equity, ...), or calendar: custom "
                      "with tz, open and close")
 
 
@@ -395,10 +395,6 @@ class Market:
         stamps = pd.DatetimeIndex(pd.to_datetime(ts, utc=True))
         secs = self.open_seconds(stamps.append(pd.DatetimeIndex([now])))  # one table, one origin for both
         return secs[-1] - secs[:-1]
-
-    def is_open(self, ts: Any) -> np.ndarray:
-        """True where the market is in session at the stamp (Feast staleness: closed is not stale)."""
-        return self.locate(ts)[2]
 
 
 def _freeze(d: Mapping[str, Any]) -> tuple:

@@ -3,15 +3,17 @@
 Why it looks like this:
 
 * The model artifact is the Forecaster bundle FOLDER (``model.json``, ``weights.safetensors``,
-  ``scaler.json``, ``calibration.json``) logged under ``model/`` of its run; the model version's
-  source is ``runs:/<run_id>/model``. No MLflow flavor, no pickle: anything that loads the bundle
-  needs only hfcast and safetensors. This module never looks inside the bundle.
+  ``scaler.json``, ``calibration.json``) logged under ``model/`` of its run, as an MLflow pyfunc
+  model (:mod:`hfcast.pyfunc`: a small ``PythonModel`` whose ``load_context`` rebuilds the bundle);
+  the model version's source is ``runs:/<run_id>/model``. No pickle: anything that loads the
+  bundle needs only hfcast and safetensors. This module never looks inside the bundle.
 * Aliases, not stages: ``challenger`` on registration, ``champion`` only through the gate
   (:mod:`hfcast.gate`), ``previous-champion`` so a rollback is one command.
 * Every run records its walk-forward test spans (tag + ``eval/scores.json``) so that the gate can
   prove two models were scored on the same spans before comparing them.
 * Embedded default: a sqlite file under ``settings.home`` and artifacts under
-  ``settings.home/mlartifacts`` (absolute, see PLATFORM_NOTES); an ``http(s)`` tracking URI leaves
+  ``settings.home/mlartifacts`` (absolute: MLflow puts a relative artifact location in the current
+  directory of whichever process creates the experiment); an ``http(s)`` tracking URI leaves
   artifacts to the server.
 """
 

@@ -300,10 +300,6 @@ class Lake:
     def exists(self, name: str, date: str) -> bool:
         return exists(self.partition(name, date), self.storage_options)
 
-    def iter_dates(self, name: str, dates: list[str] | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
-        for d in dates if dates is not None else self.dates(name):
-            yield d, self.read(name, d)
-
     def predictions(self, model: str, version: str | int, date: str) -> str:
         return join(self.url, "predictions", model, str(version), f"date={date}.csv")
 

@@ -57,7 +57,7 @@ def test_break_is_left_out_of_the_grid():
     grid = m.minutes_utc("2024-03-19")
     assert len(grid) == 300 and (grid[150] - grid[149]) == pd.Timedelta(minutes=61)
     lunch = pd.Series(pd.to_datetime(["2024-03-19 02:45"], utc=True))  # 11:45 Tokyo
-    assert m.minute_of_session(lunch).tolist() == [-1] and not m.is_open(lunch).any()
+    assert m.minute_of_session(lunch).tolist() == [-1] and not m.locate(lunch)[2].any()
 
 
 def test_params_and_calendar_option():

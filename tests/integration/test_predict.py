@@ -17,8 +17,7 @@ import pytest
 from hfcast import storage
 from hfcast.data.simulator import SimConfig, write_synth
 from hfcast.features.engine import read_feature_set, run_featurize
-from hfcast.features.windows import Scaler, build_windows
-from hfcast.models import build_model
+from hfcast.features.windows import build_windows
 from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
 from hfcast.forecaster import Forecaster
 from hfcast.predict import SPARSE_STRIDE, parse_dates, predict_frame, run_predict

@@ -161,7 +161,7 @@ def check_gate_record(settings, champion_version: int, rejected: int, decision) 
     assert {(r["metric"], r["reference"]) for r in compared} >= {("vol_qlike", "champion"), ("vol_qlike", "baseline har_rv")}
     champ_row = next(r for r in compared if r["metric"] == "vol_qlike" and r["reference"] == "champion")
     assert (champ_row["challenger"], champ_row["reference_value"], champ_row["passed"]) == (0.33, 0.30, False)
-    assert f"| vol_qlike | champion | 0.33 | 0.3 |" in mv.description
+    assert "| vol_qlike | champion | 0.33 | 0.3 |" in mv.description
     model = c.get_registered_model("hfcast")
     assert f"Champion: v{champion_version}" in model.description
     assert f"latest version, v{rejected}, was rejected by the gate" in model.description

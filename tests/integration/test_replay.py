@@ -47,7 +47,7 @@ def test_shifted_universe_retrains_once_without_look_ahead(tmp_path):
 
     days = trading_days("2024-01-02", 20)
     settings = _settings(tmp_path, 20, shift_day=14)
-    out = run_replay(settings, days[12], days[-1], archs=["tcn"], starter_for=forced)
+    run_replay(settings, days[12], days[-1], archs=["tcn"], starter_for=forced)
     lake = Lake.from_settings(settings)
     history = load_history(lake, "hfcast")
     retrains = [r for r in history if r["action"] == RETRAIN]

@@ -97,14 +97,6 @@ def profile(kind: str) -> np.ndarray:
     return u / np.sqrt(np.mean(u**2))
 
 
-def _forward_sums(x: np.ndarray, k: int) -> np.ndarray:
-    """[S, T] sums of x[:, t+1..t+k]; NaN where t + k crosses the close."""
-    c = np.concatenate([np.zeros((x.shape[0], 1)), np.cumsum(x, axis=1)], axis=1)
-    out = np.full(x.shape, np.nan)
-    out[:, : T - k] = c[:, k + 1:T + 1] - c[:, 1:T - k + 1]
-    return out
-
-
 class _State:
     """What carries over the night: per-symbol scale, price, variance state."""
 

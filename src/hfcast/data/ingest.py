@@ -98,8 +98,6 @@ def _read_csv(path: str, src: Any, gz: bool) -> tuple[pd.DataFrame, list[str]]:
     pandas' C parser cuts a field at a NUL byte (``A\\x00B`` became ``A``), so a file with NUL
     bytes goes through the Python parser, which keeps them (validation quarantines such symbols);
     and it renames repeated column names (``bid``, ``bid.1``), so a repeated name is refused."""
-    import gzip
-
     data = src.getvalue() if isinstance(src, io.BytesIO) else open(src, "rb").read()
     if gz:
         data = gzip.decompress(data)
