@@ -59,7 +59,7 @@ def _setup(root: Path, sim: SimConfig, n_ref: int, predict_from: int):
     fc.meta.update(model_name="hfcast", model_version="1")
     del wa
     fc.save(str(root / "bundle"))
-    cfg = MonitorConfig.from_params(settings.param("monitor", {}))
+    cfg = settings.section(MonitorConfig)
     build_reference(settings, fc, dates[:n_ref], n_rows=cfg.reference_sample_rows, seed=cfg.seed,
                     test_dates=dates[n_ref:n_ref + 1])
     run_predict(settings, dates[predict_from:], bundle_dir=str(root / "bundle"), runner="torch", progress=False)
@@ -123,7 +123,7 @@ def main() -> None:
 
         old = json.loads(prev.read_text())
         det, one = det or old.get("detection", []), one or old.get("one_date", [])
-    cfg = MonitorConfig.from_params(get_settings(env={"HFCAST_PARAMS": str(PARAMS)}, cwd=PARAMS.parent).param("monitor"))
+    cfg = get_settings(env={"HFCAST_PARAMS": str(PARAMS)}, cwd=PARAMS.parent).section(MonitorConfig)
     write_result("monitor", {"one_date": one, "detection": det,
                              "config": {k: v for k, v in cfg.__dict__.items() if k in (
                                  "drift_share", "column_method", "column_threshold", "consecutive", "cooldown_dates",

@@ -207,7 +207,7 @@ def stage_monitor(a, root: Path) -> dict:
     settings = _settings(root)
     dates = _lake(root).dates("features")
     train, _, held = _spans(a, dates)
-    cfg = MonitorConfig.from_params(settings.param("monitor", {}))
+    cfg = settings.section(MonitorConfig)
     t0 = time.perf_counter()
     build_reference(settings, str(root / "bundle"), train[-5:], n_rows=cfg.reference_sample_rows, seed=cfg.seed,
                     model=("hfcast", "1"), test_scores={"vol_qlike": 1.0, "ret_ic": 0.0})

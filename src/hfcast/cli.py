@@ -387,7 +387,7 @@ def _walkforward(settings, archs: list[str], lake_url: Optional[str], out: Optio
 
     lake = _lake(settings, lake_url)
     result = run_walkforward(lake, archs, walkforward_config(settings, overrides=folds),
-                             TrainConfig.from_params(settings.param("train", {})),
+                             settings.section(TrainConfig),
                              model_configs=model_configs(settings.param("walkforward", {})),
                              options=select_options(settings, kind, ret))
     out_dir = out or settings.home / "reports" / stage

@@ -119,15 +119,21 @@ class Settings:
 
     @property
     def market(self) -> "Market":
-        """The trading calendar of params.yaml ``market:`` (XNYS when absent), shared per spec.
+        """The trading calendar of params.yaml ``market:`` (XNYS when absent), shared per spec
+        (:func:`hfcast.market.get_market` caches: every stage holding the same settings holds the same
+        calendar and its loaded session table).
 
         The calendar travels with the settings as a value: nothing process-wide is set when
         settings are built (:func:`hfcast.market.default_market` is only the fallback of functions
         that take no calendar).
         """
-        from hfcast.market import market_for  # pandas: loaded when a calendar is asked for
+        from hfcast.market import get_market  # pandas: loaded when a calendar is asked for
 
-        return market_for(self)
+        spec = self.param("market", None)
+        if spec is not None and not isinstance(spec, (str, Mapping)):
+            raise ValueError(f"market: must be a mapping like {{calendar: XLON}} or a calendar name, "
+                             f"got {type(spec).__name__}")
+        return get_market(spec or None)
 
     def param(self, dotted: str, default: Any = None) -> Any:
         """A value from params.yaml by dotted key, e.g. ``settings.param("train.epochs", 5)``."""

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from hfcast.config import Settings
 from hfcast.contracts import LOOKBACK
 from hfcast.runners import (INPUT_NAME, INT8_KIND, OUTPUT_NAME, RUNNER_KINDS, TENSORRT_ABSENT, OnnxRuntimeRunner,
                             Runner, TensorRTRunner, TorchRunner, make_runner, n_features_of, n_outputs_of, net_of,
@@ -382,7 +383,7 @@ def _s(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
-def log_export_to_mlflow(report: ExportReport, settings: Any) -> str:
+def log_export_to_mlflow(report: ExportReport, settings: Settings) -> str:
     """Attach the artefacts to the run behind the same registered model version (``export/``).
 
     Returns:

@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from hfcast.config import Settings
 from hfcast.contracts import finite
 
 DEFAULT_PRIMARY: dict[str, dict[str, Any]] = {
@@ -241,6 +242,6 @@ def _compare_rule(rule: MetricRule, c: float, refs: list[tuple[str, Mapping[str,
     return compared
 
 
-def config_from_settings(settings: Any, margin: float | Mapping[str, float] | None = None) -> GateConfig:
+def config_from_settings(settings: Settings, margin: float | Mapping[str, float] | None = None) -> GateConfig:
     """The gate configuration from params.yaml ``registry.gate`` (defaults: QLIKE and IC, margin 0)."""
     return GateConfig.from_mapping(settings.param("registry.gate", {}), margin)

@@ -63,7 +63,7 @@ class GateOutcome:
     promoted: bool
 
 
-def walkforward_config(settings: Any, last_date: str | None = None, max_folds: int | None = None,
+def walkforward_config(settings: Settings, last_date: str | None = None, max_folds: int | None = None,
                        overrides: Mapping[str, Any] | None = None):
     """params.yaml ``walkforward`` with the given overrides (``None`` = as configured)."""
     from hfcast.walkforward import WalkForwardConfig
@@ -81,7 +81,7 @@ def walkforward_config(settings: Any, last_date: str | None = None, max_folds: i
 DEFAULT_ARCHS = ("transformer", "lstm")
 
 
-def forecaster_section(settings: Any) -> dict[str, Any]:
+def forecaster_section(settings: Settings) -> dict[str, Any]:
     """params.yaml ``forecaster:`` (``archs``, ``kind``, ``return``), checked."""
     from hfcast.models import architectures
 
@@ -98,7 +98,7 @@ def forecaster_section(settings: Any) -> dict[str, Any]:
     return {"archs": archs, "kind": str(sec.get("kind", "auto")), "return": str(sec.get("return", "auto"))}
 
 
-def select_options(settings: Any, kind: str | None = None, ret: str | None = None):
+def select_options(settings: Settings, kind: str | None = None, ret: str | None = None):
     """The :class:`hfcast.selection.SelectOptions` of params.yaml ``forecaster:`` and the overrides."""
     from hfcast.selection import SelectOptions
 
@@ -106,7 +106,7 @@ def select_options(settings: Any, kind: str | None = None, ret: str | None = Non
     return SelectOptions(kind=kind or sec["kind"], ret=ret or sec["return"])
 
 
-def default_archs(settings: Any) -> list[str]:
+def default_archs(settings: Settings) -> list[str]:
     """params.yaml ``forecaster.archs`` (default: transformer and lstm)."""
     return forecaster_section(settings)["archs"]
 
@@ -156,12 +156,12 @@ def _run_tags(result: Any, reason: str, drifted_dates: Sequence[str], tags: Mapp
     return out
 
 
-def _params(settings: Any) -> dict[str, Any]:
+def _params(settings: Settings) -> dict[str, Any]:
     return {"walkforward": dict(settings.param("walkforward", {}) or {}),
             "train": dict(settings.param("train", {}) or {}), "forecaster": forecaster_section(settings)}
 
 
-def log_trained(settings: Any, result: Any, *, out_dir: Any, dataset_version: str = "", reason: str = "",
+def log_trained(settings: Settings, result: Any, *, out_dir: Any, dataset_version: str = "", reason: str = "",
                 drifted_dates: Sequence[str] = (), plots: Sequence[Any] = (), live: Any = None,
                 reports: Sequence[Any] = (), tags: Mapping[str, str] | None = None) -> str:
     """Log the served forecaster of a walk-forward result with its lineage and trigger tags; the run id.
@@ -209,17 +209,17 @@ def evaluation_artifacts(result: Any, out_dir: Any) -> tuple[list[Any], list[Any
     return plots, [report]
 
 
-def _walkforward_inputs(settings: Any, last_date: str | None, max_folds: int | None,
+def _walkforward_inputs(settings: Settings, last_date: str | None, max_folds: int | None,
                         wf_overrides: Mapping[str, Any] | None):
     from hfcast.storage import Lake
     from hfcast.train import TrainConfig
     from hfcast.walkforward import model_configs
 
     return (Lake.from_settings(settings), walkforward_config(settings, last_date, max_folds, wf_overrides),
-            TrainConfig.from_params(settings.param("train", {})), model_configs(settings.param("walkforward", {})))
+            settings.section(TrainConfig), model_configs(settings.param("walkforward", {})))
 
 
-def train_and_log(settings: Any, archs: Sequence[str] | None = None, *, dataset_version: str = "", reason: str = "",
+def train_and_log(settings: Settings, archs: Sequence[str] | None = None, *, dataset_version: str = "", reason: str = "",
                   drifted_dates: Sequence[str] = (), last_date: str | None = None, max_folds: int | None = None,
                   tags: Mapping[str, str] | None = None, kind: str | None = None, ret: str | None = None,
                   wf_overrides: Mapping[str, Any] | None = None, out_dir: Any = None) -> ForecasterRun:
@@ -265,7 +265,7 @@ MEMBERS_ARTIFACT = "members"  # a member run's networks, one folder per fold
 FOLDS_TAG = "hfcast.folds"    # the fold dates a member run trained on (the selection checks them)
 
 
-def train_members_and_log(settings: Any, arch: str, *, reason: str = "", drifted_dates: Sequence[str] = (),
+def train_members_and_log(settings: Settings, arch: str, *, reason: str = "", drifted_dates: Sequence[str] = (),
                           last_date: str | None = None, max_folds: int | None = None,
                           wf_overrides: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
                           log: bool = True) -> str:
@@ -295,7 +295,7 @@ def train_members_and_log(settings: Any, arch: str, *, reason: str = "", drifted
     return run_id
 
 
-def select_and_log(settings: Any, member_runs: Sequence[str], *, dataset_version: str = "", reason: str = "",
+def select_and_log(settings: Settings, member_runs: Sequence[str], *, dataset_version: str = "", reason: str = "",
                    drifted_dates: Sequence[str] = (), last_date: str | None = None, max_folds: int | None = None,
                    kind: str | None = None, ret: str | None = None,
                    wf_overrides: Mapping[str, Any] | None = None) -> ForecasterRun:
@@ -329,7 +329,7 @@ def select_and_log(settings: Any, member_runs: Sequence[str], *, dataset_version
     return _forecaster_run(run_id, result)
 
 
-def _decide(settings: Any, version: int, force_reason: str, margin: Any) -> GateDecision:
+def _decide(settings: Settings, version: int, force_reason: str, margin: Any) -> GateDecision:
     """The gate on logged scores; both re-scored on the challenger's spans when the champion's differ."""
     if force_reason.strip():
         return GateDecision.force(force_reason)
@@ -342,7 +342,7 @@ def _decide(settings: Any, version: int, force_reason: str, margin: Any) -> Gate
         return promotion.run_gate(settings, version, margin=margin, evaluate_on_spans=span_evaluator(settings))
 
 
-def _build_reference(settings: Any, version: int, trained: ForecasterRun | None) -> None:
+def _build_reference(settings: Settings, version: int, trained: ForecasterRun | None) -> None:
     """The new champion's monitoring reference (its last fold's training dates), so drift is measured
     against what it learned from."""
     from hfcast.monitoring.decision import MonitorConfig
@@ -358,7 +358,7 @@ def _build_reference(settings: Any, version: int, trained: ForecasterRun | None)
                     n_rows=cfg.reference_sample_rows, seed=cfg.seed)
 
 
-def register_and_gate(settings: Any, run_id: str, *, force_reason: str = "", margin: Any = None,
+def register_and_gate(settings: Settings, run_id: str, *, force_reason: str = "", margin: Any = None,
                       trained: ForecasterRun | None = None, decision_date: str | None = None) -> GateOutcome:
     """Register ``run_id`` (alias ``challenger``), run the gate, promote only if it passes.
 
@@ -378,7 +378,7 @@ def register_and_gate(settings: Any, run_id: str, *, force_reason: str = "", mar
                         decision_date=decision_date)
 
 
-def gate_version(settings: Any, version: int, *, force_reason: str = "", margin: Any = None,
+def gate_version(settings: Settings, version: int, *, force_reason: str = "", margin: Any = None,
                  trained: ForecasterRun | None = None, decision_date: str | None = None,
                  recorded: GateDecision | None = None) -> GateOutcome:
     """The gate of :func:`register_and_gate` on a registered version (``recorded``: a decision
@@ -407,7 +407,7 @@ def recorded_decision(tags: Mapping[str, str]) -> GateDecision | None:
     return GateDecision(kind != "reject", reasons, forced=kind == "forced")
 
 
-def _registered_retraining(settings: Any, key: str) -> dict[str, Any] | None:
+def _registered_retraining(settings: Settings, key: str) -> dict[str, Any] | None:
     """The version an earlier, interrupted attempt of this retraining registered, or None.
 
     An unreachable registry raises: "nothing registered yet" is what an empty listing says, never
@@ -417,7 +417,7 @@ def _registered_retraining(settings: Any, key: str) -> dict[str, Any] | None:
     return found[-1] if found else None
 
 
-def close_interrupted_runs(settings: Any, key: str) -> list[str]:
+def close_interrupted_runs(settings: Settings, key: str) -> list[str]:
     """End as FAILED, with the reason in the tag ``hfcast.interrupted``, the runs (and their fold runs)
     that an earlier attempt of this retraining left behind; the ids closed.
 
@@ -461,7 +461,7 @@ def retrain_archs(settings: Settings) -> list[str]:
     return chosen if len(chosen) >= 2 else default_archs(settings)
 
 
-def retrain(settings: Any, archs: Sequence[str] = (), *, reason: str, drifted_dates: Sequence[str] = (),
+def retrain(settings: Settings, archs: Sequence[str] = (), *, reason: str, drifted_dates: Sequence[str] = (),
             last_date: str | None = None, force_reason: str = "", margin: Any = None,
             decision_date: str | None = None, dataset_version: str = "") -> dict[str, Any]:
     """Train the architectures on the most recent fold, choose the served forecaster, log, register

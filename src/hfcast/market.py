@@ -436,29 +436,17 @@ def get_market(spec: Mapping[str, Any] | str | tuple | None = None) -> Market:
     return _cached(key)
 
 
-def market_for(settings: Any) -> Market:
-    """The calendar of a :class:`hfcast.config.Settings` (params.yaml ``market:``; none = XNYS).
-
-    Shared per spec (:func:`get_market` caches), so every stage that holds the same settings
-    holds the same calendar and its loaded session table.
-    """
-    spec = settings.param("market", None)
-    if spec is not None and not isinstance(spec, (str, Mapping)):
-        raise ValueError(f"market: must be a mapping like {{calendar: XLON}} or a calendar name, "
-                         f"got {type(spec).__name__}")
-    return get_market(spec or None)
-
-
 _CONFIGURED: list[Market] = []
 
 
 def set_default_market(market: Market | Mapping[str, Any] | str | None) -> Market:
     """Make ``market`` the calendar of this process for callers that pass none.
 
-    Why: an entry point (the CLI, a component) reads ``market:`` from params.yaml once (building
-    Settings does it: :func:`hfcast.config.get_settings`, ``settings_from_param``); stages that
-    do not take a ``market=`` argument yet (batch prediction, monitoring, serving staleness) then
-    follow it instead of assuming New York. Library functions still accept ``market=`` explicitly.
+    Why: functions that take no calendar (walk-forward's trade dates) fall back on it. An entry
+    point says so explicitly once it has its settings (the command line's ``_settings``, a
+    component's ``step_settings``: ``set_default_market(settings.market)``); building settings sets
+    nothing. Everything that has the settings or a ``market=`` argument passes the calendar as a
+    value (:attr:`hfcast.config.Settings.market`).
     """
     m = market if isinstance(market, Market) else get_market(market)
     _CONFIGURED[:] = [m]

@@ -42,7 +42,10 @@ import numpy as np
 import pandas as pd
 
 from hfcast import storage
+from hfcast.config import Settings
 from hfcast.journal import killpoint
+from hfcast.market import Market
+from hfcast.market import resolve as resolve_market
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,8 @@ def parse_dates(spec: str | Iterable[str], available: list[str] | None = None) -
 # --- one date ------------------------------------------------------------------------------------
 
 def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", runner: Any = None,
-                  batch_size: int = BATCH, model_slot: Any = None) -> tuple[pd.DataFrame, dict[str, float]]:
+                  batch_size: int = BATCH, model_slot: Any = None, market: Market | None = None
+                  ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Forecasts for every (symbol, minute) row of a features frame.
 
     Args:
@@ -86,6 +90,8 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
         runner: an :mod:`hfcast.export` runner (``.run(windows_scaled) -> raw``); None = torch eager.
         model_slot: held while the model runs (a semaphore shared by the dates of a batch run:
             ``workers`` dates in the model at once, the others reading or writing meanwhile).
+        market: the calendar whose trade dates bound a sparse forward fill (None:
+            :func:`hfcast.market.default_market`).
 
     Returns:
         (frame with symbol, ts, PRED_COLUMNS, INFO_COLUMNS, filled; timings in seconds for window,
@@ -121,9 +127,7 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
     sampled[wa.ends] = True
     if mode == "sparse":
         # forward-fill each sampled forecast to the following minutes of the same symbol-day
-        from hfcast.market import default_market
-
-        day = default_market().trade_date(out["ts"])  # the symbol-day of the configured calendar
+        day = resolve_market(market).trade_date(out["ts"])  # the symbol-day of the settings' calendar
         group = [out["symbol"].to_numpy(), day]
         has = pd.Series(np.where(sampled, 1.0, np.nan)).groupby(group).ffill().notna().to_numpy()
         out[list(PRED_COLUMNS)] = out[list(PRED_COLUMNS)].groupby(group).ffill()
@@ -192,6 +196,7 @@ class Job:
     force: bool = False
     threads: int = 1  # intra-op threads (torch), cores // workers
     model_slots: Any = field(default=None, compare=False)  # a Semaphore(workers): dates in the model at once
+    market: Market | None = field(default=None, compare=False)  # the calendar of the sparse fill (the settings')
 
 
 def _manifest_url(csv_url: str) -> str:
@@ -273,7 +278,8 @@ def predict_date(job: Job, date: str) -> DateResult:
         if features.empty:
             raise ValueError(f"features partition for {date} is empty")
         t_read = time.perf_counter() - t_read
-        frame, timings = predict_frame(forecaster, features, job.mode, runner, model_slot=job.model_slots)
+        frame, timings = predict_frame(forecaster, features, job.mode, runner, model_slot=job.model_slots,
+                                       market=job.market)
         t_write = time.perf_counter()
         body = to_csv_bytes(frame, job.model_name, job.model_version, job.mode)
         storage.write_bytes(csv_url, body, job.storage_options)
@@ -344,7 +350,7 @@ class PredictSummary:
         }
 
 
-def prepare_bundle(settings: Any, model_ref: str | None, bundle_dir: str | None) -> tuple[str, str, str]:
+def prepare_bundle(settings: Settings, model_ref: str | None, bundle_dir: str | None) -> tuple[str, str, str]:
     """A local bundle folder plus (model name, version) from a registry ref or a local folder."""
     from hfcast.forecaster import Forecaster
 
@@ -403,7 +409,7 @@ def choose_runner(bundle_dir: str, runner: str, lake: Lake | None = None) -> tup
     return runner, onnx_path
 
 
-def run_predict(settings: Any, dates: str | list[str], model_ref: str | None = None, bundle_dir: str | None = None,
+def run_predict(settings: Settings, dates: str | list[str], model_ref: str | None = None, bundle_dir: str | None = None,
                 mode: str = "dense", workers: int = 1, out: str | None = None, force: bool = False,
                 runner: str = "auto", progress: bool = True) -> PredictSummary:
     """Predict every date in ``dates`` and write the CSVs (the function behind ``hfcast predict``).
@@ -437,7 +443,7 @@ def run_predict(settings: Any, dates: str | list[str], model_ref: str | None = N
     options = (settings.storage_options_for(out) or None) if out and storage.is_remote(out) else lake.storage_options
     job = Job(local_bundle, lake.url, (out or settings.lake_url).rstrip("/"), options, name, version,
               mode, runner_kind, onnx_path, force, threads=threads_per_worker(workers),
-              model_slots=threading.Semaphore(workers))
+              model_slots=threading.Semaphore(workers), market=settings.market)
     log.info("predicting %d date(s) with %s/%s (%s, %s runner, %d worker(s))", len(date_list), name, version,
              mode, runner_kind, workers)
     t0 = time.perf_counter()

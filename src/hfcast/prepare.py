@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from hfcast.config import Settings
 from hfcast import registry, versioning
-from hfcast.market import market_for
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class PreparedData:
         return {**out, "n_dates": len(self.dates), "first_date": self.first_date, "last_date": self.last_date}
 
 
-def _synth_if_empty(settings: Any, lake: Lake, synth: SynthRequest) -> None:
+def _synth_if_empty(settings: Settings, lake: Lake, synth: SynthRequest) -> None:
     from hfcast.data.simulator import SimConfig, write_synth
 
     if synth.n_symbols <= 0 or lake.dates("raw"):
@@ -63,22 +63,22 @@ def _synth_if_empty(settings: Any, lake: Lake, synth: SynthRequest) -> None:
                                 regime_shift_day=synth.shift_day if synth.shift_day >= 0 else None)
     if synth.shift_day == -2:
         cfg.regime_shift_day = None
-    write_synth(cfg, lake, progress=False, market=market_for(settings))
+    write_synth(cfg, lake, progress=False, market=settings.market)
 
 
-def _validate_and_featurize(settings: Any, lake: Lake) -> str:
+def _validate_and_featurize(settings: Settings, lake: Lake) -> str:
     """Validate and featurize every raw date; the features' version."""
     from hfcast.data.validate import ValidateConfig, run_validate
     from hfcast.features.engine import run_featurize
 
     run_validate(lake, progress=False, jump_limit=settings.section(ValidateConfig).jump_limit,
-                 market=market_for(settings))
+                 market=settings.market)
     done = run_featurize(lake, dates=settings.param("featurize.dates", None), progress=False,
-                         market=market_for(settings))
+                         market=settings.market)
     return versioning.features_version(settings, message=f"features {done['first']}..{done['last']}")
 
 
-def prepare_data(settings: Any, *, dvc_repo: str = "",
+def prepare_data(settings: Settings, *, dvc_repo: str = "",
                  synth: SynthRequest | Mapping[str, int] | None = None) -> PreparedData:
     """Bring the features table up to date and return where it is and its dataset version.
 

@@ -12,6 +12,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
+from hfcast.config import Settings
 from hfcast import registry as reg
 from hfcast.gate import GateDecision, config_from_settings, decide
 
@@ -21,7 +22,7 @@ HISTORY_TAG = "hfcast.champion_history"  # JSON list of champion versions, oldes
 Evaluator = Callable[[str, list[tuple[str, str]]], Mapping[str, float]]
 
 
-def gate(settings: Any, version: int | str, challenger_scores: Mapping[str, float],
+def gate(settings: Settings, version: int | str, challenger_scores: Mapping[str, float],
          champion_scores: Mapping[str, float] | None, baseline_scores: Mapping[str, Mapping[str, float]],
          margin: float | Mapping[str, float] | None = None, served_baseline: str | None = None,
          validation: Mapping[str, Any] | None = None) -> GateDecision:
@@ -44,7 +45,7 @@ def _alias(client: Any, name: str, alias: str) -> Any | None:
         return None
 
 
-def run_gate(settings: Any, version: int | str, evaluate_on_spans: Evaluator | None = None,
+def run_gate(settings: Settings, version: int | str, evaluate_on_spans: Evaluator | None = None,
              baseline_scores: Mapping[str, Mapping[str, float]] | None = None,
              margin: float | Mapping[str, float] | None = None) -> GateDecision:
     """Score the challenger and the champion on the challenger's test spans, then :func:`gate`.
@@ -147,7 +148,7 @@ def _history(client: Any, name: str) -> list[str]:
     return [str(v) for v in json.loads(raw)]
 
 
-def promote(settings: Any, version: int | str, decision: GateDecision) -> bool:
+def promote(settings: Settings, version: int | str, decision: GateDecision) -> bool:
     """Apply a gate decision: ``champion`` moves only if ``decision.promote``; reasons are tagged.
 
     The outgoing champion gets the ``previous-champion`` alias and stays in the champion history,
@@ -194,7 +195,7 @@ def promote(settings: Any, version: int | str, decision: GateDecision) -> bool:
     return True
 
 
-def rollback(settings: Any, reason: str = "manual rollback") -> tuple[int, int]:
+def rollback(settings: Settings, reason: str = "manual rollback") -> tuple[int, int]:
     """Make the previous champion the champion again; the demoted version is tagged with the reason.
 
     Returns:

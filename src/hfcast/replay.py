@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Sequence
 
+from hfcast.config import Settings
 from hfcast import journal, storage
 from hfcast.errors import UserError
 from hfcast.storage import Lake
@@ -62,7 +63,7 @@ def _day_view(j: journal.Journal) -> dict[str, Any]:
     return out
 
 
-def champion_version(settings: Any) -> str | None:
+def champion_version(settings: Settings) -> str | None:
     """The champion now; None only when the registry says there is none (an outage raises)."""
     from hfcast.registry import champion
 
@@ -70,7 +71,7 @@ def champion_version(settings: Any) -> str | None:
     return None if mv is None else str(mv.version)
 
 
-def _arrive(settings: Any, lake: Lake, dates: Sequence[str], versions: Any = None) -> str:
+def _arrive(settings: Settings, lake: Lake, dates: Sequence[str], versions: Any = None) -> str:
     """Validate and featurize these dates only; the features' dataset version afterwards.
 
     The version comes from :func:`hfcast.versioning.features_version` (``versions`` = a
@@ -85,14 +86,14 @@ def _arrive(settings: Any, lake: Lake, dates: Sequence[str], versions: Any = Non
     return _version(settings, max(dates), versions)
 
 
-def _version(settings: Any, last: str, versions: Any = None) -> str:
+def _version(settings: Settings, last: str, versions: Any = None) -> str:
     """The features' dataset version now (DVC add + push of the day, :mod:`hfcast.versioning`)."""
     from hfcast import versioning
 
     return versioning.features_version(settings, versions, message=f"features up to {last}")
 
 
-def _bootstrap(settings: Any, lake: Lake, first: str, archs: Sequence[str], versions: Any = None) -> str:
+def _bootstrap(settings: Settings, lake: Lake, first: str, archs: Sequence[str], versions: Any = None) -> str:
     """The first champion, trained on the days before ``first`` only (forced past the gate if it
     has no champion to beat and fails a baseline: the reason is recorded on the version).
 
@@ -131,7 +132,7 @@ def _release_dead_lease(lake: Lake, model: str, date: str) -> None:
         R.release_lease(lake, model, held)
 
 
-def _monitor(settings: Any, lake: Lake, date: str, model: str, version: str, starter: Any) -> dict[str, Any]:
+def _monitor(settings: Settings, lake: Lake, date: str, model: str, version: str, starter: Any) -> dict[str, Any]:
     """Monitor and decide the day, or finish what a killed run recorded for it (never decided twice)."""
     from hfcast.monitoring import decision as D
     from hfcast.monitoring.drift import complete_decision, run_monitor
@@ -152,7 +153,7 @@ def _monitor(settings: Any, lake: Lake, date: str, model: str, version: str, sta
                         if k in trig} or None}
 
 
-def _refuse_look_ahead(settings: Any, model: str, version: str | None, date: str) -> None:
+def _refuse_look_ahead(settings: Settings, model: str, version: str | None, date: str) -> None:
     """A champion promoted on ``date`` must have seen no data after it (checked again, from its tags)."""
     from hfcast import registry
     from hfcast.lifecycle import check_decision_date
@@ -166,7 +167,7 @@ def _refuse_look_ahead(settings: Any, model: str, version: str | None, date: str
                         "roll back with `hfcast registry rollback` before replaying further")
 
 
-def _predict(settings: Any, model: str, date: str, mode: str) -> str:
+def _predict(settings: Settings, model: str, date: str, mode: str) -> str:
     """Batch-predict ``date`` with the champion of this moment; the version that predicted it."""
     from hfcast.predict import run_predict
 
@@ -181,7 +182,7 @@ def _predict(settings: Any, model: str, date: str, mode: str) -> str:
     return version
 
 
-def replay_day(settings: Any, lake: Lake, date: str, *, model: str, mode: str,
+def replay_day(settings: Settings, lake: Lake, date: str, *, model: str, mode: str,
                starter_for: Callable[[str, str], Any], versions: Any = None) -> dict[str, Any]:
     """Run the steps of one day that its journal does not show finished; the day's finished steps."""
     with journal.opened(journal.Journal(lake, model, date)) as j:
@@ -201,7 +202,7 @@ def replay_day(settings: Any, lake: Lake, date: str, *, model: str, mode: str,
         return _day_view(j)
 
 
-def run_replay(settings: Any, first: str, last: str, *, archs: Sequence[str] = (), mode: str = "dense",
+def run_replay(settings: Settings, first: str, last: str, *, archs: Sequence[str] = (), mode: str = "dense",
                starter_for: Callable[[str, str], Any] | None = None, versions: Any = None,
                on_day: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Replay the raw trading days in ``[first, last]`` in order (see the module docstring).
@@ -239,7 +240,7 @@ def run_replay(settings: Any, first: str, last: str, *, archs: Sequence[str] = (
     return {"first": days[0], "last": days[-1], **load_progress(lake, model)}
 
 
-def versions_seen(settings: Any) -> list[dict[str, Any]]:
+def versions_seen(settings: Settings) -> list[dict[str, Any]]:
     """Each registered version with the dates of its data (lineage tags) and its gate decision."""
     from hfcast import registry
     from hfcast.lifecycle import LINEAGE_TAGS

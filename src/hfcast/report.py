@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from hfcast.config import Settings
 from hfcast.contracts import COLUMN_UNITS, TARGET_UNITS
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def train_dates(version: Mapping[str, Any], run_tags: Mapping[str, str], run_nam
     return first or "?", last or "?"
 
 
-def registry_versions(settings: Any) -> list[dict[str, Any]]:
+def registry_versions(settings: Settings) -> list[dict[str, Any]]:
     """Every registered version with the dates it trained on (empty when there is no registry)."""
     from hfcast import registry
 
@@ -127,7 +128,7 @@ def registry_versions(settings: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def registry_scores(settings: Any, versions: Sequence[Mapping[str, Any]]) -> pd.DataFrame | None:
+def registry_scores(settings: Settings, versions: Sequence[Mapping[str, Any]]) -> pd.DataFrame | None:
     """Each version's logged test scores, with the champion's baselines scored on ITS test spans.
 
     The fallback when no ``hfcast compare`` folder exists (the demo, a cluster): the scores the
@@ -160,7 +161,7 @@ def served_versions(history: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return {str(r["date"]): str(r.get("version")) for r in history if r.get("date")}
 
 
-def live_predictions(settings: Any, history: Sequence[Mapping[str, Any]], limit_dates: int = 40) -> pd.DataFrame | None:
+def live_predictions(settings: Settings, history: Sequence[Mapping[str, Any]], limit_dates: int = 40) -> pd.DataFrame | None:
     """The served predictions of the monitored dates joined with their realized labels.
 
     Model = "v<N> live": what the champion of each date actually forecast, against what happened.
@@ -184,7 +185,7 @@ def live_predictions(settings: Any, history: Sequence[Mapping[str, Any]], limit_
     return pd.concat(parts, ignore_index=True) if parts else None
 
 
-def served_backtest(settings: Any, history: Sequence[Mapping[str, Any]]) -> Any:
+def served_backtest(settings: Settings, history: Sequence[Mapping[str, Any]]) -> Any:
     """The backtest of what was served: each monitored date with the version that predicted it."""
     from hfcast.backtest import BacktestConfig, run_backtest
     from hfcast.storage import Lake
@@ -196,7 +197,7 @@ def served_backtest(settings: Any, history: Sequence[Mapping[str, Any]]) -> Any:
     return run_backtest(Lake.from_settings(settings), settings.model_name, served, None, cfg)
 
 
-def champion_importance(settings: Any, history: Sequence[Mapping[str, Any]], max_windows: int = 1500,
+def champion_importance(settings: Settings, history: Sequence[Mapping[str, Any]], max_windows: int = 1500,
                         n_repeats: int = 2) -> pd.DataFrame:
     """Permutation importance by feature group of the champion on the latest dates it served
     (dates after its training: what it was not fitted on), kept cheap: a seeded sample of windows."""
@@ -214,7 +215,7 @@ def champion_importance(settings: Any, history: Sequence[Mapping[str, Any]], max
     return imp
 
 
-def _meta(settings: Any, versions: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+def _meta(settings: Settings, versions: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     from hfcast import provenance
     from hfcast.storage import redact
 
@@ -228,7 +229,7 @@ def _meta(settings: Any, versions: Sequence[Mapping[str, Any]]) -> dict[str, str
             "lake": redact(str(settings.lake_url), settings)}
 
 
-def gather(settings: Any, comparison: str | Path | None = None, backtest: bool = True,
+def gather(settings: Settings, comparison: str | Path | None = None, backtest: bool = True,
            attributions: bool = True) -> ReportInputs:
     """Collect the report's inputs from the settings' registry, lake and reports folder.
 
@@ -628,7 +629,7 @@ def share_assets(page: str, folder: Path) -> str:
     return "".join(out)
 
 
-def evidently_links(settings: Any, history: Sequence[Mapping[str, Any]], out_dir: Path,
+def evidently_links(settings: Settings, history: Sequence[Mapping[str, Any]], out_dir: Path,
                     copy_latest: int = 1) -> dict[str, tuple[str, dict[str, str]]]:
     """``{date: (version, {kind: href})}`` for each monitored date's Evidently pages.
 
@@ -662,7 +663,7 @@ def evidently_links(settings: Any, history: Sequence[Mapping[str, Any]], out_dir
     return links
 
 
-def write(settings: Any, out_dir: str | Path, comparison: str | Path | None = None,
+def write(settings: Settings, out_dir: str | Path, comparison: str | Path | None = None,
           title: str = "hfcast report", links: Mapping[str, str] | None = None, backtest: bool = True,
           attributions: bool = True) -> Path:
     """Gather everything from the settings' lake and registry and render the report (see :func:`gather`)."""

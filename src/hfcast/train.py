@@ -23,7 +23,7 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainConfig:
     """Training settings (params.yaml section ``train:``)."""
+
+    SECTION: ClassVar[str] = "train"
 
     epochs: int = 15
     batch_size: int = 256

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from hfcast.config import Settings
 from hfcast import storage
 from hfcast.errors import UserError
 
@@ -178,7 +179,7 @@ class DvcRemote:
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Any, environ: Mapping[str, str] | None = None) -> "DvcRemote | None":
+    def from_settings(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> "DvcRemote | None":
         """The remote of ``HFCAST_DVC_REMOTE`` or params.yaml ``dvc.remote`` (None when neither is set).
 
         An S3 remote reuses the lake's endpoint (unless ``dvc.endpoint_url`` is set) and credentials.
@@ -387,7 +388,7 @@ def mirror_table(url: str, dest: str | os.PathLike, storage_options: dict[str, A
     return {"files": len(want), "fetched": fetched, "removed": removed}
 
 
-def workspace(settings: Any, environ: Mapping[str, str] | None = None) -> Path:
+def workspace(settings: Settings, environ: Mapping[str, str] | None = None) -> Path:
     """The local DVC workspace of an object-store lake: ``HFCAST_DVC_WORKSPACE``, params.yaml
     ``dvc.workspace``, else ``<home>/dvc/<hash of the lake URL>`` (on a cluster: a volume that outlives
     the pod, so each run fetches only the new days)."""
@@ -406,7 +407,7 @@ def _locked(folder: Path) -> Any:
     return FileLock(str(folder.parent / f".{folder.name}.lock"))
 
 
-def features_version(settings: Any, versions: FeatureVersions | None = None, message: str = "features") -> str:
+def features_version(settings: Settings, versions: FeatureVersions | None = None, message: str = "features") -> str:
     """THE dataset version of the settings' features table now; every path (prepare, replay, demo) asks here.
 
     - ``versions`` given: its snapshot (``dvc add`` + commit + push in the local lake).

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from hfcast.config import checked_section
+from hfcast.config import Settings, checked_section
 from hfcast.contracts import LOOKBACK, PRED_COLUMNS
 from hfcast.data.schema import LABEL_HORIZONS
 from hfcast.models.baselines import BASELINES
@@ -483,7 +483,7 @@ def _brief(s: Mapping[str, float]) -> str:
     return " ".join(f"{k}={s[k]:.4f}" for k in keys if k in s)
 
 
-def log_result(settings, result: WalkForwardResult, params: Mapping[str, Any], out_dir, plots: Sequence[Any] = (),
+def log_result(settings: Settings, result: WalkForwardResult, params: Mapping[str, Any], out_dir, plots: Sequence[Any] = (),
                dataset_version: str | None = None, tags: Mapping[str, str] | None = None, run_id: str | None = None,
                dataset: Mapping[str, Any] | None = None, reports: Sequence[Any] = ()) -> str:
     """Hand the served forecaster of a walk-forward result to the registry (MLflow); the run id.
@@ -544,7 +544,7 @@ def storage_url(lake) -> str:
     return f"{url.rstrip('/')}/features" if url else ""
 
 
-def span_evaluator(settings, stride: int | None = None):
+def span_evaluator(settings: Settings, stride: int | None = None):
     """``f(model_uri, spans) -> scores`` for :func:`hfcast.promotion.run_gate`: re-score any registered
     version on the given test spans, so a challenger and the champion are compared on the SAME
     rows even when they were trained (and first scored) on different walk-forward folds.

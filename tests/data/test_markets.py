@@ -77,13 +77,13 @@ def test_settings_carry_the_calendar_as_a_value(tmp_path):
     the stages that take no calendar, explicitly."""
     from components._common import step_settings
     from hfcast.config import get_settings, settings_from_param
-    from hfcast.market import default_market, market_for
+    from hfcast.market import default_market
 
     local = get_settings(env={"HFCAST_HOME": str(tmp_path)}, cwd=tmp_path)  # no params.yaml: XNYS
     text = local.with_(params={"market": {"calendar": "XLON"}}).to_param()  # what the pipeline passes
     env = {"HFCAST_HOME": str(tmp_path), "HFCAST_PARAMS": str(tmp_path / "none.yaml")}
     s = settings_from_param(text, env=env)
-    assert s.market.name == "XLON" and s.market is market_for(s)
+    assert s.market.name == "XLON" and s.market is s.with_(lake_url="file:///elsewhere").market
     assert default_market().name == "XNYS"  # building settings set nothing process-wide
     open_, close, n = s.market.session("2024-03-05")  # London winter: 08:00-16:30 UTC
     assert (open_, close, n) == (pd.Timestamp("2024-03-05 08:00", tz="UTC"), pd.Timestamp("2024-03-05 16:30", tz="UTC"), 510)

@@ -45,7 +45,7 @@ def _monitor(settings_param: str, dates, barrier_at: float, seconds: float) -> N
     from hfcast.monitoring.drift import run_monitor
 
     settings = settings_from_param(settings_param)
-    cfg = D.MonitorConfig(consecutive=2, cooldown_dates=10)
+    cfg = D.MonitorConfig.of(consecutive=2, cooldown_dates=10)
     time.sleep(max(0.0, barrier_at - time.time()))  # both start deciding at the same moment
     for d in dates:
         checks = D.Checks(date=d, version="1", drift_share=0.8, drifted_features=["spread"])
@@ -62,7 +62,7 @@ def _trials(settings, seconds: float = 1.5) -> list[tuple[int, int, int]]:
     for k in range(TRIALS):
         s = settings.with_(lake_url=storage.join(settings.lake_url, f"trial{k}"))
         lake = Lake.from_settings(s)
-        seed = D.decide([], D.Checks(date=DATES[0], version="1", drift_share=0.8), D.MonitorConfig(consecutive=2))
+        seed = D.decide([], D.Checks(date=DATES[0], version="1", drift_share=0.8), D.MonitorConfig.of(consecutive=2))
         D.claim(lake, "hfcast", seed)  # one alarm on record: the next alarm reaches K=2
         at = time.time() + 2.5
         procs = [ctx.Process(target=_monitor, args=(s.to_param(), order, at, seconds)) for order in ORDERS]

@@ -86,12 +86,12 @@ def test_reference_is_stored_with_the_version(sim):
 def test_reports_html_json_and_mlflow(sim, clean, tmp_path):
     settings, lake, dates, _ = sim
     settings = settings.with_(home=tmp_path / "home", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    cfg = MonitorConfig(consecutive=3)
+    cfg = MonitorConfig.of(consecutive=3)
     rec = run_monitor(settings, dates[SHIFT + 1], "hfcast/1", starter=RecordOnlyStarter(), cfg=cfg)
     out = Path(storage.local_path(lake.monitoring("hfcast", "1", dates[SHIFT + 1])))
     summary = json.loads((out / "summary.json").read_text())
     drifted = summary["features_drift"]["drifted"]
-    assert summary["features_drift"]["share"] >= cfg.drift_share and len(drifted) >= 5
+    assert summary["features_drift"]["share"] >= cfg.rule("drift").drift_share and len(drifted) >= 5
     html = (out / "features_drift.html").read_text()
     assert all(col in html for col in drifted[:5])  # the report names the drifted columns
     assert "rv_10m_pred" in (out / "predictions_drift.html").read_text()
@@ -99,7 +99,7 @@ def test_reports_html_json_and_mlflow(sim, clean, tmp_path):
         doc = json.loads((out / name).read_text())
         assert any(m["metric_name"].startswith("DriftedColumnsCount") for m in doc["metrics"])
     live = summary["live"]  # labels of the date have matured: live scores vs the reference test scores
-    assert live["n_labels"] > 500 and live["vol_qlike"] > 0 and summary["perf_degraded"] in (True, False)
+    assert live["n_labels"] > 500 and live["vol_qlike"] > 0 and summary["alarms"]["perf"]["alarm"] in (True, False)
     assert summary["reference_scores"]["vol_qlike"] > 0
     assert rec["action"] == "none" and rec["drift_streak"] == 1 and "1/3 consecutive" in rec["explanation"]
     import mlflow
@@ -148,7 +148,7 @@ class FakeKubeflowStarter:
 def test_kubeflow_trigger_with_fake_client(sim, clean, tmp_path):
     settings, lake, dates, _ = sim
     settings = settings.with_(home=tmp_path / "home", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    cfg = MonitorConfig(consecutive=1, cooldown_dates=1)
+    cfg = MonitorConfig.of(consecutive=1, cooldown_dates=1)
     kfp = FakeKfp()
     starter = FakeKubeflowStarter(kfp, "pipelines/training.yaml")
     model = "hfcast"
@@ -182,8 +182,7 @@ def test_simulator_no_false_alarm_then_one_retrain_after_shift(sim, clean, tmp_p
     """22 stationary dates: no retraining; a 1.8x vol shift: caught within K dates, retrained once."""
     settings, lake, dates, _ = sim
     settings = settings.with_(home=tmp_path / "home", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    cfg = MonitorConfig.from_params(settings.param("monitor", {}) or {})
-    cfg = MonitorConfig(**{**cfg.__dict__, "cooldown_dates": 10})  # longer than the shifted run
+    cfg = MonitorConfig.from_params({**(settings.param("monitor", {}) or {}), "cooldown_dates": 10})  # longer than the shifted run
     calls = []
 
     def retrain(reason, drifted_dates):
@@ -198,13 +197,13 @@ def test_simulator_no_false_alarm_then_one_retrain_after_shift(sim, clean, tmp_p
                 false_alarms, sum(r["perf_alarm"] for r in stationary), sum(r["action"] == RETRAIN for r in stationary))
     assert all(r["action"] != RETRAIN for r in stationary)
     actions = [r["action"] for r in shifted]
-    assert actions.count(RETRAIN) == 1 and actions.index(RETRAIN) < cfg.consecutive  # within K dates
+    assert actions.count(RETRAIN) == 1 and actions.index(RETRAIN) < cfg.rule("drift").consecutive  # within K dates
     assert all(a == SUPPRESSED for a in actions[actions.index(RETRAIN) + 1:])  # drift goes on, no 2nd retrain
     assert len(calls) == 1 and dates[SHIFT] in calls[0][1]
     # false performance alarms are rare on stationary dates (this tiny model: 0-2 of 22), and K
     # consecutive alarms are needed, so only the last K - 1 stationary dates can join the streak
     assert sum(r["perf_alarm"] for r in stationary) <= 0.15 * len(stationary)
-    k = max(cfg.consecutive, cfg.perf_consecutive)
+    k = max(cfg.rule("drift").consecutive, cfg.rule("perf").consecutive)
     assert all(d >= dates[SHIFT - (k - 1)] for d in calls[0][1])
     assert "not promoted" in shifted[actions.index(RETRAIN)]["explanation"]
 

@@ -23,7 +23,6 @@ import pytest
 
 from hfcast.config import get_settings
 from hfcast.contracts import INFO_COLUMNS
-from hfcast.market import market_for
 from hfcast.models import PRED_COLUMNS
 from serving_fixtures import feast_repo, tiny_bundle
 
@@ -77,7 +76,7 @@ def server(tmp_path_factory):
     newest = windows["event_timestamp"].max()
     # ages count session seconds only, as the server does (closed hours do not age features):
     # S000/S001 are fresh, S002 (an hour older, inside the session) is stale
-    age = float(market_for(settings).trading_age_s(pd.DatetimeIndex([newest]), pd.Timestamp.now(tz="UTC"))[0])
+    age = float(settings.market.trading_age_s(pd.DatetimeIndex([newest]), pd.Timestamp.now(tz="UTC"))[0])
     limit = age + 1800
     bundle = tiny_bundle(tmp / "bundle", "tcn", F)
     proc, base, log = start_server(tmp, env, ["--bundle", str(bundle), "--max-batch", str(MAX_BATCH),

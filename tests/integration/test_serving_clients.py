@@ -22,7 +22,6 @@ import pytest
 
 from hfcast.config import get_settings
 from hfcast.contracts import COLUMN_UNITS, TARGET_UNITS
-from hfcast.market import market_for
 from hfcast.models import PRED_COLUMNS
 from serving_clients import CLIENTS, SYMBOL_OUTPUTS, ClientError, connect, text
 from serving_fixtures import feast_repo, tiny_bundle
@@ -40,7 +39,7 @@ def server(tmp_path_factory):
     settings = get_settings(env=env, cwd=tmp)
     windows = feast_repo(settings, F, n_symbols=3, lag_minutes={"S002": 60})  # S002: an hour older, stale
     newest = windows["event_timestamp"].max()
-    age = float(market_for(settings).trading_age_s(pd.DatetimeIndex([newest]), pd.Timestamp.now(tz="UTC"))[0])
+    age = float(settings.market.trading_age_s(pd.DatetimeIndex([newest]), pd.Timestamp.now(tz="UTC"))[0])
     bundle = tiny_bundle(tmp / "bundle", "tcn", F)
     proc, base, log = start_server(tmp, env, ["--bundle", str(bundle), "--max-batch", "64",
                                               "--max-staleness-s", str(age + 1800), "--runner", "onnxruntime"])

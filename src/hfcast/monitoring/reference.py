@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from hfcast.config import Settings
 from hfcast import storage
 from hfcast.monitoring.decision import MonitorConfig
 from hfcast.storage import Lake
@@ -38,7 +39,7 @@ def _model_id(forecaster: Any, model: tuple[str, str] | None) -> tuple[str, str]
     return str(meta["model_name"]), str(meta["model_version"])
 
 
-def build_reference(settings: Any, forecaster_or_bundle: Any, train_dates: Sequence[str], n_rows: int = 20000,
+def build_reference(settings: Settings, forecaster_or_bundle: Any, train_dates: Sequence[str], n_rows: int = 20000,
                     seed: int = 0, model: tuple[str, str] | None = None, test_dates: Sequence[str] | None = None,
                     test_scores: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Sample the training span, predict it, and store it with the model version.
@@ -178,7 +179,7 @@ def floor_scores(lake: Lake, date: str, frame: pd.DataFrame, fit_days: int = 5) 
     return {"vol_qlike_har_tod": q_floor, "vol_qlike_ratio_har_tod": q_model / q_floor if q_floor > 0 else float("nan")}
 
 
-def reference_from_registry(settings: Any, ref: str, cfg: MonitorConfig | None = None) -> dict[str, Any]:
+def reference_from_registry(settings: Settings, ref: str, cfg: MonitorConfig | None = None) -> dict[str, Any]:
     """Build a registered version's reference from the registry: its training dates and its logged
     test scores.
 
