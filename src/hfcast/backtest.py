@@ -26,6 +26,7 @@ decided at t (``tests/code/test_backtest.py`` perturbs future prices and forecas
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -41,7 +42,9 @@ from hfcast import storage
 from hfcast.config import Settings, checked_section
 from hfcast.backtest_ci import (BOOTSTRAP_RESAMPLES, CI_LEVEL, MIN_INDEPENDENT_DAYS, long_short_uncertainty,
                                 small_sample_notes, vol_uncertainty)
+from hfcast.data.schema import EXCHANGE_TZ
 from hfcast.plots import png_figure
+from hfcast.predict import parse_dates
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -462,8 +465,6 @@ def prediction_dates(lake: Lake, model: str, version: str) -> list[str]:
 
 def _session_dates(ts: pd.Series) -> np.ndarray:
     """ISO session date (exchange time) of each timestamp, computed once per distinct day."""
-    from hfcast.data.schema import EXCHANGE_TZ
-
     day = pd.DatetimeIndex(ts).tz_convert(EXCHANGE_TZ).normalize()
     codes, uniq = pd.factorize(day)
     return np.asarray([u.date().isoformat() for u in uniq], dtype=object)[codes]
@@ -542,8 +543,6 @@ def run_backtest(lake: Lake, model: str, version: str | Mapping[str, str], dates
         cfg: portfolio rules.
         out_dir: a local folder for backtest.json, table.csv and the plots (None: none written).
     """
-    from hfcast.predict import parse_dates
-
     cfg = cfg or BacktestConfig()
     if isinstance(version, Mapping):
         available = sorted(d for d, v in version.items() if d in set(prediction_dates(lake, model, v)))
@@ -707,8 +706,6 @@ def split_model_ref(ref: str) -> tuple[str, str]:
 
 def equity_html(png_path: str | Path, title: str) -> str:
     """A one-image HTML page with the equity plot inlined (what the Kubeflow UI shows)."""
-    import base64
-
     png = base64.b64encode(Path(png_path).read_bytes()).decode()
     return f'<html><body><h3>{title}</h3><img src="data:image/png;base64,{png}"></body></html>'
 

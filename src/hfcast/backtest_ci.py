@@ -12,6 +12,7 @@ same days for both books (paired), so the common market noise cancels. ``cfg``: 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -57,8 +58,6 @@ def day_block_ci(stat: Any, n_days: int, seed: int = 0, n_resamples: int = BOOTS
     the figure for each resample; :func:`scipy.stats.bootstrap` draws the resamples and the
     jackknife. (NaN, NaN) with fewer than 3 days or when the figure does not vary.
     """
-    import warnings
-
     from scipy.stats import bootstrap
 
     if n_days < 3:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import struct
 from typing import Any, Mapping
 
 import torch
 
 from hfcast import storage
+from hfcast.config import s3_storage_options
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,6 @@ class Checkpointer:
         """``storage_options`` None on an ``s3://`` URL: the endpoint and credentials of the environment
         (``HFCAST_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``), as Settings reads them."""
         if storage_options is None and url.startswith("s3://"):
-            import os
-
-            from hfcast.config import s3_storage_options
-
             storage_options = s3_storage_options(os.environ.get("HFCAST_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"),
                                                  os.environ.get("AWS_ACCESS_KEY_ID", ""),
                                                  os.environ.get("AWS_SECRET_ACCESS_KEY", ""))

@@ -10,24 +10,32 @@ Each section below belongs to one module; keep the logic in that module, not her
 
 from __future__ import annotations
 
+import atexit
+import datetime as dt
+import json
 import logging
+import tempfile
 from contextlib import contextmanager
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.table import Table
 
-from hfcast.cliopts import (HfcastGroup, architecture, bundle_dir, calendar, choice, column_map, comma_list, date_spec,
-                            http_url, input_dir, input_file, iso_date, key_value, local_file, model_ref, output_dir,
-                            storage_url, symbol, timestamp,
-                            timezone)
+from hfcast.cliopts import (HfcastGroup, OptionValueError, architecture, bundle_dir, calendar, choice, column_map,
+                            comma_list, date_spec, http_url, input_dir, input_file, iso_date, key_value, local_file,
+                            model_ref, output_dir, storage_url, symbol, timestamp, timezone)
 from hfcast.data import formats as ingest_formats  # light: the registry of ingest formats, for --help
 from hfcast.errors import UserError
 
+from hfcast.data.formats import names
 
 # options that several commands share, defined once (same flag, same help everywhere)
+from hfcast.monitoring.checks import Checks
 CalendarOption = Annotated[Optional[str], typer.Option(
     "--calendar", parser=calendar, help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). "
                        "Default: params.yaml market.calendar, else XNYS.")]
@@ -47,8 +55,6 @@ def _runner_kinds() -> tuple[str, ...]:
 
 
 def _ingest_formats() -> list[str]:
-    from hfcast.data.formats import names
-
     return names()
 
 
@@ -168,8 +174,6 @@ def _jump_limit(settings) -> float:
 
 
 def _print_counts(title: str, totals: dict) -> None:
-    from rich.table import Table
-
     table = Table(title=title)
     table.add_column("reason")
     table.add_column("rows", justify="right")
@@ -272,8 +276,6 @@ def materialize(
     date: Optional[str] = typer.Option(None, "--date", parser=iso_date, help="As-of date YYYY-MM-DD (default: last features date)."),
 ) -> None:
     """Apply the Feast repo, load the minute features online and each symbol's latest 30-minute window."""
-    import datetime as dt
-
     from hfcast import feature_store
     from hfcast.storage import Lake
 
@@ -307,8 +309,6 @@ def _fold_keys() -> list[str]:
 
 def fold_setting(value: str) -> str:
     """``KEY=VALUE`` with KEY a walk-forward setting (refused at parse time, before any work)."""
-    from hfcast.cliopts import OptionValueError
-
     key, sep, _ = value.partition("=")
     if not sep or key.strip().replace("-", "_") not in _fold_keys():
         raise OptionValueError(f"--fold {value!r} is not KEY=VALUE with a walk-forward KEY",
@@ -321,10 +321,6 @@ fold_setting.kind = "fold-setting"  # type: ignore[attr-defined]
 
 def settings_param(value: str) -> str:
     """``Settings.to_param()`` JSON (a pipeline's ``settings`` parameter): a JSON object, or ''."""
-    import json
-
-    from hfcast.cliopts import OptionValueError
-
     if value:
         try:
             ok = isinstance(json.loads(value), dict)
@@ -401,8 +397,6 @@ _WALKFORWARD_FIX = ("featurize more dates (`hfcast featurize`) or correct params
 
 
 def _print_table(result, title: str) -> None:
-    from rich.table import Table
-
     from hfcast.walkforward import SERVED
 
     short = {"vol_qlike": "qlike", "vol_qlike_truth": "qlike*", "ret_ic": "ic", "ret_ic_truth": "ic*",
@@ -435,8 +429,6 @@ def _distributed_settings(settings):
     from hfcast.distributed import env_rank, env_world
 
     if env_world() > 1:
-        import atexit
-
         from hfcast.distributed import shutdown
 
         atexit.register(shutdown)
@@ -481,8 +473,6 @@ def train(
         _train_members(settings, archs, folds, run_tags, rank)
         return
     if not log_run or rank > 0:  # under torchrun only rank 0 logs, registers and reports (hfcast.distributed)
-        import tempfile
-
         where = out if rank == 0 else Path(tempfile.mkdtemp(prefix=f"hfcast-train-rank{rank}-"))
         with _refused(_WALKFORWARD_FIX, ValueError, KeyError, FileNotFoundError):
             _, result, paths = _walkforward(settings, archs, None, where, "train", kind, ret, folds)
@@ -615,8 +605,6 @@ def _registry_call(fn, *args, **kwargs):
 @registry_app.command("list")
 def registry_list() -> None:
     """Every version with its aliases, architecture, dataset version, status (champion, rejected by the gate...) and primary metrics."""
-    from rich.table import Table
-
     from hfcast import registry
 
     settings = _settings()
@@ -639,8 +627,6 @@ def registry_list() -> None:
 @registry_app.command("show")
 def registry_show(ref: str = typer.Argument("champion", parser=model_ref, help="hfcast@champion, hfcast/3, models:/hfcast@champion or 3.")) -> None:
     """One version: aliases, source, tags (gate reasons, promotion/rollback history), metrics, artifacts."""
-    from rich.table import Table
-
     from hfcast import registry
 
     info = _registry_call(registry.describe, _settings(), ref)
@@ -754,8 +740,6 @@ def predict(
     runner: RunnerOption = "auto",
 ) -> None:
     """Batch inference: one prediction CSV (+ manifest) per date, resumable and parallel."""
-    from rich.table import Table
-
     from hfcast.predict import run_predict
 
     with _refused("pick --dates with features (`hfcast featurize`), or check --model / --bundle"):
@@ -785,8 +769,6 @@ app.add_typer(monitor_app, name="monitor")
 
 
 def _starter_names() -> list[str]:
-    from importlib.metadata import entry_points
-
     from hfcast.monitoring.retraining import STARTERS_GROUP
 
     return sorted({"none", "inprocess", "local", "auto", *(ep.name for ep in entry_points(group=STARTERS_GROUP))})
@@ -797,7 +779,8 @@ def monitor_run(
     date: str = typer.Option(..., "--date", parser=iso_date, help="The date to check (YYYY-MM-DD): its features and prediction CSV."),
     model: ModelRefOption = "hfcast@champion",
     starter: str = typer.Option("local", "--starter", parser=choice(_starter_names, "starter"), help="What starts a retraining: local (the training pipeline "
-                                "here) | kubeflow | inprocess | none (entry points hfcast.starters)."),
+                                "here) | kubeflow | auto (kubeflow in a pod, else local) | inprocess | none "
+                                "(entry points hfcast.starters)."),
     trigger: Optional[str] = typer.Option(None, "--trigger", hidden=True, help="Old name of --starter."),
     kfp_host: Optional[str] = typer.Option(None, "--kfp-host", parser=http_url, help="Kubeflow Pipelines API URL (default params.yaml retrain.kubeflow_host)."),
     mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log the decision to the hfcast-monitoring experiment."),
@@ -805,7 +788,6 @@ def monitor_run(
 ) -> None:
     """Evidently drift (features, predictions) + live performance for one date, then decide and start a retraining."""
     from hfcast.lifecycle import load_starter
-    from hfcast.monitoring.checks import Checks
     from hfcast.monitoring.decision import MonitorConfig
     from hfcast.monitoring.drift import run_monitor
 
@@ -827,8 +809,6 @@ def monitor_history(
     last: int = typer.Option(50, "--last", min=1, help="Show the last N decisions."),
 ) -> None:
     """The decision log (<lake>/monitoring/<model>/decisions/<date>.json; old decisions.jsonl too), oldest first."""
-    from rich.table import Table
-
     from hfcast.monitoring.decision import MonitorConfig, load_history, trigger_outcome
     from hfcast.storage import Lake
 
@@ -947,8 +927,6 @@ def backtest(
     out: Path = typer.Option(Path("backtest"), "--out", parser=output_dir, help="Folder for backtest.json, table.csv, equity.png, tracking.png."),
 ) -> None:
     """Economic value after costs: volatility targeting and a long-short book on the prediction CSVs."""
-    from rich.table import Table
-
     from hfcast.backtest import BacktestConfig, backtest_against, terminal_tables
 
     settings = _settings()
@@ -960,7 +938,6 @@ def backtest(
         out_run = backtest_against(settings, "/".join(_prediction_folder(settings, model)), dates, out, against,
                                    gate_margin, lake=_lake(settings, lake), cfg=cfg)
     result, gate = out_run.result, out_run.gate
-    from rich import box
 
     wide = Console(width=min(console.width, 100)) if console.is_terminal else Console(width=100)
     for title, header, rows in terminal_tables(result):
@@ -1056,8 +1033,6 @@ def load_plugins(target: typer.Typer = app) -> list[str]:
     points: the core must not import Kubeflow or KServe, yet ``hfcast`` keeps one command line.
     A plugin that fails to import is logged and skipped, so the core commands always work.
     """
-    from importlib.metadata import entry_points
-
     names = []
     for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
         try:

@@ -24,9 +24,13 @@ import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
+from typer._click import exceptions as cx
 from typer.core import TyperGroup
+
+from hfcast.errors import UserError, explain
 
 
 class OptionValueError(ValueError):
@@ -48,7 +52,6 @@ def _kind(kind: str) -> Callable[[Callable], Callable]:
 def storage_url(value: str) -> str:
     """A lake or output root: ``s3://bucket/prefix``, ``file:///abs/path`` or a plain path."""
     from hfcast.config import check_storage_url
-    from hfcast.errors import UserError
 
     try:
         return check_storage_url(value, "")
@@ -102,8 +105,6 @@ def calendar(value: str) -> str:
 
 @_kind("timezone")
 def timezone(value: str) -> str:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
@@ -306,10 +307,6 @@ class HfcastGroup(TyperGroup):
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
-        from typer._click import exceptions as cx
-
-        from hfcast.errors import explain
-
         argv = list(sys.argv[1:] if args is None else args)
         try:
             rv = super().main(args=argv, prog_name=prog_name or "hfcast", complete_var=complete_var,

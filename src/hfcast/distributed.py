@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ def init_from_env(device_name: str = "auto") -> DistContext:
     world = env_world()
     if world <= 1:
         return DistContext()
-    import torch.distributed as dist
 
     local = int(os.environ.get("LOCAL_RANK", "0") or 0)
     if not dist.is_initialized():
@@ -77,8 +77,6 @@ def device_for(ctx: DistContext, device: torch.device) -> torch.device:
 def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum of ``t`` over ranks (``t`` itself when not distributed)."""
     if ctx.active:
-        import torch.distributed as dist
-
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
@@ -87,7 +85,6 @@ def broadcast_floats(values: list[float], ctx: DistContext, device: torch.device
     """Rank 0's values on every rank: decisions (early stopping) must not depend on float noise."""
     if not ctx.active:
         return values
-    import torch.distributed as dist
 
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.broadcast(t, src=0)
@@ -96,8 +93,6 @@ def broadcast_floats(values: list[float], ctx: DistContext, device: torch.device
 
 def barrier(ctx: DistContext) -> None:
     if ctx.active:
-        import torch.distributed as dist
-
         dist.barrier()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import pickle
+import re
 from typing import Callable
 
 
@@ -36,8 +37,6 @@ def _s3(exc: BaseException) -> UserError | None:
         return UserError(f"S3 refused the credentials ({code or text[:120]})",
                          "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
     if type(exc).__name__ in ("EndpointConnectionError", "ConnectTimeoutError") or "Could not connect to the endpoint" in text:
-        import re
-
         url = re.search(r"endpoint URL: \"?(\w+://[^/\"\s]+)", text)  # the server, not the object asked for
         return UserError(f"cannot reach the S3 endpoint {url.group(1) if url else ''} ({type(exc).__name__})".replace("  ", " "),
                          "check HFCAST_S3_ENDPOINT and that the S3 server runs")
@@ -66,8 +65,6 @@ def _pickle(exc: BaseException) -> UserError | None:
 
 def _mlflow(exc: BaseException) -> UserError | None:
     """The tracking server did not answer (refused, timed out, 5xx): an outage, not a missing model."""
-    import re
-
     text = str(exc)
     if type(exc).__name__ != "MlflowException" or "API request to" not in text:
         return None

@@ -23,8 +23,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from hfcast import registry
 from hfcast.config import Settings
-from hfcast.contracts import LOOKBACK
+from hfcast.contracts import LOOKBACK, PRED_COLUMNS
+from hfcast.quantize import ensure_int8, mlflow_tags, quantize_and_guard
 from hfcast.runners import (INPUT_NAME, INT8_KIND, OUTPUT_NAME, RUNNER_KINDS, TENSORRT_ABSENT, OnnxRuntimeRunner,
                             Runner, TensorRTRunner, TorchRunner, make_runner, n_features_of, n_outputs_of, net_of,
                             resolve_kind, tensorrt_available)
@@ -109,8 +111,6 @@ def forecast_parity(forecaster: Any, run: Callable[[np.ndarray], np.ndarray], wi
     amplifies the float32 rounding of the graph; 1e-4 of a probability changes no decision).
     ``max_rel_err`` is over the forecasts and intervals; ``max_conf_err`` over the confidences.
     """
-    from hfcast.contracts import PRED_COLUMNS
-
     w = np.asarray(windows, dtype=np.float32)
     side = forecaster.side_inputs(w)
     scaled = forecaster.scaler.transform(w)
@@ -304,8 +304,6 @@ def runner_for(kind: str, forecaster: Any, onnx_path: str | Path | None = None,
         onnx_path = Path(tempfile.mkdtemp(prefix="hfcast-onnx-")) / "model.onnx"
         export_onnx(forecaster, onnx_path)
     if kind == INT8_KIND:  # the int8 model is quantized beside the fp32 export
-        from hfcast.quantize import ensure_int8
-
         onnx_path = ensure_int8(onnx_path)
     if kind == "tensorrt" and plan_path is None:
         plan_path = Path(onnx_path).with_suffix(".plan")
@@ -353,7 +351,6 @@ def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH,
     if onnx_res.fallback_reason:
         notes.append(f"dynamo exporter failed, used dynamo=False: {onnx_res.fallback_reason}")
     model_file: Path = onnx_res.path
-    from hfcast.quantize import quantize_and_guard
 
     quant = quantize_and_guard(forecaster, onnx_res.path, validation, validation_dates)
     if tensorrt_available():
@@ -389,8 +386,6 @@ def log_export_to_mlflow(report: ExportReport, settings: Settings) -> str:
     Returns:
         The artifact URI of the logged folder.
     """
-    from hfcast import registry
-
     if not (report.model_name and report.model_version):
         raise ValueError("log_export_to_mlflow: the forecaster carries no model_name/model_version "
                          "(was it loaded from the registry?)")
@@ -409,8 +404,6 @@ def log_export_to_mlflow(report: ExportReport, settings: Settings) -> str:
             "export.tensorrt": "built" if isinstance(report.tensorrt, dict) else "absent",
             "export.artifacts": uri}
     if report.quantization:
-        from hfcast.quantize import mlflow_tags
-
         tags.update(mlflow_tags(report.quantization))
     with registry.tracking(settings) as t:
         for key, value in tags.items():

@@ -23,6 +23,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hfcast import journal, promotion, registry
@@ -31,6 +32,7 @@ from hfcast.contracts import finite
 from hfcast.gate import GateDecision
 from hfcast.monitoring.retraining import (STARTERS_GROUP, InProcessStarter, RecordOnlyStarter, RetrainStarter,
                                           RetrainTarget)
+from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +173,6 @@ def log_trained(settings: Settings, result: Any, *, out_dir: Any, dataset_versio
     evaluation plots and HTML report of the forecaster against the baselines are made here.
     ``tags``: more run tags (e.g. :data:`RETRAIN_KEY_TAG`).
     """
-    from pathlib import Path
-
-    from hfcast.storage import Lake
     from hfcast.walkforward import dataset_info, log_result
 
     if not plots:
@@ -211,7 +210,6 @@ def evaluation_artifacts(result: Any, out_dir: Any) -> tuple[list[Any], list[Any
 
 def _walkforward_inputs(settings: Settings, last_date: str | None, max_folds: int | None,
                         wf_overrides: Mapping[str, Any] | None):
-    from hfcast.storage import Lake
     from hfcast.train import TrainConfig
     from hfcast.walkforward import model_configs
 

@@ -31,6 +31,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -126,8 +127,6 @@ def _library_schedule(name: str, start: pd.Timestamp, end: pd.Timestamp) -> tupl
 
 def _custom_schedule(spec: Mapping[str, Any], start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
     """Schedule of a custom session: weekdays minus holidays, early closes applied, DST-correct."""
-    from zoneinfo import ZoneInfo
-
     tz = ZoneInfo(spec["tz"])
     t_open, t_close = _hhmm(spec["open"]), _hhmm(spec["close"])
     weekdays = set(spec.get("weekdays", [0, 1, 2, 3, 4]))

@@ -43,9 +43,18 @@ import pandas as pd
 
 from hfcast import storage
 from hfcast.config import Settings
+from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
+from hfcast.csvout import prediction_csv
+from hfcast.errors import UserError
+from hfcast.export import export_onnx
+from hfcast.integrity import cached_export
 from hfcast.journal import killpoint
 from hfcast.market import Market
 from hfcast.market import resolve as resolve_market
+from hfcast.quantize import cpu_model
+from hfcast.registry import download_bundle, resolve
+from hfcast.runners import (Int8Runner, StreamedRunner, choose_runner_kind, make_runner, run_windows,
+                            tensorrt_available, threads_per_worker)
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -97,9 +106,7 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
         (frame with symbol, ts, PRED_COLUMNS, INFO_COLUMNS, filled; timings in seconds for window,
         wait (for a model slot) and model). INFO_COLUMNS are constant per model version, NaN on rows without a forecast.
     """
-    from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
     from hfcast.features.windows import build_windows
-    from hfcast.runners import run_windows
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -148,9 +155,6 @@ def to_csv_bytes(frame: pd.DataFrame, model_name: str, model_version: str, mode:
     Written column by column (:mod:`hfcast.csvout`, the same bytes ~4x faster); the pandas code
     below is the reference and the fallback for values that path does not reproduce.
     """
-    from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
-    from hfcast.csvout import prediction_csv
-
     float_cols = (*PRED_COLUMNS, *INFO_COLUMNS)
     body = prediction_csv(frame, float_cols, {"model_name": model_name, "model_version": str(model_version),
                                               "mode": mode}, CSV_FLOAT_FORMAT)
@@ -247,16 +251,10 @@ def _load_runner(job: Job, forecaster: Any) -> Any:
     if job.runner == NO_GRAPH:
         return None
     if job.runner == "onnxruntime":
-        from hfcast.runners import StreamedRunner
-
         return StreamedRunner(job.onnx_path)  # one stream per core, shared by the date threads
     if job.runner == "onnxruntime-int8":  # job.onnx_path is the int8 model (see choose_runner)
-        from hfcast.runners import Int8Runner
-
         return Int8Runner(job.onnx_path)
     if job.runner and job.runner != "torch":
-        from hfcast.runners import make_runner
-
         return make_runner(job.runner, forecaster, onnx_path=job.onnx_path)
     return None
 
@@ -357,7 +355,6 @@ def prepare_bundle(settings: Settings, model_ref: str | None, bundle_dir: str | 
     if bundle_dir:
         meta = Forecaster.load(bundle_dir).meta
         return bundle_dir, str(meta.get("model_name", "local")), str(meta.get("model_version", "0"))
-    from hfcast.registry import download_bundle, resolve
 
     mv = resolve(settings, model_ref or f"{settings.model_name}@champion")  # pin the version once
     path = download_bundle(settings, f"{mv.name}/{mv.version}")
@@ -365,8 +362,6 @@ def prepare_bundle(settings: Settings, model_ref: str | None, bundle_dir: str | 
 
 
 def _check_dates_have_features(dates: list[str], available: list[str], lake_url: str) -> None:
-    from hfcast.errors import UserError
-
     missing = [d for d in dates if d not in set(available)]
     if not missing:
         return
@@ -392,19 +387,12 @@ def choose_runner(bundle_dir: str, runner: str, lake: Lake | None = None) -> tup
     if runner == "auto":
         import torch
 
-        from hfcast.runners import choose_runner_kind, tensorrt_available
-
         runner = choose_runner_kind(torch.cuda.is_available(), tensorrt_available())
     onnx_path = None
     if runner in ("onnxruntime", "onnxruntime-int8", "tensorrt"):
-        from hfcast.export import export_onnx
-        from hfcast.integrity import cached_export
-
         # once per bundle checksum: changed weights get a new export, a changed export is refused
         onnx_path = str(cached_export(bundle_dir, "model.onnx", lambda p: export_onnx(Forecaster.load(bundle_dir), p)))
     if runner in ("onnxruntime", "onnxruntime-int8"):  # auto takes int8 only when its guard passed
-        from hfcast.quantize import cpu_model
-
         runner, onnx_path = cpu_model(bundle_dir, runner, onnx_path, lake, auto=auto)
     return runner, onnx_path
 
@@ -437,7 +425,6 @@ def run_predict(settings: Settings, dates: str | list[str], model_ref: str | Non
     local_bundle, name, version = prepare_bundle(settings, model_ref, bundle_dir)
     runner_kind, onnx_path = choose_runner(local_bundle, runner, lake)
     workers = max(1, min(workers, len(date_list)))
-    from hfcast.runners import threads_per_worker  # intra-op threads = cores per worker
 
     # one S3 configuration serves the lake and an s3:// --out alike (the same client, hfcast.config)
     options = (settings.storage_options_for(out) or None) if out and storage.is_remote(out) else lake.storage_options

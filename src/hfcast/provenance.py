@@ -21,6 +21,7 @@ import functools
 import os
 import subprocess
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 COMMIT_ENV = "HFCAST_GIT_COMMIT"
@@ -72,8 +73,6 @@ def entry_point(argv: list[str] | None = None) -> tuple[str, str]:
 
 
 def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("hfcast")
     except PackageNotFoundError:

@@ -22,6 +22,7 @@ prediction of a bundle that was never exported), and stored beside the model as
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -134,8 +135,6 @@ def guard(forecaster: Any, fp32: Callable, int8: Callable, frame: Any, dates: li
 
 def forecaster_scaled(forecaster: Any, wa: Any) -> Any:
     """``wa`` with its matrix scaled once by the forecaster's scaler (windows stay views)."""
-    import dataclasses
-
     return dataclasses.replace(wa, X=np.ascontiguousarray(forecaster.scaler.transform(wa.X)), _view=None)
 
 

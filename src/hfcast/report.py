@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
 import json
 import logging
 import os
@@ -30,8 +31,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from hfcast import provenance, registry
 from hfcast.config import Settings
 from hfcast.contracts import COLUMN_UNITS, TARGET_UNITS
+from hfcast.evaluate import plot_all
+from hfcast.plots import live_frame, plot_live, plot_timeline
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +113,6 @@ def train_dates(version: Mapping[str, Any], run_tags: Mapping[str, str], run_nam
 
 def registry_versions(settings: Settings) -> list[dict[str, Any]]:
     """Every registered version with the dates it trained on (empty when there is no registry)."""
-    from hfcast import registry
-
     try:
         rows = registry.list_versions(settings)
     except Exception as exc:  # no registry yet: the page says so
@@ -134,8 +136,6 @@ def registry_scores(settings: Settings, versions: Sequence[Mapping[str, Any]]) -
     The fallback when no ``hfcast compare`` folder exists (the demo, a cluster): the scores the
     gate compared, read back from each run's ``eval/scores.json``.
     """
-    from hfcast import registry
-
     champ = next((v for v in versions if "champion" in v.get("aliases", [])), versions[-1] if versions else None)
     docs = {}
     for v in versions:
@@ -166,8 +166,6 @@ def live_predictions(settings: Settings, history: Sequence[Mapping[str, Any]], l
 
     Model = "v<N> live": what the champion of each date actually forecast, against what happened.
     """
-    import io
-
     from hfcast import storage
     from hfcast.storage import Lake
 
@@ -216,7 +214,6 @@ def champion_importance(settings: Settings, history: Sequence[Mapping[str, Any]]
 
 
 def _meta(settings: Settings, versions: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    from hfcast import provenance
     from hfcast.storage import redact
 
     champ = next((v for v in versions if "champion" in v.get("aliases", [])), None)
@@ -328,8 +325,6 @@ def _missing(inputs: ReportInputs, key: str, fallback: str) -> str:
 
 
 def _live_html(inputs: ReportInputs, out: Path) -> str:
-    from hfcast.plots import live_frame, plot_live
-
     df = live_frame(inputs.history)
     if df.empty:
         return "<p>The monitor has not run.</p>"
@@ -448,7 +443,6 @@ def _importance_html(inputs: ReportInputs, out: Path) -> str:
 
 
 def _scores_html(inputs: ReportInputs, out: Path) -> str:
-    from hfcast.evaluate import plot_all
     from hfcast.models.baselines import BASELINES
 
     parts = []
@@ -551,7 +545,6 @@ def render(inputs: ReportInputs, out_dir: str | Path, title: str = "hfcast repor
            links: Mapping[str, str] | None = None) -> Path:
     """Write ``index.html`` and its PNGs into ``out_dir``; ``links`` = extra files (relative paths)."""
     from hfcast.models.baselines import BASELINES
-    from hfcast.plots import plot_timeline
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

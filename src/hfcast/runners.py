@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
+
+from hfcast.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +147,6 @@ class StreamedRunner(OnnxRuntimeRunner):
     """
 
     def __init__(self, onnx_path: str | Path, threads: int | None = None, chunk: int = STREAM_CHUNK):
-        from concurrent.futures import ThreadPoolExecutor
-
         super().__init__(onnx_path, threads=1)
         self.streams = max(1, threads or cores())
         self.chunk = chunk
@@ -249,8 +251,6 @@ class TensorRTRunner:
     @classmethod
     def record_device(cls, plan_path: str | Path, device: dict[str, str]) -> Path:
         """Write what ``plan_path`` was built on beside it; returns the record's path."""
-        import json
-
         missing = [k for k in cls.DEVICE_KEYS if not device.get(k)]
         if missing:
             raise ValueError(f"device record for {plan_path} lacks {missing}")
@@ -261,10 +261,6 @@ class TensorRTRunner:
     @classmethod
     def check_device(cls, plan_path: str | Path, current: dict[str, str]) -> dict[str, str] | None:
         """Refuse a plan built on another GPU model, compute capability or TensorRT; returns its record."""
-        import json
-
-        from hfcast.errors import UserError
-
         path = cls.device_file(plan_path)
         if not path.exists():
             log.warning("%s has no %s record of the GPU it was built on: its GPU cannot be checked", plan_path,

@@ -27,7 +27,8 @@ from typing import Any, Iterator
 import fsspec
 import pandas as pd
 
-from hfcast.config import Settings
+from hfcast.config import Settings, check_storage_url
+from hfcast.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ def redact(message: str, settings: Settings | None = None) -> str:
 
 class StorageError(RuntimeError):
     """A read or write failed; the message names the URL and never a credential."""
-
 
 def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
@@ -90,8 +90,6 @@ def _s3_endpoint_guard(url: str, storage_options: dict[str, Any] | None) -> None
         return
     configured = {k: os.environ[k] for k in _ENDPOINT_ENV if os.environ.get(k)}
     if configured.get("HFCAST_S3_ENDPOINT"):
-        from hfcast.errors import UserError
-
         raise UserError(f"refusing to open {redact(url)} without the configured S3 endpoint "
                         f"(HFCAST_S3_ENDPOINT={configured['HFCAST_S3_ENDPOINT']}): it would go to AWS",
                         "build storage options with Settings.storage_options_for(url) (hfcast.config)")
@@ -266,8 +264,6 @@ class Lake:
     def from_settings(cls, settings: Settings, url: str | None = None) -> "Lake":
         """The settings' lake, or the lake at ``url`` (e.g. ``--lake``) with the same storage client
         (:meth:`hfcast.config.Settings.storage_options_for`: one rule, whatever named the lake)."""
-        from hfcast.config import check_storage_url
-
         url = check_storage_url(url, "--lake") if url else settings.lake_url
         if "://" not in url:
             url = Path(url).resolve().as_uri()

@@ -28,8 +28,11 @@ from typing import Any, Callable, ClassVar, Mapping
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.nn.parallel import DistributedDataParallel
 
 from hfcast import distributed
+from hfcast.calibration import Calibrator
+from hfcast.checkpoint import Checkpointer, load_optimizer, optimizer_parts, run_key
 from hfcast.config import checked_section
 from hfcast.features.stream import InMemorySource, WindowSource, n_batches
 from hfcast.features.windows import WindowArrays, WindowDataset, make_loader
@@ -37,6 +40,7 @@ from hfcast.losses import TwoTargetLoss
 from hfcast.models import build_model
 from hfcast.journal import killpoint
 from hfcast.models.base import TrainedNet
+from hfcast.storage import join
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +268,6 @@ def _train(arch: str, train_data: WindowArrays | WindowSource, val_wa: WindowArr
     net = build_model(arch, len(source.feature_names), model_config).to(device)
     ddp = net
     if dctx.active:
-        from torch.nn.parallel import DistributedDataParallel
-
         ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                       broadcast_buffers=False)
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
@@ -299,7 +301,6 @@ def _checkpointer(arch, model_config, cfg: TrainConfig, source, scaler, n_train:
     """The training's Checkpointer (None when ``train.checkpoint_dir`` is unset)."""
     if not cfg.checkpoint_dir:
         return None
-    from hfcast.checkpoint import Checkpointer, run_key
 
     volatile = ("checkpoint_dir", "num_threads", "num_workers", "eval_batch_size", "device", "compile",
                 "stream_above_rows", "stream_cache_dir")
@@ -308,7 +309,6 @@ def _checkpointer(arch, model_config, cfg: TrainConfig, source, scaler, n_train:
                 "features": list(source.feature_names), "scaler": scaler.to_dict(), "n_train": n_train,
                 "n_val": n_val, "source": type(source).__name__, "train_dates": source.dates(),
                 "val_dates": sorted(set(val_sel.end_dates().tolist()))}
-    from hfcast.storage import join
 
     return Checkpointer(join(cfg.checkpoint_dir, f"{arch}-{run_key(identity)}"))
 
@@ -396,7 +396,6 @@ class _EpochRun:
     def _save(self, epoch: int) -> None:
         if self.ckpt is None or not self.dctx.is_main:
             return
-        from hfcast.checkpoint import optimizer_parts
 
         opt_t, opt_rest = optimizer_parts(self.opt)
         tensors = {**{f"model.{k}": v for k, v in self.net.state_dict().items()},
@@ -413,7 +412,6 @@ class _EpochRun:
         """The first epoch to run: 0, or the one after the checkpoint's (its state restored)."""
         if self.ckpt is None:
             return 0
-        from hfcast.checkpoint import load_optimizer
 
         found = self.ckpt.load()
         epochs = distributed.broadcast_floats([-1.0 if found is None else float(found[1]["epoch"])], self.dctx,
@@ -444,8 +442,6 @@ class _EpochRun:
 
 def _fit_calibrator(forecaster: TrainedNet, val_loader, val_wa: WindowArrays) -> Any:
     """Calibrator fitted on the best net's validation forecasts (CPU fp32, as served); None if unavailable."""
-    from hfcast.calibration import Calibrator
-
     raw, _ = _predict(forecaster.net, val_loader, torch.device("cpu"), None)
     labels = val_wa.labels().astype(np.float64)
     try:

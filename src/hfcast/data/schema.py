@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from hfcast import contracts
+from hfcast.market import resolve
 
 EXCHANGE_TZ = ZoneInfo("America/New_York")
 SESSION_OPEN = dt.time(9, 30)
@@ -109,22 +110,16 @@ LABEL_HORIZONS = {"ret_60m": 60, "rv_10m": 10}  # minutes of future each label r
 def session_minutes_utc(date: str | dt.date, market: Any = None) -> pd.DatetimeIndex:
     """The minute starts of the session of ``date`` in UTC (datetime64[us, UTC]): 390 on a regular
     XNYS day, fewer on an early close; raises ValueError on a closed date."""
-    from hfcast.market import resolve
-
     return resolve(market).minutes_utc(date)
 
 
 def minute_of_session(ts: pd.Series | pd.DatetimeIndex, market: Any = None) -> np.ndarray:
     """Minute of the session each stamp falls in (0 = the open); -1 outside every session."""
-    from hfcast.market import resolve
-
     return resolve(market).minute_of_session(ts)
 
 
 def trading_days(start: str | dt.date, n_days: int, market: Any = None) -> list[str]:
     """The first ``n_days`` sessions of the market calendar from ``start`` (inclusive), ISO strings."""
-    from hfcast.market import resolve
-
     return resolve(market).next_sessions(start, n_days)
 
 

@@ -82,6 +82,7 @@ from scipy.special import ndtr
 
 from hfcast.config import checked_section
 from hfcast.data import schema
+from hfcast.market import resolve
 
 log = logging.getLogger(__name__)
 
@@ -369,8 +370,6 @@ def simulate(cfg: SimConfig, market: Any = None) -> Iterator[DayArrays]:
 
 
 def _calendar(cfg: SimConfig, market: Any) -> Any:
-    from hfcast.market import resolve
-
     return resolve(cfg.calendar or market)
 
 

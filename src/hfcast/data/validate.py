@@ -22,6 +22,7 @@ passed the row-local ones, so one corrupt row never causes a good neighbour to b
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -333,8 +334,6 @@ def reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
 def validate_date(lake: Any, date: str, quotes_available: bool | None = None,
                   jump_limit: float = DEFAULT_JUMP_LIMIT, market: Any = None) -> dict[str, Any]:
     """Validate ``raw/date=D``; write validated/, quarantine/ (always, maybe empty) and the report."""
-    import json
-
     from hfcast.storage import write_text
 
     raw = lake.read("raw", date)

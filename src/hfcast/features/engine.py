@@ -16,7 +16,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import multiprocessing as mp
 import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -268,10 +271,6 @@ def _dates_to_featurize(lake: Lake, dates: Iterable[str] | None) -> tuple[list[s
 def _featurize_parallel(lake: Lake, dates: Iterable[str], state: "HarState", quotes: bool, workers: int,
                         collect, market: Any = None) -> None:
     """Featurize dates in worker processes; this process walks them in order, advancing the HAR state."""
-    import multiprocessing as mp
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-
     # fork: workers inherit the imported modules (spawn re-imports pandas/pyarrow per worker: seconds)
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as ex:

@@ -39,9 +39,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import DataLoader, Sampler
 
 from hfcast.contracts import LOOKBACK
+from hfcast.features.engine import load_features
 from hfcast.features.windows import (LABEL_COLS, BatchIndexSampler, Scaler, WindowArrays, WindowDataset,
                                      build_windows, fit_scaler, label_moments, merge_moments, nan_moments)
-from hfcast.storage import Lake
+from hfcast.storage import Lake, filesystem
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ class WindowSource(Protocol):
                 drop_last: bool = True, num_workers: int = 0) -> Iterator[Batch]:
         """This rank's rows ``rank::world`` of every global batch of ``epoch``, with the global
         batch's finite-label counts per target."""
-
 
 def n_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
@@ -358,8 +358,6 @@ def features_rows(lake: Lake, dates: Sequence[str]) -> int:
     """Rows of the features partitions of ``dates``, from the parquet footers (no data read)."""
     import pyarrow.parquet as pq
 
-    from hfcast.storage import filesystem
-
     total = 0
     for d in dates:
         fs, path = filesystem(lake.partition("features", d), lake.storage_options)
@@ -381,7 +379,6 @@ def open_training_source(lake: Lake, dates: Sequence[str], feature_names: Sequen
         log.info("training span of %d rows > train.stream_above_rows=%d: streaming by date", rows, limit)
         return StreamingSource(lake, dates, feature_names, stride, cfg.max_train_windows, cfg.seed,
                                cfg.stream_buffer_dates, market, cfg.stream_cache_dir)
-    from hfcast.features.engine import load_features
 
     wa = build_windows(load_features(lake, dates, [*feature_names, *LABEL_COLS]), feature_names, stride, market=market)
     return wa  # a WindowArrays: the trainer wraps it (and subsamples it) as before

@@ -29,6 +29,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hfcast.contracts import LOOKBACK
+from hfcast.data.schema import session_minutes_utc, trading_days
 from hfcast.market import resolve as resolve_market
 
 log = logging.getLogger(__name__)
@@ -450,8 +451,6 @@ def synthetic_feature_frame(n_symbols: int = 4, n_days: int = 2, n_features: int
     near the close), and so are the catalogue features the baselines read from every window
     (:data:`SYNTHETIC_SIDE_FEATURES`). The other ``f*`` features are noise.
     """
-    from hfcast.data.schema import session_minutes_utc, trading_days
-
     rng = np.random.default_rng(seed)
     frames = []
     levels = np.log(3e-4) + 0.3 * rng.standard_normal(n_symbols)  # per-minute vol level of each symbol

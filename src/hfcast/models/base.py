@@ -20,6 +20,7 @@ from scipy.special import ndtr
 from torch import nn
 
 from hfcast import storage
+from hfcast.calibration import Calibrator
 from hfcast.config import checked_section
 from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS, VOL_TOLERANCE
 from hfcast.features.windows import Scaler
@@ -269,8 +270,6 @@ class TrainedNet:
         cal_bytes = read("calibration.json")
         calibrator = None
         if cal_bytes is not None:
-            from hfcast.calibration import Calibrator
-
             calibrator = Calibrator.from_dict(json.loads(cal_bytes))
         return cls(net, scaler, model["feature_names"], calibrator, model.get("meta"))
 

@@ -18,8 +18,13 @@ import numpy as np
 import pandas as pd
 
 from hfcast.config import Settings
-from hfcast import storage
+from hfcast import metrics as M, storage
+from hfcast.backtest import baseline_vols
+from hfcast.calibration import decile_ratio_bound
+from hfcast.evaluate import ret_correct
+from hfcast.features.engine import load_features
 from hfcast.monitoring.decision import MonitorConfig
+from hfcast.registry import load_forecaster, resolve, run_scores
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -94,7 +99,6 @@ def build_reference(settings: Settings, forecaster_or_bundle: Any, train_dates: 
 
 
 def _score_dates(lake: Lake, fc: Any, dates: Sequence[str]) -> dict[str, float]:
-    from hfcast.features.engine import load_features
     from hfcast.features.windows import build_windows
 
     frame = load_features(lake, dates)
@@ -124,10 +128,6 @@ def live_scores(frame: pd.DataFrame) -> dict[str, float]:
     ``|rv / rv_hat - 1|``, for the return a missed sign. ``*_conf_levels``: distinct confidence
     values (rounded to 3 decimals), so a reader knows when a confidence is a constant.
     """
-    from hfcast import metrics as M
-    from hfcast.calibration import decile_ratio_bound
-    from hfcast.evaluate import ret_correct
-
     vp, rv = frame["rv_10m_pred"].to_numpy(float), frame["rv_10m"].to_numpy(float)
     rp, y = frame["ret_60m_pred"].to_numpy(float), frame["ret_60m"].to_numpy(float)
     ok = np.isfinite(vp) & np.isfinite(rv) & np.isfinite(rp) & np.isfinite(y)
@@ -159,9 +159,6 @@ def floor_scores(lake: Lake, date: str, frame: pd.DataFrame, fit_days: int = 5) 
     {} and a log line). Returns ``vol_qlike_har_tod`` and ``vol_qlike_ratio_har_tod`` (below 1 =
     the served forecast beat the floor that day), on the rows where both forecasts are finite.
     """
-    from hfcast import metrics as M
-    from hfcast.backtest import baseline_vols
-
     base, notes = baseline_vols(lake, [date], fit_days=fit_days, names=("har_tod",), require_history=True)
     if base is None:
         log.info("%s: no har_tod floor for the live scores (%s)", date, "; ".join(notes))
@@ -190,7 +187,6 @@ def reference_from_registry(settings: Settings, ref: str, cfg: MonitorConfig | N
     without lineage tags falls back to the dates before its last test span, less validation and
     embargo.
     """
-    from hfcast.registry import load_forecaster, resolve, run_scores
     from hfcast.walkforward import WalkForwardConfig
 
     cfg = cfg or settings.section(MonitorConfig)
