@@ -13,9 +13,9 @@ def export_model(
     publish_url: str = "",
     max_batch: int = 1024,
 ) -> str:
-    """Export model version ``version`` (``hfcast.export.export_all``) and attach the files to its
-    MLflow run (``export/``); ``publish_url`` (e.g. ``s3://hfcast-models/hfcast/champion``) also
-    gets a copy (``hfcast.export.publish``): the GPU InferenceService reads its ``triton/``.
+    """Export model version ``version`` (``hfcast.export.export_version``: ``export_all``) and attach the
+    files to its MLflow run (``export/``); ``publish_url`` (e.g. ``s3://hfcast-models/hfcast/champion``)
+    also gets a copy: the GPU InferenceService reads its ``triton/``.
 
     TensorRT is built only where it is installed (the GPU image on a GPU node); elsewhere the
     Triton repository serves the ONNX model.
@@ -24,17 +24,10 @@ def export_model(
         The MLflow artifact URI of the export.
     """
     from components._common import step_settings
-    from hfcast import export, registry, storage
-    from hfcast.config import s3_storage_options
+    from hfcast.export import export_version
 
     s = step_settings(settings)
-    report = export.export_all(registry.load_forecaster(s, f"{s.model_name}/{version}"), onnx_model.path,
-                               max_batch=max_batch)
-    uri = export.log_export_to_mlflow(report, s)
-    if publish_url:
-        remote = storage.is_remote(publish_url)
-        export.publish(onnx_model.path, publish_url,
-                       s3_storage_options(s.s3_endpoint, s.s3_key, s.s3_secret) if remote else None)
+    report, uri = export_version(s, version, onnx_model.path, max_batch=max_batch, publish_url=publish_url)
     onnx_model.metadata.update({"model_name": s.model_name, "version": version, "mlflow_uri": uri,
                                 "onnx_opset": report.onnx.get("opset"), "exporter": report.onnx.get("exporter"),
                                 "parity_max_rel_err": report.onnx["parity"]["max_rel_err"],

@@ -431,3 +431,20 @@ def publish(report_or_dir: ExportReport | str | Path, url: str, storage_options:
         written.append(target)
     log.info("published %d file(s) of %s to %s", len(written), root, url)
     return written
+
+
+def export_version(settings: Settings, version: str | int, out_dir: str | Path, max_batch: int = MAX_BATCH,
+                   publish_url: str = "") -> tuple[ExportReport, str]:
+    """Export registered version ``version`` (:func:`export_all`), attach the files to its MLflow run
+    (:func:`log_export_to_mlflow`) and, with ``publish_url``, copy them there (:func:`publish`: the
+    GPU InferenceService reads ``triton/`` from object storage). The training pipeline's export step.
+
+    Returns:
+        (the report, the MLflow artifact URI of the export).
+    """
+    report = export_all(registry.load_forecaster(settings, f"{settings.model_name}/{version}"), out_dir,
+                        max_batch=max_batch)
+    uri = log_export_to_mlflow(report, settings)
+    if publish_url:
+        publish(out_dir, publish_url, settings.storage_options_for(publish_url) or None)
+    return report, uri

@@ -41,7 +41,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from hfcast import storage
+from hfcast import runners, storage
 from hfcast.config import Settings
 from hfcast.contracts import INFO_COLUMNS, PRED_COLUMNS
 from hfcast.csvout import prediction_csv
@@ -53,8 +53,9 @@ from hfcast.market import Market
 from hfcast.market import resolve as resolve_market
 from hfcast.quantize import cpu_model
 from hfcast.registry import download_bundle, resolve
-from hfcast.runners import (Int8Runner, StreamedRunner, choose_runner_kind, make_runner, run_windows,
+from hfcast.runners import (Int8Runner, StreamedRunner, choose_runner_kind, make_runner,
                             tensorrt_available, threads_per_worker)
+from hfcast.sharding import shard_dates
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
         if forecaster.graph() is None:  # a baseline is served: the post-step is the whole forecast
             raw = np.empty((len(wa), 0), np.float32)
         else:
-            raw = run_windows(runner if runner is not None else forecaster.predict_raw, scaled.windows, len(scaled),
+            raw = runners.run_windows(runner if runner is not None else forecaster.predict_raw, scaled.windows, len(scaled),
                               batch_size)
         t2 = time.perf_counter()
     pred = forecaster.postprocess(raw, side)
@@ -476,3 +477,30 @@ class _progress:
         if self.enabled:
             self._p.stop()
 
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """A batch run's dates, in shards (one pod each), and the model version pinned for all of them."""
+
+    model_ref: str                # NAME/VERSION, resolved once: the champion may move during the run
+    requested: str                # the reference as given (an alias, e.g. hfcast@champion)
+    dates: list[str]
+    shards: list[str]             # "D1,D2,...", one per pod
+
+    def metadata(self) -> dict[str, Any]:
+        return {"model_ref": self.model_ref, "requested": self.requested, "dates": list(self.dates),
+                "shards": list(self.shards)}
+
+
+def plan_batch(settings: Settings, dates: str, model_ref: str = "hfcast@champion", parallelism: int = 8,
+               max_dates_per_pod: int = 5) -> BatchPlan:
+    """The batch pipeline's plan: ``dates`` ('A..B' = lake dates with features in the range, or 'D1,D2')
+    in shards (:func:`hfcast.sharding.shard_dates`), and ``model_ref`` resolved to ``NAME/VERSION``."""
+    lake = Lake.from_settings(settings)
+    todo = parse_dates(dates, lake.dates("features"))
+    if not todo:
+        raise ValueError(f"no dates with features in {dates!r} under {lake.url}")
+    mv = resolve(settings, model_ref)
+    return BatchPlan(f"{mv.name}/{mv.version}", model_ref, list(todo),
+                     [",".join(shard) for shard in shard_dates(todo, parallelism, max_dates_per_pod)])
