@@ -2,7 +2,7 @@
 
 Why kubectl and not a re-implementation of kustomize: the label transformer, patches and the
 `images:` digests are kustomize's semantics; Debian's kubectl renders overlays client-side (no API
-server). A missing kubectl or checkov fails with what to install, never a skip (.ci/run installs both).
+server). A missing kubectl or checkov fails with what to install, never a skip (`make test` installs both: .ci/test-deps).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ CHECKOV_VENV = Path(os.environ.get("HFCAST_TOOLS", Path.home() / ".cache" / "hfc
 def kubectl() -> str:
     found = shutil.which("kubectl")
     if not found:
-        raise RuntimeError("`kubectl` not found: install Debian's kubectl (apt-get install -y kubectl; .ci/run does "
+        raise RuntimeError("`kubectl` not found: install Debian's kubectl (apt-get install -y kubectl; `make test` does "
                            "this) - it renders kustomize overlays without a cluster")
     return found
 
@@ -73,12 +73,12 @@ def workloads(objects: list[dict]) -> Iterator[dict]:
 
 
 def checkov() -> str:
-    """The checkov binary: $HFCAST_CHECKOV, the cached tools venv .ci/run makes, or PATH."""
+    """The checkov binary: $HFCAST_CHECKOV, the cached tools venv .ci/test-deps makes, or PATH."""
     for candidate in (os.environ.get("HFCAST_CHECKOV"), str(CHECKOV_VENV / "bin" / "checkov"), shutil.which("checkov")):
         if candidate and Path(candidate).exists():
             return candidate
     raise RuntimeError(f"checkov not found: python3 -m venv {CHECKOV_VENV} && {CHECKOV_VENV}/bin/pip install "
-                       f"checkov=={CHECKOV_VERSION} (.ci/run does this; its pins clash with the project's venv)")
+                       f"checkov=={CHECKOV_VERSION} (.ci/test-deps does this; its pins clash with the project's venv)")
 
 
 def run_checkov(objects: list[dict], workdir: Path) -> dict:

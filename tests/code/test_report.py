@@ -302,7 +302,7 @@ def test_evidently_pages_share_one_copy_of_their_scripts(evidently_pages, tmp_pa
 def _chromium(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
-        pytest.fail("chromium is not installed (Debian package `chromium`; CI installs it)")
+        pytest.fail("chromium is not installed (Debian package `chromium`; `make test` installs it as root: .ci/test-deps)")
     profile = tempfile.mkdtemp(prefix="chromium-")
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
