@@ -115,15 +115,21 @@ def synth(
     shift_vol: Optional[float] = typer.Option(None, "--shift-vol", min=0.0, help="Volatility multiplier from the shift day. Default: params.yaml synth.shift_vol_mult."),
     shift_spread: Optional[float] = typer.Option(None, "--shift-spread", min=0.0, help="Spread multiplier from the shift day. Default: params.yaml synth.shift_spread_mult."),
     shift_intraday: Optional[float] = typer.Option(None, "--shift-intraday", min=0.0, help="U-shape amplitude multiplier from the shift day (0 = flat). Default: params.yaml synth.shift_intraday."),
+    generator: str = typer.Option("sim", "--generator", parser=choice(("sim", "garch_t", "cir_noise"), "generator"),
+                                  help="sim: the project's simulator (the shift options apply) | garch_t: minute "
+                                       "GARCH with Student-t shocks | cir_noise: CIR variance with microstructure "
+                                       "noise (hfcast.data.dgp; params.yaml synth.dgp: for their knobs)."),
     lake: LakeOption = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     calendar: CalendarOption = None,
 ) -> None:
     """Simulate a market with known truth: writes raw/ bars and truth/ per date into the lake."""
     from hfcast.data.simulator import SimConfig, write_synth
-    from hfcast.storage import Lake
 
     settings = _settings()
+    if generator != "sim":
+        _synth_dgp(settings, generator, symbols, days, start, seed, lake)
+        return
     with _refused("correct the option or params.yaml synth: (see `hfcast synth --help`)", TypeError, ValueError):
         cfg = SimConfig.from_params(
             settings.param("synth", {}), n_symbols=symbols, n_days=days, start_date=start, seed=seed,
@@ -136,6 +142,24 @@ def synth(
     shift = "none" if cfg.regime_shift_day is None else f"day {cfg.regime_shift_day}"
     console.print(f"[green]synth[/] {cfg.n_symbols} symbols x {len(summary['dates'])} days = {summary['rows']:,} rows "
                   f"in {summary['seconds']:.1f} s -> {target.url} (seed {cfg.seed}, regime shift {shift})")
+
+
+def _synth_dgp(settings, kind: str, symbols: Optional[int], days: Optional[int], start: Optional[str],
+               seed: Optional[int], lake_url: Optional[str]) -> None:
+    """``hfcast synth --generator garch_t|cir_noise``: a market built apart from the simulator."""
+    from hfcast.data.dgp import DGPConfig, write_dgp
+
+    sec = dict(settings.param("synth", {}) or {})
+    given = {"n_symbols": symbols, "n_days": days, "start_date": start, "seed": seed}
+    fields = {**{k: sec[k] for k in ("n_symbols", "n_days", "start_date") if k in sec},
+              **dict(sec.get("dgp") or {}), **{k: v for k, v in given.items() if v is not None}}
+    with _refused("correct the option or params.yaml synth.dgp: (fields of hfcast.data.dgp.DGPConfig)",
+                  TypeError, ValueError):
+        cfg = DGPConfig(kind=kind, **fields)
+    target = _lake(settings, lake_url)
+    summary = write_dgp(cfg, target)
+    console.print(f"[green]synth[/] {kind}: {cfg.n_symbols} symbols x {len(summary['dates'])} days -> {target.url} "
+                  f"(seed {cfg.seed})")
 
 
 # --- data: ingest, validate (hfcast.data.ingest, hfcast.data.validate) -------------------------
