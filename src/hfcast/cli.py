@@ -439,7 +439,7 @@ def _print_table(result, title: str) -> None:
     out = console if console.is_terminal else Console(width=120)
     out.print(table)
     for fold, choice in zip(result.folds, result.choices):
-        out.print(f"fold {fold.index} (test {fold.test[0]}..{fold.test[-1]}): {choice.describe()}", markup=False)
+        out.print(f"fold {fold.index} (test {fold.test[0]}..{fold.test[-1]}): {choice.describe()}", markup=False, soft_wrap=True)
 
 
 def _distributed_settings(settings):
@@ -508,7 +508,7 @@ def train(
             _, result, paths = _walkforward(settings, archs, None, where, "train", kind, ret, folds)
         if rank == 0:
             _print_table(result, f"walk-forward test scores ({len(result.folds)} folds)")
-            console.print(f"served: {result.forecaster.kind}\nreport: {paths['report']}")
+            console.print(f"served: {result.forecaster.kind}\nreport: {paths['report']}", soft_wrap=True)
         return
     from hfcast.lifecycle import train_and_log
 
@@ -521,7 +521,7 @@ def train(
     paths = write_comparison(r.aggregate, r.per_fold, r.predictions, report_dir,
                              title=f"hfcast train: the forecaster chosen from {', '.join(archs) or 'baselines'}")
     _print_table(r, f"walk-forward test scores ({len(r.folds)} folds)")
-    console.print(f"served: {run.kind}\nreport: {paths['report']}\n[green]logged[/] MLflow run {run.run_id}")
+    console.print(f"served: {run.kind}\nreport: {paths['report']}\n[green]logged[/] MLflow run {run.run_id}", soft_wrap=True)
     if register:
         _register_and_report(settings, run, gate)
 
@@ -548,9 +548,10 @@ def _register_and_report(settings, run, gate: bool) -> None:
         return
     outcome = register_and_gate(settings, run.run_id, trained=run)
     verdict = "promoted to champion" if outcome.promoted else "not promoted (the gate rejected it)"
-    console.print(f"[green]registered[/] {settings.model_name} version {outcome.version} ({run.kind}): {verdict}")
+    console.print(f"[green]registered[/] {settings.model_name} version {outcome.version} ({run.kind}): {verdict}",
+                  soft_wrap=True)
     for reason in outcome.decision.reasons:
-        console.print(f"  {reason}", markup=False)
+        console.print(f"  {reason}", markup=False, soft_wrap=True)
     if not outcome.promoted:
         try:
             champ = registry.resolve(settings, f"{settings.model_name}@champion")
