@@ -36,7 +36,7 @@ def main() -> None:
     from hfcast.explain import explain_windows, kept_attention
     from hfcast.features.catalog import feature_names
     from hfcast.features.windows import Scaler
-    from hfcast.models import Forecaster, build_model
+    from hfcast.models import TrainedNet as Forecaster, build_model
     from hfcast.models._modules import SelfAttention
 
     torch.manual_seed(0)
