@@ -50,12 +50,17 @@ def _base():
 class HfcastModel(_base()):  # type: ignore[misc]
     """Loads the bundle from the logged artifacts and predicts windows; see the module docstring."""
 
+    # predict checks its input itself (as_windows): MLflow's type-hint wrapper would add nothing but
+    # a warning, at import, that predict has no type hints (MLflow 3.17 reads this attribute in
+    # PythonModel.__init_subclass__; were it dropped, only that warning would come back)
+    _skip_type_hint_validation = True
+
     def load_context(self, context):
         from hfcast.forecaster import Forecaster
 
         self.forecaster = Forecaster.load(context.artifacts[BUNDLE_KEY])
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would check them first
         return self.forecaster.predict(as_windows(model_input, len(self.forecaster.feature_names)))
 
 
