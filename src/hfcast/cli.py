@@ -1033,7 +1033,8 @@ def explain_forecast_cmd(
         res = explain_forecast(lk, _forecaster(settings, model, bundle), ticker, ts, top=top)
     for target in ("ret", "vol"):
         e = res[target]
-        console.print(f"[bold]{e['column']}[/] {e['forecast']:+.4g}: {e['explained']} {e['value']:+.4g} = "
+        what = "" if e["explained"] == e["column"] else f"; {e['explained']} {e['value']:+.4g}"
+        console.print(f"[bold]{e['column']}[/] {e['forecast']:+.4g}{what} = "
                       + " + ".join(f"{k} {v:+.4g}" for k, v in e["parts"].items()) + f"  ({e['explained_unit']})",
                       soft_wrap=True)
         if e.get("note"):  # no network computes this target

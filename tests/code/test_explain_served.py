@@ -73,3 +73,37 @@ def test_a_baseline_or_a_zero_return_has_nothing_to_attribute():
     assert e["ret"]["parts"] == {"zero": 0.0, "centring": 0.0} and "zero forecast" in e["ret"]["note"]
     with pytest.raises(ValueError, match="runs no network"):
         attribute(fc, fc.scaler.transform(_windows(fc, (2,))), "vol")
+
+
+def test_explain_forecast_command_prints_the_served_forecast_its_parts_and_units(tmp_path, monkeypatch):
+    """`hfcast explain forecast` on a lake day: the numbers of explain_forecast, which are the served ones."""
+    from typer.testing import CliRunner
+
+    from hfcast.cli import app
+    from hfcast.explain import EXPLAINED, explain_forecast
+    from hfcast.storage import Lake
+
+    fc = tiny_composite("floor", ret="tcn")
+    fc.save(str(tmp_path / "bundle"))
+    df = synthetic_feature_frame(n_symbols=2, n_days=2, n_features=4, seed=3)
+    df = df.assign(ts=df["ts"].astype("datetime64[us, UTC]"))
+    lake = Lake((tmp_path / "lake").as_uri())
+    day = df["ts"].dt.tz_convert("America/New_York").dt.date.astype(str)
+    for d, g in df.groupby(day):
+        lake.write("features", d, g.reset_index(drop=True))
+    sym = df["symbol"].iloc[0]
+    rows = df[(df["symbol"] == sym) & (day == day.iloc[-1])].reset_index(drop=True)
+    ts = rows["ts"].iloc[-100]
+    res = explain_forecast(lake, fc, sym, ts.isoformat(), n_steps=16, top=3)
+    window = rows.loc[len(rows) - 100 - 29: len(rows) - 100, fc.feature_names].to_numpy(np.float32)[None]
+    served = fc.predict(window)
+    assert res["ret"]["forecast"] == served["ret_60m_pred"].iloc[0]
+    assert res["vol"]["forecast"] == served["rv_10m_pred"].iloc[0]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HFCAST_HOME", str(tmp_path / "home"))
+    r = CliRunner().invoke(app, ["explain", "forecast", "--bundle", str(tmp_path / "bundle"), "--lake", lake.url,
+                                 "--symbol", sym, "--ts", ts.isoformat(), "--top", "3"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert f"rv_10m_pred {res['vol']['forecast']:+.4g}; log rv_10m_pred {res['vol']['value']:+.4g} = network" in text
+    assert " ".join(EXPLAINED["vol"][1].split()) in text and "har_tod" in text and "completeness gap" in text
