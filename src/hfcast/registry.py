@@ -238,7 +238,6 @@ class TrainingRecord:
     run_name: str | None = None
     run_id: str | None = None  # a run opened when training started (:func:`training_runs`): filled, not created
     dataset: Mapping[str, Any] | None = None  # lineage: ``uri``, ``first``, ``last``, ``rows`` (see dataset_input)
-    lookback: int = 30  # window length of the model's input (for the MLflow model's signature)
     reports: Sequence[str | os.PathLike] = ()  # HTML evaluation reports, logged under ``eval/``
     extra_scores: Mapping[str, Any] | None = None  # more of eval/scores.json: the choices, candidates, validation
     input_example: Any = None  # a few real unscaled windows [n, 30, F] the run saw (hfcast.pyfunc.example_windows)
