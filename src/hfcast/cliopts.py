@@ -138,7 +138,7 @@ def bundle_dir(value: str) -> Path:
         raise OptionValueError(f"{meta} is not JSON ({exc})", fix) from None
     # a forecaster bundle (hfcast.forecaster.FORMAT) names its choice; a single network's, of an older release, its net
     composed = isinstance(doc, dict) and str(doc.get("format", "")).startswith("hfcast-forecaster/")
-    keys = ("choice", "feature_names") if composed else ("arch", "n_features", "config")
+    keys = ("arch", "choice", "feature_names") if composed else ("arch", "n_features", "config")
     missing = [k for k in keys if not isinstance(doc, dict) or k not in doc]
     if missing:
         raise OptionValueError(f"{meta} lacks {', '.join(missing)}: it does not say what network the bundle holds",
