@@ -1058,8 +1058,15 @@ def explain_forecast_cmd(
         res = explain_forecast(lk, _forecaster(settings, model, bundle), ticker, ts, top=top)
     for target in ("ret", "vol"):
         e = res[target]
-        console.print(f"[bold]{target}[/]: forecast {e['forecast']:+.4g} vs baseline {e['baseline_forecast']:+.4g} "
-                      f"(completeness gap {e['completeness_gap']:+.2g})")
+        what = "" if e["explained"] == e["column"] else f"; {e['explained']} {e['value']:+.4g}"
+        console.print(f"[bold]{e['column']}[/] {e['forecast']:+.4g}{what} = "
+                      + " + ".join(f"{k} {v:+.4g}" for k, v in e["parts"].items()) + f"  ({e['explained_unit']})",
+                      soft_wrap=True)
+        if e.get("note"):  # no network computes this target
+            console.print(f"  {e['note']}", soft_wrap=True)
+            continue
+        console.print(f"  attributions of the network part (vs {e['reference']:+.4g} at the training-mean window; "
+                      f"completeness gap {e['completeness_gap']:+.2g})")
         console.print("  by group: " + ", ".join(f"{g} {v:+.3g}" for g, v in list(e["by_group"].items())[:6]))
         for c in e["top"]:
             console.print(f"  {c['feature']:<20} minute {c['minute']:>3}  z {c['value_z']:+.2f}  -> {c['attribution']:+.3g}")
