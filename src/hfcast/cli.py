@@ -18,7 +18,7 @@ import tempfile
 from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
@@ -30,12 +30,14 @@ from hfcast.cliopts import (HfcastGroup, OptionValueError, architecture, bundle_
                             comma_list, date_spec, http_url, input_dir, input_file, iso_date, key_value, local_file,
                             model_ref, output_dir, storage_url, symbol, timestamp, timezone)
 from hfcast.data import formats as ingest_formats  # light: the registry of ingest formats, for --help
-from hfcast.errors import UserError
-
 from hfcast.data.formats import names
+from hfcast.errors import UserError
+from hfcast.monitoring.checks import Checks
+
+if TYPE_CHECKING:  # the settings module reads YAML: not loaded for --help
+    from hfcast.config import Settings
 
 # options that several commands share, defined once (same flag, same help everywhere)
-from hfcast.monitoring.checks import Checks
 CalendarOption = Annotated[Optional[str], typer.Option(
     "--calendar", parser=calendar, help="Market calendar: XNYS, XETR, XLON, CME_Equity, ... or custom (params.yaml market:). "
                        "Default: params.yaml market.calendar, else XNYS.")]
@@ -94,7 +96,7 @@ def _settings(settings_json: str = ""):
     return settings
 
 
-def _market(settings, calendar: Optional[str]):
+def _market(settings: Settings, calendar: Optional[str]):
     """The market calendar from params.yaml ``market:`` and the --calendar option (which wins)."""
     from hfcast.market import Market, set_default_market
 
@@ -130,6 +132,10 @@ def synth(
     shift_vol: Optional[float] = typer.Option(None, "--shift-vol", min=0.0, help="Volatility multiplier from the shift day. Default: params.yaml synth.shift_vol_mult."),
     shift_spread: Optional[float] = typer.Option(None, "--shift-spread", min=0.0, help="Spread multiplier from the shift day. Default: params.yaml synth.shift_spread_mult."),
     shift_intraday: Optional[float] = typer.Option(None, "--shift-intraday", min=0.0, help="U-shape amplitude multiplier from the shift day (0 = flat). Default: params.yaml synth.shift_intraday."),
+    generator: str = typer.Option("sim", "--generator", parser=choice(("sim", "garch_t", "cir_noise"), "generator"),
+                                  help="sim: the project's simulator (the shift options apply) | garch_t: minute "
+                                       "GARCH with Student-t shocks | cir_noise: CIR variance with microstructure "
+                                       "noise (hfcast.data.dgp; params.yaml synth.dgp: for their knobs)."),
     lake: LakeOption = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     calendar: CalendarOption = None,
@@ -138,6 +144,9 @@ def synth(
     from hfcast.data.simulator import SimConfig, write_synth
 
     settings = _settings()
+    if generator != "sim":
+        _synth_dgp(settings, generator, symbols, days, start, seed, lake)
+        return
     with _refused("correct the option or params.yaml synth: (see `hfcast synth --help`)", TypeError, ValueError):
         cfg = SimConfig.from_params(
             settings.param("synth", {}), n_symbols=symbols, n_days=days, start_date=start, seed=seed,
@@ -152,9 +161,27 @@ def synth(
                   f"in {summary['seconds']:.1f} s -> {target.url} (seed {cfg.seed}, regime shift {shift})")
 
 
+def _synth_dgp(settings: Settings, kind: str, symbols: Optional[int], days: Optional[int], start: Optional[str],
+               seed: Optional[int], lake_url: Optional[str]) -> None:
+    """``hfcast synth --generator garch_t|cir_noise``: a market built apart from the simulator."""
+    from hfcast.data.dgp import DGPConfig, write_dgp
+
+    sec = dict(settings.param("synth", {}) or {})
+    given = {"n_symbols": symbols, "n_days": days, "start_date": start, "seed": seed}
+    fields = {**{k: sec[k] for k in ("n_symbols", "n_days", "start_date") if k in sec},
+              **dict(sec.get("dgp") or {}), **{k: v for k, v in given.items() if v is not None}}
+    with _refused("correct the option or params.yaml synth.dgp: (fields of hfcast.data.dgp.DGPConfig)",
+                  TypeError, ValueError):
+        cfg = DGPConfig(kind=kind, **fields)
+    target = _lake(settings, lake_url)
+    summary = write_dgp(cfg, target)
+    console.print(f"[green]synth[/] {kind}: {cfg.n_symbols} symbols x {len(summary['dates'])} days -> {target.url} "
+                  f"(seed {cfg.seed})")
+
+
 # --- data: ingest, validate (hfcast.data.ingest, hfcast.data.validate) -------------------------
 
-def _lake(settings, lake_url: Optional[str]):
+def _lake(settings: Settings, lake_url: Optional[str]):
     """The lake named by ``--lake`` (else the settings'), with the settings' storage client; an object
     store is asked once, before any work, whether it answers (a wrong endpoint fails here, in one line)."""
     from hfcast import storage
@@ -165,7 +192,7 @@ def _lake(settings, lake_url: Optional[str]):
     return lake
 
 
-def _jump_limit(settings) -> float:
+def _jump_limit(settings: Settings) -> float:
     """params.yaml ``validate.jump_limit``, checked (a bad value is the user's to fix)."""
     from hfcast.data.validate import ValidateConfig
 
@@ -364,7 +391,7 @@ def _fold_overrides(pairs: Optional[list[str]]) -> dict:
     return out
 
 
-def _archs(settings, models: Optional[str]) -> list[str]:
+def _archs(settings: Settings, models: Optional[str]) -> list[str]:
     """The ``--models`` list (checked by its parser), else params.yaml ``forecaster.archs``."""
     from hfcast.lifecycle import default_archs
 
@@ -373,7 +400,7 @@ def _archs(settings, models: Optional[str]) -> list[str]:
     return [m.strip() for m in models.split(",") if m.strip()]
 
 
-def _walkforward(settings, archs: list[str], lake_url: Optional[str], out: Optional[Path], stage: str,
+def _walkforward(settings: Settings, archs: list[str], lake_url: Optional[str], out: Optional[Path], stage: str,
                  kind: Optional[str] = None, ret: Optional[str] = None, folds: Optional[dict] = None):
     """Run archs + baselines over the folds, choose the forecaster per fold; save tables, plots, report."""
     from hfcast.evaluate import write_comparison
@@ -419,10 +446,10 @@ def _print_table(result, title: str) -> None:
     out = console if console.is_terminal else Console(width=120)
     out.print(table)
     for fold, chosen in zip(result.folds, result.choices):
-        out.print(f"fold {fold.index} (test {fold.test[0]}..{fold.test[-1]}): {chosen.describe()}", markup=False)
+        out.print(f"fold {fold.index} (test {fold.test[0]}..{fold.test[-1]}): {chosen.describe()}", markup=False, soft_wrap=True)
 
 
-def _distributed_settings(settings):
+def _distributed_settings(settings: Settings):
     """(settings, rank) under torchrun: checkpoints on by default (``<home>/checkpoints``), so a
     killed data-parallel training resumes at its next epoch; unchanged for one process."""
     from hfcast.config import deep_merge
@@ -478,7 +505,7 @@ def train(
             _, result, paths = _walkforward(settings, archs, None, where, "train", kind, ret, folds)
         if rank == 0:
             _print_table(result, f"walk-forward test scores ({len(result.folds)} folds)")
-            console.print(f"served: {result.forecaster.kind}\nreport: {paths['report']}")
+            console.print(f"served: {result.forecaster.kind}\nreport: {paths['report']}", soft_wrap=True)
         return
     from hfcast.lifecycle import train_and_log
 
@@ -491,12 +518,12 @@ def train(
     paths = write_comparison(r.aggregate, r.per_fold, r.predictions, report_dir,
                              title=f"hfcast train: the forecaster chosen from {', '.join(archs) or 'baselines'}")
     _print_table(r, f"walk-forward test scores ({len(r.folds)} folds)")
-    console.print(f"served: {run.kind}\nreport: {paths['report']}\n[green]logged[/] MLflow run {run.run_id}")
+    console.print(f"served: {run.kind}\nreport: {paths['report']}\n[green]logged[/] MLflow run {run.run_id}", soft_wrap=True)
     if register:
         _register_and_report(settings, run, gate)
 
 
-def _train_members(settings, archs: list[str], folds: dict, tags: dict, rank: int) -> None:
+def _train_members(settings: Settings, archs: list[str], folds: dict, tags: dict, rank: int) -> None:
     """``hfcast train --members-only``: one member run per architecture (rank 0 logs; other ranks train)."""
     from hfcast.lifecycle import train_members_and_log
 
@@ -507,7 +534,7 @@ def _train_members(settings, archs: list[str], folds: dict, tags: dict, rank: in
                 console.print(f"[green]logged[/] member run {run_id} ({arch})")
 
 
-def _register_and_report(settings, run, gate: bool) -> None:
+def _register_and_report(settings: Settings, run, gate: bool) -> None:
     """Register (and gate) a logged forecaster run and say plainly whether a champion exists."""
     from hfcast import registry
     from hfcast.lifecycle import register_and_gate
@@ -518,9 +545,10 @@ def _register_and_report(settings, run, gate: bool) -> None:
         return
     outcome = register_and_gate(settings, run.run_id, trained=run)
     verdict = "promoted to champion" if outcome.promoted else "not promoted (the gate rejected it)"
-    console.print(f"[green]registered[/] {settings.model_name} version {outcome.version} ({run.kind}): {verdict}")
+    console.print(f"[green]registered[/] {settings.model_name} version {outcome.version} ({run.kind}): {verdict}",
+                  soft_wrap=True)
     for reason in outcome.decision.reasons:
-        console.print(f"  {reason}", markup=False)
+        console.print(f"  {reason}", markup=False, soft_wrap=True)
     if not outcome.promoted:
         try:
             champ = registry.resolve(settings, f"{settings.model_name}@champion")
@@ -679,7 +707,7 @@ def registry_rollback(reason: str = typer.Option("manual rollback", "--reason", 
 
 # --- export (hfcast.export) -----------------------------------------------------------
 
-def _load_for_serving(settings, model: str, bundle: Optional[Path]):
+def _load_for_serving(settings: Settings, model: str, bundle: Optional[Path]):
     if bundle is not None:
         from hfcast.forecaster import Forecaster
 
@@ -891,7 +919,7 @@ def monitor_reference(
 
 # --- backtest and explain (hfcast.backtest, hfcast.explain) --------------------------------------
 
-def _prediction_folder(settings, model: str) -> tuple[str, str]:
+def _prediction_folder(settings: Settings, model: str) -> tuple[str, str]:
     """``NAME/VERSION`` as written by ``hfcast predict``; ``NAME@ALIAS`` is resolved in the registry."""
     if "@" in model:
         from hfcast.registry import resolve
@@ -961,7 +989,7 @@ explain_app = typer.Typer(no_args_is_help=True, help="Why the model says what it
 app.add_typer(explain_app, name="explain")
 
 
-def _forecaster(settings, model: str, bundle: Optional[Path]):
+def _forecaster(settings: Settings, model: str, bundle: Optional[Path]):
     from hfcast.forecaster import Forecaster
     from hfcast.predict import prepare_bundle
 
@@ -1013,8 +1041,15 @@ def explain_forecast_cmd(
         res = explain_forecast(lk, _forecaster(settings, model, bundle), ticker, ts, top=top)
     for target in ("ret", "vol"):
         e = res[target]
-        console.print(f"[bold]{target}[/]: forecast {e['forecast']:+.4g} vs baseline {e['baseline_forecast']:+.4g} "
-                      f"(completeness gap {e['completeness_gap']:+.2g})")
+        what = "" if e["explained"] == e["column"] else f"; {e['explained']} {e['value']:+.4g}"
+        console.print(f"[bold]{e['column']}[/] {e['forecast']:+.4g}{what} = "
+                      + " + ".join(f"{k} {v:+.4g}" for k, v in e["parts"].items()) + f"  ({e['explained_unit']})",
+                      soft_wrap=True)
+        if e.get("note"):  # no network computes this target
+            console.print(f"  {e['note']}", soft_wrap=True)
+            continue
+        console.print(f"  attributions of the network part (vs {e['reference']:+.4g} at the training-mean window; "
+                      f"completeness gap {e['completeness_gap']:+.2g})")
         console.print("  by group: " + ", ".join(f"{g} {v:+.3g}" for g, v in list(e["by_group"].items())[:6]))
         for c in e["top"]:
             console.print(f"  {c['feature']:<20} minute {c['minute']:>3}  z {c['value_z']:+.2f}  -> {c['attribution']:+.3g}")
