@@ -28,9 +28,10 @@ def export_model(
 
     s = step_settings(settings)
     report, uri = export_version(s, version, onnx_model.path, max_batch=max_batch, publish_url=publish_url)
-    onnx_model.metadata.update({"model_name": s.model_name, "version": version, "mlflow_uri": uri,
-                                "onnx_opset": report.onnx.get("opset"), "exporter": report.onnx.get("exporter"),
-                                "parity_max_rel_err": report.onnx["parity"]["max_rel_err"],
+    onnx = ({"onnx_skipped": report.onnx["skipped"]} if "skipped" in report.onnx else  # a forecaster with no network
+            {"onnx_opset": report.onnx.get("opset"), "exporter": report.onnx.get("exporter"),
+             "parity_max_rel_err": report.onnx["parity"]["max_rel_err"]})
+    onnx_model.metadata.update({"model_name": s.model_name, "version": version, "mlflow_uri": uri, **onnx,
                                 "tensorrt": report.tensorrt if isinstance(report.tensorrt, str) else "built",
                                 "published_to": publish_url})
     return uri
