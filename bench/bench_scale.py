@@ -19,7 +19,12 @@ and is not run again (a cut-short bench resumes). Stages:
   measured fraction of the year (``--predict-days`` dates), extrapolated to every date;
 * ``monitor``: the monitoring reference of the trained model, then run_monitor of one date;
 * ``ddp``: the same training under ``torchrun`` with 1 and 2 processes (gloo, 1 thread each):
-  windows/s and the validation QLIKE of both.
+  windows/s and the validation QLIKE of both;
+* ``walkforward``: the default user path, ``hfcast train`` as a user runs it (a subprocess: log to
+  MLflow, register, gate, the champion's monitoring reference), on the first ``--wf-days`` dates of
+  the lake (several sizes, ``--fold last_date=...``), one fold, a small LSTM, a sampled training
+  budget; params.yaml's own memory settings. Wall, CPU seconds and peak RSS of the command's whole
+  process tree for each size, and their growth with the number of days.
 
 Writes ``bench/results/scale.json`` after every stage (machine, load average, nice level).
 """
@@ -43,7 +48,7 @@ from _common import RESULTS, PeakMemory, machine  # noqa: E402
 
 log = logging.getLogger("bench_scale")
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("simulate", "validate", "featurize", "train", "stream_vs_memory", "predict", "monitor", "ddp")
+STAGES = ("simulate", "validate", "featurize", "train", "stream_vs_memory", "predict", "monitor", "ddp", "walkforward")
 GOAL_RSS_MB = 6 * 1024
 ARCH, MODEL = "lstm", {}  # the fastest architecture on CPU, default width
 
@@ -278,6 +283,129 @@ def stage_ddp_worker(a, root: Path) -> dict | None:
     return None
 
 
+# the walk-forward stage's own settings over params.yaml: what a user would set to try the CLI on a
+# year (a small model, one fold, a training budget); memory settings (train.stream_above_rows,
+# walkforward.chunk_rows and the samples) stay params.yaml's
+WF_PARAMS = {"walkforward": {"max_folds": 1, "models": {"lstm": {"hidden": 16, "n_layers": 1, "head_hidden": 16}}},
+             "train": {"epochs": 1, "device": "cpu", "num_threads": 1}, "forecaster": {"archs": ["lstm"]}}
+
+
+def _run_tree(cmd: list[str], env: dict, log_path: Path) -> dict:
+    """Run a command: wall seconds, CPU seconds and peak RSS of its whole process tree (the tree's RSS
+    sampled every 0.2 s, and the kernel's ru_maxrss of the command and its reaped children)."""
+    import threading
+
+    import psutil
+
+    peak, stop = [0.0], threading.Event()
+
+    def sample(pid: int) -> None:
+        try:
+            proc = psutil.Process(pid)
+        except psutil.Error:
+            return
+        while not stop.is_set():
+            try:
+                rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+                peak[0] = max(peak[0], rss / 2**20)
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    load0 = os.getloadavg()
+    with open(log_path, "w") as fh:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        th = threading.Thread(target=sample, args=(p.pid,), daemon=True)
+        th.start()
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        stop.set()
+        th.join()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return {"exit_code": p.returncode, "wall_seconds": round(wall, 1), "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 1),
+            "peak_rss_mb": round(max(peak[0], ru.ru_maxrss / 1024), 1), "peak_rss_mb_tree_sampled": round(peak[0], 1),
+            "ru_maxrss_mb": round(ru.ru_maxrss / 1024, 1), "cpu_share_of_one_core": round((ru.ru_utime + ru.ru_stime) / wall, 2),
+            "load_average_before": [round(x, 2) for x in load0], "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def _fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
+    import numpy as np
+
+    b, a = np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)
+    return float(a), float(b)
+
+
+def stage_walkforward(a, root: Path) -> dict:
+    """``hfcast train`` on the first N dates of the lake for each N of ``--wf-days``."""
+    import pandas as pd
+    import yaml
+
+    from hfcast.config import deep_merge
+    from hfcast.features.stream import features_rows_by_date
+
+    lake = _lake(root)
+    dates = lake.dates("features")
+    sizes = [int(x) for x in a.wf_days.split(",")]
+    if max(sizes) > len(dates):
+        raise SystemExit(f"--wf-days {a.wf_days}: the lake has {len(dates)} features dates")
+    rows_by_date = features_rows_by_date(lake, dates[:max(sizes)])
+    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), WF_PARAMS)
+    params["train"]["max_train_windows"] = a.wf_train_windows
+    runs = []
+    for n in sizes:
+        home = root / f"wf-home-{n}"
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        (home / "params.yaml").write_text(yaml.safe_dump(params))
+        env = {**os.environ, "HFCAST_HOME": str(home), "HFCAST_LAKE": (root / "lake").as_uri(),
+               "HFCAST_PARAMS": str(home / "params.yaml"), "OMP_NUM_THREADS": "1"}
+        env.pop("MLFLOW_TRACKING_URI", None)  # the run's own sqlite under its home
+        cmd = [sys.executable, "-m", "hfcast", "train", "--model", "lstm", "--fold", f"last_date={dates[n - 1]}"]
+        log.info("walkforward: hfcast train on %d dates (to %s)", n, dates[n - 1])
+        res = _run_tree(cmd, env, home / "train.log")
+        text = (home / "train.log").read_text(errors="replace")
+        if res["exit_code"] != 0:
+            raise SystemExit(f"hfcast train on {n} dates failed ({res['exit_code']}): {text[-3000:]}")
+        report = home / "reports" / "train"
+        agg = pd.read_csv(report / "aggregate.csv", index_col=0)
+        table = pd.read_parquet(report / "predictions.parquet", columns=["model"])
+        served = [ln.split("served:", 1)[1].strip() for ln in text.splitlines() if "served:" in ln]
+        train_dates = n - 10  # one fold: the last 5 test days, 3 validation days and 2 embargo days before them
+        runs.append({"dates": n, "last_date": dates[n - 1], "train_dates": train_dates,
+                     "train_feature_rows": int(sum(rows_by_date[d] for d in dates[:train_dates])),
+                     **res, "streamed_training": "streaming by date" in text,
+                     "registered": "registered hfcast version 1" in text, "served": served[-1] if served else "",
+                     "test_rows_scored_per_model": int(agg.loc["forecaster", "n"]),
+                     "prediction_table_rows_per_model": int(table["model"].value_counts().max()),
+                     "forecaster_vol_qlike": float(agg.loc["forecaster", "vol_qlike"]),
+                     "har_tod_vol_qlike": float(agg.loc["har_tod", "vol_qlike"])})
+        shutil.rmtree(home / "mlruns", ignore_errors=True)
+    x = [r["train_dates"] for r in runs]
+    out: dict[str, Any] = {"command": "python -m hfcast train --model lstm --fold last_date=<date N>",
+                           "params_over_params_yaml": {**WF_PARAMS, "train": {**WF_PARAMS["train"],
+                                                                              "max_train_windows": a.wf_train_windows}},
+                           "runs": runs, "rows": sum(r["train_feature_rows"] for r in runs)}
+    if len(runs) >= 2:
+        ca, cb = _fit_line(x, [r["cpu_seconds"] for r in runs])
+        ra, rb = _fit_line(x, [r["peak_rss_mb"] for r in runs])
+        year_train = a.days_in_year - 10
+        share = min(r["cpu_share_of_one_core"] for r in runs)
+        out["growth_with_training_dates"] = {
+            "peak_rss_mb_per_training_date": round(rb, 2), "peak_rss_mb_at_zero_dates": round(ra, 1),
+            "cpu_seconds_per_training_date": round(cb, 2), "cpu_seconds_fixed": round(ca, 1),
+            "peak_rss_ratio_largest_over_smallest": round(runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"], 3)}
+        out["extrapolated_year"] = {
+            "dates": a.days_in_year, "train_dates": year_train,
+            "cpu_seconds": round(ca + cb * year_train, 1),
+            "wall_seconds_at_the_lowest_measured_cpu_share": round((ca + cb * year_train) / max(share, 1e-3), 1),
+            "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs) + max(rb, 0.0) * (year_train - x[-1]), 1),
+            "how": "CPU seconds and peak RSS fitted as a line in the training dates over the measured sizes "
+                   "(one fold: the validation and test spans do not grow); RSS carried at the largest measured "
+                   "peak plus its fitted slope (clipped at 0) times the dates beyond"}
+    return out
+
+
 # --- the driver ----------------------------------------------------------------------------------------
 
 def _maxrss_mb() -> float:
@@ -286,7 +414,8 @@ def _maxrss_mb() -> float:
 
 def _passthrough(a) -> list[str]:
     keys = ("symbols", "days", "seed", "val_days", "holdout", "train_windows", "val_windows", "cmp_days",
-            "cmp_windows", "cmp_rounds", "predict_days", "buffer_dates", "validate_days", "featurize_days")
+            "cmp_windows", "cmp_rounds", "predict_days", "buffer_dates", "validate_days", "featurize_days",
+            "wf_days", "wf_train_windows", "days_in_year")
     return [x for k in keys if getattr(a, k) is not None for x in (f"--{k.replace('_', '-')}", str(getattr(a, k)))]
 
 
@@ -340,8 +469,17 @@ def collect(a, root: Path, out: Path) -> dict:
            "goals": {"peak_rss_mb_every_stage": GOAL_RSS_MB, "stream_over_memory_training_throughput": 0.9},
            "lake_mb": {line.split()[1].rsplit("/", 1)[-1]: int(line.split()[0]) for line in du.splitlines()},
            "stages": stages}
-    if stages:
-        doc["all_stages_within_rss_goal"] = all(s["peak_rss_mb"] <= GOAL_RSS_MB for s in stages.values())
+    old = json.loads(out.read_text()) if out.exists() else None
+    if old and old.get("universe") != doc["universe"]:
+        # a run on another lake (e.g. the walk-forward stage on fewer days) joins the earlier results:
+        # its stages carry their own context, the file's top level stays the earlier run's
+        context = {k: doc[k] for k in ("when", "machine", "nice", "load_average_1_5_15m_at_write", "universe",
+                                       "config", "lake_mb")}
+        doc = {**old, "stages": {**old.get("stages", {}), **{k: {**v, "run": context} for k, v in stages.items()}}}
+    elif old:
+        doc["stages"] = {**old.get("stages", {}), **stages}
+    if doc["stages"]:
+        doc["all_stages_within_rss_goal"] = all(s["peak_rss_mb"] <= GOAL_RSS_MB for s in doc["stages"].values())
     out.write_text(json.dumps(doc, indent=2, default=float) + "\n")
     return doc
 
@@ -368,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validate-days", type=int, default=None, help="validate only the first N dates (a measured fraction)")
     ap.add_argument("--featurize-days", type=int, default=None, help="featurize only the first N dates (a measured fraction)")
     ap.add_argument("--threads", type=int, default=None, help="(ddp_worker) torch threads per process")
+    ap.add_argument("--wf-days", default="30,60", help="(walkforward) comma-separated numbers of dates hfcast train runs on")
+    ap.add_argument("--wf-train-windows", type=int, default=50_000, help="(walkforward) train.max_train_windows")
+    ap.add_argument("--days-in-year", type=int, default=252, help="(walkforward) the size the figures extrapolate to")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.stage:

@@ -34,10 +34,17 @@ from hfcast import metrics as M
 _ORDER = ("fold", "symbol", "ts")  # the order a score reads rows in (ties in decile buckets)
 
 
+def utc_index(ts: Any) -> pd.DatetimeIndex:
+    """Timestamps as a UTC DatetimeIndex (naive ones are taken as UTC), without a Python object per
+    row (``Series.to_numpy()`` of tz-aware stamps makes one)."""
+    idx = ts if isinstance(ts, pd.DatetimeIndex) else pd.DatetimeIndex(ts)
+    return idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+
+
 def row_keys(symbol: Any, ts: Any, seed: int = 0) -> np.ndarray:
     """A seeded pseudo-random uint64 per row from its identity ``(symbol, ts)`` alone: the same
     row gets the same key in every model, chunk and process."""
-    t = pd.DatetimeIndex(pd.to_datetime(np.asarray(ts), utc=True)).as_unit("ns").asi8
+    t = utc_index(ts).as_unit("ns").asi8
     frame = pd.DataFrame({"s": np.asarray(symbol, dtype=object).astype(str), "t": t})
     return pd.util.hash_pandas_object(frame, index=False, hash_key=f"{int(seed):016d}"[-16:]).to_numpy()
 
@@ -224,7 +231,7 @@ def chunk_stats(df: pd.DataFrame) -> dict[str, Any]:
     fin = np.isfinite(rp)
     st["ret_served"] = _Max(float(np.max(np.abs(rp[fin]))) if fin.any() else -1.0)
     if "ts" in df:
-        ics, varies = M.cross_sectional_ics(rp, y, df["ts"].to_numpy())
+        ics, varies = M.cross_sectional_ics(rp, y, utc_index(df["ts"]).asi8)  # minute ids
         st["ret_ic_cs"] = _CrossSection(float(ics.sum()), float(ics.size), varies)
     st["ret_hit"] = _Mean.of(M.hit_rate(rp, y), (_finite(rp, y) & (y != 0)).sum())
     st["ret_mse"] = _Mean.of(M.mse(rp, y), _finite(rp, y).sum())

@@ -57,6 +57,9 @@ class WalkForwardConfig:
     sample_seed: int = 0                     # seed of those samples
 
     def __post_init__(self) -> None:
+        for name in ("first_test_date", "last_date"):  # YAML reads 2024-01-02 as a date: dates compare as ISO text
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
         if self.mode not in MODES:
             raise ValueError(f"walkforward.mode must be one of {MODES}, got {self.mode!r}")
         for name in ("train_days", "val_days", "test_days", "eval_stride", "train_stride"):
@@ -390,7 +393,10 @@ def _frame_of(cal, nat: dict[str, np.ndarray], ctx: dict | None) -> Any:
 
 
 def _keys_at_ends(wa) -> tuple[np.ndarray, np.ndarray]:
-    return wa.keys["symbol"].to_numpy()[wa.ends], wa.keys["ts"].to_numpy()[wa.ends]
+    """(symbol, end time as UTC datetime64) of every window."""
+    from hfcast.scoring import utc_index
+
+    return wa.keys["symbol"].to_numpy()[wa.ends], utc_index(wa.keys["ts"]).tz_localize(None)[wa.ends].to_numpy()
 
 
 def _sample_windows(wa, k: int | None, seed: int):
