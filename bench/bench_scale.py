@@ -24,7 +24,9 @@ and is not run again (a cut-short bench resumes). Stages:
   MLflow, register, gate, the champion's monitoring reference), on the first ``--wf-days`` dates of
   the lake (several sizes, ``--fold last_date=...``), one fold, a small LSTM, a sampled training
   budget; params.yaml's own memory settings. Wall, CPU seconds and peak RSS of the command's whole
-  process tree for each size, and their growth with the number of days.
+  process tree for each size, and their growth with the number of days;
+* ``walkforward_before`` (opt-in, ``--only walkforward_before``): the same command with the code of
+  ``--wf-before-commit`` on the smallest size, killed above ``--wf-before-limit-mb``.
 
 Writes ``bench/results/scale.json`` after every stage (machine, load average, nice level).
 """
@@ -49,6 +51,7 @@ from _common import RESULTS, PeakMemory, machine  # noqa: E402
 log = logging.getLogger("bench_scale")
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("simulate", "validate", "featurize", "train", "stream_vs_memory", "predict", "monitor", "ddp", "walkforward")
+OPT_IN = ("walkforward_before",)  # run only when named in --only
 GOAL_RSS_MB = 6 * 1024
 ARCH, MODEL = "lstm", {}  # the fastest architecture on CPU, default width
 
@@ -290,14 +293,16 @@ WF_PARAMS = {"walkforward": {"max_folds": 1, "models": {"lstm": {"hidden": 16, "
              "train": {"epochs": 1, "device": "cpu", "num_threads": 1}, "forecaster": {"archs": ["lstm"]}}
 
 
-def _run_tree(cmd: list[str], env: dict, log_path: Path) -> dict:
+def _run_tree(cmd: list[str], env: dict, log_path: Path, kill_above_mb: float | None = None) -> dict:
     """Run a command: wall seconds, CPU seconds and peak RSS of its whole process tree (the tree's RSS
-    sampled every 0.2 s, and the kernel's ru_maxrss of the command and its reaped children)."""
+    sampled every 0.2 s, and the kernel's ru_maxrss of the command and its reaped children). With
+    ``kill_above_mb`` the tree is killed when it grows past it (a shared machine must not run out)."""
+    import signal
     import threading
 
     import psutil
 
-    peak, stop = [0.0], threading.Event()
+    peak, stop, killed = [0.0], threading.Event(), [False]
 
     def sample(pid: int) -> None:
         try:
@@ -306,8 +311,12 @@ def _run_tree(cmd: list[str], env: dict, log_path: Path) -> dict:
             return
         while not stop.is_set():
             try:
-                rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
-                peak[0] = max(peak[0], rss / 2**20)
+                tree = [proc, *proc.children(recursive=True)]
+                peak[0] = max(peak[0], sum(c.memory_info().rss for c in tree) / 2**20)
+                if kill_above_mb is not None and peak[0] > kill_above_mb:
+                    killed[0] = True
+                    for c in tree:
+                        c.send_signal(signal.SIGKILL)
             except psutil.Error:
                 pass
             time.sleep(0.2)
@@ -326,7 +335,8 @@ def _run_tree(cmd: list[str], env: dict, log_path: Path) -> dict:
     return {"exit_code": p.returncode, "wall_seconds": round(wall, 1), "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 1),
             "peak_rss_mb": round(max(peak[0], ru.ru_maxrss / 1024), 1), "peak_rss_mb_tree_sampled": round(peak[0], 1),
             "ru_maxrss_mb": round(ru.ru_maxrss / 1024, 1), "cpu_share_of_one_core": round((ru.ru_utime + ru.ru_stime) / wall, 2),
-            "load_average_before": [round(x, 2) for x in load0], "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+            "load_average_before": [round(x, 2) for x in load0], "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            **({"killed_above_mb": kill_above_mb} if killed[0] else {})}
 
 
 def _fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
@@ -336,51 +346,84 @@ def _fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def stage_walkforward(a, root: Path) -> dict:
-    """``hfcast train`` on the first N dates of the lake for each N of ``--wf-days``."""
+def _train_run(a, root: Path, dates: list[str], n: int, params: dict, name: str, pythonpath: str | None = None,
+               kill_above_mb: float | None = None) -> dict:
+    """One ``hfcast train`` on the first ``n`` dates, in its own home (MLflow sqlite, reports)."""
     import pandas as pd
     import yaml
 
-    from hfcast.config import deep_merge
     from hfcast.features.stream import features_rows_by_date
 
-    lake = _lake(root)
-    dates = lake.dates("features")
+    home = root / name
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    params = {**params, "train": {**params["train"], "max_train_windows": a.wf_train_windows}}
+    (home / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "HFCAST_HOME": str(home), "HFCAST_LAKE": (root / "lake").as_uri(),
+           "HFCAST_PARAMS": str(home / "params.yaml"), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the run's own sqlite under its home
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    # quoted: YAML reads it as text in every version of the CLI
+    cmd = [sys.executable, "-m", "hfcast", "train", "--model", "lstm", "--fold", f'last_date="{dates[n - 1]}"']
+    log.info("walkforward: hfcast train on %d dates (to %s) in %s", n, dates[n - 1], home)
+    res = _run_tree(cmd, env, home / "train.log", kill_above_mb)
+    train_dates = n - 10  # one fold: the last 5 test days, 3 validation days and 2 embargo days before them
+    rows = features_rows_by_date(_lake(root), dates[:train_dates])
+    run = {"dates": n, "last_date": dates[n - 1], "train_dates": train_dates,
+           "train_feature_rows": int(sum(rows.values())), **res}
+    text = (home / "train.log").read_text(errors="replace")
+    if res["exit_code"] != 0:
+        if "killed_above_mb" in res:
+            return run
+        raise SystemExit(f"hfcast train on {n} dates failed ({res['exit_code']}): {text[-3000:]}")
+    report = home / "reports" / "train"
+    agg = pd.read_csv(report / "aggregate.csv", index_col=0)
+    table = pd.read_parquet(report / "predictions.parquet", columns=["model"])
+    served = [ln.split("served:", 1)[1].strip() for ln in text.splitlines() if "served:" in ln]
+    shutil.rmtree(home / "mlruns", ignore_errors=True)
+    return {**run, "streamed_training": "streaming by date" in text,
+            "registered": "registered hfcast version 1" in text, "served": served[-1] if served else "",
+            "test_rows_scored_per_model": int(agg.loc["forecaster", "n"]),
+            "prediction_table_rows_per_model": int(table["model"].value_counts().max()),
+            "forecaster_vol_qlike": float(agg.loc["forecaster", "vol_qlike"]),
+            "har_tod_vol_qlike": float(agg.loc["har_tod", "vol_qlike"])}
+
+
+def stage_walkforward_before(a, root: Path) -> dict:
+    """The same ``hfcast train`` with the code of ``--wf-before-commit`` (the walk-forward that held
+    every fold date in one frame) on the smallest ``--wf-days`` size: what this path cost before.
+    Killed above ``--wf-before-limit-mb`` (the machine is shared). Opt-in: ``--only walkforward_before``."""
+    import yaml
+
+    from hfcast.config import deep_merge
+
+    src = root / f"src-{a.wf_before_commit}"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", a.wf_before_commit, "src", "params.yaml"],
+                         check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=tar, check=True)
+    params = deep_merge(yaml.safe_load((src / "params.yaml").read_text()), WF_PARAMS)
+    n = min(int(x) for x in a.wf_days.split(","))
+    run = _train_run(a, root, _lake(root).dates("features"), n, params, f"wf-before-{n}", str(src / "src"),
+                     a.wf_before_limit_mb)
+    shutil.rmtree(src, ignore_errors=True)
+    return {"commit": a.wf_before_commit, "run": run, "rows": run["train_feature_rows"]}
+
+
+def stage_walkforward(a, root: Path) -> dict:
+    """``hfcast train`` on the first N dates of the lake for each N of ``--wf-days``."""
+    import yaml
+
+    from hfcast.config import deep_merge
+
+    dates = _lake(root).dates("features")
     sizes = [int(x) for x in a.wf_days.split(",")]
     if max(sizes) > len(dates):
         raise SystemExit(f"--wf-days {a.wf_days}: the lake has {len(dates)} features dates")
-    rows_by_date = features_rows_by_date(lake, dates[:max(sizes)])
     params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), WF_PARAMS)
-    params["train"]["max_train_windows"] = a.wf_train_windows
-    runs = []
-    for n in sizes:
-        home = root / f"wf-home-{n}"
-        shutil.rmtree(home, ignore_errors=True)
-        home.mkdir(parents=True)
-        (home / "params.yaml").write_text(yaml.safe_dump(params))
-        env = {**os.environ, "HFCAST_HOME": str(home), "HFCAST_LAKE": (root / "lake").as_uri(),
-               "HFCAST_PARAMS": str(home / "params.yaml"), "OMP_NUM_THREADS": "1"}
-        env.pop("MLFLOW_TRACKING_URI", None)  # the run's own sqlite under its home
-        cmd = [sys.executable, "-m", "hfcast", "train", "--model", "lstm", "--fold", f"last_date={dates[n - 1]}"]
-        log.info("walkforward: hfcast train on %d dates (to %s)", n, dates[n - 1])
-        res = _run_tree(cmd, env, home / "train.log")
-        text = (home / "train.log").read_text(errors="replace")
-        if res["exit_code"] != 0:
-            raise SystemExit(f"hfcast train on {n} dates failed ({res['exit_code']}): {text[-3000:]}")
-        report = home / "reports" / "train"
-        agg = pd.read_csv(report / "aggregate.csv", index_col=0)
-        table = pd.read_parquet(report / "predictions.parquet", columns=["model"])
-        served = [ln.split("served:", 1)[1].strip() for ln in text.splitlines() if "served:" in ln]
-        train_dates = n - 10  # one fold: the last 5 test days, 3 validation days and 2 embargo days before them
-        runs.append({"dates": n, "last_date": dates[n - 1], "train_dates": train_dates,
-                     "train_feature_rows": int(sum(rows_by_date[d] for d in dates[:train_dates])),
-                     **res, "streamed_training": "streaming by date" in text,
-                     "registered": "registered hfcast version 1" in text, "served": served[-1] if served else "",
-                     "test_rows_scored_per_model": int(agg.loc["forecaster", "n"]),
-                     "prediction_table_rows_per_model": int(table["model"].value_counts().max()),
-                     "forecaster_vol_qlike": float(agg.loc["forecaster", "vol_qlike"]),
-                     "har_tod_vol_qlike": float(agg.loc["har_tod", "vol_qlike"])})
-        shutil.rmtree(home / "mlruns", ignore_errors=True)
+    runs = [_train_run(a, root, dates, n, params, f"wf-home-{n}") for n in sizes]
     x = [r["train_dates"] for r in runs]
     out: dict[str, Any] = {"command": "python -m hfcast train --model lstm --fold last_date=<date N>",
                            "params_over_params_yaml": {**WF_PARAMS, "train": {**WF_PARAMS["train"],
@@ -415,7 +458,7 @@ def _maxrss_mb() -> float:
 def _passthrough(a) -> list[str]:
     keys = ("symbols", "days", "seed", "val_days", "holdout", "train_windows", "val_windows", "cmp_days",
             "cmp_windows", "cmp_rounds", "predict_days", "buffer_dates", "validate_days", "featurize_days",
-            "wf_days", "wf_train_windows", "days_in_year")
+            "wf_days", "wf_train_windows", "days_in_year", "wf_before_commit", "wf_before_limit_mb")
     return [x for k in keys if getattr(a, k) is not None for x in (f"--{k.replace('_', '-')}", str(getattr(a, k)))]
 
 
@@ -456,7 +499,7 @@ def run_stage(a) -> None:
 
 
 def collect(a, root: Path, out: Path) -> dict:
-    stages = {s: json.loads((root / f"stage-{s}.json").read_text()) for s in STAGES
+    stages = {s: json.loads((root / f"stage-{s}.json").read_text()) for s in (*STAGES, *OPT_IN)
               if (root / f"stage-{s}.json").exists()}
     du = subprocess.run(["du", "-sm", *[str(root / "lake" / t) for t in ("raw", "truth", "validated", "features")
                                         if (root / "lake" / t).exists()]], capture_output=True, text=True).stdout
@@ -478,8 +521,9 @@ def collect(a, root: Path, out: Path) -> dict:
         doc = {**old, "stages": {**old.get("stages", {}), **{k: {**v, "run": context} for k, v in stages.items()}}}
     elif old:
         doc["stages"] = {**old.get("stages", {}), **stages}
-    if doc["stages"]:
-        doc["all_stages_within_rss_goal"] = all(s["peak_rss_mb"] <= GOAL_RSS_MB for s in doc["stages"].values())
+    goal = [v for k, v in doc["stages"].items() if k not in OPT_IN]  # the opt-in stages measure code before a change
+    if goal:
+        doc["all_stages_within_rss_goal"] = all(s["peak_rss_mb"] <= GOAL_RSS_MB for s in goal)
     out.write_text(json.dumps(doc, indent=2, default=float) + "\n")
     return doc
 
@@ -509,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wf-days", default="30,60", help="(walkforward) comma-separated numbers of dates hfcast train runs on")
     ap.add_argument("--wf-train-windows", type=int, default=50_000, help="(walkforward) train.max_train_windows")
     ap.add_argument("--days-in-year", type=int, default=252, help="(walkforward) the size the figures extrapolate to")
+    ap.add_argument("--wf-before-commit", default="b37e6ba", help="(walkforward_before) the code to compare with")
+    ap.add_argument("--wf-before-limit-mb", type=float, default=12_000, help="(walkforward_before) kill it above this RSS")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.stage:
