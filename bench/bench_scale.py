@@ -483,7 +483,8 @@ def run_stage(a) -> None:
     doc = {"stage": a.stage, "wall_seconds": round(wall, 1), "cpu_seconds_main_process": round(time.process_time() - c0, 1),
            "peak_rss_mb": round(peak, 1), "peak_rss_mb_process_tree_sampled": round(mem.peak_mb, 1),
            "ru_maxrss_mb_self": round(_maxrss_mb(), 1), "ru_maxrss_mb_largest_child": round(child, 1),
-           "rss_goal_met": peak <= GOAL_RSS_MB, "load_average_before": [round(x, 2) for x in load0],
+           "rss_goal_met": peak <= GOAL_RSS_MB, "nice": os.getpriority(os.PRIO_PROCESS, 0),
+           "load_average_before": [round(x, 2) for x in load0],
            "load_average_after": [round(x, 2) for x in os.getloadavg()], **res}
     doc["cpu_seconds_process_tree"] = round(cpu_tree, 1)  # main process + reaped children (workers, torchrun)
     doc["cpu_share_of_one_core"] = round(cpu_tree / wall, 2)  # how much CPU the shared machine gave the stage
