@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from hfcast.config import checked_section
-from hfcast.contracts import LOOKBACK, PRED_COLUMNS
+from hfcast.contracts import PRED_COLUMNS
 from hfcast.data.schema import LABEL_HORIZONS
 from hfcast.models.baselines import BASELINES
 
@@ -306,12 +306,13 @@ def prepare(lake, wf_cfg: WalkForwardConfig, dates: Sequence[str] | None = None,
     return Prepared(folds, names, reader, lake if frame is None else None)
 
 
-def _windows(prep: Prepared, frame, stride: int, fold: Fold, span: str, feature_names: Sequence[str] | None = None):
-    """Windows of a frame of whole dates at a stride; a span without any is an error."""
+def _windows(prep: Prepared, frame, stride: int, fold: Fold | None = None, span: str | None = None,
+             feature_names: Sequence[str] | None = None):
+    """Windows of a frame of whole dates at a stride; with ``span`` (a whole span), none is an error."""
     from hfcast.features.windows import build_windows
 
     wa = build_windows(frame, list(feature_names or prep.feature_names), stride=stride)
-    if span and not len(wa):
+    if span is not None and not len(wa):
         raise ValueError(f"{fold.describe()} has no {span} windows ({len(frame)} feature rows)")
     return wa
 
@@ -439,7 +440,7 @@ def _train_inputs(prep: Prepared, fold: Fold, wf_cfg: WalkForwardConfig, need_sc
     sample = BottomK(wf_cfg.baseline_fit_windows)
     moments = None
     for _, frame in prep.reader.chunks(fold.train, wf_cfg.chunk_rows, cols):
-        wa = _windows(prep, frame, wf_cfg.train_stride, fold, "", feats)
+        wa = _windows(prep, frame, wf_cfg.train_stride, feature_names=feats)
         if not len(wa):
             continue
         sym, ts = _keys_at_ends(wa)
@@ -536,7 +537,7 @@ def _score_test_span(prep: Prepared, fold: Fold, chosen: _FoldChoice, nets: Mapp
 
     n = 0
     for _, frame in prep.reader.chunks(fold.test, wf_cfg.chunk_rows):
-        wa = _windows(prep, frame, wf_cfg.eval_stride, fold, "")
+        wa = _windows(prep, frame, wf_cfg.eval_stride)
         if not len(wa):
             continue
         n += len(wa)

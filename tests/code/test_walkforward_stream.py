@@ -20,7 +20,7 @@ from hfcast.walkforward import SERVED, WalkForwardConfig, prepare, run_walkforwa
 NAMES = synthetic_feature_names(3)
 SMALL = {"lstm": {"hidden": 8, "n_layers": 1, "head_hidden": 8}, "tcn": {"channels": 8, "n_levels": 2, "head_hidden": 8}}
 TRAIN = TrainConfig(epochs=1, batch_size=64, max_train_windows=300, max_val_windows=500, seed=0, num_threads=1)
-WF = dict(train_days=3, val_days=1, test_days=2, step_days=2, embargo_days=1, eval_stride=5, max_folds=2)
+WF = {"train_days": 3, "val_days": 1, "test_days": 2, "step_days": 2, "embargo_days": 1, "eval_stride": 5, "max_folds": 2}
 # the scores a sample of rows cannot give exactly (every row ranked at once)
 FROM_SAMPLE = ("ret_rank_ic", "ret_err_low_conf", "ret_err_high_conf", "rv_err_low_conf", "rv_err_high_conf",
                "ret_miss_low_conf", "ret_miss_high_conf")
@@ -89,7 +89,7 @@ def test_a_sampled_predictions_table_keeps_every_score_over_all_rows(trained):
 def test_the_streamed_walkforward_runs_end_to_end_holding_one_date(lake, monkeypatch):
     """Tiny thresholds: the training span streams from the lake, every other span is read one date
     at a time, the baselines and the choice read samples; no read ever holds more than one date."""
-    import hfcast.features.engine as engine
+    from hfcast.features import engine
 
     lk, rows_per_date = lake
     held: list[int] = []
