@@ -346,6 +346,14 @@ def _fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def _train_span(params: dict, dates: list[str]) -> list[str]:
+    """The training dates of the last fold ``hfcast train --fold last_date=<dates[-1]>`` runs."""
+    from hfcast.walkforward import WalkForwardConfig, generate_folds
+
+    cfg = WalkForwardConfig.from_params({**params["walkforward"], "last_date": dates[-1]})
+    return list(list(generate_folds(dates, cfg))[-1].train)
+
+
 def _train_run(a, root: Path, dates: list[str], n: int, params: dict, name: str, pythonpath: str | None = None,
                kill_above_mb: float | None = None) -> dict:
     """One ``hfcast train`` on the first ``n`` dates, in its own home (MLflow sqlite, reports)."""
@@ -368,8 +376,9 @@ def _train_run(a, root: Path, dates: list[str], n: int, params: dict, name: str,
     cmd = [sys.executable, "-m", "hfcast", "train", "--model", "lstm", "--fold", f'last_date="{dates[n - 1]}"']
     log.info("walkforward: hfcast train on %d dates (to %s) in %s", n, dates[n - 1], home)
     res = _run_tree(cmd, env, home / "train.log", kill_above_mb)
-    train_dates = n - 10  # one fold: the last 5 test days, 3 validation days and 2 embargo days before them
-    rows = features_rows_by_date(_lake(root), dates[:train_dates])
+    train = _train_span(params, dates[:n])
+    train_dates = len(train)
+    rows = features_rows_by_date(_lake(root), train)
     run = {"dates": n, "last_date": dates[n - 1], "train_dates": train_dates,
            "train_feature_rows": int(sum(rows.values())), **res}
     text = (home / "train.log").read_text(errors="replace")
@@ -432,7 +441,7 @@ def stage_walkforward(a, root: Path) -> dict:
     if len(runs) >= 2:
         ca, cb = _fit_line(x, [r["cpu_seconds"] for r in runs])
         ra, rb = _fit_line(x, [r["peak_rss_mb"] for r in runs])
-        year_train = a.days_in_year - 10
+        year_train = a.days_in_year - (runs[-1]["dates"] - runs[-1]["train_dates"])  # val, test, embargo stay
         share = min(r["cpu_share_of_one_core"] for r in runs)
         out["growth_with_training_dates"] = {
             "peak_rss_mb_per_training_date": round(rb, 2), "peak_rss_mb_at_zero_dates": round(ra, 1),

@@ -86,6 +86,25 @@ def test_a_sampled_predictions_table_keeps_every_score_over_all_rows(trained):
     pd.testing.assert_frame_equal(res.per_fold[exact + ["model"]], ref.per_fold[exact + ["model"]], rtol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["ensemble", "floor", "net", "har_tod"])
+def test_every_forecaster_kind_is_served_the_same_a_date_at_a_time(trained, kind):
+    """Each kind hfcast.selection can serve (the ensemble of both networks, a floored network, a
+    bare one, a baseline alone) chosen and predicted from chunks of one date: the same choice and
+    served forecasts as from one frame of each span."""
+    from hfcast.selection import SelectOptions
+
+    prep, nets, _ = trained
+    opts = SelectOptions(kind=kind, ret="zero")
+    ref = select_folds(prep, nets, WalkForwardConfig(**WF), options=opts, progress=False)
+    res = select_folds(prep, nets, WalkForwardConfig(**WF, chunk_rows=1), options=opts, progress=False)
+    assert [c.vol for c in res.choices] == [kind] * 2 and _same_choices(res, ref)
+    served = [p[p["model"] == SERVED].reset_index(drop=True) for p in (res.predictions, ref.predictions)]
+    assert len(served[0]) > 0
+    # the networks see other batch compositions (float32 rounding ~1e-7); a confidence read off the
+    # calibrator's slope of that forecast moves by up to a few 1e-6
+    pd.testing.assert_frame_equal(*served, rtol=1e-5)
+
+
 def test_the_streamed_walkforward_runs_end_to_end_holding_one_date(lake, monkeypatch):
     """Tiny thresholds: the training span streams from the lake, every other span is read one date
     at a time, the baselines and the choice read samples; no read ever holds more than one date."""
