@@ -29,7 +29,6 @@ shared 2-core machine: small universes, one fold, 2 epochs, small models).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -249,7 +248,7 @@ def summarize(P: pd.DataFrame, val: pd.DataFrame | None) -> dict:
 
     models = {m: g.reset_index(drop=True) for m, g in P.groupby("model", sort=False)}
     scores = {m: score(g) for m, g in models.items()}
-    served, har = scores[SERVED], scores["har_tod"]
+    har = scores["har_tod"]
     has_truth = "true_var_10m" in P and np.isfinite(P["true_var_10m"]).any()
     rows = {}
     for m, sc in scores.items():

@@ -34,7 +34,7 @@ from hfcast.contracts import PRED_COLUMNS, VOL_TOLERANCE
 log = logging.getLogger(__name__)
 
 
-def _col(df: pd.DataFrame, name: str) -> np.ndarray:
+def column_array(df: pd.DataFrame, name: str) -> np.ndarray:
     return df[name].to_numpy(np.float64) if name in df else np.full(len(df), np.nan)
 
 
@@ -60,8 +60,8 @@ def score(df: pd.DataFrame) -> dict[str, float]:
     missing = [c for c in (*PRED_COLUMNS, "ret_60m", "rv_10m") if c not in df]
     if missing:
         raise KeyError(f"predictions frame is missing {missing}")
-    rp, y = _col(df, "ret_60m_pred"), _col(df, "ret_60m")
-    vp, rv = _col(df, "rv_10m_pred"), _col(df, "rv_10m")
+    rp, y = column_array(df, "ret_60m_pred"), column_array(df, "ret_60m")
+    vp, rv = column_array(df, "rv_10m_pred"), column_array(df, "rv_10m")
     out: dict[str, float] = {"n": float(len(df)), "n_ret": float(np.isfinite(y).sum()),
                              "n_rv": float(np.isfinite(rv).sum())}
     out["vol_qlike"] = M.qlike(vp**2, rv**2)
@@ -74,33 +74,33 @@ def score(df: pd.DataFrame) -> dict[str, float]:
     out["ret_ic_cs"] = M.cross_sectional_ic(rp, y, df["ts"].to_numpy()) if "ts" in df else float("nan")
     out["ret_hit"] = M.hit_rate(rp, y)
     out["ret_mse"] = M.mse(rp, y)
-    out["ret_coverage"] = M.coverage(_col(df, "ret_60m_lo"), _col(df, "ret_60m_hi"), y)
-    out["rv_coverage"] = M.coverage(_col(df, "rv_10m_lo"), _col(df, "rv_10m_hi"), rv)
+    out["ret_coverage"] = M.coverage(column_array(df, "ret_60m_lo"), column_array(df, "ret_60m_hi"), y)
+    out["rv_coverage"] = M.coverage(column_array(df, "rv_10m_lo"), column_array(df, "rv_10m_hi"), rv)
     rc, vc = ret_correct(rp, y), rv_correct(vp, rv)
-    out["ret_ece"] = M.ece(_col(df, "ret_60m_conf"), rc)
-    out["rv_ece"] = M.ece(_col(df, "rv_10m_conf"), vc)
-    out["ret_conf_mean"] = float(np.nanmean(_col(df, "ret_60m_conf")))
-    out["rv_conf_mean"] = float(np.nanmean(_col(df, "rv_10m_conf")))
+    out["ret_ece"] = M.ece(column_array(df, "ret_60m_conf"), rc)
+    out["rv_ece"] = M.ece(column_array(df, "rv_10m_conf"), vc)
+    out["ret_conf_mean"] = float(np.nanmean(column_array(df, "ret_60m_conf")))
+    out["rv_conf_mean"] = float(np.nanmean(column_array(df, "rv_10m_conf")))
     # error_by_decile breaks confidence ties by row order; rows are sorted by symbol, so a constant
     # (or coarsely stepped) confidence would rank SYMBOLS. A fixed random permutation first makes
     # tied rows land in deciles at random: a confidence that says nothing then shows flat deciles.
     perm = np.random.default_rng(0).permutation(len(df))
-    for name, conf, err in (("ret", _col(df, "ret_60m_conf"), np.abs(rp - y)),
-                            ("rv", _col(df, "rv_10m_conf"), np.abs(rv / np.maximum(vp, 1e-300) - 1))):
+    for name, conf, err in (("ret", column_array(df, "ret_60m_conf"), np.abs(rp - y)),
+                            ("rv", column_array(df, "rv_10m_conf"), np.abs(rv / np.maximum(vp, 1e-300) - 1))):
         dec = M.error_by_decile(conf[perm], err[perm])
         if len(dec) >= 2:
             out[f"{name}_err_low_conf"] = float(dec["abs_err"].iloc[0])
             out[f"{name}_err_high_conf"] = float(dec["abs_err"].iloc[-1])
-    miss = M.error_by_decile(_col(df, "ret_60m_conf")[perm], 1.0 - rc[perm])  # what the return confidence is about
+    miss = M.error_by_decile(column_array(df, "ret_60m_conf")[perm], 1.0 - rc[perm])  # what the return confidence is about
     if len(miss) >= 2:
         out["ret_miss_low_conf"] = float(miss["abs_err"].iloc[0])
         out["ret_miss_high_conf"] = float(miss["abs_err"].iloc[-1])
     if "true_var_10m" in df:
-        tv = _col(df, "true_var_10m")
+        tv = column_array(df, "true_var_10m")
         out["vol_qlike_truth"] = M.qlike(vp**2, tv)
         out["vol_mse_truth"] = M.mse(vp, np.sqrt(np.maximum(tv, 0)))
     if "true_ret_60m" in df:
-        out["ret_ic_truth"] = M.ic(rp, _col(df, "true_ret_60m"))
+        out["ret_ic_truth"] = M.ic(rp, column_array(df, "true_ret_60m"))
     return out
 
 
@@ -114,10 +114,10 @@ def score_folds(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
 
 def deciles(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Error-by-confidence-decile tables for both targets (for plots and reports)."""
-    rp, y = _col(df, "ret_60m_pred"), _col(df, "ret_60m")
-    vp, rv = _col(df, "rv_10m_pred"), _col(df, "rv_10m")
-    return {"ret": M.error_by_decile(_col(df, "ret_60m_conf"), np.abs(rp - y)),
-            "rv": M.error_by_decile(_col(df, "rv_10m_conf"), np.abs(rv / np.maximum(vp, 1e-300) - 1))}
+    rp, y = column_array(df, "ret_60m_pred"), column_array(df, "ret_60m")
+    vp, rv = column_array(df, "rv_10m_pred"), column_array(df, "rv_10m")
+    return {"ret": M.error_by_decile(column_array(df, "ret_60m_conf"), np.abs(rp - y)),
+            "rv": M.error_by_decile(column_array(df, "rv_10m_conf"), np.abs(rv / np.maximum(vp, 1e-300) - 1))}
 
 
 # -- plots and report --------------------------------------------------------------------------
@@ -135,13 +135,13 @@ def plot_all(frames: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list[Pa
     paths = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for name, df in frames.items():
-        vp, rv = _col(df, "rv_10m_pred"), _col(df, "rv_10m")
+        vp, rv = column_array(df, "rv_10m_pred"), column_array(df, "rv_10m")
         ok = np.isfinite(vp) & np.isfinite(rv) & (vp > 0)
         if ok.sum() >= 20:
             q = pd.qcut(vp[ok], 20, labels=False, duplicates="drop")
             g = pd.DataFrame({"p": vp[ok], "r": rv[ok], "q": q}).groupby("q").mean()
             axes[0].loglog(g["p"], g["r"], "o-", ms=3, label=name)
-        rp, y = _col(df, "ret_60m_pred"), _col(df, "ret_60m")
+        rp, y = column_array(df, "ret_60m_pred"), column_array(df, "ret_60m")
         ok = np.isfinite(rp) & np.isfinite(y)
         if ok.sum() >= 20 and np.std(rp[ok]) > 0:
             q = pd.qcut(rp[ok], 20, labels=False, duplicates="drop")
@@ -158,9 +158,9 @@ def plot_all(frames: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list[Pa
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for name, df in frames.items():
-        for ax, conf, corr in ((axes[0], "ret_60m_conf", ret_correct(_col(df, "ret_60m_pred"), _col(df, "ret_60m"))),
-                               (axes[1], "rv_10m_conf", rv_correct(_col(df, "rv_10m_pred"), _col(df, "rv_10m")))):
-            tab = M.reliability(_col(df, conf), corr, 20)
+        for ax, conf, corr in ((axes[0], "ret_60m_conf", ret_correct(column_array(df, "ret_60m_pred"), column_array(df, "ret_60m"))),
+                               (axes[1], "rv_10m_conf", rv_correct(column_array(df, "rv_10m_pred"), column_array(df, "rv_10m")))):
+            tab = M.reliability(column_array(df, conf), corr, 20)
             tab = tab[tab["n"] > 0]
             line, = ax.plot(tab["conf"], tab["freq"], "o-", ms=3, label=name)
             if len(tab) == 1:  # one dot: say why where it is drawn
