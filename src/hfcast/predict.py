@@ -351,10 +351,11 @@ def prepare_bundle(settings: Any, model_ref: str | None, bundle_dir: str | None)
     if bundle_dir:
         meta = Forecaster.load(bundle_dir).meta
         return bundle_dir, str(meta.get("model_name", "local")), str(meta.get("model_version", "0"))
-    from hfcast.registry import download_bundle, resolve
+    from hfcast.registry import download_bundle, fetch_export, resolve
 
     mv = resolve(settings, model_ref or f"{settings.model_name}@champion")  # pin the version once
     path = download_bundle(settings, f"{mv.name}/{mv.version}")
+    fetch_export(settings, mv, path)  # its stored export, verified, where choose_runner looks (else exported here)
     return str(path), str(mv.name), str(mv.version)
 
 
