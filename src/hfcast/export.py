@@ -26,8 +26,8 @@ import numpy as np
 
 from hfcast.contracts import LOOKBACK
 from hfcast.runners import (INPUT_NAME, INT8_KIND, OUTPUT_NAME, RUNNER_KINDS, TENSORRT_ABSENT, OnnxRuntimeRunner,
-                            Runner, TensorRTRunner, TorchRunner, make_runner, n_features_of, n_outputs_of, net_of,
-                            resolve_kind, tensorrt_available)
+                            Runner, TensorRTRunner, TorchRunner, choose_runner_kind, make_runner, n_features_of,
+                            n_outputs_of, net_of, resolve_kind, tensorrt_available)
 
 log = logging.getLogger(__name__)
 
@@ -392,7 +392,11 @@ def serving_runner(kind: str, forecaster: Any, settings: Any = None, bundle: str
 
     if forecaster.graph() is None:
         return None
-    auto, kind = kind == "auto", resolve_kind(kind)
+    auto = kind == "auto"
+    if auto:  # resolved here without resolve_kind's log line: the predictor names the runner it ends with
+        import torch
+
+        kind = choose_runner_kind(torch.cuda.is_available(), tensorrt_available())
     if kind not in RUNNER_KINDS:
         raise ValueError(f"unknown runner kind {kind!r}; choose one of {RUNNER_KINDS + ('auto',)}")
     if kind in ("torch", "torch-compiled"):
