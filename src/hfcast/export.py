@@ -315,12 +315,12 @@ def runner_for(kind: str, forecaster: Any, onnx_path: str | Path | None = None,
 
 # --- the export a server starts from ----------------------------------------------------------------
 
-def serving_files() -> tuple[str, ...]:
-    """The files a server (and batch prediction) of a version needs: the ONNX graph, its int8 model
-    and the int8 guard's verdict."""
+def serving_files(folder: str | Path) -> list[str]:
+    """The files of an export folder that a server (and batch prediction) of the version needs: the
+    ONNX graph, its int8 model (absent when quantizing failed) and the int8 guard's verdict."""
     from hfcast.quantize import INT8_FILE, REPORT_FILE
 
-    return ("model.onnx", INT8_FILE, REPORT_FILE)
+    return [n for n in ("model.onnx", INT8_FILE, REPORT_FILE) if Path(folder, n).is_file()]
 
 
 def export_for_serving(forecaster: Any, onnx_path: str | Path, lake: Any = None) -> dict[str, Any]:
@@ -328,14 +328,25 @@ def export_for_serving(forecaster: Any, onnx_path: str | Path, lake: Any = None)
     guard's verdict on the version's validation span in ``lake`` (without that span the int8 model
     is written but unguarded, and ``auto`` keeps fp32).
 
+    int8 is an option, never a condition of serving: when quantizing or guarding fails, the
+    report says why, no int8 model is kept, and fp32 is served.
+
     Returns:
         The quantization report (:func:`hfcast.quantize.quantize_and_guard`).
     """
-    from hfcast.quantize import quantize_and_guard, validation_frame
+    from hfcast.quantize import INT8_FILE, quantize_and_guard, validation_frame, write_report
 
     export_onnx(forecaster, onnx_path)
     frame, dates = validation_frame(lake, forecaster) if lake is not None else (None, [])
-    return quantize_and_guard(forecaster, onnx_path, frame, dates)
+    try:
+        return quantize_and_guard(forecaster, onnx_path, frame, dates)
+    except Exception as exc:  # onnxruntime's quantizer or the guard: any failure means fp32 only
+        why = f"int8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}"
+        log.warning("%s; the fp32 model is served", why)
+        Path(onnx_path).with_name(INT8_FILE).unlink(missing_ok=True)
+        report = {"use_int8": False, "guard": {"passed": False, "reason": why}}
+        write_report(Path(onnx_path).parent, report)
+        return report
 
 
 def store_serving_export(settings: Any, ref: str) -> dict[str, str] | None:
@@ -355,7 +366,7 @@ def store_serving_export(settings: Any, ref: str) -> dict[str, str] | None:
     with tempfile.TemporaryDirectory(prefix="hfcast-export-") as tmp:
         export_for_serving(fc, Path(tmp) / "model.onnx", Lake.from_settings(settings))
         return registry.store_export(settings, f"{fc.meta['model_name']}/{fc.meta['model_version']}", tmp,
-                                     serving_files())
+                                     serving_files(tmp))
 
 
 def registered_export(settings: Any, ref: str) -> Path:
@@ -542,7 +553,7 @@ def _store_for_serving(report: ExportReport, settings: Any) -> None:
     ref = f"{report.model_name}/{report.model_version}"
     guarded = "reason" not in ((report.quantization or {}).get("guard") or {"reason": "none"})
     if guarded or integrity.expected_export(registry.resolve(settings, ref).tags) is None:
-        registry.store_export(settings, ref, report.out_dir, serving_files())
+        registry.store_export(settings, ref, report.out_dir, serving_files(report.out_dir))
 
 
 def publish(report_or_dir: ExportReport | str | Path, url: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:

@@ -222,7 +222,7 @@ def cached_export(bundle_dir: str | os.PathLike, filename: str, build: Callable[
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("%s export of bundle %s cached in %s", what, key, folder)
+    log.debug("%s export of bundle %s cached in %s", what, key, folder)  # the exporter (or fetch) said what it did
     return folder / filename
 
 

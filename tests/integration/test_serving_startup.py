@@ -170,3 +170,22 @@ def test_a_forecaster_without_a_network_stores_nothing_and_needs_no_runner(proje
     version = register_version(settings, _log_run(settings, fc, tmp_path / "baseline"))
     assert integrity.expected_export(registry.resolve(settings, f"hfcast/{version}").tags) is None
     assert export.serving_runner("auto", registry.load_forecaster(settings, f"hfcast/{version}"), settings) is None
+
+
+def test_a_failed_int8_quantization_stores_and_serves_fp32(project, monkeypatch, tmp_path):
+    from hfcast import quantize
+    from hfcast.lifecycle import register_version
+
+    def broken(*_a, **_k):
+        raise RuntimeError("no int8 kernel for this graph")
+    monkeypatch.setattr(quantize, "quantize_onnx", broken)
+    settings = project["settings"]
+    version = register_version(settings, _log_run(settings, tiny_forecaster("tcn", F, seed=7), tmp_path / "b"))
+    ref = f"hfcast/{version}"
+    _, files = integrity.expected_export(registry.resolve(settings, ref).tags)
+    assert sorted(files) == ["model.onnx", "quantization.json"]  # int8 is an option, not a condition
+    runner = export.serving_runner("auto", registry.load_forecaster(settings, ref), settings)
+    assert runner.kind == "onnxruntime"
+    report = quantize.read_report(registry.fetch_export(settings, registry.resolve(settings, ref),
+                                                        registry.download_bundle(settings, ref)))
+    assert not report["use_int8"] and "no int8 kernel" in report["guard"]["reason"]
