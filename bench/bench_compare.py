@@ -95,7 +95,7 @@ def main() -> None:
         pf = res.per_fold[res.per_fold["model"] == model]
         rows[model]["per_fold"] = pf[["fold", "ret_coverage", "rv_coverage", "ret_ece", "rv_ece", "ret_ic",
                                       "vol_qlike", "vol_qlike_truth"]].to_dict(orient="records")
-        fc = res.forecasters.get(model)
+        fc = res.forecaster if model == "forecaster" else (res.nets.get(model) or [None])[-1]
         if fc is not None and fc.calibrator is not None:
             rows[model]["ret_conf_map_last_fold"] = fc.calibrator.ret_conf.to_dict()
     models = [a for a in archs if a in rows]

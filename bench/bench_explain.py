@@ -3,7 +3,7 @@
 The network is the default-size transformer on the registry's 59 features (untrained weights:
 latency does not depend on skill). Measured side by side in one process: plain predict of one
 window with today's attention code, with the pre-hook attention forward (the reference: predict
-must not have slowed down), and with the attention hook switched on; then ``explain_windows``
+must not have slowed down), and with the attention hook switched on; then ``explain_forecasts``
 (what ``:explain`` runs) for one window at 32 and 64 integration steps. Writes
 bench/results/explain.json.
 """
@@ -33,10 +33,11 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
 
 
 def main() -> None:
-    from hfcast.explain import explain_windows, kept_attention
+    from hfcast.explain import explain_forecasts, kept_attention
+    from hfcast.forecaster import Forecaster as Deployable
     from hfcast.features.catalog import feature_names
     from hfcast.features.windows import Scaler
-    from hfcast.models import Forecaster, build_model
+    from hfcast.models import TrainedNet as Forecaster, build_model
     from hfcast.models._modules import SelfAttention
 
     torch.manual_seed(0)
@@ -54,7 +55,8 @@ def main() -> None:
     SelfAttention.forward = new_forward
     with kept_attention(fc.net):
         predict["hook_on"] = round(median_ms(lambda: fc.predict_raw(x), 300), 3)
-    explain = {f"ig_{n}_steps_both_targets": round(median_ms(lambda: explain_windows(fc, x, n_steps=n), 15, 2), 1)
+    served = Deployable.from_net(fc)
+    explain = {f"ig_{n}_steps_both_targets": round(median_ms(lambda: explain_forecasts(served, x, n_steps=n), 15, 2), 1)
                for n in (32, 64)}
     write_result("explain", {
         "what": "one window [30, 59], default transformer (d_model 48, 2 layers), torch eager on CPU, 1 thread",

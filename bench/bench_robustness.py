@@ -1,25 +1,27 @@
-"""Robustness suite: the same walk-forward comparison on structurally different generators.
+"""Robustness suite: the DEFAULT user path on structurally different generators.
 
 Writes ``bench/results/robustness.json``. Generators: the project's simulator (default, and two of
 its regime knobs: a volatility/spread/seasonality shift inside the test span, heavier
 microstructure noise) and the two processes of ``hfcast.data.dgp`` (minute GARCH with Student-t
 shocks, a reverse-J day and overnight variance jumps; CIR variance with a W-shaped day and
-microstructure noise from none to heavy across symbols). On each, identical folds for every model.
+microstructure noise from none to heavy across symbols).
 
-Per generator: the best model (chosen by VALIDATION QLIKE among the floored networks, never by
-test) against ``har_tod``: vol QLIKE vs realized (goal <= 0.90x) and vs latent truth (goal < 1.0x);
-the oracle's ratio beside it; return IC relative to the oracle's with a jackknife standard error
-over test days; coverage and ECE; the volatility forecast's mean relative error in the most vs the
-least confident decile (goal <= 0.8x on the project's simulator) and, beside it, the same ratio for
-an infeasible ranking by the forecast's true error against the latent variance.
+Per generator, exactly what a new user runs, each in its own project folder (``HFCAST_HOME``,
+lake, MLflow, ``params.yaml``): ``hfcast synth [--generator ...]`` -> ``hfcast validate`` ->
+``hfcast featurize`` -> ``hfcast train --models lstm,transformer`` (the default: walk-forward,
+the choice of the served forecaster per fold on validation, MLflow, register, gate). The figures
+are read back from what that command wrote (``--out``: ``predictions.parquet``): the SERVED
+forecaster's rows (``model == "forecaster"``) against ``har_tod`` on the same test rows, day by
+day (a day-clustered t of the QLIKE difference), against the latent truth, the return IC against
+the oracle's, and whether each confidence flag holds on the test days (a confidence flagged
+informative must rank: top/bottom-decile relative error < 1 for the volatility, a higher hit rate
+in the top decile than the bottom one for the return).
 
-``feasibility`` per generator says whether a goal can be reached at all: the latent oracle is no
-ceiling for a forecast of REALIZED variance where the quoted mid carries noise, so the oracle is
-also mapped to the realized scale per symbol on validation (``realized_oracle``); and the chosen
-model's confidence is compared with confidences fitted on the test span itself (half the test
-days -> the other half; ``confidence_crossfit``): if even those cannot rank the forecast's error,
-no confidence fitted on validation will. ``har_tod`` gets the same context calibration and the
-same diagnostics (its lagging forecast has a predictable error, the networks' much less).
+``feasibility`` per generator says whether the 0.90x goal can be reached at all: the latent
+oracle is no ceiling for a forecast of REALIZED variance where the quoted mid carries noise, so
+the oracle is also mapped to the realized scale per symbol on validation (``realized_oracle``);
+and the served confidence is compared with confidences fitted on the test span itself (half the
+test days -> the other half; ``confidence_crossfit``).
 
 Run: ``python bench/bench_robustness.py [--symbols 20 --days 24 --epochs 2]`` (scaled down for a
 shared 2-core machine: small universes, one fold, 2 epochs, small models).
@@ -27,8 +29,10 @@ shared 2-core machine: small universes, one fold, 2 epochs, small models).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,28 +49,63 @@ from bench._common import market_parser, write_result  # noqa: E402
 SMALL = {"transformer": {"d_model": 32, "n_layers": 1}, "lstm": {"hidden": 32, "n_layers": 1},
          "tcn": {"channels": 32}, "hybrid": {"channels": 32}}
 GENERATORS = ("sim", "sim_regime", "sim_noisy", "garch_t", "cir_noise")
+SERVED = "forecaster"
 log = logging.getLogger("bench_robustness")
 
 
-def make_lake(name: str, root: Path, symbols: int, days: int, seed: int):
-    """Write raw + truth for generator ``name`` and featurize (reused when already there)."""
-    from hfcast.data.dgp import DGPConfig, write_dgp
-    from hfcast.data.simulator import SimConfig, write_synth
-    from hfcast.features.engine import run_featurize
-    from hfcast.storage import Lake
+def _synth_knobs(name: str, days: int) -> dict:
+    return {"sim": {"regime_shift_day": None},
+            "sim_regime": {"regime_shift_day": days - 4, "shift_vol_mult": 1.6, "shift_spread_mult": 1.5,
+                           "shift_intraday": 2.0},
+            "sim_noisy": {"regime_shift_day": None, "noise_to_half_spread": 2.0, "spread_bps": 8.0,
+                          "jump_prob": 0.006}}.get(name, {})
 
-    lake = Lake(str(root / name))
-    if lake.dates("features"):
-        return lake
-    if name.startswith("sim"):
-        knobs = {"sim": {}, "sim_regime": {"regime_shift_day": days - 4, "shift_vol_mult": 1.6,
-                                           "shift_spread_mult": 1.5, "shift_intraday": 2.0},
-                 "sim_noisy": {"noise_to_half_spread": 2.0, "spread_bps": 8.0, "jump_prob": 0.006}}[name]
-        write_synth(SimConfig(n_symbols=symbols, n_days=days, seed=seed, **knobs), lake, progress=False)
-    else:
-        write_dgp(DGPConfig(kind=name, n_symbols=symbols, n_days=days, seed=seed), lake)
-    run_featurize(lake, progress=False)
-    return lake
+
+def project(name: str, root: Path, symbols: int, days: int, seed: int, epochs: int, archs: list[str]) -> dict:
+    """A new user's project for generator ``name``: its environment and params.yaml (the walk-forward:
+    the last quarter of the days is the one test span; small models, ``epochs`` epochs)."""
+    home = root / name
+    home.mkdir(parents=True, exist_ok=True)
+    test_days = max(4, days // 4)
+    params = {
+        "synth": {"n_symbols": symbols, "n_days": days, "seed": seed, **_synth_knobs(name, days)},
+        "walkforward": {"mode": "expanding", "train_days": days - test_days - 6, "val_days": 4, "test_days": test_days,
+                        "step_days": test_days, "embargo_days": 1, "max_folds": 1, "eval_stride": 5,
+                        "train_stride": 5, "models": {a: SMALL[a] for a in archs}},
+        "train": {"epochs": epochs, "max_train_windows": 15_000, "max_val_windows": 10_000, "device": "cpu",
+                  "seed": 0, "num_threads": 1},
+        "forecaster": {"archs": archs},
+    }
+    (home / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HFCAST_", "MLFLOW_"))}
+    env.update(HFCAST_HOME=str(home / ".hfcast"), HFCAST_LAKE=(home / "lake").as_uri(),
+               HFCAST_PARAMS=str(home / "params.yaml"))
+    return {"home": home, "env": env, "params": params}
+
+
+def hfcast(proj: dict, *args: str) -> str:
+    """Run one ``hfcast`` command as a user would (a fresh process); its output, or raise with it."""
+    cmd = [sys.executable, "-m", "hfcast.cli", *args]
+    out = subprocess.run(cmd, env=proj["env"], cwd=proj["home"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"`hfcast {' '.join(args)}` exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out.stdout
+
+
+def run_default_path(proj: dict, name: str, archs: list[str]) -> dict:
+    """synth -> validate -> featurize -> train (register + gate) through the CLI; what it printed."""
+    gen = [] if name.startswith("sim") else ["--generator", name]
+    steps = {}
+    for args in (["synth", *gen, "--no-progress"], ["validate", "--no-progress"], ["featurize", "--no-progress"],
+                 ["train", "--models", ",".join(archs), "--out", str(proj["home"] / "report")]):
+        t0 = time.perf_counter()
+        text = hfcast(proj, *args)
+        steps[args[0]] = {"seconds": round(time.perf_counter() - t0, 1)}
+    lines = [ln.strip() for ln in text.splitlines()]
+    served = next((ln.split("served:", 1)[1].strip() for ln in lines if ln.startswith("served:")), "")
+    gate = next((ln for ln in lines if ln.startswith("registered")), "")
+    return {"steps": steps, "served": served, "registered": gate,
+            "folds": [ln for ln in lines if ln.startswith("fold ")]}
 
 
 def ic_ratio_se(pred, oracle) -> dict:
@@ -140,7 +180,7 @@ def confidence_crossfit(g, test: "pd.DataFrame") -> dict:
 
     from hfcast.calibration import RELERR_CAP, VolContextConfidence, _context_matrix
     from hfcast.data.schema import minute_of_session
-    from hfcast.models.floor import CONTEXT_FEATURES
+    from hfcast.models.baselines import CONTEXT_FEATURES
 
     test = test.drop(columns=[c for c in test.columns if c.startswith(("rv_10m", "ret_60m", "true_"))])
     m = g[["symbol", "ts", "rv_10m", "rv_10m_pred", "rv_10m_lo", "rv_10m_hi"]].merge(test, on=["symbol", "ts"], how="left")
@@ -165,62 +205,73 @@ def confidence_crossfit(g, test: "pd.DataFrame") -> dict:
     return {k: decile_ratio(v[ok], rel[ok]) for k, v in out.items()}
 
 
-def summarize(res, archs) -> dict:
-    """The numbers the issue asks for, from one walk-forward result."""
-    agg, P = res.aggregate, res.predictions
-    har = agg.loc["har_tod"]
-    has_truth = "true_var_10m" in P and np.isfinite(P["true_var_10m"]).any()
-    choices = {a: res.forecasters[a].choice.__dict__ for a in archs if hasattr(res.forecasters.get(a), "choice")}
-    if res.ensemble is not None:  # the ensemble competes on its validation QLIKE like every member
-        choices["ensemble"] = res.ensemble.choice.__dict__
-    best = min(choices, key=lambda a: choices[a]["val_qlike"]) if choices else None
-    rows = {}
-    for m, s in agg.iterrows():
-        g = P[P["model"] == m]
-        r = {"vol_qlike": s["vol_qlike"], "vol_qlike_over_har_tod": s["vol_qlike"] / har["vol_qlike"],
-             "ret_ic": s["ret_ic"], "ret_coverage": s["ret_coverage"], "rv_coverage": s["rv_coverage"],
-             "ret_ece": s["ret_ece"], "rv_ece": s["rv_ece"],
-             "rv_err_high_over_low_conf": s.get("rv_err_high_conf", np.nan) / s.get("rv_err_low_conf", np.nan)}
-        if has_truth:
-            r["vol_qlike_truth"] = s["vol_qlike_truth"]
-            r["vol_qlike_truth_over_har_tod"] = s["vol_qlike_truth"] / har["vol_qlike_truth"]
-            err_true = np.abs(np.log(np.maximum(g["true_var_10m"], 1e-30)) - 2 * np.log(g["rv_10m_pred"]))
-            rel = np.abs(g["rv_10m"] / g["rv_10m_pred"] - 1)
-            r["rv_decile_ratio_infeasible_ceiling"] = decile_ratio(-err_true.to_numpy(), rel.to_numpy())
-        for col in ("ret_60m_conf_informative", "rv_10m_conf_informative"):
-            if col in g and g[col].notna().any():
-                r[col] = float(g[col].mean())
-        rows[m] = r
-    out = {"models": rows, "floor_choices_last_fold": choices, "best_model_by_validation": best}
-    if best is not None:
-        b = rows[best]
-        ic = ic_ratio_se(P[P["model"] == best].reset_index(drop=True), P[P["model"] == "oracle"].reset_index(drop=True)) \
-            if "oracle" in rows else {}
-        out["best"] = {"model": best, **b, "return_ic": ic,
-                       "oracle_qlike_over_har_tod": rows.get("oracle", {}).get("vol_qlike_over_har_tod"),
-                       "goal_qlike_realized_le_0.90": bool(b["vol_qlike_over_har_tod"] <= 0.90),
-                       "goal_qlike_truth_lt_1.0": bool(b.get("vol_qlike_truth_over_har_tod", np.nan) < 1.0)
-                       if has_truth else None,
-                       "goal_rv_decile_le_0.8": bool(b["rv_err_high_over_low_conf"] <= 0.8)}
+def day_clustered(served: pd.DataFrame, ref: pd.DataFrame) -> dict:
+    """Per test day, QLIKE(served) - QLIKE(ref) on the same rows; their mean, t (days as clusters:
+    all symbols of a day share its volatility shocks) and how many days the served one won."""
+    from hfcast import metrics as M
+
+    a, b = served.reset_index(drop=True), ref.reset_index(drop=True)
+    day = a["ts"].dt.strftime("%Y-%m-%d").to_numpy()
+    diffs = []
+    for d in sorted(set(day)):
+        m = day == d
+        y2 = a.loc[m, "rv_10m"].to_numpy() ** 2
+        diffs.append(M.qlike(a.loc[m, "rv_10m_pred"].to_numpy() ** 2, y2) - M.qlike(b.loc[m, "rv_10m_pred"].to_numpy() ** 2, y2))
+    d = np.asarray(diffs)
+    t = float(d.mean() / (d.std(ddof=1) / np.sqrt(d.size))) if d.size > 1 and d.std(ddof=1) > 0 else float("nan")
+    return {"days": int(d.size), "mean_qlike_diff": float(d.mean()), "t": t, "days_better": int((d < 0).sum()),
+            "not_worse": bool(not (t > 2.0))}
+
+
+def flag_check(g: pd.DataFrame) -> dict:
+    """Does each confidence flag hold on the test rows? A flag of 1 must rank (volatility: top over
+    bottom confidence decile of the relative error < 1; return: a higher hit rate in the top decile
+    than in the bottom one); a flag of 0 claims nothing (a constant confidence) and is right when
+    the confidence IS constant."""
+    out = {}
+    rel = np.abs(g["rv_10m"] / g["rv_10m_pred"] - 1).to_numpy()
+    ok = np.isfinite(rel)
+    hit = (np.sign(g["ret_60m_pred"]) == np.sign(g["ret_60m"])).astype(float).to_numpy()
+    okr = np.isfinite(g["ret_60m"].to_numpy()) & (g["ret_60m"].to_numpy() != 0)
+    for target, conf, ratio in (
+            ("rv", g["rv_10m_conf"].to_numpy(), decile_ratio(g["rv_10m_conf"].to_numpy()[ok], rel[ok])),
+            ("ret", g["ret_60m_conf"].to_numpy(), 1.0 / max(decile_ratio(g["ret_60m_conf"].to_numpy()[okr], hit[okr]), 1e-12))):
+        flag = float(np.nanmean(g[f"{'rv_10m' if target == 'rv' else 'ret_60m'}_conf_informative"]))
+        constant = bool(np.nanstd(conf) <= 1e-9 * max(abs(float(np.nanmean(conf))), 1e-12))
+        right = (ratio < 1.0) if flag >= 0.5 else constant
+        out[target] = {"flag": flag, "constant": constant, "decile_ratio": ratio, "right": bool(right)}
     return out
 
 
-def feasibility(lake, res, summary: dict) -> dict:
-    """Can the goals be reached on this generator? The best oracle's QLIKE ratio (latent, or mapped
-    to the realized scale) and the test-fitted confidence diagnostics of the chosen model and of
-    ``har_tod`` (see the two functions above)."""
-    from hfcast.features.engine import load_features
+def summarize(P: pd.DataFrame, val: pd.DataFrame | None) -> dict:
+    """The numbers the issue asks for, from the predictions ``hfcast train`` wrote."""
+    from hfcast.evaluate import score
 
-    fold, best = res.folds[-1], summary.get("best", {}).get("model")
-    out = {}
-    if "true_var_10m" in res.predictions:
-        out.update(realized_oracle(res.predictions, load_features(lake, fold.val)))
-        ceiling = min(out["oracle_realized_qlike_over_har_tod"], summary["models"]["oracle"]["vol_qlike_over_har_tod"])
-        out["best_oracle_qlike_over_har_tod"] = ceiling
-        out["goal_qlike_realized_le_0.90_reachable_by_an_oracle"] = bool(ceiling <= 0.90)
-    P, test = res.predictions, load_features(lake, fold.test)
-    for model in [m for m in (best, "har_tod") if m]:
-        out[f"rv_decile_ratio_test_crossfit_{model}"] = confidence_crossfit(P[P["model"] == model], test)
+    models = {m: g.reset_index(drop=True) for m, g in P.groupby("model", sort=False)}
+    scores = {m: score(g) for m, g in models.items()}
+    served, har = scores[SERVED], scores["har_tod"]
+    has_truth = "true_var_10m" in P and np.isfinite(P["true_var_10m"]).any()
+    rows = {}
+    for m, sc in scores.items():
+        r = {"vol_qlike": sc["vol_qlike"], "vol_qlike_over_har_tod": sc["vol_qlike"] / har["vol_qlike"],
+             "ret_ic": sc["ret_ic"], "ret_coverage": sc["ret_coverage"], "rv_coverage": sc["rv_coverage"],
+             "ret_ece": sc["ret_ece"], "rv_ece": sc["rv_ece"]}
+        if has_truth:
+            r["vol_qlike_truth_over_har_tod"] = sc["vol_qlike_truth"] / har["vol_qlike_truth"]
+        rows[m] = r
+    out = {"models": rows, "served": rows[SERVED], "served_vs_har_tod_by_day": day_clustered(models[SERVED], models["har_tod"]),
+           "flags": flag_check(models[SERVED])}
+    if "oracle" in models:
+        out["return_ic"] = ic_ratio_se(models[SERVED], models["oracle"])
+        if val is not None:
+            out["feasibility"] = realized_oracle(P, val)
+            ceiling = min(out["feasibility"]["oracle_realized_qlike_over_har_tod"], rows["oracle"]["vol_qlike_over_har_tod"])
+            out["feasibility"]["best_oracle_qlike_over_har_tod"] = ceiling
+            out["feasibility"]["room_for_0.90"] = bool(ceiling <= 0.90)
+    out["goals"] = {"not_worse_than_har_tod_by_day": out["served_vs_har_tod_by_day"]["not_worse"],
+                    "qlike_le_0.90_where_room": (bool(rows[SERVED]["vol_qlike_over_har_tod"] <= 0.90)
+                                                if out.get("feasibility", {}).get("room_for_0.90") else None),
+                    "flags_right": all(f["right"] for f in out["flags"].values())}
     return out
 
 
@@ -229,42 +280,50 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--archs", default="lstm,transformer")
     ap.add_argument("--generators", default=",".join(GENERATORS))
-    ap.add_argument("--residual", action="store_true", help="also train residual networks (floor='residual')")
-    ap.add_argument("--root", default=None, help="lake root to reuse (one sub-folder per generator)")
+    ap.add_argument("--root", default=None, help="folder for the projects (one per generator)")
+    ap.add_argument("--crossfit", action="store_true", help="also the test-fitted confidence diagnostics")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("hfcast.features.engine").setLevel(logging.ERROR)
 
-    from hfcast.train import TrainConfig
-    from hfcast.walkforward import WalkForwardConfig, run_walkforward
+    from hfcast.features.engine import load_features
+    from hfcast.storage import Lake
 
     root = Path(args.root or tempfile.mkdtemp(prefix="hfcast-robust-"))
     archs = [a for a in args.archs.split(",") if a]
-    tc = TrainConfig(epochs=args.epochs, max_train_windows=15_000, max_val_windows=10_000, device="cpu",
-                     seed=0, num_threads=1)
     results, t_all = {}, time.perf_counter()
     load0 = os.getloadavg()
     for name in [g for g in args.generators.split(",") if g]:
         t0 = time.perf_counter()
-        lake = make_lake(name, root, args.symbols, args.days, args.seed)
-        d = lake.dates("features")
-        test_days = max(4, len(d) // 4)
-        wf = WalkForwardConfig(mode="expanding", train_days=len(d) - test_days - 6, val_days=4, test_days=test_days,
-                               embargo_days=1, first_test_date=d[len(d) - test_days], eval_stride=5, train_stride=5)
-        res = run_walkforward(lake, archs, wf, tc, progress=False, model_configs=SMALL,
-                              floor="residual" if args.residual else True)
-        results[name] = {"walkforward": wf.to_dict(), "seconds": time.perf_counter() - t0, **summarize(res, archs)}
-        results[name]["feasibility"] = feasibility(lake, res, results[name])
-        b = results[name].get("best", {})
-        log.info("%s: best %s qlike/har_tod %.3f truth %.3f decile %.3f (%.0fs)", name, b.get("model"),
-                 b.get("vol_qlike_over_har_tod", np.nan), b.get("vol_qlike_truth_over_har_tod", np.nan),
-                 b.get("rv_err_high_over_low_conf", np.nan), results[name]["seconds"])
+        proj = project(name, root, args.symbols, args.days, args.seed, args.epochs, archs)
+        ran = run_default_path(proj, name, archs)
+        P = pd.read_parquet(proj["home"] / "report" / "predictions.parquet")
+        lake = Lake((proj["home"] / "lake").as_uri())
+        days = lake.dates("features")
+        wf = proj["params"]["walkforward"]
+        val_days = days[len(days) - wf["test_days"] - 1 - wf["val_days"]:len(days) - wf["test_days"] - 1]
+        val = load_features(lake, val_days) if "true_var_10m" in P else None
+        results[name] = {"default_path": ran, "seconds": round(time.perf_counter() - t0, 1), **summarize(P, val)}
+        if args.crossfit:
+            test = load_features(lake, sorted(set(P["ts"].dt.strftime("%Y-%m-%d"))))
+            results[name]["confidence_crossfit"] = {m: confidence_crossfit(P[P["model"] == m], test)
+                                                    for m in (SERVED, "har_tod")}
+        r = results[name]
+        log.info("%s: served %s | qlike/har_tod %.3f (by day t=%.2f, %d/%d better) truth %.3f | flags %s (%.0fs)", name,
+                 ran["served"], r["served"]["vol_qlike_over_har_tod"], r["served_vs_har_tod_by_day"]["t"],
+                 r["served_vs_har_tod_by_day"]["days_better"], r["served_vs_har_tod_by_day"]["days"],
+                 r["served"].get("vol_qlike_truth_over_har_tod", np.nan),
+                 {k: v["right"] for k, v in r["flags"].items()}, r["seconds"])
+    wrong = sum(not f["right"] for r in results.values() for f in r["flags"].values())
     write_result("robustness", {
         "config": {"symbols": args.symbols, "days": args.days, "seed": args.seed, "epochs": args.epochs,
-                   "archs": archs, "residual": args.residual, "model_configs": {a: SMALL[a] for a in archs}, "train": tc.to_dict(),
+                   "archs": archs, "model_configs": {a: SMALL[a] for a in archs},
+                   "path": "hfcast synth/validate/featurize/train as a new user runs them (train registers and gates)",
                    "note": "scaled down for a shared 2-core machine: small universe, one fold, few epochs"},
         "load_average_start": load0, "load_average_end": os.getloadavg(),
-        "seconds": time.perf_counter() - t_all, "generators": results,
+        "seconds": round(time.perf_counter() - t_all, 1), "generators": results,
+        "summary": {"flags_wrong": wrong, "flag_checks": 2 * len(results),
+                    "not_worse_than_har_tod_everywhere": all(r["goals"]["not_worse_than_har_tod_by_day"]
+                                                             for r in results.values())},
     })
 
 

@@ -182,6 +182,7 @@ def _replay(settings: Any, lake: Any, days: list[str], cfg: DemoConfig, console:
                             "action": r.get("action"), "explanation": r.get("explanation")} for r in history],
             "retrainings": [r["date"] for r in history if r.get("action") == "retrain"],
             "champion_after": str(registry.resolve(settings, f"{settings.model_name}@champion").version),
+            "champion_kind": registry.resolve(settings, f"{settings.model_name}@champion").tags.get("hfcast.kind", ""),
             "versions": seen}
 
 

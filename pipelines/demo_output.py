@@ -116,6 +116,9 @@ def summary_lines(summary: Mapping[str, Any], log_path: str | os.PathLike) -> li
         lines += ["", "monitoring (feature drift share, decision):", *_monitor_lines(summary["monitoring"])]
     lines += ["", f"champion v{summary.get('champion_before')} -> v{summary.get('champion_after')}; "
                   f"retrainings: {', '.join(summary.get('retrainings') or []) or 'none'}"]
+    if summary.get("champion_kind"):  # what is served: chosen on validation, per target
+        lines += textwrap.wrap(f"served by v{summary.get('champion_after')}: {summary['champion_kind']}", 100,
+                               subsequent_indent="  ")
     sv = summary.get("serving")
     if sv:
         lines.append(f"server: V1 {sv.get('v1_status')}, V2 {sv.get('v2_status')}, "

@@ -21,6 +21,7 @@ from kserve import InferRequest, InferResponse
 from kserve.errors import InvalidInput
 
 from hfcast.contracts import LOOKBACK
+from hfcast.explain import EXPLAINED
 from serving import metrics, responses
 from serving.core import ForecastService, Limits, VersionNotFound, feast_lookup, load_forecaster
 from serving.dataplane import HfcastDataPlane
@@ -30,7 +31,9 @@ log = logging.getLogger(__name__)
 
 EXPLAIN_MAX_BATCH = 16  # windows per explain request (integrated gradients cost ~64 passes a window)
 EXPLAIN_METHOD = {"method": "integrated_gradients",
-                  "baseline": "the training mean of every feature (all-zero scaled window)"}
+                  "reference": "the training mean of every feature (all-zero scaled window)",
+                  "attributed": "the part of the served forecast the networks compute (parts.network)",
+                  "units": {"ret": EXPLAINED["ret"][1], "vol": EXPLAINED["vol"][1]}}
 
 
 class HfcastPredictor(kserve.Model):
@@ -114,19 +117,24 @@ class HfcastPredictor(kserve.Model):
         return responses.http_v2(self._head(req), svc.v2_outputs(preds, feature_ts, req.symbols), req)
 
     def explained(self, req: ParsedRequest) -> tuple[dict, list[str], list[dict]]:
-        """Forecasts, feature times and, per window (or symbol) and target, integrated-gradients
-        attributions over its (minute, feature) cells summarised by feature group, by minute and as
-        the top cells (:func:`hfcast.explain.explain_windows`). Each window costs ~64 forward and
-        backward passes, so batches are capped at ``EXPLAIN_MAX_BATCH``; predict is untouched."""
-        from hfcast.explain import explain_windows
+        """Forecasts, feature times and, per window (or symbol) and target, the explanation of the
+        forecast served (:func:`hfcast.explain.explain_forecasts`): its ``forecast`` is the number
+        ``predict`` answers (this runner's outputs, the same post-step), split into the networks'
+        part, the baseline's share and the constants, with integrated-gradients attributions of the
+        networks' part. Each window costs ~64 forward and backward passes, so batches are capped
+        at ``EXPLAIN_MAX_BATCH``; predict is untouched."""
+        import numpy as np
+
+        from hfcast.explain import explain_forecasts
 
         if req.size > EXPLAIN_MAX_BATCH:
             raise InvalidInput(f"batch of {req.size} exceeds the maximum batch size of {EXPLAIN_MAX_BATCH} for "
                                f"explain requests (each window costs about 64 forward and backward passes)")
         svc = self.service
-        preds, feature_ts = self.forecast(req)
-        windows, _ = svc.windows(req)
-        return preds, feature_ts, explain_windows(svc.forecaster, windows)
+        unscaled, scaled, feature_ts = svc.inputs(req)  # one online-store lookup for both
+        raw = self.runner.run(scaled) if self.runner is not None else np.empty((len(scaled), 0), np.float32)
+        preds = svc.predictions(raw, svc.forecaster.side_inputs(unscaled))
+        return preds, feature_ts, explain_forecasts(svc.forecaster, unscaled, raw=raw, scaled=scaled)
 
     def explain_answer(self, req: ParsedRequest) -> tuple[bytes, dict[str, str]]:
         """V1: the predict rows, each with an ``explanation``; V2: the infer outputs plus BYTES

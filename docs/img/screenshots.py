@@ -5,7 +5,8 @@
 
 Writes ``report_live.png``, ``report_backtest.png`` (parts of ``<home>/report/index.html``),
 ``mlflow_run.png`` (the champion's training run), ``mlflow_model.png`` (the registered model's
-versions) and ``mlflow_version.png`` (the newest version, with the gate's decision), each a PNG
+versions), ``mlflow_version.png`` (the newest version, with the gate's decision) and
+``mlflow_logged_model.png`` (the champion's logged model, linked to its run and versions), each a PNG
 under 500 KB (palette-quantised). ``mlflow server`` runs on 127.0.0.1 over the demo's sqlite
 file for the MLflow pages and is stopped at the end.
 """
@@ -91,6 +92,10 @@ def mlflow_pages(home: Path, out: Path) -> list[Path]:
         shots.append(shoot(f"{base}/#/models/hfcast", out / "mlflow_model.png", 1400, 1150, wait_ms=15000))
         shots.append(shoot(f"{base}/#/models/hfcast/versions/{latest}", out / "mlflow_version.png", 1400, 1100,
                            wait_ms=15000))
+        logged = run.data.tags.get("hfcast.mlflow_model_id")  # hfcast.registry.PYFUNC_ID_TAG
+        if logged:  # the champion's logged model: source run, commit, the versions registered from it
+            shots.append(shoot(f"{base}/#/experiments/{run.info.experiment_id}/models/{logged}",
+                               out / "mlflow_logged_model.png", 1400, 1100, wait_ms=15000))
     shutil.rmtree(work, ignore_errors=True)
     return shots
 

@@ -115,15 +115,21 @@ def synth(
     shift_vol: Optional[float] = typer.Option(None, "--shift-vol", min=0.0, help="Volatility multiplier from the shift day. Default: params.yaml synth.shift_vol_mult."),
     shift_spread: Optional[float] = typer.Option(None, "--shift-spread", min=0.0, help="Spread multiplier from the shift day. Default: params.yaml synth.shift_spread_mult."),
     shift_intraday: Optional[float] = typer.Option(None, "--shift-intraday", min=0.0, help="U-shape amplitude multiplier from the shift day (0 = flat). Default: params.yaml synth.shift_intraday."),
+    generator: str = typer.Option("sim", "--generator", parser=choice(("sim", "garch_t", "cir_noise"), "generator"),
+                                  help="sim: the project's simulator (the shift options apply) | garch_t: minute "
+                                       "GARCH with Student-t shocks | cir_noise: CIR variance with microstructure "
+                                       "noise (hfcast.data.dgp; params.yaml synth.dgp: for their knobs)."),
     lake: LakeOption = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     calendar: CalendarOption = None,
 ) -> None:
     """Simulate a market with known truth: writes raw/ bars and truth/ per date into the lake."""
     from hfcast.data.simulator import SimConfig, write_synth
-    from hfcast.storage import Lake
 
     settings = _settings()
+    if generator != "sim":
+        _synth_dgp(settings, generator, symbols, days, start, seed, lake)
+        return
     with _refused("correct the option or params.yaml synth: (see `hfcast synth --help`)", TypeError, ValueError):
         cfg = SimConfig.from_params(
             settings.param("synth", {}), n_symbols=symbols, n_days=days, start_date=start, seed=seed,
@@ -136,6 +142,24 @@ def synth(
     shift = "none" if cfg.regime_shift_day is None else f"day {cfg.regime_shift_day}"
     console.print(f"[green]synth[/] {cfg.n_symbols} symbols x {len(summary['dates'])} days = {summary['rows']:,} rows "
                   f"in {summary['seconds']:.1f} s -> {target.url} (seed {cfg.seed}, regime shift {shift})")
+
+
+def _synth_dgp(settings, kind: str, symbols: Optional[int], days: Optional[int], start: Optional[str],
+               seed: Optional[int], lake_url: Optional[str]) -> None:
+    """``hfcast synth --generator garch_t|cir_noise``: a market built apart from the simulator."""
+    from hfcast.data.dgp import DGPConfig, write_dgp
+
+    sec = dict(settings.param("synth", {}) or {})
+    given = {"n_symbols": symbols, "n_days": days, "start_date": start, "seed": seed}
+    fields = {**{k: sec[k] for k in ("n_symbols", "n_days", "start_date") if k in sec},
+              **dict(sec.get("dgp") or {}), **{k: v for k, v in given.items() if v is not None}}
+    with _refused("correct the option or params.yaml synth.dgp: (fields of hfcast.data.dgp.DGPConfig)",
+                  TypeError, ValueError):
+        cfg = DGPConfig(kind=kind, **fields)
+    target = _lake(settings, lake_url)
+    summary = write_dgp(cfg, target)
+    console.print(f"[green]synth[/] {kind}: {cfg.n_symbols} symbols x {len(summary['dates'])} days -> {target.url} "
+                  f"(seed {cfg.seed})")
 
 
 # --- data: ingest, validate (hfcast.data.ingest, hfcast.data.validate) -------------------------
@@ -415,7 +439,7 @@ def _print_table(result, title: str) -> None:
     out = console if console.is_terminal else Console(width=120)
     out.print(table)
     for fold, choice in zip(result.folds, result.choices):
-        out.print(f"fold {fold.index} (test {fold.test[0]}..{fold.test[-1]}): {choice.describe()}", markup=False)
+        out.print(f"fold {fold.index} (test {fold.test[0]}..{fold.test[-1]}): {choice.describe()}", markup=False, soft_wrap=True)
 
 
 def _distributed_settings(settings):
@@ -484,7 +508,7 @@ def train(
             _, result, paths = _walkforward(settings, archs, None, where, "train", kind, ret, folds)
         if rank == 0:
             _print_table(result, f"walk-forward test scores ({len(result.folds)} folds)")
-            console.print(f"served: {result.forecaster.kind}\nreport: {paths['report']}")
+            console.print(f"served: {result.forecaster.kind}\nreport: {paths['report']}", soft_wrap=True)
         return
     from hfcast.lifecycle import train_and_log
 
@@ -497,7 +521,7 @@ def train(
     paths = write_comparison(r.aggregate, r.per_fold, r.predictions, report_dir,
                              title=f"hfcast train: the forecaster chosen from {', '.join(archs) or 'baselines'}")
     _print_table(r, f"walk-forward test scores ({len(r.folds)} folds)")
-    console.print(f"served: {run.kind}\nreport: {paths['report']}\n[green]logged[/] MLflow run {run.run_id}")
+    console.print(f"served: {run.kind}\nreport: {paths['report']}\n[green]logged[/] MLflow run {run.run_id}", soft_wrap=True)
     if register:
         _register_and_report(settings, run, gate)
 
@@ -524,9 +548,10 @@ def _register_and_report(settings, run, gate: bool) -> None:
         return
     outcome = register_and_gate(settings, run.run_id, trained=run)
     verdict = "promoted to champion" if outcome.promoted else "not promoted (the gate rejected it)"
-    console.print(f"[green]registered[/] {settings.model_name} version {outcome.version} ({run.kind}): {verdict}")
+    console.print(f"[green]registered[/] {settings.model_name} version {outcome.version} ({run.kind}): {verdict}",
+                  soft_wrap=True)
     for reason in outcome.decision.reasons:
-        console.print(f"  {reason}", markup=False)
+        console.print(f"  {reason}", markup=False, soft_wrap=True)
     if not outcome.promoted:
         try:
             champ = registry.resolve(settings, f"{settings.model_name}@champion")
@@ -1033,8 +1058,15 @@ def explain_forecast_cmd(
         res = explain_forecast(lk, _forecaster(settings, model, bundle), ticker, ts, top=top)
     for target in ("ret", "vol"):
         e = res[target]
-        console.print(f"[bold]{target}[/]: forecast {e['forecast']:+.4g} vs baseline {e['baseline_forecast']:+.4g} "
-                      f"(completeness gap {e['completeness_gap']:+.2g})")
+        what = "" if e["explained"] == e["column"] else f"; {e['explained']} {e['value']:+.4g}"
+        console.print(f"[bold]{e['column']}[/] {e['forecast']:+.4g}{what} = "
+                      + " + ".join(f"{k} {v:+.4g}" for k, v in e["parts"].items()) + f"  ({e['explained_unit']})",
+                      soft_wrap=True)
+        if e.get("note"):  # no network computes this target
+            console.print(f"  {e['note']}", soft_wrap=True)
+            continue
+        console.print(f"  attributions of the network part (vs {e['reference']:+.4g} at the training-mean window; "
+                      f"completeness gap {e['completeness_gap']:+.2g})")
         console.print("  by group: " + ", ".join(f"{g} {v:+.3g}" for g, v in list(e["by_group"].items())[:6]))
         for c in e["top"]:
             console.print(f"  {c['feature']:<20} minute {c['minute']:>3}  z {c['value_z']:+.2f}  -> {c['attribution']:+.3g}")

@@ -124,9 +124,10 @@ def model_ref(value: str) -> str:
 
 @_kind("bundle")
 def bundle_dir(value: str) -> Path:
-    """A local forecaster bundle: a folder whose model.json names its architecture."""
+    """A local forecaster bundle: a folder whose model.json says what it serves (a forecaster of
+    ``hfcast.forecaster``, or an older release's single network with its architecture)."""
     path = Path(value)
-    fix = "pass a bundle folder written by Forecaster.save (model.json, weights.safetensors, scaler.json)"
+    fix = "pass a bundle folder written by Forecaster.save (model.json, scaler.json, members/, checksums.json)"
     if not path.is_dir():
         raise OptionValueError(f"{value} is {'a file' if path.exists() else 'missing'}, not a bundle folder", fix)
     meta = path / "model.json"
@@ -136,9 +137,10 @@ def bundle_dir(value: str) -> Path:
         doc = json.loads(meta.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise OptionValueError(f"{meta} is not JSON ({exc})", fix) from None
-    missing = [k for k in ("arch", "n_features", "config") if not isinstance(doc, dict) or k not in doc]
+    served = isinstance(doc, dict) and "choice" in doc and "feature_names" in doc  # a served forecaster
+    missing = [] if served else [k for k in ("arch", "n_features", "config") if not isinstance(doc, dict) or k not in doc]
     if missing:
-        raise OptionValueError(f"{meta} lacks {', '.join(missing)}: it does not say what network the bundle holds",
+        raise OptionValueError(f"{meta} lacks {', '.join(missing)}: it does not say what the bundle serves",
                                "re-save the bundle with Forecaster.save, or download it again from the registry "
                                "(hfcast.registry.download_bundle)")
     return path

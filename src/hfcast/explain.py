@@ -6,12 +6,17 @@
   registry's (:mod:`hfcast.features.catalog`); a feature the registry does not know is a group
   of its own. :func:`attention_by_time_of_day` (attention architectures only) averages, by the
   time of day a forecast is made, how much the current minute attends to each of the 30 minutes.
-* **Per forecast** - :func:`attribute`: Integrated Gradients (Captum) over the (minute, feature)
-  cells of one window, for the return forecast (``ret_60m_pred`` up to the calibrator's constant
-  offset) and for the log volatility forecast (``log rv_10m_pred``), both in natural units. The
-  baseline is the all-zero scaled window, i.e. the training mean of every feature: attributions
-  then sum to forecast minus the forecast of a "typical" window (completeness), and
-  :func:`summarize` reports them by feature group, by minute, and the top (minute, feature) cells.
+* **Per forecast** - :func:`explain_forecasts`: the SERVED forecast (the number ``predict`` and the
+  server return, from the same runner's outputs and the same post-step) split into additive parts
+  (:func:`served_parts`): for the return, in log-return units, the network head's forecast and the
+  calibrator's centring offset (or the zero forecast: nothing to attribute); for the volatility,
+  in natural log of rv_10m, the networks' weighted log volatility, the ``har_tod`` floor's share
+  (or the served baseline's whole forecast, with its window inputs) and the variance scale. The
+  networks' part is then attributed by Integrated Gradients (Captum, :func:`attribute`) over the
+  window's (minute, feature) cells through the forecaster's graph. The IG reference is the
+  all-zero scaled window, i.e. the training mean of every feature: attributions sum to the
+  networks' part minus its value at that "typical" window (completeness), and :func:`summarize`
+  reports them by feature group, by minute, and the top (minute, feature) cells.
 
 Nothing here changes a model or the plain predict path (the attention hook is off by default).
 """
@@ -27,9 +32,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hfcast.contracts import LOOKBACK
+from hfcast.contracts import COLUMN_UNITS, LOOKBACK
 from hfcast.features.windows import WindowArrays
 from hfcast.metrics import mse, qlike
+from hfcast.models.baselines import FLOOR
 from hfcast.plots import png_figure
 
 log = logging.getLogger(__name__)
@@ -183,47 +189,119 @@ def attention_by_time_of_day(forecaster: Any, wa: WindowArrays, bucket_minutes: 
 
 # --- per-forecast attributions ------------------------------------------------------------------
 
-class _Target(torch.nn.Module):
-    """The net followed by the natural-unit forecast to attribute (a scalar per window)."""
+#: the unit of the quantity each target's explanation decomposes and attributes
+EXPLAINED = {
+    "ret": ("ret_60m_pred", "log return over 60 minutes (the unit of ret_60m_pred itself)"),
+    "vol": ("log rv_10m_pred", "natural log of rv_10m (log volatility per 10 minutes): parts and attributions "
+                               "are log-volatility differences, +0.1 = a volatility about 10.5% higher"),
+}
+SERVED_COLUMN = {"ret": "ret_60m_pred", "vol": "rv_10m_pred"}
+#: units of the window inputs the baselines read (:mod:`hfcast.models.baselines`), shown when a
+#: baseline makes part of the served forecast
+BASELINE_INPUT_UNITS = {
+    "tod": "minute of the session",
+    "v10_l1": "realized variance of minutes t-9..t (squared log returns per 10 minutes)",
+    "v10_l2": "realized variance of minutes t-19..t-10 (per 10 minutes)",
+    "v10_l3": "realized variance of minutes t-29..t-20 (per 10 minutes)",
+    "v_back": "mean realized variance of minutes t-59..t-30 (per 10 minutes)",
+    "vday": "previous day's mean realized variance (per 10 minutes)",
+    "vweek": "last <= 5 days' mean realized variance (per 10 minutes)",
+    "ewma_var": "EWMA variance, half-life 60 minutes (per 10 minutes)",
+    "ret_past60": "log return of the last 60 minutes",
+}
+
+
+def as_forecaster(model: Any) -> Any:
+    """A served forecaster as it is; a bare trained network served as itself (its own calibrator)."""
+    if hasattr(model, "choice"):
+        return model
+    from hfcast.forecaster import Forecaster
+
+    return Forecaster.from_net(model)
+
+
+def network_terms(forecaster: Any, target: str) -> list[tuple[str, int, float]]:
+    """``(arch, member index in the graph, weight)`` of each network in the part of the served
+    forecast the networks compute (:func:`hfcast.forecaster.compose`); empty when none does.
+
+    Return: the chosen head's ``ret_mu`` (weight 1), or nothing for the zero forecast. Volatility,
+    in log rv: each member's ``w / K`` (K members, ``w`` its weight against ``har_tod``), or
+    nothing when a baseline is served.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    fc = as_forecaster(forecaster)
+    index = {a: i for i, a in enumerate(fc.members)}
+    if target == "ret":
+        return [] if fc.choice.ret == "zero" else [(fc.choice.ret, index[fc.choice.ret], 1.0)]
+    k = len(fc.choice.members)
+    return [(a, index[a], min(float(w), 1.0) / k) for a, w in fc.choice.members.items()]
+
+
+def _nothing_to_attribute(fc: Any, target: str) -> str:
+    if target == "ret":
+        return ("the return forecast is the zero forecast (no network showed validated skill on the return): "
+                "no network computes it, so there is nothing to attribute")
+    return (f"the volatility forecast is the {fc.choice.vol} baseline, which runs no network: there are no "
+            "gradients to attribute; its window inputs are given instead")
+
+
+class _NetworkPart(torch.nn.Module):
+    """Scaled window -> the networks' part of the served forecast (:func:`network_terms`), through
+    the forecaster's graph: ``ret_mu`` of the return head, or the weighted log rv of the members."""
 
     def __init__(self, forecaster: Any, target: str):
         super().__init__()
-        if target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-        net = network_of(forecaster)
-        self.net, self.target, s = net.net, target, net.scaler
-        self.ret_scale, self.lrv_std, self.lrv_mean = float(s.ret_scale), float(s.lrv_std), float(s.lrv_mean)
+        fc = as_forecaster(forecaster)
+        self.terms = network_terms(fc, target)
+        if not self.terms:
+            raise ValueError(_nothing_to_attribute(fc, target))
+        self.graph, self.target = fc.graph(), target
+        self.scales = {a: fc.members[a].scaler for a, _, _ in self.terms}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raw = self.net(x)  # [B, 4] = ret_mu, ret_log_sigma, lrv_mu, lrv_log_sigma (scaled units)
-        if self.target == "ret":
-            return raw[:, 0] * self.ret_scale  # ret_60m forecast (the calibrator only subtracts a constant)
-        lrv_sigma = torch.exp(raw[:, 3]) * self.lrv_std
-        return raw[:, 2] * self.lrv_std + self.lrv_mean + lrv_sigma**2  # log rv_10m_pred
+        from hfcast.models.base import RAW_OUTPUTS
+
+        k = len(RAW_OUTPUTS)
+        raw = self.graph(x)  # [B, 30, F] -> [B, 4 members]: ret_mu, ret_log_sigma, lrv_mu, lrv_log_sigma (scaled)
+        out = torch.zeros(raw.shape[0], dtype=raw.dtype)
+        for arch, i, w in self.terms:
+            r, s = raw[:, i * k:(i + 1) * k], self.scales[arch]
+            if self.target == "ret":
+                out = out + w * r[:, 0] * float(s.ret_scale)
+            else:  # log rv_hat = m + s^2 (hfcast.models.base.natural_units)
+                lrv_sigma = torch.exp(r[:, 3]) * float(s.lrv_std)
+                out = out + w * (r[:, 2] * float(s.lrv_std) + float(s.lrv_mean) + lrv_sigma**2)
+        return out
 
 
 @dataclass
 class Attribution:
-    """Integrated-gradients attributions of one target for a batch of windows."""
+    """Integrated-gradients attributions of the networks' part of one target, for a batch of windows."""
 
     target: str
     attributions: np.ndarray  # [B, 30, F]
-    forecast: np.ndarray      # [B]
-    baseline_forecast: np.ndarray  # [B]
-    delta: np.ndarray         # [B] sum of attributions - (forecast - baseline_forecast)
+    forecast: np.ndarray      # [B] the networks' part at the window (EXPLAINED units)
+    reference: np.ndarray     # [B] the same at the reference window (the training mean of every feature)
+    delta: np.ndarray         # [B] sum of attributions - (forecast - reference)
 
 
 def attribute(forecaster: Any, X_scaled: np.ndarray, target: str = "ret", n_steps: int = 64,
               baseline: np.ndarray | None = None) -> Attribution:
-    """Integrated Gradients over (minute, feature) for scaled windows [B, 30, F].
+    """Integrated Gradients over (minute, feature) of the networks' part of a target, for scaled
+    windows [B, 30, F].
 
     Args:
-        baseline: scaled baseline window(s); default zeros (= the training mean of every feature).
+        forecaster: a served :class:`hfcast.forecaster.Forecaster` or a trained network.
+        baseline: scaled reference window(s); default zeros (= the training mean of every feature).
         n_steps: Riemann / Gauss-Legendre steps; 64 keeps the completeness gap well under 1%.
+
+    Raises:
+        ValueError: no network computes any of the target (a zero return, a baseline volatility).
     """
     from captum.attr import IntegratedGradients
 
-    fn = _Target(forecaster, target).eval()
+    fn = _NetworkPart(forecaster, target).eval()
     x = torch.as_tensor(np.asarray(X_scaled, dtype=np.float32))
     if x.ndim == 2:
         x = x[None]
@@ -256,17 +334,104 @@ def summarize(attr: np.ndarray, feature_names: Sequence[str], window: np.ndarray
             "by_minute": [float(v) for v in attr.sum(axis=1)], "top": cells, "total": float(attr.sum())}
 
 
-def explain_windows(forecaster: Any, X_scaled: np.ndarray, targets: Sequence[str] = TARGETS, n_steps: int = 64,
-                    top: int = 10) -> list[dict[str, Any]]:
-    """The per-forecast explanation of each window (what ``:explain`` answers), targets side by side."""
-    out: list[dict[str, Any]] = [{} for _ in range(len(X_scaled))]
-    for t in targets:
-        a = attribute(forecaster, X_scaled, t, n_steps)
-        for i in range(len(X_scaled)):
-            out[i][t] = {"forecast": float(a.forecast[i]), "baseline_forecast": float(a.baseline_forecast[i]),
-                         "completeness_gap": float(a.delta[i]),
-                         **summarize(a.attributions[i], forecaster.feature_names, X_scaled[i], top)}
+def served_parts(forecaster: Any, raw: np.ndarray, side: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
+    """Per target, the served forecast and its additive parts (arrays [B]) from the graph's raw
+    outputs and the windows' side inputs: the same numbers :meth:`Forecaster.postprocess` serves.
+
+    ``value`` (the explained quantity, :data:`EXPLAINED`) is the sum of ``parts``: for the return,
+    ``network`` (the head's ret_mu; ``zero`` for the zero forecast) + ``centring`` (minus the
+    calibrator's offset); for the
+    volatility, in log rv, ``network`` (sum of w/K log rv of the members) + the baseline's share
+    (``har_tod``: sum of (1-w)/K log rv of har_tod, or the served baseline's log rv) + ``scale``
+    (half the log of the variance scale chosen on validation). ``weights`` is the share of each
+    source in the explained quantity.
+    """
+    fc = as_forecaster(forecaster)
+    served = fc.postprocess(raw, side)
+    nat = fc.member_natural(raw)
+    base = fc.baseline_natural(side) if side is not None and fc.baselines else {}
+    n = len(served["ret_60m_pred"])
+    offset = float(fc.calibrator.ret_offset) if fc.calibrator is not None else 0.0
+    ret_terms = network_terms(fc, "ret")
+    ret_net = sum((w * np.asarray(nat[a]["ret_mu"], np.float64) for a, _, w in ret_terms), np.zeros(n))
+    out = {"ret": {"forecast": served["ret_60m_pred"], "value": served["ret_60m_pred"],
+                   "parts": {"network" if ret_terms else "zero": ret_net, "centring": np.full(n, 0.0 - offset)},
+                   "weights": {a: w for a, _, w in ret_terms}}}
+
+    def log_rv(d: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.log(np.maximum(np.asarray(d["rv_hat"], np.float64), 1e-12))
+
+    vol_terms = network_terms(fc, "vol")
+    vol_net = sum((w * log_rv(nat[a]) for a, _, w in vol_terms), np.zeros(n))
+    if fc.choice.vol in fc.baselines:  # a baseline is served
+        base_name, base_w = fc.choice.vol, 1.0
+    else:
+        base_name, base_w = FLOOR, sum((1.0 - min(float(w), 1.0)) / len(fc.choice.members)
+                                            for w in fc.choice.members.values())
+    parts = {"network": vol_net} if vol_terms else {}
+    if base_w > 0:
+        parts[base_name] = base_w * log_rv(base[base_name])
+    parts["scale"] = np.full(n, 0.5 * np.log(fc.choice.scale))
+    out["vol"] = {"forecast": served["rv_10m_pred"], "value": np.log(np.maximum(served["rv_10m_pred"], 1e-300)),
+                  "parts": parts, "weights": {**{a: w for a, _, w in vol_terms}, **({base_name: base_w} if base_w else {})}}
     return out
+
+
+def explain_forecasts(forecaster: Any, windows: np.ndarray, raw: np.ndarray | None = None,
+                      scaled: np.ndarray | None = None, targets: Sequence[str] = TARGETS, n_steps: int = 64,
+                      top: int = 10) -> list[dict[str, Any]]:
+    """The per-forecast explanation of each unscaled window (what ``:explain`` answers).
+
+    Each target's ``forecast`` is the SERVED number (``ret_60m_pred``, ``rv_10m_pred``) computed
+    from ``raw``, the graph's outputs of the runner that served it (default: the forecaster's torch
+    graph), with the same post-step. ``value`` (in ``explained_unit``) is split into ``parts``
+    (:func:`served_parts`); the integrated gradients attribute the ``network`` part over the
+    window's (minute, feature) cells against the reference window (the training mean of every
+    feature): ``total`` = sum of the attributions = ``parts.network - reference`` up to the
+    ``completeness_gap``. Where no network computes a target (the zero return, a baseline
+    volatility) ``note`` says so and ``attributions`` is null; the baseline's window inputs are
+    given with their units whenever a baseline makes part of the forecast.
+
+    Args:
+        windows: unscaled windows [B, 30, F] (what ``predict`` takes).
+        raw: the graph's raw outputs [B, 4 k] for these windows (a runner's); None: torch.
+        scaled: the scaled windows the runner read (default: the forecaster's scaler on ``windows``).
+    """
+    fc = as_forecaster(forecaster)
+    w = np.asarray(windows, dtype=np.float32)
+    X = fc.scaler.transform(w) if scaled is None else np.asarray(scaled, dtype=np.float32)
+    raw = fc.predict_raw(X) if raw is None else np.asarray(raw, dtype=np.float32)
+    side = fc.side_inputs(w)
+    parts = served_parts(fc, raw, side)
+    out: list[dict[str, Any]] = [{} for _ in range(len(w))]
+    for t in targets:
+        col, (what, unit) = SERVED_COLUMN[t], EXPLAINED[t]
+        p = parts[t]
+        try:
+            a = attribute(fc, X, t, n_steps)
+            note = None
+        except ValueError as exc:
+            a, note = None, str(exc)
+        for i in range(len(w)):
+            e = {"forecast": float(p["forecast"][i]), "column": col, "unit": COLUMN_UNITS[col],
+                 "explained": what, "explained_unit": unit, "value": float(p["value"][i]),
+                 "parts": {k: float(v[i]) for k, v in p["parts"].items()},
+                 "weights": dict(p["weights"]), "network_share": float(sum(p["weights"].get(x, 0.0) for x in fc.members))}
+            if a is None:
+                e.update(note=note, attributions=None)
+            else:
+                e.update(reference=float(a.reference[i]), completeness_gap=float(a.delta[i]),
+                         **summarize(a.attributions[i], fc.feature_names, X[i], top))
+            if side is not None and any(k in fc.baselines for k in p["weights"]):
+                e["baseline_inputs"] = {k: _finite(side[k].iloc[i]) for k in BASELINE_INPUT_UNITS if k in side}
+                e["baseline_input_units"] = BASELINE_INPUT_UNITS
+            out[i][t] = e
+    return out
+
+
+def _finite(v: Any) -> float | None:
+    f = float(v)
+    return f if np.isfinite(f) else None
 
 
 def mean_abs_attribution_by_group(forecaster: Any, X_scaled: np.ndarray, target: str = "ret", n_steps: int = 32,
@@ -332,14 +497,13 @@ def run_global(lake: Any, forecaster: Any, dates: Sequence[str], out_dir: Any, n
     result: dict[str, Any] = {"dates": list(dates), "windows": imp.attrs["windows"], "base_loss": imp.attrs["base_loss"],
                               "permutation_importance": imp.to_dict(orient="records"),
                               "plots": [str(plot_importance(imp, out / "importance.png"))]}
-    idx = _sample(wa, attribution_windows, seed)
-    try:
-        X = network_of(forecaster).scaler.transform(wa.windows(idx))
-    except ValueError as exc:  # a baseline is served: importance only
-        result["mean_abs_attribution"] = str(exc)
-        X = None
-    if X is not None:
-        result["mean_abs_attribution"] = {t: mean_abs_attribution_by_group(forecaster, X, t).to_dict() for t in TARGETS}
+    X = as_forecaster(forecaster).scaler.transform(wa.windows(_sample(wa, attribution_windows, seed)))
+    result["mean_abs_attribution"] = {}
+    for t in TARGETS:
+        try:
+            result["mean_abs_attribution"][t] = mean_abs_attribution_by_group(forecaster, X, t).to_dict()
+        except ValueError as exc:  # no network computes this target: importance only
+            result["mean_abs_attribution"][t] = str(exc)
     try:
         att = attention_by_time_of_day(forecaster, wa, seed=seed)
     except ValueError as exc:
@@ -367,5 +531,5 @@ def explain_forecast(lake: Any, forecaster: Any, symbol: str, ts: str, n_steps: 
     if hit.size == 0:
         raise ValueError(f"no complete 30-minute window for {symbol} ending at {t.isoformat()} "
                          f"(the first forecast of a day is at its 30th minute)")
-    X = network_of(forecaster).scaler.transform(wa.windows(hit[:1]))
-    return {"symbol": symbol, "ts": t.isoformat(), **explain_windows(forecaster, X, n_steps=n_steps, top=top)[0]}
+    return {"symbol": symbol, "ts": t.isoformat(),
+            **explain_forecasts(forecaster, wa.windows(hit[:1]), n_steps=n_steps, top=top)[0]}

@@ -44,6 +44,7 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".joblib", ".ckpt")  # torc
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
 SPANS_TAG, SPANS_SHA_TAG = "hfcast.test_spans", "hfcast.test_spans_sha"
 PYFUNC_TAG = "hfcast.mlflow_model_uri"  # the run's MLflow (pyfunc) model; registered versions point at it
+PYFUNC_ID_TAG = "hfcast.mlflow_model_id"  # its LoggedModel id (``m-...``), which a version links to
 #: MLflow 3 opens an experiment in its GenAI view unless told it holds classic model training
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
@@ -237,9 +238,9 @@ class TrainingRecord:
     run_name: str | None = None
     run_id: str | None = None  # a run opened when training started (:func:`training_runs`): filled, not created
     dataset: Mapping[str, Any] | None = None  # lineage: ``uri``, ``first``, ``last``, ``rows`` (see dataset_input)
-    lookback: int = 30  # window length of the model's input (for the MLflow model's signature)
     reports: Sequence[str | os.PathLike] = ()  # HTML evaluation reports, logged under ``eval/``
     extra_scores: Mapping[str, Any] | None = None  # more of eval/scores.json: the choices, candidates, validation
+    input_example: Any = None  # a few real unscaled windows [n, 30, F] the run saw (hfcast.pyfunc.example_windows)
 
 
 def _record_metrics(rec: TrainingRecord, now: int) -> list:
@@ -314,14 +315,22 @@ def dataset_input(info: Mapping[str, Any], version: str | None, context: str = "
 
 
 def _log_mlflow_model(t: "Tracking", run_id: str, bundle: Path, rec: TrainingRecord) -> None:
-    """Log the bundle as an MLflow pyfunc model too (``hfcast.pyfunc``) and tag the run with its URI."""
+    """Log the bundle as an MLflow pyfunc model too (``hfcast.pyfunc``) and tag the run with its id.
+
+    The logged model carries the run's code provenance and what it serves (its page in the UI
+    names the commit without opening the run); :func:`register` links its versions to it.
+    """
     import mlflow
 
     from hfcast.pyfunc import log_pyfunc
 
+    served = {k: v for k, v in (rec.tags or {}).items() if k in ("hfcast.kind", "hfcast.vol_kind", "hfcast.return")}
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        info = log_pyfunc(bundle, rec.feature_names, rec.lookback)
+        info = log_pyfunc(bundle, rec.input_example, tags={**provenance.run_tags(), **served},
+                          params={"arch": rec.arch, "n_features": len(rec.feature_names),
+                                  "dataset_version": rec.dataset_version or "unknown"})
     t.client.set_tag(run_id, PYFUNC_TAG, info.model_uri)
+    t.client.set_tag(run_id, PYFUNC_ID_TAG, info.model_id)
 
 
 def log_training_run(settings: Settings, rec: TrainingRecord) -> str:
@@ -501,14 +510,44 @@ def register(settings: Settings, run_id: str) -> int:
                                                                    "hfcast.retrain_key", "hfcast.kind", "hfcast.vol_kind",
                                                                    "hfcast.return", "hfcast.members"))}}
         mv_tags.update(_checksum_tags(run_id, rt, t.uri))
-        source, model_id = f"runs:/{run_id}/{MODEL_ARTIFACT}", None
-        if rt.get(PYFUNC_TAG):  # the MLflow model wraps the same bundle: `mlflow models predict` can use it
-            source = rt[PYFUNC_TAG]
-            model_id = source.removeprefix("models:/")
+        model_id = _logged_model_id(run)
+        # the MLflow model wraps the same bundle: `mlflow models predict` can use the version
+        source = f"models:/{model_id}" if model_id else f"runs:/{run_id}/{MODEL_ARTIFACT}"
         mv = c.create_model_version(name, source=source, run_id=run_id, tags=mv_tags, model_id=model_id)
+        if model_id:
+            link_logged_model(c, model_id, name, mv.version)
         c.set_registered_model_alias(name, CHALLENGER, mv.version)
     log.info("registered %s version %s from run %s (alias %s)", name, mv.version, run_id, CHALLENGER)
     return int(mv.version)
+
+
+def _logged_model_id(run: Any) -> str | None:
+    """The id of the run's MLflow (pyfunc) model: its tag, else the model URI of older runs."""
+    rt = run.data.tags
+    if rt.get(PYFUNC_ID_TAG):
+        return rt[PYFUNC_ID_TAG]
+    uri = rt.get(PYFUNC_TAG, "")
+    return uri.removeprefix("models:/") if uri.startswith("models:/m-") else None
+
+
+def link_logged_model(client: Any, model_id: str, name: str, version: str | int) -> None:
+    """List the version on its logged model (the ``mlflow.modelVersions`` tag the UI reads).
+
+    Why here: MLflow 3.17 links a version to its logged model in ``mlflow.register_model`` and in
+    the tracking server's handler, but ``MlflowClient.create_model_version`` against a local
+    (sqlite) store writes no link, and no store keeps ``ModelVersion.model_id`` (the version's
+    ``source`` ``models:/<model_id>`` is what points back). Idempotent: a server that already
+    added the version is left as it is.
+    """
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    current = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    if any(str(v.get("name")) == name and str(v.get("version")) == str(version) for v in current):
+        return
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*current, {"name": name,
+                                                                                         "version": int(version)}])})
 
 
 def _checksum_tags(run_id: str, run_tags: Mapping[str, str], uri: str) -> dict[str, str]:

@@ -491,11 +491,14 @@ def log_result(settings, result: WalkForwardResult, params: Mapping[str, Any], o
     Logs the last fold's forecaster bundle, its per-fold and pooled test scores, what each fold
     chose and why, the baselines' and every candidate's scores on the same spans (the oracle is
     left out of the baselines: it is the ceiling, not a baseline a model can be required to beat;
-    its scores are kept as ``oracle_*`` metrics).
+    its scores are kept as ``oracle_*`` metrics). A few real windows of the last validation day
+    become the MLflow model's input example.
     """
     from pathlib import Path
 
     from hfcast import registry
+    from hfcast.pyfunc import example_windows
+    from hfcast.storage import Lake
 
     fc = result.forecaster
     bundle = Path(out_dir) / "bundle"
@@ -523,7 +526,8 @@ def log_result(settings, result: WalkForwardResult, params: Mapping[str, Any], o
         plots=[str(p) for p in plots], baseline_metrics=baselines, tags={**kind_tags, **dict(tags or {})},
         run_id=run_id, run_name=run_name(result), dataset=dataset, reports=[str(p) for p in reports],
         extra_scores={"choices": [c.to_dict() for c in result.choices], "candidates": candidates,
-                      "validation": {k: v for k, v in last.evidence.items() if k.startswith(("val_qlike", "chosen_val"))}}))
+                      "validation": {k: v for k, v in last.evidence.items() if k.startswith(("val_qlike", "chosen_val"))}},
+        input_example=example_windows(Lake.from_settings(settings), result.feature_names, result.folds[-1].val[-1])))
 
 
 def run_name(result: WalkForwardResult) -> str:

@@ -20,6 +20,7 @@ def big_summary(n_dates: int = 60) -> dict:
                       "so it claims none."],
             "monitoring": mon, "retrainings": ["2024-03-21", "2024-03-18"], "champion_before": "1",
             "champion_after": "3", "serving": {"v1_status": 200, "v2_status": 200, "bad_request_status": 400},
+            "champion_kind": "volatility: ensemble of lstm (w 0.8), transformer (w 0.8); return: zero (no validated skill)",
             "seconds": 301.2, "index": "/x/report/index.html", "mlflow_uri": "sqlite:////x/mlflow.db"}
 
 
@@ -30,6 +31,7 @@ def test_story_fits_a_screen_and_holds_the_numbers():
     assert "0.312" in text and "0.0123" in text  # QLIKE and IC, rounded
     assert "0.312345" not in text
     assert "claims none" in text
+    assert "served by v3: volatility: ensemble of lstm" in text  # the champion names its kind
     assert sum("retrain" in ln and "drift" in ln for ln in lines) >= 2  # both retrainings kept
     assert lines[-1] == "full log: /x/demo.log"
     assert "report: /x/report/index.html" in lines

@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hfcast.explain import (attention_by_time_of_day, attention_weights, attribute, explain_windows, feature_groups,
-                            kept_attention, mean_abs_attribution_by_group, permutation_importance, summarize)
+from hfcast.explain import (EXPLAINED, attention_by_time_of_day, attention_weights, attribute, explain_forecasts,
+                            feature_groups, kept_attention, mean_abs_attribution_by_group, permutation_importance,
+                            summarize)
+from hfcast.contracts import COLUMN_UNITS
 from hfcast.features.catalog import BY_NAME
+from hfcast.forecaster import Forecaster
 from hfcast.features.windows import build_windows, synthetic_feature_frame
 from hfcast.train import TrainConfig, train_forecaster
 
@@ -55,24 +58,32 @@ def test_integrated_gradients_are_complete(trained, target):
     fc, test = trained
     X = fc.scaler.transform(test.windows(np.array([5, 50, 150])))
     a = attribute(fc, X, target, n_steps=64)
-    gap = a.forecast - a.baseline_forecast
+    gap = a.forecast - a.reference
     np.testing.assert_allclose(a.attributions.sum(axis=(1, 2)), gap, rtol=0.02, atol=1e-3 * np.abs(gap).max())
     nat = fc.natural(fc.predict_raw(X))
     served = nat["ret_mu"] if target == "ret" else np.log(nat["rv_hat"])
-    np.testing.assert_allclose(a.forecast, served, rtol=1e-4, atol=1e-8)  # the forecast explained is the served one
+    np.testing.assert_allclose(a.forecast, served, rtol=1e-4, atol=1e-8)  # a bare network: its part is all of it
 
 
-def test_summary_by_group_and_minute_adds_up(trained):
+def test_explanation_states_the_served_forecast_its_parts_and_units(trained):
     fc, test = trained
-    X = fc.scaler.transform(test.windows(np.array([7])))
-    out = explain_windows(fc, X, top=5)[0]
-    for t in ("ret", "vol"):
+    w = test.windows(np.array([7]))
+    out = explain_forecasts(fc, w, top=5)[0]
+    served = Forecaster.from_net(fc).predict(w)
+    for t, col in (("ret", "ret_60m_pred"), ("vol", "rv_10m_pred")):
         s = out[t]
+        assert s["forecast"] == served[col].iloc[0] and s["column"] == col
+        assert s["unit"] == COLUMN_UNITS[col] and s["explained_unit"] == EXPLAINED[t][1]
+        assert sum(s["parts"].values()) == pytest.approx(s["value"], rel=1e-12, abs=1e-12)
+        assert s["network_share"] == 1.0
         assert len(s["by_minute"]) == 30 and len(s["top"]) == 5
         assert sum(s["by_group"].values()) == pytest.approx(s["total"], rel=1e-9, abs=1e-12)
         assert sum(s["by_minute"]) == pytest.approx(s["total"], rel=1e-9, abs=1e-12)
-        assert abs(s["total"] - (s["forecast"] - s["baseline_forecast"])) <= 0.02 * abs(s["forecast"] - s["baseline_forecast"]) + 1e-6
+        gap = s["parts"]["network"] - s["reference"]
+        assert abs(s["total"] - gap) <= 0.02 * abs(gap) + 1e-6
         assert all(-29 <= c["minute"] <= 0 for c in s["top"])
+    assert out["vol"]["value"] == pytest.approx(np.log(out["vol"]["forecast"]), rel=1e-12)
+    assert out["ret"]["parts"]["centring"] == -fc.calibrator.ret_offset
     assert summarize(np.eye(30, 8), fc.feature_names, top=1)["top"][0]["minute"] == -29
 
 

@@ -142,7 +142,7 @@ def _the_listed_cases(tmp: Path) -> list[tuple[list[str], str]]:
     a_file.write_text("not a bundle")
     no_arch = tiny_bundle(tmp / "no-arch", "tcn", F)
     meta = json.loads((no_arch / "model.json").read_text())
-    (no_arch / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "arch"}))
+    (no_arch / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k not in ("arch", "choice")}))
     bars = tmp / "bars.csv"
     bars.write_text("symbol,ts,bid,ask,bid_size,ask_size\nAAA,2024-01-02T14:30:00Z,1,1.01,5,5\n")
     port = free_port()

@@ -4,7 +4,9 @@ One tiny walk-forward training (lstm, 2 folds, 3 epochs) through ``hfcast.lifecy
 must leave: a parent run named for what it is with nested fold runs, per-epoch metric histories
 (step = epoch), the training data as a dataset input, evaluation plots and report as artifacts,
 and an MLflow pyfunc model that loads with ``mlflow.pyfunc.load_model`` and predicts exactly what
-the bundle predicts. A monitoring run carries its Evidently reports.
+the bundle predicts from a real (float64) window, its input example; the logged model's page
+links the run and the registered version and names the commit. A monitoring run carries its
+Evidently reports.
 """
 
 from __future__ import annotations
@@ -121,20 +123,80 @@ def test_plots_and_evaluation_report_are_artifacts(trained, tmp_path):
     assert Path(got).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_logged_model_loads_with_pyfunc_and_predicts_as_the_bundle(trained, tmp_path):
+def _lake_windows(settings, date: str, names: list[str]) -> np.ndarray:
+    """Every complete window of the first symbol on ``date``, read from the lake independently."""
+    from hfcast.features.windows import build_windows
+
+    df = Lake.from_settings(settings).read("features", date, ["symbol", "ts", *names])
+    df = df[df["symbol"] == df["symbol"].min()]
+    wa = build_windows(df, names, label_cols=None)
+    return wa.windows(np.arange(len(wa)))
+
+
+def _pyfunc(settings, version):
     import mlflow
 
+    with registry.tracking(settings):
+        return mlflow.pyfunc.load_model(f"models:/hfcast/{version}")
+
+
+def test_logged_model_loads_with_pyfunc_and_predicts_a_real_float64_window_as_the_bundle(trained, tmp_path):
     settings, run, version = trained
     mv = registry.resolve(settings, f"hfcast/{version}")
     assert mv.source.startswith("models:/m-")
     fc = registry.load_forecaster(settings, f"hfcast/{version}", dst=tmp_path / "bundle")
-    windows = np.random.default_rng(1).normal(size=(5, 30, len(fc.feature_names))).astype(np.float32)
-    with registry.tracking(settings):
-        model = mlflow.pyfunc.load_model(f"models:/hfcast/{version}")
-        assert model.metadata.signature is not None
-        got = model.predict(windows)
-    np.testing.assert_allclose(got.to_numpy(), fc.predict(windows).to_numpy(), rtol=0, atol=0)
-    np.testing.assert_allclose(fc.predict(windows).to_numpy(), run.forecaster.predict(windows).to_numpy(), atol=1e-6)
+    model = _pyfunc(settings, version)
+    example = np.asarray(model.input_example)
+    window64 = example.astype(np.float64)  # numpy's default dtype, what a user has at hand
+    got = model.predict(window64)
+    np.testing.assert_array_equal(got.to_numpy(), fc.predict(example).to_numpy())
+    np.testing.assert_allclose(fc.predict(example).to_numpy(), run.forecaster.predict(example).to_numpy(), atol=1e-6)
+    for bad, what in ((window64[:, :29], "shape (2, 29,"), (window64.reshape(2, -1)[:, :-1], "shape (2,")):
+        with pytest.raises(Exception) as err:
+            model.predict(bad)
+        text = str(err.value)
+        assert "\n" not in text and what in text and f"expected windows [batch, 30, {len(fc.feature_names)}]" in text
+
+
+def test_input_example_is_a_real_window_of_the_last_validation_day(trained):
+    settings, run, version = trained
+    example = np.asarray(_pyfunc(settings, version).input_example)
+    names = run.forecaster.feature_names
+    assert example.shape[1:] == (30, len(names)) and example.shape[0] >= 2 and np.isfinite(example).all()
+    real = _lake_windows(settings, run.result.folds[-1].val[-1], names)
+    for w in example:  # each one is a window the lake holds for that day, not noise
+        assert np.isclose(real, w[None], rtol=1e-6, atol=0).all(axis=(1, 2)).any()
+
+
+def test_signature_outputs_carry_the_informative_flags_and_the_metadata_the_units(trained):
+    from hfcast.contracts import COLUMN_UNITS, INFO_COLUMNS, PRED_COLUMNS
+
+    settings, run, version = trained
+    meta = _pyfunc(settings, version).metadata
+    assert meta.signature.outputs.input_names() == [*PRED_COLUMNS, *INFO_COLUMNS]
+    assert meta.metadata["units"] == {c: COLUMN_UNITS[c] for c in (*PRED_COLUMNS, *INFO_COLUMNS)}
+    assert meta.metadata["feature_names"] == run.forecaster.feature_names
+    assert meta.metadata["input"]["shape"] == [-1, 30, len(run.forecaster.feature_names)]
+    assert meta.metadata["forecaster"] == run.forecaster.kind
+
+
+def test_the_model_page_links_run_logged_model_and_version_and_names_the_commit(trained):
+    import json
+
+    from hfcast import provenance
+
+    settings, run, version = trained
+    c = _client(settings)
+    model_id = c.get_run(run.run_id).data.tags[registry.PYFUNC_ID_TAG]
+    mv = c.get_model_version("hfcast", str(version))
+    assert mv.source == f"models:/{model_id}" and mv.run_id == run.run_id
+    assert mv.model_id in (None, model_id)  # MLflow 3.17's stores keep no model_id column: the source is the link
+    lm = c.get_logged_model(model_id)  # what the logged model's page shows
+    assert lm.source_run_id == run.run_id and lm.model_type == "hfcast-forecaster"
+    assert json.loads(lm.tags["mlflow.modelVersions"]) == [{"name": "hfcast", "version": version}]
+    assert lm.tags["mlflow.source.git.commit"] == provenance.git_commit() is not None
+    assert lm.tags["hfcast.kind"] == run.forecaster.kind
+    assert model_id in {o.model_id for o in c.get_run(run.run_id).outputs.model_outputs}
 
 
 def test_monitoring_run_carries_its_reports(trained, tmp_path):

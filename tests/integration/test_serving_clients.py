@@ -46,7 +46,7 @@ def server(tmp_path_factory):
                                               "--max-staleness-s", str(age + 1800), "--runner", "onnxruntime"])
     grpc_port = int(proc.args[proc.args.index("--grpc-port") + 1])
     from hfcast.feature_store import OnlineWindows
-    from hfcast.models.base import Forecaster
+    from hfcast.forecaster import Forecaster
 
     try:
         yield {"base": base, "grpc": f"127.0.0.1:{grpc_port}", "fc": Forecaster.load(str(bundle)),

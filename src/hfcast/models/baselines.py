@@ -340,7 +340,7 @@ def fit_baselines(train: pd.DataFrame, val: pd.DataFrame, names: tuple[str, ...]
 
 _PROFILE_STEP = 5  # minutes per time-of-day bucket of the har_tod profile
 _SIGMA_STEP = 30  # minutes per bucket of the har_tod log-vol sigma
-_PROFILE_LEN = 390  # minutes of the profile (a longer session reads its last bucket)
+_PROFILE_LEN = 390  # minutes of the profile at least (a longer session's training data extends it)
 
 
 class HarTod:
@@ -399,9 +399,12 @@ class HarTod:
         rv = train["rv_10m"].to_numpy(np.float64)
         ok = np.isfinite(rv) & (rv > 0)
         y = np.log(np.where(ok, rv, 1.0) ** 2)
-        m = np.clip(train["tod"].to_numpy(), 0, _PROFILE_LEN - 1)
+        # a session longer than XNYS's 390 minutes (XETR, futures) gets a profile as long as it is
+        length = max(_PROFILE_LEN, int(np.max(train["tod"].to_numpy(), initial=0)) + 1)
+        length = -(-length // _SIGMA_STEP) * _SIGMA_STEP
+        m = np.clip(train["tod"].to_numpy(), 0, length - 1)
         prof = pd.Series(y[ok]).groupby(m[ok] // _PROFILE_STEP).mean()
-        nb = _PROFILE_LEN // _PROFILE_STEP
+        nb = length // _PROFILE_STEP
         buckets = prof.reindex(range(nb)).interpolate(limit_direction="both").fillna(0.0).to_numpy()
         self.profile = np.repeat(buckets - buckets.mean(), _PROFILE_STEP)
         self.level0 = float(np.mean(y[ok] - self.profile[m[ok]]))
@@ -415,8 +418,8 @@ class HarTod:
         res = 0.5 * (y[fin] - lv[fin])  # log rv residual
         self.sigma_all = float(np.std(res))
         sd = pd.Series(res).groupby(m[fin] // _SIGMA_STEP).std()
-        sd = sd.reindex(range(_PROFILE_LEN // _SIGMA_STEP + 1)).fillna(self.sigma_all).to_numpy()
-        self.sig_tod = np.repeat(np.maximum(sd, 1e-3), _SIGMA_STEP)[:_PROFILE_LEN]
+        sd = sd.reindex(range(length // _SIGMA_STEP + 1)).fillna(self.sigma_all).to_numpy()
+        self.sig_tod = np.repeat(np.maximum(sd, 1e-3), _SIGMA_STEP)[:length]
         return self
 
     def _logvar(self, X: np.ndarray, full: np.ndarray) -> np.ndarray:

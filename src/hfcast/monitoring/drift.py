@@ -30,6 +30,7 @@ import json
 import logging
 import re
 import time
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -58,7 +59,7 @@ def _titled_html(path: str, title: str, about: Mapping[str, Any]) -> None:
     """Evidently's HTML carries no title of its own: put ours in <title> and a heading on top."""
     import html as H
 
-    text = open(path, encoding="utf-8").read()
+    text = Path(path).read_text(encoding="utf-8")
     meta = " &middot; ".join(f"{H.escape(str(k))}: {H.escape(str(v))}" for k, v in about.items())
     head = (f'<div style="font-family:sans-serif;padding:8px 16px"><h2 style="margin:4px 0">{H.escape(title)}</h2>'
             f'<div style="color:#555;font-size:13px">{meta}</div></div>')
@@ -70,7 +71,7 @@ def _titled_html(path: str, title: str, about: Mapping[str, Any]) -> None:
     top = (re.sub(r"<title>.*?</title>", lambda m: f"<title>{H.escape(title)}</title>", top, count=1, flags=re.S)
            if "<title>" in top else top.replace("<head>", f"<head><title>{H.escape(title)}</title>", 1))
     text = top + re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + head, text[cut:], count=1)
-    open(path, "w", encoding="utf-8").write(text)
+    Path(path).write_text(text, encoding="utf-8")
 
 
 def evidently_drift(current: pd.DataFrame, reference: pd.DataFrame, columns: Sequence[str], cfg: MonitorConfig,
