@@ -35,9 +35,10 @@ def export_model(
         remote = storage.is_remote(publish_url)
         export.publish(onnx_model.path, publish_url,
                        s3_storage_options(s.s3_endpoint, s.s3_key, s.s3_secret) if remote else None)
-    onnx_model.metadata.update({"model_name": s.model_name, "version": version, "mlflow_uri": uri,
-                                "onnx_opset": report.onnx.get("opset"), "exporter": report.onnx.get("exporter"),
-                                "parity_max_rel_err": report.onnx["parity"]["max_rel_err"],
+    onnx = ({"onnx_skipped": report.onnx["skipped"]} if "skipped" in report.onnx else  # a forecaster with no network
+            {"onnx_opset": report.onnx.get("opset"), "exporter": report.onnx.get("exporter"),
+             "parity_max_rel_err": report.onnx["parity"]["max_rel_err"]})
+    onnx_model.metadata.update({"model_name": s.model_name, "version": version, "mlflow_uri": uri, **onnx,
                                 "tensorrt": report.tensorrt if isinstance(report.tensorrt, str) else "built",
                                 "published_to": publish_url})
     return uri

@@ -286,6 +286,7 @@ def train_members_and_log(settings: Any, arch: str, *, reason: str = "", drifted
             live.t.client.log_artifacts(run_id, tmp, MEMBERS_ARTIFACT)
         live.t.client.log_dict(run_id, {"histories": hists[arch], "windows_per_s": thr.get(arch)},
                                f"{MEMBERS_ARTIFACT}/history.json")
+        live.t.client.set_terminated(run_id, "FINISHED")  # no bundle fills it later: it is complete now
     return run_id
 
 

@@ -6,6 +6,7 @@ command (torchrun with the variables the operator sets) trains with 2 processes 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -222,11 +223,22 @@ def test_the_jobs_container_command_trains_with_two_processes_and_resumes_after_
     done = _finish(_pods(job, settings.to_param(), free_port(), {}))
     assert all(code == 0 for code, _ in done), [(code, out[-2500:]) for code, out in done if code]
     assert "resumed from the checkpoint of epoch 0" in done[0][1]  # epoch 1 only, not from scratch
-    run_id, metrics = pj.logged_run(settings, spec.name)
-    assert "vol_qlike" in metrics
+    run_id, _ = pj.logged_run(settings, spec.name)
     from mlflow import MlflowClient
+
+    from hfcast.lifecycle import MEMBERS_ARTIFACT
+
+    # the member run holds the fold's network and a history of BOTH epochs (0 from the checkpoint)
+    client = MlflowClient(settings.mlflow_uri)
+    logged = {Path(a.path).name for a in client.list_artifacts(run_id, MEMBERS_ARTIFACT)}
+    assert {"fold0", "history.json"} <= logged, logged
+    hist = json.loads(Path(client.download_artifacts(run_id, f"{MEMBERS_ARTIFACT}/history.json", str(tmp_path))).read_text())
+    assert [len(h.get("epochs", [])) for h in hist["histories"]] == [2], hist
 
     runs = MlflowClient(settings.mlflow_uri).search_runs(
         [MlflowClient(settings.mlflow_uri).get_experiment_by_name("hfcast").experiment_id],
         f"tags.`{pj.JOB_TAG}` = '{spec.name}'")
-    assert [r.info.run_id for r in runs] == [run_id]  # one run: rank 1 logged nothing
+    summary = [(r.info.run_id, r.info.status, r.data.tags.get("mlflow.parentRunId")) for r in runs]
+    members = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(members) == 2, summary  # one per attempt (killed, resumed): rank 1 logged nothing
+    assert client.get_run(run_id).info.status == "FINISHED", summary

@@ -240,7 +240,7 @@ def champion(tmp_path_factory):
     result = run_walkforward(lake, ["tcn"], wf, TrainConfig.from_params(SMALL_PARAMS["train"]), progress=False,
                              model_configs=model_configs(SMALL_PARAMS["walkforward"]))
     with tempfile.TemporaryDirectory() as tmp:
-        run_id = log_result(settings, result, "tcn", {"walkforward": SMALL_PARAMS["walkforward"]}, tmp)
+        run_id = log_result(settings, result, {"walkforward": SMALL_PARAMS["walkforward"]}, tmp)
     v1 = registry.register(settings, run_id)
     promotion.promote(settings, v1, GateDecision.force("bootstrap champion for the monitor test"))
     return settings, lake, dates, str(v1)
