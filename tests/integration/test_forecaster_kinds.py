@@ -3,7 +3,8 @@
 net (a bare network), floor (a network blended with har_tod), ensemble (two floored networks) and
 har_tod (a baseline served on its own): register in MLflow -> load from the registry (checksums)
 -> export (ONNX of its graph; none for a baseline) -> the server's service with the onnxruntime
-runner, and with the runner a server starts with (the version's stored export) -> batch prediction CSVs. Each must give the in-process forecaster's numbers.
+runner, and with the runner a server starts with (the version's stored export) -> batch
+prediction CSVs. Each must give the in-process forecaster's numbers.
 """
 
 from __future__ import annotations
