@@ -25,7 +25,6 @@ Run: ``python bench/bench_startup.py [--rounds 3] [--before REF]`` -> bench/resu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
