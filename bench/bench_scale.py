@@ -19,7 +19,14 @@ and is not run again (a cut-short bench resumes). Stages:
   measured fraction of the year (``--predict-days`` dates), extrapolated to every date;
 * ``monitor``: the monitoring reference of the trained model, then run_monitor of one date;
 * ``ddp``: the same training under ``torchrun`` with 1 and 2 processes (gloo, 1 thread each):
-  windows/s and the validation QLIKE of both.
+  windows/s and the validation QLIKE of both;
+* ``walkforward``: the default user path, ``hfcast train`` as a user runs it (a subprocess: log to
+  MLflow, register, gate, the champion's monitoring reference), on the first ``--wf-days`` dates of
+  the lake (several sizes, ``--fold last_date=...``), one fold, a small LSTM, a sampled training
+  budget; params.yaml's own memory settings. Wall, CPU seconds and peak RSS of the command's whole
+  process tree for each size, and their growth with the number of days;
+* ``walkforward_before`` (opt-in, ``--only walkforward_before``): the same command with the code of
+  ``--wf-before-commit`` on the smallest size, killed above ``--wf-before-limit-mb``.
 
 Writes ``bench/results/scale.json`` after every stage (machine, load average, nice level).
 """
@@ -43,7 +50,8 @@ from _common import RESULTS, PeakMemory, machine  # noqa: E402
 
 log = logging.getLogger("bench_scale")
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("simulate", "validate", "featurize", "train", "stream_vs_memory", "predict", "monitor", "ddp")
+STAGES = ("simulate", "validate", "featurize", "train", "stream_vs_memory", "predict", "monitor", "ddp", "walkforward")
+OPT_IN = ("walkforward_before",)  # run only when named in --only
 GOAL_RSS_MB = 6 * 1024
 ARCH, MODEL = "lstm", {}  # the fastest architecture on CPU, default width
 
@@ -278,6 +286,178 @@ def stage_ddp_worker(a, root: Path) -> dict | None:
     return None
 
 
+# the walk-forward stage's own settings over params.yaml: what a user would set to try the CLI on a
+# year (a small model, one fold, a training budget); memory settings (train.stream_above_rows,
+# walkforward.chunk_rows and the samples) stay params.yaml's
+WF_PARAMS = {"walkforward": {"max_folds": 1, "models": {"lstm": {"hidden": 16, "n_layers": 1, "head_hidden": 16}}},
+             "train": {"epochs": 1, "device": "cpu", "num_threads": 1}, "forecaster": {"archs": ["lstm"]}}
+
+
+def _run_tree(cmd: list[str], env: dict, log_path: Path, kill_above_mb: float | None = None) -> dict:
+    """Run a command: wall seconds, CPU seconds and peak RSS of its whole process tree (the tree's RSS
+    sampled every 0.2 s, and the kernel's ru_maxrss of the command and its reaped children). With
+    ``kill_above_mb`` the tree is killed when it grows past it (a shared machine must not run out)."""
+    import signal
+    import threading
+
+    import psutil
+
+    peak, stop, killed = [0.0], threading.Event(), [False]
+
+    def sample(pid: int) -> None:
+        try:
+            proc = psutil.Process(pid)
+        except psutil.Error:
+            return
+        while not stop.is_set():
+            try:
+                tree = [proc, *proc.children(recursive=True)]
+                peak[0] = max(peak[0], sum(c.memory_info().rss for c in tree) / 2**20)
+                if kill_above_mb is not None and peak[0] > kill_above_mb:
+                    killed[0] = True
+                    for c in tree:
+                        c.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    load0 = os.getloadavg()
+    with open(log_path, "w") as fh:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        th = threading.Thread(target=sample, args=(p.pid,), daemon=True)
+        th.start()
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        stop.set()
+        th.join()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return {"exit_code": p.returncode, "wall_seconds": round(wall, 1), "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 1),
+            "peak_rss_mb": round(max(peak[0], ru.ru_maxrss / 1024), 1), "peak_rss_mb_tree_sampled": round(peak[0], 1),
+            "ru_maxrss_mb": round(ru.ru_maxrss / 1024, 1), "cpu_share_of_one_core": round((ru.ru_utime + ru.ru_stime) / wall, 2),
+            "load_average_before": [round(x, 2) for x in load0], "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            **({"killed_above_mb": kill_above_mb} if killed[0] else {})}
+
+
+def _fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
+    import numpy as np
+
+    b, a = np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)
+    return float(a), float(b)
+
+
+def _train_span(params: dict, dates: list[str]) -> list[str]:
+    """The training dates of the last fold ``hfcast train --fold last_date=<dates[-1]>`` runs."""
+    from hfcast.walkforward import WalkForwardConfig, generate_folds
+
+    cfg = WalkForwardConfig.from_params({**params["walkforward"], "last_date": dates[-1]})
+    return list(list(generate_folds(dates, cfg))[-1].train)
+
+
+def _train_run(a, root: Path, dates: list[str], n: int, params: dict, name: str, pythonpath: str | None = None,
+               kill_above_mb: float | None = None) -> dict:
+    """One ``hfcast train`` on the first ``n`` dates, in its own home (MLflow sqlite, reports)."""
+    import pandas as pd
+    import yaml
+
+    from hfcast.features.stream import features_rows_by_date
+
+    home = root / name
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    params = {**params, "train": {**params["train"], "max_train_windows": a.wf_train_windows}}
+    (home / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "HFCAST_HOME": str(home), "HFCAST_LAKE": (root / "lake").as_uri(),
+           "HFCAST_PARAMS": str(home / "params.yaml"), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the run's own sqlite under its home
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    # quoted: YAML reads it as text in every version of the CLI
+    cmd = [sys.executable, "-m", "hfcast", "train", "--model", "lstm", "--fold", f'last_date="{dates[n - 1]}"']
+    log.info("walkforward: hfcast train on %d dates (to %s) in %s", n, dates[n - 1], home)
+    res = _run_tree(cmd, env, home / "train.log", kill_above_mb)
+    train = _train_span(params, dates[:n])
+    train_dates = len(train)
+    rows = features_rows_by_date(_lake(root), train)
+    run = {"dates": n, "last_date": dates[n - 1], "train_dates": train_dates,
+           "train_feature_rows": int(sum(rows.values())), **res}
+    text = (home / "train.log").read_text(errors="replace")
+    if res["exit_code"] != 0:
+        if "killed_above_mb" in res:
+            return run
+        raise SystemExit(f"hfcast train on {n} dates failed ({res['exit_code']}): {text[-3000:]}")
+    report = home / "reports" / "train"
+    agg = pd.read_csv(report / "aggregate.csv", index_col=0)
+    table = pd.read_parquet(report / "predictions.parquet", columns=["model"])
+    served = [ln.split("served:", 1)[1].strip() for ln in text.splitlines() if "served:" in ln]
+    shutil.rmtree(home / "mlruns", ignore_errors=True)
+    return {**run, "streamed_training": "streaming by date" in text,
+            "registered": "registered hfcast version 1" in text, "served": served[-1] if served else "",
+            "test_rows_scored_per_model": int(agg.loc["forecaster", "n"]),
+            "prediction_table_rows_per_model": int(table["model"].value_counts().max()),
+            "forecaster_vol_qlike": float(agg.loc["forecaster", "vol_qlike"]),
+            "har_tod_vol_qlike": float(agg.loc["har_tod", "vol_qlike"])}
+
+
+def stage_walkforward_before(a, root: Path) -> dict:
+    """The same ``hfcast train`` with the code of ``--wf-before-commit`` (the walk-forward that held
+    every fold date in one frame) on the smallest ``--wf-days`` size: what this path cost before.
+    Killed above ``--wf-before-limit-mb`` (the machine is shared). Opt-in: ``--only walkforward_before``."""
+    import yaml
+
+    from hfcast.config import deep_merge
+
+    src = root / f"src-{a.wf_before_commit}"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", a.wf_before_commit, "src", "params.yaml"],
+                         check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=tar, check=True)
+    params = deep_merge(yaml.safe_load((src / "params.yaml").read_text()), WF_PARAMS)
+    n = min(int(x) for x in a.wf_days.split(","))
+    run = _train_run(a, root, _lake(root).dates("features"), n, params, f"wf-before-{n}", str(src / "src"),
+                     a.wf_before_limit_mb)
+    shutil.rmtree(src, ignore_errors=True)
+    return {"commit": a.wf_before_commit, "run": run, "rows": run["train_feature_rows"]}
+
+
+def stage_walkforward(a, root: Path) -> dict:
+    """``hfcast train`` on the first N dates of the lake for each N of ``--wf-days``."""
+    import yaml
+
+    from hfcast.config import deep_merge
+
+    dates = _lake(root).dates("features")
+    sizes = [int(x) for x in a.wf_days.split(",")]
+    if max(sizes) > len(dates):
+        raise SystemExit(f"--wf-days {a.wf_days}: the lake has {len(dates)} features dates")
+    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), WF_PARAMS)
+    runs = [_train_run(a, root, dates, n, params, f"wf-home-{n}") for n in sizes]
+    x = [r["train_dates"] for r in runs]
+    out: dict[str, Any] = {"command": "python -m hfcast train --model lstm --fold last_date=<date N>",
+                           "params_over_params_yaml": {**WF_PARAMS, "train": {**WF_PARAMS["train"],
+                                                                              "max_train_windows": a.wf_train_windows}},
+                           "runs": runs, "rows": sum(r["train_feature_rows"] for r in runs)}
+    if len(runs) >= 2:
+        ca, cb = _fit_line(x, [r["cpu_seconds"] for r in runs])
+        ra, rb = _fit_line(x, [r["peak_rss_mb"] for r in runs])
+        year_train = a.days_in_year - (runs[-1]["dates"] - runs[-1]["train_dates"])  # val, test, embargo stay
+        share = min(r["cpu_share_of_one_core"] for r in runs)
+        out["growth_with_training_dates"] = {
+            "peak_rss_mb_per_training_date": round(rb, 2), "peak_rss_mb_at_zero_dates": round(ra, 1),
+            "cpu_seconds_per_training_date": round(cb, 2), "cpu_seconds_fixed": round(ca, 1),
+            "peak_rss_ratio_largest_over_smallest": round(runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"], 3)}
+        out["extrapolated_year"] = {
+            "dates": a.days_in_year, "train_dates": year_train,
+            "cpu_seconds": round(ca + cb * year_train, 1),
+            "wall_seconds_at_the_lowest_measured_cpu_share": round((ca + cb * year_train) / max(share, 1e-3), 1),
+            "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs) + max(rb, 0.0) * (year_train - x[-1]), 1),
+            "how": "CPU seconds and peak RSS fitted as a line in the training dates over the measured sizes "
+                   "(one fold: the validation and test spans do not grow); RSS carried at the largest measured "
+                   "peak plus its fitted slope (clipped at 0) times the dates beyond"}
+    return out
+
+
 # --- the driver ----------------------------------------------------------------------------------------
 
 def _maxrss_mb() -> float:
@@ -286,7 +466,8 @@ def _maxrss_mb() -> float:
 
 def _passthrough(a) -> list[str]:
     keys = ("symbols", "days", "seed", "val_days", "holdout", "train_windows", "val_windows", "cmp_days",
-            "cmp_windows", "cmp_rounds", "predict_days", "buffer_dates", "validate_days", "featurize_days")
+            "cmp_windows", "cmp_rounds", "predict_days", "buffer_dates", "validate_days", "featurize_days",
+            "wf_days", "wf_train_windows", "days_in_year", "wf_before_commit", "wf_before_limit_mb")
     return [x for k in keys if getattr(a, k) is not None for x in (f"--{k.replace('_', '-')}", str(getattr(a, k)))]
 
 
@@ -311,7 +492,8 @@ def run_stage(a) -> None:
     doc = {"stage": a.stage, "wall_seconds": round(wall, 1), "cpu_seconds_main_process": round(time.process_time() - c0, 1),
            "peak_rss_mb": round(peak, 1), "peak_rss_mb_process_tree_sampled": round(mem.peak_mb, 1),
            "ru_maxrss_mb_self": round(_maxrss_mb(), 1), "ru_maxrss_mb_largest_child": round(child, 1),
-           "rss_goal_met": peak <= GOAL_RSS_MB, "load_average_before": [round(x, 2) for x in load0],
+           "rss_goal_met": peak <= GOAL_RSS_MB, "nice": os.getpriority(os.PRIO_PROCESS, 0),
+           "load_average_before": [round(x, 2) for x in load0],
            "load_average_after": [round(x, 2) for x in os.getloadavg()], **res}
     doc["cpu_seconds_process_tree"] = round(cpu_tree, 1)  # main process + reaped children (workers, torchrun)
     doc["cpu_share_of_one_core"] = round(cpu_tree / wall, 2)  # how much CPU the shared machine gave the stage
@@ -327,7 +509,7 @@ def run_stage(a) -> None:
 
 
 def collect(a, root: Path, out: Path) -> dict:
-    stages = {s: json.loads((root / f"stage-{s}.json").read_text()) for s in STAGES
+    stages = {s: json.loads((root / f"stage-{s}.json").read_text()) for s in (*STAGES, *OPT_IN)
               if (root / f"stage-{s}.json").exists()}
     du = subprocess.run(["du", "-sm", *[str(root / "lake" / t) for t in ("raw", "truth", "validated", "features")
                                         if (root / "lake" / t).exists()]], capture_output=True, text=True).stdout
@@ -340,8 +522,18 @@ def collect(a, root: Path, out: Path) -> dict:
            "goals": {"peak_rss_mb_every_stage": GOAL_RSS_MB, "stream_over_memory_training_throughput": 0.9},
            "lake_mb": {line.split()[1].rsplit("/", 1)[-1]: int(line.split()[0]) for line in du.splitlines()},
            "stages": stages}
-    if stages:
-        doc["all_stages_within_rss_goal"] = all(s["peak_rss_mb"] <= GOAL_RSS_MB for s in stages.values())
+    old = json.loads(out.read_text()) if out.exists() else None
+    if old and old.get("universe") != doc["universe"]:
+        # a run on another lake (e.g. the walk-forward stage on fewer days) joins the earlier results:
+        # its stages carry their own context, the file's top level stays the earlier run's
+        context = {k: doc[k] for k in ("when", "machine", "nice", "load_average_1_5_15m_at_write", "universe",
+                                       "config", "lake_mb")}
+        doc = {**old, "stages": {**old.get("stages", {}), **{k: {**v, "run": context} for k, v in stages.items()}}}
+    elif old:
+        doc["stages"] = {**old.get("stages", {}), **stages}
+    goal = [v for k, v in doc["stages"].items() if k not in OPT_IN]  # the opt-in stages measure code before a change
+    if goal:
+        doc["all_stages_within_rss_goal"] = all(s["peak_rss_mb"] <= GOAL_RSS_MB for s in goal)
     out.write_text(json.dumps(doc, indent=2, default=float) + "\n")
     return doc
 
@@ -368,6 +560,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validate-days", type=int, default=None, help="validate only the first N dates (a measured fraction)")
     ap.add_argument("--featurize-days", type=int, default=None, help="featurize only the first N dates (a measured fraction)")
     ap.add_argument("--threads", type=int, default=None, help="(ddp_worker) torch threads per process")
+    ap.add_argument("--wf-days", default="30,60", help="(walkforward) comma-separated numbers of dates hfcast train runs on")
+    ap.add_argument("--wf-train-windows", type=int, default=50_000, help="(walkforward) train.max_train_windows")
+    ap.add_argument("--days-in-year", type=int, default=252, help="(walkforward) the size the figures extrapolate to")
+    ap.add_argument("--wf-before-commit", default="b37e6ba", help="(walkforward_before) the code to compare with")
+    ap.add_argument("--wf-before-limit-mb", type=float, default=12_000, help="(walkforward_before) kill it above this RSS")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.stage:

@@ -82,24 +82,29 @@ def cross_sectional_ic(pred: np.ndarray, true: np.ndarray, groups: np.ndarray, m
         groups: the minute (``ts``) of each row; minutes with fewer than ``min_names`` labelled
             symbols are skipped.
     """
+    ics, varies = cross_sectional_ics(pred, true, groups, min_names)
+    if ics.size:
+        return float(pd.Series(ics).mean())
+    return 0.0 if varies else float("nan")  # constant forecast: no information
+
+
+def cross_sectional_ics(pred: np.ndarray, true: np.ndarray, groups: np.ndarray,
+                        min_names: int = 5) -> tuple[np.ndarray, bool]:
+    """The per-minute ICs behind :func:`cross_sectional_ic` and whether any qualifying minute's
+    outcomes vary. Why apart: minutes never span two dates, so a scorer that reads a span date by
+    date (hfcast.scoring) sums these per chunk and gets the pooled mean exactly."""
     df = pd.DataFrame({"p": np.asarray(pred, dtype=np.float64), "t": np.asarray(true, dtype=np.float64),
                        "g": np.asarray(groups)})
     df = df[np.isfinite(df["p"]) & np.isfinite(df["t"])]
+    if not df.empty:
+        df = df[df.groupby("g", sort=False)["p"].transform("size") >= min_names]
     if df.empty:
-        return float("nan")
-    g = df.groupby("g", sort=False)
-    n = g["p"].transform("size")
-    df = df[n >= min_names]
-    if df.empty:
-        return float("nan")
+        return np.empty(0), False
     dp = df["p"] - df.groupby("g")["p"].transform("mean")
     dt = df["t"] - df.groupby("g")["t"].transform("mean")
-    tmp = pd.DataFrame({"g": df["g"], "xy": dp * dt, "xx": dp * dp, "yy": dt * dt})
-    s = tmp.groupby("g").sum()
+    s = pd.DataFrame({"g": df["g"], "xy": dp * dt, "xx": dp * dp, "yy": dt * dt}).groupby("g").sum()
     ok = (s["xx"] > 0) & (s["yy"] > 0)
-    if not ok.any():
-        return 0.0 if (s["yy"] > 0).any() else float("nan")  # constant forecast: no information
-    return float((s["xy"][ok] / np.sqrt(s["xx"][ok] * s["yy"][ok])).mean())
+    return (s["xy"][ok] / np.sqrt(s["xx"][ok] * s["yy"][ok])).to_numpy(np.float64), bool((s["yy"] > 0).any())
 
 
 def hit_rate(pred: np.ndarray, true: np.ndarray) -> float:

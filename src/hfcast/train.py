@@ -66,7 +66,7 @@ class TrainConfig:
     num_threads: int | None = None         # torch intra-op threads (None = torch default)
     num_workers: int = 0                   # DataLoader workers (batches are one gather: 0 is fine)
     eval_batch_size: int = 2048
-    stream_above_rows: int | None = 20_000_000  # training spans with more feature rows stream by date
+    stream_above_rows: int | None = 2_500_000  # training spans with more feature rows stream by date (~3 GB in memory)
     stream_buffer_dates: int = 4           # dates shuffled together when streaming
     stream_cache_dir: str | None = None    # local folder of the stream's memory-mapped cache (None = temp)
     checkpoint_dir: str | None = None      # per-epoch checkpoints (folder or URL); None = off

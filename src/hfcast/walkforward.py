@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from hfcast.config import checked_section
-from hfcast.contracts import LOOKBACK, PRED_COLUMNS
+from hfcast.contracts import PRED_COLUMNS
 from hfcast.data.schema import LABEL_HORIZONS
 from hfcast.models.baselines import BASELINES
 
@@ -49,13 +49,25 @@ class WalkForwardConfig:
     label_horizon_minutes: int = max(LABEL_HORIZONS.values())  # longest label look-ahead
     eval_stride: int = 1             # window stride on val/test spans (1 = every minute)
     train_stride: int = 1            # window stride on train spans (10 = sparse, every 10th minute)
+    # memory: what a fold holds at once, whatever the number of days (docs/SCALE.md)
+    chunk_rows: int | None = 1_000_000       # feature rows read at once (whole dates) to fit baselines / score tests
+    baseline_fit_windows: int | None = 500_000  # seeded sample of training windows the baselines fit on
+    select_max_windows: int | None = 500_000    # seeded sample of validation windows the choice reads
+    max_prediction_rows: int | None = 250_000   # test rows per model kept in the predictions table
+    sample_seed: int = 0                     # seed of those samples
 
     def __post_init__(self) -> None:
+        for name in ("first_test_date", "last_date"):  # YAML reads 2024-01-02 as a date: dates compare as ISO text
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
         if self.mode not in MODES:
             raise ValueError(f"walkforward.mode must be one of {MODES}, got {self.mode!r}")
         for name in ("train_days", "val_days", "test_days", "eval_stride", "train_stride"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"walkforward.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("chunk_rows", "baseline_fit_windows", "select_max_windows", "max_prediction_rows"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                raise ValueError(f"walkforward.{name} must be >= 1 or null (no limit), got {getattr(self, name)}")
         if self.step < self.test_days:
             raise ValueError(f"walkforward.step_days ({self.step}) < test_days ({self.test_days}): "
                              "test spans would overlap and a day would be scored twice")
@@ -191,7 +203,10 @@ class WalkForwardResult:
             ``ts``, PRED_COLUMNS, INFO_COLUMNS, labels and truth when present. ``model`` is
             ``forecaster`` (what each fold chose on validation: the served forecaster), each bare
             network (``lstm``...), each floored network (``lstm+floor``), ``ensemble`` and the baselines.
-        per_fold: scores per (model, fold). aggregate: scores pooled over all test rows, by model.
+            Every test window while they number at most ``walkforward.max_prediction_rows`` per
+            model, else the same seeded sample of them for every model (``sampled``).
+        per_fold: scores per (model, fold). aggregate: scores pooled over all test rows, by model
+            (both over EVERY test row, sampled table or not: :mod:`hfcast.scoring`).
         forecaster: the last fold's chosen :class:`hfcast.forecaster.Forecaster` (what is registered).
         choices: each fold's :class:`hfcast.forecaster.Choice` (what it served and why).
         nets: per architecture, the trained network of every fold.
@@ -209,6 +224,7 @@ class WalkForwardResult:
     histories: dict[str, list]
     throughput: dict[str, float]
     feature_names: list[str]
+    sampled: bool = False  # predictions holds a sample of the test rows (the scores do not)
 
     def test_spans(self) -> list[tuple[str, str]]:
         return [(f.test[0], f.test[-1]) for f in self.folds]
@@ -218,17 +234,7 @@ class WalkForwardResult:
         return {str(k): float(v) for k, v in self.aggregate.loc[model].items()}
 
 
-def _stride(wa, stride: int):
-    """Keep windows whose end minute satisfies (minute_of_session - (LOOKBACK - 1)) % stride == 0."""
-    if stride <= 1:
-        return wa
-    from hfcast.data.schema import minute_of_session
-
-    m = minute_of_session(wa.keys["ts"].iloc[wa.ends], getattr(wa, "market", None))
-    return wa.select(np.flatnonzero((m - (LOOKBACK - 1)) % stride == 0))
-
-
-def _feature_names(lake, df) -> list[str]:
+def _feature_names(lake, reader) -> list[str]:
     """The feature list written by the feature engine, else the catalogue's (present columns only)."""
     try:
         from hfcast.features.engine import read_feature_set
@@ -237,7 +243,8 @@ def _feature_names(lake, df) -> list[str]:
     except (FileNotFoundError, KeyError, OSError) as exc:
         from hfcast.features.catalog import feature_names
 
-        names = [n for n in feature_names(True) if n in df.columns]
+        columns = set(reader.columns())
+        names = [n for n in feature_names(True) if n in columns]
         log.warning("no feature set file (%s); using %d catalogue features found in the frame", exc, len(names))
         return names
 
@@ -256,88 +263,115 @@ def trading_dates(dates: Sequence[str], market: Any = None) -> list[str]:
     return kept
 
 
-def _folds_and_frame(lake, wf_cfg: WalkForwardConfig, dates: Sequence[str] | None, frame):
-    """The folds over the trading dates that hold features, and the features frame they need
-    (from the lake unless one is given)."""
-    from hfcast.market import default_market
-
-    if frame is None:
-        from hfcast.features.engine import load_features
-
-        days = trading_dates(dates or lake.dates("features"))
-        folds = list(generate_folds(days, wf_cfg))
-        needed = sorted({d for f in folds for d in f.all_dates} | {d for d in days if d <= folds[-1].test[-1]})
-        frame = load_features(lake, needed)
-        have = set(default_market().trade_date(frame["ts"])) if len(frame) else set()
-        empty = [d for d in needed if d not in have]
-        if empty:  # a partition without rows (a closed exchange, a failed day): not a trading day
-            log.warning("ignoring %d features date(s) without rows: %s", len(empty), empty[:5])
-            folds = list(generate_folds([d for d in days if d not in empty], wf_cfg))
-    else:
-        day = default_market().trade_date(frame["ts"])  # trade dates of the configured calendar
-        folds = list(generate_folds(trading_dates(dates or sorted(set(day))), wf_cfg))
-    return folds, frame.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
-
-
-def _fold_windows(wa_all, fold: Fold, wf_cfg: WalkForwardConfig):
-    """(train, val, test) windows of one fold, each at its configured stride; never empty."""
-    train_wa = _stride(wa_all.subset_dates(fold.train), wf_cfg.train_stride)
-    val_wa = _stride(wa_all.subset_dates(fold.val), wf_cfg.eval_stride)
-    test_wa = _stride(wa_all.subset_dates(fold.test), wf_cfg.eval_stride)
-    if min(len(train_wa), len(val_wa), len(test_wa)) == 0:
-        raise ValueError(f"{fold.describe()} has an empty span of windows "
-                         f"(train {len(train_wa)}, val {len(val_wa)}, test {len(test_wa)})")
-    return train_wa, val_wa, test_wa
+def _folds(reader, wf_cfg: WalkForwardConfig, dates: Sequence[str] | None, from_lake: bool) -> list[Fold]:
+    """The folds over the trading dates that hold features (a lake partition without rows - a
+    closed exchange, a failed day - is not a trading day; the parquet footers tell)."""
+    days = trading_dates(dates or reader.dates())
+    folds = list(generate_folds(days, wf_cfg))
+    if not from_lake:
+        return folds
+    needed = sorted({d for f in folds for d in f.all_dates} | {d for d in days if d <= folds[-1].test[-1]})
+    counts = reader.rows(needed)
+    empty = [d for d in needed if counts[d] == 0]
+    if empty:
+        log.warning("ignoring %d features date(s) without rows: %s", len(empty), empty[:5])
+        folds = list(generate_folds([d for d in days if d not in empty], wf_cfg))
+    return folds
 
 
 @dataclass
 class Prepared:
-    """The data every fold reads: folds, the sorted frame, windows over it and their inputs."""
+    """What every fold reads: the folds, the feature list and where whole dates of features come
+    from. It holds no span's data: each step reads the dates it needs, a bounded chunk at a time
+    (a training span above ``train.stream_above_rows`` streams), so memory does not grow with the days.
+    """
 
     folds: list[Fold]
-    frame: Any
     feature_names: list[str]
-    windows: Any   # WindowArrays of every window (stride 1)
-    inputs: Any    # baseline_inputs of those windows, indexed by end row
+    reader: Any        # hfcast.features.stream.SpanReader over the lake or the given frame
+    lake: Any = None   # the lake a large training span streams from (None when a frame was given)
 
 
 def prepare(lake, wf_cfg: WalkForwardConfig, dates: Sequence[str] | None = None, frame=None,
             feature_names: Sequence[str] | None = None) -> Prepared:
-    """Folds, features, windows and window inputs for :func:`train_members` and :func:`select_folds`."""
-    from hfcast.features.windows import build_windows
-    from hfcast.models.baselines import baseline_inputs, check_features
+    """Folds and features for :func:`train_members` and :func:`select_folds` (reads parquet footers
+    and the feature-set file only)."""
+    from hfcast.features.stream import SpanReader
+    from hfcast.models.baselines import check_features
 
-    folds, frame = _folds_and_frame(lake, wf_cfg, dates, frame)
-    names = list(feature_names) if feature_names is not None else _feature_names(lake, frame)
+    reader = SpanReader(lake=lake) if frame is None else SpanReader(frame=frame)
+    folds = _folds(reader, wf_cfg, dates, frame is None)
+    names = list(feature_names) if feature_names is not None else _feature_names(lake, reader)
     check_features(names)
-    wa_all = build_windows(frame, names, stride=1)
-    return Prepared(folds, frame, names, wa_all, baseline_inputs(wa_all, frame))
+    return Prepared(folds, names, reader, lake if frame is None else None)
+
+
+def _windows(prep: Prepared, frame, stride: int, fold: Fold | None = None, span: str | None = None,
+             feature_names: Sequence[str] | None = None):
+    """Windows of a frame of whole dates at a stride; with ``span`` (a whole span), none is an error."""
+    from hfcast.features.windows import build_windows
+
+    wa = build_windows(frame, list(feature_names or prep.feature_names), stride=stride)
+    if span is not None and not len(wa):
+        raise ValueError(f"{fold.describe()} has no {span} windows ({len(frame)} feature rows)")
+    return wa
+
+
+def _train_data(prep: Prepared, fold: Fold, wf_cfg: WalkForwardConfig, train_cfg: Any):
+    """The fold's training windows: streamed from the lake date by date when the span has more than
+    ``train.stream_above_rows`` feature rows (:func:`hfcast.features.stream.open_training_source`),
+    else one in-memory WindowArrays."""
+    from hfcast.features.windows import LABEL_COLS, WindowArrays
+
+    if prep.lake is not None:
+        from hfcast.features.stream import open_training_source
+        from hfcast.train import TrainConfig
+
+        data = open_training_source(prep.lake, fold.train, prep.feature_names, train_cfg or TrainConfig(),
+                                    wf_cfg.train_stride)
+    else:
+        data = _windows(prep, prep.reader.read(fold.train, [*prep.feature_names, *LABEL_COLS]), wf_cfg.train_stride,
+                        fold, "training")
+    if isinstance(data, WindowArrays) and not len(data):
+        raise ValueError(f"{fold.describe()} has no training windows")
+    return data
 
 
 def train_members(prep: Prepared, archs: Sequence[str], wf_cfg: WalkForwardConfig, train_cfg: Any = None,
                   model_configs: Mapping[str, dict] | None = None, progress: bool = True,
                   on_epoch=None) -> tuple[dict[str, list[Any]], dict[str, list], dict[str, float]]:
     """Train every architecture on every fold (training span; early stopping and its bare
-    calibration on validation). Returns (nets per arch per fold, histories, throughput)."""
+    calibration on validation). Returns (nets per arch per fold, histories, throughput).
+
+    Per fold the training windows come from :func:`_train_data` (shared by the architectures: a
+    stream's scaler pass and cache are made once), the validation span is read whole (the trainer
+    caps it at ``train.max_val_windows``)."""
     import time
 
+    from hfcast.features.windows import LABEL_COLS
     from hfcast.train import train_forecaster
 
     nets: dict[str, list[Any]] = {a: [] for a in archs}
     hists: dict[str, list] = {a: [] for a in archs}
     for fold in prep.folds:
-        train_wa, val_wa, _ = _fold_windows(prep.windows, fold, wf_cfg)
+        if not archs:
+            continue
+        train = _train_data(prep, fold, wf_cfg, train_cfg)
+        val_wa = _windows(prep, prep.reader.read(fold.val, [*prep.feature_names, *LABEL_COLS]), wf_cfg.eval_stride,
+                          fold, "validation")
         if progress:
-            log.info("%s: %d train / %d val windows", fold.describe(), len(train_wa), len(val_wa))
+            n = len(train) if hasattr(train, "__len__") else train.n_windows()
+            log.info("%s: %d train / %d val windows", fold.describe(), n, len(val_wa))
         for arch in archs:
             t0 = time.perf_counter()
-            net, hist = train_forecaster(arch, train_wa, val_wa, model_config=(model_configs or {}).get(arch),
+            net, hist = train_forecaster(arch, train, val_wa, model_config=(model_configs or {}).get(arch),
                                          cfg=train_cfg, progress=progress,
                                          on_epoch=(lambda rec, a=arch, f=fold: on_epoch(a, f, rec)) if on_epoch else None)
             nets[arch].append(net)
             hists[arch].append(hist)
             if progress:
                 log.info("  %s trained in %.1fs", arch, time.perf_counter() - t0)
+        del train, val_wa  # a stream's local cache goes with it
     thr = {a: float(np.median([h.get("windows_per_s", np.nan) for h in hs])) for a, hs in hists.items() if hs}
     return nets, hists, thr
 
@@ -359,13 +393,109 @@ def _frame_of(cal, nat: dict[str, np.ndarray], ctx: dict | None) -> Any:
                         columns=[*PRED_COLUMNS, *INFO_COLUMNS])
 
 
-def _candidate_rows(sel, nets, nat_val, nat_test, bases_val, bases_test, val_inp, groups) -> dict[str, Any]:
-    """Test rows of the bare networks, the floored networks and the ensemble, each calibrated on
-    validation like the served forecaster (so the table shows what the choice was made from)."""
+def _keys_at_ends(wa) -> tuple[np.ndarray, np.ndarray]:
+    """(symbol, end time as UTC datetime64) of every window."""
+    from hfcast.scoring import utc_index
+
+    return wa.keys["symbol"].to_numpy()[wa.ends], utc_index(wa.keys["ts"]).tz_localize(None)[wa.ends].to_numpy()
+
+
+def _sample_windows(wa, k: int | None, seed: int):
+    """At most ``k`` windows (a seeded sample by row identity, in their order); all when fewer."""
+    if k is None or len(wa) <= k:
+        return wa
+    from hfcast.scoring import row_keys
+
+    keys = row_keys(*_keys_at_ends(wa), seed)
+    log.info("sampling %d of %d validation windows for the choice (walkforward.select_max_windows)", k, len(wa))
+    return wa.select(np.sort(np.argpartition(keys, k - 1)[:k]))
+
+
+def _side_features(names: Sequence[str]) -> list[str]:
+    """The features the baselines' window inputs read (hfcast.models.baselines)."""
+    from hfcast.models.baselines import CONTEXT_FEATURES, LAST_ROW_FEATURES, RETURN_FEATURE
+
+    read = {RETURN_FEATURE, *LAST_ROW_FEATURES, *CONTEXT_FEATURES.values()}
+    return [n for n in names if n in read]
+
+
+def _train_inputs(prep: Prepared, fold: Fold, wf_cfg: WalkForwardConfig, need_scaler: bool):
+    """The training span's window inputs the baselines are fitted on, and (for a forecaster without
+    networks) the span's scaler.
+
+    Why a sample: the baselines are a few OLS coefficients and residual scales (har_tod has 7 per
+    regime), which ``walkforward.baseline_fit_windows`` windows (default 500 000) pin down as well
+    as a year's 10^8 would; they are the windows with the smallest seeded hash of (symbol, ts) over
+    the span (uniform over dates and symbols), in (symbol, ts) order - every window, in the same
+    order as one frame of the span, when there are fewer. The span is read ``walkforward.chunk_rows``
+    feature rows at a time; the scaler's moments are merged over the chunks.
+    """
+    from hfcast.features.windows import LABEL_COLS, Scaler, label_moments, merge_moments, nan_moments
+    from hfcast.models.baselines import TRUTH, baseline_inputs
+    from hfcast.scoring import BottomK, row_keys
+
+    feats = list(prep.feature_names) if need_scaler else _side_features(prep.feature_names)
+    present = set(prep.reader.columns(fold.train[0]))
+    cols = [*feats, *[c for c in (*LABEL_COLS, *TRUTH) if c in present]]
+    sample = BottomK(wf_cfg.baseline_fit_windows)
+    moments = None
+    for _, frame in prep.reader.chunks(fold.train, wf_cfg.chunk_rows, cols):
+        wa = _windows(prep, frame, wf_cfg.train_stride, feature_names=feats)
+        if not len(wa):
+            continue
+        sym, ts = _keys_at_ends(wa)
+        sample.add(baseline_inputs(wa, frame).reset_index(drop=True).assign(_symbol=sym, _ts=ts),
+                   row_keys(sym, ts, wf_cfg.sample_seed))
+        if need_scaler:
+            m = (nan_moments(wa.X, np.flatnonzero(wa.rows_covered())), *label_moments(wa.labels()))
+            moments = m if moments is None else tuple(merge_moments(a, b) for a, b in zip(moments, m))
+    if not sample.seen:
+        raise ValueError(f"{fold.describe()} has no training windows")
+    if len(sample) < sample.seen:
+        log.info("%s: baselines fitted on a sample of %d of %d training windows (walkforward.baseline_fit_windows)",
+                 fold.describe(), len(sample), sample.seen)
+    inputs = sample.frame(["_symbol", "_ts"]).drop(columns=["_symbol", "_ts"])
+    scaler = Scaler().set_moments(*moments, feature_names=prep.feature_names) if need_scaler else None
+    return inputs, scaler
+
+
+@dataclass
+class _FoldChoice:
+    """What a fold chose on validation, and what its test span is predicted with."""
+
+    selection: Any          # hfcast.selection.FoldSelection
+    baselines: dict         # fitted baselines by name
+    candidates: dict        # name -> (Choice or None for a bare network, its validation calibrator)
+
+
+def _choose(prep: Prepared, fold: Fold, nets: Mapping[str, Any], wf_cfg: WalkForwardConfig, names: Sequence[str],
+            options: Any) -> _FoldChoice:
+    """Fit the baselines, choose the forecaster on validation (:mod:`hfcast.selection`) and calibrate
+    every candidate there - the bare, floored and ensembled networks - like the served forecaster,
+    so the comparison table shows what the choice was made from. Validation is read whole (it is
+    ``val_days`` long) and read by at most ``walkforward.select_max_windows`` windows."""
     from hfcast.calibration import Calibrator
     from hfcast.forecaster import Choice, compose
+    from hfcast.models.baselines import DEPLOYABLE, baseline_inputs, context, fit_baselines
+    from hfcast.selection import hour_clusters, select_fold
 
-    rows = {a: _frame_of(n.calibrator, nat_test[a], None) for a, n in nets.items() if n.calibrator is not None}
+    tr_inp, scaler = _train_inputs(prep, fold, wf_cfg, need_scaler=not nets)
+    val_frame = prep.reader.read(fold.val)
+    val_wa = _sample_windows(_windows(prep, val_frame, wf_cfg.eval_stride, fold, "validation"),
+                             wf_cfg.select_max_windows, wf_cfg.sample_seed)
+    val_inp = baseline_inputs(val_wa, val_frame)
+    del val_frame
+    val_ts = _keys_at_ends(val_wa)[1]
+    groups = hour_clusters(val_ts)
+    fitted = fit_baselines(tr_inp, val_inp, tuple(names), context_val=context(val_inp), groups_val=groups)
+    del tr_inp
+    nat_val = {a: _natural(n, val_wa) for a, n in nets.items()}
+    scaler = next(iter(nets.values())).scaler if nets else scaler
+    meta = {"train_dates": list(fold.train), "val_dates": list(fold.val), "test_dates": list(fold.test),
+            "fold": fold.index}
+    sel = select_fold(nets, nat_val, fitted, val_inp, val_ts, scaler, prep.feature_names, options, meta)
+    cands: dict[str, tuple[Any, Any]] = {a: (None, n.calibrator) for a, n in nets.items() if n.calibrator is not None}
+    bases_val = {n: b.natural(val_inp) for n, b in fitted.items() if n in DEPLOYABLE}
     y_ret, y_rv = val_inp["ret_60m"].to_numpy(), val_inp["rv_10m"].to_numpy()
     for cand in sel.candidates:
         c = cand.choice
@@ -373,9 +503,54 @@ def _candidate_rows(sel, nets, nat_val, nat_test, bases_val, bases_test, val_inp
             continue
         name = "ensemble" if c.vol == "ensemble" else f"{next(iter(c.members))}+floor"
         ch = Choice(vol=c.vol, members=c.members, scale=c.scale, ret=sel.choice.ret)
-        cal = Calibrator().fit(compose(ch, nat_val, bases_val), y_ret, y_rv, groups=groups)
-        rows[name] = _frame_of(cal, compose(ch, nat_test, bases_test), None)
-    return rows
+        cands[name] = (ch, Calibrator().fit(compose(ch, nat_val, bases_val), y_ret, y_rv, groups=groups))
+    return _FoldChoice(sel, fitted, cands)
+
+
+def _test_rows(chosen: _FoldChoice, nets: Mapping[str, Any], wa, frame, baselines: Sequence[str]):
+    """(model, PRED+INFO frame) of every model on one chunk of test windows, one model at a time:
+    the served forecaster (predicted by the Forecaster object itself, as batch prediction and the
+    server run it), every candidate, every baseline."""
+    from hfcast.forecaster import compose
+    from hfcast.models.baselines import DEPLOYABLE, baseline_inputs, context
+
+    te_inp = baseline_inputs(wa, frame)
+    yield SERVED, chosen.selection.forecaster.predict_arrays(wa)
+    nat = {a: _natural(n, wa) for a, n in nets.items()}
+    bases = {n: b.natural(te_inp) for n, b in chosen.baselines.items() if n in DEPLOYABLE}
+    for name, (ch, cal) in chosen.candidates.items():
+        yield name, _frame_of(cal, nat[name] if ch is None else compose(ch, nat, bases), None)
+    ctx = context(te_inp)
+    for n, b in chosen.baselines.items():
+        if n in baselines:
+            yield n, b.predict(te_inp, ctx)
+
+
+def _score_test_span(prep: Prepared, fold: Fold, chosen: _FoldChoice, nets: Mapping[str, Any],
+                     wf_cfg: WalkForwardConfig, baselines: Sequence[str], streams: dict) -> int:
+    """Predict the fold's test span ``walkforward.chunk_rows`` feature rows (whole dates) at a time
+    and add every model's rows to its :class:`hfcast.scoring.ScoreStream`; the number of test windows."""
+    import pandas as pd
+
+    from hfcast.models.baselines import TRUTH
+    from hfcast.scoring import ScoreStream, row_keys
+
+    n = 0
+    for _, frame in prep.reader.chunks(fold.test, wf_cfg.chunk_rows):
+        wa = _windows(prep, frame, wf_cfg.eval_stride)
+        if not len(wa):
+            continue
+        n += len(wa)
+        base = frame.loc[wa.ends, ["symbol", "ts", "ret_60m", "rv_10m", *[c for c in TRUTH if c in frame]]]
+        base = base.reset_index(drop=True).assign(fold=fold.index)
+        keys = row_keys(base["symbol"], base["ts"], wf_cfg.sample_seed)
+        for model, out in _test_rows(chosen, nets, wa, frame, baselines):
+            if model not in streams:
+                streams[model] = ScoreStream(wf_cfg.max_prediction_rows, wf_cfg.sample_seed)
+            streams[model].add(pd.concat([base.assign(model=model), out.reset_index(drop=True)], axis=1), keys)
+    if not n:
+        raise ValueError(f"{fold.describe()} has no test windows")
+    return n
 
 
 def select_folds(prep: Prepared, nets: Mapping[str, Sequence[Any]], wf_cfg: WalkForwardConfig,
@@ -388,64 +563,39 @@ def select_folds(prep: Prepared, nets: Mapping[str, Sequence[Any]], wf_cfg: Walk
     ``nets``: per architecture, one trained network per fold of ``prep.folds`` (:func:`train_members`).
     The served rows (``model == "forecaster"``) are predicted by the fold's :class:`Forecaster`
     object itself (scaler, graph and post-step), exactly as batch prediction and the server run it.
+    Test spans are predicted and scored a chunk of dates at a time (:mod:`hfcast.scoring`): every
+    score counts every test row; the predictions table keeps at most
+    ``walkforward.max_prediction_rows`` rows per model (the same seeded rows for every model).
     """
     import pandas as pd
 
-    from hfcast.features.windows import fit_scaler
-    from hfcast.models.baselines import DEPLOYABLE, context, fit_baselines
-    from hfcast.selection import SelectOptions, hour_clusters, select_fold
+    from hfcast.models.baselines import DEPLOYABLE
+    from hfcast.selection import SelectOptions
 
     options = options or SelectOptions()
-    truth = [c for c in ("true_ret_60m", "true_var_10m") if c in prep.frame]
     names = tuple(dict.fromkeys([*baselines, *DEPLOYABLE, "persistence"]))  # the choice needs these
-    preds, choices, forecaster = [], [], None
+    streams: dict[str, Any] = {}
+    choices, forecaster = [], None
     for k, fold in enumerate(prep.folds):
-        train_wa, val_wa, test_wa = _fold_windows(prep.windows, fold, wf_cfg)
         fold_nets = {a: ns[k] for a, ns in nets.items()}
-        tr_inp, val_inp, te_inp = (prep.inputs.loc[w.ends] for w in (train_wa, val_wa, test_wa))
-        val_ts = prep.windows.keys["ts"].to_numpy()[val_wa.ends]
-        groups = hour_clusters(val_ts)
-        fitted = fit_baselines(tr_inp, val_inp, names, context_val=context(val_inp), groups_val=groups)
-        nat_val = {a: _natural(n, val_wa) for a, n in fold_nets.items()}
-        nat_test = {a: _natural(n, test_wa) for a, n in fold_nets.items()}
-        scaler = next(iter(fold_nets.values())).scaler if fold_nets else fit_scaler(train_wa)
-        meta = {"train_dates": list(fold.train), "val_dates": list(fold.val), "test_dates": list(fold.test),
-                "fold": fold.index}
-        sel = select_fold(fold_nets, nat_val, fitted, val_inp, val_ts, scaler, prep.feature_names, options, meta)
-        choices.append(sel.choice)
-        forecaster = sel.forecaster
-        base = prep.frame.loc[test_wa.ends, ["symbol", "ts", "ret_60m", "rv_10m", *truth]].reset_index(drop=True)
-        base["fold"] = fold.index
-        rows = {SERVED: sel.forecaster.predict_arrays(test_wa)}
-        bases_val = {n: b.natural(val_inp) for n, b in fitted.items() if n in DEPLOYABLE}
-        bases_test = {n: b.natural(te_inp) for n, b in fitted.items() if n in DEPLOYABLE}
-        rows.update(_candidate_rows(sel, fold_nets, nat_val, nat_test, bases_val, bases_test, val_inp, groups))
-        ctx = context(te_inp)
-        rows.update({n: b.predict(te_inp, ctx).reset_index(drop=True) for n, b in fitted.items() if n in baselines})
-        for model, out in rows.items():
-            preds.append(pd.concat([base.assign(model=model), out.reset_index(drop=True)], axis=1))
+        chosen = _choose(prep, fold, fold_nets, wf_cfg, names, options)
+        choices.append(chosen.selection.choice)
+        forecaster = chosen.selection.forecaster
+        n = _score_test_span(prep, fold, chosen, fold_nets, wf_cfg, baselines, streams)
         if progress:
-            log.info("%s: served %s", fold.describe(), sel.choice.describe())
-    allp = pd.concat(preds, ignore_index=True)
-    per_fold, aggregate = _score_models(allp)
-    return WalkForwardResult(folds=prep.folds, predictions=allp, per_fold=per_fold, aggregate=aggregate,
+            log.info("%s: served %s; %d test windows scored", fold.describe(), chosen.selection.choice.describe(), n)
+    per_fold = pd.concat([s.per_fold().assign(model=m) for m, s in streams.items()], ignore_index=True)
+    aggregate = pd.DataFrame({m: s.pooled() for m, s in streams.items()}).T
+    preds = pd.concat([s.frame() for s in streams.values()], ignore_index=True)
+    preds = preds.sort_values("fold", kind="stable").reset_index(drop=True)  # fold by fold, models in order
+    sampled = any(s.sampled for s in streams.values())
+    if sampled:
+        log.info("predictions table: a seeded sample of %d of %d test rows per model (walkforward.max_prediction_rows);"
+                 " the scores count every row", len(preds) // max(1, len(streams)), streams[SERVED].n_rows)
+    return WalkForwardResult(folds=prep.folds, predictions=preds, per_fold=per_fold, aggregate=aggregate,
                              forecaster=forecaster, choices=choices, nets={a: list(v) for a, v in nets.items()},
                              histories=dict(histories or {}), throughput=dict(throughput or {}),
-                             feature_names=prep.feature_names)
-
-
-def _score_models(allp):
-    """Per-fold and pooled test scores of every model in the predictions."""
-    import pandas as pd
-
-    from hfcast.evaluate import score_folds
-
-    per_fold, agg = [], {}
-    for model, g in allp.groupby("model", sort=False):
-        pf, a = score_folds(g)
-        per_fold.append(pf.assign(model=model))
-        agg[model] = a
-    return pd.concat(per_fold, ignore_index=True), pd.DataFrame(agg).T
+                             feature_names=prep.feature_names, sampled=sampled)
 
 
 def run_walkforward(lake, archs: Sequence[str], wf_cfg: WalkForwardConfig, train_cfg: Any = None,
@@ -556,36 +706,37 @@ def span_evaluator(settings, stride: int | None = None):
     The champion may have been trained on dates inside the challenger's test spans; that can only
     flatter the champion, so the gate stays conservative (a worse model is never promoted).
 
+    The spans are read ``walkforward.chunk_rows`` feature rows (whole dates) at a time and scored
+    with :class:`hfcast.scoring.ScoreStream`, so a long span is scored whole in bounded memory.
+
     Args:
         settings: where the lake and the registry are.
         stride: evaluation stride in minutes (default: ``walkforward.eval_stride`` of params.yaml).
     """
     import pandas as pd
 
-    from hfcast.evaluate import score
-    from hfcast.features.engine import load_features
+    from hfcast.features.stream import SpanReader
     from hfcast.features.windows import build_windows
     from hfcast.registry import load_forecaster
+    from hfcast.scoring import ScoreStream
     from hfcast.storage import Lake
 
     lake = Lake.from_settings(settings)
-    if stride is None:
-        stride = WalkForwardConfig.from_params(settings.param("walkforward", {})).eval_stride
-    cache: dict[tuple, Any] = {}
+    wf = WalkForwardConfig.from_params(settings.param("walkforward", {}))
+    stride = wf.eval_stride if stride is None else stride
+    reader = SpanReader(lake=lake)
 
     def evaluate(model_uri: str, spans: Sequence[Sequence[str]]) -> dict[str, float]:
         dates = [d for d in lake.dates("features") if any(str(a) <= d <= str(b) for a, b in spans)]
         if not dates:
             raise ValueError(f"no features in the lake for the test spans {list(spans)}")
-        key = tuple(dates)
-        if key not in cache:
-            cache.clear()
-            cache[key] = load_features(lake, dates)
-        frame = cache[key]
         fc = load_forecaster(settings, model_uri)
-        wa = _stride(build_windows(frame, fc.feature_names, stride=1), stride)
-        base = frame.loc[wa.ends, ["symbol", "ts", "ret_60m", "rv_10m"]].reset_index(drop=True)
-        scores = score(pd.concat([base, fc.predict_arrays(wa)], axis=1))
+        stream = ScoreStream(wf.max_prediction_rows, wf.sample_seed)
+        for _, frame in reader.chunks(dates, wf.chunk_rows):
+            wa = build_windows(frame, fc.feature_names, stride=stride)
+            base = frame.loc[wa.ends, ["symbol", "ts", "ret_60m", "rv_10m"]].reset_index(drop=True)
+            stream.add(pd.concat([base, fc.predict_arrays(wa)], axis=1))
+        scores = stream.pooled()
         log.info("re-scored %s on %d date(s): %s", model_uri, len(dates), _brief(scores))
         return scores
 

@@ -209,3 +209,13 @@ def test_a_fixed_kind_is_served(small_frame, kind):
     assert c.vol == kind and c.ret == "zero"
     assert sorted(res.forecaster.members) == (["lstm", "tcn"] if kind == "ensemble" else [] if kind == "har_tod"
                                               else sorted(c.members))
+
+
+def test_dates_read_from_yaml_are_iso_text():
+    """`--fold last_date=2024-01-30` is parsed by YAML into a date; the spans compare ISO text."""
+    import datetime as dt
+
+    cfg = WalkForwardConfig(train_days=5, val_days=2, test_days=2, last_date=dt.date.fromisoformat(DATES[20]),
+                            first_test_date=dt.date.fromisoformat(DATES[15]))
+    assert cfg.last_date == DATES[20] and cfg.first_test_date == DATES[15]
+    assert list(generate_folds(DATES, cfg))[-1].test[-1] <= DATES[20]

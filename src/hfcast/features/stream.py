@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+import pandas as pd
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import DataLoader, Sampler
@@ -354,18 +355,103 @@ class StreamingSource:
 
 # --- choosing ----------------------------------------------------------------------------------------
 
-def features_rows(lake: Lake, dates: Sequence[str]) -> int:
-    """Rows of the features partitions of ``dates``, from the parquet footers (no data read)."""
+def features_rows_by_date(lake: Lake, dates: Sequence[str]) -> dict[str, int]:
+    """Rows of each date's features partition, from the parquet footers (no data read)."""
     import pyarrow.parquet as pq
 
     from hfcast.storage import filesystem
 
-    total = 0
+    out = {}
     for d in dates:
         fs, path = filesystem(lake.partition("features", d), lake.storage_options)
         with fs.open(path, "rb") as fh:
-            total += pq.ParquetFile(fh).metadata.num_rows
-    return total
+            out[d] = pq.ParquetFile(fh).metadata.num_rows
+    return out
+
+
+def features_rows(lake: Lake, dates: Sequence[str]) -> int:
+    """Rows of the features partitions of ``dates``, from the parquet footers (no data read)."""
+    return sum(features_rows_by_date(lake, dates).values())
+
+
+class SpanReader:
+    """Whole dates of features, from the lake or from one in-memory frame, a bounded chunk at a time.
+
+    Why: a walk-forward span of a year does not fit in memory, but a date always does, and nothing
+    the walk-forward computes crosses a date (a window is one session; the cross-sectional IC is
+    per minute). Reading consecutive dates up to ``max_rows`` rows at once keeps small spans one
+    frame (exactly the numbers of one frame) and large ones bounded by the budget.
+
+    Args:
+        lake: the lake with the ``features`` table (None when ``frame`` is given).
+        frame: an in-memory features frame (tests, benchmarks) instead of the lake.
+    """
+
+    def __init__(self, lake: Lake | None = None, frame: Any = None):
+        if (lake is None) == (frame is None):
+            raise ValueError("SpanReader reads a lake or a frame: give exactly one")
+        self.lake, self.frame = lake, None
+        if frame is not None:
+            from hfcast.market import default_market
+
+            self.frame = frame.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
+            self._day = pd.Series(default_market().trade_date(self.frame["ts"]))  # ISO trade date of every row
+
+    def dates(self) -> list[str]:
+        """Every date there is (the lake's features partitions; the frame's trade dates)."""
+        if self.frame is None:
+            return list(self.lake.dates("features"))
+        return sorted(str(d) for d in self._day.dropna().unique())
+
+    def rows(self, dates: Sequence[str]) -> dict[str, int]:
+        """Rows per date (footers only for the lake)."""
+        if self.frame is None:
+            return features_rows_by_date(self.lake, dates)
+        have = self._day.value_counts()
+        return {d: int(have.get(str(d), 0)) for d in dates}
+
+    def columns(self, date: str | None = None) -> list[str]:
+        """The columns of the features (of ``date``'s partition; default the first date's)."""
+        if self.frame is not None:
+            return list(self.frame.columns)
+        import pyarrow.parquet as pq
+
+        from hfcast.storage import filesystem
+
+        fs, path = filesystem(self.lake.partition("features", date or self.dates()[0]), self.lake.storage_options)
+        with fs.open(path, "rb") as fh:
+            return list(pq.ParquetFile(fh).schema_arrow.names)
+
+    def read(self, dates: Sequence[str], columns: Sequence[str] | None = None) -> Any:
+        """The rows of ``dates`` as one frame sorted by (symbol, ts); ``columns`` besides symbol
+        and ts (None = all)."""
+        if self.frame is None:
+            from hfcast.features.engine import load_features
+
+            return load_features(self.lake, list(dates), None if columns is None else list(columns))
+        cols = None if columns is None else ["symbol", "ts", *[c for c in columns if c not in ("symbol", "ts")]]
+        part = self.frame[self._day.isin([str(d) for d in dates]).to_numpy()]
+        return (part if cols is None else part[cols]).reset_index(drop=True)
+
+    def chunks(self, dates: Sequence[str], max_rows: int | None, columns: Sequence[str] | None = None
+               ) -> Iterator[tuple[list[str], Any]]:
+        """(dates, frame) of consecutive whole dates holding at most ``max_rows`` rows together (a
+        larger date alone; None = every date at once)."""
+        dates = sorted(str(d) for d in dates)
+        if max_rows is None:
+            groups = [dates] if dates else []
+        else:
+            counts, groups, cur, n = self.rows(dates), [], [], 0
+            for d in dates:
+                if cur and n + counts[d] > max_rows:
+                    groups.append(cur)
+                    cur, n = [], 0
+                cur.append(d)
+                n += counts[d]
+            if cur:
+                groups.append(cur)
+        for group in groups:
+            yield group, self.read(group, columns)
 
 
 def open_training_source(lake: Lake, dates: Sequence[str], feature_names: Sequence[str], cfg: Any,
