@@ -32,6 +32,7 @@ def serve(
         raise UserError(f"--port and --grpc-port are both {port}", "give the gRPC server another port, e.g. "
                         f"--grpc-port {port + 1 if port < 65535 else port - 1}")
 
+    quiet_start()
     argv, sys.argv = sys.argv, sys.argv[:1]  # kserve parses sys.argv when first imported
     try:
         from serving.core import Limits
@@ -42,6 +43,24 @@ def serve(
     predictor = HfcastPredictor("hfcast", bundle=bundle, ref=None if bundle else model, runner=runner,
                                 limits=limits, settings=get_settings(), use_feature_store=feature_store)
     run_server(predictor, http_port=port, grpc_port=grpc_port)
+
+
+#: libraries whose start-up INFO lines and warnings say nothing an operator can act on
+NOISY_AT_START = ("kserve", "uvicorn", "uvicorn.error", "feast", "mlflow", "alembic", "onnxscript", "onnx_ir", "torch")
+
+
+def quiet_start() -> None:
+    """Without ``--verbose``: the libraries' start-up chatter (KServe and uvicorn banners, MLflow and
+    Feast notices, Python warnings such as torch's FutureWarnings) is held back, so that start-up
+    prints hfcast's own few lines and every warning or error; ``-v`` shows everything."""
+    import logging
+
+    if logging.getLogger().isEnabledFor(logging.DEBUG):  # --verbose
+        return
+    for name in NOISY_AT_START:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # warnings.warn -> the py.warnings logger, held back below
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)
 
 
 def register(app: typer.Typer) -> None:

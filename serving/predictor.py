@@ -49,17 +49,17 @@ class HfcastPredictor(kserve.Model):
         self.runner = None
 
     def load(self) -> bool:
-        from hfcast.export import runner_for
+        """Load the forecaster and its runner over the export stored with it (a registered version's
+        checksummed ONNX and int8 model, or a local bundle's cached export): nothing is exported here
+        unless it never was (:func:`hfcast.export.serving_runner`)."""
+        from hfcast.config import get_settings
+        from hfcast.export import serving_runner
 
-        forecaster = load_forecaster(self.bundle, self.ref, self.settings)
-        lookup, market = None, None
-        if self.use_feature_store:
-            from hfcast.config import get_settings
-
-            settings = self.settings or get_settings()
-            lookup, market = feast_lookup(settings), settings.market
+        settings = self.settings or get_settings()
+        forecaster = load_forecaster(self.bundle, self.ref, settings)
+        lookup, market = (feast_lookup(settings), settings.market) if self.use_feature_store else (None, None)
         self.service = ForecastService(forecaster, lookup, self.limits, market=market)
-        self.runner = runner_for(self.runner_kind, forecaster) if forecaster.graph() is not None else None
+        self.runner = serving_runner(self.runner_kind, forecaster, settings, self.bundle)
         runner, device = (self.runner.kind, self.runner.device) if self.runner else ("post-step", "cpu")
         log.info("hfcast predictor: %s version %s (%s) on %s (%s)", self.service.model_name,
                  self.service.model_version, forecaster.kind, runner, device)
@@ -193,6 +193,10 @@ def serve(model: kserve.Model, http_port: int = 8080, grpc_port: int = 8081, wor
     server._grpc_server = HfcastGRPCServer(grpc_port, server.dataplane, server.model_repository_extension,
                                            max_receive_bytes=limits.max_body_bytes)
     server.servers.append(server._grpc_server.start(server.max_threads))
+    # the one line that says where to send requests (KServe's and uvicorn's banners are held back
+    # without --verbose: serving.cli.quiet_start)
+    log.info("serving model %r on port %d (HTTP: V1, V2) and %d (gRPC), all interfaces", model.name, http_port,
+             grpc_port)
     server.start([model])
 
 

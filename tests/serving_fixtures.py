@@ -144,3 +144,48 @@ def register_forecaster(settings, fc, bundle: Path) -> tuple[str, int]:
         feature_names=fc.feature_names))
     return run_id, registry.register(settings, run_id)
 
+
+
+def start_serve(args: list[str], env: dict, cwd: Path, log_path: Path, timeout: float = 180.0,
+                pythonpath: str | None = None):
+    """`hfcast serve ARGS` in a subprocess of its own session (``-v`` in ``args`` goes before
+    ``serve``): ``(process, HTTP base URL, seconds from launch to /v2/health/ready 200)``; its
+    output (stdout and stderr) goes to ``log_path``."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from hfcast.testing.servers import free_port
+
+    port, grpc = free_port(), free_port()
+    pre = [a for a in args if a in ("-v", "--verbose")]
+    rest = [a for a in args if a not in pre]
+    cmd = [sys.executable, "-c", "from hfcast.cli import main; main()", *pre, "serve", "--port", str(port),
+           "--grpc-port", str(grpc), *rest]
+    if pythonpath is not None:
+        env = {**env, "PYTHONPATH": pythonpath}
+    out = open(log_path, "wb")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    out.close()
+    base = f"http://127.0.0.1:{port}"
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}): {Path(log_path).read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                return proc, base, time.perf_counter() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    stop_serve(proc)
+    raise RuntimeError(f"server not ready in {timeout:.0f} s: {Path(log_path).read_text()[-3000:]}")
+
+
+def stop_serve(proc) -> None:
+    """Stop a server of :func:`start_serve` (its process group: SIGTERM, then SIGKILL if it lingers)."""
+    from hfcast.testing.servers import stop_process_group
+
+    stop_process_group(proc, timeout=20)

@@ -537,10 +537,10 @@ def _train_members(settings: Settings, archs: list[str], folds: dict, tags: dict
 def _register_and_report(settings: Settings, run, gate: bool) -> None:
     """Register (and gate) a logged forecaster run and say plainly whether a champion exists."""
     from hfcast import registry
-    from hfcast.lifecycle import register_and_gate
+    from hfcast.lifecycle import register_and_gate, register_version
 
     if not gate:
-        version = registry.register(settings, run.run_id)
+        version = register_version(settings, run.run_id)
         console.print(f"[green]registered[/] {settings.model_name} version {version} (alias challenger, not gated)")
         return
     outcome = register_and_gate(settings, run.run_id, trained=run)

@@ -13,6 +13,7 @@ FP32, the Triton config) is plain Python and unit-tested on machines without it.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -23,13 +24,15 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from hfcast import registry
+from hfcast import integrity, registry
 from hfcast.config import Settings
 from hfcast.contracts import LOOKBACK, PRED_COLUMNS
-from hfcast.quantize import ensure_int8, mlflow_tags, quantize_and_guard
+from hfcast.integrity import cached_export
+from hfcast.quantize import (INT8_FILE, REPORT_FILE, cpu_model, ensure_int8, mlflow_tags, quantize_and_guard,
+                             validation_frame, write_report)
 from hfcast.runners import (INPUT_NAME, INT8_KIND, OUTPUT_NAME, RUNNER_KINDS, TENSORRT_ABSENT, OnnxRuntimeRunner,
-                            Runner, TensorRTRunner, TorchRunner, make_runner, n_features_of, n_outputs_of, net_of,
-                            resolve_kind, tensorrt_available)
+                            Runner, TensorRTRunner, TorchRunner, choose_runner_kind, make_runner, n_features_of,
+                            n_outputs_of, net_of, resolve_kind, tensorrt_available)
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +314,123 @@ def runner_for(kind: str, forecaster: Any, onnx_path: str | Path | None = None,
     return make_runner(kind, forecaster, onnx_path=onnx_path, plan_path=plan_path)
 
 
+# --- the export a server starts from ----------------------------------------------------------------
+
+def serving_files(folder: str | Path) -> list[str]:
+    """The files of an export folder that a server (and batch prediction) of the version needs: the
+    ONNX graph, its int8 model (absent when quantizing failed) and the int8 guard's verdict."""
+    return [n for n in ("model.onnx", INT8_FILE, REPORT_FILE) if Path(folder, n).is_file()]
+
+
+def export_for_serving(forecaster: Any, onnx_path: str | Path, lake: Any = None) -> dict[str, Any]:
+    """The ONNX graph (parity-checked) at ``onnx_path`` and, beside it, the int8 model and the int8
+    guard's verdict on the version's validation span in ``lake`` (without that span the int8 model
+    is written but unguarded, and ``auto`` keeps fp32).
+
+    int8 is an option, never a condition of serving: when quantizing or guarding fails, the
+    report says why, no int8 model is kept, and fp32 is served.
+
+    Returns:
+        The quantization report (:func:`hfcast.quantize.quantize_and_guard`).
+    """
+    export_onnx(forecaster, onnx_path)
+    frame, dates = validation_frame(lake, forecaster) if lake is not None else (None, [])
+    try:
+        return quantize_and_guard(forecaster, onnx_path, frame, dates)
+    except Exception as exc:  # onnxruntime's quantizer or the guard: any failure means fp32 only
+        why = f"int8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}"
+        log.warning("%s; the fp32 model is served", why)
+        Path(onnx_path).with_name(INT8_FILE).unlink(missing_ok=True)
+        report = {"use_int8": False, "guard": {"passed": False, "reason": why}}
+        write_report(Path(onnx_path).parent, report)
+        return report
+
+
+def store_serving_export(settings: Settings, ref: str) -> dict[str, str] | None:
+    """Export a registered version for serving and store the files with it (registration calls this,
+    and a server on first demand for a version registered before exports were stored).
+
+    Returns:
+        The version tags written (the checksums of the stored files), or None for a forecaster that
+        runs no network (nothing to export: its servers load instantly).
+    """
+    from hfcast.storage import Lake
+
+    fc = registry.load_forecaster(settings, ref)
+    if fc.graph() is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="hfcast-export-") as tmp:
+        export_for_serving(fc, Path(tmp) / "model.onnx", Lake.from_settings(settings))
+        return registry.store_export(settings, f"{fc.meta['model_name']}/{fc.meta['model_version']}", tmp,
+                                     serving_files(tmp))
+
+
+def registered_export(settings: Settings, ref: str) -> Path:
+    """The folder holding a registered version's served ONNX and int8 model: its stored export,
+    verified against the version's tags and kept in the bundle's export cache. A version registered
+    before exports were stored is exported and stored first, once; later loads fetch it.
+    """
+    mv = registry.resolve(settings, ref)
+    bundle_dir = registry.download_bundle(settings, f"{mv.name}/{mv.version}")
+    folder = registry.fetch_export(settings, mv, bundle_dir)
+    if folder is None:
+        log.warning("%s version %s has no stored export (registered before exports were stored): exporting it "
+                    "once and storing it with the version", mv.name, mv.version)
+        store_serving_export(settings, f"{mv.name}/{mv.version}")
+        folder = registry.fetch_export(settings, registry.resolve(settings, f"{mv.name}/{mv.version}"), bundle_dir)
+    return folder
+
+
+def serving_runner(kind: str, forecaster: Any, settings: Settings | None = None,
+                   bundle: str | Path | None = None) -> Runner | None:
+    """The runner a server starts with, over the export stored with its model: nothing is exported at
+    start when it was exported before.
+
+    A registered version (``bundle`` None) runs its stored, checksummed export
+    (:func:`registered_export`); a local bundle its export cached in ``<bundle>/exports/`` (exported
+    on its first start). ``auto`` on CPU takes the int8 model when its quality guard passed, as
+    batch prediction does (:func:`hfcast.quantize.cpu_model`). None for a forecaster that runs no
+    network: its post-step is the whole forecast.
+    """
+    from hfcast.storage import Lake
+
+    if forecaster.graph() is None:
+        return None
+    auto = kind == "auto"
+    if auto:  # resolved here without resolve_kind's log line: the predictor names the runner it ends with
+        import torch
+
+        kind = choose_runner_kind(torch.cuda.is_available(), tensorrt_available())
+    if kind not in RUNNER_KINDS:
+        raise ValueError(f"unknown runner kind {kind!r}; choose one of {RUNNER_KINDS + ('auto',)}")
+    if kind in ("torch", "torch-compiled"):
+        return make_runner(kind, forecaster)
+    lake = Lake.from_settings(settings) if settings is not None else None
+    if bundle is not None:
+        bundle_dir = Path(bundle)
+        try:
+            onnx = cached_export(bundle_dir, "model.onnx", lambda p: export_for_serving(forecaster, p, lake))
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            log.warning("cannot keep the export in %s (%s): exporting to a temporary folder at every start; "
+                        "serve a registered version, or a writable bundle folder, to export once", bundle_dir,
+                        exc.strerror)
+            onnx = Path(tempfile.mkdtemp(prefix="hfcast-onnx-")) / "model.onnx"
+            export_for_serving(forecaster, onnx, lake)
+    else:
+        meta = forecaster.meta
+        onnx = registered_export(settings, f"{meta['model_name']}/{meta['model_version']}") / "model.onnx"
+        bundle_dir, lake = onnx.parents[2], None  # the stored verdict is the registered one
+    if kind in ("onnxruntime", INT8_KIND):
+        kind, path = cpu_model(bundle_dir, kind, onnx, lake, auto=auto)
+        return make_runner(kind, forecaster, onnx_path=path)
+    plan = onnx.with_suffix(".plan")
+    if not plan.exists():
+        build_tensorrt_engine(onnx, plan, n_features_of(forecaster))
+    return make_runner(kind, forecaster, plan_path=plan)
+
+
 # --- the whole export ----------------------------------------------------------------------------
 
 @dataclass
@@ -408,7 +528,18 @@ def log_export_to_mlflow(report: ExportReport, settings: Settings) -> str:
     with registry.tracking(settings) as t:
         for key, value in tags.items():
             t.client.set_model_version_tag(report.model_name, report.model_version, key, value)
+    _store_for_serving(report, settings)
     return uri
+
+
+def _store_for_serving(report: ExportReport, settings: Settings) -> None:
+    """Make this export the version's stored serving export (what its servers load) when the version
+    has none, or when this one's int8 verdict was guarded: an export without the validation span
+    (the pipeline's export step) never replaces a guarded verdict stored at registration."""
+    ref = f"{report.model_name}/{report.model_version}"
+    guarded = "reason" not in ((report.quantization or {}).get("guard") or {"reason": "none"})
+    if guarded or integrity.expected_export(registry.resolve(settings, ref).tags) is None:
+        registry.store_export(settings, ref, report.out_dir, serving_files(report.out_dir))
 
 
 def publish(report_or_dir: ExportReport | str | Path, url: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:

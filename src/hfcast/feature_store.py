@@ -115,8 +115,32 @@ def _load_definitions(repo: Path) -> list[Any]:
     return [module.symbol, module.minute_features, module.symbol_window]
 
 
+def import_feast() -> None:
+    """Import Feast with typeguard's ``@typechecked`` made a no-op while it loads.
+
+    Why: Feast decorates its classes with typeguard's ``@typechecked``, which parses and recompiles
+    the source of every decorated method as the module is imported: about 3 of the 3.6 s Feast
+    takes to import on 2 cores, paid by every server start (bench/results/startup.json). The checks
+    it would add guard calls into Feast's own API, which hfcast's tests exercise against the real
+    store. Only Feast's first import is affected; typeguard is restored right after.
+    """
+    if "feast" in sys.modules:
+        return
+    import typeguard
+
+    def unchecked(target: Any = None, **_options: Any) -> Any:
+        return target if target is not None else (lambda t: t)
+
+    original, typeguard.typechecked = typeguard.typechecked, unchecked
+    try:
+        import feast  # noqa: F401
+    finally:
+        typeguard.typechecked = original
+
+
 def store(settings: Settings):
     """A FeatureStore on the rendered repository (rendered first if absent)."""
+    import_feast()
     from feast import FeatureStore
 
     repo = Path(settings.feast_repo)
@@ -182,6 +206,7 @@ def ensure_registered(settings: Settings):
     ``settings.feast_repo``; this renders it from the lake's feature set and registers the
     definitions without touching the offline data. The windows it reads are the online store's.
     """
+    import_feast()
     from feast.errors import FeastObjectNotFoundException
 
     fs = store(settings)
@@ -203,13 +228,18 @@ def apply(settings: Settings):
     return fs
 
 
-def sync_offline(settings: Settings) -> None:
-    """For a remote (S3) lake, refresh the local consolidated copy that the offline store reads."""
+def sync_offline(settings: Settings, dates: list[str] | None = None) -> None:
+    """For a remote (S3) lake, refresh the local consolidated copy that the offline store reads.
+
+    ``dates`` (default: every date) limits the copy to those dates: what a day's incremental
+    materialization reads (:func:`materialize_day`). Every reader of the whole history
+    (:func:`materialize`, :func:`historical_features`, :func:`apply`) copies everything again first.
+    """
     if not storage.is_remote(settings.lake_url):
         return
     lake = Lake.from_settings(settings)
     cols = ["symbol", "ts", *feature_set(settings)]
-    frames = [lake.read("features", d, columns=cols) for d in lake.dates("features")]
+    frames = [lake.read("features", d, columns=cols) for d in (dates or lake.dates("features"))]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
     storage.write_parquet(df, str(_paths(settings)["offline_copy"]))
 
@@ -299,6 +329,48 @@ def materialize_windows(settings: Settings, as_of_date: str | None = None) -> pd
             close_duckdb()
     log.info("materialized %d windows as of %s", len(win), date)
     return win
+
+
+def ensure_applied(settings: Settings):
+    """A store whose repository is rendered for the lake's current feature set and registered
+    (:func:`apply` when it is not, else nothing but loading the registry)."""
+    p = _paths(settings)
+    current = json.loads(p["config"].read_text()) if p["config"].exists() else {}
+    if not _rendered_for(settings) or current.get("feature_names") != feature_set(settings) \
+            or current.get("features_path") != _offline_path(settings):
+        return apply(settings)
+    return ensure_registered(settings)
+
+
+def materialize_day(settings: Settings, date: str) -> dict[str, Any]:
+    """Bring the online store up to ``date`` as that day arrives: its minute features (the latest
+    row of each symbol on the day) and each symbol's latest 30-minute window as of the day
+    (:func:`materialize_windows`). Incremental: only the day's partition is read; earlier days'
+    rows stay online for the symbols that did not trade. Idempotent: run again for the same date
+    (a killed replay resumes it), it writes the same rows.
+
+    Returns:
+        ``{date, windows, symbols, last_ts}``: the windows loaded and the newest feature minute.
+
+    Raises:
+        ValueError: the lake has no features partition for ``date``.
+    """
+    lake = Lake.from_settings(settings)
+    if not lake.exists("features", date):
+        raise ValueError(f"no features partition for {date} in {lake.table('features')}: featurize it first")
+    ensure_applied(settings)
+    ts = lake.read("features", date, columns=["ts"])["ts"]
+    if len(ts):
+        sync_offline(settings, [date])
+        try:
+            store(settings).materialize(_utc(ts.min()) - timedelta(seconds=1), _utc(ts.max()) + timedelta(seconds=1),
+                                        feature_views=[FEATURES_VIEW])
+        finally:
+            close_duckdb()
+    win = materialize_windows(settings, date)
+    last = win["event_timestamp"].max() if len(win) else None
+    return {"date": date, "windows": int(len(win)), "symbols": int(win["symbol"].nunique()) if len(win) else 0,
+            "last_ts": None if last is None else pd.Timestamp(last).isoformat()}
 
 
 def historical_features(settings: Settings, entity_df: pd.DataFrame) -> pd.DataFrame:

@@ -7,6 +7,11 @@ and refuses a mismatch, naming the file and both checksums. Exports (ONNX, the T
 built from it) are cached in a folder named after the bundle checksum, with the checksums of the
 exported files recorded beside them: weights that change get a new export, and an export that
 changes after it was written is refused.
+
+A registered version's export (ONNX, its int8 model and the int8 guard's verdict) is built once,
+at registration or on first demand, and stored with the version: the checksum of each file is a
+tag of the version (:data:`EXPORT_TAG_PREFIX`), and a server or a batch job that fetches it
+verifies every file before using it (:func:`verify_export`), so no server exports at start.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from hfcast.errors import UserError
 
@@ -183,17 +188,24 @@ def _record_ok(folder: Path, what: str) -> bool:
 
 
 def cached_export(bundle_dir: str | os.PathLike, filename: str, build: Callable[[Path], None],
-                  what: str = "ONNX") -> Path:
+                  what: str = "ONNX", accept: Callable[[Path], bool] | None = None) -> Path:
     """The export ``filename`` of a bundle, built once per bundle checksum and verified at every use.
 
     ``build(path)`` writes the export (and any side files, e.g. ONNX external data) into a fresh
     folder; the folder is then published as ``<bundle>/exports/<checksum[:16]>/`` by one rename.
+    ``accept(folder)``, when given, decides instead of the folder's own record whether what is
+    there may be used; a folder it refuses is built again and replaced (a registered version's
+    stored export replaces a local one: :func:`hfcast.registry.fetch_export`).
     """
     bundle_dir = Path(bundle_dir)
     key = combined(bundle_digests(bundle_dir))[:16]
     root = bundle_dir / EXPORTS_DIR
     folder = root / key
-    if _record_ok(folder, what):
+
+    def usable(f: Path) -> bool:
+        return accept(f) if accept is not None else _record_ok(f, what)
+
+    if usable(folder):
         return folder / filename
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
@@ -201,14 +213,62 @@ def cached_export(bundle_dir: str | os.PathLike, filename: str, build: Callable[
         build(tmp / filename)
         record = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / RECORD).write_text(json.dumps(record, indent=1))
-        if folder.exists():  # an incomplete folder (no record) left by a crash
+        if folder.exists():  # an incomplete folder (no record) left by a crash, or one ``accept`` refused
             shutil.rmtree(folder, ignore_errors=True)
         try:
             tmp.rename(folder)
         except OSError:
-            if not _record_ok(folder, what):  # lost a race to an identical export: fine
+            if not usable(folder):  # lost a race to an identical export: fine
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("%s export of bundle %s cached in %s", what, key, folder)
+    log.debug("%s export of bundle %s cached in %s", what, key, folder)  # the exporter (or fetch) said what it did
     return folder / filename
+
+
+# --- a registered version's stored export -----------------------------------------------------------
+
+EXPORT_TAG_PREFIX = "hfcast.export_sha256."  # one tag per stored export file: hfcast.export_sha256.model.onnx
+EXPORT_PATH_TAG = "hfcast.export_artifacts"  # the run's artifact folder holding them; written after the checksums
+
+
+def export_tags(folder: str | os.PathLike, names: Sequence[str], artifact_path: str) -> dict[str, str]:
+    """The model-version tags that record a stored export: each file's checksum, then where it lives
+    (in this order: a reader takes the export as stored only once the path tag exists)."""
+    folder = Path(folder)
+    return {**{EXPORT_TAG_PREFIX + n: file_sha256(folder / n) for n in names}, EXPORT_PATH_TAG: artifact_path}
+
+
+def expected_export(tags: Mapping[str, str]) -> tuple[str, dict[str, str]] | None:
+    """``(artifact path, {file: sha256})`` of a version's stored export; None for a version that has
+    none (registered before exports were stored, or its export never finished)."""
+    path = tags.get(EXPORT_PATH_TAG)
+    files = {k[len(EXPORT_TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(EXPORT_TAG_PREFIX)}
+    return (path, files) if path and files else None
+
+
+def export_mismatch(folder: str | os.PathLike, want: Mapping[str, str]) -> tuple[str, str] | None:
+    """The first file of ``folder`` that differs from ``want``: ``(name, its sha256 or "absent")``;
+    None when every file matches."""
+    folder = Path(folder)
+    for name in sorted(want):
+        got = file_sha256(folder / name) if (folder / name).is_file() else ABSENT
+        if got != want[name]:
+            return name, got
+    return None
+
+
+def verify_export(folder: str | os.PathLike, want: Mapping[str, str], what: str) -> None:
+    """Refuse an export whose files are not the ones whose checksums were recorded when it was stored.
+
+    Raises:
+        IntegrityError: naming the file and both checksums.
+    """
+    bad = export_mismatch(folder, want)
+    if bad is not None:
+        name, got = bad
+        raise IntegrityError(
+            f"checksum mismatch in the stored export of {what}: {name} has sha256 {got[:16]}..., the registry "
+            f"recorded {want[name][:16]}...",
+            "the exported file was replaced after it was stored: store the export again (`hfcast export "
+            "--model NAME/VERSION`), or register the model again")

@@ -1,13 +1,15 @@
 """The step journal of the daily loop: each step of a date written down before and after it runs.
 
 Why: a replay can be killed at any instant (SIGKILL, a node that vanishes), and its rerun must
-reach the state an uninterrupted run reaches. Each step of a date (arrive, predict, monitor,
-decide, retrain, register, gate, promote) opens its entry in ``<lake>/replay/<model>/journal/<date>.json``
-before it runs and closes it after, with what it produced; every write is one atomic object
-(:func:`hfcast.storage.write_text`). A rerun skips the finished steps of the loop, sees which
-step was cut off (:meth:`Journal.interrupted`) and resumes from the durable records that step
-leaves: the decision record for ``decide`` (never decided again), the registry's retrain key,
-gate tags and aliases for ``register``, ``gate`` and ``promote`` (:mod:`hfcast.lifecycle`).
+reach the state an uninterrupted run reaches. Each step of a date (arrive, materialize, predict,
+monitor, decide, retrain, register, export, gate, promote) opens its entry in
+``<lake>/replay/<model>/journal/<date>.json`` before it runs and closes it after, with what it
+produced; every write is one atomic object (:func:`hfcast.storage.write_text`). A rerun skips the
+finished steps of the loop, sees which step was cut off (:meth:`Journal.interrupted`) and resumes
+from the durable records that step leaves: the decision record for ``decide`` (never decided
+again), the registry's retrain key, gate tags and aliases for ``register``, ``gate`` and
+``promote``, the version's export tags for ``export`` (:mod:`hfcast.lifecycle`); ``materialize``
+is idempotent and simply runs again.
 Steps that run outside a replay (``hfcast monitor run``, a pipeline) have no open journal and
 record nothing here.
 

@@ -26,7 +26,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from hfcast import journal, promotion, registry
+from hfcast import integrity, journal, promotion, registry
 from hfcast.config import Settings
 from hfcast.contracts import finite
 from hfcast.gate import GateDecision
@@ -371,10 +371,41 @@ def register_and_gate(settings: Settings, run_id: str, *, force_reason: str = ""
         decision_date: the date the retraining was decided (a replay): a version whose train,
             validation or test data extends past it is refused, forced or not.
     """
-    with journal.step("register", run_id=run_id) as rec:
-        rec["version"] = version = registry.register(settings, run_id)
+    version = register_version(settings, run_id)
     return gate_version(settings, version, force_reason=force_reason, margin=margin, trained=trained,
                         decision_date=decision_date)
+
+
+def register_version(settings: Settings, run_id: str) -> int:
+    """Register ``run_id`` (alias ``challenger``) and store its export with it: the ONNX graph, its
+    int8 model and the int8 guard's verdict, checksummed (:func:`hfcast.export.store_serving_export`),
+    so that no server of the version exports at start.
+
+    An export that fails here does not undo the registration: it is logged and journaled, and the
+    first server (or ``hfcast export``) of the version exports it again, failing there with the
+    same reason if it must.
+    """
+    with journal.step("register", run_id=run_id) as rec:
+        rec["version"] = version = registry.register(settings, run_id)
+    export_version(settings, version)
+    return version
+
+
+def export_version(settings: Settings, version: int) -> None:
+    """The ``export`` step of a registration: store the version's export unless it is stored already
+    (a registration resumed after a kill runs it again; the version's tags say whether it is done)."""
+    from hfcast.export import store_serving_export
+
+    ref = f"{settings.model_name}/{version}"
+    if integrity.expected_export(registry.resolve(settings, ref).tags) is not None:
+        return
+    with journal.step("export", version=int(version)) as rec:
+        try:
+            rec["stored"] = bool(store_serving_export(settings, ref))
+        except Exception as exc:  # export or parity failures of any kind: the version stays registered
+            log.warning("%s: export at registration failed (%s: %s); its first server will export it", ref,
+                        type(exc).__name__, str(exc)[:300])
+            rec.update(stored=False, error=f"{type(exc).__name__}: {str(exc)[:500]}")
 
 
 def gate_version(settings: Settings, version: int, *, force_reason: str = "", margin: Any = None,
@@ -484,6 +515,7 @@ def retrain(settings: Settings, archs: Sequence[str] = (), *, reason: str, drift
     if earlier is not None:  # an interrupted attempt got as far as registering: finish that version
         log.warning("retraining %s was registered as v%s before an interruption; gating that version",
                     key, earlier["version"])
+        export_version(settings, earlier["version"])
         outcome = gate_version(settings, earlier["version"], force_reason=force_reason, margin=margin,
                                decision_date=decision_date, recorded=recorded_decision(earlier["tags"]))
         return {"status": "done", "new_version": outcome.version, "promoted": outcome.promoted,

@@ -52,7 +52,7 @@ from hfcast.journal import killpoint
 from hfcast.market import Market
 from hfcast.market import resolve as resolve_market
 from hfcast.quantize import cpu_model
-from hfcast.registry import download_bundle, resolve
+from hfcast.registry import download_bundle, fetch_export, resolve
 from hfcast.runners import (Int8Runner, StreamedRunner, choose_runner_kind, make_runner,
                             tensorrt_available, threads_per_worker)
 from hfcast.sharding import shard_dates
@@ -359,6 +359,7 @@ def prepare_bundle(settings: Settings, model_ref: str | None, bundle_dir: str | 
 
     mv = resolve(settings, model_ref or f"{settings.model_name}@champion")  # pin the version once
     path = download_bundle(settings, f"{mv.name}/{mv.version}")
+    fetch_export(settings, mv, path)  # its stored export, verified, where choose_runner looks (else exported here)
     return str(path), str(mv.name), str(mv.version)
 
 

@@ -792,3 +792,76 @@ def describe(settings: Settings, ref: str | int) -> dict[str, Any]:
                    all_metrics=dict(run.data.metrics),
                    artifacts=sorted(f.path for f in t.client.list_artifacts(mv.run_id)))
     return row
+
+
+# --- a version's stored export (ONNX, int8 model, int8 guard verdict) --------------------------------
+
+EXPORT_STORE = "export/serving"  # a version's stored export: <run artifacts>/export/serving/v<version>/
+
+
+def store_export(settings: Settings, ref: str | int, folder: str | os.PathLike, names: Sequence[str]) -> dict[str, str]:
+    """Attach the files ``names`` of ``folder`` to the version's run and record their checksums as
+    version tags (:func:`hfcast.integrity.export_tags`), so that every later load verifies them.
+
+    Why per version (``export/serving/v<N>/``): the files are derived from the version's bundle and
+    the tags belong to the version; a second version of the same run never overwrites them.
+
+    Returns:
+        The tags written.
+    """
+    folder = Path(folder)
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise RegistryError(f"cannot store the export of {ref}: {folder} lacks {missing}")
+    _refuse_pickles(folder)
+    mv = resolve(settings, ref)
+    path = f"{EXPORT_STORE}/v{mv.version}"
+    tags = integrity.export_tags(folder, names, path)
+    with tracking(settings) as t:
+        for name in names:
+            t.client.log_artifact(mv.run_id, str(folder / name), path)
+        for key, value in tags.items():  # the path tag last: the export counts as stored once it is there
+            t.client.set_model_version_tag(mv.name, mv.version, key, value)
+    log.info("stored the export of %s version %s (%s) under %s", mv.name, mv.version, ", ".join(names), path)
+    return tags
+
+
+def fetch_export(settings: Settings, mv: Any, bundle_dir: str | os.PathLike) -> Path | None:
+    """The version's stored export, verified against its tags, in the bundle's export cache
+    (``<bundle>/exports/<checksum>/``, where batch prediction looks too): downloaded once, checked
+    at every call; a local export that is not the stored one is replaced by it.
+
+    Returns:
+        The folder, or None when the version has no stored export (registered before exports were
+        stored: :func:`hfcast.export.registered_export` exports and stores it on first demand).
+
+    Raises:
+        IntegrityError: a downloaded file differs from the checksum recorded when it was stored.
+        RegistryError: the stored files cannot be downloaded.
+    """
+    stored = integrity.expected_export(mv.tags)
+    if stored is None:
+        return None
+    path, want = stored
+    what = f"model '{mv.name}' version {mv.version}"
+
+    def download(target: Path) -> None:
+        import mlflow
+
+        for name in sorted(want):
+            with tempfile.TemporaryDirectory(prefix=".dl-", dir=target.parent) as tmp:
+                try:
+                    with tracking(settings) as t:
+                        got = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=f"{path}/{name}",
+                                                                  dst_path=tmp, tracking_uri=t.uri)
+                except Exception as exc:  # deleted artifacts, unreachable store, refused credentials
+                    raise RegistryError(f"cannot download {path}/{name} of {what}: {type(exc).__name__}: "
+                                        f"{str(exc)[:200]}", "the stored export was deleted or the artifact store "
+                                        "is unreachable: check the MLflow/S3 settings, or store it again "
+                                        "(`hfcast export --model NAME/VERSION`)") from exc
+                os.replace(got, target.parent / name)
+        integrity.verify_export(target.parent, want, what)
+
+    onnx = integrity.cached_export(bundle_dir, "model.onnx", download, what="stored ONNX",
+                                   accept=lambda f: integrity.export_mismatch(f, want) is None)
+    return onnx.parent

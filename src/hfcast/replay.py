@@ -6,6 +6,10 @@ promoted. Here each day D goes through, in order:
 
 1. **arrive**: D's bars are validated and featurized (D only; the feature engine warms its state
    on earlier days, never later ones);
+   **materialize**: D's minute features and each symbol's latest window go into the Feast online
+   store (D only, :func:`hfcast.feature_store.materialize_day`), so a server started after the
+   replay answers by symbol with D's last minute (serve a replayed past with
+   ``--max-staleness-s -1``: staleness is measured against the wall clock, in trading time);
 2. **predict**: D is batch-predicted by the champion of that moment (CSV ``model_version``);
 3. **monitor**: D is monitored with the version that predicted it (labels of D are intraday,
    so they have matured at D's close);
@@ -36,7 +40,7 @@ from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
 
-STEPS = ("arrive", "predict", "monitor")
+STEPS = ("arrive", "materialize", "predict", "monitor")
 BOOTSTRAP = "bootstrap"  # the journal of the first champion's training
 
 
@@ -167,6 +171,13 @@ def _refuse_look_ahead(settings: Settings, model: str, version: str | None, date
                         "roll back with `hfcast registry rollback` before replaying further")
 
 
+def _materialize(settings: Settings, date: str) -> dict[str, Any]:
+    """The day's features into the online store (incremental: this date only); what was loaded."""
+    from hfcast.feature_store import materialize_day
+
+    return materialize_day(settings, date)
+
+
 def _predict(settings: Settings, model: str, date: str, mode: str) -> str:
     """Batch-predict ``date`` with the champion of this moment; the version that predicted it."""
     from hfcast.predict import run_predict
@@ -192,6 +203,9 @@ def replay_day(settings: Settings, lake: Lake, date: str, *, model: str, mode: s
         if not j.result("arrive"):
             with journal.step("arrive") as out:
                 out["dataset_version"] = _arrive(settings, lake, [date], versions)
+        if not j.result("materialize"):
+            with journal.step("materialize") as out:
+                out.update(_materialize(settings, date))
         if not j.result("predict"):
             with journal.step("predict") as out:
                 out["version"] = _predict(settings, model, date, mode)

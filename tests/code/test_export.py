@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from hfcast import export, runners
+from hfcast import export, integrity, runners
 from hfcast.models import ARCHITECTURES
 from serving_fixtures import cli_settings, register_forecaster, tiny_forecaster
 
@@ -182,3 +182,6 @@ def test_cli_export_logs_artifacts_to_the_same_model_version(tmp_path, monkeypat
     assert mv.run_id == run_id and mv.tags["export.tensorrt"] in ("absent", "built")
     assert float(mv.tags["export.onnx_max_rel_err"]) < export.PARITY_TOL_FP32
     assert json.loads((out / "export.json").read_text())["logged_to_mlflow"] is True
+    path, files = integrity.expected_export(mv.tags)
+    # a version with no stored export gets this one: what its servers load
+    assert path == f"export/serving/v{version}" and files["model.onnx"] == integrity.file_sha256(out / "model.onnx")

@@ -204,3 +204,35 @@ def test_duckdb_connection_is_closed_after_offline_reads(fsettings):
     assert ibis.options.default_backend is None
     fst.historical_features(fsettings, _lake_rows(fsettings)[["symbol", "ts"]].head(5))
     assert ibis.options.default_backend is None
+
+
+def test_materialize_day_brings_the_online_store_up_to_each_day_reading_that_day_only(tmp_path, monkeypatch):
+    s = get_settings(env={"HFCAST_HOME": str(tmp_path / "home")}, cwd=tmp_path)
+    lake = Lake.from_settings(s)
+    write_features_lake(lake, short="CCC")  # CCC has only 20 minutes on the second day: no window then
+    first = fst.materialize_day(s, DATES[0])  # a fresh repository: rendered and registered first
+    assert first == {"date": DATES[0], "windows": 3, "symbols": 3, "last_ts": "2024-01-02T15:14:00+00:00"}
+
+    read = []
+    real = Lake.read
+    monkeypatch.setattr(Lake, "read", lambda self, table, date, *a, **k: read.append((table, date)) or
+                        real(self, table, date, *a, **k))
+    assert fst.materialize_day(s, DATES[1])["last_ts"] == "2024-01-03T15:14:00+00:00"
+    assert {d for t, d in read if t == "features"} == {DATES[1]}  # incremental: the new day only
+    _, ts, _ = fst.online_windows(s, ["AAA", "BBB", "CCC"])
+    assert ts.tolist() == [np.datetime64("2024-01-03T15:14", "us")] * 2 + [np.datetime64("2024-01-02T15:14", "us")]
+    minute = fst.store(s).get_online_features(features=["minute_features:rv_5m"],
+                                              entity_rows=[{"symbol": "AAA"}]).to_dict()
+    last = real(lake, "features", DATES[1]).query("symbol == 'AAA'").iloc[-1]
+    assert np.float32(minute["rv_5m"][0]) == last["rv_5m"]  # the day's last minute of AAA
+    assert fst.materialize_day(s, DATES[1])["windows"] == 2  # again: the same rows (a resumed replay)
+    with pytest.raises(ValueError, match="no features partition for 2024-01-04"):
+        fst.materialize_day(s, "2024-01-04")
+
+
+def test_materialize_day_on_an_s3_lake(s3_settings):
+    write_features_lake(Lake.from_settings(s3_settings), dates=DATES, symbols=["AAA"])
+    assert fst.materialize_day(s3_settings, DATES[1])["last_ts"] == "2024-01-03T15:14:00+00:00"
+    x, _, _ = fst.online_windows(s3_settings, ["AAA"])
+    rows = Lake.from_settings(s3_settings).read("features", DATES[1])
+    np.testing.assert_array_equal(x[0], rows.tail(30)[NAMES].to_numpy(np.float32))

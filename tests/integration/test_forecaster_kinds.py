@@ -3,7 +3,8 @@
 net (a bare network), floor (a network blended with har_tod), ensemble (two floored networks) and
 har_tod (a baseline served on its own): register in MLflow -> load from the registry (checksums)
 -> export (ONNX of its graph; none for a baseline) -> the server's service with the onnxruntime
-runner -> batch prediction CSVs. Each must give the in-process forecaster's numbers.
+runner, and with the runner a server starts with (the version's stored export) -> batch
+prediction CSVs. Each must give the in-process forecaster's numbers.
 """
 
 from __future__ import annotations
@@ -85,6 +86,20 @@ def test_register_export_serve_and_batch_give_the_same_forecasts(kind, settings,
     preds, ts = svc.forecast(ParsedRequest("v1", windows=windows), runner.run if runner else None)
     assert ts == [""] * len(windows)
     _close(pd.DataFrame(preds), want)
+
+    # the runner `hfcast serve --model` starts with: the version's export, stored on first demand
+    # (registered without one here) and fetched back through its checksums
+    from hfcast.export import serving_runner
+    from hfcast.integrity import expected_export
+
+    started = serving_runner("onnxruntime", served, settings)
+    stored = expected_export(registry.resolve(settings, f"hfcast/{version}").tags)
+    if kind == "har_tod":
+        assert started is None and stored is None  # no network: nothing stored, the post-step serves it
+    else:
+        assert stored is not None and "model.onnx" in stored[1]
+        preds, _ = svc.forecast(ParsedRequest("v1", windows=windows), started.run)
+        _close(pd.DataFrame(preds), want)
 
     # batch prediction: the CSV of the date, through the default runner choice
     from hfcast.predict import run_predict

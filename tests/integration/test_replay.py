@@ -156,3 +156,43 @@ def test_replay_killed_mid_day_resumes_to_the_same_end_state(tmp_path):
     proc.wait(30)
     assert _cli_replay(tmp_path / "killed", days[12], days[-1]).wait(1500) == 0
     assert _state(runs["killed"]) == _state(runs["straight"])
+
+
+@pytest.mark.slow
+def test_a_server_started_after_a_replay_answers_by_symbol_with_the_last_replayed_minute(tmp_path):
+    """Each replayed day goes into the online store as it arrives (the journal's materialize step),
+    so `hfcast serve` started afterwards answers by symbol with the last minute of the last day."""
+    import os
+
+    import httpx
+
+    from hfcast import journal
+    from serving_fixtures import start_serve, stop_serve
+
+    days = trading_days("2024-01-02", 15)
+    settings = _settings(tmp_path, 15, shift_day=None)
+    run_replay(settings, days[12], days[14], archs=["tcn"])
+    lake = Lake.from_settings(settings)
+    for d in days[12:]:  # each day was materialized when it arrived, before it was predicted
+        steps = journal.Journal(lake, "hfcast", d).doc["steps"]
+        assert steps["materialize"]["finished_at"] <= steps["predict"]["started_at"]
+        assert steps["materialize"]["last_ts"].startswith(d)
+    last = lake.read("features", days[14], ["symbol", "ts"])
+    want = last.groupby("symbol", observed=True)["ts"].max()
+
+    env = {**os.environ, "HFCAST_HOME": str(settings.home), "HFCAST_LAKE": settings.lake_url,
+           "HFCAST_PARAMS": str(tmp_path / "params.yaml"), "MLFLOW_TRACKING_URI": settings.mlflow_uri}
+    # a replayed past is older than any staleness limit measured against the wall clock
+    proc, base, _ = start_serve(["--model", "hfcast@champion", "--max-staleness-s", "-1"], env, tmp_path,
+                                tmp_path / "serve.log")
+    try:
+        symbols = ["S0000", "S0003"]
+        r = httpx.post(f"{base}/v1/models/hfcast:predict", timeout=60,
+                       json={"instances": [{"symbol": s} for s in symbols]})
+        assert r.status_code == 200, r.text
+    finally:
+        stop_serve(proc)
+    rows = r.json()["predictions"]
+    assert [row["symbol"] for row in rows] == symbols
+    assert [row["feature_ts"] for row in rows] == [want[s].isoformat() for s in symbols]
+    assert all(row["feature_ts"] == f"{days[14]}T20:59:00+00:00" for row in rows)  # the session's last minute
