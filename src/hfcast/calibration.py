@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 import numpy as np
 
@@ -246,12 +247,25 @@ class Calibrator:
     vol_base_rate: float = float("nan")    # validation share of rows within VOL_TOLERANCE (NaN: older fit)
     vol_sigma_ratio: float = float("nan")     # validation decile error ratio of the sigma-only ranking
     vol_sigma_ratio_hi: float = float("nan")  # its one-sided upper bound (RV_BOUND_LEVEL, hour-cluster bootstrap)
+    # targets ("ret", "rv") whose flag live dates contradicted (monitoring's ``conf`` rule, a version
+    # tag read at load): never part of the bundle, which stays what was registered
+    demoted: tuple[str, ...] = ()
+
+    def demote(self, targets: "Sequence[str]") -> "Calibrator":
+        """A copy whose confidences for ``targets`` claim nothing (constant, flag 0), as if validation
+        had found no skill: what a confidence that live data contradicted must say."""
+        bad = sorted(set(targets) - set(CONF_TARGETS))
+        if bad:
+            raise ValueError(f"unknown confidence target(s) {bad}; known: {CONF_TARGETS}")
+        return replace(self, demoted=tuple(sorted({*self.demoted, *targets})))
 
     @property
     def ret_informative(self) -> bool:
-        """Does the return confidence rank sign accuracy on validation (slope t-stat >= 2)?"""
+        """Does the return confidence rank sign accuracy on validation (slope t-stat >= 2), and has
+        no live check demoted it?"""
         rc = self.ret_conf
-        return bool(rc.fitted and rc.a > 0 and np.isfinite(rc.se) and rc.a_ml >= RET_INFORMATIVE_T * rc.se)
+        return bool("ret" not in self.demoted and rc.fitted and rc.a > 0 and np.isfinite(rc.se)
+                    and rc.a_ml >= RET_INFORMATIVE_T * rc.se)
 
     @property
     def rv_informative(self) -> bool:
@@ -262,11 +276,11 @@ class Calibrator:
     @property
     def _ctx_informative(self) -> bool:
         v = self.vol_ctx
-        return v is not None and ranks_errors(v.oof_ratio, v.oof_ratio_hi)
+        return "rv" not in self.demoted and v is not None and ranks_errors(v.oof_ratio, v.oof_ratio_hi)
 
     @property
     def _sigma_informative(self) -> bool:
-        return ranks_errors(self.vol_sigma_ratio, self.vol_sigma_ratio_hi)
+        return "rv" not in self.demoted and ranks_errors(self.vol_sigma_ratio, self.vol_sigma_ratio_hi)
 
     @property
     def fitted(self) -> bool:
@@ -381,10 +395,11 @@ class Calibrator:
         # confidence that ranks nothing says so (a map fitted to noise would only add calibration noise)
         if self._ctx_informative and context is not None:
             rv_conf = self.vol_ctx(_context_matrix({**p, "rv_hat": rv_hat}, context))
-        elif self._sigma_informative or not np.isfinite(self.vol_base_rate):  # NaN: fitted before the base rate
+        elif self._sigma_informative or (not np.isfinite(self.vol_base_rate) and "rv" not in self.demoted):
+            # (a NaN base rate: fitted before the base rate existed, served as the sigma map)
             rv_conf = self.vol_conf(ls)
         else:
-            rv_conf = np.full(mu.size, self.vol_base_rate)
+            rv_conf = np.full(mu.size, self.vol_base_rate if np.isfinite(self.vol_base_rate) else 0.5)
         return {
             "ret_60m_pred": mu,
             # a return confidence that did not rank sign accuracy on validation claims nothing: a
@@ -461,6 +476,8 @@ RECENT_VOL_KEYS = ("park_5m", "park_15m", "rv_5m", "ewma_vol_10")
 CONTEXT_KEYS = ("tod", "spread_bps", "jump_ratio", "log_volume", *RECENT_VOL_KEYS)
 TOD_BUCKET = 30          # minutes per conformal time-of-day bucket
 TOD_MIN_ROWS = 200       # a bucket with fewer validation rows uses the pooled quantile
+#: the two confidences a flag describes: the return's (``ret_60m_conf``) and the volatility's (``rv_10m_conf``)
+CONF_TARGETS = ("ret", "rv")
 RET_INFORMATIVE_T = 2.0  # return confidence counts as informative when a_ml / se >= this
 RV_INFORMATIVE_RATIO = 0.9  # older fits (no bootstrap bound): informative when the decile error ratio <= this
 RV_BOUND_LEVEL = 0.975      # one-sided level of the bootstrap bound that must lie below 1 (~ t >= 2, as for returns)

@@ -317,6 +317,15 @@ class Forecaster:
             return self.calibrator.info_columns(n)
         return {c: np.zeros(n) for c in INFO_COLUMNS}
 
+    def demote_confidence(self, reasons: Mapping[str, str]) -> None:
+        """Serve the confidences of ``reasons``' targets (``ret``, ``rv``) as uninformative (constant,
+        flag 0): live dates contradicted what validation found (hfcast.monitoring.rules.confidence).
+        The reasons are kept in ``meta["conf_demoted"]``."""
+        if not reasons or self.calibrator is None:
+            return
+        self.calibrator = self.calibrator.demote(list(reasons))
+        self.meta["conf_demoted"] = {**self.meta.get("conf_demoted", {}), **dict(reasons)}
+
     def confidence_info(self) -> dict[str, Any]:
         """Whether this version's confidences carry information (for the API and prediction files)."""
         from hfcast.models.base import confidence_info

@@ -52,7 +52,7 @@ from hfcast.journal import killpoint
 from hfcast.market import Market
 from hfcast.market import resolve as resolve_market
 from hfcast.quantize import cpu_model
-from hfcast.registry import download_bundle, fetch_export, resolve
+from hfcast.registry import demoted_confidences, download_bundle, fetch_export, resolve
 from hfcast.runners import (Int8Runner, StreamedRunner, choose_runner_kind, make_runner,
                             tensorrt_available, threads_per_worker)
 from hfcast.sharding import shard_dates
@@ -202,6 +202,7 @@ class Job:
     threads: int = 1  # intra-op threads (torch), cores // workers
     model_slots: Any = field(default=None, compare=False)  # a Semaphore(workers): dates in the model at once
     market: Market | None = field(default=None, compare=False)  # the calendar of the sparse fill (the settings')
+    conf_demoted: dict[str, str] = field(default_factory=dict)  # confidences live monitoring demoted (registry tag)
 
 
 def _manifest_url(csv_url: str) -> str:
@@ -244,7 +245,9 @@ def _load_forecaster(job: Job) -> Any:
     from hfcast.forecaster import Forecaster
 
     torch.set_num_threads(max(1, job.threads))
-    return Forecaster.load(job.bundle_dir)
+    forecaster = Forecaster.load(job.bundle_dir)
+    forecaster.demote_confidence(job.conf_demoted)
+    return forecaster
 
 
 def _load_runner(job: Job, forecaster: Any) -> Any:
@@ -432,7 +435,8 @@ def run_predict(settings: Settings, dates: str | list[str], model_ref: str | Non
     options = (settings.storage_options_for(out) or None) if out and storage.is_remote(out) else lake.storage_options
     job = Job(local_bundle, lake.url, (out or settings.lake_url).rstrip("/"), options, name, version,
               mode, runner_kind, onnx_path, force, threads=threads_per_worker(workers),
-              model_slots=threading.Semaphore(workers), market=settings.market)
+              model_slots=threading.Semaphore(workers), market=settings.market,
+              conf_demoted={} if bundle_dir else demoted_confidences(resolve(settings, f"{name}/{version}").tags))
     log.info("predicting %d date(s) with %s/%s (%s, %s runner, %d worker(s))", len(date_list), name, version,
              mode, runner_kind, workers)
     t0 = time.perf_counter()

@@ -702,7 +702,31 @@ def load_forecaster(settings: Settings, ref: str | int | None = None, dst: str |
     fc = Forecaster.load(path)
     fc.meta.update({"model_name": mv.name, "model_version": str(mv.version), "run_id": mv.run_id,
                     "bundle_sha256": mv.tags.get(integrity.BUNDLE_TAG, "")})
+    fc.demote_confidence(demoted_confidences(mv.tags))
     return fc
+
+
+#: version tag: the confidences live monitoring demoted, ``{"ret"|"rv": reason}`` as JSON
+CONF_DEMOTED_TAG = "hfcast.conf_demoted"
+
+
+def demoted_confidences(tags: Mapping[str, str]) -> dict[str, str]:
+    """``{target: reason}`` of a version's :data:`CONF_DEMOTED_TAG` ({} when none)."""
+    raw = tags.get(CONF_DEMOTED_TAG, "")
+    return dict(json.loads(raw)) if raw else {}
+
+
+def demote_confidences(settings: Settings, name: str, version: str | int, reasons: Mapping[str, str]) -> dict[str, str]:
+    """Record on the version that live dates contradicted its confidence flags for ``reasons``'
+    targets: every later load (server, batch prediction, backtest) serves them as uninformative.
+    The bundle is untouched (its checksums still hold). Returns every demotion now on the version."""
+    with tracking(settings) as t:
+        mv = t.client.get_model_version(name, str(version))
+        merged = {**demoted_confidences(mv.tags), **dict(reasons)}
+        t.client.set_model_version_tag(name, str(version), CONF_DEMOTED_TAG, json.dumps(merged)[:5000])
+    log.warning("%s v%s: confidence flag(s) %s demoted: %s", name, version, ", ".join(sorted(reasons)),
+                "; ".join(reasons.values()))
+    return merged
 
 
 def log_artifacts_to_version(settings: Settings, ref: str | int, folder: str | os.PathLike, artifact_path: str) -> str:

@@ -89,7 +89,7 @@ def _monitored_lake(tmp_path, date: str):
 
 def test_a_rule_defined_here_is_measured_judged_decided_and_logged(tmp_path, flag_rule):
     cfg = MonitorConfig.from_params({"high_a_share": 0.3, "high_a_consecutive": 1, "consecutive": 5})
-    assert cfg.rule("high_a").high_a_share == 0.3 and [r.name for r in cfg.rules] == ["drift", "perf", "high_a"]
+    assert cfg.rule("high_a").high_a_share == 0.3 and [r.name for r in cfg.rules] == ["drift", "perf", "conf", "high_a"]
     settings, lake = _monitored_lake(tmp_path, "2024-01-03")
     rec = run_monitor(settings, "2024-01-03", "hfcast/1", starter=RecordOnlyStarter(), log_mlflow=False, cfg=cfg)
     assert rec["action"] == RETRAIN and rec["high_a_alarm"] and rec["high_a_streak"] == 1

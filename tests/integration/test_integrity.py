@@ -128,3 +128,41 @@ def test_a_local_bundle_with_changed_bytes_is_refused_and_one_without_a_manifest
     (fresh / integrity.MANIFEST).unlink()
     Forecaster.load(str(fresh))
     assert "has no checksums.json" in caplog.text
+
+
+def test_a_demoted_confidence_is_served_by_every_later_load_and_the_bundle_still_verifies(settings, registered):
+    """hfcast.monitoring.rules.confidence demotes through a version tag: the next load (server,
+    batch prediction) serves that confidence as uninformative; the registered files are untouched."""
+    ref = f"hfcast/{registered['version']}"
+    windows = np.random.default_rng(0).standard_normal((16, 30, F)).astype(np.float32)
+    before = registry.load_forecaster(settings, ref)
+    assert before.confidence_info()["ret_conf_informative"] and np.ptp(before.predict(windows)["ret_60m_conf"]) > 0
+    merged = registry.demote_confidences(settings, "hfcast", registered["version"],
+                                         {"ret": "live top/bottom-decile error ratio 1.3 on 3 dates"})
+    assert list(merged) == ["ret"]
+    after = registry.load_forecaster(settings, ref)  # checksums verified again at this load
+    out = after.predict(windows)
+    assert (out["ret_60m_conf"] == 0.5).all() and (out["ret_60m_conf_informative"] == 0).all()
+    assert (out["rv_10m_conf_informative"] == 1).all()  # the other flag stands
+    np.testing.assert_allclose(out["rv_10m_pred"], before.predict(windows)["rv_10m_pred"])
+    assert "1.3" in after.meta["conf_demoted"]["ret"]
+    assert after.meta["bundle_sha256"] == before.meta["bundle_sha256"]
+
+
+def test_the_monitor_demotes_on_its_third_contradicted_date_and_logs_why(settings, registered):
+    from hfcast.monitoring.decision import Checks, MonitorConfig, load_history
+    from hfcast.monitoring.drift import run_monitor
+    from hfcast.monitoring.retraining import RecordOnlyStarter
+    from hfcast.storage import Lake
+
+    cfg = MonitorConfig.of(conf_consecutive=3, conf_min_labels=100)
+    ref = f"hfcast/{registered['version']}"
+    for i, date in enumerate(["2024-01-02", "2024-01-03", "2024-01-04"]):
+        checks = Checks(date=date, version=str(registered["version"]), drift_share=0.0,
+                        live={"n_labels": 1000, "ret_decile_ratio": 1.4, "rv_decile_ratio": 0.8},
+                        measures={"conf": {"ret_flag": 1.0, "rv_flag": 1.0}})
+        rec = run_monitor(settings, date, ref, starter=RecordOnlyStarter(), log_mlflow=False, cfg=cfg, checks=checks)
+        assert rec["action"] == "none"
+        assert bool(registry.load_forecaster(settings, ref).meta.get("conf_demoted")) == (i == 2)
+    (last,) = [r for r in load_history(Lake.from_settings(settings), "hfcast") if r["date"] == "2024-01-04"]
+    assert list(last["demote"]) == ["ret"] and "1.400" in last["explanation"]

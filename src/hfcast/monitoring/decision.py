@@ -186,13 +186,20 @@ def decide(history: Sequence[Mapping[str, Any]], checks: Checks, cfg: MonitorCon
         alarm = verdict.alarm is True
         judged.append((rule, verdict, [*_streak(prior, f"{rule.name}_alarm", alarm), checks.date] if alarm else []))
     wants, notes = _alarm_texts(checks, judged)
+    demote = {t: text for rule, verdict, dates in judged if rule.action == "demote" and len(dates) >= rule.consecutive
+              for text in [rule.message(checks, verdict, len(dates)) or rule.name] for t in rule.targets(checks)}
     action, reasons = (_retrain_or_suppress(history, checks, cfg, running, wants) if wants else (NONE, notes))
     record: dict[str, Any] = {"id": uuid.uuid4().hex[:12], "date": checks.date, "version": str(checks.version),
                               "action": action, "reasons": reasons, "explanation": f"{action}: " + "; ".join(reasons)}
     for rule, verdict, dates in judged:
         record[f"{rule.name}_alarm"], record[f"{rule.name}_streak"] = verdict.alarm is True, len(dates)
-    record.update(drifted_dates=sorted({d for _, _, dates in judged for d in dates}), checks=checks.to_dict(),
-                  trigger=None, decided_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    record.update(drifted_dates=sorted({d for rule, _, dates in judged if rule.action == "retrain" for d in dates}),
+                  checks=checks.to_dict(), trigger=None, decided_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if demote:  # the confidences the monitor demotes on the version (hfcast.monitoring.drift._act)
+        record["demote"] = demote
+        if action != NONE:  # the demotion's words are in the notes only when nothing else is decided
+            record["reasons"] = [*reasons, *dict.fromkeys(demote.values())]
+            record["explanation"] = f"{action}: " + "; ".join(record["reasons"])
     return record
 
 
@@ -204,7 +211,8 @@ def _alarm_texts(checks: Checks, judged: list[tuple[MonitorRule, Verdict, list[s
     for rule, verdict, dates in judged:
         text = rule.message(checks, verdict, len(dates))
         if text is not None:
-            (wants if dates and len(dates) >= rule.consecutive else notes).append(text)
+            asks = rule.action == "retrain" and dates and len(dates) >= rule.consecutive
+            (wants if asks else notes).append(text)
     return wants, notes
 
 

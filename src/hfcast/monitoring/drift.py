@@ -50,7 +50,7 @@ from hfcast.monitoring.decision import MonitorConfig, evaluate
 from hfcast.monitoring.retraining import RetrainStarter
 from hfcast.monitoring import retraining as R
 from hfcast.monitoring.reference import floor_scores, live_scores, load_reference, reference_from_registry, reference_urls
-from hfcast.registry import parse_ref, resolve
+from hfcast.registry import demote_confidences, parse_ref, resolve
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,10 @@ def complete_decision(settings: Settings, record: dict[str, Any], starter: Retra
 
 def _act(settings: Settings, lake: Lake, name: str, record: dict[str, Any], lease: Any, starter: RetrainStarter,
          log_mlflow: bool) -> dict[str, Any]:
-    """What follows a claimed decision: the retraining it started (with ``lease``), its MLflow run."""
+    """What follows a claimed decision: the confidence flags it demotes, the retraining it started
+    (with ``lease``), its MLflow run."""
+    if record.get("demote"):
+        demote_confidences(settings, name, record["version"], record["demote"])
     if lease is not None:
         _start_retraining(settings, lake, name, record, lease, starter)
     if log_mlflow:

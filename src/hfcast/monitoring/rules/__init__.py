@@ -67,6 +67,10 @@ class MonitorRule:
     name: ClassVar[str] = ""
     order: ClassVar[int] = 100
     k_field: ClassVar[str] = "consecutive"
+    #: what K alarm dates in a row ask for: "retrain" (a retraining, through the cooldown and the
+    #: lease), or "demote" (the monitor demotes the confidence flags of :meth:`targets` on the served
+    #: version, hfcast.registry.demote_confidences; no retraining)
+    action: ClassVar[str] = "retrain"
 
     def __init_subclass__(cls, name: str = "", **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -96,6 +100,10 @@ class MonitorRule:
         """The words for the decision: ``streak`` >= K asks for a retraining (the message is a
         reason), 1..K-1 is an alarm short of it, 0 is no alarm (None = nothing to say)."""
         raise NotImplementedError
+
+    def targets(self, checks: Checks) -> tuple[str, ...]:
+        """For a "demote" rule: the confidences (``ret``, ``rv``) today's alarm is about."""
+        return ()
 
     def measure(self, day: DayData) -> dict[str, Any]:
         """Measurements of the date beyond the monitor's own (Evidently drift, live scores), kept in
