@@ -735,7 +735,8 @@ def export_cmd(
     val_frame, val_dates = validation_frame(_lake(settings, None), fc)  # the int8 guard's span
     with _refused("the exported graph differs from PyTorch: report it with the bundle (`hfcast registry show`)",
                   ValueError):  # parity failure
-        report = export.export_all(fc, out, max_batch=max_batch, validation=val_frame, validation_dates=val_dates)
+        report = export.export_all(fc, out, max_batch=max_batch, validation=val_frame, validation_dates=val_dates,
+                                   market=settings.market)
     console.print(f"ONNX ({report.onnx['exporter']} exporter, opset {report.onnx['opset']}): max relative error "
                   f"{report.onnx['parity']['max_rel_err']:.2e} vs PyTorch -> {report.onnx['path']}")
     if isinstance(report.tensorrt, str):

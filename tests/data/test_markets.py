@@ -127,6 +127,11 @@ def test_two_calendars_in_one_process_do_not_mix(tmp_path):
     assert WalkForwardConfig.from_params({**section, "embargo_days": 2}, berlin.market).market is berlin.market
     with pytest.raises(ValueError, match="walkforward.market is not a walk-forward setting"):
         WalkForwardConfig.from_params({"market": "XLON"})
+    # the lake of a project carries its calendar to what builds windows from a lake alone (backtest
+    # baselines, attributions, the int8 guard); a bare Lake is XNYS
+    from hfcast.storage import Lake
+
+    assert Lake.from_settings(tokyo).market is tokyo.market and Lake(str(tmp_path)).market is None
 
 
 def test_trading_age_does_not_count_closed_hours():
