@@ -12,9 +12,8 @@ from typing import Any
 def step_settings(settings: str, lake_url: str | None = None) -> Any:
     """Logging on for the step's log, and the ``settings`` parameter parsed.
 
-    The settings' market calendar becomes this process's fallback calendar
-    (:func:`hfcast.market.set_default_market`) for the stages that take none: the step is the entry
-    point, so it says so here rather than as a side effect of building settings.
+    The settings' market calendar travels with them (``settings.market``, passed to each stage as a
+    value): the step sets nothing process-wide.
 
     Args:
         settings: the pipeline's ``settings`` parameter (``Settings.to_param()`` JSON; '' = the
@@ -27,9 +26,7 @@ def step_settings(settings: str, lake_url: str | None = None) -> Any:
     import logging
 
     from hfcast.config import settings_from_param
-    from hfcast.market import set_default_market
 
     logging.basicConfig(level=logging.INFO)
     s = settings_from_param(settings)
-    set_default_market(s.market)
     return s if lake_url is None else s.with_(lake_url=lake_url)

@@ -102,7 +102,7 @@ class ForecastService:
         self.lookup = lookup
         self.limits = limits
         self.clock = clock
-        self.market = market  # the calendar feature ages count in (None: hfcast.market.default_market())
+        self.market = market  # the calendar feature ages count in (None: XNYS, hfcast.market.default())
         self.feature_names = list(forecaster.feature_names)
         self.n_features = len(self.feature_names)
         self.model_name = str(forecaster.meta.get("model_name", "hfcast"))

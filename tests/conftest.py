@@ -11,15 +11,6 @@ from hfcast.config import Settings, get_settings
 from hfcast.testing.servers import SeaweedFS
 
 
-@pytest.fixture(autouse=True)
-def _default_market():
-    """Building Settings sets the process calendar (hfcast.market): put XNYS back after each test."""
-    yield
-    from hfcast.market import reset_default_market
-
-    reset_default_market()
-
-
 @pytest.fixture(scope="session")
 def s3():
     """A real SeaweedFS S3 server for the whole session (stopped at the end)."""

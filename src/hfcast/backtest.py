@@ -495,7 +495,7 @@ def baseline_vols(lake: Lake, dates: list[str], fit_days: int = 5, names: tuple[
                    ignore_index=True)
     df["symbol"] = df["symbol"].astype(str)
     df = df.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
-    wa = build_windows(df, feats)
+    wa = build_windows(df, feats, market=lake.market)
     inp = baseline_inputs(wa, df)
     inp["symbol"], inp["ts"] = df["symbol"].to_numpy()[wa.ends], df["ts"].to_numpy()[wa.ends]
     days = pd.Series(_session_dates(df["ts"].iloc[wa.ends]), index=inp.index)

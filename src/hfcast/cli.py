@@ -80,15 +80,13 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 
 def _settings(settings_json: str = ""):
-    """The command's settings (the environment, or a pipeline's ``--settings`` JSON), whose market
-    calendar becomes the fallback of the stages that take none (hfcast.market.default_market): the
-    command line is the entry point, so it sets that here, not as a side effect of building settings."""
+    """The command's settings (the environment, or a pipeline's ``--settings`` JSON); their market
+    calendar travels with them (``settings.market``), nothing process-wide is set."""
     from hfcast.config import get_settings, settings_from_param
-    from hfcast.market import set_default_market
 
     try:
         settings = settings_from_param(settings_json) if settings_json else get_settings()
-        set_default_market(settings.market)
+        settings.market  # a bad market: section is refused here, as bad settings
     except ValueError as exc:
         if settings_json:
             raise UserError(str(exc), "pass the settings parameter as Settings.to_param() JSON") from exc
@@ -98,10 +96,10 @@ def _settings(settings_json: str = ""):
 
 def _market(settings: Settings, calendar: Optional[str]):
     """The market calendar from params.yaml ``market:`` and the --calendar option (which wins)."""
-    from hfcast.market import Market, set_default_market
+    from hfcast.market import Market
 
     try:
-        return set_default_market(Market.from_params(settings.param("market", {}) or {}, calendar))
+        return Market.from_params(settings.param("market", {}) or {}, calendar)
     except (ValueError, KeyError) as exc:
         raise UserError(f"bad market calendar: {exc}", "pass --calendar XNYS (or another exchange calendar), or "
                         "correct params.yaml market:") from exc
@@ -331,7 +329,7 @@ def _kinds() -> tuple[str, ...]:
 def _fold_keys() -> list[str]:
     from hfcast.walkforward import WalkForwardConfig
 
-    return [f for f in WalkForwardConfig.__dataclass_fields__ if f != "label_horizon_minutes"]
+    return [f for f in WalkForwardConfig.__dataclass_fields__ if f not in ("label_horizon_minutes", "market")]
 
 
 def fold_setting(value: str) -> str:
@@ -737,7 +735,8 @@ def export_cmd(
     val_frame, val_dates = validation_frame(_lake(settings, None), fc)  # the int8 guard's span
     with _refused("the exported graph differs from PyTorch: report it with the bundle (`hfcast registry show`)",
                   ValueError):  # parity failure
-        report = export.export_all(fc, out, max_batch=max_batch, validation=val_frame, validation_dates=val_dates)
+        report = export.export_all(fc, out, max_batch=max_batch, validation=val_frame, validation_dates=val_dates,
+                                   market=settings.market)
     console.print(f"ONNX ({report.onnx['exporter']} exporter, opset {report.onnx['opset']}): max relative error "
                   f"{report.onnx['parity']['max_rel_err']:.2e} vs PyTorch -> {report.onnx['path']}")
     if isinstance(report.tensorrt, str):

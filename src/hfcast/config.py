@@ -124,8 +124,8 @@ class Settings:
         calendar and its loaded session table).
 
         The calendar travels with the settings as a value: nothing process-wide is set when
-        settings are built (:func:`hfcast.market.default_market` is only the fallback of functions
-        that take no calendar).
+        settings are built, and a function given ``market=None`` means XNYS
+        (:func:`hfcast.market.default`), never a calendar some other caller configured.
         """
         from hfcast.market import get_market  # pandas: loaded when a calendar is asked for
 

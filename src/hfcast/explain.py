@@ -39,6 +39,7 @@ from hfcast.data.schema import minute_of_session
 from hfcast.features.catalog import BY_NAME
 from hfcast.features.engine import load_features
 from hfcast.features.windows import WindowArrays, build_windows
+from hfcast.market import resolve as resolve_market
 from hfcast.forecaster import Forecaster
 from hfcast.metrics import mse, qlike
 from hfcast.models import SelfAttention
@@ -473,7 +474,7 @@ def plot_attention(att: pd.DataFrame, path: Any) -> Any:
 def labelled_windows(lake: Any, forecaster: Any, dates: Sequence[str]) -> WindowArrays:
     """The windows of ``dates`` with their labels, on the forecaster's features (for importance on a span)."""
     df = load_features(lake, dates, [*forecaster.feature_names, "ret_60m", "rv_10m"])
-    return build_windows(df, forecaster.feature_names)
+    return build_windows(df, forecaster.feature_names, market=lake.market)
 
 
 def run_global(lake: Any, forecaster: Any, dates: Sequence[str], out_dir: Any, n_repeats: int = 3,
@@ -511,12 +512,12 @@ def explain_forecast(lake: Any, forecaster: Any, symbol: str, ts: str, n_steps: 
     """The top drivers of one forecast: the window of ``symbol`` ending at minute ``ts`` (UTC)."""
     t = pd.Timestamp(ts)
     t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
-    date = t.tz_convert("America/New_York").date().isoformat()
+    date = str(resolve_market(lake.market).trade_date(pd.Series([t]))[0])  # the lake's calendar
     df = lake.read("features", date, ["symbol", "ts", *forecaster.feature_names])
     df = df[df["symbol"].astype(str) == symbol]
     if df.empty:
         raise ValueError(f"no features for symbol {symbol!r} on {date}")
-    wa = build_windows(df, forecaster.feature_names, label_cols=None)
+    wa = build_windows(df, forecaster.feature_names, label_cols=None, market=lake.market)
     hit = np.flatnonzero(pd.DatetimeIndex(wa.keys["ts"]).take(wa.ends) == t)
     if hit.size == 0:
         raise ValueError(f"no complete 30-minute window for {symbol} ending at {t.isoformat()} "

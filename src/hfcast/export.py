@@ -336,7 +336,7 @@ def export_for_serving(forecaster: Any, onnx_path: str | Path, lake: Any = None)
     export_onnx(forecaster, onnx_path)
     frame, dates = validation_frame(lake, forecaster) if lake is not None else (None, [])
     try:
-        return quantize_and_guard(forecaster, onnx_path, frame, dates)
+        return quantize_and_guard(forecaster, onnx_path, frame, dates, market=getattr(lake, "market", None))
     except Exception as exc:  # onnxruntime's quantizer or the guard: any failure means fp32 only
         why = f"int8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}"
         log.warning("%s; the fp32 model is served", why)
@@ -449,7 +449,7 @@ class ExportReport:
 
 
 def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH, validation: Any = None,
-               validation_dates: list[str] | None = None) -> ExportReport:
+               validation_dates: list[str] | None = None, market: Any = None) -> ExportReport:
     """ONNX (+ parity), the int8 model (+ its guard on ``validation``, the version's validation
     span with labels), TensorRT plan (+ parity) where possible, and a Triton repository."""
     out = Path(out_dir)
@@ -472,7 +472,7 @@ def export_all(forecaster: Any, out_dir: str | Path, max_batch: int = MAX_BATCH,
         notes.append(f"dynamo exporter failed, used dynamo=False: {onnx_res.fallback_reason}")
     model_file: Path = onnx_res.path
 
-    quant = quantize_and_guard(forecaster, onnx_res.path, validation, validation_dates)
+    quant = quantize_and_guard(forecaster, onnx_res.path, validation, validation_dates, market=market)
     if tensorrt_available():
         trt_info: dict[str, Any] | str = build_tensorrt_engine(onnx_res.path, out / "model.plan", n_features, max_batch)
         trt_runner = TensorRTRunner(out / "model.plan")

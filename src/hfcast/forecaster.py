@@ -38,8 +38,10 @@ from hfcast import storage
 from hfcast.calibration import Calibrator
 from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS
 from hfcast.features.windows import Scaler
-from hfcast.models.base import RAW_OUTPUTS, TrainedNet, natural_units
-from hfcast.models.baselines import DEPLOYABLE, FLOOR, Baseline, context, side_from_arrays, side_from_windows
+from hfcast.integrity import BundleReader, manifest_of
+from hfcast.models.base import RAW_OUTPUTS, TrainedNet, confidence_info, gaussian_outputs, natural_units
+from hfcast.models.baselines import (DEPLOYABLE, FLOOR, REQUIRED_FEATURES, Baseline, context, side_from_arrays,
+                                     side_from_windows)
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +280,6 @@ class Forecaster:
     def _reads_side(self) -> bool:
         if self.baselines:
             return True
-        from hfcast.models.baselines import REQUIRED_FEATURES
-
         return all(f in self.feature_names for f in REQUIRED_FEATURES)
 
     def member_natural(self, raw: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
@@ -304,8 +304,6 @@ class Forecaster:
         """Raw graph outputs + side inputs -> PRED_COLUMNS (calibrated), the step every runner shares."""
         nat = self.natural(raw, side)
         if self.calibrator is None:
-            from hfcast.models.base import gaussian_outputs
-
             out = gaussian_outputs(nat)
         else:
             out = self.calibrator.apply(nat, context(side) if side is not None else None)
@@ -328,8 +326,6 @@ class Forecaster:
 
     def confidence_info(self) -> dict[str, Any]:
         """Whether this version's confidences carry information (for the API and prediction files)."""
-        from hfcast.models.base import confidence_info
-
         return confidence_info(self.calibrator)
 
     # -- whole predictions ---------------------------------------------------------------------------
@@ -370,8 +366,6 @@ class Forecaster:
                 files[f"members/{arch}/{name}"] = data
         for name, data in files.items():
             storage.write_bytes(storage.join(path, name), data, storage_options)
-        from hfcast.integrity import manifest_of
-
         storage.write_text(storage.join(path, CHECKSUMS), json.dumps(manifest_of(files), indent=1), storage_options)
         log.info("saved forecaster (%s) to %s", self.kind, path)
         return path
@@ -380,8 +374,6 @@ class Forecaster:
     def load(cls, path: str, storage_options: dict | None = None) -> "Forecaster":
         """Rebuild a bundle written by :meth:`save` (its checksums verified), or a single network's
         bundle of an older release (served as that network)."""
-        from hfcast.integrity import BundleReader
-
         reader = BundleReader(str(path), storage_options)
         doc = reader.json("model.json")
         if doc.get("format") != FORMAT:

@@ -76,7 +76,7 @@ def walkforward_config(settings: Settings, last_date: str | None = None, max_fol
         section["last_date"] = str(last_date)
     if max_folds is not None:
         section["max_folds"] = int(max_folds)
-    return WalkForwardConfig.from_params(section)
+    return WalkForwardConfig.from_params(section, settings.market)
 
 
 #: the architectures a forecaster is chosen from when nothing says otherwise (params.yaml forecaster.archs)

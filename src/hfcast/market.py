@@ -435,35 +435,18 @@ def get_market(spec: Mapping[str, Any] | str | tuple | None = None) -> Market:
     return _cached(key)
 
 
-_CONFIGURED: list[Market] = []
+def default() -> Market:
+    """The XNYS calendar: the explicit fallback of a function called with ``market=None``.
 
-
-def set_default_market(market: Market | Mapping[str, Any] | str | None) -> Market:
-    """Make ``market`` the calendar of this process for callers that pass none.
-
-    Why: functions that take no calendar (walk-forward's trade dates) fall back on it. An entry
-    point says so explicitly once it has its settings (the command line's ``_settings``, a
-    component's ``step_settings``: ``set_default_market(settings.market)``); building settings sets
-    nothing. Everything that has the settings or a ``market=`` argument passes the calendar as a
-    value (:attr:`hfcast.config.Settings.market`).
+    Why a constant and not a setting: the configured calendar travels as a value
+    (:attr:`hfcast.config.Settings.market`, passed down as ``market=``); nothing process-wide can
+    change what ``None`` means, so two settings with different calendars in one process never mix.
     """
-    m = market if isinstance(market, Market) else get_market(market)
-    _CONFIGURED[:] = [m]
-    return m
-
-
-def reset_default_market() -> None:
-    """Forget the configured calendar (back to XNYS): for tests that run several CLI commands."""
-    _CONFIGURED.clear()
-
-
-def default_market() -> Market:
-    """The configured calendar of this process (:func:`set_default_market`), else XNYS."""
-    return _CONFIGURED[0] if _CONFIGURED else get_market(None)
+    return get_market(None)
 
 
 def resolve(market: Market | Mapping[str, Any] | str | None) -> Market:
-    """Accept a Market, a spec or None (the process default): what every consumer's ``market=`` takes."""
+    """Accept a Market, a spec or None (XNYS, :func:`default`): what every consumer's ``market=`` takes."""
     if market is None:
-        return default_market()
+        return default()
     return market if isinstance(market, Market) else get_market(market)

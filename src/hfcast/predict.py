@@ -100,8 +100,8 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
         runner: an :mod:`hfcast.export` runner (``.run(windows_scaled) -> raw``); None = torch eager.
         model_slot: held while the model runs (a semaphore shared by the dates of a batch run:
             ``workers`` dates in the model at once, the others reading or writing meanwhile).
-        market: the calendar whose trade dates bound a sparse forward fill (None:
-            :func:`hfcast.market.default_market`).
+        market: the calendar whose trade dates bound a sparse forward fill and the windows'
+            sessions (the settings'; None: XNYS, :func:`hfcast.market.default`).
 
     Returns:
         (frame with symbol, ts, PRED_COLUMNS, INFO_COLUMNS, filled; timings in seconds for window,
@@ -113,7 +113,7 @@ def predict_frame(forecaster: Any, features: pd.DataFrame, mode: str = "dense", 
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     t0 = time.perf_counter()
     wa = build_windows(features, forecaster.feature_names, stride=SPARSE_STRIDE if mode == "sparse" else 1,
-                       label_cols=None)
+                       label_cols=None, market=market)
     side = forecaster.side_inputs_arrays(wa)  # the baselines' inputs and the context, from the same windows
     scaled = dataclasses.replace(wa, X=np.ascontiguousarray(forecaster.scaler.transform(wa.X)), _view=None)
     t_built = time.perf_counter()

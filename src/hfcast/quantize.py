@@ -104,7 +104,7 @@ def _rel_change(new: float, old: float) -> float:
 
 
 def guard(forecaster: Any, fp32: Callable, int8: Callable, frame: Any, dates: list[str] | None = None,
-          max_windows: int = GUARD_MAX_WINDOWS, tol: float = GUARD_REL_TOL) -> dict[str, Any]:
+          max_windows: int = GUARD_MAX_WINDOWS, tol: float = GUARD_REL_TOL, market: Any = None) -> dict[str, Any]:
     """Score fp32 and int8 on the same labelled windows of ``frame``; pass iff both scores move < tol.
 
     Args:
@@ -113,7 +113,7 @@ def guard(forecaster: Any, fp32: Callable, int8: Callable, frame: Any, dates: li
     """
     from hfcast.features.windows import build_windows
 
-    wa = build_windows(frame, forecaster.feature_names)
+    wa = build_windows(frame, forecaster.feature_names, market=market)
     if wa.y is None:
         raise ValueError("quantization guard: the validation frame has no labels (ret_60m, rv_10m)")
     y = wa.labels()
@@ -139,7 +139,7 @@ def forecaster_scaled(forecaster: Any, wa: Any) -> Any:
 
 
 def quantize_and_guard(forecaster: Any, onnx_path: str | Path, frame: Any = None,
-                       dates: list[str] | None = None, threads: int | None = None) -> dict[str, Any]:
+                       dates: list[str] | None = None, threads: int | None = None, market: Any = None) -> dict[str, Any]:
     """Write ``model.int8.onnx`` and ``quantization.json`` beside ``onnx_path``; return the report.
 
     Without a validation frame the int8 model is still written, but the report says it was not
@@ -158,7 +158,7 @@ def quantize_and_guard(forecaster: Any, onnx_path: str | Path, frame: Any = None
         report["guard"] = {"passed": False,
                            "reason": "no validation span available: int8 not guarded, not used by auto"}
     else:
-        report["guard"] = guard(forecaster, fp32.run, int8.run, frame, dates)
+        report["guard"] = guard(forecaster, fp32.run, int8.run, frame, dates, market=market)
     report["use_int8"] = bool(report["guard"]["passed"])
     write_report(onnx_path.parent, report)
     log.info("int8 quantization: guard %s (%s)", "passed" if report["use_int8"] else "failed",
@@ -226,7 +226,7 @@ def cpu_choice(bundle_dir: str | Path, onnx_path: str | Path, lake: Any = None) 
         if frame is None:  # nothing to guard with: fp32, and nothing cached (the lake may gain the span)
             log.info("int8 not considered: the lake lacks this version's validation span %s", fc.meta.get("val_dates"))
             return "onnxruntime", str(onnx_path)
-        report = quantize_and_guard(fc, onnx_path, frame, dates)
+        report = quantize_and_guard(fc, onnx_path, frame, dates, market=lake.market)
     if report and report.get("use_int8") and (folder / INT8_FILE).exists():
         return INT8_KIND, str(folder / INT8_FILE)
     return "onnxruntime", str(onnx_path)

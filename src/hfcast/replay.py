@@ -33,9 +33,13 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Sequence
 
+from hfcast import journal, promotion, registry, storage, versioning
 from hfcast.config import Settings
-from hfcast import journal, storage
 from hfcast.errors import UserError
+from hfcast.gate import GateDecision
+from hfcast.lifecycle import LINEAGE_TAGS, RetrainHere, check_decision_date, retrain
+from hfcast.monitoring import retraining as R
+from hfcast.registry import champion
 from hfcast.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -69,8 +73,6 @@ def _day_view(j: journal.Journal) -> dict[str, Any]:
 
 def champion_version(settings: Settings) -> str | None:
     """The champion now; None only when the registry says there is none (an outage raises)."""
-    from hfcast.registry import champion
-
     mv = champion(settings)
     return None if mv is None else str(mv.version)
 
@@ -92,8 +94,6 @@ def _arrive(settings: Settings, lake: Lake, dates: Sequence[str], versions: Any 
 
 def _version(settings: Settings, last: str, versions: Any = None) -> str:
     """The features' dataset version now (DVC add + push of the day, :mod:`hfcast.versioning`)."""
-    from hfcast import versioning
-
     return versioning.features_version(settings, versions, message=f"features up to {last}")
 
 
@@ -103,8 +103,6 @@ def _bootstrap(settings: Settings, lake: Lake, first: str, archs: Sequence[str],
 
     Journaled as the date ``bootstrap``; a rerun after a kill resumes the same retraining (same
     retrain key), so it never registers a second first model."""
-    from hfcast.lifecycle import retrain
-
     history = [d for d in lake.dates("raw") if d < first]
     if not history:
         raise UserError(f"no champion and no raw dates before {first} to train a first one on",
@@ -117,9 +115,6 @@ def _bootstrap(settings: Settings, lake: Lake, first: str, archs: Sequence[str],
         if not out["promoted"]:
             log.warning("first model v%s rejected by the gate (%s): promoting it as the bootstrap champion",
                         out["new_version"], out["gate"])
-            from hfcast import promotion
-            from hfcast.gate import GateDecision
-
             promotion.promote(settings, out["new_version"], GateDecision.force("replay bootstrap: first model"))
         rec["version"] = str(out["new_version"])
     return rec["version"]
@@ -128,8 +123,6 @@ def _bootstrap(settings: Settings, lake: Lake, first: str, archs: Sequence[str],
 def _release_dead_lease(lake: Lake, model: str, date: str) -> None:
     """Remove the retraining lease a killed run of this date left (the replay is its lake's only writer):
     taken before the decision was recorded, it has no record to resume."""
-    from hfcast.monitoring import retraining as R
-
     held = R.lease_holder(lake, model)
     if held and held.get("date") == date:
         log.warning("%s: removing the retraining lease a killed run left before recording its decision", date)
@@ -159,9 +152,6 @@ def _monitor(settings: Settings, lake: Lake, date: str, model: str, version: str
 
 def _refuse_look_ahead(settings: Settings, model: str, version: str | None, date: str) -> None:
     """A champion promoted on ``date`` must have seen no data after it (checked again, from its tags)."""
-    from hfcast import registry
-    from hfcast.lifecycle import check_decision_date
-
     if version is None:
         raise UserError(f"{date}: the champion alias of {model} disappeared during the day",
                         "promote a version (`hfcast registry promote`) and run the replay again")
@@ -234,8 +224,6 @@ def run_replay(settings: Settings, first: str, last: str, *, archs: Sequence[str
         ``{days: {date: {arrive, predict: {version}, monitor: {action, version, trigger}, champion_after}},
         first, last, bootstrap}``.
     """
-    from hfcast.lifecycle import RetrainHere
-
     lake = Lake.from_settings(settings)
     model = settings.model_name
     days = [d for d in lake.dates("raw") if first <= d <= last]
@@ -256,9 +244,6 @@ def run_replay(settings: Settings, first: str, last: str, *, archs: Sequence[str
 
 def versions_seen(settings: Settings) -> list[dict[str, Any]]:
     """Each registered version with the dates of its data (lineage tags) and its gate decision."""
-    from hfcast import registry
-    from hfcast.lifecycle import LINEAGE_TAGS
-
     out = []
     for v in registry.list_versions(settings):
         tags = dict(registry.resolve(settings, f"{settings.model_name}/{v['version']}").tags)

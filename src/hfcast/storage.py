@@ -19,7 +19,7 @@ import os
 import re
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 from pathlib import Path
 from typing import Any, Iterator
@@ -259,6 +259,9 @@ class Lake:
 
     url: str
     storage_options: dict[str, Any] | None = None
+    #: the trading calendar of the lake's data (hfcast.market.Market; None = XNYS): what windows
+    #: built from it count sessions in; :meth:`from_settings` gives the settings' own
+    market: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str | None = None) -> "Lake":
@@ -267,7 +270,7 @@ class Lake:
         url = check_storage_url(url, "--lake") if url else settings.lake_url
         if "://" not in url:
             url = Path(url).resolve().as_uri()
-        return cls(url.rstrip("/"), settings.storage_options_for(url) or None)
+        return cls(url.rstrip("/"), settings.storage_options_for(url) or None, settings.market)
 
     def table(self, name: str) -> str:
         return join(self.url, name)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -37,7 +37,8 @@ from hfcast.features.stream import SpanReader, open_training_source
 from hfcast.features.windows import (LABEL_COLS, Scaler, WindowArrays, build_windows, label_moments, merge_moments,
                                      nan_moments)
 from hfcast.forecaster import Choice, compose
-from hfcast.market import default_market, resolve
+from hfcast.market import Market, resolve
+from hfcast.market import default as xnys
 from hfcast.models.baselines import (BASELINES, CONTEXT_FEATURES, DEPLOYABLE, LAST_ROW_FEATURES, RETURN_FEATURE, TRUTH,
                                      baseline_inputs, check_features, context, fit_baselines)
 from hfcast.pyfunc import example_windows
@@ -53,7 +54,13 @@ MODES = ("expanding", "sliding")
 
 @dataclass(frozen=True)
 class WalkForwardConfig:
-    """Walk-forward schedule, in trading days of the lake's date list."""
+    """Walk-forward schedule, in trading days of the lake's date list.
+
+    ``market`` is the calendar those trading days are sessions of (``Settings.market``, passed by
+    :meth:`from_params`; XNYS when built without one): it sets the embargo a label horizon needs and
+    the trade dates of the spans. It is a value, not a ``walkforward:`` key (the calendar is
+    params.yaml ``market:``).
+    """
 
     mode: str = "expanding"          # expanding: train from the first date; sliding: last train_days
     train_days: int = 10             # minimum (expanding) / exact (sliding) training span
@@ -73,6 +80,7 @@ class WalkForwardConfig:
     select_max_windows: int | None = 500_000    # seeded sample of validation windows the choice reads
     max_prediction_rows: int | None = 250_000   # test rows per model kept in the predictions table
     sample_seed: int = 0                     # seed of those samples
+    market: Market = field(default_factory=xnys, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("first_test_date", "last_date"):  # YAML reads 2024-01-02 as a date: dates compare as ISO text
@@ -89,7 +97,8 @@ class WalkForwardConfig:
         if self.step < self.test_days:
             raise ValueError(f"walkforward.step_days ({self.step}) < test_days ({self.test_days}): "
                              "test spans would overlap and a day would be scored twice")
-        need = min_embargo_days(self.label_horizon_minutes)
+        object.__setattr__(self, "market", resolve(self.market))
+        need = min_embargo_days(self.label_horizon_minutes, self.market)
         if self.embargo_days < need:
             raise ValueError(f"walkforward.embargo_days={self.embargo_days} is shorter than the label "
                              f"horizon ({self.label_horizon_minutes} min needs >= {need} day(s))")
@@ -101,16 +110,20 @@ class WalkForwardConfig:
         return int(self.step_days if self.step_days is not None else self.test_days)
 
     @classmethod
-    def from_params(cls, section: Mapping[str, Any] | None) -> "WalkForwardConfig":
+    def from_params(cls, section: Mapping[str, Any] | None, market: Market | None = None) -> "WalkForwardConfig":
         """Build from the ``walkforward:`` mapping of params.yaml; unknown keys are an error.
 
-        The ``models`` key (per-architecture config overrides) is read by :func:`model_configs`.
+        The ``models`` key (per-architecture config overrides) is read by :func:`model_configs`;
+        ``market`` is the settings' calendar (None: XNYS).
         """
         section = {k: v for k, v in (section or {}).items() if k != "models"}
-        return cls(**checked_section(cls, section, "walkforward parameter(s)"))
+        if "market" in section:
+            raise ValueError("walkforward.market is not a walk-forward setting: set the calendar in params.yaml market:")
+        return cls(**checked_section(cls, section, "walkforward parameter(s)"), market=market)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The ``walkforward:`` settings (:meth:`from_params` takes them back; the calendar is ``market:``)."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "market"}
 
 
 def model_configs(section: Mapping[str, Any] | None) -> dict[str, dict]:
@@ -122,9 +135,9 @@ def model_configs(section: Mapping[str, Any] | None) -> dict[str, dict]:
     return {k: dict(v) for k, v in models.items()}
 
 
-def min_embargo_days(horizon_minutes: int) -> int:
-    """Whole trading days needed so a label of this horizon cannot reach the next span."""
-    return max(1, math.ceil(horizon_minutes / default_market().regular_minutes()))
+def min_embargo_days(horizon_minutes: int, market: Market | None = None) -> int:
+    """Whole trading days of ``market`` (None: XNYS) needed so a label of this horizon cannot reach the next span."""
+    return max(1, math.ceil(horizon_minutes / resolve(market).regular_minutes()))
 
 
 @dataclass(frozen=True)
@@ -200,9 +213,9 @@ def generate_folds(dates: Sequence[str], cfg: WalkForwardConfig) -> Iterator[Fol
         yield Fold(index=k, train=train, val=val, test=test, embargo=embargo)
 
 
-def folds_from_settings(dates: Sequence[str], params: Mapping[str, Any]) -> list[Fold]:
-    """Folds for the ``walkforward:`` section of a params mapping."""
-    return list(generate_folds(dates, WalkForwardConfig.from_params(params.get("walkforward"))))
+def folds_from_settings(dates: Sequence[str], params: Mapping[str, Any], market: Market | None = None) -> list[Fold]:
+    """Folds for the ``walkforward:`` section of a params mapping, in sessions of ``market`` (None: XNYS)."""
+    return list(generate_folds(dates, WalkForwardConfig.from_params(params.get("walkforward"), market)))
 
 
 # -- orchestration: every architecture and baseline on identical folds -------------------------
@@ -276,7 +289,7 @@ def trading_dates(dates: Sequence[str], market: Any = None) -> list[str]:
 def _folds(reader, wf_cfg: WalkForwardConfig, dates: Sequence[str] | None, from_lake: bool) -> list[Fold]:
     """The folds over the trading dates that hold features (a lake partition without rows - a
     closed exchange, a failed day - is not a trading day; the parquet footers tell)."""
-    days = trading_dates(dates or reader.dates())
+    days = trading_dates(dates or reader.dates(), wf_cfg.market)
     folds = list(generate_folds(days, wf_cfg))
     if not from_lake:
         return folds
@@ -306,7 +319,7 @@ def prepare(lake, wf_cfg: WalkForwardConfig, dates: Sequence[str] | None = None,
             feature_names: Sequence[str] | None = None) -> Prepared:
     """Folds and features for :func:`train_members` and :func:`select_folds` (reads parquet footers
     and the feature-set file only)."""
-    reader = SpanReader(lake=lake) if frame is None else SpanReader(frame=frame)
+    reader = SpanReader(lake=lake, market=wf_cfg.market) if frame is None else SpanReader(frame=frame, market=wf_cfg.market)
     folds = _folds(reader, wf_cfg, dates, frame is None)
     names = list(feature_names) if feature_names is not None else _feature_names(lake, reader)
     check_features(names)
@@ -316,7 +329,7 @@ def prepare(lake, wf_cfg: WalkForwardConfig, dates: Sequence[str] | None = None,
 def _windows(prep: Prepared, frame, stride: int, fold: Fold | None = None, span: str | None = None,
              feature_names: Sequence[str] | None = None):
     """Windows of a frame of whole dates at a stride; with ``span`` (a whole span), none is an error."""
-    wa = build_windows(frame, list(feature_names or prep.feature_names), stride=stride)
+    wa = build_windows(frame, list(feature_names or prep.feature_names), stride=stride, market=prep.reader.market)
     if span is not None and not len(wa):
         raise ValueError(f"{fold.describe()} has no {span} windows ({len(frame)} feature rows)")
     return wa
@@ -330,7 +343,7 @@ def _train_data(prep: Prepared, fold: Fold, wf_cfg: WalkForwardConfig, train_cfg
         from hfcast.train import TrainConfig
 
         data = open_training_source(prep.lake, fold.train, prep.feature_names, train_cfg or TrainConfig(),
-                                    wf_cfg.train_stride)
+                                    wf_cfg.train_stride, wf_cfg.market)
     else:
         data = _windows(prep, prep.reader.read(fold.train, [*prep.feature_names, *LABEL_COLS]), wf_cfg.train_stride,
                         fold, "training")
@@ -676,9 +689,9 @@ def span_evaluator(settings: Settings, stride: int | None = None):
         stride: evaluation stride in minutes (default: ``walkforward.eval_stride`` of params.yaml).
     """
     lake = Lake.from_settings(settings)
-    wf = WalkForwardConfig.from_params(settings.param("walkforward", {}))
+    wf = WalkForwardConfig.from_params(settings.param("walkforward", {}), settings.market)
     stride = wf.eval_stride if stride is None else stride
-    reader = SpanReader(lake=lake)
+    reader = SpanReader(lake=lake, market=wf.market)
 
     def evaluate(model_uri: str, spans: Sequence[Sequence[str]]) -> dict[str, float]:
         dates = [d for d in lake.dates("features") if any(str(a) <= d <= str(b) for a, b in spans)]
@@ -687,7 +700,7 @@ def span_evaluator(settings: Settings, stride: int | None = None):
         fc = load_forecaster(settings, model_uri)
         stream = ScoreStream(wf.max_prediction_rows, wf.sample_seed)
         for _, frame in reader.chunks(dates, wf.chunk_rows):
-            wa = build_windows(frame, fc.feature_names, stride=stride)
+            wa = build_windows(frame, fc.feature_names, stride=stride, market=wf.market)
             base = frame.loc[wa.ends, ["symbol", "ts", "ret_60m", "rv_10m"]].reset_index(drop=True)
             stream.add(pd.concat([base, fc.predict_arrays(wa)], axis=1))
         scores = stream.pooled()

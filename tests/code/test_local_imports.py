@@ -8,8 +8,8 @@ excluded): ``torch`` kept out of ``hfcast --help``, ``mlflow`` out of the monito
 ``evidently`` until a report is made. Any other function-level import (the standard library, a
 light core module, a package the module imports anyway) is a hidden dependency and fails here.
 
-:data:`PENDING` counts the ones left in modules that other work in flight is rewriting (the replay's
-start-up); it may only go down.
+:data:`PENDING` counts the ones a module may keep while other work in flight rewrites it (none
+now); it may only go down.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ HEAVY = frozenset({
 })
 
 #: unjustified function-level imports left in modules that other changes in flight are rewriting
-PENDING = {"src/hfcast/replay.py": 11, "src/hfcast/forecaster.py": 5}
+PENDING: dict[str, int] = {}
 
 
 def _path(module: str) -> Path | None:

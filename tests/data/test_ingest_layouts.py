@@ -158,7 +158,7 @@ def test_european_file_read_in_the_wrong_time_zone_is_diagnosed(tmp_path):
     assert "check --tz" in summary["diagnoses"]["2024-03-11"]
 
 
-def test_european_futures_through_the_cli(tmp_path):  # conftest puts the process calendar back
+def test_european_futures_through_the_cli(tmp_path):
     """The exact command of docs/MARKET_DATA.md, with the custom session in params.yaml."""
     mk = Market(EU_SPEC)
     src = tmp_path / "FDAX_1min.csv"

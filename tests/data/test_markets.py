@@ -73,33 +73,65 @@ def test_params_and_calendar_option():
 
 def test_settings_carry_the_calendar_as_a_value(tmp_path):
     """A component decodes its settings parameter: the settings carry that market (not XNYS), and
-    building them changes nothing process-wide; the step's entry point makes it the fallback of
-    the stages that take no calendar, explicitly."""
+    neither building them nor a step's entry point changes anything process-wide: ``market=None``
+    still means XNYS afterwards."""
     from components._common import step_settings
     from hfcast.config import get_settings, settings_from_param
-    from hfcast.market import default_market
+    from hfcast.features.stream import SpanReader
 
     local = get_settings(env={"HFCAST_HOME": str(tmp_path)}, cwd=tmp_path)  # no params.yaml: XNYS
     text = local.with_(params={"market": {"calendar": "XLON"}}).to_param()  # what the pipeline passes
     env = {"HFCAST_HOME": str(tmp_path), "HFCAST_PARAMS": str(tmp_path / "none.yaml")}
     s = settings_from_param(text, env=env)
     assert s.market.name == "XLON" and s.market is s.with_(lake_url="file:///elsewhere").market
-    assert default_market().name == "XNYS"  # building settings set nothing process-wide
     open_, close, n = s.market.session("2024-03-05")  # London winter: 08:00-16:30 UTC
     assert (open_, close, n) == (pd.Timestamp("2024-03-05 08:00", tz="UTC"), pd.Timestamp("2024-03-05 16:30", tz="UTC"), 510)
     stamp = pd.Series([pd.Timestamp("2024-03-05 09:00", tz="UTC")])
     assert schema.minute_of_session(stamp, s.market).tolist() == [60]
-    assert schema.minute_of_session(stamp).tolist() == [-1]  # the fallback is still New York (not in session)
     import os
 
     os.environ.update(env)
     try:
-        assert step_settings(text).market.name == "XLON" and default_market().name == "XLON"
+        assert step_settings(text).market.name == "XLON"
     finally:
         for k in env:
             os.environ.pop(k)
+    frame = pd.DataFrame({"symbol": ["A"], "ts": [pd.Timestamp("2024-03-05 09:00", tz="UTC")]})
+    assert schema.minute_of_session(stamp).tolist() == [-1]  # after the step: None is still New York
+    assert SpanReader(frame=frame).market.name == "XNYS"
+    assert SpanReader(frame=frame, market=s.market).market.name == "XLON"
     with pytest.raises(ValueError, match="custom calendar needs"):
         settings_from_param('{"params": {"market": {"calendar": "custom"}}}', env={"HFCAST_HOME": str(tmp_path)}).market
+
+
+def test_two_calendars_in_one_process_do_not_mix(tmp_path):
+    """Two settings with different calendars, used one after the other in one process, each get
+    their own trade dates and embargo: nothing the first sets leaks into the second (the calendar is
+    a value, there is no process-wide one to set)."""
+    from hfcast.config import get_settings
+    from hfcast.features.stream import SpanReader
+    from hfcast.walkforward import WalkForwardConfig
+
+    base = get_settings(env={"HFCAST_HOME": str(tmp_path)}, cwd=tmp_path)
+    short = {"calendar": "custom", "tz": "Europe/Berlin", "open": "09:00", "close": "10:00"}  # 60-minute sessions
+    tokyo, berlin, newyork = (base.with_(params={"market": m}) for m in ("XTKS", short, "XNYS"))
+    ts = pd.to_datetime(["2024-03-05 01:00", "2024-03-05 15:00"], utc=True)  # Tokyo morning; New York midday
+    frame = pd.DataFrame({"symbol": ["A", "A"], "ts": ts})
+    assert SpanReader(frame=frame, market=tokyo.market).dates() == ["2024-03-05", "2024-03-06"]
+    assert SpanReader(frame=frame, market=newyork.market).dates() == ["2024-03-04", "2024-03-05"]
+    assert SpanReader(frame=frame, market=tokyo.market).dates() == ["2024-03-05", "2024-03-06"]  # unchanged by New York
+    section = {"label_horizon_minutes": 120, "embargo_days": 1}
+    with pytest.raises(ValueError, match=r"needs >= 2 day"):  # two 60-minute sessions for a 120-minute label
+        WalkForwardConfig.from_params(section, berlin.market)
+    assert WalkForwardConfig.from_params(section, newyork.market).market.name == "XNYS"  # one 390-minute session
+    assert WalkForwardConfig.from_params({**section, "embargo_days": 2}, berlin.market).market is berlin.market
+    with pytest.raises(ValueError, match="walkforward.market is not a walk-forward setting"):
+        WalkForwardConfig.from_params({"market": "XLON"})
+    # the lake of a project carries its calendar to what builds windows from a lake alone (backtest
+    # baselines, attributions, the int8 guard); a bare Lake is XNYS
+    from hfcast.storage import Lake
+
+    assert Lake.from_settings(tokyo).market is tokyo.market and Lake(str(tmp_path)).market is None
 
 
 def test_trading_age_does_not_count_closed_hours():

@@ -253,7 +253,7 @@ def _screen(df: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 def aggregate_ticks(trades: pd.DataFrame, quotes: pd.DataFrame | None = None, market: Market | None = None
                     ) -> pd.DataFrame:
     """Minute bars from screened, time-ordered ticks (rules in the module docstring); ``market``
-    dates the symbol-days of quote state (None: :func:`hfcast.market.default_market`)."""
+    dates the symbol-days of quote state (None: :func:`hfcast.market.default`, XNYS)."""
     frames = []
     if len(trades):
         t = trades.assign(minute=trades["ts"].dt.floor("min"), pv=trades["price"] * trades["size"])
@@ -336,7 +336,7 @@ def ingest(paths: list[str], fmt: str, lake: Lake, tz: str | None = None,
         date: the session date of LOBSTER files whose name does not carry it.
         progress: show rich progress bars on stderr.
         jump_limit: the absurd-jump limit passed to validation.
-        market: the calendar (hfcast.market; None = :func:`hfcast.market.default_market`): trade
+        market: the calendar (hfcast.market; None = XNYS, :func:`hfcast.market.default`): trade
             dates, sessions, default tz.
         stamp: ``start`` (the contract) or ``end`` for bar files stamped at the bar's end.
         epoch_unit: s, ms, us or ns for numeric timestamps (None: from their magnitude).

@@ -44,7 +44,7 @@ from hfcast.features import engine
 from hfcast.features.engine import load_features
 from hfcast.features.windows import (LABEL_COLS, BatchIndexSampler, Scaler, WindowArrays, WindowDataset, build_windows,
                                      fit_scaler, label_moments, merge_moments, nan_moments)
-from hfcast.market import default_market
+from hfcast.market import Market, resolve
 from hfcast.storage import Lake, filesystem
 
 log = logging.getLogger(__name__)
@@ -385,15 +385,17 @@ class SpanReader:
     Args:
         lake: the lake with the ``features`` table (None when ``frame`` is given).
         frame: an in-memory features frame (tests, benchmarks) instead of the lake.
+        market: the calendar whose trade dates a frame's rows belong to (``Settings.market``;
+            None: XNYS): a value, so two readers over different calendars never mix.
     """
 
-    def __init__(self, lake: Lake | None = None, frame: Any = None):
+    def __init__(self, lake: Lake | None = None, frame: Any = None, market: Market | None = None):
         if (lake is None) == (frame is None):
             raise ValueError("SpanReader reads a lake or a frame: give exactly one")
-        self.lake, self.frame = lake, None
+        self.lake, self.frame, self.market = lake, None, resolve(market)
         if frame is not None:
             self.frame = frame.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
-            self._day = pd.Series(default_market().trade_date(self.frame["ts"]))  # ISO trade date of every row
+            self._day = pd.Series(self.market.trade_date(self.frame["ts"]))  # ISO trade date of every row
 
     def dates(self) -> list[str]:
         """Every date there is (the lake's features partitions; the frame's trade dates)."""

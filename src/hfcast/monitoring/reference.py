@@ -77,7 +77,7 @@ def build_reference(settings: Settings, forecaster_or_bundle: Any, train_dates: 
     parts = []
     for d in dates:
         df = lake.read("features", d)
-        wa = build_windows(df, fc.feature_names, label_cols=None)
+        wa = build_windows(df, fc.feature_names, label_cols=None, market=settings.market)
         pick = np.sort(rng.choice(len(wa), size=min(per_date, len(wa)), replace=False))
         pred = fc.predict(wa.windows(pick))
         rows = df.iloc[wa.ends[pick]][["symbol", "ts", *fc.feature_names]].reset_index(drop=True)
@@ -86,7 +86,7 @@ def build_reference(settings: Settings, forecaster_or_bundle: Any, train_dates: 
     if len(ref) > n_rows:
         ref = ref.sample(n_rows, random_state=seed).sort_values(["symbol", "ts"]).reset_index(drop=True)
     if test_scores is None and test_dates:
-        test_scores = _score_dates(lake, fc, test_dates)
+        test_scores = _score_dates(lake, fc, test_dates, settings.market)
     doc = {"model": name, "version": version, "train_dates": dates, "rows": len(ref), "seed": seed,
            "features": list(fc.feature_names), "test_dates": list(test_dates or []),
            "test_scores": {k: float(v) for k, v in (test_scores or {}).items() if k in ("vol_qlike", "ret_ic")},
@@ -98,11 +98,11 @@ def build_reference(settings: Settings, forecaster_or_bundle: Any, train_dates: 
     return doc
 
 
-def _score_dates(lake: Lake, fc: Any, dates: Sequence[str]) -> dict[str, float]:
+def _score_dates(lake: Lake, fc: Any, dates: Sequence[str], market: Any) -> dict[str, float]:
     from hfcast.features.windows import build_windows
 
     frame = load_features(lake, dates)
-    wa = build_windows(frame, fc.feature_names)
+    wa = build_windows(frame, fc.feature_names, market=market)
     pred = pd.concat([fc.predict(wa.windows(np.arange(a, min(a + 8192, len(wa))))) for a in range(0, len(wa), 8192)],
                      ignore_index=True)
     labels = frame.loc[wa.ends, ["ts", "ret_60m", "rv_10m"]].reset_index(drop=True)
@@ -198,7 +198,7 @@ def reference_from_registry(settings: Settings, ref: str, cfg: MonitorConfig | N
         train = [d for d in dates if first <= d <= last]
     else:
         last_start = str(scores["test_spans"][-1][0])
-        wf = WalkForwardConfig.from_params(settings.param("walkforward", {}))
+        wf = WalkForwardConfig.from_params(settings.param("walkforward", {}), settings.market)
         before = [d for d in dates if d < last_start]
         train = before[: max(0, len(before) - (2 * wf.embargo_days + wf.val_days))]
     if not train:
