@@ -376,7 +376,13 @@ def registered_export(settings: Settings, ref: str) -> Path:
     if folder is None:
         log.warning("%s version %s has no stored export (registered before exports were stored): exporting it "
                     "once and storing it with the version", mv.name, mv.version)
-        store_serving_export(settings, f"{mv.name}/{mv.version}")
+        try:
+            store_serving_export(settings, f"{mv.name}/{mv.version}")
+        except Exception as exc:  # a read-only identity (a server's) may not write the run: say so in one line
+            raise registry.RegistryError(f"cannot store the export of {mv.name} version {mv.version}: "
+                                         f"{type(exc).__name__}: {str(exc)[:200]}",
+                                         f"store it once as a user who may write the run "
+                                         f"(`hfcast export --model {mv.name}/{mv.version}`)") from exc
         folder = registry.fetch_export(settings, registry.resolve(settings, f"{mv.name}/{mv.version}"), bundle_dir)
     return folder
 
@@ -419,9 +425,17 @@ def serving_runner(kind: str, forecaster: Any, settings: Settings | None = None,
             onnx = Path(tempfile.mkdtemp(prefix="hfcast-onnx-")) / "model.onnx"
             export_for_serving(forecaster, onnx, lake)
     else:
-        meta = forecaster.meta
-        onnx = registered_export(settings, f"{meta['model_name']}/{meta['model_version']}") / "model.onnx"
-        bundle_dir, lake = onnx.parents[2], None  # the stored verdict is the registered one
+        ref = f"{forecaster.meta['model_name']}/{forecaster.meta['model_version']}"
+        try:
+            onnx = registered_export(settings, ref) / "model.onnx"
+            bundle_dir, lake = onnx.parents[2], None  # the stored verdict is the registered one
+        except registry.RegistryError as exc:  # e.g. an identity that may load the model, not its run's files
+            log.warning("%s: the export stored with the version cannot be fetched (%s); exporting the verified "
+                        "bundle here instead (fp32, at every start): let the serving identity read the run's "
+                        "artifacts to start from the stored export", ref, exc.problem)
+            onnx = Path(tempfile.mkdtemp(prefix="hfcast-onnx-")) / "model.onnx"
+            export_onnx(forecaster, onnx)
+            bundle_dir, lake = onnx.parent, None  # no guard verdict: auto keeps fp32
     if kind in ("onnxruntime", INT8_KIND):
         kind, path = cpu_model(bundle_dir, kind, onnx, lake, auto=auto)
         return make_runner(kind, forecaster, onnx_path=path)
