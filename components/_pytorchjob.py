@@ -23,7 +23,10 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # annotations only
+    from hfcast.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +186,7 @@ def run(api: Any, namespace: str, spec: JobSpec, timeout_s: float, poll_s: float
     return wait(api, namespace, spec.name, timeout_s, poll_s, sleep, clock)
 
 
-def logged_run(settings: Any, job: str) -> tuple[str, dict[str, float]]:
+def logged_run(settings: Settings, job: str) -> tuple[str, dict[str, float]]:
     """(run id, metrics) of the member run that rank 0 of ``job`` logged (tagged :data:`JOB_TAG`)."""
     from mlflow import MlflowClient
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from hfcast.config import deep_merge
+from hfcast.config import Settings, deep_merge
 from pipelines.names import LOCAL_TRAINING
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def run_demo(cfg: DemoConfig, home: Path, console: Any) -> dict[str, Any]:
     return summary
 
 
-def _replay(settings: Any, lake: Any, days: list[str], cfg: DemoConfig, console: Any) -> dict[str, Any]:
+def _replay(settings: Settings, lake: Any, days: list[str], cfg: DemoConfig, console: Any) -> dict[str, Any]:
     """The days after the first training, one by one in honest time (:func:`hfcast.replay.run_replay`):
     each day's features are DVC-versioned and pushed to the settings' ``dvc.remote`` (a local lake in
     place, an S3 lake through its local mirror), predicted by the champion of that moment, monitored
@@ -186,7 +186,7 @@ def _replay(settings: Any, lake: Any, days: list[str], cfg: DemoConfig, console:
             "versions": seen}
 
 
-def _serve_and_query(settings: Any, console: Any, home: Path) -> dict[str, Any]:
+def _serve_and_query(settings: Settings, console: Any, home: Path) -> dict[str, Any]:
     """Start ``hfcast serve`` on 127.0.0.1, send V1/V2 requests by window and by symbol, stop it."""
     import httpx
     import numpy as np
@@ -239,7 +239,7 @@ def _serve_and_query(settings: Any, console: Any, home: Path) -> dict[str, Any]:
     return out
 
 
-def _symbols(settings: Any) -> list[str]:
+def _symbols(settings: Settings) -> list[str]:
     from hfcast.storage import Lake
 
     lake = Lake.from_settings(settings)
@@ -247,7 +247,7 @@ def _symbols(settings: Any) -> list[str]:
     return sorted(lake.read("features", last, ["symbol"])["symbol"].astype(str).unique().tolist())
 
 
-def _write_report(settings: Any, home: Path) -> dict[str, Any]:
+def _write_report(settings: Settings, home: Path) -> dict[str, Any]:
     """The quant's report under ``<home>/report`` (hfcast.report), and the numbers the summary prints."""
     from hfcast import report
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from kserve import InferResponse
@@ -20,6 +20,9 @@ from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.infer_type import InferOutput
 
 from serving.validation import ParsedRequest
+
+if TYPE_CHECKING:  # annotations only
+    from hfcast.config import Settings
 
 log = logging.getLogger(__name__)
 MAX_ABS_Z = 1e4  # a feature this many standard deviations from its training mean is an input error
@@ -62,7 +65,7 @@ class VersionNotFound(ModelNotFound):
         self.reason = reason
 
 
-def load_forecaster(bundle: str | Path | None = None, ref: str | None = None, settings: Any = None):
+def load_forecaster(bundle: str | Path | None = None, ref: str | None = None, settings: Settings | None = None):
     """A local bundle folder, or a registry reference (``hfcast@champion``, ``hfcast/3``)."""
     if bundle is not None:
         from hfcast.forecaster import Forecaster
@@ -77,7 +80,7 @@ def load_forecaster(bundle: str | Path | None = None, ref: str | None = None, se
     return from_registry(settings or get_settings(), ref or "hfcast@champion")
 
 
-def feast_lookup(settings: Any) -> WindowLookup:
+def feast_lookup(settings: Settings) -> WindowLookup:
     """The Feast online store as a :data:`WindowLookup` (one cached store per process)."""
     from hfcast.feature_store import OnlineWindows
 

@@ -12,7 +12,10 @@ import datetime as dt
 import json
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only
+    from hfcast.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def deploy_local(settings: Any, version: str) -> dict[str, Any]:
+def deploy_local(settings: Settings, version: str) -> dict[str, Any]:
     """Write ``<home>/serving/deployed.json`` atomically (a polling server never reads half a file)."""
     marker = settings.home / "serving" / "deployed.json"
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +49,7 @@ def deploy_local(settings: Any, version: str) -> dict[str, Any]:
     return {**info, "where": str(marker)}
 
 
-def isvc_body(settings: Any, version: str, target: str, namespace: str, triton_uri: str = "") -> dict[str, Any]:
+def isvc_body(settings: Settings, version: str, target: str, namespace: str, triton_uri: str = "") -> dict[str, Any]:
     """The InferenceService for ``target`` (``serving.manifests``), in ``namespace``, tagged with the version."""
     from serving import manifests
 
@@ -86,7 +89,7 @@ def _in_cluster_api() -> Any:
     return client.CustomObjectsApi()
 
 
-def deploy(settings: Any, version: str, target: str = "auto", namespace: str = "hfcast", triton_uri: str = "",
+def deploy(settings: Settings, version: str, target: str = "auto", namespace: str = "hfcast", triton_uri: str = "",
            api: Any = None) -> dict[str, Any]:
     """Point serving at ``version``; returns what was deployed (``where``: marker path or namespace/name).
 

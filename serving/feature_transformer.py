@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import contextvars
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kserve
 from kserve import InferInput, InferRequest, InferResponse, model_server
@@ -20,6 +20,9 @@ from kserve import InferInput, InferRequest, InferResponse, model_server
 from hfcast.export import INPUT_NAME, OUTPUT_NAME
 from serving.core import ForecastService, Limits, feast_lookup, load_forecaster
 from serving.validation import parse_kserve
+
+if TYPE_CHECKING:  # annotations only
+    from hfcast.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ class FeatureTransformer(kserve.Model):
     """Pre/post-processing around a V2 predictor (Triton) that maps window [B,30,F] -> raw [B,4k]."""
 
     def __init__(self, name: str, predictor_host: str, bundle: str | None = None, ref: str | None = None,
-                 limits: Limits = Limits(), settings: Any = None, lookup: Any = None):
+                 limits: Limits = Limits(), settings: Settings | None = None, lookup: Any = None):
         super().__init__(name)
         self.predictor_host = predictor_host
         self.bundle, self.ref, self.limits, self.settings, self._lookup = bundle, ref, limits, settings, lookup

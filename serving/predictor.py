@@ -13,7 +13,7 @@ import functools
 import logging
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kserve
 import orjson
@@ -26,6 +26,9 @@ from serving import metrics, responses
 from serving.core import ForecastService, Limits, VersionNotFound, feast_lookup, load_forecaster
 from serving.dataplane import HfcastDataPlane
 from serving.validation import NUMBER_OUTPUTS, TEXT_OUTPUTS, ParsedRequest, parse_grpc, parse_http, parse_kserve, parse_v1
+
+if TYPE_CHECKING:  # annotations only
+    from hfcast.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class HfcastPredictor(kserve.Model):
     """A Forecaster behind the fastest runner available (onnxruntime on CPU, TensorRT on GPU)."""
 
     def __init__(self, name: str = "hfcast", bundle: str | Path | None = None, ref: str | None = None,
-                 runner: str = "auto", limits: Limits = Limits(), settings: Any = None,
+                 runner: str = "auto", limits: Limits = Limits(), settings: Settings | None = None,
                  use_feature_store: bool = True):
         super().__init__(name)
         self.bundle, self.ref, self.runner_kind = bundle, ref, runner
