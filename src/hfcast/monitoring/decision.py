@@ -186,9 +186,10 @@ def decide(history: Sequence[Mapping[str, Any]], checks: Checks, cfg: MonitorCon
         alarm = verdict.alarm is True
         judged.append((rule, verdict, [*_streak(prior, f"{rule.name}_alarm", alarm), checks.date] if alarm else []))
     wants, notes = _alarm_texts(checks, judged)
-    demote = {t: text for rule, verdict, dates in judged if rule.action == "demote" and len(dates) >= rule.consecutive
-              for text in [rule.message(checks, verdict, len(dates)) or rule.name] for t in rule.targets(checks)}
+    demote = _demotions(checks, judged)
     action, reasons = (_retrain_or_suppress(history, checks, cfg, running, wants) if wants else (NONE, notes))
+    if demote and action != NONE:  # the demotion's words are among the notes, which are not the reasons then
+        reasons = [*reasons, *dict.fromkeys(demote.values())]
     record: dict[str, Any] = {"id": uuid.uuid4().hex[:12], "date": checks.date, "version": str(checks.version),
                               "action": action, "reasons": reasons, "explanation": f"{action}: " + "; ".join(reasons)}
     for rule, verdict, dates in judged:
@@ -197,10 +198,16 @@ def decide(history: Sequence[Mapping[str, Any]], checks: Checks, cfg: MonitorCon
                   checks=checks.to_dict(), trigger=None, decided_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if demote:  # the confidences the monitor demotes on the version (hfcast.monitoring.drift._act)
         record["demote"] = demote
-        if action != NONE:  # the demotion's words are in the notes only when nothing else is decided
-            record["reasons"] = [*reasons, *dict.fromkeys(demote.values())]
-            record["explanation"] = f"{action}: " + "; ".join(record["reasons"])
     return record
+
+
+def _demotions(checks: Checks, judged: list[tuple[MonitorRule, Verdict, list[str]]]) -> dict[str, str]:
+    """``{target: why}`` of the "demote" rules whose alarm held on their K dates in a row."""
+    out: dict[str, str] = {}
+    for rule, verdict, dates in judged:
+        if rule.action == "demote" and len(dates) >= rule.consecutive:
+            out.update(dict.fromkeys(rule.targets(checks), rule.message(checks, verdict, len(dates)) or rule.name))
+    return out
 
 
 def _alarm_texts(checks: Checks, judged: list[tuple[MonitorRule, Verdict, list[str]]]) -> tuple[list[str], list[str]]:
