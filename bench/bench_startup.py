@@ -8,7 +8,9 @@ one machine, rounds interleaved so that both sides see the same load:
 - before: the code of ``--before`` (the commit before the stored export), run from a ``git archive``
   of it against the same registry, version and feature store;
 - after: this tree, serving a version registered the platform's way (``lifecycle.register_version``:
-  registration exports and stores; the time it adds to a registration is reported too);
+  registration exports and stores; the time it adds to a registration is reported too); the server
+  fetches the version (MLflow import, resolve, download, verify) in a forked child process while it
+  imports KServe, torch and Feast (``serving.cli.prefetch``), so two cores overlap the two halves;
 - after, first demand: a version registered without a stored export (as older releases did): the one
   start that exports and stores it;
 - after with ``--verbose``: the line count with every library's output shown;
@@ -154,7 +156,8 @@ def main() -> None:
         "registration": {"register_s": s["register_s"], "export_at_registration_s": s["export_at_registration_s"],
                          "note": "ONNX export + parity, int8 quantization + guard, stored and tagged: paid once"},
         "before": {"ref": before_ref, "what": "exports the graph to ONNX at every start", **before},
-        "after": {"what": "loads the stored, checksummed ONNX (int8 when auto picks it)", **after},
+        "after": {"what": "loads the stored, checksummed ONNX (int8 when auto picks it), fetched by a child process "
+                  "while the server imports its stack", **after},
         "after_first_demand": {"what": "a version registered without a stored export: exported and stored "
                                "at this start, fetched at the next", **first},
         "after_verbose": {"what": "the same start with -v (every library's output)", **verbose},

@@ -23,6 +23,7 @@ from serving.validation import ParsedRequest
 
 if TYPE_CHECKING:  # annotations only
     from hfcast.config import Settings
+    from hfcast.registry import FetchedVersion
 
 log = logging.getLogger(__name__)
 MAX_ABS_Z = 1e4  # a feature this many standard deviations from its training mean is an input error
@@ -65,8 +66,14 @@ class VersionNotFound(ModelNotFound):
         self.reason = reason
 
 
-def load_forecaster(bundle: str | Path | None = None, ref: str | None = None, settings: Settings | None = None):
-    """A local bundle folder, or a registry reference (``hfcast@champion``, ``hfcast/3``)."""
+def load_forecaster(bundle: str | Path | None = None, ref: str | None = None, settings: Settings | None = None,
+                    fetched: FetchedVersion | None = None):
+    """A local bundle folder, a registry reference (``hfcast@champion``, ``hfcast/3``), or a version
+    already fetched (:func:`hfcast.registry.fetch_version`, no registry call here)."""
+    if fetched is not None:
+        from hfcast.registry import load_fetched
+
+        return load_fetched(fetched)
     if bundle is not None:
         from hfcast.forecaster import Forecaster
 

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import logging
 import uuid
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,10 +45,11 @@ class HfcastPredictor(kserve.Model):
 
     def __init__(self, name: str = "hfcast", bundle: str | Path | None = None, ref: str | None = None,
                  runner: str = "auto", limits: Limits = Limits(), settings: Settings | None = None,
-                 use_feature_store: bool = True):
+                 use_feature_store: bool = True, prefetch: Future | None = None):
         super().__init__(name)
         self.bundle, self.ref, self.runner_kind = bundle, ref, runner
         self.limits, self.settings, self.use_feature_store = limits, settings, use_feature_store
+        self.prefetch = prefetch  # the version being fetched in a child process (serving.cli.prefetch)
         self.service: ForecastService | None = None
         self.runner = None
 
@@ -59,10 +61,11 @@ class HfcastPredictor(kserve.Model):
         from hfcast.export import serving_runner
 
         settings = self.settings or get_settings()
-        forecaster = load_forecaster(self.bundle, self.ref, settings)
         lookup, market = (feast_lookup(settings), settings.market) if self.use_feature_store else (None, None)
+        fetched = self.prefetch.result() if self.prefetch is not None else None  # the child's error re-raised
+        forecaster = load_forecaster(self.bundle, self.ref, settings, fetched)
         self.service = ForecastService(forecaster, lookup, self.limits, market=market)
-        self.runner = serving_runner(self.runner_kind, forecaster, settings, self.bundle)
+        self.runner = serving_runner(self.runner_kind, forecaster, settings, self.bundle, fetched)
         runner, device = (self.runner.kind, self.runner.device) if self.runner else ("post-step", "cpu")
         log.info("hfcast predictor: %s version %s (%s) on %s (%s)", self.service.model_name,
                  self.service.model_version, forecaster.kind, runner, device)

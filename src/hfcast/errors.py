@@ -24,6 +24,9 @@ class UserError(Exception):
         super().__init__(problem if not fix else f"{problem} ({fix})")
         self.problem, self.fix = problem, fix
 
+    def __reduce__(self):  # pickled whole (a server fetches its model in a child process)
+        return type(self), (self.problem, self.fix)
+
     def lines(self) -> list[str]:
         """``error: PROBLEM`` and ``  fix: NEXT STEP``, one line each (whatever newlines the texts hold)."""
         return [f"error: {' '.join(str(self.problem).split())}"] + (

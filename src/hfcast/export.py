@@ -365,11 +365,16 @@ def store_serving_export(settings: Settings, ref: str) -> dict[str, str] | None:
                                      serving_files(tmp))
 
 
-def registered_export(settings: Settings, ref: str) -> Path:
+def registered_export(settings: Settings, ref: str, fetched: registry.FetchedVersion | None = None) -> Path:
     """The folder holding a registered version's served ONNX and int8 model: its stored export,
     verified against the version's tags and kept in the bundle's export cache. A version registered
-    before exports were stored is exported and stored first, once; later loads fetch it.
+    before exports were stored is exported and stored first, once; later loads fetch it. ``fetched``:
+    the version already fetched (:func:`hfcast.registry.fetch_version`), its export used as it is.
     """
+    if fetched is not None and fetched.export is not None:
+        return fetched.export
+    if fetched is not None and fetched.export_problem:
+        raise registry.RegistryError(fetched.export_problem)
     mv = registry.resolve(settings, ref)
     bundle_dir = registry.download_bundle(settings, f"{mv.name}/{mv.version}")
     folder = registry.fetch_export(settings, mv, bundle_dir)
@@ -388,7 +393,7 @@ def registered_export(settings: Settings, ref: str) -> Path:
 
 
 def serving_runner(kind: str, forecaster: Any, settings: Settings | None = None,
-                   bundle: str | Path | None = None) -> Runner | None:
+                   bundle: str | Path | None = None, fetched: registry.FetchedVersion | None = None) -> Runner | None:
     """The runner a server starts with, over the export stored with its model: nothing is exported at
     start when it was exported before.
 
@@ -396,7 +401,8 @@ def serving_runner(kind: str, forecaster: Any, settings: Settings | None = None,
     (:func:`registered_export`); a local bundle its export cached in ``<bundle>/exports/`` (exported
     on its first start). ``auto`` on CPU takes the int8 model when its quality guard passed, as
     batch prediction does (:func:`hfcast.quantize.cpu_model`). None for a forecaster that runs no
-    network: its post-step is the whole forecast.
+    network: its post-step is the whole forecast. ``fetched``: the version as
+    :func:`hfcast.registry.fetch_version` fetched it (its export is not fetched again).
     """
     from hfcast.storage import Lake
 
@@ -427,7 +433,7 @@ def serving_runner(kind: str, forecaster: Any, settings: Settings | None = None,
     else:
         ref = f"{forecaster.meta['model_name']}/{forecaster.meta['model_version']}"
         try:
-            onnx = registered_export(settings, ref) / "model.onnx"
+            onnx = registered_export(settings, ref, fetched) / "model.onnx"
             bundle_dir, lake = onnx.parents[2], None  # the stored verdict is the registered one
         except registry.RegistryError as exc:  # e.g. an identity that may load the model, not its run's files
             log.warning("%s: the export stored with the version cannot be fetched (%s); exporting the verified "

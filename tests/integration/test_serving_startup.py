@@ -189,3 +189,67 @@ def test_a_failed_int8_quantization_stores_and_serves_fp32(project, monkeypatch,
     report = quantize.read_report(registry.fetch_export(settings, registry.resolve(settings, ref),
                                                         registry.download_bundle(settings, ref)))
     assert not report["use_int8"] and "no int8 kernel" in report["guard"]["reason"]
+
+
+def test_a_fetched_version_serves_as_the_registry_loads_it_without_asking_again(project, monkeypatch):
+    """What ``hfcast serve`` fetches in a child process crosses the process boundary whole and
+    starts the runner with no further registry call and no export."""
+    import pickle
+
+    settings = project["settings"]
+    ref = f"hfcast/{project['version']}"
+    fetched = pickle.loads(pickle.dumps(registry.fetch_version(settings, ref)))
+    assert fetched.export is not None and fetched.export_problem is None
+    direct = registry.load_forecaster(settings, ref)
+
+    def no_registry(*_a, **_k):
+        raise AssertionError("the registry was asked again")
+    monkeypatch.setattr(registry, "resolve", no_registry)
+    _no_exporter(monkeypatch)
+    fc = registry.load_fetched(fetched)
+    assert {k: fc.meta[k] for k in ("model_name", "model_version", "run_id", "bundle_sha256")} == \
+        {k: direct.meta[k] for k in ("model_name", "model_version", "run_id", "bundle_sha256")}
+    x = np.random.default_rng(2).standard_normal((4, 30, F)).astype(np.float32)
+    np.testing.assert_array_equal(fc.predict_raw(x), direct.predict_raw(x))
+    runner = export.serving_runner("onnxruntime", fc, settings, fetched=fetched)
+    np.testing.assert_allclose(runner.run(x), fc.predict_raw(x), rtol=1e-4, atol=1e-5)
+
+
+def test_user_errors_cross_the_process_boundary_whole():
+    import pickle
+
+    for exc in (registry.RegistryError("model 'hfcast' has no version 9", "list the versions"),
+                integrity.IntegrityError("checksum mismatch in the stored export", "register it again")):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and back.lines() == exc.lines() and back.fix == exc.fix
+
+
+def test_an_unfetchable_stored_export_is_named_and_the_verified_bundle_is_served(project, monkeypatch):
+    settings = project["settings"]
+
+    def refused(*_a, **_k):
+        raise registry.RegistryError("cannot download export/serving/v1/model.onnx: 403 Forbidden", "let it read")
+    monkeypatch.setattr(registry, "fetch_export", refused)
+    fetched = registry.fetch_version(settings, f"hfcast/{project['version']}")
+    assert fetched.export is None and "403 Forbidden" in fetched.export_problem
+    runner = export.serving_runner("auto", registry.load_fetched(fetched), settings, fetched=fetched)
+    assert runner.kind == "onnxruntime"  # the fp32 export of the verified bundle
+
+
+def test_the_server_process_does_not_import_mlflow(project):
+    """The registry work of a start happens in the forked child (serving.cli.prefetch); the server
+    process loads the fetched files (why: bench/bench_startup.py)."""
+    code = ("import sys\n"
+            "from hfcast.config import get_settings\n"
+            "from serving.cli import prefetch\n"
+            "settings = get_settings()\n"
+            f"fetching = prefetch(settings, 'hfcast/{project['version']}')\n"
+            "from serving.core import Limits\n"
+            "from serving.predictor import HfcastPredictor\n"
+            "p = HfcastPredictor('hfcast', ref='unused', settings=settings, prefetch=fetching, limits=Limits())\n"
+            "p.load()\n"
+            "print(p.service.model_version, p.runner.kind, 'mlflow' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=project["tmp"], env=project["env"], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split()[-3:] == [str(project["version"]), "onnxruntime", "False"], res.stdout
