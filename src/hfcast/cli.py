@@ -366,7 +366,7 @@ ModelsOption = Annotated[Optional[str], typer.Option(
 KindOption = Annotated[Optional[str], typer.Option(
     "--kind", parser=choice(_kinds, "forecaster kind"),
     help="What serves the volatility: auto (validation chooses: a network, a floored network, an ensemble or a "
-         "baseline) | net | floor | ensemble | har_tod | har_rv | ewma. Default: params.yaml forecaster.kind, else auto.")]
+         "baseline) | net | floor | ensemble | har_tod | har_rv | har_x | ewma. Default: params.yaml forecaster.kind, else auto.")]
 ReturnOption = Annotated[Optional[str], typer.Option(
     "--return", parser=choice(("auto", "net", "zero"), "return choice"),
     help="The return forecast: auto (a network's head only with validated skill, else zero) | net | zero. "

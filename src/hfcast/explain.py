@@ -44,7 +44,7 @@ from hfcast.forecaster import Forecaster
 from hfcast.metrics import mse, qlike
 from hfcast.models import SelfAttention
 from hfcast.models.base import RAW_OUTPUTS
-from hfcast.models.baselines import FLOOR
+from hfcast.models.baselines import FLOOR, HARX_ACTIVITY, HARX_LAST
 from hfcast.plots import png_figure
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,14 @@ BASELINE_INPUT_UNITS = {
     "vweek": "last <= 5 days' mean realized variance (per 10 minutes)",
     "ewma_var": "EWMA variance, half-life 60 minutes (per 10 minutes)",
     "ret_past60": "log return of the last 60 minutes",
+}
+#: and the covariates ``har_x`` reads besides (shown when it is served)
+HARX_INPUT_UNITS = {
+    "ac1": "first-order autocorrelation of the window's 30 one-minute returns (har_x)",
+    **{f"x_{f}": f"feature {f} at the window's last row (har_x; the catalogue's unit)" for f in HARX_LAST},
+    **{f"{pre}{f}": f"feature {f} {where} (har_x; the catalogue's unit)" for f in HARX_ACTIVITY
+       for pre, where in (("a_", "at the last row"), ("m10_", "averaged over the last 10 rows"),
+                          ("m30_", "averaged over the 30 rows"))},
 }
 
 
@@ -422,8 +430,9 @@ def explain_forecasts(forecaster: Any, windows: np.ndarray, raw: np.ndarray | No
                 e.update(reference=float(a.reference[i]), completeness_gap=float(a.delta[i]),
                          **summarize(a.attributions[i], fc.feature_names, X[i], top))
             if side is not None and any(k in fc.baselines for k in p["weights"]):
-                e["baseline_inputs"] = {k: _finite(side[k].iloc[i]) for k in BASELINE_INPUT_UNITS if k in side}
-                e["baseline_input_units"] = BASELINE_INPUT_UNITS
+                units = {**BASELINE_INPUT_UNITS, **(HARX_INPUT_UNITS if "har_x" in p["weights"] else {})}
+                e["baseline_inputs"] = {k: _finite(side[k].iloc[i]) for k in units if k in side}
+                e["baseline_input_units"] = units
             out[i][t] = e
     return out
 

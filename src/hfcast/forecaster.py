@@ -6,7 +6,7 @@ with, batch prediction writes and the monitor watches is this class, whatever it
 
 - for the volatility: one network, a network floored on ``har_tod`` (blended with it in log
   variance), an equal-weight ensemble of floored networks, or a baseline itself (``har_tod``,
-  ``har_rv``, ``ewma``), with a variance scale chosen on validation (:class:`Choice`);
+  ``har_rv``, ``har_x``, ``ewma``), with a variance scale chosen on validation (:class:`Choice`);
 - for the return: one network's return head where it showed validated skill, else the zero
   forecast, whose honest confidence is a constant 0.5.
 

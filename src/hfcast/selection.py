@@ -7,7 +7,7 @@ model was rejected and the volatility skill was lost. Here each target is decide
 - **volatility**: every candidate's validation QLIKE - each network bare, each network floored on
   ``har_tod`` (blended with it in log variance: weights 0.1..0.9, each with its QLIKE-optimal
   variance scale), the equal-weight ensemble of the floored networks, and the deployable baselines
-  ``har_tod``, ``har_rv``, ``ewma`` as they are. The lowest wins; ties go to the baseline (simpler),
+  ``har_tod``, ``har_rv``, ``har_x``, ``ewma`` as they are. The lowest wins; ties go to the baseline (simpler),
   so a network is served only where it beats the best baseline on validation;
 - **return**: a network's head only where it shows validated skill - its validation IC above the
   persistence forecast's AND its one-sided 97.5% lower bound from a bootstrap over hours above 0
@@ -46,7 +46,7 @@ RETURNS = ("auto", "net", "zero")
 class SelectOptions:
     """What a user may fix instead of letting validation choose (``hfcast train --kind ... --return ...``)."""
 
-    kind: str = "auto"     # auto | net | floor | ensemble | har_tod | har_rv | ewma
+    kind: str = "auto"     # auto | net | floor | ensemble | har_tod | har_rv | har_x | ewma
     ret: str = "auto"      # auto | net (the best head, skill or not) | zero
 
     def __post_init__(self) -> None:

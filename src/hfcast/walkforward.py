@@ -39,8 +39,8 @@ from hfcast.features.windows import (LABEL_COLS, Scaler, WindowArrays, build_win
 from hfcast.forecaster import Choice, compose
 from hfcast.market import Market, resolve
 from hfcast.market import default as xnys
-from hfcast.models.baselines import (BASELINES, CONTEXT_FEATURES, DEPLOYABLE, LAST_ROW_FEATURES, RETURN_FEATURE, TRUTH,
-                                     baseline_inputs, check_features, context, fit_baselines)
+from hfcast.models.baselines import (BASELINES, DEPLOYABLE, TRUTH, WINDOW_FEATURES, baseline_inputs, check_features,
+                                     context, fit_baselines)
 from hfcast.pyfunc import example_windows
 from hfcast.registry import load_forecaster
 from hfcast.scoring import BottomK, ScoreStream, row_keys, utc_index
@@ -418,8 +418,7 @@ def _sample_windows(wa, k: int | None, seed: int):
 
 def _side_features(names: Sequence[str]) -> list[str]:
     """The features the baselines' window inputs read (hfcast.models.baselines)."""
-    read = {RETURN_FEATURE, *LAST_ROW_FEATURES, *CONTEXT_FEATURES.values()}
-    return [n for n in names if n in read]
+    return [n for n in names if n in WINDOW_FEATURES]
 
 
 def _train_inputs(prep: Prepared, fold: Fold, wf_cfg: WalkForwardConfig, need_scaler: bool):

@@ -107,3 +107,13 @@ def test_explain_forecast_command_prints_the_served_forecast_its_parts_and_units
     text = " ".join(r.output.split())
     assert f"rv_10m_pred {res['vol']['forecast']:+.4g}; log rv_10m_pred {res['vol']['value']:+.4g} = network" in text
     assert " ".join(EXPLAINED["vol"][1].split()) in text and "har_tod" in text and "completeness gap" in text
+
+
+def test_a_served_har_x_shows_its_covariates():
+    from hfcast.explain import HARX_INPUT_UNITS
+
+    fc = tiny_composite("har_x")
+    e = explain_forecasts(fc, _windows(fc, (2,)))[0]["vol"]
+    assert e["weights"] == {"har_x": 1.0} and e["attributions"] is None
+    assert {"ac1", "x_rv_5m"} <= set(e["baseline_inputs"]) <= set(BASELINE_INPUT_UNITS) | set(HARX_INPUT_UNITS)
+    assert e["baseline_input_units"]["ac1"].startswith("first-order autocorrelation")

@@ -1,7 +1,7 @@
 """Every kind of served forecaster round-trips what a user does with it, with parity.
 
-net (a bare network), floor (a network blended with har_tod), ensemble (two floored networks) and
-har_tod (a baseline served on its own): register in MLflow -> load from the registry (checksums)
+net (a bare network), floor (a network blended with har_tod), ensemble (two floored networks),
+har_tod and har_x (baselines served on their own): register in MLflow -> load from the registry (checksums)
 -> export (ONNX of its graph; none for a baseline) -> the server's service with the onnxruntime
 runner, and with the runner a server starts with (the version's stored export) -> batch
 prediction CSVs. Each must give the in-process forecaster's numbers.
@@ -23,7 +23,7 @@ from hfcast.storage import Lake
 from serving_fixtures import register_forecaster, tiny_composite
 
 pytestmark = pytest.mark.integration
-KINDS = {"net": ("tcn",), "floor": ("lstm",), "ensemble": ("tcn", "lstm"), "har_tod": ()}
+KINDS = {"net": ("tcn",), "floor": ("lstm",), "ensemble": ("tcn", "lstm"), "har_tod": (), "har_x": ()}
 DATE = "2024-01-09"
 
 
@@ -53,7 +53,7 @@ def test_register_export_serve_and_batch_give_the_same_forecasts(kind, settings,
     from serving.core import ForecastService
     from serving.validation import ParsedRequest
 
-    fc = tiny_composite(kind, KINDS[kind] or ("tcn",), ret="zero" if kind == "har_tod" else KINDS[kind][0])
+    fc = tiny_composite(kind, KINDS[kind] or ("tcn",), ret=KINDS[kind][0] if KINDS[kind] else "zero")
     _, version = register_forecaster(settings, fc, tmp_path / "bundle")
     mv = registry.resolve(settings, f"hfcast/{version}")
     assert mv.tags["arch"] == fc.arch
@@ -71,7 +71,7 @@ def test_register_export_serve_and_batch_give_the_same_forecasts(kind, settings,
 
     report = export_all(served, tmp_path / "export")
     runner = None
-    if kind == "har_tod":
+    if not KINDS[kind]:  # a baseline
         assert served.graph() is None and "skipped" in report.onnx  # nothing to compile: the post-step is all
     else:
         whole = report.onnx["parity"]["forecaster"]
@@ -94,7 +94,7 @@ def test_register_export_serve_and_batch_give_the_same_forecasts(kind, settings,
 
     started = serving_runner("onnxruntime", served, settings)
     stored = expected_export(registry.resolve(settings, f"hfcast/{version}").tags)
-    if kind == "har_tod":
+    if not KINDS[kind]:  # a baseline
         assert started is None and stored is None  # no network: nothing stored, the post-step serves it
     else:
         assert stored is not None and "model.onnx" in stored[1]

@@ -20,7 +20,11 @@ Window inputs (one row per window; variances are of log mid returns over 10 minu
 - ``ewma_var``: 10 x the EWMA of squared one-minute returns (``ewma_vol_60``, half-life 60 minutes);
 - ``ret_past60``: the last hour's return (``past_ret_60m``); ``tod``: minute of session from
   ``tod_sin``/``tod_cos``/``minutes_to_close``;
-- the calibration context (:data:`hfcast.calibration.CONTEXT_KEYS`) from the last row.
+- the calibration context (:data:`hfcast.calibration.CONTEXT_KEYS`) from the last row;
+- ``har_x``'s covariates: ``x_<f>`` the volatility features of :data:`HARX_LAST` at the last row,
+  ``a_<f>`` / ``m10_<f>`` / ``m30_<f>`` the activity features of :data:`HARX_ACTIVITY` at the last
+  row and averaged over the last 10 and all 30 rows, and ``ac1`` the first-order autocorrelation of
+  the 30 one-minute returns (near -0.5 where quote noise dominates the mid's moves).
 
 Baselines:
 
@@ -35,6 +39,9 @@ Baselines:
   partial-history open, mean-corrected by smearing; its log-vol sigma varies by half-hour.
 - ``ewma``: return 0; RiskMetrics-style EWMA variance (half-life 60 minutes), carried on from the
   previous day's level (the feature restarts at the open).
+- ``har_x``: return 0; HAR-X: ``har_tod``'s variance times a log-linear correction on the window's
+  covariates (other volatility estimators, noise signature, trading activity, the half-hour),
+  fitted by QLIKE itself (:class:`HarX`).
 - ``oracle``: the simulator's truth, ``true_ret_60m`` and ``sqrt(true_var_10m)`` (the ceiling; not
   deployable, evaluation only).
 
@@ -55,8 +62,8 @@ from hfcast.contracts import INFO_COLUMNS, LOOKBACK, PRED_COLUMNS
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("zero", "persistence", "har_rv", "har_tod", "ewma", "oracle")
-DEPLOYABLE = ("har_tod", "har_rv", "ewma")  # baselines a forecaster may serve (the oracle needs the truth)
+BASELINES = ("zero", "persistence", "har_rv", "har_tod", "har_x", "ewma", "oracle")
+DEPLOYABLE = ("har_tod", "har_rv", "har_x", "ewma")  # baselines a forecaster may serve (the oracle needs the truth)
 FLOOR = "har_tod"  # the baseline every model is compared with and falls back to
 _TINY = 1e-12
 _BLOCK = 10  # minutes per realized-variance block
@@ -69,6 +76,11 @@ LAST_ROW_FEATURES = ("rv_30m", "rv_60m", "har_rv_d", "har_rv_w", "ewma_vol_60", 
 CONTEXT_FEATURES = {"spread_bps": "spread_bps", "jump_ratio": "jump_ratio_30m", "log_volume": "log_volume",
                     "park_5m": "park_5m", "park_15m": "park_15m", "rv_5m": "rv_5m", "ewma_vol_10": "ewma_vol_10"}
 REQUIRED_FEATURES = (RETURN_FEATURE, *LAST_ROW_FEATURES[:6], "tod_sin", "tod_cos")
+#: har_x's covariates (each where the feature set has it): volatility estimators at the last row ...
+HARX_LAST = ("rv_5m", "rv_15m", "rv_30m", "rv_60m", "park_5m", "park_15m", "park_30m", "bpv_15m", "bpv_30m",
+             "ewma_vol_10", "ewma_vol_60", "har_rv_d", "har_rv_w", "har_rv_today", "range_bps_1m")
+#: ... and trading activity over the window (volume and volatility move together)
+HARX_ACTIVITY = ("log_volume", "log_trades", "spread_bps", "jump_ratio_30m")
 SIDE_COLUMNS = ("tod", "v10_l1", "v10_l2", "v10_l3", "v_back", "vday", "vweek", "ewma_var", "ret_past60")
 LABELS = ("ret_60m", "rv_10m")
 TRUTH = ("true_ret_60m", "true_var_10m")
@@ -106,9 +118,27 @@ def _block_variances(r: np.ndarray) -> np.ndarray:
     return out
 
 
-def side_inputs(returns: np.ndarray, last: Mapping[str, np.ndarray]) -> pd.DataFrame:
-    """The window inputs of the module docstring from the window's one-minute returns [B, 30] and
-    its last row's features (unscaled; missing optional features may be absent from ``last``)."""
+def _autocorrelation(r: np.ndarray) -> np.ndarray:
+    """First-order autocorrelation (about zero mean) of each row of one-minute returns [B, 30]."""
+    z = np.nan_to_num(r)
+    s2 = (z * z).sum(axis=1)
+    return np.where(s2 > 0, (z[:, 1:] * z[:, :-1]).sum(axis=1) / np.maximum(s2, _TINY), 0.0)
+
+
+def _activity(window: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``a_``/``m10_``/``m30_`` columns of :data:`HARX_ACTIVITY` features given over the window [B, 30]."""
+    out = {}
+    for f, w in window.items():
+        w = np.asarray(w, np.float64)
+        out[f"a_{f}"], out[f"m10_{f}"], out[f"m30_{f}"] = w[:, -1], _nanmean(w[:, -_BLOCK:]), _nanmean(w)
+    return out
+
+
+def side_inputs(returns: np.ndarray, last: Mapping[str, np.ndarray],
+                window: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """The window inputs of the module docstring from the window's one-minute returns [B, 30], its
+    last row's features and (``window``) the :data:`HARX_ACTIVITY` features over all 30 rows
+    (unscaled; missing optional features may be absent)."""
     r = np.asarray(returns, np.float64)
     if r.ndim != 2 or r.shape[1] != LOOKBACK:
         raise ValueError(f"returns must be [B, {LOOKBACK}], got {r.shape}")
@@ -126,35 +156,46 @@ def side_inputs(returns: np.ndarray, last: Mapping[str, np.ndarray]) -> pd.DataF
     for key, feat in CONTEXT_FEATURES.items():
         if feat in g:
             out[key] = g[feat]
-    return out
+    extra = {f"x_{f}": g[f] for f in HARX_LAST if f in g}
+    extra["ac1"] = _autocorrelation(r)
+    extra.update(_activity(window or {}))
+    return pd.concat([out, pd.DataFrame(extra, index=out.index)], axis=1)
 
 
-def _columns(feature_names: Sequence[str]) -> tuple[int, dict[str, int]]:
+#: features the window inputs read at the last row, and over the whole window
+WINDOW_FEATURES = tuple(dict.fromkeys([RETURN_FEATURE, *LAST_ROW_FEATURES, *CONTEXT_FEATURES.values(), *HARX_LAST,
+                                       *HARX_ACTIVITY]))
+
+
+def _columns(feature_names: Sequence[str]) -> tuple[int, dict[str, int], dict[str, int]]:
     names = list(feature_names)
     check_features(names)
-    wanted = [*LAST_ROW_FEATURES, *CONTEXT_FEATURES.values()]
-    return names.index(RETURN_FEATURE), {f: names.index(f) for f in wanted if f in names}
+    wanted = [*LAST_ROW_FEATURES, *CONTEXT_FEATURES.values(), *HARX_LAST]
+    return (names.index(RETURN_FEATURE), {f: names.index(f) for f in wanted if f in names},
+            {f: names.index(f) for f in HARX_ACTIVITY if f in names})
 
 
 def side_from_windows(windows: np.ndarray, feature_names: Sequence[str]) -> pd.DataFrame:
     """:func:`side_inputs` of unscaled windows [B, 30, F] (features in ``feature_names`` order)."""
     w = np.asarray(windows)
-    ir, cols = _columns(feature_names)
-    return side_inputs(w[:, :, ir], {f: w[:, -1, j] for f, j in cols.items()})
+    ir, cols, over = _columns(feature_names)
+    return side_inputs(w[:, :, ir], {f: w[:, -1, j] for f, j in cols.items()}, {f: w[:, :, j] for f, j in over.items()})
 
 
 def side_from_arrays(wa: Any, chunk: int = 65536) -> pd.DataFrame:
     """:func:`side_inputs` of every window of a :class:`hfcast.features.windows.WindowArrays` (same
     order), gathering only the columns it reads; labels and truth are not included."""
-    ir, cols = _columns(wa.feature_names)
+    ir, cols, over = _columns(wa.feature_names)
     ends = np.asarray(wa.ends)
     parts = []
     for a in range(0, len(ends), chunk):
         e = ends[a:a + chunk]
         rows = e[:, None] - np.arange(LOOKBACK - 1, -1, -1)[None, :]  # [k, 30] row of each window minute
-        parts.append(side_inputs(wa.X[rows, ir], {f: wa.X[e, j] for f, j in cols.items()}))
+        parts.append(side_inputs(wa.X[rows, ir], {f: wa.X[e, j] for f, j in cols.items()},
+                                 {f: wa.X[rows, j] for f, j in over.items()}))
     if not parts:
-        return side_inputs(np.empty((0, LOOKBACK)), {f: np.empty(0) for f in cols})
+        return side_inputs(np.empty((0, LOOKBACK)), {f: np.empty(0) for f in cols},
+                           {f: np.empty((0, LOOKBACK)) for f in over})
     return pd.concat(parts, ignore_index=True)
 
 
@@ -216,7 +257,8 @@ class Baseline:
         self.fallback_var = float("nan")
         self.ret_scale = 1.0   # ret sigma = ret_scale * sqrt(6) * rv_hat
         self.lrv_sigma = 1.0   # std of log(rv / rv_hat) on train
-        self.har: HarTod | None = None  # the har_tod point model
+        self.har: HarTod | None = None  # the har_tod point model (har_tod, and under har_x)
+        self.harx: HarX | None = None   # har_x's correction of it
 
     # -- point forecasts ---------------------------------------------------------------------
     def _design(self, inp: pd.DataFrame) -> np.ndarray:
@@ -247,6 +289,8 @@ class Baseline:
             return np.zeros(n), np.sqrt(np.where(np.isfinite(ew) & (ew > 0), ew, comps[:, 3]))
         if self.name == "har_tod":
             return np.zeros(n), self.har.rv_hat(inp)
+        if self.name == "har_x":
+            return np.zeros(n), np.sqrt(self.harx.variance(inp))
         lrv = self._design(inp) @ self.coef  # har_rv: log rv_10m
         return np.zeros(n), np.exp(lrv + self.lrv_sigma**2)  # sqrt(E[rv^2]) under log-normal errors
 
@@ -265,8 +309,10 @@ class Baseline:
         prof = pd.Series(lrv).groupby(tod // 10).mean()
         buckets = prof.reindex(range(39)).interpolate(limit_direction="both").to_numpy()
         self.season = np.repeat(buckets - np.nanmean(buckets), 10)
-        if self.name == "har_tod":
+        if self.name in ("har_tod", "har_x"):
             self.har = HarTod().fit(train)
+        if self.name == "har_x":
+            self.harx = HarX(self.har).fit(train)
         elif self.name == "har_rv":
             X = self._design(train)[ok]
             self.coef, *_ = np.linalg.lstsq(X, lrv, rcond=None)
@@ -311,7 +357,8 @@ class Baseline:
         return {"name": self.name, "coef": None if self.coef is None else self.coef.tolist(),
                 "season": None if self.season is None else self.season.tolist(),
                 "fallback_var": self.fallback_var, "ret_scale": self.ret_scale, "lrv_sigma": self.lrv_sigma,
-                "har": self.har.to_dict() if self.har is not None else None}
+                "har": self.har.to_dict() if self.har is not None else None,
+                "harx": self.harx.to_dict() if self.harx is not None else None}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Baseline":
@@ -322,6 +369,7 @@ class Baseline:
         self.fallback_var, self.ret_scale = float(d["fallback_var"]), float(d["ret_scale"])
         self.lrv_sigma = float(d["lrv_sigma"])
         self.har = HarTod.from_dict(d["har"]) if d.get("har") else None
+        self.harx = HarX.from_dict(self.har, d["harx"]) if d.get("harx") else None
         return self
 
 
@@ -452,4 +500,115 @@ class HarTod:
         self.coef_full = np.asarray(d["coef_full"], dtype=np.float64)
         self.coef_part = np.asarray(d["coef_part"], dtype=np.float64)
         self.sig_tod = np.asarray(d["sig_tod"], dtype=np.float64)
+        return self
+
+
+_HARX_SIDE = ("v10_l1", "v10_l2", "v10_l3", "v_back", "vday", "vweek", "ewma_var")
+_HARX_TOD_STEP = 30  # minutes per time-of-day dummy of har_x
+_HARX_CLIP = 8.0     # standardised covariates are clipped to +-8 (a live window far outside training)
+_HARX_LOG_CLIP = 3.0  # and the correction to a factor of e^+-3 on har_tod's variance
+_HARX_FIT_ROWS = 400_000  # rows the correction is fitted on at most (a seeded sample)
+
+
+class HarX:
+    """HAR-X: ``har_tod``'s variance times ``exp(b0 + z . b)``, ``z`` the window's covariates
+    standardised on the training span, ``b`` fitted by QLIKE itself (a gamma GLM with log link on
+    ``rv^2 / har_tod``: its deviance is twice the QLIKE of the corrected forecast; scikit-learn's
+    ``GammaRegressor``, ridge-penalised).
+
+    Why: ``har_tod`` reads only the 10-minute block variances and the day's and week's levels. The
+    window carries more that predicts the next ten minutes' variance: range- and bipower-based
+    estimators (less noisy than squared returns), the autocorrelation of the one-minute returns
+    (how much of the mid's moves is quote noise, which realized variance keeps), trading activity
+    (volume and volatility move together) and the half-hour. HAR with exogenous regressors is the
+    field's standard extension (e.g. HAR-X with volume or implied volatility); fitted by the loss it
+    is scored with, on the training span only, and chosen only where it wins on validation. Every
+    covariate is in a window request, so the server's post-step computes it like ``har_tod``.
+    """
+
+    def __init__(self, har: HarTod):
+        self.har = har
+        self.columns: list[str] = []    # the covariates, in design order (those the training rows had)
+        self.n_tod = 0                  # time-of-day dummies (one per half-hour but the first)
+        self.fill = np.zeros(0)         # training median of each covariate (what a missing value becomes)
+        self.mean = np.zeros(0)
+        self.scale = np.ones(0)
+        self.coef = np.zeros(0)
+        self.intercept = 0.0
+
+    def _raw(self, inp: pd.DataFrame, columns: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+        """The covariates (NaN where missing) in log-variance units relative to har_tod's forecast."""
+        lv = self.har.log_var(inp)
+        cols: dict[str, np.ndarray] = {"lv_har": lv, "ac1": inp["ac1"].to_numpy(np.float64)}
+
+        def rel(values: np.ndarray) -> np.ndarray:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(values > 0, np.log(np.where(values > 0, values, 1.0)) - lv, np.nan)
+        for f in HARX_LAST:
+            if f"x_{f}" in inp:
+                cols[f"x_{f}"] = rel(inp[f"x_{f}"].to_numpy(np.float64) ** 2)
+        for c in _HARX_SIDE:
+            cols[c] = rel(inp[c].to_numpy(np.float64))
+        for f in HARX_ACTIVITY:
+            for pre in ("a_", "m10_", "m30_"):
+                if f"{pre}{f}" in inp:
+                    cols[f"{pre}{f}"] = inp[f"{pre}{f}"].to_numpy(np.float64)
+        names = list(cols) if columns is None else list(columns)
+        n = len(inp)
+        X = np.column_stack([cols.get(c, np.full(n, np.nan)) for c in names]) if names else np.empty((n, 0))
+        return np.where(np.isfinite(X), X, np.nan), names
+
+    def _tod(self, inp: pd.DataFrame) -> np.ndarray:
+        b = np.clip(inp["tod"].to_numpy() // _HARX_TOD_STEP, 0, self.n_tod)
+        return (b[:, None] == np.arange(1, self.n_tod + 1)[None, :]).astype(np.float64)
+
+    def _design(self, inp: pd.DataFrame) -> np.ndarray:
+        X, _ = self._raw(inp, self.columns)
+        X = np.where(np.isnan(X), self.fill, X)
+        z = np.clip((X - self.mean) / self.scale, -_HARX_CLIP, _HARX_CLIP)
+        return np.column_stack([z, self._tod(inp)])
+
+    def fit(self, train: pd.DataFrame) -> "HarX":
+        """Fit on the training rows (their ``rv_10m``), har_tod already fitted on the same rows."""
+        from sklearn.linear_model import GammaRegressor
+
+        rv = train["rv_10m"].to_numpy(np.float64)
+        h = self.har.rv_hat(train) ** 2
+        ok = np.isfinite(rv) & (rv > 0) & np.isfinite(h) & (h > 0)
+        if ok.sum() > _HARX_FIT_ROWS:  # a seeded sample: the GLM has ~60 coefficients
+            keep = np.zeros(len(ok), bool)
+            keep[np.random.default_rng(0).choice(np.flatnonzero(ok), _HARX_FIT_ROWS, replace=False)] = True
+            ok &= keep
+        X, names = self._raw(train)
+        have = np.isfinite(X[ok]).mean(axis=0) >= 0.5  # a covariate mostly missing on train is left out
+        self.columns = [c for c, k in zip(names, have) if k]
+        X = X[:, have]
+        with np.errstate(all="ignore"):
+            self.fill = np.nan_to_num(np.nanmedian(X[ok], axis=0)) if X.shape[1] else np.zeros(0)
+        X = np.where(np.isnan(X), self.fill, X)
+        self.mean = X[ok].mean(axis=0)
+        self.scale = np.where(X[ok].std(axis=0) > 1e-12, X[ok].std(axis=0), 1.0)
+        self.n_tod = int(np.max(train["tod"].to_numpy()[ok], initial=0)) // _HARX_TOD_STEP
+        D = self._design(train)[ok]
+        glm = GammaRegressor(alpha=1e-3, max_iter=1000).fit(D, rv[ok] ** 2 / h[ok])
+        self.coef, self.intercept = np.asarray(glm.coef_, np.float64), float(glm.intercept_)
+        return self
+
+    def variance(self, inp: pd.DataFrame) -> np.ndarray:
+        """The corrected variance forecast of rv_10m^2."""
+        corr = np.clip(self.intercept + self._design(inp) @ self.coef, -_HARX_LOG_CLIP, _HARX_LOG_CLIP)
+        return self.har.rv_hat(inp) ** 2 * np.exp(corr)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON state (the har_tod under it is saved by its Baseline)."""
+        return {"columns": self.columns, "n_tod": self.n_tod, "fill": self.fill.tolist(), "mean": self.mean.tolist(),
+                "scale": self.scale.tolist(), "coef": self.coef.tolist(), "intercept": self.intercept}
+
+    @classmethod
+    def from_dict(cls, har: HarTod, d: dict) -> "HarX":
+        """Inverse of :meth:`to_dict`."""
+        self = cls(har)
+        self.columns, self.n_tod = list(d["columns"]), int(d["n_tod"])
+        self.fill, self.mean, self.scale, self.coef = (np.asarray(d[k], np.float64) for k in ("fill", "mean", "scale", "coef"))
+        self.intercept = float(d["intercept"])
         return self
