@@ -94,8 +94,13 @@ def test_backfill_cooldown_looks_only_before_but_one_episode_retrains_once():
     # DATES[6] had no alarm, so the backfilled DATES[7] streak is 1 -> none
     assert early["action"] == NONE
     k1 = MonitorConfig.of(consecutive=1, cooldown_dates=5)
-    # a later date's retraining does not cool down an earlier, separate alarm
-    assert decide(recs, Checks(date=DATES[7], version="1", drift_share=0.9), k1)["action"] == RETRAIN
+    # a later date's retraining does not cool down an earlier, separate alarm (DATES[6] and [7] calm
+    # between them) ...
+    assert decide(recs, Checks(date=DATES[5], version="1", drift_share=0.9), k1)["action"] == RETRAIN
+    # ... but an alarm on the trading day right before the later episode joins it (a monitor that ran
+    # ahead decided the later dates first): no second retraining
+    joined = decide(recs, Checks(date=DATES[7], version="1", drift_share=0.9), k1)
+    assert joined["action"] == SUPPRESSED and "same drift episode" in joined["explanation"]
     # but a date the later retraining already counted is the same episode: no second retraining
     same = decide(recs[:8], Checks(date=DATES[8], version="1", drift_share=0.9), k1)
     assert decide([*recs[:8], recs[9]], Checks(date=DATES[8], version="1", drift_share=0.9), k1)["action"] == SUPPRESSED

@@ -156,6 +156,13 @@ def _within(date: str, dates: Sequence[str]) -> bool:
     return bool(dates) and min(dates) <= date <= max(dates)
 
 
+def _touches(date: str, dates: Sequence[str]) -> bool:
+    """Whether an alarm on ``date`` belongs to the drift episode ``dates``: inside its span, or the
+    trading day right before it (the episode's monitor had not seen ``date`` decided yet: two
+    monitors deciding dates out of order; today's streak ends at ``date``, so the two join)."""
+    return _within(date, dates) or (bool(dates) and date < min(dates) and trading_days_between(date, min(dates)) <= 1)
+
+
 def trading_days_between(a: str, b: str) -> int:
     """|trading days| from a to b (weekdays; holidays are not modelled, as in the simulator)."""
     lo, hi = sorted((a, b))
@@ -231,7 +238,7 @@ def _retrain_or_suppress(history: Sequence[Mapping[str, Any]], checks: Checks, c
     last = max(earlier, key=lambda r: str(r["date"]), default=None)  # the latest retraining BEFORE today
     gap = trading_days_between(str(last["date"]), checks.date) if last else None
     covering = next((r for r in history if r.get("action") == RETRAIN and str(r["date"]) >= checks.date
-                     and _within(checks.date, r.get("drifted_dates") or [])), None)
+                     and _touches(checks.date, r.get("drifted_dates") or [])), None)
     if covering is not None:  # a backfill: a later date's retraining already answered this alarm
         return SUPPRESSED, [*wants, f"same drift episode: the retraining decided for {covering['date']} covered "
                                     f"{checks.date} (drifted dates {', '.join(covering['drifted_dates'])})"]
