@@ -536,9 +536,9 @@ class HarX:
         self.coef = np.zeros(0)
         self.intercept = 0.0
 
-    def _raw(self, inp: pd.DataFrame, columns: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
-        """The covariates (NaN where missing) in log-variance units relative to har_tod's forecast."""
-        lv = self.har.log_var(inp)
+    def _raw(self, inp: pd.DataFrame, lv: np.ndarray,
+             columns: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+        """The covariates (NaN where missing), variances in log units relative to har_tod's ``lv``."""
         cols: dict[str, np.ndarray] = {"lv_har": lv, "ac1": inp["ac1"].to_numpy(np.float64)}
 
         def rel(values: np.ndarray) -> np.ndarray:
@@ -562,8 +562,8 @@ class HarX:
         b = np.clip(inp["tod"].to_numpy() // _HARX_TOD_STEP, 0, self.n_tod)
         return (b[:, None] == np.arange(1, self.n_tod + 1)[None, :]).astype(np.float64)
 
-    def _design(self, inp: pd.DataFrame) -> np.ndarray:
-        X, _ = self._raw(inp, self.columns)
+    def _design(self, inp: pd.DataFrame, lv: np.ndarray) -> np.ndarray:
+        X, _ = self._raw(inp, lv, self.columns)
         X = np.where(np.isnan(X), self.fill, X)
         z = np.clip((X - self.mean) / self.scale, -_HARX_CLIP, _HARX_CLIP)
         return np.column_stack([z, self._tod(inp)])
@@ -573,13 +573,14 @@ class HarX:
         from sklearn.linear_model import GammaRegressor
 
         rv = train["rv_10m"].to_numpy(np.float64)
-        h = self.har.rv_hat(train) ** 2
+        lv = self.har.log_var(train)
+        h = self.har.smear * np.exp(lv)  # har_tod's variance forecast (rv_hat^2)
         ok = np.isfinite(rv) & (rv > 0) & np.isfinite(h) & (h > 0)
         if ok.sum() > _HARX_FIT_ROWS:  # a seeded sample: the GLM has ~60 coefficients
             keep = np.zeros(len(ok), bool)
             keep[np.random.default_rng(0).choice(np.flatnonzero(ok), _HARX_FIT_ROWS, replace=False)] = True
             ok &= keep
-        X, names = self._raw(train)
+        X, names = self._raw(train, lv)
         have = np.isfinite(X[ok]).mean(axis=0) >= 0.5  # a covariate mostly missing on train is left out
         self.columns = [c for c, k in zip(names, have) if k]
         X = X[:, have]
@@ -589,15 +590,16 @@ class HarX:
         self.mean = X[ok].mean(axis=0)
         self.scale = np.where(X[ok].std(axis=0) > 1e-12, X[ok].std(axis=0), 1.0)
         self.n_tod = int(np.max(train["tod"].to_numpy()[ok], initial=0)) // _HARX_TOD_STEP
-        D = self._design(train)[ok]
+        D = self._design(train, lv)[ok]
         glm = GammaRegressor(alpha=1e-3, max_iter=1000).fit(D, rv[ok] ** 2 / h[ok])
         self.coef, self.intercept = np.asarray(glm.coef_, np.float64), float(glm.intercept_)
         return self
 
     def variance(self, inp: pd.DataFrame) -> np.ndarray:
         """The corrected variance forecast of rv_10m^2."""
-        corr = np.clip(self.intercept + self._design(inp) @ self.coef, -_HARX_LOG_CLIP, _HARX_LOG_CLIP)
-        return self.har.rv_hat(inp) ** 2 * np.exp(corr)
+        lv = self.har.log_var(inp)  # once: the covariates are relative to it
+        corr = np.clip(self.intercept + self._design(inp, lv) @ self.coef, -_HARX_LOG_CLIP, _HARX_LOG_CLIP)
+        return self.har.smear * np.exp(lv + corr)
 
     def to_dict(self) -> dict:
         """Plain-JSON state (the har_tod under it is saved by its Baseline)."""
