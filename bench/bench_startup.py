@@ -13,6 +13,8 @@ one machine, rounds interleaved so that both sides see the same load:
   imports KServe, torch and Feast (``serving.cli.prefetch``), so two cores overlap the two halves;
 - after, first demand: a version registered without a stored export (as older releases did): the one
   start that exports and stores it;
+- image entry: the cluster image's ``python -m serving --model_ref`` on the same version (the same
+  child fetch, started once KServe's parser is imported);
 - after with ``--verbose``: the line count with every library's output shown;
 - where the remaining start-up goes: the imports a server needs, each timed in a fresh interpreter
   (Feast with typeguard's import-time instrumentation, and without it as hfcast imports it).
@@ -65,12 +67,14 @@ def archive(ref: str, dest: Path) -> str:
     return full
 
 
-def one_start(args: list[str], env: dict, cwd: Path, tree: Path, log: Path) -> dict:
-    """Start, wait for ready, count the lines printed by then, stop."""
+def one_start(args: list[str], env: dict, cwd: Path, tree: Path, log: Path, image_entry: bool = False) -> dict:
+    """Start (``hfcast serve``, or the image's ``python -m serving``), wait for ready, count the
+    lines printed by then, stop."""
     from serving_fixtures import start_serve, stop_serve
 
     load = os.getloadavg()[0]
-    proc, _, seconds = start_serve(args, env, cwd, log, timeout=300, pythonpath=f"{tree / 'src'}{os.pathsep}{tree}")
+    proc, _, seconds = start_serve(args, env, cwd, log, timeout=300, pythonpath=f"{tree / 'src'}{os.pathsep}{tree}",
+                                   image_entry=image_entry)
     time.sleep(SETTLE_S)
     lines = len(log.read_text(errors="replace").splitlines())
     stop_serve(proc)
@@ -137,18 +141,20 @@ def main() -> None:
     before_tree = tmp / "before"
     before_ref = archive(args.before, before_tree)
     serve = ["--model", f"hfcast/{s['version']}", "--max-staleness-s", "-1"]
-    runs: dict[str, list[dict]] = {"before": [], "after": []}
+    image = ["--model_ref", f"hfcast/{s['version']}", "--max_staleness_s", "-1"]
+    runs: dict[str, list[dict]] = {"before": [], "after": [], "image_entry": []}
     for i in range(args.rounds):
-        order = ("before", "after") if i % 2 == 0 else ("after", "before")
+        order = ("before", "after", "image_entry") if i % 2 == 0 else ("image_entry", "after", "before")
         for side in order:
             tree = before_tree if side == "before" else ROOT
-            runs[side].append(one_start(serve, env, tmp, tree, tmp / f"{side}-{i}.log"))
+            entry = side == "image_entry"
+            runs[side].append(one_start(image if entry else serve, env, tmp, tree, tmp / f"{side}-{i}.log", entry))
             print(side, runs[side][-1], flush=True)
     first = one_start(["--model", f"hfcast/{s['bare']}", "--max-staleness-s", "-1"], env, tmp, ROOT,
                       tmp / "first-demand.log")
     verbose = one_start(["-v", *serve], env, tmp, ROOT, tmp / "verbose.log")
     imports = import_seconds({**env, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"})
-    after, before = summary(runs["after"]), summary(runs["before"])
+    after, before, image_entry = summary(runs["after"]), summary(runs["before"]), summary(runs["image_entry"])
     write_result("startup", {
         "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "model": {"arch": ARCH, "n_features": F, "parameters": s["n_params"], "registry": "MLflow (SQLite)",
@@ -158,6 +164,8 @@ def main() -> None:
         "before": {"ref": before_ref, "what": "exports the graph to ONNX at every start", **before},
         "after": {"what": "loads the stored, checksummed ONNX (int8 when auto picks it), fetched by a child process "
                   "while the server imports its stack", **after},
+        "image_entry": {"what": "the predictor image's `python -m serving --model_ref` (the InferenceServices' "
+                        "command): the same child fetch, started after KServe's option parser imports", **image_entry},
         "after_first_demand": {"what": "a version registered without a stored export: exported and stored "
                                "at this start, fetched at the next", **first},
         "after_verbose": {"what": "the same start with -v (every library's output)", **verbose},

@@ -147,10 +147,11 @@ def register_forecaster(settings, fc, bundle: Path) -> tuple[str, int]:
 
 
 def start_serve(args: list[str], env: dict, cwd: Path, log_path: Path, timeout: float = 180.0,
-                pythonpath: str | None = None):
+                pythonpath: str | None = None, image_entry: bool = False):
     """`hfcast serve ARGS` in a subprocess of its own session (``-v`` in ``args`` goes before
-    ``serve``): ``(process, HTTP base URL, seconds from launch to /v2/health/ready 200)``; its
-    output (stdout and stderr) goes to ``log_path``."""
+    ``serve``), or with ``image_entry`` the predictor image's `python -m serving ARGS`:
+    ``(process, HTTP base URL, seconds from launch to /v2/health/ready 200)``; its output (stdout
+    and stderr) goes to ``log_path``."""
     import subprocess
     import sys
     import time
@@ -162,8 +163,9 @@ def start_serve(args: list[str], env: dict, cwd: Path, log_path: Path, timeout: 
     port, grpc = free_port(), free_port()
     pre = [a for a in args if a in ("-v", "--verbose")]
     rest = [a for a in args if a not in pre]
-    cmd = [sys.executable, "-c", "from hfcast.cli import main; main()", *pre, "serve", "--port", str(port),
-           "--grpc-port", str(grpc), *rest]
+    cmd = ([sys.executable, "-m", "serving", "--http_port", str(port), "--grpc_port", str(grpc), *args] if image_entry
+           else [sys.executable, "-c", "from hfcast.cli import main; main()", *pre, "serve", "--port", str(port),
+                 "--grpc-port", str(grpc), *rest])
     if pythonpath is not None:
         env = {**env, "PYTHONPATH": pythonpath}
     out = open(log_path, "wb")

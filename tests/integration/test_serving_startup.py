@@ -253,3 +253,42 @@ def test_the_server_process_does_not_import_mlflow(project):
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split()[-3:] == [str(project["version"]), "onnxruntime", "False"], res.stdout
+
+
+def test_the_image_entry_point_fetches_in_a_child_and_serves_the_version(project):
+    """``python -m serving --model_ref`` (the InferenceServices' command) starts the same way: the
+    version fetched in the forked child, the server process without MLflow, its answers that version's."""
+    code = ("import sys\n"
+            "import serving.predictor as P\n"
+            "def loaded(model, *_a):\n"
+            "    model.load()\n"
+            "    print(model.service.model_version, model.runner.kind, model.prefetch is not None, 'mlflow' in sys.modules)\n"
+            "P.serve = loaded\n"
+            "from serving.__main__ import main\n"
+            "main()\n")
+    argv = ["--model_ref", f"hfcast/{project['version']}", "--no_feature_store"]
+    res = subprocess.run([sys.executable, "-c", code, *argv], cwd=project["tmp"], env=project["env"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split()[-4:] == [str(project["version"]), "onnxruntime", "True", "False"], res.stdout
+
+    tmp = project["tmp"]
+    proc, base, _ = start_serve(["--model_ref", f"hfcast/{project['version']}", "--max_staleness_s", "-1"],
+                                project["env"], tmp, tmp / "image-entry.log", image_entry=True)
+    try:
+        r = httpx.post(f"{base}/v2/models/hfcast/infer", timeout=30, json={
+            "inputs": [{"name": "symbol", "datatype": "BYTES", "shape": [1], "data": ["S000"]}]})
+        assert r.status_code == 200, r.text
+        assert str(project["version"]) in r.text
+    finally:
+        stop_serve(proc)
+
+
+def test_the_image_entry_point_names_a_missing_version_and_exits(project):
+    res = subprocess.run([sys.executable, "-m", "serving", "--model_ref", "hfcast/999", "--no_feature_store",
+                          "--http_port", str(free_port()), "--grpc_port", str(free_port())],
+                         cwd=project["tmp"], env=project["env"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "no version 999" in errors[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
