@@ -65,6 +65,7 @@ def score(df: pd.DataFrame) -> dict[str, float]:
     out: dict[str, float] = {"n": float(len(df)), "n_ret": float(np.isfinite(y).sum()),
                              "n_rv": float(np.isfinite(rv).sum())}
     out["vol_qlike"] = M.qlike(vp**2, rv**2)
+    out["rv_flat_share"] = M.flat_share(rv)  # rows QLIKE leaves out (a flat 10 minutes)
     out["vol_mse"] = M.mse(vp, rv)
     out["ret_ic"] = M.ic(rp, y)
     # 0 when the return forecast is the zero forecast (no validated skill): the gate then judges the

@@ -31,20 +31,32 @@ def qlike(var_hat: np.ndarray, var_true: np.ndarray, floor: float = 1e-18) -> fl
     """QLIKE loss on variances: ``mean(r/h - log(r/h) - 1)`` with ``r`` true, ``h`` forecast.
 
     Zero for a perfect forecast and positive otherwise; it punishes under-forecasting volatility
-    more than over-forecasting. Rows with a non-positive realized variance (a flat 10 minutes)
-    are kept but ``r`` and ``h`` are floored at ``floor`` so the log stays finite.
+    more than over-forecasting. Rows whose realized variance is not positive (a flat 10 minutes:
+    the quote never left its tick) are left out, as QLIKE needs a positive proxy: flooring ``r``
+    instead adds ``-log(floor)`` (41 at 1e-18) per such row, a constant that swamps every ratio of
+    two QLIKEs (0.3% flat rows on the simulator moved har_x over har_tod from 0.78 to 0.84; a
+    thinly traded symbol has far more). :func:`flat_share` says how many rows that was. Forecasts
+    are floored at ``floor`` so the log stays finite.
 
     Args:
         var_hat: forecast variances (e.g. ``rv_10m_pred ** 2``).
         var_true: realized or latent variances.
     """
     h, r = _clean(var_hat, var_true)
+    keep = r > 0
+    h, r = h[keep], r[keep]
     if h.size == 0:
         return float("nan")
     h = np.maximum(h, floor)
-    r = np.maximum(r, floor)
     ratio = r / h
     return float(np.mean(ratio - np.log(ratio) - 1.0))
+
+
+def flat_share(var_true: np.ndarray) -> float:
+    """Share of the labelled rows whose realized variance is not positive (left out of :func:`qlike`)."""
+    r = np.asarray(var_true, dtype=np.float64).ravel()
+    r = r[np.isfinite(r)]
+    return float(np.mean(r <= 0)) if r.size else float("nan")
 
 
 def mse(pred: np.ndarray, true: np.ndarray) -> float:

@@ -121,3 +121,13 @@ def test_evaluate_cli_writes_report(tmp_path):
     assert m["model"]["aggregate"]["ret_ic_truth"] == pytest.approx(1.0)
     bad = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nope.parquet")])
     assert bad.exit_code == 2 and "no such file" in " ".join(bad.output.split())
+
+
+def test_qlike_leaves_out_flat_rows_instead_of_a_floor_constant():
+    """A zero realized variance has no QLIKE; a floor would add -log(floor) per such row and pull
+    every ratio of two forecasts towards 1."""
+    h1, h2, r = np.array([1.0, 2.0, 1.0]), np.array([2.0, 2.0, 1.0]), np.array([1.0, 2.0, 0.0])
+    assert M.qlike(h1, r) == pytest.approx(M.qlike(h1[:2], r[:2]))
+    assert M.qlike(h1, r) / M.qlike(h2, r) == pytest.approx(M.qlike(h1[:2], r[:2]) / M.qlike(h2[:2], r[:2]))
+    assert M.flat_share(np.array([1.0, 0.0, np.nan, 2.0])) == pytest.approx(1 / 3)
+    assert math.isnan(M.qlike([1.0], [0.0]))
