@@ -24,7 +24,10 @@ the test span) the :class:`Calibrator` learns:
   ``rv_10m_conf_informative = 0``);
 - 80% intervals by split-conformal scaling: ``q`` is the conformal 0.8 quantile of the normalised
   residuals, so ``mu +- q sigma`` (return) and ``exp(log rv_hat +- q lrv_sigma)`` (volatility)
-  cover about 80% of new outcomes whenever validation and test are exchangeable.
+  cover about 80% of new outcomes whenever validation and test are exchangeable. Where more than
+  20% of the validation rows had a flat 10 minutes (zero realized volatility: a thinly traded or
+  tick-bound symbol), the volatility interval is ``[0, exp(log rv_hat + q lrv_sigma)]`` with ``q``
+  the one-sided 0.8 quantile of the signed residual (``rv_lo_zero``).
 
 Everything it stores is a short list of floats, so ``to_dict`` is plain JSON (no pickle).
 """
@@ -209,17 +212,31 @@ class SignProbit:
                    se=float(d.get("se", "nan")), n_clusters=int(d.get("n_clusters", 0)))
 
 
-def conformal_quantile(scores: np.ndarray, level: float) -> float:
-    """Split-conformal quantile: the ceil((n+1) level)-th smallest score (inf scores allowed)."""
+def _quantile(scores: np.ndarray, level: float) -> float:
+    """The ceil((n+1) level)-th smallest score (infinite scores allowed, and so an infinite result)."""
     s = np.sort(np.asarray(scores, dtype=np.float64)[~np.isnan(scores)])
     if s.size == 0:
         raise ValueError("conformal calibration needs at least one finite residual")
-    k = min(int(math.ceil((s.size + 1) * level)), s.size)
-    q = float(s[k - 1])
+    return float(s[min(int(math.ceil((s.size + 1) * level)), s.size) - 1])
+
+
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """Split-conformal quantile: the ceil((n+1) level)-th smallest score (inf scores allowed)."""
+    q = _quantile(scores, level)
     if not np.isfinite(q):
         raise ValueError(f"conformal {level:.0%} quantile is infinite: more than {1 - level:.0%} of "
                          "residuals are infinite (zero realized volatility?)")
     return q
+
+
+#: the upper quantile where a bucket's validation rows were (nearly) all flat: hi = rv_hat e^(-10 sigma)
+RV_Q_MIN = -10.0
+
+
+def upper_quantile(scores: np.ndarray, level: float) -> float:
+    """One-sided split-conformal quantile of SIGNED scores, ``-inf`` allowed (a flat 10 minutes lies
+    below every upper bound of an interval that starts at 0)."""
+    return max(_quantile(scores, level), RV_Q_MIN)
 
 
 def _arrays(pred: dict) -> dict[str, np.ndarray]:
@@ -247,6 +264,10 @@ class Calibrator:
     vol_base_rate: float = float("nan")    # validation share of rows within VOL_TOLERANCE (NaN: older fit)
     vol_sigma_ratio: float = float("nan")     # validation decile error ratio of the sigma-only ranking
     vol_sigma_ratio_hi: float = float("nan")  # its one-sided upper bound (RV_BOUND_LEVEL, hour-cluster bootstrap)
+    # the volatility interval starts at 0: more than 1 - level of the validation rows (pooled or in a
+    # time-of-day bucket) had a flat 10 minutes, which no interval of positive bounds covers; q_rv is
+    # then the one-sided quantile of the signed log residual
+    rv_lo_zero: bool = False
     # targets ("ret", "rv") whose flag live dates contradicted (monitoring's ``conf`` rule, a version
     # tag read at load): never part of the bundle, which stays what was registered
     demoted: tuple[str, ...] = ()
@@ -367,13 +388,24 @@ class Calibrator:
         # a fixed ranking (nothing fitted to overfit), but a noisy one on a few validation days
         self.vol_sigma_ratio, self.vol_sigma_ratio_hi = decile_ratio_bound(-ls[mv], relerr, clusters)
         with np.errstate(divide="ignore"):
-            resid = np.abs(np.log(y_rv[mv]) - np.log(rv_hat[mv])) / ls[mv]
-        self.q_rv = conformal_quantile(resid, self.level)
+            signed = (np.log(y_rv[mv]) - np.log(rv_hat[mv])) / ls[mv]  # -inf: a flat 10 minutes
+        resid = np.abs(signed)
+        by_tod = context is not None and tod is not None
+        self.q_rv = _quantile(resid, self.level)
+        q_tod = tod_quantiles(tod[mv], resid, self.level, self.q_rv, _quantile) if by_tod else []
+        # a thinly traded symbol (or a tick-bound quote) leaves many 10-minute spans flat: where more
+        # than 1 - level of them are, no interval of positive bounds covers 80%, so it starts at 0
+        self.rv_lo_zero = not np.all(np.isfinite([self.q_rv, *q_tod]))
+        if self.rv_lo_zero:
+            log.debug("%.1f%% of the validation rows had a flat 10 minutes (zero realized volatility): the "
+                      "volatility interval starts at 0", 100 * float(np.mean(y_rv[mv] == 0)))
+            self.q_rv = upper_quantile(signed, self.level)
+            q_tod = tod_quantiles(tod[mv], signed, self.level, self.q_rv, upper_quantile) if by_tod else []
         if context is not None:
             X = _context_matrix(p, context)
             self.vol_ctx = VolContextConfidence.fit(X[mv], within, relerr, clusters)
             if tod is not None:
-                self.q_rv_tod = tod_quantiles(tod[mv], resid, self.level, self.q_rv)
+                self.q_rv_tod = q_tod
 
     def apply(self, pred: dict, context: dict | None = None) -> dict[str, np.ndarray]:
         """Calibrated forecasts, confidences and 80% intervals keyed by PRED_COLUMNS.
@@ -410,7 +442,7 @@ class Calibrator:
             "ret_60m_hi": mu + q_ret * sig,
             "rv_10m_pred": rv_hat,
             "rv_10m_conf": rv_conf,
-            "rv_10m_lo": np.exp(lrv - q_rv * ls),
+            "rv_10m_lo": np.zeros(mu.size) if self.rv_lo_zero else np.exp(lrv - q_rv * ls),
             "rv_10m_hi": np.exp(lrv + q_rv * ls),
         }
 
@@ -432,7 +464,7 @@ class Calibrator:
                 "vol_ctx": self.vol_ctx.to_dict() if self.vol_ctx is not None else None,
                 "q_ret_tod": self.q_ret_tod, "q_rv_tod": self.q_rv_tod,
                 "vol_base_rate": self.vol_base_rate, "vol_sigma_ratio": self.vol_sigma_ratio,
-                "vol_sigma_ratio_hi": self.vol_sigma_ratio_hi}
+                "vol_sigma_ratio_hi": self.vol_sigma_ratio_hi, "rv_lo_zero": self.rv_lo_zero}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibrator":
@@ -452,7 +484,8 @@ class Calibrator:
                        q_rv_tod=[float(v) for v in d.get("q_rv_tod") or []],
                        vol_base_rate=float(d.get("vol_base_rate", "nan")),
                        vol_sigma_ratio=float(d.get("vol_sigma_ratio", "nan")),
-                       vol_sigma_ratio_hi=float(d.get("vol_sigma_ratio_hi", "nan")))
+                       vol_sigma_ratio_hi=float(d.get("vol_sigma_ratio_hi", "nan")),
+                       rv_lo_zero=bool(d.get("rv_lo_zero", False)))
         except KeyError as exc:
             raise ValueError(f"calibration dict is missing key {exc}; keys present: {sorted(d)}") from None
 
@@ -634,7 +667,8 @@ def ranks_errors(ratio: float, ratio_hi: float) -> bool:
     return bool(np.isfinite(ratio) and ratio <= RV_INFORMATIVE_RATIO)
 
 
-def tod_quantiles(tod: np.ndarray, resid: np.ndarray, level: float, pooled: float) -> list[float]:
+def tod_quantiles(tod: np.ndarray, resid: np.ndarray, level: float, pooled: float,
+                  quantile=conformal_quantile) -> list[float]:
     """Split-conformal quantile of ``resid`` per TOD_BUCKET-minute bucket (pooled where thin).
 
     Why: fat tails concentrate at the open and around jumps; one pooled quantile then
@@ -645,7 +679,7 @@ def tod_quantiles(tod: np.ndarray, resid: np.ndarray, level: float, pooled: floa
     out = []
     for k in range(nb):
         r = resid[(b == k) & ~np.isnan(resid)]
-        out.append(conformal_quantile(r, level) if r.size >= TOD_MIN_ROWS else pooled)
+        out.append(quantile(r, level) if r.size >= TOD_MIN_ROWS else pooled)
     return out
 
 

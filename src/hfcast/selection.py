@@ -75,9 +75,13 @@ class FoldSelection:
 
 
 def qlike_scale(h: np.ndarray, y2: np.ndarray) -> float:
-    """The variance multiplier c minimising QLIKE(c * h, y2) (closed form: mean(y2 / h))."""
-    ok = np.isfinite(h) & np.isfinite(y2)
-    return float(np.mean(np.maximum(y2[ok], 1e-18) / np.maximum(h[ok], 1e-18)))
+    """The variance multiplier c minimising QLIKE(c * h, y2) (closed form: mean(y2 / h)) over the
+    rows QLIKE scores: a flat 10 minutes (y2 = 0) is left out there, so it is here (kept, half flat
+    rows halved the scale of a tick-bound symbol's floored network)."""
+    ok = np.isfinite(h) & np.isfinite(y2) & (y2 > 0)
+    if not ok.any():
+        return 1.0
+    return float(np.mean(y2[ok] / np.maximum(h[ok], 1e-18)))
 
 
 def hour_clusters(ts: pd.Series | np.ndarray) -> np.ndarray:

@@ -149,3 +149,40 @@ def test_pred_columns_match_model_base():
     from hfcast.models import base
 
     assert tuple(base.PRED_COLUMNS) == PRED_COLUMNS
+
+
+def _flat(pred, rv, share, seed):
+    """``share`` of the rows made flat (a 10 minutes in which the quote never left its tick)."""
+    rv = rv.copy()
+    rv[np.random.default_rng(seed).random(rv.size) < share] = 0.0
+    return pred, rv
+
+
+@pytest.mark.parametrize("share", [0.35, 0.6])
+def test_a_volatility_interval_over_mostly_flat_spans_starts_at_zero_and_covers(share):
+    """More than 20% flat 10-minute spans (a thinly traded or tick-bound symbol): no interval of
+    positive bounds covers 80%, so the interval starts at 0 and its upper end is the one-sided
+    conformal quantile; before, the fit raised and `hfcast train` stopped."""
+    pred, y, rv = _synth(20000, 0)
+    pred, rv = _flat(pred, rv, share, 1)
+    cal = Calibrator().fit(pred, y, rv)
+    assert cal.rv_lo_zero
+    tp, ty, trv = _synth(20000, 2)
+    tp, trv = _flat(tp, trv, share, 3)
+    out = cal.apply(tp)
+    assert np.all(out["rv_10m_lo"] == 0) and np.all(np.isfinite(out["rv_10m_hi"]))
+    assert M.coverage(out["rv_10m_lo"], out["rv_10m_hi"], trv) == pytest.approx(0.8, abs=0.015)
+    back = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back.rv_lo_zero and np.array_equal(back.apply(tp)["rv_10m_hi"], out["rv_10m_hi"])
+
+
+def test_a_few_flat_spans_keep_the_two_sided_interval():
+    pred, y, rv = _synth(20000, 0)
+    pred, rv = _flat(pred, rv, 0.05, 1)
+    cal = Calibrator().fit(pred, y, rv)
+    assert not cal.rv_lo_zero
+    tp, ty, trv = _synth(20000, 2)
+    tp, trv = _flat(tp, trv, 0.05, 3)
+    out = cal.apply(tp)
+    assert np.all(out["rv_10m_lo"] > 0)
+    assert M.coverage(out["rv_10m_lo"], out["rv_10m_hi"], trv) == pytest.approx(0.8, abs=0.015)

@@ -154,3 +154,18 @@ def test_an_uninformative_return_confidence_is_a_constant_half():
     cal = Calibrator().fit(pred, y, np.abs(rng.normal(1e-3, 2e-4, n)), groups=np.repeat(np.arange(40), 100))
     assert not cal.ret_informative
     assert np.all(cal.apply(pred)["ret_60m_conf"] == 0.5)
+
+
+def test_the_qlike_scale_is_fitted_on_the_rows_qlike_scores():
+    """Flat 10 minutes (y2 = 0) are left out of QLIKE, so the QLIKE-optimal scale leaves them out
+    too (kept, half flat rows halved a floored network's variance)."""
+    from hfcast import metrics as M
+    from hfcast.selection import qlike_scale
+
+    rng = np.random.default_rng(0)
+    h = np.exp(rng.normal(0, 0.3, 5000))
+    y2 = 2.0 * h * rng.chisquare(5, 5000) / 5
+    y2[rng.random(5000) < 0.5] = 0.0
+    c = qlike_scale(h, y2)
+    assert c == pytest.approx(2.0, rel=0.05)
+    assert M.qlike(c * h, y2) < min(M.qlike(0.9 * c * h, y2), M.qlike(1.1 * c * h, y2))
