@@ -96,3 +96,37 @@ def test_race_seaweedfs_s3(s3_settings, s3, monkeypatch):
     for k, v in s3.env().items():  # credentials reach the monitor processes through the environment only
         monkeypatch.setenv(k, v)
     _check(_trials(s3_settings))
+
+
+def test_a_date_whose_lease_another_monitor_holds_is_left_to_it(settings, monkeypatch):
+    """The lease holder decides its date again on a fresh log, then records it; a monitor deciding
+    the same date in that moment used to record "suppressed: a retraining is running" first, and the
+    holder's retraining record then lost the create-if-absent: no retraining for the episode."""
+    import threading
+
+    from hfcast.monitoring import retraining as R
+    from hfcast.monitoring.drift import run_monitor
+    from hfcast.storage import Lake
+
+    monkeypatch.setenv("HFCAST_HOME", str(settings.home))
+    lake = Lake.from_settings(settings)
+    cfg = D.MonitorConfig.of(consecutive=2, cooldown_dates=10)
+    D.claim(lake, "hfcast", D.decide([], D.Checks(date=DATES[0], version="1", drift_share=0.8), cfg))
+    lease = R.acquire_lease(lake, "hfcast", DATES[1], 1.0)
+    assert lease is not None
+    checks = D.Checks(date=DATES[1], version="1", drift_share=0.8, drifted_features=["spread"])
+    holders = D.decide(D.load_history(lake, "hfcast"), checks, cfg)
+    assert holders["action"] == D.RETRAIN
+    holders["model"] = "hfcast"
+    threading.Timer(0.5, D.claim, args=(lake, "hfcast", holders)).start()  # the holder records a moment later
+    got = run_monitor(settings, DATES[1], model="hfcast/1", starter=SleepyStarter(0.0), log_mlflow=False, cfg=cfg,
+                      checks=checks)
+    assert got["action"] == D.RETRAIN and D.read_decision(lake, "hfcast", DATES[1])["action"] == D.RETRAIN
+    R.release_lease(lake, "hfcast", lease)
+    # without a lease for the date, the same call decides it itself (and a lease for another date
+    # is still "a retraining is running")
+    other = R.acquire_lease(lake, "hfcast", DATES[3], 1.0)
+    got = run_monitor(settings, DATES[2], model="hfcast/1", starter=SleepyStarter(0.0), log_mlflow=False, cfg=cfg,
+                      checks=D.Checks(date=DATES[2], version="1", drift_share=0.8, drifted_features=["spread"]))
+    assert got["date"] == DATES[2] and got["action"] == D.SUPPRESSED
+    R.release_lease(lake, "hfcast", other)
