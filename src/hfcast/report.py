@@ -277,7 +277,11 @@ def confidence_notes(predictions: pd.DataFrame | None, baselines: Sequence[str] 
     for model, g in predictions.groupby("model", sort=False):
         if str(model) in baselines:
             continue
-        for col, what, skill in (("ret_60m_conf", "return", "return"), ("rv_10m_conf", "volatility", "volatility")):
+        # a constant return confidence: the zero forecast (no validated return skill); a constant
+        # volatility confidence: the forecast may well have skill, its confidence ranked no errors
+        for col, what, why in (("ret_60m_conf", "return", "the model showed no validated return skill"),
+                               ("rv_10m_conf", "volatility", "on validation it did not tell the larger "
+                                                             "volatility errors from the smaller")):
             if col not in g:
                 continue
             v = g[col].to_numpy(dtype=float)
@@ -286,8 +290,7 @@ def confidence_notes(predictions: pd.DataFrame | None, baselines: Sequence[str] 
                 continue
             distinct = np.unique(np.round(v, 3))
             if v.max() - v.min() < 1e-6:
-                notes.append(f"{model}: {what} confidence is {v[0]:.2f} everywhere: the model showed no validated "
-                             f"{skill} skill, so it claims none.")
+                notes.append(f"{model}: {what} confidence is {v[0]:.2f} everywhere: {why}, so it claims none.")
             elif distinct.size <= 3:
                 notes.append(f"{model}: {what} confidence takes only {distinct.size} values "
                              f"({distinct.min():.3f} to {distinct.max():.3f}): it barely tells a good forecast from a "

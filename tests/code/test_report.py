@@ -354,3 +354,12 @@ def test_an_evidently_page_with_shared_scripts_still_draws(evidently_pages, tmp_
         s.unlink()
     bare = _screenshot(page.as_uri(), tmp_path / "b.png", 1200, 1400)
     assert (drawn < 200).mean() > 2 * (bare < 200).mean() + 0.005, ((drawn < 200).mean(), (bare < 200).mean())
+
+
+def test_a_constant_volatility_confidence_does_not_deny_the_forecasts_skill():
+    preds = pd.DataFrame({"model": ["har_x"] * 4, "ret_60m_conf": [0.5] * 4, "rv_10m_conf": [0.61] * 4})
+    notes = confidence_notes(preds)
+    assert notes[0] == "har_x: return confidence is 0.50 everywhere: the model showed no validated return skill, " \
+                       "so it claims none."
+    assert notes[1].startswith("har_x: volatility confidence is 0.61 everywhere: on validation it did not tell")
+    assert "skill" not in notes[1]
