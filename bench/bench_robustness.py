@@ -4,7 +4,9 @@ Writes ``bench/results/robustness.json``. Generators: the project's simulator (d
 its regime knobs: a volatility/spread/seasonality shift inside the test span, heavier
 microstructure noise) and the two processes of ``hfcast.data.dgp`` (minute GARCH with Student-t
 shocks, a reverse-J day and overnight variance jumps; CIR variance with a W-shaped day and
-microstructure noise from none to heavy across symbols).
+microstructure noise from none to heavy across symbols), and ``tick_bound``: that GARCH process for
+a $3 stock with a 1-cent tick and 1.2% daily volatility, so about half of the 10-minute spans see
+no quote move (a thinly traded or tick-bound name; opt-in: ``--generators ...,tick_bound``).
 
 Per generator, exactly what a new user runs, each in its own project folder (``HFCAST_HOME``,
 lake, MLflow, ``params.yaml``): ``hfcast synth [--generator ...]`` -> ``hfcast validate`` ->
@@ -52,6 +54,8 @@ from bench._common import market_parser, write_result  # noqa: E402
 SMALL = {"transformer": {"d_model": 32, "n_layers": 1}, "lstm": {"hidden": 32, "n_layers": 1},
          "tcn": {"channels": 32}, "hybrid": {"channels": 32}}
 GENERATORS = ("sim", "sim_regime", "sim_noisy", "garch_t", "cir_noise")
+#: generators that are a hfcast.data.dgp process with other knobs: (the process, synth.dgp fields)
+DGP_VARIANTS = {"tick_bound": ("garch_t", {"price_median": 3.0, "daily_vol": 0.012})}
 SERVED = "forecaster"
 log = logging.getLogger("bench_robustness")
 
@@ -71,7 +75,8 @@ def project(name: str, root: Path, symbols: int, days: int, seed: int, epochs: i
     home.mkdir(parents=True, exist_ok=True)
     test_days = max(4, days // 4)
     params = {
-        "synth": {"n_symbols": symbols, "n_days": days, "seed": seed, **_synth_knobs(name, days)},
+        "synth": {"n_symbols": symbols, "n_days": days, "seed": seed, **_synth_knobs(name, days),
+                  **({"dgp": DGP_VARIANTS[name][1]} if name in DGP_VARIANTS else {})},
         "walkforward": {"mode": "expanding", "train_days": days - test_days - 6, "val_days": 4, "test_days": test_days,
                         "step_days": test_days, "embargo_days": 1, "max_folds": 1, "eval_stride": 5,
                         "train_stride": 5, "models": {a: SMALL[a] for a in archs}},
@@ -97,7 +102,7 @@ def hfcast(proj: dict, *args: str) -> str:
 
 def run_default_path(proj: dict, name: str, archs: list[str]) -> dict:
     """synth -> validate -> featurize -> train (register + gate) through the CLI; what it printed."""
-    gen = [] if name.startswith("sim") else ["--generator", name]
+    gen = [] if name.startswith("sim") else ["--generator", DGP_VARIANTS.get(name, (name,))[0]]
     steps = {}
     for args in (["synth", *gen, "--no-progress"], ["validate", "--no-progress"], ["featurize", "--no-progress"],
                  ["train", "--models", ",".join(archs), "--out", str(proj["home"] / "report")]):
@@ -225,7 +230,10 @@ def window_bound(lake, params: dict) -> dict:
     on train + validation + half of the test days, scored on the other half, both ways (optimistic:
     it has seen the test weeks). ``with_latent_truth``: the boosting with the latent variance added
     as an input, fitted like ``trainval``: how much of the oracle's room a learner fitted on this
-    much data recovers even knowing the latent state. All on the test windows at the bench's stride.
+    much data recovers even knowing the latent state; ``with_latent_truth_glm_symbol``: the GLM with
+    a level per symbol and the latent state (near the oracle: the room is the latent state, not the
+    model's form). ``trainval_glm_symbol``: the GLM with a level per symbol (a request names its
+    symbol). All on the test windows at the bench's stride.
     ``window_learner_trainval``: the better learner fitted without test data (a served forecaster
     should match it); ``window_bound``: the best figure of all (the room a window leaves)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
@@ -278,12 +286,23 @@ def window_bound(lake, params: dict) -> dict:
             for fit, pred in pairs:
                 m[pred] = make().fit(designs[name][fit & ok], ratio[fit & ok]).predict(designs[name][pred])
             out[f"{scheme}_{name}"] = M.qlike(h[ev] * m[ev], y2[ev]) / q_har
+    # the symbol (a request names it): the GLM with a level per symbol, fitted like ``trainval``
+    symbol = pd.get_dummies(pd.Categorical(np.asarray(wa.keys["symbol"])[ends])).to_numpy(np.float64)
+    fit = (train | val) & ok
+    with_symbol = np.column_stack([compact, symbol])
+    m = learners["glm"]().fit(with_symbol[fit], ratio[fit]).predict(with_symbol[ev])
+    out["trainval_glm_symbol"] = M.qlike(h[ev] * m, y2[ev]) / q_har
     tv = frame.sort_values(["symbol", "ts"])["true_var_10m"].to_numpy(np.float64)[ends] if "true_var_10m" in frame else None
     if tv is not None and np.isfinite(tv).any():
-        x = np.column_stack([full, np.log(np.where(tv > 0, tv, np.nan)) - har.har.log_var(side)])
-        fit = (train | val) & ok
+        latent = np.log(np.where(tv > 0, tv, np.nan)) - har.har.log_var(side)
+        x = np.column_stack([full, latent])
         m = learners["boosting"]().fit(x[fit], ratio[fit]).predict(x[ev])
         out["with_latent_truth_boosting"] = M.qlike(h[ev] * m, y2[ev]) / q_har
+        # where the oracle's room is: the same GLM given the latent state (and the symbol's level)
+        lat = np.nan_to_num(latent, nan=float(np.nanmedian(latent[fit])))
+        x = np.column_stack([with_symbol, lat])
+        m = learners["glm"]().fit(x[fit], ratio[fit]).predict(x[ev])
+        out["with_latent_truth_glm_symbol"] = M.qlike(h[ev] * m, y2[ev]) / q_har
     out["window_learner_trainval"] = min(v for k, v in out.items() if k.startswith("trainval_"))
     out["window_bound"] = min(v for k, v in out.items() if k.startswith(("trainval_", "crossfit_")))
     return out
@@ -412,6 +431,7 @@ def main() -> None:
     ap.add_argument("--generators", default=",".join(GENERATORS))
     ap.add_argument("--root", default=None, help="folder for the projects (one per generator)")
     ap.add_argument("--crossfit", action="store_true", help="also the test-fitted confidence diagnostics")
+    ap.add_argument("--name", default="robustness", help="result file bench/results/<name>.json (another size or seed)")
     ap.add_argument("--no-window-bound", dest="window_bound", action="store_false",
                     help="skip the window learners of feasibility (about 1.5 min per generator)")
     args = ap.parse_args()
@@ -448,7 +468,7 @@ def main() -> None:
                  r["served"].get("vol_qlike_truth_over_har_tod", np.nan),
                  {k: v["right"] for k, v in r["flags"].items()}, r["seconds"])
     wrong = sum(not f["right"] for r in results.values() for f in r["flags"].values())
-    write_result("robustness", {
+    write_result(args.name, {
         "config": {"symbols": args.symbols, "days": args.days, "seed": args.seed, "epochs": args.epochs,
                    "archs": archs, "model_configs": {a: SMALL[a] for a in archs},
                    "path": "hfcast synth/validate/featurize/train as a new user runs them (train registers and gates)",
