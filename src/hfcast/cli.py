@@ -444,7 +444,9 @@ def _print_table(result, title: str) -> None:
     out = console if console.is_terminal else Console(width=120)
     out.print(table)
     for fold, chosen in zip(result.folds, result.choices):
-        out.print(f"fold {fold.index} (test {fold.test[0]}..{fold.test[-1]}): {chosen.describe()}", markup=False, soft_wrap=True)
+        why = (chosen.evidence or {}).get("not_significant")
+        out.print(f"fold {fold.index} (test {fold.test[0]}..{fold.test[-1]}): {chosen.describe()}"
+                  + (f"\n  {why}" if why else ""), markup=False, soft_wrap=True)
 
 
 def _distributed_settings(settings: Settings):

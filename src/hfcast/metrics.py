@@ -42,14 +42,24 @@ def qlike(var_hat: np.ndarray, var_true: np.ndarray, floor: float = 1e-18) -> fl
         var_hat: forecast variances (e.g. ``rv_10m_pred ** 2``).
         var_true: realized or latent variances.
     """
-    h, r = _clean(var_hat, var_true)
-    keep = r > 0
-    h, r = h[keep], r[keep]
-    if h.size == 0:
-        return float("nan")
-    h = np.maximum(h, floor)
-    ratio = r / h
-    return float(np.mean(ratio - np.log(ratio) - 1.0))
+    loss = qlike_rows(var_hat, var_true, floor)
+    loss = loss[np.isfinite(loss)]
+    return float(loss.mean()) if loss.size else float("nan")
+
+
+def qlike_rows(var_hat: np.ndarray, var_true: np.ndarray, floor: float = 1e-18) -> np.ndarray:
+    """:func:`qlike`'s loss per row, aligned with the inputs: NaN where it scores nothing (a
+    missing value, or a realized variance that is not positive). For paired tests of two
+    forecasts of the same rows (:func:`hfcast.selection.qlike_gain_bound`)."""
+    h = np.asarray(var_hat, np.float64).ravel()
+    r = np.asarray(var_true, np.float64).ravel()
+    if h.shape != r.shape:
+        raise ValueError(f"metric inputs must have the same length, got {[h.shape[0], r.shape[0]]}")
+    out = np.full(h.shape, np.nan)
+    keep = np.isfinite(h) & np.isfinite(r) & (r > 0)
+    ratio = r[keep] / np.maximum(h[keep], floor)
+    out[keep] = ratio - np.log(ratio) - 1.0
+    return out
 
 
 def flat_share(var_true: np.ndarray) -> float:

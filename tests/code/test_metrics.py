@@ -131,3 +131,5 @@ def test_qlike_leaves_out_flat_rows_instead_of_a_floor_constant():
     assert M.qlike(h1, r) / M.qlike(h2, r) == pytest.approx(M.qlike(h1[:2], r[:2]) / M.qlike(h2[:2], r[:2]))
     assert M.flat_share(np.array([1.0, 0.0, np.nan, 2.0])) == pytest.approx(1 / 3)
     assert math.isnan(M.qlike([1.0], [0.0]))
+    rows = M.qlike_rows([1.0, np.nan, 2.0, 1.0], [2.0, 1.0, 0.0, 1.0])  # aligned: NaN where nothing is scored
+    assert np.isnan(rows[1:3]).all() and rows[3] == 0.0 and rows[0] == pytest.approx(2 - math.log(2) - 1)
