@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,11 +69,19 @@ def _synth_knobs(name: str, days: int) -> dict:
                           "jump_prob": 0.006}}.get(name, {})
 
 
+MARKER = ".hfcast-bench-project"
+
+
 def project(name: str, root: Path, symbols: int, days: int, seed: int, epochs: int, archs: list[str]) -> dict:
     """A new user's project for generator ``name``: its environment and params.yaml (the walk-forward:
     the last quarter of the days is the one test span; small models, ``epochs`` epochs)."""
     home = root / name
-    home.mkdir(parents=True, exist_ok=True)
+    if home.exists():  # a new user's project is new: an old run's champion would judge this one
+        if not (home / MARKER).exists():
+            raise SystemExit(f"{home} exists and was not made by this benchmark: choose another --root")
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    (home / MARKER).write_text("made by bench/bench_robustness.py; replaced by its next run\n")
     test_days = max(4, days // 4)
     params = {
         "synth": {"n_symbols": symbols, "n_days": days, "seed": seed, **_synth_knobs(name, days),
@@ -429,7 +438,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--archs", default="lstm,transformer")
     ap.add_argument("--generators", default=",".join(GENERATORS))
-    ap.add_argument("--root", default=None, help="folder for the projects (one per generator)")
+    ap.add_argument("--root", default=None, help="folder for the projects (one per generator; a previous run's are replaced)")
     ap.add_argument("--crossfit", action="store_true", help="also the test-fitted confidence diagnostics")
     ap.add_argument("--name", default="robustness", help="result file bench/results/<name>.json (another size or seed)")
     ap.add_argument("--no-window-bound", dest="window_bound", action="store_false",

@@ -556,6 +556,10 @@ def _register_and_report(settings: Settings, run, gate: bool) -> None:
         except registry.RegistryError:
             console.print("[yellow]no champion exists[/]: nothing will be served until a version passes the gate "
                           "(or `hfcast registry promote VERSION --force --reason ...`)")
+            failed = [c["metric"] for c in outcome.decision.comparisons if not c.get("passed", True)]
+            if failed and all(m.startswith("ret_") for m in failed):
+                console.print("only the return head failed on the test spans: `hfcast train --return zero` serves "
+                              "the same volatility with the zero return (constant 0.5 confidence)", soft_wrap=True)
 
 
 @app.command()

@@ -170,3 +170,22 @@ def test_a_served_baseline_is_not_compared_with_itself():
     assert d.promote, d.reasons
     assert not any(c["reference"] == "baseline har_tod" for c in d.comparisons)
     assert not decide({"vol_qlike": 0.30, "ret_ic": 0.0, "ret_served": 0}, None, base, CFG).promote  # a tie
+
+
+def test_a_served_baseline_is_judged_on_volatility_against_the_floor_and_the_champion_only():
+    """Validation chose the baseline over the others; on the test days it must beat har_tod (unless
+    it is har_tod) and the champion, not every other baseline - a learned forecaster must."""
+    base = {"har_tod": {"vol_qlike": 0.340, "ret_ic": 0.0}, "har_x": {"vol_qlike": 0.337, "ret_ic": 0.0},
+            "persistence": {"vol_qlike": 0.5, "ret_ic": 0.01}}
+    floor = {"vol_qlike": 0.340, "ret_ic": 0.0, "ret_served": 0}
+    d = decide(floor, None, base, CFG, served_baseline="har_tod")
+    assert d.promote, d.reasons
+    assert not d.comparisons and any("nothing to compare" in r for r in d.reasons)
+    assert any("not re-judged against har_x, persistence" in r for r in d.reasons)
+    assert not decide(floor, None, base, CFG).promote  # a network with these scores: har_x beats it
+    assert not decide(floor, {"vol_qlike": 0.30, "ret_ic": 0.0}, base, CFG, served_baseline="har_tod").promote
+    harx = {"vol_qlike": 0.345, "ret_ic": 0.0, "ret_served": 0}  # served har_x, worse than har_tod on test
+    d = decide(harx, None, base, CFG, served_baseline="har_x")
+    assert not d.promote and any("baseline har_tod" in r for r in d.reasons)
+    ret = decide({"vol_qlike": 0.30, "ret_ic": 0.005, "ret_served": 1}, None, base, CFG, served_baseline="har_x")
+    assert not ret.promote and any("ret_ic" in r and "persistence" in r for r in ret.reasons)  # the return: every baseline
