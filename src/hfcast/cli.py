@@ -402,15 +402,15 @@ def _walkforward(settings: Settings, archs: list[str], lake_url: Optional[str], 
                  kind: Optional[str] = None, ret: Optional[str] = None, folds: Optional[dict] = None):
     """Run archs + baselines over the folds, choose the forecaster per fold; save tables, plots, report."""
     from hfcast.evaluate import write_comparison
-    from hfcast.lifecycle import select_options, walkforward_config
+    from hfcast.lifecycle import return_on_test, select_options, walkforward_config
     from hfcast.train import TrainConfig
     from hfcast.walkforward import model_configs, run_walkforward
 
     lake = _lake(settings, lake_url)
-    result = run_walkforward(lake, archs, walkforward_config(settings, overrides=folds),
-                             settings.section(TrainConfig),
-                             model_configs=model_configs(settings.param("walkforward", {})),
-                             options=select_options(settings, kind, ret))
+    wf_cfg, options = walkforward_config(settings, overrides=folds), select_options(settings, kind, ret)
+    result = run_walkforward(lake, archs, wf_cfg, settings.section(TrainConfig),
+                             model_configs=model_configs(settings.param("walkforward", {})), options=options)
+    result = return_on_test(settings, result, options, lake, wf_cfg)  # what `hfcast train` would serve
     out_dir = out or settings.home / "reports" / stage
     paths = write_comparison(result.aggregate, result.per_fold, result.predictions, out_dir,
                              title=f"hfcast {stage}: the forecaster chosen from {', '.join(archs) or 'baselines'}")
@@ -444,9 +444,9 @@ def _print_table(result, title: str) -> None:
     out = console if console.is_terminal else Console(width=120)
     out.print(table)
     for fold, chosen in zip(result.folds, result.choices):
-        why = (chosen.evidence or {}).get("not_significant")
+        whys = [w for w in ((chosen.evidence or {}).get(k) for k in ("not_significant", "return_replaced")) if w]
         out.print(f"fold {fold.index} (test {fold.test[0]}..{fold.test[-1]}): {chosen.describe()}"
-                  + (f"\n  {why}" if why else ""), markup=False, soft_wrap=True)
+                  + "".join(f"\n  {w}" for w in whys), markup=False, soft_wrap=True)
 
 
 def _distributed_settings(settings: Settings):
@@ -556,10 +556,6 @@ def _register_and_report(settings: Settings, run, gate: bool) -> None:
         except registry.RegistryError:
             console.print("[yellow]no champion exists[/]: nothing will be served until a version passes the gate "
                           "(or `hfcast registry promote VERSION --force --reason ...`)")
-            failed = [c["metric"] for c in outcome.decision.comparisons if not c.get("passed", True)]
-            if failed and all(m.startswith("ret_") for m in failed):
-                console.print("only the return head failed on the test spans: `hfcast train --return zero` serves "
-                              "the same volatility with the zero return (constant 0.5 confidence)", soft_wrap=True)
 
 
 @app.command()

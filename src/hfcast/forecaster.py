@@ -96,7 +96,8 @@ class Choice:
         else:
             (a, w), = self.members.items()
             vol = a if self.vol == "net" else f"floored {a} (w {w:.1f})"
-        ret = "zero (no validated skill)" if self.ret == "zero" else f"{self.ret} return head"
+        ret = (("zero (a validated head failed on the test spans)" if self.evidence.get("return_replaced") else
+                "zero (no validated skill)") if self.ret == "zero" else f"{self.ret} return head")
         return f"volatility: {vol}; return: {ret}"
 
     @property

@@ -248,10 +248,45 @@ def train_and_log(settings: Settings, archs: Sequence[str] | None = None, *, dat
         live.parent("forecaster")  # the run exists (RUNNING) from the first second of training
         result = run_walkforward(lake, archs, wf_cfg, train_cfg, progress=False, model_configs=mcfg,
                                  options=options, on_epoch=live.on_epoch)
+        result = return_on_test(settings, result, options, lake, wf_cfg)
         with tempfile.TemporaryDirectory(prefix="hfcast-forecaster-") as tmp:
             run_id = log_trained(settings, result, out_dir=out_dir or tmp, dataset_version=dataset_version,
                                  reason=reason, drifted_dates=drifted_dates, live=live, tags=tags)
     return _forecaster_run(run_id, result)
+
+
+def return_on_test(settings: Settings, result: Any, options: Any, lake: Lake, wf_cfg: Any) -> Any:
+    """The walk-forward result whose served return head is judged on the test spans as the gate
+    judges it against the baselines (params.yaml ``registry.gate`` return metrics); a head that
+    fails is replaced by the zero forecast, the volatility choice unchanged, BEFORE anything is
+    logged or registered - so a volatility skill is never rejected with a return head that
+    validated but did not hold (CIR + noise, 16 symbols, seed 3: the LSTM head's IC 0.093 on
+    validation, 0.015 on the 5 test days against persistence's 0.035, and the gate refused the
+    whole forecaster, ``har_x`` at 0.96x ``har_tod`` with it). The test spans can only take a head
+    away here, never choose one, so no score is made better by reading them. A fixed
+    ``--return net`` keeps the head. Returns ``result`` itself or the re-selected result."""
+    from dataclasses import replace
+
+    from hfcast.gate import GateConfig, config_from_settings, decide
+    from hfcast.walkforward import prepare, select_folds
+
+    if options.ret != "auto" or all(c.ret == "zero" for c in result.choices):
+        return result
+    cfg = config_from_settings(settings)
+    rules = tuple(r for r in cfg.rules if r.target == "ret")
+    if not rules:
+        return result
+    verdict = decide(result.scores(), None, result.baseline_scores(), GateConfig(rules, cfg.require_baselines))
+    if verdict.promote:
+        return result
+    failed = "; ".join(r for r in verdict.reasons if r.startswith("ret_") and "challenger" in r) or verdict.summary()
+    why = f"the {result.choices[-1].ret} return head failed on the test spans ({failed}): replaced by the zero forecast"
+    log.info("%s", why)
+    out = select_folds(prepare(lake, wf_cfg), result.nets, wf_cfg, options=replace(options, ret="zero"), progress=False,
+                       histories=result.histories, throughput=result.throughput)
+    for choice in out.choices:
+        choice.evidence["return_replaced"] = why
+    return out
 
 
 def _forecaster_run(run_id: str, result: Any) -> ForecasterRun:
@@ -321,7 +356,9 @@ def select_and_log(settings: Settings, member_runs: Sequence[str], *, dataset_ve
             got = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=MEMBERS_ARTIFACT,
                                                       dst_path=f"{tmp}/{rid}", tracking_uri=t.uri)
             nets[arch] = [TrainedNet.load(f"{got}/fold{k}") for k in range(len(prep.folds))]
-    result = select_folds(prep, nets, wf_cfg, options=select_options(settings, kind, ret), progress=False)
+    options = select_options(settings, kind, ret)
+    result = select_folds(prep, nets, wf_cfg, options=options, progress=False)
+    result = return_on_test(settings, result, options, lake, wf_cfg)
     with tempfile.TemporaryDirectory(prefix="hfcast-forecaster-") as tmp:
         run_id = log_trained(settings, result, out_dir=tmp, dataset_version=dataset_version, reason=reason,
                              drifted_dates=drifted_dates, tags={"hfcast.member_runs": ",".join(member_runs)})

@@ -262,6 +262,11 @@ class WalkForwardResult:
         """Pooled test scores of one model (default: the served forecaster)."""
         return {str(k): float(v) for k, v in self.aggregate.loc[model].items()}
 
+    def baseline_scores(self) -> dict[str, dict[str, float]]:
+        """Pooled test scores of every baseline the gate compares with (the oracle is the ceiling,
+        not a baseline a model can be required to beat)."""
+        return {m: self.scores(m) for m in self.aggregate.index if m in BASELINES and m != "oracle"}
+
 
 def _feature_names(lake, reader) -> list[str]:
     """The feature list written by the feature engine, else the catalogue's (present columns only)."""
@@ -633,7 +638,7 @@ def log_result(settings: Settings, result: WalkForwardResult, params: Mapping[st
         row["choice"] = choice.label
         row["return"] = choice.ret
     agg = result.aggregate
-    baselines = {m: result.scores(m) for m in agg.index if m in BASELINES and m != "oracle"}
+    baselines = result.baseline_scores()
     candidates = {m: result.scores(m) for m in agg.index if m not in BASELINES and m != SERVED}
     oracle = ({f"oracle_{k}": float(agg.loc["oracle", k]) for k in ("ret_ic", "vol_qlike", "vol_qlike_truth") if k in agg}
               if "oracle" in agg.index else {})
