@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 from hfcast import integrity, journal, promotion, registry
 from hfcast.config import Settings
 from hfcast.contracts import finite
-from hfcast.gate import GateDecision
+from hfcast.gate import GateConfig, GateDecision, config_from_settings, decide
 from hfcast.monitoring.retraining import (STARTERS_GROUP, InProcessStarter, RecordOnlyStarter, RetrainStarter,
                                           RetrainTarget)
 from hfcast.storage import Lake
@@ -265,9 +265,6 @@ def return_on_test(settings: Settings, result: Any, options: Any, lake: Lake, wf
     whole forecaster, ``har_x`` at 0.96x ``har_tod`` with it). The test spans can only take a head
     away here, never choose one, so no score is made better by reading them. A fixed
     ``--return net`` keeps the head. Returns ``result`` itself or the re-selected result."""
-    from dataclasses import replace
-
-    from hfcast.gate import GateConfig, config_from_settings, decide
     from hfcast.walkforward import prepare, select_folds
 
     if options.ret != "auto" or all(c.ret == "zero" for c in result.choices):
