@@ -50,7 +50,7 @@ def qlike(var_hat: np.ndarray, var_true: np.ndarray, floor: float = 1e-18) -> fl
 def qlike_rows(var_hat: np.ndarray, var_true: np.ndarray, floor: float = 1e-18) -> np.ndarray:
     """:func:`qlike`'s loss per row, aligned with the inputs: NaN where it scores nothing (a
     missing value, or a realized variance that is not positive). For paired tests of two
-    forecasts of the same rows (:func:`hfcast.selection.qlike_gain_bound`)."""
+    forecasts of the same rows (the gain bound of :func:`hfcast.selection.vol_candidates`)."""
     h = np.asarray(var_hat, np.float64).ravel()
     r = np.asarray(var_true, np.float64).ravel()
     if h.shape != r.shape:
