@@ -166,7 +166,7 @@ def _synth_dgp(settings: Settings, kind: str, symbols: Optional[int], days: Opti
 
     sec = dict(settings.param("synth", {}) or {})
     given = {"n_symbols": symbols, "n_days": days, "start_date": start, "seed": seed}
-    fields = {**{k: sec[k] for k in ("n_symbols", "n_days", "start_date") if k in sec},
+    fields = {**{k: sec[k] for k in ("n_symbols", "n_days", "start_date", "seed") if k in sec},
               **dict(sec.get("dgp") or {}), **{k: v for k, v in given.items() if v is not None}}
     with _refused("correct the option or params.yaml synth.dgp: (fields of hfcast.data.dgp.DGPConfig)",
                   TypeError, ValueError):

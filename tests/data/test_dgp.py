@@ -52,3 +52,27 @@ def test_noise_grows_across_symbols():
 def test_deterministic():
     a, b = _sample("garch_t", 3, 2), _sample("garch_t", 3, 2)
     pd.testing.assert_frame_equal(a[1][1], b[1][1])
+
+
+def test_cli_generator_takes_the_seed_of_params_yaml(tmp_path, monkeypatch):
+    """``hfcast synth --generator`` reads params.yaml synth.seed (its --seed help says so), as the
+    simulator does; --seed still wins."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from hfcast.cli import app
+    from hfcast.storage import Lake
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HFCAST_HOME", str(tmp_path / ".hfcast"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"synth": {"n_symbols": 2, "n_days": 1, "seed": 5}}))
+    monkeypatch.setenv("HFCAST_PARAMS", str(tmp_path / "params.yaml"))
+    want = next(iter_days(DGPConfig(kind="cir_noise", n_symbols=2, n_days=1, seed=5)))
+    for args, seed in ((["--lake", (tmp_path / "a").as_uri()], 5), (["--seed", "6", "--lake", (tmp_path / "b").as_uri()], 6)):
+        res = CliRunner().invoke(app, ["synth", "--generator", "cir_noise", *args])
+        assert res.exit_code == 0, res.output
+        assert f"(seed {seed})" in res.output
+    got = Lake((tmp_path / "a").as_uri()).read("raw", want[0])
+    np.testing.assert_array_equal(got["bid"].to_numpy(), want[1]["bid"].to_numpy())
+    other = Lake((tmp_path / "b").as_uri()).read("raw", want[0])
+    assert not np.array_equal(other["bid"].to_numpy(), want[1]["bid"].to_numpy())

@@ -1,0 +1,180 @@
+"""The best forecast of realized variance ANY forecaster can make from what the market shows.
+
+Why: the latent oracle of ``bench_robustness`` reads the CIR variance state itself, which no
+forecaster sees; "room for 0.90x" measured against it may not exist for anything that reads data.
+Here the generator's own model is inverted with its TRUE parameters (per-symbol base volatility
+and noise, the intraday profile, the CIR mean reversion and vol-of-vol): a Bayesian filter on a
+grid of the variance state, fed every observable that carries it in ``hfcast.data.dgp``'s
+``cir_noise`` (the minute's volume, ``log volume = log 8000 + log u + log(v)/2 + N(0, 0.5^2)``;
+the high/low excursion beyond the bar's two mids, a half-normal with scale ``sigma * mid / 2``;
+the one-minute mid return, treated as ``N(0, sigma^2 (1 + 2 noise^2))`` - independence across
+minutes is an approximation where quote noise makes returns an MA(1)). Depth, spread, trade
+counts and trade signs carry nothing about the variance there. The forecast is the posterior
+mean of the next 10 minutes' variance (what QLIKE rewards), mapped to the realized scale per
+symbol on the validation span exactly as the realized-scale oracle is.
+
+Two readings: ``window_30m`` restarts the filter from the stationary law 30 minutes back (what a
+window of the data contract could at best carry), ``whole_day`` runs it from the open (every
+minute of the day so far). Both are ceilings that no learner reaches with finite data: they know
+the generator's parameters exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from scipy.stats import norm
+
+GRID = np.linspace(0.15, 2.6, 140)  # the CIR variance state (mean 1, stationary sd ~0.25)
+WINDOW = 30
+HORIZON = 10
+
+
+def _config(params: dict):
+    from hfcast.data.dgp import DGPConfig
+
+    sec = dict(params.get("synth") or {})
+    fields = {**{k: sec[k] for k in ("n_symbols", "n_days", "start_date", "seed") if k in sec}, **dict(sec.get("dgp") or {})}
+    return DGPConfig(kind="cir_noise", **fields)
+
+
+class _Filter:
+    """Grid filter of the CIR state for one generator configuration."""
+
+    def __init__(self, cfg):
+        from hfcast.data.dgp import _phi, _State, profile
+
+        st = _State(cfg)
+        self.base, self.noise = st.base, st.noise
+        self.u = profile("cir_noise")
+        self.kappa = 1 - _phi(cfg.cir_halflife)
+        xi = cfg.cir_volvol * np.sqrt(2 * self.kappa)
+        mu, sd = GRID + self.kappa * (1 - GRID), xi * np.sqrt(GRID)
+        P = norm.pdf(GRID[None, :], mu[:, None], sd[:, None])
+        self.P = P / P.sum(axis=1, keepdims=True)
+        pi = np.full(GRID.size, 1 / GRID.size)
+        for _ in range(3000):
+            pi = pi @ self.P
+        self.stationary = pi
+        self.open = np.zeros(GRID.size)  # the night: v_open = 0.7 v_close + 0.3
+        np.add.at(self.open, np.abs(GRID[None, :] - (0.7 * GRID + 0.3)[:, None]).argmin(axis=1), pi)
+
+    def loglik(self, bars: pd.DataFrame, n_sym: int) -> np.ndarray:
+        """[S, T, G] log-likelihood of each minute's observables given the variance state."""
+        T = self.u.size
+        b = {c: bars[c].to_numpy(np.float64).reshape(n_sym, T) for c in ("bid", "ask", "volume", "mid_high")}
+        mid = 0.5 * (b["bid"] + b["ask"])
+        mid_prev = np.concatenate([mid[:, :1], mid[:, :-1]], axis=1)
+        r = np.full_like(mid, np.nan)
+        r[:, 1:] = np.log(mid[:, 1:] / mid[:, :-1])
+        sig2 = (self.base ** 2)[:, None, None] * (self.u ** 2)[None, :, None] * GRID[None, None, :]
+        lv = np.log(np.maximum(b["volume"], 1.0))
+        ll = norm.logpdf(lv[:, :, None], (np.log(8000.0) + np.log(self.u))[None, :, None] + 0.5 * np.log(GRID), 0.5)
+        s2r = sig2 * (1 + 2 * self.noise ** 2)[:, None, None]
+        ll += np.where(np.isfinite(r)[:, :, None], -0.5 * np.log(s2r) - 0.5 * np.nan_to_num(r)[:, :, None] ** 2 / s2r, 0.0)
+        wig = np.maximum(b["mid_high"] - np.maximum(mid, mid_prev), 0.0)
+        sw = np.sqrt(sig2) * 0.5 * mid[:, :, None]
+        return ll - np.log(sw) - 0.5 * (wig[:, :, None] / sw) ** 2
+
+    def _update(self, prior: np.ndarray, ll: np.ndarray) -> np.ndarray:
+        w = np.log(prior + 1e-300) + ll
+        w = np.exp(w - w.max(axis=-1, keepdims=True))
+        return w / w.sum(axis=-1, keepdims=True)
+
+    def _forecast(self, post: np.ndarray, t: int) -> np.ndarray:
+        """E[variance of minutes t+1..t+10] (efficient price) from the posterior at the end of minute t."""
+        uk = self.u[t + 1:t + 1 + HORIZON]
+        if uk.size < HORIZON:
+            return np.full(post.shape[:-1], np.nan)
+        ev = post @ GRID
+        ev_next = ev + self.kappa * (1 - ev)
+        k = np.arange(HORIZON)
+        path = 1 + (1 - self.kappa) ** k * (ev_next[..., None] - 1)  # E[v_{t+1+k}]
+        return self.base ** 2 * (path * uk ** 2).sum(axis=-1)
+
+    def day(self, ll: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[S, T] forecasts of one day: (whole day so far, the last 30 minutes only)."""
+        S, T, _ = ll.shape
+        whole, window = np.full((S, T), np.nan), np.full((S, T), np.nan)
+        post = np.tile(self.open, (S, 1))
+        for t in range(T):
+            post = self._update(post @ self.P if t else post, ll[:, t])
+            whole[:, t] = self._forecast(post, t)
+        ends = np.arange(WINDOW - 1, T - HORIZON)  # every window end at once: [E, S, G]
+        starts = ends - (WINDOW - 1)
+        post = np.where((starts == 0)[:, None, None], self.open, self.stationary).repeat(S, axis=1)  # [E, S, G]
+        for j in range(WINDOW):
+            if j:
+                post = post @ self.P
+            post = self._update(post, np.transpose(ll[:, starts + j], (1, 0, 2)))
+        for i, t in enumerate(ends):
+            window[:, t] = self._forecast(post[i], t)
+        return whole, window
+
+
+def _to_realized(x: np.ndarray, y2: np.ndarray, sym: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """``a_s x + b_s`` per symbol, fitted by QLIKE on ``fit`` rows (as ``realized_oracle`` does)."""
+    from hfcast import metrics as M
+
+    out = np.full(x.shape, np.nan)
+    for s in np.unique(sym):
+        on = sym == s
+        f = on & fit & np.isfinite(x) & np.isfinite(y2) & (y2 > 0)
+        if f.sum() < 20:
+            continue
+        m = float(np.mean(x[f]))
+        q = lambda ab: M.qlike(np.exp(ab[0]) * x[f] + np.exp(ab[1]) * m, y2[f])  # noqa: E731
+        ab = minimize(q, x0=[np.log(max(y2[f].mean() / m, 1e-9)), np.log(1e-3)], method="Nelder-Mead").x
+        out[on] = np.exp(ab[0]) * x[on] + np.exp(ab[1]) * m
+    return out
+
+
+def filter_forecasts(lake, params: dict) -> pd.DataFrame:
+    """Every (symbol, ts) of the lake's days: ``whole_day`` and ``window_30m`` filter forecasts."""
+    from hfcast.data.dgp import iter_days
+
+    cfg = _config(params)
+    flt = _Filter(cfg)
+    dates = lake.dates("raw")
+    first_date, first, _ = next(iter_days(cfg))
+    seen = lake.read("raw", first_date).sort_values(["symbol", "ts"], kind="stable") if first_date in dates else None
+    if seen is None or len(seen) != len(first) or not np.allclose(seen["bid"].to_numpy(), first["bid"].to_numpy()):
+        raise ValueError("the lake's raw bars are not the cir_noise market of params.yaml's synth section "
+                         "(kind, size, seed): the filter would read the wrong parameters")
+    parts = []
+    for date in dates:
+        bars = lake.read("raw", date).sort_values(["symbol", "ts"], kind="stable")
+        whole, window = flt.day(flt.loglik(bars, cfg.n_symbols))
+        parts.append(pd.DataFrame({"symbol": bars["symbol"].astype(str).to_numpy(), "ts": bars["ts"].to_numpy(),
+                                   "whole_day": whole.reshape(-1), "window_30m": window.reshape(-1)}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def observable_bound(lake, params: dict, P: pd.DataFrame, val_days: list[str]) -> dict:
+    """QLIKE against realized variance over ``har_tod``'s, on the test rows of ``P`` (the predictions
+    ``hfcast train`` wrote), of the filter's forecasts mapped to the realized scale on ``val_days``."""
+    from hfcast import metrics as M
+    from hfcast.features.engine import load_features
+
+    F = filter_forecasts(lake, params)
+    F["ts"] = pd.to_datetime(F["ts"], utc=True)
+    val = load_features(lake, val_days, columns=["symbol", "ts", "rv_10m"])
+    val = val.assign(symbol=val["symbol"].astype(str), ts=pd.to_datetime(val["ts"], utc=True))
+    h = P[P["model"] == "har_tod"][["symbol", "ts", "rv_10m", "rv_10m_pred"]]
+    h = h.assign(symbol=h["symbol"].astype(str), ts=pd.to_datetime(h["ts"], utc=True))
+    rows = pd.concat([val.assign(split="val"), h.assign(split="test")], ignore_index=True).merge(F, on=["symbol", "ts"])
+    y2 = rows["rv_10m"].to_numpy(np.float64) ** 2
+    test = (rows["split"] == "test").to_numpy()
+    ok = test & np.isfinite(y2) & np.isfinite(rows["rv_10m_pred"].to_numpy(np.float64))
+    out: dict = {"rows": int(ok.sum()), "parameters": "the generator's own (known to this bound only)"}
+    q_har = M.qlike(rows["rv_10m_pred"].to_numpy(np.float64)[ok] ** 2, y2[ok])
+    for col in ("whole_day", "window_30m"):
+        f = _to_realized(rows[col].to_numpy(np.float64), y2, rows["symbol"].to_numpy(), (rows["split"] == "val").to_numpy())
+        good = ok & np.isfinite(f)
+        out[f"{col}_qlike_over_har_tod"] = M.qlike(f[good], y2[good]) / M.qlike(
+            rows["rv_10m_pred"].to_numpy(np.float64)[good] ** 2, y2[good])
+        out[f"{col}_rows"] = int(good.sum())
+    out["har_tod_qlike"] = q_har
+    out["best"] = min(out["whole_day_qlike_over_har_tod"], out["window_30m_qlike_over_har_tod"])
+    return out
