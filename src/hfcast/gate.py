@@ -24,7 +24,13 @@ Per target (a forecaster serves each target on its own, :mod:`hfcast.selection`)
   ``har_tod`` were not significant there, :mod:`hfcast.selection`), and re-judging baselines
   against one another on a few test days at margin 0 is a coin toss that leaves no champion at
   all (GARCH-t, 16 symbols, seed 3: ``har_tod`` served, ``har_x`` 0.9% better on the 5 test
-  days). A learned forecaster (a network, floored or not, an ensemble) must beat every baseline;
+  days). A learned forecaster (a network, floored or not, an ensemble) chosen on validation is
+  compared on the volatility with the champion, ``har_tod`` and every baseline validation did not
+  rank below it (the baselines that are not candidates - ``zero``, ``persistence`` - and, for a
+  fixed kind, a baseline with a lower validation QLIKE and a significant gain over ``har_tod``): the same
+  coin toss otherwise refused a network 15% better than ``har_tod`` on every test day because
+  ``har_x``, which it beat on validation, was 2% better on 3 of 5 test days (tick-bound GARCH, 16
+  symbols, seed 3). Without validation evidence it must beat every baseline;
 - a forecaster whose validation QLIKE is worse than ``har_tod``'s (``validation``) is never
   promoted (only a fixed kind can be: what validation chooses is never worse).
 """
@@ -139,8 +145,9 @@ def decide(
         baselines: ``{baseline_name: {metric: value}}`` on the same spans.
         config: primary metrics, directions and margins.
         served_baseline: the baseline the challenger's volatility forecast is, if it is one.
-        validation: ``{"val_qlike": {label: q}, "val_qlike_har_tod": q}`` of the challenger's last
-            fold, with ``chosen`` its label (the module docstring's validation rule).
+        validation: ``{"val_qlike": {label: q}, "chosen_val_qlike": q, "val_qlike_har_tod": q,
+            "val_gain_ub": {label: bound}}`` of the challenger's last fold (the module docstring's
+            validation rule, and which baselines validation ranked below the challenger).
 
     Returns:
         GateDecision: ``promote`` is True only if every comparison passed; ``reasons`` names every
@@ -182,6 +189,14 @@ def decide(
                 notes.append(f"{rule.name}: the challenger serves the {served_baseline} baseline, chosen on validation: "
                              f"compared with {' and '.join(kept) or 'nothing else'}, not re-judged against "
                              f"{', '.join(others)}")
+        elif rule.target == "vol":
+            ranked_below = _ranked_below(validation)
+            rule_refs = [r for r in refs if r[0].removeprefix("baseline ") not in ranked_below]
+            skipped = sorted(r[0].removeprefix("baseline ") for r in refs if r not in rule_refs)
+            if skipped:
+                notes.append(f"{rule.name}: validation ranked {', '.join(skipped)} below the challenger (their gain "
+                             f"over {FLOOR} lower or not significant there): not re-judged on the test spans; "
+                             f"compared with {', '.join(r[0] for r in rule_refs) or 'nothing'}")
         compared = _compare_rule(rule, float(c), rule_refs, comparisons, failures, notes)
         if compared == 0:
             uncompared.add(rule.name)
@@ -194,6 +209,27 @@ def decide(
     passed = [f"{rule.name} beats every reference by > {rule.margin:.3g}" for rule in config.rules
               if not (rule.target == "ret" and zero_ret) and rule.name not in uncompared]
     return GateDecision(True, passed + notes, comparisons)
+
+
+def _ranked_below(validation: Mapping[str, Any] | None) -> set[str]:
+    """The deployable baselines the validation choice ranked below the challenger (see the module
+    docstring): a validation QLIKE no lower than the chosen one's, or lower but with a gain over
+    ``har_tod`` that was not significant (``val_gain_ub`` not below 0). ``har_tod`` is never among
+    them; without validation evidence none is (every baseline is compared)."""
+    if not validation:
+        return set()
+    vq, chosen = validation.get("val_qlike"), validation.get("chosen_val_qlike")
+    if not isinstance(vq, Mapping) or not finite(chosen):
+        return set()
+    ub = validation.get("val_gain_ub")
+    out = set()
+    for name, q in vq.items():
+        if name == FLOOR or not finite(q):
+            continue
+        significant = True if not isinstance(ub, Mapping) else (finite(ub.get(name)) and float(ub[name]) < 0)
+        if not (float(q) < float(chosen) and significant):
+            out.add(str(name))
+    return out
 
 
 def _validation_rule(validation: Mapping[str, Any] | None, failures: list[str], notes: list[str]) -> None:

@@ -655,7 +655,8 @@ def log_result(settings: Settings, result: WalkForwardResult, params: Mapping[st
         plots=[str(p) for p in plots], baseline_metrics=baselines, tags={**kind_tags, **dict(tags or {})},
         run_id=run_id, run_name=run_name(result), dataset=dataset, reports=[str(p) for p in reports],
         extra_scores={"choices": [c.to_dict() for c in result.choices], "candidates": candidates,
-                      "validation": {k: v for k, v in last.evidence.items() if k.startswith(("val_qlike", "chosen_val"))}},
+                      "validation": {k: v for k, v in last.evidence.items()
+                                     if k.startswith(("val_qlike", "chosen_val", "val_gain_ub"))}},
         input_example=example_windows(Lake.from_settings(settings), result.feature_names, result.folds[-1].val[-1])))
 
 

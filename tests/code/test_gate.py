@@ -189,3 +189,30 @@ def test_a_served_baseline_is_judged_on_volatility_against_the_floor_and_the_cha
     assert not d.promote and any("baseline har_tod" in r for r in d.reasons)
     ret = decide({"vol_qlike": 0.30, "ret_ic": 0.005, "ret_served": 1}, None, base, CFG, served_baseline="har_x")
     assert not ret.promote and any("ret_ic" in r and "persistence" in r for r in ret.reasons)  # the return: every baseline
+
+
+def test_a_learned_forecaster_is_not_rejudged_against_baselines_validation_ranked_below_it():
+    """Tick-bound GARCH, seed 3: validation chose the LSTM over har_x; on 5 test days it beat
+    har_tod by 15% and lost to har_x by 2%. The choice was made on validation: har_x is not
+    re-judged; har_tod, the champion and baselines that were no candidate still are."""
+    base = {"har_tod": {"vol_qlike": 0.200, "ret_ic": 0.0}, "har_x": {"vol_qlike": 0.166, "ret_ic": 0.0},
+            "ewma": {"vol_qlike": 0.55, "ret_ic": 0.0}, "zero": {"vol_qlike": 0.30, "ret_ic": math.nan}}
+    lstm = {"vol_qlike": 0.169, "ret_ic": 0.0, "ret_served": 0}
+    val = {"val_qlike": {"har_tod": 0.21, "har_x": 0.180, "ewma": 0.5, "lstm": 0.175}, "chosen_val_qlike": 0.175,
+           "val_qlike_har_tod": 0.21, "val_gain_ub": {"har_x": -0.01, "ewma": 0.3, "lstm": -0.02}}
+    d = decide(lstm, None, base, CFG, validation=val)
+    assert d.promote, d.reasons
+    assert {c["reference"] for c in d.comparisons} == {"baseline har_tod", "baseline zero"}
+    assert any("validation ranked ewma, har_x below the challenger" in r for r in d.reasons)
+    # without validation evidence every baseline is compared (har_x beats it)
+    assert not decide(lstm, None, base, CFG).promote
+    # a fixed kind: validation preferred har_x (lower and significant) -> har_x is compared
+    fixed = {**val, "val_qlike": {**val["val_qlike"], "lstm": 0.19}, "chosen_val_qlike": 0.19}
+    d = decide(lstm, None, base, CFG, validation=fixed)
+    assert not d.promote and any("baseline har_x" in r for r in d.reasons)
+    # lower on validation but not significant: ranked below (the choice would not serve it)
+    weak = {**fixed, "val_gain_ub": {**fixed["val_gain_ub"], "har_x": 0.004}}
+    assert decide(lstm, None, base, CFG, validation=weak).promote
+    # still: worse than har_tod or the champion on the test spans rejects
+    assert not decide({**lstm, "vol_qlike": 0.205}, None, base, CFG, validation=val).promote
+    assert not decide(lstm, {"vol_qlike": 0.160, "ret_ic": 0.0, "ret_served": 0}, base, CFG, validation=val).promote
