@@ -28,7 +28,7 @@ learners that read only the 30-minute window, fitted by QLIKE on the train and v
 reach 0.90x. ``feasibility.observable`` (CIR + noise only; ``bench/observable_bound.py``) is the
 best ANY forecaster can do from the data: a Bayesian filter of the latent variance with the
 generator's own parameters, fed every observable that carries it (over the last 30 minutes, and
-over the whole day so far); ``room_for_0.90_observable`` is whether it reaches 0.90x. The served
+over every day so far); ``room_for_0.90_observable`` is whether it reaches 0.90x. The served
 confidence is compared with confidences fitted on the test span itself (half the test days -> the
 other half; ``confidence_crossfit``).
 

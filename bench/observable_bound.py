@@ -14,9 +14,10 @@ mean of the next 10 minutes' variance (what QLIKE rewards), mapped to the realiz
 symbol on the validation span exactly as the realized-scale oracle is.
 
 Two readings: ``window_30m`` restarts the filter from the stationary law 30 minutes back (what a
-window of the data contract could at best carry), ``whole_day`` runs it from the open (every
-minute of the day so far). Both are ceilings that no learner reaches with finite data: they know
-the generator's parameters exactly.
+window of the data contract could at best carry), ``history`` runs it over every minute of every
+day so far (the night maps the closing posterior through the generator's own ``0.7 v + 0.3``).
+Both are ceilings that no learner reaches with finite data: they know the generator's parameters
+exactly.
 """
 
 from __future__ import annotations
@@ -57,8 +58,15 @@ class _Filter:
         for _ in range(3000):
             pi = pi @ self.P
         self.stationary = pi
-        self.open = np.zeros(GRID.size)  # the night: v_open = 0.7 v_close + 0.3
-        np.add.at(self.open, np.abs(GRID[None, :] - (0.7 * GRID + 0.3)[:, None]).argmin(axis=1), pi)
+        self._night = np.abs(GRID[None, :] - (0.7 * GRID + 0.3)[:, None]).argmin(axis=1)
+        self.open = self.night(pi[None, :])[0]
+
+    def night(self, post: np.ndarray) -> np.ndarray:
+        """[S, G] closing posteriors -> the next open's prior (v_open = 0.7 v_close + 0.3)."""
+        out = np.zeros_like(post)
+        for i, j in enumerate(self._night):
+            out[:, j] += post[:, i]
+        return out
 
     def loglik(self, bars: pd.DataFrame, n_sym: int) -> np.ndarray:
         """[S, T, G] log-likelihood of each minute's observables given the variance state."""
@@ -93,14 +101,16 @@ class _Filter:
         path = 1 + (1 - self.kappa) ** k * (ev_next[..., None] - 1)  # E[v_{t+1+k}]
         return self.base ** 2 * (path * uk ** 2).sum(axis=-1)
 
-    def day(self, ll: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[S, T] forecasts of one day: (whole day so far, the last 30 minutes only)."""
+    def day(self, ll: np.ndarray, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """[S, T] forecasts of one day: (every minute so far, from ``prior`` at the open - the
+        stationary night's when None -, the last 30 minutes only) and the closing posterior [S, G]."""
         S, T, _ = ll.shape
         whole, window = np.full((S, T), np.nan), np.full((S, T), np.nan)
-        post = np.tile(self.open, (S, 1))
+        post = np.tile(self.open, (S, 1)) if prior is None else prior
         for t in range(T):
             post = self._update(post @ self.P if t else post, ll[:, t])
             whole[:, t] = self._forecast(post, t)
+        closing = post
         ends = np.arange(WINDOW - 1, T - HORIZON)  # every window end at once: [E, S, G]
         starts = ends - (WINDOW - 1)
         post = np.where((starts == 0)[:, None, None], self.open, self.stationary).repeat(S, axis=1)  # [E, S, G]
@@ -110,7 +120,7 @@ class _Filter:
             post = self._update(post, np.transpose(ll[:, starts + j], (1, 0, 2)))
         for i, t in enumerate(ends):
             window[:, t] = self._forecast(post[i], t)
-        return whole, window
+        return whole, window, closing
 
 
 def _to_realized(x: np.ndarray, y2: np.ndarray, sym: np.ndarray, fit: np.ndarray) -> np.ndarray:
@@ -131,7 +141,7 @@ def _to_realized(x: np.ndarray, y2: np.ndarray, sym: np.ndarray, fit: np.ndarray
 
 
 def filter_forecasts(lake, params: dict) -> pd.DataFrame:
-    """Every (symbol, ts) of the lake's days: ``whole_day`` and ``window_30m`` filter forecasts."""
+    """Every (symbol, ts) of the lake's days: ``history`` and ``window_30m`` filter forecasts."""
     from hfcast.data.dgp import iter_days
 
     cfg = _config(params)
@@ -142,12 +152,13 @@ def filter_forecasts(lake, params: dict) -> pd.DataFrame:
     if seen is None or len(seen) != len(first) or not np.allclose(seen["bid"].to_numpy(), first["bid"].to_numpy()):
         raise ValueError("the lake's raw bars are not the cir_noise market of params.yaml's synth section "
                          "(kind, size, seed): the filter would read the wrong parameters")
-    parts = []
+    parts, prior = [], None
     for date in dates:
         bars = lake.read("raw", date).sort_values(["symbol", "ts"], kind="stable")
-        whole, window = flt.day(flt.loglik(bars, cfg.n_symbols))
+        whole, window, closing = flt.day(flt.loglik(bars, cfg.n_symbols), prior)
+        prior = flt.night(closing)
         parts.append(pd.DataFrame({"symbol": bars["symbol"].astype(str).to_numpy(), "ts": bars["ts"].to_numpy(),
-                                   "whole_day": whole.reshape(-1), "window_30m": window.reshape(-1)}))
+                                   "history": whole.reshape(-1), "window_30m": window.reshape(-1)}))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -169,12 +180,12 @@ def observable_bound(lake, params: dict, P: pd.DataFrame, val_days: list[str]) -
     ok = test & np.isfinite(y2) & np.isfinite(rows["rv_10m_pred"].to_numpy(np.float64))
     out: dict = {"rows": int(ok.sum()), "parameters": "the generator's own (known to this bound only)"}
     q_har = M.qlike(rows["rv_10m_pred"].to_numpy(np.float64)[ok] ** 2, y2[ok])
-    for col in ("whole_day", "window_30m"):
+    for col in ("history", "window_30m"):
         f = _to_realized(rows[col].to_numpy(np.float64), y2, rows["symbol"].to_numpy(), (rows["split"] == "val").to_numpy())
         good = ok & np.isfinite(f)
         out[f"{col}_qlike_over_har_tod"] = M.qlike(f[good], y2[good]) / M.qlike(
             rows["rv_10m_pred"].to_numpy(np.float64)[good] ** 2, y2[good])
         out[f"{col}_rows"] = int(good.sum())
     out["har_tod_qlike"] = q_har
-    out["best"] = min(out["whole_day_qlike_over_har_tod"], out["window_30m_qlike_over_har_tod"])
+    out["best"] = min(out["history_qlike_over_har_tod"], out["window_30m_qlike_over_har_tod"])
     return out

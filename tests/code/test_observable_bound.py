@@ -44,7 +44,7 @@ def test_the_filter_tracks_the_latent_variance(lake):
     sym = F["symbol"].astype(str).to_numpy()
     both = np.isfinite(F["window_30m"].to_numpy()) & np.isfinite(truth)
     assert both.sum() > 3000
-    whole = _log_error_sd(F["whole_day"].to_numpy()[both], truth[both], sym[both])
+    whole = _log_error_sd(F["history"].to_numpy()[both], truth[both], sym[both])
     window = _log_error_sd(F["window_30m"].to_numpy()[both], truth[both], sym[both])
     raw_rv = _log_error_sd(naive[both], truth[both], sym[both])
     # the state's stationary sd is ~0.25 in log; the 30-minute realized variance misses it by far more
