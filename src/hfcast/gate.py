@@ -206,7 +206,7 @@ def decide(
 
     if failures:
         return GateDecision(False, failures + notes, comparisons)
-    passed = [f"{rule.name} beats every reference by > {rule.margin:.3g}" for rule in config.rules
+    passed = [f"{rule.name} beats every reference it was compared with by > {rule.margin:.3g}" for rule in config.rules
               if not (rule.target == "ret" and zero_ret) and rule.name not in uncompared]
     return GateDecision(True, passed + notes, comparisons)
 
