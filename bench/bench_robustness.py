@@ -6,7 +6,9 @@ microstructure noise) and the two processes of ``hfcast.data.dgp`` (minute GARCH
 shocks, a reverse-J day and overnight variance jumps; CIR variance with a W-shaped day and
 microstructure noise from none to heavy across symbols), and ``tick_bound``: that GARCH process for
 a $3 stock with a 1-cent tick and 1.2% daily volatility, so about half of the 10-minute spans see
-no quote move (a thinly traded or tick-bound name; opt-in: ``--generators ...,tick_bound``).
+no quote move (a thinly traded or tick-bound name; opt-in: ``--generators ...,tick_bound``), and
+``cir_wide``: the CIR process with twice the vol-of-vol and half the heaviest quote noise, where
+the data themselves leave room below 0.90x (opt-in).
 
 Per generator, exactly what a new user runs, each in its own project folder (``HFCAST_HOME``,
 lake, MLflow, ``params.yaml``): ``hfcast synth [--generator ...]`` -> ``hfcast validate`` ->
@@ -61,7 +63,8 @@ SMALL = {"transformer": {"d_model": 32, "n_layers": 1}, "lstm": {"hidden": 32, "
          "tcn": {"channels": 32}, "hybrid": {"channels": 32}}
 GENERATORS = ("sim", "sim_regime", "sim_noisy", "garch_t", "cir_noise")
 #: generators that are a hfcast.data.dgp process with other knobs: (the process, synth.dgp fields)
-DGP_VARIANTS = {"tick_bound": ("garch_t", {"price_median": 3.0, "daily_vol": 0.012})}
+DGP_VARIANTS = {"tick_bound": ("garch_t", {"price_median": 3.0, "daily_vol": 0.012}),
+                "cir_wide": ("cir_noise", {"cir_volvol": 0.5, "noise_max": 1.0})}
 SERVED = "forecaster"
 log = logging.getLogger("bench_robustness")
 
@@ -477,7 +480,7 @@ def main() -> None:
         val = load_features(lake, val_days) if "true_var_10m" in P else None
         window = window_bound(lake, proj["params"]) if args.window_bound else None
         observable = (observable_bound(lake, proj["params"], P, val_days)
-                      if name == "cir_noise" and "oracle" in set(P["model"]) else None)
+                      if DGP_VARIANTS.get(name, (name,))[0] == "cir_noise" and "oracle" in set(P["model"]) else None)
         results[name] = {"default_path": ran, "seconds": round(time.perf_counter() - t0, 1),
                          **summarize(P, val, window, observable)}
         if args.crossfit:
