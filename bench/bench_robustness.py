@@ -57,7 +57,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import market_parser, write_result  # noqa: E402
-from bench.observable_bound import observable_bound  # noqa: E402
+from bench.observable_bound import apply_map, observable_bound, realized_map  # noqa: E402
 
 SMALL = {"transformer": {"d_model": 32, "n_layers": 1}, "lstm": {"hidden": 32, "n_layers": 1},
          "tcn": {"channels": 32}, "hybrid": {"channels": 32}}
@@ -78,6 +78,11 @@ def _synth_knobs(name: str, days: int) -> dict:
 
 
 MARKER = ".hfcast-bench-project"
+
+
+def _process(name: str) -> str:
+    """The ``hfcast synth --generator`` process behind a generator name (a DGP variant's, or itself)."""
+    return DGP_VARIANTS.get(name, (name,))[0]
 
 
 def project(name: str, root: Path, symbols: int, days: int, seed: int, epochs: int, archs: list[str]) -> dict:
@@ -119,7 +124,7 @@ def hfcast(proj: dict, *args: str) -> str:
 
 def run_default_path(proj: dict, name: str, archs: list[str]) -> dict:
     """synth -> validate -> featurize -> train (register + gate) through the CLI; what it printed."""
-    gen = [] if name.startswith("sim") else ["--generator", DGP_VARIANTS.get(name, (name,))[0]]
+    gen = [] if name.startswith("sim") else ["--generator", _process(name)]
     steps = {}
     for args in (["synth", *gen, "--no-progress"], ["validate", "--no-progress"], ["featurize", "--no-progress"],
                  ["train", "--models", ",".join(archs), "--out", str(proj["home"] / "report")]):
@@ -173,21 +178,12 @@ def realized_oracle(P, val: "pd.DataFrame") -> dict:
     symbol on the VALIDATION span by minimising QLIKE (least squares on rv^2 chases the fat tails),
     is: its ratio says whether the realized-QLIKE goal (<= 0.90x) can be reached at all on a
     generator, even knowing the latent state."""
-    from scipy.optimize import minimize
-
     from hfcast import metrics as M
 
-    coef = {}
-    for sym, g in val.dropna(subset=["rv_10m", "true_var_10m"]).groupby("symbol", observed=True):
-        tv, y2 = g["true_var_10m"].to_numpy(), g["rv_10m"].to_numpy() ** 2
-        s = float(np.mean(tv))  # fit b in units of the mean latent variance (well-conditioned)
-        f = lambda ab: M.qlike(np.exp(ab[0]) * tv + np.exp(ab[1]) * s, y2)  # noqa: E731
-        ab = minimize(f, x0=[np.log(max(y2.mean() / s, 1e-6)), np.log(1e-3)], method="Nelder-Mead").x
-        coef[str(sym)] = (np.exp(ab[0]), np.exp(ab[1]) * s)
-
+    v = val.dropna(subset=["rv_10m", "true_var_10m"])
+    coef = realized_map(v["true_var_10m"].to_numpy(), v["rv_10m"].to_numpy() ** 2, v["symbol"].to_numpy())
     o, h = P[P["model"] == "oracle"], P[P["model"] == "har_tod"]
-    ab = np.array([coef.get(str(s), (np.nan, np.nan)) for s in o["symbol"]])
-    var = ab[:, 0] * o["true_var_10m"].to_numpy() + ab[:, 1]
+    var = apply_map(coef, o["true_var_10m"].to_numpy(), o["symbol"].to_numpy())
     y2 = o["rv_10m"].to_numpy() ** 2
     ok = np.isfinite(var) & np.isfinite(y2) & (var > 0)
     q, q_har = M.qlike(var[ok], y2[ok]), M.qlike(h["rv_10m_pred"].to_numpy()[ok] ** 2, y2[ok])
@@ -479,8 +475,8 @@ def main() -> None:
         val_days = days[len(days) - wf["test_days"] - 1 - wf["val_days"]:len(days) - wf["test_days"] - 1]
         val = load_features(lake, val_days) if "true_var_10m" in P else None
         window = window_bound(lake, proj["params"]) if args.window_bound else None
-        observable = (observable_bound(lake, proj["params"], P, val_days)
-                      if DGP_VARIANTS.get(name, (name,))[0] == "cir_noise" and "oracle" in set(P["model"]) else None)
+        observable = (observable_bound(lake, proj["params"], P, val)
+                      if _process(name) == "cir_noise" and val is not None and "oracle" in set(P["model"]) else None)
         results[name] = {"default_path": ran, "seconds": round(time.perf_counter() - t0, 1),
                          **summarize(P, val, window, observable)}
         if args.crossfit:

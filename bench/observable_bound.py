@@ -123,21 +123,28 @@ class _Filter:
         return whole, window, closing
 
 
-def _to_realized(x: np.ndarray, y2: np.ndarray, sym: np.ndarray, fit: np.ndarray) -> np.ndarray:
-    """``a_s x + b_s`` per symbol, fitted by QLIKE on ``fit`` rows (as ``realized_oracle`` does)."""
+def realized_map(x: np.ndarray, y2: np.ndarray, symbol: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Per symbol, ``a x + b`` mapping a variance forecast ``x`` to the REALIZED scale, fitted by
+    QLIKE against ``y2`` (least squares would chase the fat tails); ``b`` is fitted in units of the
+    symbol's mean ``x`` (well-conditioned). Used for the realized-scale oracle and this filter alike."""
     from hfcast import metrics as M
 
-    out = np.full(x.shape, np.nan)
-    for s in np.unique(sym):
-        on = sym == s
-        f = on & fit & np.isfinite(x) & np.isfinite(y2) & (y2 > 0)
-        if f.sum() < 20:
-            continue
-        m = float(np.mean(x[f]))
-        q = lambda ab: M.qlike(np.exp(ab[0]) * x[f] + np.exp(ab[1]) * m, y2[f])  # noqa: E731
-        ab = minimize(q, x0=[np.log(max(y2[f].mean() / m, 1e-9)), np.log(1e-3)], method="Nelder-Mead").x
-        out[on] = np.exp(ab[0]) * x[on] + np.exp(ab[1]) * m
-    return out
+    x, y2, symbol = np.asarray(x, np.float64), np.asarray(y2, np.float64), np.asarray(symbol).astype(str)
+    ok = np.isfinite(x) & np.isfinite(y2)
+    coef = {}
+    for s in np.unique(symbol[ok]):
+        xs, ys = x[ok & (symbol == s)], y2[ok & (symbol == s)]
+        m = float(np.mean(xs))
+        q = lambda ab: M.qlike(np.exp(ab[0]) * xs + np.exp(ab[1]) * m, ys)  # noqa: E731
+        ab = minimize(q, x0=[np.log(max(ys.mean() / m, 1e-6)), np.log(1e-3)], method="Nelder-Mead").x
+        coef[str(s)] = (float(np.exp(ab[0])), float(np.exp(ab[1]) * m))
+    return coef
+
+
+def apply_map(coef: dict[str, tuple[float, float]], x: np.ndarray, symbol: np.ndarray) -> np.ndarray:
+    """:func:`realized_map`'s coefficients applied row by row (NaN for a symbol it did not fit)."""
+    ab = np.array([coef.get(str(s), (np.nan, np.nan)) for s in np.asarray(symbol)]).reshape(-1, 2)
+    return ab[:, 0] * np.asarray(x, np.float64) + ab[:, 1]
 
 
 def filter_forecasts(lake, params: dict) -> pd.DataFrame:
@@ -162,30 +169,26 @@ def filter_forecasts(lake, params: dict) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def observable_bound(lake, params: dict, P: pd.DataFrame, val_days: list[str]) -> dict:
+def observable_bound(lake, params: dict, P: pd.DataFrame, val: pd.DataFrame) -> dict:
     """QLIKE against realized variance over ``har_tod``'s, on the test rows of ``P`` (the predictions
-    ``hfcast train`` wrote), of the filter's forecasts mapped to the realized scale on ``val_days``."""
+    ``hfcast train`` wrote), of the filter's forecasts mapped to the realized scale on ``val`` (the
+    validation span's features, ``rv_10m`` included)."""
     from hfcast import metrics as M
-    from hfcast.features.engine import load_features
 
     F = filter_forecasts(lake, params)
-    F["ts"] = pd.to_datetime(F["ts"], utc=True)
-    val = load_features(lake, val_days, columns=["symbol", "ts", "rv_10m"])
-    val = val.assign(symbol=val["symbol"].astype(str), ts=pd.to_datetime(val["ts"], utc=True))
-    h = P[P["model"] == "har_tod"][["symbol", "ts", "rv_10m", "rv_10m_pred"]]
-    h = h.assign(symbol=h["symbol"].astype(str), ts=pd.to_datetime(h["ts"], utc=True))
-    rows = pd.concat([val.assign(split="val"), h.assign(split="test")], ignore_index=True).merge(F, on=["symbol", "ts"])
-    y2 = rows["rv_10m"].to_numpy(np.float64) ** 2
-    test = (rows["split"] == "test").to_numpy()
-    ok = test & np.isfinite(y2) & np.isfinite(rows["rv_10m_pred"].to_numpy(np.float64))
+    F = F.assign(ts=pd.to_datetime(F["ts"], utc=True))
+    keys = lambda d: d.assign(symbol=d["symbol"].astype(str), ts=pd.to_datetime(d["ts"], utc=True))  # noqa: E731
+    fit = keys(val[["symbol", "ts", "rv_10m"]]).merge(F, on=["symbol", "ts"])
+    test = keys(P[P["model"] == "har_tod"][["symbol", "ts", "rv_10m", "rv_10m_pred"]]).merge(F, on=["symbol", "ts"])
+    y2, h = test["rv_10m"].to_numpy(np.float64) ** 2, test["rv_10m_pred"].to_numpy(np.float64) ** 2
+    ok = np.isfinite(y2) & np.isfinite(h)
     out: dict = {"rows": int(ok.sum()), "parameters": "the generator's own (known to this bound only)"}
-    q_har = M.qlike(rows["rv_10m_pred"].to_numpy(np.float64)[ok] ** 2, y2[ok])
     for col in ("history", "window_30m"):
-        f = _to_realized(rows[col].to_numpy(np.float64), y2, rows["symbol"].to_numpy(), (rows["split"] == "val").to_numpy())
+        coef = realized_map(fit[col].to_numpy(), fit["rv_10m"].to_numpy(np.float64) ** 2, fit["symbol"].to_numpy())
+        f = apply_map(coef, test[col].to_numpy(), test["symbol"].to_numpy())
         good = ok & np.isfinite(f)
-        out[f"{col}_qlike_over_har_tod"] = M.qlike(f[good], y2[good]) / M.qlike(
-            rows["rv_10m_pred"].to_numpy(np.float64)[good] ** 2, y2[good])
+        out[f"{col}_qlike_over_har_tod"] = M.qlike(f[good], y2[good]) / M.qlike(h[good], y2[good])
         out[f"{col}_rows"] = int(good.sum())
-    out["har_tod_qlike"] = q_har
+    out["har_tod_qlike"] = M.qlike(h[ok], y2[ok])
     out["best"] = min(out["history_qlike_over_har_tod"], out["window_30m_qlike_over_har_tod"])
     return out

@@ -255,7 +255,7 @@ def train_and_log(settings: Settings, archs: Sequence[str] | None = None, *, dat
     return _forecaster_run(run_id, result)
 
 
-def return_on_test(settings: Settings, result: Any, options: Any, lake: Lake, wf_cfg: Any) -> Any:
+def return_on_test(settings: Settings, result: Any, options: Any, lake: Lake, wf_cfg: Any, prep: Any = None) -> Any:
     """The walk-forward result whose served return head is judged on the test spans as the gate
     judges it against the baselines (params.yaml ``registry.gate`` return metrics); a head that
     fails is replaced by the zero forecast, the volatility choice unchanged, BEFORE anything is
@@ -264,7 +264,8 @@ def return_on_test(settings: Settings, result: Any, options: Any, lake: Lake, wf
     validation, 0.015 on the 5 test days against persistence's 0.035, and the gate refused the
     whole forecaster, ``har_x`` at 0.96x ``har_tod`` with it). The test spans can only take a head
     away here, never choose one, so no score is made better by reading them. A fixed
-    ``--return net`` keeps the head. Returns ``result`` itself or the re-selected result."""
+    ``--return net`` keeps the head. ``prep``: the folds' prepared data where the caller has them
+    (else read again from the lake). Returns ``result`` itself or the re-selected result."""
     from hfcast.walkforward import prepare, select_folds
 
     if options.ret != "auto" or all(c.ret == "zero" for c in result.choices):
@@ -279,7 +280,8 @@ def return_on_test(settings: Settings, result: Any, options: Any, lake: Lake, wf
     failed = "; ".join(r for r in verdict.reasons if r.startswith("ret_") and "challenger" in r) or verdict.summary()
     why = f"the {result.choices[-1].ret} return head failed on the test spans ({failed}): replaced by the zero forecast"
     log.info("%s", why)
-    out = select_folds(prepare(lake, wf_cfg), result.nets, wf_cfg, options=replace(options, ret="zero"), progress=False,
+    out = select_folds(prep if prep is not None else prepare(lake, wf_cfg), result.nets, wf_cfg,
+                       options=replace(options, ret="zero"), progress=False,
                        histories=result.histories, throughput=result.throughput)
     for choice in out.choices:
         choice.evidence["return_replaced"] = why
@@ -355,7 +357,7 @@ def select_and_log(settings: Settings, member_runs: Sequence[str], *, dataset_ve
             nets[arch] = [TrainedNet.load(f"{got}/fold{k}") for k in range(len(prep.folds))]
     options = select_options(settings, kind, ret)
     result = select_folds(prep, nets, wf_cfg, options=options, progress=False)
-    result = return_on_test(settings, result, options, lake, wf_cfg)
+    result = return_on_test(settings, result, options, lake, wf_cfg, prep)
     with tempfile.TemporaryDirectory(prefix="hfcast-forecaster-") as tmp:
         run_id = log_trained(settings, result, out_dir=tmp, dataset_version=dataset_version, reason=reason,
                              drifted_dates=drifted_dates, tags={"hfcast.member_runs": ",".join(member_runs)})
