@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import market_parser, write_result  # noqa: E402
 from bench.observable_bound import apply_map, observable_bound, realized_map  # noqa: E402
+from hfcast.models.baselines import HARX_ACTIVITY, HARX_LAST, HARX_RAW  # noqa: E402
 
 SMALL = {"transformer": {"d_model": 32, "n_layers": 1}, "lstm": {"hidden": 32, "n_layers": 1},
          "tcn": {"channels": 32}, "hybrid": {"channels": 32}}
@@ -190,12 +191,9 @@ def realized_oracle(P, val: "pd.DataFrame") -> dict:
     return {"oracle_realized_qlike_over_har_tod": q / q_har, "rows": int(ok.sum())}
 
 
-_VOL_FEATURES = ("rv_5m", "rv_15m", "rv_30m", "rv_60m", "park_5m", "park_15m", "park_30m", "bpv_15m", "bpv_30m",
-                 "ewma_vol_10", "ewma_vol_60", "har_rv_d", "har_rv_w", "har_rv_today", "range_bps_1m")
-
-
-#: trading activity moves with volatility (the volume-volatility relation): last row, 10- and 30-row means
-_ACTIVITY_FEATURES = ("log_volume", "log_trades", "spread_bps", "jump_ratio_30m")
+#: the window's volatility estimators, its raw last-row covariates (the month's noise signature) and
+#: its trading activity (last row, 10- and 30-row means): those har_x reads
+_VOL_FEATURES, _RAW_FEATURES, _ACTIVITY_FEATURES = HARX_LAST, HARX_RAW, HARX_ACTIVITY
 
 
 def _window_designs(wa, side: pd.DataFrame, lv_har: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -224,6 +222,7 @@ def _window_designs(wa, side: pd.DataFrame, lv_har: np.ndarray) -> tuple[np.ndar
         rel += [lg(side[c]) - lv_har for c in ("v10_l1", "v10_l2", "v10_l3", "v_back", "vday", "vweek", "ewma_var")]
         tod = side["tod"].to_numpy()
         activity = [a[:, names.index(f)] for f in _ACTIVITY_FEATURES if f in names for a in (last, m10, m30)]
+        activity += [last[:, names.index(f)] for f in _RAW_FEATURES if f in names]
         compact = np.column_stack([lv_har, *rel, ac1, lg(s2) - lv_har, *activity,
                                    *[(tod // 30 == b).astype(float) for b in range(13)]])
     full = np.column_stack([side.to_numpy(np.float64), last, m10, m30, compact])

@@ -44,7 +44,7 @@ from hfcast.forecaster import Forecaster
 from hfcast.metrics import mse, qlike
 from hfcast.models import SelfAttention
 from hfcast.models.base import RAW_OUTPUTS
-from hfcast.models.baselines import FLOOR, HARX_ACTIVITY, HARX_LAST
+from hfcast.models.baselines import FLOOR, HARX_ACTIVITY, HARX_LAST, HARX_RAW
 from hfcast.plots import png_figure
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ BASELINE_INPUT_UNITS = {
 #: and the covariates ``har_x`` reads besides (shown when it is served)
 HARX_INPUT_UNITS = {
     "ac1": "first-order autocorrelation of the window's 30 one-minute returns (har_x)",
-    **{f"x_{f}": f"feature {f} at the window's last row (har_x; the catalogue's unit)" for f in HARX_LAST},
+    **{f"x_{f}": f"feature {f} at the window's last row (har_x; the catalogue's unit)" for f in (*HARX_LAST, *HARX_RAW)},
     **{f"{pre}{f}": f"feature {f} {where} (har_x; the catalogue's unit)" for f in HARX_ACTIVITY
        for pre, where in (("a_", "at the last row"), ("m10_", "averaged over the last 10 rows"),
                           ("m30_", "averaged over the 30 rows"))},

@@ -82,7 +82,8 @@ def _z(x: pd.Series, w: int) -> pd.Series:
     return z.where(~(const & x.notna()), 0.0)
 
 
-def _one_symbol(g: pd.DataFrame, rv_d: float, rv_w: float, quotes: bool) -> dict[str, pd.Series]:
+def _one_symbol(g: pd.DataFrame, prev: tuple[float, float, float, float], quotes: bool) -> dict[str, pd.Series]:
+    rv_d, rv_w, rv_m, ac1_m = prev
     o: dict[str, pd.Series] = {}
     p = np.log(g["mid"])
     r = _lagdiff(p, 1)
@@ -138,6 +139,8 @@ def _one_symbol(g: pd.DataFrame, rv_d: float, rv_w: float, quotes: bool) -> dict
              har_rv_w=pd.Series(math.sqrt(rv_w) if rv_w == rv_w else np.nan, index=g.index, dtype=float),
              har_rv_today=today)
     o["har_today_ratio"] = today / o["har_rv_w"]
+    o["har_rv_m"] = pd.Series(math.sqrt(rv_m) if rv_m == rv_m else np.nan, index=g.index, dtype=float)
+    o["noise_ac1_m"] = pd.Series(ac1_m, index=g.index, dtype=float)
     up = r.clip(lower=0).ewm(alpha=1 / 14, adjust=False).mean()
     dn = (-r).clip(lower=0).ewm(alpha=1 / 14, adjust=False).mean()
     rsi = (100 * up / (up + dn)).where(up + dn > 0, 50.0)
@@ -163,16 +166,16 @@ def _one_symbol(g: pd.DataFrame, rv_d: float, rv_w: float, quotes: bool) -> dict
 
 
 def reference_features(bars: pd.DataFrame, date: str, names: list[str],
-                       har_prev: dict[str, tuple[float, float]] | None = None) -> pd.DataFrame:
-    """Reference frame (symbol, ts, names...) for one date; ``har_prev`` maps symbol -> (rv_d, rv_w)."""
+                       har_prev: dict[str, tuple[float, float, float, float]] | None = None) -> pd.DataFrame:
+    """Reference frame (symbol, ts, names...) for one date; ``har_prev`` maps symbol -> (rv_d, rv_w,
+    rv_m, ac1_m) (:func:`reference_history`)."""
     har_prev = har_prev or {}
     quotes = "spread_bps" in names
     grid = schema.session_minutes_utc(date)
     parts = []
     for sym, g in bars.groupby("symbol", sort=True):
         gg = _grid(g, grid)
-        d, w = har_prev.get(sym, (np.nan, np.nan))
-        feats = pd.DataFrame(_one_symbol(gg, d, w, quotes), index=grid)
+        feats = pd.DataFrame(_one_symbol(gg, har_prev.get(sym, (np.nan,) * 4), quotes), index=grid)
         feats.insert(0, "symbol", sym)
         parts.append(feats.rename_axis("ts").reset_index())
     df = pd.concat(parts, ignore_index=True)
@@ -184,6 +187,32 @@ def reference_features(bars: pd.DataFrame, date: str, names: list[str],
     n = df.groupby("ts")["past_ret_15m"].transform("count")
     df["rank_ret_15m"] = ((rank - 1) / (n - 1)).where(n > 1, 0.5).where(df["past_ret_15m"].notna())
     return df[["symbol", "ts", *names]].sort_values(["symbol", "ts"]).reset_index(drop=True)
+
+
+def reference_daily(bars: pd.DataFrame, date: str) -> dict[str, tuple[float, float]]:
+    """symbol -> (realized variance, first-order autocorrelation of the one-minute returns) of one
+    date, from the reference's own gridded mid (plain pandas)."""
+    out = {}
+    for sym, g in bars.groupby("symbol", sort=True):
+        r = _lagdiff(np.log(_grid(g, schema.session_minutes_utc(date))["mid"]), 1)
+        if r.notna().any():
+            rv = float((r ** 2).sum())
+            ac = float((r * r.shift(1)).sum() / rv) if rv > 0 else np.nan
+            out[sym] = (rv, ac)
+    return out
+
+
+def reference_history(days: list[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float, float, float]]:
+    """symbol -> (rv_d, rv_w, rv_m, ac1_m) after ``days`` (oldest first, :func:`reference_daily` each):
+    the previous day's RV, mean RV of the last <= 5 and <= 22 days the symbol traded, mean
+    autocorrelation over those <= 22 days (NaN ones skipped)."""
+    out = {}
+    for sym in sorted({s for d in days for s in d}):
+        seen = [d[sym] for d in days if sym in d][-22:]
+        rv = [v for v, _ in seen]
+        ac = [a for _, a in seen if a == a]
+        out[sym] = (rv[-1], float(np.mean(rv[-5:])), float(np.mean(rv)), float(np.mean(ac)) if ac else np.nan)
+    return out
 
 
 def reference_labels(mid: pd.Series) -> pd.DataFrame:

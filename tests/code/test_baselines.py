@@ -158,3 +158,32 @@ def test_har_x_uses_what_the_window_carries_beyond_har_tod(signal):
         assert q["har_x"] < 0.9 * q["har_tod"], q
     else:
         assert q["har_x"] < 1.03 * q["har_tod"], q
+
+
+def test_har_x_reads_the_month_noise_signature_as_it_is():
+    """A symbol's realized scale set by its quote noise, which only the month's return
+    autocorrelation (``noise_ac1_m``, a daily-carried feature) tells: har_x takes it raw (not as a
+    log variance relative to har_tod) and beats the same fit without it on later days."""
+    from hfcast import metrics as M
+
+    df = synthetic_feature_frame(n_symbols=6, n_days=6, n_features=2, seed=7)
+    sym = df["symbol"].astype(str).str[1:].astype(int).to_numpy()
+    z = (sym - 2.5) / 1.7  # each symbol's noise share, standardised
+    df["rv_10m"] = df["rv_10m"] * np.exp(0.35 * z)
+    df["noise_ac1_m"] = (-0.25 - 0.1 * z + 0.01 * np.random.default_rng(0).standard_normal(len(df))).astype(np.float32)
+    names = [*synthetic_feature_names(2), "noise_ac1_m"]
+    by_days = {}
+    for with_noise in (True, False):
+        wa = build_windows(df, names if with_noise else names[:-1])
+        inp = baseline_inputs(wa, df)
+        by = wa.end_dates()
+        days = sorted(set(by))
+        tr, te = inp[np.isin(by, days[:4])], inp[np.isin(by, days[4:])]
+        te = te[np.isfinite(te["rv_10m"]) & (te["rv_10m"] > 0)]
+        harx = fit_baselines(tr, tr, ("har_x",))["har_x"]
+        by_days[with_noise] = M.qlike(harx.natural(te)["rv_hat"] ** 2, te["rv_10m"].to_numpy() ** 2)
+        if with_noise:
+            assert "x_noise_ac1_m" in harx.harx.columns
+            raw, cols = harx.harx._raw(te, harx.harx.har.log_var(te), ["x_noise_ac1_m"])
+            np.testing.assert_allclose(raw[:, 0], te["x_noise_ac1_m"].to_numpy(np.float64))
+    assert by_days[True] < 0.95 * by_days[False], by_days

@@ -20,7 +20,7 @@ from hfcast.features.catalog import FEATURES, feature_names
 DAY1, DAY2 = "2024-03-04", "2024-03-05"
 CUTS = (0, 1, 7, 29, 61, 200, 388)
 #: features that by definition do not depend on today's bars (clock, or yesterday's state)
-DATA_FREE = {"tod_sin", "tod_cos", "minutes_to_close", "har_rv_d", "har_rv_w"}
+DATA_FREE = {"tod_sin", "tod_cos", "minutes_to_close", "har_rv_d", "har_rv_w", "har_rv_m", "noise_ac1_m"}
 
 
 def _perturb(bars: pd.DataFrame, t: int, seed: int) -> pd.DataFrame:

@@ -34,7 +34,7 @@ def test_run_writes_contract_partitions(tmp_path):
     assert summary["dates"] == len(DATES) and summary["rows"] == 4 * 390 * len(DATES)
     assert summary["sources"] == {"validated": len(DATES), "raw": 0}
     fs = read_feature_set(lake)
-    assert fs["features"] == feature_names(True) and fs["quotes_available"] and fs["n_features"] == 59
+    assert fs["features"] == feature_names(True) and fs["quotes_available"] and fs["n_features"] == 61
     df = lake.read("features", DATES[2])
     names = feature_names(True)
     assert list(df.columns) == ["symbol", "ts", *names, "ret_60m", "rv_10m", "true_ret_60m", "true_var_10m"]
@@ -110,5 +110,5 @@ def test_run_featurize_on_s3(s3_settings):
     bars = make_bars(2, DATES[0], seed=1)
     lake.write("validated", DATES[0], bars)
     run_featurize(lake, progress=False)
-    assert read_feature_set(lake)["n_features"] == 59
+    assert read_feature_set(lake)["n_features"] == 61
     assert len(load_features(lake, [DATES[0]])) == 2 * 390

@@ -1,4 +1,4 @@
-"""Features: the catalogue of ~59 causal features, their computation, labels, sliding windows.
+"""Features: the catalogue of 61 causal features, their computation, labels, sliding windows.
 
 Import the submodules directly (``hfcast.features.catalog``, ``.engine``, ``.labels``,
 ``.windows``); nothing heavy runs at import time.

@@ -34,7 +34,7 @@ class FeatureSpec:
         name: column name in the features table.
         group: family (returns, spread, ...); used in reports and docs.
         formula: the exact definition, including the partial-window and NaN conventions.
-        lookback: minutes of history read (1 = this bar only), or "1d"/"5d" for carried daily state.
+        lookback: minutes of history read (1 = this bar only), or "1d"/"5d"/"22d" for carried daily state.
         inputs: bar columns the feature reads (hfcast.data.schema names).
         needs_quotes: True when the feature needs bid/ask or their sizes; such features are left out
             (declared unavailable, not faked) for OHLCV sources.
@@ -118,6 +118,12 @@ FEATURES: list[FeatureSpec] = [
     _f("har_rv_today", "har", "sqrt(390 * mean of r_s^2 over today's returns so far): today's RV "
        "scaled to a full day; NaN at t=0", 390, _MID),
     _f("har_today_ratio", "har", "har_rv_today / har_rv_w; NaN without history", "5d", _MID),
+    _f("har_rv_m", "har", "sqrt(mean RV of the symbol's last <=22 days): Corsi's monthly level; NaN "
+       "without history", "22d", _MID),
+    _f("noise_ac1_m", "har", "mean over the symbol's last <=22 days of each day's first-order "
+       "autocorrelation of its one-minute returns, sum r_s r_(s-1) / sum r_s^2 (days with no "
+       "non-zero return skipped): the quote-noise signature, near -0.5 where bid-ask bounce dominates "
+       "the mid's moves, near 0 for an efficient price; NaN without history", "22d", _MID),
     # --- technical indicators ----------------------------------------------------------------
     _f("rsi_14", "technical", "Wilder RSI: 100 * U / (U + D), U, D = EWMA (alpha 1/14, adjust=False, "
        "from the first return) of max(r,0), max(-r,0) on mid changes; 50 when U + D = 0", 390, _MID),

@@ -130,14 +130,54 @@ def _volatility(pn: Panel) -> dict[str, np.ndarray]:
     return out
 
 
-def _har(pn: Panel, rv_d: np.ndarray, rv_w: np.ndarray) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class DailyHistory:
+    """[S] carried daily state of each symbol before the session (NaN: no history).
+
+    ``rv_d``: the previous day's realized variance; ``rv_w``, ``rv_m``: mean daily RV of the last
+    <= 5 and <= 22 sessions; ``ac1_m``: mean over the last <= 22 sessions of each day's first-order
+    autocorrelation of the one-minute returns (:func:`daily_ac1`).
+    """
+
+    rv_d: np.ndarray
+    rv_w: np.ndarray
+    rv_m: np.ndarray
+    ac1_m: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> "DailyHistory":
+        return cls(*(np.full(n, np.nan) for _ in range(4)))
+
+
+def daily_rv(pn: Panel) -> np.ndarray:
+    """[S] realized variance of the whole session (sum of r^2); NaN for a symbol with no return."""
+    rv = np.nansum(pn.r * pn.r, axis=1)
+    rv[~np.isfinite(pn.r).any(axis=1)] = np.nan
+    return rv
+
+
+def daily_ac1(pn: Panel) -> np.ndarray:
+    """[S] first-order autocorrelation of the session's one-minute returns, ``sum r_s r_(s-1) /
+    sum r_s^2`` (about zero mean); NaN without a non-zero return. Near -0.5 where quote noise
+    (bid-ask bounce) dominates the mid's minute moves, near 0 for an efficient price."""
+    r = np.nan_to_num(pn.r)
+    den = (r * r).sum(axis=1)
+    num = (r[:, 1:] * r[:, :-1]).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def _har(pn: Panel, hist: DailyHistory) -> dict[str, np.ndarray]:
     shape = pn.mid.shape
     s, n = pn.r2_prefix.sum(shape[1]), pn.r2_prefix.count(shape[1])
+
+    def daily(v: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(np.asarray(v, np.float64)[:, None], shape)
     with np.errstate(invalid="ignore", divide="ignore"):
         today = np.sqrt(np.where(n > 0, shape[1] * s / n, np.nan))
-        w = np.broadcast_to(np.sqrt(rv_w)[:, None], shape)
-        return {"har_rv_d": np.broadcast_to(np.sqrt(rv_d)[:, None], shape), "har_rv_w": w,
-                "har_rv_today": today, "har_today_ratio": today / w}
+        w = daily(np.sqrt(hist.rv_w))
+        return {"har_rv_d": daily(np.sqrt(hist.rv_d)), "har_rv_w": w, "har_rv_m": daily(np.sqrt(hist.rv_m)),
+                "har_rv_today": today, "har_today_ratio": today / w, "noise_ac1_m": daily(hist.ac1_m)}
 
 
 def _technical(pn: Panel) -> dict[str, np.ndarray]:
@@ -189,12 +229,12 @@ def _cross_section(done: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def compute_features(pn: Panel, rv_d: np.ndarray, rv_w: np.ndarray, quotes: bool) -> dict[str, np.ndarray]:
+def compute_features(pn: Panel, hist: DailyHistory, quotes: bool) -> dict[str, np.ndarray]:
     """All catalogue features of one session, keyed by name, in catalogue order.
 
     Args:
         pn: the session panel (see :class:`Panel`).
-        rv_d, rv_w: [S] previous-day RV and mean RV of the last <=5 days (NaN: no history).
+        hist: each symbol's carried daily state (:class:`DailyHistory`; NaN: no history).
         quotes: whether the source has quotes; quote features are not computed otherwise.
 
     Raises:
@@ -207,7 +247,7 @@ def compute_features(pn: Panel, rv_d: np.ndarray, rv_w: np.ndarray, quotes: bool
             done.update(fn(pn))
     for fn in (_volume, _volatility):
         done.update(fn(pn))
-    done.update(_har(pn, rv_d, rv_w))
+    done.update(_har(pn, hist))
     done.update(_technical(pn))
     done.update(_location(pn, quotes))
     done.update(_time(pn))

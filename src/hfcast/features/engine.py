@@ -29,7 +29,7 @@ import pandas as pd
 from hfcast.contracts import FEATURE_SET_FILE
 from hfcast.data import schema
 from hfcast.features import ops
-from hfcast.features.compute import Panel, compute_features
+from hfcast.features.compute import DailyHistory, Panel, compute_features, daily_ac1, daily_rv
 from hfcast.features.labels import make_labels
 from hfcast.features.catalog import feature_names, unavailable_features
 from hfcast.market import resolve as resolve_market
@@ -38,32 +38,43 @@ from hfcast.storage import Lake, join, read_text, write_bytes, write_text
 log = logging.getLogger(__name__)
 
 TRUTH_OUT = ("true_ret_60m", "true_var_10m")
-HAR_DAYS = 5
+HAR_DAYS = 5     # the weekly HAR level
+LEVEL_DAYS = 22  # the monthly level (Corsi's HAR: 22 sessions): the days of state carried
 
 
 @dataclass(frozen=True)
 class HarState:
-    """Per-symbol daily realized variances of the last <= 5 sessions seen (oldest first)."""
+    """Per-symbol daily realized variances and return autocorrelations of the last <= 22 sessions
+    seen (oldest first; the two tuples of a symbol are aligned, an autocorrelation may be NaN)."""
 
     rv: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    ac1: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
-    def previous(self, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[S] previous-day RV and mean RV of the last <= 5 days; NaN for a symbol with no history."""
-        d = np.full(len(symbols), np.nan)
-        w = np.full(len(symbols), np.nan)
+    def previous(self, symbols: np.ndarray) -> DailyHistory:
+        """The :class:`DailyHistory` of ``symbols``; NaN for a symbol with no history."""
+        out = DailyHistory.empty(len(symbols))
         for i, s in enumerate(symbols):
             hist = self.rv.get(s)
             if hist:
-                d[i], w[i] = hist[-1], float(np.mean(hist))
-        return d, w
+                out.rv_d[i], out.rv_w[i], out.rv_m[i] = hist[-1], np.mean(hist[-HAR_DAYS:]), np.mean(hist)
+                ac = np.asarray(self.ac1.get(s, ()), np.float64)
+                if np.isfinite(ac).any():
+                    out.ac1_m[i] = np.nanmean(ac)
+        return out
 
-    def update(self, symbols: np.ndarray, daily_rv: np.ndarray) -> "HarState":
-        """A new state with today's RV appended (symbols with no return today are left as they were)."""
-        rv = dict(self.rv)
-        for s, v in zip(symbols, daily_rv):
+    def update(self, symbols: np.ndarray, daily_rv: np.ndarray, daily_ac1: np.ndarray) -> "HarState":
+        """A new state with today's values appended (symbols with no return today are left as they were)."""
+        rv, ac1 = dict(self.rv), dict(self.ac1)
+        keep = LEVEL_DAYS - 1
+        for s, v, a in zip(symbols, daily_rv, daily_ac1):
             if np.isfinite(v):
-                rv[s] = (*rv.get(s, ())[-(HAR_DAYS - 1):], float(v))
-        return HarState(rv)
+                rv[s] = (*rv.get(s, ())[-keep:], float(v))
+                ac1[s] = (*ac1.get(s, ())[-keep:], float(a))
+        return HarState(rv, ac1)
+
+    def after(self, symbols: np.ndarray, pn: Panel) -> "HarState":
+        """The state after the session ``pn`` of ``symbols``."""
+        return self.update(symbols, daily_rv(pn), daily_ac1(pn))
 
 
 def _minutes(ts: pd.Series, session: Any) -> np.ndarray:
@@ -128,13 +139,6 @@ def to_panel(bars: pd.DataFrame, date: str, market: Any = None) -> tuple[np.ndar
     return symbols, panel
 
 
-def _daily_rv(pn: Panel) -> np.ndarray:
-    """[S] realized variance of the whole session (sum of r^2); NaN for a symbol with no return."""
-    rv = np.nansum(pn.r * pn.r, axis=1)
-    rv[~np.isfinite(pn.r).any(axis=1)] = np.nan
-    return rv
-
-
 def featurize_frame(bars: pd.DataFrame, date: str, state: HarState | None = None,
                     truth: pd.DataFrame | None = None,
                     quotes_available: bool | None = None, market: Any = None) -> tuple[pd.DataFrame, HarState]:
@@ -143,7 +147,7 @@ def featurize_frame(bars: pd.DataFrame, date: str, state: HarState | None = None
     Args:
         bars: the date's bars (hfcast.data.schema columns).
         date: ISO date of the session (defines the grid).
-        state: HAR state from the previous dates (None: no history -> HAR day/week terms NaN).
+        state: HAR state from the previous dates (None: no history -> the carried daily terms NaN).
         truth: the simulator's truth table of the date, or None.
         quotes_available: feature set to produce; None decides from the bars (schema.has_quotes).
         market: the calendar (hfcast.market; None = XNYS): the grid is that date's session.
@@ -167,8 +171,7 @@ def featurize_frame(bars: pd.DataFrame, date: str, state: HarState | None = None
         return _empty_frame(quotes, truth is not None and len(truth) > 0), state
     session = mk.session(date)
     symbols, pn = to_panel(bars, date, mk)
-    rv_d, rv_w = state.previous(symbols)
-    feats = compute_features(pn, rv_d, rv_w, quotes)
+    feats = compute_features(pn, state.previous(symbols), quotes)
     grid = session.minutes_utc()
     T = session.n_minutes
     labels = make_labels(pn.mid, segment_starts=_break_starts(grid))
@@ -189,7 +192,7 @@ def featurize_frame(bars: pd.DataFrame, date: str, state: HarState | None = None
         tkey = sym[keep].astype(np.int64) * T + minute[keep]
         for c in TRUTH_OUT:
             out[c] = _scatter(truth[c].to_numpy(np.float64)[keep], tkey, s, T).reshape(-1)
-    return out, state.update(symbols, _daily_rv(pn))
+    return out, state.after(symbols, pn)
 
 
 def _break_starts(grid: pd.DatetimeIndex) -> np.ndarray:
@@ -242,7 +245,7 @@ def _advance(lake: Lake, date: str, state: HarState, market: Any = None) -> HarS
     if not resolve_market(market).is_session(date):
         return state
     symbols, pn = to_panel(lake.read(_source(lake, date), date), date, market)
-    return state.update(symbols, _daily_rv(pn))
+    return state.after(symbols, pn)
 
 
 def _featurize_one(lake: Lake, date: str, state: HarState, quotes: bool,
@@ -291,7 +294,7 @@ def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool
     Args:
         lake: the lake; input is ``validated`` (``raw`` with a warning where a date has none).
         dates: dates to process (default: every validated date, else every raw date). Earlier input
-            dates (up to 5) are read first to warm the HAR state, so a partial rerun equals a full run.
+            dates (up to 22) are read first to warm the HAR state, so a partial rerun equals a full run.
         progress: show a progress bar on stderr.
         workers: processes featurizing dates in parallel. With > 1 the main process walks the
             dates in order computing only the small HAR state (read + daily RV) and hands each date
@@ -307,7 +310,7 @@ def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool
     available, todo = _dates_to_featurize(lake, dates)
     t0 = time.perf_counter()
     state = HarState()
-    for d in [d for d in available if d < todo[0]][-HAR_DAYS:]:
+    for d in [d for d in available if d < todo[0]][-LEVEL_DAYS:]:
         state = _advance(lake, d, state, market)
     quotes = _choose_quotes(lake, todo)
     if not quotes:

@@ -21,7 +21,8 @@ Window inputs (one row per window; variances are of log mid returns over 10 minu
 - ``ret_past60``: the last hour's return (``past_ret_60m``); ``tod``: minute of session from
   ``tod_sin``/``tod_cos``/``minutes_to_close``;
 - the calibration context (:data:`hfcast.calibration.CONTEXT_KEYS`) from the last row;
-- ``har_x``'s covariates: ``x_<f>`` the volatility features of :data:`HARX_LAST` at the last row,
+- ``har_x``'s covariates: ``x_<f>`` the volatility features of :data:`HARX_LAST` and the noise
+  signature of :data:`HARX_RAW` (the month's mean return autocorrelation) at the last row,
   ``a_<f>`` / ``m10_<f>`` / ``m30_<f>`` the activity features of :data:`HARX_ACTIVITY` at the last
   row and averaged over the last 10 and all 30 rows, and ``ac1`` the first-order autocorrelation of
   the 30 one-minute returns (near -0.5 where quote noise dominates the mid's moves).
@@ -78,7 +79,9 @@ CONTEXT_FEATURES = {"spread_bps": "spread_bps", "jump_ratio": "jump_ratio_30m", 
 REQUIRED_FEATURES = (RETURN_FEATURE, *LAST_ROW_FEATURES[:6], "tod_sin", "tod_cos")
 #: har_x's covariates (each where the feature set has it): volatility estimators at the last row ...
 HARX_LAST = ("rv_5m", "rv_15m", "rv_30m", "rv_60m", "park_5m", "park_15m", "park_30m", "bpv_15m", "bpv_30m",
-             "ewma_vol_10", "ewma_vol_60", "har_rv_d", "har_rv_w", "har_rv_today", "range_bps_1m")
+             "ewma_vol_10", "ewma_vol_60", "har_rv_d", "har_rv_w", "har_rv_m", "har_rv_today", "range_bps_1m")
+#: ... features at the last row taken as they are (not volatilities: no log relative to har_tod)
+HARX_RAW = ("noise_ac1_m",)
 #: ... and trading activity over the window (volume and volatility move together)
 HARX_ACTIVITY = ("log_volume", "log_trades", "spread_bps", "jump_ratio_30m")
 SIDE_COLUMNS = ("tod", "v10_l1", "v10_l2", "v10_l3", "v_back", "vday", "vweek", "ewma_var", "ret_past60")
@@ -156,7 +159,7 @@ def side_inputs(returns: np.ndarray, last: Mapping[str, np.ndarray],
     for key, feat in CONTEXT_FEATURES.items():
         if feat in g:
             out[key] = g[feat]
-    extra = {f"x_{f}": g[f] for f in HARX_LAST if f in g}
+    extra = {f"x_{f}": g[f] for f in (*HARX_LAST, *HARX_RAW) if f in g}
     extra["ac1"] = _autocorrelation(r)
     extra.update(_activity(window or {}))
     return pd.concat([out, pd.DataFrame(extra, index=out.index)], axis=1)
@@ -164,13 +167,13 @@ def side_inputs(returns: np.ndarray, last: Mapping[str, np.ndarray],
 
 #: features the window inputs read at the last row, and over the whole window
 WINDOW_FEATURES = tuple(dict.fromkeys([RETURN_FEATURE, *LAST_ROW_FEATURES, *CONTEXT_FEATURES.values(), *HARX_LAST,
-                                       *HARX_ACTIVITY]))
+                                       *HARX_RAW, *HARX_ACTIVITY]))
 
 
 def _columns(feature_names: Sequence[str]) -> tuple[int, dict[str, int], dict[str, int]]:
     names = list(feature_names)
     check_features(names)
-    wanted = [*LAST_ROW_FEATURES, *CONTEXT_FEATURES.values(), *HARX_LAST]
+    wanted = [*LAST_ROW_FEATURES, *CONTEXT_FEATURES.values(), *HARX_LAST, *HARX_RAW]
     return (names.index(RETURN_FEATURE), {f: names.index(f) for f in wanted if f in names},
             {f: names.index(f) for f in HARX_ACTIVITY if f in names})
 
@@ -519,8 +522,10 @@ class HarX:
     Why: ``har_tod`` reads only the 10-minute block variances and the day's and week's levels. The
     window carries more that predicts the next ten minutes' variance: range- and bipower-based
     estimators (less noisy than squared returns), the autocorrelation of the one-minute returns
-    (how much of the mid's moves is quote noise, which realized variance keeps), trading activity
-    (volume and volatility move together) and the half-hour. HAR with exogenous regressors is the
+    (how much of the mid's moves is quote noise, which realized variance keeps) in the window and
+    over the symbol's last month (``noise_ac1_m``: 30 returns tell a symbol's noise share poorly),
+    the month's level (``har_rv_m``: the long-run mean a mean-reverting variance returns to),
+    trading activity (volume and volatility move together) and the half-hour. HAR with exogenous regressors is the
     field's standard extension (e.g. HAR-X with volume or implied volatility); fitted by the loss it
     is scored with, on the training span only, and chosen only where it wins on validation. Every
     covariate is in a window request, so the server's post-step computes it like ``har_tod``.
@@ -547,6 +552,9 @@ class HarX:
         for f in HARX_LAST:
             if f"x_{f}" in inp:
                 cols[f"x_{f}"] = rel(inp[f"x_{f}"].to_numpy(np.float64) ** 2)
+        for f in HARX_RAW:
+            if f"x_{f}" in inp:
+                cols[f"x_{f}"] = inp[f"x_{f}"].to_numpy(np.float64)
         for c in _HARX_SIDE:
             cols[c] = rel(inp[c].to_numpy(np.float64))
         for f in HARX_ACTIVITY:
