@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from _feature_reference import make_bars
 from hfcast.data.schema import TS_DTYPE, trading_days
-from hfcast.features.engine import load_features, read_feature_set, run_featurize
+from hfcast.features.engine import DAILY_TABLE, load_features, read_feature_set, run_featurize
 from hfcast.features.catalog import feature_names
-from hfcast.storage import Lake
+from hfcast.storage import Lake, remove
 
 DATES = trading_days("2024-03-04", 7)
 
@@ -56,6 +56,19 @@ def test_partial_rerun_equals_full_run(tmp_path):
     run_featurize(lake, progress=False)
     full = lake.read("features", DATES[-1])
     run_featurize(lake, dates=[DATES[-1]], progress=False)  # HAR state warmed from the prior dates
+    pd.testing.assert_frame_equal(lake.read("features", DATES[-1]), full)
+    assert lake.dates(DAILY_TABLE) == list(DATES)  # each date's daily values, beside its features
+    # the warm-up reads those daily values, not the bars again: bars changed under an earlier date
+    # (not re-featurized) leave the later date's carried terms as that date's features saw them
+    bars = lake.read("validated", DATES[0])
+    lake.write("validated", DATES[0], bars.assign(bid=bars["bid"] * (1 + 0.01 * np.sin(np.arange(len(bars))))))
+    run_featurize(lake, dates=[DATES[-1]], progress=False)
+    pd.testing.assert_frame_equal(lake.read("features", DATES[-1]), full)
+    # without them (a lake featurized before they existed) the bars are read: same numbers where
+    # the bars are the ones featurized, the changed bars' where they changed
+    lake.write("validated", DATES[0], bars)
+    remove(lake.table(DAILY_TABLE), recursive=True)
+    run_featurize(lake, dates=[DATES[-1]], progress=False)
     pd.testing.assert_frame_equal(lake.read("features", DATES[-1]), full)
     loaded = load_features(lake, DATES[-2:], columns=["rv_30m", "ret_60m"])
     assert list(loaded.columns) == ["symbol", "ts", "rv_30m", "ret_60m"] and len(loaded) == 2 * 4 * 390

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 TRUTH_OUT = ("true_ret_60m", "true_var_10m")
 HAR_DAYS = 5     # the weekly HAR level
+#: per date, each symbol's daily RV and return autocorrelation (the HAR state's inputs), written beside
+#: the features: a later run warms its state from these instead of re-reading 22 dates of bars
+DAILY_TABLE = "har_daily"
 LEVEL_DAYS = 22  # the monthly level (Corsi's HAR: 22 sessions): the days of state carried
 
 
@@ -49,6 +52,8 @@ class HarState:
 
     rv: dict[str, tuple[float, ...]] = field(default_factory=dict)
     ac1: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    #: the last session's daily values (symbol, rv, ac1), what :data:`DAILY_TABLE` stores
+    last: pd.DataFrame | None = field(default=None, compare=False, repr=False)
 
     def previous(self, symbols: np.ndarray) -> DailyHistory:
         """The :class:`DailyHistory` of ``symbols``; NaN for a symbol with no history."""
@@ -73,8 +78,14 @@ class HarState:
         return HarState(rv, ac1)
 
     def after(self, symbols: np.ndarray, pn: Panel) -> "HarState":
-        """The state after the session ``pn`` of ``symbols``."""
-        return self.update(symbols, daily_rv(pn), daily_ac1(pn))
+        """The state after the session ``pn`` of ``symbols`` (its daily values kept as ``last``)."""
+        day = pd.DataFrame({"symbol": pd.array(symbols, dtype="string"), "rv": daily_rv(pn), "ac1": daily_ac1(pn)})
+        return self.following(day)
+
+    def following(self, day: pd.DataFrame) -> "HarState":
+        """The state after a session whose daily values (symbol, rv, ac1) are ``day``."""
+        new = self.update(day["symbol"].to_numpy(object), day["rv"].to_numpy(np.float64), day["ac1"].to_numpy(np.float64))
+        return HarState(new.rv, new.ac1, day)
 
 
 def _minutes(ts: pd.Series, session: Any) -> np.ndarray:
@@ -168,7 +179,7 @@ def featurize_frame(bars: pd.DataFrame, date: str, state: HarState | None = None
     mk = resolve_market(market)
     if not mk.is_session(date):
         log.warning("%s is not a session of the %s calendar: no features", date, mk.name)
-        return _empty_frame(quotes, truth is not None and len(truth) > 0), state
+        return _empty_frame(quotes, truth is not None and len(truth) > 0), HarState(state.rv, state.ac1)
     session = mk.session(date)
     symbols, pn = to_panel(bars, date, mk)
     feats = compute_features(pn, state.previous(symbols), quotes)
@@ -248,13 +259,25 @@ def _advance(lake: Lake, date: str, state: HarState, market: Any = None) -> HarS
     return state.after(symbols, pn)
 
 
+def _warm(lake: Lake, date: str, state: HarState, market: Any = None) -> HarState:
+    """The HAR state after a date before those being featurized: from the daily values its
+    featurize wrote (:data:`DAILY_TABLE`, the same numbers), else from its bars (:func:`_advance`)."""
+    if resolve_market(market).is_session(date) and lake.exists(DAILY_TABLE, date):
+        return state.following(lake.read(DAILY_TABLE, date))
+    return _advance(lake, date, state, market)
+
+
 def _featurize_one(lake: Lake, date: str, state: HarState, quotes: bool,
                    market: Any = None) -> tuple[int, str, HarState]:
-    """Read, featurize and write one date (runs in a worker process when workers > 1)."""
+    """Read, featurize and write one date (runs in a worker process when workers > 1): the daily
+    values first, then the features partition (a kill between the two leaves daily values that a
+    rerun recomputes identically)."""
     src = _source(lake, date)
     bars = lake.read(src, date)
     truth = lake.read("truth", date) if lake.exists("truth", date) else None
     df, new_state = featurize_frame(bars, date, state, truth, quotes_available=quotes, market=market)
+    if new_state.last is not None:
+        lake.write(DAILY_TABLE, date, new_state.last)
     _write_features(lake, date, df)
     return len(df), src, new_state
 
@@ -294,7 +317,9 @@ def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool
     Args:
         lake: the lake; input is ``validated`` (``raw`` with a warning where a date has none).
         dates: dates to process (default: every validated date, else every raw date). Earlier input
-            dates (up to 22) are read first to warm the HAR state, so a partial rerun equals a full run.
+            dates (up to 22) warm the HAR state (their :data:`DAILY_TABLE` values, else their
+            bars), so a partial rerun equals a full run. Re-featurize from the first date whose
+            bars changed: later dates carry its state.
         progress: show a progress bar on stderr.
         workers: processes featurizing dates in parallel. With > 1 the main process walks the
             dates in order computing only the small HAR state (read + daily RV) and hands each date
@@ -311,7 +336,7 @@ def run_featurize(lake: Lake, dates: Iterable[str] | None = None, progress: bool
     t0 = time.perf_counter()
     state = HarState()
     for d in [d for d in available if d < todo[0]][-LEVEL_DAYS:]:
-        state = _advance(lake, d, state, market)
+        state = _warm(lake, d, state, market)
     quotes = _choose_quotes(lake, todo)
     if not quotes:
         log.warning("bars have no quotes: %d quote-based features are unavailable: %s",
