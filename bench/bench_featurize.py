@@ -3,7 +3,7 @@
 What is measured (one run, written to bench/results/featurize.json):
 
 * ``engine_end_to_end``: ``run_featurize`` over 100 symbols x 20 days on a local lake (read the
-  validated parquet, grid, 59 features, labels, truth join, write the features parquet), with the
+  validated parquet, grid, the catalogue's features, labels, truth join, write the features parquet), with the
   process's peak RSS.
 * ``engine_compute``: ``featurize_frame`` on the same bars already in memory (no parquet I/O).
 * ``pandas_reference``: tests/code/_feature_reference.py (pandas reindex/ffill + groupby-rolling /
@@ -12,6 +12,8 @@ What is measured (one run, written to bench/results/featurize.json):
 * ``full_width_1000_symbols_x_4_days``: 1000-symbol dates end to end with 1 and 2 worker
   processes, the unit of the full-year goal (1000 x 252 in < 10 min on 2 cores = 165k
   stock-min/s); the projection scales the time to 252 days (it is linear: one date at a time).
+* ``daily_run_warm_up_1000_symbols``: a daily run's HAR warm-up per earlier date (it reads up to 22):
+  from the daily values featurize wrote beside the features against re-gridding the bars.
 
 Input: the market simulator (hfcast.data.simulator); timings are wall clock on a shared machine.
 """
@@ -52,6 +54,27 @@ def _engine_compute(days) -> float:
     return time.perf_counter() - t0
 
 
+def _warm_up(lake) -> dict:
+    """A daily run's HAR warm-up (22 earlier dates), per earlier date: from the daily values featurize
+    wrote (``har_daily``) against re-reading and gridding the date's bars (what it did before)."""
+    from hfcast.features import engine
+
+    dates = lake.dates("features")
+    t0 = time.perf_counter()
+    for d in dates:
+        engine._warm(lake, d, engine.HarState())
+    daily = (time.perf_counter() - t0) / len(dates)
+    t0 = time.perf_counter()
+    for d in dates:
+        engine._advance(lake, d, engine.HarState())
+    bars = (time.perf_counter() - t0) / len(dates)
+    n = engine.LEVEL_DAYS
+    return {"dates_timed": len(dates), "seconds_per_date_from_daily_values": round(daily, 4),
+            "seconds_per_date_from_bars": round(bars, 4), "speedup": round(bars / daily, 1),
+            f"projected_{n}_date_warm_up_seconds_from_daily_values": round(n * daily, 2),
+            f"projected_{n}_date_warm_up_seconds_from_bars": round(n * bars, 2)}
+
+
 def main() -> None:
     ap = market_parser(__doc__, symbols=100, days=20, seed=3)
     ap.add_argument("--ref-symbols", type=int, default=20)
@@ -90,6 +113,7 @@ def main() -> None:
             big = run_featurize(big_lake, progress=False)
         with PeakMemory() as big_mem2:
             big2 = run_featurize(big_lake, progress=False, workers=2)
+        warm = _warm_up(big_lake)
     big_rows = a.big_symbols * 390 * a.big_days
     scale = 252 * 1000 / (a.big_symbols * a.big_days)
     proj_s, proj2_s = big["seconds"] * scale, big2["seconds"] * scale
@@ -121,6 +145,7 @@ def main() -> None:
             "goal_seconds": 600, "goal_rows_per_s": round(GOAL_ROWS_PER_S),
             "meets_goal_2_workers": bool(proj2_s < 600),
         },
+        f"daily_run_warm_up_{a.big_symbols}_symbols": warm,
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "notes": "numpy runs these ops on one thread; workers=2 uses the 2 cores. Memory is bounded by the dates in "
                  "flight (1 date per process, at most 2 x workers queued): peak RSS does not grow with the number "
