@@ -144,10 +144,12 @@ def test_decile_ratio_bound_accounts_for_clustered_errors():
     ratio, hi = decile_ratio_bound(score, err, hours)
     assert ratio < 0.85 and not ranks_errors(ratio, hi)         # 26 hours cannot show it
     iid_ratio, iid_hi = decile_ratio_bound(score, err, np.arange(hours.size) // 20)  # clusters ignored
-    assert iid_ratio == pytest.approx(ratio) and iid_hi < hi and ranks_errors(iid_ratio, iid_hi)
+    assert iid_ratio == pytest.approx(ratio) and iid_hi < min(hi, 1.0)  # ignoring clusters, it would look significant
     noise = rng.normal(0, 1, hours.size)                        # a score that ranks nothing
     assert not ranks_errors(*decile_ratio_bound(noise, err, hours))
     tied = decile_ratio_bound(np.zeros(hours.size), err, hours)  # ties rank nothing
     assert tied[0] == 1.0 and np.isnan(tied[1]) and not ranks_errors(*tied)
     good = -err + rng.normal(0, 0.05, hours.size)               # a score that truly ranks the errors
     assert ranks_errors(*decile_ratio_bound(good, err, hours))
+    # a ranking clear of 1 but worth a few percent of the error is not claimed (RV_MATERIAL)
+    assert not ranks_errors(0.93, 0.97) and ranks_errors(0.85, 0.94) and not ranks_errors(0.99, float("nan"))
