@@ -191,11 +191,6 @@ def realized_oracle(P, val: "pd.DataFrame") -> dict:
     return {"oracle_realized_qlike_over_har_tod": q / q_har, "rows": int(ok.sum())}
 
 
-#: the window's volatility estimators, its raw last-row covariates (the month's noise signature) and
-#: its trading activity (last row, 10- and 30-row means): those har_x reads
-_VOL_FEATURES, _RAW_FEATURES, _ACTIVITY_FEATURES = HARX_LAST, HARX_RAW, HARX_ACTIVITY
-
-
 def _window_designs(wa, side: pd.DataFrame, lv_har: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two designs of what a request carries: (compact, log-linear) and (every feature's last row,
     10- and 30-row means, the baselines' inputs, a noise signature) for a flexible learner.
@@ -218,11 +213,11 @@ def _window_designs(wa, side: pd.DataFrame, lv_har: np.ndarray) -> tuple[np.ndar
         s2 = np.maximum((r ** 2).sum(1), 1e-30)
         ac1 = (r[:, 1:] * r[:, :-1]).sum(1) / s2
         lg = lambda v: np.log(np.where(np.asarray(v, np.float64) > 0, v, np.nan))  # noqa: E731
-        rel = [2 * lg(last[:, names.index(f)]) - lv_har for f in _VOL_FEATURES if f in names]
+        rel = [2 * lg(last[:, names.index(f)]) - lv_har for f in HARX_LAST if f in names]
         rel += [lg(side[c]) - lv_har for c in ("v10_l1", "v10_l2", "v10_l3", "v_back", "vday", "vweek", "ewma_var")]
         tod = side["tod"].to_numpy()
-        activity = [a[:, names.index(f)] for f in _ACTIVITY_FEATURES if f in names for a in (last, m10, m30)]
-        activity += [last[:, names.index(f)] for f in _RAW_FEATURES if f in names]
+        activity = [a[:, names.index(f)] for f in HARX_ACTIVITY if f in names for a in (last, m10, m30)]
+        activity += [last[:, names.index(f)] for f in HARX_RAW if f in names]
         compact = np.column_stack([lv_har, *rel, ac1, lg(s2) - lv_har, *activity,
                                    *[(tod // 30 == b).astype(float) for b in range(13)]])
     full = np.column_stack([side.to_numpy(np.float64), last, m10, m30, compact])

@@ -136,7 +136,7 @@ class DailyHistory:
 
     ``rv_d``: the previous day's realized variance; ``rv_w``, ``rv_m``: mean daily RV of the last
     <= 5 and <= 22 sessions; ``ac1_m``: mean over the last <= 22 sessions of each day's first-order
-    autocorrelation of the one-minute returns (:func:`daily_ac1`).
+    autocorrelation of the one-minute returns (:func:`daily_values`).
     """
 
     rv_d: np.ndarray
@@ -149,22 +149,18 @@ class DailyHistory:
         return cls(*(np.full(n, np.nan) for _ in range(4)))
 
 
-def daily_rv(pn: Panel) -> np.ndarray:
-    """[S] realized variance of the whole session (sum of r^2); NaN for a symbol with no return."""
-    rv = np.nansum(pn.r * pn.r, axis=1)
-    rv[~np.isfinite(pn.r).any(axis=1)] = np.nan
-    return rv
-
-
-def daily_ac1(pn: Panel) -> np.ndarray:
-    """[S] first-order autocorrelation of the session's one-minute returns, ``sum r_s r_(s-1) /
-    sum r_s^2`` (about zero mean); NaN without a non-zero return. Near -0.5 where quote noise
-    (bid-ask bounce) dominates the mid's minute moves, near 0 for an efficient price."""
+def daily_values(pn: Panel) -> tuple[np.ndarray, np.ndarray]:
+    """[S] realized variance of the whole session (sum of r^2; NaN for a symbol with no return) and
+    [S] first-order autocorrelation of its one-minute returns, ``sum r_s r_(s-1) / sum r_s^2``
+    (about zero mean; NaN without a non-zero return): near -0.5 where quote noise (bid-ask bounce)
+    dominates the mid's minute moves, near 0 for an efficient price."""
     r = np.nan_to_num(pn.r)
-    den = (r * r).sum(axis=1)
+    rv = (r * r).sum(axis=1)
     num = (r[:, 1:] * r[:, :-1]).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / den, np.nan)
+        ac1 = np.where(rv > 0, num / rv, np.nan)
+    rv[~np.isfinite(pn.r).any(axis=1)] = np.nan
+    return rv, ac1
 
 
 def _har(pn: Panel, hist: DailyHistory) -> dict[str, np.ndarray]:

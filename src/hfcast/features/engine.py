@@ -29,7 +29,7 @@ import pandas as pd
 from hfcast.contracts import FEATURE_SET_FILE
 from hfcast.data import schema
 from hfcast.features import ops
-from hfcast.features.compute import DailyHistory, Panel, compute_features, daily_ac1, daily_rv
+from hfcast.features.compute import DailyHistory, Panel, compute_features, daily_values
 from hfcast.features.labels import make_labels
 from hfcast.features.catalog import feature_names, unavailable_features
 from hfcast.market import resolve as resolve_market
@@ -67,25 +67,27 @@ class HarState:
                     out.ac1_m[i] = np.nanmean(ac)
         return out
 
-    def update(self, symbols: np.ndarray, daily_rv: np.ndarray, daily_ac1: np.ndarray) -> "HarState":
-        """A new state with today's values appended (symbols with no return today are left as they were)."""
+    def update(self, symbols: np.ndarray, daily_rv: np.ndarray, daily_ac1: np.ndarray,
+               last: pd.DataFrame | None = None) -> "HarState":
+        """A new state with today's values appended (symbols with no return today are left as they
+        were); ``last``: today's values as :data:`DAILY_TABLE` stores them."""
         rv, ac1 = dict(self.rv), dict(self.ac1)
         keep = LEVEL_DAYS - 1
         for s, v, a in zip(symbols, daily_rv, daily_ac1):
             if np.isfinite(v):
                 rv[s] = (*rv.get(s, ())[-keep:], float(v))
                 ac1[s] = (*ac1.get(s, ())[-keep:], float(a))
-        return HarState(rv, ac1)
+        return HarState(rv, ac1, last)
 
     def after(self, symbols: np.ndarray, pn: Panel) -> "HarState":
         """The state after the session ``pn`` of ``symbols`` (its daily values kept as ``last``)."""
-        day = pd.DataFrame({"symbol": pd.array(symbols, dtype="string"), "rv": daily_rv(pn), "ac1": daily_ac1(pn)})
-        return self.following(day)
+        rv, ac1 = daily_values(pn)
+        return self.following(pd.DataFrame({"symbol": pd.array(symbols, dtype="string"), "rv": rv, "ac1": ac1}))
 
     def following(self, day: pd.DataFrame) -> "HarState":
         """The state after a session whose daily values (symbol, rv, ac1) are ``day``."""
-        new = self.update(day["symbol"].to_numpy(object), day["rv"].to_numpy(np.float64), day["ac1"].to_numpy(np.float64))
-        return HarState(new.rv, new.ac1, day)
+        return self.update(day["symbol"].to_numpy(object), day["rv"].to_numpy(np.float64),
+                           day["ac1"].to_numpy(np.float64), last=day)
 
 
 def _minutes(ts: pd.Series, session: Any) -> np.ndarray:
@@ -179,6 +181,7 @@ def featurize_frame(bars: pd.DataFrame, date: str, state: HarState | None = None
     mk = resolve_market(market)
     if not mk.is_session(date):
         log.warning("%s is not a session of the %s calendar: no features", date, mk.name)
+        # the same state, without the previous session's daily values (none are written for this date)
         return _empty_frame(quotes, truth is not None and len(truth) > 0), HarState(state.rv, state.ac1)
     session = mk.session(date)
     symbols, pn = to_panel(bars, date, mk)
