@@ -57,6 +57,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import market_parser, write_result  # noqa: E402
+from bench import foreign_market  # noqa: E402
 from bench.observable_bound import apply_map, observable_bound, realized_map  # noqa: E402
 from hfcast.models.baselines import HARX_ACTIVITY, HARX_LAST, HARX_RAW  # noqa: E402
 
@@ -66,6 +67,8 @@ GENERATORS = ("sim", "sim_regime", "sim_noisy", "garch_t", "cir_noise")
 #: generators that are a hfcast.data.dgp process with other knobs: (the process, synth.dgp fields)
 DGP_VARIANTS = {"tick_bound": ("garch_t", {"price_median": 3.0, "daily_vol": 0.012}),
                 "cir_wide": ("cir_noise", {"cir_volvol": 0.5, "noise_max": 1.0})}
+#: generators that arrive as a vendor's files through ``hfcast ingest`` (no truth, no oracle)
+INGESTED = ("foreign",)
 SERVED = "forecaster"
 log = logging.getLogger("bench_robustness")
 
@@ -125,9 +128,15 @@ def hfcast(proj: dict, *args: str) -> str:
 
 def run_default_path(proj: dict, name: str, archs: list[str]) -> dict:
     """synth -> validate -> featurize -> train (register + gate) through the CLI; what it printed."""
-    gen = [] if name.startswith("sim") else ["--generator", _process(name)]
+    if name in INGESTED:  # a vendor's files: what real data go through
+        files = foreign_market.write(proj["home"] / "vendor", proj["params"]["synth"]["n_symbols"],
+                                     proj["params"]["synth"]["n_days"], proj["params"]["synth"]["seed"])
+        arrive = [["ingest", "--format", "bbo", *map(str, files), "--no-progress"]]
+    else:
+        gen = [] if name.startswith("sim") else ["--generator", _process(name)]
+        arrive = [["synth", *gen, "--no-progress"], ["validate", "--no-progress"]]
     steps = {}
-    for args in (["synth", *gen, "--no-progress"], ["validate", "--no-progress"], ["featurize", "--no-progress"],
+    for args in (*arrive, ["featurize", "--no-progress"],
                  ["train", "--models", ",".join(archs), "--out", str(proj["home"] / "report")]):
         t0 = time.perf_counter()
         text = hfcast(proj, *args)
@@ -221,7 +230,9 @@ def _window_designs(wa, side: pd.DataFrame, lv_har: np.ndarray) -> tuple[np.ndar
         compact = np.column_stack([lv_har, *rel, ac1, lg(s2) - lv_har, *activity,
                                    *[(tod // 30 == b).astype(float) for b in range(13)]])
     full = np.column_stack([side.to_numpy(np.float64), last, m10, m30, compact])
-    return compact, np.where(np.isfinite(full), full, np.nan)
+    full = np.where(np.isfinite(full), full, np.nan)
+    # a feature the data cannot carry (trades in quote-only files) is NaN everywhere: no column
+    return compact, full[:, np.isfinite(full).any(axis=0)]
 
 
 def window_bound(lake, params: dict) -> dict:
