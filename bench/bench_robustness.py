@@ -8,10 +8,14 @@ microstructure noise from none to heavy across symbols), and ``tick_bound``: tha
 a $3 stock with a 1-cent tick and 1.2% daily volatility, so about half of the 10-minute spans see
 no quote move (a thinly traded or tick-bound name; opt-in: ``--generators ...,tick_bound``), and
 ``cir_wide``: the CIR process with twice the vol-of-vol and half the heaviest quote noise, where
-the data themselves leave room below 0.90x (opt-in).
+the data themselves leave room below 0.90x (opt-in), and ``foreign``: a market that arrives as a
+vendor's BBO minute files through ``hfcast ingest`` (``bench/foreign_market.py``: a two-factor
+stochastic volatility with jumps and bursts, the exchange's own calendar with its 13:00 early
+closes, halts, thin names, 1-cent quotes from $3 to $400; no truth, so no oracle; opt-in).
 
 Per generator, exactly what a new user runs, each in its own project folder (``HFCAST_HOME``,
-lake, MLflow, ``params.yaml``): ``hfcast synth [--generator ...]`` -> ``hfcast validate`` ->
+lake, MLflow, ``params.yaml``): ``hfcast synth [--generator ...]`` -> ``hfcast validate`` (or
+``hfcast ingest --format bbo <files>`` for ``foreign``) ->
 ``hfcast featurize`` -> ``hfcast train --models lstm,transformer`` (the default: walk-forward,
 the choice of the served forecaster per fold on validation, MLflow, register, gate). The figures
 are read back from what that command wrote (``--out``: ``predictions.parquet``): the SERVED
