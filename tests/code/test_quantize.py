@@ -219,3 +219,17 @@ def test_batch_prediction_with_the_int8_runner(tmp_path, settings):
     a, b = frames["onnxruntime-int8"], frames["onnxruntime"]
     assert a["ret_60m_pred"].notna().sum() == b["ret_60m_pred"].notna().sum() > 0
     assert np.corrcoef(a["rv_10m_pred"].dropna(), b["rv_10m_pred"].dropna())[0, 1] > 0.99
+
+
+def test_quantizing_keeps_the_terminal_quiet(quantized, tmp_path, caplog):
+    """onnxruntime's quantizer logs a pre-processing hint and a line per float tensor through the
+    root logger; under `hfcast train` (INFO) that was dozens of lines nobody can act on."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    quantize.quantize_onnx(quantized[1], tmp_path / quantize.INT8_FILE)
+    assert (tmp_path / quantize.INT8_FILE).exists()
+    assert not [r for r in caplog.records if "onnxruntime" in r.pathname]
+    logging.getLogger().info("after")  # the filter is gone: the root logger speaks again
+    assert caplog.records and caplog.records[-1].getMessage() == "after"
+    assert not any(isinstance(f, quantize._QuietQuantizer) for f in logging.getLogger().filters)
