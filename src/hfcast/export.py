@@ -18,9 +18,11 @@ import json
 import logging
 import shutil
 import tempfile
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -147,6 +149,31 @@ class OnnxExport:
     fallback_reason: str | None = None
 
 
+#: loggers of the exporters' own progress (torch's dynamo ONNX exporter and the ONNX IR passes it runs)
+_EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "onnx_ir", "onnxscript")
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporters' chatter below ERROR for the export call: one INFO line per
+    deduplicated initializer, "torchvision is not installed" for every vision op they could
+    register, FutureWarnings about their own internals - dozens of lines in ``hfcast train`` that
+    a user can do nothing with. What matters to a user is checked after: parity against PyTorch
+    and of the whole forecaster (a failed dynamo export still logs its reason and the fallback)."""
+    loggers = [logging.getLogger(n) for n in _EXPORTER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def export_onnx(model: Any, path: str | Path, opset: int = OPSET, check: bool = True) -> OnnxExport:
     """Export a forecaster's graph (its networks side by side) to ONNX with a dynamic batch
     dimension, then check parity: the raw outputs against PyTorch, and for a forecaster the served
@@ -168,15 +195,17 @@ def export_onnx(model: Any, path: str | Path, opset: int = OPSET, check: bool = 
     exporter, reason = "dynamo", None
     try:
         batch = torch.export.Dim("batch", min=1, max=65536)
-        torch.onnx.export(net, example, str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
-                          external_data=False)  # one self-contained file: no side file to lose
+        with _quiet_exporter():
+            torch.onnx.export(net, example, str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
+                              external_data=False)  # one self-contained file: no side file to lose
     except Exception as exc:  # the exporter raises many types; any failure means: use the fallback
         exporter, reason = "torchscript", f"{type(exc).__name__}: {str(exc)[:300]}"
         log.warning("dynamo ONNX export failed (%s); falling back to dynamo=False with dynamic_axes", reason)
-        torch.onnx.export(net, example, str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                          opset_version=opset, dynamo=False)
+        with _quiet_exporter():
+            torch.onnx.export(net, example, str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              opset_version=opset, dynamo=False)
     result = OnnxExport(path=path, exporter=exporter, opset=opset, parity={}, fallback_reason=reason)
     if check:
         ort_runner = OnnxRuntimeRunner(path)
