@@ -141,7 +141,10 @@ def example_windows(lake: Any, feature_names: Sequence[str], date: str, n: int =
         return None
     finite = np.flatnonzero(np.isfinite(w).all(axis=(1, 2)))
     if not finite.size:
-        log.warning("the MLflow model is logged without an input example: no finite window on %s", date)
+        absent = [f for f, has in zip(names, np.isfinite(w).any(axis=(0, 1))) if not has]
+        log.warning("the MLflow model is logged without an input example: no window on %s has every feature "
+                    "finite%s (the model itself takes missing features)", date,
+                    f"; never present there: {', '.join(absent)}" if absent else "")
         return None
     pick = finite[np.unique(np.linspace(0, finite.size - 1, n).round().astype(int))]
     return np.ascontiguousarray(w[pick], dtype=np.float32)

@@ -10,12 +10,13 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from bench import foreign_market
+from hfcast import pyfunc
 from hfcast.cli import app
-from hfcast.features.engine import load_features, run_featurize
+from hfcast.features.engine import load_features, read_feature_set, run_featurize
 from hfcast.storage import Lake
 
 
-def test_a_vendor_market_with_an_early_close_ingests_and_featurizes_whole(tmp_path):
+def test_a_vendor_market_with_an_early_close_ingests_and_featurizes_whole(tmp_path, caplog):
     files = foreign_market.write(tmp_path / "vendor", symbols=6, days=5, seed=2)  # Dec 24 closes at 13:00
     rows = sum(len(pd.read_csv(f)) for f in files)
     lake_url = (tmp_path / "lake").as_uri()
@@ -35,6 +36,12 @@ def test_a_vendor_market_with_an_early_close_ingests_and_featurizes_whole(tmp_pa
     assert F["spread_bps"].notna().mean() > 0.9 and F["rv_30m"].notna().mean() > 0.8
     assert F["log_volume"].isna().all()  # quotes carry no trades: the feature is missing, not zero
     assert np.isfinite(F["rv_10m"]).mean() > 0.8
+
+    # no window has every feature: the MLflow input example is left out, and the warning says why
+    names = list(read_feature_set(lake)["features"])
+    assert pyfunc.example_windows(lake, names, "2024-12-31") is None
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "never present there" in said and "log_volume" in said and "spread_bps" not in said
 
 
 def test_the_span_holds_an_early_close(tmp_path):
