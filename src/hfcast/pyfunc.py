@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -168,7 +169,10 @@ def log_pyfunc(bundle_dir: str | os.PathLike, input_example: np.ndarray | None =
         got = list(fc.predict(input_example).columns)
         if got != list(OUTPUT_COLUMNS):
             raise ValueError(f"the forecaster answers columns {got}, the signature declares {list(OUTPUT_COLUMNS)}")
-    return mlflow.pyfunc.log_model(name=name, python_model=str(ENTRY), artifacts={BUNDLE_KEY: str(bundle_dir)},
-                                   signature=signature(), input_example=input_example, metadata=model_metadata(fc),
-                                   pip_requirements=pip_requirements(), tags=tags, params=params,
-                                   model_type="hfcast-forecaster")
+    with warnings.catch_warnings():
+        # without an example MLflow warns in colour; example_windows already said why there is none
+        warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+        return mlflow.pyfunc.log_model(name=name, python_model=str(ENTRY), artifacts={BUNDLE_KEY: str(bundle_dir)},
+                                       signature=signature(), input_example=input_example,
+                                       metadata=model_metadata(fc), pip_requirements=pip_requirements(), tags=tags,
+                                       params=params, model_type="hfcast-forecaster")
