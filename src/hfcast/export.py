@@ -18,15 +18,13 @@ import json
 import logging
 import shutil
 import tempfile
-import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from hfcast import integrity, registry
+from hfcast import integrity, quiet, registry
 from hfcast.config import Settings
 from hfcast.contracts import LOOKBACK, PRED_COLUMNS
 from hfcast.integrity import cached_export
@@ -153,25 +151,11 @@ class OnnxExport:
 _EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "onnx_ir", "onnxscript")
 
 
-@contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporters' chatter below ERROR for the export call: one INFO line per
-    deduplicated initializer, "torchvision is not installed" for every vision op they could
-    register, FutureWarnings about their own internals - dozens of lines in ``hfcast train`` that
-    a user can do nothing with. What matters to a user is checked after: parity against PyTorch
-    and of the whole forecaster (a failed dynamo export still logs its reason and the fallback)."""
-    loggers = [logging.getLogger(n) for n in _EXPORTER_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+def _quiet_exporter():
+    """The exporters' chatter held back for the export call (:mod:`hfcast.quiet`): an INFO line per
+    deduplicated initializer, "torchvision is not installed" per vision op, FutureWarnings of their
+    internals. Parity is checked and logged after; a failed dynamo export still logs its reason."""
+    return quiet.held_back(_EXPORTER_LOGGERS, categories=(FutureWarning, DeprecationWarning))
 
 
 def export_onnx(model: Any, path: str | Path, opset: int = OPSET, check: bool = True) -> OnnxExport:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hfcast import quiet
 from hfcast.runners import INT8_KIND, Int8Runner, OnnxRuntimeRunner, run_windows
 
 log = logging.getLogger(__name__)
@@ -45,23 +46,6 @@ GUARD_BATCH = 2048
 
 
 # --- quantization --------------------------------------------------------------------------------
-
-class _QuietQuantizer(logging.Filter):
-    """Drops what onnxruntime's quantizer logs through the ROOT logger (``logging.warning`` /
-    ``logging.info``): a hint to pre-process the graph and a line per tensor it leaves in float -
-    dozens of lines in ``hfcast train`` that a user can do nothing with (dynamic quantization of
-    the weights is the choice here; :func:`guard` judges the result). Counted, logged at debug."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dropped = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "root" and "onnxruntime" in record.pathname.replace("\\", "/"):
-            self.dropped += 1
-            return False
-        return True
-
 
 def quantize_onnx(src: str | Path, dst: str | Path) -> Path:
     """Write the int8 dynamic quantization of ``src`` to ``dst`` (weights int8 per channel).
@@ -80,14 +64,11 @@ def quantize_onnx(src: str | Path, dst: str | Path) -> Path:
         clean = Path(tmp) / "clean.onnx"
         onnx.save(model, str(clean))
         out = Path(tmp) / "int8.onnx"
-        quiet, root = _QuietQuantizer(), logging.getLogger()
-        root.addFilter(quiet)
-        try:
+        # onnxruntime's quantizer logs through the ROOT logger: a pre-processing hint and a line per
+        # tensor it leaves in float (dynamic int8 weights are the choice here; guard() judges them)
+        with quiet.held_back(root_from=("onnxruntime",)):
             quantize_dynamic(clean, out, weight_type=QuantType.QInt8, per_channel=True,
                              extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
-        finally:
-            root.removeFilter(quiet)
-        log.debug("int8: %d onnxruntime quantizer log lines left out", quiet.dropped)
         os.replace(out, dst)
     return dst
 

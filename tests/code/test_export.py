@@ -192,31 +192,17 @@ def test_the_export_keeps_the_terminal_quiet(tmp_path, capfd, caplog):
     installed" per vision op and FutureWarnings of its internals into `hfcast train`; the export's
     own parity line stays, and the loggers are as they were after it."""
     import logging
+    import warnings
 
     caplog.set_level(logging.INFO)
     before = {n: logging.getLogger(n).level for n in export._EXPORTER_LOGGERS}
-    with _no_future_warnings():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         res = export.export_onnx(tiny_forecaster("transformer", N_FEATURES), tmp_path / "model.onnx")
+    assert not [w for w in seen if issubclass(w.category, FutureWarning)], [str(w.message) for w in seen]
     out = capfd.readouterr()
     text = out.out + out.err + "\n".join(r.getMessage() for r in caplog.records)
     assert res.exporter == "dynamo" and "parity" in text
     for noise in ("Replaced initializer", "torchvision is not installed", "FutureWarning"):
         assert noise not in text, noise
     assert {n: logging.getLogger(n).level for n in export._EXPORTER_LOGGERS} == before
-
-
-class _no_future_warnings:
-    """Record warnings in the block and fail on a FutureWarning that got through."""
-
-    def __enter__(self):
-        import warnings
-
-        self._cm = warnings.catch_warnings(record=True)
-        self.seen = self._cm.__enter__()
-        warnings.simplefilter("always")
-        return self
-
-    def __exit__(self, *exc):
-        self._cm.__exit__(*exc)
-        assert not [w for w in self.seen if issubclass(w.category, FutureWarning)], [str(w.message) for w in self.seen]
-        return False
