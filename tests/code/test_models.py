@@ -113,6 +113,42 @@ def test_bundle_roundtrip_gives_identical_predictions(arch, calibrated, tmp_path
     np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_linear_skip_moves_only_the_log_variance_mean_and_keeps_a_seeds_weights(arch):
+    """The skip (last minute's features -> lrv_mu, linear) starts at zero without a draw from the
+    RNG: a seed gives the same encoder and heads with or without it, and the same outputs at first."""
+    torch.manual_seed(0)
+    bare = build_model(arch, F, {**SMALL[arch], "linear_skip": False}).eval()
+    torch.manual_seed(0)
+    net = build_model(arch, F, SMALL[arch]).eval()
+    assert net.skip is not None and bare.skip is None
+    sa, sb = net.state_dict(), bare.state_dict()
+    assert set(sa) - set(sb) == {"skip"} and all(torch.equal(sa[k], sb[k]) for k in sb)
+    x = torch.randn(6, 30, F)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), bare(x), rtol=0, atol=0)
+        net.skip.copy_(torch.arange(1.0, F + 2).unsqueeze(-1) / 10)
+        moved = net(x) - bare(x)
+    expect = x[:, -1] @ net.skip[:-1, 0] + net.skip[-1, 0]
+    torch.testing.assert_close(moved[:, 2], expect.detach(), rtol=1e-5, atol=1e-5)
+    assert torch.count_nonzero(moved[:, [0, 1, 3]]) == 0
+
+
+def test_a_bundle_saved_before_the_skip_existed_still_loads(tmp_path: Path):
+    import json
+
+    torch.manual_seed(1)
+    old = Forecaster(build_model("lstm", F, {**SMALL["lstm"], "linear_skip": False}), _scaler(), [f"f{j}" for j in range(F)])
+    old.save(str(tmp_path / "b"))
+    model = json.loads((tmp_path / "b" / "model.json").read_text())
+    del model["config"]["linear_skip"]  # as written by the versions before it
+    (tmp_path / "b" / "model.json").write_text(json.dumps(model))
+    back = Forecaster.load(str(tmp_path / "b"))
+    assert back.net.skip is None
+    x = np.random.default_rng(0).standard_normal((5, 30, F)).astype(np.float32)
+    np.testing.assert_array_equal(back.predict_raw(x), old.predict_raw(x))
+
+
 def test_gaussian_fallback_matches_the_formulas():
     fc = Forecaster(build_model("lstm", F, SMALL["lstm"]), _scaler(), [f"f{j}" for j in range(F)])
     raw = np.array([[0.0, 0.0, 0.0, 0.0], [1.0, math.log(2.0), 2.0, math.log(0.5)]], np.float32)
@@ -204,6 +240,7 @@ def test_trainer_history_scaler_and_calibration(windows):
     assert 0 <= hist["best_epoch"] < len(hist["epochs"]) and hist["windows_per_s"] > 0
     assert hist["best_val_loss"] == min(e["val_loss"] for e in hist["epochs"])
     assert hist["calibrated"] and fc.calibrator is not None and fc.meta["train_dates"] == ["2024-01-02", "2024-01-03"]
+    assert fc.net.skip.abs().sum() > 0  # the linear path is trained with the rest
     # the scaler saw the training rows only
     rows = train.rows_covered()
     np.testing.assert_allclose(fc.scaler.mean, train.X[rows].astype(np.float64).mean(0), rtol=1e-5)

@@ -39,6 +39,7 @@ class NetConfig:
     head_hidden: int = 32  # hidden width of each output head
     dropout: float = 0.1
     lookback: int = LOOKBACK  # window length T
+    linear_skip: bool = True  # a linear path from the last minute's features to the log-variance mean
 
 
 class ForecastNet(nn.Module):
@@ -49,6 +50,12 @@ class ForecastNet(nn.Module):
     ``add_heads(width)``, and writes ``encode`` ([B, T, F] -> [B, T, width]); the summary of the
     encoded window (``summarize``) and the output heads are the same for all and live here. The
     config dataclass is kept on the instance so a bundle can rebuild the exact network.
+
+    Beside the encoder, a linear path from the last minute's (scaled) features to the log-variance
+    mean (``linear_skip``, on by default): a HAR-like linear response to the volatility features that
+    the saturating encoder need not learn. On the 20 x 24 robustness suite it lowered every bare
+    network's test QLIKE (by 0.1-3.3% of ``har_tod``'s on all six generators). It starts at zero
+    without drawing from torch's RNG, so a seed gives the same encoder and heads with or without it.
     """
 
     arch: ClassVar[str] = ""
@@ -69,6 +76,8 @@ class ForecastNet(nn.Module):
         super().__init__()
         self.n_features = int(n_features)
         self.config = config
+        # zeros, not nn.Linear: no draw from torch's RNG, so a seed's encoder and heads are unchanged
+        self.skip = nn.Parameter(torch.zeros(self.n_features + 1, 1)) if getattr(config, "linear_skip", False) else None
 
     def add_heads(self, width: int) -> None:
         """The output heads over the ``width``-wide encoder (they read 2 * width).
@@ -84,7 +93,12 @@ class ForecastNet(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heads(summarize(self.encode(x)))  # [B, T, W] -> [B, 2W] -> [B, 4]
+        out = self.heads(summarize(self.encode(x)))  # [B, T, W] -> [B, 2W] -> [B, 4]
+        if self.skip is None:
+            return out
+        # [B, F] @ [F, 1]: a 2-D weight, which onnxruntime's int8 MatMul takes (a 1-D one it refuses)
+        lin = x[:, -1] @ self.skip[:-1] + self.skip[-1]  # [B, 1]: linear in the last minute's features
+        return torch.cat([out[:, :2], out[:, 2:3] + lin, out[:, 3:]], dim=-1)
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
@@ -263,7 +277,8 @@ class TrainedNet:
         from safetensors.torch import load as st_load
 
         model = json.loads(read("model.json"))
-        net = build_model(model["arch"], model["n_features"], model["config"])
+        config = {"linear_skip": False, **model["config"]}  # bundles from before the skip existed
+        net = build_model(model["arch"], model["n_features"], config)
         net.load_state_dict(st_load(read("weights.safetensors")))
         net.eval()
         scaler = Scaler.from_dict(json.loads(read("scaler.json")))
