@@ -75,7 +75,9 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)],
     )
-    for noisy in ("botocore", "s3fs", "urllib3", "aiobotocore", "alembic", "numba", "matplotlib"):
+    # mlflow.store.db.utils: "Creating initial MLflow database tables..." on a new project's first command
+    for noisy in ("botocore", "s3fs", "urllib3", "aiobotocore", "alembic", "numba", "matplotlib",
+                  "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

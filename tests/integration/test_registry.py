@@ -281,3 +281,19 @@ def test_cli_promote_reject_force_rollback(settings, tmp_path, monkeypatch):
     assert r.exit_code == 0 and "forced model misbehaved" in r.output and "forced: desk asked" in r.output
     r = hf("show", "hfcast/9")
     assert r.exit_code == 2 and "no version 9" in r.output
+
+
+def test_a_new_projects_first_command_does_not_print_mlflows_schema_migration(tmp_path):
+    """MLflow logs "Creating initial MLflow database tables..." / "Updating database tables" through
+    its own handler when a project's tracking DB is made: two lines a new user can do nothing with."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HFCAST_", "MLFLOW_"))}
+    env.update(HFCAST_HOME=str(tmp_path / ".hfcast"), HFCAST_LAKE=(tmp_path / "lake").as_uri())
+    out = subprocess.run([sys.executable, "-m", "hfcast.cli", "registry", "list"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / ".hfcast" / "mlflow.db").exists() and "no versions of 'hfcast'" in out.stdout
+    assert "database tables" not in out.stdout + out.stderr
