@@ -179,7 +179,10 @@ def decile_ratio(conf, err) -> float:
 
     perm = np.random.default_rng(0).permutation(len(conf))
     dec = M.error_by_decile(np.asarray(conf)[perm], np.asarray(err)[perm])
-    return float(dec["abs_err"].iloc[-1] / dec["abs_err"].iloc[0]) if len(dec) >= 2 else float("nan")
+    if len(dec) < 2:
+        return float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0: the zero return never hits (NaN)
+        return float(np.float64(dec["abs_err"].iloc[-1]) / np.float64(dec["abs_err"].iloc[0]))
 
 
 def realized_oracle(P, val: "pd.DataFrame") -> dict:
