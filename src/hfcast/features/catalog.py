@@ -112,11 +112,13 @@ FEATURES: list[FeatureSpec] = [
     _f("range_bps_1m", "volatility", "1e4 * (H_t - L_t) / mid_t (H, L as in park_*)", 2,
        (*_MID, "mid_high", "mid_low")),
     # --- HAR components (carried daily state) --------------------------------------------------
-    _f("har_rv_d", "har", "sqrt(RV of the symbol's previous day), RV = sum of r_s^2 over the day; "
-       "NaN without history", "1d", _MID),
+    _f("har_rv_d", "har", "sqrt(RV of the symbol's previous day), RV = sum of r_s^2 over that session "
+       "(an early close sums its shorter session: 210 minutes on a 13:00 XNYS close); NaN without history",
+       "1d", _MID),
     _f("har_rv_w", "har", "sqrt(mean RV of the symbol's last <=5 days); NaN without history", "5d", _MID),
-    _f("har_rv_today", "har", "sqrt(390 * mean of r_s^2 over today's returns so far): today's RV "
-       "scaled to a full day; NaN at t=0", 390, _MID),
+    _f("har_rv_today", "har", "sqrt(T * mean of r_s^2 over today's returns so far), T the session's "
+       "length in minutes (390 on a regular XNYS day): today's RV scaled to the whole session; NaN at t=0",
+       390, _MID),
     _f("har_today_ratio", "har", "har_rv_today / har_rv_w; NaN without history", "5d", _MID),
     _f("har_rv_m", "har", "sqrt(mean RV of the symbol's last <=22 days): Corsi's monthly level; NaN "
        "without history", "22d", _MID),
