@@ -53,8 +53,9 @@ class ForecastNet(nn.Module):
 
     Beside the encoder, a linear path from the last minute's (scaled) features to the log-variance
     mean (``linear_skip``, on by default): a HAR-like linear response to the volatility features that
-    the saturating encoder need not learn. On the 20 x 24 robustness suite it lowered every bare
-    network's test QLIKE (by 0.1-3.3% of ``har_tod``'s on all six generators). It starts at zero
+    the saturating encoder need not learn. It lowered every bare network's test QLIKE on every
+    generator of the robustness suite (by 0.2-2.9% of ``har_tod``'s at 20 x 24, up to 5.9% at 30 x
+    40: docs/QUALITY.md). It starts at zero
     without drawing from torch's RNG, so a seed gives the same encoder and heads with or without it.
     """
 
