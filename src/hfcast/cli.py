@@ -75,9 +75,11 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)],
     )
-    # mlflow.store.db.utils: "Creating initial MLflow database tables..." on a new project's first command
+    # MLflow's own handler: "Creating initial MLflow database tables..." on a new project's first
+    # command (mlflow.store.db.utils), "Validating input example against model signature" in every
+    # `hfcast train` (mlflow.pyfunc); their warnings still show
     for noisy in ("botocore", "s3fs", "urllib3", "aiobotocore", "alembic", "numba", "matplotlib",
-                  "mlflow.store.db.utils"):
+                  "mlflow.store.db.utils", "mlflow.pyfunc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
