@@ -168,7 +168,7 @@ def promote(settings: Settings, version: int | str, decision: GateDecision) -> b
         c.set_model_version_tag(name, v, "gate.at", _now())
         c.update_model_version(name, v, description=version_description(decision))
         if not decision.promote:
-            log.warning("%s v%s not promoted: %s", name, v, decision.summary())
+            log.warning("%s v%s not promoted%s", name, v, _why(decision, v))
             describe_champion(c, name)
             return False
         current = _alias(c, name, reg.CHAMPION)
@@ -191,8 +191,16 @@ def promote(settings: Settings, version: int | str, decision: GateDecision) -> b
         c.set_registered_model_tag(name, "hfcast.last_event",
                                    f"{_now()} promoted v{v} (was v{current.version if current else '-'})")
         describe_champion(c, name)
-    log.info("%s v%s is the champion (%s)", name, v, decision.summary())
+    log.info("%s v%s is the champion%s", name, v, _why(decision, v))
     return True
+
+
+def _why(decision: GateDecision, version: str) -> str:
+    """The reason on a promotion log line: a forced decision's own; a gated decision's reasons were logged
+    once by :func:`gate` and are tagged on the version, so the line points there instead of repeating them."""
+    if decision.forced:
+        return f" ({decision.summary()})"
+    return f" (gate reasons: `hfcast registry show {version}`)"
 
 
 def rollback(settings: Settings, reason: str = "manual rollback") -> tuple[int, int]:

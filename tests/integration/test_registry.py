@@ -232,6 +232,25 @@ def test_gate_refuses_scores_from_other_spans_and_uses_the_evaluation_hook(setti
         promotion.run_gate(settings, v2)
 
 
+def test_a_gated_promotion_logs_its_reasons_once_and_a_forced_one_its_own(settings, tmp_path, caplog):
+    from hfcast.gate import GateDecision
+
+    v1 = registry.register(settings, log_run(settings, tmp_path, 1, qlike=0.30, ic=0.05))
+    v2 = registry.register(settings, log_run(settings, tmp_path, 2, qlike=0.33, ic=0.06))
+    with caplog.at_level("INFO", logger="hfcast.promotion"):
+        d1 = promotion.run_gate(settings, v1)
+        assert promotion.promote(settings, v1, d1)
+        d2 = promotion.run_gate(settings, v2)
+        assert not promotion.promote(settings, v2, d2)
+        forced = GateDecision.force("desk override after review")
+        assert promotion.promote(settings, v2, forced)
+    text = [r.getMessage() for r in caplog.records if r.name == "hfcast.promotion"]
+    for d in (d1, d2):  # the gate's own line says it; the promotion lines point to where it is kept
+        assert sum(d.summary() in t for t in text) == 1, text
+    assert any(t.startswith(f"hfcast v{v2} not promoted") and f"hfcast registry show {v2}" in t for t in text)
+    assert any(t.startswith(f"hfcast v{v2} is the champion") and "desk override after review" in t for t in text)
+
+
 def test_bad_bundles_and_refs_fail_clearly(settings, tmp_path):
     bundle = tmp_path / "b"
     make_bundle(bundle, 5)
