@@ -126,10 +126,9 @@ def train_rate(arch: str, batch: int, compiled: bool, device: torch.device, plan
     net = _net(arch, plan).to(device).train()
     fwd = net
     if ddp:
-        from torch.nn.parallel import DistributedDataParallel
+        from hfcast.distributed import data_parallel
 
-        fwd = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                      broadcast_buffers=False)
+        fwd = data_parallel(net, device)
     fwd = torch.compile(fwd, backend=plan["compile_backend"]) if compiled else fwd
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=device.type == "cuda")
     dtype = amp_dtype(device)

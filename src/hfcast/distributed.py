@@ -74,6 +74,22 @@ def device_for(ctx: DistContext, device: torch.device) -> torch.device:
     return device
 
 
+def data_parallel(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``net`` in DistributedDataParallel, its buffers not re-broadcast before each forward.
+
+    The networks hold no buffers, so this only keeps DDP from a collective per step. torch 2.13
+    deprecates ``broadcast_buffers`` (a FutureWarning on every rank of every ``hfcast train`` under
+    torchrun) for ``forward_sync_buffers``; the older name is used only by a torch without the new one.
+    """
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in names else {"broadcast_buffers": False}
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
+
+
 def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum of ``t`` over ranks (``t`` itself when not distributed)."""
     if ctx.active:

@@ -149,13 +149,19 @@ class OnnxExport:
 
 #: loggers of the exporters' own progress (torch's dynamo ONNX exporter and the ONNX IR passes it runs)
 _EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "onnx_ir", "onnxscript")
+#: torch.export's UserWarning on nn.LSTM: its ``_flat_weights`` (torch's own cache of the registered
+#: parameters) "were assigned during export. Such attributes must be registered as buffers": about
+#: torch's module, not ours, and the exported graph is checked for parity right after.
+_EXPORTER_MESSAGES = (r"\s*The tensor attributes \S*_flat_weights",)
 
 
 def _quiet_exporter():
     """The exporters' chatter held back for the export call (:mod:`hfcast.quiet`): an INFO line per
     deduplicated initializer, "torchvision is not installed" per vision op, FutureWarnings of their
-    internals. Parity is checked and logged after; a failed dynamo export still logs its reason."""
-    return quiet.held_back(_EXPORTER_LOGGERS, categories=(FutureWarning, DeprecationWarning))
+    internals, the LSTM's flat-weights warning. Parity is checked and logged after; a failed dynamo
+    export still logs its reason."""
+    return quiet.held_back(_EXPORTER_LOGGERS, categories=(FutureWarning, DeprecationWarning),
+                           messages=_EXPORTER_MESSAGES)
 
 
 def export_onnx(model: Any, path: str | Path, opset: int = OPSET, check: bool = True) -> OnnxExport:

@@ -51,10 +51,11 @@ def verbose() -> bool:
 
 @contextmanager
 def held_back(loggers: Sequence[str] = (), root_from: Sequence[str] = (),
-              categories: Sequence[type[Warning]] = ()) -> Iterator[Held]:
+              categories: Sequence[type[Warning]] = (), messages: Sequence[str] = ()) -> Iterator[Held]:
     """Within the block: the named ``loggers`` below ERROR, root-logger records from the packages
-    ``root_from`` dropped, warnings of ``categories`` ignored; all as before after it, also when
-    the block raises. Nothing is held back under ``--verbose``."""
+    ``root_from`` dropped, warnings of ``categories`` ignored and so are warnings whose message
+    matches one of the regular expressions ``messages`` (from its start, case-insensitive); all as
+    before after it, also when the block raises. Nothing is held back under ``--verbose``."""
     held = Held()
     if verbose():
         yield held
@@ -70,6 +71,8 @@ def held_back(loggers: Sequence[str] = (), root_from: Sequence[str] = (),
         with warnings.catch_warnings():
             for category in categories:
                 warnings.simplefilter("ignore", category)
+            for message in messages:
+                warnings.filterwarnings("ignore", message=message)
             yield held
     finally:
         root.removeFilter(drop)

@@ -28,7 +28,6 @@ from typing import Any, Callable, ClassVar, Mapping
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch.nn.parallel import DistributedDataParallel
 
 from hfcast import distributed
 from hfcast.calibration import Calibrator
@@ -268,8 +267,7 @@ def _train(arch: str, train_data: WindowArrays | WindowSource, val_wa: WindowArr
     net = build_model(arch, len(source.feature_names), model_config).to(device)
     ddp = net
     if dctx.active:
-        ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                      broadcast_buffers=False)
+        ddp = distributed.data_parallel(net, device)
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
     fwd = torch.compile(ddp) if use_compile else ddp
     n_train = source.n_windows()

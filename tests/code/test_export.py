@@ -187,10 +187,12 @@ def test_cli_export_logs_artifacts_to_the_same_model_version(tmp_path, monkeypat
     assert path == f"export/serving/v{version}" and files["model.onnx"] == integrity.file_sha256(out / "model.onnx")
 
 
-def test_the_export_keeps_the_terminal_quiet(tmp_path, capfd, caplog):
+@pytest.mark.parametrize("arch", ["transformer", "lstm"])
+def test_the_export_keeps_the_terminal_quiet(arch, tmp_path, capfd, caplog):
     """The dynamo exporter printed an INFO line per deduplicated initializer, "torchvision is not
-    installed" per vision op and FutureWarnings of its internals into `hfcast train`; the export's
-    own parity line stays, and the loggers are as they were after it."""
+    installed" per vision op, FutureWarnings of its internals and, for an LSTM, torch's UserWarning
+    that nn.LSTM's flat weights "were assigned during export" into `hfcast train`; the export's own
+    parity line stays, and the loggers are as they were after it."""
     import logging
     import warnings
 
@@ -198,8 +200,9 @@ def test_the_export_keeps_the_terminal_quiet(tmp_path, capfd, caplog):
     before = {n: logging.getLogger(n).level for n in export._EXPORTER_LOGGERS}
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        res = export.export_onnx(tiny_forecaster("transformer", N_FEATURES), tmp_path / "model.onnx")
+        res = export.export_onnx(tiny_forecaster(arch, N_FEATURES), tmp_path / "model.onnx")
     assert not [w for w in seen if issubclass(w.category, FutureWarning)], [str(w.message) for w in seen]
+    assert not [w for w in seen if "were assigned during export" in str(w.message)], [str(w.message) for w in seen]
     out = capfd.readouterr()
     text = out.out + out.err + "\n".join(r.getMessage() for r in caplog.records)
     assert res.exporter == "dynamo" and "parity" in text

@@ -53,3 +53,14 @@ def test_nothing_is_held_back_under_verbose(root_at, caplog):
             _emit()
     assert "chatty info" in [r.getMessage() for r in caplog.records]
     assert [w for w in seen if issubclass(w.category, FutureWarning)]
+
+
+@pytest.mark.parametrize("root_at", [logging.INFO], indirect=True)
+def test_warnings_held_back_by_message_only_those(root_at):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet.held_back(messages=(r"\s*the lib's own cache",)):
+            warnings.warn("\n  The lib's own cache was touched", UserWarning)
+            warnings.warn("your input has NaN", UserWarning)
+        warnings.warn("the lib's own cache again", UserWarning)  # after the block: shown
+    assert [str(w.message) for w in seen] == ["your input has NaN", "the lib's own cache again"]
