@@ -165,9 +165,16 @@ def quantize_and_guard(forecaster: Any, onnx_path: str | Path, frame: Any = None
         report["guard"] = guard(forecaster, fp32.run, int8.run, frame, dates, market=market)
     report["use_int8"] = bool(report["guard"]["passed"])
     write_report(onnx_path.parent, report)
-    log.info("int8 quantization: guard %s (%s)", "passed" if report["use_int8"] else "failed",
-             report["guard"].get("rel_change", report["guard"].get("reason")))
+    log.info("int8 quantization: guard %s (%s)", "passed" if report["use_int8"] else "failed", guard_summary(report["guard"]))
     return report
+
+
+def guard_summary(g: dict[str, Any]) -> str:
+    """The guard in words: each score's relative change int8 vs fp32 against the tolerance, or why it did not run."""
+    if "rel_change" not in g:
+        return str(g.get("reason", "not run"))
+    changes = ", ".join(f"{k} {v:.3%}" if np.isfinite(v) else f"{k} not finite" for k, v in g["rel_change"].items())
+    return f"relative change int8 vs fp32: {changes}; tolerance {g['tolerance_rel']:.1%} on {g['windows']} windows"
 
 
 def write_report(folder: str | Path, report: dict[str, Any]) -> Path:

@@ -233,3 +233,11 @@ def test_quantizing_keeps_the_terminal_quiet(quantized, tmp_path, caplog):
     logging.getLogger().info("after")  # the filter is gone: the root logger speaks again
     assert caplog.records and caplog.records[-1].getMessage() == "after"
     assert not logging.getLogger().filters
+
+
+def test_the_guard_is_logged_in_words():
+    g = {"passed": True, "tolerance_rel": 0.005, "rel_change": {"vol_qlike": 5.2e-05, "ret_ic": float("inf")},
+         "windows": 4096}
+    assert quantize.guard_summary(g) == ("relative change int8 vs fp32: vol_qlike 0.005%, ret_ic not finite; "
+                                         "tolerance 0.5% on 4096 windows")
+    assert quantize.guard_summary({"passed": False, "reason": "no validation span"}) == "no validation span"
