@@ -33,6 +33,18 @@ def test_a_date_contradicts_only_a_flag_that_is_on():
     assert CONF.check(Checks(date=DATES[0], version="1")).alarm is None
 
 
+def test_the_summary_says_why_a_flag_was_not_judged_and_live_qlike_against_har_tod():
+    assert CONF.summary(_checks(0, ret_flag=0.0, rv_flag=0.0)) == "confidence flags not judged (none claims information)"
+    assert CONF.summary(_checks(0, n=50)) == "confidence flags not judged (fewer than 100 matured labels)"
+    assert CONF.summary(_checks(0, ret_ratio=1.3)) == "confidence flags contradicted"
+    assert CONF.summary(_checks(0)) == "confidence flags hold"
+    perf = CFG.rule("perf")
+    live = {"n_labels": 1000, "vol_qlike": 0.3441, "ret_ic": 0.0, "vol_qlike_ratio_har_tod": 0.9812}
+    assert perf.summary(Checks(date=DATES[0], version="1", live=live)) == "live QLIKE 0.3441 (0.981x har_tod), IC 0.000"
+    live.pop("vol_qlike_ratio_har_tod")
+    assert perf.summary(Checks(date=DATES[0], version="1", live=live)) == "live QLIKE 0.3441, IC 0.000"
+
+
 def test_k_contradicted_dates_demote_without_retraining():
     history: list[dict] = []
     for i in range(4):

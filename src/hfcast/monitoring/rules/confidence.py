@@ -91,4 +91,9 @@ class ConfidenceFlags(MonitorRule, name="conf"):
 
     def summary(self, checks: Checks) -> str:
         v = self.check(checks)
-        return "confidence flags " + ("not judged" if v.alarm is None else "contradicted" if v.alarm else "hold")
+        if v.alarm is None:
+            flags = checks.measures.get(self.name) or {}
+            why = ("none claims information" if not any(f >= 0.5 for f in flags.values()) else
+                   f"fewer than {self.conf_min_labels} matured labels")
+            return f"confidence flags not judged ({why})"
+        return "confidence flags " + ("contradicted" if v.alarm else "hold")

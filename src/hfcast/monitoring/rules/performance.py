@@ -69,4 +69,7 @@ class LivePerformance(MonitorRule, name="perf"):
 
     def summary(self, checks: Checks) -> str:
         live = checks.live or {}
-        return f"live QLIKE {live.get('vol_qlike', float('nan')):.4g}, IC {live.get('ret_ic', float('nan')):.3f}"
+        ratio = live.get("vol_qlike_ratio_har_tod")
+        vs_floor = f" ({ratio:.3f}x har_tod)" if finite(ratio) else ""
+        return (f"live QLIKE {live.get('vol_qlike', float('nan')):.4g}{vs_floor}, "
+                f"IC {live.get('ret_ic', float('nan')):.3f}")
