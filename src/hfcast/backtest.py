@@ -176,8 +176,11 @@ def make_day(date: str, bars: pd.DataFrame, preds: pd.DataFrame, truth: pd.DataF
 def leg_weights(score: np.ndarray, ok: np.ndarray, quantile: float, conf: np.ndarray | None = None) -> np.ndarray:
     """Dollar-neutral weights [S]: top ``quantile`` long (+0.5 in all), bottom short (-0.5 in all).
 
-    Ties keep symbol order (a stable sort), so the book is deterministic. With fewer than two
-    rankable names the book is flat.
+    A name is held only where the forecast ranks it: where the legs meet in a tie (the lowest long
+    score equals the highest short score) the tied names leave both legs, so a forecast with one
+    value for every name (the zero return a forecaster serves without return skill) holds nothing
+    instead of a book on symbol order. Other ties keep symbol order (a stable sort), so the book is
+    deterministic. With fewer than two rankable names, or a leg emptied by ties, the book is flat.
     """
     w = np.zeros(score.shape[0])
     idx = np.flatnonzero(ok & np.isfinite(score))
@@ -186,9 +189,15 @@ def leg_weights(score: np.ndarray, ok: np.ndarray, quantile: float, conf: np.nda
         return w
     k = min(max(1, int(math.floor(quantile * n + 1e-9))), n // 2)
     order = idx[np.argsort(score[idx], kind="stable")]
-    for leg, sign in ((order[-k:], 0.5), (order[:k], -0.5)):
-        size = np.ones(k) if conf is None else np.nan_to_num(conf[leg], nan=0.0).clip(min=0.0)
-        size = size if size.sum() > 0 else np.ones(k)
+    longs, shorts = order[-k:], order[:k]
+    lowest_long, highest_short = score[longs[0]], score[shorts[-1]]
+    if lowest_long <= highest_short:  # tied across the legs: those names are not ranked
+        longs, shorts = longs[score[longs] > highest_short], shorts[score[shorts] < lowest_long]
+        if not (longs.size and shorts.size):
+            return w
+    for leg, sign in ((longs, 0.5), (shorts, -0.5)):
+        size = np.ones(leg.size) if conf is None else np.nan_to_num(conf[leg], nan=0.0).clip(min=0.0)
+        size = size if size.sum() > 0 else np.ones(leg.size)
         w[leg] = sign * size / size.sum()
     return w
 
@@ -249,7 +258,7 @@ def max_drawdown(net: np.ndarray) -> float:
     """Largest fall of the compounded equity curve from its running peak, as a positive fraction
     (``empyrical.max_drawdown``, which reports it negative)."""
     net = np.asarray(net, dtype=np.float64)
-    return float(-_empyrical().max_drawdown(net)) if net.size else 0.0
+    return max(0.0, float(-_empyrical().max_drawdown(net))) if net.size else 0.0  # no "-0.0" for a flat book
 
 
 def annual_return(x: np.ndarray, periods_per_year: float) -> float:
@@ -270,6 +279,7 @@ def summarize_long_short(periods: pd.DataFrame, cfg: BacktestConfig) -> dict[str
     per_session = len(periods) / n_days
     ppy = cfg.sessions_per_year * per_session
     ep = _empyrical()
+    held = ((periods["n_long"] + periods["n_short"]) > 0).to_numpy()  # a flat period neither hits nor misses
     return {
         "periods": int(len(periods)), "days": int(n_days), "periods_per_session": per_session,
         "gross_sharpe": sharpe(periods["gross"], ppy), "net_sharpe": sharpe(periods["net"], ppy),
@@ -280,7 +290,8 @@ def summarize_long_short(periods: pd.DataFrame, cfg: BacktestConfig) -> dict[str
         "turnover_per_period": float(periods["traded"].mean()),
         "turnover_per_day": float(periods["traded"].sum() / n_days),
         "max_drawdown": max_drawdown(periods["net"].to_numpy()),
-        "hit_rate": float((periods["net"] > 0).mean()),
+        "hit_rate": float((periods["net"][held] > 0).mean()) if held.any() else float("nan"),
+        "share_held": float(held.mean()),
         "avg_names": float((periods["n_long"] + periods["n_short"]).mean()),
     }
 
@@ -433,6 +444,9 @@ def backtest_days(days: list[Day], cfg: BacktestConfig, model: str = "model") ->
     if "oracle" not in per:
         notes.append("no truth in the lake: no oracle portfolio")
     ls = {m: summarize_long_short(p, cfg) for m, p in per.items()}
+    if ls.get("model", {}).get("share_held") == 0:
+        notes.append("the model's return forecast ranks no name (one value for every name, e.g. the zero return "
+                     "served without validated return skill): its long-short book is flat, not a measurement")
     vt = {m: summarize_vol(h, cfg, mpy) for m, h in hol.items()}
     ls_ci, ls_diff = long_short_uncertainty(per, ls, cfg)
     vt_ci, vt_diff = vol_uncertainty(hol, vt, cfg)
@@ -724,7 +738,15 @@ def gate_check(challenger: BacktestResult, champion: BacktestResult, metric: str
     higher = GATE_METRICS[metric]
     gain = (c - r) if higher else (r - c)
     ok = bool(np.isfinite(c) and np.isfinite(r) and gain >= -margin)
-    return {"metric": metric, "challenger": c, "champion": r, "improvement": gain, "margin": margin, "passed": ok}
+    out = {"metric": metric, "challenger": c, "champion": r, "improvement": gain, "margin": margin, "passed": ok}
+    missing = [who for who, v, res in (("challenger", c, challenger), ("champion", r, champion)) if not np.isfinite(v)]
+    if missing:
+        flat = [who for who, res in (("challenger", challenger), ("champion", champion))
+                if who in missing and not metric.startswith("vol_") and res.long_short.get("model", {}).get("share_held") == 0]
+        out["reason"] = (f"{metric} is not defined for the {' and the '.join(missing)}"
+                         + (f" (a flat long-short book: the {' and the '.join(flat)}'s return forecast ranks no "
+                            f"name); compare the volatility with --gate-metric vol_tracking_error" if flat else ""))
+    return out
 
 
 def metric_value(result: BacktestResult, metric: str) -> float:

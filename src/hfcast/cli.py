@@ -986,6 +986,8 @@ def backtest(
     if gate is not None:
         verdict = "[green]passed[/]" if gate["passed"] else "[red]failed[/]"
         console.print(f"gate {gate['metric']}: {gate['challenger']:.3f} vs {gate['champion']:.3f} -> {verdict}")
+        if gate.get("reason"):
+            console.print(f"  {gate['reason']}", markup=False, soft_wrap=True)
         if not gate["passed"]:
             raise typer.Exit(1)
 

@@ -79,6 +79,31 @@ def test_leg_weights_equal_or_confidence_weighted():
     assert not leg_weights(score, np.eye(6, dtype=bool)[0], 0.4).any()  # one name: flat
 
 
+def test_a_forecast_that_ranks_nothing_holds_nothing():
+    """The zero return (served without return skill) is one value for every name: no book on symbol
+    order; names tied across the legs leave both, the ranked ones stay."""
+    ok = np.ones(6, bool)
+    assert not leg_weights(np.zeros(6), ok, 0.4).any()
+    assert not leg_weights(np.zeros(6), ok, 0.4, conf=np.full(6, 0.5)).any()
+    np.testing.assert_allclose(leg_weights(np.array([0.0, 0.0, 0.1, 0.0, -0.1, 0.0]), ok, 0.4),
+                               [0, 0, 0.5, 0, -0.5, 0])
+    np.testing.assert_allclose(leg_weights(np.array([0.2, 0.0, 0.1, 0.0, -0.1, 0.0]), ok, 0.4),  # no tie across
+                               [0.25, -0.25, 0.25, 0, -0.25, 0])
+    bars, preds, ts = _random_day()
+    preds["ret_60m_pred"] = 0.0
+    day = make_day("2024-01-03", bars, preds)
+    p = long_short_day(day, day.ret["model"], BacktestConfig(rebalance=10, quantile=0.25, fee_bps=0.5))
+    assert len(p) and (p["traded"] == 0).all() and (p["net"] == 0).all()
+    s = summarize_long_short(p, BacktestConfig(rebalance=10, quantile=0.25, fee_bps=0.5))
+    assert s["share_held"] == 0 and math.isnan(s["hit_rate"]) and math.isnan(s["net_sharpe"])
+    assert s["max_drawdown"] == 0 and math.copysign(1, s["max_drawdown"]) == 1
+    res = backtest_days([day], BacktestConfig(rebalance=10, quantile=0.25, fee_bps=0.5))
+    assert any("ranks no name" in n for n in res.notes), res.notes
+    g = gate_check(res, res)  # two zero-return forecasters: no Sharpe to compare, and the user is told why
+    assert not g["passed"] and "flat long-short book" in g["reason"] and "vol_tracking_error" in g["reason"]
+    assert gate_check(res, res, metric="vol_tracking_error")["passed"]
+
+
 def _random_day(seed: int = 0, S: int = 12, T: int = 120) -> tuple[pd.DataFrame, pd.DataFrame, pd.DatetimeIndex]:
     rng = np.random.default_rng(seed)
     ts = session_minutes_utc("2024-01-03")[:T]
