@@ -700,12 +700,13 @@ HEADLINE_KEYS = ("net_sharpe", "gross_sharpe", "max_drawdown", "tracking_error",
 
 def headline_metrics(result: BacktestResult) -> dict[str, float]:
     """``{book}_{method}_{key}`` for each book (``ls``, ``vol``), method and :data:`HEADLINE_KEYS`
-    value the method has: the flat numbers a pipeline's metrics panel shows."""
+    value the method has: the flat numbers a pipeline's metrics panel shows. An undefined figure (a
+    flat book's Sharpe) is left out: Kubeflow's metrics cannot carry NaN (the step would fail)."""
     out: dict[str, float] = {}
     for book, summary in (("ls", result.long_short), ("vol", result.vol_target)):
         for method, values in summary.items():
             for key in HEADLINE_KEYS:
-                if isinstance(values.get(key), float):
+                if isinstance(values.get(key), float) and math.isfinite(values[key]):
                     out[f"{book}_{method}_{key}"] = values[key]
     return out
 
@@ -778,10 +779,12 @@ class GatedBacktest:
     def metadata(self) -> dict[str, Any]:
         """What a pipeline step's metrics artifact says beside the figures."""
         r = self.result
+        value = r.gate_value
         doc = {"model": r.model, "dates": f"{r.dates[0]}..{r.dates[-1]}", "gate_metric": r.config.gate_metric,
-               "gate_value": r.gate_value, "notes": "; ".join(r.notes)}
-        if self.gate is not None:
-            doc["gate"] = json.dumps(self.gate, default=float)
+               "gate_value": value if math.isfinite(value) else None, "notes": "; ".join(r.notes)}
+        if self.gate is not None:  # NaN as null: strict JSON, which Kubeflow's metadata needs
+            doc["gate"] = json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                      for k, v in self.gate.items()}, default=float, allow_nan=False)
         return doc
 
     def equity_page(self) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,6 +104,17 @@ def test_a_forecast_that_ranks_nothing_holds_nothing():
     g = gate_check(res, res)  # two zero-return forecasters: no Sharpe to compare, and the user is told why
     assert not g["passed"] and "flat long-short book" in g["reason"] and "vol_tracking_error" in g["reason"]
     assert gate_check(res, res, metric="vol_tracking_error")["passed"]
+    # what a pipeline step logs: Kubeflow serializes metrics and metadata as protobuf Structs, which refuse NaN
+    from google.protobuf import json_format, struct_pb2
+
+    from hfcast.backtest import GatedBacktest
+
+    gated = GatedBacktest(res, Path("."), g)
+    assert gated.metrics() and all(math.isfinite(v) for v in gated.metrics().values())
+    assert "ls_model_net_sharpe" not in gated.metrics() and "ls_zero_skill_net_sharpe" in gated.metrics()
+    doc = struct_pb2.Struct()
+    doc.update({**gated.metrics(), **gated.metadata()})
+    assert json_format.MessageToDict(doc)["gate_value"] is None
 
 
 def _random_day(seed: int = 0, S: int = 12, T: int = 120) -> tuple[pd.DataFrame, pd.DataFrame, pd.DatetimeIndex]:
