@@ -9,12 +9,14 @@ variables everything here is a no-op: one process, rank 0 of 1.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +83,6 @@ def data_parallel(net: torch.nn.Module, device: torch.device) -> torch.nn.Module
     deprecates ``broadcast_buffers`` (a FutureWarning on every rank of every ``hfcast train`` under
     torchrun) for ``forward_sync_buffers``; the older name is used only by a torch without the new one.
     """
-    import inspect
-
-    from torch.nn.parallel import DistributedDataParallel
-
     names = inspect.signature(DistributedDataParallel.__init__).parameters
     no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in names else {"broadcast_buffers": False}
     return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
