@@ -279,7 +279,8 @@ def summarize_long_short(periods: pd.DataFrame, cfg: BacktestConfig) -> dict[str
     per_session = len(periods) / n_days
     ppy = cfg.sessions_per_year * per_session
     ep = _empyrical()
-    held = ((periods["n_long"] + periods["n_short"]) > 0).to_numpy()  # a flat period neither hits nor misses
+    names = periods["n_long"] + periods["n_short"]
+    held = (names > 0).to_numpy()  # a flat period neither hits nor misses
     return {
         "periods": int(len(periods)), "days": int(n_days), "periods_per_session": per_session,
         "gross_sharpe": sharpe(periods["gross"], ppy), "net_sharpe": sharpe(periods["net"], ppy),
@@ -292,7 +293,7 @@ def summarize_long_short(periods: pd.DataFrame, cfg: BacktestConfig) -> dict[str
         "max_drawdown": max_drawdown(periods["net"].to_numpy()),
         "hit_rate": float((periods["net"][held] > 0).mean()) if held.any() else float("nan"),
         "share_held": float(held.mean()),
-        "avg_names": float((periods["n_long"] + periods["n_short"]).mean()),
+        "avg_names": float(names.mean()),
     }
 
 
@@ -740,10 +741,12 @@ def gate_check(challenger: BacktestResult, champion: BacktestResult, metric: str
     gain = (c - r) if higher else (r - c)
     ok = bool(np.isfinite(c) and np.isfinite(r) and gain >= -margin)
     out = {"metric": metric, "challenger": c, "champion": r, "improvement": gain, "margin": margin, "passed": ok}
-    missing = [who for who, v, res in (("challenger", c, challenger), ("champion", r, champion)) if not np.isfinite(v)]
-    if missing:
-        flat = [who for who, res in (("challenger", challenger), ("champion", champion))
-                if who in missing and not metric.startswith("vol_") and res.long_short.get("model", {}).get("share_held") == 0]
+    undefined = [(who, res) for who, v, res in (("challenger", c, challenger), ("champion", r, champion))
+                 if not np.isfinite(v)]
+    if undefined:
+        missing = [who for who, _ in undefined]
+        flat = [who for who, res in undefined
+                if not metric.startswith("vol_") and res.long_short.get("model", {}).get("share_held") == 0]
         out["reason"] = (f"{metric} is not defined for the {' and the '.join(missing)}"
                          + (f" (a flat long-short book: the {' and the '.join(flat)}'s return forecast ranks no "
                             f"name); compare the volatility with --gate-metric vol_tracking_error" if flat else ""))
